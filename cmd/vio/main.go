@@ -1,0 +1,43 @@
+// Command vio is a virtual machine monitor for Linux/KVM hosts whose reason
+// to exist is I/O virtualization. This package does wiring and presentation
+// only: the work lives in the library packages.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// subcommands is filled by the init functions of this package's files, one
+// file per verb, so verbs can be added without touching this file.
+var subcommands []func() *cobra.Command
+
+func main() {
+	root := &cobra.Command{
+		Use:           "vio",
+		Short:         "vio runs Linux guests on KVM with emulated, paravirtual and pass-through I/O",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	for _, f := range subcommands {
+		root.AddCommand(f())
+	}
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "vio:", err)
+		os.Exit(exitStatus(err))
+	}
+}
+
+// exitError carries a specific exit status (a guest's, say) out of a command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func exitStatus(err error) int {
+	if e, ok := err.(exitError); ok {
+		return e.code
+	}
+	return 1
+}
