@@ -1,6 +1,11 @@
 // Package block defines the storage contract every disk back-end and every
 // interposer implements, so that any front-end (virtio-blk, IDE, an NBD
 // export) can sit on any stack of back-ends.
+//
+// The contract is deliberately the one of a disk, not of a file: a Backend
+// has a fixed size that only Resize changes, writes never extend it, and
+// durability is promised only at Flush. Package blocktest checks an
+// implementation against every rule written here.
 package block
 
 import (
@@ -10,13 +15,34 @@ import (
 
 // Backend is a fixed-size, byte-addressed store.
 //
-// ReadAt and WriteAt follow the io.ReaderAt / io.WriterAt contracts and may be
-// called concurrently from several goroutines, including on overlapping
-// ranges (the result of overlapping concurrent writes is one of them, as on a
-// real disk). A read past Size returns io.EOF for the missing part; a write
-// past Size fails. Flush makes every write that completed before it was
-// called durable (it is the guest's FLUSH / FUA barrier). Close flushes and
-// releases the back-end; no call may follow.
+// ReadAt follows io.ReaderAt: it fills p entirely or returns an error. A read
+// that starts at or beyond Size returns 0, io.EOF; one that runs past Size
+// returns the bytes up to Size and io.EOF. A negative offset is an error.
+//
+// WriteAt follows io.WriterAt, and additionally never changes Size: a write
+// with a negative offset or one that would run past Size writes nothing and
+// returns an error matching ErrOutOfRange. A write to a read-only back-end
+// returns an error matching ErrReadOnly.
+//
+// Any byte offset and length are allowed (alignment is the implementation's
+// problem: an O_DIRECT file bounces unaligned requests). ReadAt and WriteAt
+// may be called concurrently from several goroutines. Requests on disjoint
+// ranges do not affect each other; the outcome of overlapping concurrent
+// writes is, per byte, one of the writes, and a read overlapping a
+// concurrent write sees, per byte, old or new data — as on a real disk.
+// A read never returns data that was never written to this range (stale
+// bytes of another range, or of a freed host cluster, are a bug).
+//
+// Flush makes every write that completed before Flush was called durable:
+// after a crash, each of them reads back. Writes not covered by a completed
+// Flush may be lost, wholly or in part, but never corrupt other data. Flush
+// is the guest's FLUSH command and the building block of FUA.
+//
+// Size is constant between Resize calls and safe to call concurrently.
+//
+// Close flushes and releases the back-end; it returns the flush error, if
+// any. Calls after Close return an error matching ErrClosed and never panic;
+// Close must not run concurrently with other calls.
 type Backend interface {
 	io.ReaderAt
 	io.WriterAt
@@ -25,28 +51,53 @@ type Backend interface {
 	Close() error
 }
 
-// Optional capabilities, discovered by type assertion.
+// Optional capabilities, discovered by type assertion. An interposer that
+// wraps a Backend should implement a capability only when it can honour it,
+// typically by forwarding to the wrapped Backend when that one has it.
 
-// Discarder frees the storage behind a range; reads of it afterwards return
-// zeroes or the old data (the guest must not rely on either).
+// Discarder frees the storage behind a range, as TRIM/UNMAP does. The range
+// must lie within [0, Size] (otherwise ErrOutOfRange, nothing discarded).
+// Afterwards each byte of the range reads as zero or as its old value (the
+// guest must not rely on either), consistently until it is next written.
+// Discard is advisory: an implementation may do nothing and return nil.
 type Discarder interface {
 	Discard(off, n int64) error
 }
 
-// ZeroWriter writes zeroes to a range without transferring them; with unmap
-// set it may also free the storage, provided reads return zeroes.
+// ZeroWriter writes zeroes to a range without transferring them. The range
+// must lie within [0, Size] (otherwise ErrOutOfRange, nothing changed).
+// Afterwards the whole range reads as zeroes. With unmap set the
+// implementation may also free the storage behind it.
 type ZeroWriter interface {
 	WriteZeroes(off, n int64, unmap bool) error
 }
 
-// Resizer changes the size of the back-end.
+// Resizer changes the size of the back-end. Bytes added by growing read as
+// zeroes. An implementation that cannot shrink returns an error matching
+// errors.ErrUnsupported and leaves the size unchanged.
 type Resizer interface {
 	Resize(size int64) error
 }
 
-// ReadOnlyReporter is implemented by back-ends that can be read-only.
+// ReadOnlyReporter is implemented by back-ends that can be read-only. A
+// read-only back-end fails WriteAt, Discard, WriteZeroes and Resize with
+// ErrReadOnly.
 type ReadOnlyReporter interface {
 	ReadOnly() bool
+}
+
+// VectorReaderAt reads into several buffers as one request (preadv). The
+// buffers are filled in order starting at off; the result is what ReadAt of
+// their concatenation would return. Use ReadvAt to call it on any Backend.
+type VectorReaderAt interface {
+	ReadvAt(bufs [][]byte, off int64) (int, error)
+}
+
+// VectorWriterAt writes several buffers as one request (pwritev), with the
+// rules of WriteAt applied to their concatenation. Use WritevAt to call it
+// on any Backend.
+type VectorWriterAt interface {
+	WritevAt(bufs [][]byte, off int64) (int, error)
 }
 
 // ErrReadOnly is returned by writes to a read-only back-end.
@@ -54,3 +105,58 @@ var ErrReadOnly = errors.New("block: read-only")
 
 // ErrOutOfRange is returned by writes, discards or zeroing beyond Size.
 var ErrOutOfRange = errors.New("block: beyond end of device")
+
+// ErrClosed is returned by calls on a closed back-end.
+var ErrClosed = errors.New("block: back-end closed")
+
+// CheckRange validates a write-like request of n bytes at off against size.
+func CheckRange(off, n, size int64) error {
+	if off < 0 || n < 0 || off > size || n > size-off {
+		return ErrOutOfRange
+	}
+	return nil
+}
+
+// ReadvAt reads into bufs from b at off, using b's VectorReaderAt when it has
+// one and a sequence of ReadAt calls otherwise.
+func ReadvAt(b io.ReaderAt, bufs [][]byte, off int64) (int, error) {
+	if v, ok := b.(VectorReaderAt); ok {
+		return v.ReadvAt(bufs, off)
+	}
+	total := 0
+	for _, p := range bufs {
+		n, err := b.ReadAt(p, off)
+		total += n
+		off += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// WritevAt writes bufs to b at off, using b's VectorWriterAt when it has one
+// and a sequence of WriteAt calls otherwise. In the fallback the range is
+// checked against Size first so that an out-of-range request writes nothing.
+func WritevAt(b Backend, bufs [][]byte, off int64) (int, error) {
+	if v, ok := b.(VectorWriterAt); ok {
+		return v.WritevAt(bufs, off)
+	}
+	var n int64
+	for _, p := range bufs {
+		n += int64(len(p))
+	}
+	if err := CheckRange(off, n, b.Size()); err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, p := range bufs {
+		m, err := b.WriteAt(p, off)
+		total += m
+		off += int64(m)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
