@@ -1,0 +1,397 @@
+package pci
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/viovmm/vio/bus"
+)
+
+// Window is a range of guest addresses BARs are allocated from.
+type Window struct {
+	Base, Size uint64
+}
+
+func (w Window) end() uint64 { return w.Base + w.Size }
+
+// RootConfig configures a Root.
+type RootConfig struct {
+	// MMIO and PIO are the buses BAR ranges are registered on.
+	MMIO, PIO *bus.Bus
+	// MMIO32 is the window below 4 GiB for 32-bit memory BARs (and for
+	// 64-bit ones when MMIO64 is empty).
+	MMIO32 Window
+	// MMIO64 is an optional window above RAM for 64-bit memory BARs.
+	MMIO64 Window
+	// PIOWindow is the port range I/O BARs are allocated from.
+	PIOWindow Window
+}
+
+// Errors returned by Root.
+var (
+	ErrSlotInUse    = errors.New("pci: slot already in use")
+	ErrBadAddress   = errors.New("pci: bad device/function number")
+	ErrWindowFull   = errors.New("pci: BAR window exhausted")
+	ErrNoFunction0  = errors.New("pci: function 0 must be added before functions 1-7")
+	ErrWindowConfig = errors.New("pci: bad window")
+)
+
+// ECAMSize is the size of the ECAM window for bus 0, which is all a Root
+// serves: 32 devices × 8 functions × 4 KiB.
+const ECAMSize = 1 << 20
+
+// Config access ports of the legacy mechanism #1.
+const (
+	ConfigAddressPort = 0xcf8
+	ConfigPortsSize   = 8 // 0xcf8..0xcff
+)
+
+// Root is PCI bus 0 of a host bridge: up to 32 devices of up to 8
+// functions, reachable through the CF8/CFC ports (ConfigPorts) and ECAM
+// (ECAM). The host bridge itself is function 00.0.
+//
+// The Root keeps the buses' BAR registrations in sync with configuration
+// space: after every configuration write it asks the written function for
+// its decoded Regions and registers or unregisters ranges to match, calling
+// the function's BARMapped hook. A range that overlaps something already on
+// the bus is left unmapped (the guest programmed a conflict; real hardware
+// would decode both and the result would be undefined).
+type Root struct {
+	mmio, pio *bus.Bus
+
+	mu      sync.Mutex // serializes configuration accesses and remapping
+	fns     [32][8]Function
+	mapped  map[Function][]Region
+	cf8     uint32
+	next32  uint64
+	next64  uint64
+	nextPIO uint64
+	cfg     RootConfig
+}
+
+// NewRoot returns bus 0 with the host bridge at 00.0.
+func NewRoot(cfg RootConfig) (*Root, error) {
+	if cfg.MMIO == nil || cfg.PIO == nil {
+		return nil, fmt.Errorf("%w: MMIO and PIO buses are required", ErrWindowConfig)
+	}
+	for _, w := range []Window{cfg.MMIO32, cfg.MMIO64, cfg.PIOWindow} {
+		if w.Base+w.Size < w.Base {
+			return nil, fmt.Errorf("%w: %#x+%#x wraps", ErrWindowConfig, w.Base, w.Size)
+		}
+	}
+	if cfg.MMIO32.end() > 1<<32 || cfg.PIOWindow.end() > 1<<16 {
+		return nil, fmt.Errorf("%w: 32-bit or I/O window too high", ErrWindowConfig)
+	}
+	r := &Root{
+		mmio: cfg.MMIO, pio: cfg.PIO, cfg: cfg,
+		mapped:  make(map[Function][]Region),
+		next32:  cfg.MMIO32.Base,
+		next64:  cfg.MMIO64.Base,
+		nextPIO: cfg.PIOWindow.Base,
+	}
+	if err := r.Add(BDF{}, NewHostBridge()); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Add plugs f in at addr (bus number ignored: a Root is bus 0) and
+// assigns its BARs the way firmware would: each BAR is sized with the
+// all-ones probe through f's own configuration space and given a naturally
+// aligned address from the matching window. Decoding stays disabled; the
+// guest OS enables it (Linux does in pci_enable_device).
+func (r *Root) Add(addr BDF, f Function) error {
+	if !addr.valid() {
+		return fmt.Errorf("%w: %s", ErrBadAddress, addr)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fns[addr.Device][addr.Function] != nil {
+		return fmt.Errorf("%w: %s", ErrSlotInUse, addr)
+	}
+	if addr.Function != 0 && r.fns[addr.Device][0] == nil {
+		return fmt.Errorf("%w: %s", ErrNoFunction0, addr)
+	}
+	if err := r.assignBARs(f); err != nil {
+		return fmt.Errorf("pci: %s: %w", addr, err)
+	}
+	r.fns[addr.Device][addr.Function] = f
+	r.remapLocked(f)
+	return nil
+}
+
+func read32(f Function, off int) uint32 {
+	var b [4]byte
+	f.ReadConfig(off, b[:])
+	return binary.LittleEndian.Uint32(b[:])
+}
+
+func write32(f Function, off int, v uint32) {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], v)
+	f.WriteConfig(off, b[:])
+}
+
+// assignBARs sizes and places f's BARs, largest first within each kind
+// would pack better, but BARs are few and windows large: first fit in
+// register order keeps addresses predictable.
+func (r *Root) assignBARs(f Function) error {
+	for i := 0; i < NumBARs; i++ {
+		off := RegBAR0 + 4*i
+		orig := read32(f, off)
+		write32(f, off, 0xffffffff)
+		probe := read32(f, off)
+		write32(f, off, orig)
+		if probe == 0 {
+			continue
+		}
+		if probe&1 == 1 { // I/O
+			size := uint64(^(probe&^3)&0xffff) + 1
+			base, err := alloc(&r.nextPIO, r.cfg.PIOWindow, size)
+			if err != nil {
+				return fmt.Errorf("BAR%d: %w", i, err)
+			}
+			write32(f, off, uint32(base))
+			continue
+		}
+		is64 := probe&0x6 == 0x4
+		mask := uint64(probe &^ 0xf)
+		if is64 {
+			if i == NumBARs-1 {
+				return fmt.Errorf("%w: 64-bit BAR%d has no upper half", ErrBadBAR, i)
+			}
+			origHi := read32(f, off+4)
+			write32(f, off+4, 0xffffffff)
+			mask |= uint64(read32(f, off+4)) << 32
+			write32(f, off+4, origHi)
+		} else {
+			mask |= 0xffffffff << 32
+		}
+		size := ^mask + 1
+		if size == 0 || size&(size-1) != 0 {
+			return fmt.Errorf("%w: BAR%d probes as %#x", ErrBadBAR, i, mask)
+		}
+		var base uint64
+		var err error
+		if is64 && r.cfg.MMIO64.Size != 0 {
+			base, err = alloc(&r.next64, r.cfg.MMIO64, size)
+		} else {
+			base, err = alloc(&r.next32, r.cfg.MMIO32, size)
+		}
+		if err != nil {
+			return fmt.Errorf("BAR%d: %w", i, err)
+		}
+		write32(f, off, uint32(base)|probe&0xf)
+		if is64 {
+			write32(f, off+4, uint32(base>>32))
+			i++
+		}
+	}
+	return nil
+}
+
+// alloc hands out a naturally aligned range of size bytes from w.
+func alloc(next *uint64, w Window, size uint64) (uint64, error) {
+	base := (*next + size - 1) &^ (size - 1)
+	if base < *next || base+size < base || base+size > w.end() || w.Size == 0 {
+		return 0, fmt.Errorf("%w: %#x bytes in %#x+%#x", ErrWindowFull, size, w.Base, w.Size)
+	}
+	*next = base + size
+	return base, nil
+}
+
+func (r *Root) lookup(a BDF) Function {
+	if a.Bus != 0 || !a.valid() {
+		return nil
+	}
+	return r.fns[a.Device][a.Function]
+}
+
+// ReadConfig reads the configuration space of the function at a; absent
+// functions read as all ones, which is how a guest detects them.
+func (r *Root) ReadConfig(a BDF, offset int, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.lookup(a)
+	if f == nil || offset < 0 || offset+len(data) > ExtendedConfigSize {
+		for i := range data {
+			data[i] = 0xff
+		}
+		return
+	}
+	f.ReadConfig(offset, data)
+}
+
+// WriteConfig writes the configuration space of the function at a and
+// re-syncs its BAR mappings. Writes to absent functions are dropped.
+func (r *Root) WriteConfig(a BDF, offset int, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.lookup(a)
+	if f == nil || offset < 0 || offset+len(data) > ExtendedConfigSize {
+		return
+	}
+	f.WriteConfig(offset, data)
+	r.remapLocked(f)
+}
+
+// remapLocked makes the bus registrations of f match f.Regions().
+func (r *Root) remapLocked(f Function) {
+	want := f.Regions()
+	have := r.mapped[f]
+	keep := have[:0:0]
+	for _, h := range have {
+		if containsRegion(want, h) {
+			keep = append(keep, h)
+			continue
+		}
+		r.busFor(h.Space).Unregister(h.Addr)
+		f.BARMapped(h, false)
+	}
+	for _, w := range want {
+		if containsRegion(keep, w) {
+			continue
+		}
+		if w.Device == nil {
+			continue
+		}
+		if err := r.busFor(w.Space).Register(w.Addr, w.Size, w.Device); err != nil {
+			continue // conflict: leave the BAR unmapped (see Root's doc)
+		}
+		keep = append(keep, w)
+		f.BARMapped(w, true)
+	}
+	if len(keep) == 0 {
+		delete(r.mapped, f)
+	} else {
+		r.mapped[f] = keep
+	}
+}
+
+func containsRegion(rs []Region, x Region) bool {
+	for _, r := range rs {
+		if r.BAR == x.BAR && r.Space == x.Space && r.Addr == x.Addr && r.Size == x.Size {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Root) busFor(s Space) *bus.Bus {
+	if s == SpaceIO {
+		return r.pio
+	}
+	return r.mmio
+}
+
+// Mapped returns the ranges currently registered for f; for tests and the
+// VMM's introspection.
+func (r *Root) Mapped(f Function) []Region {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Region(nil), r.mapped[f]...)
+}
+
+// ConfigPorts returns the bus.Device for ports 0xCF8–0xCFF (register it at
+// ConfigAddressPort with size ConfigPortsSize on the PIO bus).
+func (r *Root) ConfigPorts() bus.Device { return (*configPorts)(r) }
+
+// ECAM returns the bus.Device for the memory-mapped configuration window of
+// bus 0 (register it with size ECAMSize; ACPI MCFG describes its base).
+func (r *Root) ECAM() bus.Device { return (*ecam)(r) }
+
+type configPorts Root
+
+// CONFIG_ADDRESS: bit 31 enable, 23:16 bus, 15:11 device, 10:8 function,
+// 7:2 register. Only 4-byte accesses at 0xCF8 reach it; narrower ones are
+// other chipset registers on real hardware (0xCF9 is the reset control
+// register) and are ignored here.
+func (p *configPorts) Read(offset uint64, data []byte) {
+	r := (*Root)(p)
+	switch {
+	case offset == 0 && len(data) == 4:
+		r.mu.Lock()
+		binary.LittleEndian.PutUint32(data, r.cf8)
+		r.mu.Unlock()
+	case offset >= 4 && offset+uint64(len(data)) <= 8:
+		a, reg, ok := p.target()
+		if !ok {
+			fillOnes(data)
+			return
+		}
+		r.ReadConfig(a, reg+int(offset-4), data)
+	default:
+		fillOnes(data)
+	}
+}
+
+func (p *configPorts) Write(offset uint64, data []byte) {
+	r := (*Root)(p)
+	switch {
+	case offset == 0 && len(data) == 4:
+		r.mu.Lock()
+		r.cf8 = binary.LittleEndian.Uint32(data) & 0x80fffffc
+		r.mu.Unlock()
+	case offset >= 4 && offset+uint64(len(data)) <= 8:
+		a, reg, ok := p.target()
+		if !ok {
+			return
+		}
+		r.WriteConfig(a, reg+int(offset-4), data)
+	}
+}
+
+func (p *configPorts) target() (BDF, int, bool) {
+	r := (*Root)(p)
+	r.mu.Lock()
+	v := r.cf8
+	r.mu.Unlock()
+	if v&(1<<31) == 0 {
+		return BDF{}, 0, false
+	}
+	a := BDF{Bus: uint8(v >> 16), Device: uint8(v>>11) & 31, Function: uint8(v>>8) & 7}
+	return a, int(v & 0xfc), true
+}
+
+type ecam Root
+
+func (e *ecam) split(offset uint64, n int) (BDF, int, bool) {
+	if offset >= ECAMSize {
+		return BDF{}, 0, false
+	}
+	reg := int(offset & 0xfff)
+	if reg+n > ExtendedConfigSize {
+		return BDF{}, 0, false
+	}
+	return BDF{Bus: 0, Device: uint8(offset>>15) & 31, Function: uint8(offset>>12) & 7}, reg, true
+}
+
+func (e *ecam) Read(offset uint64, data []byte) {
+	a, reg, ok := e.split(offset, len(data))
+	if !ok {
+		fillOnes(data)
+		return
+	}
+	(*Root)(e).ReadConfig(a, reg, data)
+}
+
+func (e *ecam) Write(offset uint64, data []byte) {
+	a, reg, ok := e.split(offset, len(data))
+	if !ok {
+		return
+	}
+	(*Root)(e).WriteConfig(a, reg, data)
+}
+
+func fillOnes(b []byte) {
+	for i := range b {
+		b[i] = 0xff
+	}
+}
+
+var (
+	_ bus.Device = (*configPorts)(nil)
+	_ bus.Device = (*ecam)(nil)
+)
