@@ -375,13 +375,13 @@ func TestServerRejectsBadRequests(t *testing.T) {
 	for _, structured := range []bool{false, true} {
 		s := newRawSession(t, sock, "d", structured)
 		cases := []struct {
-			name          string
-			typ           uint16
-			flags         uint16
-			off           uint64
-			n             uint32
-			payload       []byte
-			want          uint32
+			name    string
+			typ     uint16
+			flags   uint16
+			off     uint64
+			n       uint32
+			payload []byte
+			want    uint32
 		}{
 			{"read past end", cmdRead, 0, 1<<20 - 100, 200, nil, errInval},
 			{"read offset overflow", cmdRead, 0, ^uint64(0) - 10, 100, nil, errInval},

@@ -116,14 +116,14 @@ const (
 
 // Error values (the errno values the protocol fixes).
 const (
-	errPerm      = 1
-	errIO        = 5
-	errNoMem     = 12
-	errInval     = 22
-	errNoSpc     = 28
-	errOverflow  = 75
-	errNotSup    = 95
-	errShutdown  = 108
+	errPerm     = 1
+	errIO       = 5
+	errNoMem    = 12
+	errInval    = 22
+	errNoSpc    = 28
+	errOverflow = 75
+	errNotSup   = 95
+	errShutdown = 108
 )
 
 // Sizes of fixed-layout messages.

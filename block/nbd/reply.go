@@ -11,10 +11,10 @@ import (
 // A call survives reconnects: it is re-sent, with a new cookie, on the next
 // connection until it gets an answer or runs out of retries.
 type call struct {
-	req   request    // cookie is set at each send
-	wbufs [][]byte   // payload of a write
-	rbufs [][]byte   // destination of a read; total length req.length
-	logc  []byte     // copy of a write's payload for the replay log, if kept
+	req   request  // cookie is set at each send
+	wbufs [][]byte // payload of a write
+	rbufs [][]byte // destination of a read; total length req.length
+	logc  []byte   // copy of a write's payload for the replay log, if kept
 	done  chan struct{}
 	err   error // valid once done is closed
 
