@@ -1,0 +1,165 @@
+package qcow2
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/block/blocktest"
+	"github.com/viovmm/vio/block/raw"
+)
+
+func needQemu(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed (apt-get install qemu-utils): skipping oracle test")
+	}
+}
+
+func qemu(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// qemuCheck runs qemu-img check and fails on corruption; leaks fail too
+// unless allowed.
+func qemuCheck(t testing.TB, path string, allowLeaks bool) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		return
+	}
+	out, err := exec.Command("qemu-img", "check", path).CombinedOutput()
+	if err == nil {
+		return
+	}
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 3 && allowLeaks {
+		return // leaked clusters only
+	}
+	t.Fatalf("qemu-img check %s: %v\n%s", path, err, out)
+}
+
+func openRaw(t testing.TB, path string, ro bool) *raw.File {
+	t.Helper()
+	f, err := raw.Open(path, raw.Options{ReadOnly: ro})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func createRaw(t testing.TB, path string) *raw.File {
+	t.Helper()
+	f, err := raw.Create(path, 0, raw.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// opener opens backing files relative to dir, raw or qcow2 by magic.
+func opener(dir string) func(name, format string) (block.Backend, error) {
+	var open func(name, format string) (block.Backend, error)
+	open = func(name, format string) (block.Backend, error) {
+		if !filepath.IsAbs(name) {
+			name = filepath.Join(dir, name)
+		}
+		f, err := raw.Open(name, raw.Options{ReadOnly: true})
+		if err != nil {
+			return nil, err
+		}
+		head := make([]byte, 4)
+		f.ReadAt(head, 0)
+		if format == "qcow2" || (format == "" && Probe(head)) {
+			img, err := Open(f, Options{ReadOnly: true, OpenBacking: opener(filepath.Dir(name))})
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			return img, nil
+		}
+		return f, nil
+	}
+	return open
+}
+
+func create(t testing.TB, path string, size int64, copts CreateOptions) *Image {
+	t.Helper()
+	img, err := Create(createRaw(t, path), size, copts, Options{OpenBacking: opener(filepath.Dir(path))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func openImg(t testing.TB, path string, ro bool) *Image {
+	t.Helper()
+	img, err := Open(openRaw(t, path, ro), Options{ReadOnly: ro, OpenBacking: opener(filepath.Dir(path))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func factory(copts CreateOptions) blocktest.Factory {
+	return func(t *testing.T, size int64) block.Backend {
+		path := filepath.Join(t.TempDir(), "disk.qcow2")
+		img := create(t, path, size, copts)
+		t.Cleanup(func() { qemuCheck(t, path, false) })
+		return img
+	}
+}
+
+func TestConformance(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		copts CreateOptions
+	}{
+		{"default", CreateOptions{}},
+		{"v2", CreateOptions{Version: 2}},
+		{"512B-clusters", CreateOptions{ClusterSize: 512}},
+		{"4K-clusters-refcount1", CreateOptions{ClusterSize: 4096, RefcountBits: 1}},
+		{"refcount64", CreateOptions{ClusterSize: 2048, RefcountBits: 64}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			blocktest.Run(t, factory(c.copts))
+			blocktest.RunReopen(t, func(t *testing.T, size int64) func() (block.Backend, error) {
+				path := filepath.Join(t.TempDir(), "disk.qcow2")
+				if err := create(t, path, size, c.copts).Close(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { qemuCheck(t, path, false) })
+				return func() (block.Backend, error) {
+					return Open(openRaw(t, path, false), Options{})
+				}
+			})
+		})
+	}
+}
+
+func TestCreateMatchesQemu(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.qcow2")
+	img := create(t, path, 10<<20, CreateOptions{})
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, path, false)
+	out := qemu(t, "qemu-img", "info", path)
+	for _, want := range []string{"virtual size: 10 MiB", "cluster_size: 65536", "compat: 1.1", "refcount bits: 16"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("qemu-img info lacks %q:\n%s", want, out)
+		}
+	}
+	ref := filepath.Join(dir, "ref.raw")
+	os.WriteFile(ref, bytes.Repeat([]byte{0}, 10<<20), 0o644)
+	qemu(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", path, ref)
+}
