@@ -51,10 +51,10 @@ func (s *syncBuf) String() string {
 }
 
 type rig struct {
-	t    *testing.T
-	u    *u8250.UART
-	irq  *line
-	out  *syncBuf
+	t   *testing.T
+	u   *u8250.UART
+	irq *line
+	out *syncBuf
 }
 
 func newRig(t *testing.T) *rig {
