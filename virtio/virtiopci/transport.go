@@ -1,0 +1,792 @@
+// Package virtiopci is the virtio-over-PCI modern transport (virtio 1.2
+// section 4.1): a pci.Function whose configuration space carries the
+// virtio vendor capabilities and whose BAR 0 holds the common
+// configuration, notification, ISR and device-specific structures and the
+// MSI-X table.
+//
+// The transport negotiates features, runs the device status state machine,
+// collects queue configuration and activates the virtio.Device on
+// DRIVER_OK. It is pure Go: the VMM connects it to KVM through
+// pci.MSIRouter (MSI-X), irq.Line (INTx) and IOEventRegistrar (one
+// ioeventfd per queue notify address).
+//
+// Queue notifications never run device code on the vCPU thread: a write to
+// a notify register, or the VMM calling Notify when an ioeventfd fires,
+// only kicks the queue, which wakes the device's goroutine.
+package virtiopci
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/viovmm/vio/bus"
+	"github.com/viovmm/vio/irq"
+	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/virtio"
+)
+
+// PCI identity of virtio devices.
+const (
+	VendorID      = 0x1af4
+	DeviceIDBase  = 0x1040 // + device type, for modern (non-transitional) devices
+	RevisionID    = 1      // non-transitional devices have revision ≥ 1
+	DefaultSubsys = 0x1100 // QEMU's subsystem ID, which guests know well
+)
+
+// NoVector is VIRTIO_MSI_NO_VECTOR.
+const NoVector = 0xffff
+
+// NotifyOffMultiplier is the distance between two queues' notify
+// registers: each queue gets its own address, so the VMM can attach one
+// ioeventfd per queue without data matching.
+const NotifyOffMultiplier = 4
+
+// Virtio PCI capability types (cfg_type).
+const (
+	CapCommonCfg = 1
+	CapNotifyCfg = 2
+	CapISRCfg    = 3
+	CapDeviceCfg = 4
+	CapPCICfg    = 5
+)
+
+// Layout of BAR 0. Each structure starts on its own page so the VMM could
+// map them separately (the MSI-X table must not share a page with
+// anything a VFIO-style fast path would map directly).
+const (
+	BARIndex     = 0
+	CommonOffset = 0x0000
+	CommonLength = 0x3c // through queue_reset (virtio 1.2)
+	ISROffset    = 0x1000
+	ISRLength    = 4
+	DeviceOffset = 0x2000
+	DeviceLength = 0x1000
+	NotifyOffset = 0x3000
+)
+
+// Limits.
+const (
+	MaxQueues = 1024 // notify registers fit in one page
+)
+
+// Offsets in the common configuration structure.
+const (
+	regDeviceFeatureSelect = 0x00
+	regDeviceFeature       = 0x04
+	regDriverFeatureSelect = 0x08
+	regDriverFeature       = 0x0c
+	regConfigMSIXVector    = 0x10
+	regNumQueues           = 0x12
+	regDeviceStatus        = 0x14
+	regConfigGeneration    = 0x15
+	regQueueSelect         = 0x16
+	regQueueSize           = 0x18
+	regQueueMSIXVector     = 0x1a
+	regQueueEnable         = 0x1c
+	regQueueNotifyOff      = 0x1e
+	regQueueDesc           = 0x20
+	regQueueDriver         = 0x28
+	regQueueDevice         = 0x30
+	regQueueNotifyData     = 0x38
+	regQueueReset          = 0x3a
+)
+
+// IOEventRegistrar lets the VMM bypass the MMIO exit path for queue
+// notifications. Attach arranges that a guest write of any width and value
+// to the MMIO address gpa calls kick (from any goroutine; the VMM's
+// ioeventfd reader). Detach undoes it. The transport attaches every
+// queue's notify address when BAR 0 is mapped and detaches them when it
+// is unmapped or moved; a failed Attach is harmless, since the transport
+// also serves notify writes that reach it as MMIO exits.
+type IOEventRegistrar interface {
+	Attach(gpa uint64, kick func()) error
+	Detach(gpa uint64) error
+}
+
+// Options configures a Transport.
+type Options struct {
+	// Router delivers MSI-X messages (may also be set later with
+	// MSIX().SetRouter, before the guest enables MSI-X).
+	Router pci.MSIRouter
+	// INTx is the function's legacy interrupt line, used while MSI-X is
+	// disabled. nil: the function has no INTx pin.
+	INTx irq.Line
+	// IOEvents, if set, gets the notify addresses (see IOEventRegistrar).
+	IOEvents IOEventRegistrar
+	// SubsystemVendorID and SubsystemID default to 1af4:1100.
+	SubsystemVendorID, SubsystemID uint16
+	// Class defaults by device type (network, storage, ...).
+	Class uint32
+	// MSIXVectors defaults to one per queue plus one for configuration
+	// changes.
+	MSIXVectors int
+}
+
+type queueState struct {
+	size                 uint16
+	enabled              bool
+	desc, driver, device uint64
+}
+
+// Transport is a virtio device on PCI. It implements pci.Function.
+type Transport struct {
+	*pci.Config
+	dev      virtio.Device
+	mem      *memory.Memory
+	msix     *pci.MSIX
+	maxSizes []uint16
+	offered  uint64
+	ioevents IOEventRegistrar
+	barSize  uint64
+	tableOff uint64
+	pbaOff   uint64
+	pciCap   int // offset of the VIRTIO_PCI_CAP_PCI_CFG capability
+
+	// Read by interrupt and notify paths without mu (they run on device
+	// goroutines that Reset, holding mu, may be waiting for).
+	isr          atomic.Uint32
+	needsReset   atomic.Bool
+	generation   atomic.Uint32
+	configVector atomic.Uint32
+	queueVectors []atomic.Uint32
+	active       atomic.Pointer[[]*virtio.Queue]
+	barBase      atomic.Uint64 // BAR 0's mapped address, 0 when unmapped
+	stats        struct {
+		activations, resets, activateErrors, brokenQueues, interruptErrors atomic.Uint64
+	}
+
+	mu          sync.Mutex
+	devFeatSel  uint32
+	drvFeatSel  uint32
+	drvFeatures uint64
+	status      uint8
+	queueSel    uint16
+	queues      []queueState
+	activated   bool
+	lastError   error
+}
+
+var (
+	_ pci.Function = (*Transport)(nil)
+	_ bus.Device   = (*barDevice)(nil)
+)
+
+// ErrConfig reports bad transport options or device description.
+var ErrConfig = errors.New("virtiopci: bad configuration")
+
+func defaultClass(t virtio.DeviceType) uint32 {
+	switch t {
+	case virtio.TypeNet:
+		return 0x020000 // network controller, ethernet
+	case virtio.TypeBlock, virtio.TypeSCSI:
+		return 0x010000 // mass storage, SCSI (what QEMU reports)
+	case virtio.TypeConsole:
+		return 0x078000 // communication controller, other
+	case virtio.TypeInput:
+		return 0x098000 // input device, other
+	case virtio.TypeGPU:
+		return 0x038000 // display controller, other
+	}
+	return 0xff0000 // unclassified
+}
+
+func roundPage(n uint64) uint64 { return (n + 0xfff) &^ 0xfff }
+
+// New wraps dev in a virtio-pci function. Add the result to a pci.Root.
+func New(dev virtio.Device, mem *memory.Memory, opts Options) (*Transport, error) {
+	maxSizes := append([]uint16(nil), dev.QueueMaxSizes()...)
+	nq := len(maxSizes)
+	if nq == 0 || nq > MaxQueues {
+		return nil, fmt.Errorf("%w: %d queues", ErrConfig, nq)
+	}
+	for i, s := range maxSizes {
+		if s == 0 || s&(s-1) != 0 || s > virtio.MaxQueueSize {
+			return nil, fmt.Errorf("%w: queue %d max size %d", ErrConfig, i, s)
+		}
+	}
+	nvec := opts.MSIXVectors
+	if nvec == 0 {
+		nvec = nq + 1
+	}
+	if nvec < 1 || nvec > pci.MaxMSIXVectors {
+		return nil, fmt.Errorf("%w: %d MSI-X vectors", ErrConfig, nvec)
+	}
+	h := pci.Header{
+		VendorID:          VendorID,
+		DeviceID:          DeviceIDBase + uint16(dev.Type()),
+		Revision:          RevisionID,
+		Class:             opts.Class,
+		SubsystemVendorID: opts.SubsystemVendorID,
+		SubsystemID:       opts.SubsystemID,
+	}
+	if h.Class == 0 {
+		h.Class = defaultClass(dev.Type())
+	}
+	if h.SubsystemVendorID == 0 {
+		h.SubsystemVendorID = VendorID
+	}
+	if h.SubsystemID == 0 {
+		h.SubsystemID = DefaultSubsys
+	}
+	if opts.INTx != nil {
+		h.InterruptPin = 1
+	}
+	t := &Transport{
+		Config:       pci.NewConfig(h),
+		dev:          dev,
+		mem:          mem,
+		maxSizes:     maxSizes,
+		offered:      dev.Features() | virtio.TransportFeatures,
+		ioevents:     opts.IOEvents,
+		queueVectors: make([]atomic.Uint32, nq),
+		queues:       make([]queueState, nq),
+	}
+	if opts.INTx != nil {
+		t.SetINTxLine(opts.INTx)
+	}
+	t.tableOff = NotifyOffset + roundPage(uint64(nq)*NotifyOffMultiplier)
+	t.pbaOff = t.tableOff + roundPage(uint64(nvec)*pci.MSIXEntrySize)
+	end := t.pbaOff + roundPage(uint64((nvec+63)/64*8))
+	t.barSize = 1
+	for t.barSize < end {
+		t.barSize <<= 1
+	}
+
+	// Capabilities, in the order Linux's virtio_pci_modern looks for them.
+	caps := []struct {
+		typ          uint8
+		off, length  uint64
+		notifyExtras bool
+	}{
+		{CapCommonCfg, CommonOffset, CommonLength, false},
+		{CapNotifyCfg, NotifyOffset, uint64(nq) * NotifyOffMultiplier, true},
+		{CapISRCfg, ISROffset, ISRLength, false},
+		{CapDeviceCfg, DeviceOffset, DeviceLength, false},
+	}
+	for _, c := range caps {
+		body := vendorCap(c.typ, BARIndex, uint32(c.off), uint32(c.length))
+		if c.notifyExtras {
+			body = binary.LittleEndian.AppendUint32(body, NotifyOffMultiplier)
+		}
+		if _, err := t.AddCapability(pci.CapVendor, body, nil, pci.CapabilityHooks{}); err != nil {
+			return nil, err
+		}
+	}
+	// VIRTIO_PCI_CAP_PCI_CFG: a window into BAR 0 through configuration
+	// space, for firmware that cannot map BARs yet. bar, offset, length
+	// and pci_cfg_data are guest-writable.
+	body := append(vendorCap(CapPCICfg, 0, 0, 0), 0, 0, 0, 0)
+	wmask := make([]byte, len(body))
+	wmask[2] = 0xff // bar
+	for i := 6; i < 18; i++ {
+		wmask[i] = 0xff // offset, length, pci_cfg_data
+	}
+	off, err := t.AddCapability(pci.CapVendor, body, wmask, pci.CapabilityHooks{Read: t.pciCfgRead, Write: t.pciCfgWrite})
+	if err != nil {
+		return nil, err
+	}
+	t.pciCap = off
+
+	t.msix, err = pci.NewMSIX(t.Config, nvec,
+		pci.MSIXLocation{BAR: BARIndex, Offset: uint32(t.tableOff)},
+		pci.MSIXLocation{BAR: BARIndex, Offset: uint32(t.pbaOff)}, opts.Router)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.SetBAR(BARIndex, pci.BAR{Kind: pci.BARMem64, Size: t.barSize, Device: (*barDevice)(t)}); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	t.resetLocked()
+	t.mu.Unlock()
+	return t, nil
+}
+
+// vendorCap returns a virtio_pci_cap after its first two bytes: cap_len,
+// cfg_type, bar, id, padding[2], offset, length.
+func vendorCap(typ, bar uint8, off, length uint32) []byte {
+	n := 16
+	if typ == CapNotifyCfg {
+		n = 20
+	}
+	if typ == CapPCICfg {
+		n = 20
+	}
+	b := []byte{byte(n), typ, bar, 0, 0, 0}
+	b = binary.LittleEndian.AppendUint32(b, off)
+	return binary.LittleEndian.AppendUint32(b, length)
+}
+
+// MSIX returns the function's MSI-X capability.
+func (t *Transport) MSIX() *pci.MSIX { return t.msix }
+
+// BARSize returns the size of BAR 0.
+func (t *Transport) BARSize() uint64 { return t.barSize }
+
+// NumQueues returns the number of queues.
+func (t *Transport) NumQueues() int { return len(t.maxSizes) }
+
+// NotifyAddr returns the guest physical address of queue q's notify
+// register while BAR 0 is mapped.
+func (t *Transport) NotifyAddr(q int) (uint64, bool) {
+	base := t.barBase.Load()
+	if base == 0 || q < 0 || q >= len(t.maxSizes) {
+		return 0, false
+	}
+	return base + NotifyOffset + uint64(q)*NotifyOffMultiplier, true
+}
+
+// Notify is the driver's notification of queue q; the VMM calls it when
+// q's ioeventfd fires. It only wakes the device's goroutine.
+func (t *Transport) Notify(q int) {
+	qs := t.active.Load()
+	if qs == nil || q < 0 || q >= len(*qs) || (*qs)[q] == nil {
+		return
+	}
+	(*qs)[q].Kick()
+}
+
+// BARMapped implements pci.Function: it keeps the ioeventfds on the
+// notify addresses.
+func (t *Transport) BARMapped(r pci.Region, mapped bool) {
+	if r.BAR != BARIndex {
+		return
+	}
+	if !mapped {
+		t.barBase.Store(0)
+		if t.ioevents != nil {
+			for i := range t.maxSizes {
+				_ = t.ioevents.Detach(r.Addr + NotifyOffset + uint64(i)*NotifyOffMultiplier)
+			}
+		}
+		return
+	}
+	t.barBase.Store(r.Addr)
+	if t.ioevents != nil {
+		for i := range t.maxSizes {
+			_ = t.ioevents.Attach(r.Addr+NotifyOffset+uint64(i)*NotifyOffMultiplier, func() { t.Notify(i) })
+		}
+	}
+}
+
+// Stats are transport counters.
+type Stats struct {
+	Activations, Resets, ActivateErrors, BrokenQueues, InterruptErrors uint64
+	LastError                                                          error
+}
+
+// Stats returns the transport's counters.
+func (t *Transport) Stats() Stats {
+	t.mu.Lock()
+	last := t.lastError
+	t.mu.Unlock()
+	return Stats{
+		Activations:     t.stats.activations.Load(),
+		Resets:          t.stats.resets.Load(),
+		ActivateErrors:  t.stats.activateErrors.Load(),
+		BrokenQueues:    t.stats.brokenQueues.Load(),
+		InterruptErrors: t.stats.interruptErrors.Load(),
+		LastError:       last,
+	}
+}
+
+// ConfigChanged tells the driver the device configuration changed: it
+// bumps config_generation and raises the configuration interrupt.
+func (t *Transport) ConfigChanged() {
+	t.generation.Add(1)
+	t.configInterrupt()
+}
+
+// interrupt delivers on vector if MSI-X is enabled, otherwise sets isrBit
+// and asserts INTx.
+func (t *Transport) interrupt(vector uint32, isrBit uint32) error {
+	if vector != NoVector {
+		err := t.msix.Notify(int(vector))
+		if !errors.Is(err, pci.ErrMSIXDisabled) {
+			return err
+		}
+	} else if t.msix.Enabled() {
+		return nil // the driver asked for no interrupt
+	}
+	t.isr.Or(isrBit)
+	return t.SetINTx(true)
+}
+
+func (t *Transport) configInterrupt() {
+	if err := t.interrupt(t.configVector.Load(), 2); err != nil {
+		t.stats.interruptErrors.Add(1)
+	}
+}
+
+// queueTrigger is a queue's irq.Trigger.
+type queueTrigger struct {
+	t *Transport
+	q int
+}
+
+func (qt queueTrigger) Trigger() error {
+	err := qt.t.interrupt(qt.t.queueVectors[qt.q].Load(), 1)
+	if err != nil {
+		qt.t.stats.interruptErrors.Add(1)
+	}
+	return err
+}
+
+// queueBroken is the queues' OnBroken hook: DEVICE_NEEDS_RESET plus a
+// configuration interrupt (spec 2.1.2).
+func (t *Transport) queueBroken(error) {
+	t.stats.brokenQueues.Add(1)
+	if !t.needsReset.Swap(true) {
+		t.configInterrupt()
+	}
+}
+
+// resetLocked returns the virtio state to its initial values; the device
+// must already be stopped.
+func (t *Transport) resetLocked() {
+	t.active.Store(nil)
+	t.devFeatSel, t.drvFeatSel, t.drvFeatures = 0, 0, 0
+	t.status, t.queueSel = 0, 0
+	t.needsReset.Store(false)
+	t.configVector.Store(NoVector)
+	for i := range t.queues {
+		t.queues[i] = queueState{size: t.maxSizes[i]}
+		t.queueVectors[i].Store(NoVector)
+	}
+	t.isr.Store(0)
+	_ = t.SetINTx(false)
+}
+
+// reset is the driver writing 0 to device_status.
+func (t *Transport) resetDeviceLocked() {
+	if t.activated {
+		// Reset stops the device's goroutines; they never take t.mu, so
+		// holding it here cannot deadlock.
+		t.dev.Reset()
+		t.activated = false
+	}
+	t.stats.resets.Add(1)
+	t.resetLocked()
+}
+
+func (t *Transport) failLocked(err error) {
+	t.lastError = err
+	t.stats.activateErrors.Add(1)
+	if !t.needsReset.Swap(true) {
+		t.configInterrupt()
+	}
+}
+
+// featuresOK checks the driver's feature selection (spec 3.1.1): a subset
+// of what was offered, and VERSION_1, since this device has no legacy
+// interface.
+func (t *Transport) featuresOK() bool {
+	return t.drvFeatures&^t.offered == 0 && t.drvFeatures&virtio.FeatureVersion1 != 0
+}
+
+func (t *Transport) setStatusLocked(v uint8) {
+	if v == 0 {
+		t.resetDeviceLocked()
+		return
+	}
+	old := t.status
+	// The driver only ever adds bits (spec 2.1.1); a write that lacks some
+	// is taken as adding the new ones.
+	nw := old | v&^virtio.StatusDeviceNeedsReset
+	if nw&virtio.StatusFeaturesOK != 0 && old&virtio.StatusFeaturesOK == 0 {
+		if nw&virtio.StatusDriver == 0 || !t.featuresOK() {
+			nw &^= virtio.StatusFeaturesOK // refused: the driver reads it back clear
+		}
+	}
+	if nw&virtio.StatusDriverOK != 0 && old&virtio.StatusDriverOK == 0 {
+		if nw&virtio.StatusFeaturesOK == 0 {
+			nw &^= virtio.StatusDriverOK
+		} else {
+			t.status = nw
+			t.activateLocked()
+			return
+		}
+	}
+	t.status = nw
+}
+
+func (t *Transport) activateLocked() {
+	if t.needsReset.Load() {
+		return
+	}
+	queues := make([]*virtio.Queue, len(t.queues))
+	for i, qs := range t.queues {
+		if !qs.enabled {
+			continue
+		}
+		q, err := virtio.NewQueue(t.mem, virtio.QueueConfig{
+			Size: qs.size, DescTable: qs.desc, AvailRing: qs.driver, UsedRing: qs.device,
+		}, t.maxSizes[i], t.drvFeatures)
+		if err != nil {
+			t.failLocked(fmt.Errorf("virtiopci: queue %d: %w", i, err))
+			return
+		}
+		q.SetInterrupt(queueTrigger{t, i})
+		q.OnBroken(t.queueBroken)
+		queues[i] = q
+	}
+	a := &virtio.Activation{Memory: t.mem, Features: t.drvFeatures, Queues: queues, ConfigChanged: t.ConfigChanged}
+	if err := t.dev.Activate(a); err != nil {
+		t.failLocked(fmt.Errorf("virtiopci: activate: %w", err))
+		return
+	}
+	t.activated = true
+	t.stats.activations.Add(1)
+	t.active.Store(&queues)
+}
+
+func (t *Transport) statusLocked() uint8 {
+	s := t.status
+	if t.needsReset.Load() {
+		s |= virtio.StatusDeviceNeedsReset
+	}
+	return s
+}
+
+func (t *Transport) selectedLocked() *queueState {
+	if int(t.queueSel) >= len(t.queues) {
+		return nil
+	}
+	return &t.queues[t.queueSel]
+}
+
+// commonImage renders the common configuration structure.
+func (t *Transport) commonImageLocked() [CommonLength]byte {
+	var b [CommonLength]byte
+	le := binary.LittleEndian
+	le.PutUint32(b[regDeviceFeatureSelect:], t.devFeatSel)
+	if t.devFeatSel < 2 {
+		le.PutUint32(b[regDeviceFeature:], uint32(t.offered>>(32*t.devFeatSel)))
+	}
+	le.PutUint32(b[regDriverFeatureSelect:], t.drvFeatSel)
+	if t.drvFeatSel < 2 {
+		le.PutUint32(b[regDriverFeature:], uint32(t.drvFeatures>>(32*t.drvFeatSel)))
+	}
+	le.PutUint16(b[regConfigMSIXVector:], uint16(t.configVector.Load()))
+	le.PutUint16(b[regNumQueues:], uint16(len(t.queues)))
+	b[regDeviceStatus] = t.statusLocked()
+	b[regConfigGeneration] = uint8(t.generation.Load())
+	le.PutUint16(b[regQueueSelect:], t.queueSel)
+	if q := t.selectedLocked(); q != nil {
+		le.PutUint16(b[regQueueSize:], q.size)
+		le.PutUint16(b[regQueueMSIXVector:], uint16(t.queueVectors[t.queueSel].Load()))
+		if q.enabled {
+			le.PutUint16(b[regQueueEnable:], 1)
+		}
+		le.PutUint16(b[regQueueNotifyOff:], t.queueSel)
+		le.PutUint64(b[regQueueDesc:], q.desc)
+		le.PutUint64(b[regQueueDriver:], q.driver)
+		le.PutUint64(b[regQueueDevice:], q.device)
+	} else {
+		// Unimplemented queues read back zero size and no vector.
+		le.PutUint16(b[regQueueMSIXVector:], NoVector)
+	}
+	return b
+}
+
+func (t *Transport) readCommon(off uint64, data []byte) {
+	t.mu.Lock()
+	img := t.commonImageLocked()
+	t.mu.Unlock()
+	clear(data)
+	if off < CommonLength {
+		copy(data, img[off:])
+	}
+}
+
+type field struct{ off, size uint64 }
+
+// writableFields in offset order; a write touching several applies them in
+// this order.
+var writableFields = []field{
+	{regDeviceFeatureSelect, 4}, {regDriverFeatureSelect, 4}, {regDriverFeature, 4},
+	{regConfigMSIXVector, 2}, {regDeviceStatus, 1}, {regQueueSelect, 2},
+	{regQueueSize, 2}, {regQueueMSIXVector, 2}, {regQueueEnable, 2},
+	{regQueueDesc, 8}, {regQueueDriver, 8}, {regQueueDevice, 8},
+}
+
+// writeCommon merges the write into a rendering of the structure and
+// commits each field it touched, so any access width works (Linux writes
+// the 64-bit queue addresses as two 32-bit halves).
+func (t *Transport) writeCommon(off uint64, data []byte) {
+	if off >= CommonLength {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	img := t.commonImageLocked()
+	n := copy(img[off:], data)
+	end := off + uint64(n)
+	le := binary.LittleEndian
+	for _, f := range writableFields {
+		if f.off >= end || f.off+f.size <= off {
+			continue
+		}
+		var v uint64
+		switch f.size {
+		case 1:
+			v = uint64(img[f.off])
+		case 2:
+			v = uint64(le.Uint16(img[f.off:]))
+		case 4:
+			v = uint64(le.Uint32(img[f.off:]))
+		case 8:
+			v = le.Uint64(img[f.off:])
+		}
+		t.commitLocked(f.off, v)
+	}
+}
+
+func (t *Transport) validVector(v uint64) uint32 {
+	if v == NoVector || v >= uint64(t.msix.Vectors()) {
+		return NoVector // the driver reads back NO_VECTOR: refused
+	}
+	return uint32(v)
+}
+
+func (t *Transport) commitLocked(reg, v uint64) {
+	switch reg {
+	case regDeviceFeatureSelect:
+		t.devFeatSel = uint32(v)
+		return
+	case regDriverFeatureSelect:
+		t.drvFeatSel = uint32(v)
+		return
+	case regDriverFeature:
+		if t.status&virtio.StatusFeaturesOK != 0 || t.drvFeatSel >= 2 {
+			return // features are frozen once FEATURES_OK is set
+		}
+		shift := 32 * t.drvFeatSel
+		t.drvFeatures = t.drvFeatures&^(0xffffffff<<shift) | v<<shift
+		return
+	case regConfigMSIXVector:
+		t.configVector.Store(t.validVector(v))
+		return
+	case regDeviceStatus:
+		t.setStatusLocked(uint8(v))
+		return
+	case regQueueSelect:
+		t.queueSel = uint16(v)
+		return
+	}
+	q := t.selectedLocked()
+	if q == nil || q.enabled || t.status&virtio.StatusDriverOK != 0 {
+		// Queue configuration is frozen once enabled (spec 4.1.4.3.2);
+		// without VIRTIO_F_RING_RESET there is no way back short of a
+		// device reset.
+		return
+	}
+	switch reg {
+	case regQueueSize:
+		q.size = uint16(v) // validated at DRIVER_OK, against the maximum
+	case regQueueMSIXVector:
+		t.queueVectors[t.queueSel].Store(t.validVector(v))
+	case regQueueEnable:
+		if v == 1 {
+			q.enabled = true
+		}
+	case regQueueDesc:
+		q.desc = v
+	case regQueueDriver:
+		q.driver = v
+	case regQueueDevice:
+		q.device = v
+	}
+}
+
+func (t *Transport) readISR(data []byte) {
+	clear(data)
+	v := t.isr.Swap(0) // reading ISR acknowledges the interrupt
+	data[0] = byte(v)
+	if v != 0 {
+		_ = t.SetINTx(false)
+	}
+}
+
+// barDevice serves BAR 0.
+type barDevice Transport
+
+func inside(off uint64, n int, base, size uint64) bool {
+	return off >= base && off-base < size && uint64(n) <= size-(off-base)
+}
+
+func (b *barDevice) Read(off uint64, data []byte) {
+	t := (*Transport)(b)
+	switch {
+	case inside(off, len(data), CommonOffset, CommonLength):
+		t.readCommon(off-CommonOffset, data)
+	case off == ISROffset && len(data) <= ISRLength:
+		t.readISR(data)
+	case inside(off, len(data), DeviceOffset, DeviceLength):
+		t.dev.ReadConfig(off-DeviceOffset, data)
+	case inside(off, len(data), t.tableOff, t.msix.TableSize()):
+		t.msix.ReadTable(off-t.tableOff, data)
+	case inside(off, len(data), t.pbaOff, t.msix.PBASize()):
+		t.msix.ReadPBA(off-t.pbaOff, data)
+	default:
+		clear(data) // notify registers and gaps read as zero
+	}
+}
+
+func (b *barDevice) Write(off uint64, data []byte) {
+	t := (*Transport)(b)
+	switch {
+	case inside(off, len(data), CommonOffset, CommonLength):
+		t.writeCommon(off-CommonOffset, data)
+	case inside(off, len(data), NotifyOffset, uint64(len(t.maxSizes))*NotifyOffMultiplier):
+		t.Notify(int((off - NotifyOffset) / NotifyOffMultiplier))
+	case inside(off, len(data), DeviceOffset, DeviceLength):
+		t.dev.WriteConfig(off-DeviceOffset, data)
+	case inside(off, len(data), t.tableOff, t.msix.TableSize()):
+		t.msix.WriteTable(off-t.tableOff, data)
+	}
+}
+
+// The VIRTIO_PCI_CAP_PCI_CFG capability: cap bytes 4 (bar), 8..11
+// (offset), 12..15 (length), 16..19 (pci_cfg_data).
+func (t *Transport) pciCfgWindow() (off uint64, n int, ok bool) {
+	b := t.Bytes(t.pciCap, 20)
+	le := binary.LittleEndian
+	bar, off, n := b[4], uint64(le.Uint32(b[8:])), int(le.Uint32(b[12:]))
+	if bar != BARIndex || n != 1 && n != 2 && n != 4 || !inside(off, n, 0, t.barSize) {
+		return 0, 0, false
+	}
+	return off, n, true
+}
+
+func (t *Transport) pciCfgRead(capOff int, data []byte) {
+	if capOff+len(data) <= 16 {
+		return
+	}
+	off, n, ok := t.pciCfgWindow()
+	var buf [4]byte
+	if ok {
+		(*barDevice)(t).Read(off, buf[:n])
+	}
+	for i := range data {
+		if p := capOff + i; p >= 16 && p < 20 {
+			data[i] = buf[p-16]
+		}
+	}
+}
+
+func (t *Transport) pciCfgWrite(capOff int, data []byte) {
+	if capOff+len(data) <= 16 {
+		return
+	}
+	off, n, ok := t.pciCfgWindow()
+	if !ok {
+		return
+	}
+	buf := t.Bytes(t.pciCap+16, 4)
+	(*barDevice)(t).Write(off, buf[:n])
+}
