@@ -13,6 +13,26 @@
 // calls, must come from one OS thread at a time (KVM binds a vCPU to the task
 // that last ran it; running it from many threads is legal but slow), which is
 // why package vcpu locks one OS thread per vCPU.
+//
+// # PVM hosts
+//
+// Some hosts (this project's CI machine among them) have no VT-x/AMD-V and
+// run KVM's PVM back end (kvm_pvm), which virtualizes by shadow paging and
+// instruction emulation. System.IsPVM detects it; RequireHardware turns it
+// into ErrPVMOnly for callers that would rather refuse than crawl. What was
+// measured on such a host with this package's tests:
+//
+//   - real-mode and 64-bit guests run; in real mode every instruction goes
+//     through KVM's instruction emulator (its "insn_emulation" statistic
+//     counts each one), in 64-bit mode the instructions that exit do;
+//   - INT n outside real mode is an emulation failure
+//     (ExitInternalError, InternalErrorEmulation); exceptions raised by
+//     instructions (ud2's #UD) are delivered normally;
+//   - port I/O reaches userspace as ExitIO, but KVM's "io_exits" statistic
+//     stays 0 (the emulator completes it), while "exits" and "mmio_exits"
+//     count as usual: count I/O exits in userspace (package vcpu does);
+//   - KVM_GET_FPU returns MXCSR as 0 whatever KVM_SET_FPU stored;
+//   - CapNrVCPUs is 2 (recommended), CapMaxVCPUs 1024.
 package kvm
 
 import (

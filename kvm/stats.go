@@ -15,7 +15,8 @@ var ErrNoStats = errors.New("kvm: binary statistics not supported")
 
 // Stats reads a VM's or vCPU's binary statistics file (KVM_GET_STATS_FD):
 // named counters such as "exits", "io_exits", "mmio_exits", "halt_exits" on
-// a vCPU. The descriptor table is read once; each Get or Snapshot reads
+// a vCPU. Which exits KVM counts under which name is the kernel's business
+// (on PVM, port I/O is not counted in "io_exits"; see the package comment). The descriptor table is read once; each Get or Snapshot reads
 // current values with pread, without entering the vCPU.
 type Stats struct {
 	fd      int

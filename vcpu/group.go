@@ -54,7 +54,7 @@ func (g *Group) Stop() {
 }
 
 // Wait returns once every vCPU's loop has ended (by Stop or by a Handler
-// returning Stop).
+// returning Stop). Every runner must have been started or stopped.
 func (g *Group) Wait() {
 	for _, r := range g.runners {
 		<-r.Done()
