@@ -124,3 +124,21 @@ func TestChecksCatchBrokenBackends(t *testing.T) {
 		}
 	}
 }
+
+func TestCrashDisk(t *testing.T) {
+	Run(t, func(t *testing.T, size int64) block.Backend { return NewCrashDisk(size) })
+	d := NewCrashDisk(4)
+	d.WriteAt([]byte{1, 1, 1, 1}, 0)
+	d.Flush()
+	d.WriteAt([]byte{2, 2}, 0)
+	d.FreezeAfter(3)
+	d.WriteAt([]byte{3, 3}, 2) // op 4: lost
+	d.Flush()
+	seen := map[string]bool{}
+	for seed := uint64(0); seed < 50; seed++ {
+		seen[string(d.Crash(rand.New(rand.NewPCG(seed, 0))))] = true
+	}
+	if len(seen) != 2 || !seen["\x01\x01\x01\x01"] || !seen["\x02\x02\x01\x01"] {
+		t.Errorf("crash states = %v", seen)
+	}
+}
