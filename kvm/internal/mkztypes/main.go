@@ -29,10 +29,17 @@ func main() {
 		log.Fatal("usage: mkztypes -o OUTPUT INPUT.go")
 	}
 	in := flag.Arg(0)
-	cmd := exec.Command("go", "tool", "cgo", "-godefs", in)
+	// cgo leaves object files behind; keep them out of the source tree.
+	tmp, err := os.MkdirTemp("", "mkztypes")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.Command("go", "tool", "cgo", "-godefs", "-objdir", tmp, in)
 	cmd.Stderr = os.Stderr
 	raw, err := cmd.Output()
 	if err != nil {
+		os.RemoveAll(tmp)
 		log.Fatalf("cgo -godefs %s: %v", in, err)
 	}
 	src, err := tidy(raw)
