@@ -35,7 +35,7 @@ type testVM struct {
 
 // newVM builds a VM with guest RAM and one vCPU per code block, vCPU i
 // starting at codeAddr+0x100*i.
-func newVM(t *testing.T, code ...[]byte) *testVM {
+func newVM(t testing.TB, code ...[]byte) *testVM {
 	t.Helper()
 	sys, err := kvm.Open("")
 	if errors.Is(err, kvm.ErrNoKVM) {
@@ -366,8 +366,25 @@ func waitAdvance(t *testing.T, mem *memory.Memory, addr uint64, old uint32) uint
 	}
 }
 
+// spinCode64 is spinCode for 64-bit mode, where the guest runs natively
+// on PVM rather than in KVM's emulator.
+func spinCode64(addr uint32) []byte {
+	return []byte{
+		0xff, 0x04, 0x25, byte(addr), byte(addr >> 8), byte(addr >> 16), byte(addr >> 24), // inc dword [addr]
+		0xeb, 0xf7, // jmp back to the inc
+	}
+}
+
 func TestKick(t *testing.T) {
-	tv := newVM(t, spinCode(0x500))
+	t.Run("real mode", func(t *testing.T) { testKick(t, newVM(t, spinCode(0x500)), 7) })
+	t.Run("64-bit", func(t *testing.T) {
+		tv := newVM(t, spinCode64(0x500))
+		longMode(t, tv.mem, tv.cpus[0])
+		testKick(t, tv, 9)
+	})
+}
+
+func testKick(t *testing.T, tv *testVM, loopLen uint64) {
 	ev := &events{act: vcpu.Stop}
 	r := vcpu.New(tv.cpus[0], vcpu.Config{Handler: ev.handle})
 	if err := r.Start(); err != nil {
@@ -388,7 +405,7 @@ func TestKick(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if regs.Rip < codeAddr || regs.Rip >= codeAddr+7 {
+		if regs.Rip < codeAddr || regs.Rip >= codeAddr+loopLen {
 			t.Errorf("round %d: paused at rip %#x, outside the loop", round, regs.Rip)
 		}
 		v2, _ := tv.mem.LoadUint32(0x500)
@@ -573,7 +590,7 @@ const (
 // and an empty IDT, by setting the state directly (as a VMM does for a
 // 64-bit boot protocol; the segment caches are set without a GDT, which is
 // only read when a segment register is reloaded).
-func longMode(t *testing.T, mem *memory.Memory, cpu *kvm.VCPU) {
+func longMode(t testing.TB, mem *memory.Memory, cpu *kvm.VCPU) {
 	t.Helper()
 	const present, writable, huge = 1, 2, 0x80
 	tables := []struct{ at, val uint64 }{
@@ -701,4 +718,42 @@ func TestKVMStats(t *testing.T) {
 	}
 	t.Logf("KVM: exits %d io_exits %d mmio_exits %d halt_exits %d insn_emulation %d",
 		after["exits"]-before, after["io_exits"], after["mmio_exits"], after["halt_exits"], after["insn_emulation"])
+}
+
+// countDev counts writes and closes done at the n-th.
+type countDev struct {
+	n, seen int
+	done    chan struct{}
+}
+
+func (d *countDev) Read(uint64, []byte) {}
+func (d *countDev) Write(uint64, []byte) {
+	d.seen++ // only the vCPU's thread calls it
+	if d.seen == d.n {
+		close(d.done)
+	}
+}
+
+// BenchmarkPIOExit measures a full port-write round trip: guest OUT, exit
+// to userspace, bus dispatch, re-entry. Run as
+// go test -run X -bench PIOExit -benchtime 20000x ./vcpu
+func BenchmarkPIOExit(b *testing.B) {
+	for _, mode := range []string{"real", "64-bit"} {
+		b.Run(mode, func(b *testing.B) {
+			code := []byte{0xe6, 0x80, 0xeb, 0xfc} // out 0x80, al; jmp back
+			tv := newVM(b, code)
+			if mode == "64-bit" {
+				longMode(b, tv.mem, tv.cpus[0])
+			}
+			d := &countDev{n: b.N, done: make(chan struct{})}
+			pio := bus.New("pio")
+			pio.Register(0x80, 1, d)
+			r := vcpu.New(tv.cpus[0], vcpu.Config{PIO: pio})
+			b.ResetTimer()
+			r.Start()
+			<-d.done
+			b.StopTimer()
+			r.Stop()
+		})
+	}
 }
