@@ -5,6 +5,7 @@
 package kvm
 
 type (
+	// Regs is struct kvm_regs: the general-purpose registers, RIP and RFLAGS.
 	Regs struct {
 		Rax    uint64
 		Rbx    uint64
@@ -25,6 +26,7 @@ type (
 		Rip    uint64
 		Rflags uint64
 	}
+	// Sregs is struct kvm_sregs: segment, descriptor-table and control registers, EFER and the APIC base.
 	Sregs struct {
 		Cs              Segment
 		Ds              Segment
@@ -45,6 +47,7 @@ type (
 		APICBase        uint64
 		InterruptBitmap [4]uint64
 	}
+	// Segment is struct kvm_segment: a segment register with its hidden descriptor cache.
 	Segment struct {
 		Base     uint64
 		Limit    uint32
@@ -60,11 +63,13 @@ type (
 		Unusable uint8
 		Padding  uint8
 	}
+	// DTable is struct kvm_dtable: a descriptor-table register (GDTR, IDTR).
 	DTable struct {
 		Base    uint64
 		Limit   uint16
 		Padding [3]uint16
 	}
+	// FPU is struct kvm_fpu: the x87 and SSE state in FXSAVE terms.
 	FPU struct {
 		Fpr    [8][16]uint8
 		Fcw    uint16
@@ -78,11 +83,13 @@ type (
 		Mxcsr  uint32
 		Pad2   uint32
 	}
+	// MSREntry is struct kvm_msr_entry: one model-specific register.
 	MSREntry struct {
 		Index    uint32
 		Reserved uint32
 		Data     uint64
 	}
+	// CPUIDEntry is struct kvm_cpuid_entry2: one CPUID leaf (Function) and subleaf (Index).
 	CPUIDEntry struct {
 		Function uint32
 		Index    uint32
@@ -93,16 +100,20 @@ type (
 		Edx      uint32
 		Padding  [3]uint32
 	}
+	// LAPICState is struct kvm_lapic_state: the local APIC's 1 KiB register page.
 	LAPICState struct {
 		Regs [1024]byte
 	}
+	// PITConfig is struct kvm_pit_config, the argument of KVM_CREATE_PIT2.
 	PITConfig struct {
 		Flags uint32
 		Pad   [15]uint32
 	}
+	// MPState is struct kvm_mp_state.
 	MPState struct {
 		State uint32
 	}
+	// ClockData is struct kvm_clock_data: the VM's kvmclock, in nanoseconds.
 	ClockData struct {
 		Clock    uint64
 		Flags    uint32
@@ -111,6 +122,7 @@ type (
 		TSC      uint64
 		Pad      [4]uint32
 	}
+	// UserspaceMemoryRegion is struct kvm_userspace_memory_region (see VM.SetUserMemoryRegion).
 	UserspaceMemoryRegion struct {
 		Slot          uint32
 		Flags         uint32

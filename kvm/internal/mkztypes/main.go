@@ -84,7 +84,39 @@ func tidy(raw []byte) ([]byte, error) {
 	if err := format.Node(&buf, fset, f); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	return addDocs(buf.Bytes()), nil
+}
+
+// typeDocs are the doc comments of the exported types (godefs drops C
+// comments, and these are the kernel structs' names for grep).
+var typeDocs = map[string]string{
+	"Regs":                  "Regs is struct kvm_regs: the general-purpose registers, RIP and RFLAGS.",
+	"Sregs":                 "Sregs is struct kvm_sregs: segment, descriptor-table and control registers, EFER and the APIC base.",
+	"Segment":               "Segment is struct kvm_segment: a segment register with its hidden descriptor cache.",
+	"DTable":                "DTable is struct kvm_dtable: a descriptor-table register (GDTR, IDTR).",
+	"FPU":                   "FPU is struct kvm_fpu: the x87 and SSE state in FXSAVE terms.",
+	"MSREntry":              "MSREntry is struct kvm_msr_entry: one model-specific register.",
+	"CPUIDEntry":            "CPUIDEntry is struct kvm_cpuid_entry2: one CPUID leaf (Function) and subleaf (Index).",
+	"LAPICState":            "LAPICState is struct kvm_lapic_state: the local APIC's 1 KiB register page.",
+	"PITConfig":             "PITConfig is struct kvm_pit_config, the argument of KVM_CREATE_PIT2.",
+	"MPState":               "MPState is struct kvm_mp_state.",
+	"ClockData":             "ClockData is struct kvm_clock_data: the VM's kvmclock, in nanoseconds.",
+	"UserspaceMemoryRegion": "UserspaceMemoryRegion is struct kvm_userspace_memory_region (see VM.SetUserMemoryRegion).",
+}
+
+func addDocs(src []byte) []byte {
+	var out bytes.Buffer
+	for line := range bytes.Lines(src) {
+		if name, ok := bytes.CutPrefix(line, []byte("\t")); ok {
+			if i := bytes.Index(name, []byte(" struct {")); i > 0 {
+				if doc, ok := typeDocs[string(name[:i])]; ok {
+					fmt.Fprintf(&out, "\t// %s\n", doc)
+				}
+			}
+		}
+		out.Write(line)
+	}
+	return out.Bytes()
 }
 
 var initialisms = map[string]string{
