@@ -179,7 +179,9 @@ func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 		limit = -1
 	}
 	c.log.init(limit)
+	c.mu.Lock() // the reader may report a loss at once
 	c.cur = c.newConn(nc, br)
+	c.mu.Unlock()
 	return c, nil
 }
 
