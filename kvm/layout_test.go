@@ -37,6 +37,7 @@ func TestLayouts(t *testing.T) {
 		{"KVM_IOEVENTFD", ioctlIOEventFD, ioeventfd{}},
 		{"KVM_IRQ_LINE", ioctlIRQLine, irqLevel{}},
 		{"KVM_ENABLE_CAP", ioctlEnableCap, enableCap{}},
+		{"KVM_SIGNAL_MSI", ioctlSignalMSI, msi{}},
 		{"KVM_SET_GSI_ROUTING", ioctlSetGSIRouting, irqRoutingHead{}},
 		{"KVM_SET_MSRS", ioctlSetMSRs, msrsHead{}},
 		{"KVM_SET_CPUID2", ioctlSetCPUID2, cpuid2Head{}},

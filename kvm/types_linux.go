@@ -99,6 +99,7 @@ type (
 	runEx                 C.kvm_run_ex
 	statsHeader           C.struct_kvm_stats_header
 	statsDesc             C.struct_kvm_stats_desc
+	msi                   C.struct_kvm_msi
 	enableCap             C.struct_kvm_enable_cap
 )
 
@@ -145,6 +146,7 @@ const (
 	ioctlGetDirtyLog         = C.KVM_GET_DIRTY_LOG
 	ioctlGetClock            = C.KVM_GET_CLOCK
 	ioctlSetClock            = C.KVM_SET_CLOCK
+	ioctlSignalMSI           = C.KVM_SIGNAL_MSI
 	ioctlEnableCap           = C.KVM_ENABLE_CAP
 	ioctlGetStatsFD          = C.KVM_GET_STATS_FD
 	ioctlRun                 = C.KVM_RUN

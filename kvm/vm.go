@@ -305,3 +305,16 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 	}
 	return &VCPU{fd: int(fd), id: id, run: run}, nil
 }
+
+// SignalMSI injects one message-signalled interrupt directly
+// (KVM_SIGNAL_MSI), without a route or an eventfd: the slow path, for
+// devices that raise MSIs rarely. It reports whether the interrupt was
+// delivered (false: the guest's interrupt controller blocked it).
+func (vm *VM) SignalMSI(address uint64, data uint32) (bool, error) {
+	m := msi{Lo: uint32(address), Hi: uint32(address >> 32), Data: data}
+	r, err := ioctlPtr(vm.fd, ioctlSignalMSI, &m)
+	if err != nil {
+		return false, ioctlError("KVM_SIGNAL_MSI", err)
+	}
+	return r > 0, nil
+}

@@ -245,6 +245,14 @@ type (
 		Offset     uint32
 		BucketSize uint32
 	}
+	msi struct {
+		Lo    uint32
+		Hi    uint32
+		Data  uint32
+		Flags uint32
+		Devid uint32
+		Pad   [12]uint8
+	}
 	enableCap struct {
 		Cap   uint32
 		Flags uint32
@@ -293,6 +301,7 @@ const (
 	ioctlGetDirtyLog         = 0x4010ae42
 	ioctlGetClock            = 0x8030ae7c
 	ioctlSetClock            = 0x4030ae7b
+	ioctlSignalMSI           = 0x4020aea5
 	ioctlEnableCap           = 0x4068aea3
 	ioctlGetStatsFD          = 0xaece
 	ioctlRun                 = 0xae80
