@@ -112,10 +112,10 @@ type Controller struct {
 	mu      sync.Mutex
 	ctr     uint8
 	outPort uint8
-	lastCmd bool   // last write was a command
-	pending uint8  // controller command awaiting its data byte, or 0
-	kbdArg  uint8  // keyboard command awaiting its argument, or 0
-	scanSet uint8  // keyboard scan code set (1-3)
+	lastCmd bool  // last write was a command
+	pending uint8 // controller command awaiting its data byte, or 0
+	kbdArg  uint8 // keyboard command awaiting its argument, or 0
+	scanSet uint8 // keyboard scan code set (1-3)
 	queue   []outByte
 	level   bool
 }
