@@ -43,6 +43,8 @@ func Create(file block.Backend, size int64, copts CreateOptions, opts Options) (
 	if rb < 1 || rb > 64 || rb&(rb-1) != 0 || (ver == 2 && rb != 16) {
 		return nil, fmt.Errorf("qcow2: refcount width %d bits not allowed (powers of two to 64; 16 for version 2)", rb)
 	}
+	// Like qemu-img, whole sectors only: QEMU ignores a partial last one.
+	size = (size + 511) &^ 511
 	if size < 0 || size > maxVirtualSize {
 		return nil, fmt.Errorf("qcow2: size %d out of range", size)
 	}

@@ -1019,6 +1019,9 @@ func (img *Image) Resize(size int64) error {
 	if size > maxVirtualSize {
 		return fmt.Errorf("qcow2: size %d too large: %w", size, block.ErrOutOfRange)
 	}
+	if size%512 != 0 {
+		return fmt.Errorf("qcow2: size %d is not a multiple of 512 bytes (QEMU would not see the last partial sector)", size)
+	}
 	if size == old {
 		return nil
 	}

@@ -48,7 +48,7 @@ func qemuCheck(t testing.TB, path string, allowLeaks bool) {
 
 func openRaw(t testing.TB, path string, ro bool) *raw.File {
 	t.Helper()
-	f, err := raw.Open(path, raw.Options{ReadOnly: ro})
+	f, err := raw.Open(path, raw.Options{ReadOnly: ro, Cache: raw.Unsafe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func openRaw(t testing.TB, path string, ro bool) *raw.File {
 
 func createRaw(t testing.TB, path string) *raw.File {
 	t.Helper()
-	f, err := raw.Create(path, 0, raw.Options{})
+	f, err := raw.Create(path, 0, raw.Options{Cache: raw.Unsafe})
 	if err != nil {
 		t.Fatal(err)
 	}
