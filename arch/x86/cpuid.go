@@ -78,7 +78,8 @@ type CPUIDConfig struct {
 //   - leaves 0xB and 0x1F: the x2APIC topology (SMT level of one thread,
 //     core level of NumCPUs), replacing the host's;
 //   - leaves 0x40000000/1: the KVM signature and the paravirtual features;
-//   - AMD leaves 0x80000008 ECX and 0x8000001E: core count and IDs.
+//   - AMD leaves 0x80000008 ECX, 0x8000001D and 0x8000001E: core count,
+//     cache sharing and IDs.
 func GuestCPUID(host []CPUIDEntry, cfg CPUIDConfig) ([]CPUIDEntry, error) {
 	n := cfg.NumCPUs
 	if n < 1 || n > MaxCPUs || cfg.CPU < 0 || cfg.CPU >= n {
@@ -137,6 +138,14 @@ func GuestCPUID(host []CPUIDEntry, cfg CPUIDConfig) ([]CPUIDEntry, error) {
 			if amd {
 				// ECX[7:0]: cores - 1; ECX[15:12]: APIC ID bits for cores.
 				e.ECX = e.ECX&^0xf0ff | uint32(n-1)&0xff | coreBits<<12
+			}
+		case 0x8000001d:
+			// AMD's leaf 4: EAX[25:14] is logical processors
+			// sharing the cache - 1; L3 is shared by all.
+			level := e.EAX >> 5 & 7
+			e.EAX &^= 0xfff << 14
+			if level >= 3 {
+				e.EAX |= (min(pow2, 4096) - 1) << 14
 			}
 		case 0x8000001e:
 			// Extended APIC ID, core ID with one thread per core,

@@ -136,6 +136,8 @@ func TestGuestCPUIDAMD(t *testing.T) {
 		{Function: 0, EAX: 0x10, EBX: 0x68747541, ECX: 0x444d4163, EDX: 0x69746e65}, // AuthenticAMD
 		{Function: 1, EBX: 0x00020800},
 		{Function: 0x80000008, EAX: 0x3030, ECX: 0x7007},
+		{Function: 0x8000001d, Index: 0, Flags: 1, EAX: 0x00004121},
+		{Function: 0x8000001d, Index: 1, Flags: 1, EAX: 0x0003c163},
 		{Function: 0x8000001e, EAX: 9, EBX: 0x109, ECX: 0x300},
 	}
 	g, err := x86.GuestCPUID(host, x86.CPUIDConfig{CPU: 2, NumCPUs: 3})
@@ -145,6 +147,12 @@ func TestGuestCPUIDAMD(t *testing.T) {
 	e, _ := leaf(g, 0x80000008, 0)
 	if e.ECX&0xff != 2 || e.ECX>>12&0xf != 2 {
 		t.Errorf("0x80000008 ECX %#x: want NC=2, ApicIdCoreIdSize=2", e.ECX)
+	}
+	if l1, _ := leaf(g, 0x8000001d, 0); l1.EAX>>14&0xfff != 0 || l1.EAX&0x3fff != 0x0121 {
+		t.Errorf("AMD L1 cache leaf %#x", l1.EAX)
+	}
+	if l3, _ := leaf(g, 0x8000001d, 1); l3.EAX>>14&0xfff != 3 || l3.EAX&0x3fff != 0x0163 {
+		t.Errorf("AMD L3 cache leaf %#x: want shared by 4 (3 CPUs rounded up)", l3.EAX)
 	}
 	e, _ = leaf(g, 0x8000001e, 0)
 	if e.EAX != 2 || e.EBX&0xff != 2 || e.EBX>>8&0xff != 0 {

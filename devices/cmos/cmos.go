@@ -20,7 +20,13 @@ import (
 	"github.com/viovmm/vio/bus"
 )
 
-// Port offsets from 0x70.
+// Where the PC has it.
+const (
+	PortAddr = 0x70
+	IRQ      = 8 // never raised; see the package comment
+)
+
+// Port offsets from PortAddr.
 const (
 	RegIndex = 0
 	RegData  = 1

@@ -24,6 +24,18 @@ import (
 	"github.com/viovmm/vio/irq"
 )
 
+// The PC's standard COM ports and their ISA interrupts.
+const (
+	COM1Addr = 0x3f8
+	COM1IRQ  = 4
+	COM2Addr = 0x2f8
+	COM2IRQ  = 3
+	COM3Addr = 0x3e8
+	COM3IRQ  = 4
+	COM4Addr = 0x2e8
+	COM4IRQ  = 3
+)
+
 // Register offsets from the base port.
 const (
 	RegData = 0 // read RBR, write THR; DLL when LCR.DLAB
