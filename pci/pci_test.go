@@ -495,7 +495,7 @@ func TestMSIX(t *testing.T) {
 		t.Fatal("not enabled")
 	}
 	must(t, m.f.msix.Notify(0))
-	m.expect(t, pcitest.Message{0, 0xfee00000, 0x4021})
+	m.expect(t, pcitest.Message{Vector: 0, Addr: 0xfee00000, Data: 0x4021})
 
 	// Masked vector: pending, then delivered on unmask.
 	must(t, m.f.msix.Notify(1))
@@ -509,7 +509,7 @@ func TestMSIX(t *testing.T) {
 		t.Errorf("PBA = %#x", pba[0])
 	}
 	m.w32(16+12, 0)
-	m.expect(t, pcitest.Message{1, 0xfee01000, 0x4022})
+	m.expect(t, pcitest.Message{Vector: 1, Addr: 0xfee01000, Data: 0x4022})
 	if m.f.msix.Pending(1) {
 		t.Error("pending bit survived delivery")
 	}
@@ -521,14 +521,14 @@ func TestMSIX(t *testing.T) {
 	must(t, m.f.msix.Notify(1)) // pending is a bit, not a count
 	m.expectNone(t)
 	m.control(pci.MSIXEnable)
-	m.expect(t, pcitest.Message{0, 0xfee00000, 0x4021})
-	m.expect(t, pcitest.Message{1, 0xfee01000, 0x4022})
+	m.expect(t, pcitest.Message{Vector: 0, Addr: 0xfee00000, Data: 0x4021})
+	m.expect(t, pcitest.Message{Vector: 1, Addr: 0xfee01000, Data: 0x4022})
 	m.expectNone(t)
 
 	// Reprogramming a live vector reroutes it.
 	m.w32(8, 0x4030)
 	must(t, m.f.msix.Notify(0))
-	m.expect(t, pcitest.Message{0, 0xfee00000, 0x4030})
+	m.expect(t, pcitest.Message{Vector: 0, Addr: 0xfee00000, Data: 0x4030})
 
 	// Route failures are reported, not hidden.
 	m.router.FailRoutes(errors.New("no GSI left"))
