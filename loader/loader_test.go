@@ -2,13 +2,13 @@ package loader_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/viovmm/vio/lab/assets"
 	"github.com/viovmm/vio/loader"
 	"github.com/viovmm/vio/loader/loadertest"
 	"github.com/viovmm/vio/memory"
@@ -266,6 +266,10 @@ func TestCmdline(t *testing.T) {
 // realKernel finds a distribution kernel to test against, if there is one.
 func realKernel(t *testing.T) string {
 	cands := []string{os.Getenv("VIO_TEST_BZIMAGE")}
+	// The lab's Debian kernel, if `vio-lab assets` fetched it.
+	if a, err := assets.Load(assets.DefaultDir()); err == nil {
+		cands = append(cands, a.Kernel)
+	}
 	for _, g := range []string{"../.lab/assets/*vmlinuz*", "../.lab/assets/*bzImage*", "/boot/vmlinuz-*"} {
 		m, _ := filepath.Glob(g)
 		cands = append(cands, m...)
@@ -279,7 +283,7 @@ func realKernel(t *testing.T) string {
 			return c
 		}
 	}
-	t.Skip("no real kernel (set VIO_TEST_BZIMAGE, or put one in .lab/assets or /boot)")
+	t.Skip("no real kernel (set VIO_TEST_BZIMAGE, run `vio-lab assets`, or have one in /boot)")
 	return ""
 }
 
@@ -324,5 +328,4 @@ func TestRealKernel(t *testing.T) {
 	if _, err := k.Load(small, loader.DefaultLoadAddr); !errors.Is(err, loader.ErrTooBig) {
 		t.Errorf("32 MiB guest: got %v, want ErrTooBig", err)
 	}
-	_ = binary.LittleEndian
 }
