@@ -188,6 +188,8 @@ type Config struct {
 	// lastCap is the offset of the last capability in the list (0: none);
 	// nextFree the first free byte after the standard header.
 	lastCap, nextFree int
+	// Extended (PCI Express) capabilities live at 0x100 and above.
+	lastExtCap, nextExtFree int
 
 	line      irq.Line
 	intxLevel bool // device's view of its INTx output
@@ -197,7 +199,7 @@ type Config struct {
 // NewConfig returns a configuration space with h's identity, all BARs
 // unused, no capabilities, decoding disabled.
 func NewConfig(h Header) *Config {
-	c := &Config{size: ConfigSize, nextFree: 0x40}
+	c := &Config{size: ConfigSize, nextFree: 0x40, nextExtFree: ConfigSize}
 	if h.Express {
 		c.size = ExtendedConfigSize
 	}
@@ -285,6 +287,9 @@ func (c *Config) BAR(i int) (BAR, uint64) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.bars[i].Kind == barHigh {
+		return BAR{}, 0 // the upper half of the 64-bit BAR i-1
+	}
 	return c.bars[i], c.barAddr(i)
 }
 
@@ -331,6 +336,40 @@ func (c *Config) AddCapability(id uint8, body, wmask []byte, hooks CapabilityHoo
 	}
 	c.lastCap = off
 	c.nextFree = off + n
+	c.caps = append(c.caps, capRange{off: off, len: n, hooks: hooks})
+	return off, nil
+}
+
+// AddExtendedCapability appends a PCI Express extended capability (at
+// offset 0x100 or above, for SR-IOV, ACS, AER and the like) to a function
+// created with Header.Express. body follows the 4-byte header (ID,
+// version, next pointer), which is maintained here.
+func (c *Config) AddExtendedCapability(id uint16, version uint8, body, wmask []byte, hooks CapabilityHooks) (int, error) {
+	if wmask != nil && len(wmask) != len(body) {
+		return 0, fmt.Errorf("%w: mask length %d for body length %d", ErrBadCapability, len(wmask), len(body))
+	}
+	if version > 0xf {
+		return 0, fmt.Errorf("%w: version %d", ErrBadCapability, version)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.size != ExtendedConfigSize {
+		return 0, fmt.Errorf("%w: extended capability on a conventional PCI function", ErrBadCapability)
+	}
+	off := (c.nextExtFree + 3) &^ 3
+	n := 4 + len(body)
+	if off+n > ExtendedConfigSize {
+		return 0, fmt.Errorf("%w: %d bytes at %#x", ErrNoCapSpace, n, off)
+	}
+	binary.LittleEndian.PutUint32(c.data[off:], uint32(id)|uint32(version)<<16)
+	copy(c.data[off+4:], body)
+	copy(c.wmask[off+4:], wmask)
+	if c.lastExtCap != 0 {
+		h := binary.LittleEndian.Uint32(c.data[c.lastExtCap:])
+		binary.LittleEndian.PutUint32(c.data[c.lastExtCap:], h&0xfffff|uint32(off)<<20)
+	}
+	c.lastExtCap = off
+	c.nextExtFree = off + n
 	c.caps = append(c.caps, capRange{off: off, len: n, hooks: hooks})
 	return off, nil
 }

@@ -548,3 +548,46 @@ func TestMSIX(t *testing.T) {
 		t.Errorf("PBA after write = %#x", z[0])
 	}
 }
+
+func TestExpressAndExtendedCapabilities(t *testing.T) {
+	c := pci.NewConfig(pci.Header{VendorID: 1, Express: true})
+	off, err := pci.AddExpressCapability(c, pci.ExpressIntegratedEndpoint)
+	must(t, err)
+	b := c.Bytes(off, 4)
+	if b[0] != pci.CapExpress || b[2] != 0x92 {
+		t.Errorf("PCIe capability header % x", b)
+	}
+	// Device control is writable, device status is not.
+	c.WriteConfig(off+8, []byte{0x20, 0x50, 0xff, 0xff})
+	if v := binary.LittleEndian.Uint32(c.Bytes(off+8, 4)); v != 0x5020 {
+		t.Errorf("devctl/devsta = %#x", v)
+	}
+	e1, err := c.AddExtendedCapability(0x10, 1, make([]byte, 0x3c), nil, pci.CapabilityHooks{}) // SR-IOV-sized
+	must(t, err)
+	e2, err := c.AddExtendedCapability(0x0d, 1, make([]byte, 4), nil, pci.CapabilityHooks{})
+	must(t, err)
+	if e1 != 0x100 {
+		t.Errorf("first extended capability at %#x", e1)
+	}
+	h := make([]byte, 4)
+	c.ReadConfig(e1, h)
+	if v := binary.LittleEndian.Uint32(h); v != 0x10|1<<16|uint32(e2)<<20 {
+		t.Errorf("extended header %#x (next should be %#x)", v, e2)
+	}
+	c.ReadConfig(e2, h)
+	if v := binary.LittleEndian.Uint32(h); v>>20 != 0 {
+		t.Errorf("last extended capability points on: %#x", v)
+	}
+	conv := pci.NewConfig(pci.Header{VendorID: 1})
+	if _, err := conv.AddExtendedCapability(0x10, 1, nil, nil, pci.CapabilityHooks{}); !errors.Is(err, pci.ErrBadCapability) {
+		t.Errorf("extended capability on conventional function: %v", err)
+	}
+	// Upper half of a 64-bit BAR reports nothing.
+	must(t, c.SetBAR(0, pci.BAR{Kind: pci.BARMem64, Size: 1 << 20}))
+	if b, _ := c.BAR(1); b.Kind != pci.BARUnused {
+		t.Errorf("BAR1 kind %d", b.Kind)
+	}
+	if err := c.SetBAR(1, pci.BAR{Kind: pci.BARMem32, Size: 4096}); !errors.Is(err, pci.ErrBadBAR) {
+		t.Errorf("BAR1 reuse: %v", err)
+	}
+}

@@ -124,6 +124,10 @@ type Options struct {
 	// MSIXVectors defaults to one per queue plus one for configuration
 	// changes.
 	MSIXVectors int
+	// Express makes the function a PCI Express root complex integrated
+	// endpoint (4 KiB configuration space, PCIe capability), which is
+	// what a q35-style machine presents.
+	Express bool
 }
 
 type queueState struct {
@@ -235,6 +239,7 @@ func New(dev virtio.Device, mem *memory.Memory, opts Options) (*Transport, error
 	if opts.INTx != nil {
 		h.InterruptPin = 1
 	}
+	h.Express = opts.Express
 	t := &Transport{
 		Config:       pci.NewConfig(h),
 		dev:          dev,
@@ -296,6 +301,11 @@ func New(dev virtio.Device, mem *memory.Memory, opts Options) (*Transport, error
 		pci.MSIXLocation{BAR: BARIndex, Offset: uint32(t.pbaOff)}, opts.Router)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Express {
+		if _, err := pci.AddExpressCapability(t.Config, pci.ExpressIntegratedEndpoint); err != nil {
+			return nil, err
+		}
 	}
 	if err := t.SetBAR(BARIndex, pci.BAR{Kind: pci.BARMem64, Size: t.barSize, Device: (*barDevice)(t)}); err != nil {
 		return nil, err

@@ -298,3 +298,33 @@ func TestActivateAndReset(t *testing.T) {
 		t.Error("failed activation without NEEDS_RESET")
 	}
 }
+
+func TestExpressOption(t *testing.T) {
+	mem, err := memory.New([]memory.Layout{{GPA: 0, Size: 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	tr, err := virtiopci.New(&stubDev{}, mem, virtiopci.Options{Express: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.Size() != pci.ExtendedConfigSize {
+		t.Errorf("config size %d", tr.Size())
+	}
+	// Walk the list: the PCIe capability must be on it, after the virtio ones.
+	b := make([]byte, 1)
+	tr.ReadConfig(pci.RegCapabilitiesPtr, b)
+	found := false
+	for p, n := int(b[0]), 0; p != 0 && n < 48; n++ {
+		tr.ReadConfig(p, b)
+		if b[0] == pci.CapExpress {
+			found = true
+		}
+		tr.ReadConfig(p+1, b)
+		p = int(b[0])
+	}
+	if !found {
+		t.Error("no PCIe capability")
+	}
+}
