@@ -1,0 +1,31 @@
+# vio's two entry points are `make demo` and `make test` (see README.md).
+GO ?= go
+FUZZTIME ?= 10s
+
+.PHONY: all build setup demo test vet fuzz-short clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+setup:
+	./scripts/setup-host
+
+# Boot the demo VM with vio and show its I/O working (in the lab when this
+# host has no hardware virtualization).
+demo: setup build
+	./scripts/demo
+
+# The whole test suite: unit tests, tiny guests on this host's /dev/kvm,
+# real Linux guests in the lab, and short fuzzing of guest-facing parsers.
+test: vet
+	$(GO) test -timeout 40m ./...
+	./scripts/fuzz-short $(FUZZTIME)
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+clean:
+	rm -rf bin

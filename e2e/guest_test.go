@@ -1,0 +1,52 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// guestScript is the guest half of the boot scenarios: it reports what the
+// guest sees on its console, then powers off.
+const guestScript = `
+echo "VIO-GUEST cpus=$(nproc) memkb=$(awk '/MemTotal/ {print $2}' /proc/meminfo) clock=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+echo VIO-GUEST-DONE
+poweroff -f
+`
+
+// runVMM runs a VMM command line to completion (the guest powers off) and
+// returns its combined output. The deadline is generous: L2 guests run at
+// emulation speed inside the lab.
+func runVMM(t *testing.T, timeout time.Duration, argv ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("%s ran for %v", argv[0], time.Since(start).Round(10*time.Millisecond))
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatalf("%s did not finish within %v; output:\n%s", argv[0], timeout, out.String())
+	}
+	return out.String(), err
+}
+
+var guestFacts = regexp.MustCompile(`VIO-GUEST cpus=(\d+) memkb=(\d+) clock=(\S+)`)
+
+// facts parses the guest's report; it fails the test if the guest never
+// reached its init or never finished.
+func facts(t *testing.T, console string) (cpus, memKB, clock string) {
+	t.Helper()
+	m := guestFacts.FindStringSubmatch(console)
+	if m == nil || !strings.Contains(console, "VIO-GUEST-DONE") {
+		t.Fatalf("guest did not report; console:\n%s", console)
+	}
+	return m[1], m[2], m[3]
+}
