@@ -18,6 +18,22 @@
 //     merging emulated and physical configuration space.
 //   - Root is bus 0: the host bridge at 00.0, the config access mechanisms,
 //     BAR allocation and the (re)registration of BAR ranges.
+//
+// Extension points. A VFIO function implements Function itself: it
+// forwards most configuration accesses to the physical device and keeps a
+// *Config for the parts it must emulate (BARs, MSI-X), choosing per
+// offset; BARMapped tells it where to mmap the device's BARs. SR-IOV is an
+// extended capability (AddExtendedCapability on an Express function) plus
+// virtual functions added to the Root at the routing IDs its First VF
+// Offset and VF Stride compute; the Root already takes functions 1-7 and
+// any device number.
+//
+// Wiring by the VMM: register Root.ConfigPorts at ConfigAddressPort on
+// the PIO bus and Root.ECAM on the MMIO bus (and describe it in ACPI MCFG),
+// give each MSIX an MSIRouter (KVM GSI routes + irqfds), attach each INTx
+// pin's irq.Line with Config.SetINTxLine and store the GSI in the
+// interrupt line register (Config.SetBytes(RegInterruptLine, ...)) for
+// guests that route INTx without ACPI.
 package pci
 
 import (

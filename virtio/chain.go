@@ -16,6 +16,10 @@ type Chain struct {
 	Head     uint16
 	Readable Buffers
 	Writable Buffers
+
+	// Inline backing for short chains (most requests: a header, a data
+	// buffer or two, a status byte), saving two allocations per request.
+	inline [4][]byte
 }
 
 // Buffers is a scatter/gather list.

@@ -251,6 +251,7 @@ func chainError(head uint16, format string, args ...any) error {
 // also ends any loop, so no visited set is needed.
 func (q *Queue) walk(head uint16) (*Chain, error) {
 	c := &Chain{Head: head}
+	c.Readable, c.Writable = c.inline[:0:2], c.inline[2:2:4]
 	table, tableLen := q.desc, uint32(q.cfg.Size)
 	i := uint32(head)
 	inIndirect, sawWritable := false, false

@@ -13,6 +13,32 @@
 // Queue notifications never run device code on the vCPU thread: a write to
 // a notify register, or the VMM calling Notify when an ioeventfd fires,
 // only kicks the queue, which wakes the device's goroutine.
+//
+// Wiring by the VMM (see Example):
+//
+//	tr, err := virtiopci.New(dev, mem, virtiopci.Options{
+//		Router:   router,   // KVM GSI routing + irqfd per MSI-X vector
+//		INTx:     line,     // optional legacy line
+//		IOEvents: ioevents, // KVM_IOEVENTFD per notify address
+//	})
+//	root.Add(pci.BDF{Device: n}, tr)
+//
+// The guest assigns and enables BAR 0 (or keeps the Root's assignment);
+// the transport then attaches one ioeventfd per queue at NotifyAddr(q),
+// and the VMM calls tr.Notify(q) when it fires.
+//
+// What the transport decides, and how (all visible to the driver):
+//   - FEATURES_OK sticks only if the driver's features are a subset of the
+//     offered ones and include VERSION_1 (no legacy interface).
+//   - Queue registers are frozen once the queue is enabled or DRIVER_OK is
+//     set; queue_enable ignores 0 (no VIRTIO_F_RING_RESET).
+//   - Vectors at or above the MSI-X table size read back as NO_VECTOR.
+//   - Queue sizes and ring addresses are validated at DRIVER_OK; a bad
+//     queue, a failing Device.Activate, or a queue that breaks later sets
+//     DEVICE_NEEDS_RESET and raises the configuration interrupt.
+//   - While MSI-X is disabled, interrupts set ISR bits and assert INTx;
+//     reading ISR clears both. With MSI-X enabled, NO_VECTOR means no
+//     interrupt at all.
 package virtiopci
 
 import (
