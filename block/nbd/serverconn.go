@@ -146,6 +146,9 @@ func (sc *serverConn) handshake() (bool, error) {
 			}
 			continue
 		}
+		if uint32(cap(data)) < n {
+			data = make([]byte, n) // n <= maxOptionData
+		}
 		data = data[:n]
 		if _, err := io.ReadFull(sc.br, data); err != nil {
 			return false, err
@@ -387,12 +390,12 @@ func (sc *serverConn) transmit() error {
 		}
 		var payload []byte
 		if req.typ == cmdWrite {
-			if req.length > maxPayload {
+			if _, _, maxBS := sc.s.sizes(); req.length > maxBS {
 				// Skip the payload without buffering it, then refuse.
 				if _, err := io.CopyN(io.Discard, sc.br, int64(req.length)); err != nil {
 					return err
 				}
-				sc.replyError(req, errInval, "request larger than 32 MiB")
+				sc.replyError(req, errInval, "request larger than the maximum payload")
 				continue
 			}
 			sc.budget.acquire(int64(req.length))
