@@ -1061,6 +1061,9 @@ func (img *Image) resizeLocked(size uint64) error {
 // growL1 moves the active L1 table to a new, larger place. Call with mu
 // and ioLock held.
 func (img *Image) growL1(entries uint64) error {
+	if entries > maxL1Bytes/8 {
+		return fmt.Errorf("qcow2: an L1 table of %d entries exceeds the %d-byte limit", entries, maxL1Bytes)
+	}
 	bytes := entries * 8
 	n := (bytes + img.cs - 1) >> img.cbits
 	host, _, err := img.allocate(n)

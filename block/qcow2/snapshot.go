@@ -233,6 +233,9 @@ func (img *Image) ApplySnapshot(name string) error {
 			return err
 		}
 		size := img.h.size
+		if s.diskSize > maxVirtualSize || s.diskSize%512 != 0 {
+			return corrupt("snapshot %q has an invalid disk size %d", s.name, s.diskSize)
+		}
 		if s.diskSize != 0 {
 			size = s.diskSize
 		}
