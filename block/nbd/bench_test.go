@@ -1,0 +1,168 @@
+package nbd
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/block/raw"
+)
+
+// BenchmarkFioServer compares this package's server with qemu-nbd serving
+// the same raw file, as seen by fio's nbd engine (libnbd), side by side.
+// It is not part of the test suite (benchmarks run only with -bench):
+//
+//	go test -run '^$' -bench FioServer -benchtime 1x ./block/nbd/
+//
+// BENCH_RUNTIME (seconds per workload, default 5) and BENCH_SIZE_MB
+// (default 256) tune it.
+func BenchmarkFioServer(b *testing.B) {
+	fio, err := exec.LookPath("fio")
+	if err != nil {
+		b.Skip("fio not installed (apt-get install fio)")
+	}
+	if out, _ := exec.Command(fio, "--enghelp").CombinedOutput(); !strings.Contains(string(out), "\tnbd\n") {
+		b.Skip("this fio has no nbd engine (it needs libnbd)")
+	}
+	qnbd, err := exec.LookPath("qemu-nbd")
+	if err != nil {
+		b.Skip("qemu-nbd not installed (apt-get install qemu-utils)")
+	}
+	runtime := envInt("BENCH_RUNTIME", 5)
+	sizeMB := envInt("BENCH_SIZE_MB", 256)
+	dir := b.TempDir()
+	img := filepath.Join(dir, "bench.img")
+	fillRandom(b, img, int64(sizeMB)<<20)
+
+	type workload struct{ name, rw, bs, depth string }
+	workloads := []workload{
+		{"4k randread qd32", "randread", "4k", "32"},
+		{"4k randwrite qd32", "randwrite", "4k", "32"},
+		{"1M read qd8", "read", "1M", "8"},
+		{"1M write qd8", "write", "1M", "8"},
+	}
+	for i := 0; i < b.N; i++ {
+		results := map[string][2]fioResult{}
+		// Ours, in this process, on a unix socket.
+		f, err := raw.Open(img, raw.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := NewServer(Export{Name: "disk", Backend: f})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sock := filepath.Join(dir, "vio.sock")
+		l, err := Listen("unix:" + sock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		go s.Serve(l)
+		for _, w := range workloads {
+			r := results[w.name]
+			r[0] = runFio(b, fio, "nbd+unix:///disk?socket="+sock, w.rw, w.bs, w.depth, sizeMB, runtime)
+			results[w.name] = r
+		}
+		s.Close()
+		f.Close()
+
+		// qemu-nbd on the same file.
+		qsock := filepath.Join(dir, "qemu.sock")
+		cmd := exec.Command(qnbd, "-f", "raw", "-k", qsock, "-x", "disk", "-t", img)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if _, err := os.Stat(qsock); err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		for _, w := range workloads {
+			r := results[w.name]
+			r[1] = runFio(b, fio, "nbd+unix:///disk?socket="+qsock, w.rw, w.bs, w.depth, sizeMB, runtime)
+			results[w.name] = r
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+
+		fmt.Printf("\nfio nbd engine, %d MiB raw file, %ds per workload (unix socket)\n", sizeMB, runtime)
+		fmt.Printf("%-20s %12s %10s %12s %10s %8s\n", "workload", "vio IOPS", "vio MB/s", "qemu IOPS", "qemu MB/s", "vio/qemu")
+		for _, w := range workloads {
+			r := results[w.name]
+			ratio := 0.0
+			if r[1].iops > 0 {
+				ratio = r[0].iops / r[1].iops
+			}
+			fmt.Printf("%-20s %12.0f %10.1f %12.0f %10.1f %8.2f\n", w.name, r[0].iops, r[0].mbps, r[1].iops, r[1].mbps, ratio)
+			b.ReportMetric(ratio, strings.ReplaceAll(w.name, " ", "_")+"_vio/qemu")
+		}
+	}
+}
+
+type fioResult struct{ iops, mbps float64 }
+
+func runFio(b *testing.B, fio, uri, rw, bs, depth string, sizeMB, runtime int) fioResult {
+	out := filepath.Join(b.TempDir(), "fio.json")
+	cmd := exec.Command(fio, "--name=bench", "--ioengine=nbd", "--uri="+uri, "--rw="+rw, "--bs="+bs,
+		"--iodepth="+depth, fmt.Sprintf("--size=%dM", sizeMB), "--time_based", fmt.Sprintf("--runtime=%d", runtime),
+		"--randrepeat=0", "--output-format=json", "--output="+out)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("fio %s on %s: %v\n%s", rw, uri, err, msg)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rep struct {
+		Jobs []struct {
+			Read, Write struct {
+				IOPS float64 `json:"iops"`
+				BW   float64 `json:"bw"` // KiB/s
+			}
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil || len(rep.Jobs) == 0 {
+		b.Fatalf("fio output: %v\n%s", err, data)
+	}
+	j := rep.Jobs[0]
+	r := fioResult{iops: j.Read.IOPS + j.Write.IOPS, mbps: (j.Read.BW + j.Write.BW) * 1024 / 1e6}
+	return r
+}
+
+func fillRandom(b *testing.B, path string, size int64) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	rng := rand.New(rand.NewPCG(9, 9))
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := 0; i < len(buf); i += 8 {
+			v := rng.Uint64()
+			for k := 0; k < 8; k++ {
+				buf[i+k] = byte(v >> (8 * k))
+			}
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func envInt(name string, def int) int {
+	var v int
+	if _, err := fmt.Sscan(os.Getenv(name), &v); err != nil || v <= 0 {
+		return def
+	}
+	return v
+}
