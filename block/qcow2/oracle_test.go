@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -353,4 +354,57 @@ func countKind(t *testing.T, path string, kind int) int {
 		}
 	}
 	return n
+}
+
+// TestCheckAgreesWithQemu damages images in known ways and compares
+// Check's verdict with qemu-img check's.
+func TestCheckAgreesWithQemu(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.qcow2")
+	img := create(t, path, 4<<20, CreateOptions{ClusterSize: 4096})
+	for _, o := range randomOps(rand.New(rand.NewPCG(5, 5)), 4<<20, 100, 4096, true) {
+		o.apply(t, img)
+	}
+	img.CreateSnapshot("s")
+	img.WriteAt(make([]byte, 10000), 5000)
+	img.Close()
+	verdict := func() (int, CheckResult) {
+		out, err := exec.Command("qemu-img", "check", path).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		img := openImg(t, path, true)
+		defer img.Close()
+		res, err := img.Check()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("qemu-img check exit %d:\n%s\nvio: %+v", code, out, res)
+		return code, res
+	}
+	if code, res := verdict(); code != 0 || res.Corruptions+res.Leaks != 0 {
+		t.Fatalf("clean image: qemu %d, vio %+v", code, res)
+	}
+	// A leak: raise the refcount of the header cluster.
+	f := openRaw(t, path, false)
+	hdr := make([]byte, 4096)
+	f.ReadAt(hdr, 0)
+	h, _ := parseHeader(hdr, f.Size())
+	rt := make([]byte, 8)
+	f.ReadAt(rt, int64(h.refTableOffset))
+	rb := be.Uint64(rt)
+	f.WriteAt([]byte{0, 2}, int64(rb)) // cluster 0: refcount 2
+	f.Close()
+	if code, res := verdict(); code != 3 || res.Leaks != 1 || res.Corruptions != 0 {
+		t.Fatalf("leak: qemu exit %d, vio %+v", code, res)
+	}
+	// A corruption: cluster 0's refcount 0.
+	f = openRaw(t, path, false)
+	f.WriteAt([]byte{0, 0}, int64(rb))
+	f.Close()
+	if code, res := verdict(); code != 2 || res.Corruptions == 0 {
+		t.Fatalf("corruption: qemu exit %d, vio %+v", code, res)
+	}
 }
