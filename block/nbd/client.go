@@ -404,17 +404,48 @@ func (c *Client) aligned(off, n int64) bool {
 	return off%bs == 0 && n%bs == 0
 }
 
+// readRange reads any range: the whole blocks in it go straight into the
+// caller's buffers; a partial block at either end goes through a bounce
+// buffer of one block.
 func (c *Client) readRange(bufs [][]byte, off, n int64) error {
 	if c.aligned(off, n) {
 		return c.readAligned(bufs, off, n)
 	}
 	bs := int64(c.minBS)
 	start, end := off/bs*bs, (off+n+bs-1)/bs*bs
-	bounce := make([]byte, end-start)
-	if err := c.readAligned([][]byte{bounce}, start, end-start); err != nil {
+	if end-start <= 2*bs {
+		bounce := make([]byte, end-start)
+		if err := c.readAligned([][]byte{bounce}, start, end-start); err != nil {
+			return err
+		}
+		copyToBufs(bufs, bounce[off-start:off-start+n])
+		return nil
+	}
+	// Head block, aligned middle, tail block.
+	head, tail := start+bs, end-bs
+	pos := int64(0)
+	if off > start {
+		block := make([]byte, bs)
+		if err := c.readAligned([][]byte{block}, start, bs); err != nil {
+			return err
+		}
+		copyToBufs(sliceBufs(bufs, 0, head-off), block[off-start:])
+		pos = head - off
+	}
+	midEnd := tail
+	if off+n == end {
+		midEnd = end
+	}
+	if err := c.readAligned(sliceBufs(bufs, pos, midEnd-(off+pos)), off+pos, midEnd-(off+pos)); err != nil {
 		return err
 	}
-	copyToBufs(bufs, bounce[off-start:off-start+n])
+	if midEnd < off+n {
+		block := make([]byte, bs)
+		if err := c.readAligned([][]byte{block}, tail, bs); err != nil {
+			return err
+		}
+		copyToBufs(sliceBufs(bufs, tail-off, off+n-tail), block)
+	}
 	return nil
 }
 
@@ -430,29 +461,55 @@ func (c *Client) readAligned(bufs [][]byte, off, n int64) error {
 	return c.doAll(calls)
 }
 
+// writeRange writes any range. Whole blocks go straight from the caller's
+// buffers; a partial block at either end is read, patched and written back.
+// These read-modify-writes are serialised among themselves, so that two
+// unaligned writes sharing a block cannot undo each other; an aligned write
+// racing one on the same block is as undefined as overlapping concurrent
+// writes always are.
 func (c *Client) writeRange(bufs [][]byte, off, n int64) error {
 	if c.aligned(off, n) {
 		return c.writeAligned(bufs, off, n)
 	}
-	// Read-modify-write of the enclosing blocks. Serialising these among
-	// themselves keeps two unaligned writes sharing a block from undoing
-	// each other; an aligned write racing one on the same block is as
-	// undefined as overlapping concurrent writes always are.
 	bs := int64(c.minBS)
 	start, end := off/bs*bs, (off+n+bs-1)/bs*bs
 	c.rmw.Lock()
 	defer c.rmw.Unlock()
-	bounce := make([]byte, end-start)
-	if err := c.readAligned([][]byte{bounce[:bs]}, start, bs); err != nil {
-		return err
-	}
-	if end-bs > start {
-		if err := c.readAligned([][]byte{bounce[end-start-bs:]}, end-bs, bs); err != nil {
+	if end-start <= 2*bs {
+		bounce := make([]byte, end-start)
+		if err := c.readAligned([][]byte{bounce[:bs]}, start, bs); err != nil {
 			return err
 		}
+		if end-bs > start {
+			if err := c.readAligned([][]byte{bounce[bs:]}, end-bs, bs); err != nil {
+				return err
+			}
+		}
+		gatherBufs(bounce[off-start:off-start+n], bufs)
+		return c.writeAligned([][]byte{bounce}, start, end-start)
 	}
-	gatherBufs(bounce[off-start:off-start+n], bufs)
-	return c.writeAligned([][]byte{bounce}, start, end-start)
+	var out [][]byte // head block, the caller's middle, tail block
+	pos := int64(0)
+	if off > start {
+		block := make([]byte, bs)
+		if err := c.readAligned([][]byte{block}, start, bs); err != nil {
+			return err
+		}
+		gatherBufs(block[off-start:], sliceBufs(bufs, 0, start+bs-off))
+		out = append(out, block)
+		pos = start + bs - off
+	}
+	midEnd := (off + n) / bs * bs
+	out = append(out, sliceBufs(bufs, pos, midEnd-(off+pos))...)
+	if midEnd < off+n {
+		block := make([]byte, bs)
+		if err := c.readAligned([][]byte{block}, midEnd, bs); err != nil {
+			return err
+		}
+		gatherBufs(block, sliceBufs(bufs, midEnd-off, off+n-midEnd))
+		out = append(out, block)
+	}
+	return c.writeAligned(out, start, end-start)
 }
 
 func (c *Client) writeAligned(bufs [][]byte, off, n int64) error {
