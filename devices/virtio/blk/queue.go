@@ -1,0 +1,142 @@
+package blk
+
+import (
+	"sync"
+
+	"github.com/viovmm/vio/virtio"
+)
+
+// server serves one request queue: its goroutine (serve) owns the
+// available and used rings; workers only run requests on the back-end.
+//
+// Why this split: the ring is a sequential structure, the back-end is not.
+// One goroutine taking chains and pushing completions keeps the ring code
+// simple and lets it batch (one interrupt for all the completions that
+// arrived together), while the workers keep several requests of the queue
+// on the back-end at once.
+type server struct {
+	d    *Device
+	q    *virtio.Queue
+	stop chan struct{}
+
+	work chan *virtio.Chain // to workers; capacity limit, so never blocks
+	done chan completion    // from workers; capacity limit, so never blocks
+	// limit bounds the chains taken and not yet returned. A hostile
+	// driver can republish heads still in flight, so the ring itself
+	// does not bound them; the queue size does here.
+	limit int
+}
+
+type completion struct {
+	head    uint16
+	written uint32
+}
+
+func newServer(d *Device, q *virtio.Queue, stop chan struct{}) *server {
+	limit := int(q.Config().Size)
+	return &server{
+		d: d, q: q, stop: stop,
+		work:  make(chan *virtio.Chain, limit),
+		done:  make(chan completion, limit),
+		limit: limit,
+	}
+}
+
+// serve runs until stop is closed or the queue breaks (then the transport
+// has set DEVICE_NEEDS_RESET and waits for the driver to reset). Either
+// way it returns only once no worker touches guest memory any more.
+func (s *server) serve() {
+	var wg sync.WaitGroup
+	for range s.d.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.worker()
+		}()
+	}
+	defer func() {
+		close(s.work)
+		wg.Wait()
+	}()
+
+	inFlight := 0
+	poll := true // the available ring may hold chains we have not taken
+	for {
+		if poll {
+			var err error
+			if inFlight, poll, err = s.take(inFlight); err != nil {
+				return
+			}
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-s.q.Kicks():
+			s.d.stats.notifications.Add(1)
+			poll = true
+		case c := <-s.done:
+			// Push everything that has completed, then interrupt once.
+			for {
+				inFlight--
+				if err := s.q.Push(c.head, c.written); err != nil {
+					return
+				}
+				var ok bool
+				select {
+				case c, ok = <-s.done:
+				default:
+				}
+				if !ok {
+					break
+				}
+			}
+			_ = s.q.Signal() // errors are the transport's to count
+		}
+	}
+}
+
+// take hands available chains to the workers until the ring is empty or
+// the in-flight limit is reached. It returns the new in-flight count and
+// whether the ring must be polled again without waiting for a kick (at
+// the limit, notifications stay disabled and the next completion resumes
+// polling).
+func (s *server) take(inFlight int) (int, bool, error) {
+	s.q.DisableNotifications()
+	for {
+		if inFlight >= s.limit {
+			return inFlight, true, nil
+		}
+		c, err := s.q.Next()
+		if err != nil {
+			return inFlight, false, err
+		}
+		if c == nil {
+			more, err := s.q.EnableNotifications()
+			if err != nil {
+				return inFlight, false, err
+			}
+			if !more {
+				return inFlight, false, nil
+			}
+			s.q.DisableNotifications()
+			continue
+		}
+		s.work <- c
+		inFlight++
+		s.d.stats.noteInFlight(inFlight)
+	}
+}
+
+func (s *server) worker() {
+	w := &worker{d: s.d}
+	for c := range s.work {
+		select {
+		case <-s.stop:
+			// Reset: abandon queued requests without touching guest
+			// memory; the rings are forgotten anyway.
+			continue
+		default:
+		}
+		s.done <- completion{c.Head, w.handle(c)}
+	}
+}

@@ -1,0 +1,241 @@
+package blk
+
+import (
+	"encoding/binary"
+
+	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/virtio"
+)
+
+// worker holds the scratch space of one request worker, so that serving a
+// request allocates nothing.
+type worker struct {
+	d    *Device
+	data [][]byte // the request's data buffers, sub-slices of guest memory
+	segs [MaxSegments * SegmentSize]byte
+}
+
+// handle serves one chain and returns the number of bytes written into its
+// writable buffers, which is what goes into the used ring.
+//
+// Layout (spec 5.2.6): a 16-byte header, data, then one status byte. The
+// header and any data for the device are readable; data for the driver
+// and the status byte are writable. The status is the last byte of the
+// last writable buffer. A device "MUST NOT" rely on how the driver split
+// these into descriptors, so everything is addressed as byte offsets of
+// the readable and writable concatenations.
+func (w *worker) handle(c *virtio.Chain) uint32 {
+	d := w.d
+	wlen := c.Writable.Len()
+	if wlen == 0 {
+		// Nowhere to put a status: the driver gets the chain back with
+		// nothing written, which it can only treat as an error.
+		d.stats.noStatus.Add(1)
+		return 0
+	}
+	last := c.Writable[len(c.Writable)-1]
+	status := w.serve(c.Readable, c.Writable, wlen-1)
+	last[len(last)-1] = status
+	switch status {
+	case StatusIOErr:
+		d.stats.ioErrors.Add(1)
+	case StatusUnsupp:
+		d.stats.unsupported.Add(1)
+	}
+	// wlen ≤ 4 GiB: the core bounds a chain's writable length.
+	return uint32(wlen)
+}
+
+// serve executes a request and returns its status. in is the driver's
+// writable area; its first inLen bytes are the data area (the status byte
+// follows).
+func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
+	d := w.d
+	var hdr [HeaderSize]byte
+	if n, _ := out.ReadAt(hdr[:], 0); n < HeaderSize {
+		d.stats.other.Add(1)
+		return StatusIOErr
+	}
+	le := binary.LittleEndian
+	typ := le.Uint32(hdr[0:])
+	sector := le.Uint64(hdr[8:])
+	outLen := out.Len() - HeaderSize
+	features := d.negotiate.Load()
+
+	switch typ {
+	case TypeIn:
+		d.stats.reads.Add(1)
+		w.data = span(w.data[:0], in, 0, inLen)
+		if !w.checkData(inLen, sector) {
+			return StatusIOErr
+		}
+		if _, err := block.ReadvAt(d.be, w.data, int64(sector*SectorSize)); err != nil {
+			return StatusIOErr
+		}
+		d.stats.readBytes.Add(uint64(inLen))
+		return StatusOK
+
+	case TypeOut:
+		d.stats.writes.Add(1)
+		if d.readOnly {
+			return StatusIOErr
+		}
+		w.data = span(w.data[:0], out, HeaderSize, outLen)
+		if !w.checkData(outLen, sector) {
+			return StatusIOErr
+		}
+		if _, err := block.WritevAt(d.be, w.data, int64(sector*SectorSize)); err != nil {
+			return StatusIOErr
+		}
+		if !d.writeback() {
+			if err := d.be.Flush(); err != nil {
+				return StatusIOErr
+			}
+		}
+		d.stats.writtenBytes.Add(uint64(outLen))
+		return StatusOK
+
+	case TypeFlush:
+		d.stats.flushes.Add(1)
+		if features&FeatureFlush == 0 {
+			return StatusUnsupp
+		}
+		if err := d.be.Flush(); err != nil {
+			return StatusIOErr
+		}
+		return StatusOK
+
+	case TypeGetID:
+		d.stats.getIDs.Add(1)
+		// The driver's buffer is normally exactly IDBytes; write what
+		// fits. The serial is zero-padded, and not NUL-terminated when it
+		// is IDBytes long, as the specification says.
+		n := min(inLen, IDBytes)
+		in.WriteAt(d.serial[:n], 0)
+		return StatusOK
+
+	case TypeDiscard, TypeWriteZeroes:
+		return w.zeroOrDiscard(typ, out, outLen, features)
+	}
+	d.stats.other.Add(1)
+	return StatusUnsupp
+}
+
+// checkData validates a read or write of n bytes at sector: whole sectors,
+// within the capacity, and no buffer above size_max.
+func (w *worker) checkData(n int64, sector uint64) bool {
+	d := w.d
+	if n%SectorSize != 0 || !capacityOK(sector, uint64(n)/SectorSize, d.capacity.Load()) {
+		return false
+	}
+	if m := d.cfg.SizeMax; m != 0 {
+		for _, b := range w.data {
+			if uint64(len(b)) > uint64(m) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// zeroOrDiscard serves DISCARD and WRITE_ZEROES. The segments are copied
+// out of guest memory and all validated before any is executed, so that a
+// bad segment fails the request without a partial effect.
+func (w *worker) zeroOrDiscard(typ uint32, out virtio.Buffers, outLen int64, features uint64) byte {
+	d := w.d
+	feature, maxSeg, maxSectors := FeatureDiscard, d.cfg.MaxDiscardSegments, d.cfg.MaxDiscardSectors
+	if typ == TypeWriteZeroes {
+		d.stats.writeZeroes.Add(1)
+		feature, maxSeg, maxSectors = FeatureWriteZeroes, d.cfg.MaxWriteZeroesSegments, d.cfg.MaxWriteZeroesSectors
+	} else {
+		d.stats.discards.Add(1)
+	}
+	if features&feature == 0 || d.features&feature == 0 {
+		return StatusUnsupp
+	}
+	if d.readOnly {
+		return StatusIOErr
+	}
+	if outLen <= 0 || outLen%SegmentSize != 0 {
+		return StatusIOErr
+	}
+	if outLen/SegmentSize > int64(maxSeg) {
+		return StatusUnsupp
+	}
+	segs := w.segs[:outLen]
+	if _, err := out.ReadAt(segs, HeaderSize); err != nil {
+		return StatusIOErr
+	}
+	le := binary.LittleEndian
+	capacity := d.capacity.Load()
+	for s := segs; len(s) > 0; s = s[SegmentSize:] {
+		sector, n, flags := le.Uint64(s), le.Uint32(s[8:]), le.Uint32(s[12:])
+		switch {
+		case flags&^segmentUnmap != 0:
+			return StatusUnsupp // reserved flag bits
+		case typ == TypeDiscard && flags&segmentUnmap != 0:
+			return StatusUnsupp // unmap is for write zeroes only
+		case n > maxSectors || !capacityOK(sector, uint64(n), capacity):
+			return StatusIOErr
+		}
+	}
+	for s := segs; len(s) > 0; s = s[SegmentSize:] {
+		sector, n, flags := le.Uint64(s), le.Uint32(s[8:]), le.Uint32(s[12:])
+		off, length := int64(sector*SectorSize), int64(n)*SectorSize
+		var err error
+		switch {
+		case length == 0:
+		case typ == TypeDiscard:
+			err = d.discard.Discard(off, length)
+		case d.zeroer != nil:
+			err = d.zeroer.WriteZeroes(off, length, flags&segmentUnmap != 0)
+		default:
+			err = writeZeroes(d.be, off, length)
+		}
+		if err != nil {
+			return StatusIOErr
+		}
+	}
+	if typ == TypeWriteZeroes && !d.writeback() {
+		if err := d.be.Flush(); err != nil {
+			return StatusIOErr
+		}
+	}
+	return StatusOK
+}
+
+// zeroBuf is the source of zeroes for back-ends without a ZeroWriter.
+var zeroBuf = make([]byte, 64<<10)
+
+func writeZeroes(be block.Backend, off, n int64) error {
+	for n > 0 {
+		k := min(n, int64(len(zeroBuf)))
+		if _, err := be.WriteAt(zeroBuf[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}
+
+// span appends to dst the sub-slices of bufs covering n bytes from off of
+// their concatenation. It copies no data: the result aliases bufs.
+func span(dst [][]byte, bufs virtio.Buffers, off, n int64) [][]byte {
+	for _, b := range bufs {
+		if n <= 0 {
+			break
+		}
+		if off >= int64(len(b)) {
+			off -= int64(len(b))
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if int64(len(b)) > n {
+			b = b[:n]
+		}
+		dst = append(dst, b)
+		n -= int64(len(b))
+	}
+	return dst
+}
