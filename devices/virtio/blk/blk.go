@@ -511,4 +511,3 @@ func (c *counters) noteInFlight(n int) {
 func capacityOK(sector, n, capacity uint64) bool {
 	return sector <= capacity && n <= capacity-sector
 }
-
