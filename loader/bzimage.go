@@ -137,7 +137,7 @@ func describe(b []byte) string {
 	case len(b) == 0:
 		return "an empty file"
 	case bytes.HasPrefix(b, []byte("\x7fELF")):
-		return "an ELF file (an uncompressed vmlinux? vio boots the bzImage, arch/x86/boot/bzImage or /boot/vmlinuz-*)"
+		return "an ELF file (an uncompressed vmlinux? load it with ParseELF, or pass the bzImage: arch/x86/boot/bzImage, /boot/vmlinuz-*)"
 	case bytes.HasPrefix(b, []byte{0x1f, 0x8b}):
 		return "gzip-compressed data (decompress it, or pass the bzImage itself)"
 	case bytes.HasPrefix(b, []byte{0x28, 0xb5, 0x2f, 0xfd}):

@@ -55,3 +55,28 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseELF: arbitrary files through the ELF path; an accepted kernel
+// must describe segments inside the file and load without panicking.
+func FuzzParseELF(f *testing.F) {
+	f.Add(loadertest.ELF([]byte{0xf4}, 0x100000, 0x1000))
+	f.Add(loadertest.ELF(make([]byte, 100), 0x3ff000, 0))
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	mem, err := memory.New([]memory.Layout{{GPA: 0, Size: 4 << 20}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { mem.Close() })
+	f.Fuzz(func(t *testing.T, img []byte) {
+		k, err := loader.ParseELF(bytes.NewReader(img), int64(len(img)))
+		if err != nil {
+			return
+		}
+		for _, s := range k.Segments {
+			if s.Filesz > s.Memsz || s.Offset < 0 || uint64(s.Offset)+s.Filesz > uint64(len(img)) {
+				t.Fatalf("accepted segment %+v in a %d-byte file", s, len(img))
+			}
+		}
+		k.Load(mem)
+	})
+}

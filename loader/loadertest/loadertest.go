@@ -97,3 +97,33 @@ func BzImage(o Options) []byte {
 	le.PutUint32(setup[0x260:], init)
 	return append(setup, pm...)
 }
+
+// ELF returns a minimal x86-64 ELF executable with one PT_LOAD segment
+// holding code at physical address paddr (the entry point), followed by
+// bss bytes of zeroed memory.
+func ELF(code []byte, paddr, bss uint64) []byte {
+	const ehsize, phsize = 64, 56
+	le := binary.LittleEndian
+	b := make([]byte, ehsize+phsize)
+	copy(b, "\x7fELF")
+	b[4], b[5], b[6] = 2, 1, 1   // 64-bit, little-endian, version 1
+	le.PutUint16(b[16:], 2)      // ET_EXEC
+	le.PutUint16(b[18:], 62)     // EM_X86_64
+	le.PutUint32(b[20:], 1)      // version
+	le.PutUint64(b[24:], paddr)  // entry
+	le.PutUint64(b[32:], ehsize) // phoff
+	le.PutUint16(b[52:], ehsize) // ehsize
+	le.PutUint16(b[54:], phsize) // phentsize
+	le.PutUint16(b[56:], 1)      // phnum
+	le.PutUint16(b[58:], 64)     // shentsize
+	p := b[ehsize:]
+	le.PutUint32(p[0:], 1)                         // PT_LOAD
+	le.PutUint32(p[4:], 5)                         // R+X
+	le.PutUint64(p[8:], ehsize+phsize)             // offset
+	le.PutUint64(p[16:], 0xffffffff80000000+paddr) // vaddr
+	le.PutUint64(p[24:], paddr)                    // paddr
+	le.PutUint64(p[32:], uint64(len(code)))        // filesz
+	le.PutUint64(p[40:], uint64(len(code))+bss)    // memsz
+	le.PutUint64(p[48:], 0x1000)                   // align
+	return append(b, code...)
+}
