@@ -187,7 +187,7 @@ func open(file block.Backend, opts Options, noBacking bool) (*Image, error) {
 		}
 		b, err := opts.OpenBacking(h.backingFile, h.backingFormat)
 		if err != nil {
-			return nil, fmt.Errorf("qcow2: opening backing file %q: %w", h.backingFile, err)
+			return nil, fmt.Errorf("qcow2: %w", err)
 		}
 		img.backing = b
 	}
