@@ -1,0 +1,616 @@
+package acpi_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/viovmm/vio/arch/x86"
+	"github.com/viovmm/vio/arch/x86/acpi"
+	"github.com/viovmm/vio/memory"
+)
+
+func newMem(t testing.TB) *memory.Memory {
+	t.Helper()
+	layout, err := x86.RAMLayout(x86.MinRAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := memory.New(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mem
+}
+
+var pm = acpi.PMRegisters{SleepControlPort: 0x600, SleepStatusPort: 0x601, ResetPort: 0x602, ResetValue: 0x01, S5SleepType: 5}
+
+func fullConfig() acpi.Config {
+	return acpi.Config{
+		NumCPUs:       x86.MaxCPUs,
+		PM:            pm,
+		PCIHole:       acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
+		PCIHole64:     acpi.Window{Base: 1 << 40, Size: 1 << 36},
+		ECAM:          &acpi.ECAMWindow{Base: 0xe0000000, StartBus: 0, EndBus: 255},
+		COM1:          true,
+		PvPanicPort:   0x505,
+		I8042:         true,
+		RTC:           true,
+		TimerOverride: true,
+	}
+}
+
+var configs = map[string]acpi.Config{
+	"minimal": {NumCPUs: 1, PM: pm},
+	"legacy-pci": {NumCPUs: 2, PM: pm, COM1: true, RTC: true, I8042: true,
+		PCIHole: acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart}},
+	"full": fullConfig(),
+	"ecam-at-hole-start": {NumCPUs: 4, PM: pm,
+		PCIHole: acpi.Window{Base: 0xc0000000, Size: 0x3ec00000},
+		ECAM:    &acpi.ECAMWindow{Base: 0xc0000000, StartBus: 0, EndBus: 15}},
+	"ecam-outside-hole": {NumCPUs: 3, PM: pm, PvPanicPort: 0x505,
+		PCIHole: acpi.Window{Base: 0xc0000000, Size: 0x20000000},
+		ECAM:    &acpi.ECAMWindow{Base: 0xb0000000, StartBus: 1, EndBus: 8}},
+}
+
+// checkTables reads the tables from mem and checks them against cfg.
+func checkTables(mem *memory.Memory, rsdp uint64, cfg acpi.Config) error {
+	p, err := parse(mem, rsdp)
+	if err != nil {
+		return err
+	}
+	want := 2
+	if cfg.ECAM != nil {
+		want = 3
+	}
+	if len(p.order) != want {
+		return fmt.Errorf("XSDT lists %v, want %d tables", p.order, want)
+	}
+	if err := checkFADT(p, cfg); err != nil {
+		return err
+	}
+	if err := checkMADT(p.byName["APIC"], cfg); err != nil {
+		return err
+	}
+	if err := checkMCFG(p, cfg); err != nil {
+		return err
+	}
+	return checkDSDT(p.dsdt, cfg)
+}
+
+func checkFADT(p *parsed, cfg acpi.Config) error {
+	f := p.byName["FACP"].b
+	if len(f) != 276 || f[8] != 6 {
+		return fmt.Errorf("FADT length %d revision %d, want 276 and 6", len(f), f[8])
+	}
+	flags := le.Uint32(f[112:])
+	const hwReduced, resetSup = 1 << 20, 1 << 10
+	if flags&hwReduced == 0 || flags&resetSup == 0 {
+		return fmt.Errorf("FADT flags %#x lack HW_REDUCED_ACPI or RESET_REG_SUP", flags)
+	}
+	if le.Uint32(f[36:]) != 0 || le.Uint64(f[132:]) != 0 {
+		return fmt.Errorf("FADT points at a FACS, which a hardware-reduced machine has not")
+	}
+	if d32 := uint64(le.Uint32(f[40:])); d32 != 0 && d32 != p.dsdt.addr {
+		return fmt.Errorf("DSDT %#x and X_DSDT %#x differ", d32, p.dsdt.addr)
+	}
+	if sci := le.Uint16(f[46:]); sci == 0 {
+		return fmt.Errorf("SCI_INT 0 would capture an IRQ0 override in Linux")
+	}
+	// Everything from PM1a_EVT_BLK to GPE1_BASE and the X_ blocks must
+	// be empty: reduced hardware has no fixed registers.
+	for _, r := range [][2]int{{56, 95}, {148, 244}} {
+		for i := r[0]; i < r[1]; i++ {
+			if f[i] != 0 {
+				return fmt.Errorf("FADT byte %d is %#x, want 0 (no fixed hardware)", i, f[i])
+			}
+		}
+	}
+	check := func(what string, g gas, port uint16) error {
+		if g != (gas{space: 1, bitWidth: 8, bitOffset: 0, access: 1, addr: uint64(port)}) {
+			return fmt.Errorf("%s is %+v, want an 8-bit I/O register at %#x", what, g, port)
+		}
+		return nil
+	}
+	if err := check("SLEEP_CONTROL_REG", parseGAS(f[244:]), cfg.PM.SleepControlPort); err != nil {
+		return err
+	}
+	if err := check("SLEEP_STATUS_REG", parseGAS(f[256:]), cfg.PM.SleepStatusPort); err != nil {
+		return err
+	}
+	if err := check("RESET_REG", parseGAS(f[116:]), cfg.PM.ResetPort); err != nil {
+		return err
+	}
+	if f[128] != cfg.PM.ResetValue {
+		return fmt.Errorf("RESET_VALUE %#x, want %#x", f[128], cfg.PM.ResetValue)
+	}
+	if string(f[268:276]) != "VIOVMM\x00\x00" {
+		return fmt.Errorf("hypervisor vendor %q", f[268:276])
+	}
+	arch := le.Uint16(f[109:])
+	const kbd, noVGA, noMSI, noRTC = 1 << 1, 1 << 2, 1 << 3, 1 << 5
+	if arch&noMSI != 0 || arch&noVGA == 0 || (arch&kbd != 0) != cfg.I8042 || (arch&noRTC == 0) != cfg.RTC {
+		return fmt.Errorf("IAPC_BOOT_ARCH %#x for %+v", arch, cfg)
+	}
+	if cfg.RTC && f[108] != 0x32 {
+		return fmt.Errorf("CENTURY %#x, want 0x32", f[108])
+	}
+	return nil
+}
+
+func checkMADT(t table, cfg acpi.Config) error {
+	if le.Uint32(t.b[36:]) != x86.LAPICAddr {
+		return fmt.Errorf("local APIC address %#x", le.Uint32(t.b[36:]))
+	}
+	es, err := madtEntries(t)
+	if err != nil {
+		return err
+	}
+	ids := map[uint8]bool{}
+	var ioapics, nmis int
+	overrides := map[uint8][2]uint32{} // source IRQ → GSI, flags
+	for _, e := range es {
+		switch e.typ {
+		case 0:
+			if len(e.body) != 6 {
+				return fmt.Errorf("local APIC entry of %d bytes", len(e.body)+2)
+			}
+			uid, id, flags := e.body[0], e.body[1], le.Uint32(e.body[2:])
+			if flags&1 == 0 || ids[id] || uid != id {
+				return fmt.Errorf("local APIC UID %d ID %d flags %#x (duplicate or disabled)", uid, id, flags)
+			}
+			ids[id] = true
+		case 1:
+			if len(e.body) != 10 {
+				return fmt.Errorf("IOAPIC entry of %d bytes", len(e.body)+2)
+			}
+			ioapics++
+			if e.body[0] != x86.IOAPICID(cfg.NumCPUs) || le.Uint32(e.body[2:]) != x86.IOAPICAddr || le.Uint32(e.body[6:]) != 0 {
+				return fmt.Errorf("IOAPIC entry % x", e.body)
+			}
+		case 2:
+			if len(e.body) != 8 || e.body[0] != 0 {
+				return fmt.Errorf("interrupt source override % x", e.body)
+			}
+			if _, dup := overrides[e.body[1]]; dup {
+				return fmt.Errorf("two overrides for IRQ %d", e.body[1])
+			}
+			overrides[e.body[1]] = [2]uint32{le.Uint32(e.body[2:]), uint32(le.Uint16(e.body[6:]))}
+		case 4:
+			if len(e.body) != 4 || e.body[0] != 0xff || le.Uint16(e.body[1:]) != 5 || e.body[3] != 1 {
+				return fmt.Errorf("local APIC NMI % x, want all CPUs, edge/high, LINT1", e.body)
+			}
+			nmis++
+		default:
+			return fmt.Errorf("unexpected MADT entry type %d", e.typ)
+		}
+	}
+	if len(ids) != cfg.NumCPUs {
+		return fmt.Errorf("%d local APICs, want %d", len(ids), cfg.NumCPUs)
+	}
+	for i := 0; i < cfg.NumCPUs; i++ {
+		if !ids[uint8(i)] {
+			return fmt.Errorf("no local APIC with ID %d", i)
+		}
+	}
+	if ioapics != 1 || nmis != 1 {
+		return fmt.Errorf("%d IOAPICs and %d NMI entries, want one each", ioapics, nmis)
+	}
+	want := map[uint8][2]uint32{9: {9, 0xd}}
+	if cfg.TimerOverride {
+		want[0] = [2]uint32{2, 0}
+	}
+	if fmt.Sprint(overrides) != fmt.Sprint(want) {
+		return fmt.Errorf("overrides %v, want %v", overrides, want)
+	}
+	return nil
+}
+
+func checkMCFG(p *parsed, cfg acpi.Config) error {
+	t, ok := p.byName["MCFG"]
+	if !ok {
+		return nil
+	}
+	if len(t.b) != 44+16 {
+		return fmt.Errorf("MCFG of %d bytes, want one allocation", len(t.b))
+	}
+	e := t.b[44:]
+	if le.Uint64(e) != cfg.ECAM.Base || le.Uint16(e[8:]) != 0 || e[10] != cfg.ECAM.StartBus || e[11] != cfg.ECAM.EndBus {
+		return fmt.Errorf("MCFG allocation % x for %+v", e, *cfg.ECAM)
+	}
+	return nil
+}
+
+func get(ns amlNamespace, path string, kind amlKind) (*amlObject, error) {
+	o, ok := ns[path]
+	if !ok {
+		return nil, fmt.Errorf("no %s in the DSDT", path)
+	}
+	if o.kind != kind {
+		return nil, fmt.Errorf("%s has kind %d, want %d", path, o.kind, kind)
+	}
+	return o, nil
+}
+
+func checkHID(ns amlNamespace, dev, want string) error {
+	o, ok := ns[dev+"._HID"]
+	if !ok {
+		return fmt.Errorf("%s has no _HID", dev)
+	}
+	got := o.s
+	if o.kind == amlInteger {
+		got = decodeEISA(o.i)
+	}
+	if got != want {
+		return fmt.Errorf("%s._HID is %q, want %q", dev, got, want)
+	}
+	return nil
+}
+
+func crs(ns amlNamespace, dev string) ([]resource, error) {
+	o, err := get(ns, dev+"._CRS", amlBuffer)
+	if err != nil {
+		return nil, err
+	}
+	return decodeResources(o.buf)
+}
+
+func checkDSDT(t table, cfg acpi.Config) error {
+	if t.revision() < 2 {
+		return fmt.Errorf("DSDT revision %d: 32-bit integers", t.revision())
+	}
+	ns, err := decodeAML(t.b[36:])
+	if err != nil {
+		return err
+	}
+	s5, err := get(ns, `\_S5_`, amlPackage)
+	if err != nil {
+		return err
+	}
+	if len(s5.elems) < 1 || s5.elems[0].kind != amlInteger || s5.elems[0].i != uint64(cfg.PM.S5SleepType) {
+		return fmt.Errorf(`\_S5_ is %+v, want SLP_TYPa %d first`, s5.elems, cfg.PM.S5SleepType)
+	}
+	const pci = `\_SB_.PCI0`
+	if _, err := get(ns, pci, amlDevice); err != nil {
+		return err
+	}
+	if cfg.ECAM != nil {
+		if err := checkHID(ns, pci, "PNP0A08"); err != nil {
+			return err
+		}
+		cid, err := get(ns, pci+"._CID", amlInteger)
+		if err != nil || decodeEISA(cid.i) != "PNP0A03" {
+			return fmt.Errorf("PCI0._CID: %v %+v", err, cid)
+		}
+		osc, err := get(ns, pci+"._OSC", amlMethod)
+		if err != nil {
+			return err
+		}
+		if osc.args != 4 || fmt.Sprint(osc.body) != "[Return(Arg3)]" {
+			return fmt.Errorf("_OSC takes %d args and does %v", osc.args, osc.body)
+		}
+	} else if err := checkHID(ns, pci, "PNP0A03"); err != nil {
+		return err
+	}
+	rs, err := crs(ns, pci)
+	if err != nil {
+		return fmt.Errorf("PCI0._CRS: %w", err)
+	}
+	if err := checkRootResources(rs, cfg); err != nil {
+		return err
+	}
+	if cfg.ECAM != nil {
+		if err := checkHID(ns, `\_SB_.ECAM`, "PNP0C02"); err != nil {
+			return err
+		}
+		rs, err := crs(ns, `\_SB_.ECAM`)
+		if err != nil {
+			return err
+		}
+		start := cfg.ECAM.Base + uint64(cfg.ECAM.StartBus)<<20
+		size := uint64(int(cfg.ECAM.EndBus)-int(cfg.ECAM.StartBus)+1) << 20
+		if len(rs) != 1 || rs[0].kind != "mem32fixed" || rs[0].min != start || rs[0].length != size {
+			return fmt.Errorf("ECAM reservation %+v, want %#x+%#x", rs, start, size)
+		}
+	} else if _, ok := ns[`\_SB_.ECAM`]; ok {
+		return fmt.Errorf("ECAM reservation without an ECAM window")
+	}
+	if _, ok := ns[`\_SB_.COM1`]; ok != cfg.COM1 {
+		return fmt.Errorf("COM1 declared: %v, want %v", ok, cfg.COM1)
+	}
+	if cfg.COM1 {
+		if err := checkHID(ns, `\_SB_.COM1`, "PNP0501"); err != nil {
+			return err
+		}
+		rs, err := crs(ns, `\_SB_.COM1`)
+		if err != nil {
+			return err
+		}
+		if len(rs) != 2 || rs[0].kind != "io" || rs[0].min != 0x3f8 || rs[0].max != 0x3f8 || rs[0].length != 8 ||
+			rs[1].kind != "irq" || rs[1].irqMask != 1<<4 {
+			return fmt.Errorf("COM1 resources %+v", rs)
+		}
+	}
+	if _, ok := ns[`\_SB_.PEVT`]; ok != (cfg.PvPanicPort != 0) {
+		return fmt.Errorf("pvpanic declared: %v, port %#x", ok, cfg.PvPanicPort)
+	}
+	if cfg.PvPanicPort != 0 {
+		if err := checkHID(ns, `\_SB_.PEVT`, "QEMU0001"); err != nil {
+			return err
+		}
+		rs, err := crs(ns, `\_SB_.PEVT`)
+		if err != nil {
+			return err
+		}
+		if len(rs) != 1 || rs[0].kind != "io" || rs[0].min != uint64(cfg.PvPanicPort) || rs[0].length != 1 {
+			return fmt.Errorf("pvpanic resources %+v", rs)
+		}
+	}
+	return nil
+}
+
+func overlap(a0, a1, b0, b1 uint64) uint64 { // [a0,a1) ∩ [b0,b1)
+	lo, hi := max(a0, b0), min(a1, b1)
+	if hi <= lo {
+		return 0
+	}
+	return hi - lo
+}
+
+func checkRootResources(rs []resource, cfg acpi.Config) error {
+	var bus, cfgPorts int
+	var ioCovered, mmio32, mmio64 uint64
+	var ecam0, ecam1 uint64
+	if e := cfg.ECAM; e != nil {
+		ecam0 = e.Base + uint64(e.StartBus)<<20
+		ecam1 = e.Base + (uint64(e.EndBus)+1)<<20
+	}
+	for _, r := range rs {
+		addr := r.kind == "word" || r.kind == "dword" || r.kind == "qword"
+		if addr {
+			// A bridge window: produced, fixed min and max, no
+			// translation, and a length that matches the range.
+			if r.gflags != 0x0c || r.tra != 0 || r.max < r.min || r.length != r.max-r.min+1 {
+				return fmt.Errorf("window %+v is not a fixed producer range", r)
+			}
+		}
+		switch {
+		case r.kind == "word" && r.rtype == 2:
+			bus++
+			lo, hi := uint64(0), uint64(255)
+			if cfg.ECAM != nil {
+				lo, hi = uint64(cfg.ECAM.StartBus), uint64(cfg.ECAM.EndBus)
+			}
+			if r.min != lo || r.max != hi {
+				return fmt.Errorf("bus range %d-%d, want %d-%d", r.min, r.max, lo, hi)
+			}
+		case r.kind == "io":
+			if !r.decode16 || r.min != 0xcf8 || r.max != 0xcf8 || r.length != 8 {
+				return fmt.Errorf("config port resource %+v", r)
+			}
+			cfgPorts++
+		case r.kind == "word" && r.rtype == 1:
+			if overlap(r.min, r.max+1, 0xcf8, 0xd00) != 0 {
+				return fmt.Errorf("I/O window %#x-%#x covers the config ports", r.min, r.max)
+			}
+			ioCovered += r.length
+		case r.kind == "dword" && r.rtype == 0:
+			h := cfg.PCIHole
+			if r.min < h.Base || r.max >= h.Base+h.Size || r.tfl&1 == 0 {
+				return fmt.Errorf("32-bit window %#x-%#x outside the hole %+v or read-only", r.min, r.max, h)
+			}
+			if cfg.ECAM != nil && overlap(r.min, r.max+1, ecam0, ecam1) != 0 {
+				return fmt.Errorf("32-bit window %#x-%#x overlaps ECAM", r.min, r.max)
+			}
+			mmio32 += r.length
+		case r.kind == "qword" && r.rtype == 0:
+			if r.min != cfg.PCIHole64.Base || r.length != cfg.PCIHole64.Size {
+				return fmt.Errorf("64-bit window %+v, want %+v", r, cfg.PCIHole64)
+			}
+			mmio64 += r.length
+		default:
+			return fmt.Errorf("unexpected root bridge resource %+v", r)
+		}
+	}
+	if bus != 1 || cfgPorts != 1 {
+		return fmt.Errorf("%d bus ranges and %d config port entries, want one each", bus, cfgPorts)
+	}
+	if ioCovered != 0x10000-8 {
+		return fmt.Errorf("I/O windows cover %#x ports, want all but the 8 config ports", ioCovered)
+	}
+	h := cfg.PCIHole
+	wantMMIO := h.Size
+	if cfg.ECAM != nil {
+		wantMMIO -= overlap(h.Base, h.Base+h.Size, ecam0, ecam1)
+	}
+	if mmio32 != wantMMIO || mmio64 != cfg.PCIHole64.Size {
+		return fmt.Errorf("MMIO windows cover %#x and %#x bytes, want %#x and %#x", mmio32, mmio64, wantMMIO, cfg.PCIHole64.Size)
+	}
+	return nil
+}
+
+func TestWriteParse(t *testing.T) {
+	for name, cfg := range configs {
+		t.Run(name, func(t *testing.T) {
+			mem := newMem(t)
+			rsdp, err := acpi.Write(mem, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := checkTables(mem, rsdp, cfg); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Linux finds the RSDP by scanning the BIOS area on 16-byte boundaries
+// when the zero page does not give it; there must be exactly one, and
+// it must be the one Write reports.
+func TestRSDPScan(t *testing.T) {
+	mem := newMem(t)
+	if err := x86.WriteMPTable(mem, x86.MPConfig{NumCPUs: 4}); err != nil {
+		t.Fatal(err)
+	}
+	rsdp, err := acpi.Write(mem, fullConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	area := make([]byte, 0x20000)
+	if _, err := mem.ReadAt(area, 0xe0000); err != nil {
+		t.Fatal(err)
+	}
+	var found []uint64
+	for off := 0; off+20 <= len(area); off += 16 {
+		if string(area[off:off+8]) == "RSD PTR " && sum(area[off:off+20]) == 0 {
+			found = append(found, 0xe0000+uint64(off))
+		}
+	}
+	if len(found) != 1 || found[0] != rsdp {
+		t.Fatalf("scan finds RSDPs at %#x, Write said %#x", found, rsdp)
+	}
+	// The MP table is still intact next to the tables.
+	mp := make([]byte, 4)
+	if _, err := mem.ReadAt(mp, x86.MPTableAddr); err != nil || string(mp) != "_MP_" {
+		t.Fatalf("MP floating pointer clobbered: %q %v", mp, err)
+	}
+}
+
+// The tables share the BIOS area with the MP table: the largest MP table
+// arch/x86 can build must end before TablesAddr, and the area must be
+// reserved in the e820 map.
+func TestLayout(t *testing.T) {
+	var routes []x86.PCIInterrupt
+	for dev := uint8(0); dev < 32; dev++ {
+		for pin := uint8(0); pin < 4; pin++ {
+			routes = append(routes, x86.PCIInterrupt{Device: dev, Pin: pin, IOAPICPin: 16 + (dev+pin)%8})
+		}
+	}
+	mp, err := x86.MPTable(x86.MPConfig{NumCPUs: x86.MaxCPUs, PCIInterrupts: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end := x86.MPTableAddr + uint64(len(mp)); end > acpi.TablesAddr {
+		t.Fatalf("largest MP table ends at %#x, past TablesAddr %#x", end, acpi.TablesAddr)
+	}
+	layout, _ := x86.RAMLayout(64 << 20)
+	e820, err := x86.E820Map(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved := false
+	for _, e := range e820 {
+		if e.Type == x86.E820Reserved && e.Addr <= acpi.TablesAddr && e.Addr+e.Size >= acpi.ResetVectorAddr+16 {
+			reserved = true
+		}
+	}
+	if !reserved {
+		t.Fatalf("e820 map %+v does not reserve %#x-%#x", e820, acpi.TablesAddr, acpi.ResetVectorAddr+16)
+	}
+}
+
+// Writing again must not leave bytes of a bigger earlier set of tables.
+func TestRewrite(t *testing.T) {
+	mem := newMem(t)
+	if _, err := acpi.Write(mem, fullConfig()); err != nil {
+		t.Fatal(err)
+	}
+	small := configs["minimal"]
+	rsdp, err := acpi.Write(mem, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := parse(mem, rsdp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := p.dsdt.addr + uint64(len(p.dsdt.b))
+	for _, s := range p.order {
+		tb := p.byName[s]
+		end = max(end, tb.addr+uint64(len(tb.b)))
+	}
+	rest := make([]byte, acpi.ResetVectorAddr-end)
+	if _, err := mem.ReadAt(rest, int64(end)); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range rest {
+		if c != 0 {
+			t.Fatalf("stale byte %#x at %#x", c, end+uint64(i))
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	bad := map[string]func(*acpi.Config){
+		"no CPUs":        func(c *acpi.Config) { c.NumCPUs = 0 },
+		"too many CPUs":  func(c *acpi.Config) { c.NumCPUs = x86.MaxCPUs + 1 },
+		"no sleep port":  func(c *acpi.Config) { c.PM.SleepControlPort = 0 },
+		"no reset port":  func(c *acpi.Config) { c.PM.ResetPort = 0 },
+		"sleep type":     func(c *acpi.Config) { c.PM.S5SleepType = 8 },
+		"hole above 4G":  func(c *acpi.Config) { c.PCIHole = acpi.Window{Base: 0xf0000000, Size: 0x20000000} },
+		"hole64 wraps":   func(c *acpi.Config) { c.PCIHole64 = acpi.Window{Base: ^uint64(0) - 10, Size: 100} },
+		"ECAM buses":     func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 0xe0000000, StartBus: 5, EndBus: 4} },
+		"ECAM unaligned": func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 0xe0001000, EndBus: 4} },
+		"ECAM above 4G":  func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 0xf8000000, EndBus: 255} },
+		"ECAM base wraps": func(c *acpi.Config) {
+			c.ECAM = &acpi.ECAMWindow{Base: ^uint64(0) &^ (1<<20 - 1), StartBus: 1, EndBus: 255}
+		},
+		"ECAM at 4G": func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 1 << 32, EndBus: 0} },
+	}
+	for name, f := range bad {
+		t.Run(name, func(t *testing.T) {
+			cfg := fullConfig()
+			f(&cfg)
+			mem := newMem(t)
+			if _, err := acpi.Write(mem, cfg); !errors.Is(err, acpi.ErrConfig) {
+				t.Fatalf("Write: %v, want ErrConfig", err)
+			}
+		})
+	}
+}
+
+// Write into memory that does not reach the BIOS area fails cleanly.
+func TestWriteNoMemory(t *testing.T) {
+	mem, err := memory.New([]memory.Layout{{GPA: 0, Size: 0x10000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acpi.Write(mem, configs["minimal"]); !errors.Is(err, memory.ErrOutOfRange) {
+		t.Fatalf("Write: %v, want ErrOutOfRange", err)
+	}
+}
+
+// FuzzWrite builds tables from arbitrary configs: Write either rejects
+// the config or produces tables that pass every check.
+func FuzzWrite(f *testing.F) {
+	f.Add(1, uint16(0x600), uint16(0x601), uint16(0x602), uint8(1), uint8(5), uint64(0xc0000000), uint64(0x3ec00000), uint64(0), uint64(0), true, uint64(0xe0000000), uint8(0), uint8(255), uint16(0x505), uint8(0xff))
+	f.Add(254, uint16(1), uint16(1), uint16(1), uint8(0), uint8(7), uint64(0), uint64(0), uint64(1<<40), uint64(1<<30), false, uint64(0), uint8(0), uint8(0), uint16(0), uint8(0))
+	f.Add(3, uint16(0xffff), uint16(0xfffe), uint16(0x1), uint8(0xff), uint8(0), uint64(0x80000000), uint64(0x80000000), uint64(0), uint64(0), true, uint64(0x80000000), uint8(3), uint8(9), uint16(0xffff), uint8(0x5))
+	f.Fuzz(func(t *testing.T, n int, ctl, sts, rst uint16, rval, s5 uint8, hb, hs, h64b, h64s uint64, ecam bool, eb uint64, es, ee uint8, pvp uint16, bits uint8) {
+		cfg := acpi.Config{
+			NumCPUs:       n,
+			PM:            acpi.PMRegisters{SleepControlPort: ctl, SleepStatusPort: sts, ResetPort: rst, ResetValue: rval, S5SleepType: s5},
+			PCIHole:       acpi.Window{Base: hb, Size: hs},
+			PCIHole64:     acpi.Window{Base: h64b, Size: h64s},
+			PvPanicPort:   pvp,
+			COM1:          bits&1 != 0,
+			I8042:         bits&2 != 0,
+			RTC:           bits&4 != 0,
+			TimerOverride: bits&8 != 0,
+		}
+		if ecam {
+			cfg.ECAM = &acpi.ECAMWindow{Base: eb, StartBus: es, EndBus: ee}
+		}
+		mem := newMem(t)
+		rsdp, err := acpi.Write(mem, cfg)
+		if err != nil {
+			if !errors.Is(err, acpi.ErrConfig) {
+				t.Fatalf("Write: %v", err)
+			}
+			return
+		}
+		if err := checkTables(mem, rsdp, cfg); err != nil {
+			t.Fatalf("%+v: %v", cfg, err)
+		}
+	})
+}

@@ -1,0 +1,109 @@
+package acpi
+
+// PCI configuration mechanism #1 ports, which the host bridge decodes.
+const (
+	pciConfigPort = 0xcf8
+	pciConfigSize = 8
+)
+
+// Legacy COM1 as the PC has it (devices/uart16550 COM1Addr, COM1IRQ).
+const (
+	com1Port = 0x3f8
+	com1Size = 8
+	com1IRQ  = 4
+)
+
+// dsdt returns the DSDT body (the AML after the header):
+//
+//	Name (\_S5, Package () { S5SleepType, 0 })
+//	Scope (\_SB) {
+//	    Device (PCI0) { _HID, [_CID], _UID, _BBN, _CRS, [_OSC] }
+//	    Device (ECAM) { _HID PNP0C02, _UID, _CRS }     if cfg.ECAM
+//	    Device (COM1) { _HID PNP0501, _UID, _CRS }     if cfg.COM1
+//	    Device (PEVT) { _HID QEMU0001, _CRS }          if cfg.PvPanicPort
+//	}
+func dsdtAML(cfg *Config) []byte {
+	sb := [][]byte{pciRoot(cfg)}
+	if e := cfg.ECAM; e != nil {
+		// Linux uses an MCFG window only if it finds the range reserved,
+		// in the e820 map (early) or in a motherboard resource device
+		// (PNP0C01/PNP0C02, checked once the namespace exists). The
+		// hole is not in e820, so this device is what makes Linux keep
+		// ECAM instead of falling back to port 0xCF8 accesses.
+		start, size := e.reserved()
+		sb = append(sb, device("ECAM",
+			name("_HID", integer(uint64(eisaID("PNP0C02")))),
+			name("_UID", integer(1)),
+			name("_CRS", resourceTemplate(memory32Fixed(uint32(start), uint32(size)))),
+		))
+	}
+	if cfg.COM1 {
+		sb = append(sb, device("COM1",
+			name("_HID", integer(uint64(eisaID("PNP0501")))),
+			name("_UID", integer(1)),
+			name("_CRS", resourceTemplate(
+				ioPort(com1Port, com1Port, 1, com1Size),
+				irqNoFlags(com1IRQ),
+			)),
+		))
+	}
+	if p := cfg.PvPanicPort; p != 0 {
+		// QEMU's pvpanic ISA device; Linux's pvpanic-mmio driver binds
+		// to this _HID and takes the port from _CRS.
+		sb = append(sb, device("PEVT",
+			name("_HID", str("QEMU0001")),
+			name("_CRS", resourceTemplate(ioPort(p, p, 1, 1))),
+		))
+	}
+	return concat(
+		name(`\_S5`, pkg(integer(uint64(cfg.PM.S5SleepType)), integer(0))),
+		scope(`\_SB`, sb...),
+	)
+}
+
+// pciRoot describes host bridge 0. With an ECAM window it is a PCI
+// Express root (PNP0A08, compatible with PNP0A03) with an _OSC that grants
+// the OS every control it asks for: there is no firmware to keep any.
+// Without one it is a conventional PCI root reached through port 0xCF8.
+func pciRoot(cfg *Config) []byte {
+	busStart, busEnd := uint16(0), uint16(0xff)
+	if e := cfg.ECAM; e != nil {
+		busStart, busEnd = uint16(e.StartBus), uint16(e.EndBus)
+	}
+	crs := [][]byte{
+		wordAddress(rtBus, 0, busStart, busEnd),
+		ioPort(pciConfigPort, pciConfigPort, 1, pciConfigSize),
+		// The port ranges the bridge forwards, around its own config
+		// ports: the whole 16-bit I/O space, so legacy devices and
+		// any I/O BAR the vmm assigned are inside a window.
+		wordAddress(rtIO, tfIOEntireRange, 0, pciConfigPort-1),
+		wordAddress(rtIO, tfIOEntireRange, pciConfigPort+pciConfigSize, 0xffff),
+	}
+	for _, w := range cfg.mmioWindows() {
+		crs = append(crs, dwordMemory(tfMemRW|tfMemNonCacheable, uint32(w.Base), uint32(w.Base+w.Size-1)))
+	}
+	if w := cfg.PCIHole64; w.Size != 0 {
+		crs = append(crs, qwordMemory(tfMemRW|tfMemCacheable, w.Base, w.Base+w.Size-1))
+	}
+	body := [][]byte{}
+	if cfg.ECAM != nil {
+		body = append(body,
+			name("_HID", integer(uint64(eisaID("PNP0A08")))),
+			name("_CID", integer(uint64(eisaID("PNP0A03")))),
+		)
+	} else {
+		body = append(body, name("_HID", integer(uint64(eisaID("PNP0A03")))))
+	}
+	body = append(body,
+		name("_UID", integer(0)),
+		name("_BBN", integer(uint64(busStart))),
+		name("_CRS", resourceTemplate(crs...)),
+	)
+	if cfg.ECAM != nil {
+		// Method (_OSC, 4) { Return (Arg3) }: the capabilities buffer
+		// comes back unchanged, so no error bits and every requested
+		// control bit granted.
+		body = append(body, method("_OSC", 4, returnArg(3)))
+	}
+	return device("PCI0", body...)
+}

@@ -1,0 +1,245 @@
+package acpi
+
+import (
+	"encoding/binary"
+
+	"github.com/viovmm/vio/arch/x86"
+)
+
+var le = binary.LittleEndian
+
+// Identification vio writes into every table.
+const (
+	OEMID           = "VIOVMM"   // 6 bytes
+	OEMTableID      = "VIOVMM  " // 8 bytes
+	OEMRevision     = 1
+	CreatorID       = "VIO "
+	CreatorRevision = 1
+	// HypervisorVendor is the FADT's Hypervisor Vendor Identity.
+	HypervisorVendor = "VIOVMM"
+)
+
+// Table signatures and revisions.
+const (
+	SigRSDP = "RSD PTR "
+	SigXSDT = "XSDT"
+	SigFADT = "FACP"
+	SigMADT = "APIC"
+	SigDSDT = "DSDT"
+	SigMCFG = "MCFG"
+
+	rsdpRevision = 2 // ACPI 2.0+: has an XSDT
+	xsdtRevision = 1
+	fadtRevision = 6 // ACPI 6.x layout, 276 bytes
+	fadtMinor    = 3 // ACPI 6.3
+	madtRevision = 5 // ACPI 6.3
+	dsdtRevision = 2 // 64-bit AML integers
+	mcfgRevision = 1
+
+	headerSize = 36
+	rsdpSize   = 36
+	fadtSize   = 276
+)
+
+// Checksum returns the byte that makes b sum to zero.
+func checksum(b []byte) byte {
+	var s byte
+	for _, c := range b {
+		s += c
+	}
+	return -s
+}
+
+// header returns a System Description Table header for a table of
+// length bytes; the caller appends the body and calls seal.
+func header(sig string, revision byte) []byte {
+	h := make([]byte, headerSize)
+	copy(h[0:4], sig)
+	h[8] = revision
+	copy(h[10:16], OEMID)
+	copy(h[16:24], OEMTableID)
+	le.PutUint32(h[24:], OEMRevision)
+	copy(h[28:32], CreatorID)
+	le.PutUint32(h[32:], CreatorRevision)
+	return h
+}
+
+// seal fills in the length and checksum of a finished table.
+func seal(t []byte) []byte {
+	le.PutUint32(t[4:], uint32(len(t)))
+	t[9] = 0
+	t[9] = checksum(t)
+	return t
+}
+
+// rsdp is the Root System Description Pointer, revision 2.
+func rsdp(xsdtAddr uint64) []byte {
+	b := make([]byte, rsdpSize)
+	copy(b, SigRSDP)
+	copy(b[9:15], OEMID)
+	b[15] = rsdpRevision
+	// RsdtAddress (16) stays 0: there is no RSDT, only the XSDT.
+	le.PutUint32(b[20:], rsdpSize)
+	le.PutUint64(b[24:], xsdtAddr)
+	b[8] = checksum(b[:20])
+	b[32] = checksum(b)
+	return b
+}
+
+func xsdt(entries []uint64) []byte {
+	t := header(SigXSDT, xsdtRevision)
+	for _, e := range entries {
+		t = le.AppendUint64(t, e)
+	}
+	return seal(t)
+}
+
+// Generic Address Structure (ACPI 6.5, 5.2.3.2).
+const (
+	gasSize        = 12
+	spaceSystemIO  = 1
+	accessByte     = 1
+	bitsPerByteReg = 8
+)
+
+// ioRegister8 is a GAS for an 8-bit I/O port register. Bit width 8 with
+// offset 0 is the "register" form ACPICA recognises; it then accesses
+// the port with a single byte, which is what the device decodes.
+func ioRegister8(port uint16) []byte {
+	g := make([]byte, gasSize)
+	g[0] = spaceSystemIO
+	g[1] = bitsPerByteReg
+	g[2] = 0
+	g[3] = accessByte
+	le.PutUint64(g[4:], uint64(port))
+	return g
+}
+
+// FADT field offsets and flags used here (ACPI 6.5, table 5.9).
+const (
+	fadtFirmwareCtrl  = 36
+	fadtDSDT          = 40
+	fadtSCIInt        = 46
+	fadtCentury       = 108
+	fadtIAPCBootArch  = 109
+	fadtFlags         = 112
+	fadtResetReg      = 116
+	fadtResetValue    = 128
+	fadtMinorVersion  = 131
+	fadtXFirmwareCtrl = 132
+	fadtXDSDT         = 140
+	fadtSleepControl  = 244
+	fadtSleepStatus   = 256
+	fadtHypervisorID  = 268
+
+	// IAPC_BOOT_ARCH flags.
+	BootArch8042  = 1 << 1
+	BootArchNoVGA = 1 << 2
+	BootArchNoMSI = 1 << 3
+	BootArchNoRTC = 1 << 5
+
+	// Fixed feature flags.
+	FlagPowerButton = 1 << 4  // no fixed-feature power button
+	FlagSleepButton = 1 << 5  // no fixed-feature sleep button
+	FlagResetReg    = 1 << 10 // RESET_REG_SUP
+	FlagHWReduced   = 1 << 20 // HW_REDUCED_ACPI
+
+	// SCIIRQ is the ISA IRQ the FADT names as the SCI. A hardware-reduced
+	// machine has no SCI, but Linux compares every MADT interrupt source
+	// override's source IRQ with SCI_INT and treats a match as the SCI's
+	// override: SCI_INT 0 would turn an IRQ0 override into a level,
+	// active-low SCI. IRQ 9 is where PCs put it, and its override
+	// (level, active-high) is what the MADT lists.
+	SCIIRQ = 9
+
+	// RTCCenturyIndex is the CMOS index of the century byte
+	// (devices/cmos.Century).
+	RTCCenturyIndex = 0x32
+)
+
+func fadt(cfg *Config, dsdtAddr uint64) []byte {
+	t := header(SigFADT, fadtRevision)
+	t = append(t, make([]byte, fadtSize-headerSize)...)
+	// No FACS: a hardware-reduced machine has no firmware waking vector
+	// or global lock, and ACPICA does not look for one.
+	le.PutUint32(t[fadtDSDT:], uint32(dsdtAddr))
+	le.PutUint16(t[fadtSCIInt:], SCIIRQ)
+	var arch uint16 = BootArchNoVGA
+	if cfg.I8042 {
+		arch |= BootArch8042
+	}
+	if cfg.RTC {
+		t[fadtCentury] = RTCCenturyIndex
+	} else {
+		arch |= BootArchNoRTC
+	}
+	le.PutUint16(t[fadtIAPCBootArch:], arch)
+	le.PutUint32(t[fadtFlags:], FlagHWReduced|FlagResetReg|FlagPowerButton|FlagSleepButton)
+	copy(t[fadtResetReg:], ioRegister8(cfg.PM.ResetPort))
+	t[fadtResetValue] = cfg.PM.ResetValue
+	t[fadtMinorVersion] = fadtMinor
+	le.PutUint64(t[fadtXDSDT:], dsdtAddr)
+	copy(t[fadtSleepControl:], ioRegister8(cfg.PM.SleepControlPort))
+	copy(t[fadtSleepStatus:], ioRegister8(cfg.PM.SleepStatusPort))
+	copy(t[fadtHypervisorID:fadtHypervisorID+8], HypervisorVendor)
+	return seal(t)
+}
+
+// MADT structure types and flags (ACPI 6.5, 5.2.12).
+const (
+	madtLocalAPIC      = 0
+	madtIOAPIC         = 1
+	madtSourceOverride = 2
+	madtLocalAPICNMI   = 4
+
+	madtPCATCompat   = 1 << 0 // dual 8259s present (KVM's in-kernel PIC is)
+	lapicEnabled     = 1 << 0
+	intiActiveHigh   = 1 // MPS INTI polarity bits 1:0
+	intiEdge         = 1 << 2
+	intiLevel        = 3 << 2
+	allProcessors    = 0xff
+	lapicNMIPin      = 1 // LINT1, as on every PC
+	madtHeaderExtra  = 8 // local APIC address + flags
+	madtLAPICSize    = 8
+	madtIOAPICSize   = 12
+	madtOverrideSize = 10
+	madtNMISize      = 6
+)
+
+func madt(cfg *Config) []byte {
+	t := header(SigMADT, madtRevision)
+	t = le.AppendUint32(t, x86.LAPICAddr)
+	t = le.AppendUint32(t, madtPCATCompat)
+	for i := 0; i < cfg.NumCPUs; i++ {
+		// ACPI processor UID = APIC ID = index, as in the MP table.
+		t = append(t, madtLocalAPIC, madtLAPICSize, byte(i), byte(i))
+		t = le.AppendUint32(t, lapicEnabled)
+	}
+	t = append(t, madtIOAPIC, madtIOAPICSize, x86.IOAPICID(cfg.NumCPUs), 0)
+	t = le.AppendUint32(t, x86.IOAPICAddr)
+	t = le.AppendUint32(t, 0) // GSI base
+	override := func(irq byte, gsi uint32, flags uint16) {
+		t = append(t, madtSourceOverride, madtOverrideSize, 0, irq) // bus 0 = ISA
+		t = le.AppendUint32(t, gsi)
+		t = le.AppendUint16(t, flags)
+	}
+	if cfg.TimerOverride {
+		override(0, 2, 0) // conforming: edge, active high
+	}
+	override(SCIIRQ, SCIIRQ, intiLevel|intiActiveHigh)
+	t = append(t, madtLocalAPICNMI, madtNMISize, allProcessors)
+	t = le.AppendUint16(t, intiEdge|intiActiveHigh)
+	t = append(t, lapicNMIPin)
+	return seal(t)
+}
+
+// mcfg lists one ECAM window for PCI segment 0.
+func mcfg(e *ECAMWindow) []byte {
+	t := header(SigMCFG, mcfgRevision)
+	t = append(t, make([]byte, 8)...) // reserved
+	t = le.AppendUint64(t, e.Base)
+	t = le.AppendUint16(t, 0) // segment group
+	t = append(t, e.StartBus, e.EndBus)
+	t = le.AppendUint32(t, 0)
+	return seal(t)
+}
