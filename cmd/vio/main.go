@@ -30,10 +30,14 @@ func main() {
 	}
 }
 
-// exitError carries a specific exit status (a guest's, say) out of a command.
-type exitError struct{ code int }
+// exitError carries a specific exit status out of a command, with the
+// sentence to print.
+type exitError struct {
+	code int
+	msg  string
+}
 
-func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+func (e exitError) Error() string { return e.msg }
 
 func exitStatus(err error) int {
 	if e, ok := err.(exitError); ok {

@@ -123,6 +123,10 @@ var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/l
 // same paths they have on the host.
 func (b *Builder) Executable(p, src string) {
 	b.Copy(p, src)
+	if e, ok := b.entries[path.Clean("/"+p)]; ok {
+		e.mode |= 0o111 // a script given as a program must run
+		b.entries[path.Clean("/"+p)] = e
+	}
 	seen := map[string]bool{}
 	var add func(file string)
 	add = func(file string) {

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/vmm"
+)
+
+func init() { subcommands = append(subcommands, runCommand) }
+
+func runCommand() *cobra.Command {
+	var (
+		file, memory, serial, console, onReboot string
+		disks, nets                             []string
+		cpus                                    int
+		verbose, allowPVM                       bool
+	)
+	cfg := config.Default()
+	c := &cobra.Command{
+		Use:   "run --kernel BZIMAGE [--initrd FILE] [--cmdline S] [--cpus N] [--memory SIZE] [flags]",
+		Short: "Boot a Linux guest",
+		Long: `Boot a Linux guest from a bzImage. The serial console is on stdin/stdout
+unless --serial says otherwise; press Ctrl-A then x to stop the VM from a terminal.
+Flags override what --config FILE (a JSON VM config) says.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if file != "" {
+				loaded, err := config.Load(file)
+				if err != nil {
+					return err
+				}
+				*cfg = *loaded
+			}
+			f := c.Flags()
+			if f.Changed("kernel") || file == "" {
+				cfg.Payload.Kernel, _ = f.GetString("kernel")
+			}
+			if f.Changed("initrd") {
+				cfg.Payload.Initramfs, _ = f.GetString("initrd")
+			}
+			if f.Changed("cmdline") {
+				cfg.Payload.Cmdline, _ = f.GetString("cmdline")
+			}
+			if f.Changed("cpus") {
+				cfg.CPUs.BootVCPUs = cpus
+			}
+			if f.Changed("memory") {
+				n, err := config.ParseSize(memory)
+				if err != nil {
+					return fmt.Errorf("--memory: %w", err)
+				}
+				cfg.Memory.Size = n
+			}
+			if f.Changed("serial") {
+				s, err := config.ParseConsole("serial", serial)
+				if err != nil {
+					return err
+				}
+				cfg.Serial = s
+			}
+			if f.Changed("console") {
+				s, err := config.ParseConsole("console", console)
+				if err != nil {
+					return err
+				}
+				cfg.Console = s
+			}
+			if f.Changed("on-reboot") {
+				cfg.OnReboot = onReboot
+			}
+			for _, d := range disks {
+				disk, err := config.ParseDisk(d)
+				if err != nil {
+					return err
+				}
+				cfg.Disks = append(cfg.Disks, disk)
+			}
+			for _, n := range nets {
+				net, err := config.ParseNet(n)
+				if err != nil {
+					return err
+				}
+				cfg.Net = append(cfg.Net, net)
+			}
+			return run(c, cfg, verbose, allowPVM)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&file, "config", "", "JSON VM config file (Cloud Hypervisor VmConfig shape)")
+	f.String("kernel", "", "Linux bzImage to boot")
+	f.String("initrd", "", "initramfs to load")
+	f.String("cmdline", config.DefaultCmdline, "kernel command line")
+	f.IntVar(&cpus, "cpus", 1, "number of vCPUs")
+	f.StringVar(&memory, "memory", "512M", "guest RAM (e.g. 512M, 2G)")
+	f.StringVar(&serial, "serial", "tty", "serial console: tty, off, null, file=PATH, socket=PATH")
+	f.StringVar(&console, "console", "off", "virtio console: tty, off, null, file=PATH, socket=PATH")
+	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")
+	f.StringArrayVar(&disks, "disk", nil, "virtio-blk disk: path=FILE[,readonly=on][,cache=MODE][,serial=S] (repeatable)")
+	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
+	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
+	f.MarkHidden("allow-pvm")
+	return c
+}
+
+func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM bool) error {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	stdio := vmm.IO{Stdout: os.Stdout}
+	if cfg.Serial.Mode == config.ModeTty || cfg.Serial.Mode == "" {
+		in, restore, err := terminalInput(os.Stdin, stop)
+		if err != nil {
+			return err
+		}
+		defer restore()
+		stdio.Stdin = in
+	}
+	exit, err := vmm.Boot(ctx, cfg, stdio, vmm.Options{AllowPVM: allowPVM, Log: log})
+	if err != nil {
+		return err
+	}
+	switch exit.Reason {
+	case vmm.ExitPoweroff, vmm.ExitStopped:
+		return nil
+	case vmm.ExitReboot:
+		fmt.Fprintln(os.Stderr, "vio: guest rebooted; exiting as --on-reboot=exit asks")
+		return nil
+	case vmm.ExitPanic:
+		return exitError{code: 3, msg: "guest kernel panicked: " + exit.Detail}
+	}
+	return errors.New("guest stopped: " + exit.Detail)
+}
+

@@ -1,0 +1,267 @@
+// Package config is the one description of a VM that the command line, the
+// config file and (later) the REST API all produce. Its JSON shape follows
+// Cloud Hypervisor's VmConfig (payload, cpus, memory, disks, net, rng,
+// serial, console) so that the Cloud-Hypervisor-compatible API subset Kata
+// Containers drives maps onto it directly; fields vio adds are marked.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// VM is a whole virtual machine.
+type VM struct {
+	Payload Payload `json:"payload"`
+	CPUs    CPUs    `json:"cpus"`
+	Memory  Memory  `json:"memory"`
+	Disks   []Disk  `json:"disks,omitempty"`
+	Net     []Net   `json:"net,omitempty"`
+	RNG     *RNG    `json:"rng,omitempty"`
+	Serial  Console `json:"serial"`
+	Console Console `json:"console"`
+	// OnReboot says what a guest reboot does: "restart" the guest (the
+	// default) or "exit" vio. (vio extension)
+	OnReboot string `json:"on_reboot,omitempty"`
+}
+
+// Payload is what the VM boots.
+type Payload struct {
+	Kernel    string `json:"kernel"`
+	Initramfs string `json:"initramfs,omitempty"`
+	Cmdline   string `json:"cmdline,omitempty"`
+}
+
+// CPUs sizes the vCPU set.
+type CPUs struct {
+	BootVCPUs int `json:"boot_vcpus"`
+	MaxVCPUs  int `json:"max_vcpus,omitempty"`
+}
+
+// Memory sizes guest RAM; Size is in bytes.
+type Memory struct {
+	Size int64 `json:"size"`
+}
+
+// Disk is one virtio-blk disk.
+type Disk struct {
+	Path     string `json:"path"`
+	Readonly bool   `json:"readonly,omitempty"`
+	Direct   bool   `json:"direct,omitempty"`
+	// Cache is writeback (default), writethrough, none, directsync or
+	// unsafe. (vio extension; Direct=true means "none")
+	Cache     string `json:"cache,omitempty"`
+	Serial    string `json:"serial,omitempty"`
+	NumQueues int    `json:"num_queues,omitempty"`
+	QueueSize int    `json:"queue_size,omitempty"`
+	ID        string `json:"id,omitempty"`
+}
+
+// Net is one virtio-net NIC.
+type Net struct {
+	Tap       string `json:"tap,omitempty"`
+	MAC       string `json:"mac,omitempty"`
+	NumQueues int    `json:"num_queues,omitempty"`
+	QueueSize int    `json:"queue_size,omitempty"`
+	ID        string `json:"id,omitempty"`
+}
+
+// RNG is a virtio-rng device fed from Src.
+type RNG struct {
+	Src string `json:"src,omitempty"`
+}
+
+// Console modes, as Cloud Hypervisor spells them.
+const (
+	ModeOff    = "Off"
+	ModeNull   = "Null"
+	ModeTty    = "Tty"
+	ModeFile   = "File"
+	ModeSocket = "Socket"
+)
+
+// Console routes the serial port (or the virtio console).
+type Console struct {
+	Mode   string `json:"mode,omitempty"`
+	File   string `json:"file,omitempty"`
+	Socket string `json:"socket,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultMemory  = 512 << 20
+	DefaultCmdline = "console=ttyS0 panic=-1"
+	MinMemory      = 32 << 20
+	MaxVCPUs       = 254
+)
+
+// Default returns a VM config with every default filled in but no kernel.
+func Default() *VM {
+	return &VM{
+		Payload:  Payload{Cmdline: DefaultCmdline},
+		CPUs:     CPUs{BootVCPUs: 1},
+		Memory:   Memory{Size: DefaultMemory},
+		Serial:   Console{Mode: ModeTty},
+		Console:  Console{Mode: ModeOff},
+		OnReboot: "restart",
+	}
+}
+
+// Load reads a JSON config file on top of the defaults. Unknown fields are
+// errors: a typo must not silently drop a disk.
+func Load(file string) (*VM, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	c := Default()
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(c); err != nil {
+		return nil, fmt.Errorf("config file %s: %w", file, err)
+	}
+	return c, nil
+}
+
+// Validate checks what can be checked without touching KVM: files exist,
+// sizes are sane, names are known. Each error is one sentence that says
+// what is wrong and what to do.
+func (c *VM) Validate() error {
+	if c.Payload.Kernel == "" {
+		return errors.New("no kernel given: pass --kernel with a Linux bzImage (e.g. /boot/vmlinuz-*)")
+	}
+	if err := readable(c.Payload.Kernel, "kernel"); err != nil {
+		return err
+	}
+	if c.Payload.Initramfs != "" {
+		if err := readable(c.Payload.Initramfs, "initramfs"); err != nil {
+			return err
+		}
+	}
+	if c.CPUs.BootVCPUs < 1 || c.CPUs.BootVCPUs > MaxVCPUs {
+		return fmt.Errorf("%d vCPUs requested: vio supports 1 to %d", c.CPUs.BootVCPUs, MaxVCPUs)
+	}
+	if c.CPUs.MaxVCPUs != 0 && c.CPUs.MaxVCPUs < c.CPUs.BootVCPUs {
+		return fmt.Errorf("max_vcpus %d is below boot_vcpus %d", c.CPUs.MaxVCPUs, c.CPUs.BootVCPUs)
+	}
+	if c.Memory.Size < MinMemory {
+		return fmt.Errorf("memory size %s is too small: a Linux guest needs at least %s", FormatSize(c.Memory.Size), FormatSize(MinMemory))
+	}
+	if c.Memory.Size%(2<<20) != 0 {
+		return fmt.Errorf("memory size %s is not a multiple of 2 MiB", FormatSize(c.Memory.Size))
+	}
+	if limit := hostMemory(); limit > 0 && c.Memory.Size > limit {
+		return fmt.Errorf("memory size %s is more than this host's %s of RAM", FormatSize(c.Memory.Size), FormatSize(limit))
+	}
+	switch c.OnReboot {
+	case "", "restart", "exit":
+	default:
+		return fmt.Errorf("on_reboot %q: want restart or exit", c.OnReboot)
+	}
+	for _, con := range []struct {
+		name string
+		c    Console
+	}{{"serial", c.Serial}, {"console", c.Console}} {
+		switch con.c.Mode {
+		case "", ModeOff, ModeNull, ModeTty:
+		case ModeFile:
+			if con.c.File == "" {
+				return fmt.Errorf("%s mode File needs a file name", con.name)
+			}
+		case ModeSocket:
+			if con.c.Socket == "" {
+				return fmt.Errorf("%s mode Socket needs a socket path", con.name)
+			}
+		default:
+			return fmt.Errorf("%s mode %q: want Off, Null, Tty, File or Socket", con.name, con.c.Mode)
+		}
+	}
+	for i, d := range c.Disks {
+		if d.Path == "" {
+			return fmt.Errorf("disk %d has no path", i)
+		}
+		switch d.Cache {
+		case "", "writeback", "writethrough", "none", "directsync", "unsafe":
+		default:
+			return fmt.Errorf("disk %s: cache mode %q: want writeback, writethrough, none, directsync or unsafe", d.Path, d.Cache)
+		}
+	}
+	return nil
+}
+
+func readable(path, what string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s %s does not exist", what, path)
+		}
+		return fmt.Errorf("%s %s cannot be read: %v", what, path, errors.Unwrap(err))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		return fmt.Errorf("%s %s is a directory, not a file", what, path)
+	}
+	return nil
+}
+
+func hostMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// ParseSize parses a size such as 512M, 2G, 1T, 4096K or a plain byte count.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch strings.ToUpper(t[n-1:]) {
+		case "K":
+			mult = 1 << 10
+		case "M":
+			mult = 1 << 20
+		case "G":
+			mult = 1 << 30
+		case "T":
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			t = strings.TrimSuffix(strings.TrimSuffix(t[:n-1], "i"), "I")
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q does not parse: want a number with an optional K, M, G or T suffix, like 512M", s)
+	}
+	return v * mult, nil
+}
+
+// FormatSize prints a byte count the way ParseSize reads it.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		s string
+		v int64
+	}{{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if n >= u.v && n%u.v == 0 {
+			return strconv.FormatInt(n/u.v, 10) + u.s
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}

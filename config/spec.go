@@ -1,0 +1,159 @@
+package config
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// The command line describes devices as comma-separated key=value lists,
+// like Cloud Hypervisor's and QEMU's: --disk path=a.img,readonly=on.
+
+func splitSpec(flag, spec string) (map[string]string, error) {
+	kv := map[string]string{}
+	for _, part := range strings.Split(spec, ",") {
+		if part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("--%s %q: %q is not key=value", flag, spec, part)
+		}
+		if _, dup := kv[k]; dup {
+			return nil, fmt.Errorf("--%s %q: %s given twice", flag, spec, k)
+		}
+		kv[k] = v
+	}
+	return kv, nil
+}
+
+func parseBool(flag, key, v string) (bool, error) {
+	switch v {
+	case "on", "true", "yes", "1":
+		return true, nil
+	case "off", "false", "no", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("--%s: %s=%q: want on or off", flag, key, v)
+}
+
+func parseInt(flag, key, v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("--%s: %s=%q: want a non-negative number", flag, key, v)
+	}
+	return n, nil
+}
+
+// ParseDisk parses path=FILE[,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
+func ParseDisk(spec string) (Disk, error) {
+	var d Disk
+	kv, err := splitSpec("disk", spec)
+	if err != nil {
+		return d, err
+	}
+	for k, v := range kv {
+		switch k {
+		case "path":
+			d.Path = v
+		case "readonly":
+			d.Readonly, err = parseBool("disk", k, v)
+		case "direct":
+			d.Direct, err = parseBool("disk", k, v)
+		case "cache":
+			d.Cache = v
+		case "serial":
+			if len(v) > 20 {
+				err = fmt.Errorf("--disk: serial %q is longer than virtio-blk's 20 bytes", v)
+			}
+			d.Serial = v
+		case "num_queues":
+			d.NumQueues, err = parseInt("disk", k, v)
+		case "queue_size":
+			d.QueueSize, err = parseInt("disk", k, v)
+		case "id":
+			d.ID = v
+		default:
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, readonly, cache, serial, num_queues, queue_size, id)", spec, k)
+		}
+		if err != nil {
+			return d, err
+		}
+	}
+	if d.Path == "" {
+		return d, fmt.Errorf("--disk %q: path=FILE is required", spec)
+	}
+	return d, nil
+}
+
+// ParseNet parses tap=NAME[,mac=MAC][,num_queues=N][,queue_size=N][,id=ID].
+func ParseNet(spec string) (Net, error) {
+	var n Net
+	kv, err := splitSpec("net", spec)
+	if err != nil {
+		return n, err
+	}
+	for k, v := range kv {
+		switch k {
+		case "tap":
+			n.Tap = v
+		case "mac":
+			if _, perr := ParseMAC(v); perr != nil {
+				err = fmt.Errorf("--net: %v", perr)
+			}
+			n.MAC = v
+		case "num_queues":
+			n.NumQueues, err = parseInt("net", k, v)
+		case "queue_size":
+			n.QueueSize, err = parseInt("net", k, v)
+		case "id":
+			n.ID = v
+		default:
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, mac, num_queues, queue_size, id)", spec, k)
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	if n.Tap == "" {
+		return n, fmt.Errorf("--net %q: tap=NAME is required", spec)
+	}
+	return n, nil
+}
+
+// ParseMAC parses a colon-separated unicast MAC address.
+func ParseMAC(s string) ([6]byte, error) {
+	var mac [6]byte
+	parts := strings.Split(s, ":")
+	if len(parts) != 6 {
+		return mac, fmt.Errorf("MAC address %q: want six hex bytes like 52:54:00:12:34:56", s)
+	}
+	for i, p := range parts {
+		v, err := strconv.ParseUint(p, 16, 8)
+		if err != nil || len(p) != 2 {
+			return mac, fmt.Errorf("MAC address %q: want six hex bytes like 52:54:00:12:34:56", s)
+		}
+		mac[i] = byte(v)
+	}
+	if mac[0]&1 != 0 {
+		return mac, fmt.Errorf("MAC address %q is a multicast address; a NIC needs a unicast one", s)
+	}
+	return mac, nil
+}
+
+// ParseConsole parses off|null|tty|file=PATH|socket=PATH.
+func ParseConsole(flag, spec string) (Console, error) {
+	switch low := strings.ToLower(spec); {
+	case low == "off":
+		return Console{Mode: ModeOff}, nil
+	case low == "null":
+		return Console{Mode: ModeNull}, nil
+	case low == "tty" || low == "stdio":
+		return Console{Mode: ModeTty}, nil
+	case strings.HasPrefix(low, "file="):
+		return Console{Mode: ModeFile, File: spec[5:]}, nil
+	case strings.HasPrefix(low, "socket="):
+		return Console{Mode: ModeSocket, Socket: spec[7:]}, nil
+	}
+	return Console{}, fmt.Errorf("--%s %q: want off, null, tty, file=PATH or socket=PATH", flag, spec)
+}

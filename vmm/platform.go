@@ -1,0 +1,176 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/cmos"
+	"github.com/viovmm/vio/devices/i8042"
+	"github.com/viovmm/vio/devices/uart16550"
+	"github.com/viovmm/vio/kvm"
+)
+
+// platform is the legacy PC around the guest: COM1, the keyboard
+// controller (for its reset line) and the RTC/CMOS.
+type platform struct {
+	serial *uart16550.UART
+	cancel context.CancelFunc
+}
+
+// isaLine drives one ISA interrupt line of the in-kernel PIC/IOAPIC.
+type isaLine struct {
+	vm  *kvm.VM
+	irq uint32
+}
+
+func (l isaLine) SetLevel(high bool) error { return l.vm.IRQLine(l.irq, high) }
+
+func newPlatform(v *VM, stdio IO) (*platform, error) {
+	p := &platform{}
+	out, in, err := consoleStreams(v, v.cfg.Serial, stdio)
+	if err != nil {
+		return nil, err
+	}
+	out = &panicWatcher{w: out, vm: v}
+	p.serial = uart16550.New(out, isaLine{v.kvm, uart16550.COM1IRQ})
+	if err := v.pio.Register(uart16550.COM1Addr, uart16550.Size, p.serial); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	v.closers = append(v.closers, closerFunc(func() error { cancel(); return nil }))
+	if in != nil {
+		go io.Copy(p.serial.InputWriter(ctx), in)
+	}
+
+	kbd := i8042.New(i8042.Config{
+		Reset:  func() { v.exit(Exit{Reason: ExitReboot, Detail: "reset through the keyboard controller"}) },
+		KbdIRQ: isaLine{v.kvm, 1},
+	})
+	if err := v.pio.Register(0x60, 1, kbd.DataPort()); err != nil {
+		return nil, err
+	}
+	if err := v.pio.Register(0x64, 1, kbd.CommandPort()); err != nil {
+		return nil, err
+	}
+	low, high := splitRAM(v)
+	if err := v.pio.Register(0x70, 2, cmos.New(cmos.Config{LowMem: low, HighMem: high})); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func splitRAM(v *VM) (low, high uint64) {
+	for _, r := range v.mem.Regions() {
+		if r.GPA >= 1<<32 {
+			high += uint64(len(r.Data))
+		} else {
+			low += uint64(len(r.Data))
+		}
+	}
+	return low, high
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// consoleStreams opens what a console config names.
+func consoleStreams(v *VM, c config.Console, stdio IO) (io.Writer, io.Reader, error) {
+	switch c.Mode {
+	case "", config.ModeTty:
+		out := stdio.Stdout
+		if out == nil {
+			out = io.Discard
+		}
+		return out, stdio.Stdin, nil
+	case config.ModeOff, config.ModeNull:
+		return io.Discard, nil, nil
+	case config.ModeFile:
+		f, err := os.OpenFile(c.File, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return nil, nil, fmt.Errorf("serial file: %w", err)
+		}
+		v.closers = append(v.closers, f)
+		return f, nil, nil
+	case config.ModeSocket:
+		// One client at a time, like a serial cable: output is dropped
+		// while nobody is connected.
+		os.Remove(c.Socket)
+		l, err := net.Listen("unix", c.Socket)
+		if err != nil {
+			return nil, nil, fmt.Errorf("serial socket: %w", err)
+		}
+		v.closers = append(v.closers, l)
+		s := &socketConsole{}
+		pr, pw := io.Pipe()
+		v.closers = append(v.closers, pw)
+		go s.accept(l, pw)
+		return s, pr, nil
+	}
+	return nil, nil, fmt.Errorf("console mode %q is not supported", c.Mode)
+}
+
+type socketConsole struct {
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+func (s *socketConsole) accept(l net.Listener, in *io.PipeWriter) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if s.conn != nil {
+			s.conn.Close()
+		}
+		s.conn = c
+		s.mu.Unlock()
+		go io.Copy(in, c)
+	}
+}
+
+func (s *socketConsole) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
+		if _, err := s.conn.Write(p); err != nil {
+			s.conn.Close()
+			s.conn = nil
+		}
+	}
+	return len(p), nil
+}
+
+// panicWatcher passes console output through and recognises the kernel's
+// panic banner, so that the reboot a panicking guest (panic=N) asks for
+// is reported as the panic it is.
+type panicWatcher struct {
+	w    io.Writer
+	vm   *VM
+	line []byte
+}
+
+var panicBanner = []byte("Kernel panic - not syncing")
+
+func (p *panicWatcher) Write(b []byte) (int, error) {
+	for _, c := range b {
+		if c == '\n' {
+			if i := bytes.Index(p.line, panicBanner); i >= 0 {
+				p.vm.notePanic(string(bytes.TrimSpace(p.line[i:])))
+			}
+			p.line = p.line[:0]
+		} else if len(p.line) < 512 {
+			p.line = append(p.line, c)
+		}
+	}
+	return p.w.Write(b)
+}

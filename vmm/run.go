@@ -1,0 +1,135 @@
+package vmm
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/kvm"
+	"github.com/viovmm/vio/vcpu"
+)
+
+// ExitReason says why a guest stopped running.
+type ExitReason int
+
+const (
+	ExitPoweroff ExitReason = iota + 1 // the guest powered off
+	ExitReboot                         // the guest asked for a reset
+	ExitPanic                          // the guest kernel panicked
+	ExitError                          // a vCPU hit an exit vio cannot handle
+	ExitStopped                        // the VMM was asked to stop
+)
+
+func (r ExitReason) String() string {
+	switch r {
+	case ExitPoweroff:
+		return "poweroff"
+	case ExitReboot:
+		return "reboot"
+	case ExitPanic:
+		return "panic"
+	case ExitError:
+		return "error"
+	case ExitStopped:
+		return "stopped"
+	}
+	return fmt.Sprintf("ExitReason(%d)", int(r))
+}
+
+// Exit is how and why a run ended.
+type Exit struct {
+	Reason ExitReason
+	Detail string
+}
+
+func (v *VM) notePanic(msg string) {
+	v.exit(Exit{Reason: ExitPanic, Detail: msg})
+}
+
+// exit records the first decisive guest event; later ones are dropped.
+func (v *VM) exit(e Exit) {
+	select {
+	case v.events <- e:
+	default:
+	}
+}
+
+// handleEvent runs on a vCPU thread: it turns what the vCPU loop cannot
+// resolve into a VM-level exit and parks the vCPU.
+func (v *VM) handleEvent(ev vcpu.Event) vcpu.Action {
+	switch ev.Kind {
+	case vcpu.Shutdown:
+		// A triple fault: what a PC does is reset.
+		v.exit(Exit{Reason: ExitReboot, Detail: "triple fault"})
+	case vcpu.System:
+		v.exit(systemEventExit(ev))
+	case vcpu.Halt:
+		// With the in-kernel LAPIC, HLT never reaches us unless the
+		// guest halted with interrupts off for good.
+		v.exit(Exit{Reason: ExitError, Detail: fmt.Sprintf("vCPU %d halted with no way to wake up", ev.VCPU)})
+	default:
+		v.exit(Exit{Reason: ExitError, Detail: ev.String()})
+	}
+	return vcpu.Park
+}
+
+func systemEventExit(ev vcpu.Event) Exit {
+	switch ev.System.Type {
+	case kvm.SystemEventShutdown:
+		return Exit{Reason: ExitPoweroff, Detail: "system event: shutdown"}
+	case kvm.SystemEventReset:
+		return Exit{Reason: ExitReboot, Detail: "system event: reset"}
+	case kvm.SystemEventCrash:
+		return Exit{Reason: ExitPanic, Detail: "system event: crash"}
+	}
+	return Exit{Reason: ExitError, Detail: ev.String()}
+}
+
+// Run starts the vCPUs and blocks until the guest powers off, resets,
+// panics or fails, or ctx is cancelled; then it stops every vCPU. A VM runs
+// once: a reboot is a new VM (see Boot).
+func (v *VM) Run(ctx context.Context) (Exit, error) {
+	if err := v.group.Start(); err != nil {
+		return Exit{}, err
+	}
+	var e Exit
+	select {
+	case e = <-v.events:
+		if e.Reason == ExitReboot {
+			// A panicking guest with panic=N reboots right after its
+			// banner; the console may have been a few bytes behind.
+			select {
+			case p := <-v.events:
+				if p.Reason == ExitPanic {
+					e = p
+				}
+			default:
+			}
+		}
+	case <-ctx.Done():
+		e = Exit{Reason: ExitStopped, Detail: context.Cause(ctx).Error()}
+	}
+	v.group.Stop()
+	v.log.Info("guest stopped", "reason", e.Reason, "detail", e.Detail)
+	return e, nil
+}
+
+// Boot builds and runs a VM from cfg until the guest powers off, panics,
+// fails or ctx ends. A guest reboot builds the VM afresh when the config
+// says on_reboot=restart, the way a reset re-runs firmware.
+func Boot(ctx context.Context, cfg *config.VM, stdio IO, opts Options) (Exit, error) {
+	for {
+		vm, err := New(cfg, stdio, opts)
+		if err != nil {
+			return Exit{}, err
+		}
+		e, err := vm.Run(ctx)
+		vm.Close()
+		if err != nil || e.Reason != ExitReboot || cfg.OnReboot == "exit" {
+			return e, err
+		}
+		if opts.Log != nil {
+			opts.Log.Info("guest rebooted; restarting it")
+		}
+	}
+}

@@ -1,0 +1,150 @@
+// Package vmm assembles a VM from a config.VM and runs it: guest memory,
+// the in-kernel irqchip and PIT, vCPUs, the legacy platform and devices,
+// the boot payload, and the lifecycle (run, pause, stop, reboot).
+//
+// It is an assembler, not a god object: every part lives in its own
+// package (kvm, memory, bus, vcpu, arch/x86, loader, devices/...), and this
+// package only wires them together and decides what guest events mean.
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/viovmm/vio/bus"
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/kvm"
+	"github.com/viovmm/vio/loader"
+	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/vcpu"
+)
+
+// IO is where the VM's serial console goes.
+type IO struct {
+	Stdin  io.Reader // nil: no input
+	Stdout io.Writer // nil: output discarded
+}
+
+// Options tune how a VM is built.
+type Options struct {
+	// KVMPath is the KVM device (default /dev/kvm).
+	KVMPath string
+	// AllowPVM runs on a PVM-only KVM, where standard guests run about a
+	// thousand times too slowly to boot Linux. Tests with tiny guests use it.
+	AllowPVM bool
+	Log      *slog.Logger
+}
+
+// ErrPVMOnly means the host's KVM cannot run standard guests at speed.
+var ErrPVMOnly = errors.New("this host's /dev/kvm is PVM-only (no VMX/SVM): it cannot boot a standard Linux guest in useful time; run vio inside the lab: go run ./cmd/vio-lab exec -- ./bin/vio run ...")
+
+// ErrNoKVM means there is no usable /dev/kvm.
+var ErrNoKVM = errors.New("no /dev/kvm: load the kvm_intel or kvm_amd module (and check that you may open /dev/kvm), or run vio inside the lab: go run ./cmd/vio-lab exec -- ./bin/vio run ...")
+
+// VM is one assembled virtual machine, ready to Run once.
+type VM struct {
+	cfg        *config.VM
+	log        *slog.Logger
+	kernel     *loader.Kernel
+	kernelFile *os.File // open from New until the payload is loaded
+	sys        *kvm.System
+	kvm        *kvm.VM
+	mem        *memory.Memory
+	pio        *bus.Bus
+	mmio       *bus.Bus
+
+	cpus  []*kvm.VCPU
+	group *vcpu.Group
+
+	events  chan Exit // guest decisions: poweroff, reboot, panic, fatal exits
+	closers []io.Closer
+
+	platform *platform
+
+	closeOnce sync.Once
+}
+
+// New builds a VM: after it returns, the guest is loaded and its vCPUs are
+// ready to start, but nothing runs yet.
+func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	v := &VM{cfg: cfg, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1)}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+	if v.kernel, v.kernelFile, err = parseKernel(cfg.Payload.Kernel); err != nil {
+		return nil, err
+	}
+	if v.sys, err = kvm.Open(opts.KVMPath); err != nil {
+		if errors.Is(err, kvm.ErrNoKVM) {
+			return nil, ErrNoKVM
+		}
+		return nil, fmt.Errorf("opening KVM: %w", err)
+	}
+	if v.sys.IsPVM() && !opts.AllowPVM {
+		return nil, ErrPVMOnly
+	}
+	if v.kvm, err = v.sys.CreateVM(); err != nil {
+		return nil, fmt.Errorf("creating the VM: %w", err)
+	}
+	if err := v.setupMemory(); err != nil {
+		return nil, err
+	}
+	if err := v.setupIRQChip(); err != nil {
+		return nil, err
+	}
+	if v.platform, err = newPlatform(v, stdio); err != nil {
+		return nil, err
+	}
+	entry, err := v.loadPayload()
+	if err != nil {
+		return nil, err
+	}
+	if err := v.setupVCPUs(entry); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Close releases everything the VM holds. It is safe to call more than once
+// and after a failed New.
+func (v *VM) Close() error {
+	v.closeOnce.Do(func() {
+		if v.kernelFile != nil {
+			v.kernelFile.Close()
+		}
+		if v.group != nil {
+			v.group.Stop()
+		}
+		for i := len(v.closers) - 1; i >= 0; i-- {
+			v.closers[i].Close()
+		}
+		for _, c := range v.cpus {
+			c.Close()
+		}
+		if v.kvm != nil {
+			v.kvm.Close()
+		}
+		if v.mem != nil {
+			v.mem.Close()
+		}
+		if v.sys != nil {
+			v.sys.Close()
+		}
+	})
+	return nil
+}
+
+// Memory returns guest RAM (for devices and tests).
+func (v *VM) Memory() *memory.Memory { return v.mem }
