@@ -144,4 +144,3 @@ func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM bool) error {
 	}
 	return errors.New("guest stopped: " + exit.Detail)
 }
-
