@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,4 +163,50 @@ func TestCreateMatchesQemu(t *testing.T) {
 	ref := filepath.Join(dir, "ref.raw")
 	os.WriteFile(ref, bytes.Repeat([]byte{0}, 10<<20), 0o644)
 	qemu(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", path, ref)
+}
+
+// TestHeaderBits checks that the corrupt and dirty bits keep an image
+// from being written, and that unknown autoclear bits are cleared.
+func TestHeaderBits(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "bits.qcow2")
+	create(t, path, 1<<20, CreateOptions{}).Close()
+	setBits := func(incompat, autoclear uint64) {
+		f := openRaw(t, path, false)
+		defer f.Close()
+		b := make([]byte, 8)
+		be.PutUint64(b, incompat)
+		f.WriteAt(b, 72)
+		be.PutUint64(b, autoclear)
+		f.WriteAt(b, 88)
+	}
+	for _, c := range []struct {
+		bit  uint64
+		want error
+	}{{incompatCorrupt, ErrCorrupt}, {incompatDirty, ErrUnsupported}} {
+		setBits(c.bit, 0)
+		if _, err := Open(openRaw(t, path, false), Options{}); !errors.Is(err, c.want) {
+			t.Errorf("bit %#x: writable open: %v, want %v", c.bit, err, c.want)
+		}
+		img, err := Open(openRaw(t, path, true), Options{ReadOnly: true})
+		if err != nil {
+			t.Errorf("bit %#x: read-only open: %v", c.bit, err)
+		} else {
+			img.Close()
+		}
+	}
+	setBits(1<<20, 0)
+	if _, err := Open(openRaw(t, path, true), Options{ReadOnly: true}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("unknown incompatible bit: %v", err)
+	}
+	setBits(0, 1)
+	openImg(t, path, false).Close()
+	f := openRaw(t, path, true)
+	b := make([]byte, 8)
+	f.ReadAt(b, 88)
+	f.Close()
+	if be.Uint64(b) != 0 {
+		t.Errorf("autoclear bits %#x survived a writable open", be.Uint64(b))
+	}
+	qemuCheck(t, path, false)
 }
