@@ -301,3 +301,86 @@ func discardModel(model []byte, off, n, cs int64) {
 		}
 	}
 }
+
+// TestConcurrentMetadata runs writers that also zero and discard on
+// cluster-aligned stripes while another goroutine flushes and takes
+// snapshots, so that frees, copy-on-write of shared clusters and the
+// exclusive operations race with data transfers.
+func TestConcurrentMetadata(t *testing.T) {
+	const cs = 4096
+	const stripe = 64 * cs
+	const writers = 4
+	path := filepath.Join(t.TempDir(), "conc.qcow2")
+	img := create(t, path, writers*stripe, CreateOptions{ClusterSize: cs})
+	models := make([][]byte, writers)
+	done := make(chan error, writers)
+	stop := make(chan struct{})
+	for w := 0; w < writers; w++ {
+		models[w] = make([]byte, stripe)
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 3))
+			m := models[w]
+			base := int64(w * stripe)
+			for i := 0; i < 300; i++ {
+				off := rng.Int64N(stripe)
+				n := min(stripe-off, 1+rng.Int64N(3*cs))
+				var err error
+				switch rng.IntN(5) {
+				case 0:
+					err = img.WriteZeroes(base+off, n, rng.IntN(2) == 0)
+					clear(m[off : off+n])
+				case 1:
+					err = img.Discard(base+off, n)
+					discardModel(m, off, n, cs)
+				default:
+					p := make([]byte, n)
+					fillRandom(rng, p)
+					_, err = img.WriteAt(p, base+off)
+					copy(m[off:], p)
+				}
+				if err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	snaps := 0
+	bg := make(chan struct{})
+	go func() {
+		defer close(bg)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			img.Flush()
+			if snaps < 5 {
+				if err := img.CreateSnapshot(fmt.Sprint("c", snaps)); err != nil {
+					t.Error(err)
+				}
+				snaps++
+			}
+		}
+	}()
+	for w := 0; w < writers; w++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-bg
+	if got := len(img.Snapshots()); got != snaps || snaps == 0 {
+		t.Errorf("%d snapshots, took %d", got, snaps)
+	}
+	got := readAll(t, img)
+	for w := 0; w < writers; w++ {
+		sameBytes(t, fmt.Sprint("stripe ", w), got[w*stripe:(w+1)*stripe], models[w])
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, path, false)
+}
