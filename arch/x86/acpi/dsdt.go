@@ -15,8 +15,8 @@ const (
 
 // dsdt returns the DSDT body (the AML after the header):
 //
-//	Name (\_S5, Package () { S5SleepType, 0 })
-//	Scope (\_SB) {
+//	Name (_S5, Package () { S5SleepType, 0 })       // names at the root scope
+//	Scope (_SB) {
 //	    Device (PCI0) { _HID, [_CID], _UID, _BBN, _CRS, [_OSC] }
 //	    Device (ECAM) { _HID PNP0C02, _UID, _CRS }     if cfg.ECAM
 //	    Device (COM1) { _HID PNP0501, _UID, _CRS }     if cfg.COM1
@@ -56,8 +56,8 @@ func dsdtAML(cfg *Config) []byte {
 		))
 	}
 	return concat(
-		name(`\_S5`, pkg(integer(uint64(cfg.PM.S5SleepType)), integer(0))),
-		scope(`\_SB`, sb...),
+		name("_S5", pkg(integer(uint64(cfg.PM.S5SleepType)), integer(0))),
+		scope("_SB", sb...),
 	)
 }
 
