@@ -8,7 +8,7 @@ import (
 )
 
 // conn is one transmission-phase connection of a Client. Callers write
-// requests on it under wmu; one reader goroutine matches replies to the
+// requests on it through a batchWriter; one reader goroutine matches replies to the
 // pending calls. Whoever notices a failure calls fail; the reader then
 // hands the unanswered calls to the client for re-sending.
 type conn struct {
@@ -16,7 +16,7 @@ type conn struct {
 	nc net.Conn
 	br *bufio.Reader
 
-	wmu sync.Mutex // one request at a time on the wire
+	w batchWriter // requests
 
 	mu      sync.Mutex
 	pending map[uint64]*call
@@ -35,6 +35,7 @@ func (c *Client) newConn(nc net.Conn, br *bufio.Reader) *conn {
 		deadCh:     make(chan struct{}),
 		handedOver: make(chan struct{}),
 	}
+	cn.w = batchWriter{c: nc, onError: func(error) { cn.fail() }}
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
@@ -63,19 +64,13 @@ func (cn *conn) send(cl *call) bool {
 	cl.resetReply()
 	cl.sentAt = time.Now().UnixNano()
 	cn.pending[cl.req.cookie] = cl
-	var hdr [requestSize]byte
-	cl.req.encode(hdr[:])
+	// A fresh header per send: an old connection's writer may still be
+	// reading the previous one.
+	hdr := make([]byte, requestSize)
+	cl.req.encode(hdr)
 	cn.mu.Unlock()
 
-	// A fresh slice: WriteTo consumes the one it is given.
-	bufs := make(net.Buffers, 0, 1+len(cl.wbufs))
-	bufs = append(append(bufs, hdr[:]), cl.wbufs...)
-	cn.wmu.Lock()
-	_, err := bufs.WriteTo(cn.nc)
-	cn.wmu.Unlock()
-	if err != nil {
-		cn.fail()
-	}
+	cn.w.write(append([][]byte{hdr}, cl.wbufs...)...)
 	return true
 }
 
@@ -97,11 +92,13 @@ func (cn *conn) close() { cn.fail() }
 func (cn *conn) disconnect() {
 	var hdr [requestSize]byte
 	(&request{typ: cmdDisc}).encode(hdr[:])
-	cn.wmu.Lock()
-	cn.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	cn.nc.Write(hdr[:])
-	cn.wmu.Unlock()
-	cn.fail()
+	cn.w.locked(func() {
+		cn.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		cn.nc.Write(hdr[:])
+		// Close before another sender can write after the DISC, which
+		// the protocol forbids.
+		cn.fail()
+	})
 }
 
 func (cn *conn) readLoop() {

@@ -483,3 +483,41 @@ func TestGracefulServerSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// closingOnce fails the first write as a closed back-end would, which the
+// server reports as NBD_ESHUTDOWN.
+type closingOnce struct {
+	block.Backend
+	failed atomic.Bool
+}
+
+func (c *closingOnce) WriteAt(p []byte, off int64) (int, error) {
+	if c.failed.CompareAndSwap(false, true) {
+		return 0, block.ErrClosed
+	}
+	return c.Backend.WriteAt(p, off)
+}
+
+// TestShutdownErrorRetried: NBD_ESHUTDOWN makes the client disconnect and
+// re-send the request on a new connection rather than fail it.
+func TestShutdownErrorRetried(t *testing.T) {
+	mem := blocktest.NewMem(1 << 20)
+	b := &closingOnce{Backend: mem}
+	p := newProxy(t, serveTCP(t, newTestServer(t, b)))
+	c := dial(t, p.uri("d"), Options{ReconnectBackoff: time.Millisecond})
+	defer c.Close()
+	if _, err := c.WriteAt([]byte("again"), 0); err != nil {
+		t.Fatalf("WriteAt after ESHUTDOWN: %v", err)
+	}
+	if !b.failed.Load() {
+		t.Fatal("the back-end never failed")
+	}
+	got := make([]byte, 5)
+	mem.ReadAt(got, 0)
+	if string(got) != "again" {
+		t.Fatalf("disk holds %q", got)
+	}
+	if n := p.connections(); n != 2 {
+		t.Fatalf("%d connections, want 2 (one re-connect)", n)
+	}
+}

@@ -21,7 +21,7 @@ type serverConn struct {
 	c  net.Conn
 	br *bufio.Reader
 
-	wmu sync.Mutex // serialises replies on c
+	w batchWriter // replies
 
 	// Negotiated in the handshake.
 	export     *Export
@@ -37,6 +37,13 @@ type serverConn struct {
 
 func newServerConn(s *Server, c net.Conn) *serverConn {
 	sc := &serverConn{s: s, c: c, br: bufio.NewReaderSize(c, 64<<10)}
+	sc.w = batchWriter{c: c, onError: func(err error) {
+		// The reply stream would be corrupt: drop the connection.
+		if !isClosedConn(err) {
+			s.logf("nbd: %v: writing reply: %v", c.RemoteAddr(), err)
+		}
+		c.Close()
+	}}
 	sc.budget.init(sc.s.maxBuffered(), sc.s.maxInFlight())
 	return sc
 }
@@ -605,19 +612,8 @@ func (sc *serverConn) replyError(req request, errno uint32, msg string) {
 	sc.send(p)
 }
 
-// send writes one reply atomically (header and payload in one writev). A
-// failed write drops the connection: the reply stream would be corrupt.
-func (sc *serverConn) send(bufs ...[]byte) {
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	nb := net.Buffers(bufs)
-	if _, err := nb.WriteTo(sc.c); err != nil {
-		if !isClosedConn(err) {
-			sc.s.logf("nbd: %v: writing reply: %v", sc.c.RemoteAddr(), err)
-		}
-		sc.c.Close()
-	}
-}
+// send writes one reply atomically; its buffers may be reused on return.
+func (sc *serverConn) send(bufs ...[]byte) { sc.w.write(bufs...) }
 
 // budget is a counting semaphore over bytes and requests: the reader waits
 // for room before it buffers a request, so a client cannot make us hold
