@@ -2,11 +2,8 @@ package loader_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"errors"
-	"io"
 	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/viovmm/vio/loader"
@@ -65,42 +62,6 @@ func TestELF(t *testing.T) {
 	}
 }
 
-// ExtractVmlinux decompresses the vmlinux inside a bzImage, the way the
-// kernel's scripts/extract-vmlinux does, for gzip (in Go) or xz (with the
-// host's xz). It is a test helper: vio itself boots bzImages directly.
-func extractVmlinux(t *testing.T, k *loader.Kernel, img []byte) []byte {
-	t.Helper()
-	h := k.Header
-	start := h.SetupSize() + int64(h.PayloadOffset)
-	payload := img[start : start+int64(h.PayloadLength)]
-	switch {
-	case bytes.HasPrefix(payload, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(bytes.NewReader(payload))
-		if err != nil {
-			t.Fatal(err)
-		}
-		zr.Multistream(false) // the kernel's size trailer follows the stream
-		out, err := io.ReadAll(zr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	case bytes.HasPrefix(payload, []byte{0xfd, '7', 'z', 'X', 'Z'}):
-		if _, err := exec.LookPath("xz"); err != nil {
-			t.Skip("xz-compressed kernel and no xz tool")
-		}
-		cmd := exec.Command("xz", "-dc", "--single-stream")
-		cmd.Stdin = bytes.NewReader(payload)
-		out, err := cmd.Output()
-		if len(out) == 0 {
-			t.Fatalf("xz: %v", err)
-		}
-		return out // xz may complain about the padding after the stream
-	}
-	t.Skipf("payload compression % x not handled by the test", payload[:4])
-	return nil
-}
-
 func TestRealKernelELF(t *testing.T) {
 	path := realKernel(t)
 	img, err := os.ReadFile(path)
@@ -111,7 +72,13 @@ func TestRealKernelELF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vmlinux := extractVmlinux(t, k, img)
+	vmlinux, err := loadertest.Vmlinux(img)
+	if errors.Is(err, loadertest.ErrUnsupported) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	e, err := loader.ParseELF(bytes.NewReader(vmlinux), int64(len(vmlinux)))
 	if err != nil {
 		t.Fatal(err)

@@ -47,11 +47,35 @@ func kvmSeg(s x86.Segment) kvm.Segment {
 		Dpl: s.Dpl, Db: s.Db, S: s.S, L: s.L, G: s.G, Avl: s.Avl, Unusable: s.Unusable}
 }
 
-// TestBootOnKVM enters a synthetic bzImage through the whole boot path
-// (loader, zero page, GDT, page tables, registers, CPUID, MSRs) on the
-// real /dev/kvm. KVM refuses an inconsistent long-mode state outright, and
-// the guest reports what it sees through port 0x10.
-func TestBootOnKVM(t *testing.T) {
+// bootVM is a one-vCPU VM prepared for a Linux boot of img the way the
+// vmm will do it: RAM laid out by RAMLayout, kernel and command line
+// loaded, zero page, MP table, long-mode state, CPUID and MSRs set.
+type bootVM struct {
+	sys  *kvm.System
+	vm   *kvm.VM
+	cpu  *kvm.VCPU
+	mem  *memory.Memory
+	e820 []x86.E820Entry
+}
+
+// kernelLoader loads a kernel into mem and returns where it went and the
+// setup header for the zero page.
+type kernelLoader func(mem *memory.Memory) (loader.LoadInfo, []byte, uint32, error)
+
+// bzImage is the kernelLoader for a bzImage.
+func bzImage(img []byte) kernelLoader {
+	return func(mem *memory.Memory) (loader.LoadInfo, []byte, uint32, error) {
+		k, err := loader.Parse(bytes.NewReader(img), int64(len(img)))
+		if err != nil {
+			return loader.LoadInfo{}, nil, 0, err
+		}
+		info, err := k.Load(mem, loader.DefaultLoadAddr)
+		return info, k.Header.Raw, k.Header.CmdlineSize, err
+	}
+}
+
+func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string) *bootVM {
+	t.Helper()
 	sys, err := kvm.Open("")
 	if errors.Is(err, kvm.ErrNoKVM) {
 		t.Skipf("no KVM: %v", err)
@@ -59,44 +83,47 @@ func TestBootOnKVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sys.Close()
+	t.Cleanup(func() { sys.Close() })
 	vm, err := sys.CreateVM()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer vm.Close()
+	t.Cleanup(func() { vm.Close() })
 
-	const ram = 64 << 20
-	layout, _ := x86.RAMLayout(ram)
+	layout, err := x86.RAMLayout(ram)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mem, err := memory.New(layout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mem.Close()
+	t.Cleanup(func() { mem.Close() })
 	for i, r := range mem.Regions() {
 		if err := vm.SetUserMemoryRegion(kvm.MemoryRegion{Slot: uint32(i), GPA: r.GPA, Host: r.Data}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	o := loadertest.Default()
-	o.Entry64 = entryProbe
-	img := loadertest.BzImage(o)
-	k, err := loader.Parse(bytes.NewReader(img), int64(len(img)))
+	info, hdr, cmdlineSize, err := load(mem)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := k.Load(mem, loader.DefaultLoadAddr)
-	if err != nil {
+	cmd := loader.NewCmdline(min(cmdlineSize, x86.CmdlineMax-1))
+	if err := cmd.Add(cmdline); err != nil {
 		t.Fatal(err)
 	}
-	cmd := loader.NewCmdline(k.Header.CmdlineSize)
-	cmd.Add("console=ttyS0")
 	if err := cmd.Write(mem, x86.CmdlineAddr); err != nil {
 		t.Fatal(err)
 	}
-	e820, _ := x86.E820Map(layout)
-	if err := x86.WriteZeroPage(mem, x86.BootParams{SetupHeader: k.Header.Raw, CmdlineAddr: x86.CmdlineAddr, E820: e820}); err != nil {
+	e820, err := x86.E820Map(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x86.WriteZeroPage(mem, x86.BootParams{SetupHeader: hdr, CmdlineAddr: x86.CmdlineAddr, E820: e820}); err != nil {
+		t.Fatal(err)
+	}
+	if err := x86.WriteMPTable(mem, x86.MPConfig{NumCPUs: 1}); err != nil {
 		t.Fatal(err)
 	}
 	sregs, err := x86.SetupLongMode(mem)
@@ -108,7 +135,7 @@ func TestBootOnKVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cpu.Close()
+	t.Cleanup(func() { cpu.Close() })
 	host, err := sys.SupportedCPUID()
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +178,18 @@ func TestBootOnKVM(t *testing.T) {
 	if err := cpu.SetRegs(kvm.Regs{Rip: r.Rip, Rsi: r.Rsi, Rsp: r.Rsp, Rbp: r.Rbp, Rflags: r.Rflags}); err != nil {
 		t.Fatal(err)
 	}
+	return &bootVM{sys: sys, vm: vm, cpu: cpu, mem: mem, e820: e820}
+}
+
+// TestBootOnKVM enters a synthetic bzImage through the whole boot path
+// (loader, zero page, GDT, page tables, registers, CPUID, MSRs) on the
+// real /dev/kvm. KVM refuses an inconsistent long-mode state outright, and
+// the guest reports what it sees through port 0x10.
+func TestBootOnKVM(t *testing.T) {
+	o := loadertest.Default()
+	o.Entry64 = entryProbe
+	vm := newBootVM(t, bzImage(loadertest.BzImage(o)), 64<<20, "console=ttyS0")
+	cpu, mem, e820 := vm.cpu, vm.mem, vm.e820
 
 	var got []uint32
 	for len(got) < 20 {
