@@ -73,8 +73,9 @@ type ZeroWriter interface {
 }
 
 // Resizer changes the size of the back-end. Bytes added by growing read as
-// zeroes. An implementation that cannot shrink returns an error matching
-// errors.ErrUnsupported and leaves the size unchanged.
+// zeroes. An implementation that cannot resize (a block device), or cannot
+// shrink, returns an error matching errors.ErrUnsupported and leaves the
+// size unchanged.
 type Resizer interface {
 	Resize(size int64) error
 }
