@@ -587,6 +587,15 @@ func FuzzWrite(f *testing.F) {
 	f.Add(254, uint16(1), uint16(1), uint16(1), uint8(0), uint8(7), uint64(0), uint64(0), uint64(1<<40), uint64(1<<30), false, uint64(0), uint8(0), uint8(0), uint16(0), uint8(0))
 	f.Add(3, uint16(0xffff), uint16(0xfffe), uint16(0x1), uint8(0xff), uint8(0), uint64(0x80000000), uint64(0x80000000), uint64(0), uint64(0), true, uint64(0x80000000), uint8(3), uint8(9), uint16(0xffff), uint8(0x5))
 	f.Fuzz(func(t *testing.T, n int, ctl, sts, rst uint16, rval, s5 uint8, hb, hs, h64b, h64s uint64, ecam bool, eb uint64, es, ee uint8, pvp uint16, bits uint8) {
+		// Steer most inputs into the ranges a vmm uses, so that many
+		// configs are valid and get their tables checked; bit 7 of bits
+		// leaves the raw values alone to probe the validation.
+		if bits&0x80 == 0 {
+			n = n % 300
+			hb, hs = hb&0xffffffff, hs&0xffffffff
+			eb &^= 1<<20 - 1
+			eb &= 0xffffffff
+		}
 		cfg := acpi.Config{
 			NumCPUs:       n,
 			PM:            acpi.PMRegisters{SleepControlPort: ctl, SleepStatusPort: sts, ResetPort: rst, ResetValue: rval, S5SleepType: s5},
