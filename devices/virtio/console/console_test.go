@@ -1,0 +1,286 @@
+package console_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/bus"
+	"github.com/viovmm/vio/devices/virtio/console"
+	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/pci/pcitest"
+	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/queuetest"
+	"github.com/viovmm/vio/virtio/virtiopci"
+	"github.com/viovmm/vio/virtio/virtiopci/virtiopcitest"
+)
+
+const (
+	msiAddr = 0xfee00000
+	wait    = 10 * time.Second // bounds a hang; never a synchronization
+)
+
+// output is an io.Writer that lets a test wait for what was written.
+type output struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	more chan struct{}
+	fail error
+}
+
+func newOutput() *output { return &output{more: make(chan struct{}, 1)} }
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fail != nil {
+		err := o.fail
+		o.fail = nil
+		return 0, err
+	}
+	o.buf.Write(p)
+	select {
+	case o.more <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// waitFor waits until the output holds want.
+func (o *output) waitFor(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(wait)
+	for {
+		o.mu.Lock()
+		got := o.buf.String()
+		o.mu.Unlock()
+		if got == want {
+			return
+		}
+		if len(got) > len(want) || !strings.HasPrefix(want, got) {
+			t.Fatalf("output %q, want %q", got, want)
+		}
+		select {
+		case <-o.more:
+		case <-deadline:
+			t.Fatalf("output %q, want %q", got, want)
+		}
+	}
+}
+
+type machine struct {
+	mem    *memory.Memory
+	router *pcitest.Router
+	dev    *console.Device
+	guest  *virtiopcitest.Guest
+	rx, tx *queuetest.Driver
+}
+
+func newMachine(t *testing.T, in io.Reader, out io.Writer, cfg console.Config) *machine {
+	t.Helper()
+	mmio, pio := bus.New("mmio"), bus.New("pio")
+	m := &machine{router: pcitest.NewRouter(1024)}
+	var err error
+	if m.mem, err = memory.New([]memory.Layout{{GPA: 0, Size: 8 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.mem.Close() })
+	root, err := pci.NewRoot(pci.RootConfig{
+		MMIO: mmio, PIO: pio,
+		MMIO32:    pci.Window{Base: 0xc0000000, Size: 0x10000000},
+		PIOWindow: pci.Window{Base: 0x1000, Size: 0x1000},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
+		t.Fatal(err)
+	}
+	if m.dev, err = console.New(in, out, cfg); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := virtiopci.New(m.dev, m.mem, virtiopci.Options{Router: m.router})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := pci.BDF{Device: 4}
+	if err := root.Add(a, tr); err != nil {
+		t.Fatal(err)
+	}
+	if m.guest, err = virtiopcitest.Probe(mmio, pio, m.mem, a); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.guest.Reset() })
+	return m
+}
+
+func (m *machine) start(t *testing.T, feat uint64) {
+	t.Helper()
+	g := m.guest
+	if err := g.Negotiate(feat | virtio.FeatureVersion1 | virtio.FeatureEventIdx); err != nil {
+		t.Fatal(err)
+	}
+	for v := range 3 {
+		g.ProgramMSIX(v, msiAddr, uint32(0x50+v))
+	}
+	g.EnableMSIX(true)
+	g.SetConfigVector(0)
+	var err error
+	if m.rx, err = g.SetupQueue(virtiopcitest.QueueConfig{Index: console.RxQueue, Vector: 1, Base: 0x100000, DataSize: 0x100000, EventIdx: true}); err != nil {
+		t.Fatal(err)
+	}
+	if m.tx, err = g.SetupQueue(virtiopcitest.QueueConfig{Index: console.TxQueue, Vector: 2, Base: 0x300000, DataSize: 0x100000, EventIdx: true}); err != nil {
+		t.Fatal(err)
+	}
+	g.SetStatus(virtio.StatusDriverOK)
+	if s := g.Status(); s&virtio.StatusDeviceNeedsReset != 0 || s&virtio.StatusDriverOK == 0 {
+		t.Fatalf("status %#x", s)
+	}
+}
+
+func (m *machine) write(t *testing.T, s ...string) {
+	t.Helper()
+	var out [][]byte
+	for _, x := range s {
+		out = append(out, []byte(x))
+	}
+	if _, err := m.tx.Add(out, nil); err != nil {
+		t.Fatal(err)
+	}
+	if m.tx.NeedsKick() {
+		m.guest.Kick(console.TxQueue)
+	}
+}
+
+func (m *machine) post(t *testing.T, sizes ...uint32) {
+	t.Helper()
+	for _, n := range sizes {
+		if _, err := m.rx.Add(nil, []uint32{n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.rx.NeedsKick() {
+		m.guest.Kick(console.RxQueue)
+	}
+}
+
+// read collects received bytes until it has n.
+func (m *machine) read(t *testing.T, n int) string {
+	t.Helper()
+	var got []byte
+	deadline := time.Now().Add(wait)
+	for len(got) < n {
+		u, ok, err := m.rx.GetUsed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			got = append(got, u.Data...)
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %q, want %d bytes", got, n)
+		}
+		m.router.Wait(10 * time.Millisecond) // both queues share the router
+	}
+	return string(got)
+}
+
+func TestOutput(t *testing.T) {
+	out := newOutput()
+	m := newMachine(t, nil, out, console.Config{})
+	if f := m.guest.DeviceFeatures(); f&(console.FeatureSize|console.FeatureMultiport|console.FeatureEmergWrite) != 0 {
+		t.Errorf("features %#x", f)
+	}
+	m.start(t, 0)
+	m.write(t, "Linux version ", "6.1\n")
+	m.write(t, "login: ")
+	out.waitFor(t, "Linux version 6.1\nlogin: ")
+	// A failed write loses that chain's bytes, not the console.
+	out.mu.Lock()
+	out.fail = errors.New("disk full")
+	out.mu.Unlock()
+	m.write(t, "lost")
+	m.write(t, "kept")
+	out.waitFor(t, "Linux version 6.1\nlogin: kept")
+	if s := m.dev.Stats(); s.OutBytes != 29 || s.OutErrors != 1 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestInput(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	m := newMachine(t, pr, nil, console.Config{})
+	m.start(t, 0)
+	// Typed before the guest posted any buffer: held, not lost. The pipe
+	// write returns once the device has taken the bytes.
+	if _, err := io.WriteString(pw, "root\n"); err != nil {
+		t.Fatal(err)
+	}
+	m.post(t, 3, 3, 16)
+	if got := m.read(t, 5); got != "root\n" {
+		t.Fatalf("got %q", got)
+	}
+	// Input larger than the posted buffers (the 16-byte one left over and
+	// two more) waits for more of them.
+	long := strings.Repeat("0123456789", 30)
+	go io.WriteString(pw, long)
+	m.post(t, 64, 64)
+	first := m.read(t, 16+128)
+	m.post(t, 256)
+	if got := first + m.read(t, len(long)-16-128); got != long {
+		t.Fatalf("got %q", got)
+	}
+	// A reset keeps input not yet delivered.
+	go io.WriteString(pw, "after reset")
+	// Wait until the device holds the input (the pump has read it).
+	deadline := time.Now().Add(wait)
+	for m.dev.Stats().InRead < uint64(5+len(long)+11) {
+		if time.Now().After(deadline) {
+			t.Fatal("input not read")
+		}
+		time.Sleep(time.Millisecond) // polling an observable, bounded by the deadline
+	}
+	if err := m.guest.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	m.start(t, 0)
+	m.post(t, 32)
+	if got := m.read(t, 11); got != "after reset" {
+		t.Fatalf("after reset: %q", got)
+	}
+	if s := m.dev.Stats(); s.InBytes != uint64(5+len(long)+11) {
+		t.Errorf("stats %+v", s)
+	}
+	// The end of input is harmless.
+	pw.Close()
+	m.write(t, "still alive")
+}
+
+func TestSize(t *testing.T) {
+	m := newMachine(t, nil, nil, console.Config{Cols: 80, Rows: 25})
+	g := m.guest
+	if f := g.DeviceFeatures(); f&console.FeatureSize == 0 {
+		t.Fatalf("features %#x", f)
+	}
+	if c, r := g.ReadDeviceConfig(0, 2), g.ReadDeviceConfig(2, 2); c != 80 || r != 25 {
+		t.Errorf("size %dx%d", c, r)
+	}
+	m.start(t, console.FeatureSize)
+	m.dev.Resize(132, 43)
+	if msg, err := m.router.Wait(wait); err != nil || msg.Vector != 0 {
+		t.Fatalf("config interrupt %+v %v", msg, err)
+	}
+	if c, r := g.ReadDeviceConfig(0, 2), g.ReadDeviceConfig(2, 2); c != 132 || r != 43 {
+		t.Errorf("size %dx%d", c, r)
+	}
+	if v := g.ReadDeviceConfig(4, 4); v != 0 {
+		t.Errorf("max_nr_ports %d without MULTIPORT", v)
+	}
+}
