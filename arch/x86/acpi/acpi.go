@@ -72,12 +72,12 @@ type Config struct {
 	// PvPanicPort, if not 0, declares a pvpanic device at that port
 	// (devices/acpipm.PvPanicPort is 0x505).
 	PvPanicPort uint16
-	// I8042 tells the OS a keyboard controller is at 0x60/0x64 (FADT
-	// IAPC_BOOT_ARCH bit 1); without it Linux's i8042 driver does not
-	// probe the ports when ACPI is on.
+	// I8042 declares the keyboard controller at 0x60/0x64, IRQ 1
+	// (PNP0303, and FADT IAPC_BOOT_ARCH bit 1); without it Linux's i8042
+	// driver does not probe the ports when ACPI is on.
 	I8042 bool
-	// RTC tells the OS a CMOS RTC is at 0x70 (otherwise the FADT says
-	// "no CMOS RTC"), with the century at index 0x32.
+	// RTC declares the CMOS RTC at 0x70, IRQ 8 (PNP0B00), with the
+	// century at index 0x32; without it the FADT says "no CMOS RTC".
 	RTC bool
 	// TimerOverride adds the ISA IRQ0 → GSI 2 interrupt source
 	// override. Set it only if the vmm routes GSI 0/the PIT to IOAPIC

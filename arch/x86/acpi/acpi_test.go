@@ -331,6 +331,41 @@ func checkDSDT(t table, cfg acpi.Config) error {
 			return fmt.Errorf("COM1 resources %+v", rs)
 		}
 	}
+	legacy := []struct {
+		dev, hid string
+		on       bool
+		ports    [][2]uint64 // base, count
+		irq      int
+	}{
+		{`\_SB_.KBD_`, "PNP0303", cfg.I8042, [][2]uint64{{0x60, 1}, {0x64, 1}}, 1},
+		{`\_SB_.RTC_`, "PNP0B00", cfg.RTC, [][2]uint64{{0x70, 2}}, 8},
+	}
+	for _, l := range legacy {
+		if _, ok := ns[l.dev]; ok != l.on {
+			return fmt.Errorf("%s declared: %v, want %v", l.dev, ok, l.on)
+		}
+		if !l.on {
+			continue
+		}
+		if err := checkHID(ns, l.dev, l.hid); err != nil {
+			return err
+		}
+		rs, err := crs(ns, l.dev)
+		if err != nil {
+			return err
+		}
+		if len(rs) != len(l.ports)+1 {
+			return fmt.Errorf("%s resources %+v", l.dev, rs)
+		}
+		for i, p := range l.ports {
+			if r := rs[i]; r.kind != "io" || !r.decode16 || r.min != p[0] || r.max != p[0] || r.length != p[1] {
+				return fmt.Errorf("%s resource %d is %+v, want ports %#x+%d", l.dev, i, r, p[0], p[1])
+			}
+		}
+		if r := rs[len(l.ports)]; r.kind != "irq" || r.irqMask != 1<<l.irq {
+			return fmt.Errorf("%s interrupt %+v, want IRQ %d", l.dev, r, l.irq)
+		}
+	}
 	if _, ok := ns[`\_SB_.PEVT`]; ok != (cfg.PvPanicPort != 0) {
 		return fmt.Errorf("pvpanic declared: %v, port %#x", ok, cfg.PvPanicPort)
 	}

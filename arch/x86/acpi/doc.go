@@ -76,7 +76,11 @@
 // range, the 0xCF8 config ports, the I/O windows and the MMIO windows;
 // \_SB.ECAM (PNP0C02) reserves the MCFG range, which pci_mmcfg_late_init
 // requires (is_acpi_reserved) because the e820 map does not cover it;
-// \_SB.COM1 (PNP0501) is bound by 8250_pnp; \_SB.PEVT ("QEMU0001") by
+// \_SB.COM1 (PNP0501) is bound by 8250_pnp, \_SB.KBD (PNP0303) by i8042's
+// PNP probe, \_SB.RTC (PNP0B00) by rtc_cmos (x86's add_rtc_cmos then skips
+// its platform device); these declarations are also what gives their ISA
+// IRQs a mapping in reduced mode, where nr_legacy_irqs() is 0 and nothing
+// sets up IRQs 0-15 in advance. \_SB.PEVT ("QEMU0001") is bound by
 // pvpanic-mmio, which reads its capability byte and writes events to
 // the port in its _CRS.
 package acpi

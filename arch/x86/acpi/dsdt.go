@@ -6,11 +6,18 @@ const (
 	pciConfigSize = 8
 )
 
-// Legacy COM1 as the PC has it (devices/uart16550 COM1Addr, COM1IRQ).
+// Legacy devices where the PC has them (devices/uart16550 COM1Addr and
+// COM1IRQ, devices/i8042, devices/cmos).
 const (
-	com1Port = 0x3f8
-	com1Size = 8
-	com1IRQ  = 4
+	com1Port   = 0x3f8
+	com1Size   = 8
+	com1IRQ    = 4
+	kbdData    = 0x60
+	kbdCommand = 0x64
+	kbdIRQ     = 1
+	rtcPort    = 0x70
+	rtcSize    = 2
+	rtcIRQ     = 8
 )
 
 // dsdt returns the DSDT body (the AML after the header):
@@ -20,6 +27,8 @@ const (
 //	    Device (PCI0) { _HID, [_CID], _UID, _BBN, _CRS, [_OSC] }
 //	    Device (ECAM) { _HID PNP0C02, _UID, _CRS }     if cfg.ECAM
 //	    Device (COM1) { _HID PNP0501, _UID, _CRS }     if cfg.COM1
+//	    Device (KBD)  { _HID PNP0303, _CRS }           if cfg.I8042
+//	    Device (RTC)  { _HID PNP0B00, _CRS }           if cfg.RTC
 //	    Device (PEVT) { _HID QEMU0001, _CRS }          if cfg.PvPanicPort
 //	}
 func dsdtAML(cfg *Config) []byte {
@@ -44,6 +53,32 @@ func dsdtAML(cfg *Config) []byte {
 			name("_CRS", resourceTemplate(
 				ioPort(com1Port, com1Port, 1, com1Size),
 				irqNoFlags(com1IRQ),
+			)),
+		))
+	}
+	// In hardware-reduced mode Linux has no legacy PIC and reserves no
+	// IRQ numbers for ISA; an ISA IRQ gets its mapping when a device
+	// that declares it is enumerated. Drivers that probe fixed ports
+	// with a hard-coded IRQ (i8042 without PNP0303, the rtc_cmos
+	// platform device without PNP0B00) would ask for an IRQ that was
+	// never set up. Declaring the devices also makes i8042 and rtc_cmos
+	// bind through PNP, with these resources.
+	if cfg.I8042 {
+		sb = append(sb, device("KBD",
+			name("_HID", integer(uint64(eisaID("PNP0303")))),
+			name("_CRS", resourceTemplate(
+				ioPort(kbdData, kbdData, 1, 1),
+				ioPort(kbdCommand, kbdCommand, 1, 1),
+				irqNoFlags(kbdIRQ),
+			)),
+		))
+	}
+	if cfg.RTC {
+		sb = append(sb, device("RTC",
+			name("_HID", integer(uint64(eisaID("PNP0B00")))),
+			name("_CRS", resourceTemplate(
+				ioPort(rtcPort, rtcPort, 1, rtcSize),
+				irqNoFlags(rtcIRQ),
 			)),
 		))
 	}

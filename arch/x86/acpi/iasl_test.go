@@ -164,6 +164,12 @@ func TestACPIExec(t *testing.T) {
 			if cfg.PvPanicPort != 0 {
 				eval = append(eval, `evaluate \_SB.PEVT._HID`, `evaluate \_SB.PEVT._CRS`)
 			}
+			if cfg.I8042 {
+				eval = append(eval, `evaluate \_SB.KBD._HID`, `evaluate \_SB.KBD._CRS`)
+			}
+			if cfg.RTC {
+				eval = append(eval, `evaluate \_SB.RTC._HID`, `evaluate \_SB.RTC._CRS`)
+			}
 			out := run(t, dir, acpiexec, append([]string{"-b", strings.Join(eval, ";")}, args...)...)
 			if m := acpiProblems.FindAllString(out, -1); len(m) > 0 {
 				t.Errorf("acpiexec complains: %q", m)
