@@ -4,9 +4,38 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/viovmm/vio/lab/labtest"
 )
 
-func TestMain(m *testing.M) { labtest.Main(m) }
+// vioBin is the vio binary under test. TestMain builds it on the host (the
+// lab's emulated CPU would take minutes to compile it) and hands its path
+// to the lab run through VIO_BIN.
+var vioBin = os.Getenv("VIO_BIN")
+
+func TestMain(m *testing.M) {
+	if vioBin == "" && !labtest.Inside() {
+		dir, err := os.MkdirTemp("", "vio-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		vioBin = filepath.Join(dir, "vio")
+		build := exec.Command("go", "build", "-o", vioBin, "../cmd/vio")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: building vio:", err)
+			os.Exit(1)
+		}
+		os.Setenv("VIO_BIN", vioBin)
+		code := labtest.Run(m)
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	labtest.Main(m)
+}

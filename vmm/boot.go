@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"github.com/viovmm/vio/arch/x86"
+	"github.com/viovmm/vio/arch/x86/acpi"
+	"github.com/viovmm/vio/devices/acpipm"
 	"github.com/viovmm/vio/loader"
 )
 
@@ -67,7 +69,27 @@ func (v *VM) loadPayload() (uint64, error) {
 	if err := x86.WriteZeroPage(v.mem, bp); err != nil {
 		return 0, err
 	}
+	// The MP table serves guests booted with acpi=off; ACPI is what
+	// lets the guest power off (through devices/acpipm) and describes
+	// the CPUs, the IOAPIC, the PCI root and the legacy devices.
 	if err := x86.WriteMPTable(v.mem, x86.MPConfig{NumCPUs: v.cfg.CPUs.BootVCPUs}); err != nil {
+		return 0, err
+	}
+	if _, err := acpi.Write(v.mem, acpi.Config{
+		NumCPUs: v.cfg.CPUs.BootVCPUs,
+		PM: acpi.PMRegisters{
+			SleepControlPort: acpipm.SleepControlPort,
+			SleepStatusPort:  acpipm.SleepStatusPort,
+			ResetPort:        acpipm.ResetPort,
+			ResetValue:       acpipm.ResetValue,
+			S5SleepType:      acpipm.SleepTypeS5,
+		},
+		PCIHole:     acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
+		COM1:        true,
+		PvPanicPort: acpipm.PvPanicPort,
+		I8042:       true,
+		RTC:         true,
+	}); err != nil {
 		return 0, err
 	}
 	v.log.Info("payload loaded", "kernel", p.Kernel, "protocol", k.Header.VersionString(),

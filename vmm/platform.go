@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/acpipm"
 	"github.com/viovmm/vio/devices/cmos"
 	"github.com/viovmm/vio/devices/i8042"
 	"github.com/viovmm/vio/devices/uart16550"
@@ -57,6 +58,19 @@ func newPlatform(v *VM, stdio IO) (*platform, error) {
 		return nil, err
 	}
 	if err := v.pio.Register(0x64, 1, kbd.CommandPort()); err != nil {
+		return nil, err
+	}
+	pm := acpipm.New(acpipm.Config{
+		PowerOff: func() { v.exit(Exit{Reason: ExitPoweroff, Detail: "ACPI S5"}) },
+		Reset:    func() { v.exit(Exit{Reason: ExitReboot, Detail: "ACPI reset register"}) },
+	})
+	if err := v.pio.Register(acpipm.PortAddr, acpipm.Size, pm); err != nil {
+		return nil, err
+	}
+	pvpanic := acpipm.NewPvPanic(func(events uint8) {
+		v.exit(Exit{Reason: ExitPanic, Detail: fmt.Sprintf("pvpanic event %#x", events)})
+	})
+	if err := v.pio.Register(acpipm.PvPanicPort, acpipm.PvPanicSize, pvpanic); err != nil {
 		return nil, err
 	}
 	low, high := splitRAM(v)

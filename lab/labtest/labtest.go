@@ -27,18 +27,22 @@ import (
 // Inside reports whether this process runs inside the lab VM.
 func Inside() bool { return os.Getenv("VIO_LAB_INSIDE") == "1" }
 
-// Main runs m where a real KVM is and exits. Set VIO_LAB=off to skip the
-// package's tests on a host without hardware virtualization.
-func Main(m *testing.M) {
+// Main runs m where a real KVM is and exits with Run's status.
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run runs m where a real KVM is and returns the exit status. Set
+// VIO_LAB=off to skip the package's tests on a host without hardware
+// virtualization.
+func Run(m *testing.M) int {
 	if Inside() || lab.HardwareKVM() {
-		os.Exit(m.Run())
+		return m.Run()
 	}
 	if os.Getenv("VIO_LAB") == "off" {
 		fmt.Println("labtest: VIO_LAB=off and this host has no hardware virtualization: lab tests skipped")
 		fmt.Println("PASS")
-		os.Exit(0)
+		return 0
 	}
-	os.Exit(relaunch())
+	return relaunch()
 }
 
 func relaunch() int {

@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/lab/labtest"
+)
+
+const guestMemMiB = 256
+
+// vioArgs is the common part of a vio command line for the lab's kernel.
+func vioArgs(t *testing.T, initrd string, extra ...string) []string {
+	a := labtest.Assets(t)
+	return append([]string{vioBin, "run", "--kernel", a.Kernel, "--initrd", initrd,
+		"--memory", strconv.Itoa(guestMemMiB) + "M", "--cmdline", "console=ttyS0 panic=-1 quiet"}, extra...)
+}
+
+// TestVioBoot boots the Debian kernel with 1 and 2 vCPUs: the guest must
+// reach its /init, see the CPUs and memory it was given and use kvm-clock,
+// and its poweroff must make vio exit 0.
+func TestVioBoot(t *testing.T) {
+	initrd := labtest.Initramfs(t, guestScript)
+	for _, cpus := range []int{1, 2} {
+		t.Run(strconv.Itoa(cpus)+"cpu", func(t *testing.T) {
+			out, err := runVMM(t, 4*time.Minute, vioArgs(t, initrd, "--cpus", strconv.Itoa(cpus))...)
+			if err != nil {
+				t.Fatalf("vio: %v\n%s", err, out)
+			}
+			gotCPUs, memKB, clock := facts(t, out)
+			if gotCPUs != strconv.Itoa(cpus) {
+				t.Errorf("guest saw %s CPUs, want %d", gotCPUs, cpus)
+			}
+			if clock != "kvm-clock" {
+				t.Errorf("guest clocksource %s, want kvm-clock", clock)
+			}
+			// MemTotal is RAM less what the kernel keeps for itself.
+			kb, _ := strconv.Atoi(memKB)
+			if kb > guestMemMiB<<10 || kb < guestMemMiB<<10*3/4 {
+				t.Errorf("guest MemTotal %d kB for %d MiB of RAM", kb, guestMemMiB)
+			}
+		})
+	}
+}
+
+// TestVioPanic: a guest kernel panic is reported as such (exit status 3),
+// even though panic=-1 makes the guest ask for a reboot right after.
+func TestVioPanic(t *testing.T) {
+	initrd := labtest.Initramfs(t, "echo VIO-GUEST-PANICKING\necho c > /proc/sysrq-trigger\nsleep 60\n")
+	out, err := runVMM(t, 4*time.Minute, vioArgs(t, initrd, "--on-reboot", "restart")...)
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 3 || !strings.Contains(out, "guest kernel panicked") {
+		t.Fatalf("want exit status 3 with a panic report, got %v; output:\n%s", err, out)
+	}
+}
+
+// TestVioReboot: with --on-reboot=exit a guest reboot ends vio cleanly;
+// with restart the guest boots again (seen twice on the serial console),
+// and vio stops cleanly on SIGTERM.
+func TestVioReboot(t *testing.T) {
+	initrd := labtest.Initramfs(t, "echo VIO-GUEST-BOOTED\nreboot -f\nsleep 60\n")
+	t.Run("exit", func(t *testing.T) {
+		out, err := runVMM(t, 4*time.Minute, vioArgs(t, initrd, "--on-reboot", "exit")...)
+		if err != nil || !strings.Contains(out, "VIO-GUEST-BOOTED") || !strings.Contains(out, "guest rebooted") {
+			t.Fatalf("want a clean exit after one boot, got %v; output:\n%s", err, out)
+		}
+	})
+	t.Run("restart", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		defer cancel()
+		args := vioArgs(t, initrd, "--on-reboot", "restart")
+		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// The console stream outlives each VM: count the boots in it,
+		// and stop vio at the second.
+		boots := 0
+		sc := bufio.NewScanner(out)
+		for boots < 2 && sc.Scan() {
+			if strings.Contains(sc.Text(), "VIO-GUEST-BOOTED") {
+				boots++
+			}
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		go io.Copy(io.Discard, out)
+		err = cmd.Wait()
+		if boots < 2 {
+			t.Fatalf("saw %d boots before the deadline (%v)", boots, ctx.Err())
+		}
+		if err != nil {
+			t.Fatalf("vio did not stop cleanly on SIGTERM: %v", err)
+		}
+	})
+}
