@@ -43,9 +43,17 @@ type machine struct {
 
 func newMachine(t *testing.T, cfg vnet.Config) *machine {
 	t.Helper()
+	devEnd, peer := nettest.Pair(256)
+	m := newMachineOn(t, devEnd, cfg)
+	m.devEnd, m.peer = devEnd, peer
+	return m
+}
+
+// newMachineOn makes a machine whose device uses be.
+func newMachineOn(t *testing.T, be netdev.Backend, cfg vnet.Config) *machine {
+	t.Helper()
 	mmio, pio := bus.New("mmio"), bus.New("pio")
 	m := &machine{router: pcitest.NewRouter(4096)}
-	m.devEnd, m.peer = nettest.Pair(256)
 	var err error
 	if m.mem, err = memory.New([]memory.Layout{{GPA: 0, Size: 32 << 20}}); err != nil {
 		t.Fatal(err)
@@ -62,7 +70,7 @@ func newMachine(t *testing.T, cfg vnet.Config) *machine {
 	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
 		t.Fatal(err)
 	}
-	if m.dev, err = vnet.New(m.devEnd, cfg); err != nil {
+	if m.dev, err = vnet.New(be, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if m.tr, err = virtiopci.New(m.dev, m.mem, virtiopci.Options{Router: m.router}); err != nil {
