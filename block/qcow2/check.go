@@ -80,6 +80,7 @@ func (img *Image) Check() (CheckResult, error) {
 	}
 	walk := func(name string, l1off uint64, l1 []uint64, active bool) {
 		ref(name+" L1 table", l1off, uint64(len(l1))*8)
+		seen := make(map[uint64]bool)
 		for i, e := range l1 {
 			if e&l1Reserved != 0 || e&l1OffsetMask&(img.cs-1) != 0 {
 				res.problem(true, "%s L1 entry %d (%#x) is invalid", name, i, e)
@@ -93,6 +94,11 @@ func (img *Image) Check() (CheckResult, error) {
 			if off>>img.cbits >= nclusters {
 				continue
 			}
+			if seen[off] {
+				res.problem(true, "%s L1 entry %d: L2 table %#x is listed twice", name, i, off)
+				continue
+			}
+			seen[off] = true
 			t, err := img.l2Table(off)
 			if err != nil {
 				res.problem(true, "%s L2 table %d: %v", name, i, err)
@@ -154,11 +160,13 @@ func (img *Image) Check() (CheckResult, error) {
 	}
 	// The copied flag must say exactly whether the active tables own a
 	// cluster alone.
+	seen := make(map[uint64]bool)
 	for i := range img.l1 {
 		off, copied, err := img.l1Entry(uint64(i))
-		if err != nil || off == 0 || off>>img.cbits >= nclusters {
+		if err != nil || off == 0 || off>>img.cbits >= nclusters || seen[off] {
 			continue
 		}
+		seen[off] = true
 		if r, _ := img.refcount(off >> img.cbits); (r == 1) != copied {
 			res.problem(true, "L1 entry %d: copied flag %v but the L2 table has refcount %d", i, copied, r)
 		}

@@ -279,6 +279,9 @@ func (img *Image) ApplySnapshot(name string) error {
 // updateTree adds delta to the refcount of every L2 table and data cluster
 // reachable from l1. Clusters whose count drops to zero leave the cache.
 func (img *Image) updateTree(l1 []uint64, delta int64) error {
+	// An L2 table listed twice in one L1 table is invalid, and would let
+	// a small hostile file demand work proportional to its square.
+	seen := make(map[uint64]bool)
 	for i, e := range l1 {
 		if e&l1Reserved != 0 {
 			return corrupt("L1 entry %d (%#x) has reserved bits set", i, e)
@@ -287,6 +290,10 @@ func (img *Image) updateTree(l1 []uint64, delta int64) error {
 		if off == 0 {
 			continue
 		}
+		if seen[off] {
+			return corrupt("L2 table %#x is listed twice in one L1 table", off)
+		}
+		seen[off] = true
 		t, err := img.l2Table(off)
 		if err != nil {
 			return err
@@ -334,6 +341,7 @@ func (img *Image) addRefDrop(c uint64, delta int64) error {
 // fixCopied sets the copied flag on exactly those active L1 and L2
 // entries whose cluster has refcount 1.
 func (img *Image) fixCopied() error {
+	seen := make(map[uint64]bool)
 	for i := range img.l1 {
 		off, copied, err := img.l1Entry(uint64(i))
 		if err != nil {
@@ -342,6 +350,10 @@ func (img *Image) fixCopied() error {
 		if off == 0 {
 			continue
 		}
+		if seen[off] {
+			return corrupt("L2 table %#x is listed twice in the L1 table", off)
+		}
+		seen[off] = true
 		r, err := img.refcount(off >> img.cbits)
 		if err != nil {
 			return err
