@@ -109,6 +109,8 @@ func (c *Config) validate() error {
 	if w := c.PCIHole64; w.Size != 0 && w.Base+w.Size < w.Base {
 		return bad("64-bit PCI hole %#x+%#x wraps", w.Base, w.Size)
 	}
+	// The interrupt controllers are not PCI's to hand out.
+	fixed := []Window{{x86.IOAPICAddr, x86.IOAPICSize}, {x86.LAPICAddr, x86.LAPICSize}}
 	if e := c.ECAM; e != nil {
 		if e.StartBus > e.EndBus {
 			return bad("ECAM buses %d-%d", e.StartBus, e.EndBus)
@@ -118,9 +120,24 @@ func (c *Config) validate() error {
 			return bad("ECAM window %#x buses %d-%d: want 1 MiB alignment, below 4 GiB",
 				e.Base, e.StartBus, e.EndBus)
 		}
+		for _, f := range fixed {
+			if overlaps(Window{start, size}, f) {
+				return bad("ECAM window %#x+%#x overlaps the APIC page at %#x", start, size, f.Base)
+			}
+		}
+	}
+	for _, w := range []Window{c.PCIHole, c.PCIHole64} {
+		for _, f := range fixed {
+			if w.Size != 0 && overlaps(w, f) {
+				return bad("PCI hole %#x+%#x overlaps the APIC page at %#x", w.Base, w.Size, f.Base)
+			}
+		}
 	}
 	return nil
 }
+
+// overlaps reports whether two non-empty, non-wrapping windows share an address.
+func overlaps(a, b Window) bool { return a.Base < b.end() && b.Base < a.end() }
 
 // mmioWindows returns the 32-bit PCI hole minus the ECAM window.
 func (c *Config) mmioWindows() []Window {

@@ -590,7 +590,10 @@ func TestConfigErrors(t *testing.T) {
 		"ECAM base wraps": func(c *acpi.Config) {
 			c.ECAM = &acpi.ECAMWindow{Base: ^uint64(0) &^ (1<<20 - 1), StartBus: 1, EndBus: 255}
 		},
-		"ECAM at 4G": func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 1 << 32, EndBus: 0} },
+		"ECAM at 4G":       func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 1 << 32, EndBus: 0} },
+		"hole over IOAPIC": func(c *acpi.Config) { c.PCIHole = acpi.Window{Base: 0xc0000000, Size: 0x3f000000} },
+		"hole over LAPIC":  func(c *acpi.Config) { c.PCIHole64 = acpi.Window{Base: 0xfee00fff, Size: 2} },
+		"ECAM over IOAPIC": func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 0xfe000000, StartBus: 0, EndBus: 15} },
 	}
 	for name, f := range bad {
 		t.Run(name, func(t *testing.T) {
