@@ -45,7 +45,7 @@ type machine struct {
 	queues []*queuetest.Driver
 }
 
-func newMachine(t *testing.T, be block.Backend, cfg blk.Config) *machine {
+func newMachine(t testing.TB, be block.Backend, cfg blk.Config) *machine {
 	t.Helper()
 	mmio, pio := bus.New("mmio"), bus.New("pio")
 	m := &machine{router: pcitest.NewRouter(1024)}
@@ -84,7 +84,7 @@ func newMachine(t *testing.T, be block.Backend, cfg blk.Config) *machine {
 
 // start negotiates feat (plus VERSION_1) and sets up every queue with its
 // own MSI-X vector (vector 0 is the configuration vector).
-func (m *machine) start(t *testing.T, feat uint64, eventIdx bool) {
+func (m *machine) start(t testing.TB, feat uint64, eventIdx bool) {
 	t.Helper()
 	g := m.guest
 	feat |= virtio.FeatureVersion1 | virtio.FeatureIndirectDesc
@@ -134,7 +134,7 @@ func (m *machine) submit(t *testing.T, q int, out [][]byte, in []uint32, indirec
 }
 
 // collect waits for n used entries on queue q.
-func (m *machine) collect(t *testing.T, q, n int) []queuetest.Used {
+func (m *machine) collect(t testing.TB, q, n int) []queuetest.Used {
 	t.Helper()
 	var us []queuetest.Used
 	for len(us) < n {

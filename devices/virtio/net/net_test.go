@@ -41,7 +41,7 @@ type machine struct {
 	devEnd, peer *nettest.Endpoint
 }
 
-func newMachine(t *testing.T, cfg vnet.Config) *machine {
+func newMachine(t testing.TB, cfg vnet.Config) *machine {
 	t.Helper()
 	devEnd, peer := nettest.Pair(256)
 	m := newMachineOn(t, devEnd, cfg)
@@ -50,7 +50,7 @@ func newMachine(t *testing.T, cfg vnet.Config) *machine {
 }
 
 // newMachineOn makes a machine whose device uses be.
-func newMachineOn(t *testing.T, be netdev.Backend, cfg vnet.Config) *machine {
+func newMachineOn(t testing.TB, be netdev.Backend, cfg vnet.Config) *machine {
 	t.Helper()
 	mmio, pio := bus.New("mmio"), bus.New("pio")
 	m := &machine{router: pcitest.NewRouter(4096)}
@@ -89,7 +89,7 @@ func newMachineOn(t *testing.T, be netdev.Backend, cfg vnet.Config) *machine {
 
 // start negotiates feat and sets up both queues: vector 1 for receive, 2
 // for transmit.
-func (m *machine) start(t *testing.T, feat uint64, eventIdx bool) {
+func (m *machine) start(t testing.TB, feat uint64, eventIdx bool) {
 	t.Helper()
 	g := m.guest
 	feat |= virtio.FeatureVersion1 | virtio.FeatureIndirectDesc
@@ -118,7 +118,7 @@ func (m *machine) start(t *testing.T, feat uint64, eventIdx bool) {
 }
 
 // post makes n receive buffers of size bytes available.
-func (m *machine) post(t *testing.T, n int, size uint32) {
+func (m *machine) post(t testing.TB, n int, size uint32) {
 	t.Helper()
 	for range n {
 		if _, err := m.rx.Add(nil, []uint32{size}); err != nil {
@@ -145,7 +145,7 @@ func (m *machine) send(t *testing.T, h netdev.Header, frame []byte, split int) {
 }
 
 // used waits for n used entries of d.
-func (m *machine) used(t *testing.T, d *queuetest.Driver, n int) []queuetest.Used {
+func (m *machine) used(t testing.TB, d *queuetest.Driver, n int) []queuetest.Used {
 	t.Helper()
 	var us []queuetest.Used
 	deadline := time.Now().Add(wait)
