@@ -56,7 +56,9 @@ const (
 // the VM loop (to stop, or to reboot), not tear the VM down themselves.
 // The guest's vCPU keeps running after the write until the VMM stops
 // it: on the S5 path Linux polls the status register, which then reads
-// 0 (no wake-up), so it spins harmlessly.
+// 0 (no wake-up), so it spins harmlessly. A guest may write again before
+// it is stopped, so a callback can run more than once and must be
+// idempotent.
 type Config struct {
 	PowerOff func() // SLP_EN written with SLP_TYP = SleepTypeS5
 	Reset    func() // ResetValue written to the reset register
