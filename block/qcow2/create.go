@@ -61,7 +61,12 @@ func Create(file block.Backend, size int64, copts CreateOptions, opts Options) (
 	if !ok {
 		return nil, fmt.Errorf("qcow2: image file cannot be resized: %w", errors.ErrUnsupported)
 	}
-	if err := r.Resize(0); err != nil {
+	// A block device cannot be resized: the image then lives in its fixed
+	// space, which must hold at least the initial clusters.
+	fixed := false
+	if err := r.Resize(0); errors.Is(err, errors.ErrUnsupported) {
+		fixed = true
+	} else if err != nil {
 		return nil, fmt.Errorf("qcow2: truncating image file: %w", err)
 	}
 	cbits := uint32(bits.TrailingZeros(uint(cs)))
@@ -87,7 +92,15 @@ func Create(file block.Backend, size int64, copts CreateOptions, opts Options) (
 	for c := uint64(0); c < 3; c++ {
 		putRef(buf[2*cs:], c, uint32(rb), 1)
 	}
-	if err := r.Resize(int64(3 * cs)); err != nil {
+	if fixed {
+		if file.Size() < int64(4*cs) {
+			return nil, fmt.Errorf("qcow2: device of %d bytes too small for an image", file.Size())
+		}
+		// Stale bytes of the device must not look like refcounts.
+		if _, err := file.WriteAt(make([]byte, 4*cs), 0); err != nil {
+			return nil, fmt.Errorf("qcow2: writing new image: %w", err)
+		}
+	} else if err := r.Resize(int64(3 * cs)); err != nil {
 		return nil, fmt.Errorf("qcow2: growing image file: %w", err)
 	}
 	if _, err := file.WriteAt(buf, 0); err != nil {

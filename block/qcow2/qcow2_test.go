@@ -210,3 +210,57 @@ func TestHeaderBits(t *testing.T) {
 	}
 	qemuCheck(t, path, false)
 }
+
+// TestOnBlockDevice keeps an image on a loop block device, which cannot
+// grow: allocation must stay within it and report a full device cleanly.
+func TestOnBlockDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loop devices need root")
+	}
+	backing := filepath.Join(t.TempDir(), "dev")
+	os.WriteFile(backing, nil, 0o644)
+	os.Truncate(backing, 2<<20)
+	out, err := exec.Command("losetup", "-f", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Skipf("cannot attach a loop device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", dev).Run()
+	f, err := raw.Open(dev, raw.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := Create(f, 8<<20, CreateOptions{ClusterSize: 4096}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := bytes.Repeat([]byte{3}, 4096)
+	var full error
+	n := int64(0)
+	for ; n < 8<<20; n += 4096 {
+		if _, err := img.WriteAt(p, n); err != nil {
+			full = err
+			break
+		}
+	}
+	if full == nil || n < 1<<20 {
+		t.Fatalf("wrote %d bytes into a 2 MiB device, then %v", n, full)
+	}
+	got := make([]byte, n)
+	if _, err := img.ReadAt(got, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{3}, int(n))) {
+		t.Fatalf("read back: %v", err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatalf("Close after the device filled up: %v", err)
+	}
+	qemuCheck(t, dev, false)
+	f, _ = raw.Open(dev, raw.Options{ReadOnly: true})
+	img, err = Open(f, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.ReadAt(got, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{3}, int(n))) {
+		t.Fatalf("read back after reopening: %v", err)
+	}
+}

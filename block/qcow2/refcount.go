@@ -183,6 +183,11 @@ func (img *Image) allocate(n uint64) (uint64, bool, error) {
 	}
 	fresh := start >= img.zeroFrom
 	total := n + k
+	// Grow the file first: if it cannot grow (a full device), nothing has
+	// changed yet and the image stays usable.
+	if err := img.growFile((start + total) << img.cbits); err != nil {
+		return 0, false, err
+	}
 	// Install the new blocks at the end of the run.
 	next := start + n
 	for bi := start / img.refPerBlock; bi <= (start+total-1)/img.refPerBlock; bi++ {
@@ -204,9 +209,6 @@ func (img *Image) allocate(n uint64) (uint64, bool, error) {
 	}
 	img.zeroFrom = max(img.zeroFrom, start+total)
 	img.freeHint = min(img.freeHint, start+total)
-	if err := img.growFile((start + total) << img.cbits); err != nil {
-		return 0, false, img.fail(err)
-	}
 	return start << img.cbits, fresh, nil
 }
 
