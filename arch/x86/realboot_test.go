@@ -13,6 +13,7 @@ import (
 	"github.com/viovmm/vio/devices/cmos"
 	"github.com/viovmm/vio/devices/i8042"
 	"github.com/viovmm/vio/devices/uart16550"
+	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/lab/assets"
 	"github.com/viovmm/vio/loader"
 	"github.com/viovmm/vio/loader/loadertest"
@@ -46,9 +47,13 @@ func (c *console) String() string {
 	return c.b.String()
 }
 
-type nopLine struct{}
+// gsi is an ISA interrupt line into KVM's in-kernel PIC and IOAPIC.
+type gsi struct {
+	vm  *kvm.VM
+	irq uint32
+}
 
-func (nopLine) SetLevel(bool) error { return nil }
+func (g gsi) SetLevel(high bool) error { return g.vm.IRQLine(g.irq, high) }
 
 // TestRealKernelBoot boots a distribution kernel on /dev/kvm with vio's
 // boot path and legacy devices, and waits for its boot log on the 16550
@@ -56,7 +61,10 @@ func (nopLine) SetLevel(bool) error { return nil }
 // kernel prints after parsing the e820 map, the zero page, the command
 // line and the MP table. It needs the lab's Debian kernel (or
 // VIO_TEST_BZIMAGE) and VIO_TEST_REAL_BOOT=1; VIO_TEST_REAL_BOOT_UNTIL
-// changes the milestone. The vmlinux is extracted and loaded as ELF so the
+// changes the milestone to another console string, or to "reset": with no
+// root file system the kernel panics and, with reboot=k, resets the
+// machine through the i8042. VIO_TEST_REAL_BOOT_TIMEOUT (a Go duration,
+// default 5m) bounds the wait. The vmlinux is extracted and loaded as ELF so the
 // slow decompressor is skipped (VIO_TEST_REAL_BOOT=bzimage runs it).
 func TestRealKernelBoot(t *testing.T) {
 	mode := os.Getenv("VIO_TEST_REAL_BOOT")
@@ -91,15 +99,20 @@ func TestRealKernelBoot(t *testing.T) {
 		}
 	}
 	const ram = 256 << 20
-	vm := newBootVM(t, load, ram, "earlyprintk=ttyS0 console=ttyS0 reboot=k panic=-1 nokaslr")
+	vm := newBootVM(t, load, ram, "earlyprintk=ttyS0 console=ttyS0 reboot=k panic=-1 nokaslr", true)
 
 	con := &console{want: "Processors: 1", found: make(chan struct{})}
 	if w := os.Getenv("VIO_TEST_REAL_BOOT_UNTIL"); w != "" {
 		con.want = w
 	}
 	pio := bus.New("pio")
-	uart := uart16550.New(con, nopLine{})
-	kbd := i8042.New(i8042.Config{})
+	uart := uart16550.New(con, gsi{vm.vm, uart16550.COM1IRQ})
+	reset := make(chan struct{})
+	var resetOnce sync.Once
+	kbd := i8042.New(i8042.Config{
+		Reset:  func() { resetOnce.Do(func() { close(reset) }) },
+		KbdIRQ: gsi{vm.vm, i8042.IRQKeyboard},
+	})
 	for _, r := range []struct {
 		base, size uint64
 		dev        bus.Device
@@ -107,7 +120,6 @@ func TestRealKernelBoot(t *testing.T) {
 		{uart16550.COM1Addr, uart16550.Size, uart},
 		{i8042.DataPortAddr, 1, kbd.DataPort()},
 		{i8042.CommandPortAddr, 1, kbd.CommandPort()},
-		{i8042.PortBAddr, 1, &i8042.PortB{}},
 		{cmos.PortAddr, cmos.Size, cmos.New(cmos.Config{LowMem: ram})},
 	} {
 		if err := pio.Register(r.base, r.size, r.dev); err != nil {
@@ -126,7 +138,11 @@ func TestRealKernelBoot(t *testing.T) {
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	limit := 5 * time.Minute
+	if d, err := time.ParseDuration(os.Getenv("VIO_TEST_REAL_BOOT_TIMEOUT")); err == nil {
+		limit = d
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
@@ -136,6 +152,13 @@ loop:
 		select {
 		case <-con.found:
 			t.Logf("%q after %v:\n%s", con.want, time.Since(start), con.String())
+			break loop
+		case <-reset:
+			if con.want != "reset" {
+				t.Errorf("guest reset itself; console:\n%s", con.String())
+			} else {
+				t.Logf("reset through the i8042 after %v:\n%s", time.Since(start), con.String())
+			}
 			break loop
 		case ev := <-events:
 			regs, _ := vm.cpu.GetRegs()

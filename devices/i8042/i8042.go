@@ -347,8 +347,9 @@ func (c *Controller) keyboard(v uint8) {
 // bit 1 drives the speaker, bits 2-3 mask parity/channel checks; reads
 // add the refresh toggle (bit 4) and channel 2's output (bit 5).
 //
-// A vmm with KVM's in-kernel PIT (KVM_CREATE_PIT2) needs none of this:
-// KVM then serves 0x61 itself.
+// A vmm that creates KVM's in-kernel PIT with the KVM_PIT_SPEAKER_DUMMY
+// flag needs none of this: KVM then serves 0x61 itself, with channel 2's
+// real output. Without that flag KVM leaves 0x61 to userspace.
 type PortB struct {
 	// Timer2Out, if set, reports PIT channel 2's output. Without it bit
 	// 5 toggles on every read, like bit 4, so that loops polling for
