@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -36,8 +35,9 @@ func needTool(t *testing.T, name string) string {
 	return p
 }
 
-// startTool runs a server process for the duration of the test.
-func startTool(t *testing.T, name string, args ...string) {
+// startTool runs a server process for the duration of the test; the
+// returned channel is closed if it exits.
+func startTool(t *testing.T, name string, args ...string) <-chan struct{} {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	// Output to a file, not a pipe: a server's forked children would keep
@@ -66,6 +66,7 @@ func startTool(t *testing.T, name string, args ...string) {
 			t.Logf("%s output:\n%s", name, b)
 		}
 	})
+	return exited
 }
 
 // waitListening polls until something accepts on network/addr (a server
@@ -84,6 +85,23 @@ func waitListening(t *testing.T, network, addr string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// waitSocket waits for a server process to create its unix socket; false
+// if the process exits first.
+func waitSocket(path string, exited <-chan struct{}) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			return true
+		}
+		select {
+		case <-exited:
+			return false
+		case <-time.After(10 * time.Millisecond): // polling for the file
+		}
+	}
+	return false
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -126,9 +144,15 @@ func TestClientAgainstQemuNbdTCP(t *testing.T) {
 	qnbd := needTool(t, "qemu-nbd")
 	img := zeroFile(t, 8<<20)
 	port := freePort(t)
-	startTool(t, qnbd, "-f", "raw", "-b", "127.0.0.1", "-p", strconv.Itoa(port), "-x", "disk", "-t", img)
+	exited := startTool(t, qnbd, "-f", "raw", "-b", "127.0.0.1", "-p", strconv.Itoa(port), "-x", "disk", "-t", img)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	waitListening(t, "tcp", addr)
+	select {
+	case <-exited:
+		// Someone else took the port between freePort and qemu-nbd.
+		t.Skip("qemu-nbd could not listen on the port picked for it")
+	default:
+	}
 	c := dial(t, "nbd://"+addr+"/disk", Options{})
 	want := make([]byte, 3<<20)
 	rng := rand.New(rand.NewPCG(3, 3))
@@ -156,31 +180,28 @@ func TestClientAgainstNbdServer(t *testing.T) {
 	nbdServer := needTool(t, "nbd-server")
 	blocktest.Run(t, func(t *testing.T, size int64) block.Backend {
 		img := zeroFile(t, size)
-		port := freePort(t)
-		cfg := filepath.Join(t.TempDir(), "config")
-		conf := fmt.Sprintf("[generic]\n\tlistenaddr = 127.0.0.1\n\tport = %d\n\tallowlist = true\n"+
-			"[disk]\n\texportname = %s\n\tflush = true\n\tfua = true\n\ttrim = true\n", port, img)
-		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		// -d: stay in the foreground (one client), so the test owns it.
-		startTool(t, nbdServer, "-C", cfg, "-d")
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		// nbd-server -d serves a single connection, so probe with the
-		// connection the test then uses.
-		var c *Client
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			var err error
-			c, err = Dial(context.Background(), "nbd://"+addr+"/disk", Options{})
-			if err == nil {
+		sock := filepath.Join(t.TempDir(), "nbd.sock")
+		// nbd-server always listens on TCP too; we connect over the unix
+		// socket, whose path is ours alone. If the TCP port we picked was
+		// taken meanwhile, it exits, and we try another.
+		for attempt := 0; ; attempt++ {
+			cfg := filepath.Join(t.TempDir(), "config")
+			conf := fmt.Sprintf("[generic]\n\tlistenaddr = 127.0.0.1\n\tport = %d\n\tunixsock = %s\n\tallowlist = true\n"+
+				"[disk]\n\texportname = %s\n\tflush = true\n\tfua = true\n\ttrim = true\n", freePort(t), sock, img)
+			if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// -d: stay in the foreground, serving one client.
+			exited := startTool(t, nbdServer, "-C", cfg, "-d")
+			if waitSocket(sock, exited) {
 				break
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("Dial nbd-server: %v", err)
+			if attempt == 3 {
+				t.Fatal("nbd-server did not start")
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
+		// The one connection nbd-server -d serves is this one.
+		c := dial(t, unixURI(sock, "disk"), Options{})
 		if c.structured {
 			t.Log("nbd-server negotiated structured replies")
 		}
