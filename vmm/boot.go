@@ -75,7 +75,7 @@ func (v *VM) loadPayload() (uint64, error) {
 	if err := x86.WriteMPTable(v.mem, x86.MPConfig{NumCPUs: v.cfg.CPUs.BootVCPUs}); err != nil {
 		return 0, err
 	}
-	if _, err := acpi.Write(v.mem, acpi.Config{
+	ac := acpi.Config{
 		NumCPUs: v.cfg.CPUs.BootVCPUs,
 		PM: acpi.PMRegisters{
 			SleepControlPort: acpipm.SleepControlPort,
@@ -84,12 +84,13 @@ func (v *VM) loadPayload() (uint64, error) {
 			ResetValue:       acpipm.ResetValue,
 			S5SleepType:      acpipm.SleepTypeS5,
 		},
-		PCIHole:     acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
 		COM1:        true,
 		PvPanicPort: acpipm.PvPanicPort,
 		I8042:       true,
 		RTC:         true,
-	}); err != nil {
+	}
+	acpiPCI(&ac)
+	if _, err := acpi.Write(v.mem, ac); err != nil {
 		return 0, err
 	}
 	v.log.Info("payload loaded", "kernel", p.Kernel, "protocol", k.Header.VersionString(),

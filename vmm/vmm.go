@@ -20,6 +20,7 @@ import (
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/loader"
 	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/vcpu"
 )
 
@@ -63,7 +64,11 @@ type VM struct {
 	events  chan Exit // guest decisions: poweroff, reboot, panic, fatal exits
 	closers []io.Closer
 
-	platform *platform
+	platform   *platform
+	pciRoot    *pci.Root
+	pciDevices []pciDevice
+	msi        *msiRoutes
+	ioevents   *ioEvents
 
 	closeOnce sync.Once
 }
@@ -105,6 +110,9 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 		return nil, err
 	}
 	if v.platform, err = newPlatform(v, stdio); err != nil {
+		return nil, err
+	}
+	if err := v.setupPCI(stdio); err != nil {
 		return nil, err
 	}
 	entry, err := v.loadPayload()

@@ -73,6 +73,9 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Console = s
 			}
+			if rng, _ := f.GetBool("rng"); rng {
+				cfg.RNG = &config.RNG{Src: "/dev/urandom"}
+			}
 			if f.Changed("on-reboot") {
 				cfg.OnReboot = onReboot
 			}
@@ -105,6 +108,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")
 	f.StringArrayVar(&disks, "disk", nil, "virtio-blk disk: path=FILE[,readonly=on][,cache=MODE][,serial=S] (repeatable)")
 	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
+	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")

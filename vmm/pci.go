@@ -1,0 +1,195 @@
+package vmm
+
+import (
+	"fmt"
+	"io"
+	stdnet "net"
+	"os"
+
+	"github.com/viovmm/vio/arch/x86"
+	"github.com/viovmm/vio/arch/x86/acpi"
+	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/block/image"
+	"github.com/viovmm/vio/block/raw"
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/virtio/blk"
+	"github.com/viovmm/vio/devices/virtio/console"
+	virtionet "github.com/viovmm/vio/devices/virtio/net"
+	"github.com/viovmm/vio/devices/virtio/rng"
+	"github.com/viovmm/vio/netdev/tap"
+	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/virtiopci"
+)
+
+// The PCI part of the guest physical map: 32-bit BARs come from the bottom
+// of the MMIO hole, the ECAM window sits above them, and I/O BARs take the
+// top quarter of the port space.
+const (
+	pciMMIOBase = x86.PCIMMIOStart
+	ecamBase    = 0xe0000000
+	pciPIOBase  = 0xc000
+	pciPIOSize  = 0x4000
+)
+
+// pciDevice is one virtio device on the PCI bus, kept for its counters.
+type pciDevice struct {
+	name      string
+	dev       virtio.Device
+	transport *virtiopci.Transport
+}
+
+// setupPCI creates the root bus and every configured virtio device.
+func (v *VM) setupPCI(stdio IO) error {
+	root, err := pci.NewRoot(pci.RootConfig{
+		MMIO: v.mmio, PIO: v.pio,
+		MMIO32:    pci.Window{Base: pciMMIOBase, Size: ecamBase - pciMMIOBase},
+		PIOWindow: pci.Window{Base: pciPIOBase, Size: pciPIOSize},
+	})
+	if err != nil {
+		return err
+	}
+	if err := v.pio.Register(0xcf8, 8, root.ConfigPorts()); err != nil {
+		return err
+	}
+	if err := v.mmio.Register(ecamBase, pci.ECAMSize, root.ECAM()); err != nil {
+		return err
+	}
+	v.pciRoot = root
+	v.msi = newMSIRoutes(v.kvm)
+	v.ioevents = newIOEvents(v.kvm)
+	v.closers = append(v.closers, closerFunc(func() error { v.ioevents.close(); v.msi.close(); return nil }))
+
+	for i, d := range v.cfg.Disks {
+		dev, err := v.newDisk(d)
+		if err != nil {
+			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
+		}
+		if err := v.addVirtio(fmt.Sprintf("disk%d", i), dev); err != nil {
+			return err
+		}
+	}
+	for i, n := range v.cfg.Net {
+		dev, err := v.newNIC(n)
+		if err != nil {
+			return fmt.Errorf("net %d (tap %s): %w", i, n.Tap, err)
+		}
+		if err := v.addVirtio(fmt.Sprintf("net%d", i), dev); err != nil {
+			return err
+		}
+	}
+	if v.cfg.RNG != nil {
+		var src io.Reader
+		if v.cfg.RNG.Src != "" && v.cfg.RNG.Src != "/dev/urandom" {
+			f, err := os.Open(v.cfg.RNG.Src)
+			if err != nil {
+				return fmt.Errorf("rng source: %w", err)
+			}
+			v.closers = append(v.closers, f)
+			src = f
+		}
+		if err := v.addVirtio("rng", rng.New(src)); err != nil {
+			return err
+		}
+	}
+	if m := v.cfg.Console.Mode; m != "" && m != config.ModeOff {
+		out, in, err := consoleStreams(v, v.cfg.Console, stdio)
+		if err != nil {
+			return fmt.Errorf("virtio console: %w", err)
+		}
+		dev, err := console.New(in, out, console.Config{})
+		if err != nil {
+			return err
+		}
+		if err := v.addVirtio("console", dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addVirtio puts dev on the next free slot of bus 0.
+func (v *VM) addVirtio(name string, dev virtio.Device) error {
+	t, err := virtiopci.New(dev, v.mem, virtiopci.Options{Router: v.msi.device(), IOEvents: v.ioevents})
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	slot := uint8(len(v.pciDevices) + 1) // 00.0 is the host bridge
+	if slot > 31 {
+		return fmt.Errorf("%s: no free PCI slot (31 devices at most)", name)
+	}
+	if err := v.pciRoot.Add(pci.BDF{Device: slot}, t); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	v.pciDevices = append(v.pciDevices, pciDevice{name: name, dev: dev, transport: t})
+	v.closers = append(v.closers, closerFunc(func() error { dev.Reset(); return nil }))
+	return nil
+}
+
+func (v *VM) newDisk(d config.Disk) (virtio.Device, error) {
+	mode := d.Cache
+	if d.Direct && mode == "" {
+		mode = "none"
+	}
+	if mode == "" {
+		mode = "writeback"
+	}
+	cache, err := raw.ParseCacheMode(mode)
+	if err != nil {
+		return nil, err
+	}
+	be, err := image.Open(d.Path, image.OpenOptions{ReadOnly: d.Readonly, Cache: cache})
+	if err != nil {
+		return nil, err
+	}
+	// The device does not own its back-end: close it after the device
+	// has been reset (closers run in reverse order).
+	v.closers = append(v.closers, be)
+	return blk.New(be, blk.Config{
+		Serial:       d.Serial,
+		ReadOnly:     d.Readonly,
+		NumQueues:    d.NumQueues,
+		QueueSize:    uint16(d.QueueSize),
+		Writethrough: mode == "writethrough" || mode == "directsync",
+	})
+}
+
+func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
+	t, err := tap.Open(n.Tap)
+	if err != nil {
+		return nil, err
+	}
+	v.closers = append(v.closers, t)
+	var mac stdnet.HardwareAddr
+	if n.MAC != "" {
+		m, err := config.ParseMAC(n.MAC)
+		if err != nil {
+			return nil, err
+		}
+		mac = m[:]
+	}
+	return virtionet.New(t, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)})
+}
+
+// acpiPCI describes the PCI root for the ACPI tables.
+func acpiPCI(c *acpi.Config) {
+	c.PCIHole = acpi.Window{Base: pciMMIOBase, Size: x86.PCIMMIOEnd - pciMMIOBase}
+	c.ECAM = &acpi.ECAMWindow{Base: ecamBase}
+}
+
+var _ block.Backend = (*raw.File)(nil)
+
+// DeviceStats returns each PCI device's counters, by device name.
+func (v *VM) DeviceStats() map[string]any {
+	out := map[string]any{}
+	for _, d := range v.pciDevices {
+		s := map[string]any{"transport": d.transport.Stats()}
+		if st, ok := d.dev.(interface{ Stats() blk.Stats }); ok {
+			s["device"] = st.Stats()
+		} else if st, ok := d.dev.(interface{ Stats() virtionet.Stats }); ok {
+			s["device"] = st.Stats()
+		}
+		out[d.name] = s
+	}
+	return out
+}
