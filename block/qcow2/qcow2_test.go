@@ -145,6 +145,25 @@ func TestConformance(t *testing.T) {
 	}
 }
 
+// TestConformanceDirect runs the suite on images whose file is opened
+// with O_DIRECT (cache=none), so that metadata writes of 512-byte sectors
+// go through raw's bounce buffers.
+func TestConformanceDirect(t *testing.T) {
+	blocktest.Run(t, func(t *testing.T, size int64) block.Backend {
+		path := filepath.Join(t.TempDir(), "direct.qcow2")
+		f, err := raw.Create(path, 0, raw.Options{Cache: raw.None})
+		if err != nil {
+			t.Skipf("O_DIRECT unavailable: %v", err)
+		}
+		img, err := Create(f, size, CreateOptions{ClusterSize: 4096}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { qemuCheck(t, path, false) })
+		return img
+	})
+}
+
 func TestCreateMatchesQemu(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
