@@ -94,6 +94,16 @@ type Offloader interface {
 	SetRecvOffloads(o Offloads) error
 }
 
+// QueueSwitch is implemented by back-ends that are one queue of a
+// multi-queue interface (a multi-queue TAP): a disabled queue gets no
+// traffic steered to it, so flows do not wait on a queue its front-end
+// does not read. Front-ends disable the queues of pairs the guest does not
+// use. A back-end that is not part of a multi-queue interface accepts
+// SetQueueEnabled(true) and does nothing.
+type QueueSwitch interface {
+	SetQueueEnabled(on bool) error
+}
+
 // Errors.
 var (
 	// ErrClosed matches the errors of a closed back-end.

@@ -31,11 +31,13 @@ type Endpoint struct {
 	recvOfflOK bool
 	writeErr   error
 	reads      int
+	disabled   bool
 }
 
 var (
-	_ netdev.Backend   = (*Endpoint)(nil)
-	_ netdev.Offloader = (*Endpoint)(nil)
+	_ netdev.Backend     = (*Endpoint)(nil)
+	_ netdev.Offloader   = (*Endpoint)(nil)
+	_ netdev.QueueSwitch = (*Endpoint)(nil)
 )
 
 // AllOffloads is what an Endpoint reports by default.
@@ -201,6 +203,23 @@ func (e *Endpoint) RecvOffloads() (netdev.Offloads, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.recvOffl, e.recvOfflOK
+}
+
+// SetQueueEnabled implements netdev.QueueSwitch. It only records the
+// state: frames keep flowing, and the test checks what the front-end did.
+func (e *Endpoint) SetQueueEnabled(on bool) error {
+	e.mu.Lock()
+	e.disabled = !on
+	e.mu.Unlock()
+	return nil
+}
+
+// QueueEnabled reports the state last set by SetQueueEnabled (initially
+// enabled).
+func (e *Endpoint) QueueEnabled() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.disabled
 }
 
 // FailNextWrite makes the next WriteFrames fail with err before sending

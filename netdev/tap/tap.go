@@ -31,12 +31,14 @@ type Tap struct {
 	rc       syscall.RawConn
 	name     string
 	offloads netdev.Offloads
+	multi    bool
 	closed   atomic.Bool // the poller's "use of closed file" is not os.ErrClosed
 }
 
 var (
-	_ netdev.Backend   = (*Tap)(nil)
-	_ netdev.Offloader = (*Tap)(nil)
+	_ netdev.Backend     = (*Tap)(nil)
+	_ netdev.Offloader   = (*Tap)(nil)
+	_ netdev.QueueSwitch = (*Tap)(nil)
 )
 
 // Open attaches to the TAP interface name, creating it if it does not
@@ -106,7 +108,7 @@ func openOne(name string, multi bool) (*Tap, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("tap: TUNSETVNETHDRSZ: %w", err)
 	}
-	t := &Tap{name: ifr.Name(), offloads: probeOffloads(fd)}
+	t := &Tap{name: ifr.Name(), offloads: probeOffloads(fd), multi: multi}
 	// Nothing that needs an offload reaches us until the front-end knows
 	// what its guest can take.
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
@@ -176,6 +178,40 @@ func (t *Tap) SetRecvOffloads(o netdev.Offloads) error {
 	}
 	if ioErr != nil {
 		return fmt.Errorf("tap: TUNSETOFFLOAD %#x: %w", flags, ioErr)
+	}
+	return nil
+}
+
+// SetQueueEnabled implements netdev.QueueSwitch with TUNSETQUEUE: a
+// detached queue of a multi-queue TAP gets no traffic. On a single-queue
+// TAP it only accepts true.
+func (t *Tap) SetQueueEnabled(on bool) error {
+	if !t.multi {
+		if on {
+			return nil
+		}
+		return fmt.Errorf("tap %s: not a multi-queue TAP", t.name)
+	}
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return err
+	}
+	flag := uint16(unix.IFF_DETACH_QUEUE)
+	if on {
+		flag = unix.IFF_ATTACH_QUEUE
+	}
+	ifr.SetUint16(flag)
+	var ioErr error
+	if err := t.rc.Control(func(fd uintptr) {
+		ioErr = unix.IoctlIfreq(int(fd), unix.TUNSETQUEUE, ifr)
+	}); err != nil {
+		return t.wrap(err)
+	}
+	if ioErr == unix.EINVAL && on {
+		return nil // already attached
+	}
+	if ioErr != nil {
+		return fmt.Errorf("tap %s: TUNSETQUEUE %#x: %w", t.name, flag, ioErr)
 	}
 	return nil
 }

@@ -324,6 +324,15 @@ func TestDeadline(t *testing.T) {
 	if len(qs) != 2 || qs[0].Name() != qs[1].Name() {
 		t.Errorf("queues %v", qs)
 	}
+	// Detach and re-attach the second queue (TUNSETQUEUE).
+	for _, on := range []bool{false, true, true} {
+		if err := qs[1].SetQueueEnabled(on); err != nil {
+			t.Errorf("SetQueueEnabled(%v): %v", on, err)
+		}
+	}
+	if err := tp.SetQueueEnabled(false); err == nil {
+		t.Error("a single-queue TAP accepted being disabled")
+	}
 	for _, q := range qs {
 		q.Close()
 	}

@@ -1,5 +1,6 @@
 // Package net is virtio-net (virtio 1.2 section 5.1): a NIC on any
-// netdev.Backend, with one receive and one transmit queue.
+// netdev.Backend, with one receive/transmit queue pair per back-end
+// (VIRTIO_NET_F_MQ when there are several) and a control queue.
 //
 // Transmit is zero-copy: the device copies and checks the 12-byte header
 // of each chain and hands the back-end a gather list of that copy and the
@@ -17,6 +18,12 @@
 // device offers checksum offload and TSO in both directions as far as the
 // back-end supports them, and tells it what the guest accepted. UFO is
 // never offered (Linux no longer produces it), nor USO.
+//
+// The control queue (VIRTIO_NET_F_CTRL_VQ) serves the number of queue
+// pairs in use (MQ), the MAC address (CTRL_MAC_ADDR) and the
+// acknowledgement of announcements (GUEST_ANNOUNCE). Receive filtering
+// (CTRL_RX, CTRL_VLAN) is not offered: the guest sees every frame the
+// back-end delivers, as with a NIC in promiscuous mode.
 package net
 
 import (
@@ -49,18 +56,30 @@ const (
 	FeatureMrgRxbuf   uint64 = 1 << 15
 	FeatureStatus     uint64 = 1 << 16
 	FeatureCtrlVQ     uint64 = 1 << 17
+	FeatureCtrlRx     uint64 = 1 << 18
+	FeatureCtrlVLAN   uint64 = 1 << 19
+	FeatureAnnounce   uint64 = 1 << 21
 	FeatureMQ         uint64 = 1 << 22
+	FeatureCtrlMAC    uint64 = 1 << 23
 	FeatureSpeedDuplx uint64 = 1 << 63
 )
 
-// StatusLinkUp is VIRTIO_NET_S_LINK_UP in the status field.
-const StatusLinkUp = 1
+// Bits of the status field.
+const (
+	StatusLinkUp   = 1 // VIRTIO_NET_S_LINK_UP
+	StatusAnnounce = 2 // VIRTIO_NET_S_ANNOUNCE
+)
 
-// Queue indexes.
+// Queue indexes: pair i uses RxQueue+2i and TxQueue+2i; the control
+// queue follows the last pair the driver can use (index 2 without MQ,
+// 2×pairs with it).
 const (
 	RxQueue = 0
 	TxQueue = 1
 )
+
+// MaxPairs bounds the queue pairs of a device.
+const MaxPairs = 64
 
 // Configuration space offsets (struct virtio_net_config).
 const (
@@ -89,24 +108,29 @@ type Config struct {
 	// MTU, if set, is offered with VIRTIO_NET_F_MTU (68 to 65535).
 	MTU uint16
 	// NoOffloads withholds every checksum and segmentation offload even
-	// when the back-end supports them.
+	// when the back-ends support them.
 	NoOffloads bool
+	// NoControlQueue withholds the control queue (and with it MQ,
+	// CTRL_MAC_ADDR and GUEST_ANNOUNCE).
+	NoControlQueue bool
 }
 
 // Device is a virtio-net device.
 type Device struct {
-	be       netdev.Backend
-	offl     netdev.Offloader // nil: the back-end takes no offloads
+	bes      []netdev.Backend   // one per queue pair
+	offl     []netdev.Offloader // nil: the back-ends take no offloads
 	cfg      Config
-	mac      [6]byte
 	features uint64
 
-	linkUp atomic.Bool
-	stats  counters
+	mac      atomic.Uint64 // 48 bits, byte 0 lowest
+	linkUp   atomic.Bool
+	announce atomic.Bool
+	pairs    atomic.Uint32 // queue pairs the driver uses
+	stats    counters
 
 	mu     sync.Mutex // guards the running activation and the receive buffers
 	run    *activation
-	rxBufs [][]byte // host buffers for frames read from the back-end, kept across resets
+	rxBufs [][][]byte // per pair: host buffers for frames read from the back-end, kept across resets
 }
 
 var _ virtio.Device = (*Device)(nil)
@@ -114,28 +138,49 @@ var _ virtio.Device = (*Device)(nil)
 // Errors.
 var (
 	ErrConfig  = errors.New("net: bad configuration")
-	ErrNoQueue = errors.New("net: receive or transmit queue not enabled")
+	ErrNoQueue = errors.New("net: required queue not enabled")
 	ErrActive  = errors.New("net: already active")
 )
 
-// New returns a virtio-net device on be. The device does not own be: the
-// caller closes it after the device is reset for good.
+// New returns a virtio-net device with one queue pair on be. The device
+// does not own be: the caller closes it after the device is reset for
+// good.
 func New(be netdev.Backend, cfg Config) (*Device, error) {
-	if be == nil {
-		return nil, fmt.Errorf("%w: no back-end", ErrConfig)
+	return NewMultiQueue([]netdev.Backend{be}, cfg)
+}
+
+// NewMultiQueue returns a virtio-net device with one queue pair per
+// back-end (for instance the queues of tap.OpenQueues); more than one
+// offers VIRTIO_NET_F_MQ. Offloads are offered as far as every back-end
+// supports them. Back-ends that implement netdev.QueueSwitch are switched
+// off while the driver does not use their pair, so that a multi-queue TAP
+// steers no traffic to a queue nobody reads.
+func NewMultiQueue(bes []netdev.Backend, cfg Config) (*Device, error) {
+	if len(bes) == 0 || len(bes) > MaxPairs {
+		return nil, fmt.Errorf("%w: %d back-ends", ErrConfig, len(bes))
 	}
-	d := &Device{be: be, cfg: cfg}
+	for _, be := range bes {
+		if be == nil {
+			return nil, fmt.Errorf("%w: nil back-end", ErrConfig)
+		}
+	}
+	if len(bes) > 1 && cfg.NoControlQueue {
+		return nil, fmt.Errorf("%w: several queue pairs need the control queue", ErrConfig)
+	}
+	d := &Device{bes: bes, cfg: cfg}
+	var mac [6]byte
 	switch {
 	case cfg.MAC == nil:
-		if _, err := rand.Read(d.mac[:]); err != nil {
+		if _, err := rand.Read(mac[:]); err != nil {
 			return nil, fmt.Errorf("net: random MAC: %w", err)
 		}
-		d.mac[0] = d.mac[0]&^1 | 2 // unicast, locally administered
+		mac[0] = mac[0]&^1 | 2 // unicast, locally administered
 	case len(cfg.MAC) != 6 || cfg.MAC[0]&1 != 0:
 		return nil, fmt.Errorf("%w: MAC %v is not a unicast Ethernet address", ErrConfig, cfg.MAC)
 	default:
-		copy(d.mac[:], cfg.MAC)
+		copy(mac[:], cfg.MAC)
 	}
+	d.setMAC(mac)
 	if d.cfg.QueueSize == 0 {
 		d.cfg.QueueSize = defaultQueue
 	}
@@ -149,12 +194,49 @@ func New(be netdev.Backend, cfg Config) (*Device, error) {
 	if cfg.MTU != 0 {
 		d.features |= FeatureMTU
 	}
-	if o, ok := be.(netdev.Offloader); ok && !cfg.NoOffloads {
-		d.offl = o
-		d.features |= offloadFeatures(o.Offloads())
+	if !cfg.NoControlQueue {
+		d.features |= FeatureCtrlVQ | FeatureCtrlMAC | FeatureAnnounce
+		if len(bes) > 1 {
+			d.features |= FeatureMQ
+		}
+	}
+	if !cfg.NoOffloads {
+		common := ^netdev.Offloads(0)
+		for _, be := range bes {
+			o, ok := be.(netdev.Offloader)
+			if !ok {
+				common = 0
+				d.offl = nil
+				break
+			}
+			d.offl = append(d.offl, o)
+			common &= o.Offloads()
+		}
+		if d.offl != nil {
+			d.features |= offloadFeatures(common)
+		}
 	}
 	d.linkUp.Store(true)
+	d.pairs.Store(1)
+	d.rxBufs = make([][][]byte, len(bes))
 	return d, nil
+}
+
+func (d *Device) setMAC(m [6]byte) {
+	var v uint64
+	for i, b := range m {
+		v |= uint64(b) << (8 * i)
+	}
+	d.mac.Store(v)
+}
+
+func (d *Device) macBytes() [6]byte {
+	var m [6]byte
+	v := d.mac.Load()
+	for i := range m {
+		m[i] = byte(v >> (8 * i))
+	}
+	return m
 }
 
 // offloadFeatures maps what a back-end supports to feature bits. The
@@ -219,11 +301,26 @@ func (*Device) Type() virtio.DeviceType { return virtio.TypeNet }
 // Features implements virtio.Device.
 func (d *Device) Features() uint64 { return d.features }
 
-// QueueMaxSizes implements virtio.Device: receiveq1 and transmitq1.
-func (d *Device) QueueMaxSizes() []uint16 { return []uint16{d.cfg.QueueSize, d.cfg.QueueSize} }
+// QueueMaxSizes implements virtio.Device: a receive and a transmit queue
+// per pair, then the control queue (if offered).
+func (d *Device) QueueMaxSizes() []uint16 {
+	n := 2 * len(d.bes)
+	if d.features&FeatureCtrlVQ != 0 {
+		n++
+	}
+	s := make([]uint16, n)
+	for i := range s {
+		s[i] = d.cfg.QueueSize
+	}
+	return s
+}
 
-// MAC returns the device's address.
-func (d *Device) MAC() stdnet.HardwareAddr { return append(stdnet.HardwareAddr(nil), d.mac[:]...) }
+// MAC returns the device's current address (the driver may change it
+// through the control queue).
+func (d *Device) MAC() stdnet.HardwareAddr {
+	m := d.macBytes()
+	return append(stdnet.HardwareAddr(nil), m[:]...)
+}
 
 // ReadConfig implements virtio.Device.
 func (d *Device) ReadConfig(offset uint64, data []byte) {
@@ -232,26 +329,25 @@ func (d *Device) ReadConfig(offset uint64, data []byte) {
 		return
 	}
 	var b [cfgLength]byte
-	copy(b[cfgMAC:], d.mac[:])
+	m := d.macBytes()
+	copy(b[cfgMAC:], m[:])
 	if d.linkUp.Load() {
-		b[cfgStatus] = StatusLinkUp
+		b[cfgStatus] |= StatusLinkUp
 	}
-	b[cfgMaxPairs] = 1
+	if d.announce.Load() {
+		b[cfgStatus] |= StatusAnnounce
+	}
+	b[cfgMaxPairs] = byte(len(d.bes))
 	b[cfgMTU], b[cfgMTU+1] = byte(d.cfg.MTU), byte(d.cfg.MTU>>8)
 	copy(data, b[offset:])
 }
 
 // WriteConfig implements virtio.Device: the configuration is read-only
-// for a virtio 1.x driver (the MAC is set through the control queue,
-// which this device does not offer).
+// for a virtio 1.x driver (the MAC is set through the control queue).
 func (*Device) WriteConfig(uint64, []byte) {}
 
-// SetLink sets the link status the driver sees (VIRTIO_NET_F_STATUS) and
-// tells an active driver with a configuration change interrupt.
-func (d *Device) SetLink(up bool) {
-	if d.linkUp.Swap(up) == up {
-		return
-	}
+// configChanged raises the configuration interrupt if a driver is active.
+func (d *Device) configChanged() {
 	d.mu.Lock()
 	var notify func()
 	if d.run != nil {
@@ -263,48 +359,130 @@ func (d *Device) SetLink(up bool) {
 	}
 }
 
+// SetLink sets the link status the driver sees (VIRTIO_NET_F_STATUS) and
+// tells an active driver with a configuration change interrupt.
+func (d *Device) SetLink(up bool) {
+	if d.linkUp.Swap(up) != up {
+		d.configChanged()
+	}
+}
+
+// Announce asks the guest to announce itself on the network (gratuitous
+// ARP and neighbour advertisements), as after a live migration. It
+// reports false if the driver did not negotiate GUEST_ANNOUNCE.
+func (d *Device) Announce() bool {
+	d.mu.Lock()
+	ok := d.run != nil && d.run.features&FeatureAnnounce != 0
+	d.mu.Unlock()
+	if !ok {
+		return false
+	}
+	d.announce.Store(true)
+	d.configChanged()
+	return true
+}
+
 // activation is one Activate..Reset period.
 type activation struct {
 	stop          chan struct{}
 	wg            sync.WaitGroup
-	rx, tx        *virtio.Queue
+	features      uint64
+	queues        []*virtio.Queue // every queue served, for stats
 	configChanged func()
 }
 
-// Activate implements virtio.Device: it starts the receive and transmit
-// goroutines.
+// Activate implements virtio.Device: it starts a receive and a transmit
+// goroutine per queue pair the driver enabled, and one for the control
+// queue.
 func (d *Device) Activate(a *virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.run != nil {
 		return ErrActive
 	}
-	if len(a.Queues) != 2 || a.Queues[RxQueue] == nil || a.Queues[TxQueue] == nil {
+	f := a.Features
+	pairs := 1
+	if f&FeatureMQ != 0 {
+		pairs = len(d.bes)
+	}
+	queue := func(i int) *virtio.Queue {
+		if i < len(a.Queues) {
+			return a.Queues[i]
+		}
+		return nil
+	}
+	if queue(RxQueue) == nil || queue(TxQueue) == nil {
 		return ErrNoQueue
 	}
-	if d.offl != nil {
-		if err := d.offl.SetRecvOffloads(rxOffloads(a.Features)); err != nil {
+	var ctrl *virtio.Queue
+	if f&FeatureCtrlVQ != 0 {
+		if ctrl = queue(2 * pairs); ctrl == nil {
+			return ErrNoQueue
+		}
+	}
+	for i, o := range d.offl {
+		if i >= pairs {
+			break
+		}
+		if err := o.SetRecvOffloads(rxOffloads(f)); err != nil {
 			return fmt.Errorf("net: %w", err)
 		}
 	}
-	run := &activation{stop: make(chan struct{}), rx: a.Queues[RxQueue], tx: a.Queues[TxQueue], configChanged: a.ConfigChanged}
+	for _, be := range d.bes[:pairs] {
+		if err := be.SetReadDeadline(time.Time{}); err != nil {
+			return fmt.Errorf("net: %w", err)
+		}
+	}
+	run := &activation{stop: make(chan struct{}), features: f, configChanged: a.ConfigChanged}
 	if run.configChanged == nil {
 		run.configChanged = func() {}
 	}
-	if err := d.be.SetReadDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("net: %w", err)
+	// Until the driver says otherwise, only the first pair is in use
+	// (spec 5.1.6.5.5).
+	d.pairs.Store(1)
+	d.switchQueues(1)
+	for i := range pairs {
+		rxq, txq := queue(RxQueue+2*i), queue(TxQueue+2*i)
+		if rxq == nil || txq == nil {
+			continue // a pair the driver left out
+		}
+		if d.rxBufs[i] == nil {
+			d.rxBufs[i] = make([][]byte, rxBatch)
+			for k := range d.rxBufs[i] {
+				d.rxBufs[i][k] = make([]byte, netdev.MaxPacketLen)
+			}
+		}
+		tx := &txServer{d: d, be: d.bes[i], q: txq, stop: run.stop, allowed: txOffloads(f)}
+		rx := newRxServer(d, d.bes[i], d.rxBufs[i], rxq, run.stop, f)
+		run.queues = append(run.queues, rxq, txq)
+		run.wg.Add(2)
+		go func() { defer run.wg.Done(); tx.serve() }()
+		go func() { defer run.wg.Done(); rx.serve() }()
 	}
-	tx := &txServer{d: d, q: run.tx, stop: run.stop, allowed: txOffloads(a.Features)}
-	rx := newRxServer(d, run.rx, run.stop, a.Features)
-	run.wg.Add(2)
-	go func() { defer run.wg.Done(); tx.serve() }()
-	go func() { defer run.wg.Done(); rx.serve() }()
+	if ctrl != nil {
+		c := &ctrlServer{d: d, q: ctrl, stop: run.stop, features: f, maxPairs: pairs}
+		run.queues = append(run.queues, ctrl)
+		run.wg.Add(1)
+		go func() { defer run.wg.Done(); c.serve() }()
+	}
 	d.run = run
 	return nil
 }
 
-// Reset implements virtio.Device. The receive goroutine may be blocked in
-// the back-end's ReadFrames: a read deadline in the past ends that wait.
+// switchQueues turns the back-ends of the first n pairs on and the rest
+// off, where they support it.
+func (d *Device) switchQueues(n int) {
+	for i, be := range d.bes {
+		if s, ok := be.(netdev.QueueSwitch); ok {
+			// Failing to switch leaves the kernel steering some flows to
+			// a queue read late; it is not worth failing the guest for.
+			_ = s.SetQueueEnabled(i < n)
+		}
+	}
+}
+
+// Reset implements virtio.Device. Receive goroutines may be blocked in
+// their back-end's ReadFrames: a read deadline in the past ends that wait.
 func (d *Device) Reset() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -313,14 +491,19 @@ func (d *Device) Reset() {
 		return
 	}
 	close(run.stop)
-	d.be.SetReadDeadline(time.Unix(1, 0))
+	for _, be := range d.bes {
+		be.SetReadDeadline(time.Unix(1, 0))
+	}
 	run.wg.Wait()
-	d.be.SetReadDeadline(time.Time{})
-	for _, q := range []*virtio.Queue{run.rx, run.tx} {
+	for _, be := range d.bes {
+		be.SetReadDeadline(time.Time{})
+	}
+	for _, q := range run.queues {
 		st := q.Stats()
 		d.stats.interrupts.Add(st.Interrupts)
 		d.stats.badChains.Add(st.BadChains)
 	}
+	d.announce.Store(false)
 	d.run = nil
 }
 
@@ -340,9 +523,11 @@ type Stats struct {
 	// RxMerged counts frames spread over more than one buffer; RxWaits
 	// the times receive stopped until the guest posted buffers.
 	RxMerged, RxWaits uint64
-	// Notifications (driver kicks observed, both queues), interrupts
+	// Notifications (driver kicks observed, all queues), interrupts
 	// sent, and chains the virtqueue core rejected.
 	Notifications, Interrupts, BadChains uint64
+	// Control queue commands served, and those answered with an error.
+	CtrlCommands, CtrlErrors uint64
 }
 
 type counters struct {
@@ -350,6 +535,7 @@ type counters struct {
 	txErrors, txDropped, rxErrors        atomic.Uint64
 	rxDropped, rxMerged, rxWaits         atomic.Uint64
 	notifications, interrupts, badChains atomic.Uint64
+	ctrlCommands, ctrlErrors             atomic.Uint64
 }
 
 // Stats returns the device's counters.
@@ -360,10 +546,11 @@ func (d *Device) Stats() Stats {
 		TxErrors: c.txErrors.Load(), TxDropped: c.txDropped.Load(), RxErrors: c.rxErrors.Load(), RxDropped: c.rxDropped.Load(),
 		RxMerged: c.rxMerged.Load(), RxWaits: c.rxWaits.Load(),
 		Notifications: c.notifications.Load(), Interrupts: c.interrupts.Load(), BadChains: c.badChains.Load(),
+		CtrlCommands: c.ctrlCommands.Load(), CtrlErrors: c.ctrlErrors.Load(),
 	}
 	d.mu.Lock()
 	if d.run != nil {
-		for _, q := range []*virtio.Queue{d.run.rx, d.run.tx} {
+		for _, q := range d.run.queues {
 			st := q.Stats()
 			s.Interrupts += st.Interrupts
 			s.BadChains += st.BadChains

@@ -49,8 +49,9 @@ func newMachine(t testing.TB, cfg vnet.Config) *machine {
 	return m
 }
 
-// newMachineOn makes a machine whose device uses be.
-func newMachineOn(t testing.TB, be netdev.Backend, cfg vnet.Config) *machine {
+// newMachineOn makes a machine whose device uses be, or the queue pairs
+// more if be is nil.
+func newMachineOn(t testing.TB, be netdev.Backend, cfg vnet.Config, more ...netdev.Backend) *machine {
 	t.Helper()
 	mmio, pio := bus.New("mmio"), bus.New("pio")
 	m := &machine{router: pcitest.NewRouter(4096)}
@@ -70,7 +71,10 @@ func newMachineOn(t testing.TB, be netdev.Backend, cfg vnet.Config) *machine {
 	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
 		t.Fatal(err)
 	}
-	if m.dev, err = vnet.New(be, cfg); err != nil {
+	if be != nil {
+		more = append([]netdev.Backend{be}, more...)
+	}
+	if m.dev, err = vnet.NewMultiQueue(more, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if m.tr, err = virtiopci.New(m.dev, m.mem, virtiopci.Options{Router: m.router}); err != nil {
@@ -195,7 +199,10 @@ func TestConfigAndFeatures(t *testing.T) {
 			t.Errorf("feature %#x not offered", want)
 		}
 	}
-	if f&(vnet.FeatureHostUFO|vnet.FeatureGuestUFO|vnet.FeatureCtrlVQ|vnet.FeatureMQ) != 0 {
+	if f&vnet.FeatureCtrlVQ == 0 || f&vnet.FeatureAnnounce == 0 || f&vnet.FeatureCtrlMAC == 0 {
+		t.Errorf("control queue features not offered: %#x", f)
+	}
+	if f&(vnet.FeatureHostUFO|vnet.FeatureGuestUFO|vnet.FeatureMQ|vnet.FeatureCtrlRx|vnet.FeatureCtrlVLAN) != 0 {
 		t.Errorf("offered %#x", f)
 	}
 	var got stdnet.HardwareAddr

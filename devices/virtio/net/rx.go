@@ -14,6 +14,7 @@ import (
 // buffers.
 type rxServer struct {
 	d         *Device
+	be        netdev.Backend
 	q         *virtio.Queue
 	stop      chan struct{}
 	allowed   netdev.Offloads // what the guest negotiated to receive
@@ -31,20 +32,14 @@ type rxServer struct {
 	lens   []uint32
 }
 
-func newRxServer(d *Device, q *virtio.Queue, stop chan struct{}, features uint64) *rxServer {
-	if d.rxBufs == nil {
-		d.rxBufs = make([][]byte, rxBatch)
-		for i := range d.rxBufs {
-			d.rxBufs[i] = make([]byte, netdev.MaxPacketLen)
-		}
-	}
+func newRxServer(d *Device, be netdev.Backend, bufs [][]byte, q *virtio.Queue, stop chan struct{}, features uint64) *rxServer {
 	return &rxServer{
-		d: d, q: q, stop: stop,
+		d: d, be: be, q: q, stop: stop,
 		allowed:   rxOffloads(features),
 		guestCsum: features&FeatureGuestCsum != 0,
 		mergeable: features&FeatureMrgRxbuf != 0,
 		maxChains: int(q.Config().Size),
-		bufs:      d.rxBufs,
+		bufs:      bufs,
 		sizes:     make([]int, rxBatch),
 	}
 }
@@ -70,7 +65,7 @@ func (s *rxServer) serve() {
 			if !s.waitChain() {
 				return
 			}
-			n, err := s.d.be.ReadFrames(s.bufs, s.sizes)
+			n, err := s.be.ReadFrames(s.bufs, s.sizes)
 			if err != nil {
 				if s.stopped() {
 					return

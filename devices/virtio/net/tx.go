@@ -10,6 +10,7 @@ import (
 // txServer moves the guest's frames to the back-end.
 type txServer struct {
 	d       *Device
+	be      netdev.Backend
 	q       *virtio.Queue
 	stop    chan struct{}
 	allowed netdev.Offloads
@@ -124,7 +125,7 @@ func (s *txServer) flush() error {
 		}
 	}
 	for sent := 0; sent < k; {
-		n, err := s.d.be.WriteFrames(batch[sent:k])
+		n, err := s.be.WriteFrames(batch[sent:k])
 		for _, l := range lens[sent : sent+n] {
 			s.d.stats.txFrames.Add(1)
 			s.d.stats.txBytes.Add(uint64(l))
