@@ -2,6 +2,7 @@ package net
 
 import (
 	"testing"
+	"time"
 
 	"github.com/viovmm/vio/netdev"
 	"github.com/viovmm/vio/virtio"
@@ -56,3 +57,57 @@ func FuzzParseTx(f *testing.F) {
 		}
 	})
 }
+
+// FuzzControl feeds arbitrary control commands to the control queue's
+// handler: it must not panic, must answer with at most one ack byte of a
+// defined value, and must never install a multicast MAC address or an
+// out-of-range pair count.
+func FuzzControl(f *testing.F) {
+	f.Add([]byte{1, 1, 0x52, 0x54, 0, 1, 2, 3}, uint32(1), uint8(3))
+	f.Add([]byte{4, 0, 2, 0}, uint32(1), uint8(1))
+	f.Add([]byte{3, 0}, uint32(1), uint8(2))
+	f.Add([]byte{1}, uint32(0), uint8(0))
+	f.Fuzz(func(t *testing.T, cmd []byte, wlen uint32, cut uint8) {
+		wlen %= 64
+		nb := &nopBackend{}
+		d, err := NewMultiQueue([]netdev.Backend{nb, nb}, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &ctrlServer{d: d, features: d.features, maxPairs: 2}
+		k := int(cut) % (len(cmd) + 1)
+		var out virtio.Buffers
+		if k > 0 {
+			out = append(out, cmd[:k])
+		}
+		if k < len(cmd) {
+			out = append(out, cmd[k:])
+		}
+		w := make([]byte, wlen)
+		for i := range w {
+			w[i] = 0xee
+		}
+		c := &virtio.Chain{Readable: out}
+		if wlen > 0 {
+			c.Writable = virtio.Buffers{w}
+		}
+		n := s.handle(c)
+		if n > 1 || (wlen > 0) != (n == 1) || (n == 1 && w[0] > 1) {
+			t.Fatalf("used %d, ack % x", n, w)
+		}
+		if d.MAC()[0]&1 != 0 {
+			t.Fatalf("multicast MAC %v installed", d.MAC())
+		}
+		if p := d.pairs.Load(); p < 1 || p > 2 {
+			t.Fatalf("%d pairs", p)
+		}
+	})
+}
+
+// nopBackend is a netdev.Backend that carries nothing.
+type nopBackend struct{}
+
+func (*nopBackend) ReadFrames([][]byte, []int) (int, error) { return 0, netdev.ErrClosed }
+func (*nopBackend) WriteFrames(f [][][]byte) (int, error)   { return len(f), nil }
+func (*nopBackend) SetReadDeadline(time.Time) error         { return nil }
+func (*nopBackend) Close() error                            { return nil }
