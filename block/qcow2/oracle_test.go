@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -406,5 +407,31 @@ func TestCheckAgreesWithQemu(t *testing.T) {
 	f.Close()
 	if code, res := verdict(); code != 2 || res.Corruptions == 0 {
 		t.Fatalf("corruption: qemu exit %d, vio %+v", code, res)
+	}
+}
+
+// TestNoDataOverMetadata points an L2 entry at the L1 table's cluster (as
+// a damaged or hostile image might): the write must fail, not clobber it.
+func TestNoDataOverMetadata(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "evil.qcow2")
+	img := create(t, path, 1<<20, CreateOptions{ClusterSize: 4096})
+	img.WriteAt([]byte("x"), 0)
+	img.Close()
+	img = openImg(t, path, false)
+	img.mu.Lock()
+	l2, _, _ := img.l1Entry(0)
+	t2, _ := img.l2Table(l2)
+	be.PutUint64(t2.data, img.h.l1Offset|oflagCopied)
+	img.mu.Unlock()
+	if _, err := img.WriteAt([]byte("overwrite"), 0); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("write through an entry aimed at the L1 table: %v, want ErrCorrupt", err)
+	}
+	img.mu.Lock()
+	first := img.l1[0]
+	img.mu.Unlock()
+	buf := make([]byte, 8)
+	img.file.ReadAt(buf, int64(img.h.l1Offset))
+	if be.Uint64(buf) != first {
+		t.Errorf("L1 table on disk changed to %#x", be.Uint64(buf))
 	}
 }

@@ -84,6 +84,10 @@ type Image struct {
 	zeroFrom    uint64   // clusters at and above this index are zero on disk
 	snaps       []snapshot
 	err         error // sticky error after a failed metadata write
+	// meta holds the clusters known to hold metadata. Guest data is never
+	// written into them, whatever a (hostile or damaged) L2 entry or
+	// refcount says, as QEMU's overlap checks also ensure.
+	meta map[uint64]bool
 }
 
 var (
@@ -134,6 +138,7 @@ func open(file block.Backend, opts Options, noBacking bool) (*Image, error) {
 		l1Dirty:  map[uint64]bool{},
 		refDirty: map[uint64]bool{},
 		fileSize: fileSize,
+		meta:     map[uint64]bool{},
 	}
 	if ro, ok := file.(block.ReadOnlyReporter); ok && ro.ReadOnly() && !opts.ReadOnly {
 		return nil, fmt.Errorf("qcow2: image file is read-only: %w", block.ErrReadOnly)
@@ -174,6 +179,25 @@ func open(file block.Backend, opts Options, noBacking bool) (*Image, error) {
 	}
 	if err := img.loadSnapshots(); err != nil {
 		return nil, err
+	}
+	img.markMeta(0, img.cs)
+	img.markMeta(h.l1Offset, uint64(h.l1Size)*8)
+	img.markMeta(h.refTableOffset, uint64(h.refTableClusters)*img.cs)
+	for _, e := range img.refTable {
+		img.markMeta(e, img.cs)
+	}
+	for _, e := range img.l1 {
+		// Only offsets inside the file: the map stays bounded by the
+		// file's cluster count, whatever the L1 table holds.
+		if off := e & l1OffsetMask; off < uint64(fileSize) {
+			img.markMeta(off, img.cs)
+		}
+	}
+	if h.nbSnapshots > 0 {
+		img.markMeta(h.snapshotsOffset, uint64(len(encodeSnapshots(img.snaps))))
+	}
+	for _, s := range img.snaps {
+		img.markMeta(s.l1Offset, uint64(s.l1Size)*8)
 	}
 	if !opts.ReadOnly && h.version >= 3 && h.autoclear != 0 {
 		h.autoclear = 0
@@ -579,6 +603,10 @@ func (img *Image) writeLocked(p []byte, off uint64) error {
 			return err
 		}
 		if m.kind == kData && m.copied {
+			if err := img.checkData(m.host); err != nil {
+				img.mu.Unlock()
+				return err
+			}
 			// Merge with the previous piece only if that was the
 			// directly preceding cluster and its data is adjacent.
 			if k := len(ds) - 1; k >= 0 && prevDirect && in == 0 && ds[k].host+uint64(len(ds[k].buf)) == m.host {
@@ -615,6 +643,9 @@ func (img *Image) allocWrite(gcl uint64, m mapping, in uint64, p []byte) error {
 	full := in == 0 && uint64(len(p)) == img.cs
 	// A preallocated zero cluster we own is reused in place.
 	if m.kind == kZero && m.host != 0 && m.copied {
+		if err := img.checkData(m.host); err != nil {
+			return err
+		}
 		buf := img.clusterBuf()
 		copy(buf[in:], p)
 		if err := img.writeData(buf, m.host); err != nil {
@@ -624,6 +655,9 @@ func (img *Image) allocWrite(gcl uint64, m mapping, in uint64, p []byte) error {
 	}
 	host, fresh, err := img.allocate(1)
 	if err != nil {
+		return err
+	}
+	if err := img.checkData(host); err != nil {
 		return err
 	}
 	if full {
@@ -751,6 +785,7 @@ func (img *Image) l2ForWrite(i uint64) (*cached, error) {
 	t := &cached{off: host, data: make([]byte, img.cs), dirty: true}
 	copy(t.data, old)
 	img.l2c.put(t)
+	img.markMeta(host, img.cs)
 	if off != 0 {
 		img.pendingFree = append(img.pendingFree, off>>img.cbits)
 	}
@@ -961,6 +996,7 @@ func (img *Image) writeSectors(table []uint64, off uint64, dirty map[uint64]bool
 }
 
 func (img *Image) writeMeta(p []byte, off uint64) error {
+	img.markMeta(off, uint64(len(p)))
 	if err := img.growFile(off + uint64(len(p))); err != nil {
 		return img.fail(err)
 	}
@@ -1095,6 +1131,24 @@ func (img *Image) growL1(entries uint64) error {
 		return err
 	}
 	img.freeRange(oldOff, oldSize*8)
+	return nil
+}
+
+// markMeta records that [off, off+n) holds metadata.
+func (img *Image) markMeta(off, n uint64) {
+	if off == 0 && n == 0 || n == 0 {
+		return
+	}
+	for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
+		img.meta[c] = true
+	}
+}
+
+// checkData refuses guest data writes into a metadata cluster.
+func (img *Image) checkData(host uint64) error {
+	if img.meta[host>>img.cbits] {
+		return corrupt("guest data would overwrite metadata at %#x", host&^(img.cs-1))
+	}
 	return nil
 }
 

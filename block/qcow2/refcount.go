@@ -198,6 +198,7 @@ func (img *Image) allocate(n uint64) (uint64, bool, error) {
 			return 0, false, err
 		}
 		img.rbc.put(&cached{off: next << img.cbits, data: make([]byte, img.cs), dirty: true})
+		img.meta[next] = true
 		img.refTable[bi] = next << img.cbits
 		img.refDirty[bi*8/512] = true
 		next++
@@ -254,6 +255,7 @@ func (img *Image) growRefTable(minEntries uint64) error {
 			return err
 		}
 		img.rbc.put(&cached{off: next << img.cbits, data: make([]byte, img.cs), dirty: true})
+		img.meta[next] = true
 		table[bi] = next << img.cbits
 		next++
 	}
@@ -303,6 +305,7 @@ func (img *Image) applyFrees() error {
 			// A freed L2 table must not be served from the cache
 			// once its cluster holds something else.
 			img.l2c.drop(c << img.cbits)
+			delete(img.meta, c)
 			img.freeHint = min(img.freeHint, c)
 		}
 	}

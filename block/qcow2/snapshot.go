@@ -332,6 +332,7 @@ func (img *Image) addRefDrop(c uint64, delta int64) error {
 		return img.fail(err)
 	}
 	if v == 0 {
+		delete(img.meta, c)
 		img.l2c.drop(c << img.cbits)
 		img.freeHint = min(img.freeHint, c)
 	}
