@@ -263,6 +263,7 @@ func (d *Device) serveTx(q *virtio.Queue, stop chan struct{}) {
 		}
 		for more := true; more; {
 			q.DisableNotifications()
+			pushed := false
 			for {
 				select {
 				case <-stop:
@@ -287,8 +288,11 @@ func (d *Device) serveTx(q *virtio.Queue, stop chan struct{}) {
 				if q.Push(c.Head, 0) != nil {
 					return
 				}
+				pushed = true
 			}
-			_ = q.Signal()
+			if pushed {
+				_ = q.Signal()
+			}
 			var err error
 			if more, err = q.EnableNotifications(); err != nil {
 				return
@@ -305,6 +309,15 @@ type rxServer struct {
 	pending []byte
 	eof     bool
 	held    *virtio.Chain
+	pushed  bool // used entries pushed since the last Signal
+}
+
+// signal interrupts the driver, if it wants one, for what was pushed.
+func (s *rxServer) signal() {
+	if s.pushed {
+		s.pushed = false
+		_ = s.q.Signal()
+	}
 }
 
 func (s *rxServer) serve() {
@@ -336,10 +349,11 @@ func (s *rxServer) serve() {
 			if s.q.Push(c.Head, uint32(n)) != nil {
 				return
 			}
+			s.pushed = true
 			s.d.stats.inBytes.Add(uint64(n))
 			s.pending = s.pending[n:]
 		}
-		_ = s.q.Signal()
+		s.signal()
 	}
 }
 
@@ -356,12 +370,13 @@ func (s *rxServer) waitChain() bool {
 				if s.q.Push(c.Head, 0) != nil {
 					return false
 				}
+				s.pushed = true
 				continue
 			}
 			s.held = c
 			return true
 		}
-		_ = s.q.Signal()
+		s.signal()
 		more, err := s.q.EnableNotifications()
 		if err != nil {
 			return false

@@ -42,6 +42,7 @@ func (s *ctrlServer) serve() {
 		}
 		for more := true; more; {
 			s.q.DisableNotifications()
+			pushed := false
 			for {
 				c, err := s.q.Next()
 				if err != nil {
@@ -53,8 +54,11 @@ func (s *ctrlServer) serve() {
 				if s.q.Push(c.Head, s.handle(c)) != nil {
 					return
 				}
+				pushed = true
 			}
-			_ = s.q.Signal()
+			if pushed {
+				_ = s.q.Signal()
+			}
 			var err error
 			if more, err = s.q.EnableNotifications(); err != nil {
 				return

@@ -30,6 +30,22 @@ type rxServer struct {
 	held   *virtio.Chain // a receive chain taken from the ring, not yet used
 	chains []*virtio.Chain
 	lens   []uint32
+	pushed bool // used entries pushed since the last Signal
+}
+
+// push returns a chain to the driver.
+func (s *rxServer) push(head uint16, n uint32) bool {
+	s.pushed = true
+	return s.q.Push(head, n) == nil
+}
+
+// signal interrupts the driver, if it wants one, for what was pushed; an
+// interrupt for nothing would only cost the guest an exit.
+func (s *rxServer) signal() {
+	if s.pushed {
+		s.pushed = false
+		s.signal()
+	}
 }
 
 func newRxServer(d *Device, be netdev.Backend, bufs [][]byte, q *virtio.Queue, stop chan struct{}, features uint64) *rxServer {
@@ -88,7 +104,7 @@ func (s *rxServer) serve() {
 			}
 			s.next++
 		}
-		_ = s.q.Signal()
+		s.signal()
 	}
 }
 
@@ -118,7 +134,7 @@ func (s *rxServer) waitChain() bool {
 			if c.Writable.Len() < netdev.HeaderSize {
 				// Too small for even a header: useless, give it back.
 				s.d.stats.rxErrors.Add(1)
-				if s.q.Push(c.Head, 0) != nil {
+				if !s.push(c.Head, 0) {
 					return false
 				}
 				continue
@@ -128,7 +144,7 @@ func (s *rxServer) waitChain() bool {
 		}
 		// The ring is empty: let the driver see what was completed (it
 		// refills when it processes them), then wait for its kick.
-		_ = s.q.Signal()
+		s.signal()
 		more, err := s.q.EnableNotifications()
 		if err != nil {
 			return false
@@ -183,7 +199,7 @@ func (s *rxServer) deliver(pkt []byte) bool {
 		}
 		c.Writable.WriteAt(pkt, 0)
 		s.held = nil
-		if s.q.Push(c.Head, uint32(len(pkt))) != nil {
+		if !s.push(c.Head, uint32(len(pkt))) {
 			return false
 		}
 		s.d.stats.rxFrames.Add(1)
@@ -200,7 +216,7 @@ func (s *rxServer) deliver(pkt []byte) bool {
 			// more than the whole ring: it can never fit.
 			s.d.stats.rxErrors.Add(1)
 			for _, c := range s.chains {
-				if s.q.Push(c.Head, 0) != nil {
+				if !s.push(c.Head, 0) {
 					return false
 				}
 			}
@@ -224,7 +240,7 @@ func (s *rxServer) deliver(pkt []byte) bool {
 		s.d.stats.rxMerged.Add(1)
 	}
 	for i, c := range s.chains {
-		if s.q.Push(c.Head, s.lens[i]) != nil {
+		if !s.push(c.Head, s.lens[i]) {
 			return false
 		}
 	}
