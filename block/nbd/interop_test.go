@@ -2,6 +2,8 @@ package nbd
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -200,8 +202,22 @@ func TestClientAgainstNbdServer(t *testing.T) {
 				t.Fatal("nbd-server did not start")
 			}
 		}
-		// The one connection nbd-server -d serves is this one.
-		c := dial(t, unixURI(sock, "disk"), Options{})
+		// The one connection nbd-server -d serves is this one. The socket
+		// file exists from bind() on, but connections are refused until
+		// listen(): retry only on that (a refused connection does not use
+		// up the one).
+		var c *Client
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			var err error
+			c, err = Dial(context.Background(), unixURI(sock, "disk"), Options{})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+				t.Fatalf("Dial nbd-server: %v", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		if c.structured {
 			t.Log("nbd-server negotiated structured replies")
 		}

@@ -145,7 +145,11 @@ func (s *Server) maxInFlight() int {
 }
 
 func (s *Server) maxBuffered() int64 {
-	return max(s.MaxBufferedBytes, 2*maxPayload)
+	if s.MaxBufferedBytes <= 0 {
+		return 64 << 20
+	}
+	_, _, maxBS := s.sizes()
+	return max(s.MaxBufferedBytes, int64(maxBS))
 }
 
 // Listen opens a listener for addr: "unix:PATH" or a path containing a

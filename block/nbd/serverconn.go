@@ -434,7 +434,7 @@ func (sc *serverConn) transmit() error {
 
 // cost is what a request counts against the connection's buffer budget.
 func (sc *serverConn) cost(req request) int64 {
-	if (req.typ == cmdRead || req.typ == cmdWrite) && req.length <= maxPayload {
+	if _, _, maxBS := sc.s.sizes(); (req.typ == cmdRead || req.typ == cmdWrite) && req.length <= maxBS {
 		return int64(req.length)
 	}
 	return 0
