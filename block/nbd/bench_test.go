@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"net"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -81,12 +82,7 @@ func BenchmarkFioServer(b *testing.B) {
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			if _, err := os.Stat(qsock); err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitUnix(qsock)
 		for _, w := range workloads {
 			r := results[w.name]
 			r[1] = runFio(b, fio, "nbd+unix:///disk?socket="+qsock, w.rw, w.bs, w.depth, sizeMB, runtime)
@@ -206,12 +202,7 @@ func BenchmarkClient(b *testing.B) {
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			cmd.Wait()
 		}()
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			if _, err := os.Stat(qsock); err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitUnix(qsock)
 		servers["qemu-nbd"] = "nbd+unix:///disk?socket=" + qsock
 	}
 	for _, name := range []string{"vio", "qemu-nbd"} {
@@ -251,5 +242,16 @@ func BenchmarkClient(b *testing.B) {
 			})
 		}
 		c.Close()
+	}
+}
+
+// waitUnix waits until a server accepts on the unix socket at path.
+func waitUnix(path string) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
