@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/viovmm/vio/block"
@@ -173,12 +175,19 @@ func runModel(t *testing.T, copts CreateOptions, nops int, seed uint64) {
 // everything flushed before the cut reads back.
 func TestCrash(t *testing.T) {
 	needQemu(t)
-	for _, copts := range []CreateOptions{{ClusterSize: 4096}, {ClusterSize: 512, RefcountBits: 4}} {
-		t.Run(fmt.Sprint(copts.ClusterSize), func(t *testing.T) {
-			total, _ := crashRun(t, copts, -1, 0)
-			for i := 0; i < 40; i++ {
+	for _, c := range []struct {
+		copts     CreateOptions
+		snapshots bool
+	}{
+		{CreateOptions{ClusterSize: 4096}, false},
+		{CreateOptions{ClusterSize: 512, RefcountBits: 4}, false},
+		{CreateOptions{ClusterSize: 4096}, true},
+	} {
+		t.Run(fmt.Sprint(c.copts.ClusterSize, "-snapshots=", c.snapshots), func(t *testing.T) {
+			total, _ := crashRun(t, c.copts, c.snapshots, -1, 0)
+			for i := 0; i < crashIters; i++ {
 				rng := rand.New(rand.NewPCG(uint64(i), 9))
-				crashRun(t, copts, 1+rng.IntN(total), uint64(i))
+				crashRun(t, c.copts, c.snapshots, 1+rng.IntN(total), uint64(i))
 			}
 		})
 	}
@@ -187,7 +196,7 @@ func TestCrash(t *testing.T) {
 // crashRun runs a fixed workload; with freeze >= 0 the disk stops
 // persisting after that many operations (counted from after Create), and
 // the crashed image is checked. It returns the workload's operation count.
-func crashRun(t *testing.T, copts CreateOptions, freeze int, seed uint64) (int, bool) {
+func crashRun(t *testing.T, copts CreateOptions, snapshots bool, freeze int, seed uint64) (int, bool) {
 	t.Helper()
 	const size = 2 << 20
 	disk := blocktest.NewCrashDisk(0)
@@ -204,6 +213,8 @@ func crashRun(t *testing.T, copts CreateOptions, freeze int, seed uint64) (int, 
 	model := make([]byte, size)
 	flushed := make([]byte, size)
 	dirty := make([]bool, size) // changed since the last durable flush
+	snaps := map[string][]byte{}
+	var names []string
 	touch := func(off, n int64) {
 		for i := off; i < off+n; i++ {
 			dirty[i] = true
@@ -233,6 +244,37 @@ func crashRun(t *testing.T, copts CreateOptions, freeze int, seed uint64) (int, 
 				t.Fatal(err)
 			}
 			discardModel(model, off, n, cs)
+		case r == 16 && snapshots:
+			// Snapshot operations flush as they go.
+			switch {
+			case len(names) == 0 || i%3 == 0:
+				name := fmt.Sprint("s", i)
+				if err := img.CreateSnapshot(name); err != nil {
+					t.Fatal(err)
+				}
+				snaps[name] = append([]byte(nil), model...)
+				names = append(names, name)
+			case i%3 == 1:
+				name := names[rng.IntN(len(names))]
+				if err := img.ApplySnapshot(name); err != nil {
+					t.Fatal(err)
+				}
+				copy(model, snaps[name])
+				if disk.Frozen() { // old or new contents: unknown
+					touch(0, size)
+				}
+			default:
+				k := rng.IntN(len(names))
+				if err := img.DeleteSnapshot(names[k]); err != nil {
+					t.Fatal(err)
+				}
+				names = append(names[:k], names[k+1:]...)
+			}
+			if !disk.Frozen() {
+				copy(flushed, model)
+				clear(dirty)
+			}
+			continue
 		default:
 			if err := img.Flush(); err != nil {
 				t.Fatal(err)
@@ -246,6 +288,9 @@ func crashRun(t *testing.T, copts CreateOptions, freeze int, seed uint64) (int, 
 		touch(off, n)
 	}
 	total := disk.Ops() - base
+	if snapshots && len(snaps) < 3 {
+		t.Fatalf("the workload took only %d snapshots", len(snaps))
+	}
 	if freeze < 0 {
 		img.Close()
 		return total, true
@@ -256,7 +301,7 @@ func crashRun(t *testing.T, copts CreateOptions, freeze int, seed uint64) (int, 
 		t.Fatal(err)
 	}
 	out, err := exec.Command("qemu-img", "check", path).CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); err != nil && !(ok && ee.ExitCode() == 3) {
+	if ee, ok := err.(*exec.ExitError); err != nil && !(ok && ee.ExitCode() == 3) && !(snapshots && onlyCautiousFlags(string(out))) {
 		t.Fatalf("crash after %d ops (seed %d): qemu-img check: %v\n%s", freeze, seed, err, out)
 	}
 	after, err := Open(keepOpen{memOf(state)}, Options{})
@@ -383,4 +428,30 @@ func TestConcurrentMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	qemuCheck(t, path, false)
+}
+
+// crashIters is the number of crash points tried per configuration;
+// VIO_CRASH_ITERS raises it for a longer soak.
+var crashIters = func() int {
+	if n, err := strconv.Atoi(os.Getenv("VIO_CRASH_ITERS")); err == nil && n > 0 {
+		return n
+	}
+	return 40
+}()
+
+// onlyCautiousFlags reports whether qemu-img check's only errors are
+// copied flags missing on clusters with refcount 1, the one inconsistency
+// a power cut during a snapshot operation may leave (QEMU has the same
+// window): harmless, since it only causes an extra copy on write. A flag
+// present on a shared cluster, or any refcount error, is not accepted.
+func onlyCautiousFlags(out string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "ERROR") {
+			continue
+		}
+		if !strings.HasPrefix(line, "ERROR OFLAG_COPIED") || !strings.HasSuffix(strings.TrimSpace(line), "refcount=1") {
+			return false
+		}
+	}
+	return true
 }

@@ -112,10 +112,19 @@ func (img *Image) CreateSnapshot(name string) error {
 		if len(img.snaps) >= maxSnapshots {
 			return fmt.Errorf("qcow2: too many snapshots")
 		}
-		if err := img.updateTree(img.l1, 1); err != nil {
+		// First make the active tables stop claiming exclusive ownership,
+		// durably; only then raise the refcounts. A crash in between
+		// leaves flags that are merely too cautious (refcount 1, flag
+		// clear: an unneeded copy on write, which qemu-img check -r all
+		// tidies), never a flag that would let a write reach a cluster
+		// the snapshot shares.
+		if err := img.clearCopied(); err != nil {
 			return err
 		}
-		if err := img.fixCopied(); err != nil {
+		if err := img.writeback(); err != nil {
+			return err
+		}
+		if err := img.updateTree(img.l1, 1); err != nil {
 			return err
 		}
 		// The snapshot's L1 is a copy of the active one, which after
@@ -335,6 +344,33 @@ func (img *Image) addRefDrop(c uint64, delta int64) error {
 		delete(img.meta, c)
 		img.l2c.drop(c << img.cbits)
 		img.freeHint = min(img.freeHint, c)
+	}
+	return nil
+}
+
+// clearCopied removes the copied flag from every active L1 and L2 entry.
+func (img *Image) clearCopied() error {
+	for i := range img.l1 {
+		off, copied, err := img.l1Entry(uint64(i))
+		if err != nil {
+			return err
+		}
+		if off == 0 {
+			continue
+		}
+		if copied {
+			img.setL1(uint64(i), off)
+		}
+		t, err := img.l2Table(off)
+		if err != nil {
+			return err
+		}
+		for j := uint64(0); j < img.l2Entries; j++ {
+			if e := be.Uint64(t.data[j*8:]); e&oflagCopied != 0 {
+				be.PutUint64(t.data[j*8:], e&^oflagCopied)
+				t.dirty = true
+			}
+		}
 	}
 	return nil
 }
