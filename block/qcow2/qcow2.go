@@ -16,8 +16,19 @@
 // table, then L2 tables, then the L1 table. A cluster is therefore counted
 // before anything points at it. References are dropped the other way
 // round: a freed cluster's refcount is decremented only after the tables
-// that no longer reference it are durable, so a crash can only leak
-// clusters, which `qemu-img check -r leaks` reclaims.
+// that no longer reference it are durable, so a crash during guest I/O can
+// only leak clusters, which `qemu-img check -r leaks` reclaims.
+//
+// Snapshot operations change refcounts and copied flags, which live in
+// different clusters, so no order makes them atomic (QEMU has the same
+// window). They are ordered so that a crash can leave only over-cautious
+// flags (refcount 1 without the copied flag: an unneeded copy on write,
+// reported by qemu-img check and fixed by -r all), never a flag that would
+// let a write reach a cluster a snapshot still uses.
+//
+// Hostile images: every offset, size and count read from the file is
+// checked before use, tables are bounded as QEMU bounds them, and guest
+// data is never written into a cluster known to hold metadata.
 package qcow2
 
 import (
