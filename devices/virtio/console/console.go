@@ -346,11 +346,11 @@ func (s *rxServer) serve() {
 			c := s.held
 			s.held = nil
 			n, _ := c.Writable.WriteAt(s.pending, 0)
+			s.d.stats.inBytes.Add(uint64(n)) // counted before the guest can see it
 			if s.q.Push(c.Head, uint32(n)) != nil {
 				return
 			}
 			s.pushed = true
-			s.d.stats.inBytes.Add(uint64(n))
 			s.pending = s.pending[n:]
 		}
 		s.signal()

@@ -34,6 +34,7 @@ func (m *machine) startQueues(t *testing.T, feat uint64, n int) []*queuetest.Dri
 			t.Fatal(err)
 		}
 		qs = append(qs, d)
+		m.vectors[d] = i + 1
 	}
 	g.SetStatus(virtio.StatusDriverOK)
 	if s := g.Status(); s&virtio.StatusDriverOK == 0 || s&virtio.StatusDeviceNeedsReset != 0 {

@@ -44,7 +44,7 @@ func (s *rxServer) push(head uint16, n uint32) bool {
 func (s *rxServer) signal() {
 	if s.pushed {
 		s.pushed = false
-		s.signal()
+		_ = s.q.Signal()
 	}
 }
 
@@ -199,12 +199,10 @@ func (s *rxServer) deliver(pkt []byte) bool {
 		}
 		c.Writable.WriteAt(pkt, 0)
 		s.held = nil
-		if !s.push(c.Head, uint32(len(pkt))) {
-			return false
-		}
+		// Count before publishing: whoever sees the frame sees it counted.
 		s.d.stats.rxFrames.Add(1)
 		s.d.stats.rxBytes.Add(uint64(frameLen))
-		return true
+		return s.push(c.Head, uint32(len(pkt)))
 	}
 
 	// Mergeable buffers: as many chains as the packet needs, the header
@@ -239,13 +237,13 @@ func (s *rxServer) deliver(pkt []byte) bool {
 		s.chains[0].Writable.WriteAt(nb[:], 10)
 		s.d.stats.rxMerged.Add(1)
 	}
+	s.d.stats.rxFrames.Add(1)
+	s.d.stats.rxBytes.Add(uint64(frameLen))
 	for i, c := range s.chains {
 		if !s.push(c.Head, s.lens[i]) {
 			return false
 		}
 	}
 	clear(s.chains)
-	s.d.stats.rxFrames.Add(1)
-	s.d.stats.rxBytes.Add(uint64(frameLen))
 	return true
 }
