@@ -87,6 +87,11 @@ func GetInfo(path string) (*Info, error) {
 // Check checks an image's metadata. Raw images have none: the result is
 // empty.
 func Check(path string) (qcow2.CheckResult, string, error) {
+	return Repair(path, qcow2.RepairNone)
+}
+
+// Repair checks an image and repairs what mode allows (qcow2 only).
+func Repair(path string, mode qcow2.RepairMode) (qcow2.CheckResult, string, error) {
 	format, err := Probe(path)
 	if err != nil {
 		return qcow2.CheckResult{}, "", fmt.Errorf("%s: %w", path, err)
@@ -96,12 +101,14 @@ func Check(path string) (qcow2.CheckResult, string, error) {
 	}
 	// The backing chain is not needed to check one image's metadata, but
 	// opening it reports a missing backing file, which is worth knowing.
-	b, err := Open(path, OpenOptions{ReadOnly: true, Format: Qcow2})
+	b, err := Open(path, OpenOptions{ReadOnly: mode == qcow2.RepairNone, Format: Qcow2})
 	if err != nil {
 		return qcow2.CheckResult{}, Qcow2, err
 	}
-	defer b.Close()
-	res, err := b.(*qcow2.Image).Check()
+	res, err := b.(*qcow2.Image).Repair(mode)
+	if cerr := b.Close(); err == nil {
+		err = cerr
+	}
 	return res, Qcow2, err
 }
 

@@ -18,6 +18,8 @@ type CheckResult struct {
 	AllocatedClusters, TotalClusters int64
 	// Problems describes the first problems found.
 	Problems []string
+	// Repaired counts the problems Repair fixed.
+	Repaired int
 }
 
 const maxProblems = 20
@@ -38,18 +40,67 @@ func (r *CheckResult) problem(corrupt bool, format string, args ...any) {
 // tables, snapshot table) and compares them with the stored ones, as
 // qemu-img check does. It repairs nothing.
 func (img *Image) Check() (CheckResult, error) {
+	return img.Repair(RepairNone)
+}
+
+// RepairMode selects what Repair fixes, as qemu-img check -r.
+type RepairMode int
+
+const (
+	RepairNone RepairMode = iota
+	// RepairLeaks lowers refcounts that are higher than the references.
+	RepairLeaks
+	// RepairAll also raises refcounts that are too low (where the
+	// refcount block exists) and sets the copied flags right.
+	RepairAll
+)
+
+// Repair checks the image as Check does, fixes what mode allows, and
+// returns the result of checking again afterwards (the problems found
+// before are listed in its Problems, marked as repaired).
+func (img *Image) Repair(mode RepairMode) (CheckResult, error) {
 	if img.closed.Load() {
 		return CheckResult{}, fmt.Errorf("qcow2: check: %w", block.ErrClosed)
+	}
+	if mode != RepairNone && img.readOnly {
+		return CheckResult{}, fmt.Errorf("qcow2: repairing: %w", block.ErrReadOnly)
 	}
 	img.ioLock.Lock()
 	defer img.ioLock.Unlock()
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if !img.readOnly {
+		// Pending frees would otherwise show as leaks.
 		if err := img.writeback(); err != nil {
 			return CheckResult{}, err
 		}
+		if err := img.applyFrees(); err != nil {
+			return CheckResult{}, err
+		}
 	}
+	res, err := img.check(mode)
+	if err != nil || mode == RepairNone {
+		return res, err
+	}
+	if mode == RepairAll {
+		if err := img.fixCopied(); err != nil {
+			return res, err
+		}
+	}
+	if err := img.writeback(); err != nil {
+		return res, err
+	}
+	after, err := img.check(RepairNone)
+	for _, p := range res.Problems {
+		after.Problems = append(after.Problems, "repaired: "+p)
+	}
+	after.Repaired = res.Corruptions + res.Leaks - after.Corruptions - after.Leaks
+	return after, err
+}
+
+// check does the work of Check and, per mode, corrects refcounts in the
+// cache. Call with mu and ioLock held.
+func (img *Image) check(mode RepairMode) (CheckResult, error) {
 	var res CheckResult
 	nclusters := (uint64(img.fileSize) + img.cs - 1) >> img.cbits
 	refs := make([]uint32, nclusters)
@@ -156,6 +207,17 @@ func (img *Image) Check() (CheckResult, error) {
 			res.problem(true, "cluster %#x has refcount %d but %d references", c<<img.cbits, stored, want)
 		case stored > want:
 			res.problem(false, "cluster %#x has refcount %d but %d references (leaked)", c<<img.cbits, stored, want)
+		}
+		fix := (stored > want && mode >= RepairLeaks) || (stored < want && mode == RepairAll)
+		if fix {
+			if t, err := img.refBlock(c / img.refPerBlock); err == nil && t != nil {
+				// A failure (a count too wide for the refcount
+				// width) leaves the problem for the second check.
+				if _, err := img.addRef(c, int64(want)-int64(stored)); err == nil && want == 0 {
+					img.freeHint = min(img.freeHint, c)
+					delete(img.meta, c)
+				}
+			}
 		}
 	}
 	// The copied flag must say exactly whether the active tables own a

@@ -401,6 +401,19 @@ func TestCheckAgreesWithQemu(t *testing.T) {
 	if code, res := verdict(); code != 3 || res.Leaks != 1 || res.Corruptions != 0 {
 		t.Fatalf("leak: qemu exit %d, vio %+v", code, res)
 	}
+	// Repairing the leak leaves a clean image.
+	repair := func(mode RepairMode) {
+		img := openImg(t, path, false)
+		res, err := img.Repair(mode)
+		if err != nil || res.Leaks+res.Corruptions != 0 || res.Repaired == 0 {
+			t.Fatalf("Repair(%d) = %+v, %v", mode, res, err)
+		}
+		if err := img.Close(); err != nil {
+			t.Fatal(err)
+		}
+		qemuCheck(t, path, false)
+	}
+	repair(RepairLeaks)
 	// A corruption: cluster 0's refcount 0.
 	f = openRaw(t, path, false)
 	f.WriteAt([]byte{0, 0}, int64(rb))
@@ -408,6 +421,18 @@ func TestCheckAgreesWithQemu(t *testing.T) {
 	if code, res := verdict(); code != 2 || res.Corruptions == 0 {
 		t.Fatalf("corruption: qemu exit %d, vio %+v", code, res)
 	}
+	repair(RepairAll)
+	// Copied flags missing (the trace a crashed snapshot may leave).
+	img = openImg(t, path, false)
+	img.mu.Lock()
+	img.clearCopied()
+	img.writeback()
+	img.mu.Unlock()
+	img.Close()
+	if code, res := verdict(); code != 2 || res.Corruptions == 0 {
+		t.Fatalf("cleared copied flags: qemu exit %d, vio %+v", code, res)
+	}
+	repair(RepairAll)
 }
 
 // TestNoDataOverMetadata points an L2 entry at the L1 table's cluster (as

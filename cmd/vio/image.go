@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/block/image"
+	"github.com/viovmm/vio/block/qcow2"
 )
 
 // `vio image` is vio's qemu-img: it creates, inspects, checks, converts,
@@ -170,12 +171,23 @@ func humanSize(n int64) string {
 }
 
 func imageCheckCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "check FILE",
-		Short: "Check a disk image's metadata (exit 2: corrupt, 3: leaked clusters only)",
+	var repair string
+	c := &cobra.Command{
+		Use:   "check [-r leaks|all] FILE",
+		Short: "Check (and repair) a disk image's metadata (exit 2: corrupt, 3: leaked clusters only)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res, format, err := image.Check(args[0])
+			mode := qcow2.RepairNone
+			switch repair {
+			case "":
+			case "leaks":
+				mode = qcow2.RepairLeaks
+			case "all":
+				mode = qcow2.RepairAll
+			default:
+				return fmt.Errorf("unknown repair mode %q (want leaks or all)", repair)
+			}
+			res, format, err := image.Repair(args[0], mode)
 			if err != nil {
 				return err
 			}
@@ -186,6 +198,9 @@ func imageCheckCommand() *cobra.Command {
 			}
 			for _, p := range res.Problems {
 				fmt.Fprintln(w, p)
+			}
+			if res.Repaired > 0 {
+				fmt.Fprintf(w, "%d problems were repaired.\n", res.Repaired)
 			}
 			switch {
 			case res.Corruptions > 0:
@@ -210,6 +225,8 @@ func imageCheckCommand() *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().StringVarP(&repair, "repair", "r", "", "repair: leaks (drop leaked refcounts) or all (also raise low refcounts, fix copied flags)")
+	return c
 }
 
 func imageConvertCommand() *cobra.Command {
