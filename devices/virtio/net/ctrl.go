@@ -44,6 +44,11 @@ func (s *ctrlServer) serve() {
 			s.q.DisableNotifications()
 			pushed := false
 			for {
+				select {
+				case <-s.stop: // Reset must not wait for a busy guest
+					return
+				default:
+				}
 				c, err := s.q.Next()
 				if err != nil {
 					return
