@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -832,5 +833,65 @@ func TestResetAndResize(t *testing.T) {
 	}
 	if st := m.write(t, 4000, pattern(6, 512)); st != blk.StatusOK {
 		t.Errorf("write to grown area: %d", st)
+	}
+}
+
+// TestResetUnderHostileLoad: a driver that republishes the same head as
+// fast as it can (while it is still in flight) keeps every worker busy;
+// a reset must still stop the device promptly.
+func TestResetUnderHostileLoad(t *testing.T) {
+	m := newMachine(t, blocktest.NewMem(1<<20), blk.Config{QueueSize: 64})
+	m.start(t, 0, true)
+	d := m.queues[0]
+	a, _ := d.Alloc(4096 + 17)
+	hdr := header(blk.TypeIn, 0)
+	m.mem.WriteAt(hdr, int64(a))
+	d.Reserve(0)
+	d.Reserve(1)
+	d.WriteDesc(0, queuetest.Desc{Addr: a, Len: 16, Flags: queuetest.FlagNext, Next: 1})
+	d.WriteDesc(1, queuetest.Desc{Addr: a + 16, Len: 4097, Flags: queuetest.FlagWrite})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var avail uint16
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Stay within the queue size of the used index, so the ring
+			// stays valid and the device stays busy.
+			if avail-d.UsedIdx() < 63 {
+				d.Publish(0)
+				avail++
+				m.guest.Kick(0)
+			} else {
+				runtime.Gosched()
+			}
+		}
+	}()
+	deadline := time.Now().Add(wait)
+	for m.dev.Stats().Reads < 1000 {
+		if time.Now().After(deadline) {
+			t.Fatal("device not serving")
+		}
+		runtime.Gosched()
+	}
+	reset := make(chan error, 1)
+	go func() { reset <- m.guest.Reset() }()
+	select {
+	case err := <-reset:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait):
+		t.Fatal("reset does not stop a busy device")
+	}
+	close(stop)
+	<-done
+	if st := m.tr.Stats(); st.BrokenQueues != 0 {
+		t.Errorf("transport stats %+v", st)
 	}
 }
