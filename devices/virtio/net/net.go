@@ -41,27 +41,27 @@ import (
 
 // Feature bits (spec 5.1.3).
 const (
-	FeatureCsum       uint64 = 1 << 0
-	FeatureGuestCsum  uint64 = 1 << 1
-	FeatureMTU        uint64 = 1 << 3
-	FeatureMAC        uint64 = 1 << 5
-	FeatureGuestTSO4  uint64 = 1 << 7
-	FeatureGuestTSO6  uint64 = 1 << 8
-	FeatureGuestECN   uint64 = 1 << 9
-	FeatureGuestUFO   uint64 = 1 << 10
-	FeatureHostTSO4   uint64 = 1 << 11
-	FeatureHostTSO6   uint64 = 1 << 12
-	FeatureHostECN    uint64 = 1 << 13
-	FeatureHostUFO    uint64 = 1 << 14
-	FeatureMrgRxbuf   uint64 = 1 << 15
-	FeatureStatus     uint64 = 1 << 16
-	FeatureCtrlVQ     uint64 = 1 << 17
-	FeatureCtrlRx     uint64 = 1 << 18
-	FeatureCtrlVLAN   uint64 = 1 << 19
-	FeatureAnnounce   uint64 = 1 << 21
-	FeatureMQ         uint64 = 1 << 22
-	FeatureCtrlMAC    uint64 = 1 << 23
-	FeatureSpeedDuplx uint64 = 1 << 63
+	FeatureCsum        uint64 = 1 << 0
+	FeatureGuestCsum   uint64 = 1 << 1
+	FeatureMTU         uint64 = 1 << 3
+	FeatureMAC         uint64 = 1 << 5
+	FeatureGuestTSO4   uint64 = 1 << 7
+	FeatureGuestTSO6   uint64 = 1 << 8
+	FeatureGuestECN    uint64 = 1 << 9
+	FeatureGuestUFO    uint64 = 1 << 10
+	FeatureHostTSO4    uint64 = 1 << 11
+	FeatureHostTSO6    uint64 = 1 << 12
+	FeatureHostECN     uint64 = 1 << 13
+	FeatureHostUFO     uint64 = 1 << 14
+	FeatureMrgRxbuf    uint64 = 1 << 15
+	FeatureStatus      uint64 = 1 << 16
+	FeatureCtrlVQ      uint64 = 1 << 17
+	FeatureCtrlRx      uint64 = 1 << 18
+	FeatureCtrlVLAN    uint64 = 1 << 19
+	FeatureAnnounce    uint64 = 1 << 21
+	FeatureMQ          uint64 = 1 << 22
+	FeatureCtrlMAC     uint64 = 1 << 23
+	FeatureSpeedDuplex uint64 = 1 << 63
 )
 
 // Bits of the status field.
