@@ -490,3 +490,36 @@ func TestClientClose(t *testing.T) {
 	}
 	var _ io.ReaderAt = c
 }
+
+// TestExportNameFallback: against a server without NBD_OPT_GO the client
+// falls back to NBD_OPT_EXPORT_NAME (and default block sizes).
+func TestExportNameFallback(t *testing.T) {
+	for _, structured := range []bool{false, true} {
+		mem := blocktest.NewMem(1 << 20)
+		s, err := NewServer(Export{Name: "old", Backend: mem})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := serveFiltered(t, s, func(opt uint32) bool {
+			return opt != optGo && opt != optInfo && (structured || opt != optStructuredReply)
+		})
+		c := dial(t, "nbd://"+addr+"/old", Options{})
+		if c.structured != structured {
+			t.Fatalf("structured = %v, want %v", c.structured, structured)
+		}
+		if c.Size() != 1<<20 {
+			t.Fatalf("size %d", c.Size())
+		}
+		if _, err := c.WriteAt([]byte("legacy"), 7); err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, 6)
+		if _, err := c.ReadAt(p, 7); err != nil || string(p) != "legacy" {
+			t.Fatalf("ReadAt = %q, %v", p, err)
+		}
+		c.Close()
+		if _, err := Dial(context.Background(), "nbd://"+addr+"/missing", Options{}); err == nil {
+			t.Fatal("EXPORT_NAME of a missing export succeeded")
+		}
+	}
+}
