@@ -2,10 +2,10 @@ package nbd
 
 import (
 	"context"
-	"net"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
