@@ -161,13 +161,14 @@ func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, irqc
 		t.Fatal(err)
 	}
 	if sys.IsPVM() {
-		// PVM's shadow paging sends writes to write-protected pages
-		// through KVM's instruction emulator, which fails on
-		// CMPXCHG16B (seen in SLUB's cmpxchg_double during Linux
-		// boot). Without CX16 the guest uses a lock instead.
+		// PVM's shadow paging sends some guest writes through KVM's
+		// instruction emulator, which cannot do CMPXCHG16B (SLUB's
+		// cmpxchg_double) or XSAVE/XRSTOR (FPU init): both ended
+		// Linux boots here with "emulation failure". Without CX16
+		// and XSAVE the guest uses a lock and FXSAVE instead.
 		for i := range guest {
 			if guest[i].Function == 1 {
-				guest[i].ECX &^= 1 << 13
+				guest[i].ECX &^= 1<<13 | 1<<26
 			}
 		}
 	}
