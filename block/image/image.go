@@ -86,6 +86,11 @@ type OpenOptions struct {
 	Format   string // "" to probe
 	ReadOnly bool
 	Cache    raw.CacheMode // for the image file; backing files use the same
+	// Lock takes QEMU-compatible locks on every file of the chain, as
+	// QEMU does: no other vio or QEMU process may then write them (nor,
+	// while writable, read them). The operations of this package that
+	// stand for a tool (GetInfo, Check, Convert, Resize, snapshots) lock.
+	Lock bool
 }
 
 // Open opens the image at path as a block.Backend: a *raw.File or a
@@ -111,7 +116,7 @@ func open(path string, opts OpenOptions, depth int) (block.Backend, error) {
 	} else if err := CheckFormat(format); err != nil {
 		return nil, err
 	}
-	f, err := raw.Open(path, raw.Options{ReadOnly: opts.ReadOnly, Cache: opts.Cache})
+	f, err := raw.Open(path, raw.Options{ReadOnly: opts.ReadOnly, Cache: opts.Cache, Lock: opts.Lock})
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +131,7 @@ func open(path string, opts OpenOptions, depth int) (block.Backend, error) {
 			if _, err := os.Stat(full); errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("backing file %q (looked for at %s) does not exist", name, full)
 			}
-			return open(full, OpenOptions{Format: bformat, ReadOnly: true, Cache: opts.Cache}, depth+1)
+			return open(full, OpenOptions{Format: bformat, ReadOnly: true, Cache: opts.Cache, Lock: opts.Lock}, depth+1)
 		},
 	})
 	if err != nil {
@@ -170,9 +175,15 @@ func Create(path string, opts CreateOptions) error {
 	if opts.Format == Raw && (opts.ClusterSize != 0 || opts.Compat != "" || opts.RefcountBits != 0) {
 		return errors.New("cluster size, compat and refcount bits apply to qcow2 images only")
 	}
+	// Never truncate an image someone is using.
+	if f, err := raw.Open(path, raw.Options{Lock: true}); err == nil {
+		f.Close()
+	} else if errors.Is(err, raw.ErrLocked) {
+		return err
+	}
 	if opts.BackingFile != "" {
 		full := resolve(filepath.Dir(path), opts.BackingFile)
-		b, err := open(full, OpenOptions{Format: opts.BackingFormat, ReadOnly: true}, 1)
+		b, err := open(full, OpenOptions{Format: opts.BackingFormat, ReadOnly: true, Lock: true}, 1)
 		if err != nil {
 			return fmt.Errorf("backing file %q: %w", opts.BackingFile, err)
 		}
@@ -188,7 +199,7 @@ func Create(path string, opts CreateOptions) error {
 		return errors.New("an image size is needed (or a backing file to take it from)")
 	}
 	if opts.Format == Raw {
-		f, err := raw.Create(path, opts.Size, raw.Options{})
+		f, err := raw.Create(path, opts.Size, raw.Options{Lock: true})
 		if err != nil {
 			return err
 		}
@@ -202,7 +213,7 @@ func Create(path string, opts CreateOptions) error {
 	default:
 		return fmt.Errorf("unknown qcow2 compat level %q (want 1.1 or 0.10)", opts.Compat)
 	}
-	f, err := raw.Create(path, 0, raw.Options{})
+	f, err := raw.Create(path, 0, raw.Options{Lock: true})
 	if err != nil {
 		return err
 	}
@@ -211,7 +222,7 @@ func Create(path string, opts CreateOptions) error {
 		ClusterSize: opts.ClusterSize, Version: ver, RefcountBits: opts.RefcountBits,
 		BackingFile: opts.BackingFile, BackingFormat: opts.BackingFormat,
 	}, qcow2.Options{OpenBacking: func(name, format string) (block.Backend, error) {
-		return open(resolve(dir, name), OpenOptions{Format: format, ReadOnly: true}, 1)
+		return open(resolve(dir, name), OpenOptions{Format: format, ReadOnly: true, Lock: true}, 1)
 	}})
 	if err != nil {
 		f.Close()

@@ -240,3 +240,30 @@ func TestOpenKinds(t *testing.T) {
 	}
 	b.Close()
 }
+
+// TestToolsRespectLocks: the tool operations refuse an image a VM (here
+// a locked writable open) is using, as qemu-img does.
+func TestToolsRespectLocks(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "busy.qcow2")
+	if err := Create(p, CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := Open(p, OpenOptions{Lock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"info":     func() error { _, err := GetInfo(p); return err }(),
+		"snapshot": SnapshotOp(p, SnapshotCreate, "x"),
+		"resize":   Resize(p, 2<<20),
+		"create":   Create(p, CreateOptions{Size: 1 << 20}),
+	} {
+		if !errors.Is(err, raw.ErrLocked) {
+			t.Errorf("%s on an image in use: %v, want ErrLocked", name, err)
+		}
+	}
+	vm.Close()
+	if _, err := GetInfo(p); err != nil {
+		t.Errorf("info after the VM closed it: %v", err)
+	}
+}

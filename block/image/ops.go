@@ -52,7 +52,7 @@ type SpecificData struct {
 
 // GetInfo opens the image read-only and describes it.
 func GetInfo(path string) (*Info, error) {
-	b, err := Open(path, OpenOptions{ReadOnly: true})
+	b, err := Open(path, OpenOptions{ReadOnly: true, Lock: true})
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func Repair(path string, mode qcow2.RepairMode) (qcow2.CheckResult, string, erro
 	}
 	// The backing chain is not needed to check one image's metadata, but
 	// opening it reports a missing backing file, which is worth knowing.
-	b, err := Open(path, OpenOptions{ReadOnly: mode == qcow2.RepairNone, Format: Qcow2})
+	b, err := Open(path, OpenOptions{ReadOnly: mode == qcow2.RepairNone, Format: Qcow2, Lock: true})
 	if err != nil {
 		return qcow2.CheckResult{}, Qcow2, err
 	}
@@ -126,7 +126,7 @@ type ConvertOptions struct {
 // backing chain) into a new standalone image dst. Zero blocks are not
 // written, so the destination stays sparse.
 func Convert(src, dst string, opts ConvertOptions) error {
-	in, err := Open(src, OpenOptions{ReadOnly: true})
+	in, err := Open(src, OpenOptions{ReadOnly: true, Lock: true})
 	if err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func Convert(src, dst string, opts ConvertOptions) error {
 	if err := Create(dst, CreateOptions{Format: opts.Format, Size: size, ClusterSize: opts.ClusterSize, Compat: opts.Compat}); err != nil {
 		return err
 	}
-	out, err := Open(dst, OpenOptions{Format: opts.Format})
+	out, err := Open(dst, OpenOptions{Format: opts.Format, Lock: true})
 	if err != nil {
 		return err
 	}
@@ -190,7 +190,7 @@ func allZero(p []byte) bool {
 
 // Resize changes an image's virtual size. qcow2 images only grow.
 func Resize(path string, size int64) error {
-	b, err := Open(path, OpenOptions{})
+	b, err := Open(path, OpenOptions{Lock: true})
 	if err != nil {
 		return err
 	}
@@ -247,7 +247,7 @@ func Snapshots(path string) ([]qcow2.SnapshotInfo, error) {
 }
 
 func openQcow2(path string, ro bool) (*qcow2.Image, error) {
-	b, err := Open(path, OpenOptions{ReadOnly: ro})
+	b, err := Open(path, OpenOptions{ReadOnly: ro, Lock: true})
 	if err != nil {
 		return nil, err
 	}

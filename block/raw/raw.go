@@ -73,6 +73,11 @@ func (m CacheMode) WriteCache() bool { return m == Writeback || m == None || m =
 type Options struct {
 	ReadOnly bool
 	Cache    CacheMode
+	// Lock takes QEMU-compatible image locks (see lock.go) on a regular
+	// file, so that no other vio or QEMU process writes the image while it
+	// is open, and (when writable) none reads it. Block devices are not
+	// locked, as QEMU does not lock them either.
+	Lock bool
 }
 
 // File is a raw image in a regular file or a block device.
@@ -144,6 +149,9 @@ func Open(path string, opts Options) (*File, error) {
 	r, err := newFile(f, opts)
 	if err != nil {
 		f.Close()
+		if errors.Is(err, ErrLocked) {
+			return nil, fmt.Errorf("%s: %w (is a VM or qemu-img using it?)", path, err)
+		}
 		return nil, fmt.Errorf("raw: %s: %w", path, err)
 	}
 	return r, nil
@@ -170,6 +178,11 @@ func newFile(f *os.File, opts Options) (*File, error) {
 	}
 	if opts.Cache.Direct() {
 		r.align = r.directAlign()
+	}
+	if opts.Lock && !r.blockDev {
+		if err := r.lock(); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }
