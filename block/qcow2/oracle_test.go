@@ -311,9 +311,13 @@ func TestWritesOntoQemuImages(t *testing.T) {
 	qemu(t, "qemu-img", "convert", "-c", "-O", "qcow2", src, base)
 	top := filepath.Join(dir, "top.qcow2")
 	qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top)
+	prealloc := filepath.Join(dir, "prealloc.qcow2")
+	qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=4096", prealloc, fmt.Sprint(size))
+	v2 := filepath.Join(dir, "v2.qcow2")
+	qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "prealloc.qcow2", "-F", "qcow2", v2)
 	// Writing onto the compressed image itself: COW out of compressed
 	// clusters, freeing them.
-	for _, path := range []string{base, top} {
+	for _, path := range []string{base, top, prealloc, v2} {
 		want := dump(t, path)
 		maybeZero := make([]bool, size) // discarded: zero or old
 		img := openImg(t, path, false)
