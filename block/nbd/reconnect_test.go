@@ -27,7 +27,7 @@ type proxy struct {
 	mu      sync.Mutex
 	target  string
 	live    map[net.Conn]struct{}
-	accepts int
+	accepts int // connections proxied to a server
 	// dropAfter[i] is the number of bytes (both directions) connection i
 	// may carry before the proxy cuts it; beyond the slice, no limit.
 	dropAfter []int64
@@ -79,19 +79,22 @@ func (p *proxy) loop() {
 			return
 		}
 		p.mu.Lock()
-		target, i, stall := p.target, p.accepts, p.stall
-		p.accepts++
-		budget := int64(-1)
-		if i < len(p.dropAfter) {
-			budget = p.dropAfter[i]
-		}
+		target := p.target
 		p.mu.Unlock()
 		s, err := net.Dial("tcp", target)
 		if err != nil {
 			c.Close()
 			continue
 		}
+		// Only connections that reached a server count (and use up an
+		// entry of dropAfter).
 		p.mu.Lock()
+		i, stall := p.accepts, p.stall
+		p.accepts++
+		budget := int64(-1)
+		if i < len(p.dropAfter) {
+			budget = p.dropAfter[i]
+		}
 		p.live[c], p.live[s] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		var left atomic.Int64
@@ -519,5 +522,44 @@ func TestShutdownErrorRetried(t *testing.T) {
 	}
 	if n := p.connections(); n != 2 {
 		t.Fatalf("%d connections, want 2 (one re-connect)", n)
+	}
+}
+
+// TestReplayInterrupted: the connection carrying the replay of unflushed
+// writes is itself cut; the replay starts over on the next one, in order
+// (a later write to the same place wins), and the Flush after it is honest.
+func TestReplayInterrupted(t *testing.T) {
+	disk := &volatileDisk{durable: blocktest.NewMem(8 << 20)}
+	s1 := newTestServer(t, disk)
+	p := newProxy(t, serveTCP(t, s1))
+	p.mu.Lock()
+	p.dropAfter = []int64{-1, 1 << 20} // the second connection dies mid-replay
+	p.mu.Unlock()
+	c := dial(t, p.uri("d"), Options{ReconnectBackoff: time.Millisecond})
+	defer c.Close()
+	model := make([]byte, 8<<20)
+	rng := rand.New(rand.NewPCG(11, 11))
+	for i := 0; i < 60; i++ {
+		off := int64(i%40) * 128 << 10 // 20 places written twice
+		buf := make([]byte, 64<<10)
+		for j := range buf {
+			buf[j] = byte(rng.Uint32() | 1)
+		}
+		if _, err := c.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		copy(model[off:], buf)
+	}
+	s1.Close()
+	disk.crash()
+	p.setTarget(serveTCP(t, newTestServer(t, disk)))
+	if err := c.Flush(); err != nil {
+		t.Fatalf("Flush after an interrupted replay: %v", err)
+	}
+	if !bytes.Equal(disk.durable.Bytes(), model) {
+		t.Fatal("durable disk differs from the model after replay")
+	}
+	if n := p.connections(); n < 3 {
+		t.Fatalf("%d connections; the replay was not interrupted", n)
 	}
 }
