@@ -24,6 +24,7 @@ import (
 //	movabs rax, 0x1122334455667788; shr rax, 32; out  64-bit operand size
 //	mov edi, 0x3fff000; mov dword ptr [rdi], 0xfeedface; mov eax, [rdi]; out
 //	mov eax, 0x40000000; cpuid; mov eax, ebx; out   "KVMK"
+//	mov eax, 0x40000001; cpuid; out                 KVM features
 //	mov eax, 1; cpuid; mov eax, ebx; shr eax, 24; out  APIC ID
 //	mov ecx, 0x1a0; rdmsr; out                      IA32_MISC_ENABLE
 //	push 0x1234; pop rax; out                       the stack works
@@ -36,10 +37,11 @@ var entryProbe = []byte{
 	0x11, 0x48, 0xc1, 0xe8, 0x20, 0xe7, 0x10, 0xbf, 0x00, 0xf0, 0xff, 0x03,
 	0xc7, 0x07, 0xce, 0xfa, 0xed, 0xfe, 0x8b, 0x07, 0xe7, 0x10, 0xb8, 0x00,
 	0x00, 0x00, 0x40, 0x0f, 0xa2, 0x89, 0xd8, 0xe7, 0x10, 0xb8, 0x01, 0x00,
-	0x00, 0x00, 0x0f, 0xa2, 0x89, 0xd8, 0xc1, 0xe8, 0x18, 0xe7, 0x10, 0xb9,
-	0xa0, 0x01, 0x00, 0x00, 0x0f, 0x32, 0xe7, 0x10, 0x68, 0x34, 0x12, 0x00,
-	0x00, 0x58, 0xe7, 0x10, 0x48, 0x89, 0xe0, 0xe7, 0x10, 0x8c, 0xc8, 0xe7,
-	0x10, 0x8c, 0xd0, 0xe7, 0x10, 0xf4,
+	0x00, 0x40, 0x0f, 0xa2, 0xe7, 0x10, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f,
+	0xa2, 0x89, 0xd8, 0xc1, 0xe8, 0x18, 0xe7, 0x10, 0xb9, 0xa0, 0x01, 0x00,
+	0x00, 0x0f, 0x32, 0xe7, 0x10, 0x68, 0x34, 0x12, 0x00, 0x00, 0x58, 0xe7,
+	0x10, 0x48, 0x89, 0xe0, 0xe7, 0x10, 0x8c, 0xc8, 0xe7, 0x10, 0x8c, 0xd0,
+	0xe7, 0x10, 0xf4,
 }
 
 func kvmSeg(s x86.Segment) kvm.Segment {
@@ -74,7 +76,13 @@ func bzImage(img []byte) kernelLoader {
 	}
 }
 
-func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, irqchip bool) *bootVM {
+// bootOpts are the knobs the tests turn.
+type bootOpts struct {
+	irqchip     bool   // in-kernel LAPIC/IOAPIC/PIC and PIT
+	kvmFeatures uint32 // CPUIDConfig.KVMFeatures
+}
+
+func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, o bootOpts) *bootVM {
 	t.Helper()
 	sys, err := kvm.Open("")
 	if errors.Is(err, kvm.ErrNoKVM) {
@@ -131,7 +139,7 @@ func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, irqc
 		t.Fatal(err)
 	}
 
-	if irqchip {
+	if o.irqchip {
 		// As the vmm will: in-kernel LAPIC, IOAPIC and PIC, and the
 		// PIT with its port 0x61.
 		if err := vm.CreateIRQChip(); err != nil {
@@ -156,21 +164,10 @@ func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, irqc
 	}
 	// KVM_CAP_TSC_DEADLINE_TIMER (72): the in-kernel LAPIC has it.
 	deadline, _ := sys.CheckExtension(kvm.Cap(72))
-	guest, err := x86.GuestCPUID(in, x86.CPUIDConfig{CPU: 0, NumCPUs: 1, TSCDeadline: irqchip && deadline > 0})
+	guest, err := x86.GuestCPUID(in, x86.CPUIDConfig{CPU: 0, NumCPUs: 1,
+		TSCDeadline: o.irqchip && deadline > 0, KVMFeatures: o.kvmFeatures})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if sys.IsPVM() {
-		// PVM's shadow paging sends some guest writes through KVM's
-		// instruction emulator, which cannot do CMPXCHG16B (SLUB's
-		// cmpxchg_double) or XSAVE/XRSTOR (FPU init): both ended
-		// Linux boots here with "emulation failure". Without CX16
-		// and XSAVE the guest uses a lock and FXSAVE instead.
-		for i := range guest {
-			if guest[i].Function == 1 {
-				guest[i].ECX &^= 1<<13 | 1<<26
-			}
-		}
 	}
 	out := make([]kvm.CPUIDEntry, len(guest))
 	for i, e := range guest {
@@ -205,6 +202,10 @@ func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, irqc
 	return &bootVM{sys: sys, vm: vm, cpu: cpu, mem: mem, e820: e820}
 }
 
+// probeFeatures is an unusual KVM feature set for the probe guest to find
+// in CPUID: seeing it proves the guest runs on vio's CPUID table.
+const probeFeatures = x86.KVMFeatureClocksource2 | x86.KVMFeatureNopIODelay
+
 // TestBootOnKVM enters a synthetic bzImage through the whole boot path
 // (loader, zero page, GDT, page tables, registers, CPUID, MSRs) on the
 // real /dev/kvm. KVM refuses an inconsistent long-mode state outright, and
@@ -212,7 +213,8 @@ func newBootVM(t *testing.T, load kernelLoader, ram uint64, cmdline string, irqc
 func TestBootOnKVM(t *testing.T) {
 	o := loadertest.Default()
 	o.Entry64 = entryProbe
-	vm := newBootVM(t, bzImage(loadertest.BzImage(o)), 64<<20, "console=ttyS0", false)
+	vm := newBootVM(t, bzImage(loadertest.BzImage(o)), 64<<20, "console=ttyS0",
+		bootOpts{kvmFeatures: probeFeatures})
 	cpu, mem, e820 := vm.cpu, vm.mem, vm.e820
 
 	var got []uint32
@@ -246,6 +248,7 @@ func TestBootOnKVM(t *testing.T) {
 		{"64-bit shift", 0x11223344},
 		{"write through identity map", 0xfeedface},
 		{"CPUID 0x40000000 EBX", binary.LittleEndian.Uint32([]byte("KVMK"))},
+		{"CPUID 0x40000001 EAX", probeFeatures},
 		{"APIC ID", 0},
 		{"IA32_MISC_ENABLE fast strings", x86.MiscEnableFastString},
 		{"push/pop", 0x1234},
