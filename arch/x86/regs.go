@@ -64,7 +64,7 @@ const (
 	SelectorCode = 0x10
 	SelectorData = 0x18
 	SelectorTSS  = 0x20 // a 16-byte system descriptor: entries 4 and 5
-	gdtEntries   = 6
+	GDTEntries   = 6    // null, null, code, data, TSS (two slots)
 )
 
 // Flat segments the GDT holds, in KVM's form.
@@ -109,8 +109,8 @@ func DecodeDescriptor(sel uint16, d uint64) Segment {
 }
 
 // GDT returns the boot GDT's descriptors.
-func GDT() [gdtEntries]uint64 {
-	var g [gdtEntries]uint64
+func GDT() [GDTEntries]uint64 {
+	var g [GDTEntries]uint64
 	g[SelectorCode/8] = EncodeDescriptor(codeSeg)
 	g[SelectorData/8] = EncodeDescriptor(dataSeg)
 	g[SelectorTSS/8] = EncodeDescriptor(tssSeg)
