@@ -302,3 +302,40 @@ func TestReplyReaderValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestHostileHandshake: a server announcing huge or malformed replies is
+// refused at once, without allocating what it announces.
+func TestHostileHandshake(t *testing.T) {
+	greet := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, magicInit), magicOpt), flagFixedNewstyle)
+	rep := func(opt, typ, n uint32) []byte {
+		b := binary.BigEndian.AppendUint64(nil, magicOptReply)
+		b = binary.BigEndian.AppendUint32(b, opt)
+		b = binary.BigEndian.AppendUint32(b, typ)
+		return binary.BigEndian.AppendUint32(b, n)
+	}
+	info := func(typ uint16, rest ...byte) []byte {
+		d := append(binary.BigEndian.AppendUint16(nil, typ), rest...)
+		return append(rep(optGo, repInfo, uint32(len(d))), d...)
+	}
+	ack := rep(optStructuredReply, repAck, 0)
+	cases := map[string][]byte{
+		"1 GiB option reply":    join(greet, rep(optStructuredReply, repAck, 1<<30)),
+		"reply to other option": join(greet, rep(optGo, repAck, 0)),
+		"ack without export":    join(greet, ack, rep(optGo, repAck, 0)),
+		"short export info":     join(greet, ack, info(infoExport, 1, 2, 3)),
+		"zero block size":       join(greet, ack, info(infoBlockSize, make([]byte, 12)...)),
+		"block size not pow2":   join(greet, ack, info(infoBlockSize, 0, 0, 3, 0, 0, 0, 16, 0, 0, 1, 0, 0)),
+		"export too big":        join(greet, ack, info(infoExport, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 1), rep(optGo, repAck, 0)),
+		"oldstyle":              join(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, magicInit), magicOldstyle), make([]byte, 140)),
+	}
+	for name, in := range cases {
+		fc := &fakeConn{r: bytes.NewReader(in)}
+		info, err := handshake(fc, bufio.NewReader(fc), "d")
+		if err == nil {
+			err = checkInfo(info)
+		}
+		if err == nil {
+			t.Errorf("%s: handshake accepted it: %+v", name, info)
+		}
+	}
+}

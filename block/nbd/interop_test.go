@@ -140,6 +140,21 @@ func TestClientAgainstQemuNbd(t *testing.T) {
 	})
 }
 
+// TestClientAgainstQemuNbdReopen: what our client flushed and closed is
+// there for the next client of the same qemu-nbd.
+func TestClientAgainstQemuNbdReopen(t *testing.T) {
+	qnbd := needTool(t, "qemu-nbd")
+	blocktest.RunReopen(t, func(t *testing.T, size int64) func() (block.Backend, error) {
+		img := zeroFile(t, size)
+		sock := filepath.Join(t.TempDir(), "q.sock")
+		startTool(t, qnbd, "-f", "raw", "-k", sock, "-x", "disk", "-t", img)
+		waitListening(t, "unix", sock)
+		return func() (block.Backend, error) {
+			return Dial(context.Background(), unixURI(sock, "disk"), Options{})
+		}
+	})
+}
+
 // TestClientAgainstQemuNbdTCP checks data written by our client lands in
 // the file qemu-nbd serves, over loopback TCP.
 func TestClientAgainstQemuNbdTCP(t *testing.T) {
