@@ -76,7 +76,7 @@ func TestConformanceReopen(t *testing.T) {
 	})
 }
 
-// TestConformanceTCPSimpleReplies covers the path without structured
+// TestConformanceSimpleReplies covers the path without structured
 // replies (the server refuses the option) over loopback TCP.
 func TestConformanceSimpleReplies(t *testing.T) {
 	blocktest.Run(t, func(t *testing.T, size int64) block.Backend {
