@@ -2,6 +2,8 @@ package blocktest
 
 import (
 	"math/rand/v2"
+	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/viovmm/vio/block"
@@ -77,21 +79,26 @@ func (d stickyResize) Resize(size int64) error {
 	return nil
 }
 
-// racy shares one scratch buffer between all writers.
+// racy stages every write in one shared buffer, like a back-end that
+// forgot a lock: the staging is itself locked (so the race detector has
+// nothing to say) but another write can slip in before the data is used.
 type racy struct {
 	*Mem
+	mu      sync.Mutex
 	scratch []byte
 }
 
 func (d *racy) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
 	if len(d.scratch) < len(p) {
 		d.scratch = make([]byte, len(p))
 	}
-	s := d.scratch[:len(p)]
-	copy(s, p)
-	for i := 0; i < 1000; i++ { // widen the window
-		_ = s[i%len(s)]
-	}
+	copy(d.scratch, p)
+	d.mu.Unlock()
+	runtime.Gosched() // widen the window
+	d.mu.Lock()
+	s := append([]byte(nil), d.scratch[:len(p)]...)
+	d.mu.Unlock()
 	return d.Mem.WriteAt(s, off)
 }
 
