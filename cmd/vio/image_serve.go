@@ -30,12 +30,19 @@ func imageServeCommand() *cobra.Command {
 	var addr, name, format, cache, desc string
 	var readOnly bool
 	c := &cobra.Command{
-		Use:   "serve --nbd ADDR [-f raw|qcow2] [--export-name NAME] [--read-only] FILE",
-		Short: "Export an image over NBD (ADDR: host:port, or unix:PATH for a unix socket) until interrupted",
-		Args:  cobra.ExactArgs(1),
+		Use:   "serve --nbd ADDR [-f raw|qcow2] [--export-name NAME] [--read-only] FILE...",
+		Short: "Export images over NBD (ADDR: host:port, or unix:PATH for a unix socket) until interrupted",
+		Long: `Export one or more images over NBD until interrupted (SIGINT, SIGTERM),
+then finish the requests in progress and flush the images. Each image is an
+export named after its file (or --export-name, with a single FILE); a client
+asking for the empty name gets the first.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if addr == "" {
 				return errors.New("--nbd ADDR is required, e.g. --nbd 127.0.0.1:10809 or --nbd unix:/run/disk.sock")
+			}
+			if cmd.Flags().Changed("export-name") && len(args) > 1 {
+				return errors.New("--export-name names a single FILE; with several, each export is named after its file")
 			}
 			if format != "" {
 				if err := image.CheckFormat(format); err != nil {
@@ -46,22 +53,36 @@ func imageServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			file := args[0]
-			if !cmd.Flags().Changed("export-name") {
-				name = filepath.Base(file)
+			var exports []nbd.Export
+			closeAll := func() error {
+				var first error
+				for _, e := range exports {
+					if err := e.Backend.Close(); err != nil && first == nil {
+						first = err
+					}
+				}
+				return first
 			}
-			b, err := image.Open(file, image.OpenOptions{Format: format, ReadOnly: readOnly, Cache: mode})
-			if err != nil {
-				return err
+			for _, file := range args {
+				b, err := image.Open(file, image.OpenOptions{Format: format, ReadOnly: readOnly, Cache: mode})
+				if err != nil {
+					closeAll()
+					return err
+				}
+				n := filepath.Base(file)
+				if cmd.Flags().Changed("export-name") {
+					n = name
+				}
+				exports = append(exports, nbd.Export{Name: n, Description: desc, Backend: b, ReadOnly: readOnly})
 			}
-			s, err := nbd.NewServer(nbd.Export{Name: name, Description: desc, Backend: b, ReadOnly: readOnly})
+			s, err := nbd.NewServer(exports...)
 			if err != nil {
-				b.Close()
+				closeAll()
 				return err
 			}
 			l, err := nbd.Listen(addr)
 			if err != nil {
-				b.Close()
+				closeAll()
 				return err
 			}
 			if l.Addr().Network() == "unix" {
@@ -69,8 +90,10 @@ func imageServeCommand() *cobra.Command {
 				defer os.Remove(l.Addr().String())
 			}
 			s.Logf = func(format string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "vio: "+format+"\n", a...) }
-			fmt.Fprintf(cmd.ErrOrStderr(), "vio: serving %s (%d bytes%s) as %s\n", file, b.Size(),
-				map[bool]string{true: ", read-only"}[readOnly], exportURI(l.Addr(), name))
+			for i, e := range exports {
+				fmt.Fprintf(cmd.ErrOrStderr(), "vio: serving %s (%d bytes%s) as %s\n", args[i], e.Backend.Size(),
+					map[bool]string{true: ", read-only"}[readOnly], exportURI(l.Addr(), e.Name))
+			}
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -79,16 +102,16 @@ func imageServeCommand() *cobra.Command {
 			select {
 			case <-ctx.Done():
 			case err := <-served:
-				b.Close()
+				closeAll()
 				return fmt.Errorf("serving NBD on %s: %w", addr, err)
 			}
-			// Let requests in progress finish, then flush the image.
+			// Let requests in progress finish, then flush the images.
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			serr := s.Shutdown(sctx)
 			<-served
-			if err := b.Close(); err != nil {
-				return fmt.Errorf("closing %s: %w", file, err)
+			if err := closeAll(); err != nil {
+				return fmt.Errorf("closing the images: %w", err)
 			}
 			if serr != nil {
 				return fmt.Errorf("shutting down the NBD server: %w", serr)
@@ -97,8 +120,8 @@ func imageServeCommand() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&addr, "nbd", "", "where to listen: host:port, or unix:PATH")
-	c.Flags().StringVarP(&format, "format", "f", "", "image format: raw or qcow2 (probed if not given)")
-	c.Flags().StringVarP(&name, "export-name", "x", "", "export name (default: the file's base name; clients asking for \"\" get it too)")
+	c.Flags().StringVarP(&format, "format", "f", "", "image format of every FILE: raw or qcow2 (probed if not given)")
+	c.Flags().StringVarP(&name, "export-name", "x", "", "export name, with a single FILE (default: the file's base name)")
 	c.Flags().StringVar(&desc, "description", "", "export description shown by NBD_OPT_LIST")
 	c.Flags().BoolVarP(&readOnly, "read-only", "r", false, "export read-only")
 	c.Flags().StringVar(&cache, "cache", "writeback", "host cache mode: writeback, writethrough, none, directsync or unsafe")

@@ -22,6 +22,10 @@ func TestImageServe(t *testing.T) {
 	if out, err := runImage(t, "create", img, "8M"); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
+	second := filepath.Join(dir, "second.raw")
+	if out, err := runImage(t, "create", "-f", "raw", second, "4M"); err != nil {
+		t.Fatalf("create: %v\n%s", err, out)
+	}
 	sock := filepath.Join(dir, "nbd.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -29,7 +33,7 @@ func TestImageServe(t *testing.T) {
 	var out bytes.Buffer
 	c.SetOut(&out)
 	c.SetErr(&out)
-	c.SetArgs([]string{"serve", "--nbd", "unix:" + sock, img})
+	c.SetArgs([]string{"serve", "--nbd", "unix:" + sock, img, second})
 	done := make(chan error, 1)
 	go func() { done <- c.ExecuteContext(ctx) }()
 
@@ -53,6 +57,14 @@ func TestImageServe(t *testing.T) {
 	if cl.Size() != 8<<20 {
 		t.Fatalf("export size %d", cl.Size())
 	}
+	c2, err := nbd.Dial(ctx, "nbd+unix:///second.raw?socket="+sock, nbd.Options{})
+	if err != nil {
+		t.Fatalf("second export: %v", err)
+	}
+	if c2.Size() != 4<<20 {
+		t.Fatalf("second export size %d", c2.Size())
+	}
+	c2.Close()
 	if _, err := cl.WriteAt([]byte("over nbd"), 1<<20); err != nil {
 		t.Fatal(err)
 	}
