@@ -390,14 +390,14 @@ func TestFioVerifyAgainstServer(t *testing.T) {
 	_, sock, _, _ := rawExport(t, 8<<20)
 	out := run(t, fio, "--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///disk?socket="+sock,
 		"--rw=randwrite", "--bs=4k", "--bsrange=512-64k", "--iodepth=16", "--size=8M",
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", "--verify_state_save=0")
 	if !strings.Contains(out, "verify") && !strings.Contains(out, "WRITE") {
 		t.Fatalf("unexpected fio output:\n%s", out)
 	}
 	// And the oracle can fail: verifying a region never written fails.
 	bad, err := exec.Command(fio, "--name=bad", "--ioengine=nbd", "--uri=nbd+unix:///disk?socket="+sock,
 		"--rw=read", "--bs=4k", "--size=8M", "--offset=0", "--verify=crc32c", "--verify_only=1",
-		"--verify_fatal=1", "--verify_pattern=0x5a5a5a5a").CombinedOutput()
+		"--verify_fatal=1", "--verify_pattern=0x5a5a5a5a", "--verify_state_save=0").CombinedOutput()
 	if err == nil || !strings.Contains(string(bad), "verify: bad") {
 		t.Fatalf("fio verified a pattern that was never written (%v):\n%s", err, bad)
 	}
