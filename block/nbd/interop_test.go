@@ -155,6 +155,31 @@ func TestClientAgainstQemuNbdReopen(t *testing.T) {
 	})
 }
 
+// TestClientAgainstReadOnlyQemuNbd: NBD_FLAG_READ_ONLY from a real server
+// makes writes fail locally with block.ErrReadOnly, reads still work.
+func TestClientAgainstReadOnlyQemuNbd(t *testing.T) {
+	qnbd := needTool(t, "qemu-nbd")
+	img := zeroFile(t, 1<<20)
+	if err := os.WriteFile(img, bytes.Repeat([]byte("ro"), 1<<19), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "q.sock")
+	startTool(t, qnbd, "-r", "-f", "raw", "-k", sock, "-x", "disk", "-t", img)
+	waitListening(t, "unix", sock)
+	c := dial(t, unixURI(sock, "disk"), Options{})
+	defer c.Close()
+	if !c.ReadOnly() {
+		t.Fatal("qemu-nbd -r export not reported read-only")
+	}
+	if _, err := c.WriteAt([]byte("x"), 0); !errors.Is(err, block.ErrReadOnly) {
+		t.Fatalf("WriteAt: %v, want ErrReadOnly", err)
+	}
+	p := make([]byte, 4)
+	if _, err := c.ReadAt(p, 1000); err != nil || string(p) != "roro" {
+		t.Fatalf("ReadAt = %q, %v", p, err)
+	}
+}
+
 // TestClientAgainstQemuNbdTCP checks data written by our client lands in
 // the file qemu-nbd serves, over loopback TCP.
 func TestClientAgainstQemuNbdTCP(t *testing.T) {
