@@ -182,6 +182,8 @@ func TestCrash(t *testing.T) {
 		{CreateOptions{ClusterSize: 4096}, false},
 		{CreateOptions{ClusterSize: 512, RefcountBits: 4}, false},
 		{CreateOptions{ClusterSize: 4096}, true},
+		// 2 MiB per refcount table cluster: the table grows mid-run.
+		{CreateOptions{ClusterSize: 512, RefcountBits: 64}, false},
 	} {
 		t.Run(fmt.Sprint(c.copts.ClusterSize, "-snapshots=", c.snapshots), func(t *testing.T) {
 			total, _ := crashRun(t, c.copts, c.snapshots, -1, 0)
@@ -198,7 +200,11 @@ func TestCrash(t *testing.T) {
 // the crashed image is checked. It returns the workload's operation count.
 func crashRun(t *testing.T, copts CreateOptions, snapshots bool, freeze int, seed uint64) (int, bool) {
 	t.Helper()
-	const size = 2 << 20
+	size := int64(2 << 20)
+	growth := copts.RefcountBits == 64 // fill enough to make the refcount table grow
+	if growth {
+		size = 4 << 20
+	}
 	disk := blocktest.NewCrashDisk(0)
 	img, err := Create(disk, size, copts, Options{CacheBytes: 16 << 10})
 	if err != nil {
@@ -220,9 +226,20 @@ func crashRun(t *testing.T, copts CreateOptions, snapshots bool, freeze int, see
 			dirty[i] = true
 		}
 	}
+	if growth {
+		for off := int64(0); off < 3<<20; off += 256 << 10 {
+			p := make([]byte, 256<<10)
+			fillRandom(rng, p)
+			if _, err := img.WriteAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			copy(model[off:], p)
+			touch(off, int64(len(p)))
+		}
+	}
 	for i := 0; i < 300; i++ {
 		off := rng.Int64N(size)
-		n := min(size-off, 1+rng.Int64N(4*cs))
+		n := min(size-off, 1+rng.Int64N(max(4*cs, 24<<10)))
 		if rng.IntN(2) == 0 {
 			off = off / cs * cs
 		}
@@ -292,6 +309,9 @@ func crashRun(t *testing.T, copts CreateOptions, snapshots bool, freeze int, see
 		t.Fatalf("the workload took only %d snapshots", len(snaps))
 	}
 	if freeze < 0 {
+		if growth && img.h.refTableClusters < 2 {
+			t.Fatal("the refcount table did not grow during the workload")
+		}
 		img.Close()
 		return total, true
 	}

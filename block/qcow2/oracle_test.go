@@ -470,3 +470,43 @@ func TestNoDataOverMetadata(t *testing.T) {
 		t.Errorf("L1 table on disk changed to %#x", be.Uint64(buf))
 	}
 }
+
+// TestRefcountTableGrowth fills an image whose refcount table covers
+// little (512-byte clusters, 64-bit refcounts: 2 MiB per table cluster),
+// so the table must move and grow several times, with snapshots on top.
+func TestRefcountTableGrowth(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "grow.qcow2")
+	const size = 6 << 20
+	img := create(t, path, size, CreateOptions{ClusterSize: 512, RefcountBits: 64})
+	rng := rand.New(rand.NewPCG(6, 6))
+	want := make([]byte, size)
+	fillRandom(rng, want)
+	for off := 0; off < size; off += 128 << 10 {
+		if _, err := img.WriteAt(want[off:off+128<<10], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		if off == 3<<20 {
+			if err := img.CreateSnapshot("half"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := img.Info(); n.ClusterSize != 512 {
+		t.Fatal(n)
+	}
+	img.mu.Lock()
+	clusters := img.h.refTableClusters
+	img.mu.Unlock()
+	if clusters < 4 {
+		t.Errorf("refcount table has %d clusters: it never grew", clusters)
+	}
+	sameBytes(t, "before reopening", readAll(t, img), want)
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, path, false)
+	sameBytes(t, "after reopening", readAll(t, openImg(t, path, true)), want)
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		sameBytes(t, "qemu reading it", dump(t, path), want)
+	}
+}
