@@ -461,7 +461,7 @@ var crashIters = func() int {
 	if n, err := strconv.Atoi(os.Getenv("VIO_CRASH_ITERS")); err == nil && n > 0 {
 		return n
 	}
-	return 40
+	return 25
 }()
 
 // onlyCautiousFlags reports whether qemu-img check's only errors are
