@@ -89,8 +89,9 @@ func RAMLayout(size uint64) ([]memory.Layout, error) {
 	}, nil
 }
 
-// splitRAM returns how much RAM lies below 4 GiB and above it.
-func splitRAM(layout []memory.Layout) (low, high uint64) {
+// SplitRAM returns how much of layout's RAM lies below 4 GiB and above it
+// (what the CMOS memory-size bytes report).
+func SplitRAM(layout []memory.Layout) (low, high uint64) {
 	for _, l := range layout {
 		end := l.GPA + l.Size
 		if l.GPA < MMIOEnd {

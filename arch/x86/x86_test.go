@@ -57,6 +57,10 @@ func TestRAMLayout(t *testing.T) {
 		if total != tc.size {
 			t.Errorf("%d MiB laid out as %d", tc.size>>20, total>>20)
 		}
+		low, high := x86.SplitRAM(got)
+		if low+high != tc.size || low > x86.MMIOStart || high > 0 && low != x86.MMIOStart {
+			t.Errorf("%d MiB split as %#x below 4 GiB, %#x above", tc.size>>20, low, high)
+		}
 	}
 	for _, bad := range []uint64{0, 1 << 20, 64<<20 + 1} {
 		if _, err := x86.RAMLayout(bad); err == nil {

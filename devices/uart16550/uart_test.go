@@ -365,3 +365,30 @@ func TestWriteInputWaitsForGuest(t *testing.T) {
 		t.Fatalf("WriteInput to a full FIFO with a dead context: %d, %v", n, err)
 	}
 }
+
+// TestLinuxSizeFIFO replays size_fifo() from Linux's 8250 driver, which
+// measures the receive FIFO by looping 256 bytes back at divisor 1.
+func TestLinuxSizeFIFO(t *testing.T) {
+	r := newRig(t)
+	r.out8(u8250.RegFCR, u8250.FCREnable)
+	r.out8(u8250.RegFCR, u8250.FCREnable|u8250.FCRClearRx|u8250.FCRClearTx)
+	r.out8(u8250.RegMCR, u8250.MCRLoop)
+	r.out8(u8250.RegLCR, u8250.LCRDLAB)
+	r.out8(u8250.RegData, 1) // DLL
+	r.out8(u8250.RegIER, 0)  // DLM
+	r.out8(u8250.RegLCR, 0x03)
+	for i := 0; i < 256; i++ {
+		r.out8(u8250.RegData, byte(i))
+	}
+	n := 0
+	for r.in(u8250.RegLSR)&u8250.LSRDataReady != 0 && n <= 256 {
+		r.in(u8250.RegData)
+		n++
+	}
+	if n != u8250.FIFOSize {
+		t.Fatalf("size_fifo would measure %d bytes, want %d", n, u8250.FIFOSize)
+	}
+	if r.out.String() != "" {
+		t.Fatal("loopback bytes reached the output")
+	}
+}
