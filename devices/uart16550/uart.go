@@ -153,7 +153,8 @@ var _ bus.Device = (*UART)(nil)
 
 // New returns a UART in its reset state. Transmitted bytes go to out, one
 // Write per byte, synchronously on the vCPU thread that wrote THR: out must
-// not block for long (a terminal, a file, or a pipe whose reader keeps up).
+// not block for long (a file, or a pipe whose reader keeps up); wrap
+// anything that might (a terminal, a socket) in an AsyncWriter.
 // A failed write drops the byte; the guest cannot be told. line carries the
 // interrupt (IRQ 4 for COM1); it is raised while an enabled interrupt is
 // pending and MCR.OUT2 is set, as on a PC.
