@@ -173,6 +173,9 @@ func Parse(r io.ReaderAt, size int64) (*Kernel, error) {
 	}
 	le := binary.LittleEndian
 	var h Header
+	if len(head) < minHeaderEnd {
+		return nil, fmt.Errorf("%w: %d-byte file ends inside the setup header", ErrNotBzImage, len(head))
+	}
 	h.Version = le.Uint16(head[offVersion:])
 	if h.Version < MinProtocol {
 		return nil, fmt.Errorf("%w: boot protocol %d.%02d, need 2.06 or later for a 64-bit boot",
