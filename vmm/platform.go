@@ -34,6 +34,9 @@ func (l isaLine) SetLevel(high bool) error { return l.vm.IRQLine(l.irq, high) }
 
 func newPlatform(v *VM, stdio IO) (*platform, error) {
 	p := &platform{}
+	if v.cfg.Console.Mode == config.ModeTty {
+		stdio.Stdin = nil // the virtio console has the terminal's input
+	}
 	out, in, err := consoleStreams(v, v.cfg.Serial, stdio)
 	if err != nil {
 		return nil, err

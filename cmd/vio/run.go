@@ -125,7 +125,7 @@ func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM bool) error {
 	defer stop()
 
 	stdio := vmm.IO{Stdout: os.Stdout}
-	if cfg.Serial.Mode == config.ModeTty || cfg.Serial.Mode == "" {
+	if cfg.Serial.Mode == config.ModeTty || cfg.Serial.Mode == "" || cfg.Console.Mode == config.ModeTty {
 		in, restore, err := terminalInput(os.Stdin, stop)
 		if err != nil {
 			return err

@@ -259,3 +259,56 @@ func (b *Builder) WriteFile(file string) error {
 	}
 	return os.Rename(tmp.Name(), file)
 }
+
+// Paths returns the image paths of everything added, sorted.
+func (b *Builder) Paths() []string {
+	names := make([]string, 0, len(b.entries))
+	for p := range b.entries {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// WriteDir writes the collected files into dir as a directory tree instead
+// of an archive (to make a filesystem image of large tools, say). No /init
+// is needed.
+func (b *Builder) WriteDir(dir string) error {
+	if b.err != nil {
+		return b.err
+	}
+	for _, p := range b.Paths() {
+		e := b.entries[p]
+		dst := filepath.Join(dir, filepath.FromSlash(p))
+		var err error
+		switch e.mode & 0o170000 {
+		case modeDir:
+			err = os.MkdirAll(dst, 0o755)
+		case modeSymlink:
+			err = os.Symlink(string(e.data), dst)
+		default:
+			err = os.WriteFile(dst, e.data, os.FileMode(e.mode&0o777))
+		}
+		if err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+	}
+	return nil
+}
+
+// Interpreter returns the ELF interpreter (dynamic loader) a program names,
+// or "" for a static program or a script.
+func Interpreter(file string) string {
+	f, err := elf.Open(file)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			data, _ := io.ReadAll(prog.Open())
+			return string(bytes.TrimRight(data, "\x00"))
+		}
+	}
+	return ""
+}

@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -114,26 +116,99 @@ func Assets(t testing.TB) *assets.Assets {
 	return a
 }
 
-// Initramfs builds a guest initramfs in a temporary directory: busybox, the
-// named kernel modules, and script as /init's program (run by busybox sh
-// after the modules are loaded). It returns the file's path.
-func Initramfs(t testing.TB, script string, modules ...string) string {
+// Guest is the guest half of a scenario: a busybox shell script run as
+// init once the kernel modules are loaded, and host programs (fio,
+// mkfs.ext4 ...) it needs.
+//
+// Programs with their shared libraries can be large (Debian's fio pulls in
+// 80 MB of Ceph and ICU libraries), and an initramfs that size takes minutes
+// to unpack at the lab's emulated speed. So they travel on a separate,
+// read-only ext4 "tools" disk that the guest mounts at /tools; the
+// initramfs holds small wrappers at the programs' usual paths that start
+// them through the dynamic loader with /tools' library directories.
+type Guest struct {
+	Script   string
+	Modules  []string
+	Programs []string // absolute host paths; callable by those paths in the guest
+}
+
+// toolsPrelude mounts the tools disk, which is always the guest's last
+// virtio disk.
+const toolsPrelude = `mkdir -p /tools && mount -t ext4 -o ro "$(ls /dev/vd* | tail -1)" /tools ||
+	{ echo "labtest: cannot mount the tools disk"; poweroff -f; }
+`
+
+// Build writes the guest's initramfs into a temporary directory and
+// returns its path, and the tools disk image ("" without Programs), which
+// must be attached as the VM's last virtio disk.
+func (g Guest) Build(t testing.TB) (initrd, tools string) {
 	t.Helper()
 	a := Assets(t)
+	dir := t.TempDir()
 	b := initramfs.New()
 	b.Busybox(a.Busybox)
-	if len(modules) > 0 {
-		mods, err := initramfs.OpenModules(a.ModulesDir)
+	mods := g.Modules
+	script := g.Script
+	if len(g.Programs) > 0 {
+		mods = append(mods, "virtio_pci", "virtio_blk", "ext4")
+		script = toolsPrelude + script
+		tools = filepath.Join(dir, "tools.img")
+		libs, err := buildTools(g.Programs, filepath.Join(dir, "tools"), tools)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Modules(mods, modules...)
+		libPath := strings.Join(libs, ":")
+		for _, p := range g.Programs {
+			wrapper := fmt.Sprintf("#!/bin/sh\nexec /tools%s --library-path %s /tools%s \"$@\"\n",
+				initramfs.Interpreter(p), libPath, p)
+			b.File(p, []byte(wrapper), 0o755)
+		}
+	}
+	if len(mods) > 0 {
+		m, err := initramfs.OpenModules(a.ModulesDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Modules(m, mods...)
 	}
 	b.File("/guest.sh", []byte(script), 0o755)
 	b.Init("/bin/sh", "/guest.sh")
-	out := filepath.Join(t.TempDir(), "initramfs.cpio.gz")
-	if err := b.WriteFile(out); err != nil {
+	initrd = filepath.Join(dir, "initramfs.cpio.gz")
+	if err := b.WriteFile(initrd); err != nil {
 		t.Fatal(err)
 	}
-	return out
+	return initrd, tools
+}
+
+// buildTools collects the programs and their libraries into root, makes
+// an ext4 image of it and returns the library directories, as the guest
+// sees them under /tools.
+func buildTools(programs []string, root, image string) ([]string, error) {
+	tb := initramfs.New()
+	for _, p := range programs {
+		tb.Executable(p, p)
+	}
+	if err := tb.WriteDir(root); err != nil {
+		return nil, err
+	}
+	out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "viotools", "-d", root, image, "512M").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("making the tools disk: mkfs.ext4: %v\n%s", err, out)
+	}
+	seen := map[string]bool{}
+	var dirs []string
+	for _, p := range tb.Paths() {
+		if strings.Contains(path.Base(p), ".so") && !seen[path.Dir(p)] {
+			seen[path.Dir(p)] = true
+			dirs = append(dirs, "/tools"+path.Dir(p))
+		}
+	}
+	return dirs, nil
+}
+
+// Initramfs builds a guest with just a script and kernel modules.
+func Initramfs(t testing.TB, script string, modules ...string) string {
+	t.Helper()
+	initrd, _ := Guest{Script: script, Modules: modules}.Build(t)
+	return initrd
 }

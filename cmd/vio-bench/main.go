@@ -1,0 +1,119 @@
+// Command vio-bench measures vio side by side with QEMU on the same kernel,
+// initramfs and guest size, interleaving runs (A, B, A, B ...) and quoting
+// medians and ratios, because absolute speeds in the lab mean nothing.
+//
+//	go run ./cmd/vio-bench boot [-rounds N]
+//
+// On a host without hardware virtualization it runs itself inside the lab.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+
+	"github.com/viovmm/vio/lab"
+	"github.com/viovmm/vio/lab/assets"
+	"github.com/viovmm/vio/lab/initramfs"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	rounds := fs.Int("rounds", 3, "interleaved rounds per VMM")
+	mem := fs.Int("memory", 256, "guest RAM in MiB")
+	fs.Parse(os.Args[2:])
+	var err error
+	switch os.Args[1] {
+	case "boot":
+		err = inLab(func(e *env) error { return benchBoot(e, *rounds, *mem) })
+	default:
+		usage()
+	}
+	var exit *lab.ExitError
+	if errors.As(err, &exit) {
+		os.Exit(exit.Code)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vio-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot [-rounds N] [-memory MiB]")
+	os.Exit(2)
+}
+
+// env is what a benchmark needs where it runs.
+type env struct {
+	vio    string // vio binary
+	qemu   string
+	assets *assets.Assets
+	work   string // scratch directory
+}
+
+// inLab prepares the binaries and assets on the host, then runs f where a
+// real KVM is: here, or inside the lab.
+func inLab(f func(*env) error) error {
+	if os.Getenv("VIO_LAB_INSIDE") == "1" || lab.HardwareKVM() {
+		a, err := assets.Load(assets.DefaultDir())
+		if err != nil {
+			return err
+		}
+		qemu, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			return errors.New("qemu-system-x86_64 is not installed: run scripts/setup-host")
+		}
+		work, err := os.MkdirTemp("", "vio-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
+		return f(&env{vio: os.Getenv("VIO_BIN"), qemu: qemu, assets: a, work: work})
+	}
+	ctx := context.Background()
+	if _, err := assets.Ensure(ctx, assets.DefaultDir(), nil); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "vio-bench-bin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	vio := filepath.Join(dir, "vio")
+	self := filepath.Join(dir, "vio-bench")
+	for bin, pkg := range map[string]string{vio: "./cmd/vio", self: "./cmd/vio-bench"} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building %s (run vio-bench from the repository root): %w", pkg, err)
+		}
+	}
+	fmt.Printf("vio-bench: no hardware KVM here; running in the lab (%d host CPUs)\n", runtime.NumCPU())
+	return lab.Exec(ctx, lab.Config{Env: []string{"VIO_BIN=" + vio}}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
+}
+
+// guestInitrd builds an initramfs running script.
+func (e *env) guestInitrd(name, script string, modules ...string) (string, error) {
+	b := initramfs.New()
+	b.Busybox(e.assets.Busybox)
+	if len(modules) > 0 {
+		m, err := initramfs.OpenModules(e.assets.ModulesDir)
+		if err != nil {
+			return "", err
+		}
+		b.Modules(m, modules...)
+	}
+	b.File("/guest.sh", []byte(script), 0o755)
+	b.Init("/bin/sh", "/guest.sh")
+	out := filepath.Join(e.work, name+".cpio.gz")
+	return out, b.WriteFile(out)
+}
