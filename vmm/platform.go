@@ -41,7 +41,11 @@ func newPlatform(v *VM, stdio IO) (*platform, error) {
 	if err != nil {
 		return nil, err
 	}
-	out = &panicWatcher{w: out, vm: v}
+	// The UART writes on the vCPU thread: a terminal paused with ^S or a
+	// socket nobody reads must cost console bytes, not guest progress.
+	async := uart16550.NewAsyncWriter(out, 1<<20)
+	v.closers = append(v.closers, async) // flushes what is in flight
+	out = &panicWatcher{w: async, vm: v}
 	p.serial = uart16550.New(out, isaLine{v.kvm, uart16550.COM1IRQ})
 	if err := v.pio.Register(uart16550.COM1Addr, uart16550.Size, p.serial); err != nil {
 		return nil, err
