@@ -2,7 +2,8 @@
 // initramfs and guest size, interleaving runs (A, B, A, B ...) and quoting
 // medians and ratios, because absolute speeds in the lab mean nothing.
 //
-//	go run ./cmd/vio-bench boot [-rounds N]
+//	go run ./cmd/vio-bench boot [-rounds N]   # boot time to /init, VMM memory overhead
+//	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits per I/O
 //
 // On a host without hardware virtualization it runs itself inside the lab.
 package main
@@ -34,6 +35,8 @@ func main() {
 	switch os.Args[1] {
 	case "boot":
 		err = inLab(func(e *env) error { return benchBoot(e, *rounds, *mem) })
+	case "io":
+		err = inLab(func(e *env) error { return benchIO(e, *rounds, *mem) })
 	default:
 		usage()
 	}
@@ -48,7 +51,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot [-rounds N] [-memory MiB]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io [-rounds N] [-memory MiB]")
 	os.Exit(2)
 }
 

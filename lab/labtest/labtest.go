@@ -143,8 +143,15 @@ const toolsPrelude = `mkdir -p /tools && mount -t ext4 -o ro "$(ls /dev/vd* | ta
 // must be attached as the VM's last virtio disk.
 func (g Guest) Build(t testing.TB) (initrd, tools string) {
 	t.Helper()
-	a := Assets(t)
-	dir := t.TempDir()
+	initrd, tools, err := g.BuildIn(Assets(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return initrd, tools
+}
+
+// BuildIn is Build for callers outside tests: it writes into dir.
+func (g Guest) BuildIn(a *assets.Assets, dir string) (initrd, tools string, err error) {
 	b := initramfs.New()
 	b.Busybox(a.Busybox)
 	mods := g.Modules
@@ -155,7 +162,7 @@ func (g Guest) Build(t testing.TB) (initrd, tools string) {
 		tools = filepath.Join(dir, "tools.img")
 		libs, err := buildTools(g.Programs, filepath.Join(dir, "tools"), tools)
 		if err != nil {
-			t.Fatal(err)
+			return "", "", err
 		}
 		libPath := strings.Join(libs, ":")
 		for _, p := range g.Programs {
@@ -167,7 +174,7 @@ func (g Guest) Build(t testing.TB) (initrd, tools string) {
 	if len(mods) > 0 {
 		m, err := initramfs.OpenModules(a.ModulesDir)
 		if err != nil {
-			t.Fatal(err)
+			return "", "", err
 		}
 		b.Modules(m, mods...)
 	}
@@ -175,9 +182,9 @@ func (g Guest) Build(t testing.TB) (initrd, tools string) {
 	b.Init("/bin/sh", "/guest.sh")
 	initrd = filepath.Join(dir, "initramfs.cpio.gz")
 	if err := b.WriteFile(initrd); err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
-	return initrd, tools
+	return initrd, tools, nil
 }
 
 // buildTools collects the programs and their libraries into root, makes

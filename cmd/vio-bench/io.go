@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/viovmm/vio/lab/labtest"
+)
+
+// The guest and the lab host meet on a TAP device with link-local
+// addresses; the lab VM has no network, so nothing leaves it.
+const (
+	benchTap     = "viobench0"
+	benchHostIP  = "169.254.88.1"
+	benchGuestIP = "169.254.88.2"
+	fioRuntime   = 8 // seconds per fio job
+)
+
+// ioGuest runs each workload between BEGIN/END markers, so the host can
+// read KVM's exit counters around it.
+var ioGuest = `
+ip link set eth0 up && ip addr add ` + benchGuestIP + `/24 dev eth0
+fiojob() {
+	name=$1; shift
+	echo "BENCH-BEGIN $name"
+	fio --name=$name --filename=/dev/vda --direct=1 --time_based --runtime=` + strconv.Itoa(fioRuntime) + ` \
+		--output-format=terse --terse-version=3 "$@" > /tmp/$name 2>&1
+	echo "BENCH-END $name $(awk -F';' '{print $8+$49, $7+$48}' /tmp/$name)"
+}
+fiojob randread-qd1  --rw=randread  --bs=4k   --ioengine=psync
+fiojob randread-qd32 --rw=randread  --bs=4k   --ioengine=libaio --iodepth=32
+fiojob randwrite-qd32 --rw=randwrite --bs=4k  --ioengine=libaio --iodepth=32
+fiojob seqread-128k  --rw=read      --bs=128k --ioengine=libaio --iodepth=8
+for dir in tx rx; do
+	flag=; [ $dir = rx ] && flag=-R
+	echo "BENCH-BEGIN iperf-$dir"
+	iperf3 -c ` + benchHostIP + ` -t 5 -f m $flag > /tmp/ip 2>&1
+	echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0"
+done
+poweroff -f
+`
+
+type ioResult struct {
+	value float64 // IOPS, or Mbit/s for iperf
+	kbps  float64 // fio: KiB/s
+	exits float64 // KVM exits during the workload
+}
+
+func benchIO(e *env, rounds, memMiB int) error {
+	initrd, tools, err := labtest.Guest{
+		Script:   ioGuest,
+		Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net"},
+		Programs: []string{"/usr/bin/fio", "/usr/bin/iperf3"},
+	}.BuildIn(e.assets, e.work)
+	if err != nil {
+		return err
+	}
+	disk := e.work + "/bench.img"
+	if out, err := exec.Command("dd", "if=/dev/urandom", "of="+disk, "bs=1M", "count=256", "status=none").CombinedOutput(); err != nil {
+		return fmt.Errorf("making the benchmark disk: %v: %s", err, out)
+	}
+	for _, c := range [][]string{
+		{"mount", "-t", "debugfs", "none", "/sys/kernel/debug"},
+		{"ip", "tuntap", "add", benchTap, "mode", "tap"},
+		{"ip", "addr", "add", benchHostIP + "/24", "dev", benchTap},
+		{"ip", "link", "set", benchTap, "up"},
+	} {
+		exec.Command(c[0], c[1:]...).Run() // already done is fine; failures show below
+	}
+	defer exec.Command("ip", "link", "del", benchTap).Run()
+	if _, err := readExits(); err != nil {
+		return fmt.Errorf("KVM exit counters unavailable (%v): need debugfs at /sys/kernel/debug", err)
+	}
+	iperf := exec.Command("iperf3", "-s", "-B", benchHostIP)
+	if err := iperf.Start(); err != nil {
+		return fmt.Errorf("iperf3 server: %w", err)
+	}
+	defer iperf.Process.Kill()
+
+	cmdline := "console=ttyS0 quiet panic=-1"
+	mem := strconv.Itoa(memMiB)
+	vmms := []struct {
+		name string
+		argv []string
+	}{
+		{"vio", []string{e.vio, "run", "--kernel", e.assets.Kernel, "--initrd", initrd, "--memory", mem + "M",
+			"--cpus", "2", "--cmdline", cmdline, "--disk", "path=" + disk, "--disk", "path=" + tools + ",readonly=on",
+			"--net", "tap=" + benchTap}},
+		{"qemu", []string{e.qemu, "-enable-kvm", "-cpu", "host", "-m", mem, "-smp", "2", "-nodefaults",
+			"-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", e.assets.Kernel, "-initrd", initrd,
+			"-append", cmdline,
+			"-drive", "file=" + disk + ",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
+			"-drive", "file=" + tools + ",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
+			"-netdev", "tap,id=n0,ifname=" + benchTap + ",script=no,downscript=no,vhost=off",
+			"-device", "virtio-net-pci,netdev=n0"}},
+	}
+	results := map[string]map[string][]ioResult{"vio": {}, "qemu": {}}
+	var order []string
+	for r := 0; r < rounds; r++ {
+		for _, v := range vmms {
+			res, names, err := ioOnce(v.argv)
+			if err != nil {
+				return fmt.Errorf("%s round %d: %w", v.name, r+1, err)
+			}
+			if order == nil {
+				order = names
+			}
+			for name, x := range res {
+				results[v.name][name] = append(results[v.name][name], x)
+				fmt.Printf("round %d %-4s %-15s %10.1f  exits %8.0f\n", r+1, v.name, name, x.value, x.exits)
+			}
+		}
+	}
+	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs, virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost):\n", rounds, memMiB)
+	fmt.Printf("%-15s %12s %12s %8s %14s %14s\n", "workload", "vio", "qemu", "vio/qemu", "vio exits/op", "qemu exits/op")
+	for _, name := range order {
+		v, q := median(results["vio"][name]), median(results["qemu"][name])
+		unit := "IOPS"
+		ops := func(x ioResult) float64 { return x.value * fioRuntime }
+		if strings.HasPrefix(name, "iperf") {
+			unit = "Mbit/s"
+			// exits per MB moved
+			ops = func(x ioResult) float64 { return x.value * 5 / 8 }
+		}
+		fmt.Printf("%-15s %12.1f %12.1f %8.2f %14.3f %14.3f  (%s; iperf exits per MB)\n",
+			name, v.value, q.value, v.value/q.value, v.exits/ops(v), q.exits/ops(q), unit)
+	}
+	return nil
+}
+
+func median(xs []ioResult) ioResult {
+	sort.Slice(xs, func(i, j int) bool { return xs[i].value < xs[j].value })
+	return xs[len(xs)/2]
+}
+
+// ioOnce runs one VMM through the guest's workloads.
+func ioOnce(argv []string) (map[string]ioResult, []string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	res := map[string]ioResult{}
+	var names []string
+	begin := map[string]float64{}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "BENCH-BEGIN":
+			begin[f[1]], _ = readExits()
+		case "BENCH-END":
+			exits, _ := readExits()
+			r := ioResult{exits: exits - begin[f[1]]}
+			if len(f) > 2 {
+				r.value, _ = strconv.ParseFloat(f[2], 64)
+			}
+			if len(f) > 3 {
+				r.kbps, _ = strconv.ParseFloat(f[3], 64)
+			}
+			res[f[1]] = r
+			names = append(names, f[1])
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", argv[0], err)
+	}
+	if len(names) == 0 {
+		return nil, nil, fmt.Errorf("%s: the guest reported no workload", argv[0])
+	}
+	return res, names, nil
+}
+
+// readExits sums KVM's exit counter over the VMs alive now (L1's debugfs).
+func readExits() (float64, error) {
+	b, err := os.ReadFile("/sys/kernel/debug/kvm/exits")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+}
