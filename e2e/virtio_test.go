@@ -58,7 +58,11 @@ blkdiscard -o $((16<<20)) -l $((16<<20)) /dev/vdc; check discard $?
 # rng
 n=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c); [ "$n" = 64 ]; check hwrng $? "$(cat /sys/class/misc/hw_random/rng_current)"
 # console: echo back one line the host sends
-line=$(timeout 60 head -n 1 /dev/hvc0); echo "console-echo:$line" > /dev/hvc0; [ -n "$line" ]; check console-read $? "$line"
+# (hold the port open first: the driver discards input for a closed port)
+exec 3< /dev/hvc0
+echo console-ready > /dev/hvc0
+read -t 60 -r line <&3; echo "console-echo:$line" > /dev/hvc0; [ -n "$line" ]; check console-read $? "$line"
+exec 3<&-
 # network
 ip link set eth0 up && ip addr add ` + guestIP + `/24 dev eth0
 timeout 60 ping -c 3 -W 5 ` + hostIP + ` > /dev/null; check ping $?
@@ -151,11 +155,34 @@ func TestVirtioDevices(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Stdin = strings.NewReader("console-in\n")
+	// The virtio console is vio's stdin/stdout: answer the guest's
+	// "console-ready" with one line.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var consoleOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &consoleOut, &consoleOut
+	consoleDone := make(chan struct{})
+	go func() {
+		defer close(consoleDone)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			consoleOut.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "console-ready") {
+				io.WriteString(stdin, "console-in\n")
+			}
+		}
+	}()
 	start := time.Now()
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-consoleDone
+	err = cmd.Wait()
 	t.Logf("vio ran for %v", time.Since(start).Round(time.Second))
 	log, _ := os.ReadFile(serial)
 	if err != nil {
