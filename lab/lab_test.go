@@ -1,0 +1,94 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// These tests boot the lab VM itself; they need QEMU and the assets, which
+// scripts/setup-host installs. Set VIO_LAB=off to skip them.
+func needLab(t *testing.T) {
+	t.Helper()
+	if os.Getenv("VIO_LAB") == "off" {
+		t.Skip("VIO_LAB=off")
+	}
+	if os.Getenv("VIO_LAB_INSIDE") == "1" {
+		t.Skip("already inside the lab")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatal("qemu-system-x86_64 is not installed: run scripts/setup-host")
+	}
+}
+
+// TestExec: the command runs as root with a real /dev/kvm, its output
+// streams out on the right channel, and its exit status comes back.
+func TestExec(t *testing.T) {
+	needLab(t)
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	err := Exec(context.Background(), Config{Timeout: 5 * time.Minute},
+		[]string{"sh", "-c", "test -c /dev/kvm && echo kvm-ok; id -u; echo to-stderr >&2; exit 3"}, &stdout, &stderr)
+	t.Logf("lab run took %v", time.Since(start).Round(100*time.Millisecond))
+	var exit *ExitError
+	if !errors.As(err, &exit) || exit.Code != 3 {
+		t.Fatalf("want exit status 3, got %v (stdout %q, stderr %q)", err, stdout.String(), stderr.String())
+	}
+	if got := stdout.String(); got != "kvm-ok\n0\n" {
+		t.Errorf("stdout %q, want kvm-ok and uid 0", got)
+	}
+	if got := stderr.String(); got != "to-stderr\n" {
+		t.Errorf("stderr %q", got)
+	}
+}
+
+// TestExecTimeout: a command that outlives the deadline ends the run with
+// ErrTimeout, not a hang.
+func TestExecTimeout(t *testing.T) {
+	needLab(t)
+	err := Exec(context.Background(), Config{Timeout: 2 * time.Second}, []string{"sleep", "600"}, os.Stdout, os.Stderr)
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+}
+
+// TestExecNVMeSRIOV: with --iommu and an SR-IOV NVMe controller, L1 sees
+// the controller in its own IOMMU group, can bind it to vfio-pci, and can
+// create its virtual functions.
+func TestExecNVMeSRIOV(t *testing.T) {
+	needLab(t)
+	img := filepath.Join(t.TempDir(), "nv.img")
+	script := `set -e
+dev=$(for d in /sys/bus/pci/devices/*; do [ "$(cat $d/class)" = 0x010802 ] && basename $d; done | head -1)
+echo "nvme=$dev group=$(basename $(readlink /sys/bus/pci/devices/$dev/iommu_group))"
+echo "groupsize=$(ls /sys/bus/pci/devices/$dev/iommu_group/devices | wc -l)"
+echo "totalvfs=$(cat /sys/bus/pci/devices/$dev/sriov_totalvfs)"
+echo 2 > /sys/bus/pci/devices/$dev/sriov_numvfs
+echo "vfs=$(ls -d /sys/bus/pci/devices/$dev/virtfn* | wc -l)"
+echo 0 > /sys/bus/pci/devices/$dev/sriov_numvfs
+echo vfio-pci > /sys/bus/pci/devices/$dev/driver_override
+[ -e /sys/bus/pci/devices/$dev/driver ] && echo $dev > /sys/bus/pci/devices/$dev/driver/unbind
+echo $dev > /sys/bus/pci/drivers_probe
+echo "driver=$(basename $(readlink /sys/bus/pci/devices/$dev/driver))"
+test -c /dev/vfio/$(basename $(readlink /sys/bus/pci/devices/$dev/iommu_group)) && echo vfio-dev-ok
+`
+	var stdout bytes.Buffer
+	err := Exec(context.Background(), Config{Timeout: 5 * time.Minute, IOMMU: true,
+		NVMe: []NVMe{{Image: img, Size: 64 << 20, VFs: 2}}}, []string{"sh", "-c", script}, &stdout, os.Stderr)
+	out := stdout.String()
+	t.Logf("lab output:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"groupsize=1", "totalvfs=2", "vfs=2", "driver=vfio-pci", "vfio-dev-ok"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q", want)
+		}
+	}
+}
