@@ -227,9 +227,16 @@ func hostMemory() int64 {
 	return 0
 }
 
-// ParseSize parses a size such as 512M, 2G, 1T, 4096K or a plain byte count.
+// ParseSize parses a size such as 512M, 2G, 1T, 4096K (binary units, with
+// an optional "i" or "iB": 2GiB) or a plain byte count.
 func ParseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
+	binary := false // "i" or "iB" after the unit, which must then be there
+	if u, ok := strings.CutSuffix(t, "iB"); ok {
+		t, binary = u, true
+	} else if u, ok := strings.CutSuffix(t, "i"); ok {
+		t, binary = u, true
+	}
 	mult := int64(1)
 	if n := len(t); n > 0 {
 		switch strings.ToUpper(t[n-1:]) {
@@ -243,11 +250,11 @@ func ParseSize(s string) (int64, error) {
 			mult = 1 << 40
 		}
 		if mult != 1 {
-			t = strings.TrimSuffix(strings.TrimSuffix(t[:n-1], "i"), "I")
+			t = t[:n-1]
 		}
 	}
 	v, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || v < 0 || v > (1<<62)/mult {
+	if err != nil || v < 0 || v > (1<<62)/mult || binary && mult == 1 {
 		return 0, fmt.Errorf("size %q does not parse: want a number with an optional K, M, G or T suffix, like 512M", s)
 	}
 	return v * mult, nil

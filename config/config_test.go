@@ -1,0 +1,103 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512M": 512 << 20, "2G": 2 << 30, "1T": 1 << 40, "4096": 4096, "64K": 64 << 10, "1GiB": 1 << 30, "1Gi": 1 << 30, "1Mi": 1 << 20} {
+		got, err := ParseSize(in)
+		if want < 0 {
+			if err == nil {
+				t.Errorf("ParseSize(%q) = %d, want an error", in, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "-1M", "1X", "99999999999T", "1iB", "G"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
+	if FormatSize(3<<30) != "3G" || FormatSize(1000) != "1000" {
+		t.Error("FormatSize")
+	}
+}
+
+func TestParseDiskAndNet(t *testing.T) {
+	d, err := ParseDisk("path=a.img,readonly=on,cache=none,serial=abc,num_queues=2")
+	if err != nil || d.Path != "a.img" || !d.Readonly || d.Cache != "none" || d.Serial != "abc" || d.NumQueues != 2 {
+		t.Fatalf("ParseDisk: %+v %v", d, err)
+	}
+	for _, bad := range []string{"readonly=on", "path=a,readonly=maybe", "path=a,bogus=1", "path=a,path=b", "path", "path=a,serial=123456789012345678901"} {
+		if _, err := ParseDisk(bad); err == nil {
+			t.Errorf("ParseDisk(%q) accepted", bad)
+		}
+	}
+	n, err := ParseNet("tap=tap0,mac=52:54:00:12:34:56")
+	if err != nil || n.Tap != "tap0" || n.MAC != "52:54:00:12:34:56" {
+		t.Fatalf("ParseNet: %+v %v", n, err)
+	}
+	for _, bad := range []string{"mac=52:54:00:12:34:56", "tap=t,mac=01:00:00:00:00:01", "tap=t,mac=zz:00:00:00:00:01", "tap=t,x=1"} {
+		if _, err := ParseNet(bad); err == nil {
+			t.Errorf("ParseNet(%q) accepted", bad)
+		}
+	}
+}
+
+// Each user mistake gets one sentence that names what is wrong.
+func TestValidateMessages(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "k")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	for _, c := range []struct {
+		mut  func(*VM)
+		want string
+	}{
+		{func(c *VM) { c.Payload.Kernel = "" }, "no kernel given"},
+		{func(c *VM) { c.Payload.Kernel = filepath.Join(dir, "missing") }, "does not exist"},
+		{func(c *VM) { c.Payload.Kernel = dir }, "is a directory"},
+		{func(c *VM) { c.Memory.Size = 1 << 20 }, "too small"},
+		{func(c *VM) { c.Memory.Size = 1 << 50 }, "more than this host"},
+		{func(c *VM) { c.Memory.Size = 33<<20 + 4096 }, "multiple of 2 MiB"},
+		{func(c *VM) { c.CPUs.BootVCPUs = 0 }, "vCPUs requested"},
+		{func(c *VM) { c.OnReboot = "explode" }, "on_reboot"},
+		{func(c *VM) { c.Serial = Console{Mode: "Weird"} }, "serial mode"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", Cache: "fast"}} }, "cache mode"},
+	} {
+		cfg := Default()
+		cfg.Payload.Kernel = kernel
+		c.mut(cfg)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("want an error about %q, got %v", c.want, err)
+		}
+	}
+	cfg := Default()
+	cfg.Payload.Kernel = kernel
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("defaults with a kernel: %v", err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "vm.json")
+	os.WriteFile(good, []byte(`{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":2},"memory":{"size":1073741824},
+		"disks":[{"path":"a.img","readonly":true}],"net":[{"tap":"tap0"}]}`), 0o644)
+	c, err := Load(good)
+	if err != nil || c.CPUs.BootVCPUs != 2 || c.Memory.Size != 1<<30 || len(c.Disks) != 1 || !c.Disks[0].Readonly || c.Serial.Mode != ModeTty {
+		t.Fatalf("Load: %+v %v", c, err)
+	}
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"payload":{"kernal":"/k"}}`), 0o644)
+	if _, err := Load(bad); err == nil || !strings.Contains(err.Error(), "kernal") {
+		t.Errorf("a misspelt field must be an error, got %v", err)
+	}
+}
