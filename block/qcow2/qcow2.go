@@ -99,6 +99,9 @@ type Image struct {
 	// written into them, whatever a (hostile or damaged) L2 entry or
 	// refcount says, as QEMU's overlap checks also ensure.
 	meta map[uint64]bool
+	// inflight marks guest clusters whose new data is being written
+	// outside mu; the channel closes when the L2 entry is updated.
+	inflight map[uint64]chan struct{}
 }
 
 var (
@@ -150,6 +153,7 @@ func open(file block.Backend, opts Options, noBacking bool) (*Image, error) {
 		refDirty: map[uint64]bool{},
 		fileSize: fileSize,
 		meta:     map[uint64]bool{},
+		inflight: map[uint64]chan struct{}{},
 	}
 	if ro, ok := file.(block.ReadOnlyReporter); ok && ro.ReadOnly() && !opts.ReadOnly {
 		return nil, fmt.Errorf("qcow2: image file is read-only: %w", block.ErrReadOnly)
@@ -590,16 +594,24 @@ func (img *Image) checkWrite(off, n int64) error {
 	return nil
 }
 
-// writeLocked writes p at off; the caller holds ioLock shared. Clusters
-// that need metadata changes are written under mu; clusters already
-// exclusively owned are written after mu is released.
+// writeLocked writes p at off; the caller holds ioLock shared.
+//
+// It works in three steps. Under mu it maps every cluster: one the image
+// owns alone is written in place; any other gets a new cluster (or its
+// preallocated one), and the guest cluster is marked in flight so that no
+// other write or discard plans it meanwhile. Without mu, it writes the
+// data, including copy-on-write from a backing file, which may be slow
+// or remote. Under mu again, it points the L2 entries at the new
+// clusters. Readers see the old contents until then.
 func (img *Image) writeLocked(p []byte, off uint64) error {
 	type direct struct {
 		host uint64
 		buf  []byte
 	}
 	var ds []direct
+	var jobs []*allocJob
 	prevDirect := false
+	var planErr error
 	img.mu.Lock()
 	if img.err != nil {
 		img.mu.Unlock()
@@ -608,15 +620,24 @@ func (img *Image) writeLocked(p []byte, off uint64) error {
 	for len(p) > 0 {
 		in := off & (img.cs - 1)
 		n := min(uint64(len(p)), img.cs-in)
-		m, err := img.lookup(off >> img.cbits)
-		if err != nil {
+		gcl := off >> img.cbits
+		if ch := img.inflight[gcl]; ch != nil {
+			// Clusters are claimed in increasing order by every
+			// writer, so waiting here cannot deadlock.
 			img.mu.Unlock()
-			return err
+			<-ch
+			img.mu.Lock()
+			continue
+		}
+		m, err := img.lookup(gcl)
+		if err != nil {
+			planErr = err
+			break
 		}
 		if m.kind == kData && m.copied {
 			if err := img.checkData(m.host); err != nil {
-				img.mu.Unlock()
-				return err
+				planErr = err
+				break
 			}
 			// Merge with the previous piece only if that was the
 			// directly preceding cluster and its data is adjacent.
@@ -626,71 +647,143 @@ func (img *Image) writeLocked(p []byte, off uint64) error {
 				ds = append(ds, direct{m.host + in, p[:n:len(p)]})
 			}
 			prevDirect = true
-		} else if err := img.allocWrite(off>>img.cbits, m, in, p[:n]); err != nil {
-			img.mu.Unlock()
-			return err
 		} else {
+			j, err := img.planAlloc(gcl, m, in, p[:n])
+			if err != nil {
+				planErr = err
+				break
+			}
+			jobs = append(jobs, j)
 			prevDirect = false
 		}
 		p, off = p[n:], off+n
 	}
 	img.mu.Unlock()
-	for _, d := range ds {
-		if _, err := img.file.WriteAt(d.buf, int64(d.host)); err != nil {
-			return fmt.Errorf("qcow2: writing data: %w", err)
+
+	err := planErr
+	if err == nil {
+		for _, d := range ds {
+			if _, werr := img.file.WriteAt(d.buf, int64(d.host)); werr != nil {
+				err = fmt.Errorf("qcow2: writing data: %w", werr)
+				break
+			}
 		}
 	}
-	return nil
+	for _, j := range jobs {
+		if err == nil {
+			j.err = img.fillCluster(j)
+			err = j.err
+		} else {
+			j.err = err // not written: give the cluster back
+		}
+	}
+
+	if len(jobs) > 0 {
+		img.mu.Lock()
+		for _, j := range jobs {
+			if cerr := img.commitAlloc(j); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+		img.mu.Unlock()
+	}
+	return err
+}
+
+// allocJob is one guest cluster being written to a new place.
+type allocJob struct {
+	gcl     uint64
+	old     mapping
+	host    uint64 // destination cluster
+	fresh   bool   // destination known to read as zeroes
+	inPlace bool   // destination is old.host (a preallocated zero cluster)
+	in      uint64
+	p       []byte
+	done    chan struct{}
+	err     error
 }
 
 // clusterBuf returns a cluster-sized scratch buffer.
 func (img *Image) clusterBuf() []byte { return make([]byte, img.cs) }
 
-// allocWrite writes p at offset in of guest cluster gcl, whose current
-// mapping m does not allow writing in place: it fills a new cluster with
-// the old contents and p, then points the L2 entry at it. Call with mu
-// held.
-func (img *Image) allocWrite(gcl uint64, m mapping, in uint64, p []byte) error {
-	full := in == 0 && uint64(len(p)) == img.cs
-	// A preallocated zero cluster we own is reused in place.
+// planAlloc chooses where guest cluster gcl, whose mapping m does not
+// allow writing in place, will be written, and marks it in flight. Call
+// with mu held.
+func (img *Image) planAlloc(gcl uint64, m mapping, in uint64, p []byte) (*allocJob, error) {
+	j := &allocJob{gcl: gcl, old: m, in: in, p: p, done: make(chan struct{})}
 	if m.kind == kZero && m.host != 0 && m.copied {
+		// A preallocated zero cluster we own is reused.
 		if err := img.checkData(m.host); err != nil {
-			return err
+			return nil, err
 		}
-		buf := img.clusterBuf()
-		copy(buf[in:], p)
-		if err := img.writeData(buf, m.host); err != nil {
-			return err
+		if err := img.growFile(m.host + img.cs); err != nil {
+			return nil, err
 		}
-		return img.setL2(gcl, m.host|oflagCopied)
-	}
-	host, fresh, err := img.allocate(1)
-	if err != nil {
-		return err
-	}
-	if err := img.checkData(host); err != nil {
-		return err
-	}
-	if full {
-		err = img.writeData(p, host)
-	} else if fresh && (m.kind == kZero || (m.kind == kUnalloc && img.backing == nil)) {
-		// The new cluster already reads as zeroes: write only p.
-		err = img.writeData(p, host+in)
+		j.host, j.inPlace = m.host, true
 	} else {
-		buf := img.clusterBuf()
-		if err = img.oldContents(buf, gcl, m); err == nil {
-			copy(buf[in:], p)
-			err = img.writeData(buf, host)
+		host, fresh, err := img.allocate(1)
+		if err != nil {
+			return nil, err
 		}
+		if err := img.checkData(host); err != nil {
+			img.pendingFree = append(img.pendingFree, host>>img.cbits)
+			return nil, err
+		}
+		j.host, j.fresh = host, fresh
+	}
+	img.inflight[gcl] = j.done
+	return j, nil
+}
+
+// fillCluster writes a job's data, with the rest of the cluster copied
+// from what the guest cluster reads as now. Runs without mu: the old
+// clusters cannot be freed while the caller holds ioLock.
+func (img *Image) fillCluster(j *allocJob) error {
+	var err error
+	switch {
+	case j.in == 0 && uint64(len(j.p)) == img.cs:
+		_, err = img.file.WriteAt(j.p, int64(j.host))
+	case j.fresh && (j.old.kind == kZero || (j.old.kind == kUnalloc && img.backing == nil)):
+		// The new cluster already reads as zeroes: write only p.
+		_, err = img.file.WriteAt(j.p, int64(j.host+j.in))
+	default:
+		buf := img.clusterBuf()
+		if !j.inPlace {
+			if err := img.oldContents(buf, j.gcl, j.old); err != nil {
+				return err
+			}
+		}
+		copy(buf[j.in:], j.p)
+		_, err = img.file.WriteAt(buf, int64(j.host))
 	}
 	if err != nil {
-		img.pendingFree = append(img.pendingFree, host>>img.cbits)
+		return fmt.Errorf("qcow2: writing data: %w", err)
+	}
+	return nil
+}
+
+// commitAlloc points the L2 entry at a job's cluster (or gives the
+// cluster back if the job failed) and ends its flight. Call with mu held.
+func (img *Image) commitAlloc(j *allocJob) error {
+	defer func() {
+		delete(img.inflight, j.gcl)
+		close(j.done)
+	}()
+	if j.err != nil {
+		if !j.inPlace {
+			img.pendingFree = append(img.pendingFree, j.host>>img.cbits)
+		}
+		return j.err
+	}
+	if err := img.setL2(j.gcl, j.host|oflagCopied); err != nil {
+		if !j.inPlace {
+			img.pendingFree = append(img.pendingFree, j.host>>img.cbits)
+		}
 		return err
 	}
-	if err := img.setL2(gcl, host|oflagCopied); err != nil {
-		return err
+	if !j.inPlace {
+		img.freeMapping(j.old)
 	}
-	img.freeMapping(m)
 	return nil
 }
 
@@ -705,18 +798,6 @@ func (img *Image) oldContents(buf []byte, gcl uint64, m mapping) error {
 	}
 	if end := uint64(img.Size()); goff+img.cs > end {
 		clear(buf[end-goff:])
-	}
-	return nil
-}
-
-// writeData writes guest data into an allocated host cluster, growing
-// the file when the cluster lies past its end.
-func (img *Image) writeData(p []byte, host uint64) error {
-	if err := img.growFile(host + uint64(len(p))); err != nil {
-		return err
-	}
-	if _, err := img.file.WriteAt(p, int64(host)); err != nil {
-		return fmt.Errorf("qcow2: writing data: %w", err)
 	}
 	return nil
 }
@@ -854,6 +935,12 @@ func (img *Image) zeroCluster(gcl uint64, unmap, discard bool) error {
 	defer img.mu.Unlock()
 	if img.err != nil {
 		return img.err
+	}
+	for img.inflight[gcl] != nil {
+		ch := img.inflight[gcl]
+		img.mu.Unlock()
+		<-ch
+		img.mu.Lock()
 	}
 	m, err := img.lookup(gcl)
 	if err != nil {

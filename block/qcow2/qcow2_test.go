@@ -3,11 +3,13 @@ package qcow2
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/blocktest"
@@ -281,5 +283,71 @@ func TestOnBlockDevice(t *testing.T) {
 	defer img.Close()
 	if _, err := img.ReadAt(got, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{3}, int(n))) {
 		t.Fatalf("read back after reopening: %v", err)
+	}
+}
+
+// slowBacking blocks backing reads until released.
+type slowBacking struct {
+	*blocktest.Mem
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowBacking) ReadAt(p []byte, off int64) (int, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Mem.ReadAt(p, off)
+}
+
+// TestCopyOnWriteDoesNotBlockOthers: while a write waits for its
+// copy-on-write read from a (slow, say remote) backing file, I/O to other
+// clusters proceeds.
+func TestCopyOnWriteDoesNotBlockOthers(t *testing.T) {
+	base := blocktest.NewMem(1 << 20)
+	base.WriteAt(bytes.Repeat([]byte{7}, 1<<20), 0)
+	slow := &slowBacking{Mem: base, entered: make(chan struct{}), release: make(chan struct{})}
+	img, err := Create(keepOpen{blocktest.NewMem(0)}, 1<<20, CreateOptions{ClusterSize: 4096, BackingFile: "base"},
+		Options{OpenBacking: func(string, string) (block.Backend, error) { return slow, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(make([]byte, 4096), 8192); err != nil { // allocated, no backing read
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() {
+		_, err := img.WriteAt([]byte{1, 2, 3}, 100) // partial: needs the backing cluster
+		done <- err
+	}()
+	<-slow.entered // the writer is inside its copy-on-write read
+	got := make([]byte, 4096)
+	other := make(chan error)
+	go func() {
+		if _, err := img.ReadAt(got, 8192); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+			other <- fmt.Errorf("read of another cluster during the copy: %v", err)
+			return
+		}
+		_, err := img.WriteAt([]byte{9}, 8192)
+		other <- err
+	}()
+	select {
+	case err := <-other:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second): // a guard against hanging, not a wait
+		t.Fatal("I/O to another cluster waited for the copy-on-write read")
+	}
+	go func() { // later backing reads pass straight through
+		for range slow.entered {
+		}
+	}()
+	close(slow.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	img.ReadAt(got[:200], 0)
+	if got[99] != 7 || got[100] != 1 || got[102] != 3 || got[103] != 7 {
+		t.Errorf("after the copy: %v", got[98:104])
 	}
 }
