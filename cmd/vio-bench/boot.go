@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/viovmm/vio/lab/labtest"
 )
 
 const initMarker = "VIO-BENCH-INIT"
@@ -22,7 +24,7 @@ type bootResult struct {
 }
 
 func benchBoot(e *env, rounds, memMiB int) error {
-	initrd, err := e.guestInitrd("boot", "echo "+initMarker+"\npoweroff -f\n")
+	initrd, _, err := labtest.Guest{Script: "echo " + initMarker + "\npoweroff -f\n"}.BuildIn(e.assets, e.work)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,6 @@ import (
 
 	"github.com/viovmm/vio/lab"
 	"github.com/viovmm/vio/lab/assets"
-	"github.com/viovmm/vio/lab/initramfs"
 )
 
 func main() {
@@ -102,21 +101,4 @@ func inLab(f func(*env) error) error {
 	}
 	fmt.Printf("vio-bench: no hardware KVM here; running in the lab (%d host CPUs)\n", runtime.NumCPU())
 	return lab.Exec(ctx, lab.Config{Env: []string{"VIO_BIN=" + vio}}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
-}
-
-// guestInitrd builds an initramfs running script.
-func (e *env) guestInitrd(name, script string, modules ...string) (string, error) {
-	b := initramfs.New()
-	b.Busybox(e.assets.Busybox)
-	if len(modules) > 0 {
-		m, err := initramfs.OpenModules(e.assets.ModulesDir)
-		if err != nil {
-			return "", err
-		}
-		b.Modules(m, modules...)
-	}
-	b.File("/guest.sh", []byte(script), 0o755)
-	b.Init("/bin/sh", "/guest.sh")
-	out := filepath.Join(e.work, name+".cpio.gz")
-	return out, b.WriteFile(out)
 }
