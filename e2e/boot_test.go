@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/lab/labtest"
+	"github.com/viovmm/vio/loader/loadertest"
 )
 
 const guestMemMiB = 256
@@ -23,14 +26,38 @@ func vioArgs(t *testing.T, initrd string, extra ...string) []string {
 		"--memory", strconv.Itoa(guestMemMiB) + "M", "--cmdline", "console=ttyS0 panic=-1 quiet"}, extra...)
 }
 
-// TestVioBoot boots the Debian kernel with 1 and 2 vCPUs: the guest must
+// TestVioBoot boots the Debian kernel with 1 and 2 vCPUs, as a bzImage and
+// as an ELF vmlinux: the guest must
 // reach its /init, see the CPUs and memory it was given and use kvm-clock,
 // and its poweroff must make vio exit 0.
 func TestVioBoot(t *testing.T) {
 	initrd := labtest.Initramfs(t, guestScript)
-	for _, cpus := range []int{1, 2} {
-		t.Run(strconv.Itoa(cpus)+"cpu", func(t *testing.T) {
-			out, err := runVMM(t, 4*time.Minute, vioArgs(t, initrd, "--cpus", strconv.Itoa(cpus))...)
+	// The same kernel as an uncompressed ELF vmlinux, which vio boots
+	// without running the decompressor.
+	bz, err := os.ReadFile(labtest.Assets(t).Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	elf, err := loadertest.Vmlinux(bz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmlinux := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(vmlinux, elf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		cpus   int
+		kernel string
+	}{{"1cpu", 1, ""}, {"2cpu", 2, ""}, {"vmlinux-2cpu", 2, vmlinux}} {
+		cpus := c.cpus
+		t.Run(c.name, func(t *testing.T) {
+			args := vioArgs(t, initrd, "--cpus", strconv.Itoa(cpus))
+			if c.kernel != "" {
+				args[3] = c.kernel // after "run --kernel"
+			}
+			out, err := runVMM(t, 4*time.Minute, args...)
 			if err != nil {
 				t.Fatalf("vio: %v\n%s", err, out)
 			}

@@ -31,10 +31,17 @@ func (h *Header) InitrdLimit() uint64 {
 // bootloaders put it: the kernel's early allocations grow upwards from its
 // own end, so the initrd stays out of their way until it is unpacked.
 func (k *Kernel) LoadInitrd(mem *memory.Memory, r io.ReaderAt, size int64, minAddr uint64) (addr uint64, err error) {
+	return LoadInitrd(mem, r, size, minAddr, k.Header.InitrdLimit())
+}
+
+// LoadInitrd is Kernel.LoadInitrd for kernels without a setup header of
+// their own (an ELF vmlinux): limit is the highest address the initrd's last
+// byte may occupy.
+func LoadInitrd(mem *memory.Memory, r io.ReaderAt, size int64, minAddr, limit uint64) (addr uint64, err error) {
 	if size <= 0 {
 		return 0, fmt.Errorf("loader: initrd is empty")
 	}
-	limit := k.Header.InitrdLimit() + 1 // first address the initrd may not touch
+	limit++ // first address the initrd may not touch
 	n := uint64(size)
 	regions := mem.Regions()
 	var best uint64

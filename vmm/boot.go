@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -8,25 +9,64 @@ import (
 	"github.com/viovmm/vio/arch/x86/acpi"
 	"github.com/viovmm/vio/devices/acpipm"
 	"github.com/viovmm/vio/loader"
+	"github.com/viovmm/vio/memory"
 )
+
+// kernelImage is what the boot needs of a kernel, whether a bzImage or an
+// uncompressed ELF vmlinux (which skips the decompressor, as Firecracker
+// boots).
+type kernelImage struct {
+	file        *os.File // open from New until the payload is loaded
+	load        func(*memory.Memory) (loader.LoadInfo, error)
+	setupHeader []byte // for the zero page
+	cmdlineSize uint32
+	initrdLimit uint64
+}
+
+// elfCmdlineSize is Linux's COMMAND_LINE_SIZE on x86, which an ELF kernel
+// has no header field to tell.
+const elfCmdlineSize = 2048
 
 // parseKernel checks the kernel image before anything else is set up, so
 // that a wrong file gets its own error rather than a KVM one.
-// The file stays open until loadPayload has copied the kernel in.
-func parseKernel(file string) (*loader.Kernel, *os.File, error) {
+func parseKernel(file string) (*kernelImage, error) {
 	kf, err := os.Open(file)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	st, err := kf.Stat()
+	if err != nil {
+		kf.Close()
+		return nil, err
+	}
+	k, err := loader.Parse(kf, st.Size())
 	if err == nil {
-		var k *loader.Kernel
-		if k, err = loader.Parse(kf, st.Size()); err == nil {
-			return k, kf, nil
+		return &kernelImage{
+			file:        kf,
+			load:        func(m *memory.Memory) (loader.LoadInfo, error) { return k.Load(m, loader.DefaultLoadAddr) },
+			setupHeader: k.Header.Raw,
+			cmdlineSize: k.Header.CmdlineSize,
+			initrdLimit: k.Header.InitrdLimit(),
+		}, nil
+	}
+	if errors.Is(err, loader.ErrNotBzImage) {
+		e, elfErr := loader.ParseELF(kf, st.Size())
+		if elfErr == nil {
+			return &kernelImage{
+				file:        kf,
+				load:        e.Load,
+				setupHeader: loader.ELFSetupHeader(elfCmdlineSize),
+				cmdlineSize: elfCmdlineSize,
+				initrdLimit: 0x7fffffff,
+			}, nil
+		}
+		var magic [4]byte
+		if _, rerr := kf.ReadAt(magic[:], 0); rerr == nil && string(magic[:]) == "\x7fELF" {
+			err = elfErr // an ELF file that is not a kernel: say why
 		}
 	}
 	kf.Close()
-	return nil, nil, fmt.Errorf("kernel %s: %w", file, err)
+	return nil, fmt.Errorf("kernel %s: %w", file, err)
 }
 
 // loadPayload puts kernel, initramfs, command line and the boot tables into
@@ -34,12 +74,12 @@ func parseKernel(file string) (*loader.Kernel, *os.File, error) {
 func (v *VM) loadPayload() (uint64, error) {
 	p := v.cfg.Payload
 	k := v.kernel
-	defer v.kernelFile.Close()
-	info, err := k.Load(v.mem, loader.DefaultLoadAddr)
+	defer k.file.Close()
+	info, err := k.load(v.mem)
 	if err != nil {
 		return 0, fmt.Errorf("kernel %s: %w", p.Kernel, err)
 	}
-	bp := x86.BootParams{SetupHeader: k.Header.Raw, CmdlineAddr: x86.CmdlineAddr}
+	bp := x86.BootParams{SetupHeader: k.setupHeader, CmdlineAddr: x86.CmdlineAddr}
 	if p.Initramfs != "" {
 		f, err := os.Open(p.Initramfs)
 		if err != nil {
@@ -50,13 +90,13 @@ func (v *VM) loadPayload() (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		addr, err := k.LoadInitrd(v.mem, f, st.Size(), info.End)
+		addr, err := loader.LoadInitrd(v.mem, f, st.Size(), info.End, k.initrdLimit)
 		if err != nil {
 			return 0, fmt.Errorf("initramfs %s: %w", p.Initramfs, err)
 		}
 		bp.RamdiskAddr, bp.RamdiskSize = addr, uint64(st.Size())
 	}
-	cmd := loader.NewCmdline(min(k.Header.CmdlineSize, x86.CmdlineMax-1))
+	cmd := loader.NewCmdline(min(k.cmdlineSize, x86.CmdlineMax-1))
 	if err := cmd.Add(p.Cmdline); err != nil {
 		return 0, fmt.Errorf("kernel command line: %w", err)
 	}
@@ -93,7 +133,6 @@ func (v *VM) loadPayload() (uint64, error) {
 	if _, err := acpi.Write(v.mem, ac); err != nil {
 		return 0, err
 	}
-	v.log.Info("payload loaded", "kernel", p.Kernel, "protocol", k.Header.VersionString(),
-		"entry", fmt.Sprintf("%#x", info.Entry64), "cmdline", cmd.String())
+	v.log.Info("payload loaded", "kernel", p.Kernel, "entry", fmt.Sprintf("%#x", info.Entry64), "cmdline", cmd.String())
 	return info.Entry64, nil
 }

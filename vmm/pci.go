@@ -138,7 +138,9 @@ func (v *VM) newDisk(d config.Disk) (virtio.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	be, err := image.Open(d.Path, image.OpenOptions{ReadOnly: d.Readonly, Cache: cache})
+	// Locked like QEMU locks its images, so that qemu-img (or another
+	// VMM) cannot write under a running guest.
+	be, err := image.Open(d.Path, image.OpenOptions{ReadOnly: d.Readonly, Cache: cache, Lock: true})
 	if err != nil {
 		return nil, err
 	}

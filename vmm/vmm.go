@@ -12,13 +12,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/kvm"
-	"github.com/viovmm/vio/loader"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/vcpu"
@@ -48,15 +46,14 @@ var ErrNoKVM = errors.New("no /dev/kvm: load the kvm_intel or kvm_amd module (an
 
 // VM is one assembled virtual machine, ready to Run once.
 type VM struct {
-	cfg        *config.VM
-	log        *slog.Logger
-	kernel     *loader.Kernel
-	kernelFile *os.File // open from New until the payload is loaded
-	sys        *kvm.System
-	kvm        *kvm.VM
-	mem        *memory.Memory
-	pio        *bus.Bus
-	mmio       *bus.Bus
+	cfg    *config.VM
+	log    *slog.Logger
+	kernel *kernelImage
+	sys    *kvm.System
+	kvm    *kvm.VM
+	mem    *memory.Memory
+	pio    *bus.Bus
+	mmio   *bus.Bus
 
 	cpus  []*kvm.VCPU
 	group *vcpu.Group
@@ -88,7 +85,7 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 			v.Close()
 		}
 	}()
-	if v.kernel, v.kernelFile, err = parseKernel(cfg.Payload.Kernel); err != nil {
+	if v.kernel, err = parseKernel(cfg.Payload.Kernel); err != nil {
 		return nil, err
 	}
 	if v.sys, err = kvm.Open(opts.KVMPath); err != nil {
@@ -129,8 +126,8 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 // and after a failed New.
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() {
-		if v.kernelFile != nil {
-			v.kernelFile.Close()
+		if v.kernel != nil {
+			v.kernel.file.Close()
 		}
 		if v.group != nil {
 			v.group.Stop()

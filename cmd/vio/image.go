@@ -215,12 +215,12 @@ func imageCheckCommand() *cobra.Command {
 					100*float64(res.AllocatedClusters)/float64(res.TotalClusters))
 			}
 			// qemu-img's exit statuses, which scripts test; the verdict is
-			// already printed, so exit directly rather than via an error.
+			// already printed, so the error carries no message.
 			switch {
 			case res.Corruptions > 0:
-				os.Exit(2)
+				return exitError{code: 2}
 			case res.Leaks > 0:
-				os.Exit(3)
+				return exitError{code: 3}
 			}
 			return nil
 		},

@@ -64,7 +64,7 @@ asking for the empty name gets the first.`,
 				return first
 			}
 			for _, file := range args {
-				b, err := image.Open(file, image.OpenOptions{Format: format, ReadOnly: readOnly, Cache: mode})
+				b, err := image.Open(file, image.OpenOptions{Format: format, ReadOnly: readOnly, Cache: mode, Lock: true})
 				if err != nil {
 					closeAll()
 					return err

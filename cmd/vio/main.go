@@ -25,7 +25,9 @@ func main() {
 		root.AddCommand(f())
 	}
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "vio:", err)
+		if err.Error() != "" {
+			fmt.Fprintln(os.Stderr, "vio:", err)
+		}
 		os.Exit(exitStatus(err))
 	}
 }
