@@ -27,6 +27,9 @@ const (
 // read KVM's exit counters around it.
 var ioGuest = `
 ip link set eth0 up && ip addr add ` + benchGuestIP + `/24 dev eth0
+# The exits an idle guest causes (timer ticks, housekeeping): subtracted
+# from each workload's count to get the exits the I/O itself costs.
+echo "BENCH-BEGIN idle"; sleep ` + strconv.Itoa(fioRuntime) + `; echo "BENCH-END idle 0 0"
 fiojob() {
 	name=$1; shift
 	echo "BENCH-BEGIN $name"
@@ -48,9 +51,10 @@ poweroff -f
 `
 
 type ioResult struct {
-	value float64 // IOPS, or Mbit/s for iperf
-	kbps  float64 // fio: KiB/s
-	exits float64 // KVM exits during the workload
+	value   float64 // IOPS, or Mbit/s for iperf
+	kbps    float64 // fio: KiB/s
+	exits   float64 // KVM exits during the workload
+	seconds float64 // wall time between the workload's markers
 }
 
 func benchIO(e *env, rounds, memMiB int) error {
@@ -119,19 +123,36 @@ func benchIO(e *env, rounds, memMiB int) error {
 		}
 	}
 	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs, virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost):\n", rounds, memMiB)
-	fmt.Printf("%-15s %12s %12s %8s %14s %14s\n", "workload", "vio", "qemu", "vio/qemu", "vio exits/op", "qemu exits/op")
+	fmt.Printf("%-15s %10s %10s %8s %12s %12s %12s %12s\n", "workload", "vio", "qemu", "vio/qemu",
+		"vio exits", "qemu exits", "vio net", "qemu net")
+	fmt.Println("  (IOPS for fio, Mbit/s for iperf; exits per I/O for fio, per MB for iperf;")
+	fmt.Println("   'net' subtracts the exit rate of the idle guest over the workload's duration)")
+	idle := map[string]float64{}
+	for _, vmm := range []string{"vio", "qemu"} {
+		if x := median(results[vmm]["idle"]); x.seconds > 0 {
+			idle[vmm] = x.exits / x.seconds
+		}
+	}
 	for _, name := range order {
+		if name == "idle" {
+			continue
+		}
 		v, q := median(results["vio"][name]), median(results["qemu"][name])
-		unit := "IOPS"
 		ops := func(x ioResult) float64 { return x.value * fioRuntime }
 		if strings.HasPrefix(name, "iperf") {
-			unit = "Mbit/s"
-			// exits per MB moved
-			ops = func(x ioResult) float64 { return x.value * 5 / 8 }
+			ops = func(x ioResult) float64 { return x.value * 5 / 8 } // MB moved in 5 s
 		}
-		fmt.Printf("%-15s %12.1f %12.1f %8.2f %14.3f %14.3f  (%s; iperf exits per MB)\n",
-			name, v.value, q.value, v.value/q.value, v.exits/ops(v), q.exits/ops(q), unit)
+		per := func(x ioResult, vmm string, net bool) float64 {
+			e := x.exits
+			if net {
+				e -= idle[vmm] * x.seconds
+			}
+			return e / ops(x)
+		}
+		fmt.Printf("%-15s %10.1f %10.1f %8.2f %12.3f %12.3f %12.3f %12.3f\n", name, v.value, q.value, v.value/q.value,
+			per(v, "vio", false), per(q, "qemu", false), per(v, "vio", true), per(q, "qemu", true))
 	}
+	fmt.Printf("idle guest: vio %.0f exits/s, qemu %.0f exits/s\n", idle["vio"], idle["qemu"])
 	return nil
 }
 
@@ -156,6 +177,7 @@ func ioOnce(argv []string) (map[string]ioResult, []string, error) {
 	res := map[string]ioResult{}
 	var names []string
 	begin := map[string]float64{}
+	started := map[string]time.Time{}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -165,9 +187,10 @@ func ioOnce(argv []string) (map[string]ioResult, []string, error) {
 		switch f[0] {
 		case "BENCH-BEGIN":
 			begin[f[1]], _ = readExits()
+			started[f[1]] = time.Now()
 		case "BENCH-END":
 			exits, _ := readExits()
-			r := ioResult{exits: exits - begin[f[1]]}
+			r := ioResult{exits: exits - begin[f[1]], seconds: time.Since(started[f[1]]).Seconds()}
 			if len(f) > 2 {
 				r.value, _ = strconv.ParseFloat(f[2], 64)
 			}
