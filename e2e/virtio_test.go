@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -151,7 +152,7 @@ func TestVirtioDevices(t *testing.T) {
 		"--disk", "path="+pat,
 		"--disk", "path="+tools+",readonly=on",
 		"--net", "tap="+tapName+",mac=52:54:00:12:34:56",
-		"--serial", "file="+serial, "--console", "tty")
+		"--serial", "file="+serial, "--console", "tty", "--stats")
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
@@ -165,7 +166,8 @@ func TestVirtioDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var consoleOut bytes.Buffer
+	var consoleOut, stats bytes.Buffer
+	cmd.Stderr = &stats
 	consoleDone := make(chan struct{})
 	go func() {
 		defer close(consoleDone)
@@ -222,6 +224,22 @@ func TestVirtioDevices(t *testing.T) {
 		}
 	default:
 		t.Error("TCP transfer: the host never got the guest's data")
+	}
+
+	// vio's own counters agree that the I/O went through the devices.
+	var counters map[string]struct {
+		Device map[string]any `json:"device"`
+	}
+	if err := json.Unmarshal(stats.Bytes(), &counters); err != nil {
+		t.Errorf("--stats output is not JSON: %v\n%s", err, stats.String())
+	}
+	for _, c := range []struct{ dev, field string }{
+		{"disk0", "Writes"}, {"disk0", "Reads"}, {"disk0", "Flushes"}, {"disk0", "Interrupts"},
+		{"disk2", "Discards"}, {"net0", "TxFrames"}, {"net0", "RxFrames"}, {"net0", "Interrupts"},
+	} {
+		if n, _ := counters[c.dev].Device[c.field].(float64); n == 0 {
+			t.Errorf("vio's counters: %s %s = 0", c.dev, c.field)
+		}
 	}
 
 	// The host's view of the disks after poweroff.

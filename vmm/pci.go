@@ -8,7 +8,6 @@ import (
 
 	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/arch/x86/acpi"
-	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/image"
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
@@ -179,16 +178,33 @@ func acpiPCI(c *acpi.Config) {
 	c.ECAM = &acpi.ECAMWindow{Base: ecamBase}
 }
 
-var _ block.Backend = (*raw.File)(nil)
-
-// DeviceStats returns each PCI device's counters, by device name.
-func (v *VM) DeviceStats() map[string]any {
+// Stats returns the VM's counters: per vCPU, the exits to vio by reason
+// (exits KVM handles in the kernel are not seen here), and per PCI device,
+// its transport and device counters (requests, bytes, errors,
+// notifications, interrupts).
+func (v *VM) Stats() map[string]any {
 	out := map[string]any{}
+	if v.group != nil {
+		var cpus []map[string]any
+		for _, r := range v.group.Runners() {
+			c := r.Counters()
+			exits := map[string]uint64{}
+			for reason, n := range c.Exits {
+				exits[reason.String()] = n
+			}
+			cpus = append(cpus, map[string]any{"exits": exits, "kicks": c.Kicks,
+				"unclaimed_pio":  c.UnclaimedPIOReads + c.UnclaimedPIOWrites,
+				"unclaimed_mmio": c.UnclaimedMMIOReads + c.UnclaimedMMIOWrites})
+		}
+		out["vcpus"] = cpus
+	}
 	for _, d := range v.pciDevices {
 		s := map[string]any{"transport": d.transport.Stats()}
 		if st, ok := d.dev.(interface{ Stats() blk.Stats }); ok {
 			s["device"] = st.Stats()
 		} else if st, ok := d.dev.(interface{ Stats() virtionet.Stats }); ok {
+			s["device"] = st.Stats()
+		} else if st, ok := d.dev.(interface{ Stats() console.Stats }); ok {
 			s["device"] = st.Stats()
 		}
 		out[d.name] = s

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/devices/acpipm"
 	"github.com/viovmm/vio/devices/cmos"
@@ -21,7 +22,6 @@ import (
 // controller (for its reset line) and the RTC/CMOS.
 type platform struct {
 	serial *uart16550.UART
-	cancel context.CancelFunc
 }
 
 // isaLine drives one ISA interrupt line of the in-kernel PIC/IOAPIC.
@@ -51,7 +51,6 @@ func newPlatform(v *VM, stdio IO) (*platform, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
 	v.closers = append(v.closers, closerFunc(func() error { cancel(); return nil }))
 	if in != nil {
 		go io.Copy(p.serial.InputWriter(ctx), in)
@@ -80,22 +79,11 @@ func newPlatform(v *VM, stdio IO) (*platform, error) {
 	if err := v.pio.Register(acpipm.PvPanicPort, acpipm.PvPanicSize, pvpanic); err != nil {
 		return nil, err
 	}
-	low, high := splitRAM(v)
+	low, high := x86.SplitRAM(ramLayout(v))
 	if err := v.pio.Register(0x70, 2, cmos.New(cmos.Config{LowMem: low, HighMem: high})); err != nil {
 		return nil, err
 	}
 	return p, nil
-}
-
-func splitRAM(v *VM) (low, high uint64) {
-	for _, r := range v.mem.Regions() {
-		if r.GPA >= 1<<32 {
-			high += uint64(len(r.Data))
-		} else {
-			low += uint64(len(r.Data))
-		}
-	}
-	return low, high
 }
 
 type closerFunc func() error

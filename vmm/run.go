@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/viovmm/vio/config"
@@ -124,6 +125,11 @@ func Boot(ctx context.Context, cfg *config.VM, stdio IO, opts Options) (Exit, er
 			return Exit{}, err
 		}
 		e, err := vm.Run(ctx)
+		if opts.Stats != nil {
+			enc := json.NewEncoder(opts.Stats)
+			enc.SetIndent("", "  ")
+			enc.Encode(vm.Stats())
+		}
 		vm.Close()
 		if err != nil || e.Reason != ExitReboot || cfg.OnReboot == "exit" {
 			return e, err

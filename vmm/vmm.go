@@ -36,6 +36,9 @@ type Options struct {
 	// thousand times too slowly to boot Linux. Tests with tiny guests use it.
 	AllowPVM bool
 	Log      *slog.Logger
+	// Stats, if set, receives the VM's counters (see VM.Stats) as JSON
+	// when each run of the guest ends.
+	Stats io.Writer
 }
 
 // ErrPVMOnly means the host's KVM cannot run standard guests at speed.

@@ -21,7 +21,7 @@ func runCommand() *cobra.Command {
 		file, memory, serial, console, onReboot string
 		disks, nets                             []string
 		cpus                                    int
-		verbose, allowPVM                       bool
+		verbose, allowPVM, stats                bool
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
@@ -93,7 +93,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, verbose, allowPVM)
+			return run(c, cfg, verbose, allowPVM, stats)
 		},
 	}
 	f := c.Flags()
@@ -109,13 +109,14 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringArrayVar(&disks, "disk", nil, "virtio-blk disk: path=FILE[,readonly=on][,cache=MODE][,serial=S] (repeatable)")
 	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
+	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
 	return c
 }
 
-func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM bool) error {
+func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM, stats bool) error {
 	level := slog.LevelWarn
 	if verbose {
 		level = slog.LevelInfo
@@ -133,7 +134,11 @@ func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM bool) error {
 		defer restore()
 		stdio.Stdin = in
 	}
-	exit, err := vmm.Boot(ctx, cfg, stdio, vmm.Options{AllowPVM: allowPVM, Log: log})
+	opts := vmm.Options{AllowPVM: allowPVM, Log: log}
+	if stats {
+		opts.Stats = os.Stderr
+	}
+	exit, err := vmm.Boot(ctx, cfg, stdio, opts)
 	if err != nil {
 		return err
 	}
