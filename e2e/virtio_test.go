@@ -227,17 +227,23 @@ func TestVirtioDevices(t *testing.T) {
 	}
 
 	// vio's own counters agree that the I/O went through the devices.
-	var counters map[string]struct {
-		Device map[string]any `json:"device"`
-	}
+	var counters map[string]json.RawMessage
 	if err := json.Unmarshal(stats.Bytes(), &counters); err != nil {
 		t.Errorf("--stats output is not JSON: %v\n%s", err, stats.String())
+	}
+	var vcpus []map[string]any
+	if err := json.Unmarshal(counters["vcpus"], &vcpus); err != nil || len(vcpus) != 2 {
+		t.Errorf("--stats: want counters for 2 vCPUs, got %s (%v)", counters["vcpus"], err)
 	}
 	for _, c := range []struct{ dev, field string }{
 		{"disk0", "Writes"}, {"disk0", "Reads"}, {"disk0", "Flushes"}, {"disk0", "Interrupts"},
 		{"disk2", "Discards"}, {"net0", "TxFrames"}, {"net0", "RxFrames"}, {"net0", "Interrupts"},
 	} {
-		if n, _ := counters[c.dev].Device[c.field].(float64); n == 0 {
+		var dev struct {
+			Device map[string]any `json:"device"`
+		}
+		json.Unmarshal(counters[c.dev], &dev)
+		if n, _ := dev.Device[c.field].(float64); n == 0 {
 			t.Errorf("vio's counters: %s %s = 0", c.dev, c.field)
 		}
 	}
