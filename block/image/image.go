@@ -104,6 +104,9 @@ func open(path string, opts OpenOptions, depth int) (block.Backend, error) {
 	if depth > MaxChain {
 		return nil, fmt.Errorf("backing chain longer than %d images (a loop?) at %s", MaxChain, path)
 	}
+	if IsNBD(path) {
+		return openNBD(path, opts)
+	}
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s does not exist", path)
 	}
