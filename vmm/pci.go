@@ -31,6 +31,10 @@ const (
 	pciPIOSize  = 0x4000
 )
 
+// maxDefaultQueues bounds the queues a disk gets by default (one per vCPU):
+// each costs a goroutine and an MSI-X vector.
+const maxDefaultQueues = 16
+
 // pciDevice is one virtio device on the PCI bus, kept for its counters.
 type pciDevice struct {
 	name      string
@@ -146,10 +150,17 @@ func (v *VM) newDisk(d config.Disk) (virtio.Device, error) {
 	// The device does not own its back-end: close it after the device
 	// has been reset (closers run in reverse order).
 	v.closers = append(v.closers, be)
+	// One request queue per vCPU by default, as QEMU does: Linux's
+	// blk-mq then gives each CPU its own queue and no CPU waits on another's
+	// doorbell.
+	queues := d.NumQueues
+	if queues == 0 {
+		queues = min(v.cfg.CPUs.BootVCPUs, maxDefaultQueues)
+	}
 	return blk.New(be, blk.Config{
 		Serial:       d.Serial,
 		ReadOnly:     d.Readonly,
-		NumQueues:    d.NumQueues,
+		NumQueues:    queues,
 		QueueSize:    uint16(d.QueueSize),
 		Writethrough: mode == "writethrough" || mode == "directsync",
 	})
