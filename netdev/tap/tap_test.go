@@ -6,17 +6,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/nettest"
 	"github.com/viovmm/vio/netdev/tap"
 )
 
@@ -27,67 +24,6 @@ var (
 	guestIP  = net.IPv4(10, 9, 0, 2).To4()
 	hostIP   = net.IPv4(10, 9, 0, 1).To4()
 )
-
-// netns creates a network namespace for the test and returns its name.
-func netns(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("TAP test needs root (CAP_NET_ADMIN)")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("TAP test needs /dev/net/tun: %v", err)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("TAP test needs iproute2's ip")
-	}
-	name := fmt.Sprintf("viotap%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	return name
-}
-
-// inNetns runs f on an OS thread that has entered namespace ns. Sockets and
-// TAPs made there stay in ns, whatever thread uses them later.
-func inNetns(t *testing.T, ns string, f func()) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		f()
-		// Only a thread back in its own namespace may run other
-		// goroutines; if that fails, the locked thread dies with us.
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-}
 
 func ip(t *testing.T, args ...string) {
 	t.Helper()
@@ -178,11 +114,11 @@ func send(t *testing.T, tp *tap.Tap, h netdev.Header, frame []byte) {
 // the kernel's ARP, ICMP and UDP answers prove that frames cross in both
 // directions with their virtio-net headers.
 func TestKernelAnswers(t *testing.T) {
-	ns := netns(t)
+	ns := nettest.Netns(t, "viotap")
 	var tp *tap.Tap
 	var sock net.PacketConn
 	var openErr error
-	inNetns(t, ns, func() {
+	nettest.InNetns(t, ns, func() {
 		if tp, openErr = tap.Open("viotap%d"); openErr != nil {
 			return
 		}
@@ -301,10 +237,10 @@ func TestKernelAnswers(t *testing.T) {
 }
 
 func TestDeadline(t *testing.T) {
-	ns := netns(t)
+	ns := nettest.Netns(t, "viotap")
 	var tp *tap.Tap
 	var err error
-	inNetns(t, ns, func() { tp, err = tap.Open("viotap%d") })
+	nettest.InNetns(t, ns, func() { tp, err = tap.Open("viotap%d") })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +253,7 @@ func TestDeadline(t *testing.T) {
 	}
 	// Multi-queue: a second TAP with two queues.
 	var qs []*tap.Tap
-	inNetns(t, ns, func() { qs, err = tap.OpenQueues("viomq%d", 2) })
+	nettest.InNetns(t, ns, func() { qs, err = tap.OpenQueues("viomq%d", 2) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,16 +8,13 @@ import (
 	"fmt"
 	"io"
 	stdnet "net"
-	"os"
 	"os/exec"
-	"runtime"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	vnet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/nettest"
 	"github.com/viovmm/vio/netdev/tap"
 )
 
@@ -31,55 +28,8 @@ var (
 // it returns the name of. The TAP and sockets f makes stay in it.
 func inNetns(t *testing.T, f func()) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("TAP test needs root (CAP_NET_ADMIN)")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("TAP test needs /dev/net/tun: %v", err)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("TAP test needs iproute2's ip")
-	}
-	ns := fmt.Sprintf("vionet%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		f()
-		// If the thread cannot return to its namespace it must not run
-		// anything else: leave it locked, and it dies with the goroutine.
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	ns := nettest.Netns(t, "vionet")
+	nettest.InNetns(t, ns, f)
 	return ns
 }
 
