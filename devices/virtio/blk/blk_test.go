@@ -16,10 +16,8 @@ import (
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/blocktest"
 	"github.com/viovmm/vio/block/raw"
-	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/memory"
-	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/pci/pcitest"
 	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/queuetest"
@@ -48,39 +46,12 @@ type machine struct {
 
 func newMachine(t testing.TB, be block.Backend, cfg blk.Config) *machine {
 	t.Helper()
-	mmio, pio := bus.New("mmio"), bus.New("pio")
-	m := &machine{router: pcitest.NewRouter(1024)}
-	var err error
-	if m.mem, err = memory.New([]memory.Layout{{GPA: 0, Size: 64 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.mem.Close() })
-	root, err := pci.NewRoot(pci.RootConfig{
-		MMIO: mmio, PIO: pio,
-		MMIO32:    pci.Window{Base: 0xc0000000, Size: 0x10000000},
-		PIOWindow: pci.Window{Base: 0x1000, Size: 0x1000},
-	})
+	dev, err := blk.New(be, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
-		t.Fatal(err)
-	}
-	if m.dev, err = blk.New(be, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if m.tr, err = virtiopci.New(m.dev, m.mem, virtiopci.Options{Router: m.router}); err != nil {
-		t.Fatal(err)
-	}
-	a := pci.BDF{Device: 3}
-	if err := root.Add(a, m.tr); err != nil {
-		t.Fatal(err)
-	}
-	if m.guest, err = virtiopcitest.Probe(mmio, pio, m.mem, a); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.guest.Reset() })
-	return m
+	mc := virtiopcitest.NewMachine(t, dev, 64<<20, 1024)
+	return &machine{mem: mc.Mem, router: mc.Router, dev: dev, tr: mc.Transport, guest: mc.Guest}
 }
 
 // start negotiates feat (plus VERSION_1) and sets up every queue with its

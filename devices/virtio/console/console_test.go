@@ -9,14 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/devices/virtio/console"
 	"github.com/viovmm/vio/memory"
-	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/pci/pcitest"
 	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/queuetest"
-	"github.com/viovmm/vio/virtio/virtiopci"
 	"github.com/viovmm/vio/virtio/virtiopci/virtiopcitest"
 )
 
@@ -83,40 +80,12 @@ type machine struct {
 
 func newMachine(t *testing.T, in io.Reader, out io.Writer, cfg console.Config) *machine {
 	t.Helper()
-	mmio, pio := bus.New("mmio"), bus.New("pio")
-	m := &machine{router: pcitest.NewRouter(1024)}
-	var err error
-	if m.mem, err = memory.New([]memory.Layout{{GPA: 0, Size: 8 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.mem.Close() })
-	root, err := pci.NewRoot(pci.RootConfig{
-		MMIO: mmio, PIO: pio,
-		MMIO32:    pci.Window{Base: 0xc0000000, Size: 0x10000000},
-		PIOWindow: pci.Window{Base: 0x1000, Size: 0x1000},
-	})
+	dev, err := console.New(in, out, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
-		t.Fatal(err)
-	}
-	if m.dev, err = console.New(in, out, cfg); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := virtiopci.New(m.dev, m.mem, virtiopci.Options{Router: m.router})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := pci.BDF{Device: 4}
-	if err := root.Add(a, tr); err != nil {
-		t.Fatal(err)
-	}
-	if m.guest, err = virtiopcitest.Probe(mmio, pio, m.mem, a); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.guest.Reset() })
-	return m
+	mc := virtiopcitest.NewMachine(t, dev, 8<<20, 1024)
+	return &machine{mem: mc.Mem, router: mc.Router, dev: dev, guest: mc.Guest}
 }
 
 func (m *machine) start(t *testing.T, feat uint64) {

@@ -9,12 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/viovmm/vio/bus"
 	vnet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/netdev"
 	"github.com/viovmm/vio/netdev/nettest"
-	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/pci/pcitest"
 	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/queuetest"
@@ -57,42 +55,16 @@ func newMachine(t testing.TB, cfg vnet.Config) *machine {
 // more if be is nil.
 func newMachineOn(t testing.TB, be netdev.Backend, cfg vnet.Config, more ...netdev.Backend) *machine {
 	t.Helper()
-	mmio, pio := bus.New("mmio"), bus.New("pio")
-	m := &machine{router: pcitest.NewRouter(4096), vectors: map[*queuetest.Driver]int{}, early: map[int]int{}}
-	var err error
-	if m.mem, err = memory.New([]memory.Layout{{GPA: 0, Size: 32 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.mem.Close() })
-	root, err := pci.NewRoot(pci.RootConfig{
-		MMIO: mmio, PIO: pio,
-		MMIO32:    pci.Window{Base: 0xc0000000, Size: 0x10000000},
-		PIOWindow: pci.Window{Base: 0x1000, Size: 0x1000},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
-		t.Fatal(err)
-	}
 	if be != nil {
 		more = append([]netdev.Backend{be}, more...)
 	}
-	if m.dev, err = vnet.NewMultiQueue(more, cfg); err != nil {
+	dev, err := vnet.NewMultiQueue(more, cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if m.tr, err = virtiopci.New(m.dev, m.mem, virtiopci.Options{Router: m.router}); err != nil {
-		t.Fatal(err)
-	}
-	a := pci.BDF{Device: 2}
-	if err := root.Add(a, m.tr); err != nil {
-		t.Fatal(err)
-	}
-	if m.guest, err = virtiopcitest.Probe(mmio, pio, m.mem, a); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.guest.Reset() })
-	return m
+	mc := virtiopcitest.NewMachine(t, dev, 32<<20, 4096)
+	return &machine{mem: mc.Mem, router: mc.Router, dev: dev, tr: mc.Transport, guest: mc.Guest,
+		vectors: map[*queuetest.Driver]int{}, early: map[int]int{}}
 }
 
 // start negotiates feat and sets up both queues: vector 1 for receive, 2
