@@ -52,7 +52,7 @@ func (v *VM) setupPCI(stdio IO) error {
 	if err != nil {
 		return err
 	}
-	if err := v.pio.Register(0xcf8, 8, root.ConfigPorts()); err != nil {
+	if err := v.pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
 		return err
 	}
 	if err := v.mmio.Register(ecamBase, pci.ECAMSize, root.ECAM()); err != nil {
