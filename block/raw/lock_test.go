@@ -5,9 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
-	"time"
 )
 
 func TestLocksBetweenVioOpens(t *testing.T) {
@@ -58,24 +59,24 @@ func TestLocksAgainstQemu(t *testing.T) {
 		t.Errorf("qemu-io wrote an image vio holds: %v\n%s", err, out)
 	}
 	w.Close()
-	// qemu-nbd holds the image writable until killed.
+	// qemu-nbd holds the image writable until killed. With --fork its
+	// parent exits only once the server is running with the image open
+	// (and locked), which is the moment to try.
 	sock := filepath.Join(dir, "nbd.sock")
-	cmd := exec.Command("qemu-nbd", "-k", sock, "-f", "raw", path)
-	if err := cmd.Start(); err != nil {
-		t.Skipf("qemu-nbd: %v", err)
+	pidFile := filepath.Join(dir, "nbd.pid")
+	if out, err := exec.Command("qemu-nbd", "--fork", "--pid-file", pidFile, "-k", sock, "-f", "raw", path).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-nbd: %v\n%s", err, out)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	// qemu-nbd takes its locks when it opens the image, before it creates
-	// the socket: wait for the socket.
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
+	defer func() {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			t.Errorf("qemu-nbd left no pid file: %v", err)
+			return
 		}
-		if i == 500 {
-			t.Fatal("qemu-nbd did not start")
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			syscall.Kill(pid, syscall.SIGTERM)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	}()
 	if _, err := Open(path, Options{Lock: true}); !errors.Is(err, ErrLocked) {
 		t.Errorf("vio opened for writing an image qemu-nbd serves: %v", err)
 	}
