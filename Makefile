@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build setup demo test vet fuzz-short clean
+.PHONY: all build setup demo test vet clean
 
 all: build
 

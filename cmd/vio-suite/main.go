@@ -77,10 +77,12 @@ func (r *report) tests(pkgs []string, timeout, run string) {
 	failuresShown := 0
 	readErr := r.tally.Read(out, func(p suite.PackageResult) {
 		word := "ok  "
-		switch p.Action {
-		case "fail":
+		switch {
+		case p.Action == "fail":
 			word = "FAIL"
-		case "skip":
+		case p.NoTests && p.Passed+p.Failed+p.Skipped == 0:
+			word = "    " // a package without tests is not a skipped one
+		case p.Action == "skip":
 			word = "skip"
 		}
 		extra := ""
