@@ -159,4 +159,3 @@ func FuzzRestoreState(f *testing.F) {
 		d.ReadConfig(0, cfg[:])
 	})
 }
-
