@@ -240,6 +240,12 @@ func (r *Root) WriteConfig(a BDF, offset int, data []byte) {
 // remapLocked makes the bus registrations of f match f.Regions().
 func (r *Root) remapLocked(f Function) {
 	want := f.Regions()
+	r.unmapStaleLocked(f, want)
+	r.mapWantedLocked(f, want)
+}
+
+// unmapStaleLocked unregisters f's ranges that are not in want.
+func (r *Root) unmapStaleLocked(f Function, want []Region) {
 	have := r.mapped[f]
 	keep := have[:0:0]
 	for _, h := range have {
@@ -250,6 +256,12 @@ func (r *Root) remapLocked(f Function) {
 		r.busFor(h.Space).Unregister(h.Addr)
 		f.BARMapped(h, false)
 	}
+	r.setMappedLocked(f, keep)
+}
+
+// mapWantedLocked registers f's ranges in want that are not mapped yet.
+func (r *Root) mapWantedLocked(f Function, want []Region) {
+	keep := r.mapped[f]
 	for _, w := range want {
 		if containsRegion(keep, w) {
 			continue
@@ -263,10 +275,41 @@ func (r *Root) remapLocked(f Function) {
 		keep = append(keep, w)
 		f.BARMapped(w, true)
 	}
-	if len(keep) == 0 {
+	r.setMappedLocked(f, keep)
+}
+
+func (r *Root) setMappedLocked(f Function, rs []Region) {
+	if len(rs) == 0 {
 		delete(r.mapped, f)
 	} else {
-		r.mapped[f] = keep
+		r.mapped[f] = rs
+	}
+}
+
+// Resync makes every function's bus registrations match its Regions, as
+// after a configuration write to each. Call it after restoring functions'
+// configuration spaces (Config.RestoreState), which bypasses the Root.
+// Stale ranges of all functions are unregistered before any new one is
+// registered, so BARs that swapped places between the fresh machine's
+// assignment and the restored one do not conflict.
+func (r *Root) Resync() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var fns []Function
+	var wants [][]Region
+	for d := range r.fns {
+		for _, f := range r.fns[d] {
+			if f != nil {
+				fns = append(fns, f)
+				wants = append(wants, f.Regions())
+			}
+		}
+	}
+	for i, f := range fns {
+		r.unmapStaleLocked(f, wants[i])
+	}
+	for i, f := range fns {
+		r.mapWantedLocked(f, wants[i])
 	}
 }
 

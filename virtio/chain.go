@@ -17,6 +17,12 @@ type Chain struct {
 	Readable Buffers
 	Writable Buffers
 
+	// Where the chain came from, for Queue.Unget: the queue, the avail
+	// ring position it was taken from and used.idx at that moment.
+	from        *Queue
+	availPos    uint16
+	usedAtTaken uint16
+
 	// Inline backing for short chains (most requests: a header, a data
 	// buffer or two, a status byte), saving two allocations per request.
 	inline [4][]byte

@@ -222,6 +222,7 @@ func (q *Queue) Next() (*Chain, error) {
 			continue
 		}
 		q.stats.Chains++
+		c.from, c.availPos, c.usedAtTaken = q, q.nextAvail-1, q.nextUsed
 		return c, nil
 	}
 }

@@ -566,18 +566,30 @@ func (t *Transport) activateLocked() {
 			t.failLocked(fmt.Errorf("virtiopci: queue %d: %w", i, err))
 			return
 		}
-		q.SetInterrupt(queueTrigger{t, i})
-		q.OnBroken(t.queueBroken)
 		queues[i] = q
+	}
+	if err := t.startLocked(queues); err != nil {
+		t.failLocked(err)
+	}
+}
+
+// startLocked hands the queues to the device: on DRIVER_OK, and on a
+// restore of a running device.
+func (t *Transport) startLocked(queues []*virtio.Queue) error {
+	for i, q := range queues {
+		if q != nil {
+			q.SetInterrupt(queueTrigger{t, i})
+			q.OnBroken(t.queueBroken)
+		}
 	}
 	a := &virtio.Activation{Memory: t.mem, Features: t.drvFeatures, Queues: queues, ConfigChanged: t.ConfigChanged}
 	if err := t.dev.Activate(a); err != nil {
-		t.failLocked(fmt.Errorf("virtiopci: activate: %w", err))
-		return
+		return fmt.Errorf("virtiopci: activate: %w", err)
 	}
 	t.activated = true
 	t.stats.activations.Add(1)
 	t.active.Store(&queues)
+	return nil
 }
 
 func (t *Transport) statusLocked() uint8 {

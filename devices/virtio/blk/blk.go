@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 
 	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -387,6 +388,7 @@ func (d *Device) Resize(size int64) error {
 // activation is the state of one Activate..Reset period.
 type activation struct {
 	stop          chan struct{}
+	gate          *state.Gate // Pause and Resume
 	wg            sync.WaitGroup
 	queues        []*virtio.Queue
 	configChanged func()
@@ -400,7 +402,7 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	if d.run != nil {
 		return ErrActive
 	}
-	run := &activation{stop: make(chan struct{}), configChanged: a.ConfigChanged}
+	run := &activation{stop: make(chan struct{}), gate: state.NewGate(), configChanged: a.ConfigChanged}
 	for _, q := range a.Queues {
 		if q != nil {
 			run.queues = append(run.queues, q)
@@ -415,9 +417,12 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	d.negotiate.Store(a.Features)
 	for _, q := range run.queues {
 		s := newServer(d, q, run.stop)
+		s.gate = run.gate
 		run.wg.Add(1)
+		run.gate.Join()
 		go func() {
 			defer run.wg.Done()
+			defer run.gate.Leave()
 			s.serve()
 		}()
 	}

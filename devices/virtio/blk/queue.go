@@ -3,6 +3,7 @@ package blk
 import (
 	"sync"
 
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -18,6 +19,7 @@ type server struct {
 	d    *Device
 	q    *virtio.Queue
 	stop chan struct{}
+	gate *state.Gate
 
 	work chan *virtio.Chain // to workers; capacity limit, so never blocks
 	done chan completion    // from workers; capacity limit, so never blocks
@@ -71,6 +73,12 @@ func (s *server) serve() {
 		select {
 		case <-s.stop:
 			return
+		case <-s.gate.Requested():
+			if !s.quiesce(inFlight) {
+				return
+			}
+			inFlight = 0
+			poll = true // take what the driver made available meanwhile
 		case <-s.q.Kicks():
 			s.d.stats.notifications.Add(1)
 			poll = true
@@ -93,6 +101,25 @@ func (s *server) serve() {
 			_ = s.q.Signal() // errors are the transport's to count
 		}
 	}
+}
+
+// quiesce serves a pause: it takes nothing new, waits for the inFlight
+// requests to complete and returns them to the used ring, then parks
+// until Resume. It reports false if the device stops (or the queue
+// breaks) instead.
+func (s *server) quiesce(inFlight int) bool {
+	for ; inFlight > 0; inFlight-- {
+		select {
+		case <-s.stop:
+			return false
+		case c := <-s.done:
+			if err := s.q.Push(c.head, c.written); err != nil {
+				return false
+			}
+		}
+	}
+	_ = s.q.Signal()
+	return s.gate.Park(s.stop)
 }
 
 // take hands available chains to the workers until the ring is empty or

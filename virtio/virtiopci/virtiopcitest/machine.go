@@ -15,6 +15,8 @@ import (
 // and a probed Guest driving it: the set-up every device test starts from.
 type Machine struct {
 	Mem       *memory.Memory
+	MMIO, PIO *bus.Bus
+	Root      *pci.Root
 	Router    *pcitest.Router // records the MSI-X messages the device sends
 	Transport *virtiopci.Transport
 	Guest     *Guest
@@ -25,13 +27,21 @@ type Machine struct {
 // probes it. Cleanup resets the device and frees the RAM.
 func NewMachine(t testing.TB, dev virtio.Device, memSize uint64, routerDepth int) *Machine {
 	t.Helper()
-	mmio, pio := bus.New("mmio"), bus.New("pio")
-	m := &Machine{Router: pcitest.NewRouter(routerDepth)}
-	var err error
-	if m.Mem, err = memory.New([]memory.Layout{{GPA: 0, Size: memSize}}); err != nil {
+	mem, err := memory.New([]memory.Layout{{GPA: 0, Size: memSize}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Mem.Close() })
+	t.Cleanup(func() { mem.Close() })
+	return NewMachineOn(t, dev, mem, routerDepth)
+}
+
+// NewMachineOn is NewMachine on existing guest RAM, which the caller
+// frees: a restore test builds a second machine over the first one's
+// memory, as a restored VM gets the snapshot's RAM.
+func NewMachineOn(t testing.TB, dev virtio.Device, mem *memory.Memory, routerDepth int) *Machine {
+	t.Helper()
+	mmio, pio := bus.New("mmio"), bus.New("pio")
+	m := &Machine{Mem: mem, MMIO: mmio, PIO: pio, Router: pcitest.NewRouter(routerDepth)}
 	root, err := pci.NewRoot(pci.RootConfig{
 		MMIO: mmio, PIO: pio,
 		MMIO32:    pci.Window{Base: 0xc0000000, Size: 0x10000000},
@@ -40,6 +50,7 @@ func NewMachine(t testing.TB, dev virtio.Device, memSize uint64, routerDepth int
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Root = root
 	if err := pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, root.ConfigPorts()); err != nil {
 		t.Fatal(err)
 	}
