@@ -24,10 +24,14 @@ const (
 	Memfd
 )
 
-// backingDefault is the backing New uses. It is Memfd, so every VM's RAM can
-// be shared without the user asking for it in advance; see
-// docs/architecture.md for the measurements behind the choice.
-const backingDefault = Memfd
+// backingDefault is the backing New uses: Anonymous, because on a host
+// whose shmem_enabled transparent-huge-page setting is "never" (the common
+// default) a memfd is faulted in 4 KiB pages where anonymous memory gets
+// 2 MiB ones, and first touch of guest RAM was 10 to 100 times slower (see
+// docs/architecture.md for the figures). Ask for Memfd when RAM must be
+// shared (vhost-user, same-host migration), as Cloud Hypervisor's
+// shared=on does.
+const backingDefault = Anonymous
 
 func (b Backing) String() string {
 	switch b {

@@ -47,7 +47,7 @@ func TestBackingsLookAlike(t *testing.T) {
 				t.Fatalf("read back %q, %v", got, err)
 			}
 			_, _, shared := m.Regions()[0].File()
-			if want := b != Anonymous; shared != want {
+			if want := b == Memfd || b == DefaultBacking && backingDefault == Memfd; shared != want {
 				t.Errorf("File() ok = %v, want %v", shared, want)
 			}
 		})

@@ -9,9 +9,10 @@
 //
 // Three further jobs live here because they all hinge on "every access goes
 // through this package":
-//   - sharing: RAM is normally backed by a memfd, so another process (a
-//     vhost-user back-end, a migration peer on the same host) can map the
-//     very same pages from a file descriptor (Region.File, NewFromFile);
+//   - sharing: RAM can be backed by a memfd (Options.Backing), so another
+//     process (a vhost-user back-end, a migration peer on the same host) can
+//     map the very same pages from a file descriptor (Region.File,
+//     NewFromFile);
 //   - dirty tracking: with EnableDirtyTracking every write the VMM makes
 //     (WriteAt, the atomic stores, SliceForWrite, MarkDirty) sets a bit per
 //     4 KiB page, which live migration merges with KVM's log of vCPU writes
