@@ -116,7 +116,7 @@ func (m *Memory) mapMemfd(ls []Layout, name string) error {
 	if err != nil {
 		return fmt.Errorf("memory: memfd_create for guest RAM: %w", err)
 	}
-	m.fd = fd
+	m.fd, m.ownsFD = fd, true
 	if total > uint64(maxInt64) {
 		return fmt.Errorf("memory: %d bytes of guest RAM do not fit in a file", total)
 	}
@@ -216,7 +216,7 @@ func NewFromFile(fd int, regions []FileRegion, mode MapMode) (*Memory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("memory: duplicating the guest RAM fd: %w", err)
 		}
-		m.fd = dup
+		m.fd, m.ownsFD = dup, true
 		// Best effort: EPERM (sealing not allowed, or already sealed
 		// against more seals) and EINVAL (not a memfd) leave the size
 		// check above as the only protection.

@@ -84,7 +84,8 @@ type Memory struct {
 	regions []Region // sorted by GPA, non-overlapping
 	size    uint64
 	mapped  atomic.Bool
-	fd      int // owned backing file, or -1
+	fd      int  // backing file, closed by Close when ownsFD
+	ownsFD  bool // so that a zero Memory never closes fd 0
 
 	// tracking gates dirty marking. When off, a write costs one load of
 	// this flag and a branch that always goes the same way.
@@ -131,7 +132,7 @@ func (m *Memory) addRegion(r Region) {
 
 // Close unmaps guest RAM and closes its backing file. No access may follow.
 func (m *Memory) Close() error {
-	if !m.mapped.Swap(false) && len(m.regions) == 0 && m.fd < 0 {
+	if !m.mapped.Swap(false) && len(m.regions) == 0 && !m.ownsFD {
 		return nil
 	}
 	var first error
@@ -141,11 +142,11 @@ func (m *Memory) Close() error {
 		}
 	}
 	m.regions = nil
-	if m.fd >= 0 {
+	if m.ownsFD {
 		if err := unix.Close(m.fd); err != nil && first == nil {
 			first = err
 		}
-		m.fd = -1
+		m.fd, m.ownsFD = -1, false
 	}
 	return first
 }
