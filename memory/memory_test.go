@@ -3,6 +3,7 @@ package memory
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -90,5 +91,57 @@ func TestAtomics(t *testing.T) {
 	}
 	if err := m.StoreUint32(0x1000, 1); !errors.Is(err, ErrOutOfRange) {
 		t.Errorf("hole store: %v", err)
+	}
+}
+
+// Every new entry point rejects what Slice rejects, including lengths that
+// would wrap gpa+n past 2^64.
+func TestBoundsNewAPIs(t *testing.T) {
+	m := newTwo(t)
+	m.EnableDirtyTracking()
+	for _, c := range []struct{ gpa, n uint64 }{
+		{0xfff, 2},                          // crosses into the hole
+		{0x1000, 0},                         // in the hole, even empty
+		{0x12000, 0},                        // one past the last byte
+		{0x10001, ^uint64(0)},               // gpa+n wraps to just below gpa
+		{0x10000, ^uint64(0) - 0x10000 + 1}, // gpa+n wraps to exactly 0
+		{^uint64(0), 1},                     // last address
+		{^uint64(0) &^ 0xfff, 0x1000},       // top page
+		{0x11fff, 2},                        // off the end of the last region
+		{0x10000, 0x2001},                   // one byte too many
+		{0x10000, 1 << 63},                  // huge
+	} {
+		if _, err := m.SliceForWrite(c.gpa, c.n); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("SliceForWrite(%#x, %#x) = %v", c.gpa, c.n, err)
+		}
+		if err := m.MarkDirty(c.gpa, c.n); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("MarkDirty(%#x, %#x) = %v", c.gpa, c.n, err)
+		}
+		if _, err := m.Slice(c.gpa, c.n); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("Slice(%#x, %#x) = %v", c.gpa, c.n, err)
+		}
+	}
+	for _, gpa := range []uint64{0x1000, 0x11ffe + 2, ^uint64(0) - 1, ^uint64(0) - 3} {
+		if err := m.StoreUint16(gpa, 1); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("StoreUint16(%#x) = %v", gpa, err)
+		}
+		if err := m.StoreUint32(gpa&^3, 1); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("StoreUint32(%#x) = %v", gpa&^3, err)
+		}
+	}
+	for i := range m.Regions() {
+		if b, _ := m.TakeDirty(i); slices.ContainsFunc(b, func(w uint64) bool { return w != 0 }) {
+			t.Errorf("region %d: rejected accesses marked pages %#x", i, b)
+		}
+	}
+	// Layouts that reach or pass 2^64.
+	for _, l := range []Layout{
+		{GPA: ^uint64(0) &^ 0xfff, Size: 0x1000},
+		{GPA: 0x1000, Size: ^uint64(0) &^ 0xfff},
+	} {
+		if m, err := New([]Layout{l}); err == nil {
+			m.Close()
+			t.Errorf("New(%#x+%#x) succeeded", l.GPA, l.Size)
+		}
 	}
 }

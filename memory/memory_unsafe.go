@@ -18,25 +18,25 @@ func (r *Region) HostAddr() uintptr { return uintptr(unsafe.Pointer(&r.Data[0]))
 // virtio memory model assumes. Go has no 16-bit atomics, so a 16-bit access
 // goes through the aligned 32-bit word that contains it.
 
-func (m *Memory) aligned(gpa, size uint64) (unsafe.Pointer, error) {
+func (m *Memory) aligned(gpa, size uint64) (*Region, uint64, unsafe.Pointer, error) {
 	if gpa%size != 0 {
-		return nil, fmt.Errorf("%w: %#x is not %d-byte aligned", ErrOutOfRange, gpa, size)
+		return nil, 0, nil, fmt.Errorf("%w: %#x is not %d-byte aligned", ErrOutOfRange, gpa, size)
 	}
-	s, err := m.Slice(gpa, size)
+	r, off, err := m.locate(gpa, size)
 	if err != nil {
-		return nil, err
+		return nil, 0, nil, err
 	}
-	return unsafe.Pointer(&s[0]), nil
+	return r, off, unsafe.Pointer(&r.Data[off]), nil
 }
 
 // LoadUint16 atomically loads the little-endian uint16 at gpa.
 func (m *Memory) LoadUint16(gpa uint64) (uint16, error) {
-	if _, err := m.aligned(gpa, 2); err != nil {
-		return 0, err
+	if gpa%2 != 0 {
+		return 0, fmt.Errorf("%w: %#x is not 2-byte aligned", ErrOutOfRange, gpa)
 	}
 	// Regions are page aligned, so the aligned word holding an aligned
 	// uint16 is always in the same region.
-	p, err := m.aligned(gpa&^3, 4)
+	_, _, p, err := m.aligned(gpa&^3, 4)
 	if err != nil {
 		return 0, err
 	}
@@ -44,12 +44,13 @@ func (m *Memory) LoadUint16(gpa uint64) (uint16, error) {
 	return uint16(v >> ((gpa & 3) * 8)), nil
 }
 
-// StoreUint16 atomically stores v, little-endian, at gpa.
+// StoreUint16 atomically stores v, little-endian, at gpa, and marks the page
+// dirty when tracking is on (after the store, as WriteAt does).
 func (m *Memory) StoreUint16(gpa uint64, v uint16) error {
 	if gpa%2 != 0 {
 		return fmt.Errorf("%w: %#x is not 2-byte aligned", ErrOutOfRange, gpa)
 	}
-	p, err := m.aligned(gpa&^3, 4)
+	r, off, p, err := m.aligned(gpa&^3, 4)
 	if err != nil {
 		return err
 	}
@@ -59,26 +60,34 @@ func (m *Memory) StoreUint16(gpa uint64, v uint16) error {
 		old := atomic.LoadUint32(w)
 		nw := old&^(0xffff<<shift) | uint32(v)<<shift
 		if atomic.CompareAndSwapUint32(w, old, nw) {
-			return nil
+			break
 		}
 	}
+	if m.tracking.Load() {
+		r.mark(off, 4)
+	}
+	return nil
 }
 
 // LoadUint32 atomically loads the little-endian uint32 at gpa.
 func (m *Memory) LoadUint32(gpa uint64) (uint32, error) {
-	p, err := m.aligned(gpa, 4)
+	_, _, p, err := m.aligned(gpa, 4)
 	if err != nil {
 		return 0, err
 	}
 	return atomic.LoadUint32((*uint32)(p)), nil
 }
 
-// StoreUint32 atomically stores v, little-endian, at gpa.
+// StoreUint32 atomically stores v, little-endian, at gpa, and marks the page
+// dirty when tracking is on.
 func (m *Memory) StoreUint32(gpa uint64, v uint32) error {
-	p, err := m.aligned(gpa, 4)
+	r, off, p, err := m.aligned(gpa, 4)
 	if err != nil {
 		return err
 	}
 	atomic.StoreUint32((*uint32)(p), v)
+	if m.tracking.Load() {
+		r.mark(off, 4)
+	}
 	return nil
 }

@@ -24,6 +24,8 @@ func (v *VM) setupMemory() error {
 	if v.mem, err = memory.New(layout); err != nil {
 		return err
 	}
+	// Slot i is region i: migration pairs region i's record of VMM writes
+	// with KVM's dirty log of slot i (memory.CollectDirty).
 	for i, r := range v.mem.Regions() {
 		if err := v.kvm.SetUserMemoryRegion(kvm.MemoryRegion{Slot: uint32(i), GPA: r.GPA, Host: r.Data}); err != nil {
 			return fmt.Errorf("registering guest RAM at %#x with KVM: %w", r.GPA, err)
