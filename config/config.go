@@ -207,7 +207,7 @@ func Decode(b []byte) (*VM, error) {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(c); err != nil {
-		return nil, jsonError(err)
+		return nil, DecodeError(err)
 	}
 	if d.More() {
 		return nil, errors.New("the JSON object is followed by more data: send exactly one object")
@@ -215,9 +215,9 @@ func Decode(b []byte) (*VM, error) {
 	return c, nil
 }
 
-// jsonError turns encoding/json's errors into one sentence that says where
+// DecodeError turns encoding/json's errors into one sentence that says where
 // the problem is.
-func jsonError(err error) error {
+func DecodeError(err error) error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {
@@ -226,7 +226,7 @@ func jsonError(err error) error {
 	case errors.As(err, &typ):
 		return fmt.Errorf("field %s has the wrong type: got a JSON %s, want %s", typ.Field, typ.Value, typ.Type)
 	case errors.Is(err, io.EOF):
-		return errors.New("empty body: send a JSON VmConfig object")
+		return errors.New("empty body: send one JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("the JSON ends early: send one complete object")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
