@@ -245,4 +245,3 @@ func (c *specClient) state(want vmm.State) map[string]any {
 	}
 	return info.Config
 }
-
