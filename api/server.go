@@ -67,6 +67,10 @@ type Server struct {
 
 	shutdownOnce sync.Once
 	done         chan struct{} // closed when vmm.shutdown was asked
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed when Close has finished
+	closeErr  error
 }
 
 // NewServer returns a Server for ctl. A nil log discards.
@@ -74,7 +78,7 @@ func NewServer(ctl Controller, log *slog.Logger) *Server {
 	if log == nil {
 		log = discard
 	}
-	s := &Server{ctl: ctl, log: log, done: make(chan struct{})}
+	s := &Server{ctl: ctl, log: log, done: make(chan struct{}), closed: make(chan struct{})}
 	s.http = &http.Server{
 		Handler:           s,
 		ConnContext:       connContext,
@@ -85,11 +89,13 @@ func NewServer(ctl Controller, log *slog.Logger) *Server {
 	return s
 }
 
-// Serve answers requests on l until Close or vmm.shutdown; then it
-// returns nil. l should be a *Listener (for SCM_RIGHTS and peer checks).
+// Serve answers requests on l until Close or vmm.shutdown; then, once the
+// answers in progress have gone out, it returns nil. l should be a
+// *Listener (for SCM_RIGHTS and peer checks).
 func (s *Server) Serve(l net.Listener) error {
 	err := s.http.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
+		<-s.closed
 		return nil
 	}
 	return err
@@ -101,14 +107,20 @@ func (s *Server) ShutdownRequested() <-chan struct{} { return s.done }
 
 // Close stops serving: the listener is closed, idle connections are
 // closed, and requests in progress get up to 3 s to finish.
+// Close may be called more than once; every call returns when the first
+// has finished.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	err := s.http.Shutdown(ctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		return s.http.Close()
-	}
-	return err
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		s.closeErr = s.http.Shutdown(ctx)
+		if errors.Is(s.closeErr, context.DeadlineExceeded) {
+			s.closeErr = s.http.Close()
+		}
+		close(s.closed)
+	})
+	<-s.closed
+	return s.closeErr
 }
 
 // route is one endpoint.

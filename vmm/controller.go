@@ -140,11 +140,12 @@ type Controller struct {
 // run is one boot: the Machines it goes through (one per guest reboot)
 // and the means to stop it.
 type run struct {
-	m        Machine
-	stop     chan struct{} // closed to stop the guest
-	why      string        // the detail of ExitStopped
-	stopping bool          // set (under mu) before stop is closed: do not restart
-	done     chan struct{} // closed when the boot has ended and m is closed
+	m         Machine
+	stop      chan struct{} // closed to stop the guest
+	why       string        // the detail of ExitStopped
+	stopping  bool          // set (under mu) before stop is closed: do not restart
+	rebooting bool          // stopped by Reboot: the boot goes on, Stopped stays open
+	done      chan struct{} // closed when the boot has ended and m is closed
 }
 
 // NewController returns a Controller with no VM that builds Machines with
@@ -193,18 +194,18 @@ func (c *Controller) Boot() error {
 	default:
 		return &StateError{Op: "boot", State: c.state}
 	}
-	return c.startLocked()
+	return c.startLocked(make(chan struct{}))
 }
 
 // startLocked builds and starts a Machine and the goroutine that follows
-// it. c.mu is held.
-func (c *Controller) startLocked() error {
+// it, which closes stopped when the boot ends. c.mu is held.
+func (c *Controller) startLocked(stopped chan struct{}) error {
 	m, err := c.buildLocked()
 	if err != nil {
 		return err
 	}
 	r := &run{m: m, stop: make(chan struct{}), done: make(chan struct{})}
-	c.run, c.state, c.stopped = r, StateRunning, make(chan struct{})
+	c.run, c.state, c.stopped = r, StateRunning, stopped
 	c.lastExit, c.lastErr = Exit{}, nil
 	go c.follow(r, c.stopped)
 	return nil
@@ -243,7 +244,9 @@ func (c *Controller) follow(r *run, stopped chan struct{}) {
 			c.log.Error(c.lastErr.Error())
 		}
 		c.state, c.lastExit = StateShutdown, e
-		close(stopped)
+		if !r.rebooting {
+			close(stopped)
+		}
 		c.mu.Unlock()
 		return
 	}
@@ -300,11 +303,12 @@ func (c *Controller) needLocked(op string, ok ...State) error {
 func (c *Controller) Shutdown() error {
 	c.op.Lock()
 	defer c.op.Unlock()
-	return c.shutdown("shut down through the API")
+	return c.shutdown("shut down through the API", false)
 }
 
-// shutdown stops the current boot; c.op is held.
-func (c *Controller) shutdown(why string) error {
+// shutdown stops the current boot; c.op is held. With reboot, the boot is
+// about to go on with a new Machine: Stopped is not closed.
+func (c *Controller) shutdown(why string, reboot bool) error {
 	c.mu.Lock()
 	if err := c.needLocked("shut down", StateRunning, StatePaused); err != nil {
 		c.mu.Unlock()
@@ -312,7 +316,7 @@ func (c *Controller) shutdown(why string) error {
 	}
 	r := c.run
 	if !r.stopping {
-		r.stopping, r.why = true, why
+		r.stopping, r.why, r.rebooting = true, why, reboot
 		close(r.stop)
 	}
 	c.mu.Unlock()
@@ -324,7 +328,7 @@ func (c *Controller) shutdown(why string) error {
 func (c *Controller) Reboot() error {
 	c.op.Lock()
 	defer c.op.Unlock()
-	if err := c.shutdown("rebooted through the API"); err != nil {
+	if err := c.shutdown("rebooted through the API", true); err != nil {
 		if errors.Is(err, ErrWrongState) {
 			return &StateError{Op: "reboot", State: err.(*StateError).State}
 		}
@@ -332,7 +336,13 @@ func (c *Controller) Reboot() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.startLocked()
+	if err := c.startLocked(c.stopped); err != nil {
+		// The boot cannot go on: it has ended.
+		c.lastErr = err
+		close(c.stopped)
+		return err
+	}
+	return nil
 }
 
 // Delete stops the guest if it runs and forgets the VM. Deleting when
@@ -344,7 +354,7 @@ func (c *Controller) Delete() error {
 	s := c.state
 	c.mu.Unlock()
 	if s == StateRunning || s == StatePaused {
-		if err := c.shutdown("deleted through the API"); err != nil {
+		if err := c.shutdown("deleted through the API", false); err != nil {
 			return err
 		}
 	}
@@ -427,10 +437,11 @@ func (c *Controller) LastExit() (Exit, error) {
 	return c.lastExit, c.lastErr
 }
 
-// stopWith shuts the guest down with e's detail (used when the process is
-// told to stop); it does nothing if the guest has already stopped.
-func (c *Controller) stopWith(e Exit) {
+// Stop shuts the guest down like Shutdown, with why as the detail of its
+// ExitStopped (e.g. the signal that stopped vio). It does nothing if the
+// guest does not run.
+func (c *Controller) Stop(why string) {
 	c.op.Lock()
 	defer c.op.Unlock()
-	c.shutdown(e.Detail)
+	c.shutdown(why, false)
 }

@@ -209,10 +209,19 @@ func TestControllerRebootBuildFails(t *testing.T) {
 	if err := c.Boot(); err != nil {
 		t.Fatal(err)
 	}
+	stopped = c.Stopped()
 	if err := c.Reboot(); err != nil {
 		t.Fatal(err)
 	}
 	wantState(t, c, vmm.StateRunning)
+	select {
+	case <-stopped:
+		t.Fatal("vm.reboot ended the boot (Stopped closed)")
+	default:
+	}
+	if c.Stopped() != stopped {
+		t.Fatal("vm.reboot started a new boot instead of continuing it")
+	}
 	if n := len(b.Machines()); n != 3 {
 		t.Fatalf("%d machines, want 3 (boot, boot, reboot)", n)
 	}

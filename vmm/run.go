@@ -151,7 +151,7 @@ func Boot(ctx context.Context, cfg *config.VM, stdio IO, opts Options) (Exit, er
 	select {
 	case <-c.Stopped():
 	case <-ctx.Done():
-		c.stopWith(Exit{Reason: ExitStopped, Detail: context.Cause(ctx).Error()})
+		c.Stop(context.Cause(ctx).Error())
 	}
 	e, err := c.LastExit()
 	c.Delete()
