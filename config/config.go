@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -28,10 +29,24 @@ type VM struct {
 	// OnReboot says what a guest reboot does: "restart" the guest (the
 	// default) or "exit" vio. (vio extension)
 	OnReboot string `json:"on_reboot,omitempty"`
+
+	// Fields of Cloud Hypervisor's VmConfig that vio accepts but does not
+	// implement yet (see compat.go): API clients such as Kata Containers
+	// send them, and Unimplemented says which values are ignored.
+	FS       []FS      `json:"fs,omitempty"`
+	Vsock    *Vsock    `json:"vsock,omitempty"`
+	Platform *Platform `json:"platform,omitempty"`
+	IOMMU    bool      `json:"iommu,omitempty"`
+	Watchdog bool      `json:"watchdog,omitempty"`
+	PvPanic  bool      `json:"pvpanic,omitempty"`
+	Landlock bool      `json:"landlock_enable,omitempty"`
 }
 
 // Payload is what the VM boots.
 type Payload struct {
+	// Firmware is accepted so that its use gets a clear refusal: vio
+	// boots kernels directly.
+	Firmware  string `json:"firmware,omitempty"`
 	Kernel    string `json:"kernel"`
 	Initramfs string `json:"initramfs,omitempty"`
 	Cmdline   string `json:"cmdline,omitempty"`
@@ -41,11 +56,44 @@ type Payload struct {
 type CPUs struct {
 	BootVCPUs int `json:"boot_vcpus"`
 	MaxVCPUs  int `json:"max_vcpus,omitempty"`
+
+	// Accepted, not implemented yet (see Unimplemented).
+	Topology    *CPUTopology `json:"topology,omitempty"`
+	KVMHyperV   bool         `json:"kvm_hyperv,omitempty"`
+	MaxPhysBits int          `json:"max_phys_bits,omitempty"`
+	Nested      *bool        `json:"nested,omitempty"`
+	Features    *CPUFeatures `json:"features,omitempty"`
+}
+
+// CPUTopology is how the vCPUs are arranged into threads, cores, dies and
+// packages. vio presents one thread per core, all cores in one package.
+type CPUTopology struct {
+	ThreadsPerCore int `json:"threads_per_core,omitempty"`
+	CoresPerDie    int `json:"cores_per_die,omitempty"`
+	DiesPerPackage int `json:"dies_per_package,omitempty"`
+	Packages       int `json:"packages,omitempty"`
+}
+
+// CPUFeatures are optional CPU features a guest may be given.
+type CPUFeatures struct {
+	AMX bool `json:"amx,omitempty"`
 }
 
 // Memory sizes guest RAM; Size is in bytes.
 type Memory struct {
 	Size int64 `json:"size"`
+
+	// Accepted, not implemented yet (see Unimplemented).
+	HotplugSize    int64  `json:"hotplug_size,omitempty"`
+	HotpluggedSize int64  `json:"hotplugged_size,omitempty"`
+	HotplugMethod  string `json:"hotplug_method,omitempty"`
+	Mergeable      bool   `json:"mergeable,omitempty"`
+	Shared         bool   `json:"shared,omitempty"`
+	Hugepages      bool   `json:"hugepages,omitempty"`
+	HugepageSize   int64  `json:"hugepage_size,omitempty"`
+	Prefault       bool   `json:"prefault,omitempty"`
+	Reserve        bool   `json:"reserve,omitempty"`
+	THP            *bool  `json:"thp,omitempty"`
 }
 
 // Disk is one virtio-blk disk.
@@ -60,6 +108,14 @@ type Disk struct {
 	NumQueues int    `json:"num_queues,omitempty"`
 	QueueSize int    `json:"queue_size,omitempty"`
 	ID        string `json:"id,omitempty"`
+
+	// Accepted, not implemented yet (see Unimplemented).
+	IOMMU        bool   `json:"iommu,omitempty"`
+	VhostUser    bool   `json:"vhost_user,omitempty"`
+	VhostSocket  string `json:"vhost_socket,omitempty"`
+	PCISegment   int    `json:"pci_segment,omitempty"`
+	BackingFiles bool   `json:"backing_files,omitempty"`
+	Sparse       *bool  `json:"sparse,omitempty"`
 }
 
 // Net is one virtio-net NIC.
@@ -69,11 +125,27 @@ type Net struct {
 	NumQueues int    `json:"num_queues,omitempty"`
 	QueueSize int    `json:"queue_size,omitempty"`
 	ID        string `json:"id,omitempty"`
+
+	// Accepted, not implemented yet (see Unimplemented). IP and Mask are
+	// what Cloud Hypervisor would give a TAP it creates; vio creates none.
+	IP          string `json:"ip,omitempty"`
+	Mask        string `json:"mask,omitempty"`
+	HostMAC     string `json:"host_mac,omitempty"`
+	MTU         int    `json:"mtu,omitempty"`
+	IOMMU       bool   `json:"iommu,omitempty"`
+	VhostUser   bool   `json:"vhost_user,omitempty"`
+	VhostSocket string `json:"vhost_socket,omitempty"`
+	VhostMode   string `json:"vhost_mode,omitempty"`
+	PCISegment  int    `json:"pci_segment,omitempty"`
+	OffloadTSO  *bool  `json:"offload_tso,omitempty"`
+	OffloadUFO  *bool  `json:"offload_ufo,omitempty"`
+	OffloadCsum *bool  `json:"offload_csum,omitempty"`
 }
 
 // RNG is a virtio-rng device fed from Src.
 type RNG struct {
-	Src string `json:"src,omitempty"`
+	Src   string `json:"src,omitempty"`
+	IOMMU bool   `json:"iommu,omitempty"` // accepted; see Unimplemented
 }
 
 // Console modes, as Cloud Hypervisor spells them.
@@ -90,6 +162,7 @@ type Console struct {
 	Mode   string `json:"mode,omitempty"`
 	File   string `json:"file,omitempty"`
 	Socket string `json:"socket,omitempty"`
+	IOMMU  bool   `json:"iommu,omitempty"` // accepted; see Unimplemented
 }
 
 // Defaults.
@@ -119,13 +192,47 @@ func Load(file string) (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config file: %w", err)
 	}
+	c, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("config file %s: %w", file, err)
+	}
+	return c, nil
+}
+
+// Decode reads one JSON VmConfig on top of the defaults, as a config file
+// and the API's vm.create both do. Unknown fields are errors (a typo must
+// not silently drop a disk), and so is anything after the object.
+func Decode(b []byte) (*VM, error) {
 	c := Default()
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(c); err != nil {
-		return nil, fmt.Errorf("config file %s: %w", file, err)
+		return nil, DecodeError(err)
+	}
+	if d.More() {
+		return nil, errors.New("the JSON object is followed by more data: send exactly one object")
 	}
 	return c, nil
+}
+
+// DecodeError turns encoding/json's errors into one sentence that says where
+// the problem is.
+func DecodeError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Errorf("malformed JSON at byte %d: %w", syn.Offset, err)
+	case errors.As(err, &typ):
+		return fmt.Errorf("field %s has the wrong type: got a JSON %s, want %s", typ.Field, typ.Value, typ.Type)
+	case errors.Is(err, io.EOF):
+		return errors.New("empty body: send one JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("the JSON ends early: send one complete object")
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fmt.Errorf("unknown field %s: vio does not know it (check the spelling against Cloud Hypervisor's VmConfig)", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return err
 }
 
 // Validate checks what can be checked without touching KVM: files exist,
@@ -158,6 +265,9 @@ func (c *VM) Validate() error {
 	if limit := hostMemory(); limit > 0 && c.Memory.Size > limit {
 		return fmt.Errorf("memory size %s is more than this host's %s of RAM", FormatSize(c.Memory.Size), FormatSize(limit))
 	}
+	if err := c.validateCompat(); err != nil {
+		return err
+	}
 	switch c.OnReboot {
 	case "", "restart", "exit":
 	default:
@@ -189,6 +299,11 @@ func (c *VM) Validate() error {
 		case "", "writeback", "writethrough", "none", "directsync", "unsafe":
 		default:
 			return fmt.Errorf("disk %s: cache mode %q: want writeback, writethrough, none, directsync or unsafe", d.Path, d.Cache)
+		}
+	}
+	for i, n := range c.Net {
+		if n.Tap == "" {
+			return fmt.Errorf("net %d has no tap: give the name of a TAP interface (tap=NAME)", i)
 		}
 	}
 	return nil
@@ -271,4 +386,18 @@ func FormatSize(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+// Clone returns a deep copy of c, so that a VM being built or reported
+// never shares slices with one being changed.
+func (c *VM) Clone() *VM {
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic("config: a VM config does not marshal: " + err.Error()) // every field is plain data
+	}
+	out := new(VM)
+	if err := json.Unmarshal(b, out); err != nil {
+		panic("config: a VM config does not unmarshal: " + err.Error())
+	}
+	return out
 }

@@ -101,3 +101,23 @@ func TestLoad(t *testing.T) {
 		t.Errorf("a misspelt field must be an error, got %v", err)
 	}
 }
+
+// FuzzDecode: any bytes a config file or an API client sends either decode
+// into a config that Validate can judge, or give an error; never a panic.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":2,"topology":{"packages":2}},"memory":{"size":1073741824,"thp":false}}`))
+	f.Add([]byte(`{"vsock":{"cid":3,"socket":"/s"},"platform":{"num_pci_segments":2},"fs":[{"tag":"t"}]}`))
+	f.Add([]byte(`{"payload":`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Decode(b)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("an error without a sentence")
+			}
+			return
+		}
+		c.Validate()
+		c.Unimplemented()
+		c.Clone()
+	})
+}

@@ -88,11 +88,27 @@ func systemEventExit(ev vcpu.Event) Exit {
 
 // Run starts the vCPUs and blocks until the guest powers off, resets,
 // panics or fails, or ctx is cancelled; then it stops every vCPU. A VM runs
-// once: a reboot is a new VM (see Boot).
+// once: a reboot is a new VM (see Boot and Controller).
 func (v *VM) Run(ctx context.Context) (Exit, error) {
-	if err := v.group.Start(); err != nil {
+	if err := v.Start(); err != nil {
 		return Exit{}, err
 	}
+	return v.Wait(ctx.Done(), func() string { return context.Cause(ctx).Error() }), nil
+}
+
+// Start starts the vCPUs and returns at once.
+func (v *VM) Start() error {
+	if err := v.group.Start(); err != nil {
+		v.group.Stop()
+		return err
+	}
+	return nil
+}
+
+// Wait blocks until the guest powers off, resets, panics or fails, or stop
+// is closed (then the exit is ExitStopped with why() as its detail); either
+// way every vCPU has stopped when it returns.
+func (v *VM) Wait(stop <-chan struct{}, why func() string) Exit {
 	var e Exit
 	select {
 	case e = <-v.events:
@@ -107,35 +123,37 @@ func (v *VM) Run(ctx context.Context) (Exit, error) {
 			default:
 			}
 		}
-	case <-ctx.Done():
-		e = Exit{Reason: ExitStopped, Detail: context.Cause(ctx).Error()}
+	case <-stop:
+		e = Exit{Reason: ExitStopped, Detail: why()}
 	}
 	v.group.Stop()
 	v.log.Info("guest stopped", "reason", e.Reason, "detail", e.Detail)
-	return e, nil
+	if v.opts.Stats != nil {
+		enc := json.NewEncoder(v.opts.Stats)
+		enc.SetIndent("", "  ")
+		enc.Encode(v.Stats())
+	}
+	return e
 }
 
 // Boot builds and runs a VM from cfg until the guest powers off, panics,
 // fails or ctx ends. A guest reboot builds the VM afresh when the config
-// says on_reboot=restart, the way a reset re-runs firmware.
+// says on_reboot=restart, the way a reset re-runs firmware. It is the
+// Controller without an API: the same lifecycle, driven by one caller.
 func Boot(ctx context.Context, cfg *config.VM, stdio IO, opts Options) (Exit, error) {
-	for {
-		vm, err := New(cfg, stdio, opts)
-		if err != nil {
-			return Exit{}, err
-		}
-		e, err := vm.Run(ctx)
-		if opts.Stats != nil {
-			enc := json.NewEncoder(opts.Stats)
-			enc.SetIndent("", "  ")
-			enc.Encode(vm.Stats())
-		}
-		vm.Close()
-		if err != nil || e.Reason != ExitReboot || cfg.OnReboot == "exit" {
-			return e, err
-		}
-		if opts.Log != nil {
-			opts.Log.Info("guest rebooted; restarting it")
-		}
+	c := NewController(Builder(stdio, opts), opts.Log)
+	if err := c.Create(cfg); err != nil {
+		return Exit{}, err
 	}
+	if err := c.Boot(); err != nil {
+		return Exit{}, err
+	}
+	select {
+	case <-c.Stopped():
+	case <-ctx.Done():
+		c.Stop(context.Cause(ctx).Error())
+	}
+	e, err := c.LastExit()
+	c.Delete()
+	return e, err
 }

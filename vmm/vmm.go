@@ -50,6 +50,7 @@ var ErrNoKVM = errors.New("no /dev/kvm: load the kvm_intel or kvm_amd module (an
 // VM is one assembled virtual machine, ready to Run once.
 type VM struct {
 	cfg    *config.VM
+	opts   Options
 	log    *slog.Logger
 	kernel *kernelImage
 	sys    *kvm.System
@@ -70,6 +71,9 @@ type VM struct {
 	msi        *msiRoutes
 	ioevents   *ioEvents
 
+	pauseMu sync.Mutex
+	clock   *kvm.ClockData // kvmclock saved by Pause, nil while running
+
 	closeOnce sync.Once
 }
 
@@ -82,7 +86,7 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	v := &VM{cfg: cfg, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1)}
+	v := &VM{cfg: cfg, opts: opts, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1)}
 	defer func() {
 		if err != nil {
 			v.Close()

@@ -15,12 +15,23 @@ import (
 var subcommands []func() *cobra.Command
 
 func main() {
+	var sf serveFlags
 	root := &cobra.Command{
 		Use:           "vio",
 		Short:         "vio runs Linux guests on KVM with emulated, paravirtual and pass-through I/O",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		// `vio --api-socket PATH` is `vio serve --api-socket PATH`: the
+		// form Kata Containers uses to start a Cloud Hypervisor.
+		RunE: func(c *cobra.Command, _ []string) error {
+			if sf.socket == "" {
+				return c.Help()
+			}
+			return serve(c.Context(), sf)
+		},
 	}
+	sf.add(root)
 	for _, f := range subcommands {
 		root.AddCommand(f())
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/viovmm/vio/api"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/vmm"
 )
@@ -19,6 +21,7 @@ func init() { subcommands = append(subcommands, runCommand) }
 func runCommand() *cobra.Command {
 	var (
 		file, memory, serial, console, onReboot string
+		apiSocket                               string
 		disks, nets                             []string
 		cpus                                    int
 		verbose, allowPVM, stats                bool
@@ -93,7 +96,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, verbose, allowPVM, stats)
+			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket})
 		},
 	}
 	f := c.Flags()
@@ -110,15 +113,24 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
+	f.StringVar(&apiSocket, "api-socket", "", "also serve the REST API for this VM on a UNIX socket (see docs/api.md)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
 	return c
 }
 
-func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM, stats bool) error {
+type runOptions struct {
+	verbose, allowPVM, stats bool
+	apiSocket                string
+}
+
+// run boots cfg and waits until the guest stops for good (poweroff, panic,
+// a reboot with --on-reboot=exit, vm.shutdown or vmm.shutdown through the
+// API, SIGINT/SIGTERM).
+func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	level := slog.LevelWarn
-	if verbose {
+	if o.verbose {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -134,11 +146,33 @@ func run(c *cobra.Command, cfg *config.VM, verbose, allowPVM, stats bool) error 
 		defer restore()
 		stdio.Stdin = in
 	}
-	opts := vmm.Options{AllowPVM: allowPVM, Log: log}
-	if stats {
+	opts := vmm.Options{AllowPVM: o.allowPVM, Log: log}
+	if o.stats {
 		opts.Stats = os.Stderr
 	}
-	exit, err := vmm.Boot(ctx, cfg, stdio, opts)
+	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
+	defer ctl.Delete()
+	if err := ctl.Create(cfg); err != nil {
+		return err
+	}
+	if o.apiSocket != "" {
+		l, err := api.Listen(o.apiSocket, log)
+		if err != nil {
+			return err
+		}
+		srv := api.NewServer(ctl, log)
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	if err := ctl.Boot(); err != nil {
+		return err
+	}
+	select {
+	case <-ctl.Stopped():
+	case <-ctx.Done():
+		ctl.Stop(context.Cause(ctx).Error())
+	}
+	exit, err := ctl.LastExit()
 	if err != nil {
 		return err
 	}

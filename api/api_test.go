@@ -1,0 +1,304 @@
+package api_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/vmm"
+)
+
+// kataCreateBody is a vm.create body shaped like the one Kata Containers'
+// clh driver sends: every field its generated client fills in with a
+// default, plus the ones the README of the description lists (two PCI
+// segments, nested, a topology, memory hotplug with Acpi and thp, a
+// read-only root disk, queue sizes, a vsock, virtio-fs).
+func kataCreateBody(kernel string) []byte {
+	return []byte(`{
+  "payload": {"kernel": "` + kernel + `", "cmdline": "console=hvc0 quiet panic=1 agent.log=debug"},
+  "cpus": {"boot_vcpus": 1, "max_vcpus": 4, "kvm_hyperv": false, "nested": true,
+           "topology": {"threads_per_core": 1, "cores_per_die": 4, "dies_per_package": 1, "packages": 1}},
+  "memory": {"size": 268435456, "hotplug_size": 4294967296, "hotplug_method": "Acpi", "thp": true,
+             "shared": true, "mergeable": false, "hugepages": false, "prefault": false},
+  "disks": [{"path": "/var/lib/kata/kata-containers.img", "readonly": true, "direct": false, "iommu": false,
+             "num_queues": 1, "queue_size": 128, "vhost_user": false, "id": "_disk0"}],
+  "rng": {"src": "/dev/urandom", "iommu": false},
+  "serial": {"mode": "Off"},
+  "console": {"mode": "Off", "iommu": false},
+  "fs": [{"tag": "kataShared", "socket": "/run/vc/vm/x/vhost-fs.sock", "num_queues": 1, "queue_size": 1024}],
+  "vsock": {"cid": 3, "socket": "/run/vc/vm/x/clh.sock", "iommu": false},
+  "platform": {"num_pci_segments": 2, "tdx": false, "sev_snp": false},
+  "iommu": false, "watchdog": false, "pvpanic": false
+}`)
+}
+
+// TestKataSequence drives the API the way Kata's clh driver does, start
+// to end, every request and answer checked against the description.
+func TestKataSequence(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+
+	// Kata polls vmm.ping every 10 ms until the socket answers.
+	var ping struct {
+		Version string `json:"version"`
+		PID     int    `json:"pid"`
+	}
+	json.Unmarshal(c.ok("GET", "vmm.ping", nil, 200).body, &ping)
+	if ping.PID != os.Getpid() || !strings.HasPrefix(ping.Version, "vio v") {
+		t.Fatalf("vmm.ping: %+v", ping)
+	}
+
+	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
+	cfg := c.state(vmm.StateCreated)
+	// Kata dereferences config.cpus and config.memory when it resizes.
+	cpus, _ := cfg["cpus"].(map[string]any)
+	mem, _ := cfg["memory"].(map[string]any)
+	if cpus["boot_vcpus"] != 1.0 || cpus["max_vcpus"] != 4.0 || mem["size"] != 268435456.0 {
+		t.Fatalf("vm.info config does not echo cpus and memory: %v %v", cpus, mem)
+	}
+	// A NIC by name before boot joins the config (Kata passes an fd
+	// instead; see TestAddNetFDs).
+	c.ok("PUT", "vm.add-net", []byte(`{"tap": "tap0", "num_queues": 2, "queue_size": 256, "mac": "52:54:00:12:34:56"}`), 204)
+	c.ok("PUT", "vm.boot", nil, 204)
+	c.state(vmm.StateRunning)
+	m := v.builder.Last()
+	if m == nil || len(m.Config.Net) != 1 || m.Config.Net[0].Tap != "tap0" || m.Config.Platform.NumPCISegments != 2 {
+		t.Fatalf("the VM was not built from the config sent: %+v", m)
+	}
+	c.ok("PUT", "vm.pause", nil, 204)
+	c.state(vmm.StatePaused)
+	if !m.Paused() {
+		t.Fatal("vm.pause did not pause the VM")
+	}
+	c.ok("PUT", "vm.resume", nil, 204)
+	c.state(vmm.StateRunning)
+	var counters map[string]map[string]int64
+	json.Unmarshal(c.ok("GET", "vm.counters", nil, 200).body, &counters)
+	if counters["vcpu0"]["pauses"] != 1 {
+		t.Fatalf("vm.counters %v", counters)
+	}
+	c.ok("PUT", "vm.shutdown", nil, 204)
+	c.state(vmm.StateShutdown)
+	if !m.Closed() {
+		t.Fatal("vm.shutdown returned before the VM was released")
+	}
+	c.ok("PUT", "vmm.shutdown", nil, 204)
+	select {
+	case err := <-v.served:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the server still serves 3 s after vmm.shutdown (Kata's limit)")
+	}
+	if c.reused == 0 {
+		t.Error("no request reused the connection: keep-alive does not work")
+	}
+	if _, err := os.Stat(v.sock); !os.IsNotExist(err) {
+		t.Errorf("the socket file outlives the server: %v", err)
+	}
+}
+
+// Bad requests get a 4xx with a sentence, and the server keeps serving.
+func TestBadRequests(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+	good := kataCreateBody(v.kernel)
+	big := append([]byte(`{"payload":{"kernel":"`+v.kernel+`","cmdline":"`), bytes.Repeat([]byte("x"), api.MaxBody)...)
+	big = append(big, `"}}`...)
+	for _, tc := range []struct {
+		name, method, endpoint string
+		body                   []byte
+		status                 int
+		says                   string
+	}{
+		{"info before create", "GET", "vm.info", nil, 404, "vm.create first"},
+		{"boot before create", "PUT", "vm.boot", nil, 404, "vm.create first"},
+		{"unknown field", "PUT", "vm.create", []byte(`{"payload":{"kernel":"` + v.kernel + `"},"bogus":1}`), 400, `unknown field "bogus"`},
+		{"unknown nested field", "PUT", "vm.create", []byte(`{"payload":{"kernel":"` + v.kernel + `"},"cpus":{"boot_vcpus":1,"max_vcpus":1,"turbo":true}}`), 400, `"turbo"`},
+		{"malformed", "PUT", "vm.create", []byte(`{"payload": {"kernel": `), 400, "ends early"},
+		{"not JSON", "PUT", "vm.create", []byte(`kernel=/boot/vmlinuz`), 400, "malformed JSON"},
+		{"wrong type", "PUT", "vm.create", []byte(`{"payload":{"kernel":"` + v.kernel + `"},"cpus":{"boot_vcpus":"two","max_vcpus":2}}`), 400, "cpus.boot_vcpus has the wrong type"},
+		{"two objects", "PUT", "vm.create", append(append([]byte{}, good...), good...), 400, "followed by more data"},
+		{"empty body", "PUT", "vm.create", []byte{}, 400, "needs a JSON body"},
+		{"oversized", "PUT", "vm.create", big, 413, "larger than"},
+		{"missing kernel", "PUT", "vm.create", []byte(`{"payload":{"cmdline":"quiet"}}`), 400, "no kernel given"},
+		{"refused field", "PUT", "vm.create", []byte(`{"payload":{"kernel":"` + v.kernel + `"},"platform":{"tdx":true}}`), 400, "confidential"},
+		{"create", "PUT", "vm.create", good, 204, ""},
+		{"create twice", "PUT", "vm.create", good, 405, "exists already"},
+		{"pause before boot", "PUT", "vm.pause", nil, 405, "vm.boot first"},
+		{"boot", "PUT", "vm.boot", nil, 204, ""},
+		{"resume while running", "PUT", "vm.resume", nil, 405, "running, not paused"},
+		{"add-disk while running", "PUT", "vm.add-disk", []byte(`{"path":"/tmp/x.img"}`), 501, "hot plug"},
+		{"add-disk unknown field", "PUT", "vm.add-disk", []byte(`{"path":"/tmp/x.img","speed":9}`), 400, `"speed"`},
+		{"wrong method", "GET", "vm.boot", nil, 405, "takes PUT"},
+		{"unknown endpoint", "GET", "vm.everything", nil, 404, "no such endpoint"},
+		{"outside the API", "GET", "metrics", nil, 404, "/api/v1/"},
+		{"not yet", "PUT", "vm.snapshot", []byte(`{"destination_url":"file:///tmp/s"}`), 501, "not implemented"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := c.do(tc.method, tc.endpoint, tc.body)
+			if a.status != tc.status || !strings.Contains(a.errorSentence(), tc.says) {
+				t.Fatalf("status %d %q, want %d saying %q", a.status, a.body, tc.status, tc.says)
+			}
+			// The server keeps serving.
+			c.ok("GET", "vmm.ping", nil, 200)
+		})
+	}
+}
+
+// The socket is 0600, a stale one is replaced, anything else is refused.
+func TestListen(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	l, err := api.Listen(sock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(sock)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v (%v), want 0600", st.Mode(), err)
+	}
+	if _, err := api.Listen(sock, nil); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("a second server on a live socket: %v", err)
+	}
+	// A socket left by a dead process (the file stays when the listener
+	// goes without removing it).
+	raw, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "stale.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.SetUnlinkOnClose(false)
+	raw.Close()
+	l2, err := api.Listen(filepath.Join(dir, "stale.sock"), nil)
+	if err != nil {
+		t.Fatalf("a stale socket was not replaced: %v", err)
+	}
+	l2.Close()
+	plain := filepath.Join(dir, "file")
+	os.WriteFile(plain, nil, 0o644)
+	if _, err := api.Listen(plain, nil); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("a regular file in the way: %v", err)
+	}
+	l.Close()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("Close left the socket file: %v", err)
+	}
+}
+
+// sendWithFD writes an HTTP request on a new connection with fd attached
+// to its first bytes (as Kata's add-net does) and returns the connection
+// and the answer's status line.
+func sendWithFD(t *testing.T, sock, request string, fd int) (*net.UnixConn, string) {
+	t.Helper()
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := conn.WriteMsgUnix([]byte(request), unix.UnixRights(fd), nil); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, string(buf[:n])
+}
+
+// pipeClosedElsewhere reports whether every copy of w's write end but
+// ours has been closed: closing ours then gives r an EOF.
+func waitEOF(t *testing.T, r *os.File) {
+	t.Helper()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [1]byte
+	if n, err := r.Read(b[:]); n != 0 || err == nil || !strings.Contains(err.Error(), "EOF") {
+		t.Fatalf("read %d, %v: the server still holds the passed descriptor", n, err)
+	}
+}
+
+// Descriptors passed with SCM_RIGHTS reach the add-net handler (which
+// answers 501 for now and closes them), and descriptors no request takes
+// are closed with their connection.
+func TestAddNetFDs(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
+
+	body := `{"num_queues":2,"queue_size":256,"ip":"10.0.0.1","mask":"255.255.255.0","mac":"52:54:00:aa:bb:cc"}`
+	req := "PUT /api/v1/vm.add-net HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: " +
+		itoa(len(body)) + "\r\n\r\n" + body
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	conn, status := sendWithFD(t, v.sock, req, int(w.Fd()))
+	if !strings.HasPrefix(status, "HTTP/1.1 501") || !strings.Contains(status, "received 1 TAP descriptor") {
+		t.Fatalf("add-net with a descriptor: %q", status)
+	}
+	w.Close()
+	waitEOF(t, r) // the handler closed its copy
+	conn.Close()
+
+	// A descriptor sent with a request that does not take one is closed
+	// when the connection is.
+	r2, w2, _ := os.Pipe()
+	defer r2.Close()
+	conn, status = sendWithFD(t, v.sock, "GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\n\r\n", int(w2.Fd()))
+	if !strings.HasPrefix(status, "HTTP/1.1 200") {
+		t.Fatalf("vm.info: %q", status)
+	}
+	w2.Close()
+	conn.Close()
+	waitEOF(t, r2)
+	c.ok("GET", "vmm.ping", nil, 200)
+}
+
+func itoa(n int) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// A peer running as another user is refused before HTTP (SO_PEERCRED),
+// even when the socket's mode would let it connect.
+func TestPeerUID(t *testing.T) {
+	if os.Getenv("VIO_API_PEER_SOCK") != "" {
+		// The child: as another user, try one request.
+		cl := api.NewClient(os.Getenv("VIO_API_PEER_SOCK"))
+		_, err := cl.Do(t.Context(), http.MethodGet, "vmm.ping", nil)
+		if err == nil {
+			t.Fatal("a peer with another uid was answered")
+		}
+		return
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a peer as another user")
+	}
+	// A directory the other user can reach, for the socket and a copy
+	// of this test binary.
+	dir, err := os.MkdirTemp("", "vio-api-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	v := startVMMIn(t, dir)
+	os.Chmod(v.sock, 0o666)
+	cmd := execSelf(t, dir, "TestPeerUID", "VIO_API_PEER_SOCK="+v.sock, 65534)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the peer as uid 65534: %v\n%s", err, out)
+	}
+	// Our own uid is still served.
+	newSpecClient(t, v.sock).ok("GET", "vmm.ping", nil, 200)
+}

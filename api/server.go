@@ -1,0 +1,392 @@
+// Package api serves the Cloud-Hypervisor-compatible REST API that Kata
+// Containers' clh driver (and curl) use to drive a VMM: HTTP/1.1 on a UNIX
+// socket, routes under /api/v1/, JSON bodies in Cloud Hypervisor's shapes
+// (api/testdata/cloud-hypervisor.yaml). It does HTTP only; the VM's
+// lifecycle is vmm.Controller's.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/vmm"
+)
+
+// Controller is what the API drives: vmm.Controller, whose documentation
+// holds the contract (states, errors). Errors are matched with errors.Is
+// against vmm.ErrNotCreated (404), vmm.ErrWrongState (405, as Cloud
+// Hypervisor's description says for an action the state does not allow),
+// vmm.ErrInvalidConfig (400) and vmm.ErrNotImplemented (501); any other
+// error is a 500. The error's text is the sentence the client sees.
+type Controller interface {
+	Create(*config.VM) error
+	Boot() error
+	Pause() error
+	Resume() error
+	Shutdown() error
+	Reboot() error
+	Delete() error
+	Info() (vmm.Info, error)
+	Counters() (map[string]map[string]int64, error)
+	AddDisk(config.Disk) error
+	AddNet(config.Net) error
+}
+
+var _ Controller = (*vmm.Controller)(nil)
+
+// Version is what vmm.ping reports, "<name> v<semver>" as Cloud Hypervisor
+// spells it. Set at link time with -X.
+var Version = "vio v0.1.0"
+
+// MaxBody bounds a request body. A VmConfig is a few kilobytes.
+const MaxBody = 1 << 20
+
+const maxHeader = 16 << 10
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// Server serves the API for one Controller.
+type Server struct {
+	ctl  Controller
+	log  *slog.Logger
+	http *http.Server
+
+	shutdownOnce sync.Once
+	done         chan struct{} // closed when vmm.shutdown was asked
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed when Close has finished
+	closeErr  error
+}
+
+// NewServer returns a Server for ctl. A nil log discards.
+func NewServer(ctl Controller, log *slog.Logger) *Server {
+	if log == nil {
+		log = discard
+	}
+	s := &Server{ctl: ctl, log: log, done: make(chan struct{}), closed: make(chan struct{})}
+	s.http = &http.Server{
+		Handler:           s,
+		ConnContext:       connContext,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    maxHeader,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return s
+}
+
+// Serve answers requests on l until Close or vmm.shutdown; then, once the
+// answers in progress have gone out, it returns nil. l should be a
+// *Listener (for SCM_RIGHTS and peer checks).
+func (s *Server) Serve(l net.Listener) error {
+	err := s.http.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-s.closed
+		return nil
+	}
+	return err
+}
+
+// ShutdownRequested is closed once a client has asked for vmm.shutdown
+// (after its answer went out).
+func (s *Server) ShutdownRequested() <-chan struct{} { return s.done }
+
+// Close stops serving: the listener is closed, idle connections are
+// closed, and requests in progress get up to 3 s to finish.
+// Close may be called more than once; every call returns when the first
+// has finished.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		s.closeErr = s.http.Shutdown(ctx)
+		if errors.Is(s.closeErr, context.DeadlineExceeded) {
+			s.closeErr = s.http.Close()
+		}
+		close(s.closed)
+	})
+	<-s.closed
+	return s.closeErr
+}
+
+// route is one endpoint.
+type route struct {
+	method string
+	handle func(s *Server, w http.ResponseWriter, r *http.Request) error
+}
+
+const prefix = "/api/v1/"
+
+var routes = map[string]route{
+	"vmm.ping":     {http.MethodGet, (*Server).ping},
+	"vmm.shutdown": {http.MethodPut, (*Server).shutdownVMM},
+	"vm.create":    {http.MethodPut, (*Server).create},
+	"vm.boot":      {http.MethodPut, action((Controller).Boot)},
+	"vm.pause":     {http.MethodPut, action((Controller).Pause)},
+	"vm.resume":    {http.MethodPut, action((Controller).Resume)},
+	"vm.shutdown":  {http.MethodPut, action((Controller).Shutdown)},
+	"vm.reboot":    {http.MethodPut, action((Controller).Reboot)},
+	"vm.delete":    {http.MethodPut, action((Controller).Delete)},
+	"vm.info":      {http.MethodGet, (*Server).info},
+	"vm.counters":  {http.MethodGet, (*Server).counters},
+	"vm.add-disk":  {http.MethodPut, (*Server).addDisk},
+	"vm.add-net":   {http.MethodPut, (*Server).addNet},
+}
+
+// notYet are the other endpoints of Cloud Hypervisor's API: known, so
+// they get a 501 that says so rather than a 404.
+var notYet = map[string]bool{
+	"vm.power-button": true, "vm.resize": true, "vm.resize-disk": true, "vm.resize-zone": true,
+	"vm.add-device": true, "vm.remove-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
+	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
+	"vm.snapshot": true, "vm.coredump": true, "vm.nmi": true, "vm.restore": true,
+	"vm.receive-migration": true, "vm.send-migration": true,
+}
+
+// httpError is an error with the status to answer it with.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func errorf(status int, format string, a ...any) error {
+	return &httpError{status: status, msg: fmt.Sprintf(format, a...)}
+}
+
+// ServeHTTP routes a request and turns its error into a JSON answer.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	name, ok := cutPrefix(r.URL.Path)
+	rt, known := routes[name]
+	var err error
+	switch {
+	case !ok || !known && !notYet[name]:
+		err = errorf(http.StatusNotFound, "no such endpoint %s: the API lives under %s (e.g. %svm.info)", r.URL.Path, prefix, prefix)
+	case !known:
+		err = errorf(http.StatusNotImplemented, "%s is not implemented by vio yet", name)
+	case r.Method != rt.method:
+		w.Header().Set("Allow", rt.method)
+		err = errorf(http.StatusMethodNotAllowed, "%s takes %s, not %s", name, rt.method, r.Method)
+	default:
+		err = rt.handle(s, w, r)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+	}
+}
+
+func cutPrefix(p string) (string, bool) {
+	if len(p) <= len(prefix) || p[:len(prefix)] != prefix {
+		return "", false
+	}
+	return p[len(prefix):], true
+}
+
+// fail answers err with its status and {"error": sentence}.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusInternalServerError
+	var he *httpError
+	switch {
+	case errors.As(err, &he):
+		status = he.status
+	case errors.Is(err, vmm.ErrNotCreated):
+		status = http.StatusNotFound
+	case errors.Is(err, vmm.ErrWrongState):
+		status = http.StatusMethodNotAllowed
+	case errors.Is(err, vmm.ErrInvalidConfig):
+		status = http.StatusBadRequest
+	case errors.Is(err, vmm.ErrNotImplemented):
+		status = http.StatusNotImplemented
+	}
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	s.log.Log(r.Context(), level, "API request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	writeJSON(w, status, struct {
+		Error string `json:"error"`
+	}{err.Error()})
+}
+
+// writeJSON answers with v as JSON, with its length, so that clients
+// can keep the connection for the next request.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"the answer could not be encoded"}`)
+	}
+	b = append(b, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+func noContent(w http.ResponseWriter) { w.WriteHeader(http.StatusNoContent) }
+
+// readBody reads a bounded request body.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return nil, errorf(http.StatusRequestEntityTooLarge, "the request body is larger than %d bytes", MaxBody)
+	}
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, errorf(http.StatusBadRequest, "%s needs a JSON body", r.URL.Path[len(prefix):])
+	}
+	return b, nil
+}
+
+// decode reads one JSON object into v, refusing unknown fields.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	b, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return errorf(http.StatusBadRequest, "%v", config.DecodeError(err))
+	}
+	if d.More() {
+		return errorf(http.StatusBadRequest, "the JSON object is followed by more data: send exactly one object")
+	}
+	return nil
+}
+
+// action adapts a body-less Controller operation answered with 204.
+func action(op func(Controller) error) func(*Server, http.ResponseWriter, *http.Request) error {
+	return func(s *Server, w http.ResponseWriter, r *http.Request) error {
+		if err := op(s.ctl); err != nil {
+			return err
+		}
+		noContent(w)
+		return nil
+	}
+}
+
+type pingResponse struct {
+	BuildVersion string   `json:"build_version,omitempty"`
+	Version      string   `json:"version"`
+	PID          int      `json:"pid"`
+	Features     []string `json:"features"`
+}
+
+func (s *Server) ping(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, pingResponse{Version: Version, PID: os.Getpid(), Features: []string{}})
+	return nil
+}
+
+// shutdownVMM stops the VM, answers 204, then ends the server: the
+// process exits after that (Kata waits for it to be gone).
+func (s *Server) shutdownVMM(w http.ResponseWriter, r *http.Request) error {
+	if err := s.ctl.Delete(); err != nil {
+		return err
+	}
+	noContent(w)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	s.shutdownOnce.Do(func() {
+		close(s.done)
+		go s.Close() // waits for this handler to return
+	})
+	return nil
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
+	b, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Decode(b)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	if err := s.ctl.Create(cfg); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
+}
+
+type infoResponse struct {
+	Config           *config.VM `json:"config"`
+	State            vmm.State  `json:"state"`
+	MemoryActualSize int64      `json:"memory_actual_size"`
+}
+
+func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
+	info, err := s.ctl.Info()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, infoResponse{Config: info.Config, State: info.State, MemoryActualSize: info.Config.Memory.Size})
+	return nil
+}
+
+func (s *Server) counters(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.ctl.Counters()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, c)
+	return nil
+}
+
+func (s *Server) addDisk(w http.ResponseWriter, r *http.Request) error {
+	var d config.Disk
+	if err := decode(w, r, &d); err != nil {
+		return err
+	}
+	if err := s.ctl.AddDisk(d); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
+}
+
+// addNet takes a NIC by TAP name. The descriptors a client passes with
+// SCM_RIGHTS are received (see FDConn) but not used yet: such a request
+// gets a 501 and the descriptors are closed.
+func (s *Server) addNet(w http.ResponseWriter, r *http.Request) error {
+	fds, fdErr := RequestFDs(r.Context())
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	var n config.Net
+	if err := decode(w, r, &n); err != nil {
+		return err
+	}
+	if fdErr != nil {
+		return errorf(http.StatusBadRequest, "%v", fdErr)
+	}
+	if len(fds) > 0 {
+		return errorf(http.StatusNotImplemented, "vio received %d TAP descriptor(s) but cannot attach a NIC to a passed descriptor yet: give the TAP's name in \"tap\" instead", len(fds))
+	}
+	if err := s.ctl.AddNet(n); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/viovmm/vio/api"
+)
+
+func init() { subcommands = append(subcommands, ctlCommand) }
+
+// ctlVerbs maps each `vio ctl` verb to its request and the line printed
+// when the answer has no body.
+var ctlVerbs = map[string]struct {
+	method, endpoint, done string
+}{
+	"ping":         {http.MethodGet, "vmm.ping", ""},
+	"info":         {http.MethodGet, "vm.info", ""},
+	"counters":     {http.MethodGet, "vm.counters", ""},
+	"create":       {http.MethodPut, "vm.create", "VM created"},
+	"boot":         {http.MethodPut, "vm.boot", "VM booted"},
+	"pause":        {http.MethodPut, "vm.pause", "VM paused"},
+	"resume":       {http.MethodPut, "vm.resume", "VM resumed"},
+	"shutdown":     {http.MethodPut, "vm.shutdown", "VM shut down"},
+	"reboot":       {http.MethodPut, "vm.reboot", "VM rebooted"},
+	"delete":       {http.MethodPut, "vm.delete", "VM deleted"},
+	"shutdown-vmm": {http.MethodPut, "vmm.shutdown", "VMM shut down"},
+}
+
+func ctlCommand() *cobra.Command {
+	var socket string
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|shutdown|reboot|delete|shutdown-vmm",
+		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
+		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
+and print the JSON answer or a one-line message. create FILE sends a JSON VM config.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(c *cobra.Command, args []string) error {
+			if socket == "" {
+				return errors.New("no --api-socket given: name the socket the VMM serves its API on")
+			}
+			verb, ok := ctlVerbs[args[0]]
+			if !ok {
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, shutdown, reboot, delete or shutdown-vmm", args[0])
+			}
+			var body []byte
+			switch {
+			case args[0] == "create" && len(args) == 2:
+				b, err := os.ReadFile(args[1])
+				if err != nil {
+					return fmt.Errorf("config file: %w", err)
+				}
+				body = b
+			case args[0] == "create":
+				return errors.New("create needs a JSON VM config file: vio ctl --api-socket PATH create vm.json")
+			case len(args) == 2:
+				return fmt.Errorf("%s takes no argument", args[0])
+			}
+			ctx, cancel := context.WithTimeout(c.Context(), timeout)
+			defer cancel()
+			cl := api.NewClient(socket)
+			defer cl.Close()
+			out, err := cl.Do(ctx, verb.method, verb.endpoint, body)
+			if err != nil {
+				var se *api.StatusError
+				if errors.As(err, &se) {
+					return errors.New(se.Msg)
+				}
+				return fmt.Errorf("cannot reach the API at %s: %w", socket, err)
+			}
+			w := c.OutOrStdout()
+			if len(bytes.TrimSpace(out)) == 0 {
+				fmt.Fprintln(w, verb.done)
+				return nil
+			}
+			var pretty bytes.Buffer
+			if json.Indent(&pretty, out, "", "  ") != nil {
+				_, err = w.Write(out)
+				return err
+			}
+			fmt.Fprintln(w, strings.TrimSpace(pretty.String()))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&socket, "api-socket", "", "the VMM's API socket")
+	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
+	return c
+}

@@ -1,0 +1,447 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/viovmm/vio/config"
+)
+
+// State is the lifecycle state of the Controller's VM, spelled as Cloud
+// Hypervisor's VmInfo.state.
+type State string
+
+const (
+	NoVM          State = ""         // nothing created yet, or deleted
+	StateCreated  State = "Created"  // configured, never booted
+	StateRunning  State = "Running"  // vCPUs running (also across guest reboots)
+	StatePaused   State = "Paused"   // vCPUs parked, guest clock frozen
+	StateShutdown State = "Shutdown" // the guest stopped; it may be booted again
+)
+
+// Machine is one built VM as the Controller drives it; *VM is the real
+// one, vmmtest has a double. A Machine runs once: a guest reboot is a new
+// Machine built from the same config.
+type Machine interface {
+	// Start starts the vCPUs and returns at once.
+	Start() error
+	// Wait blocks until the guest stops on its own (poweroff, reset,
+	// panic, a fatal exit) or stop is closed (the exit is then
+	// ExitStopped with why() as detail). Every vCPU has stopped when it
+	// returns. It is called once, after Start.
+	Wait(stop <-chan struct{}, why func() string) Exit
+	// Pause parks every vCPU and freezes the guest clock; Resume undoes
+	// it. Both are called only between Start and the end of Wait.
+	Pause() error
+	Resume() error
+	// Counters are the VM's counters by device, then by name.
+	Counters() map[string]map[string]int64
+	// Close releases everything; it is called once, after Wait.
+	Close() error
+}
+
+var _ Machine = (*VM)(nil)
+
+// BuildFunc builds a Machine from a validated config that the Machine may
+// keep (the Controller passes a copy of its own).
+type BuildFunc func(cfg *config.VM) (Machine, error)
+
+// Builder returns the BuildFunc that builds real VMs with New.
+func Builder(stdio IO, opts Options) BuildFunc {
+	return func(cfg *config.VM) (Machine, error) { return New(cfg, stdio, opts) }
+}
+
+// Errors of the Controller, matched with errors.Is. The API maps each to an
+// HTTP status; the error's text is the sentence to show.
+var (
+	// ErrNotCreated: the operation needs a VM and there is none.
+	ErrNotCreated = errors.New("no VM has been created: send vm.create first")
+	// ErrWrongState: the VM exists but its state does not allow the
+	// operation (a *StateError says which and what to do).
+	ErrWrongState = errors.New("the VM's state does not allow this operation")
+	// ErrInvalidConfig: the config (or a device added to it) is wrong.
+	ErrInvalidConfig = errors.New("invalid VM config")
+	// ErrNotImplemented: vio does not do this yet.
+	ErrNotImplemented = errors.New("not implemented yet")
+)
+
+// StateError is an operation refused in a state.
+type StateError struct {
+	Op    string // what was asked: "pause", "boot", ...
+	State State  // the state the VM was in
+}
+
+func (e *StateError) Error() string {
+	switch {
+	case e.Op == "create":
+		return fmt.Sprintf("cannot create: a VM exists already (%s); send vm.delete first", e.State)
+	case e.State == StateCreated:
+		return fmt.Sprintf("cannot %s: the VM has not been booted yet; send vm.boot first", e.Op)
+	case e.State == StateShutdown:
+		return fmt.Sprintf("cannot %s: the VM is shut down; send vm.boot to start it again", e.Op)
+	case e.Op == "resume" && e.State == StateRunning:
+		return "cannot resume: the VM is running, not paused"
+	case e.Op == "pause" && e.State == StatePaused:
+		return "cannot pause: the VM is paused already"
+	case e.Op == "boot" && e.State == StatePaused:
+		return "cannot boot: the VM is booted and paused; send vm.resume to continue it"
+	case e.Op == "boot":
+		return "cannot boot: the VM is running already"
+	}
+	return fmt.Sprintf("cannot %s: the VM is %s", e.Op, e.State)
+}
+
+// configError is a Validate error that matches ErrInvalidConfig and reads
+// as the sentence Validate wrote.
+type configError struct{ error }
+
+func (e configError) Unwrap() error        { return e.error }
+func (e configError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// Is makes a StateError match ErrWrongState.
+func (e *StateError) Is(target error) bool { return target == ErrWrongState }
+
+// Info is what vm.info reports.
+type Info struct {
+	State  State
+	Config *config.VM // a copy
+}
+
+// Controller owns the one VM of a VMM process and its lifecycle:
+//
+//	(none) --Create--> Created --Boot--> Running <--Pause/Resume--> Paused
+//	Running/Paused --Shutdown, or the guest powers off--> Shutdown --Boot--> Running
+//	any --Delete--> (none)
+//
+// A guest reboot with on_reboot=restart builds a fresh Machine and stays
+// Running; with on_reboot=exit it ends in Shutdown like a poweroff. The
+// Controller is safe for concurrent use: state-changing operations are
+// serialised, Info and Counters never wait for a slow one.
+type Controller struct {
+	build BuildFunc
+	log   *slog.Logger
+
+	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*
+
+	// mu guards everything below. It is held while a Machine is paused,
+	// resumed or closed, so that those never meet.
+	mu       sync.Mutex
+	state    State
+	cfg      *config.VM
+	run      *run          // the current boot, nil before the first
+	stopped  chan struct{} // closed when the current boot ends in Shutdown
+	lastExit Exit
+	lastErr  error
+}
+
+// run is one boot: the Machines it goes through (one per guest reboot)
+// and the means to stop it.
+type run struct {
+	m         Machine
+	stop      chan struct{} // closed to stop the guest
+	why       string        // the detail of ExitStopped
+	stopping  bool          // set (under mu) before stop is closed: do not restart
+	rebooting bool          // stopped by Reboot: the boot goes on, Stopped stays open
+	done      chan struct{} // closed when the boot has ended and m is closed
+}
+
+// NewController returns a Controller with no VM that builds Machines with
+// build. A nil log discards.
+func NewController(build BuildFunc, log *slog.Logger) *Controller {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Controller{build: build, log: log}
+}
+
+// Create records the VM's config after checking it (Validate); nothing is
+// built until Boot. Values vio accepts but ignores are logged.
+func (c *Controller) Create(cfg *config.VM) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != NoVM {
+		return &StateError{Op: "create", State: c.state}
+	}
+	cfg = cfg.Clone()
+	if cfg.CPUs.MaxVCPUs == 0 {
+		cfg.CPUs.MaxVCPUs = cfg.CPUs.BootVCPUs
+	}
+	if err := cfg.Validate(); err != nil {
+		return configError{err}
+	}
+	for _, w := range cfg.Unimplemented() {
+		c.log.Warn(w)
+	}
+	c.cfg, c.state = cfg, StateCreated
+	return nil
+}
+
+// Boot builds the VM and starts its vCPUs; it returns once they run.
+func (c *Controller) Boot() error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case NoVM:
+		return ErrNotCreated
+	case StateCreated, StateShutdown:
+	default:
+		return &StateError{Op: "boot", State: c.state}
+	}
+	return c.startLocked(make(chan struct{}))
+}
+
+// startLocked builds and starts a Machine and the goroutine that follows
+// it, which closes stopped when the boot ends. c.mu is held.
+func (c *Controller) startLocked(stopped chan struct{}) error {
+	m, err := c.buildLocked()
+	if err != nil {
+		return err
+	}
+	r := &run{m: m, stop: make(chan struct{}), done: make(chan struct{})}
+	c.run, c.state, c.stopped = r, StateRunning, stopped
+	c.lastExit, c.lastErr = Exit{}, nil
+	go c.follow(r, c.stopped)
+	return nil
+}
+
+func (c *Controller) buildLocked() (Machine, error) {
+	m, err := c.build(c.cfg.Clone())
+	if err != nil {
+		return nil, fmt.Errorf("building the VM: %w", err)
+	}
+	if err := m.Start(); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("starting the vCPUs: %w", err)
+	}
+	return m, nil
+}
+
+// follow waits for each Machine of run r to end and decides what comes
+// next: a fresh Machine after a guest reboot, or Shutdown.
+func (c *Controller) follow(r *run, stopped chan struct{}) {
+	defer close(r.done)
+	for {
+		e := r.m.Wait(r.stop, func() string { return r.why })
+		c.mu.Lock()
+		r.m.Close()
+		if e.Reason == ExitReboot && c.cfg.OnReboot != "exit" && !r.stopping {
+			c.log.Info("guest rebooted; restarting it")
+			m, err := c.buildLocked()
+			if err == nil {
+				r.m, c.state = m, StateRunning
+				c.mu.Unlock()
+				continue
+			}
+			c.lastErr = fmt.Errorf("restarting the rebooted guest: %w", err)
+			e = Exit{Reason: ExitError, Detail: c.lastErr.Error()}
+			c.log.Error(c.lastErr.Error())
+		}
+		c.state, c.lastExit = StateShutdown, e
+		if !r.rebooting {
+			close(stopped)
+		}
+		c.mu.Unlock()
+		return
+	}
+}
+
+// Pause parks every vCPU and freezes the guest clock.
+func (c *Controller) Pause() error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.needLocked("pause", StateRunning); err != nil {
+		return err
+	}
+	if err := c.run.m.Pause(); err != nil {
+		return err
+	}
+	c.state = StatePaused
+	return nil
+}
+
+// Resume continues a paused VM where it stopped, clock included.
+func (c *Controller) Resume() error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.needLocked("resume", StatePaused); err != nil {
+		return err
+	}
+	if err := c.run.m.Resume(); err != nil {
+		return err
+	}
+	c.state = StateRunning
+	return nil
+}
+
+// needLocked checks that the VM is in one of the states op needs.
+func (c *Controller) needLocked(op string, ok ...State) error {
+	if c.state == NoVM {
+		return ErrNotCreated
+	}
+	for _, s := range ok {
+		if c.state == s {
+			return nil
+		}
+	}
+	return &StateError{Op: op, State: c.state}
+}
+
+// Shutdown stops the guest (running or paused) as if its power were cut,
+// and returns once everything it held is released. The VM stays, in state
+// Shutdown, and may be booted again.
+func (c *Controller) Shutdown() error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	return c.shutdown("shut down through the API", false)
+}
+
+// shutdown stops the current boot; c.op is held. With reboot, the boot is
+// about to go on with a new Machine: Stopped is not closed.
+func (c *Controller) shutdown(why string, reboot bool) error {
+	c.mu.Lock()
+	if err := c.needLocked("shut down", StateRunning, StatePaused); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	r := c.run
+	if !r.stopping {
+		r.stopping, r.why, r.rebooting = true, why, reboot
+		close(r.stop)
+	}
+	c.mu.Unlock()
+	<-r.done
+	return nil
+}
+
+// Reboot stops the guest and boots it again from its config.
+func (c *Controller) Reboot() error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.shutdown("rebooted through the API", true); err != nil {
+		if errors.Is(err, ErrWrongState) {
+			return &StateError{Op: "reboot", State: err.(*StateError).State}
+		}
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.startLocked(c.stopped); err != nil {
+		// The boot cannot go on: it has ended.
+		c.lastErr = err
+		close(c.stopped)
+		return err
+	}
+	return nil
+}
+
+// Delete stops the guest if it runs and forgets the VM. Deleting when
+// there is no VM does nothing.
+func (c *Controller) Delete() error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	s := c.state
+	c.mu.Unlock()
+	if s == StateRunning || s == StatePaused {
+		if err := c.shutdown("deleted through the API", false); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.state, c.cfg = NoVM, nil
+	return nil
+}
+
+// AddDisk adds a disk to a VM that has not been booted yet (cold plug).
+// Hot plug comes later.
+func (c *Controller) AddDisk(d config.Disk) error {
+	return c.coldAdd("add a disk", func(cfg *config.VM) { cfg.Disks = append(cfg.Disks, d) })
+}
+
+// AddNet adds a NIC to a VM that has not been booted yet (cold plug).
+func (c *Controller) AddNet(n config.Net) error {
+	return c.coldAdd("add a NIC", func(cfg *config.VM) { cfg.Net = append(cfg.Net, n) })
+}
+
+func (c *Controller) coldAdd(what string, add func(*config.VM)) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case NoVM:
+		return ErrNotCreated
+	case StateRunning, StatePaused:
+		return fmt.Errorf("%w: cannot %s to a booted VM: hot plug is not implemented yet", ErrNotImplemented, what)
+	}
+	cfg := c.cfg.Clone()
+	add(cfg)
+	if err := cfg.Validate(); err != nil {
+		return configError{err}
+	}
+	for _, w := range cfg.Unimplemented() {
+		c.log.Warn(w)
+	}
+	c.cfg = cfg
+	return nil
+}
+
+// Info reports the VM's state and a copy of its config.
+func (c *Controller) Info() (Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == NoVM {
+		return Info{}, ErrNotCreated
+	}
+	return Info{State: c.state, Config: c.cfg.Clone()}, nil
+}
+
+// Counters returns the running VM's counters (empty when it does not run).
+func (c *Controller) Counters() (map[string]map[string]int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == NoVM {
+		return nil, ErrNotCreated
+	}
+	if c.state != StateRunning && c.state != StatePaused {
+		return map[string]map[string]int64{}, nil
+	}
+	return c.run.m.Counters(), nil
+}
+
+// Stopped returns a channel closed when the current boot ends in
+// Shutdown (nil before the first boot).
+func (c *Controller) Stopped() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopped
+}
+
+// LastExit reports how the last boot ended, and the error that ended it
+// if restarting a rebooted guest failed.
+func (c *Controller) LastExit() (Exit, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastExit, c.lastErr
+}
+
+// Stop shuts the guest down like Shutdown, with why as the detail of its
+// ExitStopped (e.g. the signal that stopped vio). It does nothing if the
+// guest does not run.
+func (c *Controller) Stop(why string) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.shutdown(why, false)
+}

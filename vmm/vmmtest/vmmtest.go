@@ -1,0 +1,196 @@
+// Package vmmtest has a double of vmm.Machine, so that vmm.Controller and
+// the API above it can be tested without KVM: a "guest" that runs until the
+// test makes it power off or reboot, or the Controller stops it.
+package vmmtest
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/vmm"
+)
+
+// Builder builds Machines and remembers them. Its Build is a vmm.BuildFunc.
+type Builder struct {
+	mu       sync.Mutex
+	machines []*Machine
+	fail     error
+	// Built receives every Machine as it is built (buffered; a test that
+	// does not read it loses nothing but the notification).
+	Built chan *Machine
+}
+
+// NewBuilder returns a Builder with room for 16 build notifications.
+func NewBuilder() *Builder { return &Builder{Built: make(chan *Machine, 16)} }
+
+// Fail makes the next builds fail with err (nil: succeed again).
+func (b *Builder) Fail(err error) {
+	b.mu.Lock()
+	b.fail = err
+	b.mu.Unlock()
+}
+
+// Build is the vmm.BuildFunc.
+func (b *Builder) Build(cfg *config.VM) (vmm.Machine, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fail != nil {
+		return nil, b.fail
+	}
+	m := &Machine{Config: cfg, events: make(chan vmm.Exit, 1)}
+	b.machines = append(b.machines, m)
+	select {
+	case b.Built <- m:
+	default:
+	}
+	return m, nil
+}
+
+// Machines returns every Machine built so far.
+func (b *Builder) Machines() []*Machine {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]*Machine(nil), b.machines...)
+}
+
+// Last returns the Machine built last, or nil.
+func (b *Builder) Last() *Machine {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.machines) == 0 {
+		return nil
+	}
+	return b.machines[len(b.machines)-1]
+}
+
+// Machine is a vmm.Machine double. It checks the contract the Controller
+// must keep (Start once, Pause/Resume only while started and not closed,
+// Close once after Wait) and records violations in Err.
+type Machine struct {
+	Config *config.VM // what it was built from
+
+	events chan vmm.Exit
+
+	mu              sync.Mutex
+	started, waited bool
+	closed, paused  bool
+	pauses, resumes int
+	err             error
+}
+
+var _ vmm.Machine = (*Machine)(nil)
+
+func (m *Machine) violation(s string) {
+	if m.err == nil {
+		m.err = errors.New("vmmtest: " + s)
+	}
+}
+
+// Start implements vmm.Machine.
+func (m *Machine) Start() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started {
+		m.violation("Start called twice")
+	}
+	m.started = true
+	return nil
+}
+
+// Wait implements vmm.Machine.
+func (m *Machine) Wait(stop <-chan struct{}, why func() string) vmm.Exit {
+	m.mu.Lock()
+	if !m.started || m.waited {
+		m.violation("Wait before Start, or twice")
+	}
+	m.waited = true
+	m.mu.Unlock()
+	select {
+	case e := <-m.events:
+		return e
+	case <-stop:
+		return vmm.Exit{Reason: vmm.ExitStopped, Detail: why()}
+	}
+}
+
+// Pause implements vmm.Machine.
+func (m *Machine) Pause() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started || m.closed {
+		m.violation("Pause outside Start..Close")
+	}
+	m.paused = true
+	m.pauses++
+	return nil
+}
+
+// Resume implements vmm.Machine.
+func (m *Machine) Resume() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started || m.closed || !m.paused {
+		m.violation("Resume of a Machine not paused")
+	}
+	m.paused = false
+	m.resumes++
+	return nil
+}
+
+// Counters implements vmm.Machine: pauses and resumes seen.
+func (m *Machine) Counters() map[string]map[string]int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return map[string]map[string]int64{"vcpu0": {"pauses": int64(m.pauses), "resumes": int64(m.resumes)}}
+}
+
+// Close implements vmm.Machine.
+func (m *Machine) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		m.violation("Close called twice")
+	}
+	m.closed = true
+	return nil
+}
+
+// Exit makes the guest stop on its own with e (a poweroff, a reboot...).
+// Only the first exit counts, as with a real VM.
+func (m *Machine) Exit(e vmm.Exit) {
+	select {
+	case m.events <- e:
+	default:
+	}
+}
+
+// Paused reports whether the Machine is paused.
+func (m *Machine) Paused() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.paused
+}
+
+// Closed reports whether the Machine has been closed.
+func (m *Machine) Closed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// Err returns the first contract violation seen, or nil.
+func (m *Machine) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
+}
+
+// Config returns a valid config whose kernel is the file kernel (which
+// must exist; it is never booted).
+func Config(kernel string) *config.VM {
+	c := config.Default()
+	c.Payload.Kernel = kernel
+	c.Memory.Size = config.MinMemory
+	return c
+}
