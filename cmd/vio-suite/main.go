@@ -75,6 +75,13 @@ func (r *report) tests(pkgs []string, timeout, run string) {
 		return
 	}
 	failuresShown := 0
+	// Tests that take a while (lab boots, real guests) are shown as they
+	// end, so a package that runs for minutes is not a silent one.
+	r.tally.OnTest = func(pkg, test, action string, elapsed float64) {
+		if elapsed >= 20 && !strings.Contains(test, "/") {
+			fmt.Printf("     %s %s %s (%.0fs)\n", pkg, test, action, elapsed)
+		}
+	}
 	readErr := r.tally.Read(out, func(p suite.PackageResult) {
 		word := "ok  "
 		switch {

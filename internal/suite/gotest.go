@@ -60,6 +60,11 @@ type Tally struct {
 	Failures                []Failure
 	Packages                []PackageResult
 
+	// OnTest, if set, is called as each test or subtest ends (action is
+	// pass, fail or skip), so a runner can show progress inside packages
+	// that take minutes (the lab's).
+	OnTest func(pkg, test, action string, elapsed float64)
+
 	output map[string]*strings.Builder // "pkg\x00test" -> output so far
 	counts map[string]*PackageResult
 }
@@ -120,6 +125,9 @@ func (t *Tally) Add(e Event) *PackageResult {
 			res := *pr
 			t.Packages = append(t.Packages, res)
 			return &res
+		}
+		if t.OnTest != nil {
+			t.OnTest(e.Package, e.Test, e.Action, e.Elapsed)
 		}
 		switch e.Action {
 		case "pass":
