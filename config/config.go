@@ -116,6 +116,40 @@ type Disk struct {
 	PCISegment   int    `json:"pci_segment,omitempty"`
 	BackingFiles bool   `json:"backing_files,omitempty"`
 	Sparse       *bool  `json:"sparse,omitempty"`
+
+	// ImageType is the image format, with Cloud Hypervisor's names:
+	// ImageRaw or ImageQcow2. Empty (or "Unknown") leaves it to vio: a
+	// read-only disk is probed; a writable one is probed once, and what
+	// was found is written here so that a reboot never probes again
+	// (see docs/disks.md).
+	ImageType string `json:"image_type,omitempty"`
+	// AllowBacking lets a qcow2 image name backing files by absolute
+	// path, with "..", or as NBD URIs; by default only relative names
+	// below the image's directory are followed. (vio extension)
+	AllowBacking bool `json:"allow_backing,omitempty"`
+	// ImageTypeProbed is set by vio when it pinned ImageType from a probe
+	// of a writable raw disk: such a disk keeps refusing guest writes that
+	// would make it probe as another format. Never read from JSON.
+	ImageTypeProbed bool `json:"-"`
+}
+
+// Image types, as Cloud Hypervisor's DiskConfig names them.
+const (
+	ImageRaw     = "Raw"
+	ImageQcow2   = "Qcow2"
+	ImageUnknown = "Unknown" // same as empty: decided by vio
+)
+
+// ParseImageType maps a user's format name (raw, qcow2, in any case) to
+// its ImageType.
+func ParseImageType(v string) (string, error) {
+	switch strings.ToLower(v) {
+	case "raw":
+		return ImageRaw, nil
+	case "qcow2":
+		return ImageQcow2, nil
+	}
+	return "", fmt.Errorf("disk format %q is not one vio opens: give raw or qcow2 (convert other images with qemu-img convert)", v)
 }
 
 // Net is one virtio-net NIC.
@@ -300,6 +334,11 @@ func (c *VM) Validate() error {
 		default:
 			return fmt.Errorf("disk %s: cache mode %q: want writeback, writethrough, none, directsync or unsafe", d.Path, d.Cache)
 		}
+		switch d.ImageType {
+		case "", ImageUnknown, ImageRaw, ImageQcow2:
+		default:
+			return fmt.Errorf("disk %s: image_type %q: want %q or %q (or leave it out to let vio decide)", d.Path, d.ImageType, ImageRaw, ImageQcow2)
+		}
 	}
 	for i, n := range c.Net {
 		if n.Tap == "" {
@@ -398,6 +437,10 @@ func (c *VM) Clone() *VM {
 	out := new(VM)
 	if err := json.Unmarshal(b, out); err != nil {
 		panic("config: a VM config does not unmarshal: " + err.Error())
+	}
+	// Fields that never travel in JSON travel with the clone.
+	for i := range out.Disks {
+		out.Disks[i].ImageTypeProbed = c.Disks[i].ImageTypeProbed
 	}
 	return out
 }

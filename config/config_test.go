@@ -121,3 +121,51 @@ func FuzzDecode(f *testing.F) {
 		c.Clone()
 	})
 }
+
+// The disk format: format= on the command line, image_type in JSON, both
+// with Cloud Hypervisor's values; a wrong one is one sentence naming it.
+func TestDiskFormat(t *testing.T) {
+	for spec, want := range map[string]Disk{
+		"path=a,format=raw":                 {Path: "a", ImageType: ImageRaw},
+		"path=a,format=qcow2":               {Path: "a", ImageType: ImageQcow2},
+		"path=a,format=QCOW2,backing=allow": {Path: "a", ImageType: ImageQcow2, AllowBacking: true},
+		"path=a":                            {Path: "a"},
+	} {
+		if d, err := ParseDisk(spec); err != nil || d != want {
+			t.Errorf("ParseDisk(%q) = %+v, %v; want %+v", spec, d, err, want)
+		}
+	}
+	for spec, want := range map[string]string{
+		"path=a,format=vmdk":      `disk format "vmdk" is not one vio opens: give raw or qcow2`,
+		"path=a,format=":          `disk format "" is not one vio opens`,
+		"path=a,backing=yes":      `backing="yes": the only value is allow`,
+		"path=a,format=raw,x=1":   `unknown key "x" (want path, format, backing,`,
+		"path=a,format=raw,raw=1": `unknown key "raw"`,
+	} {
+		_, err := ParseDisk(spec)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("ParseDisk(%q): %v, want one line containing %q", spec, err, want)
+		}
+	}
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "k")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	for typ, ok := range map[string]bool{"": true, "Unknown": true, "Raw": true, "Qcow2": true, "raw": false, "Vhdx": false} {
+		cfg := Default()
+		cfg.Payload.Kernel = kernel
+		cfg.Disks = []Disk{{Path: "d", ImageType: typ}}
+		err := cfg.Validate()
+		if ok != (err == nil) {
+			t.Errorf("image_type %q: %v", typ, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), `image_type "`+typ+`": want "Raw" or "Qcow2"`) {
+			t.Errorf("image_type %q: message %q", typ, err)
+		}
+	}
+	js := filepath.Join(dir, "vm.json")
+	os.WriteFile(js, []byte(`{"payload":{"kernel":"/k"},"disks":[{"path":"a.img","image_type":"Qcow2","allow_backing":true}]}`), 0o644)
+	c, err := Load(js)
+	if err != nil || c.Disks[0].ImageType != ImageQcow2 || !c.Disks[0].AllowBacking {
+		t.Errorf("Load image_type: %+v, %v", c, err)
+	}
+}

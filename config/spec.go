@@ -45,7 +45,7 @@ func parseInt(flag, key, v string) (int, error) {
 	return n, nil
 }
 
-// ParseDisk parses path=FILE[,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
+// ParseDisk parses path=FILE[,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
 	kv, err := splitSpec("disk", spec)
@@ -73,8 +73,17 @@ func ParseDisk(spec string) (Disk, error) {
 			d.QueueSize, err = parseInt("disk", k, v)
 		case "id":
 			d.ID = v
+		case "format":
+			if d.ImageType, err = ParseImageType(v); err != nil {
+				err = fmt.Errorf("--disk: %w", err)
+			}
+		case "backing":
+			if v != "allow" {
+				err = fmt.Errorf("--disk: backing=%q: the only value is allow (follow any backing file the qcow2 image names)", v)
+			}
+			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, readonly, cache, serial, num_queues, queue_size, id)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, format, backing, readonly, cache, serial, num_queues, queue_size, id)", spec, k)
 		}
 		if err != nil {
 			return d, err

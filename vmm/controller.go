@@ -212,10 +212,15 @@ func (c *Controller) startLocked(stopped chan struct{}) error {
 }
 
 func (c *Controller) buildLocked() (Machine, error) {
-	m, err := c.build(c.cfg.Clone())
+	cfg := c.cfg.Clone()
+	m, err := c.build(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("building the VM: %w", err)
 	}
+	// A build pins decisions into its config (a writable disk's probed
+	// format: vmm/disk.go); the Machine after a guest reboot must make the
+	// same ones, never probe what the guest may have rewritten since.
+	c.cfg = cfg
 	if err := m.Start(); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("starting the vCPUs: %w", err)

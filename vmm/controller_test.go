@@ -307,3 +307,37 @@ func TestControllerConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestControllerKeepsPinnedFormat: what a build pins into its config (a
+// probed disk format) is what the build after a guest reboot gets, so a
+// guest that rewrites its raw disk's first sector is never probed again.
+func TestControllerKeepsPinnedFormat(t *testing.T) {
+	kernel := filepath.Join(t.TempDir(), "bzImage")
+	if err := os.WriteFile(kernel, []byte("not booted"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := vmmtest.NewBuilder()
+	builds := 0
+	pinning := func(cfg *config.VM) (vmm.Machine, error) {
+		builds++
+		if builds == 1 {
+			cfg.Disks[0].ImageType, cfg.Disks[0].ImageTypeProbed = config.ImageRaw, true
+		}
+		return b.Build(cfg)
+	}
+	c := vmm.NewController(pinning, nil)
+	cfg := vmmtest.Config(kernel)
+	cfg.Disks = []config.Disk{{Path: kernel}}
+	if err := c.Create(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	(<-b.Built).Exit(vmm.Exit{Reason: vmm.ExitReboot})
+	second := <-b.Built
+	if d := second.Config.Disks[0]; d.ImageType != config.ImageRaw || !d.ImageTypeProbed {
+		t.Errorf("the rebuilt VM got disk %+v, want the pinned raw format", d)
+	}
+	c.Shutdown()
+}

@@ -8,7 +8,6 @@ import (
 
 	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/arch/x86/acpi"
-	"github.com/viovmm/vio/block/image"
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/devices/virtio/blk"
@@ -63,7 +62,8 @@ func (v *VM) setupPCI(stdio IO) error {
 	v.ioevents = newIOEvents(v.kvm)
 	v.closers = append(v.closers, closerFunc(func() error { v.ioevents.close(); v.msi.close(); return nil }))
 
-	for i, d := range v.cfg.Disks {
+	for i := range v.cfg.Disks {
+		d := &v.cfg.Disks[i] // newDisk pins a probed format into the config
 		dev, err := v.newDisk(d)
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
@@ -129,7 +129,7 @@ func (v *VM) addVirtio(name string, dev virtio.Device) error {
 	return nil
 }
 
-func (v *VM) newDisk(d config.Disk) (virtio.Device, error) {
+func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 	mode := d.Cache
 	if d.Direct && mode == "" {
 		mode = "none"
@@ -141,9 +141,7 @@ func (v *VM) newDisk(d config.Disk) (virtio.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Locked like QEMU locks its images, so that qemu-img (or another
-	// VMM) cannot write under a running guest.
-	be, err := image.Open(d.Path, image.OpenOptions{ReadOnly: d.Readonly, Cache: cache, Lock: true})
+	be, err := openDisk(d, cache, func(msg string) { v.log.Warn(msg) })
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ func Example() {
 	}
 	disk.WriteAt([]byte("hello"), 1<<20)
 	disk.Close()
-	info, _ := image.GetInfo(top)
+	info, _ := image.GetInfo(top, image.ToolOptions{})
 	fmt.Println(info.Format, info.VirtualSize, info.BackingFile, info.BackingFormat)
 	// Output: qcow2 67108864 base.raw raw
 }

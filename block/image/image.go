@@ -2,6 +2,13 @@
 // vio knows (raw, qcow2), probing the format from the file's contents and
 // following backing-file chains. It is the library behind `vio image`
 // and what a VM configuration uses to turn a path into a block.Backend.
+//
+// An image's contents are untrusted: a guest writes its raw disk, and a
+// qcow2 header it writes at sector 0 would, if the file were then probed,
+// name any host file as backing. So probing is confined (see OpenDisk for
+// when a disk is probed at all), and a backing file name recorded in an
+// image is followed only if it is relative and has no ".." component,
+// unless OpenOptions.AllowBacking says the image is trusted (see confine).
 package image
 
 import (
@@ -91,7 +98,25 @@ type OpenOptions struct {
 	// while writable, read them). The operations of this package that
 	// stand for a tool (GetInfo, Check, Convert, Resize, snapshots) lock.
 	Lock bool
+	// AllowBacking lets the backing files named in the image (and in its
+	// backing files) be absolute paths, contain "..", or be NBD URIs.
+	// Without it only relative names below the naming image's directory
+	// are followed. Set it only for images whose headers no guest or
+	// other untrusted party has written.
+	AllowBacking bool
+	// GuardHead refuses writes that would make the first sector of a raw
+	// image probe as another format (see headGuard). OpenDisk sets it for
+	// a writable raw image whose format was probed.
+	GuardHead bool
 }
+
+// ErrBackingRefused is matched when an image names a backing file outside
+// what OpenOptions.AllowBacking permits.
+var ErrBackingRefused = errors.New("backing file refused")
+
+// traceOpen, if set (by tests), is told every path open is about to use,
+// backing files included.
+var traceOpen func(path string)
 
 // Open opens the image at path as a block.Backend: a *raw.File or a
 // *qcow2.Image with its backing chain attached (opened read-only, names
@@ -103,6 +128,9 @@ func Open(path string, opts OpenOptions) (block.Backend, error) {
 func open(path string, opts OpenOptions, depth int) (block.Backend, error) {
 	if depth > MaxChain {
 		return nil, fmt.Errorf("backing chain longer than %d images (a loop?) at %s", MaxChain, path)
+	}
+	if traceOpen != nil {
+		traceOpen(path)
 	}
 	if IsNBD(path) {
 		return openNBD(path, opts)
@@ -124,17 +152,23 @@ func open(path string, opts OpenOptions, depth int) (block.Backend, error) {
 		return nil, err
 	}
 	if format == Raw {
+		if opts.GuardHead && !opts.ReadOnly {
+			return &headGuard{File: f}, nil
+		}
 		return f, nil
 	}
 	dir := filepath.Dir(path)
 	img, err := qcow2.Open(f, qcow2.Options{
 		ReadOnly: opts.ReadOnly,
 		OpenBacking: func(name, bformat string) (block.Backend, error) {
-			full := resolve(dir, name)
-			if _, err := os.Stat(full); errors.Is(err, fs.ErrNotExist) {
+			full, err := confine(dir, name, opts.AllowBacking)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := os.Stat(full); errors.Is(err, fs.ErrNotExist) && !IsNBD(full) {
 				return nil, fmt.Errorf("backing file %q (looked for at %s) does not exist", name, full)
 			}
-			return open(full, OpenOptions{Format: bformat, ReadOnly: true, Cache: opts.Cache, Lock: opts.Lock}, depth+1)
+			return open(full, OpenOptions{Format: bformat, ReadOnly: true, Cache: opts.Cache, Lock: opts.Lock, AllowBacking: opts.AllowBacking}, depth+1)
 		},
 	})
 	if err != nil {
@@ -142,6 +176,36 @@ func open(path string, opts OpenOptions, depth int) (block.Backend, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return img, nil
+}
+
+// confine resolves the backing file name an image in dir records, refusing
+// what an untrusted image must not reach: an absolute path (/etc/shadow,
+// /dev/sda), a ".." component (a neighbour's disk), an NBD URI (a network
+// connection of the image's choosing), an empty name or one with a NUL.
+// What remains can only name files in dir and below it, which is where
+// the user keeps this image's own chain. With allow, names are resolved as
+// QEMU does and nothing is refused.
+func confine(dir, name string, allow bool) (string, error) {
+	if allow {
+		return resolve(dir, name), nil
+	}
+	refuse := func(why string) (string, error) {
+		return "", fmt.Errorf("%w: the image names backing file %q, which %s; vio follows only relative names without \"..\" unless told the image is trusted (--disk ...,backing=allow, or --allow-backing for vio image)", ErrBackingRefused, name, why)
+	}
+	switch {
+	case name == "" || strings.IndexByte(name, 0) >= 0:
+		return refuse("is not a usable file name")
+	case strings.Contains(name, "://"):
+		return refuse("is a URI")
+	case filepath.IsAbs(name):
+		return refuse("is an absolute path")
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return refuse(`has a ".." component`)
+		}
+	}
+	return filepath.Join(dir, name), nil
 }
 
 // resolve interprets a backing file name as QEMU does: relative to the
@@ -162,6 +226,10 @@ type CreateOptions struct {
 	ClusterSize   int
 	Compat        string // qcow2: "1.1" (default) or "0.10"
 	RefcountBits  int
+	// AllowBacking lifts the confinement (see OpenOptions) for the backing
+	// file's own backing chain. BackingFile itself, given by the user, is
+	// followed as given.
+	AllowBacking bool
 }
 
 // Create makes a new image file at path (replacing any file there).
@@ -186,7 +254,7 @@ func Create(path string, opts CreateOptions) error {
 	}
 	if opts.BackingFile != "" {
 		full := resolve(filepath.Dir(path), opts.BackingFile)
-		b, err := open(full, OpenOptions{Format: opts.BackingFormat, ReadOnly: true, Lock: true}, 1)
+		b, err := open(full, OpenOptions{Format: opts.BackingFormat, ReadOnly: true, Lock: true, AllowBacking: opts.AllowBacking}, 1)
 		if err != nil {
 			return fmt.Errorf("backing file %q: %w", opts.BackingFile, err)
 		}
@@ -225,7 +293,7 @@ func Create(path string, opts CreateOptions) error {
 		ClusterSize: opts.ClusterSize, Version: ver, RefcountBits: opts.RefcountBits,
 		BackingFile: opts.BackingFile, BackingFormat: opts.BackingFormat,
 	}, qcow2.Options{OpenBacking: func(name, format string) (block.Backend, error) {
-		return open(resolve(dir, name), OpenOptions{Format: format, ReadOnly: true, Lock: true}, 1)
+		return open(resolve(dir, name), OpenOptions{Format: format, ReadOnly: true, Lock: true, AllowBacking: opts.AllowBacking}, 1)
 	}})
 	if err != nil {
 		f.Close()

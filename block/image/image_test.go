@@ -78,14 +78,14 @@ func read(t *testing.T, path string) []byte {
 // the contents along the way (and with qemu-img where installed).
 func TestChainAndConvert(t *testing.T) {
 	dir := t.TempDir()
-	os.Mkdir(filepath.Join(dir, "a"), 0o755)
-	base := filepath.Join(dir, "base.raw")
+	os.MkdirAll(filepath.Join(dir, "a", "b"), 0o755)
+	base := filepath.Join(dir, "a", "b", "base.raw")
 	if err := Create(base, CreateOptions{Format: Raw, Size: 3 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	write(t, base, bytes.Repeat([]byte{1}, 1<<20), 0)
 	mid := filepath.Join(dir, "a", "mid.qcow2")
-	if err := Create(mid, CreateOptions{BackingFile: "../base.raw", Size: -1}); err != nil {
+	if err := Create(mid, CreateOptions{BackingFile: "b/base.raw", Size: -1}); err != nil {
 		t.Fatal(err)
 	}
 	write(t, mid, bytes.Repeat([]byte{2}, 4096), 1<<20-100)
@@ -101,7 +101,7 @@ func TestChainAndConvert(t *testing.T) {
 	if got := read(t, top); !bytes.Equal(got, want) {
 		t.Fatal("chain reads wrong")
 	}
-	in, err := GetInfo(top)
+	in, err := GetInfo(top, ToolOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestChainAndConvert(t *testing.T) {
 			}
 		}
 	}
-	res, format, err := Check(top)
+	res, format, err := Check(top, ToolOptions{})
 	if err != nil || format != Qcow2 || res.Corruptions+res.Leaks != 0 {
 		t.Errorf("Check = %+v, %s, %v", res, format, err)
 	}
@@ -253,7 +253,7 @@ func TestToolsRespectLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, err := range map[string]error{
-		"info":     func() error { _, err := GetInfo(p); return err }(),
+		"info":     func() error { _, err := GetInfo(p, ToolOptions{}); return err }(),
 		"snapshot": SnapshotOp(p, SnapshotCreate, "x"),
 		"resize":   Resize(p, 2<<20),
 		"create":   Create(p, CreateOptions{Size: 1 << 20}),
@@ -263,7 +263,7 @@ func TestToolsRespectLocks(t *testing.T) {
 		}
 	}
 	vm.Close()
-	if _, err := GetInfo(p); err != nil {
+	if _, err := GetInfo(p, ToolOptions{}); err != nil {
 		t.Errorf("info after the VM closed it: %v", err)
 	}
 }

@@ -50,9 +50,18 @@ type SpecificData struct {
 	Corrupt       bool   `json:"corrupt"`
 }
 
+// ToolOptions say how GetInfo, Check and Repair open an image.
+type ToolOptions struct {
+	// Format is the image's format; "" probes it. The tools may probe:
+	// they read the image rather than hand it to a guest, and backing
+	// files stay confined (see OpenOptions.AllowBacking).
+	Format       string
+	AllowBacking bool
+}
+
 // GetInfo opens the image read-only and describes it.
-func GetInfo(path string) (*Info, error) {
-	b, err := Open(path, OpenOptions{ReadOnly: true, Lock: true})
+func GetInfo(path string, o ToolOptions) (*Info, error) {
+	b, err := Open(path, OpenOptions{ReadOnly: true, Lock: true, Format: o.Format, AllowBacking: o.AllowBacking})
 	if err != nil {
 		return nil, err
 	}
@@ -86,22 +95,27 @@ func GetInfo(path string) (*Info, error) {
 
 // Check checks an image's metadata. Raw images have none: the result is
 // empty.
-func Check(path string) (qcow2.CheckResult, string, error) {
-	return Repair(path, qcow2.RepairNone)
+func Check(path string, o ToolOptions) (qcow2.CheckResult, string, error) {
+	return Repair(path, qcow2.RepairNone, o)
 }
 
 // Repair checks an image and repairs what mode allows (qcow2 only).
-func Repair(path string, mode qcow2.RepairMode) (qcow2.CheckResult, string, error) {
-	format, err := Probe(path)
-	if err != nil {
-		return qcow2.CheckResult{}, "", fmt.Errorf("%s: %w", path, err)
+func Repair(path string, mode qcow2.RepairMode, o ToolOptions) (qcow2.CheckResult, string, error) {
+	format := o.Format
+	if format == "" {
+		var err error
+		if format, err = Probe(path); err != nil {
+			return qcow2.CheckResult{}, "", fmt.Errorf("%s: %w", path, err)
+		}
+	} else if err := CheckFormat(format); err != nil {
+		return qcow2.CheckResult{}, "", err
 	}
 	if format == Raw {
 		return qcow2.CheckResult{}, Raw, nil
 	}
 	// The backing chain is not needed to check one image's metadata, but
 	// opening it reports a missing backing file, which is worth knowing.
-	b, err := Open(path, OpenOptions{ReadOnly: mode == qcow2.RepairNone, Format: Qcow2, Lock: true})
+	b, err := Open(path, OpenOptions{ReadOnly: mode == qcow2.RepairNone, Format: Qcow2, Lock: true, AllowBacking: o.AllowBacking})
 	if err != nil {
 		return qcow2.CheckResult{}, Qcow2, err
 	}
@@ -115,6 +129,8 @@ func Repair(path string, mode qcow2.RepairMode) (qcow2.CheckResult, string, erro
 // ConvertOptions configure Convert.
 type ConvertOptions struct {
 	Format string // of the destination; default qcow2
+	// Source says how to open the source image.
+	Source ToolOptions
 	// Progress, if set, is called with bytes done and total.
 	Progress func(done, total int64)
 	// ClusterSize etc. for a qcow2 destination.
@@ -126,7 +142,7 @@ type ConvertOptions struct {
 // backing chain) into a new standalone image dst. Zero blocks are not
 // written, so the destination stays sparse.
 func Convert(src, dst string, opts ConvertOptions) error {
-	in, err := Open(src, OpenOptions{ReadOnly: true, Lock: true})
+	in, err := Open(src, OpenOptions{ReadOnly: true, Lock: true, Format: opts.Source.Format, AllowBacking: opts.Source.AllowBacking})
 	if err != nil {
 		return err
 	}

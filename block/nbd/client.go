@@ -100,8 +100,12 @@ const maxBackoff = 2 * time.Second
 //     called is durable on the server, across any number of reconnects.
 //   - If the replay buffer overflowed (or was disabled) and a reconnect
 //     happened before a flush covered the writes it could not keep, the next
-//     Flush returns ErrWritesLost: it cannot vouch for them. Later flushes
-//     succeed again (the error is reported once, like fsync's).
+//     Flush returns ErrWritesLost: it cannot vouch for them. So does every
+//     later Flush and write, until the client is closed and dialled anew: a
+//     guest that retried its FLUSH must not be told that data it will never
+//     see again is safe (the fsync lesson). A flush the server answers with
+//     an error latches the same way, since the server's disk may have
+//     dropped the data.
 //
 // The replay assumes this client is the export's only writer (another
 // client's writes in between could be overwritten by the replay), as does
@@ -136,6 +140,10 @@ type Client struct {
 	ready   chan struct{} // closed when a reconnect ends
 	downErr error
 	closed  bool
+
+	// flushErr latches a flush failure that means acknowledged writes may
+	// be gone (see Client); every later Flush and write returns it.
+	flushErr atomic.Pointer[error]
 }
 
 const (
@@ -297,6 +305,9 @@ func (c *Client) checkWrite(off, n int64) error {
 	if c.isClosed() {
 		return block.ErrClosed
 	}
+	if p := c.flushErr.Load(); p != nil {
+		return *p
+	}
 	if c.readOnly {
 		return block.ErrReadOnly
 	}
@@ -315,11 +326,23 @@ func (c *Client) Flush() error {
 	if c.tflags&flagSendFlush == 0 || c.readOnly {
 		return nil
 	}
-	seq := c.acks.Load()
-	if err := c.do(newCall(cmdFlush, 0, 0, 0)); err != nil {
-		return err
+	if p := c.flushErr.Load(); p != nil {
+		return *p
 	}
-	return c.log.flushed(seq)
+	seq := c.acks.Load()
+	err := c.do(newCall(cmdFlush, 0, 0, 0))
+	if err == nil {
+		err = c.log.flushed(seq)
+	}
+	// A lost connection is not a lost write: the replay log still holds
+	// what it covered, and the next Flush retries. A server's error reply
+	// or writes the log could not keep are.
+	var re *RemoteError
+	if errors.As(err, &re) || errors.Is(err, ErrWritesLost) {
+		c.flushErr.CompareAndSwap(nil, &err)
+		return *c.flushErr.Load()
+	}
+	return err
 }
 
 // Discard sends NBD_CMD_TRIM for the whole blocks inside the range (it is

@@ -345,8 +345,13 @@ func TestFlushHonestAcrossServerCrash(t *testing.T) {
 				if !errors.Is(err, ErrWritesLost) {
 					t.Fatalf("Flush after losing unflushed writes: %v, want ErrWritesLost", err)
 				}
-				if err := c.Flush(); err != nil {
-					t.Fatalf("second Flush: %v (the loss is reported once)", err)
+				// The loss is never forgotten: a retried flush, and
+				// writes, keep failing until the client is reopened.
+				if err := c.Flush(); !errors.Is(err, ErrWritesLost) {
+					t.Fatalf("second Flush: %v, want ErrWritesLost again", err)
+				}
+				if _, err := c.WriteAt([]byte("x"), 0); !errors.Is(err, ErrWritesLost) {
+					t.Fatalf("write after the loss: %v, want ErrWritesLost", err)
 				}
 			}
 			head := make([]byte, 7)

@@ -58,6 +58,11 @@ type Server struct {
 	// MaxBufferedBytes bounds the payload bytes one connection's in-flight
 	// requests hold (default 64 MiB; never below one maximal request).
 	MaxBufferedBytes int64
+	// MaxConns bounds the connections served at once, over all listeners
+	// (default DefaultMaxConns): each may hold MaxBufferedBytes and
+	// MaxInFlight goroutines. A connection beyond it is closed at once,
+	// before the handshake, and logged.
+	MaxConns int
 
 	exports []*Export // in the order given, for NBD_OPT_LIST
 
@@ -128,6 +133,16 @@ func (s *Server) logf(format string, args ...any) {
 	if s.Logf != nil {
 		s.Logf(format, args...)
 	}
+}
+
+// DefaultMaxConns is the connection limit of a Server that sets none.
+const DefaultMaxConns = 16
+
+func (s *Server) maxConns() int {
+	if s.MaxConns > 0 {
+		return s.MaxConns
+	}
+	return DefaultMaxConns
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
@@ -206,7 +221,12 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		sc := s.track(c)
+		sc, err := s.track(c)
+		if errors.Is(err, errTooMany) {
+			s.logf("nbd: refusing a connection from %s: %d connections already (the limit)", c.RemoteAddr(), s.maxConns())
+			c.Close()
+			continue
+		}
 		if sc == nil {
 			c.Close()
 			return ErrShutdown
@@ -221,7 +241,10 @@ func (s *Server) Serve(l net.Listener) error {
 // ServeConn serves one already-accepted connection and returns when it is
 // finished. The connection is closed on return.
 func (s *Server) ServeConn(c net.Conn) {
-	sc := s.track(c)
+	sc, err := s.track(c)
+	if errors.Is(err, errTooMany) {
+		s.logf("nbd: refusing a connection from %s: %d connections already (the limit)", c.RemoteAddr(), s.maxConns())
+	}
 	if sc == nil {
 		c.Close()
 		return
@@ -230,16 +253,23 @@ func (s *Server) ServeConn(c net.Conn) {
 	sc.serve()
 }
 
-func (s *Server) track(c net.Conn) *serverConn {
+var errTooMany = errors.New("nbd: too many connections")
+
+// track registers a new connection; it returns nil after Shutdown, and
+// errTooMany when MaxConns are already being served.
+func (s *Server) track(c net.Conn) (*serverConn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown {
-		return nil
+		return nil, ErrShutdown
+	}
+	if len(s.conns) >= s.maxConns() {
+		return nil, errTooMany
 	}
 	sc := newServerConn(s, c)
 	s.conns[sc] = struct{}{}
 	s.wg.Add(1)
-	return sc
+	return sc, nil
 }
 
 func (s *Server) untrack(sc *serverConn) {

@@ -91,6 +91,14 @@ type File struct {
 	size     atomic.Int64
 	closed   atomic.Bool
 
+	// syncErr latches the first failed fdatasync. After a writeback error
+	// Linux marks the failed pages clean and reports the error once, so a
+	// later fdatasync succeeds although the data never reached the disk.
+	// A guest told "flushed" then would trust lost data: every later
+	// Flush and mutation fails with the original error instead, until the
+	// image is reopened (as QEMU and vio's qcow2 do).
+	syncErr atomic.Pointer[error]
+
 	// rmw is held shared by aligned direct I/O and exclusively by the
 	// read-modify-write of unaligned direct writes, which rewrite whole
 	// blocks and so must not interleave with other writes to them.
@@ -288,6 +296,9 @@ func (r *File) WritevAt(bufs [][]byte, off int64) (int, error) {
 	if r.readOnly {
 		return 0, block.ErrReadOnly
 	}
+	if err := r.latched(); err != nil {
+		return 0, err
+	}
 	n := total(bufs)
 	if err := block.CheckRange(off, n, r.Size()); err != nil {
 		return 0, fmt.Errorf("raw: write %d bytes at %d: %w", n, off, err)
@@ -479,7 +490,21 @@ func (r *File) writeTail(p []byte, off int64) error {
 	return f.Sync()
 }
 
-// Flush makes completed writes durable, as the cache mode defines.
+// fdatasync is the system call Flush makes; tests replace it to inject
+// the writeback errors a real disk gives rarely.
+var fdatasync = unix.Fdatasync
+
+// latched returns the error of an earlier failed fdatasync, if any.
+func (r *File) latched() error {
+	if p := r.syncErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Flush makes completed writes durable, as the cache mode defines. Once an
+// fdatasync has failed, Flush (and every write) returns that error until
+// the file is reopened: see File.syncErr.
 func (r *File) Flush() error {
 	if r.closed.Load() {
 		return block.ErrClosed
@@ -487,13 +512,18 @@ func (r *File) Flush() error {
 	if r.cache == Unsafe || r.readOnly {
 		return nil
 	}
+	if err := r.latched(); err != nil {
+		return err
+	}
 	for {
-		err := unix.Fdatasync(r.fd)
+		err := fdatasync(r.fd)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("raw: fdatasync: %w", err)
+			err = fmt.Errorf("raw: fdatasync failed, so writes since the last good flush may be lost (reopen the image to clear): %w", err)
+			r.syncErr.CompareAndSwap(nil, &err)
+			return r.latched()
 		}
 		return nil
 	}
@@ -518,6 +548,9 @@ func (r *File) checkMutation(off, n int64) error {
 	}
 	if r.readOnly {
 		return block.ErrReadOnly
+	}
+	if err := r.latched(); err != nil {
+		return err
 	}
 	if err := block.CheckRange(off, n, r.Size()); err != nil {
 		return fmt.Errorf("raw: range %d+%d: %w", off, n, err)
@@ -654,6 +687,9 @@ func (r *File) Resize(size int64) error {
 	}
 	if r.blockDev {
 		return fmt.Errorf("raw: resizing a block device: %w", errors.ErrUnsupported)
+	}
+	if err := r.latched(); err != nil {
+		return err
 	}
 	if size < 0 {
 		return fmt.Errorf("raw: resize to %d: %w", size, block.ErrOutOfRange)

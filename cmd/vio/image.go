@@ -25,6 +25,18 @@ import (
 // NBD back-end: it registers itself by appending to imageSubcommands from
 // its own file's init().
 
+// toolOptions reads the flags every verb that reads an image shares: the
+// image's format (-f, probed when empty) and --allow-backing.
+func toolOptions(cmd *cobra.Command, format string) (image.ToolOptions, error) {
+	allow, _ := cmd.Flags().GetBool("allow-backing")
+	if format != "" {
+		if err := image.CheckFormat(format); err != nil {
+			return image.ToolOptions{}, err
+		}
+	}
+	return image.ToolOptions{Format: format, AllowBacking: allow}, nil
+}
+
 // imageSubcommands holds the verbs under `vio image`.
 var imageSubcommands []func() *cobra.Command
 
@@ -35,6 +47,8 @@ func imageCommand() *cobra.Command {
 		Use:   "image",
 		Short: "Create, inspect, check, convert, resize and snapshot disk images (raw, qcow2)",
 	}
+	c.PersistentFlags().Bool("allow-backing", false,
+		"follow backing files named by absolute path, with \"..\" or as NBD URIs (only for images whose headers you trust)")
 	c.AddCommand(imageCreateCommand(), imageInfoCommand(), imageCheckCommand(),
 		imageConvertCommand(), imageResizeCommand(), imageSnapshotCommand())
 	for _, f := range imageSubcommands {
@@ -73,8 +87,9 @@ func imageCreateCommand() *cobra.Command {
 					return fmt.Errorf("cluster size: %w", err)
 				}
 			}
+			allow, _ := cmd.Flags().GetBool("allow-backing")
 			return image.Create(args[0], image.CreateOptions{
-				Format: format, Size: size, BackingFile: backing, BackingFormat: backingFormat,
+				Format: format, Size: size, BackingFile: backing, BackingFormat: backingFormat, AllowBacking: allow,
 				ClusterSize: int(cs), Compat: compat, RefcountBits: refcountBits,
 			})
 		},
@@ -89,16 +104,20 @@ func imageCreateCommand() *cobra.Command {
 }
 
 func imageInfoCommand() *cobra.Command {
-	var output string
+	var output, format string
 	c := &cobra.Command{
-		Use:   "info [--output=human|json] FILE",
+		Use:   "info [-f raw|qcow2] [--output=human|json] FILE",
 		Short: "Describe a disk image",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "human" && output != "json" {
 				return fmt.Errorf("unknown output format %q (want human or json)", output)
 			}
-			in, err := image.GetInfo(args[0])
+			o, err := toolOptions(cmd, format)
+			if err != nil {
+				return err
+			}
+			in, err := image.GetInfo(args[0], o)
 			if err != nil {
 				return err
 			}
@@ -113,6 +132,7 @@ func imageInfoCommand() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&output, "output", "human", "human or json")
+	c.Flags().StringVarP(&format, "format", "f", "", "image format: raw or qcow2 (probed if not given)")
 	return c
 }
 
@@ -171,9 +191,9 @@ func humanSize(n int64) string {
 }
 
 func imageCheckCommand() *cobra.Command {
-	var repair string
+	var repair, format string
 	c := &cobra.Command{
-		Use:   "check [-r leaks|all] FILE",
+		Use:   "check [-f raw|qcow2] [-r leaks|all] FILE",
 		Short: "Check (and repair) a disk image's metadata (exit 2: corrupt, 3: leaked clusters only)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -187,7 +207,11 @@ func imageCheckCommand() *cobra.Command {
 			default:
 				return fmt.Errorf("unknown repair mode %q (want leaks or all)", repair)
 			}
-			res, format, err := image.Repair(args[0], mode)
+			o, err := toolOptions(cmd, format)
+			if err != nil {
+				return err
+			}
+			res, format, err := image.Repair(args[0], mode, o)
 			if err != nil {
 				return err
 			}
@@ -225,22 +249,27 @@ func imageCheckCommand() *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().StringVarP(&format, "format", "f", "", "image format: raw or qcow2 (probed if not given)")
 	c.Flags().StringVarP(&repair, "repair", "r", "", "repair: leaks (drop leaked refcounts) or all (also raise low refcounts, fix copied flags)")
 	return c
 }
 
 func imageConvertCommand() *cobra.Command {
-	var format, clusterSize string
+	var format, srcFormat, clusterSize string
 	var progress bool
 	c := &cobra.Command{
-		Use:   "convert [-O raw|qcow2] SRC DST",
+		Use:   "convert [-f raw|qcow2] [-O raw|qcow2] SRC DST",
 		Short: "Copy an image (with its backing chain) into a new standalone image",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := image.CheckFormat(format); err != nil {
 				return err
 			}
-			opts := image.ConvertOptions{Format: format}
+			src, err := toolOptions(cmd, srcFormat)
+			if err != nil {
+				return err
+			}
+			opts := image.ConvertOptions{Format: format, Source: src}
 			if clusterSize != "" {
 				cs, err := image.ParseSize(clusterSize)
 				if err != nil {
@@ -254,7 +283,7 @@ func imageConvertCommand() *cobra.Command {
 					opts.Progress = progressBar(os.Stderr)
 				}
 			}
-			err := image.Convert(args[0], args[1], opts)
+			err = image.Convert(args[0], args[1], opts)
 			if opts.Progress != nil {
 				fmt.Fprintln(os.Stderr)
 			}
@@ -262,6 +291,7 @@ func imageConvertCommand() *cobra.Command {
 		},
 	}
 	c.Flags().StringVarP(&format, "output-format", "O", "qcow2", "destination format: raw or qcow2")
+	c.Flags().StringVarP(&srcFormat, "format", "f", "", "source format: raw or qcow2 (probed if not given)")
 	c.Flags().StringVar(&clusterSize, "cluster-size", "", "qcow2 destination cluster size")
 	c.Flags().BoolVarP(&progress, "progress", "p", false, "show progress (on a terminal, it is shown anyway)")
 	return c
@@ -303,7 +333,11 @@ func imageResizeCommand() *cobra.Command {
 				return err
 			}
 			if rel {
-				in, err := image.GetInfo(args[0])
+				o, err := toolOptions(cmd, "")
+				if err != nil {
+					return err
+				}
+				in, err := image.GetInfo(args[0], o)
 				if err != nil {
 					return err
 				}
@@ -343,7 +377,11 @@ func imageSnapshotCommand() *cobra.Command {
 			case del != "":
 				return image.SnapshotOp(args[0], image.SnapshotDelete, del)
 			}
-			in, err := image.GetInfo(args[0])
+			o, err := toolOptions(cmd, "")
+			if err != nil {
+				return err
+			}
+			in, err := image.GetInfo(args[0], o)
 			if err != nil {
 				return err
 			}

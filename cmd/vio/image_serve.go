@@ -23,19 +23,31 @@ import (
 // `vio image serve --nbd ADDR FILE` exports an image over NBD, as qemu-nbd
 // does, until interrupted. The protocol lives in package block/nbd; this
 // file parses flags, wires the image to the server and reports.
+//
+// Exports are read-only unless --writable: a client that may write an
+// image may also rewrite its first sector, so a writable export needs its
+// format given (-f), never probed. Without TLS (not yet supported) an
+// export is open to anyone who can reach the address, which is said on
+// stderr when it is not a loopback or unix socket address.
 
 func init() { imageSubcommands = append(imageSubcommands, imageServeCommand) }
 
 func imageServeCommand() *cobra.Command {
 	var addr, name, format, cache, desc string
-	var readOnly bool
+	var readOnly, writable bool
+	var maxConns int
 	c := &cobra.Command{
-		Use:   "serve --nbd ADDR [-f raw|qcow2] [--export-name NAME] [--read-only] FILE...",
+		Use:   "serve --nbd ADDR [-f raw|qcow2] [--export-name NAME] [--writable] [-e N] FILE...",
 		Short: "Export images over NBD (ADDR: host:port, or unix:PATH for a unix socket) until interrupted",
 		Long: `Export one or more images over NBD until interrupted (SIGINT, SIGTERM),
 then finish the requests in progress and flush the images. Each image is an
 export named after its file (or --export-name, with a single FILE); a client
-asking for the empty name gets the first.`,
+asking for the empty name gets the first.
+
+Exports are read-only unless --writable is given (with -f: a writable
+image's format is never guessed). At most --max-connections clients are
+served at once. There is no TLS yet: bind to 127.0.0.1 or a unix socket
+unless every host that can reach ADDR may read the images.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if addr == "" {
@@ -44,10 +56,19 @@ asking for the empty name gets the first.`,
 			if cmd.Flags().Changed("export-name") && len(args) > 1 {
 				return errors.New("--export-name names a single FILE; with several, each export is named after its file")
 			}
-			if format != "" {
-				if err := image.CheckFormat(format); err != nil {
-					return err
-				}
+			if writable && readOnly {
+				return errors.New("--writable and --read-only contradict each other: exports are read-only by default, so give --writable only to allow writes")
+			}
+			if writable && format == "" {
+				return errors.New("--writable needs the image format (-f raw or -f qcow2): a client that can write an image could otherwise change what it is probed as next time")
+			}
+			if maxConns < 1 {
+				return fmt.Errorf("--max-connections %d: give at least 1", maxConns)
+			}
+			readOnly = !writable
+			topts, err := toolOptions(cmd, format)
+			if err != nil {
+				return err
 			}
 			mode, err := raw.ParseCacheMode(cache)
 			if err != nil {
@@ -64,7 +85,7 @@ asking for the empty name gets the first.`,
 				return first
 			}
 			for _, file := range args {
-				b, err := image.Open(file, image.OpenOptions{Format: format, ReadOnly: readOnly, Cache: mode, Lock: true})
+				b, err := image.Open(file, image.OpenOptions{Format: topts.Format, ReadOnly: readOnly, Cache: mode, Lock: true, AllowBacking: topts.AllowBacking})
 				if err != nil {
 					closeAll()
 					return err
@@ -80,6 +101,7 @@ asking for the empty name gets the first.`,
 				closeAll()
 				return err
 			}
+			s.MaxConns = maxConns
 			l, err := nbd.Listen(addr)
 			if err != nil {
 				closeAll()
@@ -88,6 +110,13 @@ asking for the empty name gets the first.`,
 			if l.Addr().Network() == "unix" {
 				// Ours to remove when we stop, as qemu-nbd does.
 				defer os.Remove(l.Addr().String())
+			}
+			if ta, ok := l.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+				access := "read"
+				if writable {
+					access = "read and write"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "vio: warning: serving on %s without TLS: any host that can reach it can %s the images; bind to 127.0.0.1 or a unix socket unless that is intended\n", l.Addr(), access)
 			}
 			s.Logf = func(format string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "vio: "+format+"\n", a...) }
 			for i, e := range exports {
@@ -120,10 +149,12 @@ asking for the empty name gets the first.`,
 		},
 	}
 	c.Flags().StringVar(&addr, "nbd", "", "where to listen: host:port, or unix:PATH")
-	c.Flags().StringVarP(&format, "format", "f", "", "image format of every FILE: raw or qcow2 (probed if not given)")
+	c.Flags().StringVarP(&format, "format", "f", "", "image format of every FILE: raw or qcow2 (probed if not given, read-only only)")
 	c.Flags().StringVarP(&name, "export-name", "x", "", "export name, with a single FILE (default: the file's base name)")
 	c.Flags().StringVar(&desc, "description", "", "export description shown by NBD_OPT_LIST")
-	c.Flags().BoolVarP(&readOnly, "read-only", "r", false, "export read-only")
+	c.Flags().BoolVarP(&readOnly, "read-only", "r", false, "export read-only (the default; kept for compatibility)")
+	c.Flags().BoolVarP(&writable, "writable", "w", false, "let clients write the images (needs -f)")
+	c.Flags().IntVarP(&maxConns, "max-connections", "e", nbd.DefaultMaxConns, "clients served at once; more are refused")
 	c.Flags().StringVar(&cache, "cache", "writeback", "host cache mode: writeback, writethrough, none, directsync or unsafe")
 	return c
 }

@@ -22,8 +22,8 @@ func TestImageServe(t *testing.T) {
 	if out, err := runImage(t, "create", img, "8M"); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
-	second := filepath.Join(dir, "second.raw")
-	if out, err := runImage(t, "create", "-f", "raw", second, "4M"); err != nil {
+	second := filepath.Join(dir, "second.qcow2")
+	if out, err := runImage(t, "create", second, "4M"); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	sock := filepath.Join(dir, "nbd.sock")
@@ -33,7 +33,7 @@ func TestImageServe(t *testing.T) {
 	var out bytes.Buffer
 	c.SetOut(&out)
 	c.SetErr(&out)
-	c.SetArgs([]string{"serve", "--nbd", "unix:" + sock, img, second})
+	c.SetArgs([]string{"serve", "--writable", "-f", "qcow2", "--nbd", "unix:" + sock, img, second})
 	done := make(chan error, 1)
 	go func() { done <- c.ExecuteContext(ctx) }()
 
@@ -57,7 +57,7 @@ func TestImageServe(t *testing.T) {
 	if cl.Size() != 8<<20 {
 		t.Fatalf("export size %d", cl.Size())
 	}
-	c2, err := nbd.Dial(ctx, "nbd+unix:///second.raw?socket="+sock, nbd.Options{})
+	c2, err := nbd.Dial(ctx, "nbd+unix:///second.qcow2?socket="+sock, nbd.Options{})
 	if err != nil {
 		t.Fatalf("second export: %v", err)
 	}
