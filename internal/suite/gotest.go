@@ -115,12 +115,18 @@ func (t *Tally) Add(e Event) *PackageResult {
 		}
 		if e.Test == "" {
 			pr.Action, pr.Elapsed = e.Action, e.Elapsed
-			if e.Action == "fail" && pr.Failed == 0 {
-				// The package failed with no failing test: a build
-				// error, a crash, a timeout or a TestMain failure.
+			// Tests that never ended: the test binary died or was killed
+			// under them (a timeout, a crash, the lab giving up). Their
+			// output is the story of what happened, so it goes with the
+			// package's failure.
+			unfinished := t.takeUnfinished(e.Package)
+			if e.Action == "fail" && (pr.Failed == 0 || unfinished != "") {
+				// The package failed with no failing test (a build
+				// error, a crash, a timeout or a TestMain failure), or
+				// with tests cut short.
 				t.Failed++
 				pr.Failed++
-				t.Failures = append(t.Failures, Failure{Package: e.Package, Output: out + t.buildOutput(e.FailedBuild)})
+				t.Failures = append(t.Failures, Failure{Package: e.Package, Output: unfinished + out + t.buildOutput(e.FailedBuild)})
 			}
 			res := *pr
 			t.Packages = append(t.Packages, res)
@@ -144,6 +150,24 @@ func (t *Tally) Add(e Event) *PackageResult {
 		}
 	}
 	return nil
+}
+
+// takeUnfinished returns, and forgets, the output of pkg's tests that
+// started but never ended, each under a line naming it.
+func (t *Tally) takeUnfinished(pkg string) string {
+	var names []string
+	for k := range t.output {
+		if p, test, _ := strings.Cut(k, "\x00"); p == pkg && test != "" {
+			names = append(names, test)
+		}
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "test %s did not finish; its output:\n%s", n, t.output[key(pkg, n)].String())
+		delete(t.output, key(pkg, n))
+	}
+	return b.String()
 }
 
 func (t *Tally) buildOutput(pkg string) string {

@@ -187,3 +187,30 @@ func TestFuzzTargets(t *testing.T) {
 		t.Errorf("targets %v, want [FuzzFindsX]", got)
 	}
 }
+
+// TestTallyUnfinishedTest: a test binary killed under a running test (a
+// timeout, the lab giving up) is reported with what that test printed.
+func TestTallyUnfinishedTest(t *testing.T) {
+	dir := fixture(t)
+	if err := os.WriteFile(filepath.Join(dir, "hang_test.go"), []byte(`package fixture
+import ("fmt"; "os"; "testing")
+func TestHangs(t *testing.T) {
+	fmt.Println("booting the guest, which never comes back")
+	os.Exit(1) // as when the lab kills the binary under a running test
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, ok := goCmd(t, dir, nil, "test", "-json", "-count=1", "-run", "TestHangs", ".")
+	if ok {
+		t.Fatal("a hanging test passed")
+	}
+	tl := tallyOf(t, out)
+	if tl.Failed == 0 || len(tl.Failures) == 0 {
+		t.Fatalf("no failure counted: %+v\n%s", tl, out)
+	}
+	got := tl.Failures[len(tl.Failures)-1].Output
+	if !strings.Contains(got, "booting the guest, which never comes back") {
+		t.Errorf("the unfinished test's output is not in the failure:\n%s", got)
+	}
+}
