@@ -93,16 +93,24 @@ func (g *Gate) Park(stop <-chan struct{}) bool {
 	}
 }
 
-// Pause requests a pause and waits until every joined goroutine is parked
-// or gone. If ctx ends first, it resumes and returns ctx's error.
-func (g *Gate) Pause(ctx context.Context) error {
+// Request requests a pause without waiting for it; Pause then waits. A
+// device whose goroutines block outside the gate's view (in a read, say)
+// requests first and then interrupts them, so that each sees the request
+// when it wakes.
+func (g *Gate) Request() {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	if !g.paused {
 		g.paused = true
 		g.resume = make(chan struct{})
 		close(g.req)
 	}
-	g.mu.Unlock()
+}
+
+// Pause requests a pause and waits until every joined goroutine is parked
+// or gone. If ctx ends first, it resumes and returns ctx's error.
+func (g *Gate) Pause(ctx context.Context) error {
+	g.Request()
 	for {
 		g.mu.Lock()
 		done := g.parked >= g.active

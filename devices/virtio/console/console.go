@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -170,6 +171,9 @@ func (d *Device) pump() {
 
 type activation struct {
 	stop          chan struct{}
+	gate          *state.Gate
+	paused        atomic.Bool // a Pause succeeded and no Resume followed
+	rxs           *rxServer
 	wg            sync.WaitGroup
 	rx, tx        *virtio.Queue
 	configChanged func()
@@ -188,20 +192,24 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	if d.in != nil {
 		d.pumpOnce.Do(func() { go d.pump() })
 	}
-	run := &activation{stop: make(chan struct{}), rx: a.Queues[RxQueue], tx: a.Queues[TxQueue], configChanged: a.ConfigChanged}
+	run := &activation{stop: make(chan struct{}), gate: state.NewGate(), rx: a.Queues[RxQueue], tx: a.Queues[TxQueue], configChanged: a.ConfigChanged}
 	if run.configChanged == nil {
 		run.configChanged = func() {}
 	}
 	// The goroutines own pending and inEOF until Reset has waited for
 	// them.
-	rx := &rxServer{d: d, q: run.rx, stop: run.stop, pending: d.pending, eof: d.inEOF}
+	rx := &rxServer{d: d, q: run.rx, stop: run.stop, gate: run.gate, pending: d.pending, eof: d.inEOF}
+	run.rxs = rx
 	run.wg.Add(2)
+	run.gate.Join()
+	run.gate.Join()
 	go func() {
 		defer run.wg.Done()
+		defer run.gate.Leave()
 		rx.serve()
 		d.pending, d.inEOF = rx.pending, rx.eof
 	}()
-	go func() { defer run.wg.Done(); d.serveTx(run.tx, run.stop) }()
+	go func() { defer run.wg.Done(); defer run.gate.Leave(); d.serveTx(run.tx, run.stop, run.gate) }()
 	d.run = run
 	return nil
 }
@@ -252,22 +260,21 @@ func (d *Device) Stats() Stats {
 	return s
 }
 
-// serveTx writes the guest's output.
-func (d *Device) serveTx(q *virtio.Queue, stop chan struct{}) {
+// serveTx writes the guest's output. It polls at start: a device
+// restored from a snapshot may find output the driver queued before the
+// save.
+func (d *Device) serveTx(q *virtio.Queue, stop chan struct{}, gate *state.Gate) {
 	for {
-		select {
-		case <-stop:
-			return
-		case <-q.Kicks():
-			d.stats.notifications.Add(1)
-		}
 		for more := true; more; {
 			q.DisableNotifications()
-			pushed := false
-			for {
+			pushed, pause := false, false
+			for !pause {
 				select {
 				case <-stop:
 					return
+				case <-gate.Requested():
+					pause = true
+					continue
 				default:
 				}
 				c, err := q.Next()
@@ -293,10 +300,26 @@ func (d *Device) serveTx(q *virtio.Queue, stop chan struct{}) {
 			if pushed {
 				_ = q.Signal()
 			}
+			if pause {
+				if !gate.Park(stop) {
+					return
+				}
+				continue
+			}
 			var err error
 			if more, err = q.EnableNotifications(); err != nil {
 				return
 			}
+		}
+		select {
+		case <-stop:
+			return
+		case <-gate.Requested():
+			if !gate.Park(stop) {
+				return
+			}
+		case <-q.Kicks():
+			d.stats.notifications.Add(1)
 		}
 	}
 }
@@ -306,6 +329,7 @@ type rxServer struct {
 	d       *Device
 	q       *virtio.Queue
 	stop    chan struct{}
+	gate    *state.Gate
 	pending []byte
 	eof     bool
 	held    *virtio.Chain
@@ -320,17 +344,39 @@ func (s *rxServer) signal() {
 	}
 }
 
+// rest serves a pause: the chain held (if any) goes back to the ring
+// untouched, or with length 0 if it cannot; pending input stays. It
+// reports false if the device stops.
+func (s *rxServer) rest() bool {
+	if c := s.held; c != nil {
+		s.held = nil
+		if !s.q.Unget(c) {
+			if s.q.Push(c.Head, 0) != nil {
+				return false
+			}
+			s.pushed = true
+		}
+	}
+	s.signal()
+	return s.gate.Park(s.stop)
+}
+
 func (s *rxServer) serve() {
 	for {
 		if len(s.pending) == 0 {
+			input := s.d.input
 			if s.eof {
-				<-s.stop
-				return
+				input = nil // nothing more will come: only stop or pause
 			}
 			select {
 			case <-s.stop:
 				return
-			case chunk, ok := <-s.d.input:
+			case <-s.gate.Requested():
+				if !s.rest() {
+					return
+				}
+				continue
+			case chunk, ok := <-input:
 				if !ok {
 					s.eof = true
 					continue
@@ -340,8 +386,15 @@ func (s *rxServer) serve() {
 		}
 		// Fill as many buffers as the input needs, then interrupt once.
 		for len(s.pending) > 0 {
-			if !s.waitChain() {
+			ok, pause := s.waitChain()
+			if !ok {
 				return
+			}
+			if pause {
+				if !s.rest() {
+					return
+				}
+				continue
 			}
 			c := s.held
 			s.held = nil
@@ -358,39 +411,47 @@ func (s *rxServer) serve() {
 }
 
 // waitChain holds a receive chain with room, waiting for the guest to post
-// one. It reports false when the device stops or the queue breaks.
-func (s *rxServer) waitChain() bool {
+// one. It reports false when the device stops or the queue breaks, and
+// pause when a pause was requested (then it takes no chain).
+func (s *rxServer) waitChain() (ok, pause bool) {
 	for s.held == nil {
+		select {
+		case <-s.gate.Requested():
+			return true, true
+		default:
+		}
 		c, err := s.q.Next()
 		if err != nil {
-			return false
+			return false, false
 		}
 		if c != nil {
 			if c.Writable.Len() == 0 {
 				if s.q.Push(c.Head, 0) != nil {
-					return false
+					return false, false
 				}
 				s.pushed = true
 				continue
 			}
 			s.held = c
-			return true
+			return true, false
 		}
 		s.signal()
 		more, err := s.q.EnableNotifications()
 		if err != nil {
-			return false
+			return false, false
 		}
 		if more {
 			continue
 		}
 		select {
 		case <-s.stop:
-			return false
+			return false, false
+		case <-s.gate.Requested():
+			return true, true
 		case <-s.q.Kicks():
 			s.d.stats.notifications.Add(1)
 			s.q.DisableNotifications()
 		}
 	}
-	return true
+	return true, false
 }

@@ -3,6 +3,7 @@ package net
 import (
 	"encoding/binary"
 
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -28,25 +29,25 @@ type ctrlServer struct {
 	d        *Device
 	q        *virtio.Queue
 	stop     chan struct{}
+	gate     *state.Gate
 	features uint64
 	maxPairs int
 }
 
+// serve polls at start, as txServer.serve does. A command is executed
+// and answered in one step, so between two commands the queue is quiet.
 func (s *ctrlServer) serve() {
 	for {
-		select {
-		case <-s.stop:
-			return
-		case <-s.q.Kicks():
-			s.d.stats.notifications.Add(1)
-		}
 		for more := true; more; {
 			s.q.DisableNotifications()
-			pushed := false
-			for {
+			pushed, pause := false, false
+			for !pause {
 				select {
 				case <-s.stop: // Reset must not wait for a busy guest
 					return
+				case <-s.gate.Requested():
+					pause = true
+					continue
 				default:
 				}
 				c, err := s.q.Next()
@@ -64,10 +65,26 @@ func (s *ctrlServer) serve() {
 			if pushed {
 				_ = s.q.Signal()
 			}
+			if pause {
+				if !s.gate.Park(s.stop) {
+					return
+				}
+				continue
+			}
 			var err error
 			if more, err = s.q.EnableNotifications(); err != nil {
 				return
 			}
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-s.gate.Requested():
+			if !s.gate.Park(s.stop) {
+				return
+			}
+		case <-s.q.Kicks():
+			s.d.stats.notifications.Add(1)
 		}
 	}
 }

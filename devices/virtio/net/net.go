@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -385,10 +386,24 @@ func (d *Device) Announce() bool {
 // activation is one Activate..Reset period.
 type activation struct {
 	stop          chan struct{}
+	gate          *state.Gate // Pause and Resume
+	paused        atomic.Bool // a Pause succeeded and no Resume followed
 	wg            sync.WaitGroup
 	features      uint64
 	queues        []*virtio.Queue // every queue served, for stats
+	rx            []*rxServer     // per pair; nil for a pair the driver left out
 	configChanged func()
+}
+
+// goServe runs f on a goroutine of the activation, counted in its gate.
+func (run *activation) goServe(f func()) {
+	run.wg.Add(1)
+	run.gate.Join()
+	go func() {
+		defer run.wg.Done()
+		defer run.gate.Leave()
+		f()
+	}()
 }
 
 // Activate implements virtio.Device: it starts a receive and a transmit
@@ -433,7 +448,8 @@ func (d *Device) Activate(a *virtio.Activation) error {
 			return fmt.Errorf("net: %w", err)
 		}
 	}
-	run := &activation{stop: make(chan struct{}), features: f, configChanged: a.ConfigChanged}
+	run := &activation{stop: make(chan struct{}), gate: state.NewGate(), features: f, configChanged: a.ConfigChanged,
+		rx: make([]*rxServer, pairs)}
 	if run.configChanged == nil {
 		run.configChanged = func() {}
 	}
@@ -452,18 +468,17 @@ func (d *Device) Activate(a *virtio.Activation) error {
 				d.rxBufs[i][k] = make([]byte, netdev.MaxPacketLen)
 			}
 		}
-		tx := &txServer{d: d, be: d.bes[i], q: txq, stop: run.stop, allowed: txOffloads(f)}
-		rx := newRxServer(d, d.bes[i], d.rxBufs[i], rxq, run.stop, f)
+		tx := &txServer{d: d, be: d.bes[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
+		rx := newRxServer(d, d.bes[i], d.rxBufs[i], rxq, run.stop, run.gate, f)
+		run.rx[i] = rx
 		run.queues = append(run.queues, rxq, txq)
-		run.wg.Add(2)
-		go func() { defer run.wg.Done(); tx.serve() }()
-		go func() { defer run.wg.Done(); rx.serve() }()
+		run.goServe(tx.serve)
+		run.goServe(rx.serve)
 	}
 	if ctrl != nil {
-		c := &ctrlServer{d: d, q: ctrl, stop: run.stop, features: f, maxPairs: pairs}
+		c := &ctrlServer{d: d, q: ctrl, stop: run.stop, gate: run.gate, features: f, maxPairs: pairs}
 		run.queues = append(run.queues, ctrl)
-		run.wg.Add(1)
-		go func() { defer run.wg.Done(); c.serve() }()
+		run.goServe(c.serve)
 	}
 	d.run = run
 	return nil
@@ -520,6 +535,9 @@ type Stats struct {
 	// header, offload it did not negotiate, larger than its buffers) and
 	// receive buffers too small to use; RxDropped frames lost to a reset.
 	RxErrors, RxDropped uint64
+	// RxUnused counts receive chains returned with length 0 at a pause
+	// because they could not be handed back to the ring untouched.
+	RxUnused uint64
 	// RxMerged counts frames spread over more than one buffer; RxWaits
 	// the times receive stopped until the guest posted buffers.
 	RxMerged, RxWaits uint64
@@ -534,6 +552,7 @@ type counters struct {
 	txFrames, txBytes, rxFrames, rxBytes atomic.Uint64
 	txErrors, txDropped, rxErrors        atomic.Uint64
 	rxDropped, rxMerged, rxWaits         atomic.Uint64
+	rxUnused                             atomic.Uint64
 	notifications, interrupts, badChains atomic.Uint64
 	ctrlCommands, ctrlErrors             atomic.Uint64
 }
@@ -544,7 +563,7 @@ func (d *Device) Stats() Stats {
 	s := Stats{
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(), RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(),
 		TxErrors: c.txErrors.Load(), TxDropped: c.txDropped.Load(), RxErrors: c.rxErrors.Load(), RxDropped: c.rxDropped.Load(),
-		RxMerged: c.rxMerged.Load(), RxWaits: c.rxWaits.Load(),
+		RxMerged: c.rxMerged.Load(), RxWaits: c.rxWaits.Load(), RxUnused: c.rxUnused.Load(),
 		Notifications: c.notifications.Load(), Interrupts: c.interrupts.Load(), BadChains: c.badChains.Load(),
 		CtrlCommands: c.ctrlCommands.Load(), CtrlErrors: c.ctrlErrors.Load(),
 	}

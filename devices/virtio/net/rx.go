@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -17,12 +18,16 @@ type rxServer struct {
 	be        netdev.Backend
 	q         *virtio.Queue
 	stop      chan struct{}
+	gate      *state.Gate
 	allowed   netdev.Offloads // what the guest negotiated to receive
 	guestCsum bool
 	mergeable bool
 	maxChains int // a frame never takes more chains than the queue holds
 
-	// Frames read from the back-end and not yet delivered: bufs[next:count].
+	// Frames read from the back-end and not yet delivered: first
+	// restored (given by a snapshot, older than anything read here), then
+	// bufs[next:count].
+	restored    [][]byte
 	bufs        [][]byte
 	sizes       []int
 	next, count int
@@ -32,6 +37,15 @@ type rxServer struct {
 	lens   []uint32
 	pushed bool // used entries pushed since the last Signal
 }
+
+// step is how a part of the receive path ended.
+type step int
+
+const (
+	stepOK    step = iota
+	stepPause      // a pause was requested: come to rest and park
+	stepStop       // the device stops or the queue broke
+)
 
 // push returns a chain to the driver.
 func (s *rxServer) push(head uint16, n uint32) bool {
@@ -48,9 +62,9 @@ func (s *rxServer) signal() {
 	}
 }
 
-func newRxServer(d *Device, be netdev.Backend, bufs [][]byte, q *virtio.Queue, stop chan struct{}, features uint64) *rxServer {
+func newRxServer(d *Device, be netdev.Backend, bufs [][]byte, q *virtio.Queue, stop chan struct{}, gate *state.Gate, features uint64) *rxServer {
 	return &rxServer{
-		d: d, be: be, q: q, stop: stop,
+		d: d, be: be, q: q, stop: stop, gate: gate,
 		allowed:   rxOffloads(features),
 		guestCsum: features&FeatureGuestCsum != 0,
 		mergeable: features&FeatureMrgRxbuf != 0,
@@ -69,43 +83,125 @@ func (s *rxServer) stopped() bool {
 	}
 }
 
+func (s *rxServer) pauseRequested() bool {
+	select {
+	case <-s.gate.Requested():
+		return true
+	default:
+		return false
+	}
+}
+
+// pending returns the frames read and not delivered, oldest first. They
+// alias the server's buffers: call it only while the server is parked.
+func (s *rxServer) pending() [][]byte {
+	p := append([][]byte(nil), s.restored...)
+	for i := s.next; i < s.count; i++ {
+		p = append(p, s.bufs[i][:s.sizes[i]])
+	}
+	return p
+}
+
 func (s *rxServer) serve() {
 	defer func() {
 		// Frames read but never delivered are lost with the reset.
-		s.d.stats.rxDropped.Add(uint64(s.count - s.next))
+		s.d.stats.rxDropped.Add(uint64(len(s.restored) + s.count - s.next))
 	}()
 	for {
-		if s.next == s.count {
-			// Backpressure: read from the back-end only once the guest
-			// has a buffer to take what comes.
-			if !s.waitChain() {
+		if s.pauseRequested() {
+			if !s.rest() {
 				return
 			}
-			n, err := s.be.ReadFrames(s.bufs, s.sizes)
-			if err != nil {
-				if s.stopped() {
-					return
-				}
-				if errors.Is(err, netdev.ErrClosed) {
-					<-s.stop // the back-end is gone; wait for the reset
-					return
-				}
-				if !errors.Is(err, os.ErrDeadlineExceeded) && !s.backoff() {
-					return
-				}
-				continue
-			}
-			s.next, s.count = 0, n
+			continue
 		}
-		for s.next < s.count {
-			pkt := s.bufs[s.next][:s.sizes[s.next]]
-			if !s.deliver(pkt) {
+		var st step
+		switch {
+		case len(s.restored) > 0:
+			if st = s.deliver(s.restored[0]); st == stepOK {
+				s.restored[0] = nil
+				s.restored = s.restored[1:]
+			}
+		case s.next < s.count:
+			if st = s.deliver(s.bufs[s.next][:s.sizes[s.next]]); st == stepOK {
+				s.next++
+			}
+		default:
+			st = s.read()
+		}
+		switch st {
+		case stepStop:
+			return
+		case stepPause:
+			// Rest now, even if the pause was cancelled meanwhile: the
+			// chains taken for a packet not placed must go back.
+			if !s.rest() {
 				return
 			}
-			s.next++
+			continue
 		}
-		s.signal()
+		if len(s.restored) == 0 && s.next == s.count {
+			s.signal() // once per batch
+		}
 	}
+}
+
+// read fills the host buffers from the back-end once the guest has
+// posted a buffer (backpressure: frames wait in the back-end, not here).
+func (s *rxServer) read() step {
+	if st := s.waitChain(); st != stepOK {
+		return st
+	}
+	n, err := s.be.ReadFrames(s.bufs, s.sizes)
+	if err == nil {
+		s.next, s.count = 0, n
+		return stepOK
+	}
+	switch {
+	case s.stopped():
+		return stepStop
+	case errors.Is(err, netdev.ErrClosed):
+		// The back-end is gone; wait for the reset (or a pause).
+		select {
+		case <-s.stop:
+			return stepStop
+		case <-s.gate.Requested():
+			return stepPause
+		}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return stepOK // Pause (or Reset) interrupted the read
+	}
+	if !s.backoff() {
+		return stepStop
+	}
+	return stepOK
+}
+
+// rest brings the server to a quiet point and parks it until Resume: the
+// chains it holds go back to the ring untouched (Queue.Unget), newest
+// first, or, where that is impossible because entries were pushed after
+// them, are returned with length 0. Frames read from the back-end stay in
+// the host buffers: a partly placed one is placed again from its start
+// after Resume. It reports false if the device stops.
+func (s *rxServer) rest() bool {
+	if s.held != nil {
+		s.chains = append(s.chains, s.held)
+		s.held = nil
+	}
+	for i := len(s.chains) - 1; i >= 0; i-- {
+		c := s.chains[i]
+		if !s.q.Unget(c) {
+			s.d.stats.rxUnused.Add(1)
+			if !s.push(c.Head, 0) {
+				clear(s.chains)
+				s.chains = s.chains[:0]
+				return false
+			}
+		}
+	}
+	clear(s.chains)
+	s.chains = s.chains[:0]
+	s.signal()
+	return s.gate.Park(s.stop)
 }
 
 // backoff pauses after a back-end error, so that a back-end failing
@@ -122,32 +218,35 @@ func (s *rxServer) backoff() bool {
 }
 
 // waitChain makes sure a receive chain is held, waiting for the guest to
-// post one if needed. It reports false if the device stops or the queue
-// breaks.
-func (s *rxServer) waitChain() bool {
+// post one if needed. A pause request ends the wait (and takes no
+// further chain).
+func (s *rxServer) waitChain() step {
 	for s.held == nil {
+		if s.pauseRequested() {
+			return stepPause
+		}
 		c, err := s.q.Next()
 		if err != nil {
-			return false
+			return stepStop
 		}
 		if c != nil {
 			if c.Writable.Len() < netdev.HeaderSize {
 				// Too small for even a header: useless, give it back.
 				s.d.stats.rxErrors.Add(1)
 				if !s.push(c.Head, 0) {
-					return false
+					return stepStop
 				}
 				continue
 			}
 			s.held = c
-			return true
+			return stepOK
 		}
 		// The ring is empty: let the driver see what was completed (it
 		// refills when it processes them), then wait for its kick.
 		s.signal()
 		more, err := s.q.EnableNotifications()
 		if err != nil {
-			return false
+			return stepStop
 		}
 		if more {
 			continue
@@ -155,28 +254,32 @@ func (s *rxServer) waitChain() bool {
 		s.d.stats.rxWaits.Add(1)
 		select {
 		case <-s.stop:
-			return false
+			return stepStop
+		case <-s.gate.Requested():
+			return stepPause
 		case <-s.q.Kicks():
 			s.d.stats.notifications.Add(1)
 			s.q.DisableNotifications()
 		}
 	}
-	return true
+	return stepOK
 }
 
 // deliver places one packet (header and frame, as the back-end gave it)
 // in the guest's buffers. A packet the guest cannot take is dropped and
-// counted. It reports false if the device stops or the queue breaks.
-func (s *rxServer) deliver(pkt []byte) bool {
+// counted (stepOK). On stepPause nothing of the packet was published: the
+// chains taken for it are in s.chains, for rest to hand back, and the
+// packet is delivered again later.
+func (s *rxServer) deliver(pkt []byte) step {
 	if len(pkt) < netdev.HeaderSize {
 		s.d.stats.rxErrors.Add(1)
-		return true
+		return stepOK
 	}
 	h := netdev.DecodeHeader(pkt)
 	frameLen := len(pkt) - netdev.HeaderSize
 	if h.Check(frameLen, s.allowed) != nil {
 		s.d.stats.rxErrors.Add(1)
-		return true
+		return stepOK
 	}
 	if s.guestCsum {
 		h.Flags &= netdev.FlagNeedsCsum | netdev.FlagDataValid
@@ -184,25 +287,30 @@ func (s *rxServer) deliver(pkt []byte) bool {
 		h.Flags = 0 // DATA_VALID means nothing to a guest without GUEST_CSUM
 	}
 	h.NumBuffers = 1
-	h.Encode(pkt) // the host buffer is ours: rewrite the header in place
+	// The host buffer is ours: rewrite the header in place (idempotent,
+	// so a packet delivered again after a pause gets the same header).
+	h.Encode(pkt)
 
 	if !s.mergeable {
-		if !s.waitChain() {
-			return false
+		if st := s.waitChain(); st != stepOK {
+			return st
 		}
 		c := s.held
 		if c.Writable.Len() < int64(len(pkt)) {
 			// Too large for the guest's buffer; keep the buffer for the
 			// next frame.
 			s.d.stats.rxErrors.Add(1)
-			return true
+			return stepOK
 		}
 		c.Writable.WriteAt(pkt, 0)
 		s.held = nil
 		// Count before publishing: whoever sees the frame sees it counted.
 		s.d.stats.rxFrames.Add(1)
 		s.d.stats.rxBytes.Add(uint64(frameLen))
-		return s.push(c.Head, uint32(len(pkt)))
+		if !s.push(c.Head, uint32(len(pkt))) {
+			return stepStop
+		}
+		return stepOK
 	}
 
 	// Mergeable buffers: as many chains as the packet needs, the header
@@ -215,13 +323,15 @@ func (s *rxServer) deliver(pkt []byte) bool {
 			s.d.stats.rxErrors.Add(1)
 			for _, c := range s.chains {
 				if !s.push(c.Head, 0) {
-					return false
+					return stepStop
 				}
 			}
-			return true
+			clear(s.chains)
+			s.chains = s.chains[:0]
+			return stepOK
 		}
-		if !s.waitChain() {
-			return false
+		if st := s.waitChain(); st != stepOK {
+			return st
 		}
 		c := s.held
 		s.held = nil
@@ -241,9 +351,10 @@ func (s *rxServer) deliver(pkt []byte) bool {
 	s.d.stats.rxBytes.Add(uint64(frameLen))
 	for i, c := range s.chains {
 		if !s.push(c.Head, s.lens[i]) {
-			return false
+			return stepStop
 		}
 	}
 	clear(s.chains)
-	return true
+	s.chains = s.chains[:0]
+	return stepOK
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -13,6 +14,7 @@ type txServer struct {
 	be      netdev.Backend
 	q       *virtio.Queue
 	stop    chan struct{}
+	gate    *state.Gate
 	allowed netdev.Offloads
 
 	// One batch: the header copies, the gather lists handed to the
@@ -28,20 +30,20 @@ type txServer struct {
 	blens [txBatch]int
 }
 
+// serve polls at start: a device restored from a snapshot may find
+// frames the driver made available (and kicked for) before the save.
 func (s *txServer) serve() {
 	for {
-		select {
-		case <-s.stop:
-			return
-		case <-s.q.Kicks():
-			s.d.stats.notifications.Add(1)
-		}
 		for more := true; more; {
 			s.q.DisableNotifications()
-			for {
+			pause := false
+			for !pause {
 				select {
 				case <-s.stop: // Reset must not wait for a busy guest
 					return
+				case <-s.gate.Requested():
+					pause = true // finish what was taken, take nothing more
+					continue
 				default:
 				}
 				c, err := s.q.Next()
@@ -61,10 +63,28 @@ func (s *txServer) serve() {
 			if s.flush() != nil {
 				return
 			}
+			if pause {
+				// Every frame taken is on the back-end and its used entry
+				// written: a quiet point.
+				if !s.gate.Park(s.stop) {
+					return
+				}
+				continue // poll what was made available meanwhile
+			}
 			var err error
 			if more, err = s.q.EnableNotifications(); err != nil {
 				return
 			}
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-s.gate.Requested():
+			if !s.gate.Park(s.stop) {
+				return
+			}
+		case <-s.q.Kicks():
+			s.d.stats.notifications.Add(1)
 		}
 	}
 }

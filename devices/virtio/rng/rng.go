@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
@@ -28,7 +29,21 @@ type Device struct {
 
 	mu   sync.Mutex // guards the running goroutine's handles
 	stop chan struct{}
+	gate *state.Gate
 	done chan error
+
+	// The source is read on a goroutine of its own, one read at a time,
+	// into a host buffer: a source that blocks then holds up neither a
+	// reset nor a pause, and nothing writes guest memory once the
+	// device's goroutine has let go of a request. Owned by the serving
+	// goroutine (handed from one activation to the next by Reset).
+	reading chan readResult // the outstanding read, nil if none
+	spare   []byte          // bytes read and not yet given out
+}
+
+type readResult struct {
+	buf []byte
+	err error
 }
 
 var _ virtio.Device = (*Device)(nil)
@@ -85,10 +100,12 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	if d.stop != nil {
 		return errors.New("rng: already active")
 	}
-	d.stop, d.done = make(chan struct{}), make(chan error, 1)
-	go func(q *virtio.Queue, stop chan struct{}, done chan error) {
-		done <- d.serve(q, stop)
-	}(a.Queues[0], d.stop, d.done)
+	d.stop, d.done, d.gate = make(chan struct{}), make(chan error, 1), state.NewGate()
+	d.gate.Join()
+	go func(q *virtio.Queue, stop chan struct{}, gate *state.Gate, done chan error) {
+		defer gate.Leave()
+		done <- d.serve(q, stop, gate)
+	}(a.Queues[0], d.stop, d.gate, d.done)
 	return nil
 }
 
@@ -102,22 +119,23 @@ func (d *Device) Reset() {
 	}
 	close(d.stop)
 	<-d.done
-	d.stop, d.done = nil, nil
+	d.stop, d.done, d.gate = nil, nil, nil
 }
 
-func (d *Device) serve(q *virtio.Queue, stop chan struct{}) error {
+// serve polls at start: a device restored from a snapshot may find
+// requests the driver made available before the save.
+func (d *Device) serve(q *virtio.Queue, stop chan struct{}, gate *state.Gate) error {
 	for {
-		select {
-		case <-stop:
-			return nil
-		case <-q.Kicks():
-		}
 		for more := true; more; {
 			q.DisableNotifications()
-			for {
+			pause, pushed := false, false
+			for !pause {
 				select {
 				case <-stop: // Reset must not wait for a busy guest
 					return nil
+				case <-gate.Requested():
+					pause = true
+					continue
 				default:
 				}
 				c, err := q.Next()
@@ -127,41 +145,97 @@ func (d *Device) serve(q *virtio.Queue, stop chan struct{}) error {
 				if c == nil {
 					break
 				}
-				n, err := d.fill(c.Writable)
+				n, err := d.fill(c.Writable, stop, gate.Requested())
+				if errors.Is(err, errInterrupted) {
+					// Hand the request back untouched; it is served after
+					// the pause (or forgotten by the reset).
+					if !q.Unget(c) {
+						if err := q.Push(c.Head, 0); err != nil {
+							return err
+						}
+						pushed = true
+					}
+					pause = true
+					continue
+				}
 				if err != nil {
 					n = 0 // nothing trustworthy to give; the driver retries
 				}
 				if err := q.Push(c.Head, n); err != nil {
 					return err
 				}
+				pushed = true
 			}
-			if err := q.Signal(); err != nil {
+			if pushed {
 				// The interrupt path reports its own errors (transport
 				// stats); the driver will poll or time out.
-				_ = err
+				_ = q.Signal()
+			}
+			if pause {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				if !gate.Park(stop) {
+					return nil
+				}
+				continue
 			}
 			var err error
 			if more, err = q.EnableNotifications(); err != nil {
 				return err
 			}
 		}
+		select {
+		case <-stop:
+			return nil
+		case <-gate.Requested():
+			if !gate.Park(stop) {
+				return nil
+			}
+		case <-q.Kicks():
+		}
 	}
 }
 
-// fill writes random bytes straight into guest memory.
-func (d *Device) fill(bufs virtio.Buffers) (uint32, error) {
-	var n uint32
-	for _, b := range bufs {
-		if uint64(n)+uint64(len(b)) > MaxPerRequest {
-			b = b[:MaxPerRequest-n]
+// errInterrupted reports a fill abandoned for a reset or a pause.
+var errInterrupted = errors.New("rng: interrupted")
+
+// fill writes random bytes into guest memory: at most MaxPerRequest,
+// taken from the source through a host buffer. If stop or pause fires
+// while the source is blocked, it returns errInterrupted; the read goes
+// on, and its bytes serve a later request.
+func (d *Device) fill(bufs virtio.Buffers, stop, pause <-chan struct{}) (uint32, error) {
+	want := int(min(bufs.Len(), MaxPerRequest))
+	for got := 0; got < want; {
+		if len(d.spare) == 0 {
+			if d.reading == nil {
+				ch := make(chan readResult, 1)
+				buf := make([]byte, want-got)
+				go func() {
+					n, err := io.ReadFull(d.src, buf)
+					ch <- readResult{buf[:n], err}
+				}()
+				d.reading = ch
+			}
+			select {
+			case <-stop:
+				return 0, errInterrupted
+			case <-pause:
+				return 0, errInterrupted
+			case r := <-d.reading:
+				d.reading = nil
+				d.spare = r.buf
+				if r.err != nil {
+					d.spare = nil
+					return 0, r.err
+				}
+			}
 		}
-		if _, err := io.ReadFull(d.src, b); err != nil {
-			return 0, err
-		}
-		n += uint32(len(b))
-		if n == MaxPerRequest {
-			break
-		}
+		n, _ := bufs.WriteAt(d.spare[:min(len(d.spare), want-got)], int64(got))
+		d.spare = d.spare[n:]
+		got += n
 	}
-	return n, nil
+	return uint32(want), nil
 }
