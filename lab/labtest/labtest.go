@@ -51,10 +51,28 @@ func MainKVM(m *testing.M) { os.Exit(RunKVM(m)) }
 
 // RunKVM is MainKVM returning the exit status.
 func RunKVM(m *testing.M) int {
-	if Inside() || kvmOpens() {
+	if Inside() || kvmOpens() || fuzzing(os.Args[1:]) {
 		return m.Run()
 	}
 	return relaunchUnlessOff("this host has no usable /dev/kvm")
+}
+
+// fuzzing reports whether the test binary was started to fuzz (or as a
+// fuzz worker) with no ordinary test selected: fuzz targets exercise pure
+// Go parsers, which need no KVM and would only crawl inside the lab.
+func fuzzing(args []string) bool {
+	fuzz, noTests := false, false
+	for _, a := range args {
+		switch {
+		case strings.HasPrefix(a, "-test.fuzzworker"):
+			return true
+		case strings.HasPrefix(a, "-test.fuzz=") && a != "-test.fuzz=":
+			fuzz = true
+		case a == "-test.run=^$":
+			noTests = true
+		}
+	}
+	return fuzz && noTests
 }
 
 func kvmOpens() bool {
