@@ -62,7 +62,7 @@ func mainErr(dir, vio string, prepared bool) error {
 	if err != nil {
 		return err
 	}
-	err = lab.Exec(ctx, lab.Config{Timeout: 8 * time.Minute}, []string{self, "-prepared", "-dir", dir, "-vio", abs}, os.Stdout, os.Stderr)
+	err = lab.Exec(ctx, lab.Config{Timeout: 12 * time.Minute}, []string{self, "-prepared", "-dir", dir, "-vio", abs}, os.Stdout, os.Stderr)
 	var exit *lab.ExitError
 	if errors.As(err, &exit) {
 		return fmt.Errorf("the demo failed inside the lab (its message is above)")

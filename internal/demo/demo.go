@@ -108,7 +108,7 @@ func Run(ctx context.Context, p *Prepared, vio string, out io.Writer) error {
 	if err := run("ip", "link", "set", tapName, "up"); err != nil {
 		return &StepError{"net", err.Error()}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vio, "run", "--kernel", p.Kernel, "--initrd", p.Initrd,
 		"--cpus", "2", "--memory", "256M", "--disk", "path="+p.Disk, "--net", "tap="+tapName,
@@ -118,7 +118,7 @@ func Run(ctx context.Context, p *Prepared, vio string, out io.Writer) error {
 	cmd.Stderr = cmd.Stdout
 	runErr := cmd.Run()
 	if ctx.Err() != nil {
-		return &StepError{"boot", "the guest did not power off within 5 minutes"}
+		return &StepError{"boot", "the guest did not power off within 10 minutes"}
 	}
 	ev := parseEvidence(console.String())
 	if ev.failed != nil {
