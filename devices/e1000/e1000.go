@@ -143,6 +143,18 @@ var _ pci.Function = (*Device)(nil)
 // to deliver frames that need no offloads, since the 82540EM receives only
 // ordinary frames.
 func New(be netdev.Backend, mem memory.DMA, cfg Config) (*Device, error) {
+	d, err := newDevice(be, mem, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.wg.Add(2)
+	go d.txLoop()
+	go d.rxLoop()
+	return d, nil
+}
+
+// newDevice builds the device without starting its workers.
+func newDevice(be netdev.Backend, mem memory.DMA, cfg Config) (*Device, error) {
 	if be == nil || mem == nil {
 		return nil, fmt.Errorf("%w: a back-end and guest memory are required", ErrConfig)
 	}
@@ -185,9 +197,6 @@ func New(be netdev.Backend, mem memory.DMA, cfg Config) (*Device, error) {
 	d.mu.Lock()
 	d.resetLocked()
 	d.mu.Unlock()
-	d.wg.Add(2)
-	go d.txLoop()
-	go d.rxLoop()
 	return d, nil
 }
 

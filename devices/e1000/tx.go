@@ -65,14 +65,7 @@ var zeroHeader [netdev.HeaderSize]byte
 
 func (d *Device) txLoop() {
 	defer d.wg.Done()
-	w := &txWorker{
-		d:      d,
-		pkt:    make([]byte, 0, maxTxPacket),
-		arena:  make([]byte, 0, txArena),
-		frames: make([][][]byte, 0, txBatch),
-		lens:   make([]int, 0, txBatch),
-		seg:    make([]byte, 0, 16<<10),
-	}
+	w := newTxWorker(d)
 	for {
 		select {
 		case <-d.stop:
@@ -86,6 +79,17 @@ func (d *Device) txLoop() {
 			default:
 			}
 		}
+	}
+}
+
+func newTxWorker(d *Device) *txWorker {
+	return &txWorker{
+		d:      d,
+		pkt:    make([]byte, 0, maxTxPacket),
+		arena:  make([]byte, 0, txArena),
+		frames: make([][][]byte, 0, txBatch),
+		lens:   make([]int, 0, txBatch),
+		seg:    make([]byte, 0, 16<<10),
 	}
 }
 
