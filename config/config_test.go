@@ -73,6 +73,8 @@ func TestValidateMessages(t *testing.T) {
 		{func(c *VM) { c.OnReboot = "explode" }, "on_reboot"},
 		{func(c *VM) { c.Serial = Console{Mode: "Weird"} }, "serial mode"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", Cache: "fast"}} }, "cache mode"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: "ne2000"}} }, "want virtio or e1000"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 2}} }, "one queue pair"},
 	} {
 		cfg := Default()
 		cfg.Payload.Kernel = kernel
