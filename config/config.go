@@ -152,9 +152,13 @@ func ParseImageType(v string) (string, error) {
 	return "", fmt.Errorf("disk format %q is not one vio opens: give raw or qcow2 (convert other images with qemu-img convert)", v)
 }
 
-// Net is one virtio-net NIC.
+// Net is one NIC: virtio-net, or an emulated Intel 82540EM (e1000) for
+// guests without virtio drivers.
 type Net struct {
-	Tap       string `json:"tap,omitempty"`
+	Tap string `json:"tap,omitempty"`
+	// Model is "virtio" (the default) or "e1000"; a vio extension to
+	// Cloud Hypervisor's NetConfig.
+	Model     string `json:"model,omitempty"`
 	MAC       string `json:"mac,omitempty"`
 	NumQueues int    `json:"num_queues,omitempty"`
 	QueueSize int    `json:"queue_size,omitempty"`
@@ -175,6 +179,12 @@ type Net struct {
 	OffloadUFO  *bool  `json:"offload_ufo,omitempty"`
 	OffloadCsum *bool  `json:"offload_csum,omitempty"`
 }
+
+// NIC models.
+const (
+	NetVirtio = "virtio"
+	NetE1000  = "e1000"
+)
 
 // RNG is a virtio-rng device fed from Src.
 type RNG struct {
@@ -343,6 +353,15 @@ func (c *VM) Validate() error {
 	for i, n := range c.Net {
 		if n.Tap == "" {
 			return fmt.Errorf("net %d has no tap: give the name of a TAP interface (tap=NAME)", i)
+		}
+		switch n.Model {
+		case "", NetVirtio:
+		case NetE1000:
+			if n.NumQueues > 1 || n.QueueSize != 0 {
+				return fmt.Errorf("net %d: an e1000 has one queue pair and rings the guest sizes: drop num_queues and queue_size, or use model=virtio", i)
+			}
+		default:
+			return fmt.Errorf("net %d: model %q: want virtio or e1000", i, n.Model)
 		}
 	}
 	return nil

@@ -44,7 +44,10 @@ func TestParseDiskAndNet(t *testing.T) {
 	if err != nil || n.Tap != "tap0" || n.MAC != "52:54:00:12:34:56" {
 		t.Fatalf("ParseNet: %+v %v", n, err)
 	}
-	for _, bad := range []string{"mac=52:54:00:12:34:56", "tap=t,mac=01:00:00:00:00:01", "tap=t,mac=zz:00:00:00:00:01", "tap=t,x=1"} {
+	if n, err := ParseNet("tap=tap0,model=e1000"); err != nil || n.Model != NetE1000 {
+		t.Fatalf("ParseNet model=e1000: %+v %v", n, err)
+	}
+	for _, bad := range []string{"tap=t,model=rtl8139", "mac=52:54:00:12:34:56", "tap=t,mac=01:00:00:00:00:01", "tap=t,mac=zz:00:00:00:00:01", "tap=t,x=1"} {
 		if _, err := ParseNet(bad); err == nil {
 			t.Errorf("ParseNet(%q) accepted", bad)
 		}
@@ -70,6 +73,8 @@ func TestValidateMessages(t *testing.T) {
 		{func(c *VM) { c.OnReboot = "explode" }, "on_reboot"},
 		{func(c *VM) { c.Serial = Console{Mode: "Weird"} }, "serial mode"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", Cache: "fast"}} }, "cache mode"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: "ne2000"}} }, "want virtio or e1000"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 2}} }, "one queue pair"},
 	} {
 		cfg := Default()
 		cfg.Payload.Kernel = kernel

@@ -95,7 +95,7 @@ func ParseDisk(spec string) (Disk, error) {
 	return d, nil
 }
 
-// ParseNet parses tap=NAME[,mac=MAC][,num_queues=N][,queue_size=N][,id=ID].
+// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,num_queues=N][,queue_size=N][,id=ID].
 func ParseNet(spec string) (Net, error) {
 	var n Net
 	kv, err := splitSpec("net", spec)
@@ -117,8 +117,13 @@ func ParseNet(spec string) (Net, error) {
 			n.QueueSize, err = parseInt("net", k, v)
 		case "id":
 			n.ID = v
+		case "model":
+			if v != NetVirtio && v != NetE1000 {
+				err = fmt.Errorf("--net %q: model %q: want virtio or e1000", spec, v)
+			}
+			n.Model = v
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, mac, num_queues, queue_size, id)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, mac, model, num_queues, queue_size, id)", spec, k)
 		}
 		if err != nil {
 			return n, err

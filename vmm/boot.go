@@ -112,7 +112,7 @@ func (v *VM) loadPayload() (uint64, error) {
 	// The MP table serves guests booted with acpi=off; ACPI is what
 	// lets the guest power off (through devices/acpipm) and describes
 	// the CPUs, the IOAPIC, the PCI root and the legacy devices.
-	if err := x86.WriteMPTable(v.mem, x86.MPConfig{NumCPUs: v.cfg.CPUs.BootVCPUs}); err != nil {
+	if err := x86.WriteMPTable(v.mem, x86.MPConfig{NumCPUs: v.cfg.CPUs.BootVCPUs, PCIInterrupts: v.intx}); err != nil {
 		return 0, err
 	}
 	ac := acpi.Config{
@@ -130,6 +130,7 @@ func (v *VM) loadPayload() (uint64, error) {
 		RTC:         true,
 	}
 	acpiPCI(&ac)
+	ac.PCIInterrupts = v.intx
 	if _, err := acpi.Write(v.mem, ac); err != nil {
 		return 0, err
 	}

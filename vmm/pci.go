@@ -10,6 +10,7 @@ import (
 	"github.com/viovmm/vio/arch/x86/acpi"
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/e1000"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/devices/virtio/console"
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
@@ -73,6 +74,12 @@ func (v *VM) setupPCI(stdio IO) error {
 		}
 	}
 	for i, n := range v.cfg.Net {
+		if n.Model == config.NetE1000 {
+			if err := v.addE1000(fmt.Sprintf("net%d", i), n); err != nil {
+				return fmt.Errorf("net %d (tap %s): %w", i, n.Tap, err)
+			}
+			continue
+		}
 		dev, err := v.newNIC(n)
 		if err != nil {
 			return fmt.Errorf("net %d (tap %s): %w", i, n.Tap, err)
@@ -117,9 +124,9 @@ func (v *VM) addVirtio(name string, dev virtio.Device) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	slot := uint8(len(v.pciDevices) + 1) // 00.0 is the host bridge
-	if slot > 31 {
-		return fmt.Errorf("%s: no free PCI slot (31 devices at most)", name)
+	slot, err := v.nextSlot(name)
+	if err != nil {
+		return err
 	}
 	if err := v.pciRoot.Add(pci.BDF{Device: slot}, t); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -128,6 +135,64 @@ func (v *VM) addVirtio(name string, dev virtio.Device) error {
 	v.closers = append(v.closers, closerFunc(func() error { dev.Reset(); return nil }))
 	return nil
 }
+
+// nextSlot returns the next free device number on bus 0.
+func (v *VM) nextSlot(name string) (uint8, error) {
+	slot := len(v.pciDevices) + len(v.e1000s) + 1 // 00.0 is the host bridge
+	if slot > 31 {
+		return 0, fmt.Errorf("%s: no free PCI slot (31 devices at most)", name)
+	}
+	return uint8(slot), nil
+}
+
+// e1000Device is one emulated Intel NIC on the PCI bus.
+type e1000Device struct {
+	name string
+	dev  *e1000.Device
+}
+
+// addE1000 puts an emulated 82540EM on the next free slot, its INTA#
+// wired to an IOAPIC input above the ISA ones. The route is what the MP
+// table and the DSDT's _PRT tell the guest; the interrupt line register
+// says the same for guests that read it.
+func (v *VM) addE1000(name string, n config.Net) error {
+	t, err := tap.Open(n.Tap)
+	if err != nil {
+		return err
+	}
+	v.closers = append(v.closers, t)
+	var mac stdnet.HardwareAddr
+	if n.MAC != "" {
+		m, err := config.ParseMAC(n.MAC)
+		if err != nil {
+			return err
+		}
+		mac = m[:]
+	}
+	dev, err := e1000.New(t, v.mem, e1000.Config{MAC: mac})
+	if err != nil {
+		return err
+	}
+	// Closers run in reverse: the device stops before its TAP closes.
+	v.closers = append(v.closers, dev)
+	slot, err := v.nextSlot(name)
+	if err != nil {
+		return err
+	}
+	gsi := intxGSI(slot, 0)
+	dev.SetINTxLine(isaLine{v.kvm, uint32(gsi)})
+	dev.SetBytes(pci.RegInterruptLine, []byte{gsi})
+	if err := v.pciRoot.Add(pci.BDF{Device: slot}, dev); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	v.intx = append(v.intx, x86.PCIInterrupt{Device: slot, Pin: 0, IOAPICPin: gsi})
+	v.e1000s = append(v.e1000s, e1000Device{name: name, dev: dev})
+	return nil
+}
+
+// intxGSI spreads INTx pins over IOAPIC inputs 16-23 (KVM's IOAPIC has
+// 24; 0-15 are ISA's), rotating by slot as PCI bridges swizzle.
+func intxGSI(slot, pin uint8) uint8 { return 16 + (slot+pin)%8 }
 
 func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 	mode := d.Cache
@@ -190,7 +255,8 @@ func acpiPCI(c *acpi.Config) {
 // Stats returns the VM's counters: per vCPU, the exits to vio by reason
 // (exits KVM handles in the kernel are not seen here), and per PCI device,
 // its transport and device counters (requests, bytes, errors,
-// notifications, interrupts).
+// notifications, interrupts; for an e1000, frames, bytes, interrupts and
+// register accesses).
 func (v *VM) Stats() map[string]any {
 	out := map[string]any{}
 	if v.group != nil {
@@ -217,6 +283,9 @@ func (v *VM) Stats() map[string]any {
 			s["device"] = st.Stats()
 		}
 		out[d.name] = s
+	}
+	for _, d := range v.e1000s {
+		out[d.name] = map[string]any{"device": d.dev.Stats()}
 	}
 	return out
 }

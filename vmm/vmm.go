@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/kvm"
@@ -68,6 +69,8 @@ type VM struct {
 	platform   *platform
 	pciRoot    *pci.Root
 	pciDevices []pciDevice
+	e1000s     []e1000Device
+	intx       []x86.PCIInterrupt // INTx routes, for the MP table and _PRT
 	msi        *msiRoutes
 	ioevents   *ioEvents
 

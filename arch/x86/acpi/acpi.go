@@ -79,6 +79,11 @@ type Config struct {
 	// RTC declares the CMOS RTC at 0x70, IRQ 8 (PNP0B00), with the
 	// century at index 0x32; without it the FADT says "no CMOS RTC".
 	RTC bool
+	// PCIInterrupts routes PCI INTx pins of bus 0 to IOAPIC inputs
+	// (GSIs): PCI0 gets a _PRT with one entry per route, which is where
+	// Linux looks up a device's INTx in ACPI mode. Give the same routes
+	// to the MP table (x86.MPConfig) for acpi=off guests.
+	PCIInterrupts []x86.PCIInterrupt
 	// TimerOverride adds the ISA IRQ0 → GSI 2 interrupt source
 	// override. Set it only if the vmm routes GSI 0/the PIT to IOAPIC
 	// pin 2; KVM's default routing, which the MP table describes, has
@@ -105,6 +110,14 @@ func (c *Config) validate() error {
 	}
 	if w := c.PCIHole; w.Size != 0 && (w.Base+w.Size < w.Base || w.end() > 1<<32) {
 		return bad("32-bit PCI hole %#x+%#x is not below 4 GiB", w.Base, w.Size)
+	}
+	if len(c.PCIInterrupts) > 255 {
+		return bad("%d PCI interrupt routes; a _PRT holds at most 255", len(c.PCIInterrupts))
+	}
+	for _, r := range c.PCIInterrupts {
+		if r.Device > 31 || r.Pin > 3 {
+			return bad("PCI interrupt route for device %d pin %d", r.Device, r.Pin)
+		}
 	}
 	if w := c.PCIHole64; w.Size != 0 && w.Base+w.Size < w.Base {
 		return bad("64-bit PCI hole %#x+%#x wraps", w.Base, w.Size)

@@ -37,6 +37,7 @@ func fullConfig() acpi.Config {
 		I8042:         true,
 		RTC:           true,
 		TimerOverride: true,
+		PCIInterrupts: []x86.PCIInterrupt{{Device: 3, Pin: 0, IOAPICPin: 19}, {Device: 31, Pin: 3, IOAPICPin: 23}},
 	}
 }
 
@@ -594,6 +595,8 @@ func TestConfigErrors(t *testing.T) {
 		"hole over IOAPIC": func(c *acpi.Config) { c.PCIHole = acpi.Window{Base: 0xc0000000, Size: 0x3f000000} },
 		"hole over LAPIC":  func(c *acpi.Config) { c.PCIHole64 = acpi.Window{Base: 0xfee00fff, Size: 2} },
 		"ECAM over IOAPIC": func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 0xfe000000, StartBus: 0, EndBus: 15} },
+		"INTx pin 4":       func(c *acpi.Config) { c.PCIInterrupts = []x86.PCIInterrupt{{Device: 1, Pin: 4, IOAPICPin: 16}} },
+		"INTx device 32":   func(c *acpi.Config) { c.PCIInterrupts = []x86.PCIInterrupt{{Device: 32, IOAPICPin: 16}} },
 	}
 	for name, f := range bad {
 		t.Run(name, func(t *testing.T) {

@@ -134,6 +134,17 @@ func pciRoot(cfg *Config) []byte {
 		name("_BBN", integer(uint64(busStart))),
 		name("_CRS", resourceTemplate(crs...)),
 	)
+	if len(cfg.PCIInterrupts) > 0 {
+		// Name (_PRT, Package () { Package () { 0xDDDDFFFF, pin, Zero,
+		// GSI }, ... }): source Zero means the last field is a global
+		// system interrupt, level-triggered and active-low.
+		var prt [][]byte
+		for _, r := range cfg.PCIInterrupts {
+			prt = append(prt, pkg(integer(uint64(r.Device)<<16|0xffff), integer(uint64(r.Pin)),
+				integer(0), integer(uint64(r.IOAPICPin))))
+		}
+		body = append(body, name("_PRT", pkg(prt...)))
+	}
 	if cfg.ECAM != nil {
 		// Method (_OSC, 4) { Return (Arg3) }: the capabilities buffer
 		// comes back unchanged, so no error bits and every requested
