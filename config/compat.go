@@ -14,7 +14,8 @@ import (
 //
 //   - honoured: vio does what the value asks (a topology that matches the
 //     one vio presents; nested=true, since vio passes the host's
-//     virtualization extensions through);
+//     virtualization extensions through; memory.shared, which backs guest
+//     RAM with a memfd that other processes can map);
 //   - ignored with a warning (Unimplemented): the guest runs correctly
 //     without it, it merely lacks a feature it could have had (hotplug
 //     headroom, huge pages, a vsock or virtio-fs device not yet built);
@@ -88,9 +89,6 @@ func (c *VM) Unimplemented() []string {
 	}
 	if m.HotplugMethod != "" && m.HotplugMethod != "Acpi" && m.HotplugMethod != "acpi" {
 		add("memory.hotplug_method %q is ignored: memory hotplug is not implemented yet", m.HotplugMethod)
-	}
-	if m.Shared {
-		add("memory.shared is ignored: guest RAM is private anonymous memory for now")
 	}
 	if m.Hugepages || m.HugepageSize != 0 {
 		add("memory.hugepages is ignored: guest RAM uses normal pages for now")

@@ -174,3 +174,43 @@ func TestDiskFormat(t *testing.T) {
 		t.Errorf("Load image_type: %+v, %v", c, err)
 	}
 }
+
+func TestParseMemory(t *testing.T) {
+	for in, want := range map[string]Memory{
+		"1G":                   {Size: 1 << 30},
+		"size=512M":            {Size: 512 << 20},
+		"size=1G,shared=on":    {Size: 1 << 30, Shared: true},
+		"shared=off,size=2G":   {Size: 2 << 30},
+		"size=64M,shared=true": {Size: 64 << 20, Shared: true},
+	} {
+		got, err := ParseMemory(in)
+		if err != nil || got != want {
+			t.Errorf("ParseMemory(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for bad, says := range map[string]string{
+		"":                     "does not parse",
+		"1X":                   "does not parse",
+		"shared=on":            "size= is missing",
+		"size=1G,shared=yes!":  "want on or off",
+		"size=1G,hugepages=on": "unknown key",
+		"size=1G,size=2G":      "given twice",
+		"size=x":               "does not parse",
+	} {
+		_, err := ParseMemory(bad)
+		if err == nil || !strings.Contains(err.Error(), says) || !strings.HasPrefix(err.Error(), "--memory") {
+			t.Errorf("ParseMemory(%q) = %v; want an error about --memory saying %q", bad, err, says)
+		}
+	}
+}
+
+// memory.shared is honoured now: it must not be reported as ignored.
+func TestSharedMemoryIsHonoured(t *testing.T) {
+	c := Default()
+	c.Memory.Shared = true
+	for _, w := range c.Unimplemented() {
+		if strings.Contains(w, "shared") {
+			t.Errorf("memory.shared reported as ignored: %q", w)
+		}
+	}
+}

@@ -45,6 +45,42 @@ func parseInt(flag, key, v string) (int, error) {
 	return n, nil
 }
 
+// ParseMemory parses the --memory flag as Cloud Hypervisor spells it,
+// size=SIZE[,shared=on], or a bare SIZE (--memory 1G), which is the same
+// as size=SIZE.
+func ParseMemory(spec string) (Memory, error) {
+	if !strings.Contains(spec, "=") {
+		n, err := ParseSize(spec)
+		if err != nil {
+			return Memory{}, fmt.Errorf("--memory: %w", err)
+		}
+		return Memory{Size: n}, nil
+	}
+	kv, err := splitSpec("memory", spec)
+	if err != nil {
+		return Memory{}, err
+	}
+	var m Memory
+	for k, v := range kv {
+		switch k {
+		case "size":
+			if m.Size, err = ParseSize(v); err != nil {
+				return Memory{}, fmt.Errorf("--memory: %w", err)
+			}
+		case "shared":
+			if m.Shared, err = parseBool("memory", k, v); err != nil {
+				return Memory{}, err
+			}
+		default:
+			return Memory{}, fmt.Errorf("--memory %q: unknown key %q (want size, shared)", spec, k)
+		}
+	}
+	if _, ok := kv["size"]; !ok {
+		return Memory{}, fmt.Errorf("--memory %q: size= is missing; write it like size=1G,shared=on", spec)
+	}
+	return m, nil
+}
+
 // ParseDisk parses path=FILE[,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk

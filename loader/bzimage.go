@@ -301,6 +301,8 @@ func (k *Kernel) Load(mem *memory.Memory, addr uint64) (LoadInfo, error) {
 		return LoadInfo{}, fmt.Errorf("%w: the kernel needs guest RAM from %#x to %#x (init_size %d MiB); give the guest more memory: %w",
 			ErrTooBig, info.RunAddr, info.RunAddr+uint64(h.InitSize), h.InitSize>>20, err)
 	}
+	// Written through Slice, which dirty tracking does not see: loading
+	// runs before the VM starts, and tracking (a migration) only after.
 	dst, _ := mem.Slice(addr, uint64(k.kernelSize))
 	// io.ReaderAt may return io.EOF with a full read at the end of the
 	// file; only a short read is an error.

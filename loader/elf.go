@@ -94,6 +94,8 @@ func ParseELF(r io.ReaderAt, size int64) (*ELFKernel, error) {
 func (k *ELFKernel) Load(mem *memory.Memory) (LoadInfo, error) {
 	info := LoadInfo{Entry64: k.Entry, LoadAddr: ^uint64(0)}
 	for _, s := range k.Segments {
+		// Written through Slice, which dirty tracking does not see: loading
+		// runs before the VM starts, and tracking (a migration) only after.
 		dst, err := mem.Slice(s.Paddr, s.Memsz)
 		if err != nil {
 			return LoadInfo{}, fmt.Errorf("%w: kernel segment %#x+%#x is not in guest RAM; give the guest more memory: %w",

@@ -63,6 +63,8 @@ func LoadInitrd(mem *memory.Memory, r io.ReaderAt, size int64, minAddr, limit ui
 		return 0, fmt.Errorf("%w: a %d MiB initrd has no room in guest RAM between %#x and %#x (the kernel's initrd_addr_max); give the guest more memory",
 			ErrTooBig, n>>20, minAddr, limit)
 	}
+	// Written through Slice, which dirty tracking does not see: loading
+	// runs before the VM starts, and tracking (a migration) only after.
 	dst, err := mem.Slice(best, n)
 	if err != nil {
 		return 0, fmt.Errorf("loader: initrd destination: %w", err)

@@ -3,6 +3,9 @@ package virtio
 import (
 	"errors"
 	"io"
+	"math"
+
+	"github.com/viovmm/vio/memory"
 )
 
 // Chain is one request: a descriptor chain the driver made available.
@@ -23,9 +26,87 @@ type Chain struct {
 	availPos    uint16
 	usedAtTaken uint16
 
+	// writes[i] is where Writable[i] lives in the device's address space,
+	// for marking what the device wrote dirty at Push.
+	writes []span
+	// sameHead links chains taken under the same head (see takenHead).
+	sameHead *Chain
+
 	// Inline backing for short chains (most requests: a header, a data
-	// buffer or two, a status byte), saving two allocations per request.
-	inline [4][]byte
+	// buffer or two, a status byte), saving allocations per request.
+	inline  [4][]byte
+	inlineW [2]span
+}
+
+// span is one buffer in the device's address space.
+type span struct {
+	addr uint64
+	len  uint32
+}
+
+// markWritten marks the first written bytes of the chain's writable
+// buffers dirty.
+func (c *Chain) markWritten(mem memory.DMA, written uint32) {
+	left := written
+	for _, s := range c.writes {
+		if left == 0 {
+			return
+		}
+		n := min(left, s.len)
+		// The range resolved when the chain was taken. It can fail now only
+		// if the device's address space was remapped since, and then the
+		// device wrote to the old mapping, which the translator keeps (and
+		// tracks) until devices move on: there is nothing to mark here.
+		_ = mem.MarkDirty(s.addr, uint64(n))
+		left -= n
+	}
+}
+
+// takenHead is the chains taken under one head and not yet pushed. A
+// driver may not make a head available again before the device returned
+// it, so there is normally one; Push then marks what its length covers.
+// A driver that breaks the rule cannot tell which of its chains a push of
+// that head completes, and neither can the queue, so while a head is taken
+// more than once every push marks all of its chains' writable bytes, and
+// the record is dropped only at the last push: that push follows every
+// write the device made into any of them, so no written byte goes
+// unmarked, whatever order the device completes them in.
+type takenHead struct {
+	c *Chain // newest first, linked through Chain.sameHead
+	n int    // pushes still expected under this head
+}
+
+func (t *takenHead) add(c *Chain) {
+	c.sameHead = t.c
+	t.c = c
+	t.n++
+}
+
+// complete records a push of the head with written bytes and marks them.
+func (t *takenHead) complete(mem memory.DMA, written uint32) {
+	switch {
+	case t.n == 0:
+		// A push of a head the device did not take (a device bug): there
+		// are no buffers to mark.
+	case t.n == 1 && t.c.sameHead == nil:
+		t.c.markWritten(mem, written)
+		t.c, t.n = nil, 0
+	default:
+		for c := t.c; c != nil; c = c.sameHead {
+			c.markWritten(mem, math.MaxUint32)
+		}
+		if t.n--; t.n == 0 {
+			t.c = nil
+		}
+	}
+}
+
+// remove drops c, the newest chain taken under the head, for Queue.Unget.
+func (t *takenHead) remove(c *Chain) {
+	if t.c == c {
+		t.c, c.sameHead = c.sameHead, nil
+		t.n--
+	}
 }
 
 // Buffers is a scatter/gather list.

@@ -69,19 +69,31 @@ type QueueStats struct {
 // checking whether to interrupt). EnableNotifications likewise stores
 // avail_event (or clears NO_NOTIFY) with a locked instruction before
 // re-reading avail.idx.
+//
+// Dirty tracking. Every byte the queue or a device writes into guest
+// memory is reported to mem (memory.DMA's SliceForWrite and MarkDirty), so
+// that a migration copies it: the used element and index by Push, and the
+// bytes a device wrote into a chain's writable buffers, as bounded by the
+// length it pushes, also by Push, after the device's writes and before the
+// used index that makes them visible to the driver.
 type Queue struct {
-	mem      *memory.Memory
+	mem      memory.DMA
 	cfg      QueueConfig
 	eventIdx bool
 	indirect bool
 
-	desc  []byte // descriptor table, aliases guest RAM
-	avail []byte // driver area
-	used  []byte // device area
-
 	kick chan struct{}
 
-	mu            sync.Mutex
+	mu sync.Mutex
+	// The rings resolved to host slices at generation gen of mem; Next and
+	// Push resolve them again when mem's generation moves (a remap).
+	gen   uint64
+	desc  []byte // descriptor table, aliases guest RAM
+	avail []byte // driver area
+	used  []byte // device area, from SliceForWrite
+	// taken[h] holds the chains taken under head h and not yet pushed,
+	// for marking their writable buffers dirty at Push.
+	taken         []takenHead
 	nextAvail     uint16
 	nextUsed      uint16
 	signalledUsed uint16
@@ -97,9 +109,9 @@ type Queue struct {
 // the negotiated feature set: FeatureEventIdx and FeatureIndirectDesc
 // change the queue's behaviour.
 //
-// Guest RAM's layout is fixed for a Memory's lifetime, so the rings are
-// validated and resolved to host slices once, here.
-func NewQueue(mem *memory.Memory, cfg QueueConfig, maxSize uint16, features uint64) (*Queue, error) {
+// The rings are validated and resolved to host slices here, and again only
+// when mem's Generation changes.
+func NewQueue(mem memory.DMA, cfg QueueConfig, maxSize uint16, features uint64) (*Queue, error) {
 	n := cfg.Size
 	switch {
 	case n == 0 || n&(n-1) != 0:
@@ -115,18 +127,48 @@ func NewQueue(mem *memory.Memory, cfg QueueConfig, maxSize uint16, features uint
 		eventIdx: features&FeatureEventIdx != 0,
 		indirect: features&FeatureIndirectDesc != 0,
 		kick:     make(chan struct{}, 1),
+		taken:    make([]takenHead, n),
 	}
-	var err error
-	if q.desc, err = mem.Slice(cfg.DescTable, DescTableSize(n)); err != nil {
-		return nil, fmt.Errorf("%w: descriptor table: %w", ErrQueueConfig, err)
-	}
-	if q.avail, err = mem.Slice(cfg.AvailRing, AvailRingSize(n)); err != nil {
-		return nil, fmt.Errorf("%w: driver area: %w", ErrQueueConfig, err)
-	}
-	if q.used, err = mem.Slice(cfg.UsedRing, UsedRingSize(n)); err != nil {
-		return nil, fmt.Errorf("%w: device area: %w", ErrQueueConfig, err)
+	if err := q.resolve(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrQueueConfig, err)
 	}
 	return q, nil
+}
+
+// resolve maps the rings to host slices and records the generation they
+// belong to. The generation is read first: a remap that lands while the
+// slices are resolved then shows as a generation change at the next check
+// and the rings are resolved again, never kept stale.
+func (q *Queue) resolve() error {
+	gen := q.mem.Generation()
+	n := q.cfg.Size
+	desc, err := q.mem.Slice(q.cfg.DescTable, DescTableSize(n))
+	if err != nil {
+		return fmt.Errorf("descriptor table: %w", err)
+	}
+	avail, err := q.mem.Slice(q.cfg.AvailRing, AvailRingSize(n))
+	if err != nil {
+		return fmt.Errorf("driver area: %w", err)
+	}
+	used, err := q.mem.SliceForWrite(q.cfg.UsedRing, UsedRingSize(n))
+	if err != nil {
+		return fmt.Errorf("device area: %w", err)
+	}
+	q.desc, q.avail, q.used, q.gen = desc, avail, used, gen
+	return nil
+}
+
+// checkGenLocked resolves the rings again if mem was remapped since they
+// were resolved. Rings that no longer resolve break the queue: the driver
+// (or its IOMMU driver) unmapped memory the device owns.
+func (q *Queue) checkGenLocked() error {
+	if q.mem.Generation() == q.gen {
+		return nil
+	}
+	if err := q.resolve(); err != nil {
+		return q.failLocked(fmt.Errorf("rings after a remap: %w", err))
+	}
+	return nil
 }
 
 // Config returns the queue's configuration.
@@ -193,6 +235,9 @@ func (q *Queue) Next() (*Chain, error) {
 	if q.broken != nil {
 		return nil, q.broken
 	}
+	if err := q.checkGenLocked(); err != nil {
+		return nil, err
+	}
 	// Bounded: each iteration consumes one of at most Size entries.
 	for {
 		idx, err := q.mem.LoadUint16(q.cfg.AvailRing + 2)
@@ -223,6 +268,7 @@ func (q *Queue) Next() (*Chain, error) {
 		}
 		q.stats.Chains++
 		c.from, c.availPos, c.usedAtTaken = q, q.nextAvail-1, q.nextUsed
+		q.taken[head].add(c)
 		return c, nil
 	}
 }
@@ -253,6 +299,7 @@ func chainError(head uint16, format string, args ...any) error {
 func (q *Queue) walk(head uint16) (*Chain, error) {
 	c := &Chain{Head: head}
 	c.Readable, c.Writable = c.inline[:0:2], c.inline[2:2:4]
+	c.writes = c.inlineW[:0]
 	table, tableLen := q.desc, uint32(q.cfg.Size)
 	i := uint32(head)
 	inIndirect, sawWritable := false, false
@@ -292,13 +339,20 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 		}
 		sawWritable = sawWritable || write
 		if d.len > 0 { // an empty buffer may carry any address
-			b, err := q.mem.Slice(d.addr, uint64(d.len))
+			var b []byte
+			var err error
+			if write {
+				b, err = q.mem.SliceForWrite(d.addr, uint64(d.len))
+			} else {
+				b, err = q.mem.Slice(d.addr, uint64(d.len))
+			}
 			if err != nil {
 				return nil, chainError(head, "buffer: %v", err)
 			}
 			if write {
 				writable += uint64(d.len)
 				c.Writable = append(c.Writable, b)
+				c.writes = append(c.writes, span{d.addr, d.len})
 			} else {
 				readable += uint64(d.len)
 				c.Readable = append(c.Readable, b)
@@ -316,6 +370,12 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 
 // Push returns chain head to the driver with written bytes of its writable
 // buffers filled. It does not interrupt; call Signal once a batch is done.
+//
+// written must cover every byte the device wrote into the chain (spec
+// 2.7.8.2: the used length is the bytes written into the buffers, from the
+// first writable buffer on): Push marks exactly those bytes dirty for a
+// migration, and the device must not write the chain's buffers after
+// Push.
 func (q *Queue) Push(head uint16, written uint32) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -325,6 +385,10 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	if head >= q.cfg.Size {
 		return fmt.Errorf("virtio: push of head %d on a queue of %d", head, q.cfg.Size)
 	}
+	if err := q.checkGenLocked(); err != nil {
+		return err
+	}
+	q.taken[head].complete(q.mem, written)
 	return q.pushLocked(head, written)
 }
 
@@ -332,6 +396,12 @@ func (q *Queue) pushLocked(head uint16, written uint32) error {
 	slot := 4 + 8*uint64(q.nextUsed%q.cfg.Size)
 	binary.LittleEndian.PutUint32(q.used[slot:], uint32(head))
 	binary.LittleEndian.PutUint32(q.used[slot+4:], written)
+	// The element was written through a slice: mark it after the write
+	// and before the index store publishes it. The ring was resolved at
+	// this generation, so the range resolves.
+	if err := q.mem.MarkDirty(q.cfg.UsedRing+slot, 8); err != nil {
+		return q.failLocked(err)
+	}
 	q.nextUsed++
 	// The atomic store publishes the element written above (release).
 	if err := q.mem.StoreUint16(q.cfg.UsedRing+2, q.nextUsed); err != nil {

@@ -78,7 +78,7 @@ func (s QueueState) Config() QueueConfig {
 // inside RAM, maxSize), and against guest memory: used.idx there must be
 // the saved NextUsed, or memory and device state come from different
 // snapshots. The queue continues where the saved one stopped.
-func RestoreQueue(mem *memory.Memory, s QueueState, maxSize uint16) (*Queue, error) {
+func RestoreQueue(mem memory.DMA, s QueueState, maxSize uint16) (*Queue, error) {
 	q, err := NewQueue(mem, s.Config(), maxSize, s.Features())
 	if err != nil {
 		return nil, err
@@ -120,6 +120,7 @@ func (q *Queue) Unget(c *Chain) bool {
 	}
 	q.nextAvail--
 	q.stats.Chains--
+	q.taken[c.Head].remove(c)
 	c.from = nil // a second Unget of the same chain must fail
 	return true
 }

@@ -145,8 +145,12 @@ type Device interface {
 
 // Activation is what a device gets when the driver is ready.
 type Activation struct {
-	// Memory is guest RAM; buffers in chains already point into it.
-	Memory *memory.Memory
+	// Memory is guest memory as the device reaches it (the identity on
+	// guest RAM, or a translation when an IOMMU stands between); buffers in
+	// chains already point into it. A device that writes through it uses
+	// WriteAt or SliceForWrite and MarkDirty, so dirty tracking sees the
+	// write; buffers in chains need nothing, Queue.Push marks them.
+	Memory memory.DMA
 	// Features is the negotiated feature set (device and transport bits).
 	Features uint64
 	// Queues holds one entry per queue index of QueueMaxSizes; nil for a

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/viovmm/vio/arch/x86"
+	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
 )
@@ -21,7 +22,7 @@ func (v *VM) setupMemory() error {
 	if err != nil {
 		return err
 	}
-	if v.mem, err = memory.New(layout); err != nil {
+	if v.mem, err = memory.NewWithOptions(layout, memoryOptions(v.cfg.Memory)); err != nil {
 		return err
 	}
 	// Slot i is region i: migration pairs region i's record of VMM writes
@@ -32,6 +33,17 @@ func (v *VM) setupMemory() error {
 		}
 	}
 	return nil
+}
+
+// memoryOptions picks guest RAM's backing: a memfd when the config asks for
+// shared memory (vhost-user back-ends and same-host migration map it from
+// Region.File), anonymous memory otherwise, which is faulted in with huge
+// pages on hosts where shmem gets none (see memory's backingDefault).
+func memoryOptions(m config.Memory) memory.Options {
+	if m.Shared {
+		return memory.Options{Backing: memory.Memfd}
+	}
+	return memory.Options{Backing: memory.Anonymous}
 }
 
 func (v *VM) setupIRQChip() error {

@@ -56,11 +56,11 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				cfg.CPUs.BootVCPUs = cpus
 			}
 			if f.Changed("memory") {
-				n, err := config.ParseSize(memory)
+				m, err := config.ParseMemory(memory)
 				if err != nil {
-					return fmt.Errorf("--memory: %w", err)
+					return err
 				}
-				cfg.Memory.Size = n
+				cfg.Memory.Size, cfg.Memory.Shared = m.Size, m.Shared
 			}
 			if f.Changed("serial") {
 				s, err := config.ParseConsole("serial", serial)
@@ -105,7 +105,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.String("initrd", "", "initramfs to load")
 	f.String("cmdline", config.DefaultCmdline, "kernel command line")
 	f.IntVar(&cpus, "cpus", 1, "number of vCPUs")
-	f.StringVar(&memory, "memory", "512M", "guest RAM (e.g. 512M, 2G)")
+	f.StringVar(&memory, "memory", "512M", "guest RAM: SIZE or size=SIZE[,shared=on] (shared: memfd-backed, for vhost-user and migration)")
 	f.StringVar(&serial, "serial", "tty", "serial console: tty, off, null, file=PATH, socket=PATH")
 	f.StringVar(&console, "console", "off", "virtio console: tty, off, null, file=PATH, socket=PATH")
 	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")

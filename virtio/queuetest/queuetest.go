@@ -105,6 +105,39 @@ func (d *Driver) Config() virtio.QueueConfig { return d.cfg }
 // Memory returns the guest memory the driver uses.
 func (d *Driver) Memory() *memory.Memory { return d.mem }
 
+// MoveRings copies the descriptor table, driver area and device area to
+// the same layout at base (16-byte aligned, guest RAM, clear of the data
+// area), fills the old copies with 0xff, and carries on there: Config then
+// returns the new addresses. Tests use it to move a live queue's rings, as
+// a remap behind an IOMMU would.
+func (d *Driver) MoveRings(base uint64) error {
+	old := d.cfg.DescTable
+	n := d.cfg.UsedRing + virtio.UsedRingSize(d.cfg.Size) - old
+	if base%16 != 0 {
+		return fmt.Errorf("queuetest: base %#x not 16-byte aligned", base)
+	}
+	if base < d.dataEnd && d.dataBase < base+n {
+		return fmt.Errorf("queuetest: rings at %#x would overlap the data area", base)
+	}
+	buf := make([]byte, n)
+	if _, err := d.mem.ReadAt(buf, int64(old)); err != nil {
+		return err
+	}
+	if _, err := d.mem.WriteAt(buf, int64(base)); err != nil {
+		return err
+	}
+	for i := range buf {
+		buf[i] = 0xff
+	}
+	if _, err := d.mem.WriteAt(buf, int64(old)); err != nil {
+		return err
+	}
+	d.cfg.DescTable = base
+	d.cfg.AvailRing = base + (d.cfg.AvailRing - old)
+	d.cfg.UsedRing = base + (d.cfg.UsedRing - old)
+	return nil
+}
+
 func (d *Driver) allocData(n uint64, align uint64) (uint64, error) {
 	a := (d.dataNext + align - 1) &^ (align - 1)
 	if a+n > d.dataEnd || a+n < a {
@@ -134,8 +167,11 @@ func (d *Driver) buffers(out [][]byte, in []uint32) ([]Desc, []Desc, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		s, _ := d.mem.Slice(a, uint64(n))
+		// Through SliceForWrite and MarkDirty, so that tests tracking dirty
+		// pages see the driver's writes as KVM's log would see a vCPU's.
+		s, _ := d.mem.SliceForWrite(a, uint64(n))
 		clear(s)
+		d.mem.MarkDirty(a, uint64(n))
 		ds = append(ds, Desc{Addr: a, Len: n, Flags: FlagWrite})
 		ins = append(ins, ds[len(ds)-1])
 	}

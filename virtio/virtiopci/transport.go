@@ -166,7 +166,7 @@ type queueState struct {
 type Transport struct {
 	*pci.Config
 	dev      virtio.Device
-	mem      *memory.Memory
+	mem      memory.DMA // the device's view of guest memory, handed to queues and the device
 	msix     *pci.MSIX
 	maxSizes []uint16
 	offered  uint64
@@ -227,7 +227,7 @@ func defaultClass(t virtio.DeviceType) uint32 {
 func roundPage(n uint64) uint64 { return (n + 0xfff) &^ 0xfff }
 
 // New wraps dev in a virtio-pci function. Add the result to a pci.Root.
-func New(dev virtio.Device, mem *memory.Memory, opts Options) (*Transport, error) {
+func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	maxSizes := append([]uint16(nil), dev.QueueMaxSizes()...)
 	nq := len(maxSizes)
 	if nq == 0 || nq > MaxQueues {
