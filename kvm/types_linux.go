@@ -329,25 +329,25 @@ const (
 
 // Flags and kinds used by the typed wrappers.
 const (
-	memLogDirtyPages    = C.KVM_MEM_LOG_DIRTY_PAGES
-	memReadonly         = C.KVM_MEM_READONLY
-	irqfdFlagDeassign   = C.KVM_IRQFD_FLAG_DEASSIGN
-	irqfdFlagResample   = C.KVM_IRQFD_FLAG_RESAMPLE
-	ioeventfdDatamatch  = C.KVM_IOEVENTFD_FLAG_DATAMATCH
-	ioeventfdPIO        = C.KVM_IOEVENTFD_FLAG_PIO
-	ioeventfdDeassign   = C.KVM_IOEVENTFD_FLAG_DEASSIGN
-	irqRoutingIRQChip   = C.KVM_IRQ_ROUTING_IRQCHIP
-	irqRoutingMSI       = C.KVM_IRQ_ROUTING_MSI
-	msiValidDevID       = C.KVM_MSI_VALID_DEVID
-	pitSpeakerDummy     = C.KVM_PIT_SPEAKER_DUMMY
-	clockTSCStable      = C.KVM_CLOCK_TSC_STABLE
-	irqchipDataSize     = 512 // the union in struct kvm_irqchip (checked in layout_test.go)
+	memLogDirtyPages         = C.KVM_MEM_LOG_DIRTY_PAGES
+	memReadonly              = C.KVM_MEM_READONLY
+	irqfdFlagDeassign        = C.KVM_IRQFD_FLAG_DEASSIGN
+	irqfdFlagResample        = C.KVM_IRQFD_FLAG_RESAMPLE
+	ioeventfdDatamatch       = C.KVM_IOEVENTFD_FLAG_DATAMATCH
+	ioeventfdPIO             = C.KVM_IOEVENTFD_FLAG_PIO
+	ioeventfdDeassign        = C.KVM_IOEVENTFD_FLAG_DEASSIGN
+	irqRoutingIRQChip        = C.KVM_IRQ_ROUTING_IRQCHIP
+	irqRoutingMSI            = C.KVM_IRQ_ROUTING_MSI
+	msiValidDevID            = C.KVM_MSI_VALID_DEVID
+	pitSpeakerDummy          = C.KVM_PIT_SPEAKER_DUMMY
+	clockTSCStable           = C.KVM_CLOCK_TSC_STABLE
+	irqchipDataSize          = 512 // the union in struct kvm_irqchip (checked in layout_test.go)
 	vcpuEventValidNMIPending = C.KVM_VCPUEVENT_VALID_NMI_PENDING
 	vcpuEventValidSIPIVector = C.KVM_VCPUEVENT_VALID_SIPI_VECTOR
-	statsTypeMask       = C.KVM_STATS_TYPE_MASK
-	statsTypeCumulative = C.KVM_STATS_TYPE_CUMULATIVE
-	statsTypeInstant    = C.KVM_STATS_TYPE_INSTANT
-	statsTypePeak       = C.KVM_STATS_TYPE_PEAK
+	statsTypeMask            = C.KVM_STATS_TYPE_MASK
+	statsTypeCumulative      = C.KVM_STATS_TYPE_CUMULATIVE
+	statsTypeInstant         = C.KVM_STATS_TYPE_INSTANT
+	statsTypePeak            = C.KVM_STATS_TYPE_PEAK
 )
 
 // IRQ chip numbers for irqchip routes.
