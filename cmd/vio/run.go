@@ -43,9 +43,9 @@ Flags override what --config FILE (a JSON VM config) says.`,
 						return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", name)
 					}
 				}
-				cfg = nil
+				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
 			}
-			if restore == "" && file != "" {
+			if file != "" {
 				loaded, err := config.Load(file)
 				if err != nil {
 					return err
