@@ -143,7 +143,13 @@ func TestBadRequests(t *testing.T) {
 		{"wrong method", "GET", "vm.boot", nil, 405, "takes PUT"},
 		{"unknown endpoint", "GET", "vm.everything", nil, 404, "no such endpoint"},
 		{"outside the API", "GET", "metrics", nil, 404, "/api/v1/"},
-		{"not yet", "PUT", "vm.snapshot", []byte(`{"destination_url":"file:///tmp/s"}`), 501, "not implemented"},
+		{"snapshot while running", "PUT", "vm.snapshot", []byte(`{"destination_url":"file:///tmp/s"}`), 405, "vm.pause first"},
+		{"snapshot without a URL", "PUT", "vm.snapshot", []byte(`{}`), 400, "destination_url"},
+		{"restore with a VM", "PUT", "vm.restore", []byte(`{"source_url":"file:///tmp/s"}`), 405, "has a VM already"},
+		{"restore mode", "PUT", "vm.restore", []byte(`{"source_url":"file:///tmp/s","memory_restore_mode":"Lazy"}`), 400, "Copy or OnDemand"},
+		{"pause", "PUT", "vm.pause", nil, 204, ""},
+		{"snapshot to a bad URL", "PUT", "vm.snapshot", []byte(`{"destination_url":"/tmp/s"}`), 400, "file:///"},
+		{"not yet", "PUT", "vm.coredump", []byte(`{"destination_url":"file:///tmp/s"}`), 501, "not implemented"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := c.do(tc.method, tc.endpoint, tc.body)
@@ -301,4 +307,50 @@ func TestPeerUID(t *testing.T) {
 	}
 	// Our own uid is still served.
 	newSpecClient(t, v.sock).ok("GET", "vmm.ping", nil, 200)
+}
+
+// TestSnapshotRestore: vm.snapshot of a paused VM into a new directory,
+// then vm.restore in a second VMM, which ends Paused with the snapshot's
+// config (Running with resume=true); restoring a missing snapshot is a
+// 400 that says so.
+func TestSnapshotRestore(t *testing.T) {
+	src := startVMM(t)
+	c := newSpecClient(t, src.sock)
+	c.ok("PUT", "vm.create", kataCreateBody(src.kernel), 204)
+	c.ok("PUT", "vm.boot", nil, 204)
+	c.ok("PUT", "vm.pause", nil, 204)
+	dir := filepath.Join(t.TempDir(), "snap")
+	c.ok("PUT", "vm.snapshot", []byte(`{"destination_url":"file://`+dir+`"}`), 204)
+	if a := c.do("PUT", "vm.snapshot", []byte(`{"destination_url":"file://`+dir+`"}`)); a.status != 500 && a.status != 400 || !strings.Contains(a.errorSentence(), "not empty") {
+		t.Errorf("snapshot into a used directory: %d %s", a.status, a.body)
+	}
+
+	dst := startVMM(t)
+	d := newSpecClient(t, dst.sock)
+	if a := d.do("PUT", "vm.restore", []byte(`{"source_url":"file://`+dir+`-missing"}`)); a.status != 400 || !strings.Contains(a.errorSentence(), "does not exist") {
+		t.Errorf("restore of a missing snapshot: %d %s", a.status, a.body)
+	}
+	d.ok("PUT", "vm.restore", []byte(`{"source_url":"file://`+dir+`","prefault":false}`), 204)
+	var info struct {
+		State  string
+		Config struct{ Payload struct{ Kernel string } }
+	}
+	if err := json.Unmarshal(d.ok("GET", "vm.info", nil, 200).body, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.State != "Paused" || info.Config.Payload.Kernel != src.kernel {
+		t.Errorf("after vm.restore: state %q kernel %q, want Paused and %q", info.State, info.Config.Payload.Kernel, src.kernel)
+	}
+	d.ok("PUT", "vm.resume", nil, 204)
+
+	// resume=true, CH's shortcut, in a third VMM.
+	third := startVMM(t)
+	e := newSpecClient(t, third.sock)
+	e.ok("PUT", "vm.restore", []byte(`{"source_url":"file://`+dir+`","resume":true,"memory_restore_mode":"Copy"}`), 204)
+	if err := json.Unmarshal(e.ok("GET", "vm.info", nil, 200).body, &info); err != nil || info.State != "Running" {
+		t.Errorf("after vm.restore with resume: %q (%v)", info.State, err)
+	}
+	if m := third.builder.Last(); m == nil || !m.Restored || !m.Prefault {
+		t.Errorf("Copy did not ask for a prefaulted restore: %+v", m)
+	}
 }

@@ -30,7 +30,8 @@ import (
 // holds the contract (states, errors). Errors are matched with errors.Is
 // against vmm.ErrNotCreated (404), vmm.ErrWrongState (405, as Cloud
 // Hypervisor's description says for an action the state does not allow),
-// vmm.ErrInvalidConfig (400) and vmm.ErrNotImplemented (501); any other
+// vmm.ErrInvalidConfig and vmm.ErrSnapshotRequest (400), and
+// vmm.ErrNotImplemented and vmm.ErrNotSaveable (501); any other
 // error is a 500. The error's text is the sentence the client sees.
 type Controller interface {
 	Create(*config.VM) error
@@ -44,6 +45,8 @@ type Controller interface {
 	Counters() (map[string]map[string]int64, error)
 	AddDisk(config.Disk) error
 	AddNet(config.Net) error
+	Snapshot(destinationURL string) error
+	Restore(sourceURL string, ro vmm.RestoreOptions) error
 }
 
 var _ Controller = (*vmm.Controller)(nil)
@@ -145,6 +148,8 @@ var routes = map[string]route{
 	"vm.counters":  {http.MethodGet, (*Server).counters},
 	"vm.add-disk":  {http.MethodPut, (*Server).addDisk},
 	"vm.add-net":   {http.MethodPut, (*Server).addNet},
+	"vm.snapshot":  {http.MethodPut, (*Server).snapshot},
+	"vm.restore":   {http.MethodPut, (*Server).restore},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
@@ -153,7 +158,7 @@ var notYet = map[string]bool{
 	"vm.power-button": true, "vm.resize": true, "vm.resize-disk": true, "vm.resize-zone": true,
 	"vm.add-device": true, "vm.remove-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
-	"vm.snapshot": true, "vm.coredump": true, "vm.nmi": true, "vm.restore": true,
+	"vm.coredump": true, "vm.nmi": true,
 	"vm.receive-migration": true, "vm.send-migration": true,
 }
 
@@ -208,9 +213,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusNotFound
 	case errors.Is(err, vmm.ErrWrongState):
 		status = http.StatusMethodNotAllowed
-	case errors.Is(err, vmm.ErrInvalidConfig):
+	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrSnapshotRequest):
 		status = http.StatusBadRequest
-	case errors.Is(err, vmm.ErrNotImplemented):
+	case errors.Is(err, vmm.ErrNotImplemented), errors.Is(err, vmm.ErrNotSaveable):
 		status = http.StatusNotImplemented
 	}
 	level := slog.LevelInfo
@@ -386,6 +391,67 @@ func (s *Server) addNet(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.ctl.AddNet(n); err != nil {
 		return err
+	}
+	noContent(w)
+	return nil
+}
+
+// snapshotRequest is Cloud Hypervisor's VmSnapshotConfig.
+type snapshotRequest struct {
+	DestinationURL string `json:"destination_url"`
+}
+
+func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) error {
+	var req snapshotRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.DestinationURL == "" {
+		return errorf(http.StatusBadRequest, "vm.snapshot needs destination_url, a file:///path URL of a new or empty directory")
+	}
+	if err := s.ctl.Snapshot(req.DestinationURL); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
+}
+
+// restoreRequest is Cloud Hypervisor's RestoreConfig. memory_restore_mode
+// Copy is prefault; OnDemand (the lazy mapping) is vio's default anyway.
+type restoreRequest struct {
+	SourceURL         string            `json:"source_url"`
+	Prefault          bool              `json:"prefault"`
+	MemoryRestoreMode string            `json:"memory_restore_mode"`
+	Resume            bool              `json:"resume"`
+	ZoneUpdates       []json.RawMessage `json:"zone_updates"`
+}
+
+func (s *Server) restore(w http.ResponseWriter, r *http.Request) error {
+	var req restoreRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	ro := vmm.RestoreOptions{Prefault: req.Prefault}
+	switch {
+	case req.SourceURL == "":
+		return errorf(http.StatusBadRequest, "vm.restore needs source_url, the file:///path URL of a snapshot directory")
+	case len(req.ZoneUpdates) > 0:
+		return errorf(http.StatusNotImplemented, "vm.restore cannot apply zone_updates: vio has no memory zones; leave it out")
+	}
+	switch req.MemoryRestoreMode {
+	case "", "OnDemand":
+	case "Copy":
+		ro.Prefault = true
+	default:
+		return errorf(http.StatusBadRequest, "memory_restore_mode %q: want Copy or OnDemand", req.MemoryRestoreMode)
+	}
+	if err := s.ctl.Restore(req.SourceURL, ro); err != nil {
+		return err
+	}
+	if req.Resume {
+		if err := s.ctl.Resume(); err != nil {
+			return err
+		}
 	}
 	noContent(w)
 	return nil

@@ -76,6 +76,7 @@ func startVMMIn(t *testing.T, dir string) *vmmUnderTest {
 		t.Fatal(err)
 	}
 	v.ctl = vmm.NewController(v.builder.Build, nil)
+	v.ctl.SetRestore(v.builder.Restore)
 	l, err := api.Listen(v.sock, nil)
 	if err != nil {
 		t.Fatal(err)

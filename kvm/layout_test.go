@@ -41,6 +41,16 @@ func TestLayouts(t *testing.T) {
 		{"KVM_SET_GSI_ROUTING", ioctlSetGSIRouting, irqRoutingHead{}},
 		{"KVM_SET_MSRS", ioctlSetMSRs, msrsHead{}},
 		{"KVM_SET_CPUID2", ioctlSetCPUID2, cpuid2Head{}},
+		{"KVM_GET_XCRS", ioctlGetXCRs, XCRs{}},
+		{"KVM_SET_XCRS", ioctlSetXCRs, XCRs{}},
+		{"KVM_GET_VCPU_EVENTS", ioctlGetVCPUEvents, VCPUEvents{}},
+		{"KVM_SET_VCPU_EVENTS", ioctlSetVCPUEvents, VCPUEvents{}},
+		{"KVM_GET_DEBUGREGS", ioctlGetDebugRegs, DebugRegs{}},
+		{"KVM_SET_DEBUGREGS", ioctlSetDebugRegs, DebugRegs{}},
+		{"KVM_GET_IRQCHIP", ioctlGetIRQChip, irqchipRaw{}},
+		{"KVM_SET_IRQCHIP", ioctlSetIRQChip, irqchipRaw{}},
+		{"KVM_GET_PIT2", ioctlGetPIT2, PITState2{}},
+		{"KVM_SET_PIT2", ioctlSetPIT2, PITState2{}},
 	} {
 		if got, want := binary.Size(c.v), ioctlSize(c.req); got != want {
 			t.Errorf("%s: Go struct %T is %d bytes, ioctl encodes %d", c.name, c.v, got, want)
@@ -58,6 +68,11 @@ func TestLayouts(t *testing.T) {
 		{"kvm_stats_desc", binary.Size(statsDesc{}), sizeofStatsDesc},
 		{"kvm_stats_header", binary.Size(statsHeader{}), sizeofStatsHeader},
 		{"kvm_sregs", binary.Size(Sregs{}), sizeofSregs},
+		{"kvm_xsave", sizeofXSave, ioctlSize(ioctlGetXSave)},
+		{"kvm_vcpu_events", binary.Size(VCPUEvents{}), sizeofVCPUEvents},
+		{"kvm_pit_state2", binary.Size(PITState2{}), sizeofPITState2},
+		{"kvm_irqchip", binary.Size(irqchipRaw{}), sizeofIRQChip},
+		{"kvm_irqchip union", len(irqchipRaw{}.Chip), irqchipDataSize},
 		{"routing entry union offset", binary.Size(irqRoutingEntry{}) - len(irqRoutingEntry{}.U), irqRoutingEntryUOffset},
 	} {
 		if c.got != c.want {

@@ -50,6 +50,39 @@ struct kvm_run_head {
 _Static_assert(sizeof(struct kvm_run_head) == offsetof(struct kvm_run, io), "kvm_run head");
 _Static_assert(offsetof(struct kvm_run_head, exit_reason) == offsetof(struct kvm_run, exit_reason), "exit_reason");
 
+// kvm_vcpu_events is made of anonymous structs, which godefs cannot name:
+// the same bytes, flattened, checked against the kernel's layout.
+struct kvm_vcpu_events_flat {
+	__u8 exception_injected;
+	__u8 exception_nr;
+	__u8 exception_has_error_code;
+	__u8 exception_pending;
+	__u32 exception_error_code;
+	__u8 interrupt_injected;
+	__u8 interrupt_nr;
+	__u8 interrupt_soft;
+	__u8 interrupt_shadow;
+	__u8 nmi_injected;
+	__u8 nmi_pending;
+	__u8 nmi_masked;
+	__u8 nmi_pad;
+	__u32 sipi_vector;
+	__u32 flags;
+	__u8 smi_smm;
+	__u8 smi_pending;
+	__u8 smi_inside_nmi;
+	__u8 smi_latched_init;
+	__u8 triple_fault_pending;
+	__u8 reserved[26];
+	__u8 exception_has_payload;
+	__u64 exception_payload;
+};
+_Static_assert(sizeof(struct kvm_vcpu_events_flat) == sizeof(struct kvm_vcpu_events), "vcpu_events size");
+_Static_assert(offsetof(struct kvm_vcpu_events_flat, flags) == offsetof(struct kvm_vcpu_events, flags), "vcpu_events flags");
+_Static_assert(offsetof(struct kvm_vcpu_events_flat, smi_smm) == offsetof(struct kvm_vcpu_events, smi), "vcpu_events smi");
+_Static_assert(offsetof(struct kvm_vcpu_events_flat, triple_fault_pending) == offsetof(struct kvm_vcpu_events, triple_fault), "vcpu_events triple_fault");
+_Static_assert(offsetof(struct kvm_vcpu_events_flat, exception_payload) == offsetof(struct kvm_vcpu_events, exception_payload), "vcpu_events payload");
+
 // kvm_msrs and kvm_cpuid2 end in flexible arrays: describe the fixed headers.
 struct kvm_msrs_head { __u32 nmsrs; __u32 pad; };
 struct kvm_cpuid2_head { __u32 nent; __u32 padding; };
@@ -79,6 +112,13 @@ type (
 	MPState               C.struct_kvm_mp_state
 	ClockData             C.struct_kvm_clock_data
 	UserspaceMemoryRegion C.struct_kvm_userspace_memory_region
+	XCR                   C.struct_kvm_xcr
+	XCRs                  C.struct_kvm_xcrs
+	VCPUEvents            C.struct_kvm_vcpu_events_flat
+	DebugRegs             C.struct_kvm_debugregs
+	PITState2             C.struct_kvm_pit_state2
+	PITChannelState       C.struct_kvm_pit_channel_state
+	irqchipRaw            C.struct_kvm_irqchip
 	irqfd                 C.struct_kvm_irqfd
 	ioeventfd             C.struct_kvm_ioeventfd
 	irqLevel              C.struct_kvm_irq_level
@@ -120,6 +160,10 @@ const (
 	sizeofMSRsHead         = C.sizeof_struct_kvm_msrs
 	sizeofIRQRoutingHead   = C.sizeof_struct_kvm_irq_routing
 	sizeofSregs            = C.sizeof_struct_kvm_sregs
+	sizeofXSave            = C.sizeof_struct_kvm_xsave
+	sizeofIRQChip          = C.sizeof_struct_kvm_irqchip
+	sizeofVCPUEvents       = C.sizeof_struct_kvm_vcpu_events
+	sizeofPITState2        = C.sizeof_struct_kvm_pit_state2
 )
 
 // API version this package speaks (KVM_GET_API_VERSION must return it).
@@ -165,6 +209,22 @@ const (
 	ioctlGetMPState          = C.KVM_GET_MP_STATE
 	ioctlSetMPState          = C.KVM_SET_MP_STATE
 	ioctlSetSignalMask       = C.KVM_SET_SIGNAL_MASK
+	ioctlGetXSave            = C.KVM_GET_XSAVE
+	ioctlGetXSave2           = C.KVM_GET_XSAVE2
+	ioctlSetXSave            = C.KVM_SET_XSAVE
+	ioctlGetXCRs             = C.KVM_GET_XCRS
+	ioctlSetXCRs             = C.KVM_SET_XCRS
+	ioctlGetVCPUEvents       = C.KVM_GET_VCPU_EVENTS
+	ioctlSetVCPUEvents       = C.KVM_SET_VCPU_EVENTS
+	ioctlGetDebugRegs        = C.KVM_GET_DEBUGREGS
+	ioctlSetDebugRegs        = C.KVM_SET_DEBUGREGS
+	ioctlGetTSCKHz           = C.KVM_GET_TSC_KHZ
+	ioctlSetTSCKHz           = C.KVM_SET_TSC_KHZ
+	ioctlKVMClockCtrl        = C.KVM_KVMCLOCK_CTRL
+	ioctlGetIRQChip          = C.KVM_GET_IRQCHIP
+	ioctlSetIRQChip          = C.KVM_SET_IRQCHIP
+	ioctlGetPIT2             = C.KVM_GET_PIT2
+	ioctlSetPIT2             = C.KVM_SET_PIT2
 )
 
 // ExitReason is kvm_run.exit_reason.
@@ -259,26 +319,35 @@ const (
 	CapXCRS               Cap = C.KVM_CAP_XCRS
 	CapMPState            Cap = C.KVM_CAP_MP_STATE
 	CapSyncMMU            Cap = C.KVM_CAP_SYNC_MMU
+	CapXSave2             Cap = C.KVM_CAP_XSAVE2
+	CapVCPUEvents         Cap = C.KVM_CAP_VCPU_EVENTS
+	CapDebugRegs          Cap = C.KVM_CAP_DEBUGREGS
+	CapGetTSCKHz          Cap = C.KVM_CAP_GET_TSC_KHZ
+	CapKVMClockCtrl       Cap = C.KVM_CAP_KVMCLOCK_CTRL
+	CapTSCDeadlineTimer   Cap = C.KVM_CAP_TSC_DEADLINE_TIMER
 )
 
 // Flags and kinds used by the typed wrappers.
 const (
-	memLogDirtyPages    = C.KVM_MEM_LOG_DIRTY_PAGES
-	memReadonly         = C.KVM_MEM_READONLY
-	irqfdFlagDeassign   = C.KVM_IRQFD_FLAG_DEASSIGN
-	irqfdFlagResample   = C.KVM_IRQFD_FLAG_RESAMPLE
-	ioeventfdDatamatch  = C.KVM_IOEVENTFD_FLAG_DATAMATCH
-	ioeventfdPIO        = C.KVM_IOEVENTFD_FLAG_PIO
-	ioeventfdDeassign   = C.KVM_IOEVENTFD_FLAG_DEASSIGN
-	irqRoutingIRQChip   = C.KVM_IRQ_ROUTING_IRQCHIP
-	irqRoutingMSI       = C.KVM_IRQ_ROUTING_MSI
-	msiValidDevID       = C.KVM_MSI_VALID_DEVID
-	pitSpeakerDummy     = C.KVM_PIT_SPEAKER_DUMMY
-	clockTSCStable      = C.KVM_CLOCK_TSC_STABLE
-	statsTypeMask       = C.KVM_STATS_TYPE_MASK
-	statsTypeCumulative = C.KVM_STATS_TYPE_CUMULATIVE
-	statsTypeInstant    = C.KVM_STATS_TYPE_INSTANT
-	statsTypePeak       = C.KVM_STATS_TYPE_PEAK
+	memLogDirtyPages         = C.KVM_MEM_LOG_DIRTY_PAGES
+	memReadonly              = C.KVM_MEM_READONLY
+	irqfdFlagDeassign        = C.KVM_IRQFD_FLAG_DEASSIGN
+	irqfdFlagResample        = C.KVM_IRQFD_FLAG_RESAMPLE
+	ioeventfdDatamatch       = C.KVM_IOEVENTFD_FLAG_DATAMATCH
+	ioeventfdPIO             = C.KVM_IOEVENTFD_FLAG_PIO
+	ioeventfdDeassign        = C.KVM_IOEVENTFD_FLAG_DEASSIGN
+	irqRoutingIRQChip        = C.KVM_IRQ_ROUTING_IRQCHIP
+	irqRoutingMSI            = C.KVM_IRQ_ROUTING_MSI
+	msiValidDevID            = C.KVM_MSI_VALID_DEVID
+	pitSpeakerDummy          = C.KVM_PIT_SPEAKER_DUMMY
+	clockTSCStable           = C.KVM_CLOCK_TSC_STABLE
+	irqchipDataSize          = 512 // the union in struct kvm_irqchip (checked in layout_test.go)
+	vcpuEventValidNMIPending = C.KVM_VCPUEVENT_VALID_NMI_PENDING
+	vcpuEventValidSIPIVector = C.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+	statsTypeMask            = C.KVM_STATS_TYPE_MASK
+	statsTypeCumulative      = C.KVM_STATS_TYPE_CUMULATIVE
+	statsTypeInstant         = C.KVM_STATS_TYPE_INSTANT
+	statsTypePeak            = C.KVM_STATS_TYPE_PEAK
 )
 
 // IRQ chip numbers for irqchip routes.

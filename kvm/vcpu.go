@@ -16,6 +16,9 @@ type VCPU struct {
 	fd  int
 	id  int
 	run []byte // the kvm_run mapping, VCPUMmapSize bytes
+
+	hasXSave  bool // KVM_GET/SET_XSAVE work (CapXSave)
+	xsaveSize int  // the XSAVE area's size per CapXSave2, 0 without it
 }
 
 // ID returns the id the vCPU was created with.

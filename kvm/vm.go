@@ -303,7 +303,12 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 		unix.Close(int(fd))
 		return nil, fmt.Errorf("kvm: mapping kvm_run of vCPU %d: %w", id, err)
 	}
-	return &VCPU{fd: int(fd), id: id, run: run}, nil
+	c := &VCPU{fd: int(fd), id: id, run: run}
+	if n, err := vm.CheckExtension(CapXSave); err == nil && n > 0 {
+		c.hasXSave = true
+		c.xsaveSize, _ = vm.CheckExtension(CapXSave2)
+	}
+	return c, nil
 }
 
 // SignalMSI injects one message-signalled interrupt directly

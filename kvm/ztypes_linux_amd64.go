@@ -130,6 +130,80 @@ type (
 		MemorySize    uint64
 		UserspaceAddr uint64
 	}
+	// XCR is struct kvm_xcr: one extended control register (XCR0 is the XSAVE feature mask).
+	XCR struct {
+		Xcr      uint32
+		Reserved uint32
+		Value    uint64
+	}
+	// XCRs is struct kvm_xcrs, the argument of KVM_GET/SET_XCRS.
+	XCRs struct {
+		NrXcrs  uint32
+		Flags   uint32
+		Xcrs    [16]XCR
+		Padding [16]uint64
+	}
+	// VCPUEvents is struct kvm_vcpu_events: pending or injected exceptions, interrupts, NMIs and SMIs, and the interrupt shadow.
+	VCPUEvents struct {
+		ExceptionInjected     uint8
+		ExceptionNr           uint8
+		ExceptionHasErrorCode uint8
+		ExceptionPending      uint8
+		ExceptionErrorCode    uint32
+		InterruptInjected     uint8
+		InterruptNr           uint8
+		InterruptSoft         uint8
+		InterruptShadow       uint8
+		NmiInjected           uint8
+		NmiPending            uint8
+		NmiMasked             uint8
+		NmiPad                uint8
+		SipiVector            uint32
+		Flags                 uint32
+		SmiSmm                uint8
+		SmiPending            uint8
+		SmiInsideNmi          uint8
+		SmiLatchedInit        uint8
+		TripleFaultPending    uint8
+		Reserved              [26]uint8
+		ExceptionHasPayload   uint8
+		ExceptionPayload      uint64
+	}
+	// DebugRegs is struct kvm_debugregs: DR0-DR3, DR6 and DR7.
+	DebugRegs struct {
+		Db       [4]uint64
+		Dr6      uint64
+		Dr7      uint64
+		Flags    uint64
+		Reserved [9]uint64
+	}
+	// PITState2 is struct kvm_pit_state2: the in-kernel i8254's three channels.
+	PITState2 struct {
+		Channels [3]PITChannelState
+		Flags    uint32
+		Reserved [9]uint32
+	}
+	// PITChannelState is struct kvm_pit_channel_state: one i8254 channel.
+	PITChannelState struct {
+		Count         uint32
+		LatchedCount  uint16
+		CountLatched  uint8
+		StatusLatched uint8
+		Status        uint8
+		ReadState     uint8
+		WriteState    uint8
+		WriteLatch    uint8
+		RwMode        uint8
+		Mode          uint8
+		Bcd           uint8
+		Gate          uint8
+		CountLoadTime int64
+	}
+	irqchipRaw struct {
+		ID   uint32
+		Pad  uint32
+		Chip [512]byte
+	}
 	irqfd struct {
 		FD         uint32
 		GSI        uint32
@@ -277,6 +351,10 @@ const (
 	sizeofMSRsHead         = 0x8
 	sizeofIRQRoutingHead   = 0x8
 	sizeofSregs            = 0x138
+	sizeofXSave            = 0x1000
+	sizeofIRQChip          = 0x208
+	sizeofVCPUEvents       = 0x40
+	sizeofPITState2        = 0x70
 )
 
 const APIVersion = 0xc
@@ -320,6 +398,22 @@ const (
 	ioctlGetMPState          = 0x8004ae98
 	ioctlSetMPState          = 0x4004ae99
 	ioctlSetSignalMask       = 0x4004ae8b
+	ioctlGetXSave            = 0x9000aea4
+	ioctlGetXSave2           = 0x9000aecf
+	ioctlSetXSave            = 0x5000aea5
+	ioctlGetXCRs             = 0x8188aea6
+	ioctlSetXCRs             = 0x4188aea7
+	ioctlGetVCPUEvents       = 0x8040ae9f
+	ioctlSetVCPUEvents       = 0x4040aea0
+	ioctlGetDebugRegs        = 0x8080aea1
+	ioctlSetDebugRegs        = 0x4080aea2
+	ioctlGetTSCKHz           = 0xaea3
+	ioctlSetTSCKHz           = 0xaea2
+	ioctlKVMClockCtrl        = 0xaead
+	ioctlGetIRQChip          = 0xc208ae62
+	ioctlSetIRQChip          = 0x8208ae63
+	ioctlGetPIT2             = 0x8070ae9f
+	ioctlSetPIT2             = 0x4070aea0
 )
 
 type ExitReason uint32
@@ -405,25 +499,34 @@ const (
 	CapXCRS               Cap = 0x38
 	CapMPState            Cap = 0xe
 	CapSyncMMU            Cap = 0x10
+	CapXSave2             Cap = 0xd0
+	CapVCPUEvents         Cap = 0x29
+	CapDebugRegs          Cap = 0x32
+	CapGetTSCKHz          Cap = 0x3d
+	CapKVMClockCtrl       Cap = 0x4c
+	CapTSCDeadlineTimer   Cap = 0x48
 )
 
 const (
-	memLogDirtyPages    = 0x1
-	memReadonly         = 0x2
-	irqfdFlagDeassign   = 0x1
-	irqfdFlagResample   = 0x2
-	ioeventfdDatamatch  = 0x1
-	ioeventfdPIO        = 0x2
-	ioeventfdDeassign   = 0x4
-	irqRoutingIRQChip   = 0x1
-	irqRoutingMSI       = 0x2
-	msiValidDevID       = 0x1
-	pitSpeakerDummy     = 0x1
-	clockTSCStable      = 0x2
-	statsTypeMask       = 0xf
-	statsTypeCumulative = 0x0
-	statsTypeInstant    = 0x1
-	statsTypePeak       = 0x2
+	memLogDirtyPages         = 0x1
+	memReadonly              = 0x2
+	irqfdFlagDeassign        = 0x1
+	irqfdFlagResample        = 0x2
+	ioeventfdDatamatch       = 0x1
+	ioeventfdPIO             = 0x2
+	ioeventfdDeassign        = 0x4
+	irqRoutingIRQChip        = 0x1
+	irqRoutingMSI            = 0x2
+	msiValidDevID            = 0x1
+	pitSpeakerDummy          = 0x1
+	clockTSCStable           = 0x2
+	irqchipDataSize          = 512
+	vcpuEventValidNMIPending = 0x1
+	vcpuEventValidSIPIVector = 0x2
+	statsTypeMask            = 0xf
+	statsTypeCumulative      = 0x0
+	statsTypeInstant         = 0x1
+	statsTypePeak            = 0x2
 )
 
 const (

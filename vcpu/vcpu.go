@@ -77,6 +77,10 @@ type Runner struct {
 
 	counters counters
 	done     chan struct{}
+
+	// exitPending is set, on the loop's goroutine only, from the return
+	// of a KVM_RUN with an exit until a KVM_RUN completes it.
+	exitPending bool
 }
 
 // New prepares a Runner for cpu. The Runner does not own cpu: close it after
@@ -241,12 +245,24 @@ func (r *Runner) loop(started chan<- struct{}) {
 		// Clear immediate_exit *before* reading want; the order matters,
 		// see kickLocked.
 		r.cpu.SetImmediateExit(false)
-		if State(r.want.Load()) != Running {
+		if want := State(r.want.Load()); want != Running {
+			if want == Paused && r.exitPending {
+				// The exit just handled is complete only once KVM_RUN
+				// is entered again (an IN's value reaches RAX, RIP
+				// moves past an OUT): do that without running the
+				// guest, so that a paused vCPU's registers can be saved
+				// and restored elsewhere without redoing the access.
+				if !r.completeExit() {
+					return
+				}
+				continue
+			}
 			if !r.park() {
 				return
 			}
 			continue
 		}
+		r.exitPending = false
 		if err := r.cpu.Run(); err != nil {
 			if errors.Is(err, unix.EINTR) {
 				r.counters.exit(kvm.ExitIntr)
@@ -260,10 +276,29 @@ func (r *Runner) loop(started chan<- struct{}) {
 			}
 			continue
 		}
+		r.exitPending = true
 		if !r.handleExit() {
 			return
 		}
 	}
+}
+
+// completeExit re-enters KVM_RUN with immediate_exit set, which finishes
+// the exit handled last and returns EINTR before the guest runs. A
+// completion that needs userspace again (the next round of a string I/O)
+// comes back as an exit, which is handled like any other. It reports
+// false when the loop must end.
+func (r *Runner) completeExit() bool {
+	r.cpu.SetImmediateExit(true)
+	err := r.cpu.Run()
+	if err == nil {
+		return r.handleExit() // exitPending stays set: complete this one too
+	}
+	r.exitPending = false
+	if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+		return true
+	}
+	return r.report(Event{Kind: Error, Err: fmt.Errorf("vcpu %d: KVM_RUN (completing an exit): %w", r.cpu.ID(), err)})
 }
 
 // park waits while the vCPU is asked to stay out of the guest. It reports

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"path"
 	"sync"
 
 	"github.com/viovmm/vio/config"
@@ -37,6 +39,9 @@ type Machine interface {
 	// it. Both are called only between Start and the end of Wait.
 	Pause() error
 	Resume() error
+	// Snapshot writes the paused Machine to dir (see VM.Snapshot); it is
+	// called only while paused.
+	Snapshot(dir string) error
 	// Counters are the VM's counters by device, then by name.
 	Counters() map[string]map[string]int64
 	// Close releases everything; it is called once, after Wait.
@@ -52,6 +57,21 @@ type BuildFunc func(cfg *config.VM) (Machine, error)
 // Builder returns the BuildFunc that builds real VMs with New.
 func Builder(stdio IO, opts Options) BuildFunc {
 	return func(cfg *config.VM) (Machine, error) { return New(cfg, stdio, opts) }
+}
+
+// RestoreFunc builds a paused Machine from the snapshot in dir and returns
+// it with the config it was taken with. Start starts it paused.
+type RestoreFunc func(dir string, ro RestoreOptions) (Machine, *config.VM, error)
+
+// Restorer returns the RestoreFunc that restores real VMs with Restore.
+func Restorer(stdio IO, opts Options) RestoreFunc {
+	return func(dir string, ro RestoreOptions) (Machine, *config.VM, error) {
+		v, cfg, err := Restore(dir, stdio, opts, ro)
+		if err != nil {
+			return nil, nil, err
+		}
+		return v, cfg, nil
+	}
 }
 
 // Errors of the Controller, matched with errors.Is. The API maps each to an
@@ -76,6 +96,10 @@ type StateError struct {
 
 func (e *StateError) Error() string {
 	switch {
+	case e.Op == "restore":
+		return fmt.Sprintf("cannot restore: this VMM has a VM already (%s); restore into a VMM with no VM, or send vm.delete first", e.State)
+	case e.Op == "snapshot" && e.State == StateRunning:
+		return "cannot snapshot: the VM is running; send vm.pause first"
 	case e.Op == "create":
 		return fmt.Sprintf("cannot create: a VM exists already (%s); send vm.delete first", e.State)
 	case e.State == StateCreated:
@@ -121,8 +145,9 @@ type Info struct {
 // Controller is safe for concurrent use: state-changing operations are
 // serialised, Info and Counters never wait for a slow one.
 type Controller struct {
-	build BuildFunc
-	log   *slog.Logger
+	build   BuildFunc
+	restore RestoreFunc // nil: vm.restore is not offered
+	log     *slog.Logger
 
 	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*
 
@@ -155,6 +180,76 @@ func NewController(build BuildFunc, log *slog.Logger) *Controller {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Controller{build: build, log: log}
+}
+
+// SetRestore lets the Controller restore snapshots with f (see Restore).
+// Call it before the Controller is used.
+func (c *Controller) SetRestore(f RestoreFunc) { c.restore = f }
+
+// Snapshot writes the paused VM to the directory that url names
+// (file:///path), which must not exist or be empty. As in Cloud
+// Hypervisor, the VM must be paused; it stays paused.
+func (c *Controller) Snapshot(url string) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	dir, err := snapshotDir("destination", url)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == StateRunning {
+		return &StateError{Op: "snapshot", State: c.state}
+	}
+	if err := c.needLocked("snapshot", StatePaused); err != nil {
+		return err
+	}
+	return c.run.m.Snapshot(dir)
+}
+
+// Restore builds the VM of the snapshot in the directory that url names,
+// in a Controller that has no VM, and leaves it Paused: vm.resume runs
+// it. Its config becomes the VM's (vm.info shows it; a guest reboot
+// boots it afresh).
+func (c *Controller) Restore(url string, ro RestoreOptions) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if c.restore == nil {
+		return fmt.Errorf("%w: this VMM cannot restore snapshots", ErrNotImplemented)
+	}
+	dir, err := snapshotDir("source", url)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != NoVM {
+		return &StateError{Op: "restore", State: c.state}
+	}
+	m, cfg, err := c.restore(dir, ro)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(); err != nil {
+		m.Close()
+		return fmt.Errorf("starting the vCPUs: %w", err)
+	}
+	c.cfg = cfg
+	r := &run{m: m, stop: make(chan struct{}), done: make(chan struct{})}
+	c.run, c.state, c.stopped = r, StatePaused, make(chan struct{})
+	c.lastExit, c.lastErr = Exit{}, nil
+	go c.follow(r, c.stopped)
+	return nil
+}
+
+// snapshotDir turns a file:// URL into a directory: Cloud Hypervisor's
+// form, file:///absolute/path.
+func snapshotDir(what, raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "file" || (u.Host != "" && u.Host != "localhost") || !path.IsAbs(u.Path) || u.RawQuery != "" || u.Fragment != "" {
+		return "", snapErr(ErrSnapshotRequest, "snapshot %s %q is not a file URL: write file:///absolute/path/to/dir", what, raw)
+	}
+	return path.Clean(u.Path), nil
 }
 
 // Create records the VM's config after checking it (Validate); nothing is

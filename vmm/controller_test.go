@@ -341,3 +341,80 @@ func TestControllerKeepsPinnedFormat(t *testing.T) {
 	}
 	c.Shutdown()
 }
+
+// TestControllerSnapshotRestore: a snapshot needs a paused VM and a new or
+// empty destination; a restore needs a Controller with no VM and ends
+// Paused with the snapshot's config, and vm.resume runs it.
+func TestControllerSnapshotRestore(t *testing.T) {
+	c, b, cfg := newController(t)
+	dir := filepath.Join(t.TempDir(), "snap")
+	url := "file://" + dir
+	if err := c.Snapshot(url); !errors.Is(err, vmm.ErrNotCreated) {
+		t.Fatalf("Snapshot with no VM: %v", err)
+	}
+	if err := c.Create(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	wantWrongState(t, c.Snapshot(url), "send vm.pause first")
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{dir, "http://x" + dir, "file://host" + dir, "file://relative/dir", "file:///a?b"} {
+		if err := c.Snapshot(bad); !errors.Is(err, vmm.ErrSnapshotRequest) || !strings.Contains(err.Error(), "file:///") {
+			t.Errorf("Snapshot(%q): %v, want a sentence asking for file:///", bad, err)
+		}
+	}
+	if err := c.Snapshot(url); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, c, vmm.StatePaused)
+	if err := c.Snapshot(url); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Errorf("second snapshot into the same directory: %v", err)
+	}
+	if err := b.Last().Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restore needs a Controller without a VM.
+	c.SetRestore(b.Restore)
+	wantWrongState(t, c.Restore(url, vmm.RestoreOptions{}), "has a VM already")
+	c.Delete()
+
+	// And one that can restore.
+	fresh, _, _ := newController(t)
+	if err := fresh.Restore(url, vmm.RestoreOptions{}); !errors.Is(err, vmm.ErrNotImplemented) {
+		t.Errorf("Restore without a RestoreFunc: %v", err)
+	}
+
+	c2 := vmm.NewController(b.Build, nil)
+	c2.SetRestore(b.Restore)
+	if err := c2.Restore("file://"+filepath.Join(t.TempDir(), "none"), vmm.RestoreOptions{}); !errors.Is(err, vmm.ErrSnapshotRequest) || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("Restore from a missing directory: %v", err)
+	}
+	wantState(t, c2, vmm.NoVM)
+	if err := c2.Restore(url, vmm.RestoreOptions{Prefault: true}); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, c2, vmm.StatePaused)
+	m := b.Last()
+	if !m.Restored || !m.Prefault || !m.Paused() {
+		t.Errorf("restored machine: restored %v prefault %v paused %v", m.Restored, m.Prefault, m.Paused())
+	}
+	info, _ := c2.Info()
+	if info.Config.Payload.Kernel != cfg.Payload.Kernel {
+		t.Errorf("restored config has kernel %q, want %q", info.Config.Payload.Kernel, cfg.Payload.Kernel)
+	}
+	if err := c2.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, c2, vmm.StateRunning)
+	if err := c2.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Err(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -18,10 +18,10 @@ const (
 	apicModeMask   = 0x7 << 8
 )
 
-// setupVCPUs creates every vCPU with its CPUID and MSRs; the boot CPU also
-// gets the 64-bit entry state. The others wait for INIT/SIPI from the boot
+// setupVCPUs creates every vCPU with its CPUID and MSRs; with boot, the
+// boot CPU also gets the 64-bit entry state (a restore sets it all later). The others wait for INIT/SIPI from the boot
 // CPU, which the in-kernel LAPIC handles.
-func (v *VM) setupVCPUs(entry uint64) error {
+func (v *VM) setupVCPUs(entry uint64, boot bool) error {
 	hostCPUID, err := v.sys.SupportedCPUID()
 	if err != nil {
 		return fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
@@ -30,7 +30,7 @@ func (v *VM) setupVCPUs(entry uint64) error {
 	for i, e := range hostCPUID {
 		host[i] = x86.CPUIDEntry{Function: e.Function, Index: e.Index, Flags: e.Flags, EAX: e.Eax, EBX: e.Ebx, ECX: e.Ecx, EDX: e.Edx}
 	}
-	n, _ := v.sys.CheckExtension(capTSCDeadlineTimer)
+	n, _ := v.sys.CheckExtension(kvm.CapTSCDeadlineTimer)
 	tscDeadline := n > 0
 	n = v.cfg.CPUs.BootVCPUs
 	runners := make([]*vcpu.Runner, 0, n)
@@ -64,7 +64,7 @@ func (v *VM) setupVCPUs(entry uint64) error {
 		if err := setLINTs(cpu); err != nil {
 			return fmt.Errorf("vCPU %d: %w", id, err)
 		}
-		if id == 0 {
+		if id == 0 && boot {
 			if err := setBootState(cpu, v.mem, entry); err != nil {
 				return err
 			}
@@ -118,7 +118,3 @@ func seg(s x86.Segment) kvm.Segment {
 	return kvm.Segment{Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type, Present: s.Present,
 		Dpl: s.Dpl, Db: s.Db, S: s.S, L: s.L, G: s.G, Avl: s.Avl, Unusable: s.Unusable}
 }
-
-// capTSCDeadlineTimer is KVM_CAP_TSC_DEADLINE_TIMER, which the generated
-// constants do not list yet.
-const capTSCDeadlineTimer kvm.Cap = 72

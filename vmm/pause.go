@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ErrNotPaused reports a Resume of a VM that Pause did not pause.
@@ -26,7 +27,7 @@ func (v *VM) Pause() error {
 		v.group.Resume()
 		return fmt.Errorf("saving the guest clock: %w", err)
 	}
-	v.clock = &c
+	v.clock, v.pausedAt = &c, time.Now()
 	return nil
 }
 
@@ -42,8 +43,28 @@ func (v *VM) Resume() error {
 	// the jump this is meant to avoid.
 	c := *v.clock
 	c.Flags, c.Realtime, c.TSC = 0, 0, 0
+	if v.restored {
+		// A VM restored from a snapshot is not the one that paused: its
+		// clock moves on by the time since that pause (the snapshot's
+		// age included), so that the guest's wall clock is right again,
+		// as Cloud Hypervisor does. Measured here, in userspace, rather
+		// than with KVM_CLOCK_REALTIME, which only hosts with a stable
+		// TSC clocksource offer.
+		if d := time.Since(v.pausedAt); d > 0 {
+			c.Clock += uint64(d.Nanoseconds())
+		}
+	}
 	if err := v.kvm.SetClock(c); err != nil {
 		return fmt.Errorf("restoring the guest clock: %w", err)
+	}
+	if v.restored {
+		// Tell the guest it was stopped, so that its soft-lockup
+		// watchdog does not blame the clock's jump on a hung CPU.
+		// EINVAL means a vCPU never enabled kvmclock: nothing to tell.
+		for _, cpu := range v.cpus {
+			_ = cpu.KVMClockCtrl()
+		}
+		v.restored = false
 	}
 	v.clock = nil
 	v.group.Resume()

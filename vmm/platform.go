@@ -22,6 +22,9 @@ import (
 // controller (for its reset line) and the RTC/CMOS.
 type platform struct {
 	serial *uart16550.UART
+	kbd    *i8042.Controller
+	pm     *acpipm.Device
+	cmos   *cmos.CMOS
 }
 
 // isaLine drives one ISA interrupt line of the in-kernel PIC/IOAPIC.
@@ -80,9 +83,11 @@ func newPlatform(v *VM, stdio IO) (*platform, error) {
 		return nil, err
 	}
 	low, high := x86.SplitRAM(ramLayout(v))
-	if err := v.pio.Register(0x70, 2, cmos.New(cmos.Config{LowMem: low, HighMem: high})); err != nil {
+	rtc := cmos.New(cmos.Config{LowMem: low, HighMem: high})
+	if err := v.pio.Register(0x70, 2, rtc); err != nil {
 		return nil, err
 	}
+	p.kbd, p.pm, p.cmos = kbd, pm, rtc
 	return p, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/bus"
@@ -74,8 +75,13 @@ type VM struct {
 	msi        *msiRoutes
 	ioevents   *ioEvents
 
-	pauseMu sync.Mutex
-	clock   *kvm.ClockData // kvmclock saved by Pause, nil while running
+	pauseMu  sync.Mutex
+	clock    *kvm.ClockData // kvmclock saved by Pause, nil while running
+	pausedAt time.Time      // host time when clock was saved
+	// restored is set on a VM built from a snapshot until its first
+	// Resume, which then advances the clock by the time since pausedAt
+	// (the pause before the snapshot), not freezes it.
+	restored bool
 
 	closeOnce sync.Once
 }
@@ -83,6 +89,12 @@ type VM struct {
 // New builds a VM: after it returns, the guest is loaded and its vCPUs are
 // ready to start, but nothing runs yet.
 func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
+	return assemble(cfg, stdio, opts, nil)
+}
+
+// assemble builds a VM from cfg: booting its payload, or, with snap, with
+// the memory and state of a snapshot instead (see Restore).
+func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -95,8 +107,10 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 			v.Close()
 		}
 	}()
-	if v.kernel, err = parseKernel(cfg.Payload.Kernel); err != nil {
-		return nil, err
+	if snap == nil {
+		if v.kernel, err = parseKernel(cfg.Payload.Kernel); err != nil {
+			return nil, err
+		}
 	}
 	if v.sys, err = kvm.Open(opts.KVMPath); err != nil {
 		if errors.Is(err, kvm.ErrNoKVM) {
@@ -110,7 +124,12 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 	if v.kvm, err = v.sys.CreateVM(); err != nil {
 		return nil, fmt.Errorf("creating the VM: %w", err)
 	}
-	if err := v.setupMemory(); err != nil {
+	if snap == nil {
+		err = v.setupMemory()
+	} else {
+		err = v.setupMemoryFrom(snap)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := v.setupIRQChip(); err != nil {
@@ -122,11 +141,20 @@ func New(cfg *config.VM, stdio IO, opts Options) (vm *VM, err error) {
 	if err := v.setupPCI(stdio); err != nil {
 		return nil, err
 	}
+	if snap != nil {
+		if err := v.setupVCPUs(0, false); err != nil {
+			return nil, err
+		}
+		if err := v.restore(snap); err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
 	entry, err := v.loadPayload()
 	if err != nil {
 		return nil, err
 	}
-	if err := v.setupVCPUs(entry); err != nil {
+	if err := v.setupVCPUs(entry, true); err != nil {
 		return nil, err
 	}
 	return v, nil

@@ -34,16 +34,21 @@ var ctlVerbs = map[string]struct {
 	"reboot":       {http.MethodPut, "vm.reboot", "VM rebooted"},
 	"delete":       {http.MethodPut, "vm.delete", "VM deleted"},
 	"shutdown-vmm": {http.MethodPut, "vmm.shutdown", "VMM shut down"},
+	"snapshot":     {http.MethodPut, "vm.snapshot", "snapshot written"},
+	"restore":      {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
 }
 
 func ctlCommand() *cobra.Command {
 	var socket string
 	var timeout time.Duration
+	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
-and print the JSON answer or a one-line message. create FILE sends a JSON VM config.`,
+and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
+snapshot file:///DIR writes the paused VM to a new or empty directory; restore
+file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			if socket == "" {
@@ -51,7 +56,7 @@ and print the JSON answer or a one-line message. create FILE sends a JSON VM con
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -63,6 +68,15 @@ and print the JSON answer or a one-line message. create FILE sends a JSON VM con
 				body = b
 			case args[0] == "create":
 				return errors.New("create needs a JSON VM config file: vio ctl --api-socket PATH create vm.json")
+			case (args[0] == "snapshot" || args[0] == "restore") && len(args) == 2:
+				field := map[string]string{"snapshot": "destination_url", "restore": "source_url"}[args[0]]
+				b, _ := json.Marshal(map[string]any{field: args[1]})
+				if args[0] == "restore" && prefault {
+					b, _ = json.Marshal(map[string]any{field: args[1], "prefault": true})
+				}
+				body = b
+			case args[0] == "snapshot" || args[0] == "restore":
+				return fmt.Errorf("%s needs a snapshot directory as a URL: vio ctl --api-socket PATH %s file:///var/lib/vio/snap1", args[0], args[0])
 			case len(args) == 2:
 				return fmt.Errorf("%s takes no argument", args[0])
 			}
@@ -94,5 +108,6 @@ and print the JSON answer or a one-line message. create FILE sends a JSON VM con
 	}
 	c.Flags().StringVar(&socket, "api-socket", "", "the VMM's API socket")
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
+	c.Flags().BoolVar(&prefault, "prefault", false, "restore: read all of guest RAM before the guest runs, not as it touches it")
 	return c
 }

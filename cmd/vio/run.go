@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -21,7 +22,8 @@ func init() { subcommands = append(subcommands, runCommand) }
 func runCommand() *cobra.Command {
 	var (
 		file, memory, serial, console, onReboot string
-		apiSocket                               string
+		apiSocket, restore                      string
+		prefault                                bool
 		disks, nets                             []string
 		cpus                                    int
 		verbose, allowPVM, stats                bool
@@ -35,6 +37,14 @@ unless --serial says otherwise; press Ctrl-A then x to stop the VM from a termin
 Flags override what --config FILE (a JSON VM config) says.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if restore != "" {
+				for _, name := range []string{"config", "kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "rng", "serial", "console"} {
+					if c.Flags().Changed(name) {
+						return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", name)
+					}
+				}
+				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
+			}
 			if file != "" {
 				loaded, err := config.Load(file)
 				if err != nil {
@@ -96,7 +106,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket})
+			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
 		},
 	}
 	f := c.Flags()
@@ -114,6 +124,8 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
 	f.StringVar(&apiSocket, "api-socket", "", "also serve the REST API for this VM on a UNIX socket (see docs/api.md)")
+	f.StringVar(&restore, "restore", "", "run the VM of a snapshot (file:///DIR, see docs/snapshot.md) instead of booting one")
+	f.BoolVar(&prefault, "prefault", false, "with --restore: read all of guest RAM before the guest runs, not as it touches it")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
@@ -123,6 +135,8 @@ Flags override what --config FILE (a JSON VM config) says.`,
 type runOptions struct {
 	verbose, allowPVM, stats bool
 	apiSocket                string
+	restore                  string // a snapshot URL: restore instead of boot
+	prefault                 bool
 }
 
 // run boots cfg and waits until the guest stops for good (poweroff, panic,
@@ -137,6 +151,15 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if o.restore != "" {
+		// The console wiring depends on the saved config; a bad URL or
+		// snapshot is reported by the restore itself.
+		if saved, err := vmm.ReadSnapshotConfig(strings.TrimPrefix(o.restore, "file://")); err == nil {
+			cfg = saved
+		} else {
+			cfg = config.Default()
+		}
+	}
 	stdio := vmm.IO{Stdout: os.Stdout}
 	if cfg.Serial.Mode == config.ModeTty || cfg.Serial.Mode == "" || cfg.Console.Mode == config.ModeTty {
 		in, restore, err := terminalInput(os.Stdin, stop)
@@ -151,9 +174,12 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		opts.Stats = os.Stderr
 	}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
+	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
-	if err := ctl.Create(cfg); err != nil {
-		return err
+	if o.restore == "" {
+		if err := ctl.Create(cfg); err != nil {
+			return err
+		}
 	}
 	if o.apiSocket != "" {
 		l, err := api.Listen(o.apiSocket, log)
@@ -164,7 +190,14 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		go srv.Serve(l)
 		defer srv.Close()
 	}
-	if err := ctl.Boot(); err != nil {
+	if o.restore != "" {
+		if err := ctl.Restore(o.restore, vmm.RestoreOptions{Prefault: o.prefault}); err != nil {
+			return err
+		}
+		if err := ctl.Resume(); err != nil {
+			return err
+		}
+	} else if err := ctl.Boot(); err != nil {
 		return err
 	}
 	select {

@@ -76,7 +76,9 @@ func serve(ctx context.Context, f serveFlags) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// No terminal input: a served VMM is driven by its API, not a user.
-	ctl := vmm.NewController(vmm.Builder(vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log}), log)
+	stdio, opts := vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log}
+	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
+	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
 	l, err := api.Listen(f.socket, log)
 	if err != nil {

@@ -4,7 +4,11 @@
 package vmmtest
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/viovmm/vio/config"
@@ -47,6 +51,25 @@ func (b *Builder) Build(cfg *config.VM) (vmm.Machine, error) {
 	return m, nil
 }
 
+// Restore is the vmm.RestoreFunc: it reads the config a Machine's
+// Snapshot wrote into dir and builds a Machine from it that starts
+// paused, with Restored set.
+func (b *Builder) Restore(dir string, ro vmm.RestoreOptions) (vmm.Machine, *config.VM, error) {
+	cfg, err := vmm.ReadSnapshotConfig(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := b.Build(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	mm := m.(*Machine)
+	mm.mu.Lock()
+	mm.paused, mm.Restored, mm.Prefault = true, true, ro.Prefault
+	mm.mu.Unlock()
+	return m, cfg, nil
+}
+
 // Machines returns every Machine built so far.
 func (b *Builder) Machines() []*Machine {
 	b.mu.Lock()
@@ -68,7 +91,9 @@ func (b *Builder) Last() *Machine {
 // must keep (Start once, Pause/Resume only while started and not closed,
 // Close once after Wait) and records violations in Err.
 type Machine struct {
-	Config *config.VM // what it was built from
+	Config   *config.VM // what it was built from
+	Restored bool       // built by Builder.Restore
+	Prefault bool       // the restore asked for it
 
 	events chan vmm.Exit
 
@@ -76,6 +101,7 @@ type Machine struct {
 	started, waited bool
 	closed, paused  bool
 	pauses, resumes int
+	snapshots       int
 	err             error
 }
 
@@ -138,11 +164,33 @@ func (m *Machine) Resume() error {
 	return nil
 }
 
+// Snapshot implements vmm.Machine: it writes the config (all a double
+// has) as config.json into dir, which must not exist or be empty.
+func (m *Machine) Snapshot(dir string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started || m.closed || !m.paused {
+		m.violation("Snapshot of a Machine not paused")
+	}
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return fmt.Errorf("vmmtest: %s is not empty", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(m.Config)
+	if err != nil {
+		return err
+	}
+	m.snapshots++
+	return os.WriteFile(filepath.Join(dir, vmm.SnapshotConfig), b, 0o600)
+}
+
 // Counters implements vmm.Machine: pauses and resumes seen.
 func (m *Machine) Counters() map[string]map[string]int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return map[string]map[string]int64{"vcpu0": {"pauses": int64(m.pauses), "resumes": int64(m.resumes)}}
+	return map[string]map[string]int64{"vcpu0": {"pauses": int64(m.pauses), "resumes": int64(m.resumes), "snapshots": int64(m.snapshots)}}
 }
 
 // Close implements vmm.Machine.

@@ -102,6 +102,12 @@ var typeDocs = map[string]string{
 	"MPState":               "MPState is struct kvm_mp_state.",
 	"ClockData":             "ClockData is struct kvm_clock_data: the VM's kvmclock, in nanoseconds.",
 	"UserspaceMemoryRegion": "UserspaceMemoryRegion is struct kvm_userspace_memory_region (see VM.SetUserMemoryRegion).",
+	"XCR":                   "XCR is struct kvm_xcr: one extended control register (XCR0 is the XSAVE feature mask).",
+	"XCRs":                  "XCRs is struct kvm_xcrs, the argument of KVM_GET/SET_XCRS.",
+	"VCPUEvents":            "VCPUEvents is struct kvm_vcpu_events: pending or injected exceptions, interrupts, NMIs and SMIs, and the interrupt shadow.",
+	"DebugRegs":             "DebugRegs is struct kvm_debugregs: DR0-DR3, DR6 and DR7.",
+	"PITState2":             "PITState2 is struct kvm_pit_state2: the in-kernel i8254's three channels.",
+	"PITChannelState":       "PITChannelState is struct kvm_pit_channel_state: one i8254 channel.",
 }
 
 func addDocs(src []byte) []byte {
