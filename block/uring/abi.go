@@ -66,7 +66,7 @@ type cqringOffsets struct {
 // params is struct io_uring_params.
 type params struct {
 	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFd uint32
-	resv                                                                  [3]uint32
-	sqOff                                                                 sqringOffsets
-	cqOff                                                                 cqringOffsets
+	resv                                                                   [3]uint32
+	sqOff                                                                  sqringOffsets
+	cqOff                                                                  cqringOffsets
 }
