@@ -9,9 +9,11 @@ const (
 	opReadv    = 1  // IORING_OP_READV
 	opWritev   = 2  // IORING_OP_WRITEV
 	opFsync    = 3  // IORING_OP_FSYNC
+	opCancel   = 14 // IORING_OP_ASYNC_CANCEL
 	opRead     = 22 // IORING_OP_READ
 	opWrite    = 23 // IORING_OP_WRITE
 	fsyncData  = 1 << 0
+	cancelAny  = 1 << 2 // IORING_ASYNC_CANCEL_ANY (5.19)
 	sqeFixed   = 1 << 0 // IOSQE_FIXED_FILE
 	enterGetEv = 1 << 0 // IORING_ENTER_GETEVENTS
 

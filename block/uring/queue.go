@@ -47,7 +47,7 @@ type request struct {
 	tries int
 }
 
-// closeTag marks the NOP the submitter sends last; it is no slot index.
+// closeTag marks the cancel the submitter sends last; it is no slot index.
 const closeTag = ^uint64(0)
 
 // maxRetries bounds resubmission of requests the kernel failed with EAGAIN
@@ -139,9 +139,11 @@ func (q *Queue) Sync(fd int, datasync bool) error {
 	return err
 }
 
-// Close fails requests not yet given to the kernel with ErrClosed, waits for
-// those the kernel holds (their buffers are the kernel's until then), and
-// releases the ring. Later Starts fail with ErrClosed. Close is idempotent.
+// Close fails requests not yet given to the kernel with ErrClosed, asks the
+// kernel to cancel those it holds (they fail with ECANCELED), waits for
+// every one of them to complete (their buffers are the kernel's until then;
+// a regular-file read already running is not cancellable and finishes
+// normally), and releases the ring. Later Starts fail with ErrClosed. Close is idempotent.
 func (q *Queue) Close() error {
 	q.once.Do(func() {
 		q.mu.Lock()
@@ -189,8 +191,11 @@ func (q *Queue) submitLoop() {
 				}
 				break
 			}
-			if err := q.r.Prep(&Op{Kind: Nop}, closeTag); err != nil {
-				panic("uring: no room for the closing NOP: " + err.Error()) // flush leaves the SQ empty
+			// Cancel what the kernel holds, so a read that may never
+			// finish (a pipe, a hung device) does not hold Close up.
+			// What cannot be cancelled is waited for.
+			if err := q.r.Prep(&Op{Kind: CancelAll}, closeTag); err != nil {
+				panic("uring: no room for the closing cancel: " + err.Error()) // flush leaves the SQ empty
 			}
 			q.flush()
 			return

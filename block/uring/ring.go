@@ -21,6 +21,10 @@ const (
 	Fsync
 	// Nop does nothing; it completes with 0. Useful to measure the ring.
 	Nop
+	// CancelAll asks the kernel to cancel every request in flight on the
+	// ring (IORING_ASYNC_CANCEL_ANY); it completes with how many it
+	// cancelled, or -ENOENT. Cancelled requests complete with ECANCELED.
+	CancelAll
 )
 
 func (k Kind) String() string {
@@ -33,6 +37,8 @@ func (k Kind) String() string {
 		return "fsync"
 	case Nop:
 		return "nop"
+	case CancelAll:
+		return "cancel"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -75,11 +81,11 @@ func (o *Op) check() error {
 		if len(o.Bufs) > maxIovecs {
 			return fmt.Errorf("uring: %s with %d buffers, at most %d are allowed", o.Kind, len(o.Bufs), maxIovecs)
 		}
-	case Fsync, Nop:
+	case Fsync, Nop, CancelAll:
 	default:
 		return fmt.Errorf("uring: unknown operation %s", o.Kind)
 	}
-	if o.Fd < 0 && o.Kind != Nop {
+	if o.Fd < 0 && o.Kind != Nop && o.Kind != CancelAll {
 		return fmt.Errorf("uring: %s on negative file descriptor %d", o.Kind, o.Fd)
 	}
 	return nil
@@ -99,7 +105,7 @@ func result(o *Op, res int32) (int, error) {
 		return int(res), nil
 	}
 	errno := syscall.Errno(-res)
-	if o.Kind == Fsync || o.Kind == Nop {
+	if o.Kind != Read && o.Kind != Write {
 		return 0, fmt.Errorf("uring: %s fd %d: %w", o.Kind, o.Fd, errno)
 	}
 	return 0, fmt.Errorf("uring: %s fd %d at %d: %w", o.Kind, o.Fd, o.Off, errno)

@@ -140,6 +140,10 @@ func (r *Ring) Prep(op *Op, userData uint64) error {
 	case Nop:
 		s.opcode = opNop
 		s.fd = -1
+	case CancelAll:
+		s.opcode = opCancel
+		s.fd = -1
+		s.opFlags = cancelAny
 	case Fsync:
 		s.opcode = opFsync
 		if op.Datasync {

@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -262,8 +264,9 @@ func TestBackpressure(t *testing.T) {
 	}
 }
 
-// TestClose: Close waits for what the kernel holds, and fails new requests
-// and requests blocked on a full queue with ErrClosed.
+// TestClose: Close cancels what the kernel holds (a pipe read that would
+// never finish), waits for its completion, and fails new requests and
+// requests blocked on a full queue with ErrClosed.
 func TestClose(t *testing.T) {
 	needUring(t)
 	q, err := NewQueue(1)
@@ -281,28 +284,71 @@ func TestClose(t *testing.T) {
 	if err := q.Start(Op{Kind: Read, Fd: p[0], Bufs: [][]byte{buf}}, 1, done); err != nil {
 		t.Fatal(err)
 	}
+	// Wait until the kernel has consumed the SQE, so the read is the
+	// kernel's and not merely queued (that case fails with ErrClosed).
+	for atomic.LoadUint32(q.r.sqHead) != 1 {
+		runtime.Gosched()
+	}
 	blocked := make(chan error)
 	go func() { blocked <- q.Start(Op{Kind: Nop}, 2, done) }()
-	closed := make(chan struct{})
-	go func() { q.Close(); close(closed) }()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-blocked; !errors.Is(err, ErrClosed) {
 		t.Fatalf("Start blocked on a full queue during Close: %v, want ErrClosed", err)
 	}
+	// Close waits for the kernel: the result is there when it returns.
 	select {
-	case <-closed:
-		t.Fatal("Close returned while the kernel still held a read")
+	case r := <-done:
+		if r.Tag != 1 || !errors.Is(r.Err, syscall.ECANCELED) {
+			t.Fatalf("in-flight pipe read: %+v, want ECANCELED", r)
+		}
 	default:
-	}
-	unix.Write(p[1], []byte{'z'})
-	<-closed
-	if r := <-done; r.Tag != 1 || r.N != 1 || buf[0] != 'z' {
-		t.Fatalf("in-flight read: %+v buf %q", r, buf)
+		t.Fatal("Close returned before the in-flight read completed")
 	}
 	if _, err := q.Do(Op{Kind: Nop}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Do after Close: %v, want ErrClosed", err)
 	}
 	if err := q.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestCloseFailsQueued: whatever Close finds, every started request gets
+// exactly one Result, and each is success or ErrClosed/ECANCELED.
+func TestCloseFailsQueued(t *testing.T) {
+	needUring(t)
+	q, err := NewQueue(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tempFile(t, 1<<16)
+	done := make(chan Result, 64)
+	started := 0
+	for i := range 64 {
+		op := Op{Kind: Read, Fd: int(f.Fd()), Off: int64(i) * 1024, Bufs: [][]byte{make([]byte, 1024)}}
+		if i == 40 {
+			go q.Close()
+		}
+		if err := q.Start(op, uint64(i), done); err != nil {
+			if !errors.Is(err, ErrClosed) {
+				t.Fatal(err)
+			}
+			break
+		}
+		started++
+	}
+	q.Close()
+	for range started {
+		r := <-done
+		if r.Err != nil && !errors.Is(r.Err, ErrClosed) && !errors.Is(r.Err, syscall.ECANCELED) {
+			t.Fatalf("request %d: %v", r.Tag, r.Err)
+		}
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("extra result %+v", r)
+	default:
 	}
 }
 
