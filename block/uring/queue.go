@@ -17,27 +17,33 @@ type Result struct {
 	Err error
 }
 
-// Queue lets many goroutines share one Ring. A submitter goroutine owns the
-// submission side and a completion goroutine owns the completion side, so a
-// request entering never waits for one leaving. At most Depth requests are
-// in flight; Start blocks when all slots are taken, which is the
-// backpressure a block device wants. Memory is fixed at New: Depth slots
-// and two channels of Depth entries.
+// Queue lets many goroutines share one Ring. A caller submits its own
+// request under a submission lock (so a request entering never waits for a
+// goroutine hop, and requests that complete inline, such as reads from the
+// page cache, are reaped by the caller right after), while a completion
+// goroutine blocks in the kernel for the rest. At most Depth requests are in
+// flight; Start blocks when all slots are taken, which is the backpressure a
+// block device wants. Memory is fixed at NewQueue: Depth slots and a channel
+// of Depth free slot numbers.
 type Queue struct {
 	r     *Ring
 	depth int
 	slots []atomic.Pointer[request]
 	free  chan uint32 // free slot indices; its capacity bounds the queue
-	sub   chan uint32 // slots handed to the submitter
 	busy  atomic.Int64
 
-	mu      sync.Mutex // orders sends on sub with Close
-	closed  bool
-	closing chan struct{}
-	subDone chan struct{}
-	done    chan struct{}
-	once    sync.Once
-	doneCh  sync.Pool
+	sqMu     sync.Mutex // the Ring's submission side; guards closed
+	closed   bool
+	closing  chan struct{}
+	cqMu     sync.Mutex // the Ring's completion side; guards the two below
+	sawClose bool
+	// onlyLoop stops callers reaping once Close has begun: the
+	// completion goroutine must see Close's cancel itself, or it could
+	// block in the kernel for a completion a caller already took.
+	onlyLoop bool
+	done     chan struct{}
+	once     sync.Once
+	doneCh   sync.Pool
 }
 
 type request struct {
@@ -47,14 +53,15 @@ type request struct {
 	tries int
 }
 
-// closeTag marks the cancel the submitter sends last; it is no slot index.
+// closeTag marks the cancel Close submits; it is no slot index.
 const closeTag = ^uint64(0)
 
 // maxRetries bounds resubmission of requests the kernel failed with EAGAIN
 // or EINTR, so a file that always says EAGAIN cannot spin the queue.
 const maxRetries = 8
 
-// NewQueue sets up a ring with depth entries and starts its two goroutines.
+// NewQueue sets up a ring with depth entries and starts its completion
+// goroutine.
 func NewQueue(depth int) (*Queue, error) {
 	if depth < 1 || depth > 4096 {
 		return nil, fmt.Errorf("uring: queue depth %d, want 1 to 4096", depth)
@@ -68,16 +75,13 @@ func NewQueue(depth int) (*Queue, error) {
 		depth:   depth,
 		slots:   make([]atomic.Pointer[request], depth),
 		free:    make(chan uint32, depth),
-		sub:     make(chan uint32, depth),
 		closing: make(chan struct{}),
-		subDone: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	q.doneCh.New = func() any { return make(chan Result, 1) }
 	for i := range depth {
 		q.free <- uint32(i)
 	}
-	go q.submitLoop()
 	go q.completeLoop()
 	return q, nil
 }
@@ -85,11 +89,11 @@ func NewQueue(depth int) (*Queue, error) {
 // Depth is the most requests the Queue keeps in flight.
 func (q *Queue) Depth() int { return q.depth }
 
-// Start queues op; its Result, carrying tag, is sent on done. done must have
-// buffer room for every Result it will receive: the completion goroutine
-// blocks on a full done, stalling the whole queue. Start blocks while the
-// queue is full and fails with ErrClosed once Close has begun. op's buffers
-// belong to the kernel until its Result arrives.
+// Start submits op; its Result, carrying tag, is sent on done. done must
+// have buffer room for every Result it will receive: a full done blocks the
+// goroutine reaping completions. Start blocks while the queue is full and
+// fails with ErrClosed once Close has begun. op's buffers belong to the
+// kernel until its Result arrives.
 func (q *Queue) Start(op Op, tag uint64, done chan<- Result) error {
 	if err := op.check(); err != nil {
 		return err
@@ -100,17 +104,48 @@ func (q *Queue) Start(op Op, tag uint64, done chan<- Result) error {
 	case <-q.closing:
 		return ErrClosed
 	}
-	q.mu.Lock()
+	req := &request{op: op, tag: tag, done: done}
+	q.sqMu.Lock()
 	if q.closed {
-		q.mu.Unlock()
+		q.sqMu.Unlock()
 		q.free <- i
 		return ErrClosed
 	}
-	q.slots[i].Store(&request{op: op, tag: tag, done: done})
+	q.slots[i].Store(req)
 	q.busy.Add(1)
-	q.sub <- i // never blocks: at most depth slots exist
-	q.mu.Unlock()
+	q.submitLocked(i, req)
+	q.sqMu.Unlock()
+	// Reads from the page cache complete inside io_uring_enter: reap them
+	// here rather than wait for the completion goroutine's turn.
+	if q.cqMu.TryLock() {
+		if !q.onlyLoop {
+			q.reapLocked()
+		}
+		q.cqMu.Unlock()
+	}
 	return nil
+}
+
+// submitLocked preps slot i and enters the kernel; sqMu is held. Prep
+// cannot find the SQ full (at most depth slots, and every submit empties
+// it), and EAGAIN/EBUSY from io_uring_enter mean the kernel is short of
+// memory for the moment: back off briefly and retry, since a prepared entry
+// cannot be taken back.
+func (q *Queue) submitLocked(i uint32, req *request) {
+	if err := q.r.Prep(&req.op, uint64(i)); err != nil {
+		q.finish(i, req, 0, err)
+		return
+	}
+	q.flushLocked()
+}
+
+func (q *Queue) flushLocked() {
+	for backoff := time.Microsecond; ; backoff = min(2*backoff, time.Millisecond) {
+		if _, err := q.r.Submit(0); err == nil {
+			return
+		}
+		time.Sleep(backoff)
+	}
 }
 
 // Do runs op and waits for it.
@@ -139,17 +174,28 @@ func (q *Queue) Sync(fd int, datasync bool) error {
 	return err
 }
 
-// Close fails requests not yet given to the kernel with ErrClosed, asks the
-// kernel to cancel those it holds (they fail with ECANCELED), waits for
-// every one of them to complete (their buffers are the kernel's until then;
-// a regular-file read already running is not cancellable and finishes
-// normally), and releases the ring. Later Starts fail with ErrClosed. Close is idempotent.
+// Close fails later Starts (and those blocked on a full queue) with
+// ErrClosed, asks the kernel to cancel the requests it holds (they fail
+// with ECANCELED), waits for every one of them to complete (their buffers
+// are the kernel's until then; a regular-file read already running is not
+// cancellable and finishes normally), and releases the ring. Close is
+// idempotent.
 func (q *Queue) Close() error {
 	q.once.Do(func() {
-		q.mu.Lock()
+		q.sqMu.Lock()
 		q.closed = true
 		close(q.closing)
-		q.mu.Unlock()
+		q.sqMu.Unlock()
+		q.cqMu.Lock()
+		q.onlyLoop = true
+		q.cqMu.Unlock()
+		q.sqMu.Lock()
+		// The SQ is empty between Starts, so there is room.
+		if err := q.r.Prep(&Op{Kind: CancelAll}, closeTag); err != nil {
+			panic("uring: no room for the closing cancel: " + err.Error())
+		}
+		q.flushLocked()
+		q.sqMu.Unlock()
 	})
 	<-q.done
 	return nil
@@ -163,98 +209,49 @@ func (q *Queue) finish(i uint32, req *request, n int, err error) {
 	req.done <- Result{Tag: req.tag, N: n, Err: err}
 }
 
-func (q *Queue) submitLoop() {
-	defer close(q.subDone)
-	for {
-		select {
-		case i := <-q.sub:
-			q.prep(i)
-		batch:
-			for {
-				select {
-				case j := <-q.sub:
-					q.prep(j)
-				default:
-					break batch
-				}
-			}
-			q.flush()
-		case <-q.closing:
-			// Every send on sub happened before closing was closed
-			// (both under mu), so this drains all of them.
-			for {
-				select {
-				case i := <-q.sub:
-					q.finish(i, q.slots[i].Load(), 0, ErrClosed)
-					continue
-				default:
-				}
-				break
-			}
-			// Cancel what the kernel holds, so a read that may never
-			// finish (a pipe, a hung device) does not hold Close up.
-			// What cannot be cancelled is waited for.
-			if err := q.r.Prep(&Op{Kind: CancelAll}, closeTag); err != nil {
-				panic("uring: no room for the closing cancel: " + err.Error()) // flush leaves the SQ empty
-			}
-			q.flush()
+// reapLocked delivers every ready completion; cqMu is held.
+func (q *Queue) reapLocked() {
+	q.r.Reap(func(ud uint64, res int32) {
+		if ud == closeTag {
+			q.sawClose = true
 			return
 		}
-	}
-}
-
-func (q *Queue) prep(i uint32) {
-	req := q.slots[i].Load()
-	if err := q.r.Prep(&req.op, uint64(i)); err != nil {
-		// Cannot happen: at most depth slots and each flush empties the
-		// SQ; fail the request rather than lose it.
-		q.finish(i, req, 0, err)
-	}
-}
-
-// flush submits everything prepared. EAGAIN and EBUSY mean the kernel is
-// short of memory for the moment; back off briefly and retry, since the
-// prepared entries cannot be taken back.
-func (q *Queue) flush() {
-	for backoff := time.Microsecond; ; backoff = min(2*backoff, time.Millisecond) {
-		_, err := q.r.Submit(0)
-		if err == nil {
-			return
+		i := uint32(ud)
+		req := q.slots[i].Load()
+		if (res == -int32(syscall.EAGAIN) || res == -int32(syscall.EINTR)) && req.tries < maxRetries {
+			req.tries++
+			q.sqMu.Lock()
+			if !q.closed {
+				q.submitLocked(i, req)
+				q.sqMu.Unlock()
+				return
+			}
+			q.sqMu.Unlock()
 		}
-		time.Sleep(backoff)
-	}
+		n, err := result(&req.op, res)
+		q.finish(i, req, n, err)
+	})
 }
 
 func (q *Queue) completeLoop() {
 	defer close(q.done)
-	sawClose := false
-	for !sawClose || q.busy.Load() != 0 {
+	for {
 		if err := q.r.Wait(); err != nil {
 			// io_uring_enter failing for GETEVENTS alone means the ring
 			// itself is broken; there is nothing to retry.
 			panic(err)
 		}
-		q.r.Reap(func(ud uint64, res int32) {
-			if ud == closeTag {
-				sawClose = true
-				return
-			}
-			i := uint32(ud)
-			req := q.slots[i].Load()
-			if (res == -int32(syscall.EAGAIN) || res == -int32(syscall.EINTR)) && req.tries < maxRetries {
-				req.tries++
-				q.mu.Lock()
-				if !q.closed {
-					q.sub <- i
-					q.mu.Unlock()
-					return
-				}
-				q.mu.Unlock()
-			}
-			n, err := result(&req.op, res)
-			q.finish(i, req, n, err)
-		})
+		q.cqMu.Lock()
+		q.reapLocked()
+		end := q.sawClose && q.busy.Load() == 0
+		q.cqMu.Unlock()
+		if end {
+			break
+		}
 	}
-	<-q.subDone
+	// Close may still be inside Submit for its cancel (whose completion
+	// can arrive before io_uring_enter returns): unmap only after it.
+	q.sqMu.Lock()
 	q.r.Close()
+	q.sqMu.Unlock()
 }
