@@ -32,8 +32,13 @@ type Queue struct {
 	free  chan uint32 // free slot indices; its capacity bounds the queue
 	busy  atomic.Int64
 
-	sqMu     sync.Mutex // the Ring's submission side; guards closed
-	closed   bool
+	sqMu   sync.Mutex // the Ring's Prep and Publish; guards closed
+	closed bool
+	// ringMu is held shared by callers entering the kernel outside sqMu
+	// and exclusively to close the ring, so no io_uring_enter can meet an
+	// unmapped ring or a reused descriptor number.
+	ringMu   sync.RWMutex
+	ringGone bool
 	closing  chan struct{}
 	cqMu     sync.Mutex // the Ring's completion side; guards the two below
 	sawClose bool
@@ -113,8 +118,21 @@ func (q *Queue) Start(op Op, tag uint64, done chan<- Result) error {
 	}
 	q.slots[i].Store(req)
 	q.busy.Add(1)
-	q.submitLocked(i, req)
+	if err := q.r.Prep(&req.op, uint64(i)); err != nil {
+		q.sqMu.Unlock()
+		q.finish(i, req, 0, err)
+		return nil
+	}
+	pos := q.r.Publish()
 	q.sqMu.Unlock()
+	// Enter outside sqMu so submitters on both cores overlap their
+	// syscalls; one enter takes every published entry, so a caller whose
+	// entry another caller already submitted skips the syscall.
+	q.ringMu.RLock()
+	if !q.ringGone {
+		q.submitTo(pos)
+	}
+	q.ringMu.RUnlock()
 	// Reads from the page cache complete inside io_uring_enter: reap them
 	// here rather than wait for the completion goroutine's turn.
 	if q.cqMu.TryLock() {
@@ -139,9 +157,11 @@ func (q *Queue) submitLocked(i uint32, req *request) {
 	q.flushLocked()
 }
 
-func (q *Queue) flushLocked() {
+func (q *Queue) flushLocked() { q.submitTo(q.r.Publish()) }
+
+func (q *Queue) submitTo(pos uint32) {
 	for backoff := time.Microsecond; ; backoff = min(2*backoff, time.Millisecond) {
-		if _, err := q.r.Submit(0); err == nil {
+		if err := q.r.SubmitTo(pos); err == nil {
 			return
 		}
 		time.Sleep(backoff)
@@ -252,6 +272,9 @@ func (q *Queue) completeLoop() {
 	// Close may still be inside Submit for its cancel (whose completion
 	// can arrive before io_uring_enter returns): unmap only after it.
 	q.sqMu.Lock()
+	q.ringMu.Lock()
+	q.ringGone = true
 	q.r.Close()
+	q.ringMu.Unlock()
 	q.sqMu.Unlock()
 }

@@ -218,6 +218,33 @@ func (r *Ring) Submit(wait uint32) (int, error) {
 	}
 }
 
+// Publish makes the prepared entries visible to the kernel and returns the
+// SQ position just past them; SubmitTo enters the kernel until it has taken
+// everything before that position. Together they let several goroutines
+// share the submission side: Prep and Publish under one lock, SubmitTo
+// outside it, concurrently (the kernel serialises submission itself and
+// takes only entries already published).
+func (r *Ring) Publish() uint32 {
+	atomic.StoreUint32(r.sqTail, r.sqeTail) // release: SQEs before tail
+	return r.sqeTail
+}
+
+// SubmitTo returns once the kernel's SQ head has reached pos, entering the
+// kernel with the published entries as needed. EINTR is retried; other
+// errors are returned wrapped.
+func (r *Ring) SubmitTo(pos uint32) error {
+	for {
+		head := atomic.LoadUint32(r.sqHead)
+		if int32(pos-head) <= 0 {
+			return nil
+		}
+		_, err := enter(r.fd, atomic.LoadUint32(r.sqTail)-head, 0, 0)
+		if err != nil && err != syscall.EINTR {
+			return fmt.Errorf("uring: io_uring_enter: %w", err)
+		}
+	}
+}
+
 // Wait blocks until at least one completion is ready to Reap.
 func (r *Ring) Wait() error {
 	for atomic.LoadUint32(r.cqTail) == atomic.LoadUint32(r.cqHead) {
