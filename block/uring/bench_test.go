@@ -2,6 +2,7 @@ package uring
 
 import (
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,18 @@ const benchSize, benchBlock, benchDepth = 64 << 20, 4096, 32
 
 func benchFile(b *testing.B) int {
 	f := tempFile(b, 0)
+	benchFileAt(b, f.Name())
+	return int(f.Fd())
+}
+
+// benchFileAt fills path with benchSize bytes and reads them once, so they
+// are in the page cache.
+func benchFileAt(b *testing.B, path string) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
 	chunk := make([]byte, 1<<20)
 	for i := range chunk {
 		chunk[i] = byte(i * 7)
@@ -31,10 +44,13 @@ func benchFile(b *testing.B) int {
 			b.Fatal(err)
 		}
 	}
-	return int(f.Fd())
 }
 
 func runParallel(b *testing.B, read func(p []byte, off int64) error) {
+	runParallelBuf(b, func() []byte { return make([]byte, benchBlock) }, read)
+}
+
+func runParallelBuf(b *testing.B, buf func() []byte, read func(p []byte, off int64) error) {
 	var seed atomic.Uint64
 	// RunParallel starts parallelism*GOMAXPROCS goroutines.
 	b.SetParallelism(max(1, benchDepth/runtimeProcs()))
@@ -42,7 +58,7 @@ func runParallel(b *testing.B, read func(p []byte, off int64) error) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		rng := rand.New(rand.NewPCG(seed.Add(1), 0))
-		p := make([]byte, benchBlock)
+		p := buf()
 		for pb.Next() {
 			off := rng.Int64N(benchSize/benchBlock) * benchBlock
 			if err := read(p, off); err != nil {
