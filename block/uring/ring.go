@@ -3,6 +3,7 @@ package uring
 import (
 	"errors"
 	"fmt"
+	"math"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,10 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
+// maxBuf keeps a buffer length within the SQE's 32-bit len (the kernel
+// caps a single transfer below 2 GiB anyway).
+const maxBuf = math.MaxInt32
+
 // maxIovecs is the kernel's UIO_MAXIOV: READV/WRITEV reject more.
 const maxIovecs = 1024
 
@@ -78,12 +83,20 @@ func (o *Op) check() error {
 		if o.Off < 0 {
 			return fmt.Errorf("uring: %s at negative offset %d", o.Kind, o.Off)
 		}
+		for _, b := range o.Bufs {
+			if len(b) > maxBuf {
+				return fmt.Errorf("uring: %s buffer of %d bytes, at most %d per buffer", o.Kind, len(b), maxBuf)
+			}
+		}
 		if len(o.Bufs) > maxIovecs {
 			return fmt.Errorf("uring: %s with %d buffers, at most %d are allowed", o.Kind, len(o.Bufs), maxIovecs)
 		}
 	case Fsync, Nop, CancelAll:
 	default:
 		return fmt.Errorf("uring: unknown operation %s", o.Kind)
+	}
+	if o.Fd > math.MaxInt32 {
+		return fmt.Errorf("uring: file descriptor %d out of range", o.Fd)
 	}
 	if o.Fd < 0 && o.Kind != Nop && o.Kind != CancelAll {
 		return fmt.Errorf("uring: %s on negative file descriptor %d", o.Kind, o.Fd)

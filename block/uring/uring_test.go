@@ -171,6 +171,9 @@ func TestShortReadAndErrors(t *testing.T) {
 	if _, err := q.ReadAt(int(f.Fd()), p, -1); err == nil {
 		t.Fatal("negative offset accepted")
 	}
+	if _, err := q.Do(Op{Kind: Read, Fd: 1 << 40, Bufs: [][]byte{p}}); err == nil {
+		t.Fatal("file descriptor beyond int32 accepted")
+	}
 	if _, err := q.Do(Op{Kind: Read, Fd: int(f.Fd()), Bufs: make([][]byte, maxIovecs+1)}); err == nil {
 		t.Fatal("too many buffers accepted")
 	}
