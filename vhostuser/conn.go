@@ -29,7 +29,7 @@ func (c *Conn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
 // SCM_RIGHTS. The caller keeps ownership of fds (the kernel gives the peer
 // copies).
 func (c *Conn) WriteMessage(h Header, payload []byte, fds []int) error {
-	if len(payload) > MaxPayload+memTableHeader+MaxRegions*regionSize {
+	if len(payload) > MaxPayload {
 		return fmt.Errorf("vhostuser: %v payload of %d bytes is too large", h.Request, len(payload))
 	}
 	if len(fds) > MaxFDs {
@@ -59,8 +59,13 @@ func (c *Conn) WriteMessage(h Header, payload []byte, fds []int) error {
 
 // ReadMessage receives one message. The header is checked (ParseHeader)
 // before the payload is read, and descriptors beyond what the request may
-// carry are refused. On any error every descriptor received is closed and
-// the connection should be dropped: the stream may be out of step.
+// carry are refused. On any error every descriptor received is closed.
+//
+// An unknown request with a plausible size (at most MaxPayload) is
+// skipped: ReadMessage returns its header (no payload, no descriptors)
+// with an error wrapping ErrUnsupported, and the stream stays in step, so
+// a back-end can answer it with a failure and carry on. After any other
+// error the connection must be dropped.
 func (c *Conn) ReadMessage() (*Message, error) {
 	var hb [HeaderSize]byte
 	var fds []int
@@ -94,6 +99,13 @@ func (c *Conn) ReadMessage() (*Message, error) {
 		got += n
 	}
 	h, err := ParseHeader(hb[:])
+	if errors.Is(err, ErrUnsupported) && h.Size <= MaxPayload {
+		closeFDs(fds)
+		if _, rerr := io.ReadFull(c.c, make([]byte, h.Size)); rerr != nil {
+			return nil, fmt.Errorf("vhostuser: skipping the %v payload: %w", h.Request, rerr)
+		}
+		return &Message{Header: h}, err
+	}
 	if err != nil {
 		return fail(err)
 	}

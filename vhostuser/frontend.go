@@ -21,6 +21,7 @@ type Frontend struct {
 	conn     *Conn
 	timeout  time.Duration
 	offered  uint64 // GET_FEATURES
+	acked    uint64 // SET_FEATURES
 	protocol uint64 // negotiated protocol features
 	table    []MemoryRegion
 	broken   error // set once the stream is out of step
@@ -139,8 +140,13 @@ func (f *Frontend) SetFeatures(features uint64) error {
 	if features&^offered != 0 {
 		return fmt.Errorf("vhostuser: features %#x were not offered by the back-end (it offers %#x)", features&^offered, offered)
 	}
-	_, err := f.call(SetFeatures, U64(features), nil, false)
-	return err
+	if _, err := f.call(SetFeatures, U64(features), nil, false); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.acked = features
+	f.mu.Unlock()
+	return nil
 }
 
 // GetProtocolFeatures returns the protocol features the back-end offers.
@@ -321,6 +327,12 @@ func (f *Frontend) SetVringBase(i uint32, base uint16) error {
 // SetVringEnable enables or disables queue i (with FProtocolFeatures,
 // rings start disabled).
 func (f *Frontend) SetVringEnable(i uint32, on bool) error {
+	f.mu.Lock()
+	acked := f.acked
+	f.mu.Unlock()
+	if acked&FProtocolFeatures == 0 {
+		return fmt.Errorf("%w: SET_VRING_ENABLE needs FProtocolFeatures acknowledged with SET_FEATURES", ErrUnsupported)
+	}
 	var v uint32
 	if on {
 		v = 1

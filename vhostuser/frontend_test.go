@@ -152,4 +152,7 @@ func TestSetMemTableNeedsSharedMemory(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "memfd") {
 		t.Fatalf("anonymous RAM: %v", err)
 	}
+	if err := f.SetVringEnable(0, true); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("SET_VRING_ENABLE before protocol features: %v", err)
+	}
 }

@@ -234,3 +234,22 @@ func TestConnCarriesFDs(t *testing.T) {
 		t.Fatal("Message.Close left the descriptor open")
 	}
 }
+
+func TestReadMessageSkipsUnknownRequest(t *testing.T) {
+	a, b := socketPair(t)
+	w, closed := pipeProbe(t)
+	sendRaw(t, a, Header{Request: 77, Flags: Version, Size: 16}, make([]byte, 16), []int{w})
+	sendRaw(t, a, Header{Request: GetFeatures, Flags: Version}, nil, nil)
+	c := NewConn(b)
+	m, err := c.ReadMessage()
+	if !errors.Is(err, ErrUnsupported) || m == nil || m.Request != 77 || len(m.FDs) != 0 {
+		t.Fatalf("unknown request: %v %+v", err, m)
+	}
+	if !closed() {
+		t.Fatal("descriptor sent with an unknown request left open")
+	}
+	m, err = c.ReadMessage()
+	if err != nil || m.Request != GetFeatures {
+		t.Fatalf("next message after the skipped one: %v %+v", err, m)
+	}
+}
