@@ -22,6 +22,7 @@ type Frontend struct {
 	timeout  time.Duration
 	offered  uint64 // GET_FEATURES
 	acked    uint64 // SET_FEATURES
+	offeredP uint64 // GET_PROTOCOL_FEATURES
 	protocol uint64 // negotiated protocol features
 	table    []MemoryRegion
 	broken   error // set once the stream is out of step
@@ -86,8 +87,8 @@ func (f *Frontend) call(req Request, payload []byte, fds []int, hasReply bool) (
 		return nil, f.broken
 	}
 	m.Close() // ReadMessage refuses descriptors on replies; belt and braces
-	if !m.Reply() || m.Request != req {
-		f.broken = fmt.Errorf("%w: sent %v, got %v (reply %v)", ErrMalformed, req, m.Request, m.Reply())
+	if m.Flags != Version|FlagReply || m.Request != req {
+		f.broken = fmt.Errorf("%w: sent %v, got %v with flags %#x", ErrMalformed, req, m.Request, m.Flags)
 		return nil, f.broken
 	}
 	if ack {
@@ -158,15 +159,28 @@ func (f *Frontend) GetProtocolFeatures() (uint64, error) {
 	if offered&FProtocolFeatures == 0 {
 		return 0, fmt.Errorf("%w: back-end does not offer protocol features", ErrUnsupported)
 	}
-	return f.getU64(GetProtocolFeatures)
+	v, err := f.getU64(GetProtocolFeatures)
+	if err == nil {
+		f.mu.Lock()
+		f.offeredP = v
+		f.mu.Unlock()
+	}
+	return v, err
 }
 
-// SetProtocolFeatures enables protocol features. Only MQ, REPLY_ACK and
-// CONFIG are implemented here; asking for others is an error. REPLY_ACK
+// SetProtocolFeatures enables protocol features, which must be a subset of
+// what GetProtocolFeatures offered. Only MQ, REPLY_ACK and CONFIG are
+// implemented here; asking for others is an error. REPLY_ACK
 // applies from the next request on.
 func (f *Frontend) SetProtocolFeatures(features uint64) error {
 	if features&^uint64(protocolFeaturesImplemented) != 0 {
 		return fmt.Errorf("%w: protocol features %#x", ErrUnsupported, features&^uint64(protocolFeaturesImplemented))
+	}
+	f.mu.Lock()
+	offered := f.offeredP
+	f.mu.Unlock()
+	if features&^offered != 0 {
+		return fmt.Errorf("vhostuser: protocol features %#x were not offered by the back-end (it offers %#x)", features&^offered, offered)
 	}
 	if _, err := f.call(SetProtocolFeatures, U64(features), nil, false); err != nil {
 		return err

@@ -107,6 +107,9 @@ func TestFrontendNegotiateAndAck(t *testing.T) {
 	if _, err := f.GetConfig(0, 8); !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("GET_CONFIG without CONFIG: %v", err)
 	}
+	if err := f.SetProtocolFeatures(ProtocolConfig | ProtocolMQ | ProtocolReplyAck); err != nil {
+		t.Fatalf("offered protocol features refused: %v", err)
+	}
 	if err := f.SetFeatures(1 << 40); err == nil {
 		t.Fatal("SET_FEATURES with a feature not offered succeeded")
 	}
