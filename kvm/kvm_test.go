@@ -515,3 +515,4 @@ func TestEventFD(t *testing.T) {
 		t.Fatal("Close did not wake a blocked Wait")
 	}
 }
+

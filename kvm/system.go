@@ -165,7 +165,18 @@ func isPVM(module, cpuinfo string) bool {
 
 // CreateVM creates a VM (KVM_CREATE_VM, machine type 0).
 func (s *System) CreateVM() (*VM, error) {
-	fd, err := ioctl(s.fd, ioctlCreateVM, 0)
+	var fd uintptr
+	var err error
+	// KVM_CREATE_VM registers an MMU notifier, which gives up with EINTR
+	// when a signal is pending, before anything was created; Go's
+	// runtime signals its threads all the time (preemption), so this is
+	// an ordinary event, seen in this project's suite. Retry it: the
+	// signal is handled on the way back to user space.
+	for range 1000 {
+		if fd, err = ioctl(s.fd, ioctlCreateVM, 0); !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, ioctlError("KVM_CREATE_VM", err)
 	}
