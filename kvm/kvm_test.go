@@ -515,4 +515,3 @@ func TestEventFD(t *testing.T) {
 		t.Fatal("Close did not wake a blocked Wait")
 	}
 }
-
