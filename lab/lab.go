@@ -200,6 +200,21 @@ func Exec(ctx context.Context, cfg Config, argv []string, stdout, stderr io.Writ
 	}
 }
 
+// ErrL1Locked means L1's own kernel reported a CPU stuck for a minute or
+// more (a soft lockup): the emulated machine has wedged (seen with nested
+// SVM under TCG, see LAB.md) and would never report the command's status.
+// L1 is killed at once instead of at the run's deadline; the command may
+// have run partly, so only a caller that knows it can run it again (a test
+// binary: labtest) retries.
+var ErrL1Locked = errors.New("lab: L1's kernel locked up")
+
+// lockupSeconds is how long a stuck CPU is tolerated before ErrL1Locked: a
+// loaded host can stall L1 for a while and make its watchdog complain
+// once, but a real lockup keeps growing.
+const lockupSeconds = 60
+
+var softLockup = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s`)
+
 // errBootStalled means L1 did not reach its init in BootTimeout.
 var errBootStalled = errors.New("lab: L1 did not finish booting")
 
@@ -225,7 +240,7 @@ func boot(ctx context.Context, cfg Config, args []string, stdout, stderr io.Writ
 		w.Close() // QEMU holds them now; EOF arrives when it exits
 	}
 
-	con := &console{verbose: cfg.Verbose, ready: make(chan struct{})}
+	con := &console{verbose: cfg.Verbose, ready: make(chan struct{}), locked: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); con.read(pipes[0]) }()
@@ -244,6 +259,10 @@ wait:
 			break wait
 		case <-con.ready:
 			bootTimer.Stop()
+		case <-con.locked:
+			cmd.Process.Kill()
+			<-waited
+			return fmt.Errorf("%w after %v; L1 was killed%s", ErrL1Locked, time.Since(start).Round(100*time.Millisecond), con.tailLocked())
 		case <-bootTimer.C:
 			cmd.Process.Kill()
 			<-waited
@@ -289,12 +308,14 @@ wait:
 type console struct {
 	verbose io.Writer
 	ready   chan struct{} // closed at the "ready" marker
+	locked  chan struct{} // closed when L1's kernel reports a lasting soft lockup
 
-	mu      sync.Mutex
-	lines   []string
-	isReady bool
-	exit    *int
-	failure string
+	mu       sync.Mutex
+	lines    []string
+	isReady  bool
+	isLocked bool
+	exit     *int
+	failure  string
 }
 
 var marker = regexp.MustCompile(`@@vio-lab (\w+) ?(.*)$`)
@@ -308,6 +329,12 @@ func (c *console) read(r io.Reader) {
 			fmt.Fprintln(c.verbose, line)
 		}
 		c.mu.Lock()
+		if m := softLockup.FindStringSubmatch(line); m != nil && !c.isLocked {
+			if n, _ := strconv.Atoi(m[1]); n >= lockupSeconds {
+				c.isLocked = true
+				close(c.locked)
+			}
+		}
 		if m := marker.FindStringSubmatch(line); m != nil {
 			switch m[1] {
 			case "ready":
