@@ -40,7 +40,7 @@ func Run(m *testing.M) int {
 	if Inside() || lab.HardwareKVM() {
 		return m.Run()
 	}
-	return relaunchUnlessOff("this host has no hardware virtualization")
+	return relaunchUnlessOff("this host has no hardware virtualization", 0)
 }
 
 // MainKVM is Main for packages whose tests need a /dev/kvm but not a fast
@@ -54,8 +54,14 @@ func RunKVM(m *testing.M) int {
 	if Inside() || kvmOpens() || fuzzing(os.Args[1:]) {
 		return m.Run()
 	}
-	return relaunchUnlessOff("this host has no usable /dev/kvm")
+	return relaunchUnlessOff("this host has no usable /dev/kvm", tinyGuestBudget)
 }
+
+// tinyGuestBudget bounds a lab run of MainKVM's packages: their hand-made
+// guests take a minute or two together even on a loaded machine, so a run
+// still going after this has hung, and should say so long before go test's
+// package deadline (40 minutes in the suite) ends it.
+const tinyGuestBudget = 10 * time.Minute
 
 // fuzzing reports whether the test binary was started to fuzz (or as a
 // fuzz worker) with no ordinary test selected: fuzz targets exercise pure
@@ -84,16 +90,22 @@ func kvmOpens() bool {
 	return true
 }
 
-func relaunchUnlessOff(why string) int {
+func relaunchUnlessOff(why string, budget time.Duration) int {
 	if os.Getenv("VIO_LAB") == "off" {
 		fmt.Printf("%s%s and VIO_LAB=off: none of this package's tests ran\n", suite.LayerSkipPrefix, why)
 		fmt.Println("PASS")
 		return 0
 	}
-	return relaunch(why)
+	return relaunch(why, budget)
 }
 
-func relaunch(why string) int {
+// relaunch runs this test binary in the lab. The binary inside gets a
+// deadline of its own, a margin before the lab's: a test that hangs there
+// then fails the Go way, naming itself and printing every goroutine's
+// stack. If the lab's deadline comes first anyway, L1 itself stopped
+// running its programs (LAB.md's hazard), which is treated like a
+// reported lockup: the package runs once more in a fresh lab, saying so.
+func relaunch(why string, budget time.Duration) int {
 	ctx := context.Background()
 	if _, err := assets.Ensure(ctx, assets.DefaultDir(), nil); err != nil {
 		fmt.Fprintln(os.Stderr, "labtest:", err)
@@ -104,18 +116,26 @@ func relaunch(why string) int {
 		fmt.Fprintln(os.Stderr, "labtest:", err)
 		return 1
 	}
-	cfg := lab.Config{Timeout: timeout(os.Args[1:]), Env: passEnv()}
+	labDeadline, testDeadline := deadlines(os.Args[1:], budget)
+	cfg := lab.Config{Timeout: labDeadline, Env: passEnv()}
+	argv := append([]string{self}, withTimeout(os.Args[1:], testDeadline)...)
 	if os.Getenv("VIO_LAB_VERBOSE") != "" {
 		cfg.Verbose = os.Stderr
 	}
 	start := time.Now()
 	fmt.Printf("labtest: %s; running %s in the lab\n", why, filepath.Base(self))
-	err = lab.Exec(ctx, cfg, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
-	if errors.Is(err, lab.ErrL1Locked) {
-		// The emulated machine wedged under the tests (LAB.md's hazard),
-		// not the tests themselves: say so and run them all once more.
-		fmt.Printf("labtest: %v\nlabtest: L1 locked up; running %s in a fresh lab once more\n", err, filepath.Base(self))
-		err = lab.Exec(ctx, cfg, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
+	err = lab.Exec(ctx, cfg, argv, os.Stdout, os.Stderr)
+	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrTimeout) {
+		// The emulated machine wedged under the tests, not the tests
+		// themselves (their own deadline would have fired first): say so
+		// and run them all once more if go test's deadline leaves room.
+		fmt.Printf("labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up, or its test binary could not even time out)\n", err)
+		if left := goDeadline(os.Args[1:]) - 30*time.Second - time.Since(start); left >= labDeadline {
+			fmt.Printf("labtest: running %s in a fresh lab once more\n", filepath.Base(self))
+			err = lab.Exec(ctx, cfg, argv, os.Stdout, os.Stderr)
+		} else {
+			fmt.Printf("labtest: go test's deadline leaves %v, too little to run %s again\n", left.Round(time.Second), filepath.Base(self))
+		}
 	}
 	fmt.Printf("labtest: lab run took %v\n", time.Since(start).Round(100*time.Millisecond))
 	var exit *lab.ExitError
@@ -129,9 +149,28 @@ func relaunch(why string) int {
 	return 0
 }
 
-// timeout leaves the lab a little less than go test's own deadline, so that
-// the lab's clear timeout message comes out before go test kills us.
-func timeout(args []string) time.Duration {
+// deadlines gives the lab run and the test binary inside it their
+// deadlines: the lab's is go test's own (-test.timeout, default 10m) less
+// 30 s, so that its clear message comes out before go test kills us, and no
+// more than budget when one is given; the binary's is a margin shorter, long
+// enough for a timed-out test's stack dump to reach us.
+func deadlines(args []string, budget time.Duration) (labDeadline, testDeadline time.Duration) {
+	d := goDeadline(args)
+	if d > 2*time.Minute {
+		d -= 30 * time.Second
+	}
+	if budget > 0 && budget < d {
+		d = budget
+	}
+	margin := max(d/10, time.Minute)
+	if margin > d/2 {
+		margin = d / 2
+	}
+	return d, d - margin
+}
+
+// goDeadline is the -test.timeout go test gave this binary.
+func goDeadline(args []string) time.Duration {
 	d := 10 * time.Minute
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, "-test.timeout="); ok {
@@ -140,10 +179,18 @@ func timeout(args []string) time.Duration {
 			}
 		}
 	}
-	if d > 2*time.Minute {
-		d -= 30 * time.Second
-	}
 	return d
+}
+
+// withTimeout returns args with -test.timeout set to d.
+func withTimeout(args []string, d time.Duration) []string {
+	out := make([]string, 0, len(args)+1)
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-test.timeout=") {
+			out = append(out, a)
+		}
+	}
+	return append(out, "-test.timeout="+d.String())
 }
 
 // passEnv forwards the variables tests may be steered with.

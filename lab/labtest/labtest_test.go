@@ -1,6 +1,10 @@
 package labtest
 
-import "testing"
+import (
+	"strings"
+	"testing"
+	"time"
+)
 
 func TestFuzzing(t *testing.T) {
 	for _, c := range []struct {
@@ -17,5 +21,31 @@ func TestFuzzing(t *testing.T) {
 		if got := fuzzing(c.args); got != c.want {
 			t.Errorf("fuzzing(%q) = %v, want %v", c.args, got, c.want)
 		}
+	}
+}
+
+func TestDeadlines(t *testing.T) {
+	for _, c := range []struct {
+		args      []string
+		budget    time.Duration
+		lab, test time.Duration
+	}{
+		{[]string{"-test.timeout=40m0s"}, 0, 39*time.Minute + 30*time.Second, 35*time.Minute + 33*time.Second},
+		{[]string{"-test.timeout=40m0s"}, 10 * time.Minute, 10 * time.Minute, 9 * time.Minute},
+		{nil, 0, 9*time.Minute + 30*time.Second, 8*time.Minute + 30*time.Second},
+		{[]string{"-test.timeout=1m"}, 0, time.Minute, 30 * time.Second},
+	} {
+		lab, test := deadlines(c.args, c.budget)
+		if lab != c.lab || test != c.test {
+			t.Errorf("deadlines(%q, %v) = %v, %v; want %v, %v", c.args, c.budget, lab, test, c.lab, c.test)
+		}
+		if test >= lab {
+			t.Errorf("deadlines(%q): the test binary's %v is not before the lab's %v", c.args, test, lab)
+		}
+	}
+	got := withTimeout([]string{"-test.run=X", "-test.timeout=40m0s", "-test.v=true"}, 9*time.Minute)
+	want := []string{"-test.run=X", "-test.v=true", "-test.timeout=9m0s"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("withTimeout = %q, want %q", got, want)
 	}
 }
