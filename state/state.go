@@ -104,3 +104,31 @@ var (
 	ErrInvalid  = errors.New("state: invalid device state")
 	ErrInFlight = errors.New("state: requests in flight")
 )
+
+// Save is the body of a MarshalState whose SaveState can fail:
+// state.Save(d.SaveState()).
+func Save[S any](s S, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	return Marshal(s)
+}
+
+// Load is the body of an UnmarshalState: a section of version (at most
+// latest, the component's StateVersion) decoded strictly into a fresh S and
+// handed to restore. Snapshot.Restore checks the version before a component
+// sees the data; Load checks it again for callers that restore a component
+// directly.
+func Load[S any](version, latest uint32, data []byte, restore func(S) error) error {
+	switch {
+	case version == 0:
+		return fmt.Errorf("%w: state version 0", ErrCorrupt)
+	case version > latest:
+		return fmt.Errorf("%w: state version %d, this vio reads up to %d: upgrade vio", ErrNewer, version, latest)
+	}
+	var s S
+	if err := Unmarshal(data, &s); err != nil {
+		return err
+	}
+	return restore(s)
+}

@@ -278,3 +278,28 @@ func TestGate(t *testing.T) {
 	g.Leave()
 	close(stop)
 }
+
+func TestSaveLoad(t *testing.T) {
+	type S struct{ N int }
+	data, err := state.Save(S{N: 7}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := state.Save(S{}, errors.New("busy")); err == nil || err.Error() != "busy" {
+		t.Errorf("Save passed over its error: %v", err)
+	}
+	var got S
+	keep := func(s S) error { got = s; return nil }
+	if err := state.Load(1, 1, data, keep); err != nil || got.N != 7 {
+		t.Errorf("Load: %+v, %v", got, err)
+	}
+	if err := state.Load(2, 1, data, keep); !errors.Is(err, state.ErrNewer) {
+		t.Errorf("a newer version: %v", err)
+	}
+	if err := state.Load(0, 1, data, keep); !errors.Is(err, state.ErrCorrupt) {
+		t.Errorf("version 0: %v", err)
+	}
+	if err := state.Load(1, 1, []byte(`{"N":1,"M":2}`), keep); !errors.Is(err, state.ErrCorrupt) {
+		t.Errorf("an unknown field: %v", err)
+	}
+}

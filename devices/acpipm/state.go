@@ -45,10 +45,6 @@ func (*Device) StateVersion() uint32 { return 1 }
 func (d *Device) MarshalState() ([]byte, error) { return state.Marshal(d.SaveState()) }
 
 // UnmarshalState implements state.Snapshottable.
-func (d *Device) UnmarshalState(_ uint32, data []byte) error {
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	return d.RestoreState(s)
+func (d *Device) UnmarshalState(version uint32, data []byte) error {
+	return state.Load(version, d.StateVersion(), data, d.RestoreState)
 }

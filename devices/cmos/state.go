@@ -48,10 +48,6 @@ func (*CMOS) StateVersion() uint32 { return 1 }
 func (c *CMOS) MarshalState() ([]byte, error) { return state.Marshal(c.SaveState()) }
 
 // UnmarshalState implements state.Snapshottable.
-func (c *CMOS) UnmarshalState(_ uint32, data []byte) error {
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	return c.RestoreState(s)
+func (c *CMOS) UnmarshalState(version uint32, data []byte) error {
+	return state.Load(version, c.StateVersion(), data, c.RestoreState)
 }

@@ -80,10 +80,6 @@ func (*Controller) StateVersion() uint32 { return 1 }
 func (c *Controller) MarshalState() ([]byte, error) { return state.Marshal(c.SaveState()) }
 
 // UnmarshalState implements state.Snapshottable.
-func (c *Controller) UnmarshalState(_ uint32, data []byte) error {
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	return c.RestoreState(s)
+func (c *Controller) UnmarshalState(version uint32, data []byte) error {
+	return state.Load(version, c.StateVersion(), data, c.RestoreState)
 }

@@ -65,10 +65,6 @@ func (*UART) StateVersion() uint32 { return 1 }
 func (u *UART) MarshalState() ([]byte, error) { return state.Marshal(u.SaveState()) }
 
 // UnmarshalState implements state.Snapshottable.
-func (u *UART) UnmarshalState(_ uint32, data []byte) error {
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	return u.RestoreState(s)
+func (u *UART) UnmarshalState(version uint32, data []byte) error {
+	return state.Load(version, u.StateVersion(), data, u.RestoreState)
 }

@@ -228,19 +228,9 @@ func (*Transport) StateKind() string { return "virtio-pci" }
 func (*Transport) StateVersion() uint32 { return StateVersion }
 
 // MarshalState implements state.Snapshottable.
-func (t *Transport) MarshalState() ([]byte, error) {
-	s, err := t.SaveState()
-	if err != nil {
-		return nil, err
-	}
-	return state.Marshal(s)
-}
+func (t *Transport) MarshalState() ([]byte, error) { return state.Save(t.SaveState()) }
 
 // UnmarshalState implements state.Snapshottable.
-func (t *Transport) UnmarshalState(_ uint32, data []byte) error {
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	return t.RestoreState(s)
+func (t *Transport) UnmarshalState(version uint32, data []byte) error {
+	return state.Load(version, t.StateVersion(), data, t.RestoreState)
 }

@@ -125,25 +125,9 @@ func (*Device) StateKind() string { return "virtio-console" }
 func (*Device) StateVersion() uint32 { return StateVersion }
 
 // MarshalState implements state.Snapshottable.
-func (d *Device) MarshalState() ([]byte, error) {
-	s, err := d.SaveState()
-	if err != nil {
-		return nil, err
-	}
-	return state.Marshal(s)
-}
+func (d *Device) MarshalState() ([]byte, error) { return state.Save(d.SaveState()) }
 
 // UnmarshalState implements state.Snapshottable.
 func (d *Device) UnmarshalState(version uint32, data []byte) error {
-	switch {
-	case version == 0:
-		return fmt.Errorf("%w: virtio-console state version 0", state.ErrCorrupt)
-	case version > StateVersion:
-		return fmt.Errorf("%w: virtio-console state version %d, this vio reads up to %d: upgrade vio", state.ErrNewer, version, StateVersion)
-	}
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	return d.RestoreState(s)
+	return state.Load(version, d.StateVersion(), data, d.RestoreState)
 }

@@ -2,7 +2,6 @@ package rng
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/viovmm/vio/state"
 )
@@ -54,12 +53,5 @@ func (*Device) MarshalState() ([]byte, error) { return state.Marshal(State{}) }
 
 // UnmarshalState implements state.Snapshottable.
 func (*Device) UnmarshalState(version uint32, data []byte) error {
-	switch {
-	case version == 0:
-		return fmt.Errorf("%w: virtio-rng state version 0", state.ErrCorrupt)
-	case version > StateVersion:
-		return fmt.Errorf("%w: virtio-rng state version %d, this vio reads up to %d: upgrade vio", state.ErrNewer, version, StateVersion)
-	}
-	var s State
-	return state.Unmarshal(data, &s)
+	return state.Load(version, StateVersion, data, func(State) error { return nil })
 }
