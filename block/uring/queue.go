@@ -1,6 +1,7 @@
 package uring
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -32,8 +33,9 @@ type Queue struct {
 	free  chan uint32 // free slot indices; its capacity bounds the queue
 	busy  atomic.Int64
 
-	sqMu   sync.Mutex // the Ring's Prep and Publish; guards closed
+	sqMu   sync.Mutex // the Ring's Prep and Publish; guards closed, broken
 	closed bool
+	broken error // why the completion side failed (see fail)
 	// ringMu is held shared by callers entering the kernel outside sqMu
 	// and exclusively to close the ring, so no io_uring_enter can meet an
 	// unmapped ring or a reused descriptor number.
@@ -161,11 +163,20 @@ func (q *Queue) flushLocked() { q.submitTo(q.r.Publish()) }
 
 func (q *Queue) submitTo(pos uint32) {
 	for backoff := time.Microsecond; ; backoff = min(2*backoff, time.Millisecond) {
-		if err := q.r.SubmitTo(pos); err == nil {
+		err := q.r.SubmitTo(pos)
+		if err == nil || !transient(err) {
+			// A ring that refuses entries for good also fails the
+			// completion side's wait, which fails every request.
 			return
 		}
 		time.Sleep(backoff)
 	}
+}
+
+// transient reports whether io_uring_enter failed only for the moment
+// (the kernel short of memory, or a full completion backlog).
+func transient(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EBUSY)
 }
 
 // Do runs op and waits for it.
@@ -203,18 +214,19 @@ func (q *Queue) Sync(fd int, datasync bool) error {
 func (q *Queue) Close() error {
 	q.once.Do(func() {
 		q.sqMu.Lock()
-		q.closed = true
-		close(q.closing)
+		q.closeLocked()
 		q.sqMu.Unlock()
 		q.cqMu.Lock()
 		q.onlyLoop = true
 		q.cqMu.Unlock()
 		q.sqMu.Lock()
-		// The SQ is empty between Starts, so there is room.
-		if err := q.r.Prep(&Op{Kind: CancelAll}, closeTag); err != nil {
-			panic("uring: no room for the closing cancel: " + err.Error())
+		// The SQ is empty between Starts, so there is room; a ring
+		// whose completion side has failed ends without the cancel.
+		if q.broken == nil && !q.ringGone {
+			if err := q.r.Prep(&Op{Kind: CancelAll}, closeTag); err == nil {
+				q.flushLocked()
+			}
 		}
-		q.flushLocked()
 		q.sqMu.Unlock()
 	})
 	<-q.done
@@ -253,14 +265,31 @@ func (q *Queue) reapLocked() {
 	})
 }
 
+// closeLocked stops new requests; sqMu is held.
+func (q *Queue) closeLocked() {
+	if !q.closed {
+		q.closed = true
+		close(q.closing)
+	}
+}
+
 func (q *Queue) completeLoop() {
 	defer close(q.done)
-	for {
+	for backoff := time.Microsecond; ; {
 		if err := q.r.Wait(); err != nil {
-			// io_uring_enter failing for GETEVENTS alone means the ring
-			// itself is broken; there is nothing to retry.
-			panic(err)
+			if transient(err) {
+				// A completion backlog drains as we reap.
+				q.cqMu.Lock()
+				q.reapLocked()
+				q.cqMu.Unlock()
+				time.Sleep(backoff)
+				backoff = min(2*backoff, time.Millisecond)
+				continue
+			}
+			q.fail(err)
+			break
 		}
+		backoff = time.Microsecond
 		q.cqMu.Lock()
 		q.reapLocked()
 		end := q.sawClose && q.busy.Load() == 0
@@ -269,6 +298,30 @@ func (q *Queue) completeLoop() {
 			break
 		}
 	}
+	q.release()
+}
+
+// fail ends a queue whose ring no longer waits for completions (which
+// io_uring_enter refuses only when the ring itself is unusable): new
+// requests get ErrClosed and those in flight ErrBroken, so no caller waits
+// forever for a completion that cannot come.
+func (q *Queue) fail(cause error) {
+	q.sqMu.Lock()
+	q.broken = cause
+	q.closeLocked()
+	q.sqMu.Unlock()
+	q.cqMu.Lock()
+	q.onlyLoop = true
+	for i := range q.slots {
+		if req := q.slots[i].Load(); req != nil {
+			q.finish(uint32(i), req, 0, fmt.Errorf("%w: %w", ErrBroken, cause))
+		}
+	}
+	q.cqMu.Unlock()
+}
+
+// release unmaps the ring once the completion goroutine is done with it.
+func (q *Queue) release() {
 	// Close may still be inside Submit for its cancel (whose completion
 	// can arrive before io_uring_enter returns): unmap only after it.
 	q.sqMu.Lock()

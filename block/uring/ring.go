@@ -111,6 +111,10 @@ var ErrRingFull = errors.New("uring: submission queue is full")
 // ErrClosed is returned for requests on a closed Queue or Ring.
 var ErrClosed = errors.New("uring: ring is closed")
 
+// ErrBroken fails the requests in flight on a Queue whose ring stopped
+// delivering completions.
+var ErrBroken = errors.New("uring: ring failed")
+
 // result turns a completion's res into (n, error): a negative res is an
 // errno, wrapped so errors.Is(err, syscall.EIO) works.
 func result(o *Op, res int32) (int, error) {

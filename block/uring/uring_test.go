@@ -396,3 +396,63 @@ func TestSupportedSaysWhy(t *testing.T) {
 		t.Fatalf("reason too terse: %v", err)
 	}
 }
+
+// TestRingFails: when the ring stops waiting for completions (here its
+// descriptor is swapped for /dev/null under the queue), requests in flight
+// fail with ErrBroken, new ones with ErrClosed, and Close still returns:
+// no caller waits forever and nothing panics.
+func TestRingFails(t *testing.T) {
+	q := newQueue(t, 2)
+	q.sqMu.Lock() // the ring's release writes fd under it
+	ringFD := q.r.fd
+	q.sqMu.Unlock()
+	pipes := make([][2]int, 2)
+	for i := range pipes {
+		if err := unix.Pipe2(pipes[i][:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(pipes[i][0])
+		defer unix.Close(pipes[i][1])
+	}
+	done := make(chan Result, 2)
+	bufs := [][]byte{make([]byte, 1), make([]byte, 1)}
+	for i := range pipes {
+		if err := q.Start(Op{Kind: Read, Fd: pipes[i][0], Bufs: [][]byte{bufs[i]}}, uint64(i), done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for atomic.LoadUint32(q.r.sqHead) != 2 {
+		runtime.Gosched()
+	}
+	null, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(null)
+	if err := unix.Dup3(null, ringFD, unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	// The completion goroutine meets /dev/null at its next wait: at once
+	// if it was not inside the kernel, or after the first read completes.
+	if _, err := unix.Write(pipes[0][1], []byte{'x'}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]Result{}
+	for range 2 {
+		r := <-done
+		got[r.Tag] = r
+	}
+	if r := got[0]; (r.Err != nil || r.N != 1) && !errors.Is(r.Err, ErrBroken) {
+		t.Errorf("the first read: %+v, want one byte or ErrBroken", r)
+	}
+	if r := got[1]; !errors.Is(r.Err, ErrBroken) {
+		t.Errorf("the read in flight on a failed ring: %+v, want ErrBroken", r)
+	}
+	if _, err := q.Do(Op{Kind: Nop}); !errors.Is(err, ErrClosed) {
+		t.Errorf("a request after the ring failed: %v, want ErrClosed", err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	runtime.KeepAlive(bufs)
+}
