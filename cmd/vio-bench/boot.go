@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -24,7 +23,7 @@ type bootResult struct {
 	overheadKB    int64 // RSS minus the guest RAM mapping's resident pages
 }
 
-func benchBoot(e *env, rounds, memMiB int) error {
+func benchBoot(e *env, b *budget, rounds, memMiB int) error {
 	initrd, _, err := labtest.Guest{Script: "echo " + initMarker + "\npoweroff -f\n"}.BuildIn(e.assets, e.work)
 	if err != nil {
 		return err
@@ -58,20 +57,32 @@ func benchBoot(e *env, rounds, memMiB int) error {
 		}
 	}
 	results := map[string][]bootResult{}
+	var cut error
+	done := 0
+rounds:
 	for r := 0; r < rounds; r++ {
 		for _, v := range vmms {
-			res, err := bootOnce(v.argv, int64(memMiB)<<10)
+			res, err := bootOnce(b, v.argv, int64(memMiB)<<10)
 			if err != nil {
-				return fmt.Errorf("%s round %d: %w", v.name, r+1, err)
+				cut = fmt.Errorf("%s round %d: %w", v.name, r+1, err)
+				break rounds
 			}
 			fmt.Printf("round %d %-11s  to /init %7.2fs  total %7.2fs  overhead %6d KiB\n",
 				r+1, v.name, res.toInit.Seconds(), res.total.Seconds(), res.overheadKB)
 			results[v.name] = append(results[v.name], res)
 		}
+		done++
 	}
+	if done == 0 {
+		return cut
+	}
+	if cut != nil {
+		fmt.Printf("\nvio-bench: cut short in round %d of %d; the medians below are over the %d rounds every VMM finished\n", done+1, rounds, done)
+	}
+	rounds = done // medians over the rounds every row finished
 	med := func(name string, f func(bootResult) float64) float64 {
 		var xs []float64
-		for _, r := range results[name] {
+		for _, r := range results[name][:rounds] {
 			xs = append(xs, f(r))
 		}
 		sort.Float64s(xs)
@@ -94,12 +105,15 @@ func benchBoot(e *env, rounds, memMiB int) error {
 		}
 		fmt.Println()
 	}
-	return nil
+	return cut
 }
 
 // bootOnce runs a VMM until it exits, timing the init marker on its console.
-func bootOnce(argv []string, guestKB int64) (bootResult, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+func bootOnce(b *budget, argv []string, guestKB int64) (bootResult, error) {
+	ctx, cancel, err := b.next()
+	if err != nil {
+		return bootResult{}, err
+	}
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
@@ -120,6 +134,9 @@ func bootOnce(argv []string, guestKB int64) (bootResult, error) {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
+		if ctx.Err() != nil {
+			return res, fmt.Errorf("%s: killed after its share of -timeout: %w", argv[0], ctx.Err())
+		}
 		return res, fmt.Errorf("%s: %w", argv[0], err)
 	}
 	res.total = time.Since(start)

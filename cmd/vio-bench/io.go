@@ -2,10 +2,11 @@ package main
 
 import (
 	"bufio"
-	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,7 +58,7 @@ type ioResult struct {
 	seconds float64 // wall time between the workload's markers
 }
 
-func benchIO(e *env, rounds, memMiB int) error {
+func benchIO(e *env, b *budget, rounds, memMiB int) error {
 	initrd, tools, err := labtest.Guest{
 		Script:   ioGuest,
 		Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net"},
@@ -107,11 +108,15 @@ func benchIO(e *env, rounds, memMiB int) error {
 	}
 	results := map[string]map[string][]ioResult{"vio": {}, "qemu": {}}
 	var order []string
+	var cut error
+	done := 0
+rounds:
 	for r := 0; r < rounds; r++ {
 		for _, v := range vmms {
-			res, names, err := ioOnce(v.argv)
+			res, names, err := ioOnce(b, v.argv)
 			if err != nil {
-				return fmt.Errorf("%s round %d: %w", v.name, r+1, err)
+				cut = fmt.Errorf("%s round %d: %w", v.name, r+1, err)
+				break rounds
 			}
 			if order == nil {
 				order = names
@@ -121,7 +126,23 @@ func benchIO(e *env, rounds, memMiB int) error {
 				fmt.Printf("round %d %-4s %-15s %10.1f  exits %8.0f\n", r+1, v.name, name, x.value, x.exits)
 			}
 		}
+		done++
 	}
+	if done == 0 {
+		if cut == nil {
+			cut = errors.New("no round ran")
+		}
+		return cut
+	}
+	if cut != nil {
+		fmt.Printf("\nvio-bench: cut short in round %d of %d; the medians below are over the %d rounds every VMM finished\n", done+1, rounds, done)
+	}
+	printIO(results, order, done, memMiB)
+	return cut
+}
+
+// printIO prints the medians of the rounds that both VMMs finished.
+func printIO(results map[string]map[string][]ioResult, order []string, rounds, memMiB int) {
 	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs, virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost):\n", rounds, memMiB)
 	fmt.Printf("%-15s %10s %10s %8s %12s %12s %12s %12s\n", "workload", "vio", "qemu", "vio/qemu",
 		"vio exits", "qemu exits", "vio net", "qemu net")
@@ -129,7 +150,7 @@ func benchIO(e *env, rounds, memMiB int) error {
 	fmt.Println("   'net' subtracts the exit rate of the idle guest over the workload's duration)")
 	idle := map[string]float64{}
 	for _, vmm := range []string{"vio", "qemu"} {
-		if x := median(results[vmm]["idle"]); x.seconds > 0 {
+		if x := median(results[vmm]["idle"][:rounds]); x.seconds > 0 {
 			idle[vmm] = x.exits / x.seconds
 		}
 	}
@@ -137,7 +158,12 @@ func benchIO(e *env, rounds, memMiB int) error {
 		if name == "idle" {
 			continue
 		}
-		v, q := median(results["vio"][name]), median(results["qemu"][name])
+		vs, qs := results["vio"][name], results["qemu"][name]
+		if len(vs) < rounds || len(qs) < rounds {
+			fmt.Printf("%-15s (not measured in every round)\n", name)
+			continue
+		}
+		v, q := median(vs[:rounds]), median(qs[:rounds])
 		ops := func(x ioResult) float64 { return x.value * fioRuntime }
 		if strings.HasPrefix(name, "iperf") {
 			ops = func(x ioResult) float64 { return x.value * 5 / 8 } // MB moved in 5 s
@@ -153,17 +179,25 @@ func benchIO(e *env, rounds, memMiB int) error {
 			per(v, "vio", false), per(q, "qemu", false), per(v, "vio", true), per(q, "qemu", true))
 	}
 	fmt.Printf("idle guest: vio %.0f exits/s, qemu %.0f exits/s\n", idle["vio"], idle["qemu"])
-	return nil
 }
 
+// median returns the middle result by value (zero for none), sorting a
+// copy so that the caller's rounds keep their order.
 func median(xs []ioResult) ioResult {
+	if len(xs) == 0 {
+		return ioResult{}
+	}
+	xs = slices.Clone(xs)
 	sort.Slice(xs, func(i, j int) bool { return xs[i].value < xs[j].value })
 	return xs[len(xs)/2]
 }
 
 // ioOnce runs one VMM through the guest's workloads.
-func ioOnce(argv []string) (map[string]ioResult, []string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
+	ctx, cancel, err := b.next()
+	if err != nil {
+		return nil, nil, err
+	}
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
@@ -202,6 +236,9 @@ func ioOnce(argv []string) (map[string]ioResult, []string, error) {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("%s: killed after its share of -timeout: %w", argv[0], ctx.Err())
+		}
 		return nil, nil, fmt.Errorf("%s: %w", argv[0], err)
 	}
 	if len(names) == 0 {

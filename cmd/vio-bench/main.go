@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	"github.com/viovmm/vio/lab"
 	"github.com/viovmm/vio/lab/assets"
@@ -29,15 +30,22 @@ func main() {
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	rounds := fs.Int("rounds", 3, "interleaved rounds per VMM")
 	mem := fs.Int("memory", 256, "guest RAM in MiB")
+	timeout := fs.Duration("timeout", 0, "stop starting guests after this long and print what was measured (default: enough for every run asked for on a loaded machine)")
 	fs.Parse(os.Args[2:])
+	perRun, ok := perRunBudget[os.Args[1]]
+	if !ok || *rounds < 1 {
+		usage()
+	}
+	if *timeout <= 0 {
+		*timeout = time.Duration(*rounds*3) * perRun
+	}
+	b := &budget{deadline: time.Now().Add(*timeout), perRun: perRun}
 	var err error
 	switch os.Args[1] {
 	case "boot":
-		err = inLab(func(e *env) error { return benchBoot(e, *rounds, *mem) })
+		err = inLab(*timeout, func(e *env) error { return benchBoot(e, b, *rounds, *mem) })
 	case "io":
-		err = inLab(func(e *env) error { return benchIO(e, *rounds, *mem) })
-	default:
-		usage()
+		err = inLab(*timeout, func(e *env) error { return benchIO(e, b, *rounds, *mem) })
 	}
 	var exit *lab.ExitError
 	if errors.As(err, &exit) {
@@ -50,8 +58,33 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io [-rounds N] [-memory MiB]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io [-rounds N] [-memory MiB] [-timeout D]")
 	os.Exit(2)
+}
+
+// perRunBudget is how long one guest run of each benchmark may take on a
+// loaded 2-core machine inside the lab (nominally a tenth of it). The
+// default -timeout gives every run asked for (up to three VMM rows a
+// round) its budget.
+var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute}
+
+// budget spreads the run's time over its guests: each gets at most
+// perRun, and none starts once too little is left for it, so a run cut
+// short still ends in time to print what it measured.
+type budget struct {
+	deadline time.Time
+	perRun   time.Duration
+}
+
+// next returns the context for the next guest run, or an error when the
+// remaining time cannot fit one.
+func (b *budget) next() (context.Context, context.CancelFunc, error) {
+	left := time.Until(b.deadline)
+	if left < b.perRun/4 {
+		return nil, nil, fmt.Errorf("the -timeout leaves %v, too little for another guest run", left.Round(time.Second))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(left, b.perRun))
+	return ctx, cancel, nil
 }
 
 // env is what a benchmark needs where it runs.
@@ -64,7 +97,9 @@ type env struct {
 
 // inLab prepares the binaries and assets on the host, then runs f where a
 // real KVM is: here, or inside the lab.
-func inLab(f func(*env) error) error {
+// The lab gets the benchmark's own timeout and a margin for booting and
+// for printing the tables after a cut-short run.
+func inLab(timeout time.Duration, f func(*env) error) error {
 	if os.Getenv("VIO_LAB_INSIDE") == "1" || lab.HardwareKVM() {
 		a, err := assets.Load(assets.DefaultDir())
 		if err != nil {
@@ -100,5 +135,5 @@ func inLab(f func(*env) error) error {
 		}
 	}
 	fmt.Printf("vio-bench: no hardware KVM here; running in the lab (%d host CPUs)\n", runtime.NumCPU())
-	return lab.Exec(ctx, lab.Config{Env: []string{"VIO_BIN=" + vio}}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
+	return lab.Exec(ctx, lab.Config{Timeout: timeout + 3*time.Minute, Env: []string{"VIO_BIN=" + vio}}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
 }
