@@ -47,6 +47,7 @@ type Controller interface {
 	AddNet(config.Net) error
 	Snapshot(destinationURL string) error
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
+	Resize(vmm.Resize) error
 }
 
 var _ Controller = (*vmm.Controller)(nil)
@@ -150,12 +151,13 @@ var routes = map[string]route{
 	"vm.add-net":   {http.MethodPut, (*Server).addNet},
 	"vm.snapshot":  {http.MethodPut, (*Server).snapshot},
 	"vm.restore":   {http.MethodPut, (*Server).restore},
+	"vm.resize":    {http.MethodPut, (*Server).resize},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
 // they get a 501 that says so rather than a 404.
 var notYet = map[string]bool{
-	"vm.power-button": true, "vm.resize": true, "vm.resize-disk": true, "vm.resize-zone": true,
+	"vm.power-button": true, "vm.resize-disk": true, "vm.resize-zone": true,
 	"vm.add-device": true, "vm.remove-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
@@ -452,6 +454,26 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) error {
 		if err := s.ctl.Resume(); err != nil {
 			return err
 		}
+	}
+	noContent(w)
+	return nil
+}
+
+// resizeRequest is Cloud Hypervisor's VmResize; vio resizes the balloon
+// only (see vmm.Controller.Resize).
+type resizeRequest struct {
+	DesiredVCPUs   *int   `json:"desired_vcpus"`
+	DesiredRAM     *int64 `json:"desired_ram"`
+	DesiredBalloon *int64 `json:"desired_balloon"`
+}
+
+func (s *Server) resize(w http.ResponseWriter, r *http.Request) error {
+	var req resizeRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := s.ctl.Resize(vmm.Resize{DesiredVCPUs: req.DesiredVCPUs, DesiredRAM: req.DesiredRAM, DesiredBalloon: req.DesiredBalloon}); err != nil {
+		return err
 	}
 	noContent(w)
 	return nil

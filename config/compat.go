@@ -24,7 +24,7 @@ import (
 //     vIOMMU, vhost-user back-ends).
 //
 // Fields of VmConfig that are not modelled at all (numa, pmem, devices,
-// balloon, ...) are unknown fields and refused by Decode.
+// ...) are unknown fields and refused by Decode.
 
 // FS is a virtio-fs device (vhost-user-fs back-end at Socket).
 type FS struct {

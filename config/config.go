@@ -18,14 +18,15 @@ import (
 
 // VM is a whole virtual machine.
 type VM struct {
-	Payload Payload `json:"payload"`
-	CPUs    CPUs    `json:"cpus"`
-	Memory  Memory  `json:"memory"`
-	Disks   []Disk  `json:"disks,omitempty"`
-	Net     []Net   `json:"net,omitempty"`
-	RNG     *RNG    `json:"rng,omitempty"`
-	Serial  Console `json:"serial"`
-	Console Console `json:"console"`
+	Payload Payload  `json:"payload"`
+	CPUs    CPUs     `json:"cpus"`
+	Memory  Memory   `json:"memory"`
+	Disks   []Disk   `json:"disks,omitempty"`
+	Net     []Net    `json:"net,omitempty"`
+	RNG     *RNG     `json:"rng,omitempty"`
+	Balloon *Balloon `json:"balloon,omitempty"`
+	Serial  Console  `json:"serial"`
+	Console Console  `json:"console"`
 	// OnReboot says what a guest reboot does: "restart" the guest (the
 	// default) or "exit" vio. (vio extension)
 	OnReboot string `json:"on_reboot,omitempty"`
@@ -316,6 +317,9 @@ func (c *VM) Validate() error {
 		return fmt.Errorf("memory size %s is more than this host's %s of RAM", FormatSize(c.Memory.Size), FormatSize(limit))
 	}
 	if err := c.validateCompat(); err != nil {
+		return err
+	}
+	if err := c.validateBalloon(); err != nil {
 		return err
 	}
 	switch c.OnReboot {

@@ -38,6 +38,19 @@ type Chain struct {
 	inlineW [2]span
 }
 
+// WritableAddr returns the device address the driver gave for
+// Writable[i] (for a device without VIRTIO_F_ACCESS_PLATFORM, its guest
+// physical address), and false if there is no such buffer. Most devices
+// need only the bytes; one whose buffers are themselves the message, like
+// virtio-balloon's free page reporting, which hands pages over as
+// buffers, needs where they are.
+func (c *Chain) WritableAddr(i int) (uint64, bool) {
+	if i < 0 || i >= len(c.writes) {
+		return 0, false
+	}
+	return c.writes[i].addr, true
+}
+
 // span is one buffer in the device's address space.
 type span struct {
 	addr uint64

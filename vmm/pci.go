@@ -11,6 +11,7 @@ import (
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/devices/e1000"
+	"github.com/viovmm/vio/devices/virtio/balloon"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/devices/virtio/console"
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
@@ -115,7 +116,7 @@ func (v *VM) setupPCI(stdio IO) error {
 			return err
 		}
 	}
-	return nil
+	return v.addBalloon()
 }
 
 // addVirtio puts dev on the next free slot of bus 0.
@@ -281,6 +282,9 @@ func (v *VM) Stats() map[string]any {
 			s["device"] = st.Stats()
 		} else if st, ok := d.dev.(interface{ Stats() console.Stats }); ok {
 			s["device"] = st.Stats()
+		} else if b, ok := d.dev.(*balloon.Device); ok {
+			s["device"] = b.Stats()
+			b.RequestStats() // fresh guest statistics for the next read
 		}
 		out[d.name] = s
 	}

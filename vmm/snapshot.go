@@ -138,6 +138,8 @@ func deviceKind(d pciDevice) string {
 		return "virtio-console"
 	case 4:
 		return "virtio-rng"
+	case virtio.TypeBalloon:
+		return "virtio-balloon"
 	}
 	return fmt.Sprintf("virtio device type %d", d.dev.Type())
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/config"
 )
 
 func init() { subcommands = append(subcommands, ctlCommand) }
@@ -23,19 +24,21 @@ func init() { subcommands = append(subcommands, ctlCommand) }
 var ctlVerbs = map[string]struct {
 	method, endpoint, done string
 }{
-	"ping":         {http.MethodGet, "vmm.ping", ""},
-	"info":         {http.MethodGet, "vm.info", ""},
-	"counters":     {http.MethodGet, "vm.counters", ""},
-	"create":       {http.MethodPut, "vm.create", "VM created"},
-	"boot":         {http.MethodPut, "vm.boot", "VM booted"},
-	"pause":        {http.MethodPut, "vm.pause", "VM paused"},
-	"resume":       {http.MethodPut, "vm.resume", "VM resumed"},
-	"shutdown":     {http.MethodPut, "vm.shutdown", "VM shut down"},
-	"reboot":       {http.MethodPut, "vm.reboot", "VM rebooted"},
-	"delete":       {http.MethodPut, "vm.delete", "VM deleted"},
-	"shutdown-vmm": {http.MethodPut, "vmm.shutdown", "VMM shut down"},
-	"snapshot":     {http.MethodPut, "vm.snapshot", "snapshot written"},
-	"restore":      {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
+	"ping":           {http.MethodGet, "vmm.ping", ""},
+	"info":           {http.MethodGet, "vm.info", ""},
+	"counters":       {http.MethodGet, "vm.counters", ""},
+	"create":         {http.MethodPut, "vm.create", "VM created"},
+	"boot":           {http.MethodPut, "vm.boot", "VM booted"},
+	"pause":          {http.MethodPut, "vm.pause", "VM paused"},
+	"resume":         {http.MethodPut, "vm.resume", "VM resumed"},
+	"shutdown":       {http.MethodPut, "vm.shutdown", "VM shut down"},
+	"reboot":         {http.MethodPut, "vm.reboot", "VM rebooted"},
+	"delete":         {http.MethodPut, "vm.delete", "VM deleted"},
+	"shutdown-vmm":   {http.MethodPut, "vmm.shutdown", "VMM shut down"},
+	"snapshot":       {http.MethodPut, "vm.snapshot", "snapshot written"},
+	"restore":        {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
+	"balloon":        {http.MethodGet, "vm.counters", ""},
+	"resize-balloon": {http.MethodPut, "vm.resize", "balloon target set; the guest inflates or deflates in its own time (watch: vio ctl balloon)"},
 }
 
 func ctlCommand() *cobra.Command {
@@ -43,12 +46,15 @@ func ctlCommand() *cobra.Command {
 	var timeout time.Duration
 	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|resize-balloon SIZE|balloon|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
 snapshot file:///DIR writes the paused VM to a new or empty directory; restore
-file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
+file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.
+resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
+balloon shows the balloon's counters and the guest's memory statistics
+(docs/balloon.md).`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			if socket == "" {
@@ -56,7 +62,7 @@ file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, resize-balloon SIZE, balloon, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -77,6 +83,14 @@ file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 				body = b
 			case args[0] == "snapshot" || args[0] == "restore":
 				return fmt.Errorf("%s needs a snapshot directory as a URL: vio ctl --api-socket PATH %s file:///var/lib/vio/snap1", args[0], args[0])
+			case args[0] == "resize-balloon" && len(args) == 2:
+				n, err := config.ParseSize(args[1])
+				if err != nil {
+					return fmt.Errorf("resize-balloon: %w", err)
+				}
+				body, _ = json.Marshal(map[string]any{"desired_balloon": n})
+			case args[0] == "resize-balloon":
+				return errors.New("resize-balloon needs the memory the guest should give up: vio ctl --api-socket PATH resize-balloon 256M (0 gives it all back)")
 			case len(args) == 2:
 				return fmt.Errorf("%s takes no argument", args[0])
 			}
@@ -91,6 +105,11 @@ file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 					return errors.New(se.Msg)
 				}
 				return fmt.Errorf("cannot reach the API at %s: %w", socket, err)
+			}
+			if args[0] == "balloon" {
+				if out, err = balloonCounters(out); err != nil {
+					return err
+				}
 			}
 			w := c.OutOrStdout()
 			if len(bytes.TrimSpace(out)) == 0 {
@@ -110,4 +129,17 @@ file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	c.Flags().BoolVar(&prefault, "prefault", false, "restore: read all of guest RAM before the guest runs, not as it touches it")
 	return c
+}
+
+// balloonCounters picks the balloon's entry out of a vm.counters answer.
+func balloonCounters(counters []byte) ([]byte, error) {
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(counters, &all); err != nil {
+		return nil, fmt.Errorf("the VMM's counters do not parse: %w", err)
+	}
+	b, ok := all["balloon"]
+	if !ok {
+		return nil, errors.New("the VM has no balloon (or is not running): create it with one, e.g. vio run --balloon size=0")
+	}
+	return b, nil
 }

@@ -72,13 +72,25 @@ func TestServeAsKataStartsIt(t *testing.T) {
 		}
 	}
 
-	if _, err := cl.Do(ctx, http.MethodPut, "vm.create", []byte(`{"payload":{"kernel":"`+kernel+`"},"cpus":{"boot_vcpus":1,"max_vcpus":1},"memory":{"size":268435456}}`)); err != nil {
+	if _, err := cl.Do(ctx, http.MethodPut, "vm.create", []byte(`{"payload":{"kernel":"`+kernel+`"},"cpus":{"boot_vcpus":1,"max_vcpus":1},"memory":{"size":268435456},"balloon":{"size":0}}`)); err != nil {
 		t.Fatal(err)
 	}
 	out, err := runCtl(t, "--api-socket", sock, "info")
 	var info struct{ State string }
 	if err != nil || json.Unmarshal([]byte(out), &info) != nil || info.State != "Created" {
 		t.Fatalf("vio ctl info: %v %q", err, out)
+	}
+	if out, err := runCtl(t, "--api-socket", sock, "resize-balloon", "64M"); err != nil || !strings.HasPrefix(out, "balloon target set") {
+		t.Fatalf("vio ctl resize-balloon: %v %q", err, out)
+	}
+	out, _ = runCtl(t, "--api-socket", sock, "info")
+	if !strings.Contains(out, `"size": 67108864`) {
+		t.Fatalf("vio ctl info after resize-balloon: %s", out)
+	}
+	for _, bad := range [][]string{{"resize-balloon", "lots"}, {"resize-balloon"}, {"resize-balloon", "1G"}, {"balloon"}} {
+		if out, err := runCtl(t, append([]string{"--api-socket", sock}, bad...)...); err == nil {
+			t.Errorf("vio ctl %v: accepted: %q", bad, out)
+		}
 	}
 	if out, err := runCtl(t, "--api-socket", sock, "resume"); err == nil || !strings.Contains(err.Error(), "not been booted") {
 		t.Fatalf("vio ctl resume before boot: %v %q", err, out)

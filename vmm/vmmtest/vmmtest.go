@@ -42,7 +42,7 @@ func (b *Builder) Build(cfg *config.VM) (vmm.Machine, error) {
 	if b.fail != nil {
 		return nil, b.fail
 	}
-	m := &Machine{Config: cfg, events: make(chan vmm.Exit, 1)}
+	m := &Machine{Config: cfg, events: make(chan vmm.Exit, 1), balloon: -1}
 	b.machines = append(b.machines, m)
 	select {
 	case b.Built <- m:
@@ -102,6 +102,7 @@ type Machine struct {
 	closed, paused  bool
 	pauses, resumes int
 	snapshots       int
+	balloon         int64 // last ResizeBalloon size, -1 if none
 	err             error
 }
 
@@ -184,6 +185,25 @@ func (m *Machine) Snapshot(dir string) error {
 	}
 	m.snapshots++
 	return os.WriteFile(filepath.Join(dir, vmm.SnapshotConfig), b, 0o600)
+}
+
+// ResizeBalloon records size, as a VM with a balloon would pass it on to
+// the guest; BalloonSize reads it back.
+func (m *Machine) ResizeBalloon(size int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started || m.closed {
+		m.violation("ResizeBalloon outside Start..Close")
+	}
+	m.balloon = size
+	return nil
+}
+
+// BalloonSize returns the last size ResizeBalloon got, -1 if none.
+func (m *Machine) BalloonSize() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.balloon
 }
 
 // Counters implements vmm.Machine: pauses and resumes seen.

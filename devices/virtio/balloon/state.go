@@ -1,0 +1,80 @@
+package balloon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/viovmm/vio/state"
+)
+
+// State is virtio-balloon's own state: the host's target and the pages
+// the driver says it holds (the queues are the transport's). The pages
+// themselves need no saving: a released page reads as zeros, which is
+// what the snapshot holds for it.
+type State struct {
+	NumPages uint32
+	Actual   uint32
+}
+
+// StateVersion is the version of State this package writes.
+const StateVersion = 1
+
+var (
+	_ state.Snapshottable = (*Device)(nil)
+	_ state.Pausable      = (*Device)(nil)
+)
+
+// Pause implements state.Pausable. Requests are served whole on the
+// device's goroutine, so nothing is in flight between them; the
+// statistics buffer the driver lent is handed back, which the driver
+// takes as a request for fresh statistics and answers after the resume.
+func (d *Device) Pause(ctx context.Context) error {
+	d.mu.Lock()
+	run := d.run
+	d.mu.Unlock()
+	if run == nil {
+		return nil
+	}
+	return run.gate.Pause(ctx)
+}
+
+// Resume implements state.Pausable.
+func (d *Device) Resume() {
+	d.mu.Lock()
+	run := d.run
+	d.mu.Unlock()
+	if run != nil {
+		run.gate.Resume()
+	}
+}
+
+// StateKind implements state.Snapshottable.
+func (*Device) StateKind() string { return "virtio-balloon" }
+
+// StateVersion implements state.Snapshottable.
+func (*Device) StateVersion() uint32 { return StateVersion }
+
+// MarshalState implements state.Snapshottable.
+func (d *Device) MarshalState() ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return state.Marshal(State{NumPages: d.numPages, Actual: d.actual})
+}
+
+// UnmarshalState implements state.Snapshottable.
+func (d *Device) UnmarshalState(version uint32, data []byte) error {
+	switch {
+	case version == 0:
+		return fmt.Errorf("%w: virtio-balloon state version 0", state.ErrCorrupt)
+	case version > StateVersion:
+		return fmt.Errorf("%w: virtio-balloon state version %d, this vio reads up to %d: upgrade vio", state.ErrNewer, version, StateVersion)
+	}
+	var s State
+	if err := state.Unmarshal(data, &s); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.numPages, d.actual = s.NumPages, s.Actual
+	d.mu.Unlock()
+	return nil
+}
