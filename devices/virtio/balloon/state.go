@@ -2,7 +2,6 @@ package balloon
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/viovmm/vio/state"
 )
@@ -63,18 +62,10 @@ func (d *Device) MarshalState() ([]byte, error) {
 
 // UnmarshalState implements state.Snapshottable.
 func (d *Device) UnmarshalState(version uint32, data []byte) error {
-	switch {
-	case version == 0:
-		return fmt.Errorf("%w: virtio-balloon state version 0", state.ErrCorrupt)
-	case version > StateVersion:
-		return fmt.Errorf("%w: virtio-balloon state version %d, this vio reads up to %d: upgrade vio", state.ErrNewer, version, StateVersion)
-	}
-	var s State
-	if err := state.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.numPages, d.actual = s.NumPages, s.Actual
-	d.mu.Unlock()
-	return nil
+	return state.Load(version, StateVersion, data, func(s State) error {
+		d.mu.Lock()
+		d.numPages, d.actual = s.NumPages, s.Actual
+		d.mu.Unlock()
+		return nil
+	})
 }
