@@ -46,17 +46,28 @@ type Vsock struct {
 	ID         string `json:"id,omitempty"`
 }
 
-// Platform describes the machine as a whole.
+// Platform describes the machine as a whole. The system_* fields and the
+// chassis asset tag go into the SMBIOS tables the guest reads (dmidecode,
+// /sys/class/dmi/id); serial_number and uuid are Cloud Hypervisor's
+// deprecated spellings of system_serial_number and system_uuid.
 type Platform struct {
-	NumPCISegments int      `json:"num_pci_segments,omitempty"`
-	IOMMUSegments  []int    `json:"iommu_segments,omitempty"`
-	SerialNumber   string   `json:"serial_number,omitempty"`
-	UUID           string   `json:"uuid,omitempty"`
-	OEMStrings     []string `json:"oem_strings,omitempty"`
-	TDX            bool     `json:"tdx,omitempty"`
-	SEVSNP         bool     `json:"sev_snp,omitempty"`
-	IOMMUFD        bool     `json:"iommufd,omitempty"`
-	VFIOP2PDMA     *bool    `json:"vfio_p2p_dma,omitempty"`
+	NumPCISegments     int      `json:"num_pci_segments,omitempty"`
+	IOMMUSegments      []int    `json:"iommu_segments,omitempty"`
+	SystemSerialNumber string   `json:"system_serial_number,omitempty"`
+	SerialNumber       string   `json:"serial_number,omitempty"`
+	SystemUUID         string   `json:"system_uuid,omitempty"`
+	UUID               string   `json:"uuid,omitempty"`
+	OEMStrings         []string `json:"oem_strings,omitempty"`
+	SystemManufacturer string   `json:"system_manufacturer,omitempty"`
+	SystemProductName  string   `json:"system_product_name,omitempty"`
+	SystemVersion      string   `json:"system_version,omitempty"`
+	SystemFamily       string   `json:"system_family,omitempty"`
+	SystemSKUNumber    string   `json:"system_sku_number,omitempty"`
+	ChassisAssetTag    string   `json:"chassis_asset_tag,omitempty"`
+	TDX                bool     `json:"tdx,omitempty"`
+	SEVSNP             bool     `json:"sev_snp,omitempty"`
+	IOMMUFD            bool     `json:"iommufd,omitempty"`
+	VFIOP2PDMA         *bool    `json:"vfio_p2p_dma,omitempty"`
 }
 
 // Unimplemented lists, one sentence each, the values in c that vio accepts
@@ -133,9 +144,6 @@ func (c *VM) Unimplemented() []string {
 		if p.NumPCISegments > 1 {
 			add("platform.num_pci_segments %d is ignored: vio has one PCI segment", p.NumPCISegments)
 		}
-		if p.SerialNumber != "" || p.UUID != "" || len(p.OEMStrings) > 0 {
-			add("platform serial number, UUID and OEM strings are ignored: vio writes no SMBIOS tables")
-		}
 	}
 	if c.Watchdog {
 		add("watchdog is ignored: vio has no watchdog device yet")
@@ -170,6 +178,9 @@ func (c *VM) validateCompat() error {
 		}
 		if p.NumPCISegments < 0 || p.NumPCISegments > 16 {
 			return fmt.Errorf("platform.num_pci_segments %d: want 1 to 16", p.NumPCISegments)
+		}
+		if err := p.validateSMBIOS(); err != nil {
+			return err
 		}
 	}
 	iommu := c.IOMMU || c.Console.IOMMU || c.RNG != nil && c.RNG.IOMMU || c.Vsock != nil && c.Vsock.IOMMU

@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -57,6 +59,13 @@ func TestVioBoot(t *testing.T) {
 			if c.kernel != "" {
 				args[3] = c.kernel // after "run --kernel"
 			}
+			// The SMBIOS identity: vio's defaults, or what --platform
+			// sets (a NoCloud seed in the serial, as cloud-init reads it).
+			wantVendor, wantProduct, wantSerial, wantUUID := "vio", "vio virtual machine", "", ""
+			if c.name == "2cpu" {
+				wantVendor, wantProduct, wantSerial, wantUUID = "Example Corp", "Box 9", "ds=nocloud;h=vm1", "01234567-89ab-4def-8123-456789abcdef"
+				args = append(args, "--platform", "manufacturer="+wantVendor+",product_name="+wantProduct+",serial_number="+wantSerial+",uuid="+wantUUID)
+			}
 			out, err := runVMM(t, 4*time.Minute, args...)
 			if err != nil {
 				t.Fatalf("vio: %v\n%s", err, out)
@@ -73,9 +82,18 @@ func TestVioBoot(t *testing.T) {
 			if kb > guestMemMiB<<10 || kb < guestMemMiB<<10*3/4 {
 				t.Errorf("guest MemTotal %d kB for %d MiB of RAM", kb, guestMemMiB)
 			}
+			vendor, product, serial, uuid := dmi(t, out)
+			if vendor != wantVendor || product != wantProduct || serial != wantSerial {
+				t.Errorf("guest DMI vendor %q product %q serial %q, want %q %q %q", vendor, product, serial, wantVendor, wantProduct, wantSerial)
+			}
+			if wantUUID == "" && !uuidV4.MatchString(uuid) || wantUUID != "" && uuid != wantUUID {
+				t.Errorf("guest DMI product_uuid %q, want %s", uuid, cmp.Or(wantUUID, "a random version 4 UUID"))
+			}
 		})
 	}
 }
+
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
 // TestVioPanic: a guest kernel panic is reported as such (exit status 3),
 // even though panic=-1 makes the guest ask for a reboot right after.

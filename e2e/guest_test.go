@@ -15,6 +15,8 @@ import (
 // guest sees on its console, then powers off.
 const guestScript = `
 echo "VIO-GUEST cpus=$(nproc) memkb=$(awk '/MemTotal/ {print $2}' /proc/meminfo) clock=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+d=/sys/class/dmi/id
+echo "VIO-DMI vendor=$(cat $d/sys_vendor)|product=$(cat $d/product_name)|serial=$(cat $d/product_serial)|uuid=$(cat $d/product_uuid)|"
 echo VIO-GUEST-DONE
 poweroff -f
 `
@@ -36,6 +38,18 @@ func runVMM(t *testing.T, timeout time.Duration, argv ...string) (string, error)
 		t.Fatalf("%s did not finish within %v; output:\n%s", argv[0], timeout, out.String())
 	}
 	return out.String(), err
+}
+
+var dmiFacts = regexp.MustCompile(`VIO-DMI vendor=([^|]*)\|product=([^|]*)\|serial=([^|]*)\|uuid=([^|]*)\|`)
+
+// dmi parses what the guest read from /sys/class/dmi/id (SMBIOS).
+func dmi(t *testing.T, console string) (vendor, product, serial, uuid string) {
+	t.Helper()
+	m := dmiFacts.FindStringSubmatch(console)
+	if m == nil {
+		t.Fatalf("guest did not report its DMI ids; console:\n%s", console)
+	}
+	return m[1], m[2], m[3], m[4]
 }
 
 var guestFacts = regexp.MustCompile(`VIO-GUEST cpus=(\d+) memkb=(\d+) clock=(\S+)`)

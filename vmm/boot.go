@@ -115,6 +115,9 @@ func (v *VM) loadPayload() (uint64, error) {
 	if err := x86.WriteMPTable(v.mem, x86.MPConfig{NumCPUs: v.cfg.CPUs.BootVCPUs, PCIInterrupts: v.intx}); err != nil {
 		return 0, err
 	}
+	if err := v.writeSMBIOS(); err != nil {
+		return 0, err
+	}
 	ac := acpi.Config{
 		NumCPUs: v.cfg.CPUs.BootVCPUs,
 		PM: acpi.PMRegisters{

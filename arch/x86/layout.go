@@ -29,7 +29,9 @@ import (
 //	0x0002_0000  CmdlineAddr: kernel command line (up to CmdlineMax bytes)
 //	0x0009_fc00  EBDAStart: extended BIOS data area (reserved)
 //	0x000a_0000  legacy VGA and option ROM hole (not in e820)
-//	0x000f_0000  BIOSStart: BIOS area (reserved); holds the MP table
+//	0x000f_0000  BIOSStart: BIOS area (reserved); the MP table first,
+//	0x000f_2000  SMBIOSAddr: SMBIOS entry point and tables (SMBIOSEnd),
+//	0x000f_a000  then ACPI's tables (acpi.TablesAddr) and the reset vector
 //	0x0010_0000  HighMemStart: kernel load address, then RAM
 //	0xc000_0000  MMIOStart: 32-bit MMIO hole (PCI BARs, ECAM, IOAPIC, LAPIC)
 //	0xfec0_0000  IOAPICAddr
@@ -49,6 +51,8 @@ const (
 	EBDAStart    = 0x9fc00
 	VGAStart     = 0xa0000
 	BIOSStart    = 0xf0000
+	SMBIOSAddr   = 0xf2000 // past the largest MP table (about 6.5 KiB)
+	SMBIOSEnd    = 0xfa000 // room for MaxCPUs processor structures and more
 	HighMemStart = 0x100000
 
 	MMIOStart    = 0xc0000000

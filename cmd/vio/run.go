@@ -25,7 +25,7 @@ func runCommand() *cobra.Command {
 		apiSocket, restore                      string
 		prefault                                bool
 		disks, nets                             []string
-		balloonSpec                             string
+		balloonSpec, platformSpec               string
 		cpus                                    int
 		verbose, allowPVM, stats                bool
 	)
@@ -39,7 +39,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if restore != "" {
-				for _, name := range []string{"config", "kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "rng", "serial", "console", "balloon"} {
+				for _, name := range []string{"config", "kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "rng", "serial", "console", "balloon", "platform"} {
 					if c.Flags().Changed(name) {
 						return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", name)
 					}
@@ -97,6 +97,16 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Balloon = b
 			}
+			if f.Changed("platform") {
+				p, err := config.ParsePlatform(platformSpec)
+				if err != nil {
+					return err
+				}
+				if cfg.Platform != nil {
+					p.NumPCISegments, p.OEMStrings = cfg.Platform.NumPCISegments, cfg.Platform.OEMStrings
+				}
+				cfg.Platform = p
+			}
 			if f.Changed("on-reboot") {
 				cfg.OnReboot = onReboot
 			}
@@ -130,6 +140,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringArrayVar(&disks, "disk", nil, "virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
 	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
+	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
 	f.StringVar(&balloonSpec, "balloon", "", "virtio-balloon: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on] (see docs/balloon.md)")
 	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
 	f.StringVar(&apiSocket, "api-socket", "", "also serve the REST API for this VM on a UNIX socket (see docs/api.md)")

@@ -51,7 +51,7 @@ func Example() {
 	pio.Write(acpipm.SleepControlPort, []byte{acpipm.SleepTypeS5<<acpipm.SleepTypeShift | acpipm.SleepEnable})
 	pio.Write(acpipm.PvPanicPort, []byte{acpipm.PvPanicPanicked})
 	// Output:
-	// RSDP at 0xf4000
+	// RSDP at 0xfa000
 	// guest powered off
 	// guest panic, events 0x1
 }

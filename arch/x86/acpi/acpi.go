@@ -10,10 +10,10 @@ import (
 
 // Guest physical placement of the tables (see the package comment).
 const (
-	// TablesAddr is where the RSDP, then the other tables, are written.
-	// Below it, from x86.MPTableAddr, is the MP table, whose largest
-	// form (x86.MaxCPUs CPUs and every PCI INTx route) ends well before.
-	TablesAddr = 0xf4000
+	// TablesAddr is where the RSDP, then the other tables, are written
+	// (the largest today, with x86.MaxCPUs CPUs and every PCI INTx
+	// route, is under 5 KiB). Below it are the MP table and SMBIOS.
+	TablesAddr = x86.SMBIOSEnd
 	// ResetVectorAddr is F000:FFF0, where machine_real_restart jumps.
 	ResetVectorAddr = 0xffff0
 	// TablesEnd is the end of the space for tables.

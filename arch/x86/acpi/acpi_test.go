@@ -512,9 +512,9 @@ func TestRSDPScan(t *testing.T) {
 	}
 }
 
-// The tables share the BIOS area with the MP table: the largest MP table
-// arch/x86 can build must end before TablesAddr, and the area must be
-// reserved in the e820 map.
+// The tables share the BIOS area with the MP table and SMBIOS: the largest
+// MP table arch/x86 can build must end before SMBIOS's place, and the area
+// must be reserved in the e820 map.
 func TestLayout(t *testing.T) {
 	var routes []x86.PCIInterrupt
 	for dev := uint8(0); dev < 32; dev++ {
@@ -526,8 +526,8 @@ func TestLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if end := x86.MPTableAddr + uint64(len(mp)); end > acpi.TablesAddr {
-		t.Fatalf("largest MP table ends at %#x, past TablesAddr %#x", end, acpi.TablesAddr)
+	if end := x86.MPTableAddr + uint64(len(mp)); end > x86.SMBIOSAddr {
+		t.Fatalf("largest MP table ends at %#x, past SMBIOSAddr %#x", end, x86.SMBIOSAddr)
 	}
 	layout, _ := x86.RAMLayout(64 << 20)
 	e820, err := x86.E820Map(layout)
