@@ -448,8 +448,13 @@ func (m *mux) owed() bool {
 
 // fill writes the next packet owed to the guest into w (a receive
 // chain's writable buffers) and returns its length, or 0 if nothing is
-// owed. w holds at least HeaderSize bytes.
+// owed or w has no room for a header and a byte of data (a buffer no
+// driver posts: one that could carry only headers would let data owed
+// never move).
 func (m *mux) fill(w virtio.Buffers) uint32 {
+	if w.Len() <= HeaderSize {
+		return 0
+	}
 	var hb [HeaderSize]byte
 	if len(m.ctrl) > 0 {
 		h := m.ctrl[0]
@@ -496,7 +501,7 @@ func (m *mux) packet(c *conn, w virtio.Buffers) uint32 {
 	case c.sendResponse:
 		h.Op = OpResponse
 		c.sendResponse = false
-	case len(c.pending) > 0 && c.credit() > 0 && room > 0:
+	case len(c.pending) > 0 && c.credit() > 0:
 		n := min(len(c.pending), int(c.credit()), int(min(room, MaxPayload)))
 		payload = c.pending[:n]
 		h.Op, h.Len = OpRW, uint32(n)
@@ -507,8 +512,6 @@ func (m *mux) packet(c *conn, w virtio.Buffers) uint32 {
 		h.Op, h.Flags = OpShutdown, ShutdownSend
 		c.sentShutdown = true
 	default:
-		// A credit update, asked for or due, or the packet to carry one
-		// when a receive buffer has no room for data.
 		h.Op = OpCreditUpdate
 		c.sendCredit = false
 	}

@@ -498,14 +498,10 @@ func (a *activation) fillRx() bool {
 			}
 			return true // the driver kicks when it posts buffers
 		}
-		var n uint32
-		if c.Writable.Len() >= HeaderSize {
-			n = a.m.fill(c.Writable)
-		} else {
+		n := a.m.fill(c.Writable)
+		if n == 0 {
+			// Too small to carry data: returned empty.
 			a.d.stats.badPackets.Add(1)
-		}
-		if n == 0 && c.Writable.Len() >= HeaderSize && a.rx.Unget(c) {
-			continue
 		}
 		if a.rx.Push(c.Head, n) != nil {
 			return false
