@@ -15,6 +15,7 @@ import (
 	"github.com/viovmm/vio/devices/virtio/console"
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/rng"
+	"github.com/viovmm/vio/devices/virtio/vsock"
 	"github.com/viovmm/vio/netdev/tap"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/virtio"
@@ -115,7 +116,7 @@ func (v *VM) setupPCI(stdio IO) error {
 			return err
 		}
 	}
-	return nil
+	return v.addVsock()
 }
 
 // addVirtio puts dev on the next free slot of bus 0.
@@ -280,6 +281,8 @@ func (v *VM) Stats() map[string]any {
 		} else if st, ok := d.dev.(interface{ Stats() virtionet.Stats }); ok {
 			s["device"] = st.Stats()
 		} else if st, ok := d.dev.(interface{ Stats() console.Stats }); ok {
+			s["device"] = st.Stats()
+		} else if st, ok := d.dev.(interface{ Stats() vsock.Stats }); ok {
 			s["device"] = st.Stats()
 		}
 		out[d.name] = s

@@ -22,7 +22,7 @@ func init() { subcommands = append(subcommands, runCommand) }
 func runCommand() *cobra.Command {
 	var (
 		file, memory, serial, console, onReboot string
-		apiSocket, restore                      string
+		apiSocket, restore, vsockSpec           string
 		prefault                                bool
 		disks, nets                             []string
 		cpus                                    int
@@ -38,7 +38,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if restore != "" {
-				for _, name := range []string{"config", "kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "rng", "serial", "console"} {
+				for _, name := range []string{"config", "kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "rng", "serial", "console", "vsock"} {
 					if c.Flags().Changed(name) {
 						return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", name)
 					}
@@ -89,6 +89,13 @@ Flags override what --config FILE (a JSON VM config) says.`,
 			if rng, _ := f.GetBool("rng"); rng {
 				cfg.RNG = &config.RNG{Src: "/dev/urandom"}
 			}
+			if f.Changed("vsock") {
+				vs, err := config.ParseVsock(vsockSpec)
+				if err != nil {
+					return err
+				}
+				cfg.Vsock = &vs
+			}
 			if f.Changed("on-reboot") {
 				cfg.OnReboot = onReboot
 			}
@@ -122,6 +129,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringArrayVar(&disks, "disk", nil, "virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
 	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
+	f.StringVar(&vsockSpec, "vsock", "", "virtio-vsock device: cid=CID,socket=PATH (host side on a UNIX socket; see docs/vsock.md)")
 	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
 	f.StringVar(&apiSocket, "api-socket", "", "also serve the REST API for this VM on a UNIX socket (see docs/api.md)")
 	f.StringVar(&restore, "restore", "", "run the VM of a snapshot (file:///DIR, see docs/snapshot.md) instead of booting one")
