@@ -18,7 +18,7 @@ import (
 //     RAM with a memfd that other processes can map);
 //   - ignored with a warning (Unimplemented): the guest runs correctly
 //     without it, it merely lacks a feature it could have had (hotplug
-//     headroom, huge pages, a vsock or virtio-fs device not yet built);
+//     headroom, huge pages, a virtio-fs device not yet built);
 //   - refused (Validate): ignoring it would be a lie about what the guest
 //     gets in isolation or correctness (firmware boot, TDX/SEV-SNP, a
 //     vIOMMU, vhost-user back-ends).
@@ -137,9 +137,6 @@ func (c *VM) Unimplemented() []string {
 	for _, f := range c.FS {
 		add("fs %q is ignored: virtio-fs is not implemented yet, the guest will not see it", f.Tag)
 	}
-	if c.Vsock != nil {
-		add("vsock (cid %d) is ignored: virtio-vsock is not implemented yet, the guest will not see it", c.Vsock.CID)
-	}
 	if p := c.Platform; p != nil {
 		if p.NumPCISegments > 1 {
 			add("platform.num_pci_segments %d is ignored: vio has one PCI segment", p.NumPCISegments)
@@ -210,8 +207,13 @@ func (c *VM) validateCompat() error {
 			return errors.New("an fs entry needs a tag and a socket")
 		}
 	}
-	if v := c.Vsock; v != nil && v.CID < 3 {
-		return fmt.Errorf("vsock cid %d: guest context ids start at 3", v.CID)
+	if v := c.Vsock; v != nil {
+		if err := v.validate(); err != nil {
+			return err
+		}
+		if v.PCISegment != 0 {
+			return fmt.Errorf("vsock: pci_segment %d: vio has only segment 0", v.PCISegment)
+		}
 	}
 	return nil
 }

@@ -33,6 +33,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Setenv("VIO_BIN", vioBin)
+		if err := buildGuestPrograms(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
 		code := labtest.Run(m)
 		os.RemoveAll(dir)
 		os.Exit(code)

@@ -16,6 +16,7 @@ import (
 	"github.com/viovmm/vio/devices/virtio/console"
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/rng"
+	"github.com/viovmm/vio/devices/virtio/vsock"
 	"github.com/viovmm/vio/netdev/tap"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/virtio"
@@ -116,7 +117,10 @@ func (v *VM) setupPCI(stdio IO) error {
 			return err
 		}
 	}
-	return v.addBalloon()
+	if err := v.addBalloon(); err != nil {
+		return err
+	}
+	return v.addVsock()
 }
 
 // addVirtio puts dev on the next free slot of bus 0.
@@ -285,6 +289,8 @@ func (v *VM) Stats() map[string]any {
 		} else if b, ok := d.dev.(*balloon.Device); ok {
 			s["device"] = b.Stats()
 			b.RequestStats() // fresh guest statistics for the next read
+		} else if st, ok := d.dev.(interface{ Stats() vsock.Stats }); ok {
+			s["device"] = st.Stats()
 		}
 		out[d.name] = s
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/viovmm/vio/api"
 	"github.com/viovmm/vio/config"
@@ -22,7 +23,7 @@ func init() { subcommands = append(subcommands, runCommand) }
 func runCommand() *cobra.Command {
 	var (
 		file, memory, serial, console, onReboot string
-		apiSocket, restore                      string
+		apiSocket, restore, vsockSpec           string
 		prefault                                bool
 		disks, nets                             []string
 		balloonSpec, platformSpec               string
@@ -39,10 +40,14 @@ Flags override what --config FILE (a JSON VM config) says.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if restore != "" {
-				for _, name := range []string{"config", "kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "rng", "serial", "console", "balloon", "platform"} {
-					if c.Flags().Changed(name) {
-						return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", name)
+				var bad string
+				c.Flags().Visit(func(f *pflag.Flag) {
+					if !restoreFlags[f.Name] && bad == "" {
+						bad = f.Name
 					}
+				})
+				if bad != "" {
+					return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", bad)
 				}
 				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
 			}
@@ -107,6 +112,13 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Platform = p
 			}
+			if f.Changed("vsock") {
+				vs, err := config.ParseVsock(vsockSpec)
+				if err != nil {
+					return err
+				}
+				cfg.Vsock = &vs
+			}
 			if f.Changed("on-reboot") {
 				cfg.OnReboot = onReboot
 			}
@@ -142,6 +154,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
 	f.StringVar(&balloonSpec, "balloon", "", "virtio-balloon: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on] (see docs/balloon.md)")
+	f.StringVar(&vsockSpec, "vsock", "", "virtio-vsock device: cid=CID,socket=PATH (host side on a UNIX socket; see docs/vsock.md)")
 	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
 	f.StringVar(&apiSocket, "api-socket", "", "also serve the REST API for this VM on a UNIX socket (see docs/api.md)")
 	f.StringVar(&restore, "restore", "", "run the VM of a snapshot (file:///DIR, see docs/snapshot.md) instead of booting one")
@@ -150,6 +163,12 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
 	return c
+}
+
+// restoreFlags are the flags that go with --restore: everything else
+// describes the VM, which comes from the snapshot.
+var restoreFlags = map[string]bool{
+	"restore": true, "prefault": true, "api-socket": true, "stats": true, "verbose": true, "allow-pvm": true,
 }
 
 type runOptions struct {

@@ -267,6 +267,10 @@ func (g Guest) BuildIn(a *assets.Assets, dir string) (initrd, tools string, err 
 		for _, p := range g.Programs {
 			wrapper := fmt.Sprintf("#!/bin/sh\nexec /tools%s --library-path %s /tools%s \"$@\"\n",
 				initramfs.Interpreter(p), libPath, p)
+			if initramfs.Interpreter(p) == "" {
+				// A static program (or a script) runs as it is.
+				wrapper = fmt.Sprintf("#!/bin/sh\nexec /tools%s \"$@\"\n", p)
+			}
 			b.File(p, []byte(wrapper), 0o755)
 		}
 	}
