@@ -14,6 +14,7 @@ import (
 
 	"github.com/viovmm/vio/api"
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -27,6 +28,7 @@ func runCommand() *cobra.Command {
 		disks, nets                             []string
 		cpus                                    int
 		verbose, allowPVM, stats                bool
+		obs                                     observeFlags
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
@@ -43,7 +45,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 						return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", name)
 					}
 				}
-				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
+				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault, obs})
 			}
 			if file != "" {
 				loaded, err := config.Load(file)
@@ -106,7 +108,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
+			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault, obs})
 		},
 	}
 	f := c.Flags()
@@ -129,6 +131,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
+	obs.add(f)
 	return c
 }
 
@@ -137,6 +140,7 @@ type runOptions struct {
 	apiSocket                string
 	restore                  string // a snapshot URL: restore instead of boot
 	prefault                 bool
+	obs                      observeFlags
 }
 
 // run boots cfg and waits until the guest stops for good (poweroff, panic,
@@ -176,6 +180,13 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
+	mon := events.NewMonitor()
+	ctl.SetEvents(mon)
+	stopObs, err := o.obs.start(ctl, mon, log)
+	if err != nil {
+		return err
+	}
+	defer func() { ctl.Delete(); stopObs() }()
 	if o.restore == "" {
 		if err := ctl.Create(cfg); err != nil {
 			return err
@@ -187,6 +198,7 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 			return err
 		}
 		srv := api.NewServer(ctl, log)
+		srv.SetEvents(mon)
 		go srv.Serve(l)
 		defer srv.Close()
 	}
