@@ -25,3 +25,20 @@ func (c *Controller) emitExit(e Exit) {
 	}
 	c.emit("shutdown", "reason", e.Reason.String(), "detail", e.Detail)
 }
+
+// deviceEvents returns the virtio transport hook that publishes device
+// name's activated, reset and needs-reset (source "virtio-device",
+// property "id"; needs-reset has "error"). Without a monitor it is nil.
+func (v *VM) deviceEvents(name string) func(string, error) {
+	m := v.opts.Events
+	if m == nil {
+		return nil
+	}
+	return func(ev string, err error) {
+		if err != nil {
+			m.Publish(events.SourceDevice, ev, "id", name, "error", err.Error())
+			return
+		}
+		m.Publish(events.SourceDevice, ev, "id", name)
+	}
+}

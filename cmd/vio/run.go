@@ -173,14 +173,14 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		defer restore()
 		stdio.Stdin = in
 	}
-	opts := vmm.Options{AllowPVM: o.allowPVM, Log: log}
+	mon := events.NewMonitor()
+	opts := vmm.Options{AllowPVM: o.allowPVM, Log: log, Events: mon}
 	if o.stats {
 		opts.Stats = os.Stderr
 	}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
-	mon := events.NewMonitor()
 	ctl.SetEvents(mon)
 	stopObs, err := o.obs.start(ctl, mon, log)
 	if err != nil {

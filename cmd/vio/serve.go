@@ -79,11 +79,11 @@ func serve(ctx context.Context, f serveFlags) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// No terminal input: a served VMM is driven by its API, not a user.
-	stdio, opts := vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log}
+	mon := events.NewMonitor()
+	stdio, opts := vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log, Events: mon}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
-	mon := events.NewMonitor()
 	ctl.SetEvents(mon)
 	stopObs, err := f.obs.start(ctl, mon, log)
 	if err != nil {
