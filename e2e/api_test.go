@@ -28,14 +28,15 @@ import (
 // clock (/proc/uptime: CLOCK_BOOTTIME, which is CLOCK_MONOTONIC plus time
 // suspended, and nothing suspends here) once a second, for ever.
 //
-// Each tick it also writes one 4 KiB block of its disk, flushed, so that
-// the host's metrics have disk I/O to show.
+// Before each tick it also writes one 4 KiB block of its disk, flushed,
+// so that the host's metrics have disk I/O to show: when the host has
+// seen n ticks, the disk has had at least n writes.
 const clockScript = `
 echo VIO-GUEST-UP
 i=0
 while true; do
-	echo "VIO-CLOCK $(cut -d' ' -f1 /proc/uptime)"
 	dd if=/dev/zero of=/dev/vda bs=4096 count=1 seek=$i conv=fsync 2>/dev/null
+	echo "VIO-CLOCK $(cut -d' ' -f1 /proc/uptime)"
 	i=$(( (i + 1) % 2048 ))
 	sleep 1
 done
@@ -216,7 +217,7 @@ func TestAPIKataPause(t *testing.T) {
 		t.Errorf("the guest printed %d ticks while paused", during)
 	}
 	after := waitTicks(nPaused + during + 2)
-	// Each tick after the first scrape wrote a block: at least two.
+	// At least two ticks came after the first scrape, each after a write.
 	afterIO := scrapeDisk(t, msock)
 	t.Logf("disk0 before: %+v; after: %+v", before, afterIO)
 	if afterIO.writes < before.writes+2 || afterIO.writtenBytes < before.writtenBytes+2*4096 {
