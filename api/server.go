@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -75,6 +76,9 @@ type Server struct {
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
 	closeErr  error
+
+	ev     *events.Monitor // nil: no event stream (see SetEvents)
+	evQuit chan struct{}   // closed when the server shuts down
 }
 
 // NewServer returns a Server for ctl. A nil log discards.
@@ -152,6 +156,7 @@ var routes = map[string]route{
 	"vm.snapshot":  {http.MethodPut, (*Server).snapshot},
 	"vm.restore":   {http.MethodPut, (*Server).restore},
 	"vm.resize":    {http.MethodPut, (*Server).resize},
+	EventsEndpoint: {http.MethodGet, (*Server).streamEvents},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,16 +15,31 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/lab/labtest"
 )
 
 // clockScript is the guest half of TestAPIKataPause: it prints its boot
 // clock (/proc/uptime: CLOCK_BOOTTIME, which is CLOCK_MONOTONIC plus time
 // suspended, and nothing suspends here) once a second, for ever.
+//
+// Before each tick it also writes one 4 KiB block of its disk, flushed,
+// so that the host's metrics have disk I/O to show: when the host has
+// seen n ticks, the disk has had at least n writes.
 const clockScript = `
 echo VIO-GUEST-UP
-while true; do echo "VIO-CLOCK $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done
+i=0
+while true; do
+	dd if=/dev/zero of=/dev/vda bs=4096 count=1 seek=$i conv=fsync 2>/dev/null
+	echo "VIO-CLOCK $(cut -d' ' -f1 /proc/uptime)"
+	i=$(( (i + 1) % 2048 ))
+	sleep 1
+done
 `
 
 // tick is one clock line: the guest's clock and when the host read it.
@@ -38,14 +54,28 @@ type tick struct {
 // counters, vm.shutdown, vmm.shutdown answered 204 and the process gone.
 // Across a 3 s pause the guest's clock must not advance: the gap between
 // its ticks around the pause stays under 2 s.
+//
+// It also watches the VM the way an operator would: vio runs with
+// --metrics and --event-monitor; the disk's counters and its write
+// latency histogram, scraped and parsed with Prometheus' parser, move
+// between two scrapes while the guest writes, and the event file holds
+// the VM's lifecycle in order.
 func TestAPIKataPause(t *testing.T) {
 	a := labtest.Assets(t)
-	initrd := labtest.Initramfs(t, clockScript)
-	sock := filepath.Join(t.TempDir(), "clh.sock")
+	initrd := labtest.Initramfs(t, clockScript, "virtio_pci", "virtio_blk")
+	dir := t.TempDir()
+	sock, msock, evFile := filepath.Join(dir, "clh.sock"), filepath.Join(dir, "metrics.sock"), filepath.Join(dir, "events")
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 8<<20); err != nil {
+		t.Fatal(err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, vioBin, "--api-socket", sock, "-v")
+	cmd := exec.CommandContext(ctx, vioBin, "--api-socket", sock, "-v", "--metrics", "unix:"+msock, "--event-monitor", "path="+evFile)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +178,7 @@ func TestAPIKataPause(t *testing.T) {
   "serial": {"mode": "Tty"},
   "console": {"mode": "Off", "iommu": false},
   "rng": {"src": "/dev/urandom", "iommu": false},
+  "disks": [{"path": "` + disk + `", "id": "_disk0"}],
   "vsock": {"cid": 3, "socket": "` + filepath.Join(t.TempDir(), "vsock.sock") + `"},
   "platform": {"num_pci_segments": 2},
   "iommu": false, "watchdog": false, "pvpanic": false
@@ -164,6 +195,7 @@ func TestAPIKataPause(t *testing.T) {
 		t.Fatal("the guest never reached its init")
 	}
 	waitTicks(3)
+	before := scrapeDisk(t, msock)
 
 	do(http.MethodPut, "vm.pause", nil)
 	pausedAt := time.Now()
@@ -185,6 +217,18 @@ func TestAPIKataPause(t *testing.T) {
 		t.Errorf("the guest printed %d ticks while paused", during)
 	}
 	after := waitTicks(nPaused + during + 2)
+	// At least two ticks came after the first scrape, each after a write.
+	afterIO := scrapeDisk(t, msock)
+	t.Logf("disk0 before: %+v; after: %+v", before, afterIO)
+	if afterIO.writes < before.writes+2 || afterIO.writtenBytes < before.writtenBytes+2*4096 {
+		t.Errorf("the disk's write counters did not move with the guest's writes: before %+v, after %+v", before, afterIO)
+	}
+	if afterIO.writeLatencies < before.writeLatencies+2 {
+		t.Errorf("the write latency histogram did not count the guest's writes: before %+v, after %+v", before, afterIO)
+	}
+	if afterIO.state != "Running" {
+		t.Errorf("vio_vm_state says %q after resume", afterIO.state)
+	}
 
 	// The gap in guest time between the last tick before the pause and
 	// the first one after it.
@@ -227,5 +271,91 @@ func TestAPIKataPause(t *testing.T) {
 		t.Logf("vio gone %v after vmm.shutdown was sent", time.Since(stopAt).Round(time.Millisecond))
 	case <-time.After(3 * time.Second):
 		t.Fatal("vio still runs 3 s after vmm.shutdown (Kata's limit)")
+	}
+	checkEventFile(t, evFile)
+}
+
+// diskReading is what scrapeDisk reads from vio's metrics.
+type diskReading struct {
+	state                                string
+	writes, writtenBytes, writeLatencies uint64
+}
+
+// scrapeDisk fetches /metrics from vio's UNIX socket, parses it with
+// Prometheus' parser and reads disk0's write counters.
+func scrapeDisk(t *testing.T, sock string) diskReading {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://localhost/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("Prometheus' parser refused vio's metrics: %v", err)
+	}
+	labels := func(m *dto.Metric) map[string]string {
+		l := map[string]string{}
+		for _, p := range m.GetLabel() {
+			l[p.GetName()] = p.GetValue()
+		}
+		return l
+	}
+	var r diskReading
+	for _, m := range fams["vio_vm_state"].GetMetric() {
+		if m.GetGauge().GetValue() == 1 {
+			r.state = labels(m)["state"]
+		}
+	}
+	for _, m := range fams["vio_device_writes_total"].GetMetric() {
+		if labels(m)["device"] == "disk0" {
+			r.writes = uint64(m.GetCounter().GetValue())
+		}
+	}
+	for _, m := range fams["vio_device_written_bytes_total"].GetMetric() {
+		if labels(m)["device"] == "disk0" {
+			r.writtenBytes = uint64(m.GetCounter().GetValue())
+		}
+	}
+	for _, m := range fams["vio_disk_request_duration_seconds"].GetMetric() {
+		if l := labels(m); l["device"] == "disk0" && l["op"] == "write" {
+			r.writeLatencies = m.GetHistogram().GetSampleCount()
+		}
+	}
+	return r
+}
+
+// checkEventFile reads --event-monitor's file after vio exited: the VMM
+// started, the VM went through its lifecycle in order, the VMM stopped.
+func checkEventFile(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var all, vm []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var e events.Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("event line %q: %v", sc.Text(), err)
+		}
+		all = append(all, e.Source+":"+e.Event)
+		if e.Source == events.SourceVM {
+			vm = append(vm, e.Event)
+		}
+	}
+	t.Logf("events: %v", all)
+	if len(all) < 2 || all[0] != "vmm:starting" || all[len(all)-1] != "vmm:shutdown" {
+		t.Errorf("the event file does not start with vmm:starting and end with vmm:shutdown: %v", all)
+	}
+	want := "created booting booted pausing paused resuming resumed shutdown deleted"
+	if got := strings.Join(vm, " "); got != want {
+		t.Errorf("VM events %q, want %q", got, want)
 	}
 }

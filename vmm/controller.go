@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/events"
 )
 
 // State is the lifecycle state of the Controller's VM, spelled as Cloud
@@ -148,6 +149,7 @@ type Controller struct {
 	build   BuildFunc
 	restore RestoreFunc // nil: vm.restore is not offered
 	log     *slog.Logger
+	ev      *events.Monitor // nil: no events (see SetEvents)
 
 	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*
 
@@ -204,7 +206,12 @@ func (c *Controller) Snapshot(url string) error {
 	if err := c.needLocked("snapshot", StatePaused); err != nil {
 		return err
 	}
-	return c.run.m.Snapshot(dir)
+	c.emit("snapshotting", "destination_url", url)
+	if err := c.run.m.Snapshot(dir); err != nil {
+		return err
+	}
+	c.emit("snapshotted", "destination_url", url)
+	return nil
 }
 
 // Restore builds the VM of the snapshot in the directory that url names,
@@ -226,6 +233,7 @@ func (c *Controller) Restore(url string, ro RestoreOptions) error {
 	if c.state != NoVM {
 		return &StateError{Op: "restore", State: c.state}
 	}
+	c.emit("restoring", "source_url", url)
 	m, cfg, err := c.restore(dir, ro)
 	if err != nil {
 		return err
@@ -239,6 +247,7 @@ func (c *Controller) Restore(url string, ro RestoreOptions) error {
 	c.run, c.state, c.stopped = r, StatePaused, make(chan struct{})
 	c.lastExit, c.lastErr = Exit{}, nil
 	go c.follow(r, c.stopped)
+	c.emit("restored", "source_url", url)
 	return nil
 }
 
@@ -273,6 +282,7 @@ func (c *Controller) Create(cfg *config.VM) error {
 		c.log.Warn(w)
 	}
 	c.cfg, c.state = cfg, StateCreated
+	c.emit("created")
 	return nil
 }
 
@@ -289,7 +299,12 @@ func (c *Controller) Boot() error {
 	default:
 		return &StateError{Op: "boot", State: c.state}
 	}
-	return c.startLocked(make(chan struct{}))
+	c.emit("booting")
+	if err := c.startLocked(make(chan struct{})); err != nil {
+		return err
+	}
+	c.emit("booted")
+	return nil
 }
 
 // startLocked builds and starts a Machine and the goroutine that follows
@@ -333,9 +348,11 @@ func (c *Controller) follow(r *run, stopped chan struct{}) {
 		r.m.Close()
 		if e.Reason == ExitReboot && c.cfg.OnReboot != "exit" && !r.stopping {
 			c.log.Info("guest rebooted; restarting it")
+			c.emit("rebooting", "reason", "guest", "detail", e.Detail)
 			m, err := c.buildLocked()
 			if err == nil {
 				r.m, c.state = m, StateRunning
+				c.emit("rebooted")
 				c.mu.Unlock()
 				continue
 			}
@@ -345,6 +362,7 @@ func (c *Controller) follow(r *run, stopped chan struct{}) {
 		}
 		c.state, c.lastExit = StateShutdown, e
 		if !r.rebooting {
+			c.emitExit(e)
 			close(stopped)
 		}
 		c.mu.Unlock()
@@ -361,10 +379,12 @@ func (c *Controller) Pause() error {
 	if err := c.needLocked("pause", StateRunning); err != nil {
 		return err
 	}
+	c.emit("pausing")
 	if err := c.run.m.Pause(); err != nil {
 		return err
 	}
 	c.state = StatePaused
+	c.emit("paused")
 	return nil
 }
 
@@ -377,10 +397,12 @@ func (c *Controller) Resume() error {
 	if err := c.needLocked("resume", StatePaused); err != nil {
 		return err
 	}
+	c.emit("resuming")
 	if err := c.run.m.Resume(); err != nil {
 		return err
 	}
 	c.state = StateRunning
+	c.emit("resumed")
 	return nil
 }
 
@@ -428,6 +450,11 @@ func (c *Controller) shutdown(why string, reboot bool) error {
 func (c *Controller) Reboot() error {
 	c.op.Lock()
 	defer c.op.Unlock()
+	c.mu.Lock()
+	if c.state == StateRunning || c.state == StatePaused {
+		c.emit("rebooting", "reason", "api")
+	}
+	c.mu.Unlock()
 	if err := c.shutdown("rebooted through the API", true); err != nil {
 		if errors.Is(err, ErrWrongState) {
 			return &StateError{Op: "reboot", State: err.(*StateError).State}
@@ -439,9 +466,11 @@ func (c *Controller) Reboot() error {
 	if err := c.startLocked(c.stopped); err != nil {
 		// The boot cannot go on: it has ended.
 		c.lastErr = err
+		c.emit("shutdown", "reason", ExitError.String(), "detail", err.Error())
 		close(c.stopped)
 		return err
 	}
+	c.emit("rebooted")
 	return nil
 }
 
@@ -460,6 +489,9 @@ func (c *Controller) Delete() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.state != NoVM {
+		c.emit("deleted")
+	}
 	c.state, c.cfg = NoVM, nil
 	return nil
 }

@@ -12,8 +12,14 @@ import (
 // each an integer. Nested statistics are flattened with "_" between the
 // names (transport_notifications, exits_IO).
 func (v *VM) Counters() map[string]map[string]int64 {
+	return CountersOf(v.Stats())
+}
+
+// CountersOf flattens statistics in the shape of VM.Stats (a "vcpus"
+// list, then one entry per device) into vm.counters' shape.
+func CountersOf(in map[string]any) map[string]map[string]int64 {
 	out := map[string]map[string]int64{}
-	b, err := json.Marshal(v.Stats())
+	b, err := json.Marshal(in)
 	if err != nil {
 		return out
 	}

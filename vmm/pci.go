@@ -125,7 +125,7 @@ func (v *VM) setupPCI(stdio IO) error {
 
 // addVirtio puts dev on the next free slot of bus 0.
 func (v *VM) addVirtio(name string, dev virtio.Device) error {
-	t, err := virtiopci.New(dev, v.mem, virtiopci.Options{Router: v.msi.device(), IOEvents: v.ioevents})
+	t, err := virtiopci.New(dev, v.mem, virtiopci.Options{Router: v.msi.device(), IOEvents: v.ioevents, OnEvent: v.deviceEvents(name)})
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

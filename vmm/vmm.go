@@ -18,6 +18,7 @@ import (
 	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/pci"
@@ -41,6 +42,8 @@ type Options struct {
 	// Stats, if set, receives the VM's counters (see VM.Stats) as JSON
 	// when each run of the guest ends.
 	Stats io.Writer
+	// Events, if set, hears of the devices' lives (see deviceEvents).
+	Events *events.Monitor
 }
 
 // ErrPVMOnly means the host's KVM cannot run standard guests at speed.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/viovmm/vio/api"
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -29,6 +30,7 @@ func runCommand() *cobra.Command {
 		balloonSpec, platformSpec               string
 		cpus                                    int
 		verbose, allowPVM, stats                bool
+		obs                                     observeFlags
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
@@ -49,7 +51,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				if bad != "" {
 					return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", bad)
 				}
-				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
+				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault, obs})
 			}
 			if file != "" {
 				loaded, err := config.Load(file)
@@ -136,7 +138,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault})
+			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault, obs})
 		},
 	}
 	f := c.Flags()
@@ -162,6 +164,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what vio does to stderr")
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
+	obs.add(f)
 	return c
 }
 
@@ -176,6 +179,7 @@ type runOptions struct {
 	apiSocket                string
 	restore                  string // a snapshot URL: restore instead of boot
 	prefault                 bool
+	obs                      observeFlags
 }
 
 // run boots cfg and waits until the guest stops for good (poweroff, panic,
@@ -208,13 +212,20 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		defer restore()
 		stdio.Stdin = in
 	}
-	opts := vmm.Options{AllowPVM: o.allowPVM, Log: log}
+	mon := events.NewMonitor()
+	opts := vmm.Options{AllowPVM: o.allowPVM, Log: log, Events: mon}
 	if o.stats {
 		opts.Stats = os.Stderr
 	}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
+	ctl.SetEvents(mon)
+	stopObs, err := o.obs.start(ctl, mon, log)
+	if err != nil {
+		return err
+	}
+	defer func() { ctl.Delete(); stopObs() }()
 	if o.restore == "" {
 		if err := ctl.Create(cfg); err != nil {
 			return err
@@ -226,6 +237,7 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 			return err
 		}
 		srv := api.NewServer(ctl, log)
+		srv.SetEvents(mon)
 		go srv.Serve(l)
 		defer srv.Close()
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -23,6 +24,7 @@ type serveFlags struct {
 	verbose  int
 	allowPVM bool
 	seccomp  string
+	obs      observeFlags
 }
 
 func (f *serveFlags) add(c *cobra.Command) {
@@ -35,6 +37,7 @@ func (f *serveFlags) add(c *cobra.Command) {
 	// filter yet, so the value is only logged.
 	fl.StringVar(&f.seccomp, "seccomp", "", "accepted for Cloud Hypervisor compatibility; vio installs no seccomp filter yet")
 	fl.MarkHidden("seccomp")
+	f.obs.add(fl)
 }
 
 func serveCommand() *cobra.Command {
@@ -76,15 +79,23 @@ func serve(ctx context.Context, f serveFlags) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// No terminal input: a served VMM is driven by its API, not a user.
-	stdio, opts := vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log}
+	mon := events.NewMonitor()
+	stdio, opts := vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log, Events: mon}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	defer ctl.Delete()
+	ctl.SetEvents(mon)
+	stopObs, err := f.obs.start(ctl, mon, log)
+	if err != nil {
+		return err
+	}
+	defer func() { ctl.Delete(); stopObs() }()
 	l, err := api.Listen(f.socket, log)
 	if err != nil {
 		return err
 	}
 	srv := api.NewServer(ctl, log)
+	srv.SetEvents(mon)
 	go func() {
 		<-ctx.Done()
 		srv.Close()

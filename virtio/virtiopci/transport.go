@@ -154,6 +154,13 @@ type Options struct {
 	// endpoint (4 KiB configuration space, PCIe capability), which is
 	// what a q35-style machine presents.
 	Express bool
+	// OnEvent, if set, hears of the device's life as the driver drives
+	// it: "activated" (DRIVER_OK started it), "reset" (the driver reset
+	// an active device) and "needs-reset" (a broken queue or a failed
+	// activation set DEVICE_NEEDS_RESET; err says why). It is called
+	// with the transport's lock held or from a device goroutine, so it
+	// must return at once and not call the transport.
+	OnEvent func(event string, err error)
 }
 
 type queueState struct {
@@ -171,6 +178,7 @@ type Transport struct {
 	maxSizes []uint16
 	offered  uint64
 	ioevents IOEventRegistrar
+	onEvent  func(string, error) // nil: nobody listens
 	barSize  uint64
 	tableOff uint64
 	pbaOff   uint64
@@ -273,6 +281,7 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 		maxSizes:     maxSizes,
 		offered:      dev.Features() | virtio.TransportFeatures,
 		ioevents:     opts.IOEvents,
+		onEvent:      opts.OnEvent,
 		queueVectors: make([]atomic.Uint32, nq),
 		queues:       make([]queueState, nq),
 	}
@@ -474,10 +483,17 @@ func (qt queueTrigger) Trigger() error {
 
 // queueBroken is the queues' OnBroken hook: DEVICE_NEEDS_RESET plus a
 // configuration interrupt (spec 2.1.2).
-func (t *Transport) queueBroken(error) {
+func (t *Transport) queueBroken(err error) {
 	t.stats.brokenQueues.Add(1)
 	if !t.needsReset.Swap(true) {
 		t.configInterrupt()
+		t.event("needs-reset", err)
+	}
+}
+
+func (t *Transport) event(name string, err error) {
+	if t.onEvent != nil {
+		t.onEvent(name, err)
 	}
 }
 
@@ -504,6 +520,7 @@ func (t *Transport) resetDeviceLocked() {
 		// holding it here cannot deadlock.
 		t.dev.Reset()
 		t.activated = false
+		t.event("reset", nil)
 	}
 	t.stats.resets.Add(1)
 	t.resetLocked()
@@ -514,6 +531,7 @@ func (t *Transport) failLocked(err error) {
 	t.stats.activateErrors.Add(1)
 	if !t.needsReset.Swap(true) {
 		t.configInterrupt()
+		t.event("needs-reset", err)
 	}
 }
 
@@ -589,6 +607,7 @@ func (t *Transport) startLocked(queues []*virtio.Queue) error {
 	t.activated = true
 	t.stats.activations.Add(1)
 	t.active.Store(&queues)
+	t.event("activated", nil)
 	return nil
 }
 

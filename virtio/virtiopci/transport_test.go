@@ -71,7 +71,9 @@ type rig struct {
 	router    *pcitest.Router
 }
 
-func newRig(t testing.TB) *rig {
+// newRig builds a transport on a stub device; opts, if given, supplies
+// its OnEvent.
+func newRig(t testing.TB, opts ...virtiopci.Options) *rig {
 	t.Helper()
 	r := &rig{mmio: bus.New("mmio"), pio: bus.New("pio"), dev: &stubDev{}, router: pcitest.NewRouter(1 << 12)}
 	var err error
@@ -84,7 +86,11 @@ func newRig(t testing.TB) *rig {
 		t.Fatal(err)
 	}
 	r.pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, r.root.ConfigPorts())
-	if r.tr, err = virtiopci.New(r.dev, r.mem, virtiopci.Options{Router: r.router, INTx: pcitest.NewLine()}); err != nil {
+	o := virtiopci.Options{Router: r.router, INTx: pcitest.NewLine()}
+	if len(opts) > 0 {
+		o.OnEvent = opts[0].OnEvent
+	}
+	if r.tr, err = virtiopci.New(r.dev, r.mem, o); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.root.Add(pci.BDF{Device: 2}, r.tr); err != nil {

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 
 	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/internal/latency"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
@@ -172,7 +173,8 @@ type Device struct {
 	wce       atomic.Bool   // the writeback field
 	negotiate atomic.Uint64 // negotiated features of the current activation
 
-	stats counters
+	stats   counters
+	latency [numOps]latency.Histogram
 
 	mu     sync.Mutex // guards the running activation
 	run    *activation

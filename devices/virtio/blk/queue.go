@@ -2,6 +2,7 @@ package blk
 
 import (
 	"sync"
+	"time"
 
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
@@ -21,24 +22,35 @@ type server struct {
 	stop chan struct{}
 	gate *state.Gate
 
-	work chan *virtio.Chain // to workers; capacity limit, so never blocks
-	done chan completion    // from workers; capacity limit, so never blocks
+	work chan request    // to workers; capacity limit, so never blocks
+	done chan completion // from workers; capacity limit, so never blocks
 	// limit bounds the chains taken and not yet returned. A hostile
 	// driver can republish heads still in flight, so the ring itself
 	// does not bound them; the queue size does here.
 	limit int
 }
 
+// request is a chain on its way to a worker, with the time it was taken
+// off the available ring: a request's latency runs from there to its
+// used-ring entry, which is what the guest sees (queueing for a worker
+// included).
+type request struct {
+	c     *virtio.Chain
+	taken time.Time
+}
+
 type completion struct {
 	head    uint16
 	written uint32
+	op      op
+	taken   time.Time
 }
 
 func newServer(d *Device, q *virtio.Queue, stop chan struct{}) *server {
 	limit := int(q.Config().Size)
 	return &server{
 		d: d, q: q, stop: stop,
-		work:  make(chan *virtio.Chain, limit),
+		work:  make(chan request, limit),
 		done:  make(chan completion, limit),
 		limit: limit,
 	}
@@ -84,11 +96,13 @@ func (s *server) serve() {
 			poll = true
 		case c := <-s.done:
 			// Push everything that has completed, then interrupt once.
+			now := time.Now()
 			for {
 				inFlight--
 				if err := s.q.Push(c.head, c.written); err != nil {
 					return
 				}
+				s.d.latency[c.op].Observe(now.Sub(c.taken))
 				var ok bool
 				select {
 				case c, ok = <-s.done:
@@ -116,6 +130,7 @@ func (s *server) quiesce(inFlight int) bool {
 			if err := s.q.Push(c.head, c.written); err != nil {
 				return false
 			}
+			s.d.latency[c.op].Observe(time.Since(c.taken))
 		}
 	}
 	_ = s.q.Signal()
@@ -148,7 +163,7 @@ func (s *server) take(inFlight int) (int, bool, error) {
 			s.q.DisableNotifications()
 			continue
 		}
-		s.work <- c
+		s.work <- request{c, time.Now()}
 		inFlight++
 		s.d.stats.noteInFlight(inFlight)
 	}
@@ -156,7 +171,7 @@ func (s *server) take(inFlight int) (int, bool, error) {
 
 func (s *server) worker() {
 	w := &worker{d: s.d}
-	for c := range s.work {
+	for r := range s.work {
 		select {
 		case <-s.stop:
 			// Reset: abandon queued requests without touching guest
@@ -164,6 +179,8 @@ func (s *server) worker() {
 			continue
 		default:
 		}
-		s.done <- completion{c.Head, w.handle(c)}
+		w.op = opOther
+		n := w.handle(r.c)
+		s.done <- completion{r.c.Head, n, w.op, r.taken}
 	}
 }

@@ -11,6 +11,7 @@ import (
 // request allocates nothing.
 type worker struct {
 	d    *Device
+	op   op       // the request's kind, for its latency
 	data [][]byte // the request's data buffers, sub-slices of guest memory
 	segs [MaxSegments * SegmentSize]byte
 }
@@ -64,6 +65,7 @@ func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
 
 	switch typ {
 	case TypeIn:
+		w.op = opRead
 		d.stats.reads.Add(1)
 		w.data = span(w.data[:0], in, 0, inLen)
 		if !w.checkData(inLen, sector) {
@@ -76,6 +78,7 @@ func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
 		return StatusOK
 
 	case TypeOut:
+		w.op = opWrite
 		d.stats.writes.Add(1)
 		if d.readOnly {
 			return StatusIOErr
@@ -96,6 +99,7 @@ func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
 		return StatusOK
 
 	case TypeFlush:
+		w.op = opFlush
 		d.stats.flushes.Add(1)
 		if features&FeatureFlush == 0 {
 			return StatusUnsupp
@@ -144,7 +148,9 @@ func (w *worker) checkData(n int64, sector uint64) bool {
 func (w *worker) zeroOrDiscard(typ uint32, out virtio.Buffers, outLen int64, features uint64) byte {
 	d := w.d
 	feature, maxSeg, maxSectors := FeatureDiscard, d.cfg.MaxDiscardSegments, d.cfg.MaxDiscardSectors
+	w.op = opDiscard
 	if typ == TypeWriteZeroes {
+		w.op = opWriteZeroes
 		d.stats.writeZeroes.Add(1)
 		feature, maxSeg, maxSectors = FeatureWriteZeroes, d.cfg.MaxWriteZeroesSegments, d.cfg.MaxWriteZeroesSectors
 	} else {
