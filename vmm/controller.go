@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path"
 	"sync"
+	"time"
 
 	"github.com/viovmm/vio/config"
 )
@@ -149,7 +150,9 @@ type Controller struct {
 	restore RestoreFunc // nil: vm.restore is not offered
 	log     *slog.Logger
 
-	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*
+	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*, RemoveDevice
+
+	ejectWait time.Duration // how long RemoveDevice waits for the guest (0: DefaultEjectWait)
 
 	// mu guards everything below. It is held while a Machine is paused,
 	// resumed or closed, so that those never meet.
@@ -267,6 +270,9 @@ func (c *Controller) Create(cfg *config.VM) error {
 		cfg.CPUs.MaxVCPUs = cfg.CPUs.BootVCPUs
 	}
 	if err := cfg.Validate(); err != nil {
+		return configError{err}
+	}
+	if err := assignIDs(cfg); err != nil {
 		return configError{err}
 	}
 	for _, w := range cfg.Unimplemented() {
@@ -460,41 +466,8 @@ func (c *Controller) Delete() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	closeTapFDs(c.cfg)
 	c.state, c.cfg = NoVM, nil
-	return nil
-}
-
-// AddDisk adds a disk to a VM that has not been booted yet (cold plug).
-// Hot plug comes later.
-func (c *Controller) AddDisk(d config.Disk) error {
-	return c.coldAdd("add a disk", func(cfg *config.VM) { cfg.Disks = append(cfg.Disks, d) })
-}
-
-// AddNet adds a NIC to a VM that has not been booted yet (cold plug).
-func (c *Controller) AddNet(n config.Net) error {
-	return c.coldAdd("add a NIC", func(cfg *config.VM) { cfg.Net = append(cfg.Net, n) })
-}
-
-func (c *Controller) coldAdd(what string, add func(*config.VM)) error {
-	c.op.Lock()
-	defer c.op.Unlock()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch c.state {
-	case NoVM:
-		return ErrNotCreated
-	case StateRunning, StatePaused:
-		return fmt.Errorf("%w: cannot %s to a booted VM: hot plug is not implemented yet", ErrNotImplemented, what)
-	}
-	cfg := c.cfg.Clone()
-	add(cfg)
-	if err := cfg.Validate(); err != nil {
-		return configError{err}
-	}
-	for _, w := range cfg.Unimplemented() {
-		c.log.Warn(w)
-	}
-	c.cfg = cfg
 	return nil
 }
 

@@ -128,7 +128,7 @@ func (v *VM) Snapshot(dir string) error {
 	return nil
 }
 
-func deviceKind(d pciDevice) string {
+func deviceKind(d *pciDevice) string {
 	switch d.dev.Type() {
 	case virtio.TypeNet:
 		return "virtio-net"

@@ -103,6 +103,9 @@ type Machine struct {
 	pauses, resumes int
 	snapshots       int
 	err             error
+
+	hpOnce sync.Once
+	hot    *hotplug
 }
 
 var _ vmm.Machine = (*Machine)(nil)
