@@ -103,6 +103,8 @@ func (e *StateError) Error() string {
 		return "cannot snapshot: the VM is running; send vm.pause first"
 	case e.Op == "create":
 		return fmt.Sprintf("cannot create: a VM exists already (%s); send vm.delete first", e.State)
+	case e.Op == "remove a device" && e.State == StatePaused:
+		return "cannot remove a device: the VM is paused and its guest cannot release it; send vm.resume first"
 	case e.State == StateCreated:
 		return fmt.Sprintf("cannot %s: the VM has not been booted yet; send vm.boot first", e.Op)
 	case e.State == StateShutdown:
