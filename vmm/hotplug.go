@@ -65,8 +65,21 @@ var _ Hotplugger = (*VM)(nil)
 type hotplug struct {
 	regs *pcihp.Device
 
-	mu   sync.Mutex // guards used, VM.pciDevices and each plugged's fields
-	used uint32     // device numbers in use on bus 0 (bit n = slot n)
+	mu      sync.Mutex // guards used, changed, VM.pciDevices and each plugged's fields
+	used    uint32     // device numbers in use on bus 0 (bit n = slot n)
+	changed bool       // a device was hot-plugged or removed since boot
+}
+
+// hotplugChanged refuses a snapshot of a VM whose devices changed since
+// boot: a restore builds devices in config order, which need not be the
+// slots the guest saw.
+func (v *VM) hotplugChanged() error {
+	v.hp.mu.Lock()
+	defer v.hp.mu.Unlock()
+	if v.hp.changed {
+		return snapErr(ErrNotSaveable, "cannot snapshot: devices were hot-plugged or removed since this VM booted, and a restore would not put them back in the same slots; reboot the VM (vm.reboot) first")
+	}
+	return nil
 }
 
 // plugged is what a removable device owns beyond its pciDevice.
@@ -221,6 +234,9 @@ func (v *VM) announce(p *pciDevice) (string, error) {
 		v.teardown(p, true)
 		return "", err
 	}
+	v.hp.mu.Lock()
+	v.hp.changed = true
+	v.hp.mu.Unlock()
 	v.log.Info("device hot-plugged", "id", p.hp.id, "bdf", bdfString(p.hp.slot))
 	return bdfString(p.hp.slot), nil
 }
@@ -307,6 +323,7 @@ func (v *VM) teardown(d *pciDevice, notify bool) {
 		return
 	}
 	v.pciDevices = append(v.pciDevices[:i:i], v.pciDevices[i+1:]...)
+	v.hp.changed = true
 	gone := d.hp.gone
 	d.hp.gone = nil
 	v.hp.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/config"
 )
 
 func init() { subcommands = append(subcommands, ctlCommand) }
@@ -36,6 +37,10 @@ var ctlVerbs = map[string]struct {
 	"shutdown-vmm": {http.MethodPut, "vmm.shutdown", "VMM shut down"},
 	"snapshot":     {http.MethodPut, "vm.snapshot", "snapshot written"},
 	"restore":      {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
+
+	"add-disk":      {http.MethodPut, "vm.add-disk", "disk added to the config (it joins the guest at boot)"},
+	"add-net":       {http.MethodPut, "vm.add-net", "NIC added to the config (it joins the guest at boot)"},
+	"remove-device": {http.MethodPut, "vm.remove-device", "device removed"},
 }
 
 func ctlCommand() *cobra.Command {
@@ -43,12 +48,15 @@ func ctlCommand() *cobra.Command {
 	var timeout time.Duration
 	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|remove-device ID|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
 snapshot file:///DIR writes the paused VM to a new or empty directory; restore
-file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
+file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.
+add-disk and add-net take the --disk and --net flags' syntax (path=IMG,id=d1;
+tap=NAME,mac=...); on a booted VM they hot-plug and print the device's id and
+address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			if socket == "" {
@@ -56,7 +64,7 @@ file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, remove-device ID, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -77,6 +85,22 @@ file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.`,
 				body = b
 			case args[0] == "snapshot" || args[0] == "restore":
 				return fmt.Errorf("%s needs a snapshot directory as a URL: vio ctl --api-socket PATH %s file:///var/lib/vio/snap1", args[0], args[0])
+			case args[0] == "add-disk" && len(args) == 2:
+				d, err := config.ParseDisk(args[1])
+				if err != nil {
+					return err
+				}
+				body, _ = json.Marshal(d)
+			case args[0] == "add-net" && len(args) == 2:
+				n, err := config.ParseNet(args[1])
+				if err != nil {
+					return err
+				}
+				body, _ = json.Marshal(n)
+			case args[0] == "remove-device" && len(args) == 2:
+				body, _ = json.Marshal(map[string]string{"id": args[1]})
+			case args[0] == "add-disk" || args[0] == "add-net" || args[0] == "remove-device":
+				return fmt.Errorf("%s needs an argument: vio ctl --api-socket PATH add-disk path=IMG,id=d1 | add-net tap=NAME,id=n1 | remove-device d1", args[0])
 			case len(args) == 2:
 				return fmt.Errorf("%s takes no argument", args[0])
 			}
