@@ -154,8 +154,6 @@ type Controller struct {
 
 	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*, RemoveDevice
 
-	ejectWait time.Duration // how long RemoveDevice waits for the guest (0: DefaultEjectWait)
-
 	// mu guards everything below. It is held while a Machine is paused,
 	// resumed or closed, so that those never meet.
 	mu       sync.Mutex
@@ -165,6 +163,9 @@ type Controller struct {
 	stopped  chan struct{} // closed when the current boot ends in Shutdown
 	lastExit Exit
 	lastErr  error
+	// ejectWait is how long RemoveDevice waits for the guest (0:
+	// DefaultEjectWait).
+	ejectWait time.Duration
 }
 
 // run is one boot: the Machines it goes through (one per guest reboot)

@@ -30,8 +30,12 @@ type DeviceInfo struct {
 }
 
 // SetEjectWait sets how long RemoveDevice waits for the guest (0:
-// DefaultEjectWait). Call it before the Controller is used.
-func (c *Controller) SetEjectWait(d time.Duration) { c.ejectWait = d }
+// DefaultEjectWait).
+func (c *Controller) SetEjectWait(d time.Duration) {
+	c.mu.Lock()
+	c.ejectWait = d
+	c.mu.Unlock()
+}
 
 // assignIDs gives every disk and NIC without an id one that no other
 // device has, and refuses duplicates.
@@ -193,11 +197,11 @@ func (c *Controller) RemoveDevice(id string) error {
 	}
 	m := c.run.m
 	h, ok := m.(Hotplugger)
+	wait := c.ejectWait
 	c.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: this VM cannot remove devices while it runs", ErrNotImplemented)
 	}
-	wait := c.ejectWait
 	if wait <= 0 {
 		wait = DefaultEjectWait
 	}
