@@ -59,6 +59,9 @@ timeout 60 ping -c 3 -W 5 ` + hpHostIP + ` > /dev/null; check ping $?
 echo VIO-HOTPLUG-USED
 waitfor '[ ! -b /dev/vda ]'; check disk-left $?
 waitfor '[ ! -e /sys/class/net/eth0 ]'; check nic-left $?
+# The ACPI core ran the hot-plug AML (GED, PCNT, _EJ0) without complaint.
+dmesg | grep -E 'ACPI (BIOS )?(Error|Warning)|AE_[A-Z]' | sed 's/^/ACPI-COMPLAINT /'
+[ -d /sys/bus/pci/slots/31 ]; check acpiphp-slots $? "$(ls /sys/bus/pci/slots | wc -l)"
 echo VIO-GUEST-DONE
 while true; do sleep 60; done
 `
@@ -353,9 +356,12 @@ func TestAPIHotplug(t *testing.T) {
 		if s, ok := strings.CutPrefix(line, "WRITESUM "); ok {
 			writeSum = s
 		}
+		if strings.HasPrefix(line, "ACPI-COMPLAINT ") {
+			t.Errorf("guest kernel: %s", line)
+		}
 	}
 	mu.Unlock()
-	for _, name := range []string{"disk-arrived", "disk-write", "nic-arrived", "ping", "disk-left", "nic-left"} {
+	for _, name := range []string{"disk-arrived", "disk-write", "nic-arrived", "ping", "disk-left", "nic-left", "acpiphp-slots"} {
 		if checks[name] != "ok" {
 			t.Errorf("guest check %s: %q", name, checks[name])
 		}
