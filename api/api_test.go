@@ -138,8 +138,11 @@ func TestBadRequests(t *testing.T) {
 		{"pause before boot", "PUT", "vm.pause", nil, 405, "vm.boot first"},
 		{"boot", "PUT", "vm.boot", nil, 204, ""},
 		{"resume while running", "PUT", "vm.resume", nil, 405, "running, not paused"},
-		{"add-disk while running", "PUT", "vm.add-disk", []byte(`{"path":"/tmp/x.img"}`), 501, "hot plug"},
 		{"add-disk unknown field", "PUT", "vm.add-disk", []byte(`{"path":"/tmp/x.img","speed":9}`), 400, `"speed"`},
+		{"add-disk duplicate id", "PUT", "vm.add-disk", []byte(`{"path":"/tmp/x.img","id":"_disk0"}`), 409, `"_disk0"`},
+		{"add-disk no path", "PUT", "vm.add-disk", []byte(`{"id":"d9"}`), 400, "no path"},
+		{"remove-device unknown id", "PUT", "vm.remove-device", []byte(`{"id":"nope"}`), 404, `"nope"`},
+		{"remove-device without id", "PUT", "vm.remove-device", []byte(`{}`), 400, "needs the id"},
 		{"wrong method", "GET", "vm.boot", nil, 405, "takes PUT"},
 		{"unknown endpoint", "GET", "vm.everything", nil, 404, "no such endpoint"},
 		{"outside the API", "GET", "metrics", nil, 404, "/api/v1/"},
@@ -152,6 +155,7 @@ func TestBadRequests(t *testing.T) {
 		{"resize unknown field", "PUT", "vm.resize", []byte(`{"desired_balloon_size":0}`), 400, `"desired_balloon_size"`},
 		{"pause", "PUT", "vm.pause", nil, 204, ""},
 		{"snapshot to a bad URL", "PUT", "vm.snapshot", []byte(`{"destination_url":"/tmp/s"}`), 400, "file:///"},
+		{"remove-device while paused", "PUT", "vm.remove-device", []byte(`{"id":"_disk0"}`), 405, "vm.resume"},
 		{"not yet", "PUT", "vm.coredump", []byte(`{"destination_url":"file:///tmp/s"}`), 501, "not implemented"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -236,42 +240,115 @@ func waitEOF(t *testing.T, r *os.File) {
 	}
 }
 
-// Descriptors passed with SCM_RIGHTS reach the add-net handler (which
-// answers 501 for now and closes them), and descriptors no request takes
-// are closed with their connection.
+// addNetRequest is an HTTP request for vm.add-net with body.
+func addNetRequest(body string) string {
+	return "PUT /api/v1/vm.add-net HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: " +
+		itoa(len(body)) + "\r\n\r\n" + body
+}
+
+// Descriptors passed with SCM_RIGHTS reach the add-net handler and go to
+// the Controller with the NIC (cold before boot, hot-plugged after, with
+// a PciDeviceInfo answer), which closes them when the NIC goes; a request
+// refused closes them at once, and descriptors no request takes are
+// closed with their connection.
 func TestAddNetFDs(t *testing.T) {
 	v := startVMM(t)
 	c := newSpecClient(t, v.sock)
+	// Kata's NIC: no tap name, the fd, two queues (one pair).
 	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
-
-	body := `{"num_queues":2,"queue_size":256,"ip":"10.0.0.1","mask":"255.255.255.0","mac":"52:54:00:aa:bb:cc"}`
-	req := "PUT /api/v1/vm.add-net HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: " +
-		itoa(len(body)) + "\r\n\r\n" + body
+	body := `{"num_queues":2,"queue_size":256,"ip":"10.0.0.1","mask":"255.255.255.0","mac":"52:54:00:aa:bb:cc","id":"kata0"}`
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	conn, status := sendWithFD(t, v.sock, req, int(w.Fd()))
-	if !strings.HasPrefix(status, "HTTP/1.1 501") || !strings.Contains(status, "received 1 TAP descriptor") {
-		t.Fatalf("add-net with a descriptor: %q", status)
+	conn, status := sendWithFD(t, v.sock, addNetRequest(body), int(w.Fd()))
+	if !strings.HasPrefix(status, "HTTP/1.1 204") {
+		t.Fatalf("cold add-net with a descriptor: %q", status)
 	}
+	conn.Close()
 	w.Close()
-	waitEOF(t, r) // the handler closed its copy
+	c.ok("PUT", "vm.boot", nil, 204)
+	m := v.builder.Last()
+	if len(m.Config.Net) != 1 || len(m.Config.Net[0].TapFDs) != 1 || m.Config.Net[0].ID != "kata0" {
+		t.Fatalf("the VM was built with NICs %+v, want kata0 on one descriptor", m.Config.Net)
+	}
+
+	// Hot plug: 200 with {id, bdf}.
+	r2, w2, _ := os.Pipe()
+	defer r2.Close()
+	conn, status = sendWithFD(t, v.sock, addNetRequest(`{"id":"kata1"}`), int(w2.Fd()))
+	if !strings.HasPrefix(status, "HTTP/1.1 200") || !strings.Contains(status, `{"id":"kata1","bdf":"0000:00:01.0"}`) {
+		t.Fatalf("hot add-net with a descriptor: %q", status)
+	}
+	conn.Close()
+	w2.Close()
+	c.ok("PUT", "vm.remove-device", []byte(`{"id":"kata1"}`), 204)
+	waitEOF(t, r2) // the removed NIC's descriptor is closed
+	c.ok("PUT", "vm.remove-device", []byte(`{"id":"kata0"}`), 204)
+	waitEOF(t, r)
+
+	// A refused request closes what it was sent.
+	r3, w3, _ := os.Pipe()
+	defer r3.Close()
+	conn, status = sendWithFD(t, v.sock, addNetRequest(`{"num_queues":4}`), int(w3.Fd()))
+	if !strings.HasPrefix(status, "HTTP/1.1 400") || !strings.Contains(status, "send num_queues 2") {
+		t.Fatalf("add-net with num_queues not matching its descriptors: %q", status)
+	}
+	w3.Close()
+	waitEOF(t, r3)
 	conn.Close()
 
 	// A descriptor sent with a request that does not take one is closed
 	// when the connection is.
-	r2, w2, _ := os.Pipe()
-	defer r2.Close()
-	conn, status = sendWithFD(t, v.sock, "GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\n\r\n", int(w2.Fd()))
+	r4, w4, _ := os.Pipe()
+	defer r4.Close()
+	conn, status = sendWithFD(t, v.sock, "GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\n\r\n", int(w4.Fd()))
 	if !strings.HasPrefix(status, "HTTP/1.1 200") {
 		t.Fatalf("vm.info: %q", status)
 	}
-	w2.Close()
+	w4.Close()
 	conn.Close()
-	waitEOF(t, r2)
+	waitEOF(t, r4)
 	c.ok("GET", "vmm.ping", nil, 200)
+}
+
+// TestHotplugAPI: vm.add-disk on a running VM answers 200 with a
+// PciDeviceInfo (checked against the description), vm.info shows the
+// disk, vm.remove-device takes it away; a guest that does not release a
+// device gets the client a 504 with a sentence.
+func TestHotplugAPI(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
+	c.ok("PUT", "vm.add-disk", []byte(`{"path":"/tmp/cold.img"}`), 204)
+	c.ok("PUT", "vm.boot", nil, 204)
+	var info struct{ ID, BDF string }
+	if err := json.Unmarshal(c.ok("PUT", "vm.add-disk", []byte(`{"path":"/tmp/hot.img","id":"hot0"}`), 200).body, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != "hot0" || info.BDF != "0000:00:01.0" {
+		t.Fatalf("PciDeviceInfo %+v", info)
+	}
+	disks := func() []any {
+		d, _ := c.state(vmm.StateRunning)["disks"].([]any)
+		return d
+	}
+	// Kata's config has a disk already: it is _disk0, the cold one _disk1.
+	if d := disks(); len(d) != 3 || d[1].(map[string]any)["id"] != "_disk1" || d[2].(map[string]any)["id"] != "hot0" {
+		t.Fatalf("vm.info disks %v", d)
+	}
+	c.ok("PUT", "vm.remove-device", []byte(`{"id":"hot0"}`), 204)
+	if d := disks(); len(d) != 2 {
+		t.Fatalf("vm.info disks after removal %v", d)
+	}
+	v.builder.Last().HoldEjects()
+	v.ctl.SetEjectWait(time.Millisecond)
+	a := c.do("PUT", "vm.remove-device", []byte(`{"id":"_disk0"}`))
+	if a.status != 504 || !strings.Contains(a.errorSentence(), "did not release") {
+		t.Fatalf("removing a device the guest holds: %d %q", a.status, a.body)
+	}
+	v.builder.Last().ReleaseHeld()
 }
 
 func itoa(n int) string {

@@ -24,6 +24,8 @@ func FuzzServeHTTP(f *testing.F) {
 	f.Add("PUT", "vm.create", []byte(`{"payload":{"kernel":"`+kernel+`"},"cpus":{"boot_vcpus":-1}}`))
 	f.Add("PUT", "vm.add-disk", []byte(`{"path":"a","num_queues":99999999999}`))
 	f.Add("PUT", "vm.add-net", []byte(`{"tap":"t","mac":"zz"}`))
+	f.Add("PUT", "vm.remove-device", []byte(`{"id":"_disk0"}`))
+	f.Add("PUT", "vm.remove-device", []byte(`{"id":""}`))
 	f.Add("GET", "vm.info", []byte(nil))
 	f.Add("PUT", "vm.boot", []byte(nil))
 	f.Fuzz(func(t *testing.T, method, endpoint string, body []byte) {

@@ -31,7 +31,9 @@ import (
 // holds the contract (states, errors). Errors are matched with errors.Is
 // against vmm.ErrNotCreated (404), vmm.ErrWrongState (405, as Cloud
 // Hypervisor's description says for an action the state does not allow),
-// vmm.ErrInvalidConfig and vmm.ErrSnapshotRequest (400), and
+// vmm.ErrInvalidConfig and vmm.ErrSnapshotRequest (400),
+// vmm.ErrNoDevice (404), vmm.ErrDuplicateID (409), vmm.ErrNotReleased
+// (504: the guest did not release a device in time), and
 // vmm.ErrNotImplemented and vmm.ErrNotSaveable (501); any other
 // error is a 500. The error's text is the sentence the client sees.
 type Controller interface {
@@ -44,8 +46,12 @@ type Controller interface {
 	Delete() error
 	Info() (vmm.Info, error)
 	Counters() (map[string]map[string]int64, error)
-	AddDisk(config.Disk) error
-	AddNet(config.Net) error
+	// AddDisk and AddNet return nil info for a device added to the
+	// config only (before boot), the device's id and address for one
+	// hot-plugged. AddNet owns the Net's TapFDs from the call on.
+	AddDisk(config.Disk) (*vmm.DeviceInfo, error)
+	AddNet(config.Net) (*vmm.DeviceInfo, error)
+	RemoveDevice(id string) error
 	Snapshot(destinationURL string) error
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
 	Resize(vmm.Resize) error
@@ -140,30 +146,31 @@ type route struct {
 const prefix = "/api/v1/"
 
 var routes = map[string]route{
-	"vmm.ping":     {http.MethodGet, (*Server).ping},
-	"vmm.shutdown": {http.MethodPut, (*Server).shutdownVMM},
-	"vm.create":    {http.MethodPut, (*Server).create},
-	"vm.boot":      {http.MethodPut, action((Controller).Boot)},
-	"vm.pause":     {http.MethodPut, action((Controller).Pause)},
-	"vm.resume":    {http.MethodPut, action((Controller).Resume)},
-	"vm.shutdown":  {http.MethodPut, action((Controller).Shutdown)},
-	"vm.reboot":    {http.MethodPut, action((Controller).Reboot)},
-	"vm.delete":    {http.MethodPut, action((Controller).Delete)},
-	"vm.info":      {http.MethodGet, (*Server).info},
-	"vm.counters":  {http.MethodGet, (*Server).counters},
-	"vm.add-disk":  {http.MethodPut, (*Server).addDisk},
-	"vm.add-net":   {http.MethodPut, (*Server).addNet},
-	"vm.snapshot":  {http.MethodPut, (*Server).snapshot},
-	"vm.restore":   {http.MethodPut, (*Server).restore},
-	"vm.resize":    {http.MethodPut, (*Server).resize},
-	EventsEndpoint: {http.MethodGet, (*Server).streamEvents},
+	"vmm.ping":         {http.MethodGet, (*Server).ping},
+	"vmm.shutdown":     {http.MethodPut, (*Server).shutdownVMM},
+	"vm.create":        {http.MethodPut, (*Server).create},
+	"vm.boot":          {http.MethodPut, action((Controller).Boot)},
+	"vm.pause":         {http.MethodPut, action((Controller).Pause)},
+	"vm.resume":        {http.MethodPut, action((Controller).Resume)},
+	"vm.shutdown":      {http.MethodPut, action((Controller).Shutdown)},
+	"vm.reboot":        {http.MethodPut, action((Controller).Reboot)},
+	"vm.delete":        {http.MethodPut, action((Controller).Delete)},
+	"vm.info":          {http.MethodGet, (*Server).info},
+	"vm.counters":      {http.MethodGet, (*Server).counters},
+	"vm.add-disk":      {http.MethodPut, (*Server).addDisk},
+	"vm.add-net":       {http.MethodPut, (*Server).addNet},
+	"vm.remove-device": {http.MethodPut, (*Server).removeDevice},
+	"vm.snapshot":      {http.MethodPut, (*Server).snapshot},
+	"vm.restore":       {http.MethodPut, (*Server).restore},
+	"vm.resize":        {http.MethodPut, (*Server).resize},
+	EventsEndpoint:     {http.MethodGet, (*Server).streamEvents},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
 // they get a 501 that says so rather than a 404.
 var notYet = map[string]bool{
 	"vm.power-button": true, "vm.resize-disk": true, "vm.resize-zone": true,
-	"vm.add-device": true, "vm.remove-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
+	"vm.add-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
 	"vm.receive-migration": true, "vm.send-migration": true,
@@ -216,8 +223,12 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &he):
 		status = he.status
-	case errors.Is(err, vmm.ErrNotCreated):
+	case errors.Is(err, vmm.ErrNotCreated), errors.Is(err, vmm.ErrNoDevice):
 		status = http.StatusNotFound
+	case errors.Is(err, vmm.ErrDuplicateID):
+		status = http.StatusConflict
+	case errors.Is(err, vmm.ErrNotReleased):
+		status = http.StatusGatewayTimeout
 	case errors.Is(err, vmm.ErrWrongState):
 		status = http.StatusMethodNotAllowed
 	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrSnapshotRequest):
@@ -369,21 +380,36 @@ func (s *Server) addDisk(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &d); err != nil {
 		return err
 	}
-	if err := s.ctl.AddDisk(d); err != nil {
+	info, err := s.ctl.AddDisk(d)
+	if err != nil {
 		return err
 	}
-	noContent(w)
+	added(w, info)
 	return nil
 }
 
-// addNet takes a NIC by TAP name. The descriptors a client passes with
-// SCM_RIGHTS are received (see FDConn) but not used yet: such a request
-// gets a 501 and the descriptors are closed.
+// added answers an add: 200 with Cloud Hypervisor's PciDeviceInfo for a
+// hot-plugged device, 204 for one only added to the config.
+func added(w http.ResponseWriter, info *vmm.DeviceInfo) {
+	if info == nil {
+		noContent(w)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+// addNet takes a NIC by TAP name, or on the TAP descriptors the client
+// passed with SCM_RIGHTS on this connection (see FDConn), one per queue
+// pair, as Kata's clh driver does. Descriptors go to the Controller with
+// the NIC; a request refused before that closes them.
 func (s *Server) addNet(w http.ResponseWriter, r *http.Request) error {
 	fds, fdErr := RequestFDs(r.Context())
+	handed := false
 	defer func() {
-		for _, fd := range fds {
-			unix.Close(fd)
+		if !handed {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
 		}
 	}()
 	var n config.Net
@@ -393,10 +419,32 @@ func (s *Server) addNet(w http.ResponseWriter, r *http.Request) error {
 	if fdErr != nil {
 		return errorf(http.StatusBadRequest, "%v", fdErr)
 	}
-	if len(fds) > 0 {
-		return errorf(http.StatusNotImplemented, "vio received %d TAP descriptor(s) but cannot attach a NIC to a passed descriptor yet: give the TAP's name in \"tap\" instead", len(fds))
+	if len(fds) > 0 && n.NumQueues != 0 && n.NumQueues != 2*len(fds) {
+		return errorf(http.StatusBadRequest, "num_queues %d does not match the %d TAP descriptor(s) passed, one per queue pair: send num_queues %d or leave it out", n.NumQueues, len(fds), 2*len(fds))
 	}
-	if err := s.ctl.AddNet(n); err != nil {
+	n.TapFDs, handed = fds, true
+	info, err := s.ctl.AddNet(n)
+	if err != nil {
+		return err
+	}
+	added(w, info)
+	return nil
+}
+
+// removeDeviceRequest is Cloud Hypervisor's VmRemoveDevice.
+type removeDeviceRequest struct {
+	ID string `json:"id"`
+}
+
+func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) error {
+	var req removeDeviceRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.ID == "" {
+		return errorf(http.StatusBadRequest, "vm.remove-device needs the id of a disk or NIC (vm.info lists them)")
+	}
+	if err := s.ctl.RemoveDevice(req.ID); err != nil {
 		return err
 	}
 	noContent(w)

@@ -185,6 +185,12 @@ type Net struct {
 	OffloadTSO  *bool  `json:"offload_tso,omitempty"`
 	OffloadUFO  *bool  `json:"offload_ufo,omitempty"`
 	OffloadCsum *bool  `json:"offload_csum,omitempty"`
+
+	// TapFDs are open TAP descriptors (one per queue pair) that a client
+	// passed with SCM_RIGHTS on vm.add-net, used instead of opening Tap.
+	// Whoever holds the config owns them (vmm.Controller); a VM uses
+	// duplicates. Never read from or written to JSON.
+	TapFDs []int `json:"-"`
 }
 
 // NIC models.
@@ -361,7 +367,7 @@ func (c *VM) Validate() error {
 		}
 	}
 	for i, n := range c.Net {
-		if n.Tap == "" {
+		if n.Tap == "" && len(n.TapFDs) == 0 {
 			return fmt.Errorf("net %d has no tap: give the name of a TAP interface (tap=NAME)", i)
 		}
 		switch n.Model {
@@ -470,6 +476,9 @@ func (c *VM) Clone() *VM {
 	// Fields that never travel in JSON travel with the clone.
 	for i := range out.Disks {
 		out.Disks[i].ImageTypeProbed = c.Disks[i].ImageTypeProbed
+	}
+	for i := range out.Net {
+		out.Net[i].TapFDs = append([]int(nil), c.Net[i].TapFDs...)
 	}
 	return out
 }

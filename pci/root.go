@@ -36,6 +36,7 @@ var (
 	ErrWindowFull   = errors.New("pci: BAR window exhausted")
 	ErrNoFunction0  = errors.New("pci: function 0 must be added before functions 1-7")
 	ErrWindowConfig = errors.New("pci: bad window")
+	ErrNoFunction   = errors.New("pci: no function there")
 )
 
 // ECAMSize is the size of the ECAM window for bus 0, which is all a Root
@@ -64,6 +65,8 @@ type Root struct {
 	mu      sync.Mutex // serializes configuration accesses and remapping
 	fns     [32][8]Function
 	mapped  map[Function][]Region
+	allocs  map[Function][]allocation // what assignBARs handed out, freed by Remove
+	free    []allocation              // ranges of removed functions, for reuse
 	cf8     uint32
 	next32  uint64
 	next64  uint64
@@ -87,6 +90,7 @@ func NewRoot(cfg RootConfig) (*Root, error) {
 	r := &Root{
 		mmio: cfg.MMIO, pio: cfg.PIO, cfg: cfg,
 		mapped:  make(map[Function][]Region),
+		allocs:  make(map[Function][]allocation),
 		next32:  cfg.MMIO32.Base,
 		next64:  cfg.MMIO64.Base,
 		nextPIO: cfg.PIOWindow.Base,
@@ -115,6 +119,8 @@ func (r *Root) Add(addr BDF, f Function) error {
 		return fmt.Errorf("%w: %s", ErrNoFunction0, addr)
 	}
 	if err := r.assignBARs(f); err != nil {
+		r.free = append(r.free, r.allocs[f]...)
+		delete(r.allocs, f)
 		return fmt.Errorf("pci: %s: %w", addr, err)
 	}
 	r.fns[addr.Device][addr.Function] = f
@@ -149,7 +155,7 @@ func (r *Root) assignBARs(f Function) error {
 		}
 		if probe&1 == 1 { // I/O
 			size := uint64(^(probe&^3)&0xffff) + 1
-			base, err := alloc(&r.nextPIO, r.cfg.PIOWindow, size)
+			base, err := r.allocate(f, winPIO, &r.nextPIO, r.cfg.PIOWindow, size)
 			if err != nil {
 				return fmt.Errorf("BAR%d: %w", i, err)
 			}
@@ -176,9 +182,9 @@ func (r *Root) assignBARs(f Function) error {
 		var base uint64
 		var err error
 		if is64 && r.cfg.MMIO64.Size != 0 {
-			base, err = alloc(&r.next64, r.cfg.MMIO64, size)
+			base, err = r.allocate(f, win64, &r.next64, r.cfg.MMIO64, size)
 		} else {
-			base, err = alloc(&r.next32, r.cfg.MMIO32, size)
+			base, err = r.allocate(f, win32, &r.next32, r.cfg.MMIO32, size)
 		}
 		if err != nil {
 			return fmt.Errorf("BAR%d: %w", i, err)
@@ -189,6 +195,69 @@ func (r *Root) assignBARs(f Function) error {
 			i++
 		}
 	}
+	return nil
+}
+
+// allocation is a BAR range handed out from one of the Root's windows.
+type allocation struct {
+	window     window
+	base, size uint64
+}
+
+type window uint8
+
+const (
+	winPIO window = iota
+	win32
+	win64
+)
+
+// allocate hands f a naturally aligned range of size bytes: a range of
+// exactly that size a removed function left, or a new one from w.
+func (r *Root) allocate(f Function, win window, next *uint64, w Window, size uint64) (uint64, error) {
+	for i, a := range r.free {
+		if a.window == win && a.size == size && a.base%size == 0 {
+			r.free = append(r.free[:i], r.free[i+1:]...)
+			r.allocs[f] = append(r.allocs[f], a)
+			return a.base, nil
+		}
+	}
+	base, err := alloc(next, w, size)
+	if err != nil {
+		return 0, err
+	}
+	r.allocs[f] = append(r.allocs[f], allocation{win, base, size})
+	return base, nil
+}
+
+// Remove unplugs the function at addr: its BAR ranges are unregistered
+// from the buses (with BARMapped(r, false) for each), its slot is free
+// for Add, and the BAR space it was given goes back for reuse. Function
+// 0 of a device goes last: removing it while functions 1-7 remain is an
+// error. The caller stops the device itself; the guest must have let it
+// go first (ACPI eject), or it keeps using addresses that now decode to
+// nothing.
+func (r *Root) Remove(addr BDF) error {
+	if !addr.valid() || addr.Bus != 0 || addr == (BDF{}) {
+		return fmt.Errorf("%w: %s cannot be removed", ErrBadAddress, addr)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.fns[addr.Device][addr.Function]
+	if f == nil {
+		return fmt.Errorf("%w: nothing at %s", ErrNoFunction, addr)
+	}
+	if addr.Function == 0 {
+		for fn := 1; fn < 8; fn++ {
+			if r.fns[addr.Device][fn] != nil {
+				return fmt.Errorf("%w: %s still has function %d", ErrSlotInUse, addr, fn)
+			}
+		}
+	}
+	r.unmapStaleLocked(f, nil)
+	r.fns[addr.Device][addr.Function] = nil
+	r.free = append(r.free, r.allocs[f]...)
+	delete(r.allocs, f)
 	return nil
 }
 

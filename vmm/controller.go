@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path"
 	"sync"
+	"time"
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
@@ -103,6 +104,8 @@ func (e *StateError) Error() string {
 		return "cannot snapshot: the VM is running; send vm.pause first"
 	case e.Op == "create":
 		return fmt.Sprintf("cannot create: a VM exists already (%s); send vm.delete first", e.State)
+	case e.Op == "remove a device" && e.State == StatePaused:
+		return "cannot remove a device: the VM is paused and its guest cannot release it; send vm.resume first"
 	case e.State == StateCreated:
 		return fmt.Sprintf("cannot %s: the VM has not been booted yet; send vm.boot first", e.Op)
 	case e.State == StateShutdown:
@@ -151,7 +154,7 @@ type Controller struct {
 	log     *slog.Logger
 	ev      *events.Monitor // nil: no events (see SetEvents)
 
-	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*
+	op sync.Mutex // serialises Create, Boot, Pause, Resume, Shutdown, Reboot, Delete, Add*, RemoveDevice
 
 	// mu guards everything below. It is held while a Machine is paused,
 	// resumed or closed, so that those never meet.
@@ -162,6 +165,9 @@ type Controller struct {
 	stopped  chan struct{} // closed when the current boot ends in Shutdown
 	lastExit Exit
 	lastErr  error
+	// ejectWait is how long RemoveDevice waits for the guest (0:
+	// DefaultEjectWait).
+	ejectWait time.Duration
 }
 
 // run is one boot: the Machines it goes through (one per guest reboot)
@@ -276,6 +282,9 @@ func (c *Controller) Create(cfg *config.VM) error {
 		cfg.CPUs.MaxVCPUs = cfg.CPUs.BootVCPUs
 	}
 	if err := cfg.Validate(); err != nil {
+		return configError{err}
+	}
+	if err := assignIDs(cfg); err != nil {
 		return configError{err}
 	}
 	for _, w := range cfg.Unimplemented() {
@@ -492,41 +501,8 @@ func (c *Controller) Delete() error {
 	if c.state != NoVM {
 		c.emit("deleted")
 	}
+	closeTapFDs(c.cfg)
 	c.state, c.cfg = NoVM, nil
-	return nil
-}
-
-// AddDisk adds a disk to a VM that has not been booted yet (cold plug).
-// Hot plug comes later.
-func (c *Controller) AddDisk(d config.Disk) error {
-	return c.coldAdd("add a disk", func(cfg *config.VM) { cfg.Disks = append(cfg.Disks, d) })
-}
-
-// AddNet adds a NIC to a VM that has not been booted yet (cold plug).
-func (c *Controller) AddNet(n config.Net) error {
-	return c.coldAdd("add a NIC", func(cfg *config.VM) { cfg.Net = append(cfg.Net, n) })
-}
-
-func (c *Controller) coldAdd(what string, add func(*config.VM)) error {
-	c.op.Lock()
-	defer c.op.Unlock()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch c.state {
-	case NoVM:
-		return ErrNotCreated
-	case StateRunning, StatePaused:
-		return fmt.Errorf("%w: cannot %s to a booted VM: hot plug is not implemented yet", ErrNotImplemented, what)
-	}
-	cfg := c.cfg.Clone()
-	add(cfg)
-	if err := cfg.Validate(); err != nil {
-		return configError{err}
-	}
-	for _, w := range cfg.Unimplemented() {
-		c.log.Warn(w)
-	}
-	c.cfg = cfg
 	return nil
 }
 

@@ -235,7 +235,7 @@ func TestControllerConfig(t *testing.T) {
 		t.Fatalf("Create without a kernel: %v", err)
 	}
 	wantState(t, c, vmm.NoVM)
-	if err := c.AddDisk(config.Disk{Path: "a.img"}); !errors.Is(err, vmm.ErrNotCreated) {
+	if _, err := c.AddDisk(config.Disk{Path: "a.img"}); !errors.Is(err, vmm.ErrNotCreated) {
 		t.Fatalf("AddDisk with no VM: %v", err)
 	}
 	if err := c.Create(cfg); err != nil {
@@ -250,13 +250,13 @@ func TestControllerConfig(t *testing.T) {
 	if info.Config.CPUs.MaxVCPUs != info.Config.CPUs.BootVCPUs {
 		t.Fatalf("max_vcpus %d not defaulted to boot_vcpus", info.Config.CPUs.MaxVCPUs)
 	}
-	if err := c.AddDisk(config.Disk{Path: ""}); !errors.Is(err, vmm.ErrInvalidConfig) {
+	if _, err := c.AddDisk(config.Disk{Path: ""}); !errors.Is(err, vmm.ErrInvalidConfig) {
 		t.Fatalf("AddDisk without a path: %v", err)
 	}
-	if err := c.AddDisk(config.Disk{Path: "a.img", ID: "d0"}); err != nil {
-		t.Fatal(err)
+	if info, err := c.AddDisk(config.Disk{Path: "a.img", ID: "d0"}); err != nil || info != nil {
+		t.Fatalf("cold AddDisk: %+v, %v; want no device info", info, err)
 	}
-	if err := c.AddNet(config.Net{Tap: "tap0"}); err != nil {
+	if _, err := c.AddNet(config.Net{Tap: "tap0"}); err != nil {
 		t.Fatal(err)
 	}
 	info, _ = c.Info()
@@ -266,8 +266,8 @@ func TestControllerConfig(t *testing.T) {
 	if err := c.Boot(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AddNet(config.Net{Tap: "tap1"}); !errors.Is(err, vmm.ErrNotImplemented) {
-		t.Fatalf("AddNet to a running VM: %v", err)
+	if info, err := c.AddNet(config.Net{Tap: "tap1"}); err != nil || info == nil || info.ID != "_net1" {
+		t.Fatalf("AddNet to a running VM: %+v, %v; want it hot-plugged as _net1", info, err)
 	}
 	c.Delete()
 }

@@ -25,6 +25,8 @@ type msiRoutes struct {
 	routes  map[uint32]kvm.Route // MSI routes by GSI
 	nextGSI uint32
 	fds     []*kvm.EventFD
+	// freeGSIs were released by unplugged functions (deviceMSI.release)
+	freeGSIs []uint32
 }
 
 func newMSIRoutes(vm *kvm.VM) *msiRoutes {
@@ -91,7 +93,11 @@ func (d *deviceMSI) Route(vector int, addr uint64, data uint32) (irq.Trigger, er
 		if err != nil {
 			return nil, err
 		}
-		v = &msiVector{gsi: m.nextGSI, fd: fd}
+		gsi, fresh := m.nextGSI, true
+		if n := len(m.freeGSIs); n > 0 {
+			gsi, fresh = m.freeGSIs[n-1], false
+		}
+		v = &msiVector{gsi: gsi, fd: fd}
 		m.routes[v.gsi] = kvm.Route{GSI: v.gsi, Type: kvm.RouteMSI, Address: addr, Data: data}
 		if err := m.commitLocked(); err != nil {
 			delete(m.routes, v.gsi)
@@ -103,7 +109,11 @@ func (d *deviceMSI) Route(vector int, addr uint64, data uint32) (irq.Trigger, er
 			fd.Close()
 			return nil, fmt.Errorf("irqfd for GSI %d: %w", v.gsi, err)
 		}
-		m.nextGSI++
+		if fresh {
+			m.nextGSI++
+		} else {
+			m.freeGSIs = m.freeGSIs[:len(m.freeGSIs)-1]
+		}
 		m.fds = append(m.fds, fd)
 		d.gsis[vector] = v
 		return fd, nil
@@ -178,4 +188,30 @@ func (e *ioEvents) close() {
 	for gpa, fd := range e.attached {
 		e.detachLocked(gpa, fd)
 	}
+}
+
+// newDevice returns the MSIRouter of one PCI function that can be
+// released when the function is unplugged.
+func (m *msiRoutes) newDevice() *deviceMSI { return &deviceMSI{routes: m, gsis: map[int]*msiVector{}} }
+
+// release drops the function's vectors: irqfds deassigned, routes
+// removed, eventfds closed, GSIs free for the next function.
+func (d *deviceMSI) release() {
+	m := d.routes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for vec, v := range d.gsis {
+		m.vm.IRQFDDeassign(v.fd.FD(), v.gsi)
+		delete(m.routes, v.gsi)
+		for i, fd := range m.fds {
+			if fd == v.fd {
+				m.fds = append(m.fds[:i], m.fds[i+1:]...)
+				break
+			}
+		}
+		v.fd.Close()
+		m.freeGSIs = append(m.freeGSIs, v.gsi)
+		delete(d.gsis, vec)
+	}
+	m.commitLocked()
 }

@@ -37,11 +37,14 @@ const (
 // each costs a goroutine and an MSI-X vector.
 const maxDefaultQueues = 16
 
-// pciDevice is one virtio device on the PCI bus, kept for its counters.
+// pciDevice is one virtio device on the PCI bus, kept for its counters
+// and, for disks and NICs, in the registry of removable devices (see
+// hotplug.go).
 type pciDevice struct {
 	name      string
 	dev       virtio.Device
 	transport *virtiopci.Transport
+	hp        *plugged // nil: not removable (rng, console)
 }
 
 // setupPCI creates the root bus and every configured virtio device.
@@ -64,15 +67,14 @@ func (v *VM) setupPCI(stdio IO) error {
 	v.msi = newMSIRoutes(v.kvm)
 	v.ioevents = newIOEvents(v.kvm)
 	v.closers = append(v.closers, closerFunc(func() error { v.ioevents.close(); v.msi.close(); return nil }))
+	if err := v.setupHotplug(); err != nil {
+		return err
+	}
 
 	for i := range v.cfg.Disks {
 		d := &v.cfg.Disks[i] // newDisk pins a probed format into the config
-		dev, err := v.newDisk(d)
-		if err != nil {
+		if _, err := v.plugDisk(fmt.Sprintf("disk%d", i), d); err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
-		}
-		if err := v.addVirtio(fmt.Sprintf("disk%d", i), dev); err != nil {
-			return err
 		}
 	}
 	for i, n := range v.cfg.Net {
@@ -82,12 +84,8 @@ func (v *VM) setupPCI(stdio IO) error {
 			}
 			continue
 		}
-		dev, err := v.newNIC(n)
-		if err != nil {
+		if _, err := v.plugNet(fmt.Sprintf("net%d", i), &v.cfg.Net[i]); err != nil {
 			return fmt.Errorf("net %d (tap %s): %w", i, n.Tap, err)
-		}
-		if err := v.addVirtio(fmt.Sprintf("net%d", i), dev); err != nil {
-			return err
 		}
 	}
 	if v.cfg.RNG != nil {
@@ -136,18 +134,25 @@ func (v *VM) addVirtio(name string, dev virtio.Device) error {
 	if err := v.pciRoot.Add(pci.BDF{Device: slot}, t); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	v.pciDevices = append(v.pciDevices, pciDevice{name: name, dev: dev, transport: t})
+	v.hp.mu.Lock()
+	v.pciDevices = append(v.pciDevices, &pciDevice{name: name, dev: dev, transport: t})
+	v.hp.mu.Unlock()
 	v.closers = append(v.closers, closerFunc(func() error { dev.Reset(); return nil }))
 	return nil
 }
 
-// nextSlot returns the next free device number on bus 0.
+// nextSlot takes the lowest free device number on bus 0 (00.0 is the host
+// bridge); a removed device's number is free again.
 func (v *VM) nextSlot(name string) (uint8, error) {
-	slot := len(v.pciDevices) + len(v.e1000s) + 1 // 00.0 is the host bridge
-	if slot > 31 {
-		return 0, fmt.Errorf("%s: no free PCI slot (31 devices at most)", name)
+	v.hp.mu.Lock()
+	defer v.hp.mu.Unlock()
+	for s := uint8(1); s <= 31; s++ {
+		if v.hp.used&(1<<s) == 0 {
+			v.hp.used |= 1 << s
+			return s, nil
+		}
 	}
-	return uint8(slot), nil
+	return 0, fmt.Errorf("%s: no free PCI slot (31 devices at most)", name)
 }
 
 // e1000Device is one emulated Intel NIC on the PCI bus.
@@ -235,6 +240,9 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 }
 
 func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
+	if len(n.TapFDs) > 0 {
+		return v.newNICFromFDs(n)
+	}
 	t, err := tap.Open(n.Tap)
 	if err != nil {
 		return nil, err
@@ -255,6 +263,7 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 func acpiPCI(c *acpi.Config) {
 	c.PCIHole = acpi.Window{Base: pciMMIOBase, Size: x86.PCIMMIOEnd - pciMMIOBase}
 	c.ECAM = &acpi.ECAMWindow{Base: ecamBase}
+	c.PCIHotplug = &acpi.PCIHotplug{Port: hotplugPort, GSI: hotplugGSI}
 }
 
 // Stats returns the VM's counters: per vCPU, the exits to vio by reason
@@ -278,7 +287,10 @@ func (v *VM) Stats() map[string]any {
 		}
 		out["vcpus"] = cpus
 	}
-	for _, d := range v.pciDevices {
+	v.hp.mu.Lock()
+	devices := append([]*pciDevice(nil), v.pciDevices...)
+	v.hp.mu.Unlock()
+	for _, d := range devices {
 		s := map[string]any{"transport": d.transport.Stats()}
 		if st, ok := d.dev.(interface{ Stats() blk.Stats }); ok {
 			s["device"] = st.Stats()

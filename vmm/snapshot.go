@@ -65,6 +65,9 @@ func (v *VM) Snapshot(dir string) error {
 	if v.clock == nil {
 		return errors.New("cannot snapshot a running VM: pause it first")
 	}
+	if err := v.hotplugChanged(); err != nil {
+		return err
+	}
 	for _, d := range v.pciDevices {
 		if _, ok := d.dev.(state.Snapshottable); !ok {
 			return snapErr(ErrNotSaveable, "cannot snapshot: device %s (%s) cannot save its state yet; remove it from the VM config to take snapshots", d.name, deviceKind(d))
@@ -128,7 +131,7 @@ func (v *VM) Snapshot(dir string) error {
 	return nil
 }
 
-func deviceKind(d pciDevice) string {
+func deviceKind(d *pciDevice) string {
 	switch d.dev.Type() {
 	case virtio.TypeNet:
 		return "virtio-net"

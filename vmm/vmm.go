@@ -72,7 +72,8 @@ type VM struct {
 
 	platform   *platform
 	pciRoot    *pci.Root
-	pciDevices []pciDevice
+	pciDevices []*pciDevice // guarded by hp.mu once the VM runs
+	hp         hotplug
 	e1000s     []e1000Device
 	intx       []x86.PCIInterrupt // INTx routes, for the MP table and _PRT
 	msi        *msiRoutes

@@ -39,6 +39,9 @@ var ctlVerbs = map[string]struct {
 	"restore":        {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
 	"balloon":        {http.MethodGet, "vm.counters", ""},
 	"resize-balloon": {http.MethodPut, "vm.resize", "balloon target set; the guest inflates or deflates in its own time (watch: vio ctl balloon)"},
+	"add-disk":       {http.MethodPut, "vm.add-disk", "disk added to the config (it joins the guest at boot)"},
+	"add-net":        {http.MethodPut, "vm.add-net", "NIC added to the config (it joins the guest at boot)"},
+	"remove-device":  {http.MethodPut, "vm.remove-device", "device removed"},
 }
 
 func ctlCommand() *cobra.Command {
@@ -46,7 +49,7 @@ func ctlCommand() *cobra.Command {
 	var timeout time.Duration
 	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|resize-balloon SIZE|balloon|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|remove-device ID|resize-balloon SIZE|balloon|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
@@ -54,7 +57,11 @@ snapshot file:///DIR writes the paused VM to a new or empty directory; restore
 file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.
 resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
 balloon shows the balloon's counters and the guest's memory statistics
-(docs/balloon.md).`,
+(docs/balloon.md).
+
+add-disk and add-net take the --disk and --net flags' syntax (path=IMG,id=d1;
+tap=NAME,mac=...); on a booted VM they hot-plug and print the device's id and
+address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			if socket == "" {
@@ -62,7 +69,7 @@ balloon shows the balloon's counters and the guest's memory statistics
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, resize-balloon SIZE, balloon, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, remove-device ID, resize-balloon SIZE, balloon, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -91,6 +98,22 @@ balloon shows the balloon's counters and the guest's memory statistics
 				body, _ = json.Marshal(map[string]any{"desired_balloon": n})
 			case args[0] == "resize-balloon":
 				return errors.New("resize-balloon needs the memory the guest should give up: vio ctl --api-socket PATH resize-balloon 256M (0 gives it all back)")
+			case args[0] == "add-disk" && len(args) == 2:
+				d, err := config.ParseDisk(args[1])
+				if err != nil {
+					return err
+				}
+				body, _ = json.Marshal(d)
+			case args[0] == "add-net" && len(args) == 2:
+				n, err := config.ParseNet(args[1])
+				if err != nil {
+					return err
+				}
+				body, _ = json.Marshal(n)
+			case args[0] == "remove-device" && len(args) == 2:
+				body, _ = json.Marshal(map[string]string{"id": args[1]})
+			case args[0] == "add-disk" || args[0] == "add-net" || args[0] == "remove-device":
+				return fmt.Errorf("%s needs an argument: vio ctl --api-socket PATH add-disk path=IMG,id=d1 | add-net tap=NAME,id=n1 | remove-device d1", args[0])
 			case len(args) == 2:
 				return fmt.Errorf("%s takes no argument", args[0])
 			}

@@ -95,6 +95,19 @@ func TestServeAsKataStartsIt(t *testing.T) {
 	if out, err := runCtl(t, "--api-socket", sock, "resume"); err == nil || !strings.Contains(err.Error(), "not been booted") {
 		t.Fatalf("vio ctl resume before boot: %v %q", err, out)
 	}
+	// Devices before boot: into the config and out again, by id.
+	if out, err := runCtl(t, "--api-socket", sock, "add-disk", "path="+kernel+",id=d1"); err != nil || !strings.Contains(out, "disk added") {
+		t.Fatalf("vio ctl add-disk: %v %q", err, out)
+	}
+	if out, err := runCtl(t, "--api-socket", sock, "add-disk", "path="+kernel+",id=d1"); err == nil || !strings.Contains(err.Error(), `"d1"`) {
+		t.Fatalf("vio ctl add-disk with a duplicate id: %v %q", err, out)
+	}
+	if out, err := runCtl(t, "--api-socket", sock, "remove-device", "d1"); err != nil || out != "device removed\n" {
+		t.Fatalf("vio ctl remove-device: %v %q", err, out)
+	}
+	if out, err := runCtl(t, "--api-socket", sock, "remove-device", "d1"); err == nil || !strings.Contains(err.Error(), `"d1"`) {
+		t.Fatalf("vio ctl remove-device of a removed id: %v %q", err, out)
+	}
 	if out, err := runCtl(t, "--api-socket", sock, "shutdown-vmm"); err != nil || out != "VMM shut down\n" {
 		t.Fatalf("vio ctl shutdown-vmm: %v %q", err, out)
 	}

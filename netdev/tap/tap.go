@@ -125,6 +125,50 @@ func openOne(name string, multi bool) (*Tap, error) {
 	return t, nil
 }
 
+// FromFD takes over a TAP descriptor that another process opened (Kata
+// Containers passes one per queue pair with SCM_RIGHTS): it must be a TAP
+// opened with IFF_VNET_HDR, which cannot be added after the fact, and
+// should have IFF_NO_PI (which TUNGETIFF does not report reliably, so it
+// is not checked). The Tap owns fd from then on, also when FromFD fails
+// (it is closed). The descriptor is made non-blocking and close-on-exec.
+func FromFD(fd int) (*Tap, error) {
+	fail := func(err error) (*Tap, error) {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return fail(err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
+		return fail(fmt.Errorf("tap: descriptor %d is not a TAP (TUNGETIFF: %w)", fd, err))
+	}
+	flags := ifr.Uint16()
+	switch {
+	case flags&unix.IFF_TAP == 0:
+		return fail(fmt.Errorf("tap: descriptor %d is a TUN (layer 3) device %s, not a TAP: open it with IFF_TAP", fd, ifr.Name()))
+	case flags&unix.IFF_VNET_HDR == 0:
+		return fail(fmt.Errorf("tap: descriptor %d (%s) was opened without IFF_VNET_HDR, which vio needs for virtio-net headers: open it with vnet_hdr", fd, ifr.Name()))
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, netdev.HeaderSize); err != nil {
+		return fail(fmt.Errorf("tap: TUNSETVNETHDRSZ: %w", err))
+	}
+	t := &Tap{name: ifr.Name(), offloads: probeOffloads(fd), multi: flags&unix.IFF_MULTI_QUEUE != 0}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+		return fail(fmt.Errorf("tap: TUNSETOFFLOAD: %w", err))
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fail(fmt.Errorf("tap: %w", err))
+	}
+	t.f = os.NewFile(uintptr(fd), "tap-fd:"+t.name)
+	if t.rc, err = t.f.SyscallConn(); err != nil {
+		t.f.Close()
+		return nil, fmt.Errorf("tap: %w", err)
+	}
+	return t, nil
+}
+
 // probeOffloads finds what the running kernel lets a TAP deliver: the
 // classic checksum and TSO set always, UDP segmentation only on kernels
 // that know it (6.2 and later). UFO is not offered: Linux stopped

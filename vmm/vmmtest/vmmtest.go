@@ -104,6 +104,9 @@ type Machine struct {
 	snapshots       int
 	balloon         int64 // last ResizeBalloon size, -1 if none
 	err             error
+
+	hpOnce sync.Once
+	hot    *hotplug
 }
 
 var _ vmm.Machine = (*Machine)(nil)

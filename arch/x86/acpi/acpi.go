@@ -84,6 +84,9 @@ type Config struct {
 	// Linux looks up a device's INTx in ACPI mode. Give the same routes
 	// to the MP table (x86.MPConfig) for acpi=off guests.
 	PCIInterrupts []x86.PCIInterrupt
+	// PCIHotplug, if not nil, makes slots 1-31 of bus 0 hot-pluggable
+	// (see PCIHotplug).
+	PCIHotplug *PCIHotplug
 	// TimerOverride adds the ISA IRQ0 → GSI 2 interrupt source
 	// override. Set it only if the vmm routes GSI 0/the PIT to IOAPIC
 	// pin 2; KVM's default routing, which the MP table describes, has
@@ -117,6 +120,14 @@ func (c *Config) validate() error {
 	for _, r := range c.PCIInterrupts {
 		if r.Device > 31 || r.Pin > 3 {
 			return bad("PCI interrupt route for device %d pin %d", r.Device, r.Pin)
+		}
+	}
+	if h := c.PCIHotplug; h != nil {
+		if h.Port == 0 || uint32(h.Port)+HotplugSize > 1<<16 {
+			return bad("PCI hot-plug registers at port %#x: want a non-zero port with %d bytes below 0x10000", h.Port, HotplugSize)
+		}
+		if h.GSI > 255 {
+			return bad("PCI hot-plug GSI %d: the GED takes an IOAPIC input below 256", h.GSI)
 		}
 	}
 	if w := c.PCIHole64; w.Size != 0 && w.Base+w.Size < w.Base {

@@ -38,6 +38,7 @@ func fullConfig() acpi.Config {
 		RTC:           true,
 		TimerOverride: true,
 		PCIInterrupts: []x86.PCIInterrupt{{Device: 3, Pin: 0, IOAPICPin: 19}, {Device: 31, Pin: 3, IOAPICPin: 23}},
+		PCIHotplug:    &acpi.PCIHotplug{Port: 0xae00, GSI: 5},
 	}
 }
 
@@ -49,6 +50,9 @@ var configs = map[string]acpi.Config{
 	"ecam-at-hole-start": {NumCPUs: 4, PM: pm,
 		PCIHole: acpi.Window{Base: 0xc0000000, Size: 0x3ec00000},
 		ECAM:    &acpi.ECAMWindow{Base: 0xc0000000, StartBus: 0, EndBus: 15}},
+	"hotplug-legacy-pci": {NumCPUs: 1, PM: pm,
+		PCIHole:    acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
+		PCIHotplug: &acpi.PCIHotplug{Port: 0xfff0, GSI: 23}},
 	"ecam-outside-hole": {NumCPUs: 3, PM: pm, PvPanicPort: 0x505,
 		PCIHole: acpi.Window{Base: 0xc0000000, Size: 0x20000000},
 		ECAM:    &acpi.ECAMWindow{Base: 0xb0000000, StartBus: 1, EndBus: 8}},
@@ -382,7 +386,7 @@ func checkDSDT(t table, cfg acpi.Config) error {
 			return fmt.Errorf("pvpanic resources %+v", rs)
 		}
 	}
-	return nil
+	return checkHotplug(ns, cfg)
 }
 
 func overlap(a0, a1, b0, b1 uint64) uint64 { // [a0,a1) ∩ [b0,b1)
@@ -650,6 +654,12 @@ func FuzzWrite(f *testing.F) {
 		}
 		if ecam {
 			cfg.ECAM = &acpi.ECAMWindow{Base: eb, StartBus: es, EndBus: ee}
+		}
+		if bits&16 != 0 {
+			cfg.PCIHotplug = &acpi.PCIHotplug{Port: pvp ^ 0xae00, GSI: uint32(rval)}
+			if bits&32 != 0 {
+				cfg.PCIHotplug.GSI += uint32(n) // may leave the IOAPIC's range
+			}
 		}
 		mem := newMem(t)
 		rsdp, err := acpi.Write(mem, cfg)

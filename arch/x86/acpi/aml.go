@@ -50,8 +50,8 @@ func nameSeg(s string) []byte {
 	return b
 }
 
-// namePath encodes a NameString: an optional leading '\' and one or two
-// dot-separated segments ("\_SB_", "PCI0", "\_SB_.PCI0").
+// namePath encodes a NameString: an optional leading '\' and one or more
+// dot-separated segments ("\_SB_", "PCI0", "\_SB_.PCI0", "\_SB_.PCI0.PCNT").
 func namePath(p string) []byte {
 	var out []byte
 	if len(p) > 0 && p[0] == opRootChar {
@@ -65,14 +65,20 @@ func namePath(p string) []byte {
 			start = i + 1
 		}
 	}
-	switch len(segs) {
-	case 1:
+	switch {
+	case len(segs) == 1:
 		return append(out, nameSeg(segs[0])...)
-	case 2:
+	case len(segs) == 2:
 		out = append(out, opDualName)
-		return append(append(out, nameSeg(segs[0])...), nameSeg(segs[1])...)
+	case len(segs) <= 255:
+		out = append(out, opMultiName, byte(len(segs)))
+	default:
+		panic(fmt.Sprintf("acpi: unsupported AML name path %q", p))
 	}
-	panic(fmt.Sprintf("acpi: unsupported AML name path %q", p))
+	for _, s := range segs {
+		out = append(out, nameSeg(s)...)
+	}
+	return out
 }
 
 // pkgLength prefixes body with its PkgLength, which counts itself: one

@@ -21,6 +21,8 @@ const (
 	amlMethod
 	amlDevice
 	amlScope
+	amlRegion
+	amlField
 )
 
 // amlObject is a named object or a data value.
@@ -35,6 +37,13 @@ type amlObject struct {
 	args  int
 	flags byte
 	body  []string
+	// regions: space, offset and length; fields: region, bit offset
+	// and width, and the Field's flags
+	space            byte
+	offset, length   uint64
+	region           string
+	bitOff, bitWidth int
+	fieldFlags       byte
 }
 
 type amlNamespace map[string]*amlObject // absolute path ("\_SB_.PCI0._HID") → object
@@ -224,7 +233,19 @@ func (d *amlDecoder) termList(end int, scope string) error {
 			if err != nil {
 				return err
 			}
-			if ext != 0x82 {
+			switch ext {
+			case 0x80: // OperationRegionOp
+				if err := d.opRegion(scope); err != nil {
+					return err
+				}
+				continue
+			case 0x81: // FieldOp
+				if err := d.field(scope); err != nil {
+					return err
+				}
+				continue
+			case 0x82: // DeviceOp
+			default:
 				return d.fail("unsupported extended opcode 5b %02x", ext)
 			}
 			pe, err := d.pkgEnd()
@@ -255,15 +276,18 @@ func (d *amlDecoder) termList(end int, scope string) error {
 				return err
 			}
 			m := &amlObject{kind: amlMethod, args: int(flags & 7), flags: flags}
+			if err := d.define(n, m); err != nil {
+				return err
+			}
 			for d.pos < pe {
-				st, err := d.statement(pe)
+				st, err := d.term(pe, n)
 				if err != nil {
 					return err
 				}
 				m.body = append(m.body, st)
 			}
-			if err := d.define(n, m); err != nil {
-				return err
+			if d.pos != pe {
+				return d.fail("method %s: a statement runs past its end", n)
 			}
 		default:
 			d.pos--
@@ -276,23 +300,259 @@ func (d *amlDecoder) termList(end int, scope string) error {
 	return nil
 }
 
-// statement decodes the statements the tests expect inside methods.
-func (d *amlDecoder) statement(end int) (string, error) {
+// term decodes one statement or expression of a method body into ASL-like
+// text ("Store(\\_SB_.PHPR.PCIU, Local0)"), so that tests compare a
+// method with what it should do. Calls are decoded with the argument
+// count of the method they name, which must be defined before (AML does
+// not encode it). scope is the method's path.
+func (d *amlDecoder) term(end int, scope string) (string, error) {
+	if d.pos >= end {
+		return "", d.fail("term past the end of its container")
+	}
 	op, err := d.byte()
 	if err != nil {
 		return "", err
 	}
-	if op == 0xa4 { // ReturnOp
-		a, err := d.byte()
+	args := func(n int) ([]string, error) {
+		var out []string
+		for i := 0; i < n; i++ {
+			a, err := d.term(end, scope)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, a)
+		}
+		return out, nil
+	}
+	// target decodes a Target: the null name, or a name to store into.
+	target := func() (string, error) {
+		t, err := d.byte()
 		if err != nil {
 			return "", err
 		}
-		if a >= 0x68 && a <= 0x6e {
-			return fmt.Sprintf("Return(Arg%d)", a-0x68), nil
+		if t == 0 {
+			return "", nil
 		}
-		return "", d.fail("unsupported return operand %#x", a)
+		d.pos--
+		n, err := d.nameString(scope)
+		if err != nil {
+			return "", err
+		}
+		n, o, ok := d.lookup(n, scope)
+		if !ok || o.kind != amlField {
+			return "", d.fail("target %s is not a field", n)
+		}
+		return ", " + n, nil
+	}
+	switch {
+	case op == 0x00:
+		return "Zero", nil
+	case op == 0x01:
+		return "One", nil
+	case op == 0x0a || op == 0x0b || op == 0x0c || op == 0x0e:
+		d.pos--
+		v, err := d.dataObject(end)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%#x", v.i), nil
+	case op >= 0x60 && op <= 0x67:
+		return fmt.Sprintf("Local%d", op-0x60), nil
+	case op >= 0x68 && op <= 0x6e:
+		return fmt.Sprintf("Arg%d", op-0x68), nil
+	case op == 0xa4: // ReturnOp
+		a, err := args(1)
+		if err != nil {
+			return "", err
+		}
+		return "Return(" + a[0] + ")", nil
+	case op == 0x70: // StoreOp
+		a, err := args(2)
+		if err != nil {
+			return "", err
+		}
+		return "Store(" + a[0] + ", " + a[1] + ")", nil
+	case op == 0x7b || op == 0x79: // AndOp, ShiftLeftOp
+		a, err := args(2)
+		if err != nil {
+			return "", err
+		}
+		t, err := target()
+		if err != nil {
+			return "", err
+		}
+		n := map[byte]string{0x7b: "And", 0x79: "ShiftLeft"}[op]
+		return n + "(" + a[0] + ", " + a[1] + t + ")", nil
+	case op == 0x93: // LEqualOp
+		a, err := args(2)
+		if err != nil {
+			return "", err
+		}
+		return "LEqual(" + a[0] + ", " + a[1] + ")", nil
+	case op == 0x86: // NotifyOp
+		obj, err := d.nameString(scope)
+		if err != nil {
+			return "", err
+		}
+		obj, o, ok := d.lookup(obj, scope)
+		if !ok || o.kind != amlDevice {
+			return "", d.fail("Notify of %s, which is not a device", obj)
+		}
+		a, err := args(1)
+		if err != nil {
+			return "", err
+		}
+		return "Notify(" + obj + ", " + a[0] + ")", nil
+	case op == 0xa0: // IfOp
+		pe, err := d.pkgEnd()
+		if err != nil {
+			return "", err
+		}
+		if pe > end {
+			return "", d.fail("If runs past its container")
+		}
+		pred, err := d.term(pe, scope)
+		if err != nil {
+			return "", err
+		}
+		var body []string
+		for d.pos < pe {
+			st, err := d.term(pe, scope)
+			if err != nil {
+				return "", err
+			}
+			body = append(body, st)
+		}
+		return "If(" + pred + ") {" + strings.Join(body, "; ") + "}", nil
+	case op == '\\' || op == 0x2e || op == 0x2f || isLead(op):
+		d.pos--
+		n, err := d.nameString(scope)
+		if err != nil {
+			return "", err
+		}
+		n, o, ok := d.lookup(n, scope)
+		if !ok {
+			return "", d.fail("%s names nothing defined before it", n)
+		}
+		if o.kind != amlMethod {
+			return n, nil
+		}
+		a, err := args(o.args)
+		if err != nil {
+			return "", err
+		}
+		return n + "(" + strings.Join(a, ", ") + ")", nil
 	}
 	return "", d.fail("unsupported method opcode %#x", op)
+}
+
+// lookup resolves a name the way AML does: an absolute or multi-segment
+// path as given (relative to scope), a single segment by searching scope
+// and its parents.
+func (d *amlDecoder) lookup(n, scope string) (string, *amlObject, bool) {
+	if o, ok := d.ns[n]; ok {
+		return n, o, true
+	}
+	i := strings.LastIndex(n, ".")
+	if i < 0 {
+		return n, nil, false
+	}
+	seg := n[i+1:]
+	for s := n[:i]; ; {
+		j := strings.LastIndex(s, ".")
+		if j < 0 {
+			o, ok := d.ns[`\`+seg]
+			return `\` + seg, o, ok
+		}
+		s = s[:j]
+		if o, ok := d.ns[s+"."+seg]; ok {
+			return s + "." + seg, o, true
+		}
+	}
+}
+
+// opRegion decodes OperationRegion(name, space, offset, length) with
+// constant offset and length.
+func (d *amlDecoder) opRegion(scope string) error {
+	n, err := d.nameString(scope)
+	if err != nil {
+		return err
+	}
+	space, err := d.byte()
+	if err != nil {
+		return err
+	}
+	off, err := d.dataObject(len(d.b))
+	if err != nil {
+		return err
+	}
+	ln, err := d.dataObject(len(d.b))
+	if err != nil {
+		return err
+	}
+	if off.kind != amlInteger || ln.kind != amlInteger {
+		return d.fail("region %s with a computed offset or length", n)
+	}
+	return d.define(n, &amlObject{kind: amlRegion, space: space, offset: off.i, length: ln.i})
+}
+
+// field decodes Field(region, flags) { name, bits, ... } with named
+// fields only.
+func (d *amlDecoder) field(scope string) error {
+	pe, err := d.pkgEnd()
+	if err != nil {
+		return err
+	}
+	rn, err := d.nameString(scope)
+	if err != nil {
+		return err
+	}
+	rn, r, ok := d.lookup(rn, scope)
+	if !ok || r.kind != amlRegion {
+		return d.fail("field of %s, which is not a region", rn)
+	}
+	flags, err := d.byte()
+	if err != nil {
+		return err
+	}
+	bit := 0
+	for d.pos < pe {
+		seg, err := d.nameSeg()
+		if err != nil {
+			return err
+		}
+		// The width is a PkgLength that does not count itself.
+		lead, err := d.byte()
+		if err != nil {
+			return err
+		}
+		w := int(lead & 0x3f)
+		if follow := int(lead >> 6); follow > 0 {
+			w = int(lead & 0x0f)
+			for i := 0; i < follow; i++ {
+				c, err := d.byte()
+				if err != nil {
+					return err
+				}
+				w |= int(c) << (4 + 8*i)
+			}
+		}
+		path := scope + "." + seg
+		if scope == `\` {
+			path = `\` + seg
+		}
+		if err := d.define(path, &amlObject{kind: amlField, region: rn, bitOff: bit, bitWidth: w, fieldFlags: flags}); err != nil {
+			return err
+		}
+		bit += w
+	}
+	if d.pos != pe {
+		return d.fail("field list runs past its package")
+	}
+	if uint64(bit) > 8*r.length {
+		return d.fail("fields of %d bits in a region of %d bytes", bit, r.length)
+	}
+	return nil
 }
 
 func (d *amlDecoder) dataObject(end int) (amlObject, error) {
@@ -442,6 +702,9 @@ func decodeResources(b []byte) ([]resource, error) {
 		case tag == 0x86 && n == 9:
 			out = append(out, resource{kind: "mem32fixed", writeable: d[0]&1 == 1,
 				min: uint64(le.Uint32(d[1:])), length: uint64(le.Uint32(d[5:]))})
+		case tag == 0x89 && n == 6 && d[1] == 1:
+			// Extended interrupt: flags, count 1, one 32-bit GSI.
+			out = append(out, resource{kind: "extirq", gflags: d[0], min: uint64(le.Uint32(d[2:])), length: 1})
 		case tag == 0x88 && n == 13:
 			out = append(out, resource{kind: "word", rtype: d[0], gflags: d[1], tfl: d[2],
 				gran: uint64(le.Uint16(d[3:])), min: uint64(le.Uint16(d[5:])), max: uint64(le.Uint16(d[7:])),

@@ -24,15 +24,24 @@ const (
 //
 //	Name (_S5, Package () { S5SleepType, 0 })       // names at the root scope
 //	Scope (_SB) {
-//	    Device (PCI0) { _HID, [_CID], _UID, _BBN, _CRS, [_OSC] }
+//	    Device (PHPR) { hot-plug registers }            if cfg.PCIHotplug
+//	    Device (PCI0) { _HID, [_CID], _UID, _BBN, _CRS, [_PRT], [_OSC], [S01..S1F, PCNT] }
 //	    Device (ECAM) { _HID PNP0C02, _UID, _CRS }     if cfg.ECAM
 //	    Device (COM1) { _HID PNP0501, _UID, _CRS }     if cfg.COM1
 //	    Device (KBD)  { _HID PNP0303, _CRS }           if cfg.I8042
 //	    Device (RTC)  { _HID PNP0B00, _CRS }           if cfg.RTC
 //	    Device (PEVT) { _HID QEMU0001, _CRS }          if cfg.PvPanicPort
+//	    Device (GED)  { _HID ACPI0013, _CRS, _EVT }    if cfg.PCIHotplug
 //	}
+//
+// PHPR comes before PCI0 and PCI0 before GED so that every method call
+// names a method already defined (see hotplug.go).
 func dsdtAML(cfg *Config) []byte {
-	sb := [][]byte{pciRoot(cfg)}
+	var sb [][]byte
+	if h := cfg.PCIHotplug; h != nil {
+		sb = append(sb, hotplugController(h))
+	}
+	sb = append(sb, pciRoot(cfg))
 	if e := cfg.ECAM; e != nil {
 		// Linux uses an MCFG window only if it finds the range reserved,
 		// in the e820 map (early) or in a motherboard resource device
@@ -89,6 +98,9 @@ func dsdtAML(cfg *Config) []byte {
 			name("_HID", str("QEMU0001")),
 			name("_CRS", resourceTemplate(ioPort(p, p, 1, 1))),
 		))
+	}
+	if h := cfg.PCIHotplug; h != nil {
+		sb = append(sb, genericEventDevice(h))
 	}
 	return concat(
 		name("_S5", pkg(integer(uint64(cfg.PM.S5SleepType)), integer(0))),
@@ -150,6 +162,9 @@ func pciRoot(cfg *Config) []byte {
 		// comes back unchanged, so no error bits and every requested
 		// control bit granted.
 		body = append(body, method("_OSC", 4, returnArg(3)))
+	}
+	if cfg.PCIHotplug != nil {
+		body = append(body, hotplugSlots()...)
 	}
 	return device("PCI0", body...)
 }

@@ -96,7 +96,9 @@ func TestIASL(t *testing.T) {
 				if err := os.Mkdir(rdir, 0o755); err != nil {
 					t.Fatal(err)
 				}
-				out = run(t, dir, iasl, "-p", filepath.Join(rdir, "out"), dsl)
+				// -on: keep name paths as written; iasl would
+				// otherwise shorten \_SB_.PHPR.PCEJ to ^^^.PHPR.PCEJ.
+				out = run(t, dir, iasl, "-on", "-p", filepath.Join(rdir, "out"), dsl)
 				if m := iaslProblems.FindAllString(out, -1); len(m) > 0 {
 					t.Errorf("%s: recompiling the disassembly: %q", sig, m)
 				}
@@ -170,6 +172,13 @@ func TestACPIExec(t *testing.T) {
 			if cfg.RTC {
 				eval = append(eval, `evaluate \_SB.RTC._HID`, `evaluate \_SB.RTC._CRS`)
 			}
+			if h := cfg.PCIHotplug; h != nil {
+				// Run the hot-plug path as the OS would: the GED's
+				// event (PCNT reads the registers, notifies the
+				// slots), and a slot's eject, which writes B0EJ.
+				eval = append(eval, `evaluate \_SB.PHPR._CRS`, `evaluate \_SB.GED._CRS`,
+					fmt.Sprintf(`evaluate \_SB.GED._EVT %d`, h.GSI), `evaluate \_SB.PCI0.S03._EJ0 1`)
+			}
 			out := run(t, dir, acpiexec, append([]string{"-b", strings.Join(eval, ";")}, args...)...)
 			if m := acpiProblems.FindAllString(out, -1); len(m) > 0 {
 				t.Errorf("acpiexec complains: %q", m)
@@ -177,7 +186,9 @@ func TestACPIExec(t *testing.T) {
 			if !strings.Contains(out, "1 ACPI AML tables successfully acquired and loaded") {
 				t.Errorf("DSDT not loaded:\n%s", out)
 			}
-			if n := strings.Count(out, "Evaluation of "); n != len(eval) {
+			// A method that returns nothing (_EVT, _EJ0) ends with
+			// "No object was returned from evaluation of".
+			if n := strings.Count(out, "Evaluation of ") + strings.Count(out, "returned from evaluation of "); n != len(eval) {
 				t.Errorf("%d of %d evaluations returned:\n%s", n, len(eval), out)
 			}
 			s5 := regexp.MustCompile(`(?s)Evaluating \\_S5.*?Contains 2 Elements:\s*\[Integer\] = ([0-9A-F]+)\s*\[Integer\] = 0+\n`).FindStringSubmatch(out)

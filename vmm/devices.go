@@ -1,0 +1,258 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/viovmm/vio/config"
+)
+
+// The Controller's device registry: every disk and NIC of the config has
+// an id (given, or "_diskN"/"_netN" as Cloud Hypervisor names them), ids
+// are unique, and vm.add-disk, vm.add-net and vm.remove-device change the
+// config, and the running guest through a Hotplugger Machine.
+
+// DefaultEjectWait bounds how long RemoveDevice waits for the guest to
+// release a device. acpiphp answers in milliseconds on a live guest; a
+// slow emulated one takes seconds.
+const DefaultEjectWait = 20 * time.Second
+
+// ErrDuplicateID: a device with that id exists already.
+var ErrDuplicateID = errors.New("duplicate device id")
+
+// DeviceInfo is a hot-plugged device, as Cloud Hypervisor's PciDeviceInfo.
+type DeviceInfo struct {
+	ID  string `json:"id"`
+	BDF string `json:"bdf"`
+}
+
+// SetEjectWait sets how long RemoveDevice waits for the guest (0:
+// DefaultEjectWait).
+func (c *Controller) SetEjectWait(d time.Duration) {
+	c.mu.Lock()
+	c.ejectWait = d
+	c.mu.Unlock()
+}
+
+// assignIDs gives every disk and NIC without an id one that no other
+// device has, and refuses duplicates.
+func assignIDs(cfg *config.VM) error {
+	seen := map[string]bool{}
+	claim := func(id string) error {
+		if seen[id] {
+			return fmt.Errorf("%w: two devices have id %q: give each disk and NIC its own", ErrDuplicateID, id)
+		}
+		seen[id] = true
+		return nil
+	}
+	for _, d := range cfg.Disks {
+		if d.ID != "" {
+			if err := claim(d.ID); err != nil {
+				return err
+			}
+		}
+	}
+	for _, n := range cfg.Net {
+		if n.ID != "" {
+			if err := claim(n.ID); err != nil {
+				return err
+			}
+		}
+	}
+	fresh := func(prefix string) string {
+		for i := 0; ; i++ {
+			id := fmt.Sprintf("_%s%d", prefix, i)
+			if !seen[id] {
+				seen[id] = true
+				return id
+			}
+		}
+	}
+	for i := range cfg.Disks {
+		if cfg.Disks[i].ID == "" {
+			cfg.Disks[i].ID = fresh("disk")
+		}
+	}
+	for i := range cfg.Net {
+		if cfg.Net[i].ID == "" {
+			cfg.Net[i].ID = fresh("net")
+		}
+	}
+	return nil
+}
+
+func closeTapFDs(cfg *config.VM) {
+	if cfg == nil {
+		return
+	}
+	for _, n := range cfg.Net {
+		for _, fd := range n.TapFDs {
+			unix.Close(fd)
+		}
+	}
+}
+
+// AddDisk adds a disk: to the config before boot (cold plug, nil
+// DeviceInfo), and to the running or paused guest too (hot plug).
+func (c *Controller) AddDisk(d config.Disk) (*DeviceInfo, error) {
+	return c.addDevice("add a disk", func(cfg *config.VM) (*string, func(Hotplugger) (string, error)) {
+		cfg.Disks = append(cfg.Disks, d)
+		nd := &cfg.Disks[len(cfg.Disks)-1]
+		return &nd.ID, func(h Hotplugger) (string, error) { return h.AddDisk(nd) }
+	})
+}
+
+// AddNet adds a NIC like AddDisk. The Controller owns n.TapFDs from the
+// call on: they are closed if the NIC is not added, and when it goes.
+func (c *Controller) AddNet(n config.Net) (*DeviceInfo, error) {
+	info, err := c.addDevice("add a NIC", func(cfg *config.VM) (*string, func(Hotplugger) (string, error)) {
+		cfg.Net = append(cfg.Net, n)
+		nn := &cfg.Net[len(cfg.Net)-1]
+		return &nn.ID, func(h Hotplugger) (string, error) { return h.AddNet(nn) }
+	})
+	if err != nil {
+		for _, fd := range n.TapFDs {
+			unix.Close(fd)
+		}
+	}
+	return info, err
+}
+
+// addDevice adds a device with add, which appends it to a copy of the
+// config and returns its id field and how to hot-plug it.
+func (c *Controller) addDevice(what string, add func(*config.VM) (*string, func(Hotplugger) (string, error))) (*DeviceInfo, error) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == NoVM {
+		return nil, ErrNotCreated
+	}
+	cfg := c.cfg.Clone()
+	id, hot := add(cfg)
+	if err := assignIDs(cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, configError{err}
+	}
+	for _, w := range cfg.Unimplemented() {
+		c.log.Warn(w)
+	}
+	var info *DeviceInfo
+	if c.state == StateRunning || c.state == StatePaused {
+		h, ok := c.run.m.(Hotplugger)
+		if !ok {
+			return nil, fmt.Errorf("%w: cannot %s to this booted VM: it has no hot plug", ErrNotImplemented, what)
+		}
+		bdf, err := hot(h)
+		if err != nil {
+			return nil, hotplugError(err)
+		}
+		info = &DeviceInfo{ID: *id, BDF: bdf}
+	}
+	c.cfg = cfg
+	return info, nil
+}
+
+// hotplugError makes a Hotplugger's refusals match the Controller's
+// errors, for the API's statuses.
+func hotplugError(err error) error {
+	switch {
+	case errors.Is(err, ErrNotRemovable):
+		return configError{err}
+	}
+	return err
+}
+
+// RemoveDevice removes the disk or NIC with the id. Before boot (and
+// after shutdown) it only leaves the config. On a running guest it asks
+// the guest to release the device and waits for it (SetEjectWait): nil
+// means the guest let it go and it is gone; an error matching
+// ErrNotReleased means the guest has not yet, and the device goes from
+// the config when it does. A paused guest cannot answer: that is refused.
+func (c *Controller) RemoveDevice(id string) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	if c.state == NoVM {
+		c.mu.Unlock()
+		return ErrNotCreated
+	}
+	if !hasDevice(c.cfg, id) {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: the VM has no disk or NIC with id %q (vm.info lists them)", ErrNoDevice, id)
+	}
+	switch c.state {
+	case StateCreated, StateShutdown:
+		c.dropDeviceLocked(id)
+		c.mu.Unlock()
+		return nil
+	case StatePaused:
+		c.mu.Unlock()
+		return &StateError{Op: "remove a device", State: StatePaused}
+	}
+	m := c.run.m
+	h, ok := m.(Hotplugger)
+	wait := c.ejectWait
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: this VM cannot remove devices while it runs", ErrNotImplemented)
+	}
+	if wait <= 0 {
+		wait = DefaultEjectWait
+	}
+	// The wait happens without c.mu, so vm.info still answers; gone
+	// updates the config once the guest has let the device go, if the
+	// Machine is still the current one (a guest reboot in between
+	// builds the device afresh from the config).
+	gone := func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.run != nil && c.run.m == m && c.cfg != nil {
+			c.dropDeviceLocked(id)
+		}
+	}
+	return hotplugError(h.RemoveDevice(id, wait, gone))
+}
+
+func hasDevice(cfg *config.VM, id string) bool {
+	for _, d := range cfg.Disks {
+		if d.ID == id {
+			return true
+		}
+	}
+	for _, n := range cfg.Net {
+		if n.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// dropDeviceLocked removes the device with the id from the config and
+// closes the TAP descriptors it held; c.mu is held.
+func (c *Controller) dropDeviceLocked(id string) {
+	cfg := c.cfg.Clone()
+	disks := cfg.Disks[:0]
+	for _, d := range cfg.Disks {
+		if d.ID != id {
+			disks = append(disks, d)
+		}
+	}
+	nets := cfg.Net[:0]
+	for _, n := range cfg.Net {
+		if n.ID != id {
+			nets = append(nets, n)
+			continue
+		}
+		for _, fd := range n.TapFDs {
+			unix.Close(fd)
+		}
+	}
+	cfg.Disks, cfg.Net = disks, nets
+	c.cfg = cfg
+}

@@ -1,0 +1,379 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	stdnet "net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/pcihp"
+	virtionet "github.com/viovmm/vio/devices/virtio/net"
+	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/tap"
+	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/virtiopci"
+)
+
+// ACPI PCI hot plug (arch/x86/acpi.PCIHotplug, devices/pcihp): the
+// register block's ports and the GED's interrupt. GSI 5 is an ISA input
+// no vio device uses; the GED declares it edge-triggered, active-high.
+const (
+	hotplugPort = 0xae00
+	hotplugGSI  = 5
+)
+
+// Errors of hot plug, matched with errors.Is.
+var (
+	// ErrNoDevice: no device has the id.
+	ErrNoDevice = errors.New("no such device")
+	// ErrNotReleased: the guest did not release the device in time.
+	ErrNotReleased = errors.New("the guest did not release the device")
+	// ErrNotRemovable: the device cannot be hot-plugged or removed.
+	ErrNotRemovable = errors.New("the device cannot be hot-plugged or removed")
+)
+
+// Hotplugger is a Machine that adds and removes devices while its guest
+// runs. *VM is one; the Controller uses it when its Machine has it.
+type Hotplugger interface {
+	// AddDisk and AddNet build the device, put it on a free slot of bus
+	// 0 and tell the guest; they return its address as Cloud Hypervisor
+	// writes it ("0000:00:05.0"). The config is the Controller's copy:
+	// AddDisk may pin a probed image format into it. The device's ID
+	// is set and unique.
+	AddDisk(d *config.Disk) (bdf string, err error)
+	AddNet(n *config.Net) (bdf string, err error)
+	// RemoveDevice asks the guest to release the device with the id and
+	// waits up to wait for it: once the guest has (its _EJ0 ran), the
+	// device is torn down (back-end closed, interrupts, doorbells and
+	// BARs gone, slot free) and gone is called, from another goroutine,
+	// before RemoveDevice returns nil. If the guest has not released it
+	// in time, RemoveDevice returns ErrNotReleased; the request stands,
+	// and gone is called if the guest releases it later.
+	RemoveDevice(id string, wait time.Duration, gone func()) error
+}
+
+var _ Hotplugger = (*VM)(nil)
+
+// hotplug is the VM's part of hot plug: the register block, the slots
+// in use and the removable devices.
+type hotplug struct {
+	regs *pcihp.Device
+
+	mu      sync.Mutex // guards used, changed, VM.pciDevices and each plugged's fields
+	used    uint32     // device numbers in use on bus 0 (bit n = slot n)
+	changed bool       // a device was hot-plugged or removed since boot
+}
+
+// hotplugChanged refuses a snapshot of a VM whose devices changed since
+// boot: a restore builds devices in config order, which need not be the
+// slots the guest saw.
+func (v *VM) hotplugChanged() error {
+	v.hp.mu.Lock()
+	defer v.hp.mu.Unlock()
+	if v.hp.changed {
+		return snapErr(ErrNotSaveable, "cannot snapshot: devices were hot-plugged or removed since this VM booted, and a restore would not put them back in the same slots; reboot the VM (vm.reboot) first")
+	}
+	return nil
+}
+
+// plugged is what a removable device owns beyond its pciDevice.
+type plugged struct {
+	id    string
+	slot  uint8
+	msi   *deviceMSI
+	owned []io.Closer // its back-ends, closed after the device is reset
+
+	ejecting bool          // the host asked the guest to release it
+	gone     []func()      // called once it is torn down
+	released chan struct{} // closed once it is torn down
+}
+
+// setupHotplug serves the register block and makes the registry's
+// devices part of the VM's teardown.
+func (v *VM) setupHotplug() error {
+	v.hp.regs = pcihp.New(pcihp.Config{
+		Notify: func() {
+			// An edge on the GED's input: KVM's IOAPIC latches it
+			// even while the vCPUs are paused.
+			if err := v.kvm.IRQLine(hotplugGSI, true); err == nil {
+				v.kvm.IRQLine(hotplugGSI, false)
+			}
+		},
+		// The eject arrives on a vCPU thread, which must not wait for
+		// a device's workers to stop.
+		Eject: func(slot int) { go v.guestReleased(uint8(slot)) },
+	})
+	if err := v.pio.Register(hotplugPort, pcihp.Size, v.hp.regs); err != nil {
+		return fmt.Errorf("PCI hot-plug registers: %w", err)
+	}
+	v.closers = append(v.closers, closerFunc(func() error {
+		v.hp.mu.Lock()
+		var ps []*pciDevice
+		for _, d := range v.pciDevices {
+			if d.hp != nil {
+				ps = append(ps, d)
+			}
+		}
+		v.hp.mu.Unlock()
+		for _, d := range ps {
+			v.teardown(d, false)
+		}
+		return nil
+	}))
+	return nil
+}
+
+// plugDisk builds a disk and puts it on the bus (boot or hot plug).
+func (v *VM) plugDisk(name string, d *config.Disk) (*pciDevice, error) {
+	return v.plug(name, d.ID, func() (virtio.Device, error) { return v.newDisk(d) })
+}
+
+// plugNet builds a virtio NIC and puts it on the bus.
+func (v *VM) plugNet(name string, n *config.Net) (*pciDevice, error) {
+	return v.plug(name, n.ID, func() (virtio.Device, error) { return v.newNIC(*n) })
+}
+
+// plug builds a device with build, which registers what it opens in
+// v.closers; those become the device's own, closed when it goes.
+func (v *VM) plug(name, id string, build func() (virtio.Device, error)) (*pciDevice, error) {
+	mark := len(v.closers)
+	dev, err := build()
+	owned := append([]io.Closer(nil), v.closers[mark:]...)
+	v.closers = v.closers[:mark]
+	if err != nil {
+		closeReverse(owned)
+		return nil, err
+	}
+	msi := v.msi.newDevice()
+	t, err := virtiopci.New(dev, v.mem, virtiopci.Options{Router: msi, IOEvents: v.ioevents})
+	if err != nil {
+		closeReverse(owned)
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	slot, err := v.nextSlot(name)
+	if err != nil {
+		closeReverse(owned)
+		return nil, err
+	}
+	if err := v.pciRoot.Add(pci.BDF{Device: slot}, t); err != nil {
+		v.freeSlot(slot)
+		closeReverse(owned)
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	d := &pciDevice{name: name, dev: dev, transport: t, hp: &plugged{
+		id: id, slot: slot, msi: msi, owned: owned, released: make(chan struct{}),
+	}}
+	v.hp.mu.Lock()
+	v.pciDevices = append(v.pciDevices, d)
+	v.hp.mu.Unlock()
+	return d, nil
+}
+
+func closeReverse(cs []io.Closer) {
+	for i := len(cs) - 1; i >= 0; i-- {
+		cs[i].Close()
+	}
+}
+
+func (v *VM) freeSlot(slot uint8) {
+	v.hp.mu.Lock()
+	v.hp.used &^= 1 << slot
+	v.hp.mu.Unlock()
+}
+
+// bdfString is a bus 0 address as Cloud Hypervisor's PciDeviceInfo
+// writes it: segment, bus, device, function.
+func bdfString(slot uint8) string { return fmt.Sprintf("0000:00:%02x.0", slot) }
+
+// AddDisk implements Hotplugger.
+func (v *VM) AddDisk(d *config.Disk) (string, error) {
+	if err := v.checkNewID(d.ID); err != nil {
+		return "", err
+	}
+	p, err := v.plugDisk(d.ID, d)
+	if err != nil {
+		return "", err
+	}
+	return v.announce(p)
+}
+
+// AddNet implements Hotplugger.
+func (v *VM) AddNet(n *config.Net) (string, error) {
+	if n.Model == config.NetE1000 {
+		return "", fmt.Errorf("%w: an e1000's interrupt route is fixed when the VM boots: hot-plug a model=virtio NIC instead", ErrNotRemovable)
+	}
+	if err := v.checkNewID(n.ID); err != nil {
+		return "", err
+	}
+	p, err := v.plugNet(n.ID, n)
+	if err != nil {
+		return "", err
+	}
+	return v.announce(p)
+}
+
+func (v *VM) checkNewID(id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: a hot-plugged device needs an id", ErrInvalidConfig)
+	}
+	if v.find(id) != nil {
+		return fmt.Errorf("%w: a device with id %q exists already", ErrInvalidConfig, id)
+	}
+	return nil
+}
+
+// announce tells the guest a device arrived in p's slot.
+func (v *VM) announce(p *pciDevice) (string, error) {
+	if err := v.hp.regs.Plug(int(p.hp.slot)); err != nil {
+		v.teardown(p, true)
+		return "", err
+	}
+	v.hp.mu.Lock()
+	v.hp.changed = true
+	v.hp.mu.Unlock()
+	v.log.Info("device hot-plugged", "id", p.hp.id, "bdf", bdfString(p.hp.slot))
+	return bdfString(p.hp.slot), nil
+}
+
+// find returns the removable device with the id, or nil.
+func (v *VM) find(id string) *pciDevice {
+	v.hp.mu.Lock()
+	defer v.hp.mu.Unlock()
+	for _, d := range v.pciDevices {
+		if d.hp != nil && d.hp.id == id {
+			return d
+		}
+	}
+	return nil
+}
+
+// RemoveDevice implements Hotplugger.
+func (v *VM) RemoveDevice(id string, wait time.Duration, gone func()) error {
+	d := v.find(id)
+	if d == nil {
+		for _, n := range v.cfg.Net {
+			if n.ID == id && n.Model == config.NetE1000 {
+				return fmt.Errorf("%w: %q is an e1000, which stays until the VM stops", ErrNotRemovable, id)
+			}
+		}
+		return fmt.Errorf("%w: no removable device has id %q", ErrNoDevice, id)
+	}
+	v.hp.mu.Lock()
+	d.hp.ejecting = true
+	if gone != nil {
+		d.hp.gone = append(d.hp.gone, gone)
+	}
+	slot, released := d.hp.slot, d.hp.released
+	v.hp.mu.Unlock()
+	if err := v.hp.regs.RequestEject(int(slot)); err != nil {
+		return err
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-released:
+		v.log.Info("device removed", "id", id, "bdf", bdfString(slot))
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w: device %q (%s) was not released by the guest within %v; the eject request stands and the device goes when the guest lets it go (check that the guest has ACPI PCI hot plug, acpiphp, and that nothing holds the device)",
+			ErrNotReleased, id, bdfString(slot), wait)
+	}
+}
+
+// guestReleased handles the guest's write of slot to B0EJ: a device the
+// host asked to eject is torn down. A guest that ejects a slot on its
+// own (echo 0 > /sys/bus/pci/slots/N/power) gets nothing: vio keeps the
+// device, which the guest finds again when it rescans, because the
+// device's config stays what the API last set.
+func (v *VM) guestReleased(slot uint8) {
+	v.hp.mu.Lock()
+	var d *pciDevice
+	for _, x := range v.pciDevices {
+		if x.hp != nil && x.hp.slot == slot {
+			d = x
+		}
+	}
+	asked := d != nil && d.hp.ejecting
+	v.hp.mu.Unlock()
+	if !asked {
+		v.log.Warn("the guest ejected a slot vio did not ask it to release; the device stays", "slot", slot)
+		return
+	}
+	v.teardown(d, true)
+}
+
+// teardown takes d off the bus and releases everything it holds; with
+// notify, its gone callbacks run. It is idempotent.
+func (v *VM) teardown(d *pciDevice, notify bool) {
+	v.hp.mu.Lock()
+	i := -1
+	for j, x := range v.pciDevices {
+		if x == d {
+			i = j
+		}
+	}
+	if i < 0 {
+		v.hp.mu.Unlock()
+		return
+	}
+	v.pciDevices = append(v.pciDevices[:i:i], v.pciDevices[i+1:]...)
+	v.hp.changed = true
+	gone := d.hp.gone
+	d.hp.gone = nil
+	v.hp.mu.Unlock()
+
+	// BARs first: their unmapping detaches the doorbells' ioeventfds
+	// (Transport.BARMapped), so no guest write reaches the device while
+	// it stops.
+	if err := v.pciRoot.Remove(pci.BDF{Device: d.hp.slot}); err != nil {
+		v.log.Warn("removing a PCI function", "id", d.hp.id, "err", err)
+	}
+	d.dev.Reset()
+	closeReverse(d.hp.owned)
+	d.hp.msi.release()
+	v.freeSlot(d.hp.slot)
+	close(d.hp.released)
+	if notify {
+		for _, f := range gone {
+			f()
+		}
+	}
+}
+
+// newNICFromFDs builds a virtio NIC on duplicates of the TAP descriptors
+// the config carries (one per queue pair), so that the config's own stay
+// open for the next boot.
+func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
+	var bes []netdev.Backend
+	for _, fd := range n.TapFDs {
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("duplicating TAP descriptor %d: %w", fd, err)
+		}
+		t, err := tap.FromFD(dup)
+		if err != nil {
+			return nil, err
+		}
+		v.closers = append(v.closers, t)
+		bes = append(bes, t)
+	}
+	var mac stdnet.HardwareAddr
+	if n.MAC != "" {
+		m, err := config.ParseMAC(n.MAC)
+		if err != nil {
+			return nil, err
+		}
+		mac = m[:]
+	}
+	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)}
+	if len(bes) == 1 {
+		return virtionet.New(bes[0], cfg)
+	}
+	return virtionet.NewMultiQueue(bes, cfg)
+}

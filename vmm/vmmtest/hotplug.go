@@ -1,0 +1,122 @@
+package vmmtest
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/vmm"
+)
+
+// hotplug is the Machine's double of vmm.Hotplugger: devices get slots
+// from 1 up (a freed slot is reused), and a removal is released at once
+// unless the test holds the guest's answer (HoldEjects).
+type hotplug struct {
+	mu      sync.Mutex
+	slots   map[string]uint8 // device id → slot
+	held    bool
+	pending map[string]func() // held removals: id → release
+}
+
+var _ vmm.Hotplugger = (*Machine)(nil)
+
+func (m *Machine) hp() *hotplug {
+	m.hpOnce.Do(func() { m.hot = &hotplug{slots: map[string]uint8{}, pending: map[string]func(){}} })
+	return m.hot
+}
+
+func (h *hotplug) add(id string) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, dup := h.slots[id]; dup || id == "" {
+		return "", fmt.Errorf("vmmtest: device id %q empty or in use", id)
+	}
+	for s := uint8(1); s < 32; s++ {
+		free := true
+		for _, x := range h.slots {
+			free = free && x != s
+		}
+		if free {
+			h.slots[id] = s
+			return fmt.Sprintf("0000:00:%02x.0", s), nil
+		}
+	}
+	return "", fmt.Errorf("vmmtest: no free slot")
+}
+
+// AddDisk implements vmm.Hotplugger.
+func (m *Machine) AddDisk(d *config.Disk) (string, error) { return m.hp().add(d.ID) }
+
+// AddNet implements vmm.Hotplugger.
+func (m *Machine) AddNet(n *config.Net) (string, error) { return m.hp().add(n.ID) }
+
+// RemoveDevice implements vmm.Hotplugger. Devices of the boot config are
+// known to it too.
+func (m *Machine) RemoveDevice(id string, wait time.Duration, gone func()) error {
+	h := m.hp()
+	h.mu.Lock()
+	_, hot := h.slots[id]
+	known := hot
+	for _, d := range m.Config.Disks {
+		known = known || d.ID == id
+	}
+	for _, n := range m.Config.Net {
+		known = known || n.ID == id
+	}
+	if !known {
+		h.mu.Unlock()
+		return fmt.Errorf("%w: %q", vmm.ErrNoDevice, id)
+	}
+	done := make(chan struct{})
+	release := func() {
+		h.mu.Lock()
+		delete(h.slots, id)
+		delete(h.pending, id)
+		h.mu.Unlock()
+		go func() {
+			if gone != nil {
+				gone()
+			}
+			close(done)
+		}()
+	}
+	if h.held {
+		h.pending[id] = release
+		h.mu.Unlock()
+	} else {
+		h.mu.Unlock()
+		release()
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w: %q", vmm.ErrNotReleased, id)
+	}
+}
+
+// HoldEjects makes the guest sit on eject requests until ReleaseHeld.
+func (m *Machine) HoldEjects() {
+	h := m.hp()
+	h.mu.Lock()
+	h.held = true
+	h.mu.Unlock()
+}
+
+// ReleaseHeld lets the guest release every device it was asked to.
+func (m *Machine) ReleaseHeld() {
+	h := m.hp()
+	h.mu.Lock()
+	var rs []func()
+	for _, r := range h.pending {
+		rs = append(rs, r)
+	}
+	h.held = false
+	h.mu.Unlock()
+	for _, r := range rs {
+		r()
+	}
+}
