@@ -43,6 +43,7 @@ type Controller interface {
 	Resume() error
 	Shutdown() error
 	Reboot() error
+	PowerButton() error
 	Delete() error
 	Info() (vmm.Info, error)
 	Counters() (map[string]map[string]int64, error)
@@ -169,7 +170,7 @@ var routes = map[string]route{
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
 // they get a 501 that says so rather than a 404.
 var notYet = map[string]bool{
-	"vm.power-button": true, "vm.resize-disk": true, "vm.resize-zone": true,
+	"vm.resize-disk": true, "vm.resize-zone": true,
 	"vm.add-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,

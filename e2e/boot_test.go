@@ -129,7 +129,7 @@ func TestVioReboot(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 		defer cancel()
-		args := vioArgs(t, initrd, "--on-reboot", "restart")
+		args := vioArgs(t, initrd, "--on-reboot", "restart", "--shutdown-timeout", "0")
 		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -157,4 +157,76 @@ func TestVioReboot(t *testing.T) {
 			t.Fatalf("vio did not stop cleanly on SIGTERM: %v", err)
 		}
 	})
+}
+
+// buttonGuest waits for the ACPI power button (the button driver turns
+// the press into a KEY_POWER input event) and then powers off, as an init
+// system does; ignoreGuest never looks.
+const (
+	buttonGuest = `for d in /sys/class/input/input*; do
+	[ "$(cat $d/name)" = "Power Button" ] && ev=/dev/input/$(basename $d/event*)
+done
+[ -n "$ev" ] || { echo "VIO-GUEST no power button"; ls /sys/class/input; }
+echo VIO-GUEST-WAITING
+head -c 24 "$ev" > /dev/null
+echo VIO-GUEST-BUTTON
+sync
+poweroff -f
+`
+	ignoreGuest = "echo VIO-GUEST-WAITING\nsleep 600\n"
+)
+
+// TestGracefulStop: SIGTERM presses the guest's power button; a guest
+// that powers off makes vio exit 0, one that ignores the button is stopped
+// after --shutdown-timeout with exit status 1 and a message saying so.
+func TestGracefulStop(t *testing.T) {
+	for _, c := range []struct {
+		name, script, timeout string
+		modules               []string
+		wantExit              int
+		want                  string
+	}{
+		{"powers-off", buttonGuest, "2m", []string{"button", "evdev"}, 0, "VIO-GUEST-BUTTON"},
+		{"ignores", ignoreGuest, "3s", nil, 1, "did not power off within 3s of the power button"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			initrd := labtest.Initramfs(t, c.script, c.modules...)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			args := vioArgs(t, initrd, "--shutdown-timeout", c.timeout)
+			cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var console strings.Builder
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				console.WriteString(sc.Text() + "\n")
+				if strings.Contains(sc.Text(), "VIO-GUEST-WAITING") {
+					break
+				}
+			}
+			cmd.Process.Signal(syscall.SIGTERM)
+			for sc.Scan() {
+				console.WriteString(sc.Text() + "\n")
+			}
+			err = cmd.Wait()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			all := console.String() + stderr.String()
+			if ctx.Err() != nil || code != c.wantExit || !strings.Contains(all, c.want) {
+				t.Fatalf("exit status %d (%v), want %d and %q; console and stderr:\n%s", code, ctx.Err(), c.wantExit, c.want, all)
+			}
+		})
+	}
 }

@@ -127,10 +127,11 @@ func (v *VM) loadPayload() (uint64, error) {
 			ResetValue:       acpipm.ResetValue,
 			S5SleepType:      acpipm.SleepTypeS5,
 		},
-		COM1:        true,
-		PvPanicPort: acpipm.PvPanicPort,
-		I8042:       true,
-		RTC:         true,
+		COM1:            true,
+		PvPanicPort:     acpipm.PvPanicPort,
+		PowerButtonPort: acpipm.ButtonPort,
+		I8042:           true,
+		RTC:             true,
 	}
 	acpiPCI(&ac)
 	ac.PCIInterrupts = v.intx

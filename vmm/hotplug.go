@@ -94,17 +94,21 @@ type plugged struct {
 	released chan struct{} // closed once it is torn down
 }
 
+// pulseGED raises an edge on the GED's input (hot plug and the power
+// button share it): KVM's IOAPIC latches it even while the vCPUs are
+// paused.
+func (v *VM) pulseGED() error {
+	if err := v.kvm.IRQLine(hotplugGSI, true); err != nil {
+		return fmt.Errorf("raising the GED's interrupt: %w", err)
+	}
+	return v.kvm.IRQLine(hotplugGSI, false)
+}
+
 // setupHotplug serves the register block and makes the registry's
 // devices part of the VM's teardown.
 func (v *VM) setupHotplug() error {
 	v.hp.regs = pcihp.New(pcihp.Config{
-		Notify: func() {
-			// An edge on the GED's input: KVM's IOAPIC latches it
-			// even while the vCPUs are paused.
-			if err := v.kvm.IRQLine(hotplugGSI, true); err == nil {
-				v.kvm.IRQLine(hotplugGSI, false)
-			}
-		},
+		Notify: func() { v.pulseGED() },
 		// The eject arrives on a vCPU thread, which must not wait for
 		// a device's workers to stop.
 		Eject: func(slot int) { go v.guestReleased(uint8(slot)) },

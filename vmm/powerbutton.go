@@ -61,3 +61,16 @@ func (c *Controller) StopGracefully(timeout time.Duration, why string, now <-cha
 	}
 	return hard
 }
+
+// PressPowerButton latches a press in the power button's status register
+// and raises the GED's interrupt (shared with PCI hot plug), whose _EVT
+// notifies \_SB.PWRB. It implements powerButtoner.
+func (v *VM) PressPowerButton() error {
+	if v.platform == nil || v.platform.pm == nil {
+		return fmt.Errorf("%w: this machine has no power button", ErrNotImplemented)
+	}
+	v.platform.pm.PressPowerButton()
+	return v.pulseGED()
+}
+
+var _ powerButtoner = (*VM)(nil)

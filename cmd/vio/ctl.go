@@ -33,6 +33,7 @@ var ctlVerbs = map[string]struct {
 	"resume":         {http.MethodPut, "vm.resume", "VM resumed"},
 	"shutdown":       {http.MethodPut, "vm.shutdown", "VM shut down"},
 	"reboot":         {http.MethodPut, "vm.reboot", "VM rebooted"},
+	"power-button":   {http.MethodPut, "vm.power-button", "power button pressed; an ACPI-aware guest shuts down and powers off"},
 	"delete":         {http.MethodPut, "vm.delete", "VM deleted"},
 	"shutdown-vmm":   {http.MethodPut, "vmm.shutdown", "VMM shut down"},
 	"snapshot":       {http.MethodPut, "vm.snapshot", "snapshot written"},
@@ -49,7 +50,7 @@ func ctlCommand() *cobra.Command {
 	var timeout time.Duration
 	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|remove-device ID|resize-balloon SIZE|balloon|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
@@ -69,7 +70,7 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, remove-device ID, resize-balloon SIZE, balloon, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {

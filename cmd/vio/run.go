@@ -1,14 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -28,6 +29,7 @@ func runCommand() *cobra.Command {
 		prefault                                bool
 		disks, nets                             []string
 		balloonSpec, platformSpec               string
+		shutdownTimeout                         time.Duration
 		cpus                                    int
 		verbose, allowPVM, stats                bool
 		obs                                     observeFlags
@@ -51,7 +53,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				if bad != "" {
 					return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", bad)
 				}
-				return run(c, nil, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault, obs})
+				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs})
 			}
 			if file != "" {
 				loaded, err := config.Load(file)
@@ -138,7 +140,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{verbose, allowPVM, stats, apiSocket, restore, prefault, obs})
+			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs})
 		},
 	}
 	f := c.Flags()
@@ -157,6 +159,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
 	f.StringVar(&balloonSpec, "balloon", "", "virtio-balloon: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on] (see docs/balloon.md)")
 	f.StringVar(&vsockSpec, "vsock", "", "virtio-vsock device: cid=CID,socket=PATH (host side on a UNIX socket; see docs/vsock.md)")
+	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, press the guest's ACPI power button and wait this long for it to power off before stopping it hard (exit status 1); 0 stops it at once")
 	f.BoolVar(&stats, "stats", false, "print per-vCPU and per-device counters (JSON, stderr) when the guest stops")
 	f.StringVar(&apiSocket, "api-socket", "", "also serve the REST API for this VM on a UNIX socket (see docs/api.md)")
 	f.StringVar(&restore, "restore", "", "run the VM of a snapshot (file:///DIR, see docs/snapshot.md) instead of booting one")
@@ -168,13 +171,46 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	return c
 }
 
+// stopOnSignal answers the first SIGINT or SIGTERM: with a shutdown
+// timeout it presses the guest's ACPI power button and gives the guest that
+// long to shut down and power off, as a PC's power button would (a second
+// signal, or Ctrl-A x, stops it at once); with none it stops the guest at
+// once. It returns the error vio should exit with if the guest had to be
+// stopped hard: a power cut must not look like success.
+func stopOnSignal(ctl *vmm.Controller, sig os.Signal, more <-chan os.Signal, quit <-chan struct{}, timeout time.Duration) error {
+	why := "stopped by " + sig.String()
+	if timeout <= 0 {
+		ctl.Stop(why)
+		return nil
+	}
+	now := make(chan struct{})
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-more:
+		case <-quit:
+		case <-done:
+			return
+		}
+		close(now)
+	}()
+	fmt.Fprintf(os.Stderr, "vio: %s: pressed the guest's power button; waiting up to %v for it to power off (signal again to stop it at once)\n", sig, timeout)
+	if err := ctl.StopGracefully(timeout, why, now); err != nil {
+		return exitError{code: 1, msg: err.Error()}
+	}
+	return nil
+}
+
 // restoreFlags are the flags that go with --restore: everything else
 // describes the VM, which comes from the snapshot.
 var restoreFlags = map[string]bool{
 	"restore": true, "prefault": true, "api-socket": true, "stats": true, "verbose": true, "allow-pvm": true,
+	"shutdown-timeout": true, "event-monitor": true, "metrics": true,
 }
 
 type runOptions struct {
+	shutdownTimeout          time.Duration
 	verbose, allowPVM, stats bool
 	apiSocket                string
 	restore                  string // a snapshot URL: restore instead of boot
@@ -191,8 +227,14 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// The first SIGINT or SIGTERM shuts the guest down gracefully (see
+	// stopOnSignal); Ctrl-A x on the console stops it at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	quit := make(chan struct{})
+	var quitOnce sync.Once
+	stop := func() { quitOnce.Do(func() { close(quit) }) }
 
 	if o.restore != "" {
 		// The console wiring depends on the saved config; a bad URL or
@@ -251,14 +293,20 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	} else if err := ctl.Boot(); err != nil {
 		return err
 	}
+	var hard error
 	select {
 	case <-ctl.Stopped():
-	case <-ctx.Done():
-		ctl.Stop(context.Cause(ctx).Error())
+	case <-quit:
+		ctl.Stop("stopped from the console (Ctrl-A x)")
+	case sig := <-sigs:
+		hard = stopOnSignal(ctl, sig, sigs, quit, o.shutdownTimeout)
 	}
 	exit, err := ctl.LastExit()
 	if err != nil {
 		return err
+	}
+	if hard != nil && exit.Reason == vmm.ExitStopped {
+		return hard
 	}
 	switch exit.Reason {
 	case vmm.ExitPoweroff, vmm.ExitStopped:

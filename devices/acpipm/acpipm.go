@@ -1,10 +1,12 @@
 // Package acpipm emulates the registers a hardware-reduced ACPI FADT
 // points at (see arch/x86/acpi): the sleep control and sleep status
 // registers through which the guest powers itself off, and the reset
-// register through which it reboots. It also has a pvpanic device, which
-// lets a guest tell the VMM it panicked.
+// register through which it reboots; and the status register of the
+// DSDT's power button, through which the VMM asks the guest to shut down.
+// It also has a pvpanic device, which lets a guest tell the VMM it
+// panicked.
 //
-// The three PM registers are single bytes at consecutive I/O ports from
+// The four registers are single bytes at consecutive I/O ports from
 // PortAddr, a range no PC device uses. Linux accesses each with one byte
 // (the FADT describes them as 8-bit registers); a wider access is taken
 // as that many one-byte accesses to consecutive ports, as the ISA bus
@@ -20,15 +22,17 @@ import (
 // Port addresses.
 const (
 	PortAddr         = 0x600
-	Size             = 3
+	Size             = 4
 	SleepControlPort = PortAddr + RegSleepControl
 	SleepStatusPort  = PortAddr + RegSleepStatus
 	ResetPort        = PortAddr + RegReset
+	ButtonPort       = PortAddr + RegButton
 
 	// Register offsets from PortAddr.
 	RegSleepControl = 0
 	RegSleepStatus  = 1
 	RegReset        = 2
+	RegButton       = 3 // reads 1 once after each press, then 0
 )
 
 // ResetValue is the byte that, written to the reset register, resets the
@@ -71,6 +75,7 @@ type Device struct {
 	mu        sync.Mutex
 	sleepType uint8 // SLP_TYP of the last write, as read back
 	status    uint8 // WakeStatus or 0
+	pressed   bool  // the power button, until the guest reads RegButton
 }
 
 var _ bus.Device = (*Device)(nil)
@@ -93,9 +98,23 @@ func (d *Device) Read(offset uint64, data []byte) {
 			v = d.sleepType << SleepTypeShift
 		case RegSleepStatus:
 			v = d.status
+		case RegButton:
+			if d.pressed {
+				v, d.pressed = 1, false
+			}
 		}
 		data[i] = v
 	}
+}
+
+// PressPowerButton latches a press of the power button for the guest's
+// event handler to read; the caller raises the interrupt that runs it
+// (the GED's). Presses before the guest reads count once, as a held
+// button would.
+func (d *Device) PressPowerButton() {
+	d.mu.Lock()
+	d.pressed = true
+	d.mu.Unlock()
 }
 
 // Write handles each byte in turn.

@@ -199,3 +199,33 @@ func TestPvPanic(t *testing.T) {
 	}
 	acpipm.NewPvPanic(nil).Write(0, []byte{1}) // no callback: no crash
 }
+
+// TestPowerButton: a press reads 1 once, then 0; presses before the read
+// count once; a write changes nothing.
+func TestPowerButton(t *testing.T) {
+	d, c, b := newDev()
+	if v := in(b, acpipm.ButtonPort); v != 0 {
+		t.Fatalf("button status %#x before any press", v)
+	}
+	d.PressPowerButton()
+	d.PressPowerButton()
+	out(b, acpipm.ButtonPort, 0)
+	if v := in(b, acpipm.ButtonPort); v != 1 {
+		t.Errorf("button status %#x after a press, want 1", v)
+	}
+	if v := in(b, acpipm.ButtonPort); v != 0 {
+		t.Errorf("button status %#x read twice, want 0", v)
+	}
+	if c.off != 0 || c.reset != 0 {
+		t.Errorf("the button powered off (%d) or reset (%d) by itself", c.off, c.reset)
+	}
+	d.PressPowerButton()
+	s := d.SaveState()
+	other := acpipm.New(acpipm.Config{})
+	if err := other.RestoreState(s); err != nil {
+		t.Fatal(err)
+	}
+	if !s.ButtonPressed || !other.SaveState().ButtonPressed {
+		t.Error("a pending press did not survive save and restore")
+	}
+}

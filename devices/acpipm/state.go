@@ -10,6 +10,9 @@ import (
 type State struct {
 	SleepType  uint8 // SLP_TYP as last written
 	WakeStatus bool
+	// ButtonPressed: a power button press the guest has not read yet
+	// (left out when false, so that older vio reads the usual state).
+	ButtonPressed bool `json:",omitempty"`
 }
 
 var _ state.Snapshottable = (*Device)(nil)
@@ -18,7 +21,7 @@ var _ state.Snapshottable = (*Device)(nil)
 func (d *Device) SaveState() State {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return State{SleepType: d.sleepType, WakeStatus: d.status&WakeStatus != 0}
+	return State{SleepType: d.sleepType, WakeStatus: d.status&WakeStatus != 0, ButtonPressed: d.pressed}
 }
 
 // RestoreState restores the registers.
@@ -28,7 +31,7 @@ func (d *Device) RestoreState(s State) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.sleepType, d.status = s.SleepType, 0
+	d.sleepType, d.status, d.pressed = s.SleepType, 0, s.ButtonPressed
 	if s.WakeStatus {
 		d.status = WakeStatus
 	}

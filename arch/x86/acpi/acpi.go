@@ -87,6 +87,12 @@ type Config struct {
 	// PCIHotplug, if not nil, makes slots 1-31 of bus 0 hot-pluggable
 	// (see PCIHotplug).
 	PCIHotplug *PCIHotplug
+	// PowerButtonPort, if not 0, declares a control-method power button
+	// (\_SB.PWRB, PNP0C0C) whose status is the byte register at that
+	// port (devices/acpipm.ButtonPort: reads 1 once per press, then 0).
+	// The press is signalled through the GED, so it needs PCIHotplug,
+	// whose GSI the GED uses; the GED's _EVT then also notifies PWRB.
+	PowerButtonPort uint16
 	// TimerOverride adds the ISA IRQ0 → GSI 2 interrupt source
 	// override. Set it only if the vmm routes GSI 0/the PIT to IOAPIC
 	// pin 2; KVM's default routing, which the MP table describes, has
@@ -129,6 +135,9 @@ func (c *Config) validate() error {
 		if h.GSI > 255 {
 			return bad("PCI hot-plug GSI %d: the GED takes an IOAPIC input below 256", h.GSI)
 		}
+	}
+	if c.PowerButtonPort != 0 && c.PCIHotplug == nil {
+		return bad("a power button without PCIHotplug: the GED that signals it takes PCIHotplug's GSI")
 	}
 	if w := c.PCIHole64; w.Size != 0 && w.Base+w.Size < w.Base {
 		return bad("64-bit PCI hole %#x+%#x wraps", w.Base, w.Size)

@@ -27,18 +27,19 @@ var pm = acpi.PMRegisters{SleepControlPort: 0x600, SleepStatusPort: 0x601, Reset
 
 func fullConfig() acpi.Config {
 	return acpi.Config{
-		NumCPUs:       x86.MaxCPUs,
-		PM:            pm,
-		PCIHole:       acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
-		PCIHole64:     acpi.Window{Base: 1 << 40, Size: 1 << 36},
-		ECAM:          &acpi.ECAMWindow{Base: 0xe0000000, StartBus: 0, EndBus: 255},
-		COM1:          true,
-		PvPanicPort:   0x505,
-		I8042:         true,
-		RTC:           true,
-		TimerOverride: true,
-		PCIInterrupts: []x86.PCIInterrupt{{Device: 3, Pin: 0, IOAPICPin: 19}, {Device: 31, Pin: 3, IOAPICPin: 23}},
-		PCIHotplug:    &acpi.PCIHotplug{Port: 0xae00, GSI: 5},
+		NumCPUs:         x86.MaxCPUs,
+		PM:              pm,
+		PCIHole:         acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
+		PCIHole64:       acpi.Window{Base: 1 << 40, Size: 1 << 36},
+		ECAM:            &acpi.ECAMWindow{Base: 0xe0000000, StartBus: 0, EndBus: 255},
+		COM1:            true,
+		PvPanicPort:     0x505,
+		I8042:           true,
+		RTC:             true,
+		TimerOverride:   true,
+		PowerButtonPort: 0x603,
+		PCIInterrupts:   []x86.PCIInterrupt{{Device: 3, Pin: 0, IOAPICPin: 19}, {Device: 31, Pin: 3, IOAPICPin: 23}},
+		PCIHotplug:      &acpi.PCIHotplug{Port: 0xae00, GSI: 5},
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	// FieldFlags: DWordAcc (3), NoLock (bit 4 clear), WriteAsZeros
 	// (UpdateRule 1 in bits 6:5).
 	fieldDWordWriteZeros = 0x03 | 1<<5
+	fieldByteWriteZeros  = 0x01 | 1<<5
 
 	// MethodFlags bit 3: the method is Serialized.
 	methodSerialized = 1 << 3
@@ -34,6 +35,9 @@ const (
 const (
 	notifyDeviceCheck  = 1 // a device may have appeared: re-enumerate it
 	notifyEjectRequest = 3 // the platform asks the OS to release a device
+	// notifyButtonPressed, to a power button device: it was pressed
+	// (ACPI 6.5, 4.8.3.1.2 "Control Method Power Button").
+	notifyButtonPressed = 0x80
 )
 
 // local is LocalN.
@@ -67,6 +71,12 @@ func field32(region string, names ...string) []byte {
 		// itself: 32 fits in its one-byte form.
 		body = concat(body, nameSeg(n), []byte{32})
 	}
+	return append([]byte{opExtPrefix, opField}, pkgLength(body)...)
+}
+
+// field8 is Field(region, ByteAcc, NoLock, WriteAsZeros) { n, 8 }.
+func field8(region, n string) []byte {
+	body := concat(namePath(region), []byte{fieldByteWriteZeros}, nameSeg(n), []byte{8})
 	return append([]byte{opExtPrefix, opField}, pkgLength(body)...)
 }
 

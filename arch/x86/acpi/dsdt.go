@@ -31,6 +31,7 @@ const (
 //	    Device (KBD)  { _HID PNP0303, _CRS }           if cfg.I8042
 //	    Device (RTC)  { _HID PNP0B00, _CRS }           if cfg.RTC
 //	    Device (PEVT) { _HID QEMU0001, _CRS }          if cfg.PvPanicPort
+//	    Device (PWRB) { _HID PNP0C0C, PBST register }   if cfg.PowerButtonPort
 //	    Device (GED)  { _HID ACPI0013, _CRS, _EVT }    if cfg.PCIHotplug
 //	}
 //
@@ -99,8 +100,11 @@ func dsdtAML(cfg *Config) []byte {
 			name("_CRS", resourceTemplate(ioPort(p, p, 1, 1))),
 		))
 	}
+	if p := cfg.PowerButtonPort; p != 0 {
+		sb = append(sb, powerButton(p))
+	}
 	if h := cfg.PCIHotplug; h != nil {
-		sb = append(sb, genericEventDevice(h))
+		sb = append(sb, genericEventDevice(h, cfg.PowerButtonPort != 0))
 	}
 	return concat(
 		name("_S5", pkg(integer(uint64(cfg.PM.S5SleepType)), integer(0))),

@@ -83,20 +83,54 @@ func hotplugSlots() [][]byte {
 	return append(out, methodFlags("PCNT", 0, true, scan...))
 }
 
-// genericEventDevice is the GED that signals hot plug:
+// genericEventDevice is the GED that signals hot plug and, with button,
+// the power button:
 //
 //	Device (GED) {
 //	    Name (_HID, "ACPI0013")
 //	    Name (_UID, 0)
 //	    Name (_CRS, ResourceTemplate () {
 //	        Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { GSI } })
-//	    Method (_EVT, 1) { If (LEqual (Arg0, GSI)) { \_SB.PCI0.PCNT () } }
+//	    Method (_EVT, 1) {
+//	        If (LEqual (Arg0, GSI)) {
+//	            \_SB.PCI0.PCNT ()
+//	            If (\_SB.PWRB.PBST) { Notify (\_SB.PWRB, 0x80) }   // with button
+//	        }
+//	    }
 //	}
-func genericEventDevice(h *PCIHotplug) []byte {
+//
+// Both sources share the interrupt: each event source has its own
+// read-clear status, so one interrupt for both loses nothing.
+func genericEventDevice(h *PCIHotplug, button bool) []byte {
+	body := [][]byte{lEqual(arg(0), integer(uint64(h.GSI))), call(`\_SB_.PCI0.PCNT`)}
+	if button {
+		body = append(body, ifThen(namePath(`\_SB_.PWRB.PBST`), notify(`\_SB_.PWRB`, notifyButtonPressed)))
+	}
 	return device("GED",
 		name("_HID", str("ACPI0013")),
 		name("_UID", integer(0)),
 		name("_CRS", resourceTemplate(extendedIRQ(h.GSI))),
-		method("_EVT", 1, ifThen(lEqual(arg(0), integer(uint64(h.GSI))), call(`\_SB_.PCI0.PCNT`))),
+		method("_EVT", 1, ifThen(body[0], body[1:]...)),
+	)
+}
+
+// powerButton is the control-method power button:
+//
+//	Device (PWRB) {
+//	    Name (_HID, EISAID ("PNP0C0C"))
+//	    Name (_UID, 1)
+//	    OperationRegion (PBRG, SystemIO, port, 1)
+//	    Field (PBRG, ByteAcc, NoLock, WriteAsZeros) { PBST, 8 }
+//	}
+//
+// Linux's button driver binds PNP0C0C and turns Notify (PWRB, 0x80) into
+// a KEY_POWER input event, which systemd-logind (or acpid) answers by
+// shutting down.
+func powerButton(port uint16) []byte {
+	return device("PWRB",
+		name("_HID", integer(uint64(eisaID("PNP0C0C")))),
+		name("_UID", integer(1)),
+		opRegionIO("PBRG", port, 1),
+		field8("PBRG", "PBST"),
 	)
 }

@@ -129,8 +129,44 @@ func checkHotplug(ns amlNamespace, cfg acpi.Config) error {
 	if err != nil {
 		return err
 	}
-	if want := []string{`If(LEqual(Arg0, ` + intText(uint64(h.GSI)) + `)) {\_SB_.PCI0.PCNT()}`}; evt.args != 1 || !slices.Equal(evt.body, want) {
+	inner := `\_SB_.PCI0.PCNT()`
+	if cfg.PowerButtonPort != 0 {
+		inner += `; If(\_SB_.PWRB.PBST) {Notify(\_SB_.PWRB, 0x80)}`
+	}
+	if want := []string{`If(LEqual(Arg0, ` + intText(uint64(h.GSI)) + `)) {` + inner + `}`}; evt.args != 1 || !slices.Equal(evt.body, want) {
 		return fmt.Errorf("GED._EVT takes %d args and does %q, want 1 and %q", evt.args, evt.body, want)
+	}
+	return checkPowerButton(ns, cfg)
+}
+
+// checkPowerButton: PWRB is a PNP0C0C device whose PBST field is the
+// one byte at the configured port.
+func checkPowerButton(ns amlNamespace, cfg acpi.Config) error {
+	const pwrb = `\_SB_.PWRB`
+	_, has := ns[pwrb]
+	if cfg.PowerButtonPort == 0 {
+		if has {
+			return fmt.Errorf("%s declared without a power button port", pwrb)
+		}
+		return nil
+	}
+	if err := checkHID(ns, pwrb, "PNP0C0C"); err != nil {
+		return err
+	}
+	o, err := get(ns, pwrb+".PBST", amlField)
+	if err != nil {
+		return err
+	}
+	// ByteAcc, WriteAsZeros.
+	if o.bitOff != 0 || o.bitWidth != 8 || o.fieldFlags != 0x21 || o.region != pwrb+".PBRG" {
+		return fmt.Errorf("field PBST: %+v, want 8 bits at bit 0 of PBRG, ByteAcc, WriteAsZeros", o)
+	}
+	r, err := get(ns, pwrb+".PBRG", amlRegion)
+	if err != nil {
+		return err
+	}
+	if r.space != 1 || r.offset != uint64(cfg.PowerButtonPort) || r.length != 1 {
+		return fmt.Errorf("PBRG %+v, want one SystemIO port at %#x", r, cfg.PowerButtonPort)
 	}
 	return nil
 }
