@@ -65,6 +65,9 @@ func (v *VM) setupPCI(stdio IO) error {
 
 	for i := range v.cfg.Disks {
 		d := &v.cfg.Disks[i] // newDisk pins a probed format into the config
+		if isIDE(d) {
+			continue // see addIDE
+		}
 		dev, err := v.newDisk(d)
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
@@ -72,6 +75,9 @@ func (v *VM) setupPCI(stdio IO) error {
 		if err := v.addVirtio(fmt.Sprintf("disk%d", i), dev); err != nil {
 			return err
 		}
+	}
+	if err := v.addIDE(); err != nil {
+		return err
 	}
 	for i, n := range v.cfg.Net {
 		if n.Model == config.NetE1000 {
@@ -139,6 +145,9 @@ func (v *VM) addVirtio(name string, dev virtio.Device) error {
 // nextSlot returns the next free device number on bus 0.
 func (v *VM) nextSlot(name string) (uint8, error) {
 	slot := len(v.pciDevices) + len(v.e1000s) + 1 // 00.0 is the host bridge
+	if v.ide != nil {
+		slot++
+	}
 	if slot > 31 {
 		return 0, fmt.Errorf("%s: no free PCI slot (31 devices at most)", name)
 	}
@@ -286,6 +295,9 @@ func (v *VM) Stats() map[string]any {
 	}
 	for _, d := range v.e1000s {
 		out[d.name] = map[string]any{"device": d.dev.Stats()}
+	}
+	if v.ide != nil {
+		out["ide"] = map[string]any{"device": v.ide.Stats()}
 	}
 	return out
 }
