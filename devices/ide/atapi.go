@@ -204,8 +204,12 @@ func (d *drive) atapiNextChunk() {
 	if limit == 0 || limit == 0xffff {
 		limit = 0xfffe
 	}
-	limit &^= 1
 	n := min(x.total-x.done, limit)
+	if n < x.total-x.done {
+		// Only the last chunk may be odd; a limit below one word
+		// still moves one.
+		n = max(n&^1, 2)
+	}
 	if cap(d.buf) >= int(n) {
 		d.buf = d.buf[:n]
 	} else {
