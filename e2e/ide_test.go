@@ -34,7 +34,7 @@ check() { if [ "$2" = 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail 
 [ -d /sys/module/ata_piix ] && [ -b /dev/sda ]; check disk $? "$(cat /sys/block/sda/device/model 2>/dev/null)"
 [ -b /dev/sr0 ]; check cdrom $? "$(cat /sys/block/sr0/device/model 2>/dev/null)"
 [ ! -d /sys/module/virtio_blk ] && [ ! -d /sys/module/virtio_pci ]; check no-virtio $?
-echo "DMA $(dmesg | grep -o 'ata[0-9]\.00: configured for [A-Za-z0-9/]*' | tr '\n' ' ')"
+echo "XFER: $(cat /sys/class/ata_device/*/xfer_mode 2>/dev/null | tr '\n' ' ')"
 mke2fs -F -L vioide /dev/sda ` + fmt.Sprint(ideFSBlocks) + ` >/tmp/mkfs.log 2>&1; check mkfs $? "$(tail -1 /tmp/mkfs.log)"
 mkdir -p /mnt/d /mnt/cd
 mount -t ext4 /dev/sda /mnt/d; check mount $?
@@ -54,13 +54,8 @@ echo "PATSUM $(sha256sum /tmp/pat | cut -d' ' -f1)"
 mount -t iso9660 -o ro /dev/sr0 /mnt/cd; check cd-mount $?
 (cd /mnt/cd && find . -type f | sort | while read f; do echo "CDSUM $f $(sha256sum "$f" | cut -d' ' -f1)"; done)
 dd if=/dev/zero of=/dev/sr0 bs=2048 count=1 2>/tmp/err; [ $? != 0 ]; check cd-write-refused $? "$(cat /tmp/err)"
-umount /mnt/cd
-eject /dev/sr0; check cd-eject $?
-dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>/dev/null; [ $? != 0 ]; check cd-empty $?
-eject -t /dev/sr0; check cd-close $?
-mount -t iso9660 -o ro /dev/sr0 /mnt/cd; check cd-remount $?
-[ -f /mnt/cd/hello.txt ]; check cd-reread $?
-umount /mnt/cd
+echo "CDSIZE $(blockdev --getsize64 /dev/sr0)"
+umount /mnt/cd; check cd-umount $?
 echo "IRQ $(grep -i -E 'ata|piix' /proc/interrupts | tr -s ' ' | tr '\n' ' ')"
 echo VIO-GUEST-DONE
 poweroff -f
@@ -68,10 +63,13 @@ poweroff -f
 
 // TestIDE: a Debian guest with only emulated storage makes a file system
 // on an IDE disk and checks it across a remount, writes a pattern at a
-// known offset, and mounts an ISO 9660 image from the ATAPI CD-ROM. The
-// host then checks the image with e2fsck, reads the guest's file back with
-// debugfs, finds the pattern where the guest put it, and compares the
-// CD's files with the ones it put on the ISO.
+// known offset, and mounts an ISO 9660 image from the ATAPI CD-ROM (a write
+// to /dev/sr0 must be refused). The host then checks the image with e2fsck,
+// reads the guest's file back with debugfs, finds the pattern where the
+// guest put it, compares the CD's files and size with the ISO's, and reads
+// vio's counters: flushes reached the back-end and the bulk moved by DMA.
+// (Busybox has no eject applet: media changes are covered by the unit
+// tests.)
 func TestIDE(t *testing.T) {
 	mkiso := ""
 	for _, p := range []string{"genisoimage", "xorrisofs", "mkisofs"} {
@@ -133,7 +131,7 @@ func TestIDE(t *testing.T) {
 
 	checks := map[string]string{}
 	cdSums := map[string]string{}
-	var fileSum, patSum string
+	var fileSum, patSum, cdSize string
 	checkLine := regexp.MustCompile(`^CHECK (\S+) (ok|fail) ?(.*)$`)
 	sc := bufio.NewScanner(bytes.NewReader(log))
 	for sc.Scan() {
@@ -153,12 +151,15 @@ func TestIDE(t *testing.T) {
 				cdSums[f[0]] = f[1]
 			}
 		}
-		if strings.HasPrefix(line, "IRQ ") || strings.HasPrefix(line, "DMA ") {
+		if s, ok := strings.CutPrefix(line, "CDSIZE "); ok {
+			cdSize = s
+		}
+		if strings.HasPrefix(line, "IRQ ") || strings.HasPrefix(line, "XFER:") {
 			t.Logf("guest: %s", line)
 		}
 	}
 	for _, name := range []string{"disk", "cdrom", "no-virtio", "mkfs", "mount", "umount", "remount", "ext4-checksum",
-		"umount2", "pattern-write", "cd-mount", "cd-write-refused", "cd-eject", "cd-empty", "cd-close", "cd-remount", "cd-reread"} {
+		"umount2", "pattern-write", "cd-mount", "cd-write-refused", "cd-umount"} {
 		if checks[name] != "ok" {
 			t.Errorf("guest check %s: %q", name, checks[name])
 		}
@@ -175,6 +176,11 @@ func TestIDE(t *testing.T) {
 	}
 	if len(cdSums) != len(want) {
 		t.Errorf("guest saw %d files on the CD, want %d: %v", len(cdSums), len(want), cdSums)
+	}
+	if st, err := os.Stat(iso); err != nil {
+		t.Error(err)
+	} else if cdSize != fmt.Sprint(st.Size()) {
+		t.Errorf("the guest sizes /dev/sr0 at %q bytes, the ISO has %d", cdSize, st.Size())
 	}
 	// The file system is clean and holds the guest's file.
 	if out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput(); err != nil {
@@ -212,5 +218,9 @@ func TestIDE(t *testing.T) {
 	}
 	if ctl.Device["write_bytes"] < 8<<20 || ctl.Device["read_bytes"] < 3<<20 {
 		t.Errorf("byte counters %v are below what the guest moved", ctl.Device)
+	}
+	// The bulk moved by DMA: PIO would have cost one port access per two bytes.
+	if moved := ctl.Device["write_bytes"] + ctl.Device["read_bytes"]; ctl.Device["pio_accesses"] > moved/64 {
+		t.Errorf("%v PIO accesses for %v bytes: the guest did not use DMA", ctl.Device["pio_accesses"], moved)
 	}
 }
