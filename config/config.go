@@ -103,9 +103,13 @@ type Memory struct {
 	THP            *bool  `json:"thp,omitempty"`
 }
 
-// Disk is one virtio-blk disk.
+// Disk is one disk: virtio-blk, or an emulated IDE disk or ATAPI CD-ROM.
 type Disk struct {
-	Path     string `json:"path"`
+	Path string `json:"path"`
+	// Iface is "virtio" (the default), "ide" or "cdrom"; a vio extension
+	// to Cloud Hypervisor's DiskConfig. A cdrom is read-only and may have
+	// no path (an empty drive).
+	Iface    string `json:"iface,omitempty"`
 	Readonly bool   `json:"readonly,omitempty"`
 	Direct   bool   `json:"direct,omitempty"`
 	// Cache is writeback (default), writethrough, none, directsync or
@@ -139,6 +143,17 @@ type Disk struct {
 	// would make it probe as another format. Never read from JSON.
 	ImageTypeProbed bool `json:"-"`
 }
+
+// Disk interfaces.
+const (
+	DiskVirtio = "virtio"
+	DiskIDE    = "ide"
+	DiskCDROM  = "cdrom"
+)
+
+// MaxIDE is how many IDE disks and CD-ROMs one VM can have: two channels
+// of two drives.
+const MaxIDE = 4
 
 // Image types, as Cloud Hypervisor's DiskConfig names them.
 const (
@@ -351,8 +366,22 @@ func (c *VM) Validate() error {
 			return fmt.Errorf("%s mode %q: want Off, Null, Tty, File or Socket", con.name, con.c.Mode)
 		}
 	}
+	nIDE := 0
 	for i, d := range c.Disks {
-		if d.Path == "" {
+		switch d.Iface {
+		case "", DiskVirtio:
+		case DiskIDE, DiskCDROM:
+			nIDE++
+			if nIDE > MaxIDE {
+				return fmt.Errorf("disk %d: at most %d IDE disks and CD-ROMs (two channels of two drives); use iface=virtio for the others", i, MaxIDE)
+			}
+			if d.NumQueues > 1 || d.QueueSize != 0 {
+				return fmt.Errorf("disk %d: an IDE drive has no queues: drop num_queues and queue_size, or use iface=virtio", i)
+			}
+		default:
+			return fmt.Errorf("disk %d: iface %q: want virtio, ide or cdrom", i, d.Iface)
+		}
+		if d.Path == "" && d.Iface != DiskCDROM {
 			return fmt.Errorf("disk %d has no path", i)
 		}
 		switch d.Cache {

@@ -40,6 +40,20 @@ func TestParseDiskAndNet(t *testing.T) {
 			t.Errorf("ParseDisk(%q) accepted", bad)
 		}
 	}
+	if d, err := ParseDisk("iface=cdrom"); err != nil || d.Iface != DiskCDROM || !d.Readonly || d.Path != "" {
+		t.Fatalf("ParseDisk empty cdrom: %+v %v", d, err)
+	}
+	if d, err := ParseDisk("path=x.iso,iface=cdrom"); err != nil || !d.Readonly {
+		t.Fatalf("ParseDisk cdrom: %+v %v", d, err)
+	}
+	if d, err := ParseDisk("path=a.img,iface=ide"); err != nil || d.Iface != DiskIDE || d.Readonly {
+		t.Fatalf("ParseDisk ide: %+v %v", d, err)
+	}
+	for _, bad := range []string{"path=a,iface=scsi", "iface=ide"} {
+		if _, err := ParseDisk(bad); err == nil {
+			t.Errorf("ParseDisk(%q) accepted", bad)
+		}
+	}
 	n, err := ParseNet("tap=tap0,mac=52:54:00:12:34:56")
 	if err != nil || n.Tap != "tap0" || n.MAC != "52:54:00:12:34:56" {
 		t.Fatalf("ParseNet: %+v %v", n, err)
@@ -74,6 +88,15 @@ func TestValidateMessages(t *testing.T) {
 		{func(c *VM) { c.Serial = Console{Mode: "Weird"} }, "serial mode"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", Cache: "fast"}} }, "cache mode"},
 		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: "ne2000"}} }, "want virtio or e1000"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", Iface: "scsi"}} }, "want virtio, ide or cdrom"},
+		{func(c *VM) { c.Disks = []Disk{{Iface: DiskIDE}} }, "has no path"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", Iface: DiskIDE, NumQueues: 2}} }, "no queues"},
+		{func(c *VM) {
+			c.Disks = make([]Disk, 5)
+			for i := range c.Disks {
+				c.Disks[i].Iface = DiskCDROM
+			}
+		}, "at most 4"},
 		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 2}} }, "one queue pair"},
 	} {
 		cfg := Default()

@@ -81,7 +81,7 @@ func ParseMemory(spec string) (Memory, error) {
 	return m, nil
 }
 
-// ParseDisk parses path=FILE[,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
+// ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
 	kv, err := splitSpec("disk", spec)
@@ -92,6 +92,11 @@ func ParseDisk(spec string) (Disk, error) {
 		switch k {
 		case "path":
 			d.Path = v
+		case "iface":
+			if v != DiskVirtio && v != DiskIDE && v != DiskCDROM {
+				err = fmt.Errorf("--disk %q: iface %q: want virtio, ide or cdrom", spec, v)
+			}
+			d.Iface = v
 		case "readonly":
 			d.Readonly, err = parseBool("disk", k, v)
 		case "direct":
@@ -119,14 +124,17 @@ func ParseDisk(spec string) (Disk, error) {
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, format, backing, readonly, cache, serial, num_queues, queue_size, id)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, format, backing, readonly, cache, serial, num_queues, queue_size, id, iface)", spec, k)
 		}
 		if err != nil {
 			return d, err
 		}
 	}
-	if d.Path == "" {
-		return d, fmt.Errorf("--disk %q: path=FILE is required", spec)
+	if d.Iface == DiskCDROM {
+		d.Readonly = true
+	}
+	if d.Path == "" && d.Iface != DiskCDROM {
+		return d, fmt.Errorf("--disk %q: path=FILE is required (only an iface=cdrom drive may be empty)", spec)
 	}
 	return d, nil
 }

@@ -516,6 +516,18 @@ func (c *Config) SetBytes(offset int, p []byte) {
 	copy(c.data[offset:], p)
 }
 
+// SetWriteMask makes the bits set in mask, at offset, guest-writable:
+// device-specific registers past the standard header (a chipset's timing
+// registers, for example) that the guest programs and reads back.
+func (c *Config) SetWriteMask(offset int, mask []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if offset < 0 || offset > c.size || len(mask) > c.size-offset {
+		return
+	}
+	copy(c.wmask[offset:], mask)
+}
+
 // SetINTxLine attaches the level-triggered line the function's INTx pin is
 // wired to. Without a line, SetINTx only updates the status bit.
 func (c *Config) SetINTxLine(l irq.Line) {

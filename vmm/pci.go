@@ -73,9 +73,15 @@ func (v *VM) setupPCI(stdio IO) error {
 
 	for i := range v.cfg.Disks {
 		d := &v.cfg.Disks[i] // newDisk pins a probed format into the config
+		if isIDE(d) {
+			continue // see addIDE
+		}
 		if _, err := v.plugDisk(fmt.Sprintf("disk%d", i), d); err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
 		}
+	}
+	if err := v.addIDE(); err != nil {
+		return err
 	}
 	for i, n := range v.cfg.Net {
 		if n.Model == config.NetE1000 {
@@ -308,6 +314,9 @@ func (v *VM) Stats() map[string]any {
 	}
 	for _, d := range v.e1000s {
 		out[d.name] = map[string]any{"device": d.dev.Stats()}
+	}
+	if v.ide != nil {
+		out["ide"] = map[string]any{"device": v.ide.Stats()}
 	}
 	return out
 }

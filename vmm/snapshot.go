@@ -73,6 +73,14 @@ func (v *VM) Snapshot(dir string) error {
 			return snapErr(ErrNotSaveable, "cannot snapshot: device %s (%s) cannot save its state yet; remove it from the VM config to take snapshots", d.name, deviceKind(d))
 		}
 	}
+	// The emulated devices keep their state outside the virtio model
+	// and cannot save it yet.
+	if len(v.e1000s) > 0 {
+		return snapErr(ErrNotSaveable, "cannot snapshot: the e1000 NIC %s cannot save its state yet; use a virtio-net NIC to take snapshots", v.e1000s[0].name)
+	}
+	if v.ide != nil {
+		return snapErr(ErrNotSaveable, "cannot snapshot: the IDE controller cannot save its state yet; use virtio disks to take snapshots")
+	}
 	if err := prepareDestination(dir); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"github.com/viovmm/vio/devices/ide"
 	"io"
 	"log/slog"
 	"sync"
@@ -75,6 +76,7 @@ type VM struct {
 	pciDevices []*pciDevice // guarded by hp.mu once the VM runs
 	hp         hotplug
 	e1000s     []e1000Device
+	ide        *ide.Controller    // nil without IDE drives
 	intx       []x86.PCIInterrupt // INTx routes, for the MP table and _PRT
 	msi        *msiRoutes
 	ioevents   *ioEvents
