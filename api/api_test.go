@@ -349,6 +349,25 @@ func TestHotplugAPI(t *testing.T) {
 		t.Fatalf("removing a device the guest holds: %d %q", a.status, a.body)
 	}
 	v.builder.Last().ReleaseHeld()
+
+	// One vsock device per VM (Kata's config has one: _vsock0),
+	// removed and hot-plugged like the others.
+	if a := c.do("PUT", "vm.add-vsock", []byte(`{"cid":4,"socket":"/tmp/w.sock"}`)); a.status != 400 || !strings.Contains(a.errorSentence(), "one at most") {
+		t.Fatalf("a second vsock device: %d %q", a.status, a.body)
+	}
+	c.ok("PUT", "vm.remove-device", []byte(`{"id":"_vsock0"}`), 204)
+	if vs := c.state(vmm.StateRunning)["vsock"]; vs != nil {
+		t.Fatalf("vm.info vsock after removal %v", vs)
+	}
+	if err := json.Unmarshal(c.ok("PUT", "vm.add-vsock", []byte(`{"cid":3,"socket":"/tmp/v.sock","id":"vs1"}`), 200).body, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != "vs1" || info.BDF == "" {
+		t.Fatalf("vsock PciDeviceInfo %+v", info)
+	}
+	if vs, _ := c.state(vmm.StateRunning)["vsock"].(map[string]any); vs["id"] != "vs1" {
+		t.Fatalf("vm.info vsock %v", vs)
+	}
 }
 
 func itoa(n int) string {

@@ -52,6 +52,7 @@ type Controller interface {
 	// hot-plugged. AddNet owns the Net's TapFDs from the call on.
 	AddDisk(config.Disk) (*vmm.DeviceInfo, error)
 	AddNet(config.Net) (*vmm.DeviceInfo, error)
+	AddVsock(config.Vsock) (*vmm.DeviceInfo, error)
 	RemoveDevice(id string) error
 	Snapshot(destinationURL string) error
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
@@ -160,6 +161,7 @@ var routes = map[string]route{
 	"vm.counters":      {http.MethodGet, (*Server).counters},
 	"vm.add-disk":      {http.MethodPut, (*Server).addDisk},
 	"vm.add-net":       {http.MethodPut, (*Server).addNet},
+	"vm.add-vsock":     {http.MethodPut, (*Server).addVsock},
 	"vm.remove-device": {http.MethodPut, (*Server).removeDevice},
 	"vm.snapshot":      {http.MethodPut, (*Server).snapshot},
 	"vm.restore":       {http.MethodPut, (*Server).restore},
@@ -172,7 +174,7 @@ var routes = map[string]route{
 var notYet = map[string]bool{
 	"vm.resize-disk": true, "vm.resize-zone": true,
 	"vm.add-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
-	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
+	"vm.add-pmem": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
 	"vm.receive-migration": true, "vm.send-migration": true,
 }
@@ -382,6 +384,19 @@ func (s *Server) addDisk(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	info, err := s.ctl.AddDisk(d)
+	if err != nil {
+		return err
+	}
+	added(w, info)
+	return nil
+}
+
+func (s *Server) addVsock(w http.ResponseWriter, r *http.Request) error {
+	var vs config.Vsock
+	if err := decode(w, r, &vs); err != nil {
+		return err
+	}
+	info, err := s.ctl.AddVsock(vs)
 	if err != nil {
 		return err
 	}

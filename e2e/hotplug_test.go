@@ -56,9 +56,12 @@ dd if=/tmp/w of=/dev/vda bs=1M seek=8 conv=fsync 2>/dev/null; check disk-write $
 waitfor '[ -e /sys/class/net/eth0 ]'; check nic-arrived $? "$(cat /sys/class/net/eth0/address)"
 ip link set eth0 up && ip addr add ` + hpGuestIP + `/24 dev eth0
 timeout 60 ping -c 3 -W 5 ` + hpHostIP + ` > /dev/null; check ping $?
+vs=/sys/bus/virtio/drivers/vmw_vsock_virtio_transport
+waitfor 'ls $vs | grep -q virtio'; check vsock-arrived $?
 echo VIO-HOTPLUG-USED
 waitfor '[ ! -b /dev/vda ]'; check disk-left $?
 waitfor '[ ! -e /sys/class/net/eth0 ]'; check nic-left $?
+waitfor '! ls $vs | grep -q virtio'; check vsock-left $?
 # The ACPI core ran the hot-plug AML (GED, PCNT, _EJ0) without complaint.
 dmesg | grep -E 'ACPI (BIOS )?(Error|Warning)|AE_[A-Z]' | sed 's/^/ACPI-COMPLAINT /'
 [ -d /sys/bus/pci/slots/31 ]; check acpiphp-slots $? "$(ls /sys/bus/pci/slots | wc -l)"
@@ -200,7 +203,7 @@ func openTap(t *testing.T) int {
 // request and answer is checked against the OpenAPI description.
 func TestAPIHotplug(t *testing.T) {
 	a := labtest.Assets(t)
-	initrd := labtest.Initramfs(t, hotplugGuest, "virtio_pci", "virtio_blk", "virtio_net")
+	initrd := labtest.Initramfs(t, hotplugGuest, "virtio_pci", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "api.sock")
 
@@ -299,6 +302,7 @@ func TestAPIHotplug(t *testing.T) {
 	}
 	json.Unmarshal(c.must("PUT", "vm.add-disk", []byte(`{"path":"`+img+`","id":"hotdisk"}`), -1, 200), &disk)
 	json.Unmarshal(c.must("PUT", "vm.add-net", []byte(`{"id":"hotnic","mac":"52:54:00:12:34:99","num_queues":2}`), tapFD, 200), &nic)
+	c.must("PUT", "vm.add-vsock", []byte(`{"cid":3,"socket":"`+filepath.Join(dir, "vsock.sock")+`","id":"hotvsock"}`), -1, 200)
 	bdf := regexp.MustCompile(`^0000:00:[01][0-9a-f]\.0$`)
 	if disk.ID != "hotdisk" || nic.ID != "hotnic" || !bdf.MatchString(disk.BDF) || !bdf.MatchString(nic.BDF) || disk.BDF == nic.BDF {
 		t.Fatalf("PciDeviceInfo: disk %+v, NIC %+v", disk, nic)
@@ -331,7 +335,8 @@ func TestAPIHotplug(t *testing.T) {
 	start := time.Now()
 	c.must("PUT", "vm.remove-device", []byte(`{"id":"hotdisk"}`), -1, 204)
 	c.must("PUT", "vm.remove-device", []byte(`{"id":"hotnic"}`), -1, 204)
-	t.Logf("both devices released by the guest and removed in %v", time.Since(start).Round(time.Millisecond))
+	c.must("PUT", "vm.remove-device", []byte(`{"id":"hotvsock"}`), -1, 204)
+	t.Logf("the three devices released by the guest and removed in %v", time.Since(start).Round(time.Millisecond))
 	await(doneCh, "the guest's view of the removal")
 	if st, _ := c.call("PUT", "vm.remove-device", []byte(`{"id":"hotdisk"}`), -1); st != 404 {
 		t.Errorf("removing hotdisk twice: %d, want 404", st)
@@ -361,7 +366,7 @@ func TestAPIHotplug(t *testing.T) {
 		}
 	}
 	mu.Unlock()
-	for _, name := range []string{"disk-arrived", "disk-write", "nic-arrived", "ping", "disk-left", "nic-left", "acpiphp-slots"} {
+	for _, name := range []string{"disk-arrived", "disk-write", "nic-arrived", "ping", "vsock-arrived", "disk-left", "nic-left", "vsock-left", "acpiphp-slots"} {
 		if checks[name] != "ok" {
 			t.Errorf("guest check %s: %q", name, checks[name])
 		}

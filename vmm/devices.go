@@ -62,6 +62,11 @@ func assignIDs(cfg *config.VM) error {
 			}
 		}
 	}
+	if v := cfg.Vsock; v != nil && v.ID != "" {
+		if err := claim(v.ID); err != nil {
+			return err
+		}
+	}
 	fresh := func(prefix string) string {
 		for i := 0; ; i++ {
 			id := fmt.Sprintf("_%s%d", prefix, i)
@@ -80,6 +85,9 @@ func assignIDs(cfg *config.VM) error {
 		if cfg.Net[i].ID == "" {
 			cfg.Net[i].ID = fresh("net")
 		}
+	}
+	if v := cfg.Vsock; v != nil && v.ID == "" {
+		v.ID = fresh("vsock")
 	}
 	return nil
 }
@@ -121,8 +129,24 @@ func (c *Controller) AddNet(n config.Net) (*DeviceInfo, error) {
 	return info, err
 }
 
+// AddVsock adds the VM's virtio-vsock device like AddDisk; a VM has one
+// at most.
+func (c *Controller) AddVsock(vs config.Vsock) (*DeviceInfo, error) {
+	return c.addDevice("add a vsock device", func(cfg *config.VM) (*string, func(Hotplugger) (string, error)) {
+		if cfg.Vsock != nil {
+			return nil, nil
+		}
+		cfg.Vsock = &vs
+		return &cfg.Vsock.ID, func(h Hotplugger) (string, error) { return h.AddVsock(cfg.Vsock) }
+	})
+}
+
+// ErrOneVsock: vm.add-vsock on a VM that has its vsock device already.
+var ErrOneVsock = configError{errors.New("the VM has a vsock device already, and a VM has one at most: remove it first (vm.remove-device with its id)")}
+
 // addDevice adds a device with add, which appends it to a copy of the
-// config and returns its id field and how to hot-plug it.
+// config and returns its id field and how to hot-plug it (a nil id: the
+// config cannot take another such device).
 func (c *Controller) addDevice(what string, add func(*config.VM) (*string, func(Hotplugger) (string, error))) (*DeviceInfo, error) {
 	c.op.Lock()
 	defer c.op.Unlock()
@@ -133,6 +157,9 @@ func (c *Controller) addDevice(what string, add func(*config.VM) (*string, func(
 	}
 	cfg := c.cfg.Clone()
 	id, hot := add(cfg)
+	if id == nil {
+		return nil, ErrOneVsock
+	}
 	if err := assignIDs(cfg); err != nil {
 		return nil, err
 	}
@@ -184,7 +211,7 @@ func (c *Controller) RemoveDevice(id string) error {
 	}
 	if !hasDevice(c.cfg, id) {
 		c.mu.Unlock()
-		return fmt.Errorf("%w: the VM has no disk or NIC with id %q (vm.info lists them)", ErrNoDevice, id)
+		return fmt.Errorf("%w: the VM has no disk, NIC or vsock device with id %q (vm.info lists them)", ErrNoDevice, id)
 	}
 	switch c.state {
 	case StateCreated, StateShutdown:
@@ -230,7 +257,7 @@ func hasDevice(cfg *config.VM, id string) bool {
 			return true
 		}
 	}
-	return false
+	return cfg.Vsock != nil && cfg.Vsock.ID == id
 }
 
 // dropDeviceLocked removes the device with the id from the config and
@@ -254,5 +281,8 @@ func (c *Controller) dropDeviceLocked(id string) {
 		}
 	}
 	cfg.Disks, cfg.Net = disks, nets
+	if cfg.Vsock != nil && cfg.Vsock.ID == id {
+		cfg.Vsock = nil
+	}
 	c.cfg = cfg
 }

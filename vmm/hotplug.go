@@ -48,6 +48,7 @@ type Hotplugger interface {
 	// is set and unique.
 	AddDisk(d *config.Disk) (bdf string, err error)
 	AddNet(n *config.Net) (bdf string, err error)
+	AddVsock(vs *config.Vsock) (bdf string, err error)
 	// RemoveDevice asks the guest to release the device with the id and
 	// waits up to wait for it: once the guest has (its _EJ0 ran), the
 	// device is torn down (back-end closed, interrupts, doorbells and
@@ -216,6 +217,18 @@ func (v *VM) AddNet(n *config.Net) (string, error) {
 		return "", err
 	}
 	p, err := v.plugNet(n.ID, n)
+	if err != nil {
+		return "", err
+	}
+	return v.announce(p)
+}
+
+// AddVsock implements Hotplugger.
+func (v *VM) AddVsock(vs *config.Vsock) (string, error) {
+	if err := v.checkNewID(vs.ID); err != nil {
+		return "", err
+	}
+	p, err := v.plugVsock(vs.ID, vs)
 	if err != nil {
 		return "", err
 	}

@@ -50,7 +50,7 @@ func ctlCommand() *cobra.Command {
 	var timeout time.Duration
 	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
@@ -70,7 +70,7 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, add-vsock SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -111,9 +111,15 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 					return err
 				}
 				body, _ = json.Marshal(n)
+			case args[0] == "add-vsock" && len(args) == 2:
+				vs, err := config.ParseVsock(args[1])
+				if err != nil {
+					return err
+				}
+				body, _ = json.Marshal(vs)
 			case args[0] == "remove-device" && len(args) == 2:
 				body, _ = json.Marshal(map[string]string{"id": args[1]})
-			case args[0] == "add-disk" || args[0] == "add-net" || args[0] == "remove-device":
+			case args[0] == "add-disk" || args[0] == "add-net" || args[0] == "add-vsock" || args[0] == "remove-device":
 				return fmt.Errorf("%s needs an argument: vio ctl --api-socket PATH add-disk path=IMG,id=d1 | add-net tap=NAME,id=n1 | remove-device d1", args[0])
 			case len(args) == 2:
 				return fmt.Errorf("%s takes no argument", args[0])

@@ -51,6 +51,9 @@ func (m *Machine) AddDisk(d *config.Disk) (string, error) { return m.hp().add(d.
 // AddNet implements vmm.Hotplugger.
 func (m *Machine) AddNet(n *config.Net) (string, error) { return m.hp().add(n.ID) }
 
+// AddVsock implements vmm.Hotplugger.
+func (m *Machine) AddVsock(vs *config.Vsock) (string, error) { return m.hp().add(vs.ID) }
+
 // RemoveDevice implements vmm.Hotplugger. Devices of the boot config are
 // known to it too.
 func (m *Machine) RemoveDevice(id string, wait time.Duration, gone func()) error {
@@ -64,6 +67,7 @@ func (m *Machine) RemoveDevice(id string, wait time.Duration, gone func()) error
 	for _, n := range m.Config.Net {
 		known = known || n.ID == id
 	}
+	known = known || m.Config.Vsock != nil && m.Config.Vsock.ID == id
 	if !known {
 		h.mu.Unlock()
 		return fmt.Errorf("%w: %q", vmm.ErrNoDevice, id)
