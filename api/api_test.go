@@ -453,3 +453,31 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Errorf("Copy did not ask for a prefaulted restore: %+v", m)
 	}
 }
+
+// TestPowerButtonAndResizeDisk: vm.power-button presses the machine's
+// button (the double's guest powers off); vm.resize-disk grows a disk of
+// the running VM and refuses a request without its fields.
+func TestPowerButtonAndResizeDisk(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
+	if a := c.do("PUT", "vm.power-button", nil); a.status != 405 {
+		t.Fatalf("vm.power-button before boot: %d %s", a.status, a.body)
+	}
+	c.ok("PUT", "vm.boot", nil, 204)
+	m := v.builder.Last()
+	c.ok("PUT", "vm.resize-disk", []byte(`{"id":"_disk0","desired_size":1073741824}`), 204)
+	if got := m.Resized("_disk0"); got != 1<<30 {
+		t.Fatalf("the machine was asked to resize _disk0 to %d", got)
+	}
+	if a := c.do("PUT", "vm.resize-disk", []byte(`{"id":"_disk0"}`)); a.status != 400 || !strings.Contains(a.errorSentence(), "desired_size") {
+		t.Fatalf("vm.resize-disk without a size: %d %s", a.status, a.body)
+	}
+	if a := c.do("PUT", "vm.resize-disk", []byte(`{"id":"nope","desired_size":1}`)); a.status != 404 {
+		t.Fatalf("vm.resize-disk of an unknown disk: %d %s", a.status, a.body)
+	}
+	c.ok("PUT", "vm.power-button", nil, 204)
+	if m.Presses() != 1 {
+		t.Fatalf("%d presses of the power button", m.Presses())
+	}
+}

@@ -57,6 +57,7 @@ type Controller interface {
 	Snapshot(destinationURL string) error
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
 	Resize(vmm.Resize) error
+	ResizeDisk(id string, size int64) error
 }
 
 var _ Controller = (*vmm.Controller)(nil)
@@ -156,6 +157,7 @@ var routes = map[string]route{
 	"vm.resume":        {http.MethodPut, action((Controller).Resume)},
 	"vm.shutdown":      {http.MethodPut, action((Controller).Shutdown)},
 	"vm.reboot":        {http.MethodPut, action((Controller).Reboot)},
+	"vm.power-button":  {http.MethodPut, action((Controller).PowerButton)},
 	"vm.delete":        {http.MethodPut, action((Controller).Delete)},
 	"vm.info":          {http.MethodGet, (*Server).info},
 	"vm.counters":      {http.MethodGet, (*Server).counters},
@@ -166,14 +168,15 @@ var routes = map[string]route{
 	"vm.snapshot":      {http.MethodPut, (*Server).snapshot},
 	"vm.restore":       {http.MethodPut, (*Server).restore},
 	"vm.resize":        {http.MethodPut, (*Server).resize},
+	"vm.resize-disk":   {http.MethodPut, (*Server).resizeDisk},
 	EventsEndpoint:     {http.MethodGet, (*Server).streamEvents},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
 // they get a 501 that says so rather than a 404.
 var notYet = map[string]bool{
-	"vm.resize-disk": true, "vm.resize-zone": true,
-	"vm.add-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
+	"vm.resize-zone": true,
+	"vm.add-device":  true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
 	"vm.receive-migration": true, "vm.send-migration": true,
@@ -534,6 +537,27 @@ type resizeRequest struct {
 	DesiredVCPUs   *int   `json:"desired_vcpus"`
 	DesiredRAM     *int64 `json:"desired_ram"`
 	DesiredBalloon *int64 `json:"desired_balloon"`
+}
+
+// resizeDiskRequest is Cloud Hypervisor's VmResizeDisk.
+type resizeDiskRequest struct {
+	ID          string `json:"id"`
+	DesiredSize *int64 `json:"desired_size"`
+}
+
+func (s *Server) resizeDisk(w http.ResponseWriter, r *http.Request) error {
+	var req resizeDiskRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.ID == "" || req.DesiredSize == nil {
+		return errorf(http.StatusBadRequest, "vm.resize-disk needs the disk's id and desired_size in bytes")
+	}
+	if err := s.ctl.ResizeDisk(req.ID, *req.DesiredSize); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
 }
 
 func (s *Server) resize(w http.ResponseWriter, r *http.Request) error {

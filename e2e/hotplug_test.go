@@ -59,6 +59,8 @@ timeout 60 ping -c 3 -W 5 ` + hpHostIP + ` > /dev/null; check ping $?
 vs=/sys/bus/virtio/drivers/vmw_vsock_virtio_transport
 waitfor 'ls $vs | grep -q virtio'; check vsock-arrived $?
 echo VIO-HOTPLUG-USED
+waitfor '[ "$(cat /sys/block/vda/size)" = 262144 ]'; check disk-resized $? "$(cat /sys/block/vda/size)"
+echo VIO-RESIZED
 waitfor '[ ! -b /dev/vda ]'; check disk-left $?
 waitfor '[ ! -e /sys/class/net/eth0 ]'; check nic-left $?
 waitfor '! ls $vs | grep -q virtio'; check vsock-left $?
@@ -241,8 +243,8 @@ func TestAPIHotplug(t *testing.T) {
 	// The console: every line kept, markers signalled.
 	var mu sync.Mutex
 	var console []string
-	upCh, usedCh, doneCh := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	marks := map[string]chan struct{}{"VIO-GUEST-UP": upCh, "VIO-HOTPLUG-USED": usedCh, "VIO-GUEST-DONE": doneCh}
+	upCh, usedCh, resizedCh, doneCh := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
+	marks := map[string]chan struct{}{"VIO-GUEST-UP": upCh, "VIO-HOTPLUG-USED": usedCh, "VIO-RESIZED": resizedCh, "VIO-GUEST-DONE": doneCh}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -313,6 +315,14 @@ func TestAPIHotplug(t *testing.T) {
 		t.Errorf("a duplicate id: %d %s, want 409 naming it", st, b)
 	}
 	await(usedCh, "the guest's use of the new devices")
+	// The disk grows from 64 to 128 MiB under the running guest.
+	c.must("PUT", "vm.resize-disk", []byte(`{"id":"hotdisk","desired_size":134217728}`), -1, 204)
+	await(resizedCh, "the guest's view of the grown disk")
+	if fi, err := os.Stat(img); err != nil {
+		t.Error(err)
+	} else if fi.Size() != 128<<20 {
+		t.Errorf("the image after vm.resize-disk has %d bytes, want 128 MiB", fi.Size())
+	}
 
 	type vmInfo struct {
 		State  string `json:"state"`
@@ -366,7 +376,7 @@ func TestAPIHotplug(t *testing.T) {
 		}
 	}
 	mu.Unlock()
-	for _, name := range []string{"disk-arrived", "disk-write", "nic-arrived", "ping", "vsock-arrived", "disk-left", "nic-left", "vsock-left", "acpiphp-slots"} {
+	for _, name := range []string{"disk-arrived", "disk-write", "nic-arrived", "ping", "vsock-arrived", "disk-resized", "disk-left", "nic-left", "vsock-left", "acpiphp-slots"} {
 		if checks[name] != "ok" {
 			t.Errorf("guest check %s: %q", name, checks[name])
 		}

@@ -94,6 +94,9 @@ type Machine struct {
 	Config   *config.VM // what it was built from
 	Restored bool       // built by Builder.Restore
 	Prefault bool       // the restore asked for it
+	// IgnoreButton makes the guest ignore the power button, as one
+	// without ACPI support does.
+	IgnoreButton bool
 
 	events chan vmm.Exit
 
@@ -103,6 +106,8 @@ type Machine struct {
 	pauses, resumes int
 	snapshots       int
 	balloon         int64 // last ResizeBalloon size, -1 if none
+	presses         int
+	resized         map[string]int64
 	err             error
 
 	hpOnce sync.Once
@@ -200,6 +205,54 @@ func (m *Machine) ResizeBalloon(size int64) error {
 	}
 	m.balloon = size
 	return nil
+}
+
+// PressPowerButton counts the press and, unless IgnoreButton is set, powers
+// the guest off as an ACPI-aware guest would.
+func (m *Machine) PressPowerButton() error {
+	m.mu.Lock()
+	if !m.started || m.closed {
+		m.violation("PressPowerButton outside Start..Close")
+	}
+	m.presses++
+	ignore := m.IgnoreButton
+	m.mu.Unlock()
+	if !ignore {
+		m.Exit(vmm.Exit{Reason: vmm.ExitPoweroff, Detail: "ACPI S5 after the power button"})
+	}
+	return nil
+}
+
+// Presses returns how often the power button was pressed.
+func (m *Machine) Presses() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.presses
+}
+
+// ResizeDisk records the size a disk was asked to grow to; Resized reads
+// it back.
+func (m *Machine) ResizeDisk(id string, size int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started || m.closed {
+		m.violation("ResizeDisk outside Start..Close")
+	}
+	if m.resized == nil {
+		m.resized = map[string]int64{}
+	}
+	m.resized[id] = size
+	return nil
+}
+
+// Resized returns the last size ResizeDisk got for the disk, -1 if none.
+func (m *Machine) Resized(id string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n, ok := m.resized[id]; ok {
+		return n
+	}
+	return -1
 }
 
 // BalloonSize returns the last size ResizeBalloon got, -1 if none.
