@@ -234,7 +234,7 @@ func dhcpReply(a *addrs, m dhcpRequestMsg) []byte {
 	}
 	copy(body[28:44], m.chaddr[:])
 	copy(body[bootpFixedLen:], dhcpMagic[:])
-	o := body[bootpFixedLen+4:bootpFixedLen+4]
+	o := body[bootpFixedLen+4 : bootpFixedLen+4]
 	gw, dns := a.gateway.As4(), a.dns.As4()
 	o = append(o, optMsgType, 1, typ, optServerID, 4, gw[0], gw[1], gw[2], gw[3])
 	if typ != dhcpNak {

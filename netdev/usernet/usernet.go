@@ -77,8 +77,8 @@ type Net struct {
 
 	stats struct {
 		framesIn, framesOut, bytesIn, bytesOut, outDropped atomic.Uint64
-		dhcp, tcpConns, udpFlows, refused, limited       atomic.Uint64
-		icmpDropped, arpDropped, badFrames                atomic.Uint64
+		dhcp, tcpConns, udpFlows, refused, limited         atomic.Uint64
+		icmpDropped, arpDropped, badFrames                 atomic.Uint64
 	}
 }
 
