@@ -324,6 +324,11 @@ func (n *Net) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	}()
 	var first []byte
 	for first == nil {
+		select {
+		case <-n.done: // before the queue: a closed back-end delivers nothing
+			return 0, netdev.ErrClosed
+		default:
+		}
 		n.rmu.Lock()
 		dl, wake := n.deadline, n.wake
 		n.rmu.Unlock()
