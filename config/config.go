@@ -178,6 +178,10 @@ func ParseImageType(v string) (string, error) {
 // guests without virtio drivers.
 type Net struct {
 	Tap string `json:"tap,omitempty"`
+	// User selects vio's user-mode network instead of a TAP (a vio
+	// extension: Cloud Hypervisor has no user networking). Exactly one
+	// of Tap and User is given.
+	User *UserNet `json:"user,omitempty"`
 	// Model is "virtio" (the default) or "e1000"; a vio extension to
 	// Cloud Hypervisor's NetConfig.
 	Model     string `json:"model,omitempty"`
@@ -206,6 +210,17 @@ type Net struct {
 	// Whoever holds the config owns them (vmm.Controller); a VM uses
 	// duplicates. Never read from or written to JSON.
 	TapFDs []int `json:"-"`
+}
+
+// UserNet is a user-mode network (docs/network.md): a TCP/IP stack in
+// vio terminates the guest's connections on host sockets, no TAP needed.
+type UserNet struct {
+	// Net is the virtual IPv4 network, default 10.0.2.0/24 (gateway .2,
+	// DNS .3, guest .15).
+	Net string `json:"net,omitempty"`
+	// HostFwd are host→guest port forwards in QEMU's syntax,
+	// [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport.
+	HostFwd []string `json:"hostfwd,omitempty"`
 }
 
 // NIC models.
@@ -396,8 +411,11 @@ func (c *VM) Validate() error {
 		}
 	}
 	for i, n := range c.Net {
-		if n.Tap == "" && len(n.TapFDs) == 0 {
-			return fmt.Errorf("net %d has no tap: give the name of a TAP interface (tap=NAME)", i)
+		if n.Tap == "" && n.User == nil && len(n.TapFDs) == 0 {
+			return fmt.Errorf("net %d has no back-end: give the name of a TAP interface (tap=NAME) or user=on for user-mode networking", i)
+		}
+		if n.Tap != "" && n.User != nil {
+			return fmt.Errorf("net %d has both a TAP and user-mode networking: give one of tap=NAME and user=on", i)
 		}
 		switch n.Model {
 		case "", NetVirtio:

@@ -139,15 +139,37 @@ func ParseDisk(spec string) (Disk, error) {
 	return d, nil
 }
 
-// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,num_queues=N][,queue_size=N][,id=ID].
+// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,num_queues=N][,queue_size=N][,id=ID],
+// or user=on[,net=CIDR][,hostfwd=FWD[+FWD...]] and the same common keys
+// for user-mode networking. The user-mode keys are checked when the
+// network is built.
 func ParseNet(spec string) (Net, error) {
 	var n Net
 	kv, err := splitSpec("net", spec)
 	if err != nil {
 		return n, err
 	}
+	user := false
+	if v, ok := kv["user"]; ok {
+		if user, err = parseBool("net", "user", v); err != nil {
+			return n, err
+		}
+		if user {
+			n.User = &UserNet{}
+		}
+	}
 	for k, v := range kv {
 		switch k {
+		case "user":
+		case "net", "hostfwd":
+			if !user {
+				return n, fmt.Errorf("--net %q: %s= belongs to user-mode networking: add user=on", spec, k)
+			}
+			if k == "net" {
+				n.User.Net = v
+			} else {
+				n.User.HostFwd = strings.Split(v, "+")
+			}
 		case "tap":
 			n.Tap = v
 		case "mac":
@@ -167,14 +189,17 @@ func ParseNet(spec string) (Net, error) {
 			}
 			n.Model = v
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, mac, model, num_queues, queue_size, id)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap or user, net, hostfwd, mac, model, num_queues, queue_size, id)", spec, k)
 		}
 		if err != nil {
 			return n, err
 		}
 	}
-	if n.Tap == "" {
-		return n, fmt.Errorf("--net %q: tap=NAME is required", spec)
+	if n.Tap == "" && !user {
+		return n, fmt.Errorf("--net %q: give tap=NAME or user=on", spec)
+	}
+	if n.Tap != "" && user {
+		return n, fmt.Errorf("--net %q: tap= and user=on exclude each other: give one", spec)
 	}
 	return n, nil
 }

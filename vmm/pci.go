@@ -17,7 +17,6 @@ import (
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/rng"
 	"github.com/viovmm/vio/devices/virtio/vsock"
-	"github.com/viovmm/vio/netdev/tap"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/virtiopci"
@@ -86,12 +85,12 @@ func (v *VM) setupPCI(stdio IO) error {
 	for i, n := range v.cfg.Net {
 		if n.Model == config.NetE1000 {
 			if err := v.addE1000(fmt.Sprintf("net%d", i), n); err != nil {
-				return fmt.Errorf("net %d (tap %s): %w", i, n.Tap, err)
+				return fmt.Errorf("net %d (%s): %w", i, netName(n), err)
 			}
 			continue
 		}
 		if _, err := v.plugNet(fmt.Sprintf("net%d", i), &v.cfg.Net[i]); err != nil {
-			return fmt.Errorf("net %d (tap %s): %w", i, n.Tap, err)
+			return fmt.Errorf("net %d (%s): %w", i, netName(n), err)
 		}
 	}
 	if v.cfg.RNG != nil {
@@ -172,11 +171,10 @@ type e1000Device struct {
 // table and the DSDT's _PRT tell the guest; the interrupt line register
 // says the same for guests that read it.
 func (v *VM) addE1000(name string, n config.Net) error {
-	t, err := tap.Open(n.Tap)
+	t, err := v.netBackend(n)
 	if err != nil {
 		return err
 	}
-	v.closers = append(v.closers, t)
 	var mac stdnet.HardwareAddr
 	if n.MAC != "" {
 		m, err := config.ParseMAC(n.MAC)
@@ -249,11 +247,10 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 	if len(n.TapFDs) > 0 {
 		return v.newNICFromFDs(n)
 	}
-	t, err := tap.Open(n.Tap)
+	t, err := v.netBackend(n)
 	if err != nil {
 		return nil, err
 	}
-	v.closers = append(v.closers, t)
 	var mac stdnet.HardwareAddr
 	if n.MAC != "" {
 		m, err := config.ParseMAC(n.MAC)

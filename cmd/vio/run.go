@@ -154,7 +154,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringVar(&console, "console", "off", "virtio console: tty, off, null, file=PATH, socket=PATH")
 	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")
 	f.StringArrayVar(&disks, "disk", nil, "disk: path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
-	f.StringArrayVar(&nets, "net", nil, "virtio-net NIC: tap=NAME[,mac=MAC] (repeatable)")
+	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME or user=on[,net=CIDR][,hostfwd=FWD[+FWD]], with [,mac=MAC][,model=virtio|e1000] (repeatable; docs/network.md)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
 	f.StringVar(&balloonSpec, "balloon", "", "virtio-balloon: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on] (see docs/balloon.md)")

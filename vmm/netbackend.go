@@ -1,0 +1,63 @@
+package vmm
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/tap"
+	"github.com/viovmm/vio/netdev/usernet"
+)
+
+// netBackend opens what carries a NIC's frames: the TAP it names, or a
+// user-mode network of its own. The VM closes it after the device.
+func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
+	if n.User == nil {
+		t, err := tap.Open(n.Tap)
+		if err != nil {
+			return nil, err
+		}
+		v.closers = append(v.closers, t)
+		return t, nil
+	}
+	c, err := userNetConfig(n.User)
+	if err != nil {
+		return nil, err
+	}
+	u, err := usernet.New(c)
+	if err != nil {
+		return nil, err
+	}
+	v.closers = append(v.closers, u)
+	return u, nil
+}
+
+// userNetConfig turns the config's user-mode network into the back-end's
+// Config.
+func userNetConfig(u *config.UserNet) (usernet.Config, error) {
+	var c usernet.Config
+	if u.Net != "" {
+		p, err := netip.ParsePrefix(u.Net)
+		if err != nil {
+			return c, fmt.Errorf("user network %q is not an address/length such as 10.0.2.0/24", u.Net)
+		}
+		c.Prefix = p
+	}
+	for _, s := range u.HostFwd {
+		f, err := usernet.ParseHostFwd(s)
+		if err != nil {
+			return c, err
+		}
+		c.HostFwds = append(c.HostFwds, f)
+	}
+	return c, nil
+}
+
+// netName describes a NIC's back-end in error messages.
+func netName(n config.Net) string {
+	if n.User != nil {
+		return "user-mode network"
+	}
+	return "tap " + n.Tap
+}
