@@ -103,6 +103,8 @@ while read tag dir; do
 	mount -t 9p -o $P "$tag" "/newroot$dir" || die "cannot mount $dir writable"
 done < /ctl/shares
 test -c /newroot/dev/kvm || die "kvm-amd loaded but /dev/kvm is missing (no SVM in L1?)"
+# Loopback up, as on any booted machine: tests serve on 127.0.0.1.
+chroot /newroot ip link set lo up || echo "vio-lab: loopback not brought up" > /dev/ttyS0
 stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
 say ready
@@ -113,7 +115,7 @@ say "exit $rc"
 poweroff -f
 `
 
-const l1Version = "2" // bump when l1Init or modulesL1 change
+const l1Version = "3" // bump when l1Init or modulesL1 change
 
 // l1Image returns the L1 initramfs, building it into the asset cache once.
 func l1Image(a *assets.Assets) (string, error) {
