@@ -167,8 +167,11 @@ const (
 	[ "$(cat $d/name)" = "Power Button" ] && ev=/dev/input/$(basename $d/event*)
 done
 [ -n "$ev" ] || { echo "VIO-GUEST no power button"; ls /sys/class/input; }
+# Open the event device before saying so: evdev gives an event only to
+# readers that have it open when it happens.
+exec 3< "$ev"
 echo VIO-GUEST-WAITING
-head -c 24 "$ev" > /dev/null
+head -c 24 <&3 > /dev/null
 echo VIO-GUEST-BUTTON
 sync
 poweroff -f
