@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/events"
 )
 
 // The Controller's device registry: every disk and NIC of the config has
@@ -180,6 +181,7 @@ func (c *Controller) addDevice(what string, add func(*config.VM) (*string, func(
 			return nil, hotplugError(err)
 		}
 		info = &DeviceInfo{ID: *id, BDF: bdf}
+		c.ev.Publish(events.SourceDevice, "device-added", "id", *id, "bdf", bdf)
 	}
 	c.cfg = cfg
 	return info, nil
@@ -242,6 +244,7 @@ func (c *Controller) RemoveDevice(id string) error {
 		if c.run != nil && c.run.m == m && c.cfg != nil {
 			c.dropDeviceLocked(id)
 		}
+		c.ev.Publish(events.SourceDevice, "device-removed", "id", id)
 	}
 	return hotplugError(h.RemoveDevice(id, wait, gone))
 }

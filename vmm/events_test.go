@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
 )
@@ -129,4 +130,37 @@ func next(t *testing.T, s *events.Subscription) events.Event {
 		t.Fatal("no event within 10 s")
 	}
 	return events.Event{}
+}
+
+// TestControllerPublishesHotplug: a hot-plugged device is announced with
+// its id and address, and its removal once the guest has let it go.
+func TestControllerPublishesHotplug(t *testing.T) {
+	c, _, cfg := newController(t)
+	m := events.NewMonitor()
+	c.SetEvents(m)
+	s := m.Subscribe(64)
+	if err := c.Create(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddDisk(config.Disk{Path: "cold.img", ID: "cold"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	takeEvents(s)
+	info, err := c.AddDisk(config.Disk{Path: "hot.img", ID: "hot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := next(t, s)
+	if e.Source != events.SourceDevice || e.Event != "device-added" || e.Properties["id"] != "hot" || e.Properties["bdf"] != info.BDF {
+		t.Fatalf("got %+v, want hot's device-added at %s", e, info.BDF)
+	}
+	if err := c.RemoveDevice("hot"); err != nil {
+		t.Fatal(err)
+	}
+	if e := next(t, s); e.Event != "device-removed" || e.Properties["id"] != "hot" {
+		t.Fatalf("got %+v, want hot's device-removed", e)
+	}
 }
