@@ -1,6 +1,10 @@
 package vmm
 
 import (
+	"strconv"
+	"sync"
+	"time"
+
 	"github.com/viovmm/vio/events"
 )
 
@@ -40,5 +44,32 @@ func (v *VM) deviceEvents(name string) func(string, error) {
 			return
 		}
 		m.Publish(events.SourceDevice, ev, "id", name)
+	}
+}
+
+// diskErrorEvents returns the virtio-blk hook that publishes the back-end
+// failing disk id's requests (source "virtio-device", event "disk-error",
+// with the operation and the error). A failing disk fails every request:
+// at most one event a second goes out, counting those it stands for.
+// Without a monitor it is nil.
+func (v *VM) diskErrorEvents(id string) func(op string, err error) {
+	m := v.opts.Events
+	if m == nil {
+		return nil
+	}
+	var mu sync.Mutex
+	var last time.Time
+	var held int
+	return func(op string, err error) {
+		mu.Lock()
+		held++
+		if time.Since(last) < time.Second {
+			mu.Unlock()
+			return
+		}
+		n := held
+		last, held = time.Now(), 0
+		mu.Unlock()
+		m.Publish(events.SourceDevice, "disk-error", "id", id, "op", op, "error", err.Error(), "count", strconv.Itoa(n))
 	}
 }

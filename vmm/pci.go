@@ -235,11 +235,12 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 		queues = min(v.cfg.CPUs.BootVCPUs, maxDefaultQueues)
 	}
 	return blk.New(be, blk.Config{
-		Serial:       d.Serial,
-		ReadOnly:     d.Readonly,
-		NumQueues:    queues,
-		QueueSize:    uint16(d.QueueSize),
-		Writethrough: mode == "writethrough" || mode == "directsync",
+		Serial:         d.Serial,
+		ReadOnly:       d.Readonly,
+		NumQueues:      queues,
+		QueueSize:      uint16(d.QueueSize),
+		Writethrough:   mode == "writethrough" || mode == "directsync",
+		OnBackendError: v.diskErrorEvents(d.ID),
 	})
 }
 

@@ -157,6 +157,10 @@ type Config struct {
 	// NoDiscard and NoWriteZeroes withhold the features even when the
 	// back-end could serve them.
 	NoDiscard, NoWriteZeroes bool
+	// OnBackendError, if set, is told of each request the back-end
+	// failed (op is "read", "write", "flush", ...), on the worker that
+	// served it: it must not block.
+	OnBackendError func(op string, err error)
 }
 
 // Device is a virtio-blk device.
@@ -463,6 +467,7 @@ type Stats struct {
 	// Requests completed with IOERR, with UNSUPP, and chains returned
 	// without a status because they had no writable byte.
 	IOErrors, Unsupported, NoStatus uint64
+	BackendErrors                   uint64 // IOErrors the back-end caused
 	// Notifications is the number of times a queue goroutine woke for a
 	// driver notification (kicks coalesce while it is busy).
 	Notifications uint64
@@ -478,6 +483,7 @@ type counters struct {
 	reads, writes, flushes, getIDs, discards, writeZeroes, other atomic.Uint64
 	readBytes, writtenBytes                                      atomic.Uint64
 	ioErrors, unsupported, noStatus                              atomic.Uint64
+	backendErrors                                                atomic.Uint64
 	notifications, interrupts, badChains, maxInFlight            atomic.Uint64
 }
 
@@ -489,6 +495,7 @@ func (d *Device) Stats() Stats {
 		GetIDs: c.getIDs.Load(), Discards: c.discards.Load(), WriteZeroes: c.writeZeroes.Load(),
 		Other: c.other.Load(), ReadBytes: c.readBytes.Load(), WrittenBytes: c.writtenBytes.Load(),
 		IOErrors: c.ioErrors.Load(), Unsupported: c.unsupported.Load(), NoStatus: c.noStatus.Load(),
+		BackendErrors: c.backendErrors.Load(),
 		Notifications: c.notifications.Load(), Interrupts: c.interrupts.Load(),
 		BadChains: c.badChains.Load(), MaxInFlight: c.maxInFlight.Load(),
 	}

@@ -47,6 +47,16 @@ func (w *worker) handle(c *virtio.Chain) uint32 {
 	return uint32(wlen)
 }
 
+// backendError reports a request the back-end failed (not one the guest
+// got wrong) to Config.OnBackendError and answers IOERR.
+func (d *Device) backendError(op string, err error) byte {
+	d.stats.backendErrors.Add(1)
+	if f := d.cfg.OnBackendError; f != nil {
+		f(op, err)
+	}
+	return StatusIOErr
+}
+
 // serve executes a request and returns its status. in is the driver's
 // writable area; its first inLen bytes are the data area (the status byte
 // follows).
@@ -72,7 +82,7 @@ func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
 			return StatusIOErr
 		}
 		if _, err := block.ReadvAt(d.be, w.data, int64(sector*SectorSize)); err != nil {
-			return StatusIOErr
+			return d.backendError("read", err)
 		}
 		d.stats.readBytes.Add(uint64(inLen))
 		return StatusOK
@@ -88,11 +98,11 @@ func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
 			return StatusIOErr
 		}
 		if _, err := block.WritevAt(d.be, w.data, int64(sector*SectorSize)); err != nil {
-			return StatusIOErr
+			return d.backendError("write", err)
 		}
 		if !d.writeback() {
 			if err := d.be.Flush(); err != nil {
-				return StatusIOErr
+				return d.backendError("flush", err)
 			}
 		}
 		d.stats.writtenBytes.Add(uint64(outLen))
@@ -105,7 +115,7 @@ func (w *worker) serve(out, in virtio.Buffers, inLen int64) byte {
 			return StatusUnsupp
 		}
 		if err := d.be.Flush(); err != nil {
-			return StatusIOErr
+			return d.backendError("flush", err)
 		}
 		return StatusOK
 
@@ -199,12 +209,12 @@ func (w *worker) zeroOrDiscard(typ uint32, out virtio.Buffers, outLen int64, fea
 			err = writeZeroes(d.be, off, length)
 		}
 		if err != nil {
-			return StatusIOErr
+			return d.backendError("discard or write zeroes", err)
 		}
 	}
 	if typ == TypeWriteZeroes && !d.writeback() {
 		if err := d.be.Flush(); err != nil {
-			return StatusIOErr
+			return d.backendError("flush", err)
 		}
 	}
 	return StatusOK
