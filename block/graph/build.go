@@ -13,7 +13,6 @@ import (
 // Options configure a Builder: what every leaf is opened with, and the VM's
 // throttle groups.
 type Options struct {
-	Cache raw.CacheMode // for every leaf's image file
 	// Lock takes QEMU-compatible locks on the leaves' images, as a VM does.
 	Lock bool
 	// Groups are the VM's rate_limit_groups, by id.
@@ -53,10 +52,10 @@ func (b *Builder) Open(d Disk) (block.Backend, error) {
 	if err := Validate([]Disk{d}, b.opts.GroupNames()); err != nil {
 		return nil, err
 	}
-	return b.open(d.Root, d.ReadOnly, "disk "+d.ID)
+	return b.open(d.Root, d.ReadOnly, "disk "+d.ID, d.Cache)
 }
 
-func (b *Builder) open(n *Node, ro bool, where string) (block.Backend, error) {
+func (b *Builder) open(n *Node, ro bool, where string, cache raw.CacheMode) (block.Backend, error) {
 	k := kinds[n.Kind]
 	ro = ro || n.ReadOnly
 	var children []block.Backend
@@ -66,7 +65,7 @@ func (b *Builder) open(n *Node, ro bool, where string) (block.Backend, error) {
 		}
 	}
 	for _, c := range n.Children {
-		cb, err := b.open(c, ro, where)
+		cb, err := b.open(c, ro, where, cache)
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -86,7 +85,7 @@ func (b *Builder) open(n *Node, ro bool, where string) (block.Backend, error) {
 			}
 		}
 	}
-	be, err := k.Open(b, n, ro, children)
+	be, err := k.Open(b, n, NodeOptions{ReadOnly: ro, Cache: cache}, children)
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("%s: %s: %w", where, label(n, ""), err)
@@ -97,6 +96,12 @@ func (b *Builder) open(n *Node, ro bool, where string) (block.Backend, error) {
 		b.mu.Unlock()
 	}
 	return be, nil
+}
+
+// NodeOptions are what a node is opened with besides its own fields.
+type NodeOptions struct {
+	ReadOnly bool          // the node or an ancestor (or the disk) is read-only
+	Cache    raw.CacheMode // the disk's cache mode, for image files
 }
 
 func reportsReadOnly(b block.Backend) bool {

@@ -126,7 +126,7 @@ var kindFaults = &Kind{
 		// The node's own validation, on a throw-away node.
 		return faults.NewNode(nil, 0).SetRules(rs)
 	},
-	Open: func(b *Builder, n *Node, _ bool, c []block.Backend) (block.Backend, error) {
+	Open: func(b *Builder, n *Node, _ NodeOptions, c []block.Backend) (block.Backend, error) {
 		var o FaultsOptions
 		if err := decodeOptions(n.Options, &o); err != nil {
 			return nil, err

@@ -134,7 +134,7 @@ func TestParseRefusals(t *testing.T) {
 
 func TestTooManyNodes(t *testing.T) {
 	// A wide tree through a test kind with many children.
-	Register(&Kind{Name: "test-wide", MinChildren: 1, Open: func(b *Builder, n *Node, _ bool, c []block.Backend) (block.Backend, error) { return c[0], nil }})
+	Register(&Kind{Name: "test-wide", MinChildren: 1, Open: func(b *Builder, n *Node, _ NodeOptions, c []block.Backend) (block.Backend, error) { return c[0], nil }})
 	defer delete(kinds, "test-wide")
 	var kids []string
 	for i := range MaxNodes {
@@ -229,7 +229,7 @@ func TestBuildFailsCleanly(t *testing.T) {
 	b := NewBuilder(Options{Lock: true})
 	// The second leaf is missing: the first, opened already, must be
 	// closed again (its lock released).
-	Register(&Kind{Name: "test-pair", MinChildren: 2, MaxChildren: 2, Open: func(b *Builder, n *Node, _ bool, c []block.Backend) (block.Backend, error) { return c[0], nil }})
+	Register(&Kind{Name: "test-pair", MinChildren: 2, MaxChildren: 2, Open: func(b *Builder, n *Node, _ NodeOptions, c []block.Backend) (block.Backend, error) { return c[0], nil }})
 	defer delete(kinds, "test-pair")
 	_, err := b.Open(Disk{ID: "d0", Root: mustParse(t, `{"node":"test-pair","children":[{"node":"raw","path":"`+r+`"},{"node":"raw","path":"`+filepath.Join(dir, "missing")+`"}]}`)})
 	if err == nil || !strings.Contains(err.Error(), "does not exist") {
@@ -243,7 +243,7 @@ func TestBuildFailsCleanly(t *testing.T) {
 }
 
 func TestBuildSizeMismatch(t *testing.T) {
-	Register(&Kind{Name: "test-mirror", MinChildren: 2, SameSize: true, Open: func(b *Builder, n *Node, _ bool, c []block.Backend) (block.Backend, error) { return c[0], nil }})
+	Register(&Kind{Name: "test-mirror", MinChildren: 2, SameSize: true, Open: func(b *Builder, n *Node, _ NodeOptions, c []block.Backend) (block.Backend, error) { return c[0], nil }})
 	defer delete(kinds, "test-mirror")
 	dir := t.TempDir()
 	a := mkimage(t, dir, "a.img", image.Raw, 1<<20)
@@ -255,7 +255,7 @@ func TestBuildSizeMismatch(t *testing.T) {
 }
 
 func TestBuildReadOnlyChildAtRunTime(t *testing.T) {
-	Register(&Kind{Name: "test-ro", Leaf: true, Open: func(*Builder, *Node, bool, []block.Backend) (block.Backend, error) {
+	Register(&Kind{Name: "test-ro", Leaf: true, Open: func(*Builder, *Node, NodeOptions, []block.Backend) (block.Backend, error) {
 		return roMem{blocktest.NewMem(4096)}, nil
 	}})
 	defer delete(kinds, "test-ro")

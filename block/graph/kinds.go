@@ -26,9 +26,10 @@ type Kind struct {
 	// Check validates the node's options; groups are the throttle groups
 	// the VM defines. Nil: the kind takes no options.
 	Check func(n *Node, groups map[string]bool) error
-	// Open builds the node from its open children (none for a leaf). It
+	// Open builds the node from its open children (none for a leaf), read-only
+	// and with the cache mode o says. It
 	// owns the children on success; on failure the Builder closes them.
-	Open func(b *Builder, n *Node, ro bool, children []block.Backend) (block.Backend, error)
+	Open func(b *Builder, n *Node, o NodeOptions, children []block.Backend) (block.Backend, error)
 }
 
 var kinds = map[string]*Kind{}
@@ -69,13 +70,13 @@ func checkNBD(n *Node, _ map[string]bool) error {
 }
 
 // openLeaf opens an image with its format given, never probed.
-func openLeaf(format string) func(b *Builder, n *Node, ro bool, _ []block.Backend) (block.Backend, error) {
-	return func(b *Builder, n *Node, ro bool, _ []block.Backend) (block.Backend, error) {
+func openLeaf(format string) func(b *Builder, n *Node, o NodeOptions, _ []block.Backend) (block.Backend, error) {
+	return func(b *Builder, n *Node, o NodeOptions, _ []block.Backend) (block.Backend, error) {
 		if n.Kind != "nbd" && image.IsNBD(n.Path) {
 			return nil, fmt.Errorf("%s is an NBD URI: use a leaf of kind nbd for it", n.Path)
 		}
 		return image.Open(n.Path, image.OpenOptions{
-			Format: format, ReadOnly: ro, Cache: b.opts.Cache, Lock: b.opts.Lock,
+			Format: format, ReadOnly: o.ReadOnly, Cache: o.Cache, Lock: b.opts.Lock,
 			AllowBacking: n.AllowBacking,
 		})
 	}

@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/viovmm/vio/block/raw"
 )
 
 // Node is one node of a disk graph, as the configuration writes it.
@@ -77,7 +79,8 @@ func Parse(data []byte) (*Node, error) {
 type Disk struct {
 	ID       string // for messages
 	Root     *Node
-	ReadOnly bool // the whole disk is read-only
+	ReadOnly bool          // the whole disk is read-only
+	Cache    raw.CacheMode // for the leaves' image files
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)

@@ -88,7 +88,7 @@ var kindThrottle = &Kind{
 		}
 		return o.check(groups)
 	},
-	Open: func(b *Builder, n *Node, _ bool, c []block.Backend) (block.Backend, error) {
+	Open: func(b *Builder, n *Node, _ NodeOptions, c []block.Backend) (block.Backend, error) {
 		var o ThrottleOptions
 		if err := decodeOptions(n.Options, &o); err != nil {
 			return nil, err
