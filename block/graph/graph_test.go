@@ -294,3 +294,23 @@ func TestCloudHypervisorThrottle(t *testing.T) {
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
+
+func TestDescribe(t *testing.T) {
+	dir := t.TempDir()
+	q := mkimage(t, dir, "a.qcow2", image.Qcow2, 4<<20)
+	root := mustParse(t, `{"node":"throttle","name":"t0","options":{"group":"vm-group"},"children":[{"node":"faults","children":[{"node":"qcow2","path":"`+q+`"}]}]}`)
+	in, err := Describe(root, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Size != 4<<20 || in.Kind != "throttle" || in.Children[0].Children[0].Image == nil || in.Children[0].Children[0].Image.Format != image.Qcow2 {
+		t.Fatalf("%+v", in)
+	}
+	var out bytes.Buffer
+	in.Print(&out)
+	for _, want := range []string{"virtual size: 4194304", `throttle "t0" options {"group":"vm-group"}`, "    qcow2 " + q} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
