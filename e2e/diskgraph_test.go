@@ -51,6 +51,7 @@ func TestDiskGraphFaults(t *testing.T) {
 	for _, m := range faultsFact.FindAllStringSubmatch(out, -1) {
 		facts[m[1]] = m[2]
 	}
+	t.Logf("guest: %v", facts)
 	if len(facts) < 5 {
 		t.Fatalf("guest did not report; console:\n%s", out)
 	}
