@@ -101,6 +101,21 @@ type VectorWriterAt interface {
 	WritevAt(bufs [][]byte, off int64) (int, error)
 }
 
+// Drainer is implemented by back-ends that can hold a request back before
+// serving it (a throttle) and by interposers above them, which forward it.
+// Drain(true) fails every request that is waiting, and every later one that
+// would have to wait, with an error matching ErrDrained, until the matching
+// Drain(false); requests already being served are not interrupted. Calls
+// nest. A front-end drains around a reset, so that the reset, which waits
+// for requests in flight, never waits for a rate limit.
+type Drainer interface {
+	Drain(on bool)
+}
+
+// ErrDrained is returned by a request that a Drainer failed instead of
+// letting it wait.
+var ErrDrained = errors.New("block: request drained by a reset")
+
 // ErrReadOnly is returned by writes to a read-only back-end.
 var ErrReadOnly = errors.New("block: read-only")
 

@@ -14,6 +14,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/viovmm/vio/block/graph"
 )
 
 // VM is a whole virtual machine.
@@ -27,6 +29,9 @@ type VM struct {
 	Balloon *Balloon `json:"balloon,omitempty"`
 	Serial  Console  `json:"serial"`
 	Console Console  `json:"console"`
+	// RateLimitGroups are buckets shared by several disks (Cloud
+	// Hypervisor's rate_limit_groups; see docs/disks.md).
+	RateLimitGroups []RateLimitGroup `json:"rate_limit_groups,omitempty"`
 	// OnReboot says what a guest reboot does: "restart" the guest (the
 	// default) or "exit" vio. (vio extension)
 	OnReboot string `json:"on_reboot,omitempty"`
@@ -138,6 +143,14 @@ type Disk struct {
 	// path, with "..", or as NBD URIs; by default only relative names
 	// below the image's directory are followed. (vio extension)
 	AllowBacking bool `json:"allow_backing,omitempty"`
+	// Graph describes the disk as a tree of nodes (image leaves under
+	// interposers such as throttle and faults) instead of Path. (vio
+	// extension; see docs/disks.md)
+	Graph *graph.Node `json:"graph,omitempty"`
+	// RateLimiterConfig and RateLimitGroup throttle the disk as Cloud
+	// Hypervisor does: buckets of its own, or a group's.
+	RateLimiterConfig *graph.RateLimiterConfig `json:"rate_limiter_config,omitempty"`
+	RateLimitGroup    string                   `json:"rate_limit_group,omitempty"`
 	// ImageTypeProbed is set by vio when it pinned ImageType from a probe
 	// of a writable raw disk: such a disk keeps refusing guest writes that
 	// would make it probe as another format. Never read from JSON.
@@ -396,8 +409,8 @@ func (c *VM) Validate() error {
 		default:
 			return fmt.Errorf("disk %d: iface %q: want virtio, ide or cdrom", i, d.Iface)
 		}
-		if d.Path == "" && d.Iface != DiskCDROM {
-			return fmt.Errorf("disk %d has no path", i)
+		if d.Path == "" && d.Graph == nil && d.Iface != DiskCDROM {
+			return fmt.Errorf("disk %d has no path: give path=FILE (or a graph in a config file)", i)
 		}
 		switch d.Cache {
 		case "", "writeback", "writethrough", "none", "directsync", "unsafe":
@@ -409,6 +422,9 @@ func (c *VM) Validate() error {
 		default:
 			return fmt.Errorf("disk %s: image_type %q: want %q or %q (or leave it out to let vio decide)", d.Path, d.ImageType, ImageRaw, ImageQcow2)
 		}
+	}
+	if err := c.validateDiskGraphs(); err != nil {
+		return err
 	}
 	for i, n := range c.Net {
 		if n.Tap == "" && n.User == nil && len(n.TapFDs) == 0 {

@@ -167,7 +167,7 @@ func TestDiskFormat(t *testing.T) {
 		"path=a,format=vmdk":      `disk format "vmdk" is not one vio opens: give raw or qcow2`,
 		"path=a,format=":          `disk format "" is not one vio opens`,
 		"path=a,backing=yes":      `backing="yes": the only value is allow`,
-		"path=a,format=raw,x=1":   `unknown key "x" (want path, format, backing,`,
+		"path=a,format=raw,x=1":   `unknown key "x" (want path, iface, format, backing,`,
 		"path=a,format=raw,raw=1": `unknown key "raw"`,
 	} {
 		_, err := ParseDisk(spec)

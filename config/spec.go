@@ -81,7 +81,8 @@ func ParseMemory(spec string) (Memory, error) {
 	return m, nil
 }
 
-// ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID].
+// ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
+// [,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys).
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
 	kv, err := splitSpec("disk", spec)
@@ -118,13 +119,19 @@ func ParseDisk(spec string) (Disk, error) {
 			if d.ImageType, err = ParseImageType(v); err != nil {
 				err = fmt.Errorf("--disk: %w", err)
 			}
+		case "throttle":
+			d.RateLimiterConfig, err = parseThrottle(v)
+		case "rate_limit_group":
+			d.RateLimitGroup = v
+		case "bw_size", "bw_one_time_burst", "bw_refill_time", "ops_size", "ops_one_time_burst", "ops_refill_time":
+			err = chBucketKey(&d, k, v)
 		case "backing":
 			if v != "allow" {
 				err = fmt.Errorf("--disk: backing=%q: the only value is allow (follow any backing file the qcow2 image names)", v)
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, format, backing, readonly, cache, serial, num_queues, queue_size, id, iface)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time)", spec, k)
 		}
 		if err != nil {
 			return d, err

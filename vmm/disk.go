@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/block/image"
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
@@ -36,4 +37,30 @@ func openDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (block.Bac
 		d.ImageTypeProbed = format == image.Raw
 	}
 	return be, nil
+}
+
+// buildDisk opens a disk: its graph through the VM's graph builder (which
+// holds the throttle groups its disks share), or its plain path as
+// openDisk does; then the throttle Cloud Hypervisor's rate_limiter_config
+// or rate_limit_group asks for goes on top.
+func (v *VM) buildDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (block.Backend, error) {
+	if v.graphs == nil {
+		v.graphs = graph.NewBuilder(graph.Options{Lock: true, Groups: v.cfg.RateLimitGroupMap()})
+	}
+	var be block.Backend
+	var err error
+	if d.Graph != nil {
+		be, err = v.graphs.Open(graph.Disk{ID: d.ID, Root: d.Graph, ReadOnly: d.Readonly, Cache: cache})
+	} else {
+		be, err = openDisk(d, cache, warn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	top, err := v.graphs.Throttle(be, d.RateLimiterConfig, d.RateLimitGroup)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	return top, nil
 }

@@ -220,7 +220,7 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	be, err := openDisk(d, cache, func(msg string) { v.log.Warn(msg) })
+	be, err := v.buildDisk(d, cache, func(msg string) { v.log.Warn(msg) })
 	if err != nil {
 		return nil, err
 	}

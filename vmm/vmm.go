@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/arch/x86"
+	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
@@ -70,6 +71,7 @@ type VM struct {
 
 	events  chan Exit // guest decisions: poweroff, reboot, panic, fatal exits
 	closers []io.Closer
+	graphs  *graph.Builder // disks' graphs and their shared throttle groups (disk.go)
 
 	platform   *platform
 	pciRoot    *pci.Root

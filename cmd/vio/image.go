@@ -105,13 +105,17 @@ func imageCreateCommand() *cobra.Command {
 
 func imageInfoCommand() *cobra.Command {
 	var output, format string
+	var isGraph bool
 	c := &cobra.Command{
-		Use:   "info [-f raw|qcow2] [--output=human|json] FILE",
-		Short: "Describe a disk image",
+		Use:   "info [-f raw|qcow2] [--graph] [--output=human|json] FILE",
+		Short: "Describe a disk image (or, with --graph, a disk graph in a JSON file)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "human" && output != "json" {
 				return fmt.Errorf("unknown output format %q (want human or json)", output)
+			}
+			if isGraph {
+				return graphInfo(cmd, args[0], output)
 			}
 			o, err := toolOptions(cmd, format)
 			if err != nil {
@@ -133,6 +137,7 @@ func imageInfoCommand() *cobra.Command {
 	}
 	c.Flags().StringVar(&output, "output", "human", "human or json")
 	c.Flags().StringVarP(&format, "format", "f", "", "image format: raw or qcow2 (probed if not given)")
+	c.Flags().BoolVar(&isGraph, "graph", false, "FILE is a disk graph (JSON, as a disk's \"graph\" in a VM config)")
 	return c
 }
 

@@ -447,6 +447,13 @@ func (d *Device) Reset() {
 		return
 	}
 	close(run.stop)
+	// A request held back by a throttle would keep the reset waiting for
+	// the rate limit: have such requests fail instead (the driver that
+	// sent them is resetting the device and takes nothing back).
+	if dr, ok := d.be.(block.Drainer); ok {
+		dr.Drain(true)
+		defer dr.Drain(false)
+	}
 	run.wg.Wait()
 	for _, q := range run.queues {
 		st := q.Stats()

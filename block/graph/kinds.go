@@ -1,0 +1,89 @@
+package graph
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/block/image"
+)
+
+// Kind describes a node kind. A new interposer joins the graph by
+// registering one (see kindThrottle and kindFaults for the pattern).
+type Kind struct {
+	Name string
+	// Leaf kinds open an image at Path and have no children.
+	Leaf bool
+	// MinChildren and MaxChildren bound an interposer's children
+	// (MaxChildren 0: no upper bound).
+	MinChildren, MaxChildren int
+	// SameSize requires the children to be of one size (a mirror), checked
+	// when they are open.
+	SameSize bool
+	// Check validates the node's options; groups are the throttle groups
+	// the VM defines. Nil: the kind takes no options.
+	Check func(n *Node, groups map[string]bool) error
+	// Open builds the node from its open children (none for a leaf), read-only
+	// and with the cache mode o says. It
+	// owns the children on success; on failure the Builder closes them.
+	Open func(b *Builder, n *Node, o NodeOptions, children []block.Backend) (block.Backend, error)
+}
+
+var kinds = map[string]*Kind{}
+
+// Register adds a kind. It is meant for init functions of this package.
+func Register(k *Kind) {
+	if _, dup := kinds[k.Name]; dup {
+		panic("graph: kind " + k.Name + " registered twice")
+	}
+	kinds[k.Name] = k
+}
+
+func kindList() string {
+	var names []string
+	for n := range kinds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func init() {
+	Register(&Kind{Name: image.Raw, Leaf: true, Open: openLeaf(image.Raw)})
+	Register(&Kind{Name: image.Qcow2, Leaf: true, Open: openLeaf(image.Qcow2)})
+	Register(&Kind{Name: "nbd", Leaf: true, Check: checkNBD, Open: openLeaf(image.Raw)})
+	Register(kindThrottle)
+	Register(kindFaults)
+}
+
+func checkNBD(n *Node, _ map[string]bool) error {
+	if !image.IsNBD(n.Path) {
+		return fmt.Errorf("path %q is not an NBD URI: give nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH", n.Path)
+	}
+	if len(n.Options) > 0 && string(n.Options) != "null" && string(n.Options) != "{}" {
+		return errors.New("an nbd leaf takes no options")
+	}
+	return nil
+}
+
+// openLeaf opens an image with its format given, never probed.
+func openLeaf(format string) func(b *Builder, n *Node, o NodeOptions, _ []block.Backend) (block.Backend, error) {
+	return func(b *Builder, n *Node, o NodeOptions, _ []block.Backend) (block.Backend, error) {
+		if n.Kind != "nbd" && image.IsNBD(n.Path) {
+			return nil, fmt.Errorf("%s is an NBD URI: use a leaf of kind nbd for it", n.Path)
+		}
+		return image.Open(n.Path, image.OpenOptions{
+			Format: format, ReadOnly: o.ReadOnly, Cache: o.Cache, Lock: b.opts.Lock,
+			AllowBacking: n.AllowBacking,
+		})
+	}
+}
+
+// rawJSON is what a node's options look like when absent.
+func noOptions(raw json.RawMessage) bool {
+	s := strings.TrimSpace(string(raw))
+	return s == "" || s == "null" || s == "{}"
+}
