@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path"
@@ -37,7 +38,7 @@ func Main(m *testing.M) { os.Exit(Run(m)) }
 // VIO_LAB=off to skip the package's tests on a host without hardware
 // virtualization; the skip is announced in the form vio-suite reports.
 func Run(m *testing.M) int {
-	if Inside() || lab.HardwareKVM() {
+	if Inside() || lab.HardwareKVM() || listing(os.Args[1:]) {
 		return m.Run()
 	}
 	return relaunchUnlessOff("this host has no hardware virtualization", 0)
@@ -51,7 +52,7 @@ func MainKVM(m *testing.M) { os.Exit(RunKVM(m)) }
 
 // RunKVM is MainKVM returning the exit status.
 func RunKVM(m *testing.M) int {
-	if Inside() || kvmOpens() || fuzzing(os.Args[1:]) {
+	if Inside() || kvmOpens() || fuzzing(os.Args[1:]) || listing(os.Args[1:]) {
 		return m.Run()
 	}
 	return relaunchUnlessOff("this host has no usable /dev/kvm", tinyGuestBudget)
@@ -106,44 +107,50 @@ func relaunchUnlessOff(why string, budget time.Duration) int {
 // running its programs (LAB.md's hazard), which is treated like a
 // reported lockup: the package runs once more in a fresh lab, saying so.
 func relaunch(why string, budget time.Duration) int {
+	return relaunchWith(why, budget, os.Args[1:], os.Stdout, os.Stderr)
+}
+
+// relaunchWith is relaunch for the test binary's arguments args, its
+// output going to stdout and stderr.
+func relaunchWith(why string, budget time.Duration, args []string, stdout, stderr io.Writer) int {
 	ctx := context.Background()
 	if _, err := assets.Ensure(ctx, assets.DefaultDir(), nil); err != nil {
-		fmt.Fprintln(os.Stderr, "labtest:", err)
+		fmt.Fprintln(stderr, "labtest:", err)
 		return 1
 	}
 	self, err := os.Executable()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "labtest:", err)
+		fmt.Fprintln(stderr, "labtest:", err)
 		return 1
 	}
-	labDeadline, testDeadline := deadlines(os.Args[1:], budget)
+	labDeadline, testDeadline := deadlines(args, budget)
 	cfg := lab.Config{Timeout: labDeadline, Env: passEnv()}
-	argv := append([]string{self}, withTimeout(os.Args[1:], testDeadline)...)
+	argv := append([]string{self}, withTimeout(args, testDeadline)...)
 	if os.Getenv("VIO_LAB_VERBOSE") != "" {
-		cfg.Verbose = os.Stderr
+		cfg.Verbose = stderr
 	}
 	start := time.Now()
-	fmt.Printf("labtest: %s; running %s in the lab\n", why, filepath.Base(self))
-	err = lab.Exec(ctx, cfg, argv, os.Stdout, os.Stderr)
+	fmt.Fprintf(stdout, "labtest: %s; running %s in the lab\n", why, filepath.Base(self))
+	err = lab.Exec(ctx, cfg, argv, stdout, stderr)
 	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrTimeout) {
 		// The emulated machine wedged under the tests, not the tests
 		// themselves (their own deadline would have fired first): say so
 		// and run them all once more if go test's deadline leaves room.
-		fmt.Printf("labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up, or its test binary could not even time out)\n", err)
-		if left := goDeadline(os.Args[1:]) - 30*time.Second - time.Since(start); left >= labDeadline {
-			fmt.Printf("labtest: running %s in a fresh lab once more\n", filepath.Base(self))
-			err = lab.Exec(ctx, cfg, argv, os.Stdout, os.Stderr)
+		fmt.Fprintf(stdout, "labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up, or its test binary could not even time out)\n", err)
+		if left := goDeadline(args) - 30*time.Second - time.Since(start); left >= labDeadline {
+			fmt.Fprintf(stdout, "labtest: running %s in a fresh lab once more\n", filepath.Base(self))
+			err = lab.Exec(ctx, cfg, argv, stdout, stderr)
 		} else {
-			fmt.Printf("labtest: go test's deadline leaves %v, too little to run %s again\n", left.Round(time.Second), filepath.Base(self))
+			fmt.Fprintf(stdout, "labtest: go test's deadline leaves %v, too little to run %s again\n", left.Round(time.Second), filepath.Base(self))
 		}
 	}
-	fmt.Printf("labtest: lab run took %v\n", time.Since(start).Round(100*time.Millisecond))
+	fmt.Fprintf(stdout, "labtest: lab run took %v\n", time.Since(start).Round(100*time.Millisecond))
 	var exit *lab.ExitError
 	switch {
 	case errors.As(err, &exit):
 		return exit.Code
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "labtest:", err)
+		fmt.Fprintln(stderr, "labtest:", err)
 		return 1
 	}
 	return 0

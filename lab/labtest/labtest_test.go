@@ -49,3 +49,28 @@ func TestDeadlines(t *testing.T) {
 		t.Errorf("withTimeout = %q, want %q", got, want)
 	}
 }
+
+func TestWithoutRun(t *testing.T) {
+	got := withoutRun([]string{"-test.v=true", "-test.run=^TestA$", "-test.timeout=1m"})
+	if strings.Join(got, " ") != "-test.v=true -test.timeout=1m" {
+		t.Errorf("withoutRun = %q", got)
+	}
+	if !listing([]string{"-test.list=."}) || listing([]string{"-test.run=."}) {
+		t.Error("listing misjudged")
+	}
+	if _, err := shardTests([]string{"-test.run=TestA/sub"}, 2); err == nil {
+		t.Error("a subtest filter was sharded")
+	}
+}
+
+// TestShardTests lists this package's own tests through the binary, as
+// RunSharded does, and deals them out.
+func TestShardTests(t *testing.T) {
+	shards, err := shardTests([]string{"-test.run=^(TestFuzzing|TestDeadlines|TestWithoutRun)$"}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(shards) != 2 || strings.Join(shards[0], " ") != "TestFuzzing TestWithoutRun" || strings.Join(shards[1], " ") != "TestDeadlines" {
+		t.Errorf("shards %q", shards)
+	}
+}
