@@ -31,7 +31,8 @@ import (
 // holds the contract (states, errors). Errors are matched with errors.Is
 // against vmm.ErrNotCreated (404), vmm.ErrWrongState (405, as Cloud
 // Hypervisor's description says for an action the state does not allow),
-// vmm.ErrInvalidConfig and vmm.ErrSnapshotRequest (400),
+// vmm.ErrInvalidConfig, vmm.ErrSnapshotRequest and
+// vmm.ErrMigrationRequest (400),
 // vmm.ErrNoDevice (404), vmm.ErrDuplicateID (409), vmm.ErrNotReleased
 // (504: the guest did not release a device in time), and
 // vmm.ErrNotImplemented and vmm.ErrNotSaveable (501); any other
@@ -56,6 +57,10 @@ type Controller interface {
 	Snapshot(destinationURL string) error
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
 	Resize(vmm.Resize) error
+	// SendMigration and ReceiveMigration block until the migration has
+	// ended; ctx (the request's) cancels them.
+	SendMigration(ctx context.Context, req vmm.SendMigration) error
+	ReceiveMigration(ctx context.Context, receiverURL string) error
 }
 
 var _ Controller = (*vmm.Controller)(nil)
@@ -147,24 +152,26 @@ type route struct {
 const prefix = "/api/v1/"
 
 var routes = map[string]route{
-	"vmm.ping":         {http.MethodGet, (*Server).ping},
-	"vmm.shutdown":     {http.MethodPut, (*Server).shutdownVMM},
-	"vm.create":        {http.MethodPut, (*Server).create},
-	"vm.boot":          {http.MethodPut, action((Controller).Boot)},
-	"vm.pause":         {http.MethodPut, action((Controller).Pause)},
-	"vm.resume":        {http.MethodPut, action((Controller).Resume)},
-	"vm.shutdown":      {http.MethodPut, action((Controller).Shutdown)},
-	"vm.reboot":        {http.MethodPut, action((Controller).Reboot)},
-	"vm.delete":        {http.MethodPut, action((Controller).Delete)},
-	"vm.info":          {http.MethodGet, (*Server).info},
-	"vm.counters":      {http.MethodGet, (*Server).counters},
-	"vm.add-disk":      {http.MethodPut, (*Server).addDisk},
-	"vm.add-net":       {http.MethodPut, (*Server).addNet},
-	"vm.remove-device": {http.MethodPut, (*Server).removeDevice},
-	"vm.snapshot":      {http.MethodPut, (*Server).snapshot},
-	"vm.restore":       {http.MethodPut, (*Server).restore},
-	"vm.resize":        {http.MethodPut, (*Server).resize},
-	EventsEndpoint:     {http.MethodGet, (*Server).streamEvents},
+	"vmm.ping":             {http.MethodGet, (*Server).ping},
+	"vmm.shutdown":         {http.MethodPut, (*Server).shutdownVMM},
+	"vm.create":            {http.MethodPut, (*Server).create},
+	"vm.boot":              {http.MethodPut, action((Controller).Boot)},
+	"vm.pause":             {http.MethodPut, action((Controller).Pause)},
+	"vm.resume":            {http.MethodPut, action((Controller).Resume)},
+	"vm.shutdown":          {http.MethodPut, action((Controller).Shutdown)},
+	"vm.reboot":            {http.MethodPut, action((Controller).Reboot)},
+	"vm.delete":            {http.MethodPut, action((Controller).Delete)},
+	"vm.info":              {http.MethodGet, (*Server).info},
+	"vm.counters":          {http.MethodGet, (*Server).counters},
+	"vm.add-disk":          {http.MethodPut, (*Server).addDisk},
+	"vm.add-net":           {http.MethodPut, (*Server).addNet},
+	"vm.remove-device":     {http.MethodPut, (*Server).removeDevice},
+	"vm.snapshot":          {http.MethodPut, (*Server).snapshot},
+	"vm.restore":           {http.MethodPut, (*Server).restore},
+	"vm.resize":            {http.MethodPut, (*Server).resize},
+	"vm.send-migration":    {http.MethodPut, (*Server).sendMigration},
+	"vm.receive-migration": {http.MethodPut, (*Server).receiveMigration},
+	EventsEndpoint:         {http.MethodGet, (*Server).streamEvents},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
@@ -174,7 +181,6 @@ var notYet = map[string]bool{
 	"vm.add-device": true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vsock": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
-	"vm.receive-migration": true, "vm.send-migration": true,
 }
 
 // httpError is an error with the status to answer it with.
@@ -232,7 +238,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusGatewayTimeout
 	case errors.Is(err, vmm.ErrWrongState):
 		status = http.StatusMethodNotAllowed
-	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrSnapshotRequest):
+	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrSnapshotRequest), errors.Is(err, vmm.ErrMigrationRequest):
 		status = http.StatusBadRequest
 	case errors.Is(err, vmm.ErrNotImplemented), errors.Is(err, vmm.ErrNotSaveable):
 		status = http.StatusNotImplemented

@@ -151,6 +151,7 @@ type Info struct {
 type Controller struct {
 	build   BuildFunc
 	restore RestoreFunc // nil: vm.restore is not offered
+	receive ReceiveFunc // nil: vm.receive-migration is not offered
 	log     *slog.Logger
 	ev      *events.Monitor // nil: no events (see SetEvents)
 
