@@ -37,6 +37,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			os.Exit(1)
 		}
+		if err := buildMigGuest(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
 		code := labtest.Run(m)
 		os.RemoveAll(dir)
 		os.Exit(code)
