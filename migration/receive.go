@@ -1,6 +1,7 @@
 package migration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -76,7 +77,9 @@ func Receive(ctx context.Context, conn io.ReadWriter, t Target, o ReceiveOptions
 		stop := context.AfterFunc(ctx, func() { dl.SetDeadline(time.Unix(1, 0)) })
 		defer stop()
 	}
-	rx := &receiver{r: conn, dl: dl, idle: o.Idle, progress: o.Progress, start: time.Now()}
+	// Buffered: frames are 8 bytes, and a syscall each would cost more
+	// than the page they announce.
+	rx := &receiver{r: bufio.NewReaderSize(conn, 1<<20), dl: dl, idle: o.Idle, progress: o.Progress, start: time.Now()}
 	rec, err := rx.run(t, conn)
 	if err != nil {
 		if rx.in != nil {

@@ -17,7 +17,7 @@ import (
 const page = migration.PageSize
 
 // pair returns the two ends of a UNIX socket connection.
-func pair(t *testing.T) (src, dst net.Conn) {
+func pair(t testing.TB) (src, dst net.Conn) {
 	t.Helper()
 	ep, err := migration.ParseURL("unix:" + filepath.Join(t.TempDir(), "m.sock"))
 	if err != nil {

@@ -281,16 +281,20 @@ func (c *Controller) progress(p migration.Progress) {
 		"bandwidth_mbps", strconv.FormatFloat(p.Bandwidth*8/1e6, 'f', 1, 64))
 }
 
+// statsKV is a migration's account as event properties; downtime and the
+// reason pre-copy stopped are the source's to know.
 func statsKV(s migration.Stats) []string {
-	return []string{
+	kv := []string{
 		"iterations", strconv.Itoa(s.Iterations),
 		"bytes", strconv.FormatUint(s.Bytes, 10),
 		"data_pages", strconv.FormatUint(s.DataPages, 10),
 		"zero_pages", strconv.FormatUint(s.ZeroPages, 10),
 		"total_ms", strconv.FormatInt(s.Total.Milliseconds(), 10),
-		"downtime_ms", strconv.FormatInt(s.Downtime.Milliseconds(), 10),
-		"reason", s.Reason,
 	}
+	if s.Reason != "" {
+		kv = append(kv, "downtime_ms", strconv.FormatInt(s.Downtime.Milliseconds(), 10), "reason", s.Reason)
+	}
+	return kv
 }
 
 // SendMigration migrates the running (or paused) VM to a vio waiting in
