@@ -281,3 +281,47 @@ func TestCancel(t *testing.T) {
 		t.Error("the source stays paused")
 	}
 }
+
+// The same over TCP (loopback), the transport between hosts.
+func TestSendReceiveTCP(t *testing.T) {
+	ep, err := migration.ParseURL("tcp:127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := migration.Listen(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, _ = migration.ParseURL("tcp:" + l.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tgt := &migrationtest.Target{Sizes: []int{32 * page}}
+	errc := make(chan error, 1)
+	go func() {
+		c, err := migration.Accept(ctx, l)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer c.Close()
+		rec, err := migration.Receive(ctx, c, tgt, migration.ReceiveOptions{})
+		if err == nil {
+			err = rec.Finish(nil)
+		}
+		errc <- err
+	}()
+	src := migrationtest.NewSource(32 * page)
+	src.Write(0, 31*page, []byte("over TCP"))
+	conn, err := migration.Dial(ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := migration.Send(ctx, conn, src, migration.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	checkSame(t, src.Snapshot(), tgt.Built[0])
+}

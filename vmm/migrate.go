@@ -336,6 +336,10 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	c.log.Info("migration started", "destination", ep.String())
 	stats, err := migration.Send(src.ctx, conn, src, migration.Options{
 		Downtime: req.Downtime, Timeout: req.Timeout, OnTimeout: timeoutStrategy(req.IgnoreTimeout), Progress: c.progress})
+	// The VM may close from here on. Before c.mu is taken: a guest that
+	// stopped during the migration has follow holding c.mu in Close,
+	// which waits for this release.
+	src.release()
 	if err != nil {
 		c.emit("migration-failed", "destination_url", ep.String(), "error", err.Error())
 		if errors.Is(err, migration.ErrOutcomeUnknown) {
@@ -349,7 +353,6 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	}
 	c.log.Info("migration sent", append([]any{"destination", ep.String()}, anys(statsKV(stats))...)...)
 	c.emit("migrated", append([]string{"destination_url", ep.String()}, statsKV(stats)...)...)
-	src.release() // the VM may close now
 	return c.shutdown("migrated to "+ep.String(), false)
 }
 
