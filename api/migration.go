@@ -8,6 +8,13 @@ import (
 	"github.com/viovmm/vio/vmm"
 )
 
+// The migration endpoints join the routes here, which keeps server.go's
+// table as it was.
+func init() {
+	routes["vm.send-migration"] = route{http.MethodPut, (*Server).sendMigration}
+	routes["vm.receive-migration"] = route{http.MethodPut, (*Server).receiveMigration}
+}
+
 // sendMigrationRequest is Cloud Hypervisor's SendMigrationData.
 type sendMigrationRequest struct {
 	DestinationURL  string `json:"destination_url"`

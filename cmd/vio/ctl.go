@@ -24,27 +24,30 @@ func init() { subcommands = append(subcommands, ctlCommand) }
 var ctlVerbs = map[string]struct {
 	method, endpoint, done string
 }{
-	"ping":              {http.MethodGet, "vmm.ping", ""},
-	"info":              {http.MethodGet, "vm.info", ""},
-	"counters":          {http.MethodGet, "vm.counters", ""},
-	"create":            {http.MethodPut, "vm.create", "VM created"},
-	"boot":              {http.MethodPut, "vm.boot", "VM booted"},
-	"pause":             {http.MethodPut, "vm.pause", "VM paused"},
-	"resume":            {http.MethodPut, "vm.resume", "VM resumed"},
-	"shutdown":          {http.MethodPut, "vm.shutdown", "VM shut down"},
-	"reboot":            {http.MethodPut, "vm.reboot", "VM rebooted"},
-	"power-button":      {http.MethodPut, "vm.power-button", "power button pressed; an ACPI-aware guest shuts down and powers off"},
-	"delete":            {http.MethodPut, "vm.delete", "VM deleted"},
-	"shutdown-vmm":      {http.MethodPut, "vmm.shutdown", "VMM shut down"},
-	"snapshot":          {http.MethodPut, "vm.snapshot", "snapshot written"},
-	"restore":           {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
-	"balloon":           {http.MethodGet, "vm.counters", ""},
-	"resize-balloon":    {http.MethodPut, "vm.resize", "balloon target set; the guest inflates or deflates in its own time (watch: vio ctl balloon)"},
-	"add-disk":          {http.MethodPut, "vm.add-disk", "disk added to the config (it joins the guest at boot)"},
-	"add-net":           {http.MethodPut, "vm.add-net", "NIC added to the config (it joins the guest at boot)"},
-	"remove-device":     {http.MethodPut, "vm.remove-device", "device removed"},
-	"send-migration":    {http.MethodPut, "vm.send-migration", "VM migrated: it runs at the destination now"},
-	"receive-migration": {http.MethodPut, "vm.receive-migration", "migration received: the VM runs here"},
+	"ping":           {http.MethodGet, "vmm.ping", ""},
+	"info":           {http.MethodGet, "vm.info", ""},
+	"counters":       {http.MethodGet, "vm.counters", ""},
+	"create":         {http.MethodPut, "vm.create", "VM created"},
+	"boot":           {http.MethodPut, "vm.boot", "VM booted"},
+	"pause":          {http.MethodPut, "vm.pause", "VM paused"},
+	"resume":         {http.MethodPut, "vm.resume", "VM resumed"},
+	"shutdown":       {http.MethodPut, "vm.shutdown", "VM shut down"},
+	"reboot":         {http.MethodPut, "vm.reboot", "VM rebooted"},
+	"power-button":   {http.MethodPut, "vm.power-button", "power button pressed; an ACPI-aware guest shuts down and powers off"},
+	"delete":         {http.MethodPut, "vm.delete", "VM deleted"},
+	"shutdown-vmm":   {http.MethodPut, "vmm.shutdown", "VMM shut down"},
+	"snapshot":       {http.MethodPut, "vm.snapshot", "snapshot written"},
+	"restore":        {http.MethodPut, "vm.restore", "VM restored (paused: send resume to run it)"},
+	"balloon":        {http.MethodGet, "vm.counters", ""},
+	"resize-balloon": {http.MethodPut, "vm.resize", "balloon target set; the guest inflates or deflates in its own time (watch: vio ctl balloon)"},
+	"add-disk":       {http.MethodPut, "vm.add-disk", "disk added to the config (it joins the guest at boot)"},
+	"add-net":        {http.MethodPut, "vm.add-net", "NIC added to the config (it joins the guest at boot)"},
+	"remove-device":  {http.MethodPut, "vm.remove-device", "device removed"},
+}
+
+func init() {
+	ctlVerbs["send-migration"] = struct{ method, endpoint, done string }{http.MethodPut, "vm.send-migration", "VM migrated: it runs at the destination now"}
+	ctlVerbs["receive-migration"] = struct{ method, endpoint, done string }{http.MethodPut, "vm.receive-migration", "migration received: the VM runs here"}
 }
 
 func ctlCommand() *cobra.Command {
