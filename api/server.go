@@ -31,7 +31,8 @@ import (
 // holds the contract (states, errors). Errors are matched with errors.Is
 // against vmm.ErrNotCreated (404), vmm.ErrWrongState (405, as Cloud
 // Hypervisor's description says for an action the state does not allow),
-// vmm.ErrInvalidConfig and vmm.ErrSnapshotRequest (400),
+// vmm.ErrInvalidConfig, vmm.ErrSnapshotRequest and
+// vmm.ErrMigrationRequest (400),
 // vmm.ErrNoDevice (404), vmm.ErrDuplicateID (409), vmm.ErrNotReleased
 // (504: the guest did not release a device in time), and
 // vmm.ErrNotImplemented and vmm.ErrNotSaveable (501); any other
@@ -58,6 +59,10 @@ type Controller interface {
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
 	Resize(vmm.Resize) error
 	ResizeDisk(id string, size int64) error
+	// SendMigration and ReceiveMigration block until the migration has
+	// ended; ctx (the request's) cancels them.
+	SendMigration(ctx context.Context, req vmm.SendMigration) error
+	ReceiveMigration(ctx context.Context, receiverURL string) error
 }
 
 var _ Controller = (*vmm.Controller)(nil)
@@ -179,7 +184,6 @@ var notYet = map[string]bool{
 	"vm.add-device":  true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
-	"vm.receive-migration": true, "vm.send-migration": true,
 }
 
 // httpError is an error with the status to answer it with.
@@ -237,7 +241,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusGatewayTimeout
 	case errors.Is(err, vmm.ErrWrongState):
 		status = http.StatusMethodNotAllowed
-	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrSnapshotRequest):
+	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrSnapshotRequest), errors.Is(err, vmm.ErrMigrationRequest):
 		status = http.StatusBadRequest
 	case errors.Is(err, vmm.ErrNotImplemented), errors.Is(err, vmm.ErrNotSaveable):
 		status = http.StatusNotImplemented

@@ -37,6 +37,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			os.Exit(1)
 		}
+		if err := buildMigGuest(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
 		// Two labs at once: most of these guests have one vCPU, which
 		// keeps one of the machine's two cores busy.
 		code := labtest.RunSharded(m, 2)

@@ -100,6 +100,8 @@ func (e *StateError) Error() string {
 	switch {
 	case e.Op == "restore":
 		return fmt.Sprintf("cannot restore: this VMM has a VM already (%s); restore into a VMM with no VM, or send vm.delete first", e.State)
+	case e.Op == "receive a migration":
+		return fmt.Sprintf("cannot receive a migration: this VMM has a VM already (%s); receive into a VMM with no VM, or send vm.delete first", e.State)
 	case e.Op == "snapshot" && e.State == StateRunning:
 		return "cannot snapshot: the VM is running; send vm.pause first"
 	case e.Op == "create":
@@ -151,6 +153,7 @@ type Info struct {
 type Controller struct {
 	build   BuildFunc
 	restore RestoreFunc // nil: vm.restore is not offered
+	receive ReceiveFunc // nil: vm.receive-migration is not offered
 	log     *slog.Logger
 	ev      *events.Monitor // nil: no events (see SetEvents)
 

@@ -11,7 +11,8 @@ import (
 // SetEvents makes the Controller publish its VM's lifecycle on m (source
 // "vm": created, booting, booted, pausing, paused, resuming, resumed,
 // rebooting, rebooted, shutdown, deleted, snapshotting, snapshotted,
-// restoring, restored; source "guest": panic). Call it before the
+// restoring, restored, and the migration events of migrate.go; source
+// "guest": panic). Call it before the
 // Controller is used. The VMs it builds publish their devices' events
 // if Options.Events is set too.
 func (c *Controller) SetEvents(m *events.Monitor) { c.ev = m }

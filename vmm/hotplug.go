@@ -74,11 +74,11 @@ type hotplug struct {
 // hotplugChanged refuses a snapshot of a VM whose devices changed since
 // boot: a restore builds devices in config order, which need not be the
 // slots the guest saw.
-func (v *VM) hotplugChanged() error {
+func (v *VM) hotplugChanged(verb string) error {
 	v.hp.mu.Lock()
 	defer v.hp.mu.Unlock()
 	if v.hp.changed {
-		return snapErr(ErrNotSaveable, "cannot snapshot: devices were hot-plugged or removed since this VM booted, and a restore would not put them back in the same slots; reboot the VM (vm.reboot) first")
+		return snapErr(ErrNotSaveable, "cannot %s: devices were hot-plugged or removed since this VM booted, and a restore would not put them back in the same slots; reboot the VM (vm.reboot) first", verb)
 	}
 	return nil
 }

@@ -31,6 +31,9 @@ type snapshotSource struct {
 	dir  string
 	snap *state.Snapshot
 	opts RestoreOptions
+	// incoming: a migration's destination; RAM starts zero and the
+	// state comes later (see NewIncoming).
+	incoming bool
 }
 
 // ReadSnapshotConfig reads the VM config a snapshot was taken with.

@@ -65,21 +65,8 @@ func (v *VM) Snapshot(dir string) error {
 	if v.clock == nil {
 		return errors.New("cannot snapshot a running VM: pause it first")
 	}
-	if err := v.hotplugChanged(); err != nil {
+	if err := v.checkSaveable("snapshot", "to take snapshots"); err != nil {
 		return err
-	}
-	for _, d := range v.pciDevices {
-		if _, ok := d.dev.(state.Snapshottable); !ok {
-			return snapErr(ErrNotSaveable, "cannot snapshot: device %s (%s) cannot save its state yet; remove it from the VM config to take snapshots", d.name, deviceKind(d))
-		}
-	}
-	// The emulated devices keep their state outside the virtio model
-	// and cannot save it yet.
-	if len(v.e1000s) > 0 {
-		return snapErr(ErrNotSaveable, "cannot snapshot: the e1000 NIC %s cannot save its state yet; use a virtio-net NIC to take snapshots", v.e1000s[0].name)
-	}
-	if v.ide != nil {
-		return snapErr(ErrNotSaveable, "cannot snapshot: the IDE controller cannot save its state yet; use virtio disks to take snapshots")
 	}
 	if err := prepareDestination(dir); err != nil {
 		return err
@@ -99,15 +86,9 @@ func (v *VM) Snapshot(dir string) error {
 		paused = append(paused, d.transport)
 	}
 
-	snap := state.New()
-	comps, err := v.components()
+	snap, err := v.saveState()
 	if err != nil {
 		return err
-	}
-	for _, c := range comps {
-		if err := snap.Save(c.id, c.c); err != nil {
-			return err
-		}
 	}
 	var stateBuf bytes.Buffer
 	if err := snap.Encode(&stateBuf); err != nil {
@@ -135,8 +116,47 @@ func (v *VM) Snapshot(dir string) error {
 		return err
 	}
 	ok = true
-	v.log.Info("snapshot written", "dir", dir, "sections", len(comps))
+	v.log.Info("snapshot written", "dir", dir, "sections", len(snap.Sections()))
 	return nil
+}
+
+// checkSaveable refuses to save a VM with a part that cannot save its
+// state: verb is what was asked ("snapshot", "migrate"), goal ends the
+// advice ("to take snapshots"). Snapshot and migration share it, so both
+// refuse the same VMs with the same sentence.
+func (v *VM) checkSaveable(verb, goal string) error {
+	if err := v.hotplugChanged(verb); err != nil {
+		return err
+	}
+	for _, d := range v.pciDevices {
+		if _, ok := d.dev.(state.Snapshottable); !ok {
+			return snapErr(ErrNotSaveable, "cannot %s: device %s (%s) cannot save its state yet; remove it from the VM config %s", verb, d.name, deviceKind(d), goal)
+		}
+	}
+	// The emulated devices keep their state outside the virtio model
+	// and cannot save it yet.
+	if len(v.e1000s) > 0 {
+		return snapErr(ErrNotSaveable, "cannot %s: the e1000 NIC %s cannot save its state yet; use a virtio-net NIC %s", verb, v.e1000s[0].name, goal)
+	}
+	if v.ide != nil {
+		return snapErr(ErrNotSaveable, "cannot %s: the IDE controller cannot save its state yet; use virtio disks %s", verb, goal)
+	}
+	return nil
+}
+
+// saveState saves every component of the paused VM, devices paused.
+func (v *VM) saveState() (*state.Snapshot, error) {
+	snap := state.New()
+	comps, err := v.components()
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range comps {
+		if err := snap.Save(c.id, c.c); err != nil {
+			return nil, err
+		}
+	}
+	return snap, nil
 }
 
 func deviceKind(d *pciDevice) string {

@@ -91,6 +91,8 @@ type VM struct {
 	// (the pause before the snapshot), not freezes it.
 	restored bool
 
+	mig migrationGuard // migrations reading this VM (migrate.go)
+
 	closeOnce sync.Once
 }
 
@@ -132,7 +134,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 	if v.kvm, err = v.sys.CreateVM(); err != nil {
 		return nil, fmt.Errorf("creating the VM: %w", err)
 	}
-	if snap == nil {
+	if snap == nil || snap.incoming {
 		err = v.setupMemory()
 	} else {
 		err = v.setupMemoryFrom(snap)
@@ -153,6 +155,9 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		if err := v.setupVCPUs(0, false); err != nil {
 			return nil, err
 		}
+		if snap.incoming {
+			return v, nil // RAM and state arrive later (migrate.go)
+		}
 		if err := v.restore(snap); err != nil {
 			return nil, err
 		}
@@ -172,6 +177,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 // and after a failed New.
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() {
+		v.mig.abortAndWait()
 		if v.kernel != nil {
 			v.kernel.file.Close()
 		}

@@ -45,17 +45,25 @@ var ctlVerbs = map[string]struct {
 	"remove-device":  {http.MethodPut, "vm.remove-device", "device removed"},
 }
 
+func init() {
+	ctlVerbs["send-migration"] = struct{ method, endpoint, done string }{http.MethodPut, "vm.send-migration", "VM migrated: it runs at the destination now"}
+	ctlVerbs["receive-migration"] = struct{ method, endpoint, done string }{http.MethodPut, "vm.receive-migration", "migration received: the VM runs here"}
+}
+
 func ctlCommand() *cobra.Command {
 	var socket string
 	var timeout time.Duration
 	var prefault bool
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|send-migration URL|receive-migration URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
 snapshot file:///DIR writes the paused VM to a new or empty directory; restore
 file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.
+receive-migration tcp:HOST:PORT|unix:PATH (to a vio with no VM) waits for a live
+migration, which send-migration URL on the source's vio starts; both return when
+the VM runs at the destination. See docs/migration.md.
 resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
 balloon shows the balloon's counters and the guest's memory statistics
 (docs/balloon.md).
@@ -70,7 +78,7 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, add-disk SPEC, add-net SPEC, add-vsock SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, send-migration URL, receive-migration URL, add-disk SPEC, add-net SPEC, add-vsock SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -91,6 +99,14 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 				body = b
 			case args[0] == "snapshot" || args[0] == "restore":
 				return fmt.Errorf("%s needs a snapshot directory as a URL: vio ctl --api-socket PATH %s file:///var/lib/vio/snap1", args[0], args[0])
+			case (args[0] == "send-migration" || args[0] == "receive-migration") && len(args) == 2:
+				field := map[string]string{"send-migration": "destination_url", "receive-migration": "receiver_url"}[args[0]]
+				body, _ = json.Marshal(map[string]any{field: args[1]})
+				if !c.Flags().Changed("timeout") {
+					timeout = 24 * time.Hour // a migration takes as long as it takes
+				}
+			case args[0] == "send-migration" || args[0] == "receive-migration":
+				return fmt.Errorf("%s needs a migration URL: vio ctl --api-socket PATH %s tcp:HOST:PORT (or unix:/path/to/socket)", args[0], args[0])
 			case args[0] == "resize-balloon" && len(args) == 2:
 				n, err := config.ParseSize(args[1])
 				if err != nil {

@@ -261,6 +261,7 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
+	ctl.SetReceive(vmm.Receiver(stdio, opts))
 	defer ctl.Delete()
 	ctl.SetEvents(mon)
 	stopObs, err := o.obs.start(ctl, mon, log)

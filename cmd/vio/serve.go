@@ -83,6 +83,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	stdio, opts := vmm.IO{Stdout: os.Stdout}, vmm.Options{AllowPVM: f.allowPVM, Log: log, Events: mon}
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
+	ctl.SetReceive(vmm.Receiver(stdio, opts))
 	defer ctl.Delete()
 	ctl.SetEvents(mon)
 	stopObs, err := f.obs.start(ctl, mon, log)

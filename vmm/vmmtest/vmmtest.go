@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/migration"
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -19,6 +21,7 @@ import (
 type Builder struct {
 	mu       sync.Mutex
 	machines []*Machine
+	incoming *Incoming // the last Receive built
 	fail     error
 	// Built receives every Machine as it is built (buffered; a test that
 	// does not read it loses nothing but the notification).
@@ -317,4 +320,57 @@ func Config(kernel string) *config.VM {
 	c.Payload.Kernel = kernel
 	c.Memory.Size = config.MinMemory
 	return c
+}
+
+// IncomingRAM is the RAM of a Machine that Receive builds: one region at
+// GPA 0.
+const IncomingRAM = 64 << 10
+
+// Incoming is a Machine built by a migration's destination: paused, with
+// RAM the migration fills and the state it restored.
+type Incoming struct {
+	*Machine
+	Regions []migration.Region
+	State   *state.Snapshot // what RestoreState got
+}
+
+var _ vmm.IncomingMachine = (*Incoming)(nil)
+
+// Receive is the vmm.ReceiveFunc: a Machine that starts paused (like
+// Restore's), with IncomingRAM of zeroed RAM.
+func (b *Builder) Receive(cfg *config.VM) (vmm.IncomingMachine, error) {
+	m, err := b.Build(cfg)
+	if err != nil {
+		return nil, err
+	}
+	mm := m.(*Machine)
+	mm.mu.Lock()
+	mm.paused, mm.Restored = true, true
+	mm.mu.Unlock()
+	in := &Incoming{Machine: mm, Regions: []migration.Region{{GPA: 0, Data: make([]byte, IncomingRAM)}}}
+	b.mu.Lock()
+	b.incoming = in
+	b.mu.Unlock()
+	return in, nil
+}
+
+// LastIncoming returns the Machine Receive built last.
+func (b *Builder) LastIncoming() (*Incoming, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.incoming, b.incoming != nil
+}
+
+// RAM implements vmm.IncomingMachine.
+func (i *Incoming) RAM() []migration.Region { return i.Regions }
+
+// RestoreState implements vmm.IncomingMachine: it keeps the state.
+func (i *Incoming) RestoreState(s *state.Snapshot) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.started {
+		i.violation("RestoreState after Start")
+	}
+	i.State = s
+	return nil
 }

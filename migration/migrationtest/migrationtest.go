@@ -1,0 +1,246 @@
+// Package migrationtest has doubles for package migration's two sides: a
+// Source whose "guest" writes pages between dirty-log collections, and a
+// Target that builds plain in-memory VMs. Their RAM is ordinary Go
+// memory, so a test can compare what arrived with what was sent.
+package migrationtest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/viovmm/vio/migration"
+	"github.com/viovmm/vio/state"
+)
+
+// Blob is a component whose state is a string: the device state a
+// Source sends as section "blob".
+type Blob struct{ Data string }
+
+var _ state.Snapshottable = (*Blob)(nil)
+
+func (*Blob) StateKind() string               { return "test-blob" }
+func (*Blob) StateVersion() uint32            { return 1 }
+func (b *Blob) MarshalState() ([]byte, error) { return state.Marshal(b.Data) }
+func (b *Blob) UnmarshalState(v uint32, data []byte) error {
+	return state.Load(v, 1, data, func(s string) error { b.Data = s; return nil })
+}
+
+// Source is a migration.Source over Go memory. Its guest is Step, which
+// runs whenever Send collects region 0's dirty pages while the VM is not
+// paused, as if the guest had run since the previous collection; it
+// writes with Write, which records the page while logging is on.
+type Source struct {
+	ConfigJSON []byte
+	Regions    []migration.Region
+	Blob       Blob // the device state
+	// Step is the guest: round counts its runs from 1.
+	Step func(s *Source, round int)
+	// BeforePause, if set, runs at the start of Pause, while the guest
+	// still runs: its writes reach only the last collection.
+	BeforePause func(s *Source)
+	// PauseErr, if set, fails Pause.
+	PauseErr error
+
+	mu      sync.Mutex
+	dirty   [][]uint64
+	logging bool
+	paused  bool
+	round   int
+	calls   []string
+	broken  string // a violation of Send's contract
+}
+
+var _ migration.Source = (*Source)(nil)
+
+// NewSource returns a Source with regions of the given sizes (whole
+// pages) at consecutive GPAs from 0, all zero.
+func NewSource(sizes ...int) *Source {
+	s := &Source{ConfigJSON: []byte(`{"test":true}`), Blob: Blob{Data: "device state"}}
+	var gpa uint64
+	for _, n := range sizes {
+		s.Regions = append(s.Regions, migration.Region{GPA: gpa, Data: make([]byte, n)})
+		s.dirty = append(s.dirty, make([]uint64, (n/migration.PageSize+63)/64))
+		gpa += uint64(n)
+	}
+	return s
+}
+
+// Write writes b at off of region i and records the pages while
+// logging. A write while paused breaks the contract.
+func (s *Source) Write(i int, off int, b []byte) {
+	if s.paused {
+		s.broken = "the guest wrote while paused"
+	}
+	copy(s.Regions[i].Data[off:], b)
+	if !s.logging || len(b) == 0 {
+		return
+	}
+	for p := off / migration.PageSize; p <= (off+len(b)-1)/migration.PageSize; p++ {
+		s.dirty[i][p/64] |= 1 << (p % 64)
+	}
+}
+
+func (s *Source) call(c string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = append(s.calls, c)
+}
+
+// Calls returns the calls Send made, in order ("start-log", "pause",
+// "state", "resume", "stop-log"), Dirty excepted.
+func (s *Source) Calls() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.calls...)
+}
+
+// Paused reports whether the VM is paused now.
+func (s *Source) Paused() bool { return s.paused }
+
+// Err reports a broken contract: a write while paused, Dirty while not
+// logging, Resume without Pause.
+func (s *Source) Err() error {
+	if s.broken != "" {
+		return errors.New(s.broken)
+	}
+	return nil
+}
+
+// Snapshot returns a copy of RAM, to compare with what arrived.
+func (s *Source) Snapshot() [][]byte {
+	var out [][]byte
+	for _, r := range s.Regions {
+		out = append(out, bytes.Clone(r.Data))
+	}
+	return out
+}
+
+func (s *Source) Config() ([]byte, error) { return s.ConfigJSON, nil }
+func (s *Source) RAM() []migration.Region { return s.Regions }
+
+func (s *Source) StartDirtyLog() error {
+	s.call("start-log")
+	s.logging = true
+	return nil
+}
+
+func (s *Source) Dirty(i int) ([]uint64, error) {
+	if !s.logging {
+		s.broken = "Dirty while not logging"
+	}
+	if i == 0 && !s.paused && s.Step != nil {
+		s.round++
+		s.Step(s, s.round)
+	}
+	out := s.dirty[i]
+	s.dirty[i] = make([]uint64, len(out))
+	return out, nil
+}
+
+func (s *Source) StopDirtyLog() {
+	s.call("stop-log")
+	s.logging = false
+}
+
+func (s *Source) Pause() error {
+	if s.PauseErr != nil {
+		return s.PauseErr
+	}
+	if s.BeforePause != nil {
+		s.BeforePause(s)
+	}
+	s.call("pause")
+	s.paused = true
+	return nil
+}
+
+func (s *Source) Resume() error {
+	s.call("resume")
+	if !s.paused {
+		s.broken = "Resume of a VM not paused"
+	}
+	s.paused = false
+	return nil
+}
+
+func (s *Source) State() ([]byte, error) {
+	s.call("state")
+	if !s.paused {
+		s.broken = "State of a running VM"
+	}
+	snap := state.New()
+	if err := snap.Save("blob", &s.Blob); err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := snap.Encode(&b); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// Target is a migration.Target building Incomings with RAM of Sizes at
+// consecutive GPAs from 0. The config must be a JSON object.
+type Target struct {
+	Sizes      []int
+	BuildErr   error
+	RestoreErr error
+
+	mu    sync.Mutex
+	Built []*Incoming
+}
+
+var _ migration.Target = (*Target)(nil)
+
+// Incoming is a received VM.
+type Incoming struct {
+	Config    []byte
+	Regions   []migration.Region
+	Blob      Blob
+	Restored  bool
+	Discarded bool
+	restoreEr error
+}
+
+var _ migration.Incoming = (*Incoming)(nil)
+
+func (t *Target) Build(config []byte) (migration.Incoming, error) {
+	if t.BuildErr != nil {
+		return nil, t.BuildErr
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(config, &obj); err != nil {
+		return nil, fmt.Errorf("the VM config does not parse: %w", err)
+	}
+	in := &Incoming{Config: bytes.Clone(config), restoreEr: t.RestoreErr}
+	var gpa uint64
+	for _, n := range t.Sizes {
+		in.Regions = append(in.Regions, migration.Region{GPA: gpa, Data: make([]byte, n)})
+		gpa += uint64(n)
+	}
+	t.mu.Lock()
+	t.Built = append(t.Built, in)
+	t.mu.Unlock()
+	return in, nil
+}
+
+func (in *Incoming) RAM() []migration.Region { return in.Regions }
+
+func (in *Incoming) Restore(s *state.Snapshot) error {
+	if in.restoreEr != nil {
+		return in.restoreEr
+	}
+	if err := s.Restore("blob", &in.Blob); err != nil {
+		return err
+	}
+	if left := s.Unrestored(); len(left) > 0 {
+		return fmt.Errorf("state for %q, which this VM does not have", left)
+	}
+	in.Restored = true
+	return nil
+}
+
+func (in *Incoming) Discard() { in.Discarded = true }

@@ -1,0 +1,305 @@
+package migration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/viovmm/vio/state"
+)
+
+// Target builds the VM a migration describes.
+type Target interface {
+	// Build builds, from the source's VM config (JSON; hostile, so it is
+	// checked as strictly as a vm.create body), a VM whose guest RAM is
+	// all zero and whose vCPUs do not run, or says why it cannot in a
+	// sentence. The layout of its RAM must be the one the source sends.
+	Build(config []byte) (Incoming, error)
+}
+
+// Incoming is a VM being received.
+type Incoming interface {
+	// RAM returns guest RAM, which Receive writes in place. It is called
+	// once, after Build.
+	RAM() []Region
+	// Restore applies the device and vCPU state, after the last page
+	// has arrived. The VM stays paused: the caller runs it.
+	Restore(*state.Snapshot) error
+	// Discard releases a VM whose migration failed. Receive calls it on
+	// every failure after Build; the VM was never run.
+	Discard()
+}
+
+// ReceiveOptions tune Receive.
+type ReceiveOptions struct {
+	// Idle bounds the wait for each record (default 60 s): a source that
+	// stalls longer fails the migration.
+	Idle time.Duration
+	// Progress, if set, hears of each iteration the source ends.
+	Progress func(Progress)
+}
+
+// Received is a migration whose VM has all its RAM and state. The caller
+// runs the VM, then answers the source with Finish: nil tells it the VM
+// runs here (the source stops its own), an error that it did not (after
+// the caller has discarded it; the source then resumes its own).
+type Received struct {
+	VM    Incoming
+	Stats Stats
+	w     io.Writer
+}
+
+// Finish sends the destination's last reply.
+func (r *Received) Finish(err error) error { return writeReply(r.w, err) }
+
+// deadliner is what net.Conn offers to bound waits.
+type deadliner interface {
+	SetReadDeadline(time.Time) error
+	SetDeadline(time.Time) error
+}
+
+// Receive reads a migration from conn: it builds the VM from the
+// source's config through t, fills its RAM, and restores its state. The
+// stream is hostile: every length, region, page and record order is
+// checked before anything is allocated or written, and on any error the
+// VM is discarded, the source is told why (if it still listens), and the
+// error is returned. ctx ends the wait early.
+func Receive(ctx context.Context, conn io.ReadWriter, t Target, o ReceiveOptions) (*Received, error) {
+	if o.Idle == 0 {
+		o.Idle = 60 * time.Second
+	}
+	dl, _ := conn.(deadliner)
+	if dl != nil {
+		stop := context.AfterFunc(ctx, func() { dl.SetDeadline(time.Unix(1, 0)) })
+		defer stop()
+	}
+	// Buffered: frames are 8 bytes, and a syscall each would cost more
+	// than the page they announce.
+	rx := &receiver{r: bufio.NewReaderSize(conn, 1<<20), dl: dl, idle: o.Idle, progress: o.Progress, start: time.Now()}
+	rec, err := rx.run(t, conn)
+	if err != nil {
+		if rx.in != nil {
+			rx.in.Discard()
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		// Best effort: the source may be gone, or be the cause.
+		if dl != nil {
+			dl.SetDeadline(time.Now().Add(time.Second))
+		}
+		writeReply(conn, err)
+		return nil, err
+	}
+	if dl != nil {
+		dl.SetDeadline(time.Time{})
+	}
+	return rec, nil
+}
+
+type receiver struct {
+	r        io.Reader
+	dl       deadliner
+	idle     time.Duration
+	progress func(Progress)
+	start    time.Time
+
+	in      Incoming
+	ram     []Region
+	touched [][]uint64 // pages written so far, which a zero record must clear
+	stats   Stats
+	iter    uint32
+}
+
+func (rx *receiver) next() (frame, error) {
+	if rx.dl != nil {
+		rx.dl.SetReadDeadline(time.Now().Add(rx.idle))
+	}
+	f, err := readFrame(rx.r)
+	if err == nil {
+		rx.stats.Bytes += frameSize + uint64(f.len)
+	}
+	return f, err
+}
+
+func (rx *receiver) expect(typ uint16) (frame, error) {
+	f, err := rx.next()
+	if err != nil {
+		return f, err
+	}
+	if f.typ != typ {
+		return f, protoErr("%v record where a %s record belongs", f, recordNames[typ])
+	}
+	return f, nil
+}
+
+func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
+	if rx.dl != nil {
+		rx.dl.SetReadDeadline(time.Now().Add(rx.idle))
+	}
+	if err := readHeader(rx.r); err != nil {
+		return nil, err
+	}
+	f, err := rx.expect(recConfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := readPayload(rx.r, f)
+	if err != nil {
+		return nil, err
+	}
+	if rx.in, err = t.Build(cfg); err != nil {
+		return nil, err
+	}
+	rx.ram = rx.in.RAM()
+	if f, err = rx.expect(recLayout); err != nil {
+		return nil, err
+	}
+	layout, err := readPayload(rx.r, f)
+	if err != nil {
+		return nil, err
+	}
+	if err := rx.checkLayout(layout); err != nil {
+		return nil, err
+	}
+	if err := writeReply(w, nil); err != nil { // ready for pages
+		return nil, fmt.Errorf("migration: the source went away: %w", err)
+	}
+	var snap *state.Snapshot
+	for {
+		f, err := rx.next()
+		if err != nil {
+			return nil, err
+		}
+		switch f.typ {
+		case recData, recZero:
+			if snap != nil {
+				return nil, protoErr("RAM after the device state")
+			}
+			if err := rx.pages(f); err != nil {
+				return nil, err
+			}
+		case recIteration:
+			if err := rx.iteration(f); err != nil {
+				return nil, err
+			}
+		case recState:
+			if snap != nil {
+				return nil, protoErr("a second state record")
+			}
+			b, err := readPayload(rx.r, f)
+			if err != nil {
+				return nil, err
+			}
+			if snap, err = state.Decode(bytes.NewReader(b)); err != nil {
+				if errors.Is(err, state.ErrNewer) {
+					return nil, fmt.Errorf("the source's device state: %w", err)
+				}
+				return nil, protoErr("device state: %v", err)
+			}
+		case recDone:
+			if snap == nil {
+				return nil, protoErr("done before the device state")
+			}
+			if err := rx.in.Restore(snap); err != nil {
+				return nil, err
+			}
+			rx.stats.Total = time.Since(rx.start)
+			return &Received{VM: rx.in, Stats: rx.stats, w: w}, nil
+		default:
+			return nil, protoErr("%v record after the layout", f)
+		}
+	}
+}
+
+// checkLayout compares the source's RAM regions with the ones built here
+// from the same config: a difference means the two vios lay RAM out
+// differently, and nothing could be restored right.
+func (rx *receiver) checkLayout(b []byte) error {
+	n := len(b) / 16
+	if n != len(rx.ram) {
+		return protoErr("the source has %d RAM regions, this VM %d: migrate between the same vio versions", n, len(rx.ram))
+	}
+	rx.touched = make([][]uint64, n)
+	for i, r := range rx.ram {
+		gpa, size := le.Uint64(b[16*i:]), le.Uint64(b[16*i+8:])
+		if gpa != r.GPA || size != uint64(len(r.Data)) {
+			return protoErr("RAM region %d is %#x+%#x at the source, %#x+%#x here: migrate between the same vio versions", i, gpa, size, r.GPA, len(r.Data))
+		}
+		if size%PageSize != 0 {
+			return fmt.Errorf("migration: RAM region %d is not a whole number of pages", i)
+		}
+		rx.touched[i] = make([]uint64, (size/PageSize+63)/64)
+	}
+	return nil
+}
+
+// pages applies a data or zero record.
+func (rx *receiver) pages(f frame) error {
+	var h [24]byte
+	head := h[:16]
+	if f.typ == recZero {
+		head = h[:24]
+	}
+	if _, err := io.ReadFull(rx.r, head); err != nil {
+		return protoErr("%v record: %v", f, eofIsUnexpected(err))
+	}
+	region, page := le.Uint32(head), le.Uint64(head[8:])
+	if le.Uint32(head[4:]) != 0 {
+		return protoErr("%v record with reserved bits set", f)
+	}
+	count := (uint64(f.len) - 16) / PageSize
+	if f.typ == recZero {
+		count = le.Uint64(head[16:])
+	}
+	if region >= uint32(len(rx.ram)) {
+		return protoErr("%v record for RAM region %d; there are %d", f, region, len(rx.ram))
+	}
+	data := rx.ram[region].Data
+	pages := uint64(len(data)) / PageSize
+	if count == 0 || page >= pages || count > pages-page {
+		return protoErr("%v record for pages %d+%d of region %d, which has %d", f, page, count, region, pages)
+	}
+	touched := rx.touched[region]
+	if f.typ == recData {
+		if _, err := io.ReadFull(rx.r, data[page*PageSize:(page+count)*PageSize]); err != nil {
+			return protoErr("data record: %v", eofIsUnexpected(err))
+		}
+		for p := page; p < page+count; p++ {
+			touched[p/64] |= 1 << (p % 64)
+		}
+		rx.stats.DataPages += count
+		return nil
+	}
+	// RAM starts zero: only pages written before need clearing, and
+	// untouched ones are never faulted in.
+	for p := page; p < page+count; p++ {
+		if touched[p/64]&(1<<(p%64)) != 0 {
+			clear(data[p*PageSize : (p+1)*PageSize])
+			touched[p/64] &^= 1 << (p % 64)
+		}
+	}
+	rx.stats.ZeroPages += count
+	return nil
+}
+
+func (rx *receiver) iteration(f frame) error {
+	var b [16]byte
+	if _, err := io.ReadFull(rx.r, b[:]); err != nil {
+		return protoErr("iteration record: %v", eofIsUnexpected(err))
+	}
+	n := le.Uint32(b[:])
+	if n != rx.iter+1 || le.Uint32(b[4:]) != 0 {
+		return protoErr("iteration %d after %d", n, rx.iter)
+	}
+	rx.iter = n
+	rx.stats.Iterations = int(n)
+	if rx.progress != nil {
+		rx.progress(Progress{Iteration: int(n), DirtyPages: le.Uint64(b[8:]), Bytes: rx.stats.Bytes, DataPages: rx.stats.DataPages, ZeroPages: rx.stats.ZeroPages})
+	}
+	return nil
+}

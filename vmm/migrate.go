@@ -1,0 +1,474 @@
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/kvm"
+	"github.com/viovmm/vio/migration"
+	"github.com/viovmm/vio/state"
+)
+
+// Live migration (docs/migration.md): package migration has the stream
+// and the pre-copy loop; this file gives it the VM (a migration.Source on
+// the sending side, a migration.Incoming on the receiving one) and the
+// Controller's two operations.
+
+// ErrMigrationRequest: a migration URL or option cannot be used. The
+// error's text is the sentence to show.
+var ErrMigrationRequest = errors.New("unusable migration request")
+
+type migrationRequestError struct{ error }
+
+func (e migrationRequestError) Unwrap() error        { return e.error }
+func (e migrationRequestError) Is(target error) bool { return target == ErrMigrationRequest }
+
+// SendMigration is vm.send-migration's request (Cloud Hypervisor's
+// SendMigrationData, the parts vio honours).
+type SendMigration struct {
+	DestinationURL string        // tcp:HOST:PORT or unix:PATH
+	Downtime       time.Duration // 0: migration.DefaultDowntime
+	Timeout        time.Duration // 0: migration.DefaultTimeout
+	IgnoreTimeout  bool          // timeout_strategy Ignore: finish anyway
+}
+
+// migrationGuard keeps a VM's memory mapped while a migration reads it:
+// Close cancels the migrations in progress and waits for them.
+type migrationGuard struct {
+	mu      sync.Mutex
+	closed  bool
+	cancels map[*migrationSource]context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func (g *migrationGuard) abortAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	for _, cancel := range g.cancels {
+		cancel()
+	}
+	g.mu.Unlock()
+	g.wg.Wait()
+}
+
+// migrationSource is a running VM as migration.Send sees it.
+type migrationSource struct {
+	v          *VM
+	ctx        context.Context
+	wasPaused  bool // paused by the Controller before the migration
+	paused     []state.Pausable
+	logging    bool
+	releaseOne sync.Once
+}
+
+var _ migration.Source = (*migrationSource)(nil)
+
+// migratable is a Machine that can be migrated (*VM; vmmtest's double
+// is not).
+type migratable interface {
+	migrationSource(ctx context.Context, paused bool) (*migrationSource, error)
+}
+
+// migrationSource checks that the VM can migrate (the same checks and
+// sentences as Snapshot) and registers a migration of it; release ends
+// it. ctx is the migration's: Close of the VM cancels it.
+func (v *VM) migrationSource(ctx context.Context, paused bool) (*migrationSource, error) {
+	if err := v.checkSaveable("migrate", "to migrate it"); err != nil {
+		return nil, err
+	}
+	for _, n := range v.cfg.Net {
+		if len(n.TapFDs) > 0 {
+			return nil, snapErr(ErrNotSaveable, "cannot migrate: NIC %s uses TAP descriptors passed to this process, which the destination cannot open; name its TAP device (tap=NAME) instead", n.ID)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &migrationSource{v: v, ctx: ctx, wasPaused: paused}
+	g := &v.mig
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		cancel()
+		return nil, errors.New("cannot migrate: the VM is stopping")
+	}
+	if g.cancels == nil {
+		g.cancels = map[*migrationSource]context.CancelFunc{}
+	}
+	g.cancels[s] = cancel
+	g.wg.Add(1)
+	return s, nil
+}
+
+// release ends the migration: Close may unmap memory from then on.
+func (s *migrationSource) release() {
+	s.releaseOne.Do(func() {
+		g := &s.v.mig
+		g.mu.Lock()
+		g.cancels[s]()
+		delete(g.cancels, s)
+		g.mu.Unlock()
+		g.wg.Done()
+	})
+}
+
+func (s *migrationSource) Config() ([]byte, error) {
+	b, err := json.Marshal(s.v.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the VM config: %w", err)
+	}
+	return b, nil
+}
+
+func (s *migrationSource) RAM() []migration.Region {
+	var rs []migration.Region
+	for _, r := range s.v.mem.Regions() {
+		rs = append(rs, migration.Region{GPA: r.GPA, Data: r.Data})
+	}
+	return rs
+}
+
+// setLogging turns KVM's dirty log on or off for every slot (slot i is
+// region i, see setupMemory).
+func (s *migrationSource) setLogging(on bool) error {
+	for i, r := range s.v.mem.Regions() {
+		if err := s.v.kvm.SetUserMemoryRegion(kvm.MemoryRegion{Slot: uint32(i), GPA: r.GPA, Host: r.Data, LogDirty: on}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartDirtyLog turns on KVM's dirty log first and the VMM's record of
+// device writes second: a write either happened before (and is in the
+// full copy that follows) or is recorded.
+func (s *migrationSource) StartDirtyLog() error {
+	if err := s.setLogging(true); err != nil {
+		s.setLogging(false)
+		return err
+	}
+	s.v.mem.EnableDirtyTracking()
+	s.logging = true
+	return nil
+}
+
+func (s *migrationSource) Dirty(i int) ([]uint64, error) {
+	return s.v.mem.CollectDirty(i, func(b []uint64) error { return s.v.kvm.GetDirtyLog(uint32(i), b) })
+}
+
+func (s *migrationSource) StopDirtyLog() {
+	if !s.logging {
+		return
+	}
+	s.v.mem.DisableDirtyTracking()
+	if err := s.setLogging(false); err != nil {
+		s.v.log.Warn("turning KVM's dirty log off after the migration", "err", err)
+	}
+	s.logging = false
+}
+
+// Pause parks the vCPUs, freezes the clock (VM.Pause) and pauses every
+// device, so that nothing writes guest RAM or is in flight.
+func (s *migrationSource) Pause() error {
+	if err := s.v.Pause(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, pauseDevicesTimeout)
+	defer cancel()
+	for _, d := range s.v.pciDevices {
+		if err := d.transport.Pause(ctx); err != nil {
+			s.Resume()
+			return fmt.Errorf("pausing device %s: %w", d.name, err)
+		}
+		s.paused = append(s.paused, d.transport)
+	}
+	return nil
+}
+
+func (s *migrationSource) Resume() error {
+	for _, p := range s.paused {
+		p.Resume()
+	}
+	s.paused = nil
+	if s.wasPaused {
+		return nil
+	}
+	err := s.v.Resume()
+	if errors.Is(err, ErrNotPaused) {
+		return nil
+	}
+	return err
+}
+
+func (s *migrationSource) State() ([]byte, error) {
+	s.v.pauseMu.Lock()
+	defer s.v.pauseMu.Unlock()
+	snap, err := s.v.saveState()
+	if err != nil {
+		return nil, err
+	}
+	var b bytesBuffer
+	if err := snap.Encode(&b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// bytesBuffer is the smallest io.Writer into a byte slice.
+type bytesBuffer []byte
+
+func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// NewIncoming builds the VM of cfg as a migration's destination: the
+// machine with zeroed RAM and no payload, its vCPUs created but parked.
+// RestoreState then applies the state that arrives after the RAM.
+func NewIncoming(cfg *config.VM, stdio IO, opts Options) (*VM, error) {
+	return assemble(cfg, stdio, opts, &snapshotSource{dir: "(migration)", incoming: true})
+}
+
+// RAM is guest RAM, for the migration to fill in place.
+func (v *VM) RAM() []migration.Region {
+	return (&migrationSource{v: v}).RAM()
+}
+
+// RestoreState applies a migration's device and vCPU state to a VM from
+// NewIncoming. It stays paused: Start starts its vCPUs parked and Resume
+// runs it, its clock moved on by the time since the source paused.
+func (v *VM) RestoreState(snap *state.Snapshot) error {
+	return v.restore(&snapshotSource{dir: "(migration)", snap: snap})
+}
+
+// IncomingMachine is a Machine being received by a migration.
+type IncomingMachine interface {
+	Machine
+	RAM() []migration.Region
+	RestoreState(*state.Snapshot) error
+}
+
+var _ IncomingMachine = (*VM)(nil)
+
+// ReceiveFunc builds a migration's destination from the source's config.
+type ReceiveFunc func(cfg *config.VM) (IncomingMachine, error)
+
+// Receiver returns the ReceiveFunc that builds real VMs with NewIncoming.
+func Receiver(stdio IO, opts Options) ReceiveFunc {
+	return func(cfg *config.VM) (IncomingMachine, error) {
+		v, err := NewIncoming(cfg, stdio, opts)
+		if err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
+}
+
+// SetReceive lets the Controller receive migrations (see
+// ReceiveMigration). Call it before the Controller is used.
+func (c *Controller) SetReceive(f ReceiveFunc) { c.receive = f }
+
+func (c *Controller) progress(p migration.Progress) {
+	c.emit("migration-progress",
+		"iteration", strconv.Itoa(p.Iteration),
+		"final", strconv.FormatBool(p.Final),
+		"dirty_pages", strconv.FormatUint(p.DirtyPages, 10),
+		"remaining_pages", strconv.FormatUint(p.Remaining, 10),
+		"data_pages", strconv.FormatUint(p.DataPages, 10),
+		"zero_pages", strconv.FormatUint(p.ZeroPages, 10),
+		"bytes", strconv.FormatUint(p.Bytes, 10),
+		"bandwidth_mbps", strconv.FormatFloat(p.Bandwidth*8/1e6, 'f', 1, 64))
+}
+
+// statsKV is a migration's account as event properties; downtime and the
+// reason pre-copy stopped are the source's to know.
+func statsKV(s migration.Stats) []string {
+	kv := []string{
+		"iterations", strconv.Itoa(s.Iterations),
+		"bytes", strconv.FormatUint(s.Bytes, 10),
+		"data_pages", strconv.FormatUint(s.DataPages, 10),
+		"zero_pages", strconv.FormatUint(s.ZeroPages, 10),
+		"total_ms", strconv.FormatInt(s.Total.Milliseconds(), 10),
+	}
+	if s.Reason != "" {
+		kv = append(kv, "downtime_ms", strconv.FormatInt(s.Downtime.Milliseconds(), 10), "reason", s.Reason)
+	}
+	return kv
+}
+
+// SendMigration migrates the running (or paused) VM to a vio waiting in
+// ReceiveMigration at req.DestinationURL, by pre-copy (package migration),
+// and returns once the destination runs it; the VM here then ends in
+// Shutdown. On failure the VM keeps running here (or stays paused if it
+// was), except when the outcome is unknown (migration.ErrOutcomeUnknown):
+// then it stays paused, and the state says so. ctx cancels it.
+func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error {
+	ep, err := migration.ParseURL(req.DestinationURL)
+	if err != nil {
+		return migrationRequestError{err}
+	}
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	if err := c.needLocked("migrate", StateRunning, StatePaused); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	mm, ok := c.run.m.(migratable)
+	if !ok {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: this VM cannot migrate", ErrNotImplemented)
+	}
+	wasPaused := c.state == StatePaused
+	src, err := mm.migrationSource(ctx, wasPaused)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer src.release()
+	conn, err := migration.Dial(src.ctx, ep)
+	if err != nil {
+		return migrationRequestError{err}
+	}
+	defer conn.Close()
+	c.emit("migrating", "destination_url", ep.String())
+	c.log.Info("migration started", "destination", ep.String())
+	stats, err := migration.Send(src.ctx, conn, src, migration.Options{
+		Downtime: req.Downtime, Timeout: req.Timeout, OnTimeout: timeoutStrategy(req.IgnoreTimeout), Progress: c.progress})
+	// The VM may close from here on. Before c.mu is taken: a guest that
+	// stopped during the migration has follow holding c.mu in Close,
+	// which waits for this release.
+	src.release()
+	if err != nil {
+		c.emit("migration-failed", "destination_url", ep.String(), "error", err.Error())
+		if errors.Is(err, migration.ErrOutcomeUnknown) {
+			c.mu.Lock()
+			if c.state == StateRunning {
+				c.state = StatePaused
+			}
+			c.mu.Unlock()
+		}
+		return fmt.Errorf("migration to %s failed: %w", ep, err)
+	}
+	c.log.Info("migration sent", append([]any{"destination", ep.String()}, anys(statsKV(stats))...)...)
+	c.emit("migrated", append([]string{"destination_url", ep.String()}, statsKV(stats)...)...)
+	return c.shutdown("migrated to "+ep.String(), false)
+}
+
+func timeoutStrategy(ignore bool) migration.TimeoutStrategy {
+	if ignore {
+		return migration.Ignore
+	}
+	return migration.Cancel
+}
+
+func anys(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+// ReceiveMigration waits at url (tcp:HOST:PORT or unix:PATH) for one
+// migration from SendMigration, in a Controller with no VM, and returns
+// once the VM runs here (Running). A failed migration leaves no VM. ctx
+// ends the wait and the migration.
+func (c *Controller) ReceiveMigration(ctx context.Context, url string) error {
+	ep, err := migration.ParseURL(url)
+	if err != nil {
+		return migrationRequestError{err}
+	}
+	c.op.Lock()
+	defer c.op.Unlock()
+	if c.receive == nil {
+		return fmt.Errorf("%w: this VMM cannot receive migrations", ErrNotImplemented)
+	}
+	c.mu.Lock()
+	if c.state != NoVM {
+		s := c.state
+		c.mu.Unlock()
+		return &StateError{Op: "receive a migration", State: s}
+	}
+	c.mu.Unlock()
+	l, err := migration.Listen(ep)
+	if err != nil {
+		return migrationRequestError{err}
+	}
+	c.emit("receiving-migration", "receiver_url", ep.String())
+	conn, err := migration.Accept(ctx, l)
+	if err != nil {
+		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
+		return err
+	}
+	defer conn.Close()
+	t := &incomingTarget{c: c}
+	rec, err := migration.Receive(ctx, conn, t, migration.ReceiveOptions{Progress: c.progress})
+	if err != nil {
+		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
+		return fmt.Errorf("receiving the migration: %w", err)
+	}
+	m := t.m
+	if err := m.Start(); err != nil {
+		m.Close()
+		err = fmt.Errorf("starting the vCPUs: %w", err)
+		rec.Finish(err)
+		return err
+	}
+	c.mu.Lock()
+	r := &run{m: m, stop: make(chan struct{}), done: make(chan struct{})}
+	c.cfg, c.run, c.state, c.stopped = t.cfg, r, StatePaused, make(chan struct{})
+	c.lastExit, c.lastErr = Exit{}, nil
+	go c.follow(r, c.stopped)
+	err = m.Resume()
+	if err == nil {
+		c.state = StateRunning
+	}
+	c.mu.Unlock()
+	if err != nil {
+		// Not running here: stop it before the source resumes its own.
+		c.shutdown("the migrated VM did not resume", false)
+		err = fmt.Errorf("resuming the migrated VM: %w", err)
+		rec.Finish(err)
+		return err
+	}
+	if ferr := rec.Finish(nil); ferr != nil {
+		// The VM runs here; the source stays paused, unsure.
+		c.log.Warn("the migration source did not hear that the VM runs here; it stays paused there", "err", ferr)
+	}
+	c.log.Info("migration received", anys(statsKV(rec.Stats))...)
+	c.emit("migration-received", append([]string{"receiver_url", ep.String()}, statsKV(rec.Stats)...)...)
+	return nil
+}
+
+// incomingTarget builds the destination VM through the Controller's
+// ReceiveFunc.
+type incomingTarget struct {
+	c   *Controller
+	cfg *config.VM
+	m   IncomingMachine
+}
+
+func (t *incomingTarget) Build(b []byte) (migration.Incoming, error) {
+	cfg, err := config.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("the source's VM config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("the source's VM config: %w", err)
+	}
+	m, err := t.c.receive(cfg.Clone())
+	if err != nil {
+		return nil, fmt.Errorf("building the VM here: %w", err)
+	}
+	t.cfg, t.m = cfg, m
+	return incoming{m}, nil
+}
+
+// incoming adapts an IncomingMachine to migration.Incoming.
+type incoming struct{ m IncomingMachine }
+
+func (i incoming) RAM() []migration.Region         { return i.m.RAM() }
+func (i incoming) Restore(s *state.Snapshot) error { return i.m.RestoreState(s) }
+func (i incoming) Discard()                        { i.m.Close() }

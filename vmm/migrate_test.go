@@ -1,0 +1,160 @@
+package vmm_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/events"
+	"github.com/viovmm/vio/migration"
+	"github.com/viovmm/vio/migration/migrationtest"
+	"github.com/viovmm/vio/vmm"
+	"github.com/viovmm/vio/vmm/vmmtest"
+)
+
+// A Controller with no VM receives a migration: it builds the Machine
+// from the source's config, fills its RAM, restores its state and runs
+// it; the source hears that it runs and stops.
+func TestReceiveMigration(t *testing.T) {
+	c, b, cfg := newController(t)
+	c.SetReceive(b.Receive)
+	mon := events.NewMonitor()
+	sub := mon.Subscribe(64)
+	c.SetEvents(mon)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sock := filepath.Join(t.TempDir(), "mig.sock")
+	errc := make(chan error, 1)
+	go func() { errc <- c.ReceiveMigration(ctx, "unix:"+sock) }()
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("ReceiveMigration: %v", err)
+		case <-time.After(5 * time.Millisecond): // waiting for the socket file
+		}
+	}
+	src := migrationtest.NewSource(vmmtest.IncomingRAM)
+	cfg.Memory.Size = 1 << 30 // the destination must take the source's config
+	src.ConfigJSON, _ = json.Marshal(cfg)
+	src.Write(0, 5*migration.PageSize+1, []byte("guest data"))
+	ep, _ := migration.ParseURL("unix:" + sock)
+	conn, err := migration.Dial(ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := migration.Send(ctx, conn, src, migration.Options{}); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("ReceiveMigration: %v", err)
+	}
+	wantState(t, c, vmm.StateRunning)
+	info, _ := c.Info()
+	if info.Config.Memory.Size != 1<<30 {
+		t.Errorf("the VM's config has %d bytes of RAM, not the source's", info.Config.Memory.Size)
+	}
+	m := b.Last()
+	if err := m.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if m.Paused() {
+		t.Error("the received Machine is not running")
+	}
+	in, ok := b.LastIncoming()
+	if !ok || !strings.HasPrefix(string(in.Regions[0].Data[5*migration.PageSize+1:]), "guest data") || in.State == nil {
+		t.Errorf("the Machine did not get the source's RAM and state")
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket file stays: %v", err)
+	}
+	seen := map[string]bool{}
+	for len(sub.Events()) > 0 {
+		e := <-sub.Events()
+		seen[e.Event] = true
+	}
+	for _, e := range []string{"receiving-migration", "migration-progress", "migration-received"} {
+		if !seen[e] {
+			t.Errorf("no %s event (saw %v)", e, seen)
+		}
+	}
+	wantWrongState(t, c.ReceiveMigration(ctx, "unix:"+sock), "cannot receive a migration")
+}
+
+// A failed migration leaves no VM at the destination.
+func TestReceiveMigrationFails(t *testing.T) {
+	c, b, _ := newController(t)
+	c.SetReceive(b.Receive)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sock := filepath.Join(t.TempDir(), "mig.sock")
+	errc := make(chan error, 1)
+	go func() { errc <- c.ReceiveMigration(ctx, "unix:"+sock) }()
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond) // waiting for the socket file
+	}
+	src := migrationtest.NewSource(vmmtest.IncomingRAM)
+	src.ConfigJSON = []byte(`{"cpus": {"boot_vcpus": 0}}`)
+	ep, _ := migration.ParseURL("unix:" + sock)
+	conn, err := migration.Dial(ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = migration.Send(ctx, conn, src, migration.Options{})
+	if !errors.Is(err, migration.ErrDestination) || !strings.Contains(err.Error(), "the source's VM config") {
+		t.Fatalf("Send: %v", err)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("ReceiveMigration accepted a config it cannot build")
+	}
+	wantState(t, c, vmm.NoVM)
+}
+
+func TestMigrationRequests(t *testing.T) {
+	c, b, cfg := newController(t)
+	ctx := context.Background()
+	if err := c.ReceiveMigration(ctx, "unix:/x"); !errors.Is(err, vmm.ErrNotImplemented) {
+		t.Errorf("ReceiveMigration without SetReceive: %v", err)
+	}
+	c.SetReceive(b.Receive)
+	for _, url := range []string{"", "tcp:nohost", "file:///x", "unix:"} {
+		if err := c.ReceiveMigration(ctx, url); !errors.Is(err, vmm.ErrMigrationRequest) {
+			t.Errorf("ReceiveMigration(%q): %v", url, err)
+		}
+		if err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: url}); !errors.Is(err, vmm.ErrMigrationRequest) {
+			t.Errorf("SendMigration(%q): %v", url, err)
+		}
+	}
+	taken := filepath.Join(t.TempDir(), "taken")
+	os.WriteFile(taken, nil, 0o600)
+	if err := c.ReceiveMigration(ctx, "unix:"+taken); !errors.Is(err, vmm.ErrMigrationRequest) || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("ReceiveMigration onto an existing file: %v", err)
+	}
+	if err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: "unix:/nonexistent"}); !errors.Is(err, vmm.ErrNotCreated) {
+		t.Errorf("SendMigration with no VM: %v", err)
+	}
+	if err := c.Create(cfg); err != nil {
+		t.Fatal(err)
+	}
+	wantWrongState(t, c.SendMigration(ctx, vmm.SendMigration{DestinationURL: "unix:/nonexistent"}), "not been booted")
+	if err := c.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	// The double cannot migrate; a real VM is tested in e2e.
+	if err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: "unix:/nonexistent"}); !errors.Is(err, vmm.ErrNotImplemented) {
+		t.Errorf("SendMigration of a double: %v", err)
+	}
+	wantState(t, c, vmm.StateRunning)
+}
