@@ -492,3 +492,36 @@ func TestPowerButtonAndResizeDisk(t *testing.T) {
 		t.Fatalf("%d presses of the power button", m.Presses())
 	}
 }
+
+// TestInterposerEndpoints: vio's own vio.disk-faults and vio.disk-throttle
+// reach the running VM's graph nodes by name; a missing node is 404, a VM
+// that does not run 405, a body without a node 400.
+func TestInterposerEndpoints(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
+	rules := []byte(`{"node":"f0","rules":[{"error":"EIO","offset":4096,"length":4096,"ops":"read"}]}`)
+	if a := c.do("PUT", "vio.disk-faults", rules); a.status != 405 {
+		t.Fatalf("vio.disk-faults before boot: %d %s", a.status, a.body)
+	}
+	c.ok("PUT", "vm.boot", nil, 204)
+	m := v.builder.Last()
+	if a := c.do("PUT", "vio.disk-faults", rules); a.status != 204 {
+		t.Fatalf("vio.disk-faults: %d %s", a.status, a.body)
+	}
+	if got := m.Faults("f0"); len(got) != 1 || got[0].Error != "EIO" || got[0].Offset != 4096 || got[0].Ops != "read" {
+		t.Fatalf("the machine got rules %+v", got)
+	}
+	if a := c.do("PUT", "vio.disk-faults", []byte(`{"node":"missing","rules":[]}`)); a.status != 404 {
+		t.Fatalf("vio.disk-faults of a missing node: %d %s", a.status, a.body)
+	}
+	if a := c.do("PUT", "vio.disk-faults", []byte(`{"rules":[]}`)); a.status != 400 || !strings.Contains(a.errorSentence(), "node") {
+		t.Fatalf("vio.disk-faults without a node: %d %s", a.status, a.body)
+	}
+	if a := c.do("PUT", "vio.disk-throttle", []byte(`{"node":"t0","bandwidth":{"size":1048576,"refill_time":1000}}`)); a.status != 204 {
+		t.Fatalf("vio.disk-throttle: %d %s", a.status, a.body)
+	}
+	if got, ok := m.Throttled("t0"); !ok || got.Bandwidth == nil || got.Bandwidth.Size != 1<<20 {
+		t.Fatalf("the machine got limits %+v", got)
+	}
+}

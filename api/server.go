@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
@@ -59,6 +60,8 @@ type Controller interface {
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
 	Resize(vmm.Resize) error
 	ResizeDisk(id string, size int64) error
+	SetDiskFaults(node string, rules []graph.FaultRule) error
+	SetDiskThrottle(node string, c graph.RateLimiterConfig) error
 	// SendMigration and ReceiveMigration block until the migration has
 	// ended; ctx (the request's) cancels them.
 	SendMigration(ctx context.Context, req vmm.SendMigration) error
@@ -154,27 +157,29 @@ type route struct {
 const prefix = "/api/v1/"
 
 var routes = map[string]route{
-	"vmm.ping":         {http.MethodGet, (*Server).ping},
-	"vmm.shutdown":     {http.MethodPut, (*Server).shutdownVMM},
-	"vm.create":        {http.MethodPut, (*Server).create},
-	"vm.boot":          {http.MethodPut, action((Controller).Boot)},
-	"vm.pause":         {http.MethodPut, action((Controller).Pause)},
-	"vm.resume":        {http.MethodPut, action((Controller).Resume)},
-	"vm.shutdown":      {http.MethodPut, action((Controller).Shutdown)},
-	"vm.reboot":        {http.MethodPut, action((Controller).Reboot)},
-	"vm.power-button":  {http.MethodPut, action((Controller).PowerButton)},
-	"vm.delete":        {http.MethodPut, action((Controller).Delete)},
-	"vm.info":          {http.MethodGet, (*Server).info},
-	"vm.counters":      {http.MethodGet, (*Server).counters},
-	"vm.add-disk":      {http.MethodPut, (*Server).addDisk},
-	"vm.add-net":       {http.MethodPut, (*Server).addNet},
-	"vm.add-vsock":     {http.MethodPut, (*Server).addVsock},
-	"vm.remove-device": {http.MethodPut, (*Server).removeDevice},
-	"vm.snapshot":      {http.MethodPut, (*Server).snapshot},
-	"vm.restore":       {http.MethodPut, (*Server).restore},
-	"vm.resize":        {http.MethodPut, (*Server).resize},
-	"vm.resize-disk":   {http.MethodPut, (*Server).resizeDisk},
-	EventsEndpoint:     {http.MethodGet, (*Server).streamEvents},
+	"vmm.ping":          {http.MethodGet, (*Server).ping},
+	"vmm.shutdown":      {http.MethodPut, (*Server).shutdownVMM},
+	"vm.create":         {http.MethodPut, (*Server).create},
+	"vm.boot":           {http.MethodPut, action((Controller).Boot)},
+	"vm.pause":          {http.MethodPut, action((Controller).Pause)},
+	"vm.resume":         {http.MethodPut, action((Controller).Resume)},
+	"vm.shutdown":       {http.MethodPut, action((Controller).Shutdown)},
+	"vm.reboot":         {http.MethodPut, action((Controller).Reboot)},
+	"vm.power-button":   {http.MethodPut, action((Controller).PowerButton)},
+	"vm.delete":         {http.MethodPut, action((Controller).Delete)},
+	"vm.info":           {http.MethodGet, (*Server).info},
+	"vm.counters":       {http.MethodGet, (*Server).counters},
+	"vm.add-disk":       {http.MethodPut, (*Server).addDisk},
+	"vm.add-net":        {http.MethodPut, (*Server).addNet},
+	"vm.add-vsock":      {http.MethodPut, (*Server).addVsock},
+	"vm.remove-device":  {http.MethodPut, (*Server).removeDevice},
+	"vm.snapshot":       {http.MethodPut, (*Server).snapshot},
+	"vm.restore":        {http.MethodPut, (*Server).restore},
+	"vm.resize":         {http.MethodPut, (*Server).resize},
+	"vm.resize-disk":    {http.MethodPut, (*Server).resizeDisk},
+	EventsEndpoint:      {http.MethodGet, (*Server).streamEvents},
+	"vio.disk-faults":   {http.MethodPut, (*Server).diskFaults},
+	"vio.disk-throttle": {http.MethodPut, (*Server).diskThrottle},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so
@@ -233,7 +238,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &he):
 		status = he.status
-	case errors.Is(err, vmm.ErrNotCreated), errors.Is(err, vmm.ErrNoDevice):
+	case errors.Is(err, vmm.ErrNotCreated), errors.Is(err, vmm.ErrNoDevice), errors.Is(err, vmm.ErrNoNode):
 		status = http.StatusNotFound
 	case errors.Is(err, vmm.ErrDuplicateID):
 		status = http.StatusConflict
@@ -541,6 +546,50 @@ type resizeRequest struct {
 	DesiredVCPUs   *int   `json:"desired_vcpus"`
 	DesiredRAM     *int64 `json:"desired_ram"`
 	DesiredBalloon *int64 `json:"desired_balloon"`
+}
+
+// diskFaultsRequest is vio.disk-faults' body: the new rules of a faults
+// node of a disk graph (docs/disks.md).
+type diskFaultsRequest struct {
+	Node  string            `json:"node"`
+	Rules []graph.FaultRule `json:"rules"`
+}
+
+func (s *Server) diskFaults(w http.ResponseWriter, r *http.Request) error {
+	var req diskFaultsRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Node == "" {
+		return errorf(http.StatusBadRequest, "vio.disk-faults needs the faults node's name (node)")
+	}
+	if err := s.ctl.SetDiskFaults(req.Node, req.Rules); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
+}
+
+// diskThrottleRequest is vio.disk-throttle's body: a throttle node's new
+// buckets, in Cloud Hypervisor's RateLimiterConfig shape.
+type diskThrottleRequest struct {
+	Node string `json:"node"`
+	graph.RateLimiterConfig
+}
+
+func (s *Server) diskThrottle(w http.ResponseWriter, r *http.Request) error {
+	var req diskThrottleRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Node == "" {
+		return errorf(http.StatusBadRequest, "vio.disk-throttle needs the throttle node's name (node)")
+	}
+	if err := s.ctl.SetDiskThrottle(req.Node, req.RateLimiterConfig); err != nil {
+		return err
+	}
+	noContent(w)
+	return nil
 }
 
 // resizeDiskRequest is Cloud Hypervisor's VmResizeDisk.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/state"
@@ -111,6 +112,8 @@ type Machine struct {
 	balloon         int64 // last ResizeBalloon size, -1 if none
 	presses         int
 	resized         map[string]int64
+	faults          map[string][]graph.FaultRule
+	throttled       map[string]graph.RateLimiterConfig
 	err             error
 
 	hpOnce sync.Once
@@ -246,6 +249,50 @@ func (m *Machine) ResizeDisk(id string, size int64) error {
 	}
 	m.resized[id] = size
 	return nil
+}
+
+// SetDiskFaults records the rules a faults node got; Faults reads them
+// back. Node "missing" does not exist.
+func (m *Machine) SetDiskFaults(node string, rules []graph.FaultRule) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if node == "missing" {
+		return fmt.Errorf("%w: %q", vmm.ErrNoNode, node)
+	}
+	if m.faults == nil {
+		m.faults = map[string][]graph.FaultRule{}
+	}
+	m.faults[node] = rules
+	return nil
+}
+
+// Faults returns the rules SetDiskFaults last gave node.
+func (m *Machine) Faults(node string) []graph.FaultRule {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.faults[node]
+}
+
+// SetDiskThrottle records that node's limits changed; Throttled reads it.
+func (m *Machine) SetDiskThrottle(node string, c graph.RateLimiterConfig) error {
+	if _, err := c.Limits(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.throttled == nil {
+		m.throttled = map[string]graph.RateLimiterConfig{}
+	}
+	m.throttled[node] = c
+	return nil
+}
+
+// Throttled returns the limits SetDiskThrottle last gave node.
+func (m *Machine) Throttled(node string) (graph.RateLimiterConfig, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.throttled[node]
+	return c, ok
 }
 
 // Resized returns the last size ResizeDisk got for the disk, -1 if none.
