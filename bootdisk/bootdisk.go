@@ -121,7 +121,10 @@ func volumes(r io.ReaderAt, size int64) ([]volume, string, error) {
 			if errors.Is(err, partition.ErrCorrupt) {
 				return nil, fmt.Sprintf("its partition table is unreadable (%v) and it holds no ext2/3/4 file system", err), nil
 			}
-			return nil, fmt.Sprintf("it has no partition table and no ext2/3/4 file system (%v)", ferr), nil
+			if errors.Is(ferr, ext4.ErrNotExt4) {
+				return nil, "it has no partition table and no ext2/3/4 file system", nil
+			}
+			return nil, fmt.Sprintf("it has no partition table, and its ext2/3/4 file system cannot be read: %v", ferr), nil
 		}
 		return []volume{{dev: "hd0", desc: "the whole disk (ext4, no partition table)", fs: fs}}, "", nil
 	}

@@ -114,7 +114,12 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		}
 	}()
 	if snap == nil {
-		if v.kernel, err = parseKernel(cfg.Payload.Kernel); err != nil {
+		if cfg.Payload.Kernel == "" {
+			v.kernel, err = v.kernelFromDisk()
+		} else {
+			v.kernel, err = parseKernel(cfg.Payload.Kernel)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -170,7 +175,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 // and after a failed New.
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() {
-		if v.kernel != nil {
+		if v.kernel != nil && v.kernel.file != nil {
 			v.kernel.file.Close()
 		}
 		if v.group != nil {
