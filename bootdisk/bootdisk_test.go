@@ -149,9 +149,9 @@ func TestMBRSeparateBoot(t *testing.T) {
 // links with a note; without an initrd there is a note too.
 func TestLinks(t *testing.T) {
 	for _, c := range []struct {
-		name  string
-		files map[string]string
-		note  string
+		name   string
+		files  map[string]string
+		note   string
 		initrd []byte
 	}{
 		{"links", map[string]string{}, "", initrdBytes},
