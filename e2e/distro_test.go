@@ -39,15 +39,21 @@ menuentry 'Distro under vio' --class debian $menuentry_id_option 'gnulinux-vio' 
 
 // distroGuest is the image's "initramfs": it reports its command line,
 // reads the image's own root file system from the virtio disk, and finds
-// the cloud-init seed by its label (busybox's findfs, the guest's blkid
-// stand-in) and reads it back through isofs.
+// the cloud-init seed (the ISO 9660 magic and volume label, read with dd:
+// the lab's busybox has no blkid; findfs's answer is printed too) and reads
+// it back through isofs.
 const distroGuest = `
 echo VIO-DISTRO-BOOTED
 echo "VIO-CMDLINE $(cat /proc/cmdline)"
 mkdir -p /mnt/root /mnt/ci
 mount -t ext4 -o ro /dev/vda1 /mnt/root && echo "VIO-ROOT $(cat /mnt/root/etc/hostname)"
-seed=$(findfs LABEL=cidata)
-echo "VIO-SEED dev=$seed magic=$(dd if=$seed bs=1 skip=32769 count=5 2>/dev/null)"
+for d in /dev/vd[a-z]; do
+	if [ "$(dd if=$d bs=1 skip=32769 count=5 2>/dev/null)" = CD001 ]; then
+		seed=$d
+		label=$(dd if=$d bs=1 skip=32808 count=32 2>/dev/null | tr -d ' ')
+	fi
+done
+echo "VIO-SEED dev=$seed magic=CD001 label=$label findfs=$(findfs LABEL=cidata 2>&1)"
 mount -t iso9660 -o ro $seed /mnt/ci && for f in user-data meta-data network-config; do
 	[ -f /mnt/ci/$f ] && echo "VIO-SEED-FILE $f $(tr '\n' '|' < /mnt/ci/$f)"
 done
@@ -113,7 +119,7 @@ func TestDistroDiskBoot(t *testing.T) {
 		t.Errorf("the guest did not read the image's root file system on /dev/vda1; console:\n%s", out)
 	}
 	for _, w := range []string{
-		"VIO-SEED dev=/dev/vdb magic=CD001",
+		"VIO-SEED dev=/dev/vdb magic=CD001 label=cidata ",
 		"VIO-SEED-FILE user-data #cloud-config|hostname: seeded|",
 		"VIO-SEED-FILE meta-data instance-id: 01234567-89ab-4def-8123-456789abcdef|local-hostname: vio-01234567|",
 	} {
@@ -123,5 +129,8 @@ func TestDistroDiskBoot(t *testing.T) {
 	}
 	if strings.Contains(out, "VIO-SEED-FILE network-config") {
 		t.Errorf("the seed has a network-config nobody gave")
+	}
+	if t.Failed() {
+		t.Logf("console:\n%s", out)
 	}
 }
