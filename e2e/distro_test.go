@@ -111,6 +111,9 @@ func TestDistroDiskBoot(t *testing.T) {
 		t.Fatalf("no command line reported; console:\n%s", out)
 	}
 	t.Logf("guest /proc/cmdline: %s", cmdline[1])
+	if seed := regexp.MustCompile(`VIO-SEED dev=.*`).FindString(out); seed != "" {
+		t.Logf("guest: %s", seed)
+	}
 	want := `root=UUID=` + distroRootUUID + ` ro quiet panic=-1 vio.entry=default vio.words="two words" console=ttyS0`
 	if strings.TrimSpace(cmdline[1]) != want {
 		t.Errorf("guest command line %q, want %q", cmdline[1], want)
