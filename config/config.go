@@ -35,6 +35,8 @@ type VM struct {
 	// OnReboot says what a guest reboot does: "restart" the guest (the
 	// default) or "exit" vio. (vio extension)
 	OnReboot string `json:"on_reboot,omitempty"`
+	// CloudInit attaches a cloud-init NoCloud seed disk. (vio extension)
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
 
 	// Fields of Cloud Hypervisor's VmConfig that vio accepts but does not
 	// implement yet (see compat.go): API clients such as Kata Containers
@@ -339,10 +341,15 @@ func DecodeError(err error) error {
 // sizes are sane, names are known. Each error is one sentence that says
 // what is wrong and what to do.
 func (c *VM) Validate() error {
-	if c.Payload.Kernel == "" {
-		return errors.New("no kernel given: pass --kernel with a Linux bzImage (e.g. /boot/vmlinuz-*)")
+	if err := c.validateDiskBoot(); err != nil {
+		return err
 	}
-	if err := readable(c.Payload.Kernel, "kernel"); err != nil {
+	if c.Payload.Kernel != "" {
+		if err := readable(c.Payload.Kernel, "kernel"); err != nil {
+			return err
+		}
+	}
+	if err := c.CloudInit.validate(); err != nil {
 		return err
 	}
 	if c.Payload.Initramfs != "" {

@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/viovmm/vio/arch/x86"
@@ -16,11 +17,18 @@ import (
 // uncompressed ELF vmlinux (which skips the decompressor, as Firecracker
 // boots).
 type kernelImage struct {
-	file        *os.File // open from New until the payload is loaded
+	file        io.Closer // open from New until the payload is loaded
+	name        string    // for messages: the file, or where on a disk
 	load        func(*memory.Memory) (loader.LoadInfo, error)
 	setupHeader []byte // for the zero page
 	cmdlineSize uint32
 	initrdLimit uint64
+	// From a disk image (see diskboot.go): its initramfs and the command
+	// line to use instead of the payload's.
+	initrd     io.ReaderAt
+	initrdSize int64
+	initrdName string
+	cmdline    *string
 }
 
 // elfCmdlineSize is Linux's COMMAND_LINE_SIZE on x86, which an ELF kernel
@@ -39,10 +47,21 @@ func parseKernel(file string) (*kernelImage, error) {
 		kf.Close()
 		return nil, err
 	}
-	k, err := loader.Parse(kf, st.Size())
+	k, err := parseKernelFrom(kf, st.Size())
+	if err != nil {
+		kf.Close()
+		return nil, fmt.Errorf("kernel %s: %w", file, err)
+	}
+	k.file, k.name = kf, file
+	return k, nil
+}
+
+// parseKernelFrom parses a bzImage or ELF vmlinux of size bytes read
+// from kf.
+func parseKernelFrom(kf io.ReaderAt, size int64) (*kernelImage, error) {
+	k, err := loader.Parse(kf, size)
 	if err == nil {
 		return &kernelImage{
-			file:        kf,
 			load:        func(m *memory.Memory) (loader.LoadInfo, error) { return k.Load(m, loader.DefaultLoadAddr) },
 			setupHeader: k.Header.Raw,
 			cmdlineSize: k.Header.CmdlineSize,
@@ -50,10 +69,9 @@ func parseKernel(file string) (*kernelImage, error) {
 		}, nil
 	}
 	if errors.Is(err, loader.ErrNotBzImage) {
-		e, elfErr := loader.ParseELF(kf, st.Size())
+		e, elfErr := loader.ParseELF(kf, size)
 		if elfErr == nil {
 			return &kernelImage{
-				file:        kf,
 				load:        e.Load,
 				setupHeader: loader.ELFSetupHeader(elfCmdlineSize),
 				cmdlineSize: elfCmdlineSize,
@@ -65,8 +83,7 @@ func parseKernel(file string) (*kernelImage, error) {
 			err = elfErr // an ELF file that is not a kernel: say why
 		}
 	}
-	kf.Close()
-	return nil, fmt.Errorf("kernel %s: %w", file, err)
+	return nil, err
 }
 
 // loadPayload puts kernel, initramfs, command line and the boot tables into
@@ -74,10 +91,12 @@ func parseKernel(file string) (*kernelImage, error) {
 func (v *VM) loadPayload() (uint64, error) {
 	p := v.cfg.Payload
 	k := v.kernel
-	defer k.file.Close()
+	if k.file != nil {
+		defer k.file.Close()
+	}
 	info, err := k.load(v.mem)
 	if err != nil {
-		return 0, fmt.Errorf("kernel %s: %w", p.Kernel, err)
+		return 0, fmt.Errorf("kernel %s: %w", k.name, err)
 	}
 	bp := x86.BootParams{SetupHeader: k.setupHeader, CmdlineAddr: x86.CmdlineAddr}
 	if p.Initramfs != "" {
@@ -95,9 +114,19 @@ func (v *VM) loadPayload() (uint64, error) {
 			return 0, fmt.Errorf("initramfs %s: %w", p.Initramfs, err)
 		}
 		bp.RamdiskAddr, bp.RamdiskSize = addr, uint64(st.Size())
+	} else if k.initrd != nil {
+		addr, err := loader.LoadInitrd(v.mem, k.initrd, k.initrdSize, info.End, k.initrdLimit)
+		if err != nil {
+			return 0, fmt.Errorf("initramfs %s: %w", k.initrdName, err)
+		}
+		bp.RamdiskAddr, bp.RamdiskSize = addr, uint64(k.initrdSize)
+	}
+	cmdline := p.Cmdline
+	if k.cmdline != nil {
+		cmdline = *k.cmdline
 	}
 	cmd := loader.NewCmdline(min(k.cmdlineSize, x86.CmdlineMax-1))
-	if err := cmd.Add(p.Cmdline); err != nil {
+	if err := cmd.Add(cmdline); err != nil {
 		return 0, fmt.Errorf("kernel command line: %w", err)
 	}
 	if err := cmd.Write(v.mem, x86.CmdlineAddr); err != nil {
@@ -138,6 +167,6 @@ func (v *VM) loadPayload() (uint64, error) {
 	if _, err := acpi.Write(v.mem, ac); err != nil {
 		return 0, err
 	}
-	v.log.Info("payload loaded", "kernel", p.Kernel, "entry", fmt.Sprintf("%#x", info.Entry64), "cmdline", cmd.String())
+	v.log.Info("payload loaded", "kernel", k.name, "entry", fmt.Sprintf("%#x", info.Entry64), "cmdline", cmd.String())
 	return info.Entry64, nil
 }

@@ -79,6 +79,9 @@ func (v *VM) setupPCI(stdio IO) error {
 			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
 		}
 	}
+	if err := v.addCloudInitSeed(); err != nil {
+		return err
+	}
 	if err := v.addIDE(); err != nil {
 		return err
 	}

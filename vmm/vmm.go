@@ -118,7 +118,12 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		}
 	}()
 	if snap == nil {
-		if v.kernel, err = parseKernel(cfg.Payload.Kernel); err != nil {
+		if cfg.Payload.Kernel == "" {
+			v.kernel, err = v.kernelFromDisk()
+		} else {
+			v.kernel, err = parseKernel(cfg.Payload.Kernel)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -178,7 +183,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() {
 		v.mig.abortAndWait()
-		if v.kernel != nil {
+		if v.kernel != nil && v.kernel.file != nil {
 			v.kernel.file.Close()
 		}
 		if v.group != nil {

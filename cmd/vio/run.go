@@ -29,6 +29,7 @@ func runCommand() *cobra.Command {
 		prefault                                bool
 		disks, nets                             []string
 		balloonSpec, platformSpec               string
+		cloudInitSpec                           string
 		shutdownTimeout                         time.Duration
 		cpus                                    int
 		verbose, allowPVM, stats                bool
@@ -36,9 +37,11 @@ func runCommand() *cobra.Command {
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
-		Use:   "run --kernel BZIMAGE [--initrd FILE] [--cmdline S] [--cpus N] [--memory SIZE] [flags]",
+		Use:   "run (--kernel BZIMAGE [--initrd FILE] | --disk path=IMAGE) [--cmdline S] [--cpus N] [--memory SIZE] [flags]",
 		Short: "Boot a Linux guest",
-		Long: `Boot a Linux guest from a bzImage. The serial console is on stdin/stdout
+		Long: `Boot a Linux guest from a bzImage, or, with no --kernel, the kernel and
+initramfs a distribution's disk image carries (its grub.cfg's default entry or
+its /vmlinuz links; see docs/distro.md). The serial console is on stdin/stdout
 unless --serial says otherwise; press Ctrl-A then x to stop the VM from a terminal.
 Flags override what --config FILE (a JSON VM config) says.`,
 		Args: cobra.NoArgs,
@@ -123,6 +126,13 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Vsock = &vs
 			}
+			if f.Changed("cloud-init") {
+				ci, err := config.ParseCloudInit(cloudInitSpec)
+				if err != nil {
+					return err
+				}
+				cfg.CloudInit = ci
+			}
 			if f.Changed("on-reboot") {
 				cfg.OnReboot = onReboot
 			}
@@ -145,9 +155,9 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	}
 	f := c.Flags()
 	f.StringVar(&file, "config", "", "JSON VM config file (Cloud Hypervisor VmConfig shape)")
-	f.String("kernel", "", "Linux bzImage to boot")
+	f.String("kernel", "", "Linux bzImage to boot (none: boot the first disk's own kernel, see docs/distro.md)")
 	f.String("initrd", "", "initramfs to load")
-	f.String("cmdline", config.DefaultCmdline, "kernel command line")
+	f.String("cmdline", config.DefaultCmdline, "kernel command line (booting a disk's own kernel: parameters added to the image's)")
 	f.IntVar(&cpus, "cpus", 1, "number of vCPUs")
 	f.StringVar(&memory, "memory", "512M", "guest RAM: SIZE or size=SIZE[,shared=on] (shared: memfd-backed, for vhost-user and migration)")
 	f.StringVar(&serial, "serial", "tty", "serial console: tty, off, null, file=PATH, socket=PATH")
@@ -157,6 +167,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME or user=on[,net=CIDR][,hostfwd=FWD[+FWD]], with [,mac=MAC][,model=virtio|e1000] (repeatable; docs/network.md)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
+	f.StringVar(&cloudInitSpec, "cloud-init", "", "attach a cloud-init NoCloud seed disk: user-data=FILE[,meta-data=FILE][,network-config=FILE] (see docs/distro.md)")
 	f.StringVar(&balloonSpec, "balloon", "", "virtio-balloon: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on] (see docs/balloon.md)")
 	f.StringVar(&vsockSpec, "vsock", "", "virtio-vsock device: cid=CID,socket=PATH (host side on a UNIX socket; see docs/vsock.md)")
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, press the guest's ACPI power button and wait this long for it to power off before stopping it hard (exit status 1); 0 stops it at once")
