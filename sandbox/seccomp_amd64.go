@@ -84,6 +84,7 @@ func allowList(pid int) []sysRule {
 		{name: "newfstatat", nr: unix.SYS_NEWFSTATAT},
 		{name: "statx", nr: unix.SYS_STATX},
 		{name: "fstatfs", nr: unix.SYS_FSTATFS},
+		{name: "statfs", nr: unix.SYS_STATFS},
 		{name: "getdents64", nr: unix.SYS_GETDENTS64},
 		{name: "readlinkat", nr: unix.SYS_READLINKAT},
 		{name: "unlinkat", nr: unix.SYS_UNLINKAT},

@@ -33,6 +33,7 @@ func runCommand() *cobra.Command {
 		cpus                                    int
 		verbose, allowPVM, stats                bool
 		obs                                     observeFlags
+		sb                                      sandboxFlags
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
@@ -53,7 +54,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				if bad != "" {
 					return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", bad)
 				}
-				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs})
+				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb})
 			}
 			if file != "" {
 				loaded, err := config.Load(file)
@@ -140,7 +141,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs})
+			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb})
 		},
 	}
 	f := c.Flags()
@@ -168,6 +169,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
 	obs.add(f)
+	sb.add(f)
 	return c
 }
 
@@ -207,6 +209,7 @@ func stopOnSignal(ctl *vmm.Controller, sig os.Signal, more <-chan os.Signal, qui
 var restoreFlags = map[string]bool{
 	"restore": true, "prefault": true, "api-socket": true, "stats": true, "verbose": true, "allow-pvm": true,
 	"shutdown-timeout": true, "event-monitor": true, "metrics": true,
+	"sandbox": true, "sandbox-allow": true,
 }
 
 type runOptions struct {
@@ -216,6 +219,7 @@ type runOptions struct {
 	restore                  string // a snapshot URL: restore instead of boot
 	prefault                 bool
 	obs                      observeFlags
+	sandbox                  sandboxFlags
 }
 
 // run boots cfg and waits until the guest stops for good (poweroff, panic,
@@ -287,11 +291,21 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		if err := ctl.Restore(o.restore, vmm.RestoreOptions{Prefault: o.prefault}); err != nil {
 			return err
 		}
+		if err := o.sandbox.confine(vmPolicy(cfg, o.apiSocket, o.obs, o.sandbox.allow), log); err != nil {
+			return err
+		}
 		if err := ctl.Resume(); err != nil {
 			return err
 		}
-	} else if err := ctl.Boot(); err != nil {
-		return err
+	} else {
+		if err := ctl.Boot(); err != nil {
+			return err
+		}
+		// Confined once the VM is built: what it opened is known, and a
+		// rebuild after a guest reboot opens the same.
+		if err := o.sandbox.confine(vmPolicy(cfg, o.apiSocket, o.obs, o.sandbox.allow), log); err != nil {
+			return err
+		}
 	}
 	var hard error
 	select {
