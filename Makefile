@@ -6,9 +6,9 @@ FUZZTIME ?= 10s
 
 all: build
 
+# No cgo: a pure-Go vio can put all its threads under Landlock
+# (docs/security.md), and a static binary runs in the lab and in a chroot.
 build:
-	# No cgo: a pure-Go vio can put all its threads under Landlock
-	# (docs/security.md), and a static binary runs in the lab and in a chroot.
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
 setup:
