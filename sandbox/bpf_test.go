@@ -120,6 +120,9 @@ func TestFilterProgram(t *testing.T) {
 		{"prlimit64 of another process", call(unix.SYS_PRLIMIT64, 1, unix.RLIMIT_NOFILE), deny},
 		{"landlock_restrict_self (after the ruleset is in force)", call(unix.SYS_LANDLOCK_RESTRICT_SELF), deny},
 		{"seccomp (no second filter)", call(unix.SYS_SECCOMP), deny},
+		{"prctl naming memory", call(unix.SYS_PRCTL, unix.PR_SET_VMA, unix.PR_SET_VMA_ANON_NAME), allow},
+		{"prctl dropping the death signal", call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, 0), deny},
+		{"prctl making the process dumpable", call(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1), deny},
 	}
 	for _, c := range cases {
 		if got := runBPF(t, prog, c.d); got != c.want {

@@ -17,8 +17,10 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -159,6 +161,7 @@ func Apply(mode Mode, p Policy) (Report, error) {
 			return rep, err
 		default:
 			rep.Landlock, rep.Skipped = abi, skipped
+			confined.Store(true)
 		}
 	}
 	rules := allowList(os.Getpid())
@@ -182,4 +185,19 @@ func Apply(mode Mode, p Policy) (Report, error) {
 // under Landlock: loading the local time zone for log lines.
 func warmUp() {
 	time.Now().Local().Zone()
+}
+
+// confined is set once a Landlock ruleset is in force.
+var confined atomic.Bool
+
+// Explain returns err with a sentence added when it is a permission error
+// that the Landlock ruleset may have caused: a path the API names after
+// confinement (a snapshot directory, a hot-plugged disk) that the user did
+// not allow. Other errors, and all errors of an unconfined process, are
+// returned as they are.
+func Explain(err error, path string) error {
+	if err == nil || !confined.Load() || !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	return fmt.Errorf("%w (vio's sandbox may be what keeps %s out of reach: start vio with --sandbox-allow naming it or a directory above it, or with --sandbox=off; see docs/security.md)", err, path)
 }

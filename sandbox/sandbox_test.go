@@ -239,3 +239,23 @@ func TestLandlockConfinesEveryThread(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", st.ExitCode(), out)
 	}
 }
+
+func TestExplainOnlyPermissionErrorsOfAConfinedProcess(t *testing.T) {
+	perm := &os.PathError{Op: "open", Path: "/snap", Err: syscall.EACCES}
+	if got := Explain(perm, "/snap"); got != perm {
+		t.Fatalf("unconfined: %v", got)
+	}
+	confined.Store(true)
+	defer confined.Store(false)
+	got := Explain(perm, "/snap")
+	if !errors.Is(got, syscall.EACCES) || !strings.Contains(got.Error(), "--sandbox-allow") {
+		t.Fatalf("confined: %v", got)
+	}
+	other := &os.PathError{Op: "open", Path: "/snap", Err: syscall.ENOSPC}
+	if got := Explain(other, "/snap"); got != other {
+		t.Fatalf("not a permission error: %v", got)
+	}
+	if Explain(nil, "/snap") != nil {
+		t.Fatal("nil error explained")
+	}
+}

@@ -122,6 +122,9 @@ func allowList(pid int) []sysRule {
 		{name: "rt_sigaction", nr: unix.SYS_RT_SIGACTION},
 		{name: "sigaltstack", nr: unix.SYS_SIGALTSTACK},
 		{name: "kill", nr: unix.SYS_KILL, check: argIn(0, self)},
+		// The runtime names the memory it maps (PR_SET_VMA_ANON_NAME,
+		// GODEBUG=decoratemappings), whenever the heap grows.
+		{name: "prctl", nr: unix.SYS_PRCTL, check: argIn(0, unix.PR_SET_VMA)},
 		{name: "set_robust_list", nr: unix.SYS_SET_ROBUST_LIST},
 		{name: "rseq", nr: unix.SYS_RSEQ},
 		{name: "exit", nr: unix.SYS_EXIT},

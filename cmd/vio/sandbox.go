@@ -102,9 +102,6 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 			p.add(f, sandbox.Read)
 		}
 	}
-	if len(cfg.Net) > 0 {
-		p.add("/dev/net/tun", sandbox.Read|sandbox.Write)
-	}
 	if cfg.RNG != nil && cfg.RNG.Src != "" {
 		p.add(cfg.RNG.Src, sandbox.Read)
 	}
@@ -138,7 +135,6 @@ func servePolicy(apiSocket string, obs observeFlags, allow []string) sandbox.Pol
 	for _, a := range allow {
 		p.add(a, sandbox.Read|sandbox.Write|sandbox.Create)
 	}
-	p.add("/dev/net/tun", sandbox.Read|sandbox.Write)
 	p.add("/dev/urandom", sandbox.Read)
 	p.host(apiSocket, obs)
 	return sandbox.Policy{Rules: p.rules}
@@ -170,8 +166,9 @@ func (p *policyBuilder) socket(path string) {
 // what a VM build reads of /proc, and the sockets it removes at exit.
 func (p *policyBuilder) host(apiSocket string, obs observeFlags) {
 	p.add("/dev/kvm", sandbox.Read|sandbox.Write)
-	p.add("/proc/meminfo", sandbox.Read) // config.Validate, at every build
-	p.add("/proc/cpuinfo", sandbox.Read) // kvm.System.IsPVM
+	p.add("/dev/net/tun", sandbox.Read|sandbox.Write) // TAPs by name, hot-plugged too
+	p.add("/proc/meminfo", sandbox.Read)              // config.Validate, at every build
+	p.add("/proc/cpuinfo", sandbox.Read)              // kvm.System.IsPVM
 	p.socket(apiSocket)
 	if path, ok := strings.CutPrefix(obs.metrics, "unix:"); ok {
 		p.socket(path)
