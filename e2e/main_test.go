@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 		}
 		vioBin = filepath.Join(dir, "vio")
 		build := exec.Command("go", "build", "-o", vioBin, "../cmd/vio")
+		// Without cgo, as `make build` builds it: only then can vio's
+		// sandbox put every thread under Landlock (docs/security.md).
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e: building vio:", err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
+	"github.com/viovmm/vio/sandbox"
 )
 
 // State is the lifecycle state of the Controller's VM, spelled as Cloud
@@ -217,7 +218,7 @@ func (c *Controller) Snapshot(url string) error {
 	}
 	c.emit("snapshotting", "destination_url", url)
 	if err := c.run.m.Snapshot(dir); err != nil {
-		return err
+		return sandbox.Explain(err, dir)
 	}
 	c.emit("snapshotted", "destination_url", url)
 	return nil

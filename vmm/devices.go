@@ -9,6 +9,7 @@ import (
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
+	"github.com/viovmm/vio/sandbox"
 )
 
 // The Controller's device registry: every disk and NIC of the config has
@@ -110,7 +111,10 @@ func (c *Controller) AddDisk(d config.Disk) (*DeviceInfo, error) {
 	return c.addDevice("add a disk", func(cfg *config.VM) (*string, func(Hotplugger) (string, error)) {
 		cfg.Disks = append(cfg.Disks, d)
 		nd := &cfg.Disks[len(cfg.Disks)-1]
-		return &nd.ID, func(h Hotplugger) (string, error) { return h.AddDisk(nd) }
+		return &nd.ID, func(h Hotplugger) (string, error) {
+			bdf, err := h.AddDisk(nd)
+			return bdf, sandbox.Explain(err, nd.Path)
+		}
 	})
 }
 

@@ -34,6 +34,7 @@ func runCommand() *cobra.Command {
 		cpus                                    int
 		verbose, allowPVM, stats                bool
 		obs                                     observeFlags
+		sb                                      sandboxFlags
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
@@ -56,7 +57,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				if bad != "" {
 					return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", bad)
 				}
-				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs})
+				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb})
 			}
 			if file != "" {
 				loaded, err := config.Load(file)
@@ -150,7 +151,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs})
+			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb})
 		},
 	}
 	f := c.Flags()
@@ -179,6 +180,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.BoolVar(&allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	f.MarkHidden("allow-pvm")
 	obs.add(f)
+	sb.add(f)
 	return c
 }
 
@@ -218,6 +220,7 @@ func stopOnSignal(ctl *vmm.Controller, sig os.Signal, more <-chan os.Signal, qui
 var restoreFlags = map[string]bool{
 	"restore": true, "prefault": true, "api-socket": true, "stats": true, "verbose": true, "allow-pvm": true,
 	"shutdown-timeout": true, "event-monitor": true, "metrics": true,
+	"sandbox": true, "sandbox-allow": true,
 }
 
 type runOptions struct {
@@ -227,6 +230,7 @@ type runOptions struct {
 	restore                  string // a snapshot URL: restore instead of boot
 	prefault                 bool
 	obs                      observeFlags
+	sandbox                  sandboxFlags
 }
 
 // run boots cfg and waits until the guest stops for good (poweroff, panic,
@@ -299,11 +303,21 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		if err := ctl.Restore(o.restore, vmm.RestoreOptions{Prefault: o.prefault}); err != nil {
 			return err
 		}
+		if err := o.sandbox.confine(vmPolicy(cfg, o.apiSocket, o.obs, o.sandbox.allow), log); err != nil {
+			return err
+		}
 		if err := ctl.Resume(); err != nil {
 			return err
 		}
-	} else if err := ctl.Boot(); err != nil {
-		return err
+	} else {
+		if err := ctl.Boot(); err != nil {
+			return err
+		}
+		// Confined once the VM is built: what it opened is known, and a
+		// rebuild after a guest reboot opens the same.
+		if err := o.sandbox.confine(vmPolicy(cfg, o.apiSocket, o.obs, o.sandbox.allow), log); err != nil {
+			return err
+		}
 	}
 	var hard error
 	select {

@@ -25,6 +25,7 @@ type serveFlags struct {
 	allowPVM bool
 	seccomp  string
 	obs      observeFlags
+	sandbox  sandboxFlags
 }
 
 func (f *serveFlags) add(c *cobra.Command) {
@@ -33,11 +34,12 @@ func (f *serveFlags) add(c *cobra.Command) {
 	fl.CountVarP(&f.verbose, "verbose", "v", "log what vio does to stderr (-vv: more)")
 	fl.BoolVar(&f.allowPVM, "allow-pvm", false, "run even on a PVM-only KVM (standard guests run ~1000x slower)")
 	fl.MarkHidden("allow-pvm")
-	// Cloud Hypervisor's flag, which Kata may pass; vio has no seccomp
-	// filter yet, so the value is only logged.
-	fl.StringVar(&f.seccomp, "seccomp", "", "accepted for Cloud Hypervisor compatibility; vio installs no seccomp filter yet")
+	// Cloud Hypervisor's flag, which Kata may pass: true, false or log,
+	// the same as --sandbox=on, off or log.
+	fl.StringVar(&f.seccomp, "seccomp", "", "Cloud Hypervisor's form of --sandbox: true, false or log")
 	fl.MarkHidden("seccomp")
 	f.obs.add(fl)
+	f.sandbox.add(fl)
 }
 
 func serveCommand() *cobra.Command {
@@ -74,7 +76,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	log := logger(f.verbose)
 	if f.seccomp != "" {
-		log.Warn("--seccomp is ignored: vio installs no seccomp filter yet", "value", f.seccomp)
+		f.sandbox.mode = f.seccomp
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -93,6 +95,12 @@ func serve(ctx context.Context, f serveFlags) error {
 	defer func() { ctl.Delete(); stopObs() }()
 	l, err := api.Listen(f.socket, log)
 	if err != nil {
+		return err
+	}
+	// Confined before the first request: every VM it builds is built
+	// under the sandbox, as a guest reboot's is in vio run.
+	if err := f.sandbox.confine(servePolicy(f.socket, f.obs, f.sandbox.allow), log); err != nil {
+		l.Close()
 		return err
 	}
 	srv := api.NewServer(ctl, log)
