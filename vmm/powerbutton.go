@@ -41,6 +41,9 @@ func (c *Controller) StopGracefully(timeout time.Duration, why string, now <-cha
 	}
 	if err := c.PowerButton(); err != nil {
 		c.Stop(why)
+		if e, _ := c.LastExit(); e.Reason == ExitPoweroff {
+			return nil // it had powered off as the signal came
+		}
 		return fmt.Errorf("%s: stopped the guest at once: %w", why, err)
 	}
 	t := time.NewTimer(timeout)
