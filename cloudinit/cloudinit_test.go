@@ -24,7 +24,7 @@ func isoinfo(t *testing.T, img, file string) (string, bool) {
 
 func TestSeed(t *testing.T) {
 	if _, err := exec.LookPath("isoinfo"); err != nil {
-		t.Skip("isoinfo is not installed (scripts/setup-host installs genisoimage)")
+		t.Fatal("isoinfo is not installed: run scripts/setup-host (it installs genisoimage)")
 	}
 	dir := t.TempDir()
 	write := func(name, s string) string {
