@@ -98,11 +98,19 @@ func TestReceiveMigrationFails(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "mig.sock")
 	errc := make(chan error, 1)
 	go func() { errc <- c.ReceiveMigration(ctx, "unix:"+sock) }()
+	// The receiver listens once its socket file exists; it may also
+	// fail before that, which ends the wait too.
 	for {
 		if _, err := os.Stat(sock); err == nil {
 			break
 		}
-		time.Sleep(5 * time.Millisecond) // waiting for the socket file
+		select {
+		case err := <-errc:
+			t.Fatalf("ReceiveMigration ended before listening: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the receiver never made its socket")
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	src := migrationtest.NewSource(vmmtest.IncomingRAM)
 	src.ConfigJSON = []byte(`{"cpus": {"boot_vcpus": 0}}`)

@@ -264,13 +264,7 @@ func TestStatsQueue(t *testing.T) {
 	}
 	r.m.Guest.Kick(statsQ)
 	// The device keeps the buffer: wait until the statistics show.
-	deadline := time.Now().Add(wait)
-	for r.dev.Stats().StatsUpdates == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("statistics never arrived")
-		}
-		time.Sleep(time.Millisecond) // polling a counter the device goroutine sets
-	}
+	r.waitStatsUpdates(t, 1)
 	s := r.dev.Stats()
 	if s.Guest["free_memory"] != 100<<20 || s.Guest["total_memory"] != 500<<20 || len(s.Guest) != 2 {
 		t.Errorf("guest stats %v", s.Guest)
@@ -285,12 +279,7 @@ func TestStatsQueue(t *testing.T) {
 	}
 	r.q[statsQ].Add([][]byte{statBuf(4, 50<<20)}, nil)
 	r.m.Guest.Kick(statsQ)
-	for r.dev.Stats().StatsUpdates < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("second statistics never arrived")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	r.waitStatsUpdates(t, 2)
 	if s := r.dev.Stats(); s.Guest["free_memory"] != 50<<20 || s.Guest["total_memory"] != 500<<20 {
 		t.Errorf("guest stats after refresh %v", s.Guest)
 	}
@@ -371,13 +360,7 @@ func TestPauseHandsBackStats(t *testing.T) {
 	r.start(balloon.FeatureStatsVQ, 3)
 	r.q[2].Add([][]byte{statBuf(4, 1)}, nil)
 	r.m.Guest.Kick(2)
-	deadline := time.Now().Add(wait)
-	for r.dev.Stats().StatsUpdates == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("statistics never arrived")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	r.waitStatsUpdates(t, 1)
 	r.dev.SetTarget(64 << 20)
 	r.msi(0)
 	r.m.Guest.WriteDeviceConfig(4, 4, 77)
@@ -404,5 +387,18 @@ func TestPauseHandsBackStats(t *testing.T) {
 	}
 	if err := other.UnmarshalState(balloon.StateVersion+1, b); err == nil {
 		t.Error("a newer state version was accepted")
+	}
+}
+
+// waitStatsUpdates waits (up to wait) until the device goroutine has
+// taken n statistics buffers from the guest.
+func (r *rig) waitStatsUpdates(t *testing.T, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for r.dev.Stats().StatsUpdates < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("statistics update %d never arrived", n)
+		}
+		time.Sleep(time.Millisecond) // polling a counter the device goroutine sets
 	}
 }
