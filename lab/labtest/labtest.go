@@ -105,7 +105,8 @@ func relaunchUnlessOff(why string, budget time.Duration) int {
 // then fails the Go way, naming itself and printing every goroutine's
 // stack. If the lab's deadline comes first anyway, L1 itself stopped
 // running its programs (LAB.md's hazard), which is treated like a
-// reported lockup: the package runs once more in a fresh lab, saying so.
+// reported lockup: the tests that had not finished run once more in a
+// fresh lab, saying so.
 func relaunch(why string, budget time.Duration) int {
 	return relaunchWith(why, budget, os.Args[1:], os.Stdout, os.Stderr)
 }
@@ -123,25 +124,24 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 		fmt.Fprintln(stderr, "labtest:", err)
 		return 1
 	}
-	labDeadline, testDeadline := deadlines(args, budget)
-	cfg := lab.Config{Timeout: labDeadline, Env: passEnv()}
-	argv := append([]string{self}, withTimeout(args, testDeadline)...)
-	if os.Getenv("VIO_LAB_VERBOSE") != "" {
-		cfg.Verbose = stderr
-	}
 	start := time.Now()
+	labDeadline, testDeadline := deadlines(args, budget)
+	var seen progress
 	fmt.Fprintf(stdout, "labtest: %s; running %s in the lab\n", why, filepath.Base(self))
-	err = lab.Exec(ctx, cfg, argv, stdout, stderr)
+	err = runInLab(ctx, self, args, labDeadline, testDeadline, io.MultiWriter(stdout, &seen), stderr)
+	failedBefore := false
 	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrTimeout) {
 		// The emulated machine wedged under the tests, not the tests
-		// themselves (their own deadline would have fired first): say so
-		// and run them all once more if go test's deadline leaves room.
+		// themselves (their own deadline would have fired first).
 		fmt.Fprintf(stdout, "labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up, or its test binary could not even time out)\n", err)
-		if left := goDeadline(args) - 30*time.Second - time.Since(start); left >= labDeadline {
-			fmt.Fprintf(stdout, "labtest: running %s in a fresh lab once more\n", filepath.Base(self))
-			err = lab.Exec(ctx, cfg, argv, stdout, stderr)
-		} else {
-			fmt.Fprintf(stdout, "labtest: go test's deadline leaves %v, too little to run %s again\n", left.Round(time.Second), filepath.Base(self))
+		var done bool
+		err, failedBefore, done = retryUnfinished(ctx, self, args, &seen, min(labDeadline, goDeadline(args)-30*time.Second-time.Since(start)), err, stdout, stderr)
+		if done {
+			fmt.Fprintf(stdout, "labtest: lab runs took %v\n", time.Since(start).Round(100*time.Millisecond))
+			if failedBefore {
+				return 1
+			}
+			return 0
 		}
 	}
 	fmt.Fprintf(stdout, "labtest: lab run took %v\n", time.Since(start).Round(100*time.Millisecond))
@@ -152,8 +152,49 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 	case err != nil:
 		fmt.Fprintln(stderr, "labtest:", err)
 		return 1
+	case failedBefore:
+		return 1
 	}
 	return 0
+}
+
+// runInLab runs the test binary self with args in a fresh lab.
+func runInLab(ctx context.Context, self string, args []string, labDeadline, testDeadline time.Duration, stdout, stderr io.Writer) error {
+	cfg := lab.Config{Timeout: labDeadline, Env: passEnv()}
+	if os.Getenv("VIO_LAB_VERBOSE") != "" {
+		cfg.Verbose = stderr
+	}
+	argv := append([]string{self}, withTimeout(args, testDeadline)...)
+	return lab.Exec(ctx, cfg, argv, stdout, stderr)
+}
+
+// minRetry is the least time worth a second lab: a boot and a test or two.
+const minRetry = 2 * time.Minute
+
+// retryUnfinished runs, once, in a fresh lab and within left, the tests
+// that the wedged run never finished; it returns the retry's error (or
+// wedged, the first run's, when there is no retry), whether a test of the
+// first run failed, and done when every test had finished before L1
+// wedged, so nothing was left to run.
+func retryUnfinished(ctx context.Context, self string, args []string, seen *progress, left time.Duration, wedged error, stdout, stderr io.Writer) (err error, failedBefore, done bool) {
+	if left < minRetry {
+		fmt.Fprintf(stdout, "labtest: go test's deadline leaves %v, too little to run %s again\n", left.Round(time.Second), filepath.Base(self))
+		return wedged, false, false
+	}
+	retryArgs := args
+	what := "all of " + filepath.Base(self)
+	if names, lerr := listTests(args); lerr == nil {
+		var rest []string
+		rest, failedBefore = seen.unfinished(names)
+		if len(rest) == 0 {
+			fmt.Fprintln(stdout, "labtest: every test had finished before L1 wedged; nothing to run again")
+			return nil, failedBefore, true
+		}
+		retryArgs = append(withoutRun(args), "-test.run=^("+strings.Join(rest, "|")+")$")
+		what = fmt.Sprintf("the %d tests that did not finish (%s)", len(rest), strings.Join(rest, " "))
+	}
+	fmt.Fprintf(stdout, "labtest: running %s in a fresh lab once more, within %v\n", what, left.Round(time.Second))
+	return runInLab(ctx, self, retryArgs, left, left-margin(left), stdout, stderr), failedBefore, false
 }
 
 // deadlines gives the lab run and the test binary inside it their
@@ -169,11 +210,17 @@ func deadlines(args []string, budget time.Duration) (labDeadline, testDeadline t
 	if budget > 0 && budget < d {
 		d = budget
 	}
-	margin := max(d/10, time.Minute)
-	if margin > d/2 {
-		margin = d / 2
+	return d, d - margin(d)
+}
+
+// margin is how long before a lab deadline d the test binary's own
+// deadline falls.
+func margin(d time.Duration) time.Duration {
+	m := max(d/10, time.Minute)
+	if m > d/2 {
+		m = d / 2
 	}
-	return d, d - margin
+	return m
 }
 
 // goDeadline is the -test.timeout go test gave this binary.

@@ -1,6 +1,7 @@
 package labtest
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -72,5 +73,44 @@ func TestShardTests(t *testing.T) {
 	}
 	if len(shards) != 2 || strings.Join(shards[0], " ") != "TestFuzzing TestWithoutRun" || strings.Join(shards[1], " ") != "TestDeadlines" {
 		t.Errorf("shards %q", shards)
+	}
+}
+
+// TestProgress: verdicts of top-level tests are found in test2json framing
+// and in plain -test.v output, across split writes; subtests and test
+// output that merely mentions a verdict are not.
+func TestProgress(t *testing.T) {
+	var p progress
+	out := "\x16=== RUN   TestA\n\x16=== RUN   TestA/sub\n\x16--- FAIL: TestA/sub (0.00s)\n" +
+		"\x16--- PASS: TestA (1.00s)\n    x_test.go:9: --- PASS: TestC (0.1s)\n--- SKIP: TestB (0.00s)\n" +
+		"=== RUN   TestC\n--- FAIL: TestD (2.0s)\n=== RUN   TestE\n--- PA"
+	for i := 0; i < len(out); i += 7 {
+		p.Write([]byte(out[i:min(i+7, len(out))]))
+	}
+	rest, failed := p.unfinished([]string{"TestA", "TestB", "TestC", "TestD", "TestE"})
+	if strings.Join(rest, " ") != "TestC TestE" || !failed {
+		t.Errorf("unfinished = %q, %v; want [TestC TestE], true", rest, failed)
+	}
+	var q progress
+	q.Write([]byte("--- PASS: TestA (0.00s)\n"))
+	if rest, failed := q.unfinished([]string{"TestA", "TestB"}); strings.Join(rest, " ") != "TestB" || failed {
+		t.Errorf("unfinished = %q, %v; want [TestB], false", rest, failed)
+	}
+}
+
+// TestRetryNothingLeft: when every selected test finished before L1
+// wedged, no second lab boots and the first run's verdicts stand.
+func TestRetryNothingLeft(t *testing.T) {
+	var p progress
+	p.Write([]byte("--- PASS: TestFuzzing (0.00s)\n--- FAIL: TestDeadlines (0.00s)\n"))
+	var out strings.Builder
+	err, failed, done := retryUnfinished(t.Context(), "x.test", []string{"-test.run=^(TestFuzzing|TestDeadlines)$"}, &p, time.Hour, nil, &out, &out)
+	if err != nil || !failed || !done || !strings.Contains(out.String(), "nothing to run again") {
+		t.Errorf("retryUnfinished = %v, %v, %v; output %q", err, failed, done, out.String())
+	}
+	out.Reset()
+	wedged := errors.New("wedged")
+	if err, _, done := retryUnfinished(t.Context(), "x.test", nil, &p, time.Minute, wedged, &out, &out); err != wedged || done || !strings.Contains(out.String(), "too little") {
+		t.Errorf("with a minute left: %v, %v; output %q", err, done, out.String())
 	}
 }

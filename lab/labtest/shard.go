@@ -79,11 +79,28 @@ func listing(args []string) bool {
 	return false
 }
 
-// shardTests lists the tests the arguments select (running this binary
-// with -test.list) and deals them round-robin into at most n shards. A
-// -test.run that selects subtests is not sharded: the shards name whole
-// tests.
+// shardTests lists the tests the arguments select and deals them
+// round-robin into at most n shards.
 func shardTests(args []string, n int) ([][]string, error) {
+	names, err := listTests(args)
+	if err != nil {
+		return nil, err
+	}
+	n = min(n, len(names))
+	if n < 1 {
+		return nil, nil
+	}
+	shards := make([][]string, n)
+	for i, name := range names {
+		shards[i%n] = append(shards[i%n], name)
+	}
+	return shards, nil
+}
+
+// listTests lists the top-level tests the arguments select, by running
+// this binary with -test.list. A -test.run that selects subtests is
+// refused: the list names whole tests.
+func listTests(args []string) ([]string, error) {
 	run := "."
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, "-test.run="); ok && v != "" {
@@ -107,15 +124,7 @@ func shardTests(args []string, n int) ([][]string, error) {
 			names = append(names, line)
 		}
 	}
-	n = min(n, len(names))
-	if n < 1 {
-		return nil, nil
-	}
-	shards := make([][]string, n)
-	for i, name := range names {
-		shards[i%n] = append(shards[i%n], name)
-	}
-	return shards, nil
+	return names, nil
 }
 
 var testName = regexp.MustCompile(`^Test\w*$`)
