@@ -72,6 +72,13 @@ func TestVsock(t *testing.T) {
 	if vsockPeer == "" {
 		t.Fatal("VIO_VSOCKPEER is not set: run this package with go test, whose TestMain builds the guest program")
 	}
+	// Built before the clock starts: making the tools disk takes minutes
+	// on a loaded machine, and the deadline is the guest's.
+	initrd, tools := labtest.Guest{
+		Script:   fmt.Sprintf(vsockGuest, vsockPeer),
+		Modules:  []string{"virtio_pci", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"},
+		Programs: []string{vsockPeer},
+	}.Build(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "v.sock")
 	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", sock, vsockHostPort))
@@ -109,11 +116,6 @@ func TestVsock(t *testing.T) {
 		r.sent, r.err = sendRandom(c, vsockBytes)
 	}()
 
-	initrd, tools := labtest.Guest{
-		Script:   fmt.Sprintf(vsockGuest, vsockPeer),
-		Modules:  []string{"virtio_pci", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"},
-		Programs: []string{vsockPeer},
-	}.Build(t)
 	serial := filepath.Join(dir, "serial.log")
 	args := vioArgs(t, initrd, "--vsock", "cid=3,socket="+sock,
 		"--disk", "path="+tools+",readonly=on", "--serial", "file="+serial, "--stats")
