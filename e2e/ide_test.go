@@ -1,18 +1,14 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -111,62 +107,22 @@ func TestIDE(t *testing.T) {
 	}
 
 	initrd := labtest.Initramfs(t, ideGuest, "ata_piix", "sd_mod", "sr_mod", "isofs", "ext4")
-	serial := filepath.Join(dir, "serial.log")
-	args := vioArgs(t, initrd, "--cpus", "2",
+	log, stats := runSerial(t, 8*time.Minute, vioArgs(t, initrd, "--cpus", "2",
 		"--disk", "path="+disk+",iface=ide,serial=VIOIDE01",
-		"--disk", "path="+iso+",iface=cdrom",
-		"--serial", "file="+serial, "--stats")
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	var stats bytes.Buffer
-	cmd.Stderr = &stats
-	start := time.Now()
-	err := cmd.Run()
-	t.Logf("vio ran for %v", time.Since(start).Round(time.Second))
-	log, _ := os.ReadFile(serial)
-	if err != nil {
-		t.Fatalf("vio: %v\nstderr:\n%s\nserial:\n%s", err, stats.String(), log)
+		"--disk", "path="+iso+",iface=cdrom", "--stats")...)
+	r := readReport(t, log, "IRQ ", "XFER:")
+	r.expect(t, "disk", "cdrom", "no-virtio", "mkfs", "mount", "umount", "remount", "ext4-checksum",
+		"umount2", "pattern-write", "cd-mount", "cd-write-refused", "cd-umount")
+	if !bytes.Contains(log, []byte("VIO-GUEST-DONE")) {
+		t.FailNow()
 	}
-
-	checks := map[string]string{}
 	cdSums := map[string]string{}
-	var fileSum, patSum, cdSize string
-	checkLine := regexp.MustCompile(`^CHECK (\S+) (ok|fail) ?(.*)$`)
-	sc := bufio.NewScanner(bytes.NewReader(log))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if m := checkLine.FindStringSubmatch(line); m != nil {
-			checks[m[1]] = m[2]
-			t.Logf("guest: %s %s %s", m[1], m[2], m[3])
-		}
-		if s, ok := strings.CutPrefix(line, "FILESUM "); ok {
-			fileSum = s
-		}
-		if s, ok := strings.CutPrefix(line, "PATSUM "); ok {
-			patSum = s
-		}
-		if s, ok := strings.CutPrefix(line, "CDSUM "); ok {
-			if f := strings.Fields(s); len(f) == 2 {
-				cdSums[f[0]] = f[1]
-			}
-		}
-		if s, ok := strings.CutPrefix(line, "CDSIZE "); ok {
-			cdSize = s
-		}
-		if strings.HasPrefix(line, "IRQ ") || strings.HasPrefix(line, "XFER:") {
-			t.Logf("guest: %s", line)
+	for _, v := range r.values["CDSUM"] {
+		if f := strings.Fields(v); len(f) == 2 {
+			cdSums[f[0]] = f[1]
 		}
 	}
-	for _, name := range []string{"disk", "cdrom", "no-virtio", "mkfs", "mount", "umount", "remount", "ext4-checksum",
-		"umount2", "pattern-write", "cd-mount", "cd-write-refused", "cd-umount"} {
-		if checks[name] != "ok" {
-			t.Errorf("guest check %s: %q", name, checks[name])
-		}
-	}
-	if !strings.Contains(string(log), "VIO-GUEST-DONE") {
-		t.Fatalf("guest did not finish; serial:\n%s", log)
-	}
+	fileSum, patSum, cdSize := r.value("FILESUM"), r.value("PATSUM"), r.value("CDSIZE")
 
 	// The CD's files are the host's.
 	for name, sum := range want {
@@ -202,25 +158,15 @@ func TestIDE(t *testing.T) {
 		t.Errorf("image bytes at %d hash %x, the guest wrote %s", idePatOff, s, patSum)
 	}
 
-	var counters map[string]json.RawMessage
-	if err := json.Unmarshal(stats.Bytes(), &counters); err != nil {
-		t.Fatalf("--stats output is not JSON: %v\n%s", err, stats.String())
-	}
-	var ctl struct {
-		Device map[string]float64 `json:"device"`
-	}
-	if err := json.Unmarshal(counters["ide"], &ctl); err != nil {
-		t.Fatalf("--stats ide: %v (%s)", err, counters["ide"])
-	}
-	t.Logf("ide counters: %v", ctl.Device)
-	if ctl.Device["flushes"] == 0 {
+	ctl := deviceCounters(t, stats, "ide")
+	if ctl["flushes"] == 0 {
 		t.Error("no FLUSH CACHE reached the back-end (sync and conv=fsync should send some)")
 	}
-	if ctl.Device["write_bytes"] < 8<<20 || ctl.Device["read_bytes"] < 3<<20 {
-		t.Errorf("byte counters %v are below what the guest moved", ctl.Device)
+	if ctl["write_bytes"] < 8<<20 || ctl["read_bytes"] < 3<<20 {
+		t.Errorf("byte counters %v are below what the guest moved", ctl)
 	}
 	// The bulk moved by DMA: PIO would have cost one port access per two bytes.
-	if moved := ctl.Device["write_bytes"] + ctl.Device["read_bytes"]; ctl.Device["pio_accesses"] > moved/64 {
-		t.Errorf("%v PIO accesses for %v bytes: the guest did not use DMA", ctl.Device["pio_accesses"], moved)
+	if moved := ctl["write_bytes"] + ctl["read_bytes"]; ctl["pio_accesses"] > moved/64 {
+		t.Errorf("%v PIO accesses for %v bytes: the guest did not use DMA", ctl["pio_accesses"], moved)
 	}
 }

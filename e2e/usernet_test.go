@@ -1,19 +1,12 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -77,22 +70,7 @@ func TestUserNetwork(t *testing.T) {
 		t.Logf("bringing the host's loopback up: %s", strings.TrimSpace(out))
 		run(t, "ip", "link", "set", "lo", "up")
 	}
-	payload := make([]byte, userBytes)
-	rand.Read(payload)
-	sum := sha256.Sum256(payload)
-	src, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", userSrcTCP))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	go func() {
-		c, err := src.Accept()
-		if err != nil {
-			return
-		}
-		c.Write(payload)
-		c.Close()
-	}()
+	sent := randomSource(t, fmt.Sprintf("127.0.0.1:%d", userSrcTCP), userBytes)
 
 	// When the guest says its listener is up, fetch from it through the
 	// forward and hash what comes.
@@ -128,64 +106,24 @@ func TestUserNetwork(t *testing.T) {
 	}()
 
 	initrd := labtest.Initramfs(t, userGuest, "virtio_pci", "virtio_net")
-	serial := filepath.Join(t.TempDir(), "serial.log")
-	args := vioArgs(t, initrd, "--cpus", "2",
+	log, stats := runSerial(t, 8*time.Minute, vioArgs(t, initrd, "--cpus", "2",
 		"--net", fmt.Sprintf("user=on,hostfwd=tcp:127.0.0.1:%d-:%d,mac=52:54:00:12:34:58", userFwdHost, userFwdGuest),
-		"--serial", "file="+serial, "--stats")
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	var stats bytes.Buffer
-	cmd.Stderr = &stats
-	start := time.Now()
-	err = cmd.Run()
-	t.Logf("vio ran for %v", time.Since(start).Round(time.Second))
-	log, _ := os.ReadFile(serial)
-	if err != nil {
-		t.Fatalf("vio: %v\nstderr:\n%s\nserial:\n%s", err, stats.String(), log)
-	}
-
-	checks := map[string]string{}
-	var rxSum, srvSum string
-	checkLine := regexp.MustCompile(`^CHECK (\S+) (ok|fail) ?(.*)$`)
-	sc := bufio.NewScanner(bytes.NewReader(log))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if m := checkLine.FindStringSubmatch(line); m != nil {
-			checks[m[1]] = m[2]
-			t.Logf("guest: %s %s %s", m[1], m[2], m[3])
-		}
-		if s, ok := strings.CutPrefix(line, "RXSUM "); ok {
-			rxSum = s
-		}
-		if s, ok := strings.CutPrefix(line, "SRVSUM "); ok {
-			srvSum = s
-		}
-		if strings.HasPrefix(line, "LEASE ") || strings.HasPrefix(line, "ADDR ") {
-			t.Logf("guest: %s", line)
-		}
-	}
-	for _, name := range []string{"dhcp", "ping-gateway", "fetch", "ready", "serve"} {
-		if checks[name] != "ok" {
-			t.Errorf("guest check %s: %q", name, checks[name])
-		}
-	}
+		"--stats")...)
+	r := readReport(t, log, "LEASE ", "ADDR ")
+	r.expect(t, "dhcp", "ping-gateway", "fetch", "ready", "serve")
 	if !strings.Contains(string(log), "LEASE ip=10.0.2.15 mask=24 router=10.0.2.2") {
 		t.Errorf("guest's lease is not 10.0.2.15/24 via 10.0.2.2; serial:\n%s", log)
 	}
-	if !strings.Contains(string(log), "VIO-GUEST-DONE") {
-		t.Errorf("guest did not finish; serial:\n%s", log)
-	}
-	if want := fmt.Sprintf("%s %d", hex.EncodeToString(sum[:]), userBytes); rxSum != want {
-		t.Errorf("host → guest through the gateway: guest got %q, host sent %q", rxSum, want)
+	if got := r.value("RXSUM"); got != sent {
+		t.Errorf("host → guest through the gateway: guest got %q, host sent %q", got, sent)
 	}
 	select {
 	case s := <-fwdSum:
-		if want := fmt.Sprintf("%s %d", srvSum, userBytes); s != want {
+		if want := fmt.Sprintf("%s %d", r.value("SRVSUM"), userBytes); s != want {
 			t.Errorf("guest → host through hostfwd: host got %q, guest served %q", s, want)
 		}
 	default:
 		t.Error("guest → host through hostfwd: the host never finished its fetch")
 	}
-	t.Logf("vio's stats: %s", strings.TrimSpace(stats.String()))
+	t.Logf("vio's stats: %s", bytes.TrimSpace(stats))
 }

@@ -4,16 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -113,27 +109,7 @@ func TestVirtioDevices(t *testing.T) {
 
 	// The host ends of the network checks: a TCP sink that hashes what
 	// it gets, and an iperf3 server.
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", hostIP, tcpPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	tcpSum := make(chan string, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			tcpSum <- "accept: " + err.Error()
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		n, err := io.CopyN(h, c, tcpBytes)
-		if err != nil {
-			tcpSum <- fmt.Sprintf("after %d bytes: %v", n, err)
-			return
-		}
-		tcpSum <- hex.EncodeToString(h.Sum(nil))
-	}()
+	tcpSum := hashSink(t, fmt.Sprintf("%s:%d", hostIP, tcpPort), tcpBytes)
 	iperf := exec.Command("iperf3", "-s", "-B", hostIP)
 	if err := iperf.Start(); err != nil {
 		t.Fatal(err)
@@ -191,40 +167,13 @@ func TestVirtioDevices(t *testing.T) {
 		t.Fatalf("vio: %v\nvirtio console:\n%s\nserial:\n%s", err, consoleOut.String(), log)
 	}
 
-	checks := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(log))
-	checkLine := regexp.MustCompile(`^CHECK (\S+) (ok|fail) ?(.*)$`)
-	guestSum := ""
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if m := checkLine.FindStringSubmatch(line); m != nil {
-			checks[m[1]] = m[2]
-			t.Logf("guest: %s %s %s", m[1], m[2], m[3])
-		}
-		if s, ok := strings.CutPrefix(line, "TCPSUM "); ok {
-			guestSum = s
-		}
-	}
-	for _, name := range []string{"mkfs", "mount", "ext4-checksum", "fio-verify", "umount", "readonly",
-		"known-offset", "discard", "hwrng", "console-read", "ping", "tcp-send", "iperf-tx", "iperf-rx"} {
-		if checks[name] != "ok" {
-			t.Errorf("guest check %s: %q", name, checks[name])
-		}
-	}
-	if !strings.Contains(string(log), "VIO-GUEST-DONE") {
-		t.Errorf("guest did not finish; serial:\n%s", log)
-	}
+	r := readReport(t, log)
+	r.expect(t, "mkfs", "mount", "ext4-checksum", "fio-verify", "umount", "readonly",
+		"known-offset", "discard", "hwrng", "console-read", "ping", "tcp-send", "iperf-tx", "iperf-rx")
 	if !strings.Contains(consoleOut.String(), "console-echo:console-in") {
 		t.Errorf("virtio console: no echo of the host's line; got %q", consoleOut.String())
 	}
-	select {
-	case s := <-tcpSum:
-		if s != guestSum {
-			t.Errorf("TCP transfer: host hashed %s, guest sent %s", s, guestSum)
-		}
-	default:
-		t.Error("TCP transfer: the host never got the guest's data")
-	}
+	expectSum(t, "TCP transfer", tcpSum, r.value("TCPSUM"))
 
 	// vio's own counters agree that the I/O went through the devices.
 	var counters map[string]json.RawMessage
