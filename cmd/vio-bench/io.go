@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"slices"
@@ -28,15 +29,19 @@ const (
 // read KVM's exit counters around it.
 var ioGuest = `
 ip link set eth0 up && ip addr add ` + benchGuestIP + `/24 dev eth0
+# Interrupts the guest took from virtio devices (every CPU's column of
+# every virtio vector in /proc/interrupts).
+virq() { awk '/virtio/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' /proc/interrupts; }
 # The exits an idle guest causes (timer ticks, housekeeping): subtracted
 # from each workload's count to get the exits the I/O itself costs.
-echo "BENCH-BEGIN idle"; sleep ` + strconv.Itoa(fioRuntime) + `; echo "BENCH-END idle 0 0"
+echo "BENCH-BEGIN idle"; sleep ` + strconv.Itoa(fioRuntime) + `; echo "BENCH-END idle 0 0 0"
 fiojob() {
 	name=$1; shift
+	i0=$(virq)
 	echo "BENCH-BEGIN $name"
 	fio --name=$name --filename=/dev/vda --direct=1 --time_based --runtime=` + strconv.Itoa(fioRuntime) + ` \
 		--output-format=terse --terse-version=3 "$@" > /tmp/$name 2>&1
-	echo "BENCH-END $name $(awk -F';' '{print $8+$49, $7+$48}' /tmp/$name)"
+	echo "BENCH-END $name $(awk -F';' '{print $8+$49, $7+$48}' /tmp/$name) $(( $(virq) - i0 ))"
 }
 fiojob randread-qd1  --rw=randread  --bs=4k   --ioengine=psync
 fiojob randread-qd32 --rw=randread  --bs=4k   --ioengine=libaio --iodepth=32
@@ -44,9 +49,10 @@ fiojob randwrite-qd32 --rw=randwrite --bs=4k  --ioengine=libaio --iodepth=32
 fiojob seqread-128k  --rw=read      --bs=128k --ioengine=libaio --iodepth=8
 for dir in tx rx; do
 	flag=; [ $dir = rx ] && flag=-R
+	i0=$(virq)
 	echo "BENCH-BEGIN iperf-$dir"
 	iperf3 -c ` + benchHostIP + ` -t 5 -f m $flag > /tmp/ip 2>&1
-	echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0"
+	echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0 $(( $(virq) - i0 ))"
 done
 poweroff -f
 `
@@ -55,6 +61,7 @@ type ioResult struct {
 	value   float64 // IOPS, or Mbit/s for iperf
 	kbps    float64 // fio: KiB/s
 	exits   float64 // KVM exits during the workload
+	irqs    float64 // virtio interrupts the guest took during it
 	seconds float64 // wall time between the workload's markers
 }
 
@@ -91,13 +98,19 @@ func benchIO(e *env, b *budget, rounds, memMiB int) error {
 
 	cmdline := "console=ttyS0 quiet panic=-1"
 	mem := strconv.Itoa(memMiB)
+	// vioArgs is vio's command line, diskOpts added to the bench disk's.
+	vioArgs := func(diskOpts string) []string {
+		return []string{e.vio, "run", "--kernel", e.assets.Kernel, "--initrd", initrd, "--memory", mem + "M",
+			"--cpus", "2", "--cmdline", cmdline, "--disk", "path=" + disk + diskOpts,
+			"--disk", "path=" + tools + ",readonly=on", "--net", "tap=" + benchTap}
+	}
 	vmms := []struct {
 		name string
 		argv []string
 	}{
-		{"vio", []string{e.vio, "run", "--kernel", e.assets.Kernel, "--initrd", initrd, "--memory", mem + "M",
-			"--cpus", "2", "--cmdline", cmdline, "--disk", "path=" + disk, "--disk", "path=" + tools + ",readonly=on",
-			"--net", "tap=" + benchTap}},
+		{"vio", vioArgs("")},
+		// The same VM with adaptive interrupt coalescing on the bench disk.
+		{"vio-vic", vioArgs(",coalesce=adaptive")},
 		{"qemu", []string{e.qemu, "-enable-kvm", "-cpu", "host", "-m", mem, "-smp", "2", "-nodefaults",
 			"-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", e.assets.Kernel, "-initrd", initrd,
 			"-append", cmdline,
@@ -106,7 +119,14 @@ func benchIO(e *env, b *budget, rounds, memMiB int) error {
 			"-netdev", "tap,id=n0,ifname=" + benchTap + ",script=no,downscript=no,vhost=off",
 			"-device", "virtio-net-pci,netdev=n0"}},
 	}
-	results := map[string]map[string][]ioResult{"vio": {}, "qemu": {}}
+	var names []string
+	for _, v := range vmms {
+		names = append(names, v.name)
+	}
+	results := map[string]map[string][]ioResult{}
+	for _, v := range vmms {
+		results[v.name] = map[string][]ioResult{}
+	}
 	var order []string
 	var cut error
 	done := 0
@@ -123,7 +143,7 @@ rounds:
 			}
 			for name, x := range res {
 				results[v.name][name] = append(results[v.name][name], x)
-				fmt.Printf("round %d %-4s %-15s %10.1f  exits %8.0f\n", r+1, v.name, name, x.value, x.exits)
+				fmt.Printf("round %d %-7s %-15s %10.1f  exits %8.0f  irqs %8.0f\n", r+1, v.name, name, x.value, x.exits, x.irqs)
 			}
 		}
 		done++
@@ -137,19 +157,20 @@ rounds:
 	if cut != nil {
 		fmt.Printf("\nvio-bench: cut short in round %d of %d; the medians below are over the %d rounds every VMM finished\n", done+1, rounds, done)
 	}
-	printIO(results, order, done, memMiB)
+	printIO(results, names, order, done, memMiB)
 	return cut
 }
 
-// printIO prints the medians of the rounds that both VMMs finished.
-func printIO(results map[string]map[string][]ioResult, order []string, rounds, memMiB int) {
-	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs, virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost):\n", rounds, memMiB)
-	fmt.Printf("%-15s %10s %10s %8s %12s %12s %12s %12s\n", "workload", "vio", "qemu", "vio/qemu",
-		"vio exits", "qemu exits", "vio net", "qemu net")
-	fmt.Println("  (IOPS for fio, Mbit/s for iperf; exits per I/O for fio, per MB for iperf;")
+// printIO prints, per workload, each VMM's median over the rounds every
+// VMM finished, against QEMU's (the last of vmms).
+func printIO(results map[string]map[string][]ioResult, vmms, order []string, rounds, memMiB int) {
+	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs, virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost; vio-vic: coalesce=adaptive on the disk):\n", rounds, memMiB)
+	fmt.Printf("%-15s %-8s %10s %8s %10s %10s %10s\n", "workload", "vmm", "value", "÷qemu", "exits/op", "net ex/op", "irqs/op")
+	fmt.Println("  (value: IOPS for fio, Mbit/s for iperf; per op: per I/O for fio, per MB for iperf;")
 	fmt.Println("   'net' subtracts the exit rate of the idle guest over the workload's duration)")
+	ref := vmms[len(vmms)-1]
 	idle := map[string]float64{}
-	for _, vmm := range []string{"vio", "qemu"} {
+	for _, vmm := range vmms {
 		if x := median(results[vmm]["idle"][:rounds]); x.seconds > 0 {
 			idle[vmm] = x.exits / x.seconds
 		}
@@ -158,27 +179,35 @@ func printIO(results map[string]map[string][]ioResult, order []string, rounds, m
 		if name == "idle" {
 			continue
 		}
-		vs, qs := results["vio"][name], results["qemu"][name]
-		if len(vs) < rounds || len(qs) < rounds {
-			fmt.Printf("%-15s (not measured in every round)\n", name)
-			continue
-		}
-		v, q := median(vs[:rounds]), median(qs[:rounds])
 		ops := func(x ioResult) float64 { return x.value * fioRuntime }
 		if strings.HasPrefix(name, "iperf") {
 			ops = func(x ioResult) float64 { return x.value * 5 / 8 } // MB moved in 5 s
 		}
-		per := func(x ioResult, vmm string, net bool) float64 {
-			e := x.exits
-			if net {
-				e -= idle[vmm] * x.seconds
+		q := median(results[ref][name][:min(rounds, len(results[ref][name]))])
+		for i, vmm := range vmms {
+			label := name
+			if i > 0 {
+				label = ""
 			}
-			return e / ops(x)
+			xs := results[vmm][name]
+			if len(xs) < rounds {
+				fmt.Printf("%-15s %-8s (not measured in every round)\n", label, vmm)
+				continue
+			}
+			x := median(xs[:rounds])
+			n := ops(x)
+			if n == 0 {
+				n = math.NaN()
+			}
+			fmt.Printf("%-15s %-8s %10.1f %8.2f %10.3f %10.3f %10.3f\n", label, vmm, x.value, x.value/q.value,
+				x.exits/n, (x.exits-idle[vmm]*x.seconds)/n, x.irqs/n)
 		}
-		fmt.Printf("%-15s %10.1f %10.1f %8.2f %12.3f %12.3f %12.3f %12.3f\n", name, v.value, q.value, v.value/q.value,
-			per(v, "vio", false), per(q, "qemu", false), per(v, "vio", true), per(q, "qemu", true))
 	}
-	fmt.Printf("idle guest: vio %.0f exits/s, qemu %.0f exits/s\n", idle["vio"], idle["qemu"])
+	fmt.Print("idle guest exits/s:")
+	for _, vmm := range vmms {
+		fmt.Printf(" %s %.0f", vmm, idle[vmm])
+	}
+	fmt.Println()
 }
 
 // median returns the middle result by value (zero for none), sorting a
@@ -230,6 +259,9 @@ func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 			}
 			if len(f) > 3 {
 				r.kbps, _ = strconv.ParseFloat(f[3], 64)
+			}
+			if len(f) > 4 {
+				r.irqs, _ = strconv.ParseFloat(f[4], 64)
 			}
 			res[f[1]] = r
 			names = append(names, f[1])
