@@ -27,9 +27,12 @@ func SenderTLS(e Endpoint, dir string) (*tls.Config, error) {
 	if err != nil {
 		return nil, &urlError{fmt.Sprintf("migration URL %s: %v", e, err)}
 	}
-	c, err := tlsdir.Client(dir, host, true)
+	c, err := tlsdir.Client(dir, host)
 	if err != nil {
 		return nil, &urlError{err.Error()}
+	}
+	if !tlsdir.HasCertificate(c) {
+		return nil, &urlError{fmt.Sprintf("TLS credentials: %s has no %s and %s: a receiver takes migrations only from senders with a certificate", dir, tlsdir.ClientCert, tlsdir.ClientKey)}
 	}
 	return c, nil
 }

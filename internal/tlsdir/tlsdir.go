@@ -48,22 +48,33 @@ func Server(dir string, verifyClients bool) (*tls.Config, error) {
 // Client returns the configuration for the connecting end: it trusts the
 // servers ca-cert.pem signed, checked against serverName (a host name or
 // an IP address, as in the URL dialled), and presents client-cert.pem and
-// client-key.pem when withCert (an error if they are missing).
-func Client(dir, serverName string, withCert bool) (*tls.Config, error) {
+// client-key.pem if the directory has them (one without the other is an
+// error), for servers that verify their clients.
+func Client(dir, serverName string) (*tls.Config, error) {
 	pool, err := caPool(dir)
 	if err != nil {
 		return nil, err
 	}
 	c := &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
-	if withCert {
+	_, errC := os.Stat(filepath.Join(dir, ClientCert))
+	_, errK := os.Stat(filepath.Join(dir, ClientKey))
+	switch {
+	case errC == nil && errK == nil:
 		cert, err := keyPair(dir, ClientCert, ClientKey)
 		if err != nil {
 			return nil, err
 		}
 		c.Certificates = []tls.Certificate{cert}
+	case errC == nil:
+		return nil, missing(dir, ClientKey, errK)
+	case errK == nil:
+		return nil, missing(dir, ClientCert, errC)
 	}
 	return c, nil
 }
+
+// HasCertificate reports whether c presents a certificate of its own.
+func HasCertificate(c *tls.Config) bool { return len(c.Certificates) > 0 }
 
 func caPool(dir string) (*x509.CertPool, error) {
 	p := filepath.Join(dir, CACert)

@@ -66,7 +66,7 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := tlsdir.Client(dir, "127.0.0.1", true)
+	cli, err := tlsdir.Client(dir, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,15 +74,16 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("handshake with the right credentials: server %v, client %v", serr, cerr)
 	}
 	// A client without a certificate is refused when the server asks for one.
-	bare, err := tlsdir.Client(dir, "127.0.0.1", false)
+	bare, err := tlsdir.Client(dir, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
+	bare.Certificates = nil
 	if serr, _ := handshake(t, srv, bare); serr == nil {
 		t.Error("the server accepted a client with no certificate")
 	}
 	// A client trusting another CA refuses the server.
-	other, err := tlsdir.Client(tlsdirtest.Write(t, "another CA"), "127.0.0.1", true)
+	other, err := tlsdir.Client(tlsdirtest.Write(t, "another CA"), "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func TestMutualTLS(t *testing.T) {
 		t.Error("a client trusting another CA accepted the server")
 	}
 	// The server's name must match what was dialled.
-	wrong, _ := tlsdir.Client(dir, "vio.example", true)
+	wrong, _ := tlsdir.Client(dir, "vio.example")
 	if _, cerr := handshake(t, srv, wrong); cerr == nil {
 		t.Error("a server certificate for localhost passed as vio.example")
 	}
@@ -99,8 +100,12 @@ func TestMutualTLS(t *testing.T) {
 func TestMissingFiles(t *testing.T) {
 	dir := tlsdirtest.Write(t, "vio test CA")
 	os.Remove(filepath.Join(dir, tlsdir.ClientKey))
-	if _, err := tlsdir.Client(dir, "localhost", true); err == nil || !strings.Contains(err.Error(), "has no client-key.pem") {
-		t.Errorf("missing client key: %v", err)
+	if _, err := tlsdir.Client(dir, "localhost"); err == nil || !strings.Contains(err.Error(), "has no client-key.pem") {
+		t.Errorf("a client certificate without its key: %v", err)
+	}
+	os.Remove(filepath.Join(dir, tlsdir.ClientCert))
+	if c, err := tlsdir.Client(dir, "localhost"); err != nil || tlsdir.HasCertificate(c) {
+		t.Errorf("no client certificate: %v, certificate %v", err, c != nil && tlsdir.HasCertificate(c))
 	}
 	if _, err := tlsdir.Server(t.TempDir(), false); err == nil || !strings.Contains(err.Error(), "has no server-cert.pem") {
 		t.Errorf("empty directory: %v", err)
