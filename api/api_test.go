@@ -159,14 +159,15 @@ func TestBadRequests(t *testing.T) {
 		{"send-migration without a URL", "PUT", "vm.send-migration", []byte(`{}`), 400, "destination_url"},
 		{"send-migration to a bad URL", "PUT", "vm.send-migration", []byte(`{"destination_url":"http://h:1"}`), 400, "tcp:HOST:PORT"},
 		{"send-migration local", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/tmp/m","local":true}`), 501, "locally"},
-		{"send-migration TLS", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","tls_dir":"/etc/x"}`), 501, "TLS"},
+		{"send-migration TLS without credentials", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","tls_dir":"/nonexistent"}`), 400, "has no ca-cert.pem"},
+		{"send-migration TLS over UNIX", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/tmp/m","tls_dir":"/nonexistent"}`), 400, "TLS is for tcp"},
 		{"send-migration postcopy", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","memory_mode":"Postcopy"}`), 501, "Precopy"},
 		{"send-migration connections", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","connections":4}`), 501, "one connection"},
 		{"send-migration downtime", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","downtime_ms":0}`), 400, "downtime_ms"},
 		{"send-migration strategy", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","timeout_strategy":"Pray"}`), 400, "Cancel or Ignore"},
 		{"send-migration of a double", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/nonexistent/m.sock"}`), 501, "cannot migrate"},
 		{"receive-migration without a URL", "PUT", "vm.receive-migration", []byte(`{}`), 400, "receiver_url"},
-		{"receive-migration TLS", "PUT", "vm.receive-migration", []byte(`{"receiver_url":"unix:/tmp/m","tls_dir":"/etc/x"}`), 501, "TLS"},
+		{"receive-migration TLS over UNIX", "PUT", "vm.receive-migration", []byte(`{"receiver_url":"unix:/tmp/m","tls_dir":"/nonexistent"}`), 400, "TLS is for tcp"},
 		{"not yet", "PUT", "vm.coredump", []byte(`{"destination_url":"file:///tmp/s"}`), 501, "not implemented"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

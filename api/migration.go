@@ -34,14 +34,12 @@ func (s *Server) sendMigration(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	sm := vmm.SendMigration{DestinationURL: req.DestinationURL}
+	sm := vmm.SendMigration{DestinationURL: req.DestinationURL, TLSDir: req.TLSDir}
 	switch {
 	case req.DestinationURL == "":
 		return errorf(http.StatusBadRequest, "vm.send-migration needs destination_url: tcp:HOST:PORT or unix:/path, where vm.receive-migration waits")
 	case req.Local:
 		return errorf(http.StatusNotImplemented, "vio cannot migrate locally (guest RAM passed by descriptor) yet; leave out local to copy RAM over the socket")
-	case req.TLSDir != "":
-		return errorf(http.StatusNotImplemented, "vio cannot migrate over TLS yet; leave out tls_dir (and use a trusted network or a UNIX socket)")
 	case req.Connections != nil && (*req.Connections < 1 || *req.Connections > 128):
 		return errorf(http.StatusBadRequest, "connections %d: want 1 to 128", *req.Connections)
 	case req.Connections != nil && *req.Connections != 1:
@@ -90,14 +88,12 @@ func (s *Server) receiveMigration(w http.ResponseWriter, r *http.Request) error 
 	switch {
 	case req.ReceiverURL == "":
 		return errorf(http.StatusBadRequest, "vm.receive-migration needs receiver_url: tcp:HOST:PORT or unix:/path to wait on")
-	case req.TLSDir != "":
-		return errorf(http.StatusNotImplemented, "vio cannot migrate over TLS yet; leave out tls_dir")
 	case req.MemoryMode != "" && req.MemoryMode != "Precopy":
 		return errorf(http.StatusNotImplemented, "memory_mode %q: vio migrates by Precopy only", req.MemoryMode)
 	case len(req.ZoneUpdates) > 0:
 		return errorf(http.StatusNotImplemented, "vm.receive-migration cannot apply zone_updates: vio has no memory zones; leave it out")
 	}
-	if err := s.ctl.ReceiveMigration(r.Context(), req.ReceiverURL); err != nil {
+	if err := s.ctl.ReceiveMigration(r.Context(), vmm.ReceiveMigration{ReceiverURL: req.ReceiverURL, TLSDir: req.TLSDir}); err != nil {
 		return err
 	}
 	noContent(w)

@@ -65,7 +65,7 @@ type Controller interface {
 	// SendMigration and ReceiveMigration block until the migration has
 	// ended; ctx (the request's) cancels them.
 	SendMigration(ctx context.Context, req vmm.SendMigration) error
-	ReceiveMigration(ctx context.Context, receiverURL string) error
+	ReceiveMigration(ctx context.Context, req vmm.ReceiveMigration) error
 }
 
 var _ Controller = (*vmm.Controller)(nil)

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/viovmm/vio/block/graph"
+	"github.com/viovmm/vio/irq/coalesce"
 )
 
 // VM is a whole virtual machine.
@@ -126,6 +127,10 @@ type Disk struct {
 	NumQueues int    `json:"num_queues,omitempty"`
 	QueueSize int    `json:"queue_size,omitempty"`
 	ID        string `json:"id,omitempty"`
+	// Coalesce is the completion interrupt policy of a virtio disk:
+	// off (default), adaptive, or completions per interrupt, each with
+	// an optional ":DELAY" bound (irq/coalesce). A vio extension.
+	Coalesce string `json:"coalesce,omitempty"`
 
 	// Accepted, not implemented yet (see Unimplemented).
 	IOMMU        bool   `json:"iommu,omitempty"`
@@ -405,6 +410,9 @@ func (c *VM) Validate() error {
 	for i, d := range c.Disks {
 		switch d.Iface {
 		case "", DiskVirtio:
+			if _, err := coalesce.Parse(d.Coalesce); err != nil {
+				return fmt.Errorf("disk %d: %w", i, err)
+			}
 		case DiskIDE, DiskCDROM:
 			nIDE++
 			if nIDE > MaxIDE {
@@ -412,6 +420,9 @@ func (c *VM) Validate() error {
 			}
 			if d.NumQueues > 1 || d.QueueSize != 0 {
 				return fmt.Errorf("disk %d: an IDE drive has no queues: drop num_queues and queue_size, or use iface=virtio", i)
+			}
+			if d.Coalesce != "" && d.Coalesce != "off" {
+				return fmt.Errorf("disk %d: interrupt coalescing is for virtio disks: drop coalesce=%s, or use iface=virtio", i, d.Coalesce)
 			}
 		default:
 			return fmt.Errorf("disk %d: iface %q: want virtio, ide or cdrom", i, d.Iface)

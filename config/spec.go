@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/viovmm/vio/irq/coalesce"
 )
 
 // The command line describes devices as comma-separated key=value lists,
@@ -82,7 +84,7 @@ func ParseMemory(spec string) (Memory, error) {
 }
 
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
-// [,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys).
+// [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys).
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
 	kv, err := splitSpec("disk", spec)
@@ -115,6 +117,11 @@ func ParseDisk(spec string) (Disk, error) {
 			d.QueueSize, err = parseInt("disk", k, v)
 		case "id":
 			d.ID = v
+		case "coalesce":
+			if _, err = coalesce.Parse(v); err != nil {
+				err = fmt.Errorf("--disk: coalesce=%s: %w", v, err)
+			}
+			d.Coalesce = v
 		case "format":
 			if d.ImageType, err = ParseImageType(v); err != nil {
 				err = fmt.Errorf("--disk: %w", err)
@@ -131,7 +138,7 @@ func ParseDisk(spec string) (Disk, error) {
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time)", spec, k)
 		}
 		if err != nil {
 			return d, err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viovmm/vio/internal/tlsdir/tlsdirtest"
 	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/migration/migrationtest"
 )
@@ -324,4 +325,77 @@ func TestSendReceiveTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSame(t, src.Snapshot(), tgt.Built[0])
+}
+
+// TestSendReceiveTLS: the same over mutual TLS; a sender without a
+// certificate, or trusting another CA, gets nothing through.
+func TestSendReceiveTLS(t *testing.T) {
+	dir := tlsdirtest.Write(t, "migration CA")
+	ep, _ := migration.ParseURL("tcp:127.0.0.1:0")
+	if _, err := migration.SenderTLS(migration.Endpoint{Network: "unix", Address: "/x"}, dir); !errors.Is(err, migration.ErrBadURL) {
+		t.Errorf("TLS over a UNIX socket: %v", err)
+	}
+	srvCfg, err := migration.ReceiverTLS(ep, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(cliDir string, withCert bool) (sendErr, recvErr error) {
+		l, err := migration.Listen(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dest, _ := migration.ParseURL("tcp:" + l.Addr().String())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		tgt := &migrationtest.Target{Sizes: []int{16 * page}}
+		errc := make(chan error, 1)
+		go func() {
+			c, err := migration.Accept(ctx, l)
+			if err != nil {
+				errc <- err
+				return
+			}
+			if c, err = migration.Secure(ctx, c, srvCfg, true); err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			rec, err := migration.Receive(ctx, c, tgt, migration.ReceiveOptions{})
+			if err == nil {
+				err = rec.Finish(nil)
+			}
+			errc <- err
+		}()
+		src := migrationtest.NewSource(16 * page)
+		src.Write(0, 15*page, []byte("over TLS"))
+		cfg, err := migration.SenderTLS(dest, cliDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !withCert {
+			cfg.Certificates = nil
+		}
+		conn, err := migration.Dial(ctx, dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conn, sendErr = migration.Secure(ctx, conn, cfg, false); sendErr == nil {
+			_, sendErr = migration.Send(ctx, conn, src, migration.Options{})
+			conn.Close()
+		}
+		recvErr = <-errc
+		if recvErr == nil {
+			checkSame(t, src.Snapshot(), tgt.Built[0])
+		}
+		return sendErr, recvErr
+	}
+	if s, r := run(dir, true); s != nil || r != nil {
+		t.Fatalf("with the right credentials: send %v, receive %v", s, r)
+	}
+	if _, r := run(dir, false); r == nil {
+		t.Error("the receiver took a migration from a sender with no certificate")
+	}
+	if s, r := run(tlsdirtest.Write(t, "another CA"), true); s == nil || r == nil {
+		t.Errorf("a sender trusting another CA: send %v, receive %v", s, r)
+	}
 }

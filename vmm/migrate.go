@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,18 @@ type SendMigration struct {
 	Downtime       time.Duration // 0: migration.DefaultDowntime
 	Timeout        time.Duration // 0: migration.DefaultTimeout
 	IgnoreTimeout  bool          // timeout_strategy Ignore: finish anyway
+	// TLSDir, when set, holds the credentials for mutual TLS (ca-cert.pem,
+	// client-cert.pem, client-key.pem; tcp: only).
+	TLSDir string
+}
+
+// ReceiveMigration is where and how to wait for a migration.
+type ReceiveMigration struct {
+	ReceiverURL string // tcp:HOST:PORT or unix:PATH
+	// TLSDir, when set, holds the credentials for mutual TLS (ca-cert.pem,
+	// server-cert.pem, server-key.pem; tcp: only): only senders with a
+	// certificate ca-cert.pem signed get in.
+	TLSDir string
 }
 
 // migrationGuard keeps a VM's memory mapped while a migration reads it:
@@ -308,6 +321,12 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	if err != nil {
 		return migrationRequestError{err}
 	}
+	var tlsCfg *tls.Config
+	if req.TLSDir != "" {
+		if tlsCfg, err = migration.SenderTLS(ep, req.TLSDir); err != nil {
+			return migrationRequestError{err}
+		}
+	}
 	c.op.Lock()
 	defer c.op.Unlock()
 	c.mu.Lock()
@@ -330,6 +349,12 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	conn, err := migration.Dial(src.ctx, ep)
 	if err != nil {
 		return migrationRequestError{err}
+	}
+	if tlsCfg != nil {
+		if conn, err = migration.Secure(src.ctx, conn, tlsCfg, false); err != nil {
+			c.emit("migration-failed", "destination_url", ep.String(), "error", err.Error())
+			return err
+		}
 	}
 	defer conn.Close()
 	c.emit("migrating", "destination_url", ep.String())
@@ -371,14 +396,20 @@ func anys(s []string) []any {
 	return out
 }
 
-// ReceiveMigration waits at url (tcp:HOST:PORT or unix:PATH) for one
-// migration from SendMigration, in a Controller with no VM, and returns
-// once the VM runs here (Running). A failed migration leaves no VM. ctx
-// ends the wait and the migration.
-func (c *Controller) ReceiveMigration(ctx context.Context, url string) error {
-	ep, err := migration.ParseURL(url)
+// ReceiveMigration waits at req.ReceiverURL (tcp:HOST:PORT or unix:PATH)
+// for one migration from SendMigration, in a Controller with no VM, and
+// returns once the VM runs here (Running). A failed migration leaves no
+// VM. ctx ends the wait and the migration.
+func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration) error {
+	ep, err := migration.ParseURL(req.ReceiverURL)
 	if err != nil {
 		return migrationRequestError{err}
+	}
+	var tlsCfg *tls.Config
+	if req.TLSDir != "" {
+		if tlsCfg, err = migration.ReceiverTLS(ep, req.TLSDir); err != nil {
+			return migrationRequestError{err}
+		}
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
@@ -398,6 +429,9 @@ func (c *Controller) ReceiveMigration(ctx context.Context, url string) error {
 	}
 	c.emit("receiving-migration", "receiver_url", ep.String())
 	conn, err := migration.Accept(ctx, l)
+	if err == nil && tlsCfg != nil {
+		conn, err = migration.Secure(ctx, conn, tlsCfg, true)
+	}
 	if err != nil {
 		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
 		return err

@@ -30,7 +30,7 @@ func TestReceiveMigration(t *testing.T) {
 	defer cancel()
 	sock := filepath.Join(t.TempDir(), "mig.sock")
 	errc := make(chan error, 1)
-	go func() { errc <- c.ReceiveMigration(ctx, "unix:"+sock) }()
+	go func() { errc <- c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:" + sock}) }()
 	for {
 		if _, err := os.Stat(sock); err == nil {
 			break
@@ -86,7 +86,7 @@ func TestReceiveMigration(t *testing.T) {
 			t.Errorf("no %s event (saw %v)", e, seen)
 		}
 	}
-	wantWrongState(t, c.ReceiveMigration(ctx, "unix:"+sock), "cannot receive a migration")
+	wantWrongState(t, c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:" + sock}), "cannot receive a migration")
 }
 
 // A failed migration leaves no VM at the destination.
@@ -97,7 +97,7 @@ func TestReceiveMigrationFails(t *testing.T) {
 	defer cancel()
 	sock := filepath.Join(t.TempDir(), "mig.sock")
 	errc := make(chan error, 1)
-	go func() { errc <- c.ReceiveMigration(ctx, "unix:"+sock) }()
+	go func() { errc <- c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:" + sock}) }()
 	// The receiver listens once its socket file exists; it may also
 	// fail before that, which ends the wait too.
 	for {
@@ -133,12 +133,12 @@ func TestReceiveMigrationFails(t *testing.T) {
 func TestMigrationRequests(t *testing.T) {
 	c, b, cfg := newController(t)
 	ctx := context.Background()
-	if err := c.ReceiveMigration(ctx, "unix:/x"); !errors.Is(err, vmm.ErrNotImplemented) {
+	if err := c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:/x"}); !errors.Is(err, vmm.ErrNotImplemented) {
 		t.Errorf("ReceiveMigration without SetReceive: %v", err)
 	}
 	c.SetReceive(b.Receive)
 	for _, url := range []string{"", "tcp:nohost", "file:///x", "unix:"} {
-		if err := c.ReceiveMigration(ctx, url); !errors.Is(err, vmm.ErrMigrationRequest) {
+		if err := c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: url}); !errors.Is(err, vmm.ErrMigrationRequest) {
 			t.Errorf("ReceiveMigration(%q): %v", url, err)
 		}
 		if err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: url}); !errors.Is(err, vmm.ErrMigrationRequest) {
@@ -147,7 +147,7 @@ func TestMigrationRequests(t *testing.T) {
 	}
 	taken := filepath.Join(t.TempDir(), "taken")
 	os.WriteFile(taken, nil, 0o600)
-	if err := c.ReceiveMigration(ctx, "unix:"+taken); !errors.Is(err, vmm.ErrMigrationRequest) || !strings.Contains(err.Error(), "exists") {
+	if err := c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:" + taken}); !errors.Is(err, vmm.ErrMigrationRequest) || !strings.Contains(err.Error(), "exists") {
 		t.Errorf("ReceiveMigration onto an existing file: %v", err)
 	}
 	if err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: "unix:/nonexistent"}); !errors.Is(err, vmm.ErrNotCreated) {

@@ -17,6 +17,7 @@ import (
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/rng"
 	"github.com/viovmm/vio/devices/virtio/vsock"
+	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/virtiopci"
@@ -237,7 +238,12 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 	if queues == 0 {
 		queues = min(v.cfg.CPUs.BootVCPUs, maxDefaultQueues)
 	}
+	vic, err := coalesce.Parse(d.Coalesce)
+	if err != nil {
+		return nil, err
+	}
 	return blk.New(be, blk.Config{
+		Coalesce:       vic,
 		Serial:         d.Serial,
 		ReadOnly:       d.Readonly,
 		NumQueues:      queues,

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"slices"
@@ -28,15 +29,23 @@ const (
 // read KVM's exit counters around it.
 var ioGuest = `
 ip link set eth0 up && ip addr add ` + benchGuestIP + `/24 dev eth0
+# The bench disk: an emulated IDE disk when there is one (the last virtio
+# disk is always the tools disk), else the first virtio disk.
+dev=/dev/vda; [ -b /dev/sda ] && dev=/dev/sda
+echo "BENCH-DEVICE $dev $(cat /sys/class/net/eth0/device/uevent 2>/dev/null | grep DRIVER=)"
+# Interrupts the guest took from its I/O devices (every CPU's column of
+# every virtio, IDE and e1000 line in /proc/interrupts).
+virq() { awk '/virtio|ata_piix|eth0|e1000/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' /proc/interrupts; }
 # The exits an idle guest causes (timer ticks, housekeeping): subtracted
 # from each workload's count to get the exits the I/O itself costs.
-echo "BENCH-BEGIN idle"; sleep ` + strconv.Itoa(fioRuntime) + `; echo "BENCH-END idle 0 0"
+echo "BENCH-BEGIN idle"; sleep ` + strconv.Itoa(fioRuntime) + `; echo "BENCH-END idle 0 0 0"
 fiojob() {
 	name=$1; shift
+	i0=$(virq)
 	echo "BENCH-BEGIN $name"
-	fio --name=$name --filename=/dev/vda --direct=1 --time_based --runtime=` + strconv.Itoa(fioRuntime) + ` \
+	fio --name=$name --filename=$dev --direct=1 --time_based --runtime=` + strconv.Itoa(fioRuntime) + ` \
 		--output-format=terse --terse-version=3 "$@" > /tmp/$name 2>&1
-	echo "BENCH-END $name $(awk -F';' '{print $8+$49, $7+$48}' /tmp/$name)"
+	echo "BENCH-END $name $(awk -F';' '{print $8+$49, $7+$48}' /tmp/$name) $(( $(virq) - i0 ))"
 }
 fiojob randread-qd1  --rw=randread  --bs=4k   --ioengine=psync
 fiojob randread-qd32 --rw=randread  --bs=4k   --ioengine=libaio --iodepth=32
@@ -44,9 +53,10 @@ fiojob randwrite-qd32 --rw=randwrite --bs=4k  --ioengine=libaio --iodepth=32
 fiojob seqread-128k  --rw=read      --bs=128k --ioengine=libaio --iodepth=8
 for dir in tx rx; do
 	flag=; [ $dir = rx ] && flag=-R
+	i0=$(virq)
 	echo "BENCH-BEGIN iperf-$dir"
 	iperf3 -c ` + benchHostIP + ` -t 5 -f m $flag > /tmp/ip 2>&1
-	echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0"
+	echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0 $(( $(virq) - i0 ))"
 done
 poweroff -f
 `
@@ -55,13 +65,73 @@ type ioResult struct {
 	value   float64 // IOPS, or Mbit/s for iperf
 	kbps    float64 // fio: KiB/s
 	exits   float64 // KVM exits during the workload
+	irqs    float64 // interrupts of the I/O devices the guest took during it
 	seconds float64 // wall time between the workload's markers
 }
 
+// setup is one VMM configuration a benchmark runs.
+type setup struct {
+	name string
+	argv []string
+}
+
+// benchIO runs the I/O workloads on vio with and without interrupt
+// coalescing, and on QEMU.
 func benchIO(e *env, b *budget, rounds, memMiB int) error {
+	return runIOBench(e, b, rounds, memMiB, func(disk, tools, initrd string) ([]setup, string) {
+		return []setup{
+			{"vio", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			// The same VM with adaptive interrupt coalescing on the bench disk.
+			{"vio-vic", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",coalesce=adaptive", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			{"qemu", qemuIOArgs(e, memMiB, initrd,
+				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
+				"-drive", "file="+tools+",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
+				"-netdev", "tap,id=n0,ifname="+benchTap+",script=no,downscript=no,vhost=off", "-device", "virtio-net-pci,netdev=n0")},
+		}, "virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost; vio-vic: coalesce=adaptive on the disk"
+	})
+}
+
+// benchEmulated is full against paravirtualization: the same workloads on
+// an emulated IDE disk and e1000 NIC, and on virtio-blk and virtio-net, in
+// vio and in QEMU. (The guest's tools disk stays virtio in every setup; it
+// is idle while the workloads run.)
+func benchEmulated(e *env, b *budget, rounds, memMiB int) error {
+	return runIOBench(e, b, rounds, memMiB, func(disk, tools, initrd string) ([]setup, string) {
+		qemuTools := []string{"-drive", "file=" + tools + ",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1"}
+		qemuTap := "tap,id=n0,ifname=" + benchTap + ",script=no,downscript=no,vhost=off"
+		return []setup{
+			{"vio-para", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			{"vio-full", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",iface=ide", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap+",model=e1000")},
+			{"qemu-para", qemuIOArgs(e, memMiB, initrd, append(qemuTools,
+				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
+				"-netdev", qemuTap, "-device", "virtio-net-pci,netdev=n0")...)},
+			{"qemu-full", qemuIOArgs(e, memMiB, initrd, append(qemuTools,
+				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "ide-hd,drive=d0,bus=ide.0",
+				"-netdev", qemuTap, "-device", "e1000,netdev=n0")...)},
+		}, "para: virtio-blk and virtio-net; full: an IDE disk (ata_piix) and an e1000 NIC; TAP, QEMU without vhost"
+	})
+}
+
+func vioIOArgs(e *env, memMiB int, initrd string, devices ...string) []string {
+	return append([]string{e.vio, "run", "--kernel", e.assets.Kernel, "--initrd", initrd, "--memory", strconv.Itoa(memMiB) + "M",
+		"--cpus", "2", "--cmdline", benchCmdline}, devices...)
+}
+
+func qemuIOArgs(e *env, memMiB int, initrd string, devices ...string) []string {
+	return append([]string{e.qemu, "-enable-kvm", "-cpu", "host", "-m", strconv.Itoa(memMiB), "-smp", "2", "-nodefaults",
+		"-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", e.assets.Kernel, "-initrd", initrd,
+		"-append", benchCmdline}, devices...)
+}
+
+const benchCmdline = "console=ttyS0 quiet panic=-1"
+
+// runIOBench prepares the guest, its disks and the host's network, then
+// runs the setups interleaved, round after round, and prints the medians
+// against the last setup.
+func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, initrd string) ([]setup, string)) error {
 	initrd, tools, err := labtest.Guest{
 		Script:   ioGuest,
-		Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net"},
+		Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net", "ata_piix", "sd_mod", "e1000"},
 		Programs: []string{"/usr/bin/fio", "/usr/bin/iperf3"},
 	}.BuildIn(e.assets, e.work)
 	if err != nil {
@@ -89,24 +159,15 @@ func benchIO(e *env, b *budget, rounds, memMiB int) error {
 	}
 	defer iperf.Process.Kill()
 
-	cmdline := "console=ttyS0 quiet panic=-1"
-	mem := strconv.Itoa(memMiB)
-	vmms := []struct {
-		name string
-		argv []string
-	}{
-		{"vio", []string{e.vio, "run", "--kernel", e.assets.Kernel, "--initrd", initrd, "--memory", mem + "M",
-			"--cpus", "2", "--cmdline", cmdline, "--disk", "path=" + disk, "--disk", "path=" + tools + ",readonly=on",
-			"--net", "tap=" + benchTap}},
-		{"qemu", []string{e.qemu, "-enable-kvm", "-cpu", "host", "-m", mem, "-smp", "2", "-nodefaults",
-			"-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", e.assets.Kernel, "-initrd", initrd,
-			"-append", cmdline,
-			"-drive", "file=" + disk + ",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
-			"-drive", "file=" + tools + ",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
-			"-netdev", "tap,id=n0,ifname=" + benchTap + ",script=no,downscript=no,vhost=off",
-			"-device", "virtio-net-pci,netdev=n0"}},
+	vmms, what := setups(disk, tools, initrd)
+	var names []string
+	for _, v := range vmms {
+		names = append(names, v.name)
 	}
-	results := map[string]map[string][]ioResult{"vio": {}, "qemu": {}}
+	results := map[string]map[string][]ioResult{}
+	for _, v := range vmms {
+		results[v.name] = map[string][]ioResult{}
+	}
 	var order []string
 	var cut error
 	done := 0
@@ -123,7 +184,7 @@ rounds:
 			}
 			for name, x := range res {
 				results[v.name][name] = append(results[v.name][name], x)
-				fmt.Printf("round %d %-4s %-15s %10.1f  exits %8.0f\n", r+1, v.name, name, x.value, x.exits)
+				fmt.Printf("round %d %-7s %-15s %10.1f  exits %8.0f  irqs %8.0f\n", r+1, v.name, name, x.value, x.exits, x.irqs)
 			}
 		}
 		done++
@@ -137,19 +198,20 @@ rounds:
 	if cut != nil {
 		fmt.Printf("\nvio-bench: cut short in round %d of %d; the medians below are over the %d rounds every VMM finished\n", done+1, rounds, done)
 	}
-	printIO(results, order, done, memMiB)
+	printIO(results, names, order, done, memMiB, what)
 	return cut
 }
 
-// printIO prints the medians of the rounds that both VMMs finished.
-func printIO(results map[string]map[string][]ioResult, order []string, rounds, memMiB int) {
-	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs, virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost):\n", rounds, memMiB)
-	fmt.Printf("%-15s %10s %10s %8s %12s %12s %12s %12s\n", "workload", "vio", "qemu", "vio/qemu",
-		"vio exits", "qemu exits", "vio net", "qemu net")
-	fmt.Println("  (IOPS for fio, Mbit/s for iperf; exits per I/O for fio, per MB for iperf;")
+// printIO prints, per workload, each setup's median over the rounds every
+// setup finished, against the last setup's.
+func printIO(results map[string]map[string][]ioResult, vmms, order []string, rounds, memMiB int, what string) {
+	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs; %s):\n", rounds, memMiB, what)
+	ref := vmms[len(vmms)-1]
+	fmt.Printf("%-15s %-9s %10s %8s %10s %10s %10s\n", "workload", "vmm", "value", "÷"+ref, "exits/op", "net ex/op", "irqs/op")
+	fmt.Println("  (value: IOPS for fio, Mbit/s for iperf; per op: per I/O for fio, per MB for iperf;")
 	fmt.Println("   'net' subtracts the exit rate of the idle guest over the workload's duration)")
 	idle := map[string]float64{}
-	for _, vmm := range []string{"vio", "qemu"} {
+	for _, vmm := range vmms {
 		if x := median(results[vmm]["idle"][:rounds]); x.seconds > 0 {
 			idle[vmm] = x.exits / x.seconds
 		}
@@ -158,27 +220,35 @@ func printIO(results map[string]map[string][]ioResult, order []string, rounds, m
 		if name == "idle" {
 			continue
 		}
-		vs, qs := results["vio"][name], results["qemu"][name]
-		if len(vs) < rounds || len(qs) < rounds {
-			fmt.Printf("%-15s (not measured in every round)\n", name)
-			continue
-		}
-		v, q := median(vs[:rounds]), median(qs[:rounds])
 		ops := func(x ioResult) float64 { return x.value * fioRuntime }
 		if strings.HasPrefix(name, "iperf") {
 			ops = func(x ioResult) float64 { return x.value * 5 / 8 } // MB moved in 5 s
 		}
-		per := func(x ioResult, vmm string, net bool) float64 {
-			e := x.exits
-			if net {
-				e -= idle[vmm] * x.seconds
+		q := median(results[ref][name][:min(rounds, len(results[ref][name]))])
+		for i, vmm := range vmms {
+			label := name
+			if i > 0 {
+				label = ""
 			}
-			return e / ops(x)
+			xs := results[vmm][name]
+			if len(xs) < rounds {
+				fmt.Printf("%-15s %-9s (not measured in every round)\n", label, vmm)
+				continue
+			}
+			x := median(xs[:rounds])
+			n := ops(x)
+			if n == 0 {
+				n = math.NaN()
+			}
+			fmt.Printf("%-15s %-9s %10.1f %8.2f %10.3f %10.3f %10.3f\n", label, vmm, x.value, x.value/q.value,
+				x.exits/n, (x.exits-idle[vmm]*x.seconds)/n, x.irqs/n)
 		}
-		fmt.Printf("%-15s %10.1f %10.1f %8.2f %12.3f %12.3f %12.3f %12.3f\n", name, v.value, q.value, v.value/q.value,
-			per(v, "vio", false), per(q, "qemu", false), per(v, "vio", true), per(q, "qemu", true))
 	}
-	fmt.Printf("idle guest: vio %.0f exits/s, qemu %.0f exits/s\n", idle["vio"], idle["qemu"])
+	fmt.Print("idle guest exits/s:")
+	for _, vmm := range vmms {
+		fmt.Printf(" %s %.0f", vmm, idle[vmm])
+	}
+	fmt.Println()
 }
 
 // median returns the middle result by value (zero for none), sorting a
@@ -230,6 +300,9 @@ func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 			}
 			if len(f) > 3 {
 				r.kbps, _ = strconv.ParseFloat(f[3], 64)
+			}
+			if len(f) > 4 {
+				r.irqs, _ = strconv.ParseFloat(f[4], 64)
 			}
 			res[f[1]] = r
 			names = append(names, f[1])

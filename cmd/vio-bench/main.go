@@ -3,7 +3,8 @@
 // medians and ratios, because absolute speeds in the lab mean nothing.
 //
 //	go run ./cmd/vio-bench boot [-rounds N]   # boot time to /init, VMM memory overhead
-//	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits per I/O
+//	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits and interrupts per I/O
+//	go run ./cmd/vio-bench emul [-rounds N]   # the same on IDE + e1000 against virtio, in vio and QEMU
 //
 // On a host without hardware virtualization it runs itself inside the lab.
 package main
@@ -37,7 +38,7 @@ func main() {
 		usage()
 	}
 	if *timeout <= 0 {
-		*timeout = time.Duration(*rounds*3) * perRun
+		*timeout = time.Duration(*rounds*4) * perRun
 	}
 	b := &budget{deadline: time.Now().Add(*timeout), perRun: perRun}
 	var err error
@@ -46,6 +47,8 @@ func main() {
 		err = inLab(*timeout, func(e *env) error { return benchBoot(e, b, *rounds, *mem) })
 	case "io":
 		err = inLab(*timeout, func(e *env) error { return benchIO(e, b, *rounds, *mem) })
+	case "emul":
+		err = inLab(*timeout, func(e *env) error { return benchEmulated(e, b, *rounds, *mem) })
 	}
 	var exit *lab.ExitError
 	if errors.As(err, &exit) {
@@ -58,15 +61,15 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io [-rounds N] [-memory MiB] [-timeout D]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul [-rounds N] [-memory MiB] [-timeout D]")
 	os.Exit(2)
 }
 
 // perRunBudget is how long one guest run of each benchmark may take on a
 // loaded 2-core machine inside the lab (nominally a tenth of it). The
-// default -timeout gives every run asked for (up to three VMM rows a
-// round) its budget.
-var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute}
+// default -timeout gives every run asked for (up to four setups a round)
+// its budget.
+var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute}
 
 // budget spreads the run's time over its guests: each gets at most
 // perRun, and none starts once too little is left for it, so a run cut

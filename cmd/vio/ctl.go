@@ -54,6 +54,7 @@ func ctlCommand() *cobra.Command {
 	var socket string
 	var timeout time.Duration
 	var prefault bool
+	var tlsDir string
 	c := &cobra.Command{
 		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|send-migration URL|receive-migration URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
@@ -63,7 +64,10 @@ snapshot file:///DIR writes the paused VM to a new or empty directory; restore
 file:///DIR (to a vio with no VM) restores one, paused. See docs/snapshot.md.
 receive-migration tcp:HOST:PORT|unix:PATH (to a vio with no VM) waits for a live
 migration, which send-migration URL on the source's vio starts; both return when
-the VM runs at the destination. See docs/migration.md.
+the VM runs at the destination. --tls-dir DIR runs it over mutual TLS (tcp: only;
+DIR holds ca-cert.pem and server-cert.pem/server-key.pem on the receiving side,
+ca-cert.pem and client-cert.pem/client-key.pem on the sending side). See
+docs/migration.md.
 resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
 balloon shows the balloon's counters and the guest's memory statistics
 (docs/balloon.md).
@@ -101,7 +105,11 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 				return fmt.Errorf("%s needs a snapshot directory as a URL: vio ctl --api-socket PATH %s file:///var/lib/vio/snap1", args[0], args[0])
 			case (args[0] == "send-migration" || args[0] == "receive-migration") && len(args) == 2:
 				field := map[string]string{"send-migration": "destination_url", "receive-migration": "receiver_url"}[args[0]]
-				body, _ = json.Marshal(map[string]any{field: args[1]})
+				req := map[string]any{field: args[1]}
+				if tlsDir != "" {
+					req["tls_dir"] = tlsDir
+				}
+				body, _ = json.Marshal(req)
 				if !c.Flags().Changed("timeout") {
 					timeout = 24 * time.Hour // a migration takes as long as it takes
 				}
@@ -174,6 +182,7 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 	c.Flags().StringVar(&socket, "api-socket", "", "the VMM's API socket")
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	c.Flags().BoolVar(&prefault, "prefault", false, "restore: read all of guest RAM before the guest runs, not as it touches it")
+	c.Flags().StringVar(&tlsDir, "tls-dir", "", "send-migration, receive-migration: migrate over mutual TLS with the credentials in this directory (tcp: URLs only)")
 	return c
 }
 

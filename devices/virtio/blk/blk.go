@@ -23,9 +23,11 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/internal/latency"
+	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
@@ -129,6 +131,9 @@ type Config struct {
 	// Workers bounds the requests of one queue that run on the back-end
 	// concurrently (default 8).
 	Workers int
+	// Coalesce is the completion interrupt policy (default off: one
+	// interrupt per batch of completions).
+	Coalesce coalesce.Config
 	// BlockSize is the logical block size reported in blk_size, a power of
 	// two from 512 to 4096 (default 512). Requests still address 512-byte
 	// sectors.
@@ -222,6 +227,9 @@ func New(be block.Backend, cfg Config) (*Device, error) {
 	}
 	if cfg.Workers < 1 || cfg.Workers > MaxWorkers {
 		return nil, fmt.Errorf("%w: %d workers", ErrConfig, cfg.Workers)
+	}
+	if err := cfg.Coalesce.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if cfg.BlockSize == 0 {
 		cfg.BlockSize = SectorSize
@@ -484,6 +492,11 @@ type Stats struct {
 	// MaxInFlight is the largest number of requests of one queue seen in
 	// flight at once.
 	MaxInFlight uint64
+	// Coalesced is the number of completions that waited for a later
+	// batch's interrupt (Config.Coalesce); CoalesceDelay the time they
+	// waited in all.
+	Coalesced     uint64
+	CoalesceDelay time.Duration
 }
 
 type counters struct {
@@ -492,6 +505,7 @@ type counters struct {
 	ioErrors, unsupported, noStatus                              atomic.Uint64
 	backendErrors                                                atomic.Uint64
 	notifications, interrupts, badChains, maxInFlight            atomic.Uint64
+	coalesced, coalesceDelay                                     atomic.Uint64
 }
 
 // Stats returns the device's counters.
@@ -505,6 +519,7 @@ func (d *Device) Stats() Stats {
 		BackendErrors: c.backendErrors.Load(),
 		Notifications: c.notifications.Load(), Interrupts: c.interrupts.Load(),
 		BadChains: c.badChains.Load(), MaxInFlight: c.maxInFlight.Load(),
+		Coalesced: c.coalesced.Load(), CoalesceDelay: time.Duration(c.coalesceDelay.Load()),
 	}
 	d.mu.Lock()
 	if d.run != nil {

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
@@ -28,6 +29,9 @@ type server struct {
 	// driver can republish heads still in flight, so the ring itself
 	// does not bound them; the queue size does here.
 	limit int
+	// vic holds completion interrupts back while many requests are in
+	// flight (Config.Coalesce); the serve goroutine owns it.
+	vic *coalesce.Coalescer
 }
 
 // request is a chain on its way to a worker, with the time it was taken
@@ -53,6 +57,7 @@ func newServer(d *Device, q *virtio.Queue, stop chan struct{}) *server {
 		work:  make(chan request, limit),
 		done:  make(chan completion, limit),
 		limit: limit,
+		vic:   coalesce.New(d.cfg.Coalesce),
 	}
 }
 
@@ -75,6 +80,27 @@ func (s *server) serve() {
 
 	inFlight := 0
 	poll := true // the available ring may hold chains we have not taken
+	// due fires when the oldest completion held back by the coalescer
+	// must be interrupted for; nil while none waits.
+	var due <-chan time.Time
+	var dueTimer *time.Timer
+	defer func() {
+		if dueTimer != nil {
+			dueTimer.Stop()
+		}
+	}()
+	interrupt := func(now time.Time) {
+		// Counted before the guest can see the interrupt, so that what it
+		// reads in Stats afterwards includes it.
+		d := s.vic.Interrupted(now)
+		s.d.stats.coalesced.Add(d.Coalesced)
+		s.d.stats.coalesceDelay.Add(uint64(d.Delay))
+		_ = s.q.Signal() // errors are the transport's to count
+		if due != nil {
+			dueTimer.Stop()
+			due = nil
+		}
+	}
 	for {
 		if poll {
 			var err error
@@ -89,16 +115,30 @@ func (s *server) serve() {
 			if !s.quiesce(inFlight) {
 				return
 			}
+			d := s.vic.Interrupted(time.Now()) // quiesce interrupted for all
+			s.d.stats.coalesced.Add(d.Coalesced)
+			s.d.stats.coalesceDelay.Add(uint64(d.Delay))
+			if due != nil {
+				dueTimer.Stop()
+				due = nil
+			}
 			inFlight = 0
 			poll = true // take what the driver made available meanwhile
 		case <-s.q.Kicks():
 			s.d.stats.notifications.Add(1)
 			poll = true
+		case <-due:
+			due = nil
+			interrupt(time.Now())
 		case c := <-s.done:
-			// Push everything that has completed, then interrupt once.
+			// Push everything that has completed, then interrupt once,
+			// unless the coalescer holds the interrupt back for the
+			// completions that follow.
 			now := time.Now()
+			n := 0
 			for {
 				inFlight--
+				n++
 				if err := s.q.Push(c.head, c.written); err != nil {
 					return
 				}
@@ -112,7 +152,18 @@ func (s *server) serve() {
 					break
 				}
 			}
-			_ = s.q.Signal() // errors are the transport's to count
+			switch {
+			case s.vic.Completed(n, inFlight, now):
+				interrupt(now)
+			case due == nil:
+				wait := time.Until(s.vic.Deadline())
+				if dueTimer == nil {
+					dueTimer = time.NewTimer(wait)
+				} else {
+					dueTimer.Reset(wait)
+				}
+				due = dueTimer.C
+			}
 		}
 	}
 }
