@@ -95,7 +95,6 @@ type Mirror struct {
 	// where none is in flight.
 	cfg   sync.RWMutex
 	locks regionLocks
-	rr    atomic.Uint64
 
 	mu       sync.Mutex // guards the fields below and the log's in-memory state
 	st       logState   // region, size, slot states, W, D
@@ -621,35 +620,60 @@ func (m *Mirror) slotOfLocked(c *child) int {
 	return -1
 }
 
-// pick returns the in-sync child with the fewest reads in flight, starting
-// the scan at a rotating slot so that ties alternate.
+// pick returns the in-sync child with the fewest reads in flight, the
+// lowest slot among equals: a lone reader stays on one child, whose cache
+// (the host's page cache, an NBD server's) stays warm, and parallel
+// readers spread over the children as they queue up.
 func (m *Mirror) pick() *child {
-	kids := *m.slots.Load()
-	if m.opts.ReadOnly {
-		for _, c := range kids {
-			if c.st() == InSync {
-				return c
-			}
-		}
-		return nil
-	}
-	start := int(m.rr.Add(1) % uint64(len(kids)))
 	var best *child
 	var load int64
-	for i := range kids {
-		c := kids[(start+i)%len(kids)]
+	for _, c := range *m.slots.Load() {
 		if c.st() != InSync {
 			continue
 		}
+		if m.opts.ReadOnly {
+			return c
+		}
 		if l := c.loading.Load(); best == nil || l < load {
 			best, load = c, l
+			if l == 0 {
+				break
+			}
 		}
 	}
 	return best
 }
 
 func (m *Mirror) ReadAt(p []byte, off int64) (int, error) {
-	return m.ReadvAt([][]byte{p}, off)
+	if m.closed.Load() {
+		return 0, block.ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("mirror: negative offset %d", off)
+	}
+	if off >= m.size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), m.size-off)
+	if n > 0 {
+		q := p[:n]
+		m.cfg.RLock()
+		err := m.readWith(func(b block.Backend) error {
+			_, err := b.ReadAt(q, off)
+			return err
+		})
+		m.cfg.RUnlock()
+		if err != nil {
+			return 0, err
+		}
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
 }
 
 // ReadvAt reads from one in-sync child; a child that fails the read is
@@ -670,8 +694,12 @@ func (m *Mirror) ReadvAt(bufs [][]byte, off int64) (int, error) {
 	}
 	n := min(want, m.size-off)
 	if n > 0 {
+		sub := filter.Sub(bufs, 0, n)
 		m.cfg.RLock()
-		err := m.readInto(filter.Sub(bufs, 0, n), off)
+		err := m.readWith(func(b block.Backend) error {
+			_, err := block.ReadvAt(b, sub, off)
+			return err
+		})
 		m.cfg.RUnlock()
 		if err != nil {
 			return 0, err
@@ -683,15 +711,15 @@ func (m *Mirror) ReadvAt(bufs [][]byte, off int64) (int, error) {
 	return int(n), nil
 }
 
-// readInto reads from an in-sync child; cfg is held.
-func (m *Mirror) readInto(bufs [][]byte, off int64) error {
+// readWith runs a read on an in-sync child; cfg is held.
+func (m *Mirror) readWith(read func(block.Backend) error) error {
 	for range MaxSlots + 1 {
 		c := m.pick()
 		if c == nil {
 			return ErrNoChild
 		}
 		c.loading.Add(1)
-		_, err := block.ReadvAt(c.be, bufs, off)
+		err := read(c.be)
 		c.loading.Add(-1)
 		if err == nil {
 			return nil

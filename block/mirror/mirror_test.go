@@ -227,7 +227,7 @@ func TestReadFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	faults.Of(fa).AddRule(faults.Rule{Ops: faults.Read, Errno: syscall.EIO})
-	for range 4 { // round robin would reach child 0 within two reads
+	for range 4 { // child 0 is the first choice of an idle mirror
 		got := make([]byte, len(data))
 		if _, err := mb.ReadAt(got, 5000); err != nil {
 			t.Fatalf("read: %v", err)
