@@ -511,6 +511,9 @@ func (m *Mirror) write(op string, off, n int64, f func(b block.Backend) error) e
 	if err := block.CheckRange(off, n, m.size); err != nil {
 		return err
 	}
+	if m.opts.ReadOnly {
+		return block.ErrReadOnly
+	}
 	if n == 0 {
 		return nil
 	}

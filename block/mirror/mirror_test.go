@@ -612,3 +612,38 @@ func TestLogMismatch(t *testing.T) {
 		t.Error("a garbage log accepted")
 	}
 }
+
+// Read-only: the log is only read, writes are refused at the top, reads
+// come from the first child in sync (a crash's doubt is not resolved).
+func TestReadOnly(t *testing.T) {
+	dir := t.TempDir()
+	mkFiles(t, dir, 1<<20, "a", "b")
+	log := filepath.Join(dir, "log")
+	rw, err := mirror.NewBackend(openFiles(t, dir, "a", "b"), mirror.Options{Log: log, AssumeClean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rw.WriteAt([]byte("abc"), 10); err != nil {
+		t.Fatal(err)
+	}
+	rw.Close()
+	before, _ := os.ReadFile(log)
+	ro, err := mirror.NewBackend(openFiles(t, dir, "a", "b"), mirror.Options{Log: log, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.WriteAt([]byte("x"), 0); !errors.Is(err, block.ErrReadOnly) {
+		t.Fatalf("write to a read-only mirror: %v", err)
+	}
+	got := make([]byte, 3)
+	if _, err := ro.ReadAt(got, 10); err != nil || string(got) != "abc" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(log)
+	if !bytes.Equal(before, after) {
+		t.Fatal("a read-only mirror changed its log")
+	}
+}
