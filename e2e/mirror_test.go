@@ -140,3 +140,151 @@ func TestMirrorFailover(t *testing.T) {
 		t.Errorf("the failed child holds everything the guest wrote: it never failed")
 	}
 }
+
+// rebuildGuest runs rounds of fio --verify on the mirrored disk (new data
+// each round) until the host writes GO into the mailbox disk (vdb), then
+// one more round, and reports like mirrorGuest.
+const rebuildGuest = `
+echo VIO-MIRROR-START
+rounds=0; ok=0
+while :; do
+	fio --name=rebuild --filename=/dev/vda --size=32M --rw=randwrite --bs=4k --ioengine=psync --direct=1 \
+		--randrepeat=0 --verify=crc32c --do_verify=1 --verify_fatal=1 --numjobs=1 > /tmp/fio.log 2>&1 || ok=$?
+	rounds=$((rounds+1))
+	[ -n "$go" ] && break
+	dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | grep -q GO && go=1
+	[ $rounds -ge 200 ] && break
+done
+echo "VIO-MIRROR fio=$ok"
+echo "VIO-MIRROR rounds=$rounds"
+echo "VIO-MIRROR go=$go"
+echo "VIO-MIRROR ioerr=$(dmesg | grep -c 'I/O error')"
+echo "VIO-MIRROR sum=$(dd if=/dev/vda bs=1M count=32 2>/dev/null | sha256sum | cut -d' ' -f1)"
+tail -5 /tmp/fio.log
+poweroff -f
+`
+
+// TestMirrorRebuild: live storage migration's first half under load. A
+// disk is a mirror of one image; once fio --verify runs in the guest, the
+// host attaches a second, empty image through vio.disk-mirror and polls its
+// status until the copy is in sync, then tells the guest (a mailbox disk)
+// to finish after one more round. fio reports no error, and after vio exits
+// the two images are byte-identical and hold what the guest read back.
+func TestMirrorRebuild(t *testing.T) {
+	dir := t.TempDir()
+	a, b, box := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"), filepath.Join(dir, "box.img")
+	run(t, "truncate", "-s", "64M", a)
+	run(t, "truncate", "-s", "64M", b)
+	run(t, "truncate", "-s", "1M", box)
+	cfg := filepath.Join(dir, "vm.json")
+	spec := fmt.Sprintf(`{"disks":[{"id":"d0","graph":{"node":"mirror","name":"m0",
+		"options":{"log":%q,"region":"256K"},"children":[{"node":"raw","path":%q}]}},
+		{"id":"box","path":%q,"image_type":"Raw"}]}`, filepath.Join(dir, "m0.log"), a, box)
+	if err := os.WriteFile(cfg, []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	initrd, tools := labtest.Guest{
+		Script:   rebuildGuest,
+		Modules:  []string{"virtio_pci", "virtio_blk"},
+		Programs: []string{"/usr/bin/fio"},
+	}.Build(t)
+	sock := filepath.Join(dir, "api.sock")
+	args := vioArgs(t, initrd, "--config", cfg, "--disk", "path="+tools+",readonly=on", "--api-socket", sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var console strings.Builder
+	var ctlErr error
+	var last string
+	var ctl sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			console.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "VIO-MIRROR-START") {
+				ctl.Add(1)
+				go func() {
+					defer ctl.Done()
+					last, ctlErr = attachAndWait(ctx, sock, b, box)
+				}()
+			}
+		}
+	}()
+	<-done
+	err = cmd.Wait()
+	ctl.Wait()
+	if err != nil {
+		t.Fatalf("vio: %v\nconsole:\n%s\nstderr:\n%s", err, console.String(), stderr.String())
+	}
+	if ctlErr != nil {
+		t.Fatalf("attaching the new image: %v (last status %s)", ctlErr, last)
+	}
+	t.Logf("last status: %s", last)
+	facts := map[string]string{}
+	for _, m := range mirrorFact.FindAllStringSubmatch(console.String(), -1) {
+		facts[m[1]] = m[2]
+	}
+	t.Logf("guest: %v", facts)
+	if facts["fio"] != "0" || facts["ioerr"] != "0" || facts["go"] != "1" {
+		t.Fatalf("the guest saw an error or no GO: %v\nconsole:\n%s", facts, console.String())
+	}
+	run(t, "cmp", a, b)
+	if got := strings.Fields(run(t, "sh", "-c", "head -c 33554432 "+b+" | sha256sum"))[0]; got != facts["sum"] {
+		t.Errorf("the new image holds %s, the guest read %s", got, facts["sum"])
+	}
+}
+
+// attachAndWait attaches path to mirror m0, polls its status until the
+// new child is in sync, then writes GO into the guest's mailbox image. It
+// returns the last status.
+func attachAndWait(ctx context.Context, sock, path, box string) (string, error) {
+	cl := api.NewClient(sock)
+	defer cl.Close()
+	body, err := cl.Do(ctx, "PUT", "vio.disk-mirror", []byte(fmt.Sprintf(`{"node":"m0","op":"attach","child":{"node":"raw","path":%q}}`, path)))
+	if err != nil {
+		return string(body), err
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		body, err = cl.Do(ctx, "PUT", "vio.disk-mirror", []byte(`{"node":"m0","op":"status"}`))
+		if err != nil {
+			return string(body), err
+		}
+		var st struct {
+			Children []struct{ State string }
+		}
+		if err := json.Unmarshal(body, &st); err != nil {
+			return string(body), err
+		}
+		if len(st.Children) == 2 && st.Children[1].State == "in-sync" {
+			break
+		}
+		if len(st.Children) == 2 && st.Children[1].State == "failed" {
+			return string(body), fmt.Errorf("the new child failed")
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return string(body), ctx.Err()
+		}
+	}
+	f, err := os.OpenFile(box, os.O_WRONLY, 0)
+	if err != nil {
+		return string(body), err
+	}
+	defer f.Close()
+	_, err = f.WriteAt([]byte("GO\n"), 0)
+	return string(body), err
+}
