@@ -334,6 +334,8 @@ func TestRebuildUnderWrites(t *testing.T) {
 	if ev.count("resync-done") != 1 {
 		t.Fatalf("events %v", ev.evs)
 	}
+	checkBytes(t, "old child", a.Bytes(), m.data)
+	checkBytes(t, "new child against the old", b.Bytes(), a.Bytes())
 	// Live migration: drop the old child; the new one serves alone.
 	if err := mm.Remove(0); err != nil {
 		t.Fatal(err)
