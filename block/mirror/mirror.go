@@ -68,8 +68,8 @@ type Options struct {
 	// come from the first child in sync only.
 	ReadOnly bool
 	// Events receives what happens to the children: child-failed,
-	// child-added, child-removed, resync-started, resync-done,
-	// resync-failed, log-failed (key, value pairs follow). Nil: nothing.
+	// child-added, child-removed, resync-started, resync-progress (each
+	// tenth), resync-done, resync-failed, log-failed (key, value pairs follow). Nil: nothing.
 	Events func(event string, kv ...string)
 }
 

@@ -331,8 +331,8 @@ func TestRebuildUnderWrites(t *testing.T) {
 	if st.Children[1].State != "in-sync" || st.LastResync == nil || !st.LastResync.Done || st.LastResync.Copied != size {
 		t.Fatalf("after the rebuild: %+v, %+v", st.Children, st.LastResync)
 	}
-	if ev.count("resync-done") != 1 {
-		t.Fatalf("events %v", ev.evs)
+	if ev.count("resync-done") != 1 || ev.count("resync-progress") != 9 {
+		t.Fatalf("events %v: want a resync-done and nine resync-progress", ev.evs)
 	}
 	checkBytes(t, "old child", a.Bytes(), m.data)
 	checkBytes(t, "new child against the old", b.Bytes(), a.Bytes())

@@ -363,10 +363,21 @@ func (m *Mirror) rebuildPass(set bitmap, targets []*child) error {
 		n, live, err = m.copyRegion(r, targets, Syncing, buf)
 		m.mu.Lock()
 		m.resync.Copied += n
-		if m.progress != nil {
-			m.progress.Copied += n
+		var report *Progress
+		if p := m.progress; p != nil {
+			before := p.Copied
+			p.Copied += n
+			// An event at each tenth of the way.
+			if p.Total > 0 && before*10/p.Total != p.Copied*10/p.Total && p.Copied < p.Total {
+				r := *p
+				report = &r
+			}
 		}
 		m.mu.Unlock()
+		if report != nil {
+			m.emit("resync-progress", "slots", fmt.Sprint(report.Slots), "copied", strconv.FormatInt(report.Copied, 10),
+				"bytes", strconv.FormatInt(report.Total, 10), "percent", strconv.FormatInt(report.Copied*100/report.Total, 10))
+		}
 		if err == nil && len(live) == 0 {
 			err = errors.New("mirror: every child being rebuilt failed")
 		}
