@@ -45,7 +45,7 @@ func openDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (block.Bac
 // or rate_limit_group asks for goes on top.
 func (v *VM) buildDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (block.Backend, error) {
 	if v.graphs == nil {
-		v.graphs = graph.NewBuilder(graph.Options{Lock: true, Groups: v.cfg.RateLimitGroupMap()})
+		v.graphs = graph.NewBuilder(graph.Options{Lock: true, Groups: v.cfg.RateLimitGroupMap(), Events: graphEvents{v}, ChildCache: cache})
 	}
 	var be block.Backend
 	var err error

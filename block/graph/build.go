@@ -19,6 +19,12 @@ type Options struct {
 	Groups map[string]RateLimiterConfig
 	// Clock is the throttles' time source (nil: the system clock).
 	Clock throttle.Clock
+	// Events receives the nodes' events (a mirror's failed child); nil:
+	// none.
+	Events Publisher
+	// ChildCache is the cache mode of leaves opened at run time
+	// (OpenChild).
+	ChildCache raw.CacheMode
 }
 
 // Builder opens the disks of one VM. It holds what the disks share (the
