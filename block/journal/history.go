@@ -1,0 +1,225 @@
+package journal
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+)
+
+// MaxPoints bounds the points a journal holds (its history's metadata);
+// past it, retention merges the oldest unnamed points whatever it was
+// asked to keep, and a log holding more is refused.
+const MaxPoints = 1 << 16
+
+// point is a restorable state: the base plus the deltas of every point
+// before it on the chain and its own. Its delta is the writes of its
+// segments (several once retention merged points into it).
+type point struct {
+	id    uint64
+	name  string
+	time  int64    // Unix ns of the flush or mark that made it
+	segs  []uint64 // segments whose writes form its delta
+	bytes int64    // log bytes of those writes
+}
+
+// history is the journal's state machine: the chain of points from the
+// base, where the disk is on it, and the open segment. The live journal
+// and the replay of a log both change it only through apply, so a log
+// replays to exactly the state the journal had.
+type history struct {
+	chain    []point // chain[0] is the base
+	cur      int     // index in chain of the point the disk is at
+	seg      uint64  // open segment: writes since chain[cur]
+	dirty    bool    // the open segment has writes
+	segBytes int64
+	maxID    uint64 // highest point or segment id seen
+	commit   uint64 // a commit begun and not done (point id), or 0
+	size     int64  // the disk's size
+	dead     int64  // log bytes no point needs any more
+}
+
+func newHistory(h header) *history {
+	return &history{chain: []point{{id: h.baseID}}, seg: h.firstSeg, maxID: h.firstSeg, size: h.baseSize}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]{0,63}$`)
+
+// checkName validates a mark's name: it starts with a letter, so that it
+// never reads as a point id.
+func checkName(s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("mark name %q: use letters, digits, '_', '.' and '-', starting with a letter (at most 64)", s)
+	}
+	return nil
+}
+
+func (h *history) find(id uint64) int {
+	for i, p := range h.chain {
+		if p.id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func (h *history) findName(name string) int {
+	for i, p := range h.chain {
+		if p.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (h *history) head() int { return len(h.chain) - 1 }
+
+// nextIDOK reports whether id may open a new segment: above every id in
+// use.
+func (h *history) nextIDOK(id uint64) bool {
+	return id > h.maxID || id > h.chain[h.head()].id && id != h.seg && h.find(id) < 0
+}
+
+// apply changes the history by one record, checking that the record makes
+// sense here (a hostile log gets an error, never a panic).
+func (h *history) apply(r *record) error {
+	if h.commit != 0 && r.typ != recCommitDone {
+		return fmt.Errorf("record type %d in the middle of a commit", r.typ)
+	}
+	switch r.typ {
+	case recWrite, recZero:
+		n := int64(r.plen)
+		if r.typ == recZero {
+			n = int64(r.c)
+		}
+		if r.a != h.seg {
+			return fmt.Errorf("write to segment %d, but segment %d is open", r.a, h.seg)
+		}
+		if r.b > uint64(h.size) || n < 0 || n > h.size-int64(r.b) || r.c > uint64(h.size) {
+			return fmt.Errorf("write of %d bytes at %d beyond the disk's %d bytes", n, r.b, h.size)
+		}
+		if h.cur != h.head() {
+			// The first write after going back forks: the points
+			// ahead are gone.
+			for _, p := range h.chain[h.cur+1:] {
+				h.dead += p.bytes
+			}
+			h.chain = h.chain[:h.cur+1]
+		}
+		h.dirty = true
+		h.segBytes += r.size()
+	case recPoint:
+		if r.a != h.seg || h.cur != h.head() {
+			return fmt.Errorf("point for segment %d, but segment %d is open", r.a, h.seg)
+		}
+		name := string(r.payload)
+		if name != "" {
+			if err := checkName(name); err != nil {
+				return err
+			}
+			if h.findName(name) >= 0 {
+				return fmt.Errorf("mark %q set twice", name)
+			}
+		}
+		if len(h.chain) >= MaxPoints {
+			return fmt.Errorf("more than %d points", MaxPoints)
+		}
+		if !h.nextIDOK(r.c) || r.c == r.a {
+			return fmt.Errorf("point opens segment %d, which is in use", r.c)
+		}
+		h.chain = append(h.chain, point{id: r.a, name: name, time: int64(r.b), segs: []uint64{r.a}, bytes: h.segBytes + r.size()})
+		h.cur = h.head()
+		h.openSeg(r.c)
+	case recName:
+		i := h.find(r.a)
+		if i < 0 {
+			return fmt.Errorf("name for point %d, which is not in the history", r.a)
+		}
+		name := string(r.payload)
+		if err := checkName(name); err != nil {
+			return err
+		}
+		if j := h.findName(name); j >= 0 {
+			return fmt.Errorf("mark %q set twice", name)
+		}
+		h.chain[i].name = name
+		h.dead += r.size()
+	case recRevert:
+		i := h.find(r.a)
+		if i < 0 || h.dirty {
+			return fmt.Errorf("revert to point %d, which is not in the history or with writes pending", r.a)
+		}
+		if !h.nextIDOK(r.c) {
+			return fmt.Errorf("revert opens segment %d, which is in use", r.c)
+		}
+		h.cur = i
+		h.openSeg(r.c)
+		h.dead += r.size()
+	case recDrop:
+		i := h.find(r.a)
+		if i <= 0 || i == h.head() || i == h.cur || h.chain[i].name != "" {
+			return fmt.Errorf("drop of point %d, which cannot be dropped", r.a)
+		}
+		next := &h.chain[i+1]
+		next.segs = append(slices.Clone(h.chain[i].segs), next.segs...)
+		next.bytes += h.chain[i].bytes
+		h.chain = slices.Delete(h.chain, i, i+1)
+		if h.cur > i {
+			h.cur--
+		}
+		h.dead += r.size()
+	case recCommitBegin:
+		i := h.find(r.a)
+		if i <= 0 || i > h.cur || h.dirty {
+			return fmt.Errorf("commit of point %d, which is not at or before the current point", r.a)
+		}
+		h.commit = r.a
+		h.dead += r.size()
+	case recCommitDone:
+		if h.commit == 0 || r.a != h.commit {
+			return fmt.Errorf("commit of point %d done, but it was not begun", r.a)
+		}
+		i := h.find(r.a)
+		for _, p := range h.chain[1 : i+1] {
+			h.dead += p.bytes
+		}
+		base := point{id: h.chain[i].id, name: h.chain[i].name, time: h.chain[i].time}
+		h.chain = append([]point{base}, h.chain[i+1:]...)
+		h.cur -= i
+		h.commit = 0
+		h.dead += r.size()
+	default:
+		return fmt.Errorf("unknown record type %d", r.typ)
+	}
+	return nil
+}
+
+func (h *history) openSeg(id uint64) {
+	h.seg = id
+	h.maxID = max(h.maxID, id)
+	h.dirty = false
+	h.segBytes = 0
+}
+
+// segsUpTo returns the segments whose writes make up the state at chain[i]
+// (plus the open segment when i is the current point and it has writes).
+func (h *history) segsUpTo(i int) map[uint64]bool {
+	m := map[uint64]bool{}
+	for _, p := range h.chain[1 : i+1] {
+		for _, s := range p.segs {
+			m[s] = true
+		}
+	}
+	if i == h.cur && h.dirty {
+		m[h.seg] = true
+	}
+	return m
+}
+
+// live returns the log bytes the history still needs.
+func (h *history) live() int64 {
+	n := h.segBytes
+	for _, p := range h.chain[1:] {
+		n += p.bytes
+	}
+	return n
+}
