@@ -154,17 +154,29 @@ func decodeRecordHeader(b []byte) (record, bool) {
 }
 
 // scanLog reads the records in [start, end) in order and calls fn for each
-// framed one. With verify it reads and checks every payload; without, it
-// reads only names. It stops at the first record that is torn (short,
-// checksum mismatch, sequence gap) and returns where the good records end
-// and the next sequence number. An error from fn stops the scan and is
-// returned.
+// framed one. With verify it reads and checks every payload, streaming;
+// without, it reads only headers and names, skipping over data. It stops
+// at the first record that is torn (short, checksum mismatch, sequence
+// gap) and returns where the good records end and the next sequence
+// number. An error from fn stops the scan and is returned.
 func scanLog(r io.ReaderAt, start, end int64, firstSeq uint64, verify bool, fn func(*record) error) (goodEnd int64, nextSeq uint64, err error) {
-	br := bufio.NewReaderSize(io.NewSectionReader(r, start, end-start), 1<<20)
+	var br *bufio.Reader
+	if verify {
+		br = bufio.NewReaderSize(io.NewSectionReader(r, start, end-start), 1<<20)
+	}
+	// read fills p from the stream (verify) or from the file at off.
+	read := func(p []byte, off int64) bool {
+		if br != nil {
+			_, err := io.ReadFull(br, p)
+			return err == nil
+		}
+		n, err := r.ReadAt(p, off)
+		return n == len(p) && (err == nil || err == io.EOF)
+	}
 	pos, seq := start, firstSeq
 	var hb [recHeaderSize]byte
 	for {
-		if _, err := io.ReadFull(br, hb[:]); err != nil {
+		if end-pos < recHeaderSize || !read(hb[:], pos) {
 			return pos, seq, nil // end, or a torn header
 		}
 		rec, ok := decodeRecordHeader(hb[:])
@@ -174,14 +186,12 @@ func scanLog(r io.ReaderAt, start, end int64, firstSeq uint64, verify bool, fn f
 		rec.pos = pos
 		if verify || rec.typ == recPoint || rec.typ == recName {
 			rec.payload = make([]byte, rec.plen)
-			if _, err := io.ReadFull(br, rec.payload); err != nil {
+			if !read(rec.payload, pos+recHeaderSize) {
 				return pos, seq, nil
 			}
 			if crc32.Checksum(rec.payload, castagnoli) != rec.pcrc {
 				return pos, seq, nil
 			}
-		} else if _, err := br.Discard(int(rec.plen)); err != nil {
-			return pos, seq, nil
 		}
 		if err := fn(&rec); err != nil {
 			return pos, seq, err
