@@ -13,14 +13,19 @@ const MaxPoints = 1 << 16
 
 // point is a restorable state: the base plus the deltas of every point
 // before it on the chain and its own. Its delta is the writes of its
-// segments (several once retention merged points into it).
+// segments: the one its id names, and those of the points retention
+// merged into it (history.owner).
 type point struct {
 	id    uint64
 	name  string
-	time  int64    // Unix ns of the flush or mark that made it
-	segs  []uint64 // segments whose writes form its delta
-	bytes int64    // log bytes of those writes
+	time  int64 // Unix ns of the flush or mark that made it
+	bytes int64 // log bytes of its delta
 }
+
+// maxSegments bounds the segments a history tracks (one per point record
+// since the log was last written afresh). Retention compacts long before
+// (see tooManySegments); a log holding more is refused.
+const maxSegments = 1 << 20
 
 // history is the journal's state machine: the chain of points from the
 // base, where the disk is on it, and the open segment. The live journal
@@ -36,10 +41,16 @@ type history struct {
 	commit   uint64 // a commit begun and not done (point id), or 0
 	size     int64  // the disk's size
 	dead     int64  // log bytes no point needs any more
+	// owner links each closed segment to the point whose delta holds
+	// it, as a union-find forest: a point's own segment is a root while
+	// the point is on the chain; merging a point links its root to its
+	// successor's. Segments of points no longer on the chain (forked
+	// off, committed) lead to ids that are not on it.
+	owner map[uint64]uint64
 }
 
 func newHistory(h header) *history {
-	return &history{chain: []point{{id: h.baseID}}, seg: h.firstSeg, maxID: h.firstSeg, size: h.baseSize}
+	return &history{chain: []point{{id: h.baseID}}, seg: h.firstSeg, maxID: h.firstSeg, size: h.baseSize, owner: map[uint64]uint64{}}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]{0,63}$`)
@@ -53,7 +64,7 @@ func checkName(s string) error {
 	return nil
 }
 
-func (h *history) find(id uint64) int {
+func (h *history) index(id uint64) int {
 	for i, p := range h.chain {
 		if p.id == id {
 			return i
@@ -76,7 +87,7 @@ func (h *history) head() int { return len(h.chain) - 1 }
 // nextIDOK reports whether id may open a new segment: above every id in
 // use.
 func (h *history) nextIDOK(id uint64) bool {
-	return id > h.maxID || id > h.chain[h.head()].id && id != h.seg && h.find(id) < 0
+	return id > h.maxID || id > h.chain[h.head()].id && id != h.seg && h.index(id) < 0
 }
 
 // apply changes the history by one record, checking that the record makes
@@ -126,11 +137,15 @@ func (h *history) apply(r *record) error {
 		if !h.nextIDOK(r.c) || r.c == r.a {
 			return fmt.Errorf("point opens segment %d, which is in use", r.c)
 		}
-		h.chain = append(h.chain, point{id: r.a, name: name, time: int64(r.b), segs: []uint64{r.a}, bytes: h.segBytes + r.size()})
+		if _, used := h.owner[r.a]; used || len(h.owner) >= maxSegments {
+			return fmt.Errorf("point %d: segment reused, or more than %d segments", r.a, maxSegments)
+		}
+		h.owner[r.a] = r.a
+		h.chain = append(h.chain, point{id: r.a, name: name, time: int64(r.b), bytes: h.segBytes + r.size()})
 		h.cur = h.head()
 		h.openSeg(r.c)
 	case recName:
-		i := h.find(r.a)
+		i := h.index(r.a)
 		if i < 0 {
 			return fmt.Errorf("name for point %d, which is not in the history", r.a)
 		}
@@ -144,7 +159,7 @@ func (h *history) apply(r *record) error {
 		h.chain[i].name = name
 		h.dead += r.size()
 	case recRevert:
-		i := h.find(r.a)
+		i := h.index(r.a)
 		if i < 0 || h.dirty {
 			return fmt.Errorf("revert to point %d, which is not in the history or with writes pending", r.a)
 		}
@@ -155,12 +170,12 @@ func (h *history) apply(r *record) error {
 		h.openSeg(r.c)
 		h.dead += r.size()
 	case recDrop:
-		i := h.find(r.a)
+		i := h.index(r.a)
 		if i <= 0 || i == h.head() || i == h.cur || h.chain[i].name != "" {
 			return fmt.Errorf("drop of point %d, which cannot be dropped", r.a)
 		}
 		next := &h.chain[i+1]
-		next.segs = append(slices.Clone(h.chain[i].segs), next.segs...)
+		h.owner[h.chain[i].id] = next.id
 		next.bytes += h.chain[i].bytes
 		h.chain = slices.Delete(h.chain, i, i+1)
 		if h.cur > i {
@@ -168,7 +183,7 @@ func (h *history) apply(r *record) error {
 		}
 		h.dead += r.size()
 	case recCommitBegin:
-		i := h.find(r.a)
+		i := h.index(r.a)
 		if i <= 0 || i > h.cur || h.dirty {
 			return fmt.Errorf("commit of point %d, which is not at or before the current point", r.a)
 		}
@@ -178,7 +193,7 @@ func (h *history) apply(r *record) error {
 		if h.commit == 0 || r.a != h.commit {
 			return fmt.Errorf("commit of point %d done, but it was not begun", r.a)
 		}
-		i := h.find(r.a)
+		i := h.index(r.a)
 		for _, p := range h.chain[1 : i+1] {
 			h.dead += p.bytes
 		}
@@ -200,20 +215,67 @@ func (h *history) openSeg(id uint64) {
 	h.segBytes = 0
 }
 
-// segsUpTo returns the segments whose writes make up the state at chain[i]
-// (plus the open segment when i is the current point and it has writes).
-func (h *history) segsUpTo(i int) map[uint64]bool {
-	m := map[uint64]bool{}
-	for _, p := range h.chain[1 : i+1] {
-		for _, s := range p.segs {
-			m[s] = true
+// find returns the point id whose delta holds segment s (or an id that is
+// not on the chain), compressing the path it walked.
+func (h *history) find(s uint64) uint64 {
+	root := s
+	for {
+		next, ok := h.owner[root]
+		if !ok || next == root {
+			break
 		}
+		root = next
 	}
-	if i == h.cur && h.dirty {
-		m[h.seg] = true
+	for s != root {
+		next := h.owner[s]
+		h.owner[s] = root
+		s = next
 	}
-	return m
+	return root
 }
+
+// upTo returns a test for the segments whose writes make up the state at
+// chain[i] (with the open segment when i is the current point and it has
+// writes).
+func (h *history) upTo(i int) func(seg uint64) bool {
+	pos := make(map[uint64]int, len(h.chain))
+	for k, p := range h.chain {
+		pos[p.id] = k
+	}
+	open := i == h.cur && h.dirty
+	return func(seg uint64) bool {
+		if open && seg == h.seg {
+			return true
+		}
+		if _, ok := h.owner[seg]; !ok {
+			return false
+		}
+		k, ok := pos[h.find(seg)]
+		return ok && k >= 1 && k <= i
+	}
+}
+
+// ownerPos returns the chain position of the point whose delta holds seg,
+// or -1 (for compaction).
+func (h *history) ownerPos() func(seg uint64) int {
+	pos := make(map[uint64]int, len(h.chain))
+	for k, p := range h.chain {
+		pos[p.id] = k
+	}
+	return func(seg uint64) int {
+		if _, ok := h.owner[seg]; !ok {
+			return -1
+		}
+		if k, ok := pos[h.find(seg)]; ok && k >= 1 {
+			return k
+		}
+		return -1
+	}
+}
+
+// tooManySegments says when compaction should fold merged segments into
+// one per point.
+func (h *history) tooManySegments() bool { return len(h.owner) > 2*len(h.chain)+1<<16 }
 
 // live returns the log bytes the history still needs.
 func (h *history) live() int64 {

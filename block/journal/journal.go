@@ -288,10 +288,10 @@ func (j *Journal) rebuild() error {
 
 // indexFor builds the index of the state at chain[i].
 func (j *Journal) indexFor(i int) (*index, error) {
-	segs := j.h.segsUpTo(i)
+	in := j.h.upTo(i)
 	x := newIndex(j.opts.MaxExtents)
 	_, _, err := scanLog(j.f, headerSize, j.end, 1, false, func(r *record) error {
-		if (r.typ != recWrite && r.typ != recZero) || !segs[r.a] {
+		if (r.typ != recWrite && r.typ != recZero) || !in(r.a) {
 			return nil
 		}
 		if r.typ == recZero {

@@ -86,7 +86,7 @@ func (j *Journal) resolve(s string) (int, error) {
 		return i, nil
 	}
 	if id, err := strconv.ParseUint(s, 10, 64); err == nil {
-		if i := j.h.find(id); i >= 0 {
+		if i := j.h.index(id); i >= 0 {
 			return i, nil
 		}
 	}
@@ -199,7 +199,7 @@ func (j *Journal) commitLocked(i int) error {
 // base and records the commit done. Copying again what an interrupted run
 // copied already is harmless: the same bytes land in the same places.
 func (j *Journal) finishCommit(id uint64) error {
-	i := j.h.find(id)
+	i := j.h.index(id)
 	if i < 0 {
 		return fmt.Errorf("journal: commit of point %d, which is not in the history", id)
 	}
@@ -257,12 +257,13 @@ func (j *Journal) Compact() error {
 	return j.compactLocked()
 }
 
-// maybeCompact compacts when most of the log is dead.
+// maybeCompact compacts when most of the log is dead, or when merged
+// points left many segments to track.
 func (j *Journal) maybeCompact() error {
 	if j.opts.noAutoCompact {
 		return nil
 	}
-	if j.h.dead > 0 && j.h.dead >= (j.end-headerSize)/2 {
+	if j.h.dead > 0 && j.h.dead >= (j.end-headerSize)/2 || j.h.tooManySegments() {
 		return j.compactLocked()
 	}
 	return nil
@@ -333,19 +334,14 @@ func (j *Journal) compactLocked() error {
 		p := h.chain[i]
 		return w.put(&record{typ: recPoint, a: p.id, b: uint64(p.time), c: nextSeg(i)}, []byte(p.name))
 	}
-	owner := map[uint64]int{}
-	for i, p := range h.chain[1:] {
-		for _, s := range p.segs {
-			owner[s] = i + 1
-		}
-	}
+	owner := h.ownerPos()
 	buf := make([]byte, maxData)
 	_, _, err = scanLog(j.f, headerSize, j.end, 1, false, func(r *record) error {
 		if r.typ != recWrite && r.typ != recZero {
 			return nil
 		}
-		i, ok := owner[r.a]
-		if !ok {
+		i := owner(r.a)
+		if i < 0 {
 			return nil
 		}
 		// Chain order is log order, so the owners only grow.
