@@ -229,36 +229,7 @@ func (j *Journal) reset(h header) error {
 // is not a write define the state; anything after it (writes no flush
 // covered, a torn record) is cut off.
 func (j *Journal) replay(size int64) error {
-	hb := make([]byte, headerSize)
-	if _, err := j.f.ReadAt(hb, 0); err != nil {
-		return fmt.Errorf("journal: log %s: %w: %w", j.path, errFormat, err)
-	}
-	hdr, err := decodeHeader(hb)
-	if err != nil {
-		return fmt.Errorf("journal: log %s: %w", j.path, err)
-	}
-	if hdr.baseSize != j.base.Size() {
-		return fmt.Errorf("journal: log %s was made for a base of %d bytes, this base has %d: it belongs to another disk", j.path, hdr.baseSize, j.base.Size())
-	}
-	// Pass 1: where the last barrier ends, checking every checksum.
-	barrier := int64(headerSize)
-	_, _, err = scanLog(j.f, headerSize, size, 1, true, func(r *record) error {
-		if r.typ != recWrite && r.typ != recZero {
-			barrier = r.pos + r.size()
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	// Pass 2: the history up to there.
-	h := newHistory(hdr)
-	_, seq, err := scanLog(j.f, headerSize, barrier, 1, false, func(r *record) error {
-		if err := h.apply(r); err != nil {
-			return fmt.Errorf("journal: log %s is damaged at offset %d: %w: %w", j.path, r.pos, errFormat, err)
-		}
-		return nil
-	})
+	h, barrier, seq, err := readHistory(j.f, size, j.base.Size(), j.path)
 	if err != nil {
 		return err
 	}
@@ -274,6 +245,46 @@ func (j *Journal) replay(size int64) error {
 		}
 	}
 	return j.rebuild()
+}
+
+// readHistory reads the history a log of size bytes holds, up to its last
+// barrier, and returns it with where that barrier ends and the next
+// record's sequence number.
+func readHistory(f io.ReaderAt, size, baseSize int64, path string) (*history, int64, uint64, error) {
+	hb := make([]byte, headerSize)
+	if _, err := f.ReadAt(hb, 0); err != nil {
+		return nil, 0, 0, fmt.Errorf("journal: log %s: %w: %w", path, errFormat, err)
+	}
+	hdr, err := decodeHeader(hb)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("journal: log %s: %w", path, err)
+	}
+	if hdr.baseSize != baseSize {
+		return nil, 0, 0, fmt.Errorf("journal: log %s was made for a base of %d bytes, this base has %d: it belongs to another disk", path, hdr.baseSize, baseSize)
+	}
+	// Pass 1: where the last barrier ends, checking every checksum.
+	barrier := int64(headerSize)
+	_, _, err = scanLog(f, headerSize, size, 1, true, func(r *record) error {
+		if r.typ != recWrite && r.typ != recZero {
+			barrier = r.pos + r.size()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	// Pass 2: the history up to there.
+	h := newHistory(hdr)
+	_, seq, err := scanLog(f, headerSize, barrier, 1, false, func(r *record) error {
+		if err := h.apply(r); err != nil {
+			return fmt.Errorf("journal: log %s is damaged at offset %d: %w: %w", path, r.pos, errFormat, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	return h, barrier, seq, nil
 }
 
 // rebuild makes the index for the current point.

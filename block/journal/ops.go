@@ -378,6 +378,15 @@ func (j *Journal) compactLocked() error {
 			return fail(err)
 		}
 	}
+	// Check the new log before it replaces the old one: it must replay to
+	// the same history.
+	nh, end, _, err := readHistory(nf, w.end, h.size, tmp)
+	if err != nil {
+		return fail(err)
+	}
+	if !sameHistory(h, nh) || end != w.end {
+		return fail(errors.New("the compacted log replays to another history (a bug; the old log is kept)"))
+	}
 	if tmp != "" {
 		if err := os.Rename(tmp, j.path); err != nil {
 			return fail(err)
@@ -389,13 +398,22 @@ func (j *Journal) compactLocked() error {
 	old := j.f
 	j.f = nf
 	old.Close()
-	if err := j.replay(w.end); err != nil {
-		return err
+	return j.replay(w.end)
+}
+
+// sameHistory compares what a compaction must keep: the points, their
+// names and times, and where the disk is.
+func sameHistory(a, b *history) bool {
+	if a.cur != b.cur || len(a.chain) != len(b.chain) {
+		return false
 	}
-	if j.h.cur != h.cur || len(j.h.chain) != len(h.chain) {
-		return errors.New("journal: the compacted log replays to another state (a bug)")
+	for i := range a.chain {
+		p, q := a.chain[i], b.chain[i]
+		if p.id != q.id || p.name != q.name || i > 0 && p.time != q.time {
+			return false
+		}
 	}
-	return nil
+	return true
 }
 
 func syncDir(dir string) {
