@@ -85,7 +85,9 @@ func decodeHeader(b []byte) (header, error) {
 		baseID:   binary.LittleEndian.Uint64(b[24:]),
 		firstSeg: binary.LittleEndian.Uint64(b[32:]),
 	}
-	if h.baseSize < 0 || h.firstSeg <= h.baseID {
+	// Ids grow by one a record from firstSeg: far below 2^62 they never
+	// wrap.
+	if h.baseSize < 0 || h.firstSeg <= h.baseID || h.firstSeg >= 1<<62 {
 		return header{}, fmt.Errorf("%w: header fields out of range", errFormat)
 	}
 	return h, nil

@@ -87,6 +87,9 @@ func (h *history) head() int { return len(h.chain) - 1 }
 // nextIDOK reports whether id may open a new segment: above every id in
 // use.
 func (h *history) nextIDOK(id uint64) bool {
+	if id >= 1<<62 {
+		return false
+	}
 	return id > h.maxID || id > h.chain[h.head()].id && id != h.seg && h.index(id) < 0
 }
 

@@ -341,7 +341,9 @@ func (j *Journal) appendRec(r *record, payload []byte) error {
 		return fmt.Errorf("journal: appending to the log: %w", err)
 	}
 	if err := j.h.apply(r); err != nil {
-		// Our own record refused: a bug, but never a panic.
+		// Our own record refused (ids exhausted by a hostile log, or a
+		// bug): take it back out so that no replay ever sees it.
+		j.f.Truncate(j.end)
 		return fmt.Errorf("journal: %w", err)
 	}
 	j.end += r.size()
