@@ -101,10 +101,10 @@ func (j *Journal) Mark(name string) (PointInfo, error) {
 		return PointInfo{}, err
 	}
 	if err := checkName(name); err != nil {
-		return PointInfo{}, err
+		return PointInfo{}, fmt.Errorf("journal: %w: %w", ErrBadRequest, err)
 	}
 	if j.h.findName(name) >= 0 {
-		return PointInfo{}, fmt.Errorf("journal: mark %q exists already: choose another name", name)
+		return PointInfo{}, fmt.Errorf("journal: %w: mark %q exists already: choose another name", ErrBadRequest, name)
 	}
 	if j.h.dirty {
 		if err := j.closePoint(name); err != nil {
@@ -157,7 +157,7 @@ func (j *Journal) Commit(point string) error {
 		return err
 	}
 	if j.opts.Undo {
-		return errors.New("journal: an undo disk never changes its base: commit is refused")
+		return fmt.Errorf("journal: %w: an undo disk never changes its base: commit is refused", ErrBadRequest)
 	}
 	if r, ok := j.base.(block.ReadOnlyReporter); ok && r.ReadOnly() {
 		return fmt.Errorf("journal: commit needs a writable base: %w", block.ErrReadOnly)
@@ -172,7 +172,7 @@ func (j *Journal) Commit(point string) error {
 		return err
 	}
 	if i > j.h.cur {
-		return fmt.Errorf("journal: point %s is ahead of the current point %d: revert to it first, then commit", point, j.h.chain[j.h.cur].id)
+		return fmt.Errorf("journal: %w: point %s is ahead of the current point %d: revert to it first, then commit", ErrBadRequest, point, j.h.chain[j.h.cur].id)
 	}
 	if err := j.commitLocked(i); err != nil {
 		return err
