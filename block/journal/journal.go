@@ -101,8 +101,9 @@ var (
 
 // Open opens (or creates) the journal whose log is at path over base and
 // returns it as a block.Backend that can discard and write zeroes whatever
-// the base can. The journal owns base: Close closes it, and on error it is
-// closed too. The log file is locked against a second user.
+// the base can. The journal owns base once open (Close closes it); on
+// error base stays open and the caller's. The log file is locked against
+// a second user.
 func Open(base block.Backend, path string, o Options) (block.Backend, error) {
 	j, err := OpenJournal(base, path, o)
 	if err != nil {
@@ -114,12 +115,7 @@ func Open(base block.Backend, path string, o Options) (block.Backend, error) {
 // OpenJournal is Open returning the *Journal itself, for tools that only
 // run operations on it.
 func OpenJournal(base block.Backend, path string, o Options) (*Journal, error) {
-	j, err := open(base, path, o)
-	if err != nil {
-		base.Close()
-		return nil, err
-	}
-	return j, nil
+	return open(base, path, o)
 }
 
 // Of returns the journal behind a back-end made by Open, or nil.

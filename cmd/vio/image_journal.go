@@ -123,7 +123,12 @@ func openJournalTool(cmd *cobra.Command, format, base, log string, writeBase, re
 	if err != nil {
 		return nil, err
 	}
-	return journal.OpenJournal(b, log, journal.Options{ReadOnly: readOnly})
+	j, err := journal.OpenJournal(b, log, journal.Options{ReadOnly: readOnly})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return j, nil
 }
 
 func printJournal(w io.Writer, st journal.Status) {
