@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/block/graph"
+	"github.com/viovmm/vio/block/journal"
 	"github.com/viovmm/vio/block/mirror"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
@@ -64,6 +65,7 @@ type Controller interface {
 	SetDiskFaults(node string, rules []graph.FaultRule) error
 	SetDiskThrottle(node string, c graph.RateLimiterConfig) error
 	DiskMirror(req vmm.MirrorRequest) (mirror.Status, error)
+	DiskJournal(node string, r journal.Request) (journal.Status, error)
 	// SendMigration and ReceiveMigration block until the migration has
 	// ended; ctx (the request's) cancels them.
 	SendMigration(ctx context.Context, req vmm.SendMigration) error
@@ -183,6 +185,7 @@ var routes = map[string]route{
 	"vio.disk-faults":   {http.MethodPut, (*Server).diskFaults},
 	"vio.disk-throttle": {http.MethodPut, (*Server).diskThrottle},
 	"vio.disk-mirror":   {http.MethodPut, (*Server).diskMirror},
+	"vio.disk-journal":  {http.MethodPut, (*Server).diskJournal},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so

@@ -84,9 +84,12 @@ func ParseMemory(spec string) (Memory, error) {
 }
 
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
-// [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys).
+// [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
+// [,journal=LOG][,undo=on] (a journal node over the image, docs/journal.md).
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
+	var journalLog string
+	var undo bool
 	kv, err := splitSpec("disk", spec)
 	if err != nil {
 		return d, err
@@ -132,13 +135,17 @@ func ParseDisk(spec string) (Disk, error) {
 			d.RateLimitGroup = v
 		case "bw_size", "bw_one_time_burst", "bw_refill_time", "ops_size", "ops_one_time_burst", "ops_refill_time":
 			err = chBucketKey(&d, k, v)
+		case "journal":
+			journalLog = v
+		case "undo":
+			undo, err = parseBool("disk", k, v)
 		case "backing":
 			if v != "allow" {
 				err = fmt.Errorf("--disk: backing=%q: the only value is allow (follow any backing file the qcow2 image names)", v)
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo)", spec, k)
 		}
 		if err != nil {
 			return d, err
@@ -150,7 +157,10 @@ func ParseDisk(spec string) (Disk, error) {
 	if d.Path == "" && d.Iface != DiskCDROM {
 		return d, fmt.Errorf("--disk %q: path=FILE is required (only an iface=cdrom drive may be empty)", spec)
 	}
-	return d, nil
+	if journalLog != "" || undo {
+		err = diskJournal(&d, journalLog, undo)
+	}
+	return d, err
 }
 
 // ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,num_queues=N][,queue_size=N][,id=ID],

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/viovmm/vio/block/graph"
+	"github.com/viovmm/vio/block/journal"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/state"
@@ -114,6 +115,7 @@ type Machine struct {
 	resized         map[string]int64
 	faults          map[string][]graph.FaultRule
 	throttled       map[string]graph.RateLimiterConfig
+	journals        map[string]journal.Ops // journal.go
 	err             error
 
 	hpOnce sync.Once
