@@ -13,6 +13,7 @@ package image
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -108,6 +109,9 @@ type OpenOptions struct {
 	// image probe as another format (see headGuard). OpenDisk sets it for
 	// a writable raw image whose format was probed.
 	GuardHead bool
+	// NBDTLS, for an NBD URI, makes the connection TLS with this config
+	// (see nbd.ClientTLSConfig); nil connects in the clear.
+	NBDTLS *tls.Config
 }
 
 // ErrBackingRefused is matched when an image names a backing file outside
