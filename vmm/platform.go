@@ -116,10 +116,9 @@ func consoleStreams(v *VM, c config.Console, stdio IO) (io.Writer, io.Reader, er
 	case config.ModeSocket:
 		// One client at a time, like a serial cable: output is dropped
 		// while nobody is connected.
-		os.Remove(c.Socket)
-		l, err := net.Listen("unix", c.Socket)
+		l, err := listenConsoleSocket(c.Socket)
 		if err != nil {
-			return nil, nil, fmt.Errorf("serial socket: %w", err)
+			return nil, nil, err
 		}
 		v.closers = append(v.closers, l)
 		s := &socketConsole{}

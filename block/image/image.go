@@ -67,7 +67,7 @@ var foreign = []struct {
 // Probe returns the format of the image at path, as QEMU would guess it:
 // qcow2 by its magic, raw otherwise. Formats vio cannot open are errors.
 func Probe(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := raw.OpenImageFile(path, os.O_RDONLY)
 	if err != nil {
 		return "", err
 	}

@@ -12,8 +12,8 @@ import (
 type worker struct {
 	d    *Device
 	stop <-chan struct{} // closed by Reset: long requests give up between chunks
-	op   op       // the request's kind, for its latency
-	data [][]byte // the request's data buffers, sub-slices of guest memory
+	op   op              // the request's kind, for its latency
+	data [][]byte        // the request's data buffers, sub-slices of guest memory
 	segs [MaxSegments * SegmentSize]byte
 }
 

@@ -28,7 +28,7 @@ var (
 	_ block.Drainer    = (*slowZeroes)(nil)
 )
 
-func (*slowZeroes) ReadAt(p []byte, off int64) (int, error) { clear(p); return len(p), nil }
+func (*slowZeroes) ReadAt(p []byte, off int64) (int, error)  { clear(p); return len(p), nil }
 func (*slowZeroes) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
 func (*slowZeroes) Flush() error                             { return nil }
 func (*slowZeroes) Size() int64                              { return 64 << 30 }
