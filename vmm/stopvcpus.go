@@ -2,6 +2,8 @@ package vmm
 
 import (
 	"errors"
+	"io/fs"
+	"net"
 	"time"
 
 	"github.com/viovmm/vio/vcpu"
@@ -36,7 +38,11 @@ func (v *VM) stopVCPUs() {
 func (v *VM) runClosers() {
 	run := func() {
 		for i := len(v.closers) - 1; i >= 0; i-- {
-			v.closers[i].Close()
+			// A disk's final flush fails here, among others: the data
+			// the guest wrote last may be gone, which must be said.
+			if err := v.closers[i].Close(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, fs.ErrClosed) {
+				v.log.Error("closing the VM's devices and back-ends", "err", err)
+			}
 		}
 	}
 	if !v.vcpusStuck.Load() {
