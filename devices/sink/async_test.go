@@ -75,4 +75,3 @@ func TestAsyncWriterError(t *testing.T) {
 		t.Fatalf("writer called %d times", f.n)
 	}
 }
-
