@@ -32,6 +32,8 @@ import (
 type IO struct {
 	Stdin  io.Reader // nil: no input
 	Stdout io.Writer // nil: output discarded
+
+	hub *inputHub // Stdin shared by the VMs one Builder makes (see input.go)
 }
 
 // Options tune how a VM is built.

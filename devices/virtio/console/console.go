@@ -63,8 +63,10 @@ type Device struct {
 	features uint64
 	size     atomic.Uint32 // cols | rows<<16
 
-	pumpOnce sync.Once
-	input    chan []byte // chunks read from in; closed at its end
+	pumpOnce  sync.Once
+	input     chan []byte   // chunks read from in; closed at its end
+	closing   chan struct{} // closed by Close: the pump stops waiting for the guest
+	closeOnce sync.Once
 
 	stats counters
 
@@ -105,7 +107,7 @@ func New(in io.Reader, out io.Writer, cfg Config) (*Device, error) {
 	if cfg.OutBuffer <= 0 {
 		cfg.OutBuffer = DefaultOutBuffer
 	}
-	d := &Device{in: in, out: io.Discard, cfg: cfg, input: make(chan []byte)}
+	d := &Device{in: in, out: io.Discard, cfg: cfg, input: make(chan []byte), closing: make(chan struct{})}
 	if out != nil {
 		d.async = sink.NewAsyncWriter(out, cfg.OutBuffer)
 		d.out = d.async
@@ -174,7 +176,11 @@ func (d *Device) pump() {
 		n, err := d.in.Read(buf)
 		if n > 0 {
 			d.stats.inRead.Add(uint64(n))
-			d.input <- buf[:n]
+			select {
+			case d.input <- buf[:n]:
+			case <-d.closing:
+				return // the device is gone: nobody will take it
+			}
 		}
 		if err != nil {
 			return
@@ -246,9 +252,12 @@ func (d *Device) Reset() {
 
 // Close writes out the output still buffered and stops the output
 // goroutine; it blocks as long as the output does, and returns the first
-// error the output reported. Reset the device first: output written after
+// error the output reported. The input goroutine stops waiting for the
+// guest to take a chunk; it ends when the input reader returns (close
+// that reader to end it). Reset the device first: output written after
 // Close is counted as failed.
 func (d *Device) Close() error {
+	d.closeOnce.Do(func() { close(d.closing) })
 	if d.async == nil {
 		return nil
 	}
