@@ -427,6 +427,9 @@ func (c *VM) Validate() error {
 		default:
 			return fmt.Errorf("disk %d: iface %q: want virtio, ide or cdrom", i, d.Iface)
 		}
+		if err := checkQueueSize("disk", i, d.QueueSize); err != nil {
+			return err
+		}
 		if d.Path == "" && d.Graph == nil && d.Iface != DiskCDROM {
 			return fmt.Errorf("disk %d has no path: give path=FILE (or a graph in a config file)", i)
 		}
@@ -450,6 +453,9 @@ func (c *VM) Validate() error {
 		}
 		if n.Tap != "" && n.User != nil {
 			return fmt.Errorf("net %d has both a TAP and user-mode networking: give one of tap=NAME and user=on", i)
+		}
+		if err := checkQueueSize("net", i, n.QueueSize); err != nil {
+			return err
 		}
 		switch n.Model {
 		case "", NetVirtio:

@@ -98,6 +98,10 @@ func TestValidateMessages(t *testing.T) {
 			}
 		}, "at most 4"},
 		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 2}} }, "one queue pair"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", QueueSize: 65536}} }, "disk 0: queue_size 65536: give a power of two"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", QueueSize: 100}} }, "queue_size 100"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", QueueSize: -1}} }, "queue_size -1"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", QueueSize: 1}} }, "net 0: queue_size 1"},
 	} {
 		cfg := Default()
 		cfg.Payload.Kernel = kernel

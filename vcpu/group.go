@@ -1,5 +1,11 @@
 package vcpu
 
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
 // Group runs a VM's vCPUs together: Pause, Resume and Stop act on all of
 // them, kicking every vCPU before waiting for any, so a pause costs one
 // round trip rather than one per vCPU.
@@ -59,4 +65,64 @@ func (g *Group) Wait() {
 	for _, r := range g.runners {
 		<-r.Done()
 	}
+}
+
+// StuckError reports vCPUs that did not stop in time.
+type StuckError struct {
+	Within time.Duration
+	Of     int      // vCPUs in the group
+	VCPUs  []int    // the ids of those still running
+	Doing  []string // what each was doing (Runner.Doing)
+}
+
+func (e *StuckError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "vcpu: %d of %d vCPUs did not stop within %v:", len(e.VCPUs), e.Of, e.Within)
+	for i, id := range e.VCPUs {
+		if i > 0 {
+			b.WriteString(";")
+		}
+		fmt.Fprintf(&b, " vCPU %d is %s", id, e.Doing[i])
+	}
+	return b.String()
+}
+
+// StopWithin is Stop with a deadline: it asks every vCPU to stop and
+// waits at most d for all of them. A vCPU that has not stopped by then is
+// stuck, in a device's handler that does not return or in the kernel; a
+// *StuckError names each and what it is doing, and its thread is left
+// running (it ends when its handler returns). Resources the stuck vCPU
+// may still use (its fd, guest memory) must then be left alone.
+func (g *Group) StopWithin(d time.Duration) error {
+	for _, r := range g.runners {
+		r.requestStop()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	expired := false
+	var stuck []*Runner
+	for _, r := range g.runners {
+		if !expired {
+			select {
+			case <-r.done:
+				continue
+			case <-timer.C:
+				expired = true
+			}
+		}
+		select {
+		case <-r.done:
+		default:
+			stuck = append(stuck, r)
+		}
+	}
+	if len(stuck) == 0 {
+		return nil
+	}
+	e := &StuckError{Within: d, Of: len(g.runners)}
+	for _, r := range stuck {
+		e.VCPUs = append(e.VCPUs, r.ID())
+		e.Doing = append(e.Doing, r.Doing())
+	}
+	return e
 }

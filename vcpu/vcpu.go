@@ -81,6 +81,43 @@ type Runner struct {
 	// exitPending is set, on the loop's goroutine only, from the return
 	// of a KVM_RUN with an exit until a KVM_RUN completes it.
 	exitPending bool
+
+	// device is the device access the loop is dispatching (see
+	// accessKind), 0 when it is not in a device's handler: what a vCPU
+	// that will not stop is stuck in.
+	device atomic.Uint64
+}
+
+// The encoding of Runner.device: the kind in the top bits, the address
+// below (port numbers and guest-physical addresses fit in 60 bits).
+const (
+	accessPIO   = 1 << 63
+	accessMMIO  = 1 << 62
+	accessWrite = 1 << 61
+	accessAddr  = 1<<60 - 1
+)
+
+// Doing describes what the vCPU's thread is doing, for a vCPU that does
+// not stop: handling a device access (which one), or in KVM_RUN.
+func (r *Runner) Doing() string {
+	a := r.device.Load()
+	if a == 0 {
+		r.mu.Lock()
+		st := r.state
+		r.mu.Unlock()
+		if st == Running {
+			return "in KVM_RUN or between exits (not in a device's handler)"
+		}
+		return st.String()
+	}
+	dir := "read from"
+	if a&accessWrite != 0 {
+		dir = "write to"
+	}
+	if a&accessPIO != 0 {
+		return fmt.Sprintf("in a device's handler for a port I/O %s port %#x", dir, a&accessAddr)
+	}
+	return fmt.Sprintf("in a device's handler for an MMIO %s %#x", dir, a&accessAddr)
 }
 
 // New prepares a Runner for cpu. The Runner does not own cpu: close it after
@@ -147,6 +184,13 @@ func (r *Runner) Resume() {
 // Stop ends the loop and waits until it has: the vCPU is out of KVM_RUN for
 // good and its thread has exited. Stop is idempotent.
 func (r *Runner) Stop() {
+	r.requestStop()
+	<-r.done
+}
+
+// requestStop asks the loop to end (ending a Runner never started at
+// once) without waiting for it.
+func (r *Runner) requestStop() {
 	r.request(Stopped)
 	r.mu.Lock()
 	if r.state == Created {
@@ -154,7 +198,6 @@ func (r *Runner) Stop() {
 		close(r.done)
 	}
 	r.mu.Unlock()
-	<-r.done
 }
 
 // request records a wish to leave the guest and kicks the vCPU.
@@ -392,6 +435,12 @@ func (r *Runner) handleExit() bool {
 // without REP) arrives as Count accesses of Size bytes to the same port;
 // each is dispatched separately, in order, as the hardware would.
 func (r *Runner) dispatchIO(io kvm.IO) {
+	a := accessPIO | uint64(io.Port)
+	if io.Out {
+		a |= accessWrite
+	}
+	r.device.Store(a)
+	defer r.device.Store(0)
 	for i := 0; i < io.Count; i++ {
 		d := io.Data[i*io.Size : (i+1)*io.Size]
 		if io.Out {
@@ -405,6 +454,12 @@ func (r *Runner) dispatchIO(io kvm.IO) {
 }
 
 func (r *Runner) dispatchMMIO(m kvm.MMIO) {
+	a := accessMMIO | m.Addr&accessAddr
+	if m.Write {
+		a |= accessWrite
+	}
+	r.device.Store(a)
+	defer r.device.Store(0)
 	if m.Write {
 		if !write(r.mmio, m.Addr, m.Data) {
 			r.counters.unclaimedMMIOWrites.Add(1)

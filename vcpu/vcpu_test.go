@@ -6,6 +6,7 @@ import (
 	"errors"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -899,5 +900,73 @@ func BenchmarkPIOExit(b *testing.B) {
 			b.StopTimer()
 			r.Stop()
 		})
+	}
+}
+
+// blocker is a device whose writes block until released, as a handler
+// stuck on a host resource would.
+type blocker struct {
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (*blocker) Read(off uint64, data []byte) {}
+func (b *blocker) Write(off uint64, data []byte) {
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+}
+
+// TestStopWithinStuckVCPU: a vCPU stuck in a device's handler does not
+// hold StopWithin past its deadline; the error names the vCPU and the
+// access it is stuck in; once the handler returns the vCPU stops.
+func TestStopWithinStuckVCPU(t *testing.T) {
+	tv := newVM(t, []byte{
+		0xe6, 0x80, // out 0x80, al
+		0xf4, // hlt
+	}, spinCode(0x500))
+	dev := &blocker{entered: make(chan struct{}), release: make(chan struct{})}
+	pio := bus.New("pio")
+	pio.Register(0x80, 1, dev)
+	var rs []*vcpu.Runner
+	for _, c := range tv.cpus {
+		rs = append(rs, vcpu.New(c, vcpu.Config{PIO: pio, Handler: func(vcpu.Event) vcpu.Action { return vcpu.Continue }}))
+	}
+	g := vcpu.NewGroup(rs...)
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	defer func() {
+		if !released {
+			close(dev.release)
+		}
+		g.Stop()
+	}()
+	select {
+	case <-dev.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the guest never wrote to port 0x80")
+	}
+	waitAdvance(t, tv.mem, 0x500, 0) // the other vCPU runs
+	start := time.Now()
+	err := g.StopWithin(100 * time.Millisecond)
+	var se *vcpu.StuckError
+	if !errors.As(err, &se) {
+		t.Fatalf("StopWithin with a vCPU stuck in a device: %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("StopWithin took %v", took)
+	}
+	if !slices.Equal(se.VCPUs, []int{0}) || !strings.Contains(err.Error(), "port I/O write to port 0x80") {
+		t.Fatalf("StuckError %q, want vCPU 0 in the write to port 0x80", err)
+	}
+	if s := rs[1].State(); s != vcpu.Stopped {
+		t.Fatalf("the other vCPU is %v", s)
+	}
+	close(dev.release)
+	released = true
+	if err := g.StopWithin(30 * time.Second); err != nil {
+		t.Fatalf("after the handler returned: %v", err)
 	}
 }

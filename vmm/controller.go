@@ -59,6 +59,7 @@ type BuildFunc func(cfg *config.VM) (Machine, error)
 
 // Builder returns the BuildFunc that builds real VMs with New.
 func Builder(stdio IO, opts Options) BuildFunc {
+	stdio = shareInput(stdio)
 	return func(cfg *config.VM) (Machine, error) { return New(cfg, stdio, opts) }
 }
 
@@ -68,6 +69,7 @@ type RestoreFunc func(dir string, ro RestoreOptions) (Machine, *config.VM, error
 
 // Restorer returns the RestoreFunc that restores real VMs with Restore.
 func Restorer(stdio IO, opts Options) RestoreFunc {
+	stdio = shareInput(stdio)
 	return func(dir string, ro RestoreOptions) (Machine, *config.VM, error) {
 		v, cfg, err := Restore(dir, stdio, opts, ro)
 		if err != nil {

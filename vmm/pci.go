@@ -120,6 +120,10 @@ func (v *VM) setupPCI(stdio IO) error {
 		if err != nil {
 			return err
 		}
+		// Its output goes through a buffer and a goroutine of its own (a
+		// stalled terminal or socket never holds the guest); Close, run
+		// after the reset addVirtio registers, flushes it.
+		v.closers = append(v.closers, dev)
 		if err := v.addVirtio("console", dev); err != nil {
 			return err
 		}

@@ -38,7 +38,7 @@ func (l isaLine) SetLevel(high bool) error { return l.vm.IRQLine(l.irq, high) }
 func newPlatform(v *VM, stdio IO) (*platform, error) {
 	p := &platform{}
 	if v.cfg.Console.Mode == config.ModeTty {
-		stdio.Stdin = nil // the virtio console has the terminal's input
+		stdio.Stdin, stdio.hub = nil, nil // the virtio console has the terminal's input
 	}
 	out, in, err := consoleStreams(v, v.cfg.Serial, stdio)
 	if err != nil {
@@ -103,7 +103,7 @@ func consoleStreams(v *VM, c config.Console, stdio IO) (io.Writer, io.Reader, er
 		if out == nil {
 			out = io.Discard
 		}
-		return out, stdio.Stdin, nil
+		return out, v.input(stdio), nil
 	case config.ModeOff, config.ModeNull:
 		return io.Discard, nil, nil
 	case config.ModeFile:
@@ -116,10 +116,9 @@ func consoleStreams(v *VM, c config.Console, stdio IO) (io.Writer, io.Reader, er
 	case config.ModeSocket:
 		// One client at a time, like a serial cable: output is dropped
 		// while nobody is connected.
-		os.Remove(c.Socket)
-		l, err := net.Listen("unix", c.Socket)
+		l, err := listenConsoleSocket(c.Socket)
 		if err != nil {
-			return nil, nil, fmt.Errorf("serial socket: %w", err)
+			return nil, nil, err
 		}
 		v.closers = append(v.closers, l)
 		s := &socketConsole{}

@@ -126,7 +126,7 @@ func (v *VM) Wait(stop <-chan struct{}, why func() string) Exit {
 	case <-stop:
 		e = Exit{Reason: ExitStopped, Detail: why()}
 	}
-	v.group.Stop()
+	v.stopVCPUs()
 	v.log.Info("guest stopped", "reason", e.Reason, "detail", e.Detail)
 	if v.opts.Stats != nil {
 		enc := json.NewEncoder(v.opts.Stats)

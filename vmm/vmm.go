@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/viovmm/vio/arch/x86"
@@ -31,6 +32,8 @@ import (
 type IO struct {
 	Stdin  io.Reader // nil: no input
 	Stdout io.Writer // nil: output discarded
+
+	hub *inputHub // Stdin shared by the VMs one Builder makes (see input.go)
 }
 
 // Options tune how a VM is built.
@@ -93,7 +96,8 @@ type VM struct {
 
 	mig migrationGuard // migrations reading this VM (migrate.go)
 
-	closeOnce sync.Once
+	closeOnce  sync.Once
+	vcpusStuck atomic.Bool // a vCPU did not stop in time (see stopVCPUs)
 }
 
 // New builds a VM: after it returns, the guest is loaded and its vCPUs are
@@ -186,11 +190,12 @@ func (v *VM) Close() error {
 		if v.kernel != nil && v.kernel.file != nil {
 			v.kernel.file.Close()
 		}
-		if v.group != nil {
-			v.group.Stop()
-		}
-		for i := len(v.closers) - 1; i >= 0; i-- {
-			v.closers[i].Close()
+		v.stopVCPUs()
+		v.runClosers()
+		if v.vcpusStuck.Load() {
+			// A stuck vCPU thread may still use its fd, the VM and guest
+			// memory: leave them to the process's exit.
+			return
 		}
 		for _, c := range v.cpus {
 			c.Close()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"github.com/viovmm/vio/block/blocktest"
 	"github.com/viovmm/vio/block/faults"
 	"github.com/viovmm/vio/block/image"
+	"github.com/viovmm/vio/block/nbd"
+	"github.com/viovmm/vio/block/nbd/nbdtest"
 	"github.com/viovmm/vio/block/throttle"
 )
 
@@ -58,6 +61,10 @@ func TestValidateRefusals(t *testing.T) {
 		{"image used twice", []string{`{"node":"raw","path":"a"}`, `{"node":"raw","path":"a"}`}, false, "opens a, which root raw node (disk d0) opens too"},
 		{"allow_backing on raw", []string{`{"node":"raw","path":"a","allow_backing":true}`}, false, "allow_backing applies to qcow2 leaves only"},
 		{"nbd without URI", []string{`{"node":"nbd","path":"/tmp/x"}`}, false, "is not an NBD URI"},
+		{"nbd unknown option", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls":1}}`}, false, `unknown field "tls"`},
+		{"nbd hostname without creds", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls-hostname":"h"}}`}, false, "tls-hostname needs tls-creds"},
+		{"nbd TLS on unix without hostname", []string{`{"node":"nbd","path":"nbd+unix:///x?socket=/s","options":{"tls-creds":"/nonexistent"}}`}, false, "needs tls-hostname"},
+		{"nbd TLS creds missing", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls-creds":"/nonexistent"}}`}, false, "ca-cert.pem is missing"},
 		{"leaf options", []string{`{"node":"raw","path":"a","options":{"x":1}}`}, false, "takes no options"},
 		{"bad fault probability", []string{`{"node":"faults","options":{"rules":[{"probability":2}]},"children":[{"node":"raw","path":"a"}]}`}, false, "probability 2"},
 		{"bad fault error", []string{`{"node":"faults","options":{"rules":[{"error":"EWHAT"}]},"children":[{"node":"raw","path":"a"}]}`}, false, `error "EWHAT"`},
@@ -312,5 +319,41 @@ func TestDescribe(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestBuildNBDOverTLS: an nbd leaf with tls-creds reads a TLS-only export
+// that demands client certificates; without tls-creds the same leaf is
+// refused with a sentence saying TLS is required.
+func TestBuildNBDOverTLS(t *testing.T) {
+	creds := nbdtest.MakeCreds(t)
+	mem := blocktest.NewMem(1 << 20)
+	mem.WriteAt([]byte("through tls"), 512)
+	s, err := nbd.NewServer(nbd.Export{Name: "x", Backend: mem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.TLSConfig, err = nbd.ServerTLSConfig(creds.Server, true); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	defer s.Close()
+	uri := "nbd://" + l.Addr().String() + "/x"
+	d, err := NewBuilder(Options{}).Open(Disk{ID: "d0", ReadOnly: true, Root: mustParse(t, `{"node":"nbd","path":"`+uri+`","options":{"tls-creds":"`+creds.Client+`"}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 11)
+	if _, err := d.ReadAt(got, 512); err != nil || string(got) != "through tls" {
+		t.Fatalf("read through the nbd leaf: %v %q", err, got)
+	}
+	d.Close()
+	_, err = NewBuilder(Options{}).Open(Disk{ID: "d0", ReadOnly: true, Root: mustParse(t, `{"node":"nbd","path":"`+uri+`"}`)})
+	if err == nil || !strings.Contains(err.Error(), "requires TLS") {
+		t.Fatalf("plain nbd leaf against a TLS server: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/image"
+	"github.com/viovmm/vio/block/nbd"
 )
 
 // Kind describes a node kind. A new interposer joins the graph by
@@ -54,7 +56,7 @@ func kindList() string {
 func init() {
 	Register(&Kind{Name: image.Raw, Leaf: true, Open: openLeaf(image.Raw)})
 	Register(&Kind{Name: image.Qcow2, Leaf: true, Open: openLeaf(image.Qcow2)})
-	Register(&Kind{Name: "nbd", Leaf: true, Check: checkNBD, Open: openLeaf(image.Raw)})
+	Register(&Kind{Name: "nbd", Leaf: true, Check: checkNBD, Open: openNBD})
 	Register(kindThrottle)
 	Register(kindFaults)
 }
@@ -63,10 +65,44 @@ func checkNBD(n *Node, _ map[string]bool) error {
 	if !image.IsNBD(n.Path) {
 		return fmt.Errorf("path %q is not an NBD URI: give nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH", n.Path)
 	}
-	if len(n.Options) > 0 && string(n.Options) != "null" && string(n.Options) != "{}" {
-		return errors.New("an nbd leaf takes no options")
+	_, err := nbdTLS(n)
+	return err
+}
+
+// nbdOptions are an nbd leaf's: TLS credentials in a directory laid out
+// as QEMU's tls-creds-x509 (ca-cert.pem; client-cert.pem and
+// client-key.pem if the server verifies clients), and the name the
+// server's certificate must carry (default: the URI's host; required for
+// a unix socket).
+type nbdOptions struct {
+	TLSCreds    string `json:"tls-creds"`
+	TLSHostname string `json:"tls-hostname"`
+}
+
+// nbdTLS returns the node's TLS config, nil without tls-creds.
+func nbdTLS(n *Node) (*tls.Config, error) {
+	var o nbdOptions
+	if err := decodeOptions(n.Options, &o); err != nil {
+		return nil, err
 	}
-	return nil
+	if o.TLSCreds == "" {
+		if o.TLSHostname != "" {
+			return nil, errors.New("tls-hostname needs tls-creds (a directory with ca-cert.pem)")
+		}
+		return nil, nil
+	}
+	if o.TLSHostname == "" && strings.HasPrefix(n.Path, "nbd+unix:") {
+		return nil, errors.New("TLS over a unix socket needs tls-hostname: the name the server's certificate carries")
+	}
+	return nbd.ClientTLSConfig(o.TLSCreds, o.TLSHostname)
+}
+
+func openNBD(b *Builder, n *Node, o NodeOptions, _ []block.Backend) (block.Backend, error) {
+	cfg, err := nbdTLS(n)
+	if err != nil {
+		return nil, err
+	}
+	return image.Open(n.Path, image.OpenOptions{Format: image.Raw, ReadOnly: o.ReadOnly, NBDTLS: cfg})
 }
 
 // openLeaf opens an image with its format given, never probed.

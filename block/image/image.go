@@ -13,6 +13,7 @@ package image
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -66,7 +67,7 @@ var foreign = []struct {
 // Probe returns the format of the image at path, as QEMU would guess it:
 // qcow2 by its magic, raw otherwise. Formats vio cannot open are errors.
 func Probe(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := raw.OpenImageFile(path, os.O_RDONLY)
 	if err != nil {
 		return "", err
 	}
@@ -108,6 +109,9 @@ type OpenOptions struct {
 	// image probe as another format (see headGuard). OpenDisk sets it for
 	// a writable raw image whose format was probed.
 	GuardHead bool
+	// NBDTLS, for an NBD URI, makes the connection TLS with this config
+	// (see nbd.ClientTLSConfig); nil connects in the clear.
+	NBDTLS *tls.Config
 }
 
 // ErrBackingRefused is matched when an image names a backing file outside

@@ -28,7 +28,7 @@ func openNBD(uri string, opts OpenOptions) (block.Backend, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), nbdConnectTimeout)
 	defer cancel()
-	c, err := nbd.Dial(ctx, uri, nbd.Options{ReadOnly: opts.ReadOnly})
+	c, err := nbd.Dial(ctx, uri, nbd.Options{ReadOnly: opts.ReadOnly, TLS: opts.NBDTLS})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", uri, err)
 	}

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +44,11 @@ type Options struct {
 	ReadOnly bool
 	// Logf, if set, is told about reconnects.
 	Logf func(format string, args ...any)
+	// TLS, if set, makes the client start TLS before any other option and
+	// refuse a server that will not (see ClientTLSConfig). An empty
+	// ServerName is taken from a TCP URI's host; a unix socket URI needs
+	// it set.
+	TLS *tls.Config
 }
 
 func (o *Options) setDefaults() {
@@ -113,6 +119,7 @@ const maxBackoff = 2 * time.Second
 type Client struct {
 	target target
 	opts   Options
+	tls    *tls.Config // opts.TLS with the server name filled in
 
 	// Fixed by the first handshake; a reconnect must find the same.
 	size       int64
@@ -170,6 +177,19 @@ func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 	}
 	opts.setDefaults()
 	c := &Client{target: t, opts: opts, slots: make(chan struct{}, opts.MaxInFlight)}
+	if opts.TLS != nil {
+		c.tls = opts.TLS.Clone()
+		if c.tls.ServerName == "" {
+			if t.network != "tcp" {
+				return nil, errors.New("nbd: TLS over a unix socket needs the server's name to check its certificate against (tls-hostname)")
+			}
+			host, _, err := net.SplitHostPort(t.addr)
+			if err != nil {
+				return nil, fmt.Errorf("nbd: %w", err)
+			}
+			c.tls.ServerName = host
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	nc, br, info, err := c.dialOnce(ctx)
 	if err != nil {
@@ -198,17 +218,18 @@ func (c *Client) dialOnce(ctx context.Context) (net.Conn, *bufio.Reader, exportI
 	ctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
 	defer cancel()
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, c.target.network, c.target.addr)
+	raw, err := d.DialContext(ctx, c.target.network, c.target.addr)
 	if err != nil {
 		return nil, nil, exportInfo{}, fmt.Errorf("nbd: %w", err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		nc.SetDeadline(dl)
+		raw.SetDeadline(dl)
 	}
-	// Cancellation (Close) must also interrupt a handshake in progress.
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	br := bufio.NewReaderSize(nc, 64<<10)
-	info, err := handshake(nc, br, c.target.export)
+	// Cancellation (Close) must also interrupt a handshake in progress
+	// (a TLS connection's deadlines are its transport's).
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	br := bufio.NewReaderSize(raw, 64<<10)
+	nc, info, err := handshake(raw, br, c.target.export, c.tls)
 	if err == nil {
 		err = checkInfo(info)
 	}

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -68,9 +69,17 @@ const (
 	maxOptReplies   = 256
 )
 
-// handshake negotiates fixed newstyle, structured replies and NBD_OPT_GO
-// (falling back to NBD_OPT_EXPORT_NAME for servers without it).
-func handshake(c net.Conn, br *bufio.Reader, export string) (exportInfo, error) {
+// handshake negotiates fixed newstyle, TLS if tlsCfg is set, structured
+// replies and NBD_OPT_GO (falling back to NBD_OPT_EXPORT_NAME for servers
+// without it). It returns the connection to use from now on: c, or a TLS
+// connection over c (br then reads from it).
+func handshake(c net.Conn, br *bufio.Reader, export string, tlsCfg *tls.Config) (net.Conn, exportInfo, error) {
+	info, err := handshakeOn(&c, br, export, tlsCfg)
+	return c, info, err
+}
+
+func handshakeOn(cp *net.Conn, br *bufio.Reader, export string, tlsCfg *tls.Config) (exportInfo, error) {
+	c := *cp
 	var hello [18]byte
 	if _, err := io.ReadFull(br, hello[:]); err != nil {
 		return exportInfo{}, fmt.Errorf("nbd: reading server greeting: %w", err)
@@ -99,6 +108,16 @@ func handshake(c net.Conn, br *bufio.Reader, export string) (exportInfo, error) 
 		return exportInfo{}, err
 	}
 	info := exportInfo{minBS: 1, prefBS: defaultPrefBS, maxReq: maxPayload}
+	if tlsCfg != nil {
+		if !fixed {
+			return exportInfo{}, errors.New("nbd: TLS asked for, but the server does not speak fixed newstyle, which TLS needs")
+		}
+		tc, err := startTLS(c, br, tlsCfg)
+		if err != nil {
+			return exportInfo{}, err
+		}
+		c, *cp = tc, tc
+	}
 	if !fixed {
 		return exportName(c, br, export, noZeroes, info)
 	}
@@ -147,6 +166,8 @@ func handshake(c net.Conn, br *bufio.Reader, export string) (exportInfo, error) 
 			return exportName(c, br, export, noZeroes, info)
 		case repErrUnknown:
 			return exportInfo{}, fmt.Errorf("%w %q%s", ErrUnknownExport, export, optMessage(data))
+		case repErrTLSReqd:
+			return exportInfo{}, fmt.Errorf("nbd: the server requires TLS: give the client TLS credentials (the nbd leaf's tls-creds option)%s", optMessage(data))
 		default:
 			if typ&repFlagError != 0 {
 				return exportInfo{}, fmt.Errorf("nbd: server refused export %q: %s%s", export, repName(typ), optMessage(data))
@@ -155,6 +176,40 @@ func handshake(c net.Conn, br *bufio.Reader, export string) (exportInfo, error) 
 		}
 	}
 	return exportInfo{}, protoErrorf("more than %d replies to NBD_OPT_GO", maxOptReplies)
+}
+
+// startTLS asks for TLS as the first option, as the protocol advises a
+// client that insists on it (options before it could be tampered with),
+// and runs the TLS handshake. Any refusal ends the session: falling back
+// to plain text is what a man in the middle would want.
+func startTLS(c net.Conn, br *bufio.Reader, cfg *tls.Config) (net.Conn, error) {
+	if err := sendOption(c, optStartTLS, nil); err != nil {
+		return nil, err
+	}
+	typ, data, err := readOptReply(br, optStartTLS)
+	if err != nil {
+		return nil, err
+	}
+	if typ != repAck {
+		sendOption(c, optAbort, nil)
+		if typ&repFlagError != 0 {
+			return nil, fmt.Errorf("nbd: the server refused TLS: %s%s", repName(typ), optMessage(data))
+		}
+		return nil, protoErrorf("reply type %#x to NBD_OPT_STARTTLS", typ)
+	}
+	if len(data) != 0 {
+		return nil, protoErrorf("NBD_OPT_STARTTLS acknowledged with %d bytes of data", len(data))
+	}
+	if br.Buffered() != 0 {
+		// Bytes sent in the clear after the ack: not ours to believe.
+		return nil, protoErrorf("%d bytes after the NBD_OPT_STARTTLS ack before the TLS handshake", br.Buffered())
+	}
+	tc := tls.Client(c, cfg)
+	if err := tc.Handshake(); err != nil {
+		return nil, fmt.Errorf("nbd: TLS handshake: %w", err)
+	}
+	br.Reset(tc)
+	return tc, nil
 }
 
 func parseInfo(data []byte, info *exportInfo, haveExport *bool) error {

@@ -11,9 +11,12 @@
 // Both sides use fixed-newstyle negotiation with NBD_OPT_GO (the client
 // falls back to NBD_OPT_EXPORT_NAME for servers without it), structured
 // replies when the peer agrees, and many requests in flight on one
-// connection. TLS, NBD_CMD_BLOCK_STATUS and the extended-headers extension
-// are not implemented: the server refuses NBD_OPT_STARTTLS and offers no
-// metadata context.
+// connection. Both sides speak TLS (NBD_OPT_STARTTLS with X.509
+// certificates from a directory laid out as QEMU's tls-creds-x509; see
+// ServerTLSConfig and ClientTLSConfig): a server with a TLSConfig requires
+// it of every client, a client with one requires it of the server.
+// NBD_CMD_BLOCK_STATUS and the extended-headers extension are not
+// implemented: the server offers no metadata context.
 //
 // # What each side trusts
 //

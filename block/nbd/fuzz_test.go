@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/block/blocktest"
+	"github.com/viovmm/vio/block/nbd/nbdtest"
 )
 
 // fakeConn is a net.Conn that reads a fixed byte stream and swallows
@@ -203,7 +204,7 @@ func FuzzClientHandshake(f *testing.F) {
 	f.Add(join(greet(flagFixedNewstyle), rep(optStructuredReply, repAck, nil), rep(optGo, repErrUnknown, []byte("nope"))))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fc := &fakeConn{r: bytes.NewReader(in)}
-		info, err := handshake(fc, bufio.NewReader(fc), "d")
+		_, info, err := handshake(fc, bufio.NewReader(fc), "d", nil)
 		if err == nil {
 			if info.minBS == 0 || info.maxReq == 0 || info.maxReq%info.minBS != 0 || info.maxReq > maxPayload {
 				t.Fatalf("handshake accepted unusable block sizes %+v", info)
@@ -330,7 +331,7 @@ func TestHostileHandshake(t *testing.T) {
 	}
 	for name, in := range cases {
 		fc := &fakeConn{r: bytes.NewReader(in)}
-		info, err := handshake(fc, bufio.NewReader(fc), "d")
+		_, info, err := handshake(fc, bufio.NewReader(fc), "d", nil)
 		if err == nil {
 			err = checkInfo(info)
 		}
@@ -338,4 +339,34 @@ func TestHostileHandshake(t *testing.T) {
 			t.Errorf("%s: handshake accepted it: %+v", name, info)
 		}
 	}
+}
+
+// FuzzServerTLS feeds a TLS-only server arbitrary client traffic: the
+// option gate before NBD_OPT_STARTTLS, STARTTLS itself (with data, twice,
+// followed by injected bytes) and, past the ack, a TLS handshake on bytes
+// the fuzzer chooses. Nothing may panic or hang, and no export may be
+// entered in the clear.
+func FuzzServerTLS(f *testing.F) {
+	hello := clientHello(flagCFixedNewstyle | flagCNoZeroes)
+	f.Add(join(hello, clientOpt(optList, nil), clientOpt(optGo, goData("d")), clientOpt(optExportName, []byte("d"))))
+	f.Add(join(hello, clientOpt(optStartTLS, nil)))
+	f.Add(join(hello, clientOpt(optStartTLS, []byte("data")), clientOpt(optStartTLS, nil), clientOpt(optGo, goData("d"))))
+	f.Add(join(hello, clientOpt(optAbort, nil)))
+	f.Add(join(clientHello(0), clientOpt(optExportName, []byte("d")), clientReq(cmdRead, 0, 1, 0, 512, nil)))
+	// A TLS 1.2 ClientHello's record header, truncated.
+	f.Add(join(hello, clientOpt(optStartTLS, nil), []byte{0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c, 0x03, 0x03}))
+	s := tlsOnlyServer(f, nbdtest.MakeCreds(f))
+	s.HandshakeTimeout = time.Second
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fc := &fakeConn{r: bytes.NewReader(in), keep: true}
+		sc, err := s.track(fc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.untrack(sc)
+		sc.serve()
+		if sc.export != nil && !sc.tls {
+			t.Fatal("an export was entered without TLS")
+		}
+	})
 }

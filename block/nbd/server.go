@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -63,6 +64,13 @@ type Server struct {
 	// MaxInFlight goroutines. A connection beyond it is closed at once,
 	// before the handshake, and logged.
 	MaxConns int
+	// TLSConfig, if set, makes TLS mandatory (the protocol's FORCEDTLS
+	// mode): a client must send NBD_OPT_STARTTLS before anything else;
+	// every other option gets NBD_REP_ERR_TLS_REQD until it has, and
+	// NBD_OPT_EXPORT_NAME, which cannot be refused, drops the connection.
+	// Whether clients need certificates is the config's ClientAuth (see
+	// ServerTLSConfig). The TLS handshake counts against HandshakeTimeout.
+	TLSConfig *tls.Config
 
 	exports []*Export // in the order given, for NBD_OPT_LIST
 
@@ -326,7 +334,7 @@ func (s *Server) Close() error {
 	s.stop()
 	s.mu.Lock()
 	for sc := range s.conns {
-		sc.c.Close()
+		sc.raw.Close()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,9 +18,15 @@ import (
 // serverConn is one client connection: the handshake, then a reader loop
 // that decodes requests and hands each to its own goroutine.
 type serverConn struct {
-	s  *Server
-	c  net.Conn
-	br *bufio.Reader
+	s *Server
+	// raw is the accepted connection: deadlines and Close go to it from
+	// any goroutine. c carries the protocol: raw itself, or after
+	// NBD_OPT_STARTTLS a TLS connection over raw (changed only by the
+	// handshake, before transmission starts).
+	raw net.Conn
+	c   net.Conn
+	br  *bufio.Reader
+	tls bool // c is a TLS connection
 
 	w batchWriter // replies
 
@@ -36,7 +43,7 @@ type serverConn struct {
 }
 
 func newServerConn(s *Server, c net.Conn) *serverConn {
-	sc := &serverConn{s: s, c: c, br: bufio.NewReaderSize(c, 64<<10)}
+	sc := &serverConn{s: s, raw: c, c: c, br: bufio.NewReaderSize(c, 64<<10)}
 	sc.w = batchWriter{c: c, onError: func(err error) {
 		// The reply stream would be corrupt: drop the connection.
 		if !isClosedConn(err) {
@@ -54,7 +61,7 @@ func (sc *serverConn) stopReading() {
 	sc.stopMu.Lock()
 	sc.stopping = true
 	sc.stopMu.Unlock()
-	sc.c.SetReadDeadline(time.Unix(1, 0))
+	sc.raw.SetReadDeadline(time.Unix(1, 0))
 }
 
 // setReadDeadline applies t unless the connection is being stopped, whose
@@ -63,14 +70,14 @@ func (sc *serverConn) setReadDeadline(t time.Time) {
 	sc.stopMu.Lock()
 	defer sc.stopMu.Unlock()
 	if !sc.stopping {
-		sc.c.SetReadDeadline(t)
+		sc.raw.SetReadDeadline(t)
 	}
 }
 
 func (sc *serverConn) serve() {
-	defer sc.c.Close()
+	defer func() { sc.c.Close() }() // the TLS connection, once there is one
 	deadline := time.Now().Add(sc.s.handshakeTimeout())
-	sc.c.SetWriteDeadline(deadline)
+	sc.raw.SetWriteDeadline(deadline)
 	sc.setReadDeadline(deadline)
 	ok, err := sc.handshake()
 	if err != nil {
@@ -82,7 +89,7 @@ func (sc *serverConn) serve() {
 	if !ok {
 		return
 	}
-	sc.c.SetWriteDeadline(time.Time{})
+	sc.raw.SetWriteDeadline(time.Time{})
 	sc.setReadDeadline(time.Time{})
 	if err := sc.transmit(); err != nil && !errors.Is(err, io.EOF) && !isClosedConn(err) {
 		sc.s.logf("nbd: %v: %v", sc.c.RemoteAddr(), err)
@@ -185,6 +192,16 @@ func (sc *serverConn) handshake() (bool, error) {
 			}
 			continue
 		}
+		if sc.s.TLSConfig != nil && !sc.tls && opt != optStartTLS && opt != optAbort {
+			if opt == optExportName {
+				// This option cannot be refused: hang up.
+				return false, errors.New("client asked for an export without starting TLS, which this server requires")
+			}
+			if err := sc.optReply(opt, repErrTLSReqd, []byte("this server requires TLS: send NBD_OPT_STARTTLS first")); err != nil {
+				return false, err
+			}
+			continue
+		}
 		done, err := sc.option(opt, data, noZeroes)
 		if err != nil || done {
 			return done, err
@@ -247,9 +264,44 @@ func (sc *serverConn) option(opt uint32, data []byte, noZeroes bool) (done bool,
 		// and clients then read everything as data.
 		return false, sc.optReply(opt, repAck, nil)
 	case optStartTLS:
-		return false, sc.optReply(opt, repErrPolicy, []byte("TLS is not supported by this server"))
+		return false, sc.startTLS(data)
 	}
 	return false, sc.optReply(opt, repErrUnsup, nil)
+}
+
+// startTLS answers NBD_OPT_STARTTLS: refused without a TLS config or a
+// second time, else acknowledged and followed by the TLS handshake, after
+// which every byte of the connection goes through TLS.
+func (sc *serverConn) startTLS(data []byte) error {
+	switch {
+	case sc.s.TLSConfig == nil:
+		return sc.optReply(optStartTLS, repErrPolicy, []byte("TLS is not configured on this server"))
+	case sc.tls:
+		return sc.optReply(optStartTLS, repErrInvalid, []byte("TLS is already on"))
+	case len(data) != 0:
+		return sc.optReply(optStartTLS, repErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+	}
+	if err := sc.optReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	// A client waits for our ack before its TLS hello. Bytes already
+	// buffered were sent in the clear after STARTTLS: honouring them as if
+	// they came through TLS would let anyone on the path inject options.
+	if sc.br.Buffered() != 0 {
+		return protoErrorf("%d bytes sent after NBD_OPT_STARTTLS before the TLS handshake", sc.br.Buffered())
+	}
+	tc := tls.Server(sc.raw, sc.s.TLSConfig)
+	// The handshake deadline set on raw bounds the TLS handshake too.
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	sc.c, sc.tls = tc, true
+	sc.br.Reset(tc)
+	sc.w.c = tc
+	// Nothing negotiated in the clear carries over (a man in the middle
+	// could have chosen it).
+	sc.structured = false
+	return nil
 }
 
 // validMetaContextQuery checks the layout of NBD_OPT_{LIST,SET}_META_CONTEXT

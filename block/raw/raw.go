@@ -135,7 +135,7 @@ func Create(path string, size int64, opts Options) (*File, error) {
 
 // Open opens a raw image.
 func Open(path string, opts Options) (*File, error) {
-	flags := unix.O_CLOEXEC
+	flags := 0
 	if opts.ReadOnly {
 		flags |= unix.O_RDONLY
 	} else {
@@ -147,7 +147,10 @@ func Open(path string, opts Options) (*File, error) {
 	if opts.Cache == Writethrough || opts.Cache == DirectSync {
 		flags |= unix.O_DSYNC
 	}
-	f, err := os.OpenFile(path, flags, 0)
+	f, err := OpenImageFile(path, flags)
+	if errors.Is(err, ErrNotImage) {
+		return nil, err
+	}
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) && opts.Cache.Direct() {
 			return nil, fmt.Errorf("raw: %s: the file system does not support O_DIRECT (cache=%v); use cache=writeback: %w", path, opts.Cache, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -26,18 +27,20 @@ import (
 //
 // Exports are read-only unless --writable: a client that may write an
 // image may also rewrite its first sector, so a writable export needs its
-// format given (-f), never probed. Without TLS (not yet supported) an
-// export is open to anyone who can reach the address, which is said on
-// stderr when it is not a loopback or unix socket address.
+// format given (-f), never probed. With --tls-creds every client must
+// start TLS (and, with --tls-verify-clients, present a certificate the CA
+// signed); without it an export is open to anyone who can reach the
+// address, which is said on stderr when it is not a loopback or unix
+// socket address.
 
 func init() { imageSubcommands = append(imageSubcommands, imageServeCommand) }
 
 func imageServeCommand() *cobra.Command {
-	var addr, name, format, cache, desc string
-	var readOnly, writable bool
+	var addr, name, format, cache, desc, tlsDir string
+	var readOnly, writable, tlsVerify bool
 	var maxConns int
 	c := &cobra.Command{
-		Use:   "serve --nbd ADDR [-f raw|qcow2] [--export-name NAME] [--writable] [-e N] FILE...",
+		Use:   "serve --nbd ADDR [-f raw|qcow2] [--export-name NAME] [--writable] [-e N] [--tls-creds DIR [--tls-verify-clients]] FILE...",
 		Short: "Export images over NBD (ADDR: host:port, or unix:PATH for a unix socket) until interrupted",
 		Long: `Export one or more images over NBD until interrupted (SIGINT, SIGTERM),
 then finish the requests in progress and flush the images. Each image is an
@@ -46,8 +49,14 @@ asking for the empty name gets the first.
 
 Exports are read-only unless --writable is given (with -f: a writable
 image's format is never guessed). At most --max-connections clients are
-served at once. There is no TLS yet: bind to 127.0.0.1 or a unix socket
-unless every host that can reach ADDR may read the images.`,
+served at once.
+
+With --tls-creds DIR every client must start TLS (NBD_OPT_STARTTLS) before
+anything else; DIR holds ca-cert.pem, server-cert.pem and server-key.pem,
+the layout of QEMU's tls-creds-x509 (qemu-nbd --tls-creds). With
+--tls-verify-clients a client must also present a certificate signed by
+ca-cert.pem. Without TLS, bind to 127.0.0.1 or a unix socket unless every
+host that can reach ADDR may read the images.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if addr == "" {
@@ -64,6 +73,16 @@ unless every host that can reach ADDR may read the images.`,
 			}
 			if maxConns < 1 {
 				return fmt.Errorf("--max-connections %d: give at least 1", maxConns)
+			}
+			if tlsVerify && tlsDir == "" {
+				return errors.New("--tls-verify-clients needs --tls-creds DIR: client certificates are checked against DIR/ca-cert.pem")
+			}
+			var tlsConfig *tls.Config
+			if tlsDir != "" {
+				var err error
+				if tlsConfig, err = nbd.ServerTLSConfig(tlsDir, tlsVerify); err != nil {
+					return err
+				}
 			}
 			readOnly = !writable
 			topts, err := toolOptions(cmd, format)
@@ -102,6 +121,7 @@ unless every host that can reach ADDR may read the images.`,
 				return err
 			}
 			s.MaxConns = maxConns
+			s.TLSConfig = tlsConfig
 			l, err := nbd.Listen(addr)
 			if err != nil {
 				closeAll()
@@ -111,12 +131,8 @@ unless every host that can reach ADDR may read the images.`,
 				// Ours to remove when we stop, as qemu-nbd does.
 				defer os.Remove(l.Addr().String())
 			}
-			if ta, ok := l.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
-				access := "read"
-				if writable {
-					access = "read and write"
-				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "vio: warning: serving on %s without TLS: any host that can reach it can %s the images; bind to 127.0.0.1 or a unix socket unless that is intended\n", l.Addr(), access)
+			if w := exposureWarning(l.Addr(), tlsConfig != nil, tlsVerify, writable); w != "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), "vio: warning: "+w)
 			}
 			s.Logf = func(format string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "vio: "+format+"\n", a...) }
 			for i, e := range exports {
@@ -155,8 +171,31 @@ unless every host that can reach ADDR may read the images.`,
 	c.Flags().BoolVarP(&readOnly, "read-only", "r", false, "export read-only (the default; kept for compatibility)")
 	c.Flags().BoolVarP(&writable, "writable", "w", false, "let clients write the images (needs -f)")
 	c.Flags().IntVarP(&maxConns, "max-connections", "e", nbd.DefaultMaxConns, "clients served at once; more are refused")
+	c.Flags().StringVar(&tlsDir, "tls-creds", "", "require TLS, with the X.509 credentials in this directory (ca-cert.pem, server-cert.pem, server-key.pem)")
+	c.Flags().BoolVar(&tlsVerify, "tls-verify-clients", false, "require client certificates signed by the directory's ca-cert.pem (with --tls-creds)")
 	c.Flags().StringVar(&cache, "cache", "writeback", "host cache mode: writeback, writethrough, none, directsync or unsafe")
 	return c
+}
+
+// exposureWarning says who can reach the exports when that is more than
+// this host's users: a TCP address other than loopback without TLS, or
+// with TLS but no client certificates ("" when there is nothing to say).
+func exposureWarning(a net.Addr, tls, verify, writable bool) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta.IP.IsLoopback() {
+		return ""
+	}
+	access := "read"
+	if writable {
+		access = "read and write"
+	}
+	switch {
+	case !tls:
+		return fmt.Sprintf("serving on %s without TLS: any host that can reach it can %s the images; bind to 127.0.0.1 or a unix socket, or give --tls-creds, unless that is intended", a, access)
+	case !verify:
+		return fmt.Sprintf("serving on %s with TLS but without client certificates: any host that can reach it can %s the images (encrypted); give --tls-verify-clients to admit only clients with a certificate from the CA", a, access)
+	}
+	return ""
 }
 
 // exportURI is the URI a client (qemu-img, vio, nbdinfo) uses for the export.

@@ -274,6 +274,7 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	if o.stats {
 		opts.Stats = os.Stderr
 	}
+	stdio = vmm.ShareInput(stdio) // one reader of stdin for every VM a reboot or restore makes
 	ctl := vmm.NewController(vmm.Builder(stdio, opts), log)
 	ctl.SetRestore(vmm.Restorer(stdio, opts))
 	ctl.SetReceive(vmm.Receiver(stdio, opts))

@@ -56,6 +56,9 @@ var (
 // does not may still be saved when it happens to have nothing in flight
 // (SaveState checks).
 func (t *Transport) Pause(ctx context.Context) error {
+	if err := t.WaitReset(ctx); err != nil {
+		return err
+	}
 	if p, ok := t.dev.(state.Pausable); ok {
 		return p.Pause(ctx)
 	}
@@ -73,7 +76,7 @@ func (t *Transport) Resume() {
 // and the device paused: a queue with requests in flight refuses
 // (virtio.ErrInFlight).
 func (t *Transport) SaveState() (State, error) {
-	t.mu.Lock()
+	t.lockSettled()
 	defer t.mu.Unlock()
 	s := State{
 		Config:              t.Config.SaveState(),
@@ -176,7 +179,7 @@ func (t *Transport) check(s *State) error {
 // registered where the guest put them. If RestoreState fails, discard
 // the transport: parts of the state may be applied.
 func (t *Transport) RestoreState(s State) error {
-	t.mu.Lock()
+	t.lockSettled()
 	defer t.mu.Unlock()
 	if t.activated || t.status != 0 {
 		return fmt.Errorf("virtiopci: restore into a transport the guest already used; build a fresh one")

@@ -42,6 +42,7 @@
 package virtiopci
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -206,6 +207,10 @@ type Transport struct {
 	queues      []queueState
 	activated   bool
 	lastError   error
+	// resetting is non-nil while the device's Reset runs on a goroutine
+	// of its own (see resetDeviceLocked); it is closed when the reset is
+	// complete and device_status reads 0 again.
+	resetting chan struct{}
 }
 
 var (
@@ -513,17 +518,65 @@ func (t *Transport) resetLocked() {
 	_ = t.SetINTx(false)
 }
 
-// reset is the driver writing 0 to device_status.
+// resetDeviceLocked is the driver writing 0 to device_status. A device
+// that was never activated has no work to stop and is reset at once. An
+// active one is reset on a goroutine of its own: stopping it may wait for
+// requests in flight or a host sink, and the vCPU that wrote the status
+// (perhaps through the PCI_CFG window, under the PCI root's lock, which
+// every vCPU's configuration access needs) must not wait with it. The
+// spec allows this: the driver MUST wait for device_status to read 0
+// after writing 0 (Linux polls it), and until the reset is complete it
+// reads the old, non-zero status. A driver that does not wait finds its
+// next write to the common configuration held until the reset is done.
 func (t *Transport) resetDeviceLocked() {
-	if t.activated {
-		// Reset stops the device's goroutines; they never take t.mu, so
-		// holding it here cannot deadlock.
-		t.dev.Reset()
-		t.activated = false
-		t.event("reset", nil)
+	if t.resetting != nil {
+		return // already on its way
 	}
 	t.stats.resets.Add(1)
-	t.resetLocked()
+	if !t.activated {
+		t.resetLocked()
+		return
+	}
+	done := make(chan struct{})
+	t.resetting = done
+	go func() {
+		// Reset stops the device's goroutines; they never take t.mu.
+		t.dev.Reset()
+		t.event("reset", nil) // before the status reads 0
+		t.mu.Lock()
+		t.activated = false
+		t.resetLocked()
+		t.resetting = nil
+		t.mu.Unlock()
+		close(done)
+	}()
+}
+
+// lockSettled takes t.mu once no reset is in flight.
+func (t *Transport) lockSettled() {
+	t.mu.Lock()
+	for t.resetting != nil {
+		done := t.resetting
+		t.mu.Unlock()
+		<-done
+		t.mu.Lock()
+	}
+}
+
+// WaitReset waits until no device reset is in flight, or ctx ends.
+func (t *Transport) WaitReset(ctx context.Context) error {
+	t.mu.Lock()
+	done := t.resetting
+	t.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("virtiopci: waiting for a device reset: %w", ctx.Err())
+	}
 }
 
 func (t *Transport) failLocked(err error) {
@@ -688,7 +741,7 @@ func (t *Transport) writeCommon(off uint64, data []byte) {
 	if off >= CommonLength {
 		return
 	}
-	t.mu.Lock()
+	t.lockSettled()
 	defer t.mu.Unlock()
 	img := t.commonImageLocked()
 	n := copy(img[off:], data)

@@ -221,7 +221,7 @@ func (s *server) take(inFlight int) (int, bool, error) {
 }
 
 func (s *server) worker() {
-	w := &worker{d: s.d}
+	w := &worker{d: s.d, stop: s.stop}
 	for r := range s.work {
 		select {
 		case <-s.stop:

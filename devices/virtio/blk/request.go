@@ -11,8 +11,9 @@ import (
 // request allocates nothing.
 type worker struct {
 	d    *Device
-	op   op       // the request's kind, for its latency
-	data [][]byte // the request's data buffers, sub-slices of guest memory
+	stop <-chan struct{} // closed by Reset: long requests give up between chunks
+	op   op              // the request's kind, for its latency
+	data [][]byte        // the request's data buffers, sub-slices of guest memory
 	segs [MaxSegments * SegmentSize]byte
 }
 
@@ -198,18 +199,28 @@ func (w *worker) zeroOrDiscard(typ uint32, out virtio.Buffers, outLen int64, fea
 	for s := segs; len(s) > 0; s = s[SegmentSize:] {
 		sector, n, flags := le.Uint64(s), le.Uint32(s[8:]), le.Uint32(s[12:])
 		off, length := int64(sector*SectorSize), int64(n)*SectorSize
-		var err error
-		switch {
-		case length == 0:
-		case typ == TypeDiscard:
-			err = d.discard.Discard(off, length)
-		case d.zeroer != nil:
-			err = d.zeroer.WriteZeroes(off, length, flags&segmentUnmap != 0)
-		default:
-			err = writeZeroes(d.be, off, length)
-		}
-		if err != nil {
-			return d.backendError("discard or write zeroes", err)
+		// One request may cover 32 segments of 1 GiB: it goes to the
+		// back-end in chunks, and a reset stops it between two (the
+		// driver that reset the device takes nothing back, and must not
+		// wait for 32 GiB of zeroes first).
+		for length > 0 {
+			if w.stopped() {
+				return StatusIOErr
+			}
+			k := min(length, zeroChunk)
+			var err error
+			switch {
+			case typ == TypeDiscard:
+				err = d.discard.Discard(off, k)
+			case d.zeroer != nil:
+				err = d.zeroer.WriteZeroes(off, k, flags&segmentUnmap != 0)
+			default:
+				err = writeZeroes(d.be, off, k)
+			}
+			if err != nil {
+				return d.backendError("discard or write zeroes", err)
+			}
+			off, length = off+k, length-k
 		}
 	}
 	if typ == TypeWriteZeroes && !d.writeback() {
@@ -218,6 +229,20 @@ func (w *worker) zeroOrDiscard(typ uint32, out virtio.Buffers, outLen int64, fea
 		}
 	}
 	return StatusOK
+}
+
+// zeroChunk is how much of a discard or write-zeroes segment goes to the
+// back-end at once: the most a reset waits for.
+const zeroChunk = 64 << 20
+
+// stopped reports whether the device is being reset.
+func (w *worker) stopped() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // zeroBuf is the source of zeroes for back-ends without a ZeroWriter.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/viovmm/vio/devices/sink"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
@@ -45,18 +46,27 @@ type Config struct {
 	Cols, Rows uint16
 	// QueueSize is each queue's maximum size (default 64).
 	QueueSize uint16
+	// OutBuffer bounds the guest output held for a slow output (default
+	// 1 MiB); beyond it output is dropped and counted (Stats.OutDropped).
+	OutBuffer int
 }
+
+// DefaultOutBuffer is the output buffer of a Config that sets none.
+const DefaultOutBuffer = 1 << 20
 
 // Device is a virtio console.
 type Device struct {
 	in       io.Reader
-	out      io.Writer
+	out      io.Writer // async, or io.Discard
+	async    *sink.AsyncWriter
 	cfg      Config
 	features uint64
 	size     atomic.Uint32 // cols | rows<<16
 
-	pumpOnce sync.Once
-	input    chan []byte // chunks read from in; closed at its end
+	pumpOnce  sync.Once
+	input     chan []byte   // chunks read from in; closed at its end
+	closing   chan struct{} // closed by Close: the pump stops waiting for the guest
+	closeOnce sync.Once
 
 	stats counters
 
@@ -82,10 +92,11 @@ var (
 // chunk ahead of the guest: it blocks in in.Read when there is nothing
 // to read, and on the guest when it has a chunk the guest has not taken,
 // so input is never lost, only held. The goroutine ends when in returns an
-// error (io.EOF, or because the caller closed it). out is written from
-// the device's transmit goroutine with guest memory (io.Writer's contract
-// forbids retaining it); a Write that blocks holds up the guest's output
-// and a reset, as a full serial line would.
+// error (io.EOF, or because the caller closed it). Output goes to out
+// through a bounded buffer and a goroutine of its own (sink.AsyncWriter):
+// an output that blocks (a paused terminal, a socket client that stopped
+// reading) costs the output beyond Config.OutBuffer, never the guest's
+// progress nor a reset. Close flushes it.
 func New(in io.Reader, out io.Writer, cfg Config) (*Device, error) {
 	if cfg.QueueSize == 0 {
 		cfg.QueueSize = defaultQueueSize
@@ -93,10 +104,14 @@ func New(in io.Reader, out io.Writer, cfg Config) (*Device, error) {
 	if s := cfg.QueueSize; s&(s-1) != 0 || s > virtio.MaxQueueSize {
 		return nil, fmt.Errorf("%w: queue size %d", ErrConfig, s)
 	}
-	if out == nil {
-		out = io.Discard
+	if cfg.OutBuffer <= 0 {
+		cfg.OutBuffer = DefaultOutBuffer
 	}
-	d := &Device{in: in, out: out, cfg: cfg, input: make(chan []byte)}
+	d := &Device{in: in, out: io.Discard, cfg: cfg, input: make(chan []byte), closing: make(chan struct{})}
+	if out != nil {
+		d.async = sink.NewAsyncWriter(out, cfg.OutBuffer)
+		d.out = d.async
+	}
 	if cfg.Cols != 0 && cfg.Rows != 0 {
 		d.features |= FeatureSize
 		d.size.Store(uint32(cfg.Cols) | uint32(cfg.Rows)<<16)
@@ -161,7 +176,11 @@ func (d *Device) pump() {
 		n, err := d.in.Read(buf)
 		if n > 0 {
 			d.stats.inRead.Add(uint64(n))
-			d.input <- buf[:n]
+			select {
+			case d.input <- buf[:n]:
+			case <-d.closing:
+				return // the device is gone: nobody will take it
+			}
 		}
 		if err != nil {
 			return
@@ -231,14 +250,29 @@ func (d *Device) Reset() {
 	d.run = nil
 }
 
+// Close writes out the output still buffered and stops the output
+// goroutine; it blocks as long as the output does, and returns the first
+// error the output reported. The input goroutine stops waiting for the
+// guest to take a chunk; it ends when the input reader returns (close
+// that reader to end it). Reset the device first: output written after
+// Close is counted as failed.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() { close(d.closing) })
+	if d.async == nil {
+		return nil
+	}
+	return d.async.Close()
+}
+
 // Stats are the console's counters.
 type Stats struct {
 	// InBytes were delivered to the guest, InRead read from the input
 	// (the difference is held, waiting for guest buffers).
 	InBytes, InRead uint64
-	// OutBytes were written to the output; OutErrors counts failed
-	// writes (their bytes are lost).
-	OutBytes, OutErrors uint64
+	// OutBytes were taken from the guest for the output; OutDropped of
+	// them were discarded because the output was too slow (its buffer was
+	// full); OutErrors counts failed writes (their bytes are lost).
+	OutBytes, OutDropped, OutErrors uint64
 	// Notifications are driver kicks observed, Interrupts those sent.
 	Notifications, Interrupts uint64
 }
@@ -252,6 +286,9 @@ func (d *Device) Stats() Stats {
 	c := &d.stats
 	s := Stats{InBytes: c.inBytes.Load(), InRead: c.inRead.Load(), OutBytes: c.outBytes.Load(),
 		OutErrors: c.outErrors.Load(), Notifications: c.notifications.Load(), Interrupts: c.interrupts.Load()}
+	if d.async != nil {
+		s.OutDropped = d.async.Dropped()
+	}
 	d.mu.Lock()
 	if d.run != nil {
 		s.Interrupts += d.run.rx.Stats().Interrupts + d.run.tx.Stats().Interrupts

@@ -3,6 +3,7 @@ package console_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -177,15 +178,15 @@ func TestOutput(t *testing.T) {
 	m.write(t, "Linux version ", "6.1\n")
 	m.write(t, "login: ")
 	out.waitFor(t, "Linux version 6.1\nlogin: ")
-	// A failed write loses that chain's bytes, not the console.
+	// A failed write ends the output (the first error latches, as the
+	// serial port's does): the guest goes on, its bytes are discarded, and
+	// Close reports the error.
 	out.mu.Lock()
 	out.fail = errors.New("disk full")
 	out.mu.Unlock()
 	m.write(t, "lost")
-	m.write(t, "kept")
-	out.waitFor(t, "Linux version 6.1\nlogin: kept")
-	// The counters are updated after each write returns; the used ring
-	// says when the device is done with all four chains.
+	m.write(t, "also lost")
+	// The used ring says when the device is done with all four chains.
 	deadline := time.Now().Add(wait)
 	for m.tx.UsedIdx() != 4 {
 		if time.Now().After(deadline) {
@@ -193,8 +194,97 @@ func TestOutput(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond) // polling an observable, bounded by the deadline
 	}
-	if s := m.dev.Stats(); s.OutBytes != 29 || s.OutErrors != 1 {
+	if s := m.dev.Stats(); s.OutBytes != 38 || s.OutErrors != 0 || s.OutDropped != 0 {
 		t.Errorf("stats %+v", s)
+	}
+	if err := m.guest.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.dev.Close(); err == nil || err.Error() != "disk full" {
+		t.Errorf("Close: %v, want the output's error", err)
+	}
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if got := out.buf.String(); got != "Linux version 6.1\nlogin: " {
+		t.Errorf("output %q after the failure", got)
+	}
+}
+
+// stalled is an output that blocks every Write until released, as a
+// terminal paused with ^S or a socket client that stopped reading does.
+type stalled struct {
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	buf     bytes.Buffer
+}
+
+func (s *stalled) Write(p []byte) (int, error) {
+	s.once.Do(func() { close(s.entered) })
+	<-s.release
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+// TestStalledOutput: with the output blocked, the guest's output keeps
+// flowing (chains are returned, what exceeds the buffer is dropped and
+// counted) and a device reset completes; once the output drains, it holds
+// what was buffered, in order.
+func TestStalledOutput(t *testing.T) {
+	out := &stalled{entered: make(chan struct{}), release: make(chan struct{})}
+	released := false
+	defer func() {
+		if !released {
+			close(out.release)
+		}
+	}()
+	m := newMachine(t, nil, out, console.Config{OutBuffer: 64})
+	m.start(t, 0)
+	m.write(t, "first")
+	select {
+	case <-out.entered:
+	case <-time.After(wait):
+		t.Fatal("the output was never written")
+	}
+	// The output goroutine is now stuck in Write with "first".
+	const n = 20
+	for i := range n {
+		m.write(t, fmt.Sprintf("line %02d\n", i)) // 8 bytes each
+	}
+	deadline := time.Now().Add(wait)
+	for m.tx.UsedIdx() != n+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's output is held by a stalled sink: %d of %d chains returned", m.tx.UsedIdx(), n+1)
+		}
+		time.Sleep(time.Millisecond) // polling an observable, bounded by the deadline
+	}
+	reset := make(chan error, 1)
+	go func() { reset <- m.guest.Reset() }()
+	select {
+	case err := <-reset:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait):
+		t.Fatal("a device reset waits for a stalled sink")
+	}
+	s := m.dev.Stats()
+	if s.OutBytes != 5+8*n || s.OutDropped != 8*n-64 {
+		t.Errorf("stats %+v, want %d bytes taken and %d dropped", s, 5+8*n, 8*n-64)
+	}
+	close(out.release)
+	released = true
+	if err := m.dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := "first"
+	for i := range 8 {
+		want += fmt.Sprintf("line %02d\n", i)
+	}
+	if got := out.buf.String(); got != want {
+		t.Errorf("output %q, want %q", got, want)
 	}
 }
 

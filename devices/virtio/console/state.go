@@ -36,8 +36,8 @@ var (
 // Pause implements state.Pausable: output taken from the guest is
 // written and its used entry pushed; a receive chain held is handed back
 // with Queue.Unget. Input keeps being read ahead by one chunk and waits
-// in the device. A blocking output writer holds the pause until ctx ends,
-// as it holds a reset.
+// in the device. The output is buffered (see New), so a blocking output
+// writer holds neither the pause nor a reset.
 func (d *Device) Pause(ctx context.Context) error {
 	d.mu.Lock()
 	run := d.run

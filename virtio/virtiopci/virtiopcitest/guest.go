@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/memory"
@@ -156,13 +157,21 @@ func (g *Guest) Status() uint8 { return uint8(g.ReadCommon(DeviceStatus, 1)) }
 // SetStatus ORs bits into device_status, as the driver core does.
 func (g *Guest) SetStatus(bits uint8) { g.WriteCommon(DeviceStatus, 1, uint64(g.Status()|bits)) }
 
-// Reset writes 0 to device_status and waits for it to read back 0.
+// Reset writes 0 to device_status and waits for it to read back 0, as
+// the spec asks of a driver (Linux polls with msleep(1)): the transport
+// resets an active device on a goroutine of its own.
 func (g *Guest) Reset() error {
 	g.WriteCommon(DeviceStatus, 1, 0)
-	if s := g.Status(); s != 0 {
-		return fmt.Errorf("virtiopcitest: status %#x after reset", s)
+	for deadline := time.Now().Add(time.Minute); ; {
+		s := g.Status()
+		if s == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("virtiopcitest: status %#x a minute after reset", s)
+		}
+		time.Sleep(100 * time.Microsecond) // the driver's poll interval
 	}
-	return nil
 }
 
 // DeviceFeatures reads the 64 offered feature bits.
