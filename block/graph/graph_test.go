@@ -64,7 +64,7 @@ func TestValidateRefusals(t *testing.T) {
 		{"nbd unknown option", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls":1}}`}, false, `unknown field "tls"`},
 		{"nbd hostname without creds", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls-hostname":"h"}}`}, false, "tls-hostname needs tls-creds"},
 		{"nbd TLS on unix without hostname", []string{`{"node":"nbd","path":"nbd+unix:///x?socket=/s","options":{"tls-creds":"/nonexistent"}}`}, false, "needs tls-hostname"},
-		{"nbd TLS creds missing", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls-creds":"/nonexistent"}}`}, false, "ca-cert.pem is missing"},
+		{"nbd TLS creds missing", []string{`{"node":"nbd","path":"nbd://h/x","options":{"tls-creds":"/nonexistent"}}`}, false, "has no ca-cert.pem"},
 		{"leaf options", []string{`{"node":"raw","path":"a","options":{"x":1}}`}, false, "takes no options"},
 		{"bad fault probability", []string{`{"node":"faults","options":{"rules":[{"probability":2}]},"children":[{"node":"raw","path":"a"}]}`}, false, "probability 2"},
 		{"bad fault error", []string{`{"node":"faults","options":{"rules":[{"error":"EWHAT"}]},"children":[{"node":"raw","path":"a"}]}`}, false, `error "EWHAT"`},

@@ -27,7 +27,7 @@ func TestImageServeTLS(t *testing.T) {
 		want string
 	}{
 		{[]string{"--tls-verify-clients", "--nbd", "127.0.0.1:0", img}, "--tls-verify-clients needs --tls-creds"},
-		{[]string{"--tls-creds", creds.Client, "--nbd", "127.0.0.1:0", img}, "server-cert.pem is missing"},
+		{[]string{"--tls-creds", creds.Client, "--nbd", "127.0.0.1:0", img}, "has no server-cert.pem"},
 	} {
 		out, err, stop := serveBG(t, c.args...)
 		if err == nil {
