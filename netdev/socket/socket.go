@@ -37,8 +37,9 @@ const (
 )
 
 // ErrLinkDown is what WriteFrames returns while the connection is lost
-// (the peer closed it or broke the framing) and not yet re-established.
-// A bond fails over on it.
+// (the peer closed it or broke the framing) and not yet re-established,
+// and what ReadFrames returns once it is lost for good. A bond fails over
+// on it; a switch frees the port.
 var ErrLinkDown = errors.New("socket: link down")
 
 // Options tune a dialled back-end.
@@ -67,6 +68,7 @@ type Conn struct {
 	in   chan []byte // header + frame, for ReadFrames
 	out  chan []byte // prefixed frames, for the writer
 	done chan struct{}
+	dead chan struct{} // closed when the link is lost for good
 	wg   sync.WaitGroup
 
 	closeOnce sync.Once
@@ -134,6 +136,7 @@ func newConn(network, addr string, opts Options) *Conn {
 		in:   make(chan []byte, inQueue),
 		out:  make(chan []byte, outQueue),
 		done: make(chan struct{}),
+		dead: make(chan struct{}),
 		wake: make(chan struct{}),
 	}
 }
@@ -166,6 +169,7 @@ func (c *Conn) supervise(nc net.Conn) {
 		c.disconnects.Add(1)
 		c.drainOut()
 		if c.opts.Reconnect <= 0 || c.network == "" {
+			close(c.dead)
 			return
 		}
 		for nc = nil; nc == nil; {
@@ -307,6 +311,13 @@ func (c *Conn) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 		case first = <-c.in:
 		case <-wake:
 		case <-expired:
+		case <-c.dead:
+			// What came before the loss is still delivered.
+			select {
+			case first = <-c.in:
+			default:
+				return 0, ErrLinkDown
+			}
 		}
 	}
 	cnt := 0
@@ -408,6 +419,11 @@ func (c *Conn) Close() error {
 
 // Up reports whether the connection is established.
 func (c *Conn) Up() bool { return c.up.Load() }
+
+// Dead is closed when the connection is lost and will not come back (no
+// Reconnect, or an accepted connection). ReadFrames then returns
+// ErrLinkDown once it has delivered what arrived before the loss.
+func (c *Conn) Dead() <-chan struct{} { return c.dead }
 
 // Stats returns the back-end's counters.
 func (c *Conn) Stats() Stats {

@@ -164,15 +164,16 @@ func TestBadPrefixTakesLinkDown(t *testing.T) {
 		if _, err := peer.Read(make([]byte, 1)); err != io.EOF {
 			t.Fatalf("prefix %d: peer read %v, want EOF", n, err)
 		}
-		if err := send(t, c, frame(60, 0)); err != nil && !errors.Is(err, socket.ErrLinkDown) {
-			t.Fatalf("prefix %d: %v", n, err)
-		}
-		deadline := time.Now().Add(wait)
-		for c.Up() && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond) // polling a state, bounded
+		select {
+		case <-c.Dead():
+		case <-time.After(wait):
+			t.Fatalf("prefix %d: Dead not closed", n)
 		}
 		if err := send(t, c, frame(60, 0)); !errors.Is(err, socket.ErrLinkDown) {
 			t.Fatalf("prefix %d: write after the loss: %v, want ErrLinkDown", n, err)
+		}
+		if _, err := c.ReadFrames([][]byte{make([]byte, netdev.MaxPacketLen)}, []int{0}); !errors.Is(err, socket.ErrLinkDown) {
+			t.Fatalf("prefix %d: read after the loss: %v, want ErrLinkDown", n, err)
 		}
 		if s := c.Stats(); s.BadFrames != 1 || s.Disconnects != 1 {
 			t.Fatalf("prefix %d: stats %+v", n, s)
