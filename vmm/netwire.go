@@ -1,17 +1,18 @@
 package vmm
 
 import (
-	"fmt"
-
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/netdev"
 	"github.com/viovmm/vio/netdev/firewall"
+	"github.com/viovmm/vio/netdev/ids"
 	"github.com/viovmm/vio/netdev/pcap"
 )
 
 // interpose stacks the interposers a NIC's config asks for on be, from
-// the back-end up: the firewall, then the pcap mirror (docs/network.md
-// says why). Each closes what it wraps.
+// the back-end up: the firewall, the IDS hook, then the pcap mirror, so
+// the mirror shows what the guest sent and received, and the inspector
+// sees what the firewall let in (docs/network.md). Each closes what it
+// wraps.
 func (v *VM) interpose(n config.Net, be netdev.Backend) (netdev.Backend, error) {
 	if n.Firewall != "" {
 		rs, err := firewall.Load(n.Firewall)
@@ -21,7 +22,15 @@ func (v *VM) interpose(n config.Net, be netdev.Backend) (netdev.Backend, error) 
 		be = firewall.New(be, rs)
 	}
 	if n.IDS != "" {
-		return nil, fmt.Errorf("ids= is not available yet")
+		mode := ids.Monitor
+		if n.IDSMode == "ips" {
+			mode = ids.Prevent
+		}
+		h, err := ids.Dial(be, n.IDS, ids.Options{Mode: mode})
+		if err != nil {
+			return nil, err
+		}
+		be = h
 	}
 	if n.Pcap != "" {
 		m, err := pcap.Open(be, n.Pcap)
