@@ -22,7 +22,6 @@ func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
 	// The interposers close what they wrap: the VM closes the top.
 	top, err := v.interpose(n, be)
 	if err != nil {
-		be.Close()
 		return nil, err
 	}
 	v.closers = append(v.closers, top)

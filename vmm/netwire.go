@@ -13,7 +13,14 @@ import (
 // the mirror shows what the guest sent and received, and the inspector
 // sees what the firewall let in (docs/network.md). Each closes what it
 // wraps.
-func (v *VM) interpose(n config.Net, be netdev.Backend) (netdev.Backend, error) {
+//
+// On an error it closes be and whatever it built on it.
+func (v *VM) interpose(n config.Net, be netdev.Backend) (top netdev.Backend, err error) {
+	defer func() {
+		if err != nil {
+			be.Close()
+		}
+	}()
 	if n.Firewall != "" {
 		rs, err := firewall.Load(n.Firewall)
 		if err != nil {
