@@ -201,6 +201,9 @@ type Net struct {
 	// stream framing (a vio extension): a UNIX socket's path, or
 	// tcp:HOST:PORT. A `vio switch`, passt or a QEMU guest listens there.
 	Socket string `json:"socket,omitempty"`
+	// Bond joins several stream sockets into one NIC (a vio extension):
+	// instead of Socket, for a link that survives losing one of them.
+	Bond *NetBond `json:"bond,omitempty"`
 	// Interposers between the NIC and its back-end (vio extensions,
 	// docs/network.md): a firewall rules file, a pcap file that mirrors
 	// every frame, an inspector's UNIX socket and its mode ("ids", the
@@ -276,7 +279,10 @@ type Console struct {
 	Mode   string `json:"mode,omitempty"`
 	File   string `json:"file,omitempty"`
 	Socket string `json:"socket,omitempty"`
-	IOMMU  bool   `json:"iommu,omitempty"` // accepted; see Unimplemented
+	// Bond joins several stream sockets into one NIC (a vio extension):
+	// instead of Socket, for a link that survives losing one of them.
+	Bond  *NetBond `json:"bond,omitempty"`
+	IOMMU bool     `json:"iommu,omitempty"` // accepted; see Unimplemented
 }
 
 // Defaults.

@@ -24,6 +24,20 @@ func TestParseNetSocketAndInterposers(t *testing.T) {
 			t.Errorf("ParseNet(%q): %v, want %q", spec, err, want)
 		}
 	}
+	n, err = ParseNet("socket=/a+/b,bond=balance")
+	if err != nil || n.Socket != "" || n.Bond == nil || n.Bond.Mode != "balance" || len(n.Bond.Sockets) != 2 || n.Bond.Sockets[1] != "/b" {
+		t.Fatalf("bond: %+v %v", n, err)
+	}
+	for spec, want := range map[string]string{
+		"socket=/a,bond=active-backup":    "two or more sockets",
+		"socket=/a+/b,bond=round-robin":   "want active-backup or balance",
+		"bond=balance":                    "two or more sockets",
+		"socket=/a+/b,bond=balance,tap=t": "more than one back-end",
+	} {
+		if _, err := ParseNet(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseNet(%q): %v, want %q", spec, err, want)
+		}
+	}
 	if err := (Net{Socket: "/a", Tap: "t"}).validateBackend(0); err == nil || !strings.Contains(err.Error(), "net 0 has more than one") {
 		t.Errorf("config with two back-ends: %v", err)
 	}

@@ -189,6 +189,7 @@ func ParseNet(spec string) (Net, error) {
 			n.IDS = v
 		case "ids_mode":
 			n.IDSMode = v
+		case "bond":
 		case "mac":
 			if _, perr := ParseMAC(v); perr != nil {
 				err = fmt.Errorf("--net: %v", perr)
@@ -206,10 +207,18 @@ func ParseNet(spec string) (Net, error) {
 			}
 			n.Model = v
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode)", spec, k)
 		}
 		if err != nil {
 			return n, err
+		}
+	}
+	if mode, ok := kv["bond"]; ok {
+		// socket=A+B,bond=MODE: one NIC over several sockets.
+		n.Bond = &NetBond{Mode: mode, Sockets: strings.Split(n.Socket, "+")}
+		n.Socket = ""
+		if len(n.Bond.Sockets) == 1 && n.Bond.Sockets[0] == "" {
+			n.Bond.Sockets = nil
 		}
 	}
 	if err := n.validateBackend(-1); err != nil {

@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/netdev"
@@ -31,11 +32,10 @@ func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
 // netBase opens the back-end proper, without interposers.
 func (v *VM) netBase(n config.Net) (netdev.Backend, error) {
 	if n.Socket != "" {
-		s, err := socket.Dial(n.Socket, socket.Options{})
-		if err != nil {
-			return nil, err
-		}
-		return s, nil
+		return socket.Dial(n.Socket, socketOptions)
+	}
+	if n.Bond != nil {
+		return bondBackend(n.Bond)
 	}
 	if n.User == nil {
 		t, err := tap.Open(n.Tap)
@@ -83,6 +83,9 @@ func netName(n config.Net) string {
 	}
 	if n.Socket != "" {
 		return "socket " + n.Socket
+	}
+	if n.Bond != nil {
+		return "bond of " + strings.Join(n.Bond.Sockets, ", ")
 	}
 	return "tap " + n.Tap
 }

@@ -1,11 +1,15 @@
 package vmm
 
 import (
+	"time"
+
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/bond"
 	"github.com/viovmm/vio/netdev/firewall"
 	"github.com/viovmm/vio/netdev/ids"
 	"github.com/viovmm/vio/netdev/pcap"
+	"github.com/viovmm/vio/netdev/socket"
 )
 
 // interpose stacks the interposers a NIC's config asks for on be, from
@@ -47,4 +51,28 @@ func (v *VM) interpose(n config.Net, be netdev.Backend) (top netdev.Backend, err
 		be = m
 	}
 	return be, nil
+}
+
+// socketOptions: a socket NIC redials its peer (a restarted switch) each
+// second; the guest sees a cable pulled and plugged back.
+var socketOptions = socket.Options{Reconnect: time.Second}
+
+// bondBackend joins the sockets of a bonded NIC.
+func bondBackend(b *config.NetBond) (netdev.Backend, error) {
+	mode, err := bond.ParseMode(b.Mode)
+	if err != nil {
+		return nil, err
+	}
+	var members []netdev.Backend
+	for _, path := range b.Sockets {
+		s, err := socket.Dial(path, socketOptions)
+		if err != nil {
+			for _, m := range members {
+				m.Close()
+			}
+			return nil, err
+		}
+		members = append(members, s)
+	}
+	return bond.New(members, bond.Options{Mode: mode})
 }

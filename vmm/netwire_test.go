@@ -72,3 +72,48 @@ func TestNetBackendInterposers(t *testing.T) {
 		t.Fatalf("closers after a failure: %v", v2.closers)
 	}
 }
+
+// A bonded NIC dials every socket and sends on the first.
+func TestNetBackendBond(t *testing.T) {
+	dir := t.TempDir()
+	var ls []net.Listener
+	var paths []string
+	for _, n := range []string{"a", "b"} {
+		p := filepath.Join(dir, n)
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		l.(*net.UnixListener).SetDeadline(time.Now().Add(10 * time.Second))
+		ls, paths = append(ls, l), append(paths, p)
+	}
+	var v VM
+	be, err := v.netBackend(config.Net{Bond: &config.NetBond{Sockets: paths}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	var peers []net.Conn
+	for _, l := range ls {
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		peers = append(peers, c)
+	}
+	f := make([]byte, 60)
+	f[12], f[13] = 0x88, 0xb5
+	if _, err := be.WriteFrames([][][]byte{{make([]byte, netdev.HeaderSize), f}}); err != nil {
+		t.Fatal(err)
+	}
+	peers[0].SetDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 64)
+	if _, err := io.ReadFull(peers[0], got); err != nil || !bytes.Equal(got[4:], f) {
+		t.Fatalf("first member's peer got %x, %v", got, err)
+	}
+	if _, err := v.netBackend(config.Net{Bond: &config.NetBond{Mode: "round-robin", Sockets: paths}}); err == nil {
+		t.Fatal("unknown bond mode accepted")
+	}
+}
