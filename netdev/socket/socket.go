@@ -48,6 +48,11 @@ type Options struct {
 	// the connection is lost (and after each failed attempt). Zero means
 	// a lost connection stays lost.
 	Reconnect time.Duration
+	// Blocking makes WriteFrames wait for room in the send queue instead
+	// of dropping: for a caller with a goroutine of its own per
+	// back-end (a switch port's writer), which then sees the peer's
+	// pace and drops, if it must, where it counts.
+	Blocking bool
 }
 
 // Stats are a back-end's counters.
@@ -123,9 +128,11 @@ func Dial(addr string, opts Options) (*Conn, error) {
 }
 
 // New returns a back-end over an established connection (one a listener
-// accepted); it never reconnects. The back-end owns nc.
-func New(nc net.Conn) *Conn {
-	c := newConn("", "", Options{})
+// accepted); it never reconnects (opts.Reconnect is ignored). The
+// back-end owns nc.
+func New(nc net.Conn, opts Options) *Conn {
+	opts.Reconnect = 0
+	c := newConn("", "", opts)
 	c.start(nc)
 	return c
 }
@@ -251,8 +258,10 @@ func (c *Conn) serve(nc net.Conn) {
 
 func (c *Conn) readLoop(nc net.Conn) {
 	r := bufio.NewReaderSize(nc, 128<<10)
+	// One buffer for the largest frame, reused: each frame leaves in a
+	// copy of its own size.
+	buf := make([]byte, netdev.HeaderSize+netdev.MaxFrameLen)
 	for {
-		buf := make([]byte, netdev.HeaderSize+netdev.MaxFrameLen)
 		n, err := ReadFrame(r, buf, netdev.HeaderSize)
 		if err != nil {
 			if errors.Is(err, ErrFrameSize) {
@@ -260,8 +269,8 @@ func (c *Conn) readLoop(nc net.Conn) {
 			}
 			return
 		}
-		// A zero header: no offloads, nothing to checksum. Trim the
-		// buffer so a queue of small frames does not pin 64 KiB each.
+		// A zero header (the buffer's first bytes are never written):
+		// no offloads, nothing to checksum.
 		pkt := append([]byte(nil), buf[:netdev.HeaderSize+n]...)
 		select {
 		case c.in <- pkt:
@@ -375,6 +384,18 @@ func (c *Conn) WriteFrames(frames [][][]byte) (int, error) {
 		flen := total - netdev.HeaderSize
 		pkt = pkt[netdev.HeaderSize:]
 		putPrefix(pkt, flen)
+		if c.opts.Blocking {
+			select {
+			case c.out <- pkt:
+				c.framesOut.Add(1)
+				c.bytesOut.Add(uint64(flen))
+			case <-c.done:
+				return i, netdev.ErrClosed
+			case <-c.dead:
+				return i, ErrLinkDown
+			}
+			continue
+		}
 		select {
 		case c.out <- pkt:
 			c.framesOut.Add(1)
@@ -416,6 +437,9 @@ func (c *Conn) Close() error {
 	})
 	return err
 }
+
+// Queued returns how many frames wait to be sent.
+func (c *Conn) Queued() int { return len(c.out) }
 
 // Up reports whether the connection is established.
 func (c *Conn) Up() bool { return c.up.Load() }

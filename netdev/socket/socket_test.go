@@ -310,3 +310,50 @@ func TestTCP(t *testing.T) {
 		t.Fatal("frame over TCP differs")
 	}
 }
+
+// In blocking mode a peer that does not read holds the writer back
+// instead of losing frames; Close releases it.
+func TestBlockingWrites(t *testing.T) {
+	l, path := listen(t)
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept(t, l) // never read
+	c := socket.New(nc, socket.Options{Blocking: true})
+	f := frame(60000, 3)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			if err := send(t, c, f); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	// The writer fills the socket buffers and the queue, then waits.
+	deadline := time.Now().Add(wait)
+	for c.Queued() < 256 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue at %d, never full", c.Queued())
+		}
+		time.Sleep(time.Millisecond) // polling a state, bounded
+	}
+	select {
+	case err := <-errc:
+		t.Fatalf("a blocking write returned %v", err)
+	default:
+	}
+	c.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, netdev.ErrClosed) {
+			t.Fatalf("after Close: %v", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Close did not release the blocked writer")
+	}
+	if s := c.Stats(); s.OutDropped != 0 {
+		t.Fatalf("blocking mode dropped %d", s.OutDropped)
+	}
+}

@@ -30,7 +30,7 @@ func (s *Switch) Serve(l net.Listener, pc PortConfig) error {
 		if name != "" && k > 1 {
 			pc.Name = fmt.Sprintf("%s-%d", name, k)
 		}
-		if _, err := s.AddPort(socket.New(c), pc); err != nil {
+		if _, err := s.AddPort(socket.New(c, socket.Options{Blocking: true}), pc); err != nil {
 			if errors.Is(err, ErrClosed) {
 				return nil
 			}
