@@ -47,7 +47,9 @@ const swGuestA = `ME=10.0.0.1` + swPrelude + `
 (while :; do echo www | nc -l -p 80 >/dev/null; done) &
 (while :; do r=$(echo ssh | timeout 300 nc -l -p 22) || break; [ "$r" = done ] && break; done) &
 ssh=$!
-r=$(echo hi | timeout 20 nc -w 5 127.0.0.1 80); [ "$r" = www ]; check a-www-local $? "$r"
+# (the listener may not be up yet: a few tries)
+i=0; until r=$(echo hi | timeout 20 nc -w 5 127.0.0.1 80) && [ "$r" = www ]; do i=$((i+1)); [ $i -ge 20 ] && break; sleep 0.5; done
+[ "$r" = www ]; check a-www-local $? "$r"
 reach 10.0.0.2; check a-reach-b $?
 reach 10.0.0.3; check a-reach-c $?
 ping -c 3 -W 2 10.0.0.100 >/dev/null; check a-ping-v10 $?
@@ -63,7 +65,8 @@ iperf3 -s -1 -D >/dev/null 2>&1
 reach 10.0.0.1; check b-reach-a $?
 reach 10.0.0.3; check b-reach-c $?
 ping -c 3 -W 2 10.0.0.100 >/dev/null; check b-ping-v10 $?
-r=$(echo hi | timeout 20 nc -w 5 10.0.0.1 22); [ "$r" = ssh ]; check fw-tcp22 $? "$r"
+i=0; until r=$(echo hi | timeout 20 nc -w 5 10.0.0.1 22) && [ "$r" = ssh ]; do i=$((i+1)); [ $i -ge 5 ] && break; sleep 1; done
+[ "$r" = ssh ]; check fw-tcp22 $? "$r"
 r=$(echo hi | timeout 20 nc -w 5 10.0.0.1 80); [ "$r" = www ]; fail_expected fw-tcp80 $?
 ping -c 2 -W 2 10.0.0.1 >/dev/null; check fw-icmp $?
 wait
@@ -282,7 +285,7 @@ func TestSwitchLab(t *testing.T) {
 				"-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
 				"-kernel", a.Kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
 				"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+sock("d"),
-				"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0d").CombinedOutput()
+				"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0d,romfile=").CombinedOutput()
 			mu.Lock()
 			defer mu.Unlock()
 			logs["d"] = string(out)
