@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/viovmm/vio/lab/labtest"
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/ids"
 	"github.com/viovmm/vio/netdev/socket"
 	"github.com/viovmm/vio/netdev/vswitch"
 )
@@ -194,7 +196,9 @@ func (r *responder) run(t *testing.T, ctx context.Context) {
 // guest C's spoofed MAC and spoofed address are dropped by the switch
 // (and C gets through again once honest), and VLAN 20 sees nothing of
 // VLAN 10: the test's port there gets no frame at all while its twin in
-// VLAN 10 is answered by guest B and pinged by the guests.
+// VLAN 10 is answered by guest B and pinged by the guests. B's NIC
+// mirrors into a pcap file that tcpdump reads; C's streams to an IDS
+// inspector (the test), which sees even the frames the switch drops.
 func TestSwitchLab(t *testing.T) {
 	dir := t.TempDir()
 	sock := func(n string) string { return filepath.Join(dir, n+".sock") }
@@ -236,6 +240,33 @@ func TestSwitchLab(t *testing.T) {
 		go resp[i].run(t, ctx)
 	}
 
+	// C's NIC streams its frames to an inspector (IDS mode): the test.
+	capture := filepath.Join(dir, "b.pcap")
+	il, err := net.Listen("unix", sock("ids"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer il.Close()
+	var inspected, spoofSeen atomic.Int64
+	go func() {
+		c, err := il.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			m, err := ids.ReadMessage(r)
+			if err != nil {
+				return
+			}
+			inspected.Add(1)
+			if m.Dir == ids.DirFromGuest && bytes.Equal(m.Frame[6:12], []byte{0x52, 0x54, 0, 0, 0, 0x99}) {
+				spoofSeen.Add(1)
+			}
+		}
+	}()
+
 	iperf := "/usr/bin/iperf3"
 	type vm struct {
 		name, script, mac string
@@ -244,8 +275,8 @@ func TestSwitchLab(t *testing.T) {
 	}
 	vms := []vm{
 		{"a", swGuestA, "52:54:00:00:00:0a", nil, []string{",firewall=" + fwFile}},
-		{"b", swGuestB, "52:54:00:00:00:0b", []string{iperf}, nil},
-		{"c", swGuestC, "52:54:00:00:00:0c", []string{iperf}, nil},
+		{"b", swGuestB, "52:54:00:00:00:0b", []string{iperf}, []string{",pcap=" + capture}},
+		{"c", swGuestC, "52:54:00:00:00:0c", []string{iperf}, []string{",ids=" + sock("ids")}},
 	}
 	var wg sync.WaitGroup
 	logs := make(map[string]string)
@@ -347,6 +378,30 @@ func TestSwitchLab(t *testing.T) {
 			t.Errorf("honest port %s had frames dropped as spoofed: %+v", name, p)
 		}
 	}
+	// The inspector saw C's traffic, its spoofed frames included (the
+	// hook sits before the switch that dropped them).
+	t.Logf("inspector: %d frames from guest C's NIC, %d with the spoofed MAC", inspected.Load(), spoofSeen.Load())
+	if inspected.Load() == 0 || spoofSeen.Load() == 0 {
+		t.Error("the IDS inspector did not see guest C's frames, spoofed ones included")
+	}
+	// B's capture, read by tcpdump: B's pings to A, A's replies, and the
+	// iperf3 stream from C.
+	if tcpdump, err := exec.LookPath("tcpdump"); err != nil {
+		t.Error("tcpdump is not installed: run scripts/setup-host")
+	} else if out, err := exec.Command(tcpdump, "-nn", "-r", capture).CombinedOutput(); err != nil {
+		t.Errorf("tcpdump -r %s: %v\n%s", capture, err, out)
+	} else {
+		text := string(out)
+		frames := strings.Count(text, "\n")
+		t.Logf("tcpdump read %d frames from B's capture", frames)
+		for _, want := range []string{"10.0.0.2 > 10.0.0.1: ICMP echo request", "10.0.0.1 > 10.0.0.2: ICMP echo reply",
+			"10.0.0.3.", "> 10.0.0.2.5201: Flags [S]", "ARP, Request who-has 10.0.0.2 tell 10.0.0.100"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("B's capture lacks %q", want)
+			}
+		}
+	}
+
 	v10, v20 := resp[0], resp[1]
 	t.Logf("VLAN 10 responder: %d frames, %d ARP replies from B, %d pings answered; VLAN 20 responder: %d frames",
 		v10.frames.Load(), v10.replies.Load(), v10.pings.Load(), v20.frames.Load())
