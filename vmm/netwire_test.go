@@ -57,6 +57,17 @@ func TestNetBackendInterposers(t *testing.T) {
 	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got[4:], ipv6) {
 		t.Fatalf("peer got %x, %v", got, err)
 	}
+	// The stack's counters, as VM.Stats shows them under "backend".
+	stats := backendStats([]io.Closer{be})
+	for _, k := range []string{"pcap", "firewall", "socket"} {
+		if stats[k] == nil {
+			t.Errorf("no %s counters in %v", k, stats)
+		}
+	}
+	c := CountersOf(map[string]any{"net0": map[string]any{"backend": stats}})["net0"]
+	if c["backend_firewall_malformed"] != 1 || c["backend_socket_frames_out"] != 1 {
+		t.Errorf("counters %v", c)
+	}
 	be.Close()
 	st, err := os.Stat(capture)
 	if err != nil || st.Size() == 0 {

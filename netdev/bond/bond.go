@@ -77,18 +77,18 @@ type member struct {
 
 // MemberStats are one member's counters.
 type MemberStats struct {
-	Healthy   bool
-	TxFrames  uint64
-	RxFrames  uint64
-	RxDropped uint64
-	Failures  uint64
+	Healthy   bool   `json:"healthy"`
+	TxFrames  uint64 `json:"tx_frames"`
+	RxFrames  uint64 `json:"rx_frames"`
+	RxDropped uint64 `json:"rx_dropped"`
+	Failures  uint64 `json:"failures"`
 }
 
 // Stats are the bond's counters.
 type Stats struct {
-	Active    int // active-backup: the member in use
-	Failovers uint64
-	Members   []MemberStats
+	Active    int           `json:"active"` // active-backup: the member in use
+	Failovers uint64        `json:"failovers"`
+	Members   []MemberStats `json:"members"`
 }
 
 // Bond is the joined back-end.

@@ -51,14 +51,14 @@ type Options struct {
 
 // Stats are a hook's counters.
 type Stats struct {
-	Inspected   uint64 // messages sent to the inspector
-	Passed      uint64 // IPS: frames the inspector passed
-	Dropped     uint64 // IPS: frames the inspector dropped
-	Overflow    uint64 // IPS: frames dropped because the queue was full
-	Timeouts    uint64 // IPS: frames dropped for want of a verdict
-	Down        uint64 // IPS: frames dropped because the inspector is gone
-	Uninspected uint64 // IDS: copies not sent (queue full or inspector gone)
-	Connected   bool
+	Inspected   uint64 `json:"inspected"`   // messages sent to the inspector
+	Passed      uint64 `json:"passed"`      // IPS: frames the inspector passed
+	Dropped     uint64 `json:"dropped"`     // IPS: frames the inspector dropped
+	Overflow    uint64 `json:"overflow"`    // IPS: frames dropped because the queue was full
+	Timeouts    uint64 `json:"timeouts"`    // IPS: frames dropped for want of a verdict
+	Down        uint64 `json:"down"`        // IPS: frames dropped because the inspector is gone
+	Uninspected uint64 `json:"uninspected"` // IDS: copies not sent (queue full or inspector gone)
+	Connected   bool   `json:"connected"`
 }
 
 type held struct {

@@ -38,9 +38,9 @@ const queueLen = 4096
 
 // Stats are a mirror's counters.
 type Stats struct {
-	Written uint64 // frames in the file
-	Dropped uint64 // frames not captured: queue full, or the file failed
-	Err     string // the first write error, after which nothing more is written
+	Written uint64 `json:"written"` // frames in the file
+	Dropped uint64 `json:"dropped"` // frames not captured: queue full, or the file failed
+	Err     string `json:"err"`     // the first write error, after which nothing more is written
 }
 
 type record struct {

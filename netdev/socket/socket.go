@@ -57,12 +57,14 @@ type Options struct {
 
 // Stats are a back-end's counters.
 type Stats struct {
-	FramesIn, BytesIn   uint64 // received from the peer, delivered to ReadFrames
-	FramesOut, BytesOut uint64 // written to the peer
-	OutDropped          uint64 // frames dropped because the send queue was full
-	DownDropped         uint64 // frames refused while the link was down
-	BadFrames           uint64 // frames refused: bad header or size, either direction
-	Disconnects         uint64 // connections lost
+	FramesIn    uint64 `json:"frames_in"` // received from the peer, delivered to ReadFrames
+	BytesIn     uint64 `json:"bytes_in"`
+	FramesOut   uint64 `json:"frames_out"` // queued for the peer
+	BytesOut    uint64 `json:"bytes_out"`
+	OutDropped  uint64 `json:"out_dropped"`  // dropped because the send queue was full
+	DownDropped uint64 `json:"down_dropped"` // refused while the link was down
+	BadFrames   uint64 `json:"bad_frames"`   // refused: bad header or size, either direction
+	Disconnects uint64 `json:"disconnects"`  // connections lost
 }
 
 // Conn is a netdev.Backend over a stream connection.
