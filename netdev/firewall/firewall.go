@@ -259,6 +259,9 @@ func (r *Rule) match(d Dir, f *frame.Frame, state uint8) bool {
 	if r.dst.IsValid() && (!f.IsIP() || !r.dst.Contains(f.DstIP)) {
 		return false
 	}
+	if r.icmpType >= 0 && (!f.HasICMP || int(f.ICMPType) != r.icmpType) {
+		return false
+	}
 	if r.sport.set || r.dport.set {
 		// A non-first fragment has no ports: it cannot match a rule
 		// that asks for them.

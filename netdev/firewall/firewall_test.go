@@ -219,6 +219,24 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+func TestICMPType(t *testing.T) {
+	rs, err := firewall.Parse(strings.NewReader("default in drop\nallow in proto icmp icmp-type 0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := nettest.Pair(1)
+	fw := firewall.New(a, rs)
+	if !fw.Decide(firewall.In, ipFrame(t, true, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(0, 0)})) {
+		t.Error("echo reply dropped")
+	}
+	if fw.Decide(firewall.In, ipFrame(t, true, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0)})) {
+		t.Error("echo request passed")
+	}
+	if _, err := firewall.Parse(strings.NewReader("allow proto tcp icmp-type 3")); err == nil {
+		t.Error("icmp-type with tcp accepted")
+	}
+}
+
 func TestMACAndPrefixRules(t *testing.T) {
 	rs, err := firewall.Parse(strings.NewReader("default in drop\nallow in smac 52:54:00:00:00:02 src 10.0.0.0/30"))
 	if err != nil {

@@ -73,6 +73,7 @@ type Rule struct {
 	src, dst       netip.Prefix
 	srcMAC, dstMAC *[6]byte
 	sport, dport   portRange
+	icmpType       int // -1: any
 	states         uint8
 }
 
@@ -112,7 +113,8 @@ const maxRules = 4096
 //
 //	default in|out|any allow|drop
 //	allow|drop [in|out|any] [proto P] [src ADDR[/LEN]] [dst ADDR[/LEN]]
-//	           [sport N[-M]] [dport N[-M]] [smac MAC] [dmac MAC] [state new|established[,...]]
+//	           [sport N[-M]] [dport N[-M]] [icmp-type N] [smac MAC] [dmac MAC]
+//	           [state new|established[,...]]
 //
 // P is tcp, udp, icmp, icmpv6, arp, ipv4, ipv6 or a protocol number. A
 // rule without a direction applies to both. Defaults are allow both ways.
@@ -184,7 +186,7 @@ func parseAction(s string) (Action, bool) {
 }
 
 func parseRule(f []string) (Rule, error) {
-	r := Rule{Dir: Any, proto: protoAny}
+	r := Rule{Dir: Any, proto: protoAny, icmpType: -1}
 	a, ok := parseAction(f[0])
 	if !ok {
 		return r, fmt.Errorf("%q: a rule starts with allow, drop or default", f[0])
@@ -220,6 +222,12 @@ func parseRule(f []string) (Rule, error) {
 			r.sport, err = parsePorts(v)
 		case "dport":
 			r.dport, err = parsePorts(v)
+		case "icmp-type":
+			n, perr := strconv.Atoi(v)
+			if perr != nil || n < 0 || n > 255 {
+				err = fmt.Errorf("icmp-type %q: want a number up to 255 (8: echo request, 0: echo reply, 3: unreachable)", v)
+			}
+			r.icmpType = n
 		case "smac":
 			r.srcMAC, err = parseMAC(v)
 		case "dmac":
@@ -236,11 +244,14 @@ func parseRule(f []string) (Rule, error) {
 				}
 			}
 		default:
-			err = fmt.Errorf("unknown match %q (want proto, src, dst, sport, dport, smac, dmac, state)", key)
+			err = fmt.Errorf("unknown match %q (want proto, src, dst, sport, dport, icmp-type, smac, dmac, state)", key)
 		}
 		if err != nil {
 			return r, err
 		}
+	}
+	if r.icmpType >= 0 && r.proto != 1 && r.proto != 58 {
+		return r, fmt.Errorf("icmp-type needs proto icmp or proto icmpv6")
 	}
 	if (r.sport.set || r.dport.set) && r.proto != 6 && r.proto != 17 {
 		return r, fmt.Errorf("ports need proto tcp or proto udp")
