@@ -50,7 +50,7 @@ waitfor() { i=0; while kill -0 $1 2>/dev/null && [ $i -lt 400 ]; do sleep 1; i=$
 const swGuestA = `ME=10.0.0.1` + swPrelude + `
 # A web server the firewall hides, and "ssh" on port 22 until B says done.
 (while :; do echo www | nc -l -p 80 >/dev/null; done) &
-(while :; do r=$(echo ssh | timeout 300 nc -l -p 22) || break; [ "$r" = done ] && break; done) &
+(i=0; while [ $i -lt 100 ]; do r=$(echo ssh | timeout 400 nc -l -p 22); [ "$r" = done ] && break; i=$((i+1)); done) &
 ssh=$!
 # (the listener may not be up yet: a few tries)
 i=0; until r=$(echo hi | timeout 20 nc -w 5 127.0.0.1 80) && [ "$r" = www ]; do i=$((i+1)); [ $i -ge 20 ] && break; sleep 0.5; done
