@@ -202,6 +202,21 @@ type Net struct {
 	// extension: Cloud Hypervisor has no user networking). Exactly one
 	// of Tap and User is given.
 	User *UserNet `json:"user,omitempty"`
+	// Socket connects the NIC to a stream socket in QEMU's -netdev
+	// stream framing (a vio extension): a UNIX socket's path, or
+	// tcp:HOST:PORT. A `vio switch`, passt or a QEMU guest listens there.
+	Socket string `json:"socket,omitempty"`
+	// Bond joins several stream sockets into one NIC (a vio extension):
+	// instead of Socket, for a link that survives losing one of them.
+	Bond *NetBond `json:"bond,omitempty"`
+	// Interposers between the NIC and its back-end (vio extensions,
+	// docs/network.md): a firewall rules file, a pcap file that mirrors
+	// every frame, an inspector's UNIX socket and its mode ("ids", the
+	// default, or "ips", where the inspector's verdicts are obeyed).
+	Firewall string `json:"firewall,omitempty"`
+	Pcap     string `json:"pcap,omitempty"`
+	IDS      string `json:"ids,omitempty"`
+	IDSMode  string `json:"ids_mode,omitempty"`
 	// Model is "virtio" (the default) or "e1000"; a vio extension to
 	// Cloud Hypervisor's NetConfig.
 	Model     string `json:"model,omitempty"`
@@ -269,7 +284,10 @@ type Console struct {
 	Mode   string `json:"mode,omitempty"`
 	File   string `json:"file,omitempty"`
 	Socket string `json:"socket,omitempty"`
-	IOMMU  bool   `json:"iommu,omitempty"` // accepted; see Unimplemented
+	// Bond joins several stream sockets into one NIC (a vio extension):
+	// instead of Socket, for a link that survives losing one of them.
+	Bond  *NetBond `json:"bond,omitempty"`
+	IOMMU bool     `json:"iommu,omitempty"` // accepted; see Unimplemented
 }
 
 // Defaults.
@@ -448,11 +466,8 @@ func (c *VM) Validate() error {
 		return err
 	}
 	for i, n := range c.Net {
-		if n.Tap == "" && n.User == nil && len(n.TapFDs) == 0 {
-			return fmt.Errorf("net %d has no back-end: give the name of a TAP interface (tap=NAME) or user=on for user-mode networking", i)
-		}
-		if n.Tap != "" && n.User != nil {
-			return fmt.Errorf("net %d has both a TAP and user-mode networking: give one of tap=NAME and user=on", i)
+		if err := n.validateBackend(i); err != nil {
+			return err
 		}
 		if err := checkQueueSize("net", i, n.QueueSize); err != nil {
 			return err

@@ -196,6 +196,17 @@ func ParseNet(spec string) (Net, error) {
 			}
 		case "tap":
 			n.Tap = v
+		case "socket":
+			n.Socket = v
+		case "firewall":
+			n.Firewall = v
+		case "pcap":
+			n.Pcap = v
+		case "ids":
+			n.IDS = v
+		case "ids_mode":
+			n.IDSMode = v
+		case "bond":
 		case "mac":
 			if _, perr := ParseMAC(v); perr != nil {
 				err = fmt.Errorf("--net: %v", perr)
@@ -213,17 +224,22 @@ func ParseNet(spec string) (Net, error) {
 			}
 			n.Model = v
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap or user, net, hostfwd, mac, model, num_queues, queue_size, id)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode)", spec, k)
 		}
 		if err != nil {
 			return n, err
 		}
 	}
-	if n.Tap == "" && !user {
-		return n, fmt.Errorf("--net %q: give tap=NAME or user=on", spec)
+	if mode, ok := kv["bond"]; ok {
+		// socket=A+B,bond=MODE: one NIC over several sockets.
+		n.Bond = &NetBond{Mode: mode, Sockets: strings.Split(n.Socket, "+")}
+		n.Socket = ""
+		if len(n.Bond.Sockets) == 1 && n.Bond.Sockets[0] == "" {
+			n.Bond.Sockets = nil
+		}
 	}
-	if n.Tap != "" && user {
-		return n, fmt.Errorf("--net %q: tap= and user=on exclude each other: give one", spec)
+	if err := n.validateBackend(-1); err != nil {
+		return n, fmt.Errorf("--net %q: %w", spec, err)
 	}
 	return n, nil
 }

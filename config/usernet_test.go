@@ -20,8 +20,8 @@ func TestParseNetUser(t *testing.T) {
 		t.Fatalf("user=on: %+v %v", n, err)
 	}
 	for bad, why := range map[string]string{
-		"user=on,tap=t":        "exclude each other",
-		"user=off":             "give tap=NAME or user=on",
+		"user=on,tap=t":        "more than one back-end",
+		"user=off":             "give tap=NAME",
 		"tap=t,hostfwd=::1-:2": "add user=on",
 		"user=maybe":           "want on or off",
 		"net=10.0.2.0/24":      "add user=on",
@@ -50,7 +50,7 @@ func TestValidateNetBackend(t *testing.T) {
 		want string
 	}{
 		{Net{}, "no back-end"},
-		{Net{Tap: "t", User: &UserNet{}}, "both a TAP and user-mode"},
+		{Net{Tap: "t", User: &UserNet{}}, "more than one back-end"},
 		{Net{User: &UserNet{}}, ""},
 	} {
 		cfg := Default()

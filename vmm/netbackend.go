@@ -3,22 +3,45 @@ package vmm
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/socket"
 	"github.com/viovmm/vio/netdev/tap"
 	"github.com/viovmm/vio/netdev/usernet"
 )
 
-// netBackend opens what carries a NIC's frames: the TAP it names, or a
-// user-mode network of its own. The VM closes it after the device.
+// netBackend opens what carries a NIC's frames: the TAP it names, a
+// user-mode network of its own or a stream socket, with the interposers
+// its config asks for on top. The VM closes it after the device.
 func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
+	be, err := v.netBase(n)
+	if err != nil {
+		return nil, err
+	}
+	// The interposers close what they wrap: the VM closes the top.
+	top, err := v.interpose(n, be)
+	if err != nil {
+		return nil, err
+	}
+	v.closers = append(v.closers, top)
+	return top, nil
+}
+
+// netBase opens the back-end proper, without interposers.
+func (v *VM) netBase(n config.Net) (netdev.Backend, error) {
+	if n.Socket != "" {
+		return socket.Dial(n.Socket, socketOptions)
+	}
+	if n.Bond != nil {
+		return bondBackend(n.Bond)
+	}
 	if n.User == nil {
 		t, err := tap.Open(n.Tap)
 		if err != nil {
 			return nil, err
 		}
-		v.closers = append(v.closers, t)
 		return t, nil
 	}
 	c, err := userNetConfig(n.User)
@@ -29,7 +52,6 @@ func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	v.closers = append(v.closers, u)
 	return u, nil
 }
 
@@ -58,6 +80,12 @@ func userNetConfig(u *config.UserNet) (usernet.Config, error) {
 func netName(n config.Net) string {
 	if n.User != nil {
 		return "user-mode network"
+	}
+	if n.Socket != "" {
+		return "socket " + n.Socket
+	}
+	if n.Bond != nil {
+		return "bond of " + strings.Join(n.Bond.Sockets, ", ")
 	}
 	return "tap " + n.Tap
 }

@@ -321,6 +321,11 @@ func (v *VM) Stats() map[string]any {
 		} else if st, ok := d.dev.(interface{ Stats() vsock.Stats }); ok {
 			s["device"] = st.Stats()
 		}
+		if d.hp != nil {
+			if b := backendStats(d.hp.owned); b != nil {
+				s["backend"] = b
+			}
+		}
 		out[d.name] = s
 	}
 	for _, d := range v.e1000s {

@@ -165,7 +165,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringVar(&console, "console", "off", "virtio console: tty, off, null, file=PATH, socket=PATH")
 	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")
 	f.StringArrayVar(&disks, "disk", nil, "disk: path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
-	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME or user=on[,net=CIDR][,hostfwd=FWD[+FWD]], with [,mac=MAC][,model=virtio|e1000] (repeatable; docs/network.md)")
+	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME, user=on[,net=CIDR][,hostfwd=FWD[+FWD]] or socket=PATH|tcp:HOST:PORT (socket=A+B,bond=active-backup|balance for a bond), with [,firewall=FILE][,pcap=FILE][,ids=SOCK[,ids_mode=ips]][,mac=MAC][,model=virtio|e1000] (repeatable; docs/network.md)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
 	f.StringVar(&cloudInitSpec, "cloud-init", "", "attach a cloud-init NoCloud seed disk: user-data=FILE[,meta-data=FILE][,network-config=FILE] (see docs/distro.md)")

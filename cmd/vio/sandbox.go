@@ -119,6 +119,11 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 	if cfg.Vsock != nil {
 		p.socket(cfg.Vsock.Socket)
 	}
+	for _, n := range cfg.Net {
+		// A guest reboot rebuilds the NIC's interposers.
+		p.add(n.Firewall, sandbox.Read)
+		p.add(n.Pcap, sandbox.Read|sandbox.Write)
+	}
 	p.host(apiSocket, obs)
 	for _, a := range allow {
 		p.add(a, sandbox.Read|sandbox.Write|sandbox.Create)

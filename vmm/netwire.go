@@ -1,0 +1,78 @@
+package vmm
+
+import (
+	"time"
+
+	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/bond"
+	"github.com/viovmm/vio/netdev/firewall"
+	"github.com/viovmm/vio/netdev/ids"
+	"github.com/viovmm/vio/netdev/pcap"
+	"github.com/viovmm/vio/netdev/socket"
+)
+
+// interpose stacks the interposers a NIC's config asks for on be, from
+// the back-end up: the firewall, the IDS hook, then the pcap mirror, so
+// the mirror shows what the guest sent and received, and the inspector
+// sees what the firewall let in (docs/network.md). Each closes what it
+// wraps.
+//
+// On an error it closes be and whatever it built on it.
+func (v *VM) interpose(n config.Net, be netdev.Backend) (top netdev.Backend, err error) {
+	defer func() {
+		if err != nil {
+			be.Close()
+		}
+	}()
+	if n.Firewall != "" {
+		rs, err := firewall.Load(n.Firewall)
+		if err != nil {
+			return nil, err
+		}
+		be = firewall.New(be, rs)
+	}
+	if n.IDS != "" {
+		mode := ids.Monitor
+		if n.IDSMode == "ips" {
+			mode = ids.Prevent
+		}
+		h, err := ids.Dial(be, n.IDS, ids.Options{Mode: mode})
+		if err != nil {
+			return nil, err
+		}
+		be = h
+	}
+	if n.Pcap != "" {
+		m, err := pcap.Open(be, n.Pcap)
+		if err != nil {
+			return nil, err
+		}
+		be = m
+	}
+	return be, nil
+}
+
+// socketOptions: a socket NIC redials its peer (a restarted switch) each
+// second; the guest sees a cable pulled and plugged back.
+var socketOptions = socket.Options{Reconnect: time.Second}
+
+// bondBackend joins the sockets of a bonded NIC.
+func bondBackend(b *config.NetBond) (netdev.Backend, error) {
+	mode, err := bond.ParseMode(b.Mode)
+	if err != nil {
+		return nil, err
+	}
+	var members []netdev.Backend
+	for _, path := range b.Sockets {
+		s, err := socket.Dial(path, socketOptions)
+		if err != nil {
+			for _, m := range members {
+				m.Close()
+			}
+			return nil, err
+		}
+		members = append(members, s)
+	}
+	return bond.New(members, bond.Options{Mode: mode})
+}
