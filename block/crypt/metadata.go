@@ -13,7 +13,7 @@ import (
 // writes. Objects are keyed by decimal ids ("0", "1", ...), as in the
 // format.
 type Metadata struct {
-	Keyslots map[string]*Keyslot       `json:"keyslots"`
+	Keyslots map[string]*Keyslot        `json:"keyslots"`
 	Tokens   map[string]json.RawMessage `json:"tokens"`
 	Segments map[string]*Segment        `json:"segments"`
 	Digests  map[string]*Digest         `json:"digests"`
