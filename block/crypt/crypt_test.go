@@ -229,9 +229,7 @@ func TestKeyslots(t *testing.T) {
 func TestHeaderCopies(t *testing.T) {
 	for _, which := range []int64{0, formatHdrSize} {
 		m := newVolume(t, 1<<20, FormatOptions{})
-		if _, err := m.WriteAt([]byte{0xff}, which+offCsum+3); err != nil {
-			t.Fatal(err)
-		}
+		flipByte(t, m, which+offCsum+3)
 		v, err := ReadVolume(m)
 		if err != nil {
 			t.Fatalf("copy at %d damaged: %v", which, err)
@@ -248,8 +246,8 @@ func TestHeaderCopies(t *testing.T) {
 	}
 	// Both damaged: a clear error.
 	m := newVolume(t, 1<<20, FormatOptions{})
-	m.WriteAt([]byte{0xff}, offCsum+3)
-	m.WriteAt([]byte{0xff}, formatHdrSize+offCsum+3)
+	flipByte(t, m, offCsum+3)
+	flipByte(t, m, formatHdrSize+offCsum+3)
 	if _, err := ReadVolume(m); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("both copies damaged: %v, want ErrCorrupt", err)
 	}
@@ -327,3 +325,13 @@ type keepOpen struct{ *blocktest.Mem }
 func (k *keepOpen) Close() error { return nil }
 
 func init() { digestIterations = 1000 }
+
+func flipByte(t *testing.T, m *keepOpen, off int64) {
+	t.Helper()
+	b := make([]byte, 1)
+	m.ReadAt(b, off)
+	b[0] ^= 0xff
+	if _, err := m.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
