@@ -75,7 +75,7 @@ func binaryHdrSize(area []byte) uint64 {
 // that parses must describe an image the rest of the package can use
 // without panicking: it encodes, parses back and dumps. Unlocking runs the
 // header's KDF, whose cost the header chooses within the bounds metadata.go
-// sets; TestHostileKeyslots covers that path.
+// sets; TestFuzzSeedsParse checks that costs beyond them are refused.
 func FuzzHeader(f *testing.F) {
 	m := newVolume(f, 1<<20, FormatOptions{})
 	v, err := ReadVolume(m)
@@ -146,7 +146,7 @@ func assemble(bin, js []byte, fix, both bool) []byte {
 // metadata checks, and a change to the JSON that breaks a rule must be
 // refused.
 func TestFuzzSeedsParse(t *testing.T) {
-	m := newVolume(t, 1<<20, FormatOptions{})
+	m := newVolume(t, 1<<20, FormatOptions{KDF: fastArgon})
 	img := m.Bytes()
 	bin, js := img[:512], img[binHeaderSize:formatHdrSize]
 	js = js[:bytes.IndexByte(js, 0)]
