@@ -37,7 +37,7 @@ func TestValidateRefusals(t *testing.T) {
 		ro    bool
 		want  string
 	}{
-		{"unknown kind", []string{`{"node":"vmdk","path":"a"}`}, false, `node kind "vmdk" is unknown: want faults, nbd, qcow2, raw, throttle`},
+		{"unknown kind", []string{`{"node":"vmdk","path":"a"}`}, false, `node kind "vmdk" is unknown: want crypt, faults, nbd, qcow2, raw, throttle`},
 		{"no kind", []string{`{"path":"a"}`}, false, `has no kind`},
 		{"throttle without options", []string{`{"node":"throttle","children":[{"node":"raw","path":"a"}]}`}, false, "no options"},
 		{"throttle with empty options", []string{`{"node":"throttle","options":{},"children":[{"node":"raw","path":"a"}]}`}, false, "no options"},
