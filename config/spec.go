@@ -82,10 +82,15 @@ func ParseMemory(spec string) (Memory, error) {
 }
 
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
-// [,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys).
+// [,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
+// [,encrypt=on,key_file=PATH|key_fd=N|key_env=NAME[,encrypt_discard=on]] (a LUKS2 image; see diskcrypt.go).
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
 	kv, err := splitSpec("disk", spec)
+	if err != nil {
+		return d, err
+	}
+	enc, err := takeCryptKeys(kv) // diskcrypt.go
 	if err != nil {
 		return d, err
 	}
@@ -131,7 +136,7 @@ func ParseDisk(spec string) (Disk, error) {
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, encrypt, key_file, key_fd, key_env, encrypt_discard)", spec, k)
 		}
 		if err != nil {
 			return d, err
@@ -142,6 +147,9 @@ func ParseDisk(spec string) (Disk, error) {
 	}
 	if d.Path == "" && d.Iface != DiskCDROM {
 		return d, fmt.Errorf("--disk %q: path=FILE is required (only an iface=cdrom drive may be empty)", spec)
+	}
+	if enc != nil {
+		return d, enc.apply(&d, spec)
 	}
 	return d, nil
 }

@@ -25,7 +25,8 @@ func (o *CryptOptions) source() crypt.KeySource {
 	return crypt.KeySource{File: o.KeyFile, FD: o.KeyFD, Env: o.KeyEnv}
 }
 
-func (o *CryptOptions) check() error {
+// Check reports options that name no key source, several, or a passphrase.
+func (o *CryptOptions) Check() error {
 	if o.Passphrase != nil {
 		return errors.New("a passphrase in the configuration is refused (it would show in the config the API returns): put it in a file (key_file), a descriptor (key_fd) or an environment variable (key_env)")
 	}
@@ -39,7 +40,7 @@ var kindCrypt = &Kind{
 		if err := decodeOptions(n.Options, &o); err != nil {
 			return err
 		}
-		return o.check()
+		return o.Check()
 	},
 	Open: func(_ *Builder, n *Node, _ NodeOptions, c []block.Backend) (block.Backend, error) {
 		var o CryptOptions
