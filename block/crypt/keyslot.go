@@ -326,7 +326,7 @@ func (v *Volume) RemoveKey(passphrase []byte, last bool) (int, error) {
 	clear(key)
 	m := v.hdr.meta
 	if len(m.Keyslots) == 1 && !last {
-		return 0, fmt.Errorf("crypt: keyslot %d is the image's last: removing it makes the data unreadable for ever (force it if that is what you want)", slot)
+		return 0, fmt.Errorf("crypt: keyslot %d is the image's last: removing it makes the data unreadable for ever", slot)
 	}
 	sid := strconv.Itoa(slot)
 	k := m.Keyslots[sid]
