@@ -152,7 +152,7 @@ func (v *Volume) unlockSlot(id string, passphrase []byte) ([]byte, error) {
 	// The keyslot area is encrypted with IVs counted from its start, and
 	// without the zero-sector rule of the data path.
 	for i := 0; i < len(buf); i += sectorSizeMin {
-		c.x.Decrypt(buf[i:i+sectorSizeMin], buf[i:i+sectorSizeMin], uint64(i/sectorSizeMin))
+		c.xtsSector(buf[i:i+sectorSizeMin], buf[i:i+sectorSizeMin], uint64(i/sectorSizeMin), true)
 	}
 	h, _ := hashByName(k.AF.Hash)
 	key := afMerge(h, buf, k.KeySize, k.AF.Stripes)
@@ -220,7 +220,7 @@ func (v *Volume) writeKeyslot(key, passphrase []byte, p KDFParams, off, size int
 		return nil, err
 	}
 	for i := 0; i < len(buf); i += sectorSizeMin {
-		c.x.Encrypt(buf[i:i+sectorSizeMin], buf[i:i+sectorSizeMin], uint64(i/sectorSizeMin))
+		c.xtsSector(buf[i:i+sectorSizeMin], buf[i:i+sectorSizeMin], uint64(i/sectorSizeMin), false)
 	}
 	if _, err := v.dev.WriteAt(buf, off); err != nil {
 		return nil, fmt.Errorf("crypt: writing the keyslot: %w", err)
