@@ -320,6 +320,7 @@ func (d *Disk) Close() error {
 		return block.ErrClosed
 	}
 	clear(d.key)
+	d.c.wipe()
 	d.key, d.c = nil, nil
 	return d.Child.Close()
 }

@@ -24,7 +24,14 @@ type sectorCipher struct {
 	k1, k2     cipher.Block
 	sectorSize int
 	ivTweak    uint64
+	// The AES-NI path (aesni_amd64.s): K1's round keys, ours to wipe.
+	asm    bool
+	ek, dk []byte
+	rounds int
 }
+
+// useAESNI can be cleared by tests to exercise the portable loop.
+var useAESNI = haveAESNI
 
 // newSectorCipher returns the cipher for spec (only aes-xts-plain64) with
 // key (32 bytes for AES-128-XTS, 64 for AES-256-XTS). The caller keeps and
@@ -44,7 +51,20 @@ func newSectorCipher(spec string, key []byte, sectorSize int, ivTweak uint64) (*
 	if err != nil {
 		return nil, fmt.Errorf("crypt: %w", err)
 	}
-	return &sectorCipher{k1: k1, k2: k2, sectorSize: sectorSize, ivTweak: ivTweak}, nil
+	c := &sectorCipher{k1: k1, k2: k2, sectorSize: sectorSize, ivTweak: ivTweak}
+	if useAESNI {
+		c.asm = true
+		c.ek, c.dk, c.rounds = expandKey(key[:len(key)/2])
+	}
+	return c, nil
+}
+
+// wipe clears the round keys this package holds (crypto/aes's cannot be
+// reached).
+func (c *sectorCipher) wipe() {
+	clear(c.ek)
+	clear(c.dk)
+	c.k1, c.k2, c.ek, c.dk = nil, nil, nil, nil
 }
 
 // xtsSector encrypts (or decrypts) one sector of src into dst with tweak
@@ -55,6 +75,22 @@ func (c *sectorCipher) xtsSector(dst, src []byte, iv uint64, decrypt bool) {
 	c.k2.Encrypt(t[:], t[:])
 	t0 := binary.LittleEndian.Uint64(t[:8])
 	t1 := binary.LittleEndian.Uint64(t[8:])
+	if c.asm && len(src)%128 == 0 && len(src) <= maxAsmSector {
+		var tw [maxAsmSector]byte
+		for i := 0; i < len(src); i += 16 {
+			binary.LittleEndian.PutUint64(tw[i:], t0)
+			binary.LittleEndian.PutUint64(tw[i+8:], t1)
+			carry := t1 >> 63
+			t1 = t1<<1 | t0>>63
+			t0 = t0<<1 ^ carry*0x87
+		}
+		if decrypt {
+			xtsDecAsm(c.rounds, &c.dk[0], &dst[0], &src[0], &tw[0], len(src)/128)
+		} else {
+			xtsEncAsm(c.rounds, &c.ek[0], &dst[0], &src[0], &tw[0], len(src)/128)
+		}
+		return
+	}
 	for i := 0; i+16 <= len(src); i += 16 {
 		s, d := src[i:i+16:i+16], dst[i:i+16:i+16]
 		binary.LittleEndian.PutUint64(d[:8], binary.LittleEndian.Uint64(s[:8])^t0)
@@ -113,6 +149,9 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// maxAsmSector is the largest sector the AES-NI path takes in one call.
+const maxAsmSector = sectorSizeMax
 
 // parMin is the request size from which encryption is spread over several
 // goroutines: below it, starting them costs more than it saves.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/rand"
+	"fmt"
 	"testing"
 
 	"golang.org/x/crypto/xts"
@@ -14,6 +15,17 @@ import (
 // both key sizes, every sector size, tweaks with high bits set, both
 // directions, in place and not.
 func TestXTSMatchesXCrypto(t *testing.T) {
+	if !haveAESNI {
+		t.Log("no AES-NI here: only the portable loop is checked")
+	}
+	for _, asm := range []bool{false, haveAESNI} {
+		useAESNI = asm
+		t.Run(fmt.Sprintf("aesni=%v", asm), testXTSMatches)
+	}
+	useAESNI = haveAESNI
+}
+
+func testXTSMatches(t *testing.T) {
 	for _, klen := range []int{32, 64} {
 		for _, ss := range []int{512, 1024, 2048, 4096} {
 			key := make([]byte, klen)
@@ -25,6 +37,9 @@ func TestXTSMatchesXCrypto(t *testing.T) {
 			c, err := newSectorCipher(supportedCipher, key, ss, 5)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if c.asm != useAESNI {
+				t.Fatalf("AES-NI path %v, want %v", c.asm, useAESNI)
 			}
 			plain := make([]byte, 4*ss)
 			rand.Read(plain)
