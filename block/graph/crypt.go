@@ -57,3 +57,27 @@ var kindCrypt = &Kind{
 }
 
 func init() { Register(kindCrypt) }
+
+// KeyFiles returns the key files the crypt nodes of the graph at root
+// read: a sandboxed VM must still be able to read them when a guest reboot
+// rebuilds its disks.
+func KeyFiles(root *Node) []string {
+	var files []string
+	var walk func(n *Node)
+	walk = func(n *Node) {
+		if n == nil {
+			return
+		}
+		if n.Kind == kindCrypt.Name {
+			var o CryptOptions
+			if decodeOptions(n.Options, &o) == nil && o.KeyFile != "" {
+				files = append(files, o.KeyFile)
+			}
+		}
+		for _, c := range n.Children {
+			walk(c)
+		}
+	}
+	walk(root)
+	return files
+}
