@@ -75,19 +75,24 @@ func (c *sectorCipher) xtsSector(dst, src []byte, iv uint64, decrypt bool) {
 	c.k2.Encrypt(t[:], t[:])
 	t0 := binary.LittleEndian.Uint64(t[:8])
 	t1 := binary.LittleEndian.Uint64(t[8:])
-	if c.asm && len(src)%128 == 0 && len(src) <= maxAsmSector {
-		var tw [maxAsmSector]byte
-		for i := 0; i < len(src); i += 16 {
-			binary.LittleEndian.PutUint64(tw[i:], t0)
-			binary.LittleEndian.PutUint64(tw[i+8:], t1)
-			carry := t1 >> 63
-			t1 = t1<<1 | t0>>63
-			t0 = t0<<1 ^ carry*0x87
-		}
-		if decrypt {
-			xtsDecAsm(c.rounds, &c.dk[0], &dst[0], &src[0], &tw[0], len(src)/128)
-		} else {
-			xtsEncAsm(c.rounds, &c.ek[0], &dst[0], &src[0], &tw[0], len(src)/128)
+	if c.asm && len(src)%128 == 0 {
+		// Tweaks for up to asmChunk bytes at a time: a small buffer, so
+		// that zeroing it costs little next to the blocks it serves.
+		var tw [asmChunk]byte
+		for off := 0; off < len(src); off += asmChunk {
+			n := min(asmChunk, len(src)-off)
+			for i := 0; i < n; i += 16 {
+				binary.LittleEndian.PutUint64(tw[i:], t0)
+				binary.LittleEndian.PutUint64(tw[i+8:], t1)
+				carry := t1 >> 63
+				t1 = t1<<1 | t0>>63
+				t0 = t0<<1 ^ carry*0x87
+			}
+			if decrypt {
+				xtsDecAsm(c.rounds, &c.dk[0], &dst[off], &src[off], &tw[0], n/128)
+			} else {
+				xtsEncAsm(c.rounds, &c.ek[0], &dst[off], &src[off], &tw[0], n/128)
+			}
 		}
 		return
 	}
@@ -150,8 +155,8 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// maxAsmSector is the largest sector the AES-NI path takes in one call.
-const maxAsmSector = sectorSizeMax
+// asmChunk is how many bytes the AES-NI path encrypts per call.
+const asmChunk = 512
 
 // parMin is the request size from which encryption is spread over several
 // goroutines: below it, starting them costs more than it saves.
