@@ -11,7 +11,9 @@
 //     and the checks that keep a hostile header from reaching the rest;
 //   - keyslot.go, af.go: passphrase → key (argon2id, pbkdf2), the
 //     anti-forensic splitter, unlocking, adding and removing keyslots;
-//   - sector.go: the XTS data path over sectors of 512 to 4096 bytes;
+//   - sector.go, aeskey.go, aesni_amd64.s: the XTS data path over sectors
+//     of 512 to 4096 bytes (AES-NI, eight blocks at a time, where the CPU
+//     has it);
 //   - crypt.go: the interposer (Open, Format) over a child back-end.
 //
 // What the guest sees is the LUKS2 data segment: the child's bytes from the
@@ -25,6 +27,8 @@
 // Key material (the volume key, the passphrase the caller passes and
 // everything derived from it) is wiped when no longer needed and on Close,
 // and never appears in an error or a log line. One limit stands: the AES key
-// schedules inside crypto/aes cannot be reached from outside the standard
-// library, so they are dropped, not zeroed.
+// schedules inside crypto/aes (the tweak key's always, the data key's
+// where there is no AES-NI path) cannot be reached from outside the
+// standard library, so they are dropped, not zeroed; the AES-NI path's
+// round keys are this package's and are zeroed.
 package crypt
