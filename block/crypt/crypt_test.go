@@ -272,13 +272,19 @@ func TestCloseWipesKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := d.key
+	key, ek, dk := d.key, d.c.ek, d.c.dk
 	if allZero(key) {
 		t.Fatal("the volume key is zero before Close")
+	}
+	if haveAESNI && (allZero(ek) || allZero(dk)) {
+		t.Fatal("the AES-NI round keys are zero before Close")
 	}
 	d.Close()
 	if !allZero(key[:cap(key)]) {
 		t.Error("Close left the volume key in memory")
+	}
+	if !allZero(ek) || !allZero(dk) {
+		t.Error("Close left the AES-NI round keys in memory")
 	}
 	if _, err := d.ReadAt(make([]byte, 512), 0); !errors.Is(err, block.ErrClosed) {
 		t.Errorf("read after Close: %v", err)
