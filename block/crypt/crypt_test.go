@@ -341,3 +341,34 @@ func flipByte(t *testing.T, m *keepOpen, off int64) {
 		t.Fatal(err)
 	}
 }
+
+// TestDiscardReachesChild: with discard on, the whole sectors of a discard
+// become zeroes in the child (storage can be freed, and they read back as
+// zeroes); the partial sectors at the ends keep their data.
+func TestDiscardReachesChild(t *testing.T) {
+	m := newVolume(t, 64<<10, FormatOptions{SectorSize: 4096})
+	b, err := Open(m, testPass, Options{Discard: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	data := pattern(64<<10, 4)
+	b.WriteAt(data, 0)
+	if err := b.(block.Discarder).Discard(100, 3*4096); err != nil {
+		t.Fatal(err)
+	}
+	child := m.Bytes()[FormatDataOffset:]
+	if !allZero(child[4096 : 3*4096]) {
+		t.Error("the discarded whole sectors are not zero in the child")
+	}
+	if allZero(child[:4096]) || allZero(child[3*4096:4*4096]) {
+		t.Error("a partly discarded sector was zeroed in the child")
+	}
+	got := make([]byte, 64<<10)
+	b.ReadAt(got, 0)
+	want := bytes.Clone(data)
+	clear(want[4096 : 3*4096])
+	if !bytes.Equal(got, want) {
+		t.Error("after the discard the disk reads other than zeroes in the freed sectors and the old data elsewhere")
+	}
+}
