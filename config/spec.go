@@ -86,11 +86,16 @@ func ParseMemory(spec string) (Memory, error) {
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
 // [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
 // [,journal=LOG][,undo=on] (a journal node over the image, docs/journal.md).
+// [,encrypt=on,key_file=PATH|key_fd=N|key_env=NAME[,encrypt_discard=on]] (a LUKS2 image; see diskcrypt.go).
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
 	var journalLog string
 	var undo bool
 	kv, err := splitSpec("disk", spec)
+	if err != nil {
+		return d, err
+	}
+	enc, err := takeCryptKeys(kv) // diskcrypt.go
 	if err != nil {
 		return d, err
 	}
@@ -145,7 +150,7 @@ func ParseDisk(spec string) (Disk, error) {
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard)", spec, k)
 		}
 		if err != nil {
 			return d, err
@@ -157,8 +162,14 @@ func ParseDisk(spec string) (Disk, error) {
 	if d.Path == "" && d.Iface != DiskCDROM {
 		return d, fmt.Errorf("--disk %q: path=FILE is required (only an iface=cdrom drive may be empty)", spec)
 	}
+	if enc != nil && (journalLog != "" || undo) {
+		return d, fmt.Errorf("--disk %q: encrypt=on with journal= or undo= is a graph of three nodes: write it as a graph in a config file (docs/disks.md)", spec)
+	}
 	if journalLog != "" || undo {
 		err = diskJournal(&d, journalLog, undo)
+	}
+	if err == nil && enc != nil {
+		err = enc.apply(&d, spec)
 	}
 	return d, err
 }

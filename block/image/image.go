@@ -83,6 +83,9 @@ func probeBytes(head []byte) (string, error) {
 	}
 	for _, m := range foreign {
 		if m.at >= 0 && bytes.HasPrefix(head[m.at:], m.magic) {
+			if m.name == "LUKS" {
+				return "", fmt.Errorf("%w: it is a LUKS encrypted image: open it with encrypt=on and its key (--disk path=FILE,encrypt=on,key_file=KEY; docs/crypt.md), or say format=raw to hand the guest the ciphertext", ErrUnknownFormat)
+			}
 			return "", fmt.Errorf("%w: it is a %s image, which vio cannot open (convert it with qemu-img)", ErrUnknownFormat, m.name)
 		}
 	}

@@ -88,12 +88,17 @@ func imageCreateCommand() *cobra.Command {
 				}
 			}
 			allow, _ := cmd.Flags().GetBool("allow-backing")
-			return image.Create(args[0], image.CreateOptions{
+			o := image.CreateOptions{
 				Format: format, Size: size, BackingFile: backing, BackingFormat: backingFormat, AllowBacking: allow,
 				ClusterSize: int(cs), Compat: compat, RefcountBits: refcountBits,
-			})
+			}
+			if encryptRequested(cmd) {
+				return createEncrypted(cmd, args[0], o) // image_luks.go
+			}
+			return image.Create(args[0], o)
 		},
 	}
+	addEncryptFlags(c)
 	c.Flags().StringVarP(&format, "format", "f", "qcow2", "image format: raw or qcow2")
 	c.Flags().StringVarP(&backing, "backing", "b", "", "backing file (qcow2; a relative name is relative to FILE's directory)")
 	c.Flags().StringVarP(&backingFormat, "backing-format", "F", "", "backing file format (probed if not given)")

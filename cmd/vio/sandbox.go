@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/block/image"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/sandbox"
@@ -98,6 +99,9 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 			a |= sandbox.Write
 		}
 		p.add(d.Path, a)
+		for _, f := range graph.KeyFiles(d.Graph) { // an encrypted disk's key, read again on a reboot
+			p.add(f, sandbox.Read)
+		}
 	}
 	if nbdHost {
 		// A reconnection after a reboot resolves the server's name again.

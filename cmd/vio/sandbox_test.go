@@ -53,7 +53,7 @@ func TestSandboxBitesInVio(t *testing.T) {
 func TestVMPolicy(t *testing.T) {
 	dir := t.TempDir()
 	name := func(n string) string { return filepath.Join(dir, n) }
-	for _, f := range []string{"k", "i", "rw.img", "ro.img", "backing.img", "serial.log"} {
+	for _, f := range []string{"k", "i", "rw.img", "ro.img", "backing.img", "serial.log", "disk.key"} {
 		if err := os.WriteFile(name(f), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -66,6 +66,11 @@ func TestVMPolicy(t *testing.T) {
 	cfg := config.Default()
 	cfg.Payload.Kernel, cfg.Payload.Initramfs = name("k"), name("i")
 	cfg.Disks = []config.Disk{{Path: name("rw.img")}, {Path: name("ro.img"), Readonly: true}, {Path: "nbd+unix:///x?socket=/run/nbd.sock"}}
+	enc, err := config.ParseDisk("path=" + name("enc.img") + ",encrypt=on,key_file=" + name("disk.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Disks = append(cfg.Disks, enc)
 	cfg.Serial = config.Console{Mode: config.ModeFile, File: name("serial.log")}
 	cfg.Console = config.Console{Mode: config.ModeSocket, Socket: filepath.Join(dir, "cons", "c.sock")}
 	p := vmPolicy(cfg, filepath.Join(dir, "api", "api.sock"), observeFlags{}, []string{name("snaps")})
@@ -80,6 +85,7 @@ func TestVMPolicy(t *testing.T) {
 		name("ro.img"):      sandbox.Read,
 		name("backing.img"): sandbox.Read,
 		name("serial.log"):  sandbox.Write,
+		name("disk.key"):    sandbox.Read, // read again when a reboot reopens the disk
 		name("cons"):        sandbox.Create,
 		name("api"):         sandbox.Create,
 		name("snaps"):       sandbox.Read | sandbox.Write | sandbox.Create,

@@ -1,0 +1,213 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// XTS over AES-NI, eight blocks in flight: AESENC has a latency of several
+// cycles but a throughput of one per cycle, so eight independent blocks
+// keep the unit busy where one block at a time (crypto/aes's Encrypt)
+// waits on every round. The tweaks are computed in Go (sector.go); each
+// group is dst[i] = AES(src[i] ^ tw[i]) ^ tw[i] for its 8 blocks.
+
+// func xtsEncAsm(nr int, xk *byte, dst *byte, src *byte, tw *byte, groups int)
+TEXT ·xtsEncAsm(SB), NOSPLIT, $0-48
+	MOVQ nr+0(FP), CX
+	MOVQ xk+8(FP), AX
+	MOVQ dst+16(FP), DI
+	MOVQ src+24(FP), SI
+	MOVQ tw+32(FP), DX
+	MOVQ groups+40(FP), BX
+	TESTQ BX, BX
+	JZ xtsEncAsm_done
+xtsEncAsm_loop:
+	MOVUPS 0(SI), X0
+	MOVUPS 16(SI), X1
+	MOVUPS 32(SI), X2
+	MOVUPS 48(SI), X3
+	MOVUPS 64(SI), X4
+	MOVUPS 80(SI), X5
+	MOVUPS 96(SI), X6
+	MOVUPS 112(SI), X7
+	MOVUPS 0(DX), X8
+	PXOR X8, X0
+	MOVUPS 16(DX), X8
+	PXOR X8, X1
+	MOVUPS 32(DX), X8
+	PXOR X8, X2
+	MOVUPS 48(DX), X8
+	PXOR X8, X3
+	MOVUPS 64(DX), X8
+	PXOR X8, X4
+	MOVUPS 80(DX), X8
+	PXOR X8, X5
+	MOVUPS 96(DX), X8
+	PXOR X8, X6
+	MOVUPS 112(DX), X8
+	PXOR X8, X7
+	MOVUPS (AX), X8
+	PXOR X8, X0
+	PXOR X8, X1
+	PXOR X8, X2
+	PXOR X8, X3
+	PXOR X8, X4
+	PXOR X8, X5
+	PXOR X8, X6
+	PXOR X8, X7
+	MOVQ AX, R8
+	MOVQ CX, R9
+	DECQ R9
+xtsEncAsm_round:
+	ADDQ $16, R8
+	MOVUPS (R8), X8
+	AESENC X8, X0
+	AESENC X8, X1
+	AESENC X8, X2
+	AESENC X8, X3
+	AESENC X8, X4
+	AESENC X8, X5
+	AESENC X8, X6
+	AESENC X8, X7
+	DECQ R9
+	JNZ xtsEncAsm_round
+	ADDQ $16, R8
+	MOVUPS (R8), X8
+	AESENCLAST X8, X0
+	AESENCLAST X8, X1
+	AESENCLAST X8, X2
+	AESENCLAST X8, X3
+	AESENCLAST X8, X4
+	AESENCLAST X8, X5
+	AESENCLAST X8, X6
+	AESENCLAST X8, X7
+	MOVUPS 0(DX), X8
+	PXOR X8, X0
+	MOVUPS X0, 0(DI)
+	MOVUPS 16(DX), X8
+	PXOR X8, X1
+	MOVUPS X1, 16(DI)
+	MOVUPS 32(DX), X8
+	PXOR X8, X2
+	MOVUPS X2, 32(DI)
+	MOVUPS 48(DX), X8
+	PXOR X8, X3
+	MOVUPS X3, 48(DI)
+	MOVUPS 64(DX), X8
+	PXOR X8, X4
+	MOVUPS X4, 64(DI)
+	MOVUPS 80(DX), X8
+	PXOR X8, X5
+	MOVUPS X5, 80(DI)
+	MOVUPS 96(DX), X8
+	PXOR X8, X6
+	MOVUPS X6, 96(DI)
+	MOVUPS 112(DX), X8
+	PXOR X8, X7
+	MOVUPS X7, 112(DI)
+	ADDQ $128, SI
+	ADDQ $128, DI
+	ADDQ $128, DX
+	DECQ BX
+	JNZ xtsEncAsm_loop
+xtsEncAsm_done:
+	RET
+
+// func xtsDecAsm(nr int, xk *byte, dst *byte, src *byte, tw *byte, groups int)
+TEXT ·xtsDecAsm(SB), NOSPLIT, $0-48
+	MOVQ nr+0(FP), CX
+	MOVQ xk+8(FP), AX
+	MOVQ dst+16(FP), DI
+	MOVQ src+24(FP), SI
+	MOVQ tw+32(FP), DX
+	MOVQ groups+40(FP), BX
+	TESTQ BX, BX
+	JZ xtsDecAsm_done
+xtsDecAsm_loop:
+	MOVUPS 0(SI), X0
+	MOVUPS 16(SI), X1
+	MOVUPS 32(SI), X2
+	MOVUPS 48(SI), X3
+	MOVUPS 64(SI), X4
+	MOVUPS 80(SI), X5
+	MOVUPS 96(SI), X6
+	MOVUPS 112(SI), X7
+	MOVUPS 0(DX), X8
+	PXOR X8, X0
+	MOVUPS 16(DX), X8
+	PXOR X8, X1
+	MOVUPS 32(DX), X8
+	PXOR X8, X2
+	MOVUPS 48(DX), X8
+	PXOR X8, X3
+	MOVUPS 64(DX), X8
+	PXOR X8, X4
+	MOVUPS 80(DX), X8
+	PXOR X8, X5
+	MOVUPS 96(DX), X8
+	PXOR X8, X6
+	MOVUPS 112(DX), X8
+	PXOR X8, X7
+	MOVUPS (AX), X8
+	PXOR X8, X0
+	PXOR X8, X1
+	PXOR X8, X2
+	PXOR X8, X3
+	PXOR X8, X4
+	PXOR X8, X5
+	PXOR X8, X6
+	PXOR X8, X7
+	MOVQ AX, R8
+	MOVQ CX, R9
+	DECQ R9
+xtsDecAsm_round:
+	ADDQ $16, R8
+	MOVUPS (R8), X8
+	AESDEC X8, X0
+	AESDEC X8, X1
+	AESDEC X8, X2
+	AESDEC X8, X3
+	AESDEC X8, X4
+	AESDEC X8, X5
+	AESDEC X8, X6
+	AESDEC X8, X7
+	DECQ R9
+	JNZ xtsDecAsm_round
+	ADDQ $16, R8
+	MOVUPS (R8), X8
+	AESDECLAST X8, X0
+	AESDECLAST X8, X1
+	AESDECLAST X8, X2
+	AESDECLAST X8, X3
+	AESDECLAST X8, X4
+	AESDECLAST X8, X5
+	AESDECLAST X8, X6
+	AESDECLAST X8, X7
+	MOVUPS 0(DX), X8
+	PXOR X8, X0
+	MOVUPS X0, 0(DI)
+	MOVUPS 16(DX), X8
+	PXOR X8, X1
+	MOVUPS X1, 16(DI)
+	MOVUPS 32(DX), X8
+	PXOR X8, X2
+	MOVUPS X2, 32(DI)
+	MOVUPS 48(DX), X8
+	PXOR X8, X3
+	MOVUPS X3, 48(DI)
+	MOVUPS 64(DX), X8
+	PXOR X8, X4
+	MOVUPS X4, 64(DI)
+	MOVUPS 80(DX), X8
+	PXOR X8, X5
+	MOVUPS X5, 80(DI)
+	MOVUPS 96(DX), X8
+	PXOR X8, X6
+	MOVUPS X6, 96(DI)
+	MOVUPS 112(DX), X8
+	PXOR X8, X7
+	MOVUPS X7, 112(DI)
+	ADDQ $128, SI
+	ADDQ $128, DI
+	ADDQ $128, DX
+	DECQ BX
+	JNZ xtsDecAsm_loop
+xtsDecAsm_done:
+	RET

@@ -1,0 +1,8 @@
+//go:build !amd64 || purego
+
+package crypt
+
+const haveAESNI = false
+
+func xtsEncAsm(nr int, xk *byte, dst, src, tw *byte, groups int) { panic("crypt: no AES-NI") }
+func xtsDecAsm(nr int, xk *byte, dst, src, tw *byte, groups int) { panic("crypt: no AES-NI") }
