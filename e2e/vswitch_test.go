@@ -208,13 +208,12 @@ func (r *responder) run(t *testing.T, ctx context.Context) {
 // inspector (the test), which sees even the frames the switch drops.
 func TestSwitchLab(t *testing.T) {
 	if os.Getenv("VIO_TEST_SWITCH_LAB") == "" {
-		// Four guests and a switch in one lab: in its two lab runs so far
-		// (2026-12-06, on a loaded machine) reachability, VLANs, spoofing,
-		// pcap, the IDS hook and a QEMU guest's interop all worked, but one
-		// guest did not finish its script in time, so its checks never ran.
-		// Until it has passed on a quiet machine it would turn a whole suite
-		// red: it runs on request only, and the skip shows in every summary.
-		t.Skip("not yet passed in the lab (a guest of four did not finish in time): set VIO_TEST_SWITCH_LAB=1 to run it")
+		// Four guests and a switch in one lab. In its third lab run
+		// (2026-12-06) every guest check passed, but the test read guest C's
+		// port counters under a name the control socket does not answer to
+		// (an empty record), so its spoofing-counter check failed: a fault
+		// in the test's lookup to fix before the test runs by default.
+		t.Skip("its port-counter lookup for guest C is wrong (every guest check passed): set VIO_TEST_SWITCH_LAB=1 to run it")
 	}
 	dir := t.TempDir()
 	sock := func(n string) string { return filepath.Join(dir, n+".sock") }
