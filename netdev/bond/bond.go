@@ -104,9 +104,7 @@ type Bond struct {
 	wg   sync.WaitGroup
 	once sync.Once
 
-	rmu      sync.Mutex // guards deadline and wake
-	deadline time.Time
-	wake     chan struct{}
+	rd netdev.ReadDeadline // SetReadDeadline's, which ReadFrames honours
 
 	wmu    sync.Mutex // one WriteFrames at a time inside: guards groups
 	groups [][][][]byte
@@ -127,7 +125,6 @@ func New(members []netdev.Backend, opts Options) (*Bond, error) {
 		opts: opts, seed: maphash.MakeSeed(),
 		in:   make(chan []byte, 512),
 		done: make(chan struct{}),
-		wake: make(chan struct{}),
 	}
 	for _, m := range members {
 		b.members = append(b.members, &member{be: m})
@@ -333,42 +330,9 @@ func (b *Bond) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	if len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("bond: %d buffers, %d sizes", len(bufs), len(sizes))
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	var first []byte
-	for first == nil {
-		select {
-		case <-b.done:
-			return 0, netdev.ErrClosed
-		default:
-		}
-		b.rmu.Lock()
-		dl, wake := b.deadline, b.wake
-		b.rmu.Unlock()
-		var expired <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, os.ErrDeadlineExceeded
-			}
-			if timer == nil {
-				timer = time.NewTimer(d)
-			} else {
-				timer.Reset(d)
-			}
-			expired = timer.C
-		}
-		select {
-		case <-b.done:
-			return 0, netdev.ErrClosed
-		case first = <-b.in:
-		case <-wake:
-		case <-expired:
-		}
+	first, err := b.rd.Receive(b.done, b.in)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	sizes[n] = copy(bufs[n], first)
@@ -388,11 +352,7 @@ func (b *Bond) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 // SetReadDeadline bounds ReadFrames (the members are read by the bond's
 // pumps, without deadlines).
 func (b *Bond) SetReadDeadline(t time.Time) error {
-	b.rmu.Lock()
-	defer b.rmu.Unlock()
-	b.deadline = t
-	close(b.wake)
-	b.wake = make(chan struct{})
+	b.rd.Set(t)
 	return nil
 }
 

@@ -87,9 +87,7 @@ type Hook struct {
 	inq  chan []byte
 	outq chan []byte
 
-	rmu      sync.Mutex // guards deadline and wake
-	deadline time.Time
-	wake     chan struct{}
+	rd netdev.ReadDeadline // SetReadDeadline's, which ReadFrames honours
 
 	inspected, passed, dropped, overflow, timeouts, downDrops, uninspected atomic.Uint64
 }
@@ -120,7 +118,6 @@ func New(inner netdev.Backend, conn net.Conn, opts Options) *Hook {
 		sendq:   make(chan []byte, opts.Queue),
 		done:    make(chan struct{}),
 		pending: map[uint64]held{},
-		wake:    make(chan struct{}),
 	}
 	h.wg.Add(2)
 	go h.sender()
@@ -397,42 +394,9 @@ func (h *Hook) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	if len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("ids: %d buffers, %d sizes", len(bufs), len(sizes))
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	var first []byte
-	for first == nil {
-		select {
-		case <-h.done:
-			return 0, netdev.ErrClosed
-		default:
-		}
-		h.rmu.Lock()
-		dl, wake := h.deadline, h.wake
-		h.rmu.Unlock()
-		var expired <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, os.ErrDeadlineExceeded
-			}
-			if timer == nil {
-				timer = time.NewTimer(d)
-			} else {
-				timer.Reset(d)
-			}
-			expired = timer.C
-		}
-		select {
-		case <-h.done:
-			return 0, netdev.ErrClosed
-		case first = <-h.inq:
-		case <-wake:
-		case <-expired:
-		}
+	first, err := h.rd.Receive(h.done, h.inq)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	sizes[n] = copy(bufs[n], first)
@@ -452,14 +416,7 @@ func (h *Hook) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 // SetReadDeadline bounds ReadFrames: inner's in IDS mode, the hook's own
 // in IPS mode (inner is read by the hook's pump, without a deadline).
 func (h *Hook) SetReadDeadline(t time.Time) error {
-	if h.opts.Mode == Monitor {
-		return h.Inner.SetReadDeadline(t)
-	}
-	h.rmu.Lock()
-	defer h.rmu.Unlock()
-	h.deadline = t
-	close(h.wake)
-	h.wake = make(chan struct{})
+	h.rd.Set(t)
 	return nil
 }
 

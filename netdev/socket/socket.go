@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,9 +79,7 @@ type Conn struct {
 
 	closeOnce sync.Once
 
-	rmu      sync.Mutex // guards the two below
-	deadline time.Time
-	wake     chan struct{}
+	rd netdev.ReadDeadline // SetReadDeadline's, which ReadFrames honours
 
 	mu   sync.Mutex // guards conn
 	conn net.Conn   // nil while down
@@ -146,7 +143,6 @@ func newConn(network, addr string, opts Options) *Conn {
 		out:  make(chan []byte, outQueue),
 		done: make(chan struct{}),
 		dead: make(chan struct{}),
-		wake: make(chan struct{}),
 	}
 }
 
@@ -287,49 +283,9 @@ func (c *Conn) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	if len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("socket: %d buffers, %d sizes", len(bufs), len(sizes))
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	var first []byte
-	for first == nil {
-		select {
-		case <-c.done:
-			return 0, netdev.ErrClosed
-		default:
-		}
-		c.rmu.Lock()
-		dl, wake := c.deadline, c.wake
-		c.rmu.Unlock()
-		var expired <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, os.ErrDeadlineExceeded
-			}
-			if timer == nil {
-				timer = time.NewTimer(d)
-			} else {
-				timer.Reset(d)
-			}
-			expired = timer.C
-		}
-		select {
-		case <-c.done:
-			return 0, netdev.ErrClosed
-		case first = <-c.in:
-		case <-wake:
-		case <-expired:
-		case <-c.dead:
-			// What came before the loss is still delivered.
-			select {
-			case first = <-c.in:
-			default:
-				return 0, ErrLinkDown
-			}
-		}
+	first, err := c.rd.ReceiveUnless(c.done, c.dead, ErrLinkDown, c.in) // what came before a loss is still delivered
+	if err != nil {
+		return 0, err
 	}
 	cnt := 0
 	put := func(p []byte) {
@@ -415,11 +371,7 @@ func putPrefix(b []byte, n int) {
 
 // SetReadDeadline implements netdev.Backend.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	c.deadline = t
-	close(c.wake)
-	c.wake = make(chan struct{})
+	c.rd.Set(t)
 	return nil
 }
 

@@ -24,7 +24,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,9 +58,7 @@ type Net struct {
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 
-	rmu      sync.Mutex // guards deadline and wake
-	deadline time.Time
-	wake     chan struct{} // closed and replaced when the deadline changes
+	rd netdev.ReadDeadline // SetReadDeadline's, which ReadFrames honours
 
 	ctx    context.Context // cancelled by Close: ends dials and relays
 	cancel context.CancelFunc
@@ -94,7 +91,6 @@ func New(c Config) (*Net, error) {
 		a:     a,
 		out:   make(chan []byte, outQueueLen),
 		done:  make(chan struct{}),
-		wake:  make(chan struct{}),
 		conns: make(chan struct{}, a.maxConns),
 		flows: make(chan struct{}, a.maxUDPFlows),
 		live:  map[io.Closer]struct{}{},
@@ -316,42 +312,9 @@ func (n *Net) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	if len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("usernet: %d buffers, %d sizes", len(bufs), len(sizes))
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	var first []byte
-	for first == nil {
-		select {
-		case <-n.done: // before the queue: a closed back-end delivers nothing
-			return 0, netdev.ErrClosed
-		default:
-		}
-		n.rmu.Lock()
-		dl, wake := n.deadline, n.wake
-		n.rmu.Unlock()
-		var expired <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, os.ErrDeadlineExceeded
-			}
-			if timer == nil {
-				timer = time.NewTimer(d)
-			} else {
-				timer.Reset(d)
-			}
-			expired = timer.C
-		}
-		select {
-		case <-n.done:
-			return 0, netdev.ErrClosed
-		case first = <-n.out:
-		case <-wake:
-		case <-expired:
-		}
+	first, err := n.rd.Receive(n.done, n.out)
+	if err != nil {
+		return 0, err
 	}
 	cnt := 0
 	put := func(f []byte) {
@@ -376,11 +339,7 @@ func (n *Net) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 
 // SetReadDeadline implements netdev.Backend.
 func (n *Net) SetReadDeadline(t time.Time) error {
-	n.rmu.Lock()
-	defer n.rmu.Unlock()
-	n.deadline = t
-	close(n.wake)
-	n.wake = make(chan struct{})
+	n.rd.Set(t)
 	return nil
 }
 
