@@ -24,12 +24,12 @@ import (
 // kernel's I/O errors and a checksum of the range fio wrote.
 const mirrorGuest = `
 echo VIO-MIRROR-START
-fio --name=mirror --filename=/dev/vda --size=32M --rw=randwrite --bs=4k --ioengine=psync --direct=1 \
+fio --name=mirror --filename=/dev/vda --size=8M --rw=randwrite --bs=4k --ioengine=psync --direct=1 \
 	--verify=crc32c --do_verify=1 --verify_fatal=1 --numjobs=1 > /tmp/fio.log 2>&1
 echo "VIO-MIRROR fio=$?"
 echo "VIO-MIRROR fioerr=$(grep -o 'err= *[0-9]*' /tmp/fio.log | head -1 | tr -d ' ')"
 echo "VIO-MIRROR ioerr=$(dmesg | grep -c 'I/O error')"
-echo "VIO-MIRROR sum=$(dd if=/dev/vda bs=1M count=32 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "VIO-MIRROR sum=$(dd if=/dev/vda bs=1M count=8 2>/dev/null | sha256sum | cut -d' ' -f1)"
 tail -5 /tmp/fio.log
 poweroff -f
 `
@@ -38,7 +38,7 @@ var mirrorFact = regexp.MustCompile(`VIO-MIRROR (\w+)=(\S*)`)
 
 // TestMirrorFailover: a guest runs fio --verify on a disk mirrored over two
 // raw images (each behind a faults node); once fio runs, the host makes the
-// second child fail-stop at its 1000th next write through vio.disk-faults.
+// second child fail-stop at its 500th next write through vio.disk-faults.
 // fio must finish with no error and the kernel log none; the mirror reports
 // the dropped child as an event; after vio exits the surviving image holds
 // exactly what the guest read back, and the failed one does not (so the
@@ -47,7 +47,7 @@ func TestMirrorFailover(t *testing.T) {
 	dir := t.TempDir()
 	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
 	for _, f := range []string{a, b} {
-		run(t, "truncate", "-s", "64M", f)
+		run(t, "truncate", "-s", "16M", f)
 	}
 	cfg := filepath.Join(dir, "vm.json")
 	spec := fmt.Sprintf(`{"disks":[{"id":"d0","graph":{"node":"mirror","name":"m0",
@@ -90,7 +90,7 @@ func TestMirrorFailover(t *testing.T) {
 			if strings.Contains(sc.Text(), "VIO-MIRROR-START") {
 				cl := api.NewClient(sock)
 				_, putErr = cl.Do(ctx, "PUT", "vio.disk-faults",
-					[]byte(`{"node":"fb","rules":[{"ops":"write","nth":1000,"fail_stop":true}]}`))
+					[]byte(`{"node":"fb","rules":[{"ops":"write","nth":500,"fail_stop":true}]}`))
 				cl.Close()
 			}
 		}
@@ -131,7 +131,7 @@ func TestMirrorFailover(t *testing.T) {
 		t.Errorf("vio's log does not mention the dropped child:\n%s", stderr.String())
 	}
 	sum := func(f string) string {
-		return strings.Fields(run(t, "sh", "-c", "head -c 33554432 "+f+" | sha256sum"))[0]
+		return strings.Fields(run(t, "sh", "-c", "head -c 8388608 "+f+" | sha256sum"))[0]
 	}
 	if got := sum(a); got != facts["sum"] {
 		t.Errorf("the surviving child holds %s, the guest read %s", got, facts["sum"])
@@ -148,7 +148,7 @@ const rebuildGuest = `
 echo VIO-MIRROR-START
 rounds=0; ok=0
 while :; do
-	fio --name=rebuild --filename=/dev/vda --size=32M --rw=randwrite --bs=4k --ioengine=psync --direct=1 \
+	fio --name=rebuild --filename=/dev/vda --size=8M --rw=randwrite --bs=4k --ioengine=psync --direct=1 \
 		--randrepeat=0 --verify=crc32c --do_verify=1 --verify_fatal=1 --numjobs=1 > /tmp/fio.log 2>&1 || ok=$?
 	rounds=$((rounds+1))
 	[ -n "$go" ] && break
@@ -159,7 +159,7 @@ echo "VIO-MIRROR fio=$ok"
 echo "VIO-MIRROR rounds=$rounds"
 echo "VIO-MIRROR go=$go"
 echo "VIO-MIRROR ioerr=$(dmesg | grep -c 'I/O error')"
-echo "VIO-MIRROR sum=$(dd if=/dev/vda bs=1M count=32 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "VIO-MIRROR sum=$(dd if=/dev/vda bs=1M count=8 2>/dev/null | sha256sum | cut -d' ' -f1)"
 tail -5 /tmp/fio.log
 poweroff -f
 `
@@ -173,8 +173,8 @@ poweroff -f
 func TestMirrorRebuild(t *testing.T) {
 	dir := t.TempDir()
 	a, b, box := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"), filepath.Join(dir, "box.img")
-	run(t, "truncate", "-s", "64M", a)
-	run(t, "truncate", "-s", "64M", b)
+	run(t, "truncate", "-s", "16M", a)
+	run(t, "truncate", "-s", "16M", b)
 	run(t, "truncate", "-s", "1M", box)
 	cfg := filepath.Join(dir, "vm.json")
 	spec := fmt.Sprintf(`{"disks":[{"id":"d0","graph":{"node":"mirror","name":"m0",
@@ -240,7 +240,7 @@ func TestMirrorRebuild(t *testing.T) {
 		t.Fatalf("the guest saw an error or no GO: %v\nconsole:\n%s", facts, console.String())
 	}
 	run(t, "cmp", a, b)
-	if got := strings.Fields(run(t, "sh", "-c", "head -c 33554432 "+b+" | sha256sum"))[0]; got != facts["sum"] {
+	if got := strings.Fields(run(t, "sh", "-c", "head -c 8388608 "+b+" | sha256sum"))[0]; got != facts["sum"] {
 		t.Errorf("the new image holds %s, the guest read %s", got, facts["sum"])
 	}
 }

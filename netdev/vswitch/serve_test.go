@@ -58,7 +58,7 @@ func TestServeOverSockets(t *testing.T) {
 	waitPorts := func(n int) {
 		t.Helper()
 		deadline := time.Now().Add(wait)
-		for len(stats().Ports) != n {
+		for connected(stats()) != n {
 			if time.Now().After(deadline) {
 				t.Fatalf("the switch does not reach %d ports", n)
 			}
@@ -117,7 +117,23 @@ func TestServeOverSockets(t *testing.T) {
 		t.Fatalf("port names %v", names)
 	}
 
-	// Guest 2 leaves; its port goes.
+	// Guest 2 leaves; its port goes down and keeps its counters.
 	gs[1].Close()
 	waitPorts(2)
+	for _, p := range stats().Ports {
+		if p.Name == "g-2" && (p.Connected || p.FramesIn == 0) {
+			t.Fatalf("guest 2's port after it left: %+v", p)
+		}
+	}
+}
+
+// connected counts the ports with a peer.
+func connected(st vswitch.Stats) int {
+	n := 0
+	for _, p := range st.Ports {
+		if p.Connected {
+			n++
+		}
+	}
+	return n
 }

@@ -70,7 +70,12 @@ type PortConfig struct {
 // PortStats are one port's counters. "In" is from the port into the
 // switch, "Out" from the switch to the port.
 type PortStats struct {
-	Name          string `json:"name"`
+	Name string `json:"name"`
+	// Connected is false for a port whose peer has gone: the switch keeps
+	// its last counters (the newest maxDeparted such ports), as a real
+	// switch keeps a port's counters while its link is down, so a peer
+	// that exits can still be accounted for.
+	Connected     bool   `json:"connected"`
 	VLAN          uint16 `json:"vlan"`
 	MAC           string `json:"mac,omitempty"`
 	IPv4          string `json:"ipv4,omitempty"`
@@ -112,6 +117,7 @@ type Switch struct {
 	ports     map[*Port]struct{}
 	fdb       map[fdbKey]fdbEntry
 	nextID    int
+	departed  []PortStats // last counters of removed ports, oldest first
 	closed    bool
 	lastSweep time.Time
 
@@ -232,6 +238,10 @@ func (p *Port) remove() {
 		s := p.sw
 		s.mu.Lock()
 		delete(s.ports, p)
+		if len(s.departed) == maxDeparted {
+			s.departed = append(s.departed[:0], s.departed[1:]...)
+		}
+		s.departed = append(s.departed, p.Stats())
 		for k, e := range s.fdb {
 			if e.port == p {
 				delete(s.fdb, k)
@@ -258,6 +268,9 @@ func (s *Switch) Close() error {
 	s.wg.Wait()
 	return nil
 }
+
+// maxDeparted bounds how many removed ports' counters the switch keeps.
+const maxDeparted = 64
 
 const batch = 16
 
@@ -469,13 +482,17 @@ func (p *Port) checkSource(f *frame.Frame) bool {
 	return claim == p.ip
 }
 
-// Stats returns the counters of every port, sorted by name.
+// Stats returns the counters of every port, sorted by name: connected
+// ports and the newest removed ones (Connected false).
 func (s *Switch) Stats() Stats {
 	s.mu.Lock()
 	st := Stats{Ports: []PortStats{}, Addresses: len(s.fdb), Unlearned: s.unlearned.Load()}
 	for p := range s.ports {
-		st.Ports = append(st.Ports, p.Stats())
+		ps := p.Stats()
+		ps.Connected = true
+		st.Ports = append(st.Ports, ps)
 	}
+	st.Ports = append(st.Ports, s.departed...)
 	s.mu.Unlock()
 	sort.Slice(st.Ports, func(i, j int) bool { return st.Ports[i].Name < st.Ports[j].Name })
 	return st

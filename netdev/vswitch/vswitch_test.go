@@ -286,8 +286,18 @@ func TestAgingAndRemoval(t *testing.T) {
 		t.Fatal("port not removed")
 	}
 	st := sw.Stats()
-	if len(st.Ports) != 2 || st.Addresses != 0 {
+	if len(st.Ports) != 3 || st.Addresses != 0 {
 		t.Fatalf("after removal: %+v", st)
+	}
+	// The gone port's counters stay, marked disconnected, so a peer that
+	// has exited can still be accounted for.
+	for _, ps := range st.Ports {
+		if ps.Connected != (ps.Name != "a") {
+			t.Errorf("port %s: connected %v", ps.Name, ps.Connected)
+		}
+		if ps.Name == "a" && (ps.FramesIn != 2 || ps.FramesOut != 1) {
+			t.Errorf("removed port a kept %+v, want 2 frames in and 1 out", ps)
+		}
 	}
 }
 
