@@ -25,7 +25,7 @@ import (
 )
 
 func main() {
-	fuzztime := flag.String("fuzztime", "10s", "budget per fuzz target (a duration, or Nx for a count)")
+	fuzztime := flag.String("fuzztime", "5s", "budget per fuzz target (a duration, or Nx for a count)")
 	timeout := flag.String("timeout", "40m", "go test -timeout for each package")
 	noFuzz := flag.Bool("no-fuzz", false, "skip the fuzz pass")
 	only := flag.String("run", "", "go test -run pattern (limits the test pass; fuzz pass is skipped)")
