@@ -220,7 +220,10 @@ func TestBandwidthCost(t *testing.T) {
 	// 64 KiB requests at 1 MiB/s: one every 62.5 ms.
 	var sent int64
 	end := now.Add(10 * time.Second)
-	for now.Before(end) {
+	for i := 0; now.Before(end); i++ {
+		if i > 1e6 {
+			t.Fatalf("a million dispatches within 10 s: the limit does not hold")
+		}
 		for s.Len() < 4 {
 			if err := s.Enqueue("big", 64<<10, 0); err != nil {
 				t.Fatal(err)
@@ -458,5 +461,57 @@ func TestStats(t *testing.T) {
 		if c.name != "C" && st.Throttled != 0 {
 			t.Errorf("%s has no limit but was throttled for %v", c.name, st.Throttled)
 		}
+	}
+}
+
+// TestChangeRescalesPendingTags: a change applies to the request already
+// waiting, not only to the ones after it: a limit raised from 1/s to
+// 1000/s lets the next request go within a millisecond rather than a
+// second, and a reservation raised from 1/s to 1000/s makes the client
+// owed service within a millisecond.
+func TestChangeRescalesPendingTags(t *testing.T) {
+	now := time.Unix(0, 0)
+	s, err := mclock.New[string, int](mclock.Config{Now: func() time.Time { return now }, LimitTolerance: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.SetClient("lim", mclock.Params{Weight: 1, Limit: 1}))
+	for range 3 {
+		must(s.Enqueue("lim", 0, 0))
+	}
+	if _, ok, _ := s.Dequeue(); !ok {
+		t.Fatal("the first request was held")
+	}
+	_, ok, next := s.Dequeue()
+	if ok || next.Sub(now) < 900*time.Millisecond {
+		t.Fatalf("at 1/s the second request may go in %v", next.Sub(now))
+	}
+	must(s.SetClient("lim", mclock.Params{Weight: 1, Limit: 1000}))
+	_, ok, next = s.Dequeue()
+	if ok || next.Sub(now) > time.Millisecond {
+		t.Fatalf("after raising the limit to 1000/s the second request may go in %v", next.Sub(now))
+	}
+	s.RemoveClient("lim")
+
+	must(s.SetClient("resv", mclock.Params{Reservation: 1, Weight: 1}))
+	must(s.SetClient("heavy", mclock.Params{Weight: 1e6}))
+	for range 3 {
+		must(s.Enqueue("resv", 0, 0))
+		must(s.Enqueue("heavy", 0, 0))
+	}
+	// resv's first request is owed at once; its next one a second later.
+	if req, _, _ := s.Dequeue(); req.Client != "resv" || req.Phase != mclock.Reservation {
+		t.Fatalf("first dispatch: %+v", req)
+	}
+	must(s.SetClient("resv", mclock.Params{Reservation: 1000, Weight: 1}))
+	now = now.Add(time.Millisecond)
+	if req, _, _ := s.Dequeue(); req.Client != "resv" || req.Phase != mclock.Reservation {
+		t.Fatalf("1 ms after raising the reservation to 1000/s: %+v", req)
 	}
 }
