@@ -24,7 +24,9 @@ func issueClients() []simClient {
 // hand from the rules in its comment, so the scenario tests below, which
 // compare the scheduler with the model, compare it with the rules.
 func TestAllocateByHand(t *testing.T) {
-	p := func(r, w, l float64) mclock.Load { return mclock.Load{Params: mclock.Params{Reservation: r, Weight: w, Limit: l}} }
+	p := func(r, w, l float64) mclock.Load {
+		return mclock.Load{Params: mclock.Params{Reservation: r, Weight: w, Limit: l}}
+	}
 	issue := []mclock.Load{p(300, 1, 0), p(0, 2, 0), p(0, 1, 200)}
 	cases := []struct {
 		name     string

@@ -13,7 +13,7 @@ type Stats struct {
 
 	// Requests and Cost served, and how they split between the phases.
 	Requests, ReservationRequests, WeightRequests uint64
-	Cost, ReservationCost, WeightCost            float64
+	Cost, ReservationCost, WeightCost             float64
 	// Rejected counts requests refused because the queue was full.
 	Rejected uint64
 
@@ -37,9 +37,9 @@ type Stats struct {
 // histogram with 8 buckets per power of two, so each is within 1/16 of
 // the true value; Max is exact.
 type Latency struct {
-	Count                uint64
-	P50, P90, P99, P999  time.Duration
-	Max                  time.Duration
+	Count               uint64
+	P50, P90, P99, P999 time.Duration
+	Max                 time.Duration
 }
 
 // histBuckets covers 0 to 2^64 ns: 16 exact buckets for 0..15 ns, then 8
