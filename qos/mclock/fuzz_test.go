@@ -29,7 +29,14 @@ func FuzzScheduler(f *testing.F) {
 			return
 		}
 		now := time.Unix(100, 0)
-		s, err := mclock.New[int, int](mclock.Config{Now: func() time.Time { return now }, QueueLimit: 16})
+		cfg := mclock.Config{Now: func() time.Time { return now }, QueueLimit: 16}
+		if len(ops) > 0 {
+			// The first byte picks the cost model and the sharing rule.
+			cfg.Cost = []mclock.CostModel{{}, mclock.Bandwidth, {PerRequest: 1, UnitBytes: 4096}}[ops[0]%3]
+			cfg.Sharing = mclock.Sharing(ops[0] / 3 % 2)
+			ops = ops[1:]
+		}
+		s, err := mclock.New[int, int](cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

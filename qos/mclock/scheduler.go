@@ -117,7 +117,14 @@ func (s *Scheduler[C, T]) clock() float64 {
 	return s.last
 }
 
+// at converts ns since the epoch to a time. A tag beyond what a Duration
+// holds (a huge request under a tiny limit) becomes 290 years from the
+// epoch rather than an overflowed time in the past, which would make a
+// dispatcher spin.
 func (s *Scheduler[C, T]) at(ns float64) time.Time {
+	if ns >= math.MaxInt64 {
+		return s.epoch.Add(math.MaxInt64)
+	}
 	return s.epoch.Add(time.Duration(ns))
 }
 
