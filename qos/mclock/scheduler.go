@@ -108,13 +108,47 @@ func New[C comparable, T any](cfg Config) (*Scheduler[C, T], error) {
 	return s, nil
 }
 
+// rebaseAfter is the age of the epoch (about 3.3 days) at which the
+// scheduler moves it up to now, so that times held as float64
+// nanoseconds keep a resolution far below a nanosecond however long the
+// process runs.
+const rebaseAfter = 1 << 48
+
 // clock returns now in ns since the epoch, never going backwards.
 func (s *Scheduler[C, T]) clock() float64 {
 	t := float64(s.now().Sub(s.epoch))
 	if t > s.last {
 		s.last = t
 	}
+	if s.last >= rebaseAfter {
+		s.rebase(math.Floor(s.last))
+	}
 	return s.last
+}
+
+// rebase moves the epoch d ns later: every time the scheduler holds is
+// shifted by the same amount, and the heaps are rebuilt because rounding
+// may turn two close tags into a tie the old order does not respect.
+// It visits every queued request, once every few days.
+func (s *Scheduler[C, T]) rebase(d float64) {
+	s.epoch = s.epoch.Add(time.Duration(d))
+	s.last -= d
+	for _, c := range s.clients {
+		c.resv -= d
+		c.lastResv -= d
+		c.tat -= d
+		c.throttledAt -= d
+		c.st.since -= d
+		c.st.winStart -= d
+		for i := range c.q.size {
+			c.q.buf[(c.q.head+i)%len(c.q.buf)].at -= d
+		}
+	}
+	for _, h := range []*tagHeap[C, T]{&s.resvHeap, &s.propHeap, &s.limHeap} {
+		for i := len(h.items)/2 - 1; i >= 0; i-- {
+			h.down(i)
+		}
+	}
 }
 
 // at converts ns since the epoch to a time. A tag beyond what a Duration
