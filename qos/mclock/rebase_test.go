@@ -55,3 +55,44 @@ func TestRebase(t *testing.T) {
 		t.Fatalf("stats: since %v, %d requests, throttled %v of %v", st.Since, st.Requests, st.Throttled, held)
 	}
 }
+
+// TestRebaseKeepsShares: two backlogged clients of weights 1 and 3 split
+// 400 dispatches 100:300 before and after a rebase.
+func TestRebaseKeepsShares(t *testing.T) {
+	now := time.Unix(0, 0)
+	s, err := New[string, int](Config{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"one", "three"} {
+		if err := s.SetClient(c, Params{Weight: map[string]float64{"one": 1, "three": 3}[c]}); err != nil {
+			t.Fatal(err)
+		}
+		for range 8 {
+			if err := s.Enqueue(c, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	epoch := s.epoch
+	for round := range 2 {
+		got := map[string]int{}
+		for range 400 {
+			req, ok, _ := s.Dequeue()
+			if !ok {
+				t.Fatal("nothing to dispatch")
+			}
+			got[req.Client]++
+			if err := s.Enqueue(req.Client, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got["one"] != 100 || got["three"] != 300 {
+			t.Fatalf("round %d: %v, want 100:300", round, got)
+		}
+		now = now.Add(4 * 24 * time.Hour)
+	}
+	if s.epoch.Equal(epoch) || s.vtime > 1000 {
+		t.Fatalf("no rebase: epoch %v, virtual time %v", s.epoch, s.vtime)
+	}
+}

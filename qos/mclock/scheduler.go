@@ -127,13 +127,20 @@ func (s *Scheduler[C, T]) clock() float64 {
 }
 
 // rebase moves the epoch d ns later: every time the scheduler holds is
-// shifted by the same amount, and the heaps are rebuilt because rounding
+// shifted by the same amount (and every proportional tag by the virtual
+// time), and the heaps are rebuilt because rounding
 // may turn two close tags into a tie the old order does not respect.
 // It visits every queued request, once every few days.
 func (s *Scheduler[C, T]) rebase(d float64) {
 	s.epoch = s.epoch.Add(time.Duration(d))
 	s.last -= d
+	// Proportional tags only meet each other, so the virtual time is
+	// moved back to zero at the same moment, for the same reason.
+	v := s.vtime
+	s.vtime = 0
 	for _, c := range s.clients {
+		c.prop -= v
+		c.lastProp -= v
 		c.resv -= d
 		c.lastResv -= d
 		c.tat -= d
