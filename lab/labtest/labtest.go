@@ -61,7 +61,7 @@ func RunKVM(m *testing.M) int {
 // tinyGuestBudget bounds a lab run of MainKVM's packages: their hand-made
 // guests take a minute or two together even on a loaded machine, so a run
 // still going after this has hung, and should say so long before go test's
-// package deadline (40 minutes in the suite) ends it.
+// package deadline (55 minutes in the suite) ends it.
 const tinyGuestBudget = 10 * time.Minute
 
 // fuzzing reports whether the test binary was started to fuzz (or as a
