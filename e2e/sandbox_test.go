@@ -102,13 +102,17 @@ func TestSandbox(t *testing.T) {
 		if err := os.WriteFile(jraw, make([]byte, 4<<20), 0o644); err != nil { // the first test's guest wrote there
 			t.Fatal(err)
 		}
-		for _, f := range []string{jdir, jraw, jbase, jtop} {
+		// The jailed VMM reads the initramfs again at the reboot, as
+		// nobody: it must be nobody's to read, as the disks must be.
+		jinitrd := filepath.Join(jdir, "initramfs.cpio.gz")
+		run(t, "cp", initrd, jinitrd)
+		for _, f := range []string{jdir, jraw, jbase, jtop, jinitrd} {
 			if err := os.Chown(f, nobody, nobody); err != nil {
 				t.Fatal(err)
 			}
 		}
 		jsock := filepath.Join(jdir, "api.sock")
-		args := vioArgs(t, initrd, "-v", "--jail", "uid=65534,gid=65534", "--sandbox=on", "--rng", "--api-socket", jsock,
+		args := vioArgs(t, jinitrd, "-v", "--jail", "uid=65534,gid=65534", "--sandbox=on", "--rng", "--api-socket", jsock,
 			"--disk", "path="+jraw+",format=raw", "--disk", "path="+jtop+",format=qcow2")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
