@@ -96,12 +96,11 @@ func TestSandbox(t *testing.T) {
 			t.Fatal(err)
 		}
 		jraw, jbase, jtop := filepath.Join(jdir, "raw.img"), filepath.Join(jdir, "base.raw"), filepath.Join(jdir, "top.qcow2")
-		run(t, "cp", raw, jraw)
-		run(t, "cp", base, jbase)
-		run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", jtop)
-		if err := os.WriteFile(jraw, make([]byte, 4<<20), 0o644); err != nil { // the first test's guest wrote there
+		if err := os.WriteFile(jraw, make([]byte, 4<<20), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		run(t, "cp", base, jbase)
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", jtop)
 		// The jailed VMM reads the initramfs again at the reboot, as
 		// nobody: it must be nobody's to read, as the disks must be.
 		jinitrd := filepath.Join(jdir, "initramfs.cpio.gz")
