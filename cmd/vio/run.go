@@ -35,6 +35,7 @@ func runCommand() *cobra.Command {
 		verbose, allowPVM, stats                bool
 		obs                                     observeFlags
 		sb                                      sandboxFlags
+		jailSpec                                string
 	)
 	cfg := config.Default()
 	c := &cobra.Command{
@@ -57,7 +58,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				if bad != "" {
 					return fmt.Errorf("--restore takes the VM's config from the snapshot: drop --%s", bad)
 				}
-				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb})
+				return run(c, nil, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb, jail: jailSpec})
 			}
 			if file != "" {
 				loaded, err := config.Load(file)
@@ -151,7 +152,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Net = append(cfg.Net, net)
 			}
-			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb})
+			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb, jail: jailSpec})
 		},
 	}
 	f := c.Flags()
@@ -181,6 +182,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.MarkHidden("allow-pvm")
 	obs.add(f)
 	sb.add(f)
+	f.StringVar(&jailSpec, "jail", "", "run jailed once the VM is built, as Firecracker's jailer does: new mount, PID, IPC and UTS namespaces, a root holding only the VM's files, as this unprivileged user (uid=N,gid=N[,dir=PATH]; needs root; see docs/security.md)")
 	return c
 }
 
@@ -220,7 +222,7 @@ func stopOnSignal(ctl *vmm.Controller, sig os.Signal, more <-chan os.Signal, qui
 var restoreFlags = map[string]bool{
 	"restore": true, "prefault": true, "api-socket": true, "stats": true, "verbose": true, "allow-pvm": true,
 	"shutdown-timeout": true, "event-monitor": true, "metrics": true,
-	"sandbox": true, "sandbox-allow": true,
+	"sandbox": true, "sandbox-allow": true, "jail": true,
 }
 
 type runOptions struct {
@@ -231,12 +233,16 @@ type runOptions struct {
 	prefault                 bool
 	obs                      observeFlags
 	sandbox                  sandboxFlags
+	jail                     string // --jail's spec
 }
 
 // run boots cfg and waits until the guest stops for good (poweroff, panic,
 // a reboot with --on-reboot=exit, vm.shutdown or vmm.shutdown through the
 // API, SIGINT/SIGTERM).
 func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
+	if did, err := jailed(o.jail); did {
+		return err // the jailed child ran the VM
+	}
 	level := slog.LevelWarn
 	if o.verbose {
 		level = slog.LevelInfo
@@ -304,7 +310,7 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		if err := ctl.Restore(o.restore, vmm.RestoreOptions{Prefault: o.prefault}); err != nil {
 			return err
 		}
-		if err := o.sandbox.confine(vmPolicy(cfg, o.apiSocket, o.obs, o.sandbox.allow), log); err != nil {
+		if err := o.confine(cfg, log); err != nil {
 			return err
 		}
 		if err := ctl.Resume(); err != nil {
@@ -316,7 +322,7 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		}
 		// Confined once the VM is built: what it opened is known, and a
 		// rebuild after a guest reboot opens the same.
-		if err := o.sandbox.confine(vmPolicy(cfg, o.apiSocket, o.obs, o.sandbox.allow), log); err != nil {
+		if err := o.confine(cfg, log); err != nil {
 			return err
 		}
 	}
