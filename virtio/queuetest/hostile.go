@@ -27,8 +27,8 @@ import (
 //	    m&1: VIRTQ_DESC_F_WRITE
 //	    m>>1&3: 0 or 1 a fresh buffer in the data area, 2 a buffer
 //	        beyond guest RAM, 3 a buffer straddling the end of guest RAM
-//	    m&8: add 2 GiB to the length (a length no RAM holds)
-//	    length = l<<4 | m>>4 (0 to 4095)
+//	    length = l<<4 | m>>4 (0 to 4095), times 256 if m&8 (up to
+//	        about 1 MiB: more than a device gives one request)
 //
 // A Hostile uses the Driver's descriptor slots and data area; do not mix
 // it with Add on the same Driver. Like the Driver, it is not safe for
@@ -210,7 +210,7 @@ func (h *Hostile) descsValid(ch *HostileChain) bool {
 func (h *Hostile) desc(m, l byte) Desc {
 	n := uint32(l)<<4 | uint32(m>>4)
 	if m&8 != 0 {
-		n += 1 << 31
+		n <<= 8
 	}
 	x := Desc{Len: n}
 	if m&1 != 0 {
