@@ -109,6 +109,7 @@ const (
 	opPoll               // read every used entry published
 	opWait               // kick and wait (on interrupts) until every request completed, when they all can
 	opAwait              // with the back-end held: kick and wait until a request is on it
+	opDevFeatures        // device_feature_select a&3, then read device_feature and driver_feature back
 	numOps
 )
 
@@ -123,10 +124,12 @@ const (
 
 // FuzzTransportScript drives virtio-blk behind the virtio-pci transport
 // the way a driver does, with a script of register writes (device status
-// including resets and DRIVER_OK, feature selects, queue selection, size,
+// including resets and DRIVER_OK, feature selects and reads, queue selection, size,
 // rings, enable and vectors) interleaved with requests, notifications and
 // a back-end that holds requests in flight across resets. It must not
 // panic or hang, and:
+//   - device_feature reads what the device offers, driver_feature what the
+//     driver wrote until FEATURES_OK froze it;
 //   - device_status reads back exactly what the spec's state machine says
 //     (FEATURES_OK sticks only for offered features with VERSION_1,
 //     DRIVER_OK only after FEATURES_OK, bits are only added), apart from
@@ -153,7 +156,7 @@ func FuzzTransportScript(f *testing.F) {
 	// and a second bring-up on the same rings.
 	f.Add(append(append(append(append(append([]byte{}, bringUp...), io...), opHold, 1, 0), append(io, opAwait, 0, 0)...), append(append([]byte{opStatus, 0, 0}, bringUp...), io...)...))
 	// FEATURES_OK with features not offered; DRIVER_OK without it.
-	f.Add([]byte{opStatus, 3, 0, opFeatures, 0, 0x80, opStatus, 8, 0, opStatus, 4, 0, opStatus, 0, 0, opStatus, 0xff, 0})
+	f.Add([]byte{opStatus, 3, 0, opFeatures, 0, 0x80, opDevFeatures, 1, 0, opStatus, 8, 0, opStatus, 4, 0, opFeatures, 1, 0, opDevFeatures, 2, 0, opStatus, 0, 0, opStatus, 0xff, 0})
 	// A queue larger than the device's maximum, misaligned rings, rings
 	// outside RAM: DRIVER_OK then sets DEVICE_NEEDS_RESET.
 	f.Add(append(append([]byte{}, bringUp[:15]...), opQueueSel, 0, 0, opQueueSize, 5, 0, opQueueRings, 1, 0, opQueueEnable, 1, 0, opQueueSel, 1, 0, opQueueRings, 2, 0, opQueueEnable, 1, 0, opStatus, 4, 0, opRequest, 0, 0, opStatus, 0, 0))
@@ -427,6 +430,23 @@ func FuzzTransportScript(f *testing.F) {
 				}
 			case opPoll:
 				poll()
+			case opDevFeatures:
+				sel := uint64(a & 3)
+				g.WriteCommon(virtiopcitest.DeviceFeatureSelect, 4, sel)
+				var want uint64
+				if sel < 2 {
+					want = uint64(uint32(offered >> (32 * sel)))
+				}
+				if got := g.ReadCommon(virtiopcitest.DeviceFeature, 4); got != want {
+					t.Fatalf("device_feature[%d] reads %#x, offered %#x", sel, got, want)
+				}
+				want = 0
+				if drvFeatSel < 2 {
+					want = uint64(uint32(drvFeatures >> (32 * drvFeatSel)))
+				}
+				if got := g.ReadCommon(virtiopcitest.DriverFeature, 4); got != want {
+					t.Fatalf("driver_feature[%d] reads %#x, the driver wrote %#x", drvFeatSel, got, want)
+				}
 			case opAwait:
 				// The device must take a request to the back-end once
 				// kicked, if it runs and has one.
