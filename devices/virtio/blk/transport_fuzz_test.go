@@ -11,6 +11,7 @@ import (
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/blocktest"
 	"github.com/viovmm/vio/devices/virtio/blk"
+	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/queuetest"
 	"github.com/viovmm/vio/virtio/virtiopci"
@@ -122,6 +123,12 @@ const (
 	tfSnapEnd  = tfRingBase + tfQueues*tfRingSpan
 )
 
+// tfMem is FuzzTransportScript's guest RAM, reused across inputs (a fuzz
+// worker runs one at a time, and a first touch of a page costs more here
+// than a short script): the rings are laid out afresh by queuetest.New,
+// which clears them, and the device of the previous input was reset.
+var tfMem *memory.Memory
+
 // FuzzTransportScript drives virtio-blk behind the virtio-pci transport
 // the way a driver does, with a script of register writes (device status
 // including resets and DRIVER_OK, feature selects and reads, queue selection, size,
@@ -169,7 +176,14 @@ func FuzzTransportScript(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := virtiopcitest.NewMachine(t, dev, 4<<20, 4096)
+		if tfMem == nil {
+			mem, err := memory.New([]memory.Layout{{GPA: 0, Size: 4 << 20}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tfMem = mem
+		}
+		m := virtiopcitest.NewMachineOn(t, dev, tfMem, 4096)
 		defer be.release() // whatever happens, nothing stays blocked
 		g, tr := m.Guest, m.Transport
 		offered := g.DeviceFeatures()

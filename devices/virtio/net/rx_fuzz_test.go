@@ -37,9 +37,14 @@ func (*scriptBackend) WriteFrames(f [][][]byte) (int, error) { return len(f), ni
 func (*scriptBackend) SetReadDeadline(time.Time) error       { return nil }
 func (*scriptBackend) Close() error                          { return nil }
 
-// rxFuzzBufs are the receive server's host buffers, reused across inputs
-// (a fuzz worker runs one input at a time).
-var rxFuzzBufs [][]byte
+// rxFuzzBufs are the receive server's host buffers, and rxFuzzMem the
+// guest RAM, reused across inputs (a fuzz worker runs one input at a time,
+// and a first touch of a page costs more here than the whole input):
+// queuetest.New clears the queue and data area each time.
+var (
+	rxFuzzBufs [][]byte
+	rxFuzzMem  *memory.Memory
+)
 
 // rxFuzzPackets turns spec into packets: per packet three bytes, a length
 // and a header kind. Each frame carries its index in its first two bytes.
@@ -102,11 +107,14 @@ func FuzzRxChains(f *testing.F) {
 	f.Add([]byte{0, 0x01, 0x40}, []byte{100, 0, 0}, uint8(0x20))
 	f.Fuzz(func(t *testing.T, chains, frames []byte, feat uint8) {
 		const size = 16
-		mem, err := memory.New([]memory.Layout{{GPA: 0x10000, Size: 0x20000}})
-		if err != nil {
-			t.Fatal(err)
+		if rxFuzzMem == nil {
+			m, err := memory.New([]memory.Layout{{GPA: 0x10000, Size: 0x20000}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rxFuzzMem = m
 		}
-		defer mem.Close()
+		mem := rxFuzzMem
 		eventIdx := feat&0x10 != 0
 		drv, err := queuetest.New(mem, 0x10000, size, 0x1f000, eventIdx)
 		if err != nil {

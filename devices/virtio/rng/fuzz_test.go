@@ -34,6 +34,11 @@ func (s *patternSource) read() int {
 	return s.n
 }
 
+// fuzzMem is the guest RAM of FuzzRequests, reused across inputs (a fuzz
+// worker runs one at a time, and a first touch of a page costs more here
+// than the whole input): queuetest.New clears the queue and data area.
+var fuzzMem *memory.Memory
+
 // FuzzRequests serves request chains a hostile driver built (see
 // queuetest.Hostile: read-only and writable buffers mixed, lengths up to
 // about a megabyte, buffers outside RAM or straddling its end, loops,
@@ -56,11 +61,14 @@ func FuzzRequests(f *testing.F) {
 	f.Add([]byte{1, 0x01, 0x40, 0x00, 0x40, 0, 0x05, 0x40, 0, 0x07, 0x40, 8, 0x01, 0x40, 0, 0x01, 0}, uint8(0))
 	f.Fuzz(func(t *testing.T, script []byte, feat uint8) {
 		const size = 16
-		mem, err := memory.New([]memory.Layout{{GPA: 0x10000, Size: 0x40000}})
-		if err != nil {
-			t.Fatal(err)
+		if fuzzMem == nil {
+			m, err := memory.New([]memory.Layout{{GPA: 0x10000, Size: 0x40000}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fuzzMem = m
 		}
-		defer mem.Close()
+		mem := fuzzMem
 		drv, err := queuetest.New(mem, 0x10000, size, 0x3f000, false)
 		if err != nil {
 			t.Fatal(err)
