@@ -41,6 +41,25 @@ func fuzzDir(t *testing.T) string {
 // return what the io.ReaderAt / io.WriterAt contracts and block.CheckRange
 // say.
 func FuzzDirectIO(f *testing.F) {
+	for _, d := range directSeeds() {
+		f.Add(d.alignSel, d.sizeSel, d.ops)
+	}
+	f.Fuzz(func(t *testing.T, alignSel uint8, sizeSel uint16, ops []byte) {
+		directOps(t, fuzzDir(t), int64(512)<<(alignSel%4), sizeSel, ops)
+	})
+}
+
+// directSeed is one input of FuzzDirectIO: an alignment choice, an image
+// size choice and the operations (see directOps).
+type directSeed struct {
+	alignSel uint8
+	sizeSel  uint16
+	ops      []byte
+}
+
+// directSeeds are FuzzDirectIO's seeds, which TestDirectIOReal replays on
+// real O_DIRECT.
+func directSeeds() []directSeed {
 	op := func(kind byte, off, n uint16, extra byte) []byte {
 		b := []byte{kind}
 		b = binary.LittleEndian.AppendUint16(b, off)
@@ -48,25 +67,59 @@ func FuzzDirectIO(f *testing.F) {
 		return append(b, extra)
 	}
 	cat := func(ops ...[]byte) []byte { return bytes.Join(ops, nil) }
-	// 512-byte blocks, a 1901-byte image: unaligned write across a block
-	// boundary, read of the tail, aligned write, write past the end.
-	f.Add(uint8(0), uint16(1900), cat(op(1, 500, 30, 3), op(0, 2900, 200, 0), op(1, 512, 1024, 0x80), op(1, 2990, 20, 0), op(2, 0, 0, 0)))
-	// 4096-byte blocks, an image of two blocks and a bit: writev split at
-	// odd addresses over the partial last block, zeroing, readv.
-	f.Add(uint8(3), uint16(8200), cat(op(3, 4000, 4200, 0x17), op(4, 100, 5000, 0), op(5, 4095, 4105, 0x21)))
-	// Aligned everything, then a zero-length write at the end.
-	f.Add(uint8(1), uint16(4096), cat(op(1, 1024, 2048, 0x80), op(0, 0, 4096, 0x80), op(1, 4096, 0, 0)))
-	f.Fuzz(func(t *testing.T, alignSel uint8, sizeSel uint16, ops []byte) {
-		align := int64(512) << (alignSel % 4)
-		size := int64(sizeSel)%(4*align) + 1
-		path := filepath.Join(fuzzDir(t), "disk.raw")
-		r, err := Create(path, size, Options{Cache: Writeback})
+	return []directSeed{
+		// 512-byte blocks, a 1901-byte image: unaligned write across a block
+		// boundary, read of the tail, aligned write, write past the end.
+		{0, 1900, cat(op(1, 500, 30, 3), op(0, 2900, 200, 0), op(1, 512, 1024, 0x80), op(1, 2990, 20, 0), op(2, 0, 0, 0))},
+		// 4096-byte blocks, an image of two blocks and a bit: writev split at
+		// odd addresses over the partial last block, zeroing, readv.
+		{3, 8200, cat(op(3, 4000, 4200, 0x17), op(4, 100, 5000, 0), op(5, 4095, 4105, 0x21))},
+		// Aligned everything, then a zero-length write at the end.
+		{1, 4096, cat(op(1, 1024, 2048, 0x80), op(0, 0, 4096, 0x80), op(1, 4096, 0, 0))},
+	}
+}
+
+// TestDirectIOReal replays FuzzDirectIO's seeds against a file really
+// opened with O_DIRECT in the test's temporary directory, where the kernel
+// enforces the alignment (and the file system's own alignment is used), so
+// that the emulation the fuzzer runs on stays true to it.
+func TestDirectIOReal(t *testing.T) {
+	for _, s := range directSeeds() {
+		directOps(t, t.TempDir(), 0, s.sizeSel, s.ops)
+	}
+}
+
+// directOps runs the operations ops encodes on an image in dir, checking
+// them against a model. align > 0 forces that alignment on a page-cache
+// file; align 0 opens the image with real O_DIRECT (skipping the test
+// where the file system has none).
+func directOps(t *testing.T, dir string, align int64, sizeSel uint16, ops []byte) {
+	{
+		path := filepath.Join(dir, "disk.raw")
+		mode := Writeback
+		if align == 0 {
+			mode = None
+		}
+		probe := align
+		if probe == 0 {
+			probe = 4096
+		}
+		size := int64(sizeSel)%(4*probe) + 1
+		r, err := Create(path, size, Options{Cache: mode})
 		if err != nil {
+			if align == 0 {
+				t.Skipf("O_DIRECT unavailable here: %v", err)
+			}
 			t.Fatal(err)
 		}
 		defer r.Close()
-		// The alignment O_DIRECT would impose; direct calls are checked.
-		r.align = align
+		if align > 0 {
+			// The alignment O_DIRECT would impose; direct calls are
+			// checked.
+			r.align = align
+		} else {
+			align = r.Alignment()
+		}
 		check := func(what string, bufs [][]byte, off int64, write bool) {
 			var n int64
 			for _, b := range bufs {
@@ -190,7 +243,7 @@ func FuzzDirectIO(f *testing.F) {
 				t.Fatalf("size %d, want %d", r.Size(), size)
 			}
 		}
-	})
+	}
 }
 
 func firstDifference(a, b []byte) int {
