@@ -272,6 +272,16 @@ func FuzzTransportScript(f *testing.F) {
 			}
 			return n
 		}
+		// canInterrupt: each queue with requests has a vector and a
+		// driver that agrees on EVENT_IDX, so each completion interrupts.
+		canInterrupt := func() bool {
+			for i, d := range drivers {
+				if d != nil && len(want[d]) > 0 && (vectors[i] == virtiopci.NoVector || driverEvt[i] != (drvFeatures&virtio.FeatureEventIdx != 0)) {
+					return false
+				}
+			}
+			return true
+		}
 		kickAll := func() {
 			for i := range tfQueues {
 				if addr, ok := tr.NotifyAddr(i); ok {
@@ -463,33 +473,28 @@ func FuzzTransportScript(f *testing.F) {
 				}
 			case opAwait:
 				// The device must take a request to the back-end once
-				// kicked, if it runs and has one.
-				if !frozen || !be.held() || g.Status()&virtio.StatusDeviceNeedsReset != 0 || pending() == 0 {
+				// kicked, if it runs and has one it has not completed
+				// (completions are seen through their interrupts).
+				if !frozen || !be.held() || g.Status()&virtio.StatusDeviceNeedsReset != 0 || !canInterrupt() {
 					continue
 				}
 				kickAll()
-				for be.busy() == 0 {
+				for {
+					poll()
+					if pending() == 0 || be.busy() > 0 {
+						break
+					}
 					select {
 					case <-be.entered:
+					case <-m.Router.Messages():
 					case <-time.After(10 * time.Second):
 						t.Fatalf("kicked with %d requests, the device took none to the back-end", pending())
 					}
 				}
 			case opWait:
 				// Only when every request can complete and interrupt: the
-				// device runs, the back-end is free, and each queue with
-				// requests has a vector and a driver that agrees on
-				// EVENT_IDX.
-				if !frozen || be.held() || g.Status()&virtio.StatusDeviceNeedsReset != 0 {
-					continue
-				}
-				can := true
-				for i, d := range drivers {
-					if d != nil && len(want[d]) > 0 && (vectors[i] == virtiopci.NoVector || driverEvt[i] != (drvFeatures&virtio.FeatureEventIdx != 0)) {
-						can = false
-					}
-				}
-				if !can {
+				// device runs and the back-end is free.
+				if !frozen || be.held() || g.Status()&virtio.StatusDeviceNeedsReset != 0 || !canInterrupt() {
 					continue
 				}
 				kickAll()
