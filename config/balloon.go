@@ -29,7 +29,7 @@ func ParseBalloon(spec string) (*Balloon, error) {
 		return nil, err
 	}
 	b := &Balloon{}
-	for k, v := range kv {
+	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "size":
 			if b.Size, err = ParseSize(v); err != nil {

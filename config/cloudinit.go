@@ -25,7 +25,7 @@ func ParseCloudInit(spec string) (*CloudInit, error) {
 		return nil, err
 	}
 	c := &CloudInit{}
-	for k, v := range kv {
+	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "user-data", "user_data":
 			c.UserData = v

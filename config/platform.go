@@ -17,7 +17,7 @@ func ParsePlatform(spec string) (*Platform, error) {
 		return nil, err
 	}
 	p := &Platform{}
-	for k, v := range kv {
+	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "serial_number":
 			p.SystemSerialNumber = v

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"iter"
 	"strconv"
 	"strings"
 
@@ -27,6 +28,22 @@ func splitSpec(flag, spec string) (map[string]string, error) {
 		kv[k] = v
 	}
 	return kv, nil
+}
+
+// inOrder yields kv's pairs in the order spec gives them, so that of
+// several wrong keys the first is reported, and the same one on every run
+// (a map's own order varies). Keys no longer in kv are skipped.
+func inOrder(spec string, kv map[string]string) iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		for _, part := range strings.Split(spec, ",") {
+			k, _, _ := strings.Cut(part, "=")
+			if v, ok := kv[k]; ok && part != "" {
+				if !yield(k, v) {
+					return
+				}
+			}
+		}
+	}
 }
 
 func parseBool(flag, key, v string) (bool, error) {
@@ -63,7 +80,7 @@ func ParseMemory(spec string) (Memory, error) {
 		return Memory{}, err
 	}
 	var m Memory
-	for k, v := range kv {
+	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "size":
 			if m.Size, err = ParseSize(v); err != nil {
@@ -99,7 +116,7 @@ func ParseDisk(spec string) (Disk, error) {
 	if err != nil {
 		return d, err
 	}
-	for k, v := range kv {
+	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "path":
 			d.Path = v
@@ -193,7 +210,7 @@ func ParseNet(spec string) (Net, error) {
 			n.User = &UserNet{}
 		}
 	}
-	for k, v := range kv {
+	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "user":
 		case "net", "hostfwd":
@@ -275,6 +292,14 @@ func ParseMAC(s string) ([6]byte, error) {
 	return mac, nil
 }
 
+// hasPrefixFold reports whether s starts with the ASCII prefix in any
+// case. It compares s's own first bytes: matching a lower-cased copy of s
+// instead went wrong where lower-casing changes a character's length (an
+// "İ" or a Kelvin sign), cutting the path at the wrong byte.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
 // ParseConsole parses off|null|tty|file=PATH|socket=PATH.
 func ParseConsole(flag, spec string) (Console, error) {
 	switch low := strings.ToLower(spec); {
@@ -284,9 +309,9 @@ func ParseConsole(flag, spec string) (Console, error) {
 		return Console{Mode: ModeNull}, nil
 	case low == "tty" || low == "stdio":
 		return Console{Mode: ModeTty}, nil
-	case strings.HasPrefix(low, "file="):
+	case hasPrefixFold(spec, "file="):
 		return Console{Mode: ModeFile, File: spec[5:]}, nil
-	case strings.HasPrefix(low, "socket="):
+	case hasPrefixFold(spec, "socket="):
 		return Console{Mode: ModeSocket, Socket: spec[7:]}, nil
 	}
 	return Console{}, fmt.Errorf("--%s %q: want off, null, tty, file=PATH or socket=PATH", flag, spec)

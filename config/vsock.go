@@ -14,7 +14,7 @@ func ParseVsock(spec string) (Vsock, error) {
 	if err != nil {
 		return v, err
 	}
-	for k, s := range kv {
+	for k, s := range inOrder(spec, kv) {
 		switch k {
 		case "cid":
 			n, err := strconv.ParseInt(s, 10, 64)

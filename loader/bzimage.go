@@ -280,26 +280,12 @@ func (h *Header) runAddr(load uint64) uint64 {
 }
 
 // Load copies the protected-mode kernel to addr in guest memory (use
-// DefaultLoadAddr) and checks that the memory the kernel will claim while
-// booting exists. It does not touch anything else.
+// DefaultLoadAddr) once Place has checked that it and the memory the
+// kernel will claim while booting exist. It does not touch anything else.
 func (k *Kernel) Load(mem *memory.Memory, addr uint64) (LoadInfo, error) {
-	h := &k.Header
-	if addr%4096 != 0 {
-		return LoadInfo{}, fmt.Errorf("loader: load address %#x is not page aligned", addr)
-	}
-	info := LoadInfo{LoadAddr: addr, Entry64: addr + 0x200}
-	info.RunAddr = h.runAddr(addr)
-	info.End = max(info.RunAddr+uint64(h.InitSize), addr+uint64(k.kernelSize))
-	// Both the image as loaded and the area the kernel decompresses into
-	// (init_size bytes from its run address) must be RAM, each in one
-	// piece.
-	if _, err := mem.Slice(addr, uint64(k.kernelSize)); err != nil {
-		return LoadInfo{}, fmt.Errorf("%w: the %d MiB kernel does not fit in guest RAM at %#x: %w",
-			ErrTooBig, k.kernelSize>>20, addr, err)
-	}
-	if _, err := mem.Slice(info.RunAddr, uint64(h.InitSize)); err != nil {
-		return LoadInfo{}, fmt.Errorf("%w: the kernel needs guest RAM from %#x to %#x (init_size %d MiB); give the guest more memory: %w",
-			ErrTooBig, info.RunAddr, info.RunAddr+uint64(h.InitSize), h.InitSize>>20, err)
+	info, err := k.Place(Layout(mem), addr)
+	if err != nil {
+		return LoadInfo{}, err
 	}
 	// Written through Slice, which dirty tracking does not see: loading
 	// runs before the VM starts, and tracking (a migration) only after.

@@ -92,23 +92,22 @@ func ParseELF(r io.ReaderAt, size int64) (*ELFKernel, error) {
 // returned LoadInfo has LoadAddr = RunAddr = the lowest segment address,
 // End past the highest, and Entry64 the ELF entry point.
 func (k *ELFKernel) Load(mem *memory.Memory) (LoadInfo, error) {
-	info := LoadInfo{Entry64: k.Entry, LoadAddr: ^uint64(0)}
+	info, err := k.Place(Layout(mem))
+	if err != nil {
+		return LoadInfo{}, err
+	}
 	for _, s := range k.Segments {
 		// Written through Slice, which dirty tracking does not see: loading
 		// runs before the VM starts, and tracking (a migration) only after.
 		dst, err := mem.Slice(s.Paddr, s.Memsz)
 		if err != nil {
-			return LoadInfo{}, fmt.Errorf("%w: kernel segment %#x+%#x is not in guest RAM; give the guest more memory: %w",
-				ErrTooBig, s.Paddr, s.Memsz, err)
+			return LoadInfo{}, fmt.Errorf("loader: kernel segment destination: %w", err)
 		}
 		if m, err := k.image.ReadAt(dst[:s.Filesz], s.Offset); uint64(m) < s.Filesz {
 			return LoadInfo{}, fmt.Errorf("loader: reading kernel segment at %#x: %w", s.Paddr, err)
 		}
 		clear(dst[s.Filesz:])
-		info.LoadAddr = min(info.LoadAddr, s.Paddr)
-		info.End = max(info.End, s.Paddr+s.Memsz)
 	}
-	info.RunAddr = info.LoadAddr
 	return info, nil
 }
 

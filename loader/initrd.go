@@ -24,12 +24,10 @@ func (h *Header) InitrdLimit() uint64 {
 	return min(m, 1<<32-1)
 }
 
-// LoadInitrd copies the size-byte initrd read from r into guest memory, at
-// the highest page-aligned address where it lies wholly in one RAM region,
-// at or above minAddr (pass LoadInfo.End, so it cannot overlap the kernel)
-// and at or below the kernel's InitrdLimit. Top of memory is where
-// bootloaders put it: the kernel's early allocations grow upwards from its
-// own end, so the initrd stays out of their way until it is unpacked.
+// LoadInitrd copies the size-byte initrd read from r into guest memory
+// where PlaceInitrd puts it: the highest page-aligned address where it lies
+// wholly in one RAM region, at or above minAddr (pass LoadInfo.End, so it
+// cannot overlap the kernel) and at or below the kernel's InitrdLimit.
 func (k *Kernel) LoadInitrd(mem *memory.Memory, r io.ReaderAt, size int64, minAddr uint64) (addr uint64, err error) {
 	return LoadInitrd(mem, r, size, minAddr, k.Header.InitrdLimit())
 }
@@ -38,31 +36,11 @@ func (k *Kernel) LoadInitrd(mem *memory.Memory, r io.ReaderAt, size int64, minAd
 // their own (an ELF vmlinux): limit is the highest address the initrd's last
 // byte may occupy.
 func LoadInitrd(mem *memory.Memory, r io.ReaderAt, size int64, minAddr, limit uint64) (addr uint64, err error) {
-	if size <= 0 {
-		return 0, fmt.Errorf("loader: initrd is empty")
+	best, err := PlaceInitrd(Layout(mem), size, minAddr, limit)
+	if err != nil {
+		return 0, err
 	}
-	limit++ // first address the initrd may not touch
 	n := uint64(size)
-	regions := mem.Regions()
-	var best uint64
-	found := false
-	for i := len(regions) - 1; i >= 0 && !found; i-- {
-		rg := &regions[i]
-		top := min(rg.End(), limit)
-		lo := max(rg.GPA, minAddr)
-		if top <= lo || top-lo < n {
-			continue
-		}
-		a := (top - n) &^ 4095
-		if a < lo {
-			continue
-		}
-		best, found = a, true
-	}
-	if !found {
-		return 0, fmt.Errorf("%w: a %d MiB initrd has no room in guest RAM between %#x and %#x (the kernel's initrd_addr_max); give the guest more memory",
-			ErrTooBig, n>>20, minAddr, limit)
-	}
 	// Written through Slice, which dirty tracking does not see: loading
 	// runs before the VM starts, and tracking (a migration) only after.
 	dst, err := mem.Slice(best, n)

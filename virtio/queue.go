@@ -229,32 +229,53 @@ func (q *Queue) failLocked(err error) error {
 //
 // The chain's buffers alias guest memory, which the driver can change at
 // any moment: copy what you validate before acting on it.
+//
+// Next interrupts the driver itself (as Signal would) when it returned
+// bad chains and finds the ring empty: the device never saw them, so its
+// own Signal, which devices skip when they pushed nothing, may not come,
+// and a driver waiting for those chains would wait for ever.
 func (q *Queue) Next() (*Chain, error) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
+	c, returnedBad, err := q.nextLocked()
+	var t irq.Trigger
+	if returnedBad && c == nil && err == nil {
+		t = q.signalLocked()
+	}
+	q.mu.Unlock()
+	if t != nil {
+		// As for Signal, a failing trigger is the interrupt path's to
+		// report; the chain (none) and the queue are unaffected.
+		_ = t.Trigger()
+	}
+	return c, err
+}
+
+// nextLocked is Next under q.mu; returnedBad reports that it returned bad
+// chains to the used ring.
+func (q *Queue) nextLocked() (c *Chain, returnedBad bool, err error) {
 	if q.broken != nil {
-		return nil, q.broken
+		return nil, false, q.broken
 	}
 	if err := q.checkGenLocked(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	// Bounded: each iteration consumes one of at most Size entries.
 	for {
 		idx, err := q.mem.LoadUint16(q.cfg.AvailRing + 2)
 		if err != nil {
-			return nil, q.failLocked(err)
+			return nil, returnedBad, q.failLocked(err)
 		}
 		pending := idx - q.nextAvail
 		if pending == 0 {
-			return nil, nil
+			return nil, returnedBad, nil
 		}
 		if pending > q.cfg.Size {
-			return nil, q.failLocked(fmt.Errorf("avail idx %d is %d entries ahead of %d, queue size %d", idx, pending, q.nextAvail, q.cfg.Size))
+			return nil, returnedBad, q.failLocked(fmt.Errorf("avail idx %d is %d entries ahead of %d, queue size %d", idx, pending, q.nextAvail, q.cfg.Size))
 		}
 		slot := 4 + 2*uint64(q.nextAvail%q.cfg.Size)
 		head := binary.LittleEndian.Uint16(q.avail[slot:])
 		if head >= q.cfg.Size {
-			return nil, q.failLocked(fmt.Errorf("avail ring head %d ≥ queue size %d", head, q.cfg.Size))
+			return nil, returnedBad, q.failLocked(fmt.Errorf("avail ring head %d ≥ queue size %d", head, q.cfg.Size))
 		}
 		q.nextAvail++
 		c, err := q.walk(head)
@@ -262,14 +283,15 @@ func (q *Queue) Next() (*Chain, error) {
 			q.stats.BadChains++
 			q.stats.LastError = err
 			if err := q.pushLocked(head, 0); err != nil {
-				return nil, err
+				return nil, returnedBad, err
 			}
+			returnedBad = true
 			continue
 		}
 		q.stats.Chains++
 		c.from, c.availPos, c.usedAtTaken = q, q.nextAvail-1, q.nextUsed
 		q.taken[head].add(c)
-		return c, nil
+		return c, returnedBad, nil
 	}
 }
 
@@ -448,18 +470,25 @@ func (q *Queue) needsInterruptLocked() bool {
 // Signal interrupts the driver if NeedsInterrupt says so.
 func (q *Queue) Signal() error {
 	q.mu.Lock()
+	t := q.signalLocked()
+	q.mu.Unlock()
+	if t == nil {
+		return nil
+	}
+	return t.Trigger()
+}
+
+// signalLocked decides on an interrupt and counts it: it returns the
+// trigger to fire (after unlocking), or nil.
+func (q *Queue) signalLocked() irq.Trigger {
 	need := q.broken == nil && q.needsInterruptLocked()
 	t := q.trigger
 	if need && t != nil {
 		q.stats.Interrupts++
-	} else {
-		q.stats.Suppressed++
+		return t
 	}
-	q.mu.Unlock()
-	if !need || t == nil {
-		return nil
-	}
-	return t.Trigger()
+	q.stats.Suppressed++
+	return nil
 }
 
 // DisableNotifications tells the driver the device is busy polling the

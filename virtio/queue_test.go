@@ -230,6 +230,45 @@ func TestBadChains(t *testing.T) {
 	}
 }
 
+// TestBadChainInterrupts: a bad chain goes back to the driver without the
+// device seeing it, so the queue itself interrupts for it when Next finds
+// the ring empty (devices signal only for what they pushed), and once
+// only; a good chain behind it leaves the interrupt to the device.
+func TestBadChainInterrupts(t *testing.T) {
+	d, q := setup(t, 8, 0)
+	irq := &counter{ch: make(chan struct{}, 8)}
+	q.SetInterrupt(irq)
+	d.Reserve(0)
+	d.WriteDesc(0, queuetest.Desc{Addr: ramSize - 4, Len: 8}) // outside RAM
+	d.Publish(0)
+	if c, err := q.Next(); c != nil || err != nil {
+		t.Fatalf("Next = %v, %v", c, err)
+	}
+	if len(irq.ch) != 1 || q.Stats().Interrupts != 1 {
+		t.Fatalf("%d interrupts (stats %+v) for a bad chain returned", len(irq.ch), q.Stats())
+	}
+	<-irq.ch
+	if err := q.Signal(); err != nil || len(irq.ch) != 0 {
+		t.Fatalf("Signal after the queue's own interrupt: %v, %d interrupts", err, len(irq.ch))
+	}
+	// A bad chain followed by a good one: Next returns the good one and
+	// does not interrupt; the device's Signal covers both.
+	d.Publish(0)
+	if _, err := d.Add([][]byte{[]byte("ok")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := next(t, q)
+	if len(irq.ch) != 0 {
+		t.Fatal("interrupt before the device completed its chain")
+	}
+	if err := q.Push(c.Head, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Signal(); err != nil || len(irq.ch) != 1 {
+		t.Fatalf("Signal: %v, %d interrupts", err, len(irq.ch))
+	}
+}
+
 func TestIndirectNeedsFeature(t *testing.T) {
 	d, q := setup(t, 8, 0)
 	if _, err := d.AddIndirect([][]byte{[]byte("x")}, nil); err != nil {

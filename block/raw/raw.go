@@ -354,6 +354,10 @@ func preadvFull(fd int, bufs [][]byte, off int64) (int, error) {
 
 func pwritevFull(fd int, bufs [][]byte, off int64) (int, error) {
 	done := 0
+	// Empty buffers go first: a write of nothing returns 0, which would
+	// read as a short write (FuzzDirectIO found WriteAt(p[:0], off)
+	// failing so).
+	bufs = advance(bufs, 0)
 	for len(bufs) > 0 {
 		var n int
 		var err error
@@ -408,12 +412,12 @@ func (r *File) readDirect(bufs [][]byte, off, n int64) (int, error) {
 	r.rmw.RLock()
 	defer r.rmw.RUnlock()
 	if r.aligned(bufs, off, n) {
-		return preadvFull(r.fd, bufs, off)
+		return directPreadv(r.fd, bufs, off)
 	}
 	start := off &^ (r.align - 1)
 	end := (off + n + r.align - 1) &^ (r.align - 1)
 	bounce := alignedBuf(int(end-start), r.align)
-	if _, err := preadvFull(r.fd, [][]byte{bounce}, start); err != nil {
+	if _, err := directPreadv(r.fd, [][]byte{bounce}, start); err != nil {
 		return 0, err
 	}
 	src := bounce[off-start:]
@@ -431,7 +435,7 @@ func (r *File) writeDirect(bufs [][]byte, off, n int64) (int, error) {
 	if r.aligned(bufs, off, n) {
 		r.rmw.RLock()
 		defer r.rmw.RUnlock()
-		return pwritevFull(r.fd, bufs, off)
+		return directPwritev(r.fd, bufs, off)
 	}
 	r.rmw.Lock()
 	defer r.rmw.Unlock()
@@ -442,12 +446,12 @@ func (r *File) writeDirect(bufs [][]byte, off, n int64) (int, error) {
 	// device's size is a multiple of its block size, and a file is read as
 	// zeroes past its end, so reading whole blocks is always possible.
 	if start != off {
-		if _, err := preadvFull(r.fd, [][]byte{bounce[:r.align]}, start); err != nil {
+		if _, err := directPreadv(r.fd, [][]byte{bounce[:r.align]}, start); err != nil {
 			return 0, err
 		}
 	}
 	if end != off+n && (end-r.align > start || start == off) {
-		if _, err := preadvFull(r.fd, [][]byte{bounce[end-start-r.align:]}, end-r.align); err != nil {
+		if _, err := directPreadv(r.fd, [][]byte{bounce[end-start-r.align:]}, end-r.align); err != nil {
 			return 0, err
 		}
 	}
@@ -463,7 +467,7 @@ func (r *File) writeDirect(bufs [][]byte, off, n int64) (int, error) {
 		// write the aligned part directly and the remainder buffered.
 		alignedEnd := wend &^ (r.align - 1)
 		if alignedEnd > start {
-			if _, err := pwritevFull(r.fd, [][]byte{bounce[:alignedEnd-start]}, start); err != nil {
+			if _, err := directPwritev(r.fd, [][]byte{bounce[:alignedEnd-start]}, start); err != nil {
 				return 0, err
 			}
 		}
@@ -472,11 +476,17 @@ func (r *File) writeDirect(bufs [][]byte, off, n int64) (int, error) {
 		}
 		return int(n), nil
 	}
-	if _, err := pwritevFull(r.fd, [][]byte{bounce}, start); err != nil {
+	if _, err := directPwritev(r.fd, [][]byte{bounce}, start); err != nil {
 		return 0, err
 	}
 	return int(n), nil
 }
+
+// directPreadv and directPwritev are the reads and writes of direct I/O
+// (every one aligned in offset, length and buffer address); tests replace
+// them to check that, on file systems that do not enforce it, and to
+// drive the bounce paths without O_DIRECT.
+var directPreadv, directPwritev = preadvFull, pwritevFull
 
 // writeTail writes the unaligned end of a file whose size is not a
 // multiple of the direct I/O alignment, through a buffered descriptor

@@ -148,3 +148,24 @@ func TestNotADisk(t *testing.T) {
 		t.Errorf("Open of a missing file: %v", err)
 	}
 }
+
+// TestEmptyWrite: writing nothing succeeds (io.WriterAt), in every cache
+// mode's path; it used to fail as a short write.
+func TestEmptyWrite(t *testing.T) {
+	f, err := Create(filepath.Join(t.TempDir(), "disk.raw"), 4096, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, off := range []int64{0, 100, 4096} {
+		if n, err := f.WriteAt(nil, off); n != 0 || err != nil {
+			t.Errorf("WriteAt(nil, %d) = %d, %v", off, n, err)
+		}
+		if n, err := f.WritevAt([][]byte{{}, {}}, off); n != 0 || err != nil {
+			t.Errorf("WritevAt(two empty buffers, %d) = %d, %v", off, n, err)
+		}
+	}
+	if n, err := f.WritevAt([][]byte{{}, []byte("x"), {}}, 7); n != 1 || err != nil {
+		t.Errorf("WritevAt around empty buffers = %d, %v", n, err)
+	}
+}

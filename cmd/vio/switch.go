@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,8 +51,9 @@ func parseSwitchPort(spec string, antiSpoof bool) (switchPort, error) {
 		case "path":
 			sp.path = v
 		case "vlan":
-			var n int
-			if _, err = fmt.Sscan(v, &n); err != nil || n < 1 || n > 4094 {
+			// Atoi, not Sscan: that took "12abc" as 12 and "0x10" as 16.
+			n, aerr := strconv.Atoi(v)
+			if aerr != nil || n < 1 || n > 4094 || v != strconv.Itoa(n) {
 				err = fmt.Errorf("--port %q: vlan %q: want a VLAN id from 1 to 4094", spec, v)
 			}
 			sp.pc.VLAN = uint16(n)

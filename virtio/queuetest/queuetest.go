@@ -333,6 +333,12 @@ func (d *Driver) GetUsed() (Used, bool, error) {
 		return Used{}, false, err
 	}
 	d.lastUsed++
+	if d.eventIdx {
+		// Re-armed whatever the entry holds: the driver consumed it (a
+		// test that reads an entry queuetest did not make still wants
+		// the next interrupt).
+		defer d.SetUsedEvent(d.lastUsed)
+	}
 	u := Used{ID: uint16(binary.LittleEndian.Uint32(b[:])), Len: binary.LittleEndian.Uint32(b[4:])}
 	if binary.LittleEndian.Uint32(b[:]) >= uint32(d.cfg.Size) {
 		return u, true, fmt.Errorf("queuetest: used id %d out of range", u.ID)
@@ -361,9 +367,6 @@ func (d *Driver) GetUsed() (Used, bool, error) {
 	}
 	if uint64(u.Len) > total {
 		return u, true, fmt.Errorf("queuetest: used len %d exceeds writable %d", u.Len, total)
-	}
-	if d.eventIdx {
-		d.SetUsedEvent(d.lastUsed)
 	}
 	return u, true, nil
 }
