@@ -171,54 +171,56 @@ func (b *Backend) ServeConn(c *net.UnixConn) error {
 	}
 	for {
 		m, err := conn.ReadMessage()
-		if err != nil {
-			if m != nil && errors.Is(err, ErrUnsupported) {
-				// Skipped in step: refuse it like a request we know
-				// but do not serve.
-				s.refused(m.Request, err)
-				if m.NeedReply() && s.protocol&ProtocolReplyAck != 0 {
-					if err := s.reply(c, conn, timeout, m.Request, U64(1)); err != nil {
-						return err
-					}
-				}
-				continue
-			}
+		if err != nil && (m == nil || !errors.Is(err, ErrUnsupported)) {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		payload, hasReply, err := s.handle(m)
-		m.Close() // descriptors the handler kept were taken out of m.FDs
+		reply, send, err := s.respond(m, err)
 		if err != nil {
-			s.refused(m.Request, err)
+			return err
 		}
-		switch {
-		case hasReply && err != nil && m.Request != GetConfig:
-			// No way to answer this request with a failure: the
-			// front-end would take whatever we sent as the answer.
-			return fmt.Errorf("vhostuser: %v: %w", m.Request, err)
-		case hasReply:
-			if err := s.reply(c, conn, timeout, m.Request, payload); err != nil {
+		if send {
+			if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 				return err
 			}
-		case m.NeedReply() && s.protocol&ProtocolReplyAck != 0:
-			var status uint64
-			if err != nil {
-				status = 1
-			}
-			if err := s.reply(c, conn, timeout, m.Request, U64(status)); err != nil {
+			if err := conn.WriteMessage(Header{Request: m.Request, Flags: Version | FlagReply}, reply, nil); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-func (s *session) reply(c *net.UnixConn, conn *Conn, timeout time.Duration, req Request, payload []byte) error {
-	if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-		return err
+// respond serves one message: m as ReadMessage returned it, with readErr
+// the ErrUnsupported of a request it skipped in step. It closes the
+// descriptors the handler did not keep, and returns the reply payload to
+// send (send), or an error that must end the connection.
+func (s *session) respond(m *Message, readErr error) (reply []byte, send bool, fatal error) {
+	defer m.Close() // descriptors the handler kept were taken out of m.FDs
+	var hasReply bool
+	err := readErr
+	if err == nil {
+		reply, hasReply, err = s.handle(m)
 	}
-	return conn.WriteMessage(Header{Request: req, Flags: Version | FlagReply}, payload, nil)
+	if err != nil {
+		s.refused(m.Request, err)
+	}
+	switch {
+	case hasReply && err != nil && m.Request != GetConfig:
+		// No way to answer this request with a failure: the front-end
+		// would take whatever we sent as the answer.
+		return nil, false, fmt.Errorf("vhostuser: %v: %w", m.Request, err)
+	case hasReply:
+		return reply, true, nil // a failed GET_CONFIG answers empty
+	case m.NeedReply() && s.protocol&ProtocolReplyAck != 0:
+		var status uint64
+		if err != nil {
+			status = 1
+		}
+		return U64(status), true, nil
+	}
+	return nil, false, nil
 }
 
 // session is one connection's state.

@@ -67,7 +67,10 @@ func serveOnPair(t *testing.T, b *Backend) (*Frontend, <-chan error) {
 	t.Helper()
 	a, c := socketPair(t)
 	done := make(chan error, 1)
-	go func() { done <- b.ServeConn(c) }()
+	go func() {
+		done <- b.ServeConn(c)
+		close(done) // the test may take the result; Cleanup then finds it closed
+	}()
 	t.Cleanup(func() { a.Close(); <-done })
 	return NewFrontend(a, 5*time.Second), done
 }
