@@ -198,6 +198,9 @@ func (b *Backend) ServeConn(c *net.UnixConn) error {
 // send (send), or an error that must end the connection.
 func (s *session) respond(m *Message, readErr error) (reply []byte, send bool, fatal error) {
 	defer m.Close() // descriptors the handler kept were taken out of m.FDs
+	if l := s.b.Log; l != nil {
+		l.Debug("vhost-user request", "request", m.Request, "flags", m.Flags, "payload", m.Payload, "fds", len(m.FDs))
+	}
 	var hasReply bool
 	err := readErr
 	if err == nil {
