@@ -122,8 +122,8 @@ const (
 // TestQEMUFrontend runs QEMU's own vhost-user-blk front-end
 // (vhost-user-blk-pci) against vio's back-end, without KVM: QEMU runs with
 // its vCPU stopped under -qtest, the test programs the virtio-pci device
-// as a guest driver would (features, a queue, DRIVER_OK, which makes QEMU
-// hand the ring to the back-end), lays requests out in guest RAM and kicks
+// as a guest driver would (features with MQ and EVENT_IDX, two queues, DRIVER_OK, which makes QEMU
+// hand the rings to the back-end), lays requests out in guest RAM and kicks
 // through the device's notify register, which QEMU forwards on the kick
 // eventfd it gave the back-end. Data is checked in the image file.
 func TestQEMUFrontend(t *testing.T) {
@@ -132,7 +132,7 @@ func TestQEMUFrontend(t *testing.T) {
 	}
 	img, content, disk := rawImage(t, 4<<20)
 	var ref refusals
-	b := blkBackend(disk, blk.Config{Serial: "vio-for-qemu"}, &ref)
+	b := blkBackend(disk, blk.Config{Serial: "vio-for-qemu", NumQueues: 2}, &ref)
 	var blog bytes.Buffer
 	b.Log = slog.New(slog.NewTextHandler(&syncWriter{w: &blog}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	defer func() {
@@ -179,7 +179,7 @@ func TestQEMUFrontend(t *testing.T) {
 		"-qtest", "stdio", "-qtest-log", "/dev/null", "-display", "none", "-nodefaults", "-m", "64",
 		"-object", "memory-backend-file,id=mem,size=64M,share=on,mem-path="+ramPath,
 		"-chardev", "socket,id=vu,path="+sock,
-		"-device", fmt.Sprintf("vhost-user-blk-pci-non-transitional,chardev=vu,num-queues=1,addr=%d.0", dev))
+		"-device", fmt.Sprintf("vhost-user-blk-pci-non-transitional,chardev=vu,num-queues=2,addr=%d.0", dev))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +234,7 @@ func TestQEMUFrontend(t *testing.T) {
 	q.write32(common+pciDeviceFeatureSelect, 0)
 	lo := q.read32(common + pciDeviceFeature)
 	offered := uint64(hi)<<32 | uint64(lo)
-	want := virtio.FeatureVersion1 | blk.FeatureFlush | blk.FeatureBlkSize | blk.FeatureSegMax
+	want := virtio.FeatureVersion1 | virtio.FeatureEventIdx | blk.FeatureFlush | blk.FeatureBlkSize | blk.FeatureSegMax | blk.FeatureMQ
 	if offered&want != want {
 		t.Fatalf("QEMU offers %#x, want %#x in it", offered, want)
 	}
@@ -246,7 +246,7 @@ func TestQEMUFrontend(t *testing.T) {
 	if s := q.read8(common + pciDeviceStatus); s&8 == 0 {
 		t.Fatalf("FEATURES_OK did not stick (status %#x)", s)
 	}
-	if n := q.read16(common + pciNumQueues); n != 1 {
+	if n := q.read16(common + pciNumQueues); n != 2 {
 		t.Fatalf("%d queues", n)
 	}
 
@@ -256,32 +256,40 @@ func TestQEMUFrontend(t *testing.T) {
 	}
 	defer mem.Close()
 	const qsize = 32
-	drv, err := queuetest.New(mem, 2<<20, qsize, 256<<10, false)
-	if err != nil {
-		t.Fatal(err)
+	var drvs []*queuetest.Driver
+	var notifies []uint64
+	for i := range 2 {
+		drv, err := queuetest.New(mem, uint64(2+i)<<20, qsize, 256<<10, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		qc := drv.Config()
+		q.write16(common+pciQueueSelect, uint16(i))
+		q.write16(common+pciQueueSize, qsize)
+		q.write64(common+pciQueueDesc, qc.DescTable)
+		q.write64(common+pciQueueDriver, qc.AvailRing)
+		q.write64(common+pciQueueDevice, qc.UsedRing)
+		notifies = append(notifies, uint64(barBase)+uint64(notifyOff)+uint64(q.read16(common+pciQueueNotifyOff))*uint64(notifyMul))
+		q.write16(common+pciQueueEnable, 1)
+		drvs = append(drvs, drv)
 	}
-	qc := drv.Config()
-	q.write16(common+pciQueueSelect, 0)
-	q.write16(common+pciQueueSize, qsize)
-	q.write64(common+pciQueueDesc, qc.DescTable)
-	q.write64(common+pciQueueDriver, qc.AvailRing)
-	q.write64(common+pciQueueDevice, qc.UsedRing)
-	notify := uint64(barBase) + uint64(notifyOff) + uint64(q.read16(common+pciQueueNotifyOff))*uint64(notifyMul)
-	q.write16(common+pciQueueEnable, 1)
-	q.write8(common+pciDeviceStatus, 1|2|8|4) // DRIVER_OK: QEMU starts the back-end's ring
+	q.write8(common+pciDeviceStatus, 1|2|8|4) // DRIVER_OK: QEMU starts the back-end's rings
 	if s := q.read8(common + pciDeviceStatus); s&0x40 != 0 {
 		t.Fatalf("device needs reset after DRIVER_OK (status %#x)", s)
 	}
 
 	// do submits one request, kicks through QEMU and polls the used
 	// ring (no interrupt reaches a stopped vCPU).
-	do := func(out [][]byte, in []uint32) queuetest.Used {
+	do := func(i int, out [][]byte, in []uint32) queuetest.Used {
 		t.Helper()
+		drv := drvs[i]
 		head, err := drv.Add(out, in)
 		if err != nil {
 			t.Fatal(err)
 		}
-		q.write16(notify, 0)
+		if drv.NeedsKick() {
+			q.write16(notifies[i], uint16(i))
+		}
 		for deadline := time.Now().Add(10 * time.Second); ; {
 			u, ok, err := drv.GetUsed()
 			if err != nil {
@@ -299,18 +307,18 @@ func TestQEMUFrontend(t *testing.T) {
 			time.Sleep(time.Millisecond) // polling the used ring, as a polling driver does
 		}
 	}
-	u := do([][]byte{blkHeader(blkTIn, 2)}, []uint32{sector, 1})
+	u := do(0, [][]byte{blkHeader(blkTIn, 2)}, []uint32{sector, 1})
 	if u.Data[sector] != blk.StatusOK || !bytes.Equal(u.Data[:sector], content[2*sector:3*sector]) {
 		t.Fatalf("read through QEMU: status %d", u.Data[sector])
 	}
 	pattern := bytes.Repeat([]byte("QEMU front, vio!"), sector/16)
-	if u := do([][]byte{blkHeader(blkTOut, 100), pattern}, []uint32{1}); u.Data[0] != blk.StatusOK {
+	if u := do(1, [][]byte{blkHeader(blkTOut, 100), pattern}, []uint32{1}); u.Data[0] != blk.StatusOK {
 		t.Fatalf("write through QEMU: status %d", u.Data[0])
 	}
-	if u := do([][]byte{blkHeader(blk.TypeFlush, 0)}, []uint32{1}); u.Data[0] != blk.StatusOK {
+	if u := do(1, [][]byte{blkHeader(blk.TypeFlush, 0)}, []uint32{1}); u.Data[0] != blk.StatusOK {
 		t.Fatalf("flush through QEMU: status %d", u.Data[0])
 	}
-	if u := do([][]byte{blkHeader(blk.TypeGetID, 0)}, []uint32{blk.IDBytes, 1}); !bytes.HasPrefix(u.Data, []byte("vio-for-qemu")) {
+	if u := do(0, [][]byte{blkHeader(blk.TypeGetID, 0)}, []uint32{blk.IDBytes, 1}); !bytes.HasPrefix(u.Data, []byte("vio-for-qemu")) {
 		t.Fatalf("GET_ID through QEMU: %q", u.Data)
 	}
 	onDisk, err := os.ReadFile(img)
@@ -320,7 +328,16 @@ func TestQEMUFrontend(t *testing.T) {
 	if !bytes.Equal(onDisk[100*sector:101*sector], pattern) {
 		t.Fatal("sector 100 of the image does not hold what was written through QEMU")
 	}
-	// A device reset makes QEMU stop the ring (GET_VRING_BASE).
+	// More requests than one ring's worth on each queue, so that both
+	// rings wrap and EVENT_IDX's kick suppression is exercised.
+	for k := range 2 * qsize {
+		i := k % 2
+		if u := do(i, [][]byte{blkHeader(blkTIn, uint64(k))}, []uint32{sector, 1}); u.Data[sector] != blk.StatusOK ||
+			!bytes.Equal(u.Data[:sector], onDisk[k*sector:(k+1)*sector]) {
+			t.Fatalf("read %d on queue %d: status %d", k, i, u.Data[sector])
+		}
+	}
+	// A device reset makes QEMU stop the rings (GET_VRING_BASE).
 	q.write8(common+pciDeviceStatus, 0)
 	if len(ref.errs) != 0 {
 		t.Fatalf("the back-end refused QEMU's requests: %v %v", ref.reqs, ref.errs)
