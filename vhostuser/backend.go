@@ -50,6 +50,9 @@ var (
 type Backend struct {
 	// NewDevice returns the device one connection is served (it is called
 	// once per connection). For virtio-blk, blk.New over any block back-end.
+	// A device that is an io.Closer is closed when its connection ends,
+	// after every ring stopped: the place to release what it holds for one
+	// front-end (a per-VM QoS account, a per-connection back-end).
 	NewDevice func() (virtio.QueueServer, error)
 	// MaxConns bounds the connections Serve serves at once (default 1:
 	// one front-end per device, as a vhost-user socket is meant); a
@@ -161,6 +164,9 @@ func (b *Backend) ServeConn(c *net.UnixConn) error {
 	dev, err := b.NewDevice()
 	if err != nil {
 		return fmt.Errorf("vhostuser: creating the device: %w", err)
+	}
+	if cl, ok := dev.(io.Closer); ok {
+		defer cl.Close()
 	}
 	s := newSession(b, dev)
 	defer s.shutdown()

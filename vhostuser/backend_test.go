@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -415,6 +416,17 @@ func mappingsOf(t testing.TB, name string) int {
 	return strings.Count(string(b), name)
 }
 
+// closingDevice counts the Close a Backend owes each connection's device.
+type closingDevice struct {
+	*blk.Device
+	closed *atomic.Int32
+}
+
+func (d closingDevice) Close() error {
+	d.closed.Add(1)
+	return nil
+}
+
 // settle waits, boundedly, for goroutines that have finished their work
 // to exit, and returns the count.
 func settle(want int) int {
@@ -435,6 +447,11 @@ func TestBackendReconnectNoLeaks(t *testing.T) {
 	_, content, disk := rawImage(t, 1<<20)
 	var ref refusals
 	b := blkBackend(disk, blk.Config{NumQueues: 2}, &ref)
+	var closed atomic.Int32
+	b.NewDevice = func() (virtio.QueueServer, error) {
+		d, err := blk.New(disk, blk.Config{NumQueues: 2})
+		return closingDevice{d, &closed}, err
+	}
 	sock := filepath.Join(t.TempDir(), "vu.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -471,6 +488,9 @@ func TestBackendReconnectNoLeaks(t *testing.T) {
 	if n := settle(baseGoroutines); n > baseGoroutines {
 		buf := make([]byte, 1<<16)
 		t.Fatalf("%d goroutines after Serve returned, %d before:\n%s", n, baseGoroutines, buf[:runtime.Stack(buf, true)])
+	}
+	if n := closed.Load(); n != 2 {
+		t.Fatalf("%d devices closed after two connections", n)
 	}
 	// Serve closed the listener, which was open at the baseline.
 	if n := countFDs(t); n != baseFDs-1 {
