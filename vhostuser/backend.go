@@ -14,7 +14,7 @@ import (
 )
 
 // BackendProtocolFeatures are the protocol features a Backend offers.
-const BackendProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolConfig
+const BackendProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolConfigureMemSlots
 
 // Errors a Backend reports for requests it refuses (to OnError, and to the
 // front-end as a non-zero REPLY_ACK status when it asked for one).
@@ -367,6 +367,12 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 		return nil, false, nil
 	case SetMemTable:
 		return nil, false, s.setMemTable(v.(MemoryTable), m.FDs)
+	case GetMaxMemSlots:
+		return U64(MaxMemSlots), true, nil
+	case AddMemReg:
+		return nil, false, s.addMemReg(v.(MemoryRegion), m.FDs[0])
+	case RemMemReg:
+		return nil, false, s.remMemReg(v.(MemoryRegion))
 	case SetVringNum, SetVringBase, SetVringEnable, GetVringBase:
 		return s.vringState(m.Request, v.(VringState))
 	case SetVringAddr:
@@ -386,20 +392,63 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 	case SetVringKick, SetVringCall, SetVringErr:
 		return nil, false, s.vringFD(m, v.(uint32))
 	}
-	// SET_LOG_BASE, SET_LOG_FD, GET_MAX_MEM_SLOTS, SET_STATUS,
-	// GET_STATUS: their protocol features are not offered.
+	// SET_LOG_BASE, SET_LOG_FD, SET_STATUS, GET_STATUS: their protocol
+	// features are not offered.
 	return nil, hasReply, fmt.Errorf("%w: %v", ErrUnsupported, m.Request)
 }
 
-// setMemTable maps the new table, then stops the running rings, swaps the
-// table and starts them again over it (a memory hot-plug on a running
-// device). The descriptors stay in m for the caller to close: each
-// mapping keeps its own duplicate.
+// setMemTable maps the new table and puts it in the old one's place. The
+// descriptors stay in m for the caller to close: each mapping keeps its
+// own duplicate.
 func (s *session) setMemTable(t MemoryTable, fds []int) error {
 	mem, err := mapMemoryTable(t, fds)
 	if err != nil {
 		return err
 	}
+	var old []sharedRegion
+	if s.mem != nil {
+		old = s.mem.regions
+	}
+	return s.swapMemory(mem, old)
+}
+
+// addMemReg maps one more region (CONFIGURE_MEM_SLOTS).
+func (s *session) addMemReg(r MemoryRegion, fd int) error {
+	cur := s.mem
+	if cur == nil {
+		cur = &sharedMemory{}
+	}
+	if len(cur.regions) >= MaxMemSlots {
+		return fmt.Errorf("%w: ADD_MEM_REG beyond %d regions", ErrMalformed, MaxMemSlots)
+	}
+	if err := cur.checkFree(r); err != nil {
+		return err
+	}
+	sr, err := mapRegion(r, fd)
+	if err != nil {
+		return fmt.Errorf("vhostuser: ADD_MEM_REG: %w", err)
+	}
+	return s.swapMemory(cur.with(sr), nil)
+}
+
+// remMemReg unmaps the region r names (CONFIGURE_MEM_SLOTS). A ring that
+// lay in it cannot start again: its restart fails, and it stays stopped.
+func (s *session) remMemReg(r MemoryRegion) error {
+	if s.mem == nil {
+		return fmt.Errorf("%w: REM_MEM_REG of gpa %#x with no memory mapped", ErrBadAddress, r.GuestAddr)
+	}
+	rest, gone, ok := s.mem.without(r)
+	if !ok {
+		return fmt.Errorf("%w: REM_MEM_REG of gpa %#x size %#x user %#x, which is not mapped", ErrBadAddress, r.GuestAddr, r.Size, r.UserAddr)
+	}
+	return s.swapMemory(rest, []sharedRegion{gone})
+}
+
+// swapMemory stops the running rings (draining them), puts mem in place,
+// unmaps the regions in unmap, which the new table no longer holds, and
+// starts the rings again over mem (a memory hot-plug on a running device):
+// no queue ever sees memory change under it.
+func (s *session) swapMemory(mem *sharedMemory, unmap []sharedRegion) error {
 	var restart []*ring
 	for _, r := range s.rings {
 		if r.running() {
@@ -407,10 +456,10 @@ func (s *session) setMemTable(t MemoryTable, fds []int) error {
 			restart = append(restart, r)
 		}
 	}
-	if s.mem != nil {
-		s.mem.close()
-	}
 	s.mem = mem
+	for _, r := range unmap {
+		r.mem.Close()
+	}
 	var first error
 	for _, r := range restart {
 		if err := s.start(r); err != nil && first == nil {

@@ -13,7 +13,7 @@ import (
 
 // FuzzBackendMessages feeds a front-end's message stream to a back-end
 // session: headers, payloads, and descriptors where a request takes them
-// (memory regions from a real memfd, eventfds for kick/call/err, so that
+// (memory regions from a real memfd, for SET_MEM_TABLE and ADD_MEM_REG, eventfds for kick/call/err, so that
 // rings can really start). Whatever the stream, the session must not
 // panic, must answer only in shapes a front-end accepts, and must hold no
 // descriptor once torn down.
@@ -55,6 +55,8 @@ func FuzzBackendMessages(f *testing.F) {
 	}
 	f.Add(good)
 	f.Add(msg(SetVringKick, FlagNeedReply, U64(VringNoFD)))
+	f.Add(append(msg(AddMemReg, FlagNeedReply, MemoryRegion{Size: ramSize, UserAddr: ua}.Marshal()),
+		msg(RemMemReg, FlagNeedReply, MemoryRegion{Size: ramSize, UserAddr: ua}.Marshal())...))
 	f.Add(msg(SetMemTable, 0, MemoryTable{Regions: []MemoryRegion{{Size: 2 * ramSize}}}.Marshal()))
 
 	f.Fuzz(func(t *testing.T, stream []byte) {
@@ -118,6 +120,12 @@ func fuzzFDs(t *testing.T, m *Message, memfd int) []int {
 			fds = append(fds, fd)
 		}
 		return fds
+	case AddMemReg:
+		fd, err := unix.Dup(memfd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []int{fd}
 	case SetVringKick, SetVringCall, SetVringErr:
 		if len(m.Payload) == 8 && binary.LittleEndian.Uint64(m.Payload)&VringNoFD == 0 {
 			fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)

@@ -38,6 +38,12 @@ type sharedMemory struct {
 
 var _ memory.DMA = (*sharedMemory)(nil)
 
+// MaxMemSlots is the most regions a back-end maps at once when the
+// front-end adds them one by one (CONFIGURE_MEM_SLOTS: ADD_MEM_REG and
+// REM_MEM_REG), which is GET_MAX_MEM_SLOTS' answer. Lookups scan the
+// regions, so the bound also bounds the cost of every guest memory access.
+const MaxMemSlots = 32
+
 // mapMemoryTable maps t's regions from fds (fds[i] backs region i). The
 // descriptors stay the caller's: each mapping keeps a duplicate only
 // while it lives. On error nothing stays mapped.
@@ -47,21 +53,59 @@ func mapMemoryTable(t MemoryTable, fds []int) (*sharedMemory, error) {
 	}
 	m := &sharedMemory{}
 	for i, r := range t.Regions {
-		for _, o := range m.regions {
-			if r.UserAddr < o.UserAddr+o.Size && o.UserAddr < r.UserAddr+r.Size {
-				m.close()
-				return nil, fmt.Errorf("%w: memory regions at user addresses %#x and %#x overlap", ErrMalformed, o.UserAddr, r.UserAddr)
-			}
+		if err := m.checkFree(r); err != nil {
+			m.close()
+			return nil, err
 		}
-		mem, err := memory.NewFromFile(fds[i], []memory.FileRegion{{GPA: r.GuestAddr, Size: r.Size, Offset: r.MmapOffset}}, memory.Shared)
+		sr, err := mapRegion(r, fds[i])
 		if err != nil {
 			m.close()
-			return nil, fmt.Errorf("vhostuser: mapping memory region %d (gpa %#x size %#x offset %#x): %w",
-				i, r.GuestAddr, r.Size, r.MmapOffset, err)
+			return nil, fmt.Errorf("vhostuser: memory region %d: %w", i, err)
 		}
-		m.regions = append(m.regions, sharedRegion{MemoryRegion: r, mem: mem})
+		m.regions = append(m.regions, sr)
 	}
 	return m, nil
+}
+
+// checkFree refuses a region that overlaps one of m's, in guest or in
+// front-end addresses (either would make a translation ambiguous).
+func (m *sharedMemory) checkFree(r MemoryRegion) error {
+	for _, o := range m.regions {
+		if r.GuestAddr < o.GuestAddr+o.Size && o.GuestAddr < r.GuestAddr+r.Size {
+			return fmt.Errorf("%w: memory regions at guest addresses %#x and %#x overlap", ErrMalformed, o.GuestAddr, r.GuestAddr)
+		}
+		if r.UserAddr < o.UserAddr+o.Size && o.UserAddr < r.UserAddr+r.Size {
+			return fmt.Errorf("%w: memory regions at user addresses %#x and %#x overlap", ErrMalformed, o.UserAddr, r.UserAddr)
+		}
+	}
+	return nil
+}
+
+// mapRegion maps one region from fd, which stays the caller's.
+func mapRegion(r MemoryRegion, fd int) (sharedRegion, error) {
+	mem, err := memory.NewFromFile(fd, []memory.FileRegion{{GPA: r.GuestAddr, Size: r.Size, Offset: r.MmapOffset}}, memory.Shared)
+	if err != nil {
+		return sharedRegion{}, fmt.Errorf("mapping gpa %#x size %#x from offset %#x: %w", r.GuestAddr, r.Size, r.MmapOffset, err)
+	}
+	return sharedRegion{MemoryRegion: r, mem: mem}, nil
+}
+
+// without returns a table of m's regions but the one r names (by guest
+// address, user address and size, as REM_MEM_REG identifies it), and the
+// region left out.
+func (m *sharedMemory) without(r MemoryRegion) (*sharedMemory, sharedRegion, bool) {
+	for i, o := range m.regions {
+		if o.GuestAddr == r.GuestAddr && o.UserAddr == r.UserAddr && o.Size == r.Size {
+			rest := append(append([]sharedRegion(nil), m.regions[:i]...), m.regions[i+1:]...)
+			return &sharedMemory{regions: rest}, o, true
+		}
+	}
+	return nil, sharedRegion{}, false
+}
+
+// with returns a table of m's regions and r.
+func (m *sharedMemory) with(r sharedRegion) *sharedMemory {
+	return &sharedMemory{regions: append(append([]sharedRegion(nil), m.regions...), r)}
 }
 
 // close unmaps every region.
