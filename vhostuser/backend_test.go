@@ -524,3 +524,49 @@ func BenchmarkBackendRead4K(b *testing.B) {
 		}
 	}
 }
+
+// TestBackendTwoFrontends: with MaxConns 2, two front-ends are served at
+// once, each by a device of its own over the one disk, and each sees what
+// the other wrote.
+func TestBackendTwoFrontends(t *testing.T) {
+	_, _, disk := rawImage(t, 1<<20)
+	var ref refusals
+	b := blkBackend(disk, blk.Config{}, &ref)
+	b.MaxConns = 2
+	sock := filepath.Join(t.TempDir(), "vu.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(ctx, l) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+	var qs []*qsdBlk
+	for i := range 2 {
+		f, err := Dial(sock, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		mem := guestRAM(t)
+		negotiate(t, f, mem, virtioFVersion1)
+		qs = append(qs, setupQueue(t, f, mem, 0, 0x1000, false))
+		d := bytes.Repeat([]byte{byte(0xc0 + i)}, sector)
+		if u := qs[i].do(t, [][]byte{blkHeader(blkTOut, uint64(i)), d}, []uint32{1}); u.Data[0] != blk.StatusOK {
+			t.Fatalf("front-end %d: write status %d", i, u.Data[0])
+		}
+	}
+	for i, q := range qs {
+		other := 1 - i
+		u := q.do(t, [][]byte{blkHeader(blkTIn, uint64(other))}, []uint32{sector, 1})
+		if u.Data[sector] != blk.StatusOK || u.Data[0] != byte(0xc0+other) {
+			t.Fatalf("front-end %d reads %#x in front-end %d's sector", i, u.Data[0], other)
+		}
+	}
+}
