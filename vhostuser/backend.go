@@ -524,6 +524,11 @@ func (s *session) vringFD(m *Message, index uint32) error {
 	if err != nil {
 		return err
 	}
+	if len(m.FDs) == 1 {
+		if err := prepareEventFD(m.FDs[0]); err != nil {
+			return fmt.Errorf("%v for vring %d: %w", m.Request, index, err) // the caller closes it
+		}
+	}
 	fd := takeFD(m) // -1 with VringNoFD (ParsePayload checked the pairing)
 	switch m.Request {
 	case SetVringCall:
@@ -542,11 +547,7 @@ func (s *session) vringFD(m *Message, index uint32) error {
 		r.kick.close()
 		r.kick = nil
 	}
-	k, err := newKicker(fd)
-	if err != nil {
-		return err
-	}
-	r.kick = k
+	r.kick = newKicker(fd)
 	return s.start(r)
 }
 

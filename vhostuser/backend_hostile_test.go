@@ -196,6 +196,17 @@ func TestBackendRefusesBadRingState(t *testing.T) {
 	if !closed() {
 		t.Fatal("the back-end kept the descriptor of a refused kick")
 	}
+	// A call or kick descriptor that is not an eventfd (a pipe, whose
+	// writes block once it is full): refused, and closed.
+	for _, req := range []Request{SetVringCall, SetVringKick} {
+		w, closed := pipeProbe(t)
+		if _, err := f.call(req, U64(0), []int{w}, false); !errors.Is(err, ErrFailed) || !ref.has(req, ErrNotEventFD) {
+			t.Fatalf("%v with a pipe: %v", req, err)
+		}
+		if !closed() {
+			t.Fatalf("the back-end kept the pipe of a refused %v", req)
+		}
+	}
 	// GET_VRING_BASE for a ring that does not exist has no failure
 	// answer: the back-end ends the connection.
 	if _, err := f.GetVringBase(9); err == nil {

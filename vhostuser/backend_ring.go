@@ -43,6 +43,33 @@ func (e *eventFD) Trigger() error {
 	return nil
 }
 
+// ErrNotEventFD reports a kick, call or err descriptor that is not an
+// eventfd.
+var ErrNotEventFD = errors.New("vhostuser: descriptor is not an eventfd")
+
+// prepareEventFD checks that fd is an eventfd and makes it non-blocking.
+// Anything else could stall the back-end: a pipe whose reader never reads
+// blocks a write (the signalling ring's goroutine) once full, and a read
+// from a descriptor the runtime cannot poll cannot be interrupted, so its
+// reader could not be stopped. Non-blocking also keeps a write from
+// blocking on an eventfd whose counter the front-end filled up.
+// (O_NONBLOCK is shared with the front-end's copy; front-ends open their
+// eventfds non-blocking, and for an eventfd it only matters at a full
+// counter.)
+func prepareEventFD(fd int) error {
+	target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return fmt.Errorf("vhostuser: inspecting a descriptor: %w", err)
+	}
+	if target != "anon_inode:[eventfd]" {
+		return fmt.Errorf("%w (it is %s)", ErrNotEventFD, target)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("vhostuser: eventfd: %w", err)
+	}
+	return nil
+}
+
 // set replaces the descriptor (fd < 0: none) and closes the old one.
 func (e *eventFD) set(fd int) {
 	e.mu.Lock()
@@ -65,19 +92,13 @@ type kicker struct {
 	done chan struct{}
 }
 
-// newKicker takes ownership of fd. The descriptor is made non-blocking,
-// so that the runtime's poller waits on it and Close wakes the reader.
-// (O_NONBLOCK is shared with the front-end's copy; front-ends open their
-// eventfds non-blocking, and a write to an eventfd only blocks when its
-// counter is full.)
-func newKicker(fd int) (*kicker, error) {
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("vhostuser: kick descriptor: %w", err)
-	}
+// newKicker takes ownership of fd, an eventfd made non-blocking
+// (prepareEventFD), so that the runtime's poller waits on it and Close
+// wakes the reader.
+func newKicker(fd int) *kicker {
 	k := &kicker{f: os.NewFile(uintptr(fd), "vhost-user-kick"), done: make(chan struct{})}
 	go k.run()
-	return k, nil
+	return k
 }
 
 func (k *kicker) run() {
