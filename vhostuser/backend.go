@@ -207,6 +207,9 @@ func (s *session) respond(m *Message, readErr error) (reply []byte, send bool, f
 	if l := s.b.Log; l != nil {
 		l.Debug("vhost-user request", "request", m.Request, "flags", m.Flags, "payload", m.Payload, "fds", len(m.FDs))
 	}
+	// Decided before the request runs: RESET_OWNER forgets REPLY_ACK, but
+	// the front-end that asked still waits for its answer.
+	ack := m.NeedReply() && s.protocol&ProtocolReplyAck != 0
 	var hasReply bool
 	err := readErr
 	if err == nil {
@@ -222,7 +225,7 @@ func (s *session) respond(m *Message, readErr error) (reply []byte, send bool, f
 		return nil, false, fmt.Errorf("vhostuser: %v: %w", m.Request, err)
 	case hasReply:
 		return reply, true, nil // a failed GET_CONFIG answers empty
-	case m.NeedReply() && s.protocol&ProtocolReplyAck != 0:
+	case ack:
 		var status uint64
 		if err != nil {
 			status = 1

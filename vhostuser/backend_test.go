@@ -570,3 +570,31 @@ func TestBackendTwoFrontends(t *testing.T) {
 		}
 	}
 }
+
+// TestBackendResetOwner: RESET_OWNER stops the rings and forgets the
+// session (REPLY_ACK included), yet answers the front-end that asked for
+// an acknowledgement; the front-end can then start over.
+func TestBackendResetOwner(t *testing.T) {
+	_, content, disk := rawImage(t, 1<<20)
+	var ref refusals
+	f, _ := serveOnPair(t, blkBackend(disk, blk.Config{}, &ref))
+	mem := guestRAM(t)
+	negotiate(t, f, mem, virtioFVersion1)
+	q := setupQueue(t, f, mem, 0, 0x1000, false)
+	if u := q.do(t, [][]byte{blkHeader(blkTIn, 1)}, []uint32{sector, 1}); u.Data[sector] != blk.StatusOK {
+		t.Fatal("read")
+	}
+	if _, err := f.call(ResetOwner, nil, nil, false); err != nil {
+		t.Fatalf("RESET_OWNER with NEED_REPLY: %v", err)
+	}
+	// Start over on a fresh ring layout.
+	f.mu.Lock()
+	f.protocol = 0 // the back-end forgot REPLY_ACK
+	f.mu.Unlock()
+	negotiate(t, f, mem, virtioFVersion1)
+	q2 := setupQueue(t, f, mem, 0, 0x40000, false)
+	u := q2.do(t, [][]byte{blkHeader(blkTIn, 2)}, []uint32{sector, 1})
+	if u.Data[sector] != blk.StatusOK || !bytes.Equal(u.Data[:sector], content[2*sector:3*sector]) {
+		t.Fatal("read after RESET_OWNER")
+	}
+}
