@@ -598,3 +598,54 @@ func TestBackendResetOwner(t *testing.T) {
 		t.Fatal("read after RESET_OWNER")
 	}
 }
+
+// benchReadQD keeps depth 4 KiB reads in flight: each round makes depth
+// requests available, kicks once and collects them all.
+func benchReadQD(b *testing.B, q *qsdBlk, depth int) {
+	b.SetBytes(4096 * int64(depth))
+	for i := 0; b.Loop(); i++ {
+		for k := range depth {
+			if _, err := q.drv.Add([][]byte{blkHeader(blkTIn, uint64((i*depth+k)%256)*8)}, []uint32{4096, 1}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if q.drv.NeedsKick() {
+			kick(b, q.kickFD)
+		}
+		for got := 0; got < depth; {
+			u, ok, err := q.drv.GetUsed()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !ok {
+				waitEvent(b, q.callFD)
+				continue
+			}
+			if len(u.Data) != 4097 || u.Data[4096] != 0 {
+				b.Fatalf("read: used len %d", u.Len)
+			}
+			got++
+		}
+	}
+}
+
+// BenchmarkBackendRead4KQD16 is BenchmarkBackendRead4K with 16 reads in
+// flight; BenchmarkQSDRead4KQD16 is its qemu-storage-daemon counterpart.
+func BenchmarkBackendRead4KQD16(b *testing.B) {
+	_, _, disk := rawImage(b, 1<<20)
+	var ref refusals
+	be := blkBackend(disk, blk.Config{}, &ref)
+	a, c := socketPair(b)
+	done := make(chan error, 1)
+	go func() { done <- be.ServeConn(c) }()
+	defer func() { a.Close(); <-done }()
+	f := NewFrontend(a, 5*time.Second)
+	mem := guestRAM(b)
+	negotiate(b, f, mem, virtioFVersion1)
+	benchReadQD(b, setupQueue(b, f, mem, 0, 0x1000, false), 16)
+}
+
+func BenchmarkQSDRead4KQD16(b *testing.B) {
+	q, _, _ := newQSDBlk(b, 1<<20)
+	benchReadQD(b, q, 16)
+}
