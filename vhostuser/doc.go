@@ -17,6 +17,12 @@
 //     descriptors carried as SCM_RIGHTS ancillary data.
 //   - frontend.go: Frontend, the VMM side: feature negotiation,
 //     configuration space, memory table, vring set-up and tear-down.
+//   - backend.go, backend_mem.go, backend_ring.go: Backend, the device
+//     side: it maps the regions of SET_MEM_TABLE, translates ring
+//     addresses (front-end user addresses) to guest physical ones through
+//     them, and serves each ring a front-end starts with a device model's
+//     own queue code (virtio.QueueServer: virtio-blk's, for vio
+//     serve-disk), one goroutine per ring reading its kick eventfd.
 //
 // A peer is treated as hostile: a header whose size does not fit its
 // request is refused before any payload is read, region counts and config
@@ -26,6 +32,7 @@
 // cannot stall the VMM.
 //
 // The protocol is described in QEMU's docs/interop/vhost-user.rst. Only the
-// requests a front-end needs for a virtio-blk or virtio-net data path are
-// implemented; others are refused with ErrUnsupported.
+// requests needed for a virtio-blk or virtio-net data path are implemented;
+// others are refused with ErrUnsupported. docs/vhost-user.md describes the
+// back-end for users.
 package vhostuser

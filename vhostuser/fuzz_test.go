@@ -22,6 +22,8 @@ func FuzzParseMessage(f *testing.F) {
 	seed(SetMemTable, Version|FlagNeedReply, MemoryTable{Regions: []MemoryRegion{{Size: 4096}, {GuestAddr: 4096, Size: 4096}}}.Marshal(), 2)
 	seed(GetConfig, Version|FlagReply, Config{Data: make([]byte, 8)}.Marshal(), 0)
 	seed(SetVringKick, Version, U64(1), 1)
+	seed(AddMemReg, Version|FlagNeedReply, MemoryRegion{GuestAddr: 1 << 20, Size: 4096, UserAddr: 1 << 40}.Marshal(), 1)
+	seed(RemMemReg, Version, MemoryRegion{GuestAddr: 1 << 20, Size: 4096, UserAddr: 1 << 40}.Marshal(), 0)
 	f.Fuzz(func(t *testing.T, b []byte, nfds uint8) {
 		h, err := ParseHeader(b)
 		if err != nil {
@@ -49,6 +51,8 @@ func FuzzParseMessage(f *testing.F) {
 		case VringAddr:
 			again = x.Marshal()
 		case MemoryTable:
+			again = x.Marshal()
+		case MemoryRegion:
 			again = x.Marshal()
 		case Config:
 			again = x.Marshal()

@@ -34,6 +34,8 @@ const (
 	SetConfig           Request = 25
 	ResetDevice         Request = 34
 	GetMaxMemSlots      Request = 36
+	AddMemReg           Request = 37
+	RemMemReg           Request = 38
 	SetStatus           Request = 39
 	GetStatus           Request = 40
 )
@@ -47,6 +49,7 @@ var requestNames = map[Request]string{
 	GetProtocolFeatures: "GET_PROTOCOL_FEATURES", SetProtocolFeatures: "SET_PROTOCOL_FEATURES",
 	GetQueueNum: "GET_QUEUE_NUM", SetVringEnable: "SET_VRING_ENABLE", GetConfig: "GET_CONFIG",
 	SetConfig: "SET_CONFIG", ResetDevice: "RESET_DEVICE", GetMaxMemSlots: "GET_MAX_MEM_SLOTS",
+	AddMemReg: "ADD_MEM_REG", RemMemReg: "REM_MEM_REG",
 	SetStatus: "SET_STATUS", GetStatus: "GET_STATUS",
 }
 
@@ -103,6 +106,9 @@ const (
 	configHeaderSize = 12
 	regionSize       = 32
 	memTableHeader   = 8
+	// sizeMemReg is ADD_MEM_REG's and REM_MEM_REG's payload: 8 bytes of
+	// padding, then one region.
+	sizeMemReg = 8 + regionSize
 	// MaxPayload is the largest payload any known request carries: a
 	// full config window (268 bytes; a full memory table is 264).
 	MaxPayload = configHeaderSize + MaxConfigSize
@@ -201,6 +207,8 @@ func PayloadSizeOK(req Request, reply bool, size uint32) error {
 			ok = size == sizeVringState
 		case SetVringAddr:
 			ok = size == sizeVringAddr
+		case AddMemReg, RemMemReg:
+			ok = size == sizeMemReg
 		}
 	}
 	if !ok {
@@ -222,7 +230,11 @@ func FDsAllowed(req Request, reply bool) int {
 	switch req {
 	case SetMemTable:
 		return MaxRegions
-	case SetVringKick, SetVringCall, SetVringErr, SetLogBase, SetLogFD:
+	case SetVringKick, SetVringCall, SetVringErr, SetLogBase, SetLogFD, AddMemReg:
+		return 1
+	case RemMemReg:
+		// The specification asks for none but lets a back-end accept (and
+		// close) one, for front-ends that send it.
 		return 1
 	}
 	return 0
@@ -304,6 +316,46 @@ type MemoryRegion struct {
 	MmapOffset uint64
 }
 
+// ParseMemoryRegion decodes ADD_MEM_REG's and REM_MEM_REG's payload (the
+// padding is ignored) and checks the region as ParseMemoryTable does.
+func ParseMemoryRegion(b []byte) (MemoryRegion, error) {
+	if len(b) != sizeMemReg {
+		return MemoryRegion{}, fmt.Errorf("%w: memory region payload of %d bytes", ErrMalformed, len(b))
+	}
+	return parseRegion(b[8:], 0)
+}
+
+// Marshal encodes r as ADD_MEM_REG's and REM_MEM_REG's payload.
+func (r MemoryRegion) Marshal() []byte {
+	b := make([]byte, sizeMemReg)
+	putRegion(b[8:], r)
+	return b
+}
+
+func putRegion(p []byte, r MemoryRegion) {
+	binary.LittleEndian.PutUint64(p[0:], r.GuestAddr)
+	binary.LittleEndian.PutUint64(p[8:], r.Size)
+	binary.LittleEndian.PutUint64(p[16:], r.UserAddr)
+	binary.LittleEndian.PutUint64(p[24:], r.MmapOffset)
+}
+
+// parseRegion decodes region i: non-empty, wrapping none of the address
+// spaces.
+func parseRegion(p []byte, i int) (MemoryRegion, error) {
+	r := MemoryRegion{
+		GuestAddr:  binary.LittleEndian.Uint64(p[0:]),
+		Size:       binary.LittleEndian.Uint64(p[8:]),
+		UserAddr:   binary.LittleEndian.Uint64(p[16:]),
+		MmapOffset: binary.LittleEndian.Uint64(p[24:]),
+	}
+	if r.Size == 0 || r.GuestAddr+r.Size < r.GuestAddr || r.UserAddr+r.Size < r.UserAddr ||
+		r.MmapOffset+r.Size < r.MmapOffset {
+		return MemoryRegion{}, fmt.Errorf("%w: memory region %d (gpa %#x size %#x) wraps or is empty",
+			ErrMalformed, i, r.GuestAddr, r.Size)
+	}
+	return r, nil
+}
+
 // MemoryTable is the payload of SET_MEM_TABLE.
 type MemoryTable struct {
 	Regions []MemoryRegion
@@ -313,11 +365,7 @@ func (t MemoryTable) Marshal() []byte {
 	b := make([]byte, memTableHeader+regionSize*len(t.Regions))
 	binary.LittleEndian.PutUint32(b[0:], uint32(len(t.Regions)))
 	for i, r := range t.Regions {
-		p := b[memTableHeader+regionSize*i:]
-		binary.LittleEndian.PutUint64(p[0:], r.GuestAddr)
-		binary.LittleEndian.PutUint64(p[8:], r.Size)
-		binary.LittleEndian.PutUint64(p[16:], r.UserAddr)
-		binary.LittleEndian.PutUint64(p[24:], r.MmapOffset)
+		putRegion(b[memTableHeader+regionSize*i:], r)
 	}
 	return b
 }
@@ -338,17 +386,9 @@ func ParseMemoryTable(b []byte) (MemoryTable, error) {
 	}
 	t := MemoryTable{Regions: make([]MemoryRegion, n)}
 	for i := range t.Regions {
-		p := b[memTableHeader+regionSize*i:]
-		r := MemoryRegion{
-			GuestAddr:  binary.LittleEndian.Uint64(p[0:]),
-			Size:       binary.LittleEndian.Uint64(p[8:]),
-			UserAddr:   binary.LittleEndian.Uint64(p[16:]),
-			MmapOffset: binary.LittleEndian.Uint64(p[24:]),
-		}
-		if r.Size == 0 || r.GuestAddr+r.Size < r.GuestAddr || r.UserAddr+r.Size < r.UserAddr ||
-			r.MmapOffset+r.Size < r.MmapOffset {
-			return MemoryTable{}, fmt.Errorf("%w: memory region %d (gpa %#x size %#x) wraps or is empty",
-				ErrMalformed, i, r.GuestAddr, r.Size)
+		r, err := parseRegion(b[memTableHeader+regionSize*i:], i)
+		if err != nil {
+			return MemoryTable{}, err
 		}
 		for j, o := range t.Regions[:i] {
 			if r.GuestAddr < o.GuestAddr+o.Size && o.GuestAddr < r.GuestAddr+r.Size {
@@ -446,7 +486,8 @@ type Message struct {
 }
 
 // ParsePayload decodes m's payload into the type its request carries in
-// its direction: uint64, VringState, VringAddr, MemoryTable, Config, a
+// its direction: uint64, VringState, VringAddr, MemoryTable, MemoryRegion
+// (ADD/REM_MEM_REG), Config, a
 // uint32 vring index (SET_VRING_KICK/CALL/ERR), or nil for an empty
 // payload. It also checks the descriptor count against the
 // request.
@@ -478,6 +519,17 @@ func ParsePayload(m *Message) (any, error) {
 	case SetVringAddr:
 		if !m.Reply() {
 			return ParseVringAddr(m.Payload)
+		}
+	case AddMemReg, RemMemReg:
+		if !m.Reply() {
+			r, err := ParseMemoryRegion(m.Payload)
+			if err != nil {
+				return nil, err
+			}
+			if m.Request == AddMemReg && len(m.FDs) != 1 {
+				return nil, fmt.Errorf("%w: ADD_MEM_REG with %d descriptors", ErrMalformed, len(m.FDs))
+			}
+			return r, nil
 		}
 	case SetVringNum, SetVringBase, GetVringBase, SetVringEnable:
 		if !m.Reply() || m.Request == GetVringBase {

@@ -124,3 +124,13 @@ func (q *Queue) Unget(c *Chain) bool {
 	c.from = nil // a second Unget of the same chain must fail
 	return true
 }
+
+// NextAvail returns the index of the next avail ring entry the device will
+// take: after the device stopped with nothing in flight (ServedQueue.Stop),
+// where a successor resumes (vhost-user's GET_VRING_BASE answer). A broken
+// queue reports where it stopped taking.
+func (q *Queue) NextAvail() uint16 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.nextAvail
+}

@@ -187,6 +187,7 @@ type Device struct {
 
 	mu     sync.Mutex // guards the running activation
 	run    *activation
+	served int // queues served one at a time (ServeQueue, served.go)
 	closed bool
 }
 
@@ -413,7 +414,7 @@ type activation struct {
 func (d *Device) Activate(a *virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.run != nil {
+	if d.run != nil || d.served > 0 {
 		return ErrActive
 	}
 	run := &activation{stop: make(chan struct{}), gate: state.NewGate(), configChanged: a.ConfigChanged}
