@@ -189,7 +189,9 @@ func TestMirrorRebuild(t *testing.T) {
 		Programs: []string{"/usr/bin/fio"},
 	}.Build(t)
 	sock := filepath.Join(dir, "api.sock")
-	args := vioArgs(t, initrd, "--config", cfg, "--disk", "path="+tools+",readonly=on", "--api-socket", sock)
+	// The API names the new image later: the sandbox must allow it.
+	args := vioArgs(t, initrd, "--config", cfg, "--disk", "path="+tools+",readonly=on", "--api-socket", sock,
+		"--sandbox-allow", b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)

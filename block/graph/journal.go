@@ -3,6 +3,8 @@ package graph
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/viovmm/vio/block"
@@ -69,3 +71,35 @@ var kindJournal = &Kind{
 }
 
 func init() { Register(kindJournal) }
+
+// ScratchDirs lists the directories the graph's nodes make files in while
+// they run, which a confined vio must be allowed to create files in: a
+// journal's log directory (compaction writes LOG.compact and renames it
+// over LOG) and, for an undo disk without a log, the system's temporary
+// directory (its log is an unlinked temporary file, made afresh at every
+// open and compaction).
+func ScratchDirs(root *Node) []string {
+	var dirs []string
+	var walk func(n *Node)
+	walk = func(n *Node) {
+		if n == nil {
+			return
+		}
+		if n.Kind == kindJournal.Name {
+			var o JournalOptions
+			if decodeOptions(n.Options, &o) == nil {
+				switch {
+				case o.Log != "":
+					dirs = append(dirs, filepath.Dir(o.Log))
+				case o.Undo:
+					dirs = append(dirs, os.TempDir())
+				}
+			}
+		}
+		for _, c := range n.Children {
+			walk(c)
+		}
+	}
+	walk(root)
+	return dirs
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -82,5 +83,21 @@ func TestJournalKind(t *testing.T) {
 	}
 	if _, err := os.Stat(log); err != nil {
 		t.Errorf("the journal's log is missing: %v", err)
+	}
+}
+
+func TestScratchDirs(t *testing.T) {
+	root := &Node{Kind: "mirror", Children: []*Node{
+		{Kind: "journal", Options: []byte(`{"log":"/var/lib/vio/d0.jlog"}`), Children: []*Node{{Kind: "raw", Path: "/a"}}},
+		{Kind: "journal", Options: []byte(`{"undo":true}`), Children: []*Node{{Kind: "raw", Path: "/b"}}},
+		{Kind: "raw", Path: "/c"},
+	}}
+	got := ScratchDirs(root)
+	want := []string{"/var/lib/vio", os.TempDir()}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ScratchDirs = %q, want %q", got, want)
+	}
+	if d := ScratchDirs(&Node{Kind: "raw", Path: "/x"}); len(d) != 0 {
+		t.Fatalf("a raw disk has scratch directories %q", d)
 	}
 }
