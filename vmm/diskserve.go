@@ -6,7 +6,6 @@ import (
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/graph"
-	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/irq/coalesce"
@@ -28,14 +27,7 @@ func OpenServedDisk(d *config.Disk, queues int, warn func(string)) (block.Backen
 	if d.RateLimitGroup != "" {
 		return nil, blk.Config{}, errors.New("rate_limit_group needs a VM's rate-limit groups: give the disk its own throttle= or bw_*/ops_* keys instead")
 	}
-	mode := d.Cache
-	if d.Direct && mode == "" {
-		mode = "none"
-	}
-	if mode == "" {
-		mode = "writeback"
-	}
-	cache, err := raw.ParseCacheMode(mode)
+	cache, writethrough, err := diskCache(d)
 	if err != nil {
 		return nil, blk.Config{}, err
 	}
@@ -70,6 +62,6 @@ func OpenServedDisk(d *config.Disk, queues int, warn func(string)) (block.Backen
 		ReadOnly:     d.Readonly,
 		NumQueues:    queues,
 		QueueSize:    uint16(d.QueueSize),
-		Writethrough: mode == "writethrough" || mode == "directsync",
+		Writethrough: writethrough,
 	}, nil
 }

@@ -216,7 +216,10 @@ func (v *VM) addE1000(name string, n config.Net) error {
 // 24; 0-15 are ISA's), rotating by slot as PCI bridges swizzle.
 func intxGSI(slot, pin uint8) uint8 { return 16 + (slot+pin)%8 }
 
-func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
+// diskCache resolves a disk's cache mode: cache=, else none for
+// direct=on, else writeback. Writethrough reports whether the guest sees
+// a write cache it need not flush (writethrough and directsync).
+func diskCache(d *config.Disk) (cache raw.CacheMode, writethrough bool, err error) {
 	mode := d.Cache
 	if d.Direct && mode == "" {
 		mode = "none"
@@ -224,7 +227,12 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 	if mode == "" {
 		mode = "writeback"
 	}
-	cache, err := raw.ParseCacheMode(mode)
+	cache, err = raw.ParseCacheMode(mode)
+	return cache, mode == "writethrough" || mode == "directsync", err
+}
+
+func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
+	cache, writethrough, err := diskCache(d)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +260,7 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 		ReadOnly:       d.Readonly,
 		NumQueues:      queues,
 		QueueSize:      uint16(d.QueueSize),
-		Writethrough:   mode == "writethrough" || mode == "directsync",
+		Writethrough:   writethrough,
 		OnBackendError: v.diskErrorEvents(d.ID),
 	})
 }
