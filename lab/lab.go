@@ -254,12 +254,17 @@ func boot(ctx context.Context, cfg Config, args []string, stdout, stderr io.Writ
 	bootTimer := time.NewTimer(cfg.BootTimeout)
 	defer bootTimer.Stop()
 	var err, killed error
+	// ready is closed once and stays so: after it fires it must leave the
+	// select (nil), or the loop would spin on it for the whole run,
+	// taking a host CPU from L1's emulated ones.
+	ready := con.ready
 wait:
 	for {
 		select {
 		case err = <-waited:
 			break wait
-		case <-con.ready:
+		case <-ready:
+			ready = nil
 			bootTimer.Stop()
 		case <-con.locked:
 			cmd.Process.Kill()

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,5 +92,35 @@ test -c /dev/vfio/$(basename $(readlink /sys/bus/pci/devices/$dev/iommu_group)) 
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q", want)
 		}
+	}
+}
+
+// TestBootWaitIsIdle: while L1 runs the command, the host side waits on
+// channels; it must not spin. (It did: the closed "ready" channel kept
+// winning the wait loop's select, so every lab run burned most of a host
+// CPU that L1's emulated CPUs needed.) A stand-in for QEMU reports ready,
+// sleeps two seconds and reports exit status 0; the test process may use
+// only a fraction of that time in CPU.
+func TestBootWaitIsIdle(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "qemu")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho '@@vio-lab ready' >&3\nsleep 2\necho '@@vio-lab exit 0' >&3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	before := cpu()
+	err := boot(context.Background(), Config{QEMU: script, BootTimeout: time.Minute}, nil, io.Discard, io.Discard)
+	used := cpu() - before
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("CPU used while L1 (a stand-in) ran for 2 s: %v", used)
+	if used > 100*time.Millisecond { // waiting costs a few ms; the spin cost over 200 even on a loaded host
+		t.Fatalf("the host side used %v of CPU during a 2 s run: it spins instead of waiting", used)
 	}
 }
