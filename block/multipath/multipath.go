@@ -107,8 +107,9 @@ type Options struct {
 	ProbeInterval time.Duration
 	// MaxInflight bounds one path's outstanding requests (0: default).
 	MaxInflight int
-	// Events receives path-failed (path, op, error) and path-returned
-	// (path). Nil: nothing.
+	// Events receives path-failed (path, op, error), path-returned
+	// (path) and late-answer (path: a timed-out request returned, its
+	// answer discarded). Nil: nothing.
 	Events func(event string, kv ...string)
 }
 
@@ -350,8 +351,11 @@ func (m *Multipath) attempt(p *path, op func(block.Backend) (int, error), abando
 		ab, late := c.abandoned, c.late
 		c.mu.Unlock()
 		close(c.done)
-		if ab && late != nil {
-			late()
+		if ab {
+			if late != nil {
+				late()
+			}
+			m.emit("late-answer", "path", strconv.Itoa(p.idx))
 		}
 	}()
 	select {
@@ -406,7 +410,13 @@ func (m *Multipath) ReadAt(p []byte, off int64) (int, error) {
 		if tried != 0 {
 			pa.reissued.Add(1)
 		}
-		n, err := m.attempt(pa, func(b block.Backend) (int, error) { return b.ReadAt(buf, off) }, nil)
+		abandoned := false
+		n, err := m.attempt(pa, func(b block.Backend) (int, error) { return b.ReadAt(buf, off) },
+			func() func() { abandoned = true; return nil })
+		if abandoned {
+			// The late attempt still owns buf.
+			buf = make([]byte, len(p))
+		}
 		if err == nil && n == len(buf) {
 			if m.opts.Timeout > 0 {
 				copy(p, buf)
