@@ -187,9 +187,20 @@ func (v *validator) node(n *Node, writable bool, depth int, pos string) error {
 	} else if len(n.Options) > 0 && string(n.Options) != "null" && string(n.Options) != "{}" {
 		return fmt.Errorf("%s: %s takes no options", where, l)
 	}
+	siblings := map[string]string{} // nbd URI -> what an earlier child of n recorded
 	for i, c := range n.Children {
+		if k.SharedPaths && c != nil && c.Kind == "nbd" {
+			// Two connections to one export are two paths, not one image
+			// opened twice.
+			if rec, ok := siblings[c.Path]; ok && v.paths[c.Path] == rec {
+				delete(v.paths, c.Path)
+			}
+		}
 		if err := v.node(c, writable, depth+1, childPos(pos, n, i)); err != nil {
 			return err
+		}
+		if k.SharedPaths && c.Kind == "nbd" {
+			siblings[c.Path] = v.paths[c.Path]
 		}
 	}
 	return nil
