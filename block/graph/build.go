@@ -76,7 +76,7 @@ func (b *Builder) openAs(n *Node, no NodeOptions, where string) (block.Backend, 
 		}
 	}
 	for _, c := range n.Children {
-		cb, err := b.openAs(c, NodeOptions{ReadOnly: ro, Cache: cache, Path: k.SharedPaths}, where)
+		cb, err := b.openAs(c, NodeOptions{ReadOnly: ro, Cache: cache, Path: no.Path || k.SharedPaths}, where)
 		if err != nil {
 			closeAll()
 			return nil, err
