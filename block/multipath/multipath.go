@@ -410,8 +410,8 @@ func (m *Multipath) ReadAt(p []byte, off int64) (int, error) {
 		if tried != 0 {
 			pa.reissued.Add(1)
 		}
-		abandoned := false
-		n, err := m.attempt(pa, func(b block.Backend) (int, error) { return b.ReadAt(buf, off) },
+		abandoned, into := false, buf
+		n, err := m.attempt(pa, func(b block.Backend) (int, error) { return b.ReadAt(into, off) },
 			func() func() { abandoned = true; return nil })
 		if abandoned {
 			// The late attempt still owns buf.
@@ -729,19 +729,69 @@ func (m *Multipath) Drain(on bool) {
 	}
 }
 
-// Close flushes and closes every path. It does not wait for attempts a
-// stalled path still holds: closing the path is what ends them.
+// ErrLateWrites is returned by Close when a write abandoned on a failed
+// path had still not returned when Close gave up waiting: it may still
+// land over newer data.
+var ErrLateWrites = fmt.Errorf("multipath: a timed-out write was still outstanding at close and may land late: %w", syscall.EIO)
+
+// Close closes the failed paths first, which ends what they still hold,
+// waits (up to the timeout) for the writes abandoned on them to return,
+// writes their ranges again, flushes, and closes the other paths.
 func (m *Multipath) Close() error {
 	if m.closed.Swap(true) {
 		return block.ErrClosed
 	}
 	close(m.stop)
 	m.probeW.Wait()
-	err := m.flush()
+	var err error
+	closed := make([]bool, len(m.paths))
+	m.mu.Lock()
 	for _, p := range m.paths {
-		if cerr := p.be.Close(); cerr != nil && err == nil {
-			err = cerr
+		closed[p.idx] = p.failed
+	}
+	m.mu.Unlock()
+	for i, p := range m.paths {
+		if closed[i] {
+			p.be.Close()
+		}
+	}
+	if m.pending() {
+		t := time.NewTimer(max(m.opts.Timeout, time.Second))
+	wait:
+		for m.pending() {
+			select {
+			case <-m.replayC:
+			case <-t.C:
+				err = ErrLateWrites
+				break wait
+			}
+		}
+		t.Stop()
+	}
+	if rerr := m.replay(); rerr != nil && err == nil {
+		err = rerr
+	}
+	if ferr := m.flush(); ferr != nil && err == nil {
+		err = ferr
+	}
+	for i, p := range m.paths {
+		if !closed[i] {
+			if cerr := p.be.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
 		}
 	}
 	return err
+}
+
+// pending says whether a zombie's late attempt has not returned.
+func (m *Multipath) pending() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, z := range m.zombies {
+		if !z.done {
+			return true
+		}
+	}
+	return false
 }
