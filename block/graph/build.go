@@ -62,6 +62,11 @@ func (b *Builder) Open(d Disk) (block.Backend, error) {
 }
 
 func (b *Builder) open(n *Node, ro bool, where string, cache raw.CacheMode) (block.Backend, error) {
+	return b.openAs(n, NodeOptions{ReadOnly: ro, Cache: cache}, where)
+}
+
+func (b *Builder) openAs(n *Node, no NodeOptions, where string) (block.Backend, error) {
+	ro, cache := no.ReadOnly, no.Cache
 	k := kinds[n.Kind]
 	ro = ro || n.ReadOnly
 	var children []block.Backend
@@ -71,7 +76,7 @@ func (b *Builder) open(n *Node, ro bool, where string, cache raw.CacheMode) (blo
 		}
 	}
 	for _, c := range n.Children {
-		cb, err := b.open(c, ro, where, cache)
+		cb, err := b.openAs(c, NodeOptions{ReadOnly: ro, Cache: cache, Path: no.Path || k.SharedPaths}, where)
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -91,7 +96,7 @@ func (b *Builder) open(n *Node, ro bool, where string, cache raw.CacheMode) (blo
 			}
 		}
 	}
-	be, err := k.Open(b, n, NodeOptions{ReadOnly: ro, Cache: cache}, children)
+	be, err := k.Open(b, n, NodeOptions{ReadOnly: ro, Cache: cache, Path: no.Path}, children)
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("%s: %s: %w", where, label(n, ""), err)
@@ -108,6 +113,11 @@ func (b *Builder) open(n *Node, ro bool, where string, cache raw.CacheMode) (blo
 type NodeOptions struct {
 	ReadOnly bool          // the node or an ancestor (or the disk) is read-only
 	Cache    raw.CacheMode // the disk's cache mode, for image files
+	// Path: the node is one path of a multipath, which does failover
+	// itself; an nbd leaf then keeps no replay buffer (replaying old
+	// writes after a reconnect could overwrite what another path wrote
+	// since).
+	Path bool
 }
 
 func reportsReadOnly(b block.Backend) bool {

@@ -12,6 +12,8 @@ func FuzzParse(f *testing.F) {
 		`{"node":"faults","options":{"seed":3,"rules":[{"ops":"read+flush","offset":"1M","length":4096,"error":"ENOSPC","nth":2,"times":1,"probability":0.5,"delay":"1ms","delay_max":"2ms"},{"torn":512,"fail_stop":false}]},"children":[{"node":"raw","path":"a","readonly":true}],"readonly":true}`,
 		`{"node":"throttle","options":{"group":"g1"},"children":[{"node":"nbd","path":"nbd://h/x"}]}`,
 		`{"node":"faults","children":[null]}`,
+		`{"node":"multipath","name":"mp","options":{"policy":"round-robin","timeout":"30s","probe_interval":"5s"},"children":[{"node":"nbd","path":"nbd://h/x"},{"node":"nbd","path":"nbd://h/x"}]}`,
+		`{"node":"multipath","options":{"policy":"x","timeout":5},"children":[{"node":"raw","path":"a"}]}`,
 	} {
 		f.Add([]byte(s), false)
 	}

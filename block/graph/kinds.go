@@ -1,12 +1,14 @@
 package graph
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/image"
@@ -25,6 +27,9 @@ type Kind struct {
 	// SameSize requires the children to be of one size (a mirror), checked
 	// when they are open.
 	SameSize bool
+	// SharedPaths lets nbd leaves directly below the node name one URI
+	// several times (a multipath: each is its own connection).
+	SharedPaths bool
 	// Check validates the node's options; groups are the throttle groups
 	// the VM defines. Nil: the kind takes no options.
 	Check func(n *Node, groups map[string]bool) error
@@ -101,6 +106,15 @@ func openNBD(b *Builder, n *Node, o NodeOptions, _ []block.Backend) (block.Backe
 	cfg, err := nbdTLS(n)
 	if err != nil {
 		return nil, err
+	}
+	if o.Path {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := nbd.Dial(ctx, n.Path, nbd.Options{ReadOnly: o.ReadOnly, TLS: cfg, ReplayBuffer: -1})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", n.Path, err)
+		}
+		return c, nil
 	}
 	return image.Open(n.Path, image.OpenOptions{Format: image.Raw, ReadOnly: o.ReadOnly, NBDTLS: cfg})
 }

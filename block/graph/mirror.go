@@ -105,8 +105,9 @@ func init() {
 	Register(kindStripe)
 }
 
-// nodeEvents returns the event hook of node n: source "disk", with the
-// node's name (or "(unnamed mirror)") first.
+// nodeEvents returns the event hook of node n: source "disk", the event
+// named after the node's kind ("mirror-child-failed"), with the node's
+// name (or "(unnamed mirror)") first.
 func (b *Builder) nodeEvents(n *Node) func(string, ...string) {
 	p := b.opts.Events
 	if p == nil {
@@ -117,7 +118,7 @@ func (b *Builder) nodeEvents(n *Node) func(string, ...string) {
 		name = "(unnamed " + n.Kind + ")"
 	}
 	return func(ev string, kv ...string) {
-		p.Publish("disk", "mirror-"+ev, append([]string{"node", name}, kv...)...)
+		p.Publish("disk", n.Kind+"-"+ev, append([]string{"node", name}, kv...)...)
 	}
 }
 

@@ -21,9 +21,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"strings"
 
+	"github.com/viovmm/vio/block/image"
 	"github.com/viovmm/vio/block/raw"
 )
 
@@ -187,10 +189,31 @@ func (v *validator) node(n *Node, writable bool, depth int, pos string) error {
 	} else if len(n.Options) > 0 && string(n.Options) != "null" && string(n.Options) != "{}" {
 		return fmt.Errorf("%s: %s takes no options", where, l)
 	}
+	// Below a multipath, two connections to one export are two paths,
+	// not one image opened twice: an NBD URI an earlier child's subtree
+	// opened may be opened again by a later one.
+	siblings := map[string]string{} // nbd URI -> what an earlier child's subtree recorded
 	for i, c := range n.Children {
+		var before map[string]string
+		if k.SharedPaths {
+			for uri, rec := range siblings {
+				if v.paths[uri] == rec {
+					delete(v.paths, uri)
+				}
+			}
+			before = maps.Clone(v.paths)
+		}
 		if err := v.node(c, writable, depth+1, childPos(pos, n, i)); err != nil {
 			return err
 		}
+		for uri, rec := range v.paths {
+			if _, old := before[uri]; k.SharedPaths && !old && image.IsNBD(uri) {
+				siblings[uri] = rec
+			}
+		}
+	}
+	for uri, rec := range siblings {
+		v.paths[uri] = rec
 	}
 	return nil
 }
