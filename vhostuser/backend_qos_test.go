@@ -16,6 +16,7 @@ import (
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/qos/mclock"
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/queuetest"
 )
 
 // qosClient is one front-end (a VM) reading from its own vhost-user-blk
@@ -29,48 +30,68 @@ type qosClient struct {
 	err    error
 }
 
-// run issues rounds of depth one-sector reads until ctx ends; between
-// rounds it stops while paused, until resumed.
+// run keeps depth one-sector reads in flight until ctx ends, adding one
+// as each completes. The driver's data area is reclaimed only when
+// nothing is in flight, so when it runs out (every few hundred reads)
+// the client lets its reads drain once. While paused, it lets them
+// drain and waits to be resumed.
 func (c *qosClient) run(ctx context.Context, depth int) {
+	inflight, k := 0, 0
+	full := false // the data area is used up: drain before adding
 	for ctx.Err() == nil {
-		if c.paused.Load() {
-			c.idle <- struct{}{}
-			select {
-			case <-ctx.Done():
-				return
-			case <-c.resume:
+		if inflight == 0 {
+			full = false
+			if c.paused.Load() {
+				c.idle <- struct{}{}
+				select {
+				case <-ctx.Done():
+					return
+				case <-c.resume:
+				}
 			}
 		}
-		for k := range depth {
-			if _, err := c.q.drv.Add([][]byte{blkHeader(blkTIn, uint64(k))}, []uint32{sector, 1}); err != nil {
-				c.err = err
-				return
+		added := false
+		for !full && !c.paused.Load() && inflight < depth {
+			_, err := c.q.drv.Add([][]byte{blkHeader(blkTIn, uint64(k%64))}, []uint32{sector, 1})
+			if errors.Is(err, queuetest.ErrNoBufferSpace) {
+				full = true
+				break
 			}
-		}
-		if _, err := unix.Write(c.q.kickFD, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
-			c.err = err
-			return
-		}
-		for got := 0; got < depth; {
-			u, ok, err := c.q.drv.GetUsed()
 			if err != nil {
 				c.err = err
 				return
 			}
-			if !ok {
-				if err := pollEvent(c.q.callFD, 10*time.Second); err != nil {
-					c.err = err
-					return
-				}
-				continue
-			}
-			if len(u.Data) != sector+1 || u.Data[sector] != blk.StatusOK {
-				c.err = fmt.Errorf("read: used %d bytes, status %v", len(u.Data), u.Data)
+			k++
+			inflight++
+			added = true
+		}
+		if added {
+			if _, err := unix.Write(c.q.kickFD, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+				c.err = err
 				return
 			}
-			c.done.Add(1)
-			got++
 		}
+		if inflight == 0 {
+			continue
+		}
+		u, ok, err := c.q.drv.GetUsed()
+		if err != nil {
+			c.err = err
+			return
+		}
+		if !ok {
+			if err := pollEvent(c.q.callFD, 10*time.Second); err != nil {
+				c.err = err
+				return
+			}
+			continue
+		}
+		if len(u.Data) != sector+1 || u.Data[sector] != blk.StatusOK {
+			c.err = fmt.Errorf("read: used %d bytes, status %v", len(u.Data), u.Data)
+			return
+		}
+		c.done.Add(1)
+		inflight--
 	}
 }
 
@@ -129,7 +150,9 @@ func TestBackendQoS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer shared.Close()
+	// Closed after the connections (cleanups run last first), as the
+	// daemon does.
+	t.Cleanup(func() { shared.Close() })
 	names := []string{"vm-a", "vm-b", "vm-c"}
 	params := []mclock.Params{{Reservation: 30, Weight: 1}, {Weight: 2}, {Weight: 1, Limit: 20}}
 	var cs []*qosClient
