@@ -85,6 +85,9 @@ exceeds), changeable at run time over --control:
 			if d.Path == "" && d.Graph == nil {
 				return errors.New("--disk needs path=FILE: a served disk cannot be an empty drive")
 			}
+			if err := checkFree(socks, qf); err != nil {
+				return err
+			}
 			warn := func(msg string) { fmt.Fprintln(cmd.ErrOrStderr(), "vio: warning: "+msg) }
 			be, bcfg, err := vmm.OpenServedDisk(&d, queues, warn)
 			if err != nil {

@@ -94,12 +94,32 @@ func parseServedSockets(args []string, f qosFlags) ([]servedSocket, bool, error)
 	return out, on, nil
 }
 
+// checkFree refuses, before the disk is opened, socket paths that exist.
+func checkFree(socks []servedSocket, f qosFlags) error {
+	for _, s := range socks {
+		if err := free("--socket", s.path); err != nil {
+			return err
+		}
+	}
+	if f.control != "" {
+		return free("--control", f.control)
+	}
+	return nil
+}
+
+func free(flag, path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("%s %s already exists: remove it if no back-end serves it any more, or choose another path", flag, path)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s %s: %w", flag, path, err)
+	}
+	return nil
+}
+
 // listenPrivate creates a UNIX socket at path only this user can reach.
 func listenPrivate(flag, path string) (*net.UnixListener, error) {
-	if _, err := os.Lstat(path); err == nil {
-		return nil, fmt.Errorf("%s %s already exists: remove it if no back-end serves it any more, or choose another path", flag, path)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s %s: %w", flag, path, err)
+	if err := free(flag, path); err != nil {
+		return nil, err
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
