@@ -3,18 +3,16 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/viovmm/vio/block/qos"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/devices/virtio/blk"
-	"github.com/viovmm/vio/vhostuser"
-	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -28,10 +26,12 @@ import (
 func init() { subcommands = append(subcommands, serveDiskCommand) }
 
 func serveDiskCommand() *cobra.Command {
-	var socket, diskSpec string
+	var diskSpec string
+	var sockets []string
+	qf := qosFlags{depth: qos.DefaultDepth}
 	var queues, maxConns, verbose int
 	c := &cobra.Command{
-		Use:   "serve-disk --socket PATH --disk SPEC",
+		Use:   "serve-disk --socket PATH[,r=,w=,l=] [--socket ...] --disk SPEC",
 		Short: "Serve a disk to QEMU, Cloud Hypervisor or vio as a vhost-user-blk back-end",
 		Long: `Serve a disk as a vhost-user-blk back-end on a UNIX socket until interrupted
 (SIGINT, SIGTERM), then stop the rings, flush the disk and close it.
@@ -51,11 +51,23 @@ disks). For example, with QEMU:
   vio serve-disk --socket /run/vm1-disk.sock --disk path=disk.qcow2,format=qcow2 &
   qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \
     -machine memory-backend=mem -chardev socket,id=vu,path=/run/vm1-disk.sock \
-    -device vhost-user-blk-pci,chardev=vu,num-queues=1 ...`,
+    -device vhost-user-blk-pci,chardev=vu,num-queues=1 ...
+
+Several VMs sharing one disk get a socket each, and a share of the disk:
+every request goes through one mClock scheduler in which each socket is a
+client with a reservation (r=, IOPS it is guaranteed), a weight (w=, its
+share of what the reservations leave) and a limit (l=, IOPS it never
+exceeds), changeable at run time over --control:
+
+  vio serve-disk --disk path=shared.raw --max-connections 1 \
+    --socket /run/vm1.sock,r=300,w=1 --socket /run/vm2.sock,w=2 \
+    --socket /run/vm3.sock,w=1,l=200 --control /run/disk-qos.sock
+  echo '{"op":"set","client":"/run/vm3.sock","limit":400}' | socat - UNIX-CONNECT:/run/disk-qos.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if socket == "" {
-				return errors.New("--socket PATH is required: the UNIX socket the front-end connects to, e.g. --socket /run/vm1-disk.sock")
+			socks, withQoS, err := parseServedSockets(sockets, qf)
+			if err != nil {
+				return err
 			}
 			if diskSpec == "" {
 				return errors.New("--disk SPEC is required, e.g. --disk path=disk.raw,format=raw")
@@ -73,10 +85,8 @@ disks). For example, with QEMU:
 			if d.Path == "" && d.Graph == nil {
 				return errors.New("--disk needs path=FILE: a served disk cannot be an empty drive")
 			}
-			if _, err := os.Lstat(socket); err == nil {
-				return fmt.Errorf("--socket %s already exists: remove it if no back-end serves it any more, or choose another path", socket)
-			} else if !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("--socket %s: %w", socket, err)
+			if err := checkFree(socks, qf); err != nil {
+				return err
 			}
 			warn := func(msg string) { fmt.Fprintln(cmd.ErrOrStderr(), "vio: warning: "+msg) }
 			be, bcfg, err := vmm.OpenServedDisk(&d, queues, warn)
@@ -91,28 +101,17 @@ disks). For example, with QEMU:
 			if _, err := blk.New(be, bcfg); err != nil {
 				return err
 			}
-			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
-			if err != nil {
-				return fmt.Errorf("listening on %s: %w", socket, err)
-			}
-			defer l.Close() // also removes the socket file
-			if err := os.Chmod(socket, 0o600); err != nil {
-				return fmt.Errorf("restricting %s to this user: %w", socket, err)
-			}
 			log := logger(verbose)
-			b := &vhostuser.Backend{
-				NewDevice: func() (virtio.QueueServer, error) { return blk.New(be, bcfg) },
-				MaxConns:  maxConns,
-				Log:       log,
-				OnError: func(req vhostuser.Request, err error) {
-					log.Info("vhost-user request refused", "request", req, "err", err)
-				},
+			on := make([]string, len(socks))
+			for k, sk := range socks {
+				on[k] = sk.path
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "vio: serving %s (%d bytes%s, %d queues) as vhost-user-blk on %s\n",
-				diskName(&d), be.Size(), map[bool]string{true: ", read-only"}[bcfg.ReadOnly], bcfg.NumQueues, socket)
+			fmt.Fprintf(cmd.ErrOrStderr(), "vio: serving %s (%d bytes%s, %d queues) as vhost-user-blk on %s%s\n",
+				diskName(&d), be.Size(), map[bool]string{true: ", read-only"}[bcfg.ReadOnly], bcfg.NumQueues, strings.Join(on, ", "),
+				map[bool]string{true: " with QoS"}[withQoS])
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			if err := b.Serve(ctx, l); err != nil {
+			if err := serveSockets(ctx, be, bcfg, socks, withQoS, qf, maxConns, log); err != nil {
 				return err
 			}
 			// Every ring has stopped: what the guests wrote is on the disk
@@ -124,7 +123,10 @@ disks). For example, with QEMU:
 		},
 	}
 	fl := c.Flags()
-	fl.StringVar(&socket, "socket", "", "UNIX socket to listen on (created, mode 0600; removed on exit)")
+	fl.StringArrayVar(&sockets, "socket", nil, "UNIX socket to listen on, PATH[,name=N][,r=IOPS,w=N,l=IOPS] (created, mode 0600; removed on exit); repeat for one socket per VM")
+	fl.StringVar(&qf.def, "qos-default", "", "QoS of every socket that gives no r=,w=,l= of its own: r=IOPS (reservation),w=N (weight),l=IOPS (limit); default w=1")
+	fl.StringVar(&qf.control, "control", "", "UNIX socket for QoS statistics and run-time changes, one JSON request a line (see docs/vhost-user.md)")
+	fl.IntVar(&qf.depth, "qos-depth", qos.DefaultDepth, "with QoS: requests the disk has at once (its queue depth); the scheduler orders the rest")
 	fl.StringVar(&diskSpec, "disk", "", "the disk, with vio run's --disk keys: path=FILE[,format=raw|qcow2][,readonly=on][,cache=MODE]...")
 	fl.IntVar(&queues, "num-queues", 1, "request queues offered, when the --disk spec has no num_queues")
 	fl.IntVar(&maxConns, "max-connections", 1, "front-ends served at once, each a device of its own over the disk; more wait")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
@@ -64,9 +65,18 @@ func (sq *servedQueue) Stop() {
 	<-sq.done
 }
 
-// Abort implements virtio.ServedQueue.
+// Abort implements virtio.ServedQueue. Like Reset, it drains the
+// back-end while it waits, so that a front-end that went away is not
+// waited for at a rate limit (a throttle, or its client's limit in a
+// QoS scheduler); what is drained fails, and nobody reads its status.
 func (sq *servedQueue) Abort() {
-	sq.once.Do(sq.finish)
+	sq.once.Do(func() {
+		if dr, ok := sq.d.be.(block.Drainer); ok {
+			dr.Drain(true)
+			defer dr.Drain(false)
+		}
+		sq.finish()
+	})
 	<-sq.done
 }
 
