@@ -100,7 +100,9 @@ func TestDistroDiskBoot(t *testing.T) {
 	userData := filepath.Join(dir, "user-data")
 	os.WriteFile(userData, []byte("#cloud-config\nhostname: seeded\n"), 0o644)
 
-	out, err := runVMM(t, 4*time.Minute, vioBin, "run", "--disk", "path="+qcow+",format=qcow2",
+	// -v: in one suite run (2026-12-06) this boot printed nothing in 4
+	// minutes; vio's log says how far it got if that happens again.
+	out, err := runVMM(t, 4*time.Minute, vioBin, "run", "-v", "--disk", "path="+qcow+",format=qcow2",
 		"--memory", strconv.Itoa(guestMemMiB)+"M", "--cloud-init", "user-data="+userData,
 		"--platform", "uuid=01234567-89ab-4def-8123-456789abcdef")
 	if err != nil || !strings.Contains(out, "VIO-DISTRO-DONE") {
