@@ -128,7 +128,7 @@ const (
 // eventfd it gave the back-end. Data is checked in the image file.
 func TestQEMUFrontend(t *testing.T) {
 	if _, err := os.Stat(qemuPath); err != nil {
-		t.Skipf("QEMU not installed: %v", err)
+		t.Fatalf("QEMU is not installed (%v): run scripts/setup-host (package qemu-system-x86)", err)
 	}
 	img, content, disk := rawImage(t, 4<<20)
 	var ref refusals

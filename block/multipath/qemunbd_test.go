@@ -61,7 +61,7 @@ func dialUnix(t *testing.T, sock string) *nbd.Client {
 // model.
 func TestQemuNBDStallAndKill(t *testing.T) {
 	if _, err := exec.LookPath("qemu-nbd"); err != nil {
-		t.Skip("qemu-nbd not installed")
+		t.Fatal("qemu-nbd is not installed: run scripts/setup-host (package qemu-utils)")
 	}
 	const sz = 4 << 20
 	dir := t.TempDir()
