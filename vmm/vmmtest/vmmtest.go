@@ -348,6 +348,13 @@ func (m *Machine) Paused() bool {
 	return m.paused
 }
 
+// Started reports whether the Machine's vCPUs have been started.
+func (m *Machine) Started() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.started
+}
+
 // Closed reports whether the Machine has been closed.
 func (m *Machine) Closed() bool {
 	m.mu.Lock()
