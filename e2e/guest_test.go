@@ -7,8 +7,8 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"testing"
 	"syscall"
+	"testing"
 	"time"
 )
 
