@@ -25,6 +25,7 @@ import (
 	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/block/journal"
 	"github.com/viovmm/vio/block/mirror"
+	"github.com/viovmm/vio/block/multipath"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/vmm"
@@ -66,6 +67,7 @@ type Controller interface {
 	SetDiskThrottle(node string, c graph.RateLimiterConfig) error
 	DiskMirror(req vmm.MirrorRequest) (mirror.Status, error)
 	DiskJournal(node string, r journal.Request) (journal.Status, error)
+	DiskMultipath(node string) (multipath.Status, error)
 	// SendMigration and ReceiveMigration block until the migration has
 	// ended; ctx (the request's) cancels them.
 	SendMigration(ctx context.Context, req vmm.SendMigration) error
@@ -161,31 +163,32 @@ type route struct {
 const prefix = "/api/v1/"
 
 var routes = map[string]route{
-	"vmm.ping":          {http.MethodGet, (*Server).ping},
-	"vmm.shutdown":      {http.MethodPut, (*Server).shutdownVMM},
-	"vm.create":         {http.MethodPut, (*Server).create},
-	"vm.boot":           {http.MethodPut, action((Controller).Boot)},
-	"vm.pause":          {http.MethodPut, action((Controller).Pause)},
-	"vm.resume":         {http.MethodPut, action((Controller).Resume)},
-	"vm.shutdown":       {http.MethodPut, action((Controller).Shutdown)},
-	"vm.reboot":         {http.MethodPut, action((Controller).Reboot)},
-	"vm.power-button":   {http.MethodPut, action((Controller).PowerButton)},
-	"vm.delete":         {http.MethodPut, action((Controller).Delete)},
-	"vm.info":           {http.MethodGet, (*Server).info},
-	"vm.counters":       {http.MethodGet, (*Server).counters},
-	"vm.add-disk":       {http.MethodPut, (*Server).addDisk},
-	"vm.add-net":        {http.MethodPut, (*Server).addNet},
-	"vm.add-vsock":      {http.MethodPut, (*Server).addVsock},
-	"vm.remove-device":  {http.MethodPut, (*Server).removeDevice},
-	"vm.snapshot":       {http.MethodPut, (*Server).snapshot},
-	"vm.restore":        {http.MethodPut, (*Server).restore},
-	"vm.resize":         {http.MethodPut, (*Server).resize},
-	"vm.resize-disk":    {http.MethodPut, (*Server).resizeDisk},
-	EventsEndpoint:      {http.MethodGet, (*Server).streamEvents},
-	"vio.disk-faults":   {http.MethodPut, (*Server).diskFaults},
-	"vio.disk-throttle": {http.MethodPut, (*Server).diskThrottle},
-	"vio.disk-mirror":   {http.MethodPut, (*Server).diskMirror},
-	"vio.disk-journal":  {http.MethodPut, (*Server).diskJournal},
+	"vmm.ping":           {http.MethodGet, (*Server).ping},
+	"vmm.shutdown":       {http.MethodPut, (*Server).shutdownVMM},
+	"vm.create":          {http.MethodPut, (*Server).create},
+	"vm.boot":            {http.MethodPut, action((Controller).Boot)},
+	"vm.pause":           {http.MethodPut, action((Controller).Pause)},
+	"vm.resume":          {http.MethodPut, action((Controller).Resume)},
+	"vm.shutdown":        {http.MethodPut, action((Controller).Shutdown)},
+	"vm.reboot":          {http.MethodPut, action((Controller).Reboot)},
+	"vm.power-button":    {http.MethodPut, action((Controller).PowerButton)},
+	"vm.delete":          {http.MethodPut, action((Controller).Delete)},
+	"vm.info":            {http.MethodGet, (*Server).info},
+	"vm.counters":        {http.MethodGet, (*Server).counters},
+	"vm.add-disk":        {http.MethodPut, (*Server).addDisk},
+	"vm.add-net":         {http.MethodPut, (*Server).addNet},
+	"vm.add-vsock":       {http.MethodPut, (*Server).addVsock},
+	"vm.remove-device":   {http.MethodPut, (*Server).removeDevice},
+	"vm.snapshot":        {http.MethodPut, (*Server).snapshot},
+	"vm.restore":         {http.MethodPut, (*Server).restore},
+	"vm.resize":          {http.MethodPut, (*Server).resize},
+	"vm.resize-disk":     {http.MethodPut, (*Server).resizeDisk},
+	EventsEndpoint:       {http.MethodGet, (*Server).streamEvents},
+	"vio.disk-faults":    {http.MethodPut, (*Server).diskFaults},
+	"vio.disk-throttle":  {http.MethodPut, (*Server).diskThrottle},
+	"vio.disk-mirror":    {http.MethodPut, (*Server).diskMirror},
+	"vio.disk-journal":   {http.MethodPut, (*Server).diskJournal},
+	"vio.disk-multipath": {http.MethodPut, (*Server).diskMultipath},
 }
 
 // notYet are the other endpoints of Cloud Hypervisor's API: known, so

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/viovmm/vio/lab/labtest"
 )
@@ -46,9 +47,27 @@ func TestMain(m *testing.M) {
 		}
 		// Two labs at once: most of these guests have one vCPU, which
 		// keeps one of the machine's two cores busy.
-		code := labtest.RunSharded(m, 2)
+		code := labtest.RunSharded(m, 2, expected)
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}
-	labtest.MainSharded(m, 2)
+	os.Exit(labtest.RunSharded(m, 2, expected))
+}
+
+// expected is each scenario's time in a full suite run on a 2-core
+// machine (2026-12-06), for dealing the scenarios into two labs that end
+// together. Only the proportions matter; a new test counts as the median.
+var expected = labtest.Expected{
+	"TestSwitchLab": 316 * time.Second, "TestDemo": 129 * time.Second,
+	"TestJournal": 107 * time.Second, "TestCryptDmCrypt": 93 * time.Second,
+	"TestMirrorRebuild": 90 * time.Second, "TestDistroDiskBoot": 90 * time.Second,
+	"TestSandbox": 85 * time.Second, "TestVioBoot": 80 * time.Second,
+	"TestBalloon": 78 * time.Second, "TestGracefulStop": 72 * time.Second,
+	"TestIDE": 68 * time.Second, "TestMirrorFailover": 58 * time.Second,
+	"TestAPIKataPause": 55 * time.Second, "TestVsock": 50 * time.Second,
+	"TestVirtioDevices": 49 * time.Second, "TestSnapshotRestore": 40 * time.Second,
+	"TestUserNetwork": 35 * time.Second, "TestLiveMigration": 32 * time.Second,
+	"TestDiskGraphFaults": 31 * time.Second, "TestE1000Network": 30 * time.Second,
+	"TestDemoSabotaged": 29 * time.Second, "TestAPIHotplug": 28 * time.Second,
+	"TestVioReboot": 27 * time.Second,
 }

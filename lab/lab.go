@@ -210,6 +210,13 @@ func Exec(ctx context.Context, cfg Config, argv []string, stdout, stderr io.Writ
 // binary: labtest) retries.
 var ErrL1Locked = errors.New("lab: L1's kernel locked up")
 
+// ErrL1Died means L1 stopped (its QEMU exited) before the command reported
+// its status: L1's kernel panicked (seen: "stack guard page was hit" in
+// the nested-SVM path while an L2 ran, LAB.md's "L1 died mid-benchmark"),
+// or QEMU itself failed. As with ErrL1Locked the command may have run
+// partly, and only a caller that can run it again retries.
+var ErrL1Died = errors.New("lab: L1 stopped without reporting the command's status")
+
 // lockupSeconds is how long a stuck CPU is tolerated before ErrL1Locked: a
 // loaded host can stall L1 for a while and make its watchdog complain
 // once, but a real lockup keeps growing.
@@ -306,7 +313,7 @@ wait:
 		if msg == "" && err != nil {
 			msg = err.Error()
 		}
-		return fmt.Errorf("lab: L1 stopped after %v without reporting the command's status (QEMU: %q)%s", elapsed, msg, con.tail())
+		return fmt.Errorf("%w (after %v; QEMU: %q)%s", ErrL1Died, elapsed, msg, con.tail())
 	}
 }
 

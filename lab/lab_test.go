@@ -124,3 +124,21 @@ func TestBootWaitIsIdle(t *testing.T) {
 		t.Fatalf("the host side used %v of CPU during a 2 s run: it spins instead of waiting", used)
 	}
 }
+
+// TestL1Died: an L1 whose kernel panics after boot (a stand-in for QEMU
+// prints the panic and exits without the command's status, as QEMU does
+// with panic=-1 and -no-reboot) is ErrL1Died, which labtest retries, with
+// the panic in the message.
+func TestL1Died(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "qemu")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho '@@vio-lab ready' >&3\necho 'Kernel panic - not syncing: corrupted stack end detected inside scheduler' >&3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	err := boot(context.Background(), Config{QEMU: script, BootTimeout: time.Minute}, nil, io.Discard, io.Discard)
+	if !errors.Is(err, ErrL1Died) || !strings.Contains(err.Error(), "Kernel panic") {
+		t.Fatalf("got %v, want ErrL1Died quoting L1's last console lines", err)
+	}
+	if errors.Is(err, ErrL1Locked) || errors.Is(err, ErrTimeout) {
+		t.Fatalf("%v matches another lab error too", err)
+	}
+}

@@ -174,6 +174,9 @@ type Controller struct {
 	// ejectWait is how long RemoveDevice waits for the guest (0:
 	// DefaultEjectWait).
 	ejectWait time.Duration
+	// beforeStart runs once, between the next Machine's build and the
+	// start of its vCPUs (see SetBeforeStart).
+	beforeStart func() error
 }
 
 // run is one boot: the Machines it goes through (one per guest reboot)
@@ -194,6 +197,29 @@ func NewController(build BuildFunc, log *slog.Logger) *Controller {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Controller{build: build, log: log}
+}
+
+// SetBeforeStart has f run once, after the next Machine (booted or
+// restored) is built and before its vCPUs start: for what must be in
+// force before the guest runs a single instruction, such as the sandbox
+// (cmd/vio). An error from f fails that boot or restore. Confining there,
+// rather than once the guest runs, also means no vCPU thread is inside
+// KVM_RUN, and no device is serving the guest, while every thread of the
+// process is being changed.
+func (c *Controller) SetBeforeStart(f func() error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.beforeStart = f
+}
+
+// runBeforeStartLocked runs and forgets the SetBeforeStart hook.
+func (c *Controller) runBeforeStartLocked() error {
+	f := c.beforeStart
+	c.beforeStart = nil
+	if f == nil {
+		return nil
+	}
+	return f()
 }
 
 // SetRestore lets the Controller restore snapshots with f (see Restore).
@@ -248,6 +274,10 @@ func (c *Controller) Restore(url string, ro RestoreOptions) error {
 	c.emit("restoring", "source_url", url)
 	m, cfg, err := c.restore(dir, ro)
 	if err != nil {
+		return err
+	}
+	if err := c.runBeforeStartLocked(); err != nil {
+		m.Close()
 		return err
 	}
 	if err := m.Start(); err != nil {
@@ -346,6 +376,10 @@ func (c *Controller) buildLocked() (Machine, error) {
 	// format: vmm/disk.go); the Machine after a guest reboot must make the
 	// same ones, never probe what the guest may have rewritten since.
 	c.cfg = cfg
+	if err := c.runBeforeStartLocked(); err != nil {
+		m.Close()
+		return nil, err
+	}
 	if err := m.Start(); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("starting the vCPUs: %w", err)

@@ -418,3 +418,41 @@ func TestControllerSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestControllerBeforeStart checks the hook the sandbox uses: it runs once,
+// on the first Machine built and before its vCPUs start (not again for the
+// Machine a guest reboot builds), and its error fails the boot and closes
+// the Machine it was about to start.
+func TestControllerBeforeStart(t *testing.T) {
+	c, b, cfg := newController(t)
+	c.Create(cfg)
+	c.SetBeforeStart(func() error { return errors.New("no sandbox here") })
+	if err := c.Boot(); err == nil || !strings.Contains(err.Error(), "no sandbox here") {
+		t.Fatalf("Boot with a failing hook: %v", err)
+	}
+	if m := b.Last(); m == nil || m.Started() || !m.Closed() {
+		t.Fatalf("the machine of a failed hook: %+v; want built, never started, closed", m)
+	}
+	wantState(t, c, vmm.StateCreated)
+
+	calls := 0
+	c.SetBeforeStart(func() error {
+		calls++
+		if m := b.Last(); m == nil || m.Started() {
+			t.Errorf("hook ran with machine %+v; want one built and not started", m)
+		}
+		return nil
+	})
+	if err := c.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reboot(); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Fatalf("hook ran %d times over a boot and a reboot, want once", calls)
+	}
+	if !b.Last().Started() {
+		t.Fatal("the rebooted machine was not started")
+	}
+}

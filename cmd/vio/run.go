@@ -306,11 +306,12 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		go srv.Serve(l)
 		defer srv.Close()
 	}
+	// Confined once the VM is built (what it opened is known, and a
+	// rebuild after a guest reboot opens the same) and before its vCPUs
+	// start: the guest never runs an instruction unconfined.
+	ctl.SetBeforeStart(func() error { return o.confine(cfg, log) })
 	if o.restore != "" {
 		if err := ctl.Restore(o.restore, vmm.RestoreOptions{Prefault: o.prefault}); err != nil {
-			return err
-		}
-		if err := o.confine(cfg, log); err != nil {
 			return err
 		}
 		if err := ctl.Resume(); err != nil {
@@ -318,11 +319,6 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 		}
 	} else {
 		if err := ctl.Boot(); err != nil {
-			return err
-		}
-		// Confined once the VM is built: what it opened is known, and a
-		// rebuild after a guest reboot opens the same.
-		if err := o.confine(cfg, log); err != nil {
 			return err
 		}
 	}

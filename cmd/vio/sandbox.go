@@ -27,11 +27,7 @@ type sandboxFlags struct {
 }
 
 func (s *sandboxFlags) add(fl *pflag.FlagSet) {
-	// Off by default for now: with it on, every end-to-end scenario
-	// passed but one, TestDistroDiskBoot (a distribution disk booted with
-	// no --kernel and a cloud-init seed), whose guest printed nothing in
-	// 4 minutes; on by default comes once that is understood.
-	fl.StringVar(&s.mode, "sandbox", "off", "confine vio once the VM is set up: on (seccomp filter and Landlock; a forbidden system call stops vio with a report), kill (the same, killed by the kernel), log (only log forbidden calls to the kernel's audit log), off (the default for now: no confinement; see docs/security.md)")
+	fl.StringVar(&s.mode, "sandbox", "on", "confine vio once the VM is built, before the guest runs: on (the default: seccomp filter and Landlock; a forbidden system call stops vio with a report), kill (the same, killed by the kernel), log (only log forbidden calls to the kernel's audit log), off (no confinement, for debugging; see docs/security.md)")
 	fl.StringArrayVar(&s.allow, "sandbox-allow", nil, "a file or directory the sandboxed vio may still read, write and create files in: for snapshot destinations and hot-plugged disks the API names later (repeatable; with vio serve, the only paths it may use)")
 }
 

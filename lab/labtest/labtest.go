@@ -130,10 +130,11 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 	fmt.Fprintf(stdout, "labtest: %s; running %s in the lab\n", why, filepath.Base(self))
 	err = runInLab(ctx, self, args, labDeadline, testDeadline, io.MultiWriter(stdout, &seen), stderr)
 	failedBefore := false
-	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrTimeout) {
-		// The emulated machine wedged under the tests, not the tests
-		// themselves (their own deadline would have fired first).
-		fmt.Fprintf(stdout, "labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up, or its test binary could not even time out)\n", err)
+	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrTimeout) || errors.Is(err, lab.ErrL1Died) {
+		// The emulated machine wedged or died under the tests, not the
+		// tests themselves (their own deadline would have fired first,
+		// and a test cannot stop L1's kernel).
+		fmt.Fprintf(stdout, "labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up or died, or its test binary could not even time out)\n", err)
 		var done bool
 		err, failedBefore, done = retryUnfinished(ctx, self, args, &seen, min(labDeadline, goDeadline(args)-30*time.Second-time.Since(start)), err, stdout, stderr)
 		if done {

@@ -2,6 +2,7 @@ package labtest
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func TestWithoutRun(t *testing.T) {
 	if !listing([]string{"-test.list=."}) || listing([]string{"-test.run=."}) {
 		t.Error("listing misjudged")
 	}
-	if _, err := shardTests([]string{"-test.run=TestA/sub"}, 2); err == nil {
+	if _, err := shardTests([]string{"-test.run=TestA/sub"}, 2, nil); err == nil {
 		t.Error("a subtest filter was sharded")
 	}
 }
@@ -67,12 +68,34 @@ func TestWithoutRun(t *testing.T) {
 // TestShardTests lists this package's own tests through the binary, as
 // RunSharded does, and deals them out.
 func TestShardTests(t *testing.T) {
-	shards, err := shardTests([]string{"-test.run=^(TestFuzzing|TestDeadlines|TestWithoutRun)$"}, 2)
+	shards, err := shardTests([]string{"-test.run=^(TestFuzzing|TestDeadlines|TestWithoutRun)$"}, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(shards) != 2 || strings.Join(shards[0], " ") != "TestFuzzing TestWithoutRun" || strings.Join(shards[1], " ") != "TestDeadlines" {
 		t.Errorf("shards %q", shards)
+	}
+}
+
+// TestDealBalanced: with expected times, the two longest tests land in
+// different shards (round-robin put them together here), tests not named
+// count as the median, and each shard keeps the listed order.
+func TestDealBalanced(t *testing.T) {
+	names := []string{"TestA", "TestB", "TestC", "TestD", "TestE", "TestF"}
+	if got := deal(names, 2, nil); fmt.Sprint(got) != "[[TestA TestC TestE] [TestB TestD TestF]]" {
+		t.Fatalf("round-robin: %v", got)
+	}
+	exp := Expected{"TestA": 300 * time.Second, "TestC": 290 * time.Second, "TestB": 60 * time.Second,
+		"TestD": 50 * time.Second, "TestE": 40 * time.Second}
+	got := deal(names, 2, exp)
+	// TestA 300 | TestC 290; then, each onto the lighter side: TestB (60)
+	// with C, TestF (the median, 60) with A, TestD (50) with C, TestE (40)
+	// with A: 400 s each.
+	if fmt.Sprint(got) != "[[TestA TestE TestF] [TestB TestC TestD]]" {
+		t.Fatalf("balanced: %v", got)
+	}
+	if got := deal(names[:1], 3, exp); fmt.Sprint(got) != "[[TestA]]" {
+		t.Fatalf("one test, three shards: %v", got)
 	}
 }
 

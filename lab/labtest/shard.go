@@ -2,13 +2,16 @@ package labtest
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/viovmm/vio/lab"
 )
@@ -19,10 +22,16 @@ import (
 // a machine of two cores two labs finish the package in about half the
 // time of one. Each shard's output is printed whole when it ends, so test
 // output never interleaves.
-func MainSharded(m *testing.M, n int) { os.Exit(RunSharded(m, n)) }
+func MainSharded(m *testing.M, n int) { os.Exit(RunSharded(m, n, nil)) }
 
-// RunSharded is MainSharded returning the exit status.
-func RunSharded(m *testing.M, n int) int {
+// Expected is how long each test is expected to take, for dealing tests
+// into shards that end together; it need only be roughly right. A test it
+// does not name counts as the median of those it does.
+type Expected map[string]time.Duration
+
+// RunSharded is MainSharded returning the exit status, with the shards
+// balanced by expected (nil: dealt round-robin).
+func RunSharded(m *testing.M, n int, expected Expected) int {
 	args := os.Args[1:]
 	if Inside() || lab.HardwareKVM() || listing(args) {
 		return m.Run()
@@ -31,7 +40,7 @@ func RunSharded(m *testing.M, n int) int {
 	if os.Getenv("VIO_LAB") == "off" {
 		return relaunchUnlessOff(why, 0)
 	}
-	shards, err := shardTests(args, n)
+	shards, err := shardTests(args, n, expected)
 	if err != nil || len(shards) < 2 {
 		if err != nil {
 			fmt.Printf("labtest: not sharding (%v)\n", err)
@@ -79,22 +88,59 @@ func listing(args []string) bool {
 	return false
 }
 
-// shardTests lists the tests the arguments select and deals them
-// round-robin into at most n shards.
-func shardTests(args []string, n int) ([][]string, error) {
+// shardTests lists the tests the arguments select and deals them into at
+// most n shards (see deal).
+func shardTests(args []string, n int, expected Expected) ([][]string, error) {
 	names, err := listTests(args)
 	if err != nil {
 		return nil, err
 	}
+	return deal(names, n, expected), nil
+}
+
+// deal splits names into at most n shards. With no expected times it
+// deals round-robin. With them, it gives each test, longest first, to the
+// shard with the least expected time so far (the LPT rule, within 4/3 of
+// the best split): round-robin can put the two longest tests in one shard,
+// and the package lasts as long as its longest shard. Within a shard,
+// tests keep their listed order.
+func deal(names []string, n int, expected Expected) [][]string {
 	n = min(n, len(names))
 	if n < 1 {
-		return nil, nil
+		return nil
 	}
 	shards := make([][]string, n)
-	for i, name := range names {
-		shards[i%n] = append(shards[i%n], name)
+	if len(expected) == 0 {
+		for i, name := range names {
+			shards[i%n] = append(shards[i%n], name)
+		}
+		return shards
 	}
-	return shards, nil
+	known := make([]time.Duration, 0, len(expected))
+	for _, d := range expected {
+		known = append(known, d)
+	}
+	slices.Sort(known)
+	median := known[len(known)/2]
+	cost := func(name string) time.Duration {
+		if d, ok := expected[name]; ok {
+			return d
+		}
+		return median
+	}
+	order := slices.Clone(names)
+	slices.SortStableFunc(order, func(a, b string) int { return cmp.Compare(cost(b), cost(a)) })
+	load := make([]time.Duration, n)
+	shardOf := map[string]int{}
+	for _, name := range order {
+		i := slices.Index(load, slices.Min(load))
+		load[i] += cost(name)
+		shardOf[name] = i
+	}
+	for _, name := range names {
+		shards[shardOf[name]] = append(shards[shardOf[name]], name)
+	}
+	return shards
 }
 
 // listTests lists the top-level tests the arguments select, by running

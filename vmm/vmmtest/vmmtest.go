@@ -13,6 +13,7 @@ import (
 
 	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/block/journal"
+	"github.com/viovmm/vio/block/multipath"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/state"
@@ -115,7 +116,8 @@ type Machine struct {
 	resized         map[string]int64
 	faults          map[string][]graph.FaultRule
 	throttled       map[string]graph.RateLimiterConfig
-	journals        map[string]journal.Ops // journal.go
+	journals        map[string]journal.Ops          // journal.go
+	multipaths      map[string]*multipath.Multipath // multipath.go
 	err             error
 
 	hpOnce sync.Once
@@ -346,6 +348,13 @@ func (m *Machine) Paused() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.paused
+}
+
+// Started reports whether the Machine's vCPUs have been started.
+func (m *Machine) Started() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.started
 }
 
 // Closed reports whether the Machine has been closed.
