@@ -31,7 +31,7 @@ func DMARTable(regBase uint64) []byte {
 	binary.LittleEndian.PutUint16(drhd[0:], drhdType)
 	binary.LittleEndian.PutUint16(drhd[2:], drhdLength)
 	drhd[4] = drhdIncludeAll
-	drhd[5] = 0 // size: 2^0 pages of registers (RegisterSize)
+	drhd[5] = 0                                // size: 2^0 pages of registers (RegisterSize)
 	binary.LittleEndian.PutUint16(drhd[6:], 0) // segment 0
 	binary.LittleEndian.PutUint64(drhd[8:], regBase)
 	return acpi.Table(SigDMAR, dmarRevision, append(body, drhd...))

@@ -46,10 +46,10 @@ const verValue = 0x10
 
 // CAP fields.
 const (
-	capND16      = 6                        // 16-bit domain ids
-	capCM        = 1 << 7                   // caching mode
-	capSAGAW39   = 1 << 9                   // 3-level tables
-	capSAGAW48   = 1 << 10                  // 4-level tables
+	capND16      = 6       // 16-bit domain ids
+	capCM        = 1 << 7  // caching mode
+	capSAGAW39   = 1 << 9  // 3-level tables
+	capSAGAW48   = 1 << 10 // 4-level tables
 	capMGAW      = (MaxAddressWidth - 1) << 16
 	capFRO       = (regFRCD / 16) << 24
 	capSLLPS2M   = 1 << 34
@@ -169,20 +169,20 @@ const (
 // regs is the guest-visible register state. 64-bit registers are kept
 // whole; 32-bit halves are merged in by write32.
 type regs struct {
-	gsts                      uint32
-	rtaddr                    uint64
-	ccmd                      uint64
-	fsts                      uint32 // without PPF, which is computed
-	fectl, fedata, feaddr     uint32
-	feuaddr                   uint32
-	pmen                      uint32
-	iqh, iqt, iqa             uint64
-	ics                       uint32
-	iectl, iedata, ieaddr     uint32
-	ieuaddr                   uint32
-	iva, iotlb                uint64
-	frcd                      [NumFaultRecords][2]uint64
-	nextFault                 int // fault record the next fault goes to
+	gsts                  uint32
+	rtaddr                uint64
+	ccmd                  uint64
+	fsts                  uint32 // without PPF, which is computed
+	fectl, fedata, feaddr uint32
+	feuaddr               uint32
+	pmen                  uint32
+	iqh, iqt, iqa         uint64
+	ics                   uint32
+	iectl, iedata, ieaddr uint32
+	ieuaddr               uint32
+	iva, iotlb            uint64
+	frcd                  [NumFaultRecords][2]uint64
+	nextFault             int // fault record the next fault goes to
 }
 
 func (r *regs) reset() {
