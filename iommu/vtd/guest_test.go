@@ -65,13 +65,14 @@ type msi struct {
 }
 
 type guest struct {
-	t    *testing.T
-	mem  *memory.Memory
-	u    *vtd.Unit
-	next uint64 // page allocator for tables
-	msis []msi
-	root uint64 // root table
-	gcmd uint32 // persistent GCMD bits, as Linux keeps them
+	t     *testing.T
+	mem   *memory.Memory
+	u     *vtd.Unit
+	next  uint64 // page allocator for tables
+	msis  []msi
+	root  uint64 // root table
+	gcmd  uint32 // persistent GCMD bits, as Linux keeps them
+	queue *queue // invalidation queue, once enabled
 }
 
 func newGuest(t *testing.T, cfg vtd.Config) *guest {
