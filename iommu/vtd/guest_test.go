@@ -65,7 +65,7 @@ type msi struct {
 }
 
 type guest struct {
-	t     *testing.T
+	t     testing.TB
 	mem   *memory.Memory
 	u     *vtd.Unit
 	next  uint64 // page allocator for tables
@@ -75,7 +75,7 @@ type guest struct {
 	queue *queue // invalidation queue, once enabled
 }
 
-func newGuest(t *testing.T, cfg vtd.Config) *guest {
+func newGuest(t testing.TB, cfg vtd.Config) *guest {
 	t.Helper()
 	mem, err := memory.New([]memory.Layout{{GPA: 0, Size: ramSize}})
 	if err != nil {
