@@ -2,6 +2,7 @@ package vtd
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/viovmm/vio/memory"
 )
@@ -17,6 +18,41 @@ func (u *Unit) DMA(sourceID uint16) memory.DMA { return &view{u: u, sid: sourceI
 type view struct {
 	u   *Unit
 	sid uint16
+	// fast holds the view's own copies of recent 4 KiB translations,
+	// direct-mapped by page number, so that a device's repeated
+	// accesses to its rings and buffers take neither the unit's lock
+	// nor a map lookup. An entry is valid only while the unit's
+	// generation is the one it was made in; every change that could
+	// make it wrong (an invalidation, TE, SRTP, Reset) moves the
+	// generation under the unit's lock first.
+	fast [fastEntries]atomic.Pointer[fastEntry]
+}
+
+const fastEntries = 16
+
+type fastEntry struct {
+	gen         uint64
+	page        uint64 // device address >> 12
+	gpa         uint64 // of the page
+	read, write bool
+}
+
+// lookupFast translates iova from the view's own entries, or reports
+// false.
+func (v *view) lookupFast(iova uint64, write bool) (uint64, bool) {
+	e := v.fast[iova>>12%fastEntries].Load()
+	if e == nil || e.page != iova>>12 || e.gen != v.u.gen.Load() || write && !e.write || !write && !e.read {
+		return 0, false
+	}
+	return e.gpa + iova&0xfff, true
+}
+
+// remember keeps the translation of iova's 4 KiB page. Caller holds
+// Unit.mu, so the generation read here is the one tr was made in.
+func (v *view) remember(iova uint64, tr translation) {
+	v.fast[iova>>12%fastEntries].Store(&fastEntry{
+		gen: v.u.gen.Load(), page: iova >> 12, gpa: tr.gpa - iova&0xfff, read: tr.read, write: tr.write,
+	})
 }
 
 var _ memory.DMA = (*view)(nil)
@@ -38,16 +74,23 @@ func (v *view) resolve(addr, n uint64, write bool, buf []chunk) ([]chunk, error)
 	if n > 0 && addr+n-1 < addr {
 		return nil, fmt.Errorf("%w: %#x+%#x wraps around", memory.ErrNotMapped, addr, n)
 	}
+	out := buf[:0]
+	if n <= 0x1000-addr&0xfff {
+		if gpa, ok := v.lookupFast(addr, write); ok {
+			return append(out, chunk{gpa, n}), nil
+		}
+	}
 	u := v.u
 	u.mu.Lock()
 	defer u.unlock()
-	out := buf[:0]
 	for off := uint64(0); ; {
-		gpa, span, err := u.translate(v.sid, addr+off, write)
+		tr, err := u.translate(v.sid, addr+off, write)
 		if err != nil {
 			return nil, err
 		}
-		take := min(span, n-off)
+		v.remember(addr+off, tr)
+		gpa := tr.gpa
+		take := min(tr.span, n-off)
 		if l := len(out) - 1; l >= 0 && out[l].gpa+out[l].n == gpa {
 			out[l].n += take
 		} else {

@@ -81,7 +81,8 @@ func FuzzTranslate(f *testing.F) {
 					t.Fatalf("slice of %d bytes for %d", len(s), n)
 				}
 				u.mu.Lock()
-				gpa, _, terr := u.translate(sid, iova, write)
+				tr, terr := u.translate(sid, iova, write)
+				gpa := tr.gpa
 				u.mu.Unlock()
 				if terr != nil {
 					t.Fatalf("slice succeeded, translation fails: %v", terr)

@@ -73,6 +73,7 @@ type guest struct {
 	root  uint64 // root table
 	gcmd  uint32 // persistent GCMD bits, as Linux keeps them
 	queue *queue // invalidation queue, once enabled
+	views map[uint16]memory.DMA // long-lived views, as devices keep them
 }
 
 func newGuest(t testing.TB, cfg vtd.Config) *guest {
@@ -236,6 +237,9 @@ func (g *guest) read(s uint16, iova uint64, n int) ([]byte, error) {
 	return p, err
 }
 
+// mustByte checks the byte at iova through a fresh view (which starts
+// from the unit's caches) and through a long-lived one (which has its own
+// copies of recent translations, valid for one generation).
 func (g *guest) mustByte(s uint16, iova uint64, want byte) {
 	g.t.Helper()
 	p, err := g.read(s, iova, 1)
@@ -244,6 +248,19 @@ func (g *guest) mustByte(s uint16, iova uint64, want byte) {
 	}
 	if p[0] != want {
 		g.t.Fatalf("read at %#x = %#x, want %#x", iova, p[0], want)
+	}
+	if g.views == nil {
+		g.views = make(map[uint16]memory.DMA)
+	}
+	v, ok := g.views[s]
+	if !ok {
+		v = g.u.DMA(s)
+		g.views[s] = v
+	}
+	for range 2 { // the second read runs from the view's own copy
+		if _, err := v.ReadAt(p, int64(iova)); err != nil || p[0] != want {
+			g.t.Fatalf("read at %#x through a long-lived view = %#x, %v; want %#x", iova, p[0], err, want)
+		}
 	}
 }
 

@@ -179,6 +179,8 @@ func TestIOTLBCaches(t *testing.T) {
 		inv.iotlb(3, domain, 0x4000, 0)
 		_, err := g.read(sid, 0x4000, 1)
 		wantFault(t, err, vtd.FaultRead)
+		_, err = g.views[sid].ReadAt(make([]byte, 1), 0x4000)
+		wantFault(t, err, vtd.FaultRead)
 	})
 }
 

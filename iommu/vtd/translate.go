@@ -140,20 +140,27 @@ func (u *Unit) walk(ctx contextEntry, iova uint64) (base uint64, level int, r, w
 	panic("unreachable: level 1 is always a leaf")
 }
 
+// translation is the result of translating one address.
+type translation struct {
+	gpa         uint64 // of the translated address
+	span        uint64 // bytes from gpa to the end of its mapping page
+	read, write bool   // what the mapping page allows
+}
+
 // translate returns the guest physical address of the device address
-// iova for an access by sid, and how many bytes from there on the same
-// mapping page covers. A failure is recorded as a fault and returned as a
-// *Fault. Caller holds mu.
-func (u *Unit) translate(sid uint16, iova uint64, write bool) (gpa, span uint64, err error) {
+// iova for an access by sid, how many bytes from there on the same
+// mapping page covers, and the page's permissions. A failure is recorded
+// as a fault and returned as a *Fault. Caller holds mu.
+func (u *Unit) translate(sid uint16, iova uint64, write bool) (translation, error) {
 	if u.r.gsts&gstsTES == 0 {
-		return iova, identitySpan(iova), nil
+		return translation{iova, identitySpan(iova), true, true}, nil
 	}
 	ctx, reason := u.context(sid)
 	if reason != 0 {
-		return 0, 0, u.fault(sid, iova, write, reason, false)
+		return translation{}, u.fault(sid, iova, write, reason, false)
 	}
 	if ctx.passthrough {
-		return iova, identitySpan(iova), nil
+		return translation{iova, identitySpan(iova), true, true}, nil
 	}
 	k, e, ok := u.iotlb.get(ctx.did, iova)
 	if ok {
@@ -162,21 +169,21 @@ func (u *Unit) translate(sid uint16, iova uint64, write bool) (gpa, span uint64,
 		u.stats.IOTLBMisses++
 		base, level, r, w, reason := u.walk(ctx, iova)
 		if reason != 0 {
-			return 0, 0, u.fault(sid, iova, write, reason, ctx.fpd)
+			return translation{}, u.fault(sid, iova, write, reason, ctx.fpd)
 		}
 		k = iotlbKey{ctx.did, uint8(level), iova >> pageShift(level) << pageShift(level)}
 		e = iotlbEntry{gpa: base, read: r, write: w}
 		u.iotlb.put(k, e)
 	}
 	if write && !e.write {
-		return 0, 0, u.fault(sid, iova, write, FaultWrite, ctx.fpd)
+		return translation{}, u.fault(sid, iova, write, FaultWrite, ctx.fpd)
 	}
 	if !write && !e.read {
-		return 0, 0, u.fault(sid, iova, write, FaultRead, ctx.fpd)
+		return translation{}, u.fault(sid, iova, write, FaultRead, ctx.fpd)
 	}
 	size := uint64(1) << pageShift(int(k.level))
 	off := iova - k.page
-	return e.gpa + off, size - off, nil
+	return translation{e.gpa + off, size - off, e.read, e.write}, nil
 }
 
 // fault records a translation fault and returns it as an error.
