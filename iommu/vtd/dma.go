@@ -7,6 +7,12 @@ import (
 	"github.com/viovmm/vio/memory"
 )
 
+// SourceID returns the PCI requester id of bus:dev.fn, the source id a
+// device's accesses carry and the argument of DMA.
+func SourceID(bus, dev, fn uint8) uint16 {
+	return uint16(bus)<<8 | uint16(dev&0x1f)<<3 | uint16(fn&7)
+}
+
 // DMA returns the view of guest memory that the device with the given PCI
 // source id (bus<<8 | device<<3 | function) has through the unit. Every
 // access is translated; one the guest's tables do not allow fails with an

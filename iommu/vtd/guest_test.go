@@ -70,9 +70,9 @@ type guest struct {
 	u     *vtd.Unit
 	next  uint64 // page allocator for tables
 	msis  []msi
-	root  uint64 // root table
-	gcmd  uint32 // persistent GCMD bits, as Linux keeps them
-	queue *queue // invalidation queue, once enabled
+	root  uint64                // root table
+	gcmd  uint32                // persistent GCMD bits, as Linux keeps them
+	queue *queue                // invalidation queue, once enabled
 	views map[uint16]memory.DMA // long-lived views, as devices keep them
 }
 

@@ -69,7 +69,9 @@ type msi struct {
 	data uint32
 }
 
-// Stats counts what the unit did, for tests and metrics.
+// Stats counts what the unit did, for tests and metrics. IOTLB hits and
+// misses count the lookups that reach the unit; accesses a view answers
+// from its own copy of a translation (see DMA) are not counted.
 type Stats struct {
 	IOTLBHits, IOTLBMisses uint64
 	Faults                 uint64 // translation faults (recorded or not)
