@@ -154,7 +154,11 @@ func FuzzRegisters(f *testing.F) {
 				u.Read(off, make([]byte, size))
 				continue
 			}
+			before := u.Stats().Descriptors
 			u.Write(off, val[:size])
+			if n := u.Stats().Descriptors - before; n > 256<<7 {
+				t.Fatalf("one register write ran %d descriptors, more than the largest queue", n)
+			}
 			// A DMA access now and then, through a device of bus 0.
 			if off%3 == 0 {
 				v := u.DMA(uint16(val[0]))

@@ -177,7 +177,7 @@ const (
 	// always reserved here.
 	ctxDescLoReserved   = ^uint64(0xf | 3<<4 | 0xffff<<16 | 0xffff<<32 | 3<<48)
 	iotlbDescLoReserved = ^uint64(0xf | 3<<4 | 1<<6 | 1<<7 | 0xffff<<16)
-	iotlbDescHiReserved = ^uint64(addrMask | 1<<6 | 0x3f)
+	iotlbDescHiReserved = 0x1f << 7 // between IH and the address
 	waitDescLoReserved  = ^uint64(0xf | 1<<4 | 1<<5 | 1<<6 | 1<<7 | 0xffffffff<<32)
 	waitIF              = 1 << 4
 	waitSW              = 1 << 5
@@ -228,7 +228,7 @@ func (u *Unit) execute(lo, hi uint64) bool {
 		if lo&iotlbDescLoReserved != 0 || hi&iotlbDescHiReserved != 0 {
 			return false
 		}
-		return u.iotlbInvalidate(int(lo>>4&3), uint16(lo>>16), hi&addrMask, uint8(hi&0x3f)) != 0
+		return u.iotlbInvalidate(int(lo>>4&3), uint16(lo>>16), hi&^0xfff, uint8(hi&0x3f)) != 0
 	case descWait:
 		if lo&waitDescLoReserved != 0 || hi&3 != 0 {
 			return false

@@ -348,7 +348,7 @@ func TestQueueError(t *testing.T) {
 	// queue.
 	for _, d := range [][2]uint64{
 		{2 | 1<<4 | 1<<8, 0},     // IOTLB with reserved bit 8
-		{2 | 1<<4, 1 << 60},      // IOTLB address beyond HAW
+		{2 | 1<<4, 1 << 8},       // IOTLB with reserved bit 72
 		{5 | 1<<5, q.status | 1}, // wait with a misaligned status address
 		{1 | 1<<4, 1},            // context with a non-zero high quadword
 		{1, 0},                   // context with granularity 0
