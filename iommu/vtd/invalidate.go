@@ -32,11 +32,15 @@ type InvalidationKind int
 const (
 	// InvalidateMap: a page-selective invalidation whose first page is
 	// mapped now: the guest mapped [IOVA, IOVA+Size) (or changed its
-	// mapping), walk it with Lookup.
+	// mapping). Walk the range with Lookup: map what it finds, unmap
+	// the pages it refuses.
 	InvalidateMap InvalidationKind = iota
 	// InvalidateUnmap: a page-selective invalidation whose first page is
-	// not mapped (or whose domain's tables the unit has not seen): the
-	// guest unmapped [IOVA, IOVA+Size).
+	// not mapped (or whose domain's tables the unit has not seen in its
+	// context cache): the guest unmapped [IOVA, IOVA+Size). Only the
+	// first page is looked at; a guest that mixes mapped and unmapped
+	// pages in one invalidation is not what Linux does, and a follower
+	// that must be exact can check the range with Lookup.
 	InvalidateUnmap
 	// InvalidateDomain: everything of Domain may have changed.
 	InvalidateDomain
