@@ -17,8 +17,9 @@ func SourceID(bus, dev, fn uint8) uint16 {
 // source id (bus<<8 | device<<3 | function) has through the unit. Every
 // access is translated; one the guest's tables do not allow fails with an
 // error matching memory.ErrNotMapped (a *Fault) and is recorded as a DMAR
-// fault. Views are cheap; all views of a unit share its caches and report
-// its generation.
+// fault. All views of a unit share its caches and report its generation;
+// each also keeps its own copies of recent translations, so a device
+// should keep its view rather than ask for one per access.
 func (u *Unit) DMA(sourceID uint16) memory.DMA { return &view{u: u, sid: sourceID} }
 
 type view struct {
