@@ -30,10 +30,15 @@ type sectorCipher struct {
 	asm    bool
 	ek, dk []byte
 	rounds int
+	// vaes: the 512-bit VAES path (vaes_amd64.s) on the same round keys.
+	vaes bool
 }
 
-// useAESNI can be cleared by tests to exercise the portable loop.
-var useAESNI = haveAESNI
+// useAESNI and useVAES can be cleared by tests to exercise the other paths.
+var (
+	useAESNI = haveAESNI
+	useVAES  = haveVAES
+)
 
 // newSectorCipher returns the cipher for spec (only aes-xts-plain64) with
 // key (32 bytes for AES-128-XTS, 64 for AES-256-XTS). The caller keeps and
@@ -56,6 +61,7 @@ func newSectorCipher(spec string, key []byte, sectorSize int, ivTweak uint64) (*
 	c := &sectorCipher{k1: k1, k2: k2, sectorSize: sectorSize, ivTweak: ivTweak}
 	if useAESNI {
 		c.asm = true
+		c.vaes = useVAES
 		c.ek, c.dk, c.rounds = expandKey(key[:len(key)/2])
 	}
 	return c, nil
@@ -77,6 +83,23 @@ func (c *sectorCipher) xtsSector(dst, src []byte, iv uint64, decrypt bool) {
 	c.k2.Encrypt(t[:], t[:])
 	t0 := binary.LittleEndian.Uint64(t[:8])
 	t1 := binary.LittleEndian.Uint64(t[8:])
+	if c.vaes && len(src)%vaesGroup == 0 {
+		// The first group's tweaks; the assembly derives the rest.
+		var tw [vaesGroup]byte
+		for i := 0; i < vaesGroup; i += 16 {
+			binary.LittleEndian.PutUint64(tw[i:], t0)
+			binary.LittleEndian.PutUint64(tw[i+8:], t1)
+			carry := t1 >> 63
+			t1 = t1<<1 | t0>>63
+			t0 = t0<<1 ^ carry*0x87
+		}
+		if decrypt {
+			xtsDecVAES(c.rounds, &c.dk[0], &dst[0], &src[0], &tw[0], len(src)/vaesGroup)
+		} else {
+			xtsEncVAES(c.rounds, &c.ek[0], &dst[0], &src[0], &tw[0], len(src)/vaesGroup)
+		}
+		return
+	}
 	if c.asm && len(src)%128 == 0 {
 		// Tweaks for up to asmChunk bytes at a time: a small buffer, so
 		// that zeroing it costs little next to the blocks it serves.
@@ -156,6 +179,9 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// vaesGroup is how many bytes the VAES path encrypts per loop: 16 blocks.
+const vaesGroup = 256
 
 // asmChunk is how many bytes the AES-NI path encrypts per call.
 const asmChunk = 512

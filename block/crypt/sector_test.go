@@ -18,11 +18,14 @@ func TestXTSMatchesXCrypto(t *testing.T) {
 	if !haveAESNI {
 		t.Log("no AES-NI here: only the portable loop is checked")
 	}
-	for _, asm := range []bool{false, haveAESNI} {
-		useAESNI = asm
-		t.Run(fmt.Sprintf("aesni=%v", asm), testXTSMatches)
+	if !haveVAES {
+		t.Log("no 512-bit VAES here: that path is not checked")
 	}
-	useAESNI = haveAESNI
+	for _, p := range []struct{ aesni, vaes bool }{{false, false}, {haveAESNI, false}, {haveAESNI, haveVAES}} {
+		useAESNI, useVAES = p.aesni, p.vaes
+		t.Run(fmt.Sprintf("aesni=%v/vaes=%v", p.aesni, p.vaes), testXTSMatches)
+	}
+	useAESNI, useVAES = haveAESNI, haveVAES
 }
 
 func testXTSMatches(t *testing.T) {
