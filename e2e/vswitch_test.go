@@ -319,11 +319,23 @@ func TestSwitchLab(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			a := labtest.Assets(t)
-			out, err := exec.CommandContext(ctx, qemu, "-enable-kvm", "-cpu", "host", "-smp", "1", "-m", "256",
-				"-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-				"-kernel", a.Kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
-				"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+sock("d"),
-				"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0d,romfile=").CombinedOutput()
+			runD := func() ([]byte, error) {
+				return exec.CommandContext(ctx, qemu, "-enable-kvm", "-cpu", "host", "-smp", "1", "-m", "256",
+					"-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+					"-kernel", a.Kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
+					"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+sock("d"),
+					"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0d,romfile=").CombinedOutput()
+			}
+			out, err := runD()
+			if err == nil && len(bytes.TrimSpace(out)) == 0 && ctx.Err() == nil {
+				// Seen once in a suite run: QEMU exited at once, cleanly
+				// and silent, its L2 having reset before its first line
+				// (the emulated lab's nested KVM, not the switch: d had
+				// sent nothing). The reference guest gets one more boot,
+				// and the log says so.
+				t.Logf("QEMU guest d exited without a line of output (it never booted); starting it once more")
+				out, err = runD()
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			logs["d"] = string(out)
