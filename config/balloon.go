@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 )
 
@@ -77,9 +76,6 @@ func (c *VM) validateBalloon() error {
 	}
 	if b.PCISegment != 0 {
 		return fmt.Errorf("balloon: pci_segment %d: vio has only segment 0", b.PCISegment)
-	}
-	if b.IOMMU {
-		return errors.New("balloon: iommu=true is not supported: vio has no vIOMMU yet")
 	}
 	return nil
 }

@@ -43,7 +43,6 @@ func TestBalloonJSONAndValidate(t *testing.T) {
 		{Balloon{Size: -1}, "negative"},
 		{Balloon{Size: 1 << 30}, "more than the guest's 512M"},
 		{Balloon{PCISegment: 1}, "segment"},
-		{Balloon{IOMMU: true}, "vIOMMU"},
 	} {
 		cfg := Default()
 		cfg.Payload.Kernel = kernel

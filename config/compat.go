@@ -21,7 +21,7 @@ import (
 //     headroom, huge pages, a virtio-fs device not yet built);
 //   - refused (Validate): ignoring it would be a lie about what the guest
 //     gets in isolation or correctness (firmware boot, TDX/SEV-SNP, a
-//     vIOMMU, vhost-user back-ends).
+//     vhost-user back-ends).
 //
 // Fields of VmConfig that are not modelled at all (numa, pmem, devices,
 // ...) are unknown fields and refused by Decode.
@@ -170,8 +170,13 @@ func (c *VM) validateCompat() error {
 		if p.TDX || p.SEVSNP {
 			return errors.New("platform.tdx and platform.sev_snp are not supported: vio cannot run confidential guests")
 		}
-		if len(p.IOMMUSegments) > 0 || p.IOMMUFD {
-			return errors.New("platform.iommu_segments and platform.iommufd are not supported: vio has no vIOMMU yet")
+		if p.IOMMUFD {
+			return errors.New("platform.iommufd is not supported: vio passes no host device through yet")
+		}
+		for _, seg := range p.IOMMUSegments {
+			if seg != 0 {
+				return fmt.Errorf("platform.iommu_segments: segment %d: vio has only segment 0", seg)
+			}
 		}
 		if p.NumPCISegments < 0 || p.NumPCISegments > 16 {
 			return fmt.Errorf("platform.num_pci_segments %d: want 1 to 16", p.NumPCISegments)
@@ -180,9 +185,7 @@ func (c *VM) validateCompat() error {
 			return err
 		}
 	}
-	iommu := c.IOMMU || c.Console.IOMMU || c.RNG != nil && c.RNG.IOMMU || c.Vsock != nil && c.Vsock.IOMMU
 	for _, d := range c.Disks {
-		iommu = iommu || d.IOMMU
 		if d.VhostUser {
 			return fmt.Errorf("disk %s: vhost_user is not supported yet: give a path to an image file", d.Path)
 		}
@@ -191,16 +194,12 @@ func (c *VM) validateCompat() error {
 		}
 	}
 	for i, n := range c.Net {
-		iommu = iommu || n.IOMMU
 		if n.VhostUser {
 			return fmt.Errorf("net %d: vhost_user is not supported yet: give a TAP", i)
 		}
 		if n.PCISegment != 0 {
 			return fmt.Errorf("net %d: pci_segment %d: vio has only segment 0", i, n.PCISegment)
 		}
-	}
-	if iommu {
-		return errors.New("iommu=true is not supported: vio has no vIOMMU yet, so devices cannot be placed behind one")
 	}
 	for _, f := range c.FS {
 		if f.Tag == "" || f.Socket == "" {
@@ -216,4 +215,28 @@ func (c *VM) validateCompat() error {
 		}
 	}
 	return nil
+}
+
+// WantsIOMMU reports whether the guest gets vio's emulated IOMMU (Intel
+// VT-d, docs/iommu.md): asked for by the VM (iommu, or platform.
+// iommu_segments naming segment 0) or by any device (Cloud Hypervisor's
+// per-device iommu=true). The unit covers every PCI device of segment 0,
+// so one device asking puts them all behind it: the DMAR table has one
+// unit for the whole segment, as most PC firmware does.
+func (c *VM) WantsIOMMU() bool {
+	if c.IOMMU || c.Console.IOMMU || c.RNG != nil && c.RNG.IOMMU || c.Vsock != nil && c.Vsock.IOMMU ||
+		c.Balloon != nil && c.Balloon.IOMMU || c.Platform != nil && len(c.Platform.IOMMUSegments) > 0 {
+		return true
+	}
+	for _, d := range c.Disks {
+		if d.IOMMU {
+			return true
+		}
+	}
+	for _, n := range c.Net {
+		if n.IOMMU {
+			return true
+		}
+	}
+	return false
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/arch/x86/acpi"
 	"github.com/viovmm/vio/devices/acpipm"
+	"github.com/viovmm/vio/iommu/vtd"
 	"github.com/viovmm/vio/loader"
 	"github.com/viovmm/vio/memory"
 )
@@ -164,6 +165,9 @@ func (v *VM) loadPayload() (uint64, error) {
 	}
 	acpiPCI(&ac)
 	ac.PCIInterrupts = v.intx
+	if v.iommu != nil {
+		ac.Extra = append(ac.Extra, vtd.DMARTable(iommuBase))
+	}
 	if _, err := acpi.Write(v.mem, ac); err != nil {
 		return 0, err
 	}

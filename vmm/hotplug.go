@@ -155,16 +155,17 @@ func (v *VM) plug(name, id string, build func() (virtio.Device, error)) (*pciDev
 		closeReverse(owned)
 		return nil, err
 	}
-	msi := v.msi.newDevice()
-	t, err := virtiopci.New(dev, v.mem, virtiopci.Options{Router: msi, IOEvents: v.ioevents})
-	if err != nil {
-		closeReverse(owned)
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
 	slot, err := v.nextSlot(name)
 	if err != nil {
 		closeReverse(owned)
 		return nil, err
+	}
+	msi := v.msi.newDevice()
+	t, err := virtiopci.New(dev, v.dmaFor(slot), virtiopci.Options{Router: msi, IOEvents: v.ioevents, AccessPlatform: v.iommu != nil})
+	if err != nil {
+		v.freeSlot(slot)
+		closeReverse(owned)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	if err := v.pciRoot.Add(pci.BDF{Device: slot}, t); err != nil {
 		v.freeSlot(slot)

@@ -70,16 +70,17 @@ func (v *VM) addIDE() error {
 	if n == 0 {
 		return nil
 	}
-	c, err := ide.New(v.mem, cfg)
-	if err != nil {
-		return err
-	}
-	// Closers run in reverse: the controller stops before its images close.
-	v.closers = append(v.closers, c)
 	slot, err := v.nextSlot("ide")
 	if err != nil {
 		return err
 	}
+	c, err := ide.New(v.dmaFor(slot), cfg)
+	if err != nil {
+		v.freeSlot(slot)
+		return err
+	}
+	// Closers run in reverse: the controller stops before its images close.
+	v.closers = append(v.closers, c)
 	gsi := intxGSI(slot, 0)
 	c.SetINTxLine(isaLine{v.kvm, uint32(gsi)})
 	c.SetBytes(pci.RegInterruptLine, []byte{gsi})

@@ -64,6 +64,9 @@ func (v *VM) setupPCI(stdio IO) error {
 		return err
 	}
 	v.pciRoot = root
+	if err := v.setupIOMMU(); err != nil {
+		return err
+	}
 	v.msi = newMSIRoutes(v.kvm)
 	v.ioevents = newIOEvents(v.kvm)
 	v.closers = append(v.closers, closerFunc(func() error { v.ioevents.close(); v.msi.close(); return nil }))
@@ -136,13 +139,15 @@ func (v *VM) setupPCI(stdio IO) error {
 
 // addVirtio puts dev on the next free slot of bus 0.
 func (v *VM) addVirtio(name string, dev virtio.Device) error {
-	t, err := virtiopci.New(dev, v.mem, virtiopci.Options{Router: v.msi.device(), IOEvents: v.ioevents, OnEvent: v.deviceEvents(name)})
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
 	slot, err := v.nextSlot(name)
 	if err != nil {
 		return err
+	}
+	t, err := virtiopci.New(dev, v.dmaFor(slot), virtiopci.Options{Router: v.msi.device(), IOEvents: v.ioevents,
+		OnEvent: v.deviceEvents(name), AccessPlatform: v.iommu != nil})
+	if err != nil {
+		v.freeSlot(slot)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	if err := v.pciRoot.Add(pci.BDF{Device: slot}, t); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -191,16 +196,17 @@ func (v *VM) addE1000(name string, n config.Net) error {
 		}
 		mac = m[:]
 	}
-	dev, err := e1000.New(t, v.mem, e1000.Config{MAC: mac})
-	if err != nil {
-		return err
-	}
-	// Closers run in reverse: the device stops before its TAP closes.
-	v.closers = append(v.closers, dev)
 	slot, err := v.nextSlot(name)
 	if err != nil {
 		return err
 	}
+	dev, err := e1000.New(t, v.dmaFor(slot), e1000.Config{MAC: mac})
+	if err != nil {
+		v.freeSlot(slot)
+		return err
+	}
+	// Closers run in reverse: the device stops before its TAP closes.
+	v.closers = append(v.closers, dev)
 	gsi := intxGSI(slot, 0)
 	dev.SetINTxLine(isaLine{v.kvm, uint32(gsi)})
 	dev.SetBytes(pci.RegInterruptLine, []byte{gsi})

@@ -141,6 +141,9 @@ func (v *VM) checkSaveable(verb, goal string) error {
 	if v.ide != nil {
 		return snapErr(ErrNotSaveable, "cannot %s: the IDE controller cannot save its state yet; use virtio disks %s", verb, goal)
 	}
+	if v.iommu != nil {
+		return snapErr(ErrNotSaveable, "cannot %s: the emulated IOMMU cannot save its state yet; start the VM without iommu %s", verb, goal)
+	}
 	return nil
 }
 

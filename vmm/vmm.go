@@ -22,6 +22,7 @@ import (
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
+	"github.com/viovmm/vio/iommu/vtd"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/pci"
@@ -78,6 +79,7 @@ type VM struct {
 
 	platform   *platform
 	pciRoot    *pci.Root
+	iommu      *vtd.Unit    // nil without --iommu (iommu.go)
 	pciDevices []*pciDevice // guarded by hp.mu once the VM runs
 	hp         hotplug
 	e1000s     []e1000Device

@@ -101,6 +101,9 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Console = s
 			}
+			if iommu, _ := f.GetBool("iommu"); iommu {
+				cfg.IOMMU = true
+			}
 			if rng, _ := f.GetBool("rng"); rng {
 				cfg.RNG = &config.RNG{Src: "/dev/urandom"}
 			}
@@ -168,6 +171,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringArrayVar(&disks, "disk", nil, "disk: path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
 	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME, user=on[,net=CIDR][,hostfwd=FWD[+FWD]] or socket=PATH|tcp:HOST:PORT (socket=A+B,bond=active-backup|balance for a bond), with [,firewall=FILE][,pcap=FILE][,ids=SOCK[,ids_mode=ips]][,mac=MAC][,model=virtio|e1000] (repeatable; docs/network.md)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
+	f.Bool("iommu", false, "put every PCI device behind an emulated Intel VT-d IOMMU (the guest needs intel_iommu=on; see docs/iommu.md)")
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")
 	f.StringVar(&cloudInitSpec, "cloud-init", "", "attach a cloud-init NoCloud seed disk: user-data=FILE[,meta-data=FILE][,network-config=FILE] (see docs/distro.md)")
 	f.StringVar(&balloonSpec, "balloon", "", "virtio-balloon: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on] (see docs/balloon.md)")

@@ -151,6 +151,11 @@ type Options struct {
 	// MSIXVectors defaults to one per queue plus one for configuration
 	// changes.
 	MSIXVectors int
+	// AccessPlatform offers VIRTIO_F_ACCESS_PLATFORM: the device's
+	// addresses are translated by the platform (an IOMMU: mem is then the
+	// device's view through it). Without it Linux hands the device guest
+	// physical addresses and bypasses the IOMMU's DMA mappings.
+	AccessPlatform bool
 	// Express makes the function a PCI Express root complex integrated
 	// endpoint (4 KiB configuration space, PCIe capability), which is
 	// what a q35-style machine presents.
@@ -284,7 +289,7 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 		dev:          dev,
 		mem:          mem,
 		maxSizes:     maxSizes,
-		offered:      dev.Features() | virtio.TransportFeatures,
+		offered:      offered(dev, opts),
 		ioevents:     opts.IOEvents,
 		onEvent:      opts.OnEvent,
 		queueVectors: make([]atomic.Uint32, nq),
@@ -909,4 +914,14 @@ func (t *Transport) pciCfgWrite(capOff int, data []byte) {
 	}
 	buf := t.Bytes(t.pciCap+16, 4)
 	(*barDevice)(t).Write(off, buf[:n])
+}
+
+// offered is what the transport offers the driver: the device's features,
+// the transport's, and ACCESS_PLATFORM when asked for.
+func offered(dev virtio.Device, opts Options) uint64 {
+	f := dev.Features() | virtio.TransportFeatures
+	if opts.AccessPlatform {
+		f |= virtio.FeatureAccessPlatform
+	}
+	return f
 }

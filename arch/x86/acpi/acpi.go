@@ -1,6 +1,7 @@
 package acpi
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -98,6 +99,9 @@ type Config struct {
 	// pin 2; KVM's default routing, which the MP table describes, has
 	// it on pin 0.
 	TimerOverride bool
+	// Extra are complete tables built elsewhere (Table: iommu/vtd's
+	// DMAR), listed in the XSDT after vio's own.
+	Extra [][]byte
 }
 
 // ErrConfig reports a Config the tables cannot describe.
@@ -119,6 +123,11 @@ func (c *Config) validate() error {
 	}
 	if w := c.PCIHole; w.Size != 0 && (w.Base+w.Size < w.Base || w.end() > 1<<32) {
 		return bad("32-bit PCI hole %#x+%#x is not below 4 GiB", w.Base, w.Size)
+	}
+	for i, t := range c.Extra {
+		if len(t) < headerSize || int(binary.LittleEndian.Uint32(t[4:])) != len(t) {
+			return bad("extra table %d is not a whole table (%d bytes)", i, len(t))
+		}
 	}
 	if len(c.PCIInterrupts) > 255 {
 		return bad("%d PCI interrupt routes; a _PRT holds at most 255", len(c.PCIInterrupts))
@@ -214,7 +223,7 @@ func build(cfg *Config, base uint64) ([]byte, error) {
 	}
 	// Reserve room for the RSDP and XSDT, whose contents depend on the
 	// addresses of the others.
-	nEntries := 2
+	nEntries := 2 + len(cfg.Extra)
 	if cfg.ECAM != nil {
 		nEntries++
 	}
@@ -226,6 +235,9 @@ func build(cfg *Config, base uint64) ([]byte, error) {
 	entries := []uint64{place(fadt(cfg, dsdtAddr)), place(madt(cfg))}
 	if cfg.ECAM != nil {
 		entries = append(entries, place(mcfg(cfg.ECAM)))
+	}
+	for _, t := range cfg.Extra {
+		entries = append(entries, place(t))
 	}
 	copy(img, rsdp(xsdtAddr))
 	copy(img[xsdtAddr-base:], xsdt(entries))

@@ -1,6 +1,7 @@
 package acpi_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -57,6 +58,7 @@ var configs = map[string]acpi.Config{
 	"ecam-outside-hole": {NumCPUs: 3, PM: pm, PvPanicPort: 0x505,
 		PCIHole: acpi.Window{Base: 0xc0000000, Size: 0x20000000},
 		ECAM:    &acpi.ECAMWindow{Base: 0xb0000000, StartBus: 1, EndBus: 8}},
+	"extra-table": {NumCPUs: 1, PM: pm, Extra: [][]byte{acpi.Table("DMAR", 1, []byte{47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})}},
 }
 
 // checkTables reads the tables from mem and checks them against cfg.
@@ -65,9 +67,14 @@ func checkTables(mem *memory.Memory, rsdp uint64, cfg acpi.Config) error {
 	if err != nil {
 		return err
 	}
-	want := 2
+	want := 2 + len(cfg.Extra)
 	if cfg.ECAM != nil {
-		want = 3
+		want++
+	}
+	for _, x := range cfg.Extra {
+		if got := p.byName[string(x[:4])]; !bytes.Equal(got.b, x) {
+			return fmt.Errorf("extra table %q: XSDT points at %x, want %x", x[:4], got.b, x)
+		}
 	}
 	if len(p.order) != want {
 		return fmt.Errorf("XSDT lists %v, want %d tables", p.order, want)
@@ -602,6 +609,8 @@ func TestConfigErrors(t *testing.T) {
 		"ECAM over IOAPIC": func(c *acpi.Config) { c.ECAM = &acpi.ECAMWindow{Base: 0xfe000000, StartBus: 0, EndBus: 15} },
 		"INTx pin 4":       func(c *acpi.Config) { c.PCIInterrupts = []x86.PCIInterrupt{{Device: 1, Pin: 4, IOAPICPin: 16}} },
 		"INTx device 32":   func(c *acpi.Config) { c.PCIInterrupts = []x86.PCIInterrupt{{Device: 32, IOAPICPin: 16}} },
+		"extra too short":  func(c *acpi.Config) { c.Extra = [][]byte{[]byte("DMAR")} },
+		"extra length":     func(c *acpi.Config) { c.Extra = [][]byte{append(acpi.Table("DMAR", 1, nil), 0)} },
 	}
 	for name, f := range bad {
 		t.Run(name, func(t *testing.T) {
