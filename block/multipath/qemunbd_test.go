@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,44 +16,64 @@ import (
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/multipath"
 	"github.com/viovmm/vio/block/nbd"
+	"golang.org/x/sys/unix"
 )
 
 // qemuNBD starts qemu-nbd serving img on a unix socket, without image
-// locking so that two servers can share the raw file.
-func qemuNBD(t *testing.T, img, sock string) *exec.Cmd {
+// locking so that two servers can share the raw file, and returns the
+// server's pid. --fork returns once the server listens, so the socket is
+// there to dial when it returns.
+func qemuNBD(t *testing.T, img, sock string) int {
 	t.Helper()
 	os.Remove(sock)
-	cmd := exec.Command("qemu-nbd", "--image-opts",
+	pidFile := sock + ".pid"
+	out, err := exec.Command("qemu-nbd", "--fork", "--pid-file", pidFile, "--image-opts",
 		"driver=raw,file.driver=file,file.filename="+img+",file.locking=off",
-		"-k", sock, "-x", "x", "-t")
-	if err := cmd.Start(); err != nil {
+		"-k", sock, "-x", "x", "-t").CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-nbd: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGCONT)
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("qemu-nbd's pid file: %v", err)
+	}
+	t.Cleanup(func() { kill(t, pid) })
+	return pid
+}
+
+// kill kills the server pid (frozen or not) and returns once it is gone:
+// it is not our child (--fork), so its exit is awaited through a pidfd.
+func kill(t *testing.T, pid int) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
+	}
+	defer unix.Close(fd)
+	unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+			if err != nil {
+				t.Errorf("waiting for qemu-nbd %d to exit: %v", pid, err)
+			}
+			return
+		}
+	}
 }
 
 func dialUnix(t *testing.T, sock string) *nbd.Client {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := nbd.Dial(ctx, "nbd+unix:///x?socket="+sock, nbd.Options{ReplayBuffer: -1, ReconnectAttempts: 1, ReconnectBackoff: 5 * time.Millisecond})
-		cancel()
-		if err == nil {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-nbd on %s: %v", sock, err)
-		}
-		// qemu-nbd creates its socket a moment after it starts; there
-		// is nothing to wait on but the next attempt.
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := nbd.Dial(ctx, "nbd+unix:///x?socket="+sock, nbd.Options{ReplayBuffer: -1, ReconnectAttempts: 1, ReconnectBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("qemu-nbd on %s: %v", sock, err)
 	}
+	return c
 }
 
 // Two qemu-nbd servers of one raw file. The active one is frozen
@@ -108,7 +130,7 @@ func TestQemuNBDStallAndKill(t *testing.T) {
 	if st := m.Status(); st.Paths[0].State != "active" || st.Paths[1].Requests != 0 {
 		t.Fatalf("before the stall: %+v", st)
 	}
-	srv0.Process.Signal(syscall.SIGSTOP)
+	syscall.Kill(srv0, syscall.SIGSTOP)
 	t0 := time.Now()
 	run(100, 200)
 	t.Logf("100 ops with the active server frozen: %v", time.Since(t0))
@@ -117,14 +139,13 @@ func TestQemuNBDStallAndKill(t *testing.T) {
 		t.Fatalf("after the stall: %+v", st)
 	}
 	// Killed while frozen: what it held never lands.
-	srv0.Process.Kill()
-	srv0.Wait()
+	kill(t, srv0)
 	run(200, 300)
 	qemuNBD(t, img, socks[0])
 	var back, rounds int
 	for deadline := time.Now().Add(30 * time.Second); back == 0 && time.Now().Before(deadline); {
-		// The restarted server needs a moment to listen, and the
-		// client to reconnect: probe until it answers.
+		// The restarted server listens (--fork), but the path's
+		// client reconnects at its own pace: probe until it answers.
 		back = m.Probe()
 		rounds++
 		if back == 0 {
