@@ -39,13 +39,18 @@ type Config struct {
 	// BootTimeout bounds L1's boot (default 2m). A stalled boot is retried
 	// once, since no command has run yet.
 	BootTimeout time.Duration
-	IOMMU       bool      // q35 with an emulated Intel IOMMU, for VFIO
-	NVMe        []NVMe    // emulated NVMe controllers for L1
-	Dir         string    // working directory of the command; writable in L1 (default: current)
-	Shares      []string  // further host directories made writable in L1
-	Env         []string  // extra KEY=VALUE for the command
-	Verbose     io.Writer // if set, L1's console is copied here as it runs
-	QEMU        string    // qemu-system-x86_64 binary (default: from PATH)
+	// WedgeTimeout is how long L1 may go without its heartbeat (a line
+	// its init prints every 20 s while the command runs) before it counts
+	// as wedged and is killed (default 5m). A wedged L1 runs nothing, not
+	// even its kernel's lockup watchdog, so only silence shows it.
+	WedgeTimeout time.Duration
+	IOMMU        bool      // q35 with an emulated Intel IOMMU, for VFIO
+	NVMe         []NVMe    // emulated NVMe controllers for L1
+	Dir          string    // working directory of the command; writable in L1 (default: current)
+	Shares       []string  // further host directories made writable in L1
+	Env          []string  // extra KEY=VALUE for the command
+	Verbose      io.Writer // if set, L1's console is copied here as it runs
+	QEMU         string    // qemu-system-x86_64 binary (default: from PATH)
 }
 
 // NVMe is one emulated NVMe controller given to L1.
@@ -108,6 +113,9 @@ chroot /newroot ip link set lo up || echo "vio-lab: loopback not brought up" > /
 stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
 say ready
+# Heartbeat: a wedged L1 runs nothing, not even its kernel's watchdog, so
+# the host knows it only by the silence of this loop.
+( while sleep 20; do say alive; done ) &
 chroot /newroot /bin/sh /run/vio-lab/run.sh </dev/null >/dev/ttyS1 2>/dev/ttyS2
 rc=$?
 sync
@@ -115,7 +123,7 @@ say "exit $rc"
 poweroff -f
 `
 
-const l1Version = "3" // bump when l1Init or modulesL1 change
+const l1Version = "4" // bump when l1Init or modulesL1 change
 
 // l1Image returns the L1 initramfs, building it into the asset cache once.
 func l1Image(a *assets.Assets) (string, error) {
@@ -217,6 +225,12 @@ var ErrL1Locked = errors.New("lab: L1's kernel locked up")
 // partly, and only a caller that can run it again retries.
 var ErrL1Died = errors.New("lab: L1 stopped without reporting the command's status")
 
+// ErrL1Wedged means L1 went silent after its boot: no heartbeat for
+// Config.WedgeTimeout. Seen in the lab: L1 stopped for 50 minutes with
+// neither output nor a lockup report, until the run's deadline, which left
+// no time for a retry. It is handled as ErrL1Locked is.
+var ErrL1Wedged = errors.New("lab: L1 stopped running its programs")
+
 // lockupSeconds is how long a stuck CPU is tolerated before ErrL1Locked: a
 // loaded host can stall L1 for a while and make its watchdog complain
 // once, but a real lockup keeps growing.
@@ -260,6 +274,14 @@ func boot(ctx context.Context, cfg Config, args []string, stdout, stderr io.Writ
 
 	bootTimer := time.NewTimer(cfg.BootTimeout)
 	defer bootTimer.Stop()
+	// The heartbeat is checked a few times per WedgeTimeout; a ticker
+	// that fires this rarely costs nothing next to L1.
+	wedge := cfg.WedgeTimeout
+	if wedge == 0 {
+		wedge = 5 * time.Minute
+	}
+	beat := time.NewTicker(max(wedge/5, 100*time.Millisecond))
+	defer beat.Stop()
 	var err, killed error
 	// ready is closed once and stays so: after it fires it must leave the
 	// select (nil), or the loop would spin on it for the whole run,
@@ -277,6 +299,12 @@ wait:
 			cmd.Process.Kill()
 			<-waited
 			return fmt.Errorf("%w after %v; L1 was killed%s", ErrL1Locked, time.Since(start).Round(100*time.Millisecond), con.tailLocked())
+		case <-beat.C:
+			if silent := con.silence(); silent > wedge {
+				cmd.Process.Kill()
+				<-waited
+				return fmt.Errorf("%w: no heartbeat for %v, %v after L1 started; L1 was killed%s", ErrL1Wedged, silent.Round(time.Second), time.Since(start).Round(100*time.Millisecond), con.tailLocked())
+			}
 		case <-bootTimer.C:
 			cmd.Process.Kill()
 			<-waited
@@ -327,6 +355,7 @@ type console struct {
 	mu       sync.Mutex
 	lines    []string
 	isReady  bool
+	lastSign time.Time // of the ready marker or the latest heartbeat
 	isLocked bool
 	exit     *int
 	failure  string
@@ -356,6 +385,9 @@ func (c *console) read(r io.Reader) {
 					close(c.ready)
 				}
 				c.isReady = true
+				c.lastSign = time.Now()
+			case "alive":
+				c.lastSign = time.Now()
 			case "exit":
 				if n, err := strconv.Atoi(strings.TrimSpace(m[2])); err == nil {
 					c.exit = &n
@@ -371,6 +403,17 @@ func (c *console) read(r io.Reader) {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// silence is how long L1 has gone without a heartbeat since it reported
+// ready (zero before then: a boot has its own timeout).
+func (c *console) silence() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.isReady {
+		return 0
+	}
+	return time.Since(c.lastSign)
 }
 
 func (c *console) tailLocked() string {

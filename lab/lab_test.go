@@ -142,3 +142,31 @@ func TestL1Died(t *testing.T) {
 		t.Fatalf("%v matches another lab error too", err)
 	}
 }
+
+// TestL1Wedged: an L1 that reports ready and then goes silent (no
+// heartbeat) is killed after WedgeTimeout as ErrL1Wedged, long before the
+// run's deadline; one that keeps its heartbeat going through a run longer
+// than WedgeTimeout is not.
+func TestL1Wedged(t *testing.T) {
+	dir := t.TempDir()
+	silent := filepath.Join(dir, "silent")
+	if err := os.WriteFile(silent, []byte("#!/bin/sh\necho '@@vio-lab ready' >&3\nexec sleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := boot(context.Background(), Config{QEMU: silent, BootTimeout: time.Minute, WedgeTimeout: time.Second}, nil, io.Discard, io.Discard)
+	if !errors.Is(err, ErrL1Wedged) {
+		t.Fatalf("got %v, want ErrL1Wedged", err)
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Fatalf("a silent L1 was noticed only after %v", d)
+	}
+	beating := filepath.Join(dir, "beating")
+	script := "#!/bin/sh\necho '@@vio-lab ready' >&3\nfor i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; echo '@@vio-lab alive' >&3; done\necho '@@vio-lab exit 0' >&3\n"
+	if err := os.WriteFile(beating, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := boot(context.Background(), Config{QEMU: beating, BootTimeout: time.Minute, WedgeTimeout: time.Second}, nil, io.Discard, io.Discard); err != nil {
+		t.Fatalf("an L1 with a heartbeat: %v", err)
+	}
+}

@@ -130,7 +130,7 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 	fmt.Fprintf(stdout, "labtest: %s; running %s in the lab\n", why, filepath.Base(self))
 	err = runInLab(ctx, self, args, labDeadline, testDeadline, io.MultiWriter(stdout, &seen), stderr)
 	failedBefore := false
-	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrTimeout) || errors.Is(err, lab.ErrL1Died) {
+	if errors.Is(err, lab.ErrL1Locked) || errors.Is(err, lab.ErrL1Wedged) || errors.Is(err, lab.ErrTimeout) || errors.Is(err, lab.ErrL1Died) {
 		// The emulated machine wedged or died under the tests, not the
 		// tests themselves (their own deadline would have fired first,
 		// and a test cannot stop L1's kernel).
