@@ -27,15 +27,24 @@ var vsockPeer = os.Getenv("VIO_VSOCKPEER")
 // buildGuestPrograms builds the Go programs guests run into dir and
 // passes their paths on to the lab run.
 func buildGuestPrograms(dir string) error {
-	out := filepath.Join(dir, "vsockpeer")
-	build := exec.Command("go", "build", "-o", out, "./testdata/vsockpeer")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building testdata/vsockpeer: %w", err)
+	for _, p := range []struct {
+		name string
+		set  *string
+		env  string
+	}{{"vsockpeer", &vsockPeer, "VIO_VSOCKPEER"}, {"vfioblk", &vfioBlk, "VIO_VFIOBLK"}} {
+		out := filepath.Join(dir, p.name)
+		build := exec.Command("go", "build", "-o", out, "./testdata/"+p.name)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building testdata/%s: %w", p.name, err)
+		}
+		*p.set = out
+		if err := os.Setenv(p.env, out); err != nil {
+			return err
+		}
 	}
-	vsockPeer = out
-	return os.Setenv("VIO_VSOCKPEER", out)
+	return nil
 }
 
 const (
