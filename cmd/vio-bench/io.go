@@ -112,6 +112,37 @@ func benchEmulated(e *env, b *budget, rounds, memMiB int) error {
 	})
 }
 
+// benchIOMMU is what DMA remapping costs per I/O: the same workloads with
+// the emulated VT-d unit in the VM (the guest's intel-iommu driver maps
+// and unmaps every request's buffers, each map and unmap an exit, and the
+// device translates every access) and without it; QEMU with its own
+// emulated VT-d as the peer.
+func benchIOMMU(e *env, b *budget, rounds, memMiB int) error {
+	return runIOBench(e, b, rounds, memMiB, func(disk, tools, initrd string) ([]setup, string) {
+		const on = "intel_iommu=on"
+		vp := ",iommu_platform=on,disable-legacy=on"
+		return []setup{
+			{"vio-iommu", withCmdline(vioIOArgs(e, memMiB, initrd, "--iommu", "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap), on)},
+			{"qemu-iommu", withCmdline(qemuIOArgs(e, memMiB, initrd, "-M", "q35", "-device", "intel-iommu,intremap=off",
+				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0"+vp,
+				"-drive", "file="+tools+",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1"+vp,
+				"-netdev", "tap,id=n0,ifname="+benchTap+",script=no,downscript=no,vhost=off", "-device", "virtio-net-pci,netdev=n0"+vp), on)},
+			{"vio", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+		}, "virtio-blk and virtio-net, with the guest's intel_iommu=on (default, lazy invalidation) over each VMM's emulated VT-d, and vio without one"
+	})
+}
+
+// withCmdline appends extra to the guest command line in argv (vio's
+// --cmdline or QEMU's -append).
+func withCmdline(argv []string, extra string) []string {
+	for i, a := range argv[:len(argv)-1] {
+		if a == "--cmdline" || a == "-append" {
+			argv[i+1] += " " + extra
+		}
+	}
+	return argv
+}
+
 func vioIOArgs(e *env, memMiB int, initrd string, devices ...string) []string {
 	return append([]string{e.vio, "run", "--kernel", e.assets.Kernel, "--initrd", initrd, "--memory", strconv.Itoa(memMiB) + "M",
 		"--cpus", "2", "--cmdline", benchCmdline}, devices...)
@@ -207,7 +238,7 @@ rounds:
 func printIO(results map[string]map[string][]ioResult, vmms, order []string, rounds, memMiB int, what string) {
 	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs; %s):\n", rounds, memMiB, what)
 	ref := vmms[len(vmms)-1]
-	fmt.Printf("%-15s %-9s %10s %8s %10s %10s %10s\n", "workload", "vmm", "value", "÷"+ref, "exits/op", "net ex/op", "irqs/op")
+	fmt.Printf("%-15s %-10s %10s %8s %10s %10s %10s\n", "workload", "vmm", "value", "÷"+ref, "exits/op", "net ex/op", "irqs/op")
 	fmt.Println("  (value: IOPS for fio, Mbit/s for iperf; per op: per I/O for fio, per MB for iperf;")
 	fmt.Println("   'net' subtracts the exit rate of the idle guest over the workload's duration)")
 	idle := map[string]float64{}
@@ -232,7 +263,7 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 			}
 			xs := results[vmm][name]
 			if len(xs) < rounds {
-				fmt.Printf("%-15s %-9s (not measured in every round)\n", label, vmm)
+				fmt.Printf("%-15s %-10s (not measured in every round)\n", label, vmm)
 				continue
 			}
 			x := median(xs[:rounds])
@@ -240,7 +271,7 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 			if n == 0 {
 				n = math.NaN()
 			}
-			fmt.Printf("%-15s %-9s %10.1f %8.2f %10.3f %10.3f %10.3f\n", label, vmm, x.value, x.value/q.value,
+			fmt.Printf("%-15s %-10s %10.1f %8.2f %10.3f %10.3f %10.3f\n", label, vmm, x.value, x.value/q.value,
 				x.exits/n, (x.exits-idle[vmm]*x.seconds)/n, x.irqs/n)
 		}
 	}

@@ -5,6 +5,7 @@
 //	go run ./cmd/vio-bench boot [-rounds N]   # boot time to /init, VMM memory overhead
 //	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits and interrupts per I/O
 //	go run ./cmd/vio-bench emul [-rounds N]   # the same on IDE + e1000 against virtio, in vio and QEMU
+//	go run ./cmd/vio-bench iommu [-rounds N]  # the same through each VMM's emulated VT-d, against vio without one
 //
 // On a host without hardware virtualization it runs itself inside the lab.
 package main
@@ -49,6 +50,8 @@ func main() {
 		err = inLab(*timeout, func(e *env) error { return benchIO(e, b, *rounds, *mem) })
 	case "emul":
 		err = inLab(*timeout, func(e *env) error { return benchEmulated(e, b, *rounds, *mem) })
+	case "iommu":
+		err = inLab(*timeout, func(e *env) error { return benchIOMMU(e, b, *rounds, *mem) })
 	}
 	var exit *lab.ExitError
 	if errors.As(err, &exit) {
@@ -61,7 +64,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul [-rounds N] [-memory MiB] [-timeout D]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu [-rounds N] [-memory MiB] [-timeout D]")
 	os.Exit(2)
 }
 
@@ -69,7 +72,7 @@ func usage() {
 // loaded 2-core machine inside the lab (nominally a tenth of it). The
 // default -timeout gives every run asked for (up to four setups a round)
 // its budget.
-var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute}
+var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute}
 
 // budget spreads the run's time over its guests: each gets at most
 // perRun, and none starts once too little is left for it, so a run cut
