@@ -9,6 +9,7 @@ const (
 	e1000SinkTCP = 5011 // guest → host
 	e1000SrcTCP  = 5012 // host → guest
 	e1000Bytes   = 2 << 20
+	e1000Iperf   = 5213 // the host's iperf3 server
 )
 
 // e1000Guest uses the emulated NIC with the stock e1000 driver alone
@@ -27,6 +28,11 @@ echo "TXSUM $(sha256sum /tmp/tx | cut -d' ' -f1)"
 timeout 180 nc ` + hostIP + ` ` + fmt.Sprint(e1000SinkTCP) + ` < /tmp/tx; check tcp-send $?
 timeout 180 nc ` + hostIP + ` ` + fmt.Sprint(e1000SrcTCP) + ` > /tmp/rx < /dev/null; check tcp-recv-nc $?
 echo "RXSUM $(sha256sum /tmp/rx | cut -d' ' -f1) $(wc -c < /tmp/rx)"
+for dir in send recv; do
+	flag=; [ $dir = recv ] && flag=-R
+	timeout 60 iperf3 -c ` + hostIP + ` -p ` + fmt.Sprint(e1000Iperf) + ` -t 3 -f m $flag > /tmp/ip 2>&1
+	check iperf-$dir $? "$(awk '/receiver/ {print $7, $8}' /tmp/ip)"
+done
 echo "IRQ $(grep eth0 /proc/interrupts | tr -s ' ')"
 echo "STATS $(cat /sys/class/net/eth0/statistics/rx_packets) $(cat /sys/class/net/eth0/statistics/tx_packets) $(cat /sys/class/net/eth0/statistics/rx_errors)"
 echo VIO-GUEST-DONE

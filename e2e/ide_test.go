@@ -68,7 +68,7 @@ var emulatedGuest = strings.TrimSuffix(ideGuest, "echo VIO-GUEST-DONE\npoweroff 
 // and checks it across a remount, writes a pattern at a known offset, and
 // mounts an ISO 9660 image from the CD-ROM (a write to /dev/sr0 must be
 // refused). Network: link, ping and a checksummed TCP transfer each way
-// with the host over a TAP. The host then checks the image with e2fsck,
+// with the host over a TAP, and iperf3 both ways. The host then checks the image with e2fsck,
 // reads the guest's file back with debugfs, finds the pattern where the
 // guest put it, compares the CD's files and size with the ISO's, checks
 // both TCP streams, and reads vio's counters: flushes reached the
@@ -121,7 +121,20 @@ func TestEmulatedOnly(t *testing.T) {
 	sink := hashSink(t, fmt.Sprintf("%s:%d", hostIP, e1000SinkTCP), e1000Bytes)
 	sent := randomSource(t, fmt.Sprintf("%s:%d", hostIP, e1000SrcTCP), e1000Bytes)
 
-	initrd := labtest.Initramfs(t, emulatedGuest, "ata_piix", "sd_mod", "sr_mod", "isofs", "ext4", "e1000")
+	iperf := exec.Command("iperf3", "-s", "-B", hostIP, "-p", fmt.Sprint(e1000Iperf))
+	if err := iperf.Start(); err != nil {
+		t.Fatalf("the host's iperf3 server: %v", err)
+	}
+	defer func() { iperf.Process.Kill(); iperf.Wait() }()
+
+	// iperf3 travels in the initramfs: this guest has no virtio disk for
+	// a tools disk.
+	initrd, _ := labtest.Guest{
+		Script:   emulatedGuest,
+		Modules:  []string{"ata_piix", "sd_mod", "sr_mod", "isofs", "ext4", "e1000"},
+		Programs: []string{"/usr/bin/iperf3"},
+		Inline:   true,
+	}.Build(t)
 	log, stats := runSerial(t, 8*time.Minute, vioArgs(t, initrd, "--cpus", "2",
 		"--disk", "path="+disk+",iface=ide,serial=VIOIDE01",
 		"--disk", "path="+iso+",iface=cdrom",
@@ -129,7 +142,7 @@ func TestEmulatedOnly(t *testing.T) {
 	r := readReport(t, log, "IRQ ", "XFER:", "STATS ", "e1000")
 	r.expect(t, "disk", "cdrom", "no-virtio", "mkfs", "mount", "umount", "remount", "ext4-checksum",
 		"umount2", "pattern-write", "cd-mount", "cd-write-refused", "cd-umount",
-		"driver", "no-virtio-net", "link", "ping", "tcp-send", "tcp-recv-nc")
+		"driver", "no-virtio-net", "link", "ping", "tcp-send", "tcp-recv-nc", "iperf-send", "iperf-recv")
 	if !bytes.Contains(log, []byte("VIO-GUEST-DONE")) {
 		t.FailNow()
 	}
