@@ -207,6 +207,9 @@ type Config struct {
 	// Extended (PCI Express) capabilities live at 0x100 and above.
 	lastExtCap, nextExtFree int
 
+	sriov *SRIOV   // the PF's SR-IOV capability (AddSRIOV)
+	vf    *vfPlace // set on a VF's configuration space (SRIOV.NewVFConfig)
+
 	line      irq.Line
 	intxLevel bool // device's view of its INTx output
 	lineHigh  bool // what was last told to line
@@ -262,6 +265,21 @@ func (c *Config) SetBAR(i int, b BAR) error {
 	}
 	off := RegBAR0 + 4*i
 	le := binary.LittleEndian
+	if c.vf != nil {
+		// A VF's BAR registers are read-only zero; the PF's VF BARs
+		// place it (vfRegionsLocked).
+		if b.Kind != BARMem32 && b.Kind != BARMem64 {
+			return fmt.Errorf("%w: VF BAR%d kind %d (memory only)", ErrBadBAR, i, b.Kind)
+		}
+		if b.Kind == BARMem64 {
+			if i == NumBARs-1 || c.bars[i+1].Kind != BARUnused {
+				return fmt.Errorf("%w: 64-bit BAR%d needs BAR%d free", ErrBadBAR, i, i+1)
+			}
+			c.bars[i+1] = BAR{Kind: barHigh}
+		}
+		c.bars[i] = b
+		return nil
+	}
 	switch b.Kind {
 	case BARMem32, BARMem64:
 		if b.Size < 16 || b.Kind == BARMem32 && b.Size > 1<<31 {
@@ -463,6 +481,9 @@ func (c *Config) WriteConfig(offset int, data []byte) {
 func (c *Config) Regions() []Region {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.vf != nil {
+		return c.vfRegionsLocked()
+	}
 	cmd := binary.LittleEndian.Uint16(c.data[RegCommand:])
 	var rs []Region
 	for i, b := range c.bars {

@@ -67,6 +67,7 @@ type Root struct {
 	mapped  map[Function][]Region
 	allocs  map[Function][]allocation // what assignBARs handed out, freed by Remove
 	free    []allocation              // ranges of removed functions, for reuse
+	vfSlots map[*SRIOV][]BDF          // where each PF's live VFs are plugged in
 	cf8     uint32
 	next32  uint64
 	next64  uint64
@@ -91,6 +92,7 @@ func NewRoot(cfg RootConfig) (*Root, error) {
 		mmio: cfg.MMIO, pio: cfg.PIO, cfg: cfg,
 		mapped:  make(map[Function][]Region),
 		allocs:  make(map[Function][]allocation),
+		vfSlots: make(map[*SRIOV][]BDF),
 		next32:  cfg.MMIO32.Base,
 		next64:  cfg.MMIO64.Base,
 		nextPIO: cfg.PIOWindow.Base,
@@ -188,6 +190,62 @@ func (r *Root) assignBARs(f Function) error {
 		}
 		if err != nil {
 			return fmt.Errorf("BAR%d: %w", i, err)
+		}
+		write32(f, off, uint32(base)|probe&0xf)
+		if is64 {
+			write32(f, off+4, uint32(base>>32))
+			i++
+		}
+	}
+	return r.assignVFBARs(f)
+}
+
+// assignVFBARs places a physical function's VF BARs, as firmware does:
+// each is sized with the all-ones probe at its register in the SR-IOV
+// capability and given room for TotalVFs VFs, aligned to one VF's size.
+func (r *Root) assignVFBARs(f Function) error {
+	p, ok := f.(interface{ SRIOV() *SRIOV })
+	if !ok || p.SRIOV() == nil {
+		return nil
+	}
+	cap := p.SRIOV().Offset()
+	total := uint64(read32(f, cap+sriovInitialVFs) >> 16) // TotalVFs: the upper half
+	for i := 0; i < NumBARs; i++ {
+		off := cap + sriovVFBAR0 + 4*i
+		orig := read32(f, off)
+		write32(f, off, 0xffffffff)
+		probe := read32(f, off)
+		write32(f, off, orig)
+		if probe == 0 {
+			continue
+		}
+		is64 := probe&0x6 == 0x4
+		mask := uint64(probe&^0xf) | 0xffffffff<<32
+		if is64 {
+			origHi := read32(f, off+4)
+			write32(f, off+4, 0xffffffff)
+			mask = uint64(probe&^0xf) | uint64(read32(f, off+4))<<32
+			write32(f, off+4, origHi)
+		}
+		size := ^mask + 1
+		if size == 0 || size&(size-1) != 0 {
+			return fmt.Errorf("%w: VF BAR%d probes as %#x", ErrBadBAR, i, mask)
+		}
+		// A power-of-two total keeps the natural alignment the
+		// allocator gives; it also covers every VF.
+		all := size
+		for all < size*total {
+			all <<= 1
+		}
+		var base uint64
+		var err error
+		if is64 && r.cfg.MMIO64.Size != 0 {
+			base, err = r.allocate(f, win64, &r.next64, r.cfg.MMIO64, all)
+		} else {
+			base, err = r.allocate(f, win32, &r.next32, r.cfg.MMIO32, all)
+		}
+		if err != nil {
+			return fmt.Errorf("VF BAR%d: %w", i, err)
 		}
 		write32(f, off, uint32(base)|probe&0xf)
 		if is64 {
@@ -294,16 +352,75 @@ func (r *Root) ReadConfig(a BDF, offset int, data []byte) {
 }
 
 // WriteConfig writes the configuration space of the function at a and
-// re-syncs its BAR mappings. Writes to absent functions are dropped.
+// re-syncs its BAR mappings, and for a physical function its virtual
+// functions. Writes to absent functions are dropped.
 func (r *Root) WriteConfig(a BDF, offset int, data []byte) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	f := r.lookup(a)
 	if f == nil || offset < 0 || offset+len(data) > ExtendedConfigSize {
+		r.mu.Unlock()
 		return
 	}
 	f.WriteConfig(offset, data)
 	r.remapLocked(f)
+	release := r.syncVFsLocked(a, f)
+	r.mu.Unlock()
+	// Released outside the lock: stopping a device may wait for its
+	// goroutines, which must not wait for configuration accesses.
+	release()
+}
+
+// syncVFsLocked plugs in the live VFs of the physical function f at a
+// (VF i at routing ID a+1+i: First VF Offset and VF Stride are 1), unplugs
+// those the guest disabled, and re-syncs the VFs' BAR mappings, which the
+// PF's VF BARs and VF MSE decide. It returns the release of the VFs it
+// unplugged, to run once the lock is dropped.
+func (r *Root) syncVFsLocked(a BDF, f Function) (release func()) {
+	p, ok := f.(interface{ SRIOV() *SRIOV })
+	if !ok || p.SRIOV() == nil {
+		return func() {}
+	}
+	s := p.SRIOV()
+	vfs := s.VFs()
+	want := make(map[BDF]Function, len(vfs))
+	rid := int(a.Device)<<3 | int(a.Function)
+	for i, vf := range vfs {
+		v := rid + 1 + i
+		if vf == nil || v >= 32*8 {
+			continue
+		}
+		want[BDF{Device: uint8(v >> 3), Function: uint8(v & 7)}] = vf
+	}
+	for _, at := range r.vfSlots[s] {
+		if cur := r.fns[at.Device][at.Function]; cur != nil && want[at] != cur {
+			r.unmapStaleLocked(cur, nil)
+			r.fns[at.Device][at.Function] = nil
+		}
+	}
+	var slots []BDF
+	for i := range vfs {
+		v := rid + 1 + i
+		at := BDF{Device: uint8(v >> 3), Function: uint8(v & 7)}
+		vf, ok := want[at]
+		if !ok {
+			continue
+		}
+		if r.fns[at.Device][at.Function] == nil {
+			r.fns[at.Device][at.Function] = vf
+		}
+		if r.fns[at.Device][at.Function] != vf {
+			continue // another function holds the slot: this VF stays out
+		}
+		slots = append(slots, at)
+		r.remapLocked(vf)
+	}
+	if len(slots) == 0 {
+		delete(r.vfSlots, s)
+	} else {
+		r.vfSlots[s] = slots
+	}
+	retired := s.retired()
+	return func() { s.releaseRetired(retired) }
 }
 
 // remapLocked makes the bus registrations of f match f.Regions().
