@@ -160,6 +160,15 @@ type Options struct {
 	// endpoint (4 KiB configuration space, PCIe capability), which is
 	// what a q35-style machine presents.
 	Express bool
+	// SRIOV, if set, makes the function an SR-IOV physical function
+	// (sriov.go): VIRTIO_F_SR_IOV is offered and the guest can enable
+	// virtual functions, each a Transport that NewVF builds with
+	// VirtualFunction set. Implies Express.
+	SRIOV *SRIOV
+	// VirtualFunction, if set, makes the function VF Index of PF: its
+	// configuration space and BAR placement follow the PF's SR-IOV
+	// capability, and it offers Function Level Reset. Implies Express.
+	VirtualFunction *VirtualFunction
 	// OnEvent, if set, hears of the device's life as the driver drives
 	// it: "activated" (DRIVER_OK started it), "reset" (the driver reset
 	// an active device) and "needs-reset" (a broken queue or a failed
@@ -244,6 +253,19 @@ func defaultClass(t virtio.DeviceType) uint32 {
 
 func roundPage(n uint64) uint64 { return (n + 0xfff) &^ 0xfff }
 
+// barLayout places the MSI-X table and PBA after the notify registers of
+// nq queues and returns BAR 0's size (a power of two) and their offsets.
+func barLayout(nq, nvec int) (size, tableOff, pbaOff uint64) {
+	tableOff = NotifyOffset + roundPage(uint64(nq)*NotifyOffMultiplier)
+	pbaOff = tableOff + roundPage(uint64(nvec)*pci.MSIXEntrySize)
+	end := pbaOff + roundPage(uint64((nvec+63)/64*8))
+	size = 1
+	for size < end {
+		size <<= 1
+	}
+	return size, tableOff, pbaOff
+}
+
 // New wraps dev in a virtio-pci function. Add the result to a pci.Root.
 func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	maxSizes := append([]uint16(nil), dev.QueueMaxSizes()...)
@@ -283,9 +305,13 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	if opts.INTx != nil {
 		h.InterruptPin = 1
 	}
-	h.Express = opts.Express
+	h.Express = opts.Express || opts.SRIOV != nil || opts.VirtualFunction != nil
+	cfg := pci.NewConfig
+	if vf := opts.VirtualFunction; vf != nil {
+		cfg = func(h pci.Header) *pci.Config { return vf.PF.NewVFConfig(vf.Index, h) }
+	}
 	t := &Transport{
-		Config:       pci.NewConfig(h),
+		Config:       cfg(h),
 		dev:          dev,
 		mem:          mem,
 		maxSizes:     maxSizes,
@@ -298,13 +324,7 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	if opts.INTx != nil {
 		t.SetINTxLine(opts.INTx)
 	}
-	t.tableOff = NotifyOffset + roundPage(uint64(nq)*NotifyOffMultiplier)
-	t.pbaOff = t.tableOff + roundPage(uint64(nvec)*pci.MSIXEntrySize)
-	end := t.pbaOff + roundPage(uint64((nvec+63)/64*8))
-	t.barSize = 1
-	for t.barSize < end {
-		t.barSize <<= 1
-	}
+	t.barSize, t.tableOff, t.pbaOff = barLayout(nq, nvec)
 
 	// Capabilities, in the order Linux's virtio_pci_modern looks for them.
 	caps := []struct {
@@ -347,10 +367,8 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.Express {
-		if _, err := pci.AddExpressCapability(t.Config, pci.ExpressIntegratedEndpoint); err != nil {
-			return nil, err
-		}
+	if err := t.addExpress(opts); err != nil {
+		return nil, err
 	}
 	if err := t.SetBAR(BARIndex, pci.BAR{Kind: pci.BARMem64, Size: t.barSize, Device: (*barDevice)(t)}); err != nil {
 		return nil, err
@@ -922,6 +940,9 @@ func offered(dev virtio.Device, opts Options) uint64 {
 	f := dev.Features() | virtio.TransportFeatures
 	if opts.AccessPlatform {
 		f |= virtio.FeatureAccessPlatform
+	}
+	if opts.SRIOV != nil {
+		f |= virtio.FeatureSRIOV
 	}
 	return f
 }
