@@ -158,10 +158,45 @@ type Disk struct {
 	// Hypervisor does: buckets of its own, or a group's.
 	RateLimiterConfig *graph.RateLimiterConfig `json:"rate_limiter_config,omitempty"`
 	RateLimitGroup    string                   `json:"rate_limit_group,omitempty"`
+	// VirtualFunctions makes a virtio disk an SR-IOV physical function
+	// whose virtual functions, up to 7, are these disks: the guest
+	// enables them with sriov_numvfs and each VF is a virtio-blk device of
+	// its own (docs/sriov.md). Only path, format, readonly, cache and
+	// serial apply to a VF. A vio extension.
+	VirtualFunctions []Disk `json:"virtual_functions,omitempty"`
 	// ImageTypeProbed is set by vio when it pinned ImageType from a probe
 	// of a writable raw disk: such a disk keeps refusing guest writes that
 	// would make it probe as another format. Never read from JSON.
 	ImageTypeProbed bool `json:"-"`
+}
+
+// MaxVFs is how many SR-IOV virtual functions a disk may have.
+const MaxVFs = 7
+
+// validateVFs checks disk i's virtual functions: plain virtio disks.
+func (d *Disk) validateVFs(i int) error {
+	if len(d.VirtualFunctions) == 0 {
+		return nil
+	}
+	if len(d.VirtualFunctions) > MaxVFs {
+		return fmt.Errorf("disk %d: %d virtual functions: at most %d (they take functions 1-7 of the disk's PCI slot)", i, len(d.VirtualFunctions), MaxVFs)
+	}
+	if d.VhostUser {
+		return fmt.Errorf("disk %d: a vhost-user disk cannot have SR-IOV virtual functions", i)
+	}
+	for j, vf := range d.VirtualFunctions {
+		switch {
+		case vf.Path == "":
+			return fmt.Errorf("disk %d: virtual function %d has no path", i, j)
+		case len(vf.VirtualFunctions) > 0:
+			return fmt.Errorf("disk %d: virtual function %d has virtual functions of its own", i, j)
+		case vf.Iface != "" && vf.Iface != DiskVirtio:
+			return fmt.Errorf("disk %d: virtual function %d: a VF is a virtio disk, not iface=%s", i, j, vf.Iface)
+		case vf.Graph != nil || vf.VhostUser || vf.RateLimiterConfig != nil || vf.RateLimitGroup != "":
+			return fmt.Errorf("disk %d: virtual function %d: a VF is a plain image (path, format, readonly, cache, serial)", i, j)
+		}
+	}
+	return nil
 }
 
 // Disk interfaces.
@@ -431,7 +466,13 @@ func (c *VM) Validate() error {
 			if _, err := coalesce.Parse(d.Coalesce); err != nil {
 				return fmt.Errorf("disk %d: %w", i, err)
 			}
+			if err := d.validateVFs(i); err != nil {
+				return err
+			}
 		case DiskIDE, DiskCDROM:
+			if len(d.VirtualFunctions) > 0 {
+				return fmt.Errorf("disk %d: only a virtio disk can have SR-IOV virtual functions: drop vfs=, or use iface=virtio", i)
+			}
 			nIDE++
 			if nIDE > MaxIDE {
 				return fmt.Errorf("disk %d: at most %d IDE disks and CD-ROMs (two channels of two drives); use iface=virtio for the others", i, MaxIDE)

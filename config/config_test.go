@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -163,7 +164,7 @@ func TestDiskFormat(t *testing.T) {
 		"path=a,format=QCOW2,backing=allow": {Path: "a", ImageType: ImageQcow2, AllowBacking: true},
 		"path=a":                            {Path: "a"},
 	} {
-		if d, err := ParseDisk(spec); err != nil || d != want {
+		if d, err := ParseDisk(spec); err != nil || !reflect.DeepEqual(d, want) {
 			t.Errorf("ParseDisk(%q) = %+v, %v; want %+v", spec, d, err, want)
 		}
 	}
@@ -238,6 +239,41 @@ func TestSharedMemoryIsHonoured(t *testing.T) {
 	for _, w := range c.Unimplemented() {
 		if strings.Contains(w, "shared") {
 			t.Errorf("memory.shared reported as ignored: %q", w)
+		}
+	}
+}
+
+// TestDiskVirtualFunctions: vfs= lists an SR-IOV disk's VF images; bad
+// ones are refused in one sentence.
+func TestDiskVirtualFunctions(t *testing.T) {
+	d, err := ParseDisk("path=pf.img,vfs=a.img+b.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []Disk{{Path: "a.img"}, {Path: "b.img"}}; !reflect.DeepEqual(d.VirtualFunctions, want) {
+		t.Errorf("VFs %+v, want %+v", d.VirtualFunctions, want)
+	}
+	if _, err := ParseDisk("path=pf.img,vfs=a.img++b.img"); err == nil || !strings.Contains(err.Error(), "empty image path") {
+		t.Errorf("an empty VF path: %v", err)
+	}
+	kernel := filepath.Join(t.TempDir(), "k")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	eight := Disk{Path: "pf"}
+	for range 8 {
+		eight.VirtualFunctions = append(eight.VirtualFunctions, Disk{Path: "x"})
+	}
+	for want, disk := range map[string]Disk{
+		"at most 7":                      eight,
+		"only a virtio disk":             {Path: "pf", Iface: DiskIDE, VirtualFunctions: []Disk{{Path: "a"}}},
+		"virtual function 0 has no path": {Path: "pf", VirtualFunctions: []Disk{{}}},
+		"of its own":                     {Path: "pf", VirtualFunctions: []Disk{{Path: "a", VirtualFunctions: []Disk{{Path: "b"}}}}},
+		"a VF is a plain image":          {Path: "pf", VirtualFunctions: []Disk{{Path: "a", RateLimitGroup: "g"}}},
+	} {
+		c := Default()
+		c.Payload.Kernel = kernel
+		c.Disks = []Disk{disk}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v", want, err)
 		}
 	}
 }

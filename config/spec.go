@@ -103,6 +103,7 @@ func ParseMemory(spec string) (Memory, error) {
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
 // [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
 // [,journal=LOG][,undo=on] (a journal node over the image, docs/journal.md).
+// [,vfs=IMG+IMG...] (SR-IOV virtual functions, each a virtio disk on its image; docs/sriov.md).
 // [,encrypt=on,key_file=PATH|key_fd=N|key_env=NAME[,encrypt_discard=on]] (a LUKS2 image; see diskcrypt.go).
 func ParseDisk(spec string) (Disk, error) {
 	var d Disk
@@ -161,13 +162,21 @@ func ParseDisk(spec string) (Disk, error) {
 			journalLog = v
 		case "undo":
 			undo, err = parseBool("disk", k, v)
+		case "vfs":
+			for _, path := range strings.Split(v, "+") {
+				if path == "" {
+					err = fmt.Errorf("--disk: vfs=%q: an empty image path; write vfs=A.img+B.img", v)
+					break
+				}
+				d.VirtualFunctions = append(d.VirtualFunctions, Disk{Path: path})
+			}
 		case "backing":
 			if v != "allow" {
 				err = fmt.Errorf("--disk: backing=%q: the only value is allow (follow any backing file the qcow2 image names)", v)
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, vfs, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard)", spec, k)
 		}
 		if err != nil {
 			return d, err

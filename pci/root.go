@@ -305,6 +305,16 @@ func (r *Root) Remove(addr BDF) error {
 	if f == nil {
 		return fmt.Errorf("%w: nothing at %s", ErrNoFunction, addr)
 	}
+	// A physical function's VFs are part of it: they go with it.
+	if p, ok := f.(interface{ SRIOV() *SRIOV }); ok && p.SRIOV() != nil {
+		for _, at := range r.vfSlots[p.SRIOV()] {
+			if vf := r.fns[at.Device][at.Function]; vf != nil {
+				r.unmapStaleLocked(vf, nil)
+				r.fns[at.Device][at.Function] = nil
+			}
+		}
+		delete(r.vfSlots, p.SRIOV())
+	}
 	if addr.Function == 0 {
 		for fn := 1; fn < 8; fn++ {
 			if r.fns[addr.Device][fn] != nil {

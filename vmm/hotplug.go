@@ -134,9 +134,26 @@ func (v *VM) setupHotplug() error {
 	return nil
 }
 
-// plugDisk builds a disk and puts it on the bus (boot or hot plug).
+// plugDisk builds a disk and puts it on the bus (boot or hot plug), with
+// its SR-IOV virtual functions if it has some (sriov.go).
 func (v *VM) plugDisk(name string, d *config.Disk) (*pciDevice, error) {
-	return v.plug(name, d.ID, func() (virtio.Device, error) { return v.newDisk(d) })
+	var sriov func(slot uint8) *virtiopci.SRIOV
+	return v.plugWith(name, d.ID, func() (virtio.Device, error) {
+		dev, err := v.newDisk(d)
+		if err != nil {
+			return nil, err
+		}
+		sriov, err = v.sriovDisk(name, d)
+		if err != nil {
+			dev.Reset()
+		}
+		return dev, err
+	}, func(slot uint8) *virtiopci.SRIOV {
+		if sriov == nil {
+			return nil
+		}
+		return sriov(slot)
+	})
 }
 
 // plugNet builds a virtio NIC and puts it on the bus.
@@ -147,6 +164,12 @@ func (v *VM) plugNet(name string, n *config.Net) (*pciDevice, error) {
 // plug builds a device with build, which registers what it opens in
 // v.closers; those become the device's own, closed when it goes.
 func (v *VM) plug(name, id string, build func() (virtio.Device, error)) (*pciDevice, error) {
+	return v.plugWith(name, id, build, nil)
+}
+
+// plugWith is plug for a device that may be an SR-IOV physical function:
+// sriov, if set, gives its options once its slot is known.
+func (v *VM) plugWith(name, id string, build func() (virtio.Device, error), sriov func(slot uint8) *virtiopci.SRIOV) (*pciDevice, error) {
 	mark := len(v.closers)
 	dev, err := build()
 	owned := append([]io.Closer(nil), v.closers[mark:]...)
@@ -161,7 +184,11 @@ func (v *VM) plug(name, id string, build func() (virtio.Device, error)) (*pciDev
 		return nil, err
 	}
 	msi := v.msi.newDevice()
-	t, err := virtiopci.New(dev, v.dmaFor(slot), virtiopci.Options{Router: msi, IOEvents: v.ioevents, AccessPlatform: v.iommu != nil})
+	opts := virtiopci.Options{Router: msi, IOEvents: v.ioevents, AccessPlatform: v.iommu != nil}
+	if sriov != nil {
+		opts.SRIOV = sriov(slot)
+	}
+	t, err := virtiopci.New(dev, v.dmaFor(slot), opts)
 	if err != nil {
 		v.freeSlot(slot)
 		closeReverse(owned)
@@ -199,6 +226,9 @@ func bdfString(slot uint8) string { return fmt.Sprintf("0000:00:%02x.0", slot) }
 
 // AddDisk implements Hotplugger.
 func (v *VM) AddDisk(d *config.Disk) (string, error) {
+	if len(d.VirtualFunctions) > 0 {
+		return "", fmt.Errorf("%w: a disk with SR-IOV virtual functions is part of the VM from its boot: put it in the VM's config", ErrNotRemovable)
+	}
 	if err := v.checkNewID(d.ID); err != nil {
 		return "", err
 	}
@@ -281,6 +311,9 @@ func (v *VM) RemoveDevice(id string, wait time.Duration, gone func()) error {
 			}
 		}
 		return fmt.Errorf("%w: no removable device has id %q", ErrNoDevice, id)
+	}
+	if d.transport.SRIOV() != nil {
+		return fmt.Errorf("%w: %q has SR-IOV virtual functions and stays until the VM stops", ErrNotRemovable, id)
 	}
 	v.hp.mu.Lock()
 	d.hp.ejecting = true

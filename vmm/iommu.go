@@ -37,9 +37,12 @@ func (v *VM) setupIOMMU() error {
 
 // dmaFor is guest memory as the PCI function at bus 0, slot, function 0
 // sees it: through the IOMMU when there is one, else guest RAM itself.
-func (v *VM) dmaFor(slot uint8) memory.DMA {
+func (v *VM) dmaFor(slot uint8) memory.DMA { return v.dmaForFunction(slot, 0) }
+
+// dmaForFunction is dmaFor for function fn of the slot (an SR-IOV VF).
+func (v *VM) dmaForFunction(slot, fn uint8) memory.DMA {
 	if v.iommu == nil {
 		return v.mem
 	}
-	return v.iommu.DMA(vtd.SourceID(0, slot, 0))
+	return v.iommu.DMA(vtd.SourceID(0, slot, fn))
 }

@@ -129,6 +129,9 @@ func (v *VM) checkSaveable(verb, goal string) error {
 		return err
 	}
 	for _, d := range v.pciDevices {
+		if d.transport.SRIOV() != nil {
+			return snapErr(ErrNotSaveable, "cannot %s: disk %s has SR-IOV virtual functions, which cannot save their state yet; drop its vfs= %s", verb, d.name, goal)
+		}
 		if _, ok := d.dev.(state.Snapshottable); !ok {
 			return snapErr(ErrNotSaveable, "cannot %s: device %s (%s) cannot save its state yet; remove it from the VM config %s", verb, d.name, deviceKind(d), goal)
 		}

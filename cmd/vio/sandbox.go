@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -84,7 +85,12 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 	p.add(cfg.Payload.Kernel, sandbox.Read)
 	p.add(cfg.Payload.Initramfs, sandbox.Read)
 	nbdHost := false
+	// SR-IOV virtual functions' images are reopened on a reboot too.
+	disks := slices.Clone(cfg.Disks)
 	for _, d := range cfg.Disks {
+		disks = append(disks, d.VirtualFunctions...)
+	}
+	for _, d := range disks {
 		if image.IsNBD(d.Path) {
 			if u, err := url.Parse(d.Path); err == nil && u.Scheme == "nbd" && net.ParseIP(u.Hostname()) == nil {
 				nbdHost = true
