@@ -30,6 +30,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/viovmm/vio/vfio"
 )
 
 // The buffer the device may reach, and where its parts are in it.
@@ -55,25 +57,32 @@ func main() {
 	if err := errors.Join(err1, err2); err != nil {
 		fail("bad sector: %v", err)
 	}
-	d, err := openDevice(os.Args[1])
-	if err != nil {
-		fail("opening %s through VFIO: %v", os.Args[1], err)
-	}
-	defer d.close()
-	say("opened", os.Args[1])
-	cmd, err := d.read(configRegion, 0x04, 2)
+	c, err := vfio.OpenContainer()
 	if err != nil {
 		fail("%v", err)
 	}
-	if err := d.write(configRegion, 0x04, 2, cmd|0x6); err != nil { // memory space, bus master
+	g, err := vfio.OpenGroup(c, os.Args[1])
+	if err != nil {
+		fail("%v", err)
+	}
+	d, err := g.Device(os.Args[1])
+	if err != nil {
+		fail("%v", err)
+	}
+	say("opened", os.Args[1]+" group "+g.ID())
+	cmd, err := d.Read(vfio.RegionConfig, 0x04, 2)
+	if err != nil {
+		fail("%v", err)
+	}
+	if err := d.Write(vfio.RegionConfig, 0x04, 2, cmd|0x6); err != nil { // memory space, bus master
 		fail("%v", err)
 	}
 	mem := pinned(dmaSize)
-	if err := d.mapDMA(mem, dmaIOVA); err != nil {
-		fail("mapping the DMA buffer: %v", err)
+	if err := c.MapDMA(mem, dmaIOVA, vfio.DMARead|vfio.DMAWrite); err != nil {
+		fail("%v", err)
 	}
 	say("mapped", fmt.Sprintf("%#x+%#x", dmaIOVA, dmaSize))
-	v := &virtioDev{device: d, ring: mem[:ringSize], ringIOVA: dmaIOVA}
+	v := &virtioDev{Device: d, ring: mem[:ringSize], ringIOVA: dmaIOVA}
 	if err := v.findCaps(); err != nil {
 		fail("%v", err)
 	}
@@ -139,8 +148,8 @@ func main() {
 		fail("reading sector %d after the reset: %v", writeSector, err)
 	}
 	say("after-reset", verdict(bytes.Equal(data, pattern)))
-	if err := d.unmapDMA(dmaIOVA, dmaSize); err != nil {
-		fail("unmapping: %v", err)
+	if err := c.UnmapDMA(dmaIOVA, dmaSize); err != nil {
+		fail("%v", err)
 	}
 	say("done", "ok")
 }

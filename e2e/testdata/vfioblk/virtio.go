@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/viovmm/vio/vfio"
 )
 
 // Virtio-pci (modern) pieces: the vendor capabilities that place the
@@ -57,7 +59,7 @@ type where struct {
 // polled split virtqueue (queue 0) whose rings live in ring, a buffer
 // the device sees at ringIOVA.
 type virtioDev struct {
-	*device
+	*vfio.Device
 	common, notify where
 	notifyMul      uint32
 	notifyAt       int64 // queue 0's doorbell in the notify BAR
@@ -79,33 +81,43 @@ const (
 
 // findCaps walks the PCI capability list for the virtio common and
 // notification configurations.
+// read and write access region r at off, n bytes wide (1, 2 or 4).
+func (v *virtioDev) read(r int, off int64, n int) (uint32, error) {
+	x, err := v.Read(r, off, n)
+	return uint32(x), err
+}
+
+func (v *virtioDev) write(r int, off int64, n int, val uint32) error {
+	return v.Write(r, off, n, uint64(val))
+}
+
 func (v *virtioDev) findCaps() error {
-	status, err := v.read(configRegion, 0x06, 2)
+	status, err := v.read(vfio.RegionConfig, 0x06, 2)
 	if err != nil {
 		return err
 	}
 	if status&0x10 == 0 {
 		return errors.New("the device has no capability list")
 	}
-	p, err := v.read(configRegion, 0x34, 1)
+	p, err := v.read(vfio.RegionConfig, 0x34, 1)
 	if err != nil {
 		return err
 	}
 	var found int
 	for hops := 0; p != 0 && hops < 48; hops++ {
 		off := int64(p &^ 3)
-		id, _ := v.read(configRegion, off, 1)
-		next, _ := v.read(configRegion, off+1, 1)
+		id, _ := v.read(vfio.RegionConfig, off, 1)
+		next, _ := v.read(vfio.RegionConfig, off+1, 1)
 		if id == capVendor {
-			typ, _ := v.read(configRegion, off+3, 1)
-			bar, _ := v.read(configRegion, off+4, 1)
-			at, _ := v.read(configRegion, off+8, 4)
+			typ, _ := v.read(vfio.RegionConfig, off+3, 1)
+			bar, _ := v.read(vfio.RegionConfig, off+4, 1)
+			at, _ := v.read(vfio.RegionConfig, off+8, 4)
 			switch typ {
 			case capCommonCfg:
 				v.common, found = where{int(bar), int64(at)}, found|1
 			case capNotifyCfg:
 				v.notify, found = where{int(bar), int64(at)}, found|2
-				if v.notifyMul, err = v.read(configRegion, off+16, 4); err != nil {
+				if v.notifyMul, err = v.read(vfio.RegionConfig, off+16, 4); err != nil {
 					return err
 				}
 			}
