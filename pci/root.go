@@ -147,53 +147,11 @@ func write32(f Function, off int, v uint32) {
 // register order keeps addresses predictable.
 func (r *Root) assignBARs(f Function) error {
 	for i := 0; i < NumBARs; i++ {
-		off := RegBAR0 + 4*i
-		orig := read32(f, off)
-		write32(f, off, 0xffffffff)
-		probe := read32(f, off)
-		write32(f, off, orig)
-		if probe == 0 {
-			continue
-		}
-		if probe&1 == 1 { // I/O
-			size := uint64(^(probe&^3)&0xffff) + 1
-			base, err := r.allocate(f, winPIO, &r.nextPIO, r.cfg.PIOWindow, size)
-			if err != nil {
-				return fmt.Errorf("BAR%d: %w", i, err)
-			}
-			write32(f, off, uint32(base))
-			continue
-		}
-		is64 := probe&0x6 == 0x4
-		mask := uint64(probe &^ 0xf)
-		if is64 {
-			if i == NumBARs-1 {
-				return fmt.Errorf("%w: 64-bit BAR%d has no upper half", ErrBadBAR, i)
-			}
-			origHi := read32(f, off+4)
-			write32(f, off+4, 0xffffffff)
-			mask |= uint64(read32(f, off+4)) << 32
-			write32(f, off+4, origHi)
-		} else {
-			mask |= 0xffffffff << 32
-		}
-		size := ^mask + 1
-		if size == 0 || size&(size-1) != 0 {
-			return fmt.Errorf("%w: BAR%d probes as %#x", ErrBadBAR, i, mask)
-		}
-		var base uint64
-		var err error
-		if is64 && r.cfg.MMIO64.Size != 0 {
-			base, err = r.allocate(f, win64, &r.next64, r.cfg.MMIO64, size)
-		} else {
-			base, err = r.allocate(f, win32, &r.next32, r.cfg.MMIO32, size)
-		}
+		is64, err := r.placeBAR(f, RegBAR0+4*i, i == NumBARs-1, 1, true)
 		if err != nil {
 			return fmt.Errorf("BAR%d: %w", i, err)
 		}
-		write32(f, off, uint32(base)|probe&0xf)
 		if is64 {
-			write32(f, off+4, uint32(base>>32))
 			i++
 		}
 	}
@@ -211,49 +169,77 @@ func (r *Root) assignVFBARs(f Function) error {
 	cap := p.SRIOV().Offset()
 	total := uint64(read32(f, cap+sriovInitialVFs) >> 16) // TotalVFs: the upper half
 	for i := 0; i < NumBARs; i++ {
-		off := cap + sriovVFBAR0 + 4*i
-		orig := read32(f, off)
-		write32(f, off, 0xffffffff)
-		probe := read32(f, off)
-		write32(f, off, orig)
-		if probe == 0 {
-			continue
-		}
-		is64 := probe&0x6 == 0x4
-		mask := uint64(probe&^0xf) | 0xffffffff<<32
-		if is64 {
-			origHi := read32(f, off+4)
-			write32(f, off+4, 0xffffffff)
-			mask = uint64(probe&^0xf) | uint64(read32(f, off+4))<<32
-			write32(f, off+4, origHi)
-		}
-		size := ^mask + 1
-		if size == 0 || size&(size-1) != 0 {
-			return fmt.Errorf("%w: VF BAR%d probes as %#x", ErrBadBAR, i, mask)
-		}
-		// A power-of-two total keeps the natural alignment the
-		// allocator gives; it also covers every VF.
-		all := size
-		for all < size*total {
-			all <<= 1
-		}
-		var base uint64
-		var err error
-		if is64 && r.cfg.MMIO64.Size != 0 {
-			base, err = r.allocate(f, win64, &r.next64, r.cfg.MMIO64, all)
-		} else {
-			base, err = r.allocate(f, win32, &r.next32, r.cfg.MMIO32, all)
-		}
+		is64, err := r.placeBAR(f, cap+sriovVFBAR0+4*i, i == NumBARs-1, total, false)
 		if err != nil {
 			return fmt.Errorf("VF BAR%d: %w", i, err)
 		}
-		write32(f, off, uint32(base)|probe&0xf)
 		if is64 {
-			write32(f, off+4, uint32(base>>32))
 			i++
 		}
 	}
 	return nil
+}
+
+// placeBAR sizes the BAR register at off with the all-ones probe and
+// gives it room for count copies (VFs), naturally aligned, from the
+// matching window; I/O BARs are placed only when io is set. It reports a
+// 64-bit BAR, whose upper half is the next register; last says there is
+// none.
+func (r *Root) placeBAR(f Function, off int, last bool, count uint64, io bool) (is64 bool, err error) {
+	orig := read32(f, off)
+	write32(f, off, 0xffffffff)
+	probe := read32(f, off)
+	write32(f, off, orig)
+	if probe == 0 {
+		return false, nil
+	}
+	if probe&1 == 1 {
+		if !io {
+			return false, fmt.Errorf("%w: an I/O BAR where only memory is allowed", ErrBadBAR)
+		}
+		size := uint64(^(probe&^3)&0xffff) + 1
+		base, err := r.allocate(f, winPIO, &r.nextPIO, r.cfg.PIOWindow, size)
+		if err != nil {
+			return false, err
+		}
+		write32(f, off, uint32(base))
+		return false, nil
+	}
+	is64 = probe&0x6 == 0x4
+	mask := uint64(probe&^0xf) | 0xffffffff<<32
+	if is64 {
+		if last {
+			return false, fmt.Errorf("%w: a 64-bit BAR with no upper half", ErrBadBAR)
+		}
+		origHi := read32(f, off+4)
+		write32(f, off+4, 0xffffffff)
+		mask = uint64(probe&^0xf) | uint64(read32(f, off+4))<<32
+		write32(f, off+4, origHi)
+	}
+	size := ^mask + 1
+	if size == 0 || size&(size-1) != 0 {
+		return false, fmt.Errorf("%w: it probes as %#x", ErrBadBAR, mask)
+	}
+	// A power-of-two total keeps the natural alignment the allocator
+	// gives, which is one copy's alignment too.
+	all := size
+	for all < size*count {
+		all <<= 1
+	}
+	var base uint64
+	if is64 && r.cfg.MMIO64.Size != 0 {
+		base, err = r.allocate(f, win64, &r.next64, r.cfg.MMIO64, all)
+	} else {
+		base, err = r.allocate(f, win32, &r.next32, r.cfg.MMIO32, all)
+	}
+	if err != nil {
+		return false, err
+	}
+	write32(f, off, uint32(base)|probe&0xf)
+	if is64 {
+		write32(f, off+4, uint32(base>>32))
+	}
+	return is64, nil
 }
 
 // allocation is a BAR range handed out from one of the Root's windows.
