@@ -1,0 +1,331 @@
+// Package vfiopci passes a host PCI device through to a guest: a
+// pci.Function whose BARs reach the physical device through VFIO and whose
+// interrupts are the device's own, relayed to the guest's MSI-X vectors.
+//
+// The guest sees a configuration space vio emulates, not the device's: the
+// device's identity (vendor, device, class, revision, subsystem), its BARs
+// at addresses vio assigns, and an MSI-X capability of the device's size
+// with the table and PBA where the device has them. Only the command
+// register's memory, I/O and bus-master bits reach the device. So the
+// guest cannot reprogram the device's BARs or interrupts behind vio, and
+// capabilities that would let it manage the device (SR-IOV, power states,
+// resizable BARs, the PCIe link) are not there: QEMU hides the first of
+// those too. A device without MSI-X is refused.
+//
+// BAR accesses trap to vio and go to the device with pread/pwrite; those
+// to the MSI-X table and PBA are served by the emulated capability. The
+// device's MSI-X interrupts land on eventfds (VFIO_DEVICE_SET_IRQS) that
+// vio relays to the guest's vectors through pci.MSIX, which honours the
+// guest's masks and pending bits.
+package vfiopci
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/viovmm/vio/kvm"
+	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/vfio"
+)
+
+// Physical is the host device as this package uses it; *vfio.Device
+// implements it.
+type Physical interface {
+	BDF() string
+	Region(i int) vfio.Region
+	ReadRegion(i int, off int64, p []byte) error
+	WriteRegion(i int, off int64, p []byte) error
+	SetIRQEventFDs(index, start int, fds []int32) error
+}
+
+// ErrUnsupported is a device this package cannot pass through.
+var ErrUnsupported = errors.New("vfiopci: cannot pass this device through")
+
+// Device is a passed-through PCI function.
+type Device struct {
+	*pci.Config
+	phys Physical
+	msix *pci.MSIX
+
+	msixBAR, pbaBAR     int
+	tableOff, tableSize uint64
+	pbaOff, pbaSize     uint64
+
+	relays []*kvm.EventFD // what the device's vectors signal
+
+	mu       sync.Mutex
+	physMSIX bool   // the device's MSI-X is on
+	physCmd  uint16 // what the device's command register was last given
+	closed   bool
+	errs     uint64
+}
+
+// New builds the guest's view of phys. router delivers the guest's MSI-X
+// messages (KVM GSI routes and irqfds in the VMM).
+func New(phys Physical, router pci.MSIRouter) (*Device, error) {
+	d := &Device{phys: phys}
+	hdr := make([]byte, 64)
+	if err := phys.ReadRegion(vfio.RegionConfig, 0, hdr); err != nil {
+		return nil, err
+	}
+	le := binary.LittleEndian
+	if t := hdr[pci.RegHeaderType] & 0x7f; t != 0 {
+		return nil, fmt.Errorf("%w: %s is a bridge (header type %d): pass through the devices behind it", ErrUnsupported, phys.BDF(), t)
+	}
+	h := pci.Header{
+		VendorID:          le.Uint16(hdr[pci.RegVendorID:]),
+		DeviceID:          le.Uint16(hdr[pci.RegDeviceID:]),
+		Revision:          hdr[pci.RegRevisionID],
+		Class:             uint32(hdr[pci.RegClassCode]) | uint32(hdr[pci.RegClassCode+1])<<8 | uint32(hdr[pci.RegClassCode+2])<<16,
+		SubsystemVendorID: le.Uint16(hdr[pci.RegSubsystemVendorID:]),
+		SubsystemID:       le.Uint16(hdr[pci.RegSubsystemID:]),
+	}
+	d.Config = pci.NewConfig(h)
+	vectors, err := d.findMSIX(hdr)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.declareBARs(hdr); err != nil {
+		return nil, err
+	}
+	d.msix, err = pci.NewMSIX(d.Config, vectors,
+		pci.MSIXLocation{BAR: d.msixBAR, Offset: uint32(d.tableOff)},
+		pci.MSIXLocation{BAR: d.pbaBAR, Offset: uint32(d.pbaOff)}, router)
+	if err != nil {
+		return nil, fmt.Errorf("vfiopci: %s: %w", phys.BDF(), err)
+	}
+	if err := d.startRelays(vectors); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// findMSIX walks the device's capability list for MSI-X and returns its
+// vector count, noting where its table and PBA are.
+func (d *Device) findMSIX(hdr []byte) (int, error) {
+	if binary.LittleEndian.Uint16(hdr[pci.RegStatus:])&pci.StatusCapList == 0 {
+		return 0, fmt.Errorf("%w: %s has no capabilities, so no MSI-X", ErrUnsupported, d.phys.BDF())
+	}
+	off := int64(hdr[pci.RegCapabilitiesPtr] &^ 3)
+	for hops := 0; off >= 0x40 && hops < 48; hops++ {
+		id, err := d.physRead(off, 2)
+		if err != nil {
+			return 0, err
+		}
+		if id&0xff == pci.CapMSIX {
+			ctl, err1 := d.physRead(off+2, 2)
+			table, err2 := d.physRead(off+4, 4)
+			pba, err3 := d.physRead(off+8, 4)
+			if err := errors.Join(err1, err2, err3); err != nil {
+				return 0, err
+			}
+			n := int(ctl&0x7ff) + 1
+			d.msixBAR, d.tableOff, d.tableSize = int(table&7), uint64(table&^7), uint64(n)*pci.MSIXEntrySize
+			d.pbaBAR, d.pbaOff, d.pbaSize = int(pba&7), uint64(pba&^7), uint64((n+63)/64*8)
+			if d.msixBAR > 5 || d.pbaBAR > 5 {
+				return 0, fmt.Errorf("%w: %s puts its MSI-X table in BAR%d", ErrUnsupported, d.phys.BDF(), d.msixBAR)
+			}
+			return n, nil
+		}
+		off = int64(id>>8) &^ 3
+	}
+	return 0, fmt.Errorf("%w: %s has no MSI-X (vio passes through MSI-X devices only)", ErrUnsupported, d.phys.BDF())
+}
+
+// declareBARs gives the guest's function the device's BARs: kinds from
+// the device's BAR registers, sizes from VFIO's regions.
+func (d *Device) declareBARs(hdr []byte) error {
+	le := binary.LittleEndian
+	for i := 0; i < pci.NumBARs; i++ {
+		r := d.phys.Region(vfio.RegionBAR0 + i)
+		v := le.Uint32(hdr[pci.RegBAR0+4*i:])
+		if r.Size == 0 {
+			continue
+		}
+		b := pci.BAR{Size: r.Size, Device: &bar{d: d, i: i}}
+		switch {
+		case v&1 == 1:
+			b.Kind = pci.BARIO
+		case v&6 == 4:
+			b.Kind = pci.BARMem64
+		default:
+			b.Kind = pci.BARMem32
+		}
+		b.Prefetchable = v&1 == 0 && v&8 != 0
+		if r.Size&(r.Size-1) != 0 || b.Kind != pci.BARIO && r.Size < 16 {
+			return fmt.Errorf("%w: %s BAR%d has %#x bytes", ErrUnsupported, d.phys.BDF(), i, r.Size)
+		}
+		if err := d.SetBAR(i, b); err != nil {
+			return fmt.Errorf("vfiopci: %s: %w", d.phys.BDF(), err)
+		}
+		if b.Kind == pci.BARMem64 {
+			i++
+		}
+	}
+	for _, w := range []struct {
+		bar       int
+		off, size uint64
+	}{{d.msixBAR, d.tableOff, d.tableSize}, {d.pbaBAR, d.pbaOff, d.pbaSize}} {
+		if b, _ := d.BAR(w.bar); b.Kind == pci.BARUnused || b.Kind == pci.BARIO || w.off+w.size > b.Size {
+			return fmt.Errorf("%w: %s's MSI-X table or PBA lies outside BAR%d", ErrUnsupported, d.phys.BDF(), w.bar)
+		}
+	}
+	return nil
+}
+
+func (d *Device) physRead(off int64, n int) (uint32, error) {
+	var b [4]byte
+	if err := d.phys.ReadRegion(vfio.RegionConfig, off, b[:n]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(b[:]), nil
+}
+
+// startRelays makes one eventfd per vector and a goroutine that hands
+// each signal to the guest's vector. The eventfds are non-blocking, on
+// Go's poller, so that Close wakes and ends the goroutines.
+func (d *Device) startRelays(n int) error {
+	for v := range n {
+		fd, err := kvm.NewEventFD()
+		if err != nil {
+			return fmt.Errorf("vfiopci: %w", err)
+		}
+		d.relays = append(d.relays, fd)
+		go d.relay(v, fd)
+	}
+	return nil
+}
+
+// relay waits on vector v's eventfd until Close closes it.
+func (d *Device) relay(v int, fd *kvm.EventFD) {
+	for {
+		if _, err := fd.Wait(); err != nil {
+			return
+		}
+		if err := d.msix.Notify(v); err != nil && !errors.Is(err, pci.ErrMSIXDisabled) {
+			d.mu.Lock()
+			d.errs++
+			d.mu.Unlock()
+		}
+	}
+}
+
+// WriteConfig serves a guest configuration write, then gives the device
+// what of it the device must see: the command register's enables, and
+// MSI-X turned on or off.
+func (d *Device) WriteConfig(off int, data []byte) {
+	d.Config.WriteConfig(off, data)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	const pass = pci.CommandMemory | pci.CommandIO | pci.CommandBusMaster
+	if cmd := d.Command() & pass; cmd != d.physCmd {
+		// INTx stays disabled on the device: the guest has no INTx here.
+		var b [2]byte
+		binary.LittleEndian.PutUint16(b[:], cmd|pci.CommandINTxDisable)
+		if d.phys.WriteRegion(vfio.RegionConfig, pci.RegCommand, b[:]) == nil {
+			d.physCmd = cmd
+		} else {
+			d.errs++
+		}
+	}
+	if on := d.msix.Enabled(); on != d.physMSIX {
+		var err error
+		if on {
+			fds := make([]int32, len(d.relays))
+			for i, fd := range d.relays {
+				fds[i] = int32(fd.FD())
+			}
+			err = d.phys.SetIRQEventFDs(vfio.IRQMSIX, 0, fds)
+		} else {
+			err = d.phys.SetIRQEventFDs(vfio.IRQMSIX, 0, nil)
+		}
+		if err == nil {
+			d.physMSIX = on
+		} else {
+			d.errs++
+		}
+	}
+}
+
+// BARMapped implements pci.Function; BARs are trapped, nothing to do.
+func (d *Device) BARMapped(pci.Region, bool) {}
+
+// MSIX returns the guest's MSI-X capability.
+func (d *Device) MSIX() *pci.MSIX { return d.msix }
+
+// Errors counts device accesses and interrupt deliveries that failed.
+func (d *Device) Errors() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.errs
+}
+
+// Close stops the device's interrupts and the relays; the owner closes
+// the VFIO device itself.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	on := d.physMSIX
+	d.physMSIX = false
+	d.mu.Unlock()
+	var err error
+	if on {
+		err = d.phys.SetIRQEventFDs(vfio.IRQMSIX, 0, nil)
+	}
+	for _, fd := range d.relays {
+		fd.Close()
+	}
+	return err
+}
+
+// bar forwards guest accesses to BAR i to the device, except those to
+// the MSI-X table and PBA, which the emulated capability serves.
+type bar struct {
+	d *Device
+	i int
+}
+
+func (b *bar) Read(off uint64, data []byte) {
+	d := b.d
+	switch {
+	case b.i == d.msixBAR && off >= d.tableOff && off+uint64(len(data)) <= d.tableOff+d.tableSize:
+		d.msix.ReadTable(off-d.tableOff, data)
+	case b.i == d.pbaBAR && off >= d.pbaOff && off+uint64(len(data)) <= d.pbaOff+d.pbaSize:
+		d.msix.ReadPBA(off-d.pbaOff, data)
+	default:
+		if d.phys.ReadRegion(vfio.RegionBAR0+b.i, int64(off), data) != nil {
+			for i := range data {
+				data[i] = 0xff
+			}
+			d.mu.Lock()
+			d.errs++
+			d.mu.Unlock()
+		}
+	}
+}
+
+func (b *bar) Write(off uint64, data []byte) {
+	d := b.d
+	switch {
+	case b.i == d.msixBAR && off >= d.tableOff && off+uint64(len(data)) <= d.tableOff+d.tableSize:
+		d.msix.WriteTable(off-d.tableOff, data)
+	case b.i == d.pbaBAR && off >= d.pbaOff && off+uint64(len(data)) <= d.pbaOff+d.pbaSize:
+		d.msix.WritePBA(off-d.pbaOff, data)
+	default:
+		if d.phys.WriteRegion(vfio.RegionBAR0+b.i, int64(off), data) != nil {
+			d.mu.Lock()
+			d.errs++
+			d.mu.Unlock()
+		}
+	}
+}
