@@ -21,10 +21,12 @@ import (
 
 // VM is a whole virtual machine.
 type VM struct {
-	Payload Payload  `json:"payload"`
-	CPUs    CPUs     `json:"cpus"`
-	Memory  Memory   `json:"memory"`
-	Disks   []Disk   `json:"disks,omitempty"`
+	Payload Payload `json:"payload"`
+	CPUs    CPUs    `json:"cpus"`
+	Memory  Memory  `json:"memory"`
+	Disks   []Disk  `json:"disks,omitempty"`
+	// Devices are host PCI devices passed through (VFIO, docs/vfio.md).
+	Devices []Device `json:"devices,omitempty"`
 	Net     []Net    `json:"net,omitempty"`
 	RNG     *RNG     `json:"rng,omitempty"`
 	Balloon *Balloon `json:"balloon,omitempty"`
@@ -505,6 +507,11 @@ func (c *VM) Validate() error {
 	}
 	if err := c.validateDiskGraphs(); err != nil {
 		return err
+	}
+	for i, d := range c.Devices {
+		if err := d.validate(i); err != nil {
+			return err
+		}
 	}
 	for i, n := range c.Net {
 		if err := n.validateBackend(i); err != nil {

@@ -69,6 +69,13 @@ func assignIDs(cfg *config.VM) error {
 			return err
 		}
 	}
+	for _, d := range cfg.Devices {
+		if d.ID != "" {
+			if err := claim(d.ID); err != nil {
+				return err
+			}
+		}
+	}
 	fresh := func(prefix string) string {
 		for i := 0; ; i++ {
 			id := fmt.Sprintf("_%s%d", prefix, i)

@@ -100,6 +100,9 @@ func (v *VM) setupPCI(stdio IO) error {
 			return fmt.Errorf("net %d (%s): %w", i, netName(n), err)
 		}
 	}
+	if err := v.addPassthrough(); err != nil {
+		return err
+	}
 	if v.cfg.RNG != nil {
 		var src io.Reader
 		if v.cfg.RNG.Src != "" && v.cfg.RNG.Src != "/dev/urandom" {

@@ -147,6 +147,9 @@ func (v *VM) checkSaveable(verb, goal string) error {
 	if v.iommu != nil {
 		return snapErr(ErrNotSaveable, "cannot %s: the emulated IOMMU cannot save its state yet; start the VM without iommu %s", verb, goal)
 	}
+	if len(v.cfg.Devices) > 0 {
+		return snapErr(ErrNotSaveable, "cannot %s: a pass-through device (%s) keeps its state in hardware vio cannot save; remove it from the VM config %s", verb, v.cfg.Devices[0].BDF(), goal)
+	}
 	return nil
 }
 

@@ -27,7 +27,7 @@ func runCommand() *cobra.Command {
 		file, memory, serial, console, onReboot string
 		apiSocket, restore, vsockSpec           string
 		prefault                                bool
-		disks, nets                             []string
+		disks, nets, devices                    []string
 		balloonSpec, platformSpec               string
 		cloudInitSpec                           string
 		shutdownTimeout                         time.Duration
@@ -148,12 +148,22 @@ Flags override what --config FILE (a JSON VM config) says.`,
 				}
 				cfg.Disks = append(cfg.Disks, disk)
 			}
+			for _, spec := range devices {
+				d, err := config.ParseDevice(spec)
+				if err != nil {
+					return err
+				}
+				cfg.Devices = append(cfg.Devices, d)
+			}
 			for _, n := range nets {
 				net, err := config.ParseNet(n)
 				if err != nil {
 					return err
 				}
 				cfg.Net = append(cfg.Net, net)
+			}
+			if jailSpec != "" && len(cfg.Devices) > 0 {
+				return fmt.Errorf("--jail with a pass-through --device is not supported yet: the jail has no /dev/vfio; drop one of them")
 			}
 			return run(c, cfg, runOptions{shutdownTimeout: shutdownTimeout, verbose: verbose, allowPVM: allowPVM, stats: stats, apiSocket: apiSocket, restore: restore, prefault: prefault, obs: obs, sandbox: sb, jail: jailSpec})
 		},
@@ -169,6 +179,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringVar(&console, "console", "off", "virtio console: tty, off, null, file=PATH, socket=PATH")
 	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")
 	f.StringArrayVar(&disks, "disk", nil, "disk: path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
+	f.StringArrayVar(&devices, "device", nil, "host PCI device to pass through with VFIO: path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=ID] (bound to vfio-pci; repeatable; docs/vfio.md)")
 	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME, user=on[,net=CIDR][,hostfwd=FWD[+FWD]] or socket=PATH|tcp:HOST:PORT (socket=A+B,bond=active-backup|balance for a bond), with [,firewall=FILE][,pcap=FILE][,ids=SOCK[,ids_mode=ips]][,mac=MAC][,model=virtio|e1000] (repeatable; docs/network.md)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.Bool("iommu", false, "put every PCI device behind an emulated Intel VT-d IOMMU (the guest needs intel_iommu=on; see docs/iommu.md)")

@@ -84,6 +84,9 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 	var p policyBuilder
 	p.add(cfg.Payload.Kernel, sandbox.Read)
 	p.add(cfg.Payload.Initramfs, sandbox.Read)
+	if len(cfg.Devices) > 0 {
+		p.add("/dev/vfio", sandbox.Read|sandbox.Write) // pass-through devices, reopened on a reboot
+	}
 	nbdHost := false
 	// SR-IOV virtual functions' images are reopened on a reboot too.
 	disks := slices.Clone(cfg.Disks)
