@@ -44,6 +44,19 @@ func Run(m *testing.M) int {
 	return relaunchUnlessOff("this host has no hardware virtualization", 0)
 }
 
+// labMachine is the L1 machine the lab boots: the default one, or the one
+// RunOn was given.
+var labMachine lab.Config
+
+// RunOn is Run on a lab machine of the caller's: an emulated IOMMU, NVMe
+// controllers (lab.Config's IOMMU and NVMe; labtest sets Timeout and
+// Env). Where the tests run directly (a host with hardware KVM, or
+// inside the lab), that machine is the host as it is.
+func RunOn(m *testing.M, machine lab.Config) int {
+	labMachine = machine
+	return Run(m)
+}
+
 // MainKVM is Main for packages whose tests need a /dev/kvm but not a fast
 // one: tiny hand-made guests of a few thousand instructions run fine on a
 // PVM-only KVM. They run directly where /dev/kvm can be opened and in the
@@ -161,7 +174,8 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 
 // runInLab runs the test binary self with args in a fresh lab.
 func runInLab(ctx context.Context, self string, args []string, labDeadline, testDeadline time.Duration, stdout, stderr io.Writer) error {
-	cfg := lab.Config{Timeout: labDeadline, Env: passEnv()}
+	cfg := labMachine
+	cfg.Timeout, cfg.Env = labDeadline, passEnv()
 	if os.Getenv("VIO_LAB_VERBOSE") != "" {
 		cfg.Verbose = stderr
 	}
