@@ -49,11 +49,12 @@ for n in $(seq 0 ` + fmt.Sprint(sriovVFs-1) + `); do
 done
 # FLR of VF 1, unbound from its driver, while VF 0 keeps writing.
 echo $vf1 > /sys/bus/pci/drivers/virtio-pci/unbind; check unbind $?
-( i=0; while [ $i -lt 40 ]; do dd if=/tmp/p0 of=/dev/$disk0 bs=4096 seek=$((512 + i*16)) conv=fsync 2>/dev/null || exit 1; i=$((i+1)); done ) &
+# 40 writes of 64 KiB, 32 KiB apart from 2 MiB on: within the 4 MiB image.
+( i=0; while [ $i -lt 40 ]; do dd if=/tmp/p0 of=/dev/$disk0 bs=4096 seek=$((512 + i*8)) conv=fsync 2>/dev/null || exit 1; i=$((i+1)); done ) &
 busy=$!
 echo 1 > /sys/bus/pci/devices/$vf1/reset; check flr $?
 wait $busy; check vf0-during-flr $?
-dd if=/dev/$disk0 bs=4096 skip=$((512 + 39*16)) count=16 2>/dev/null | cmp -s /tmp/p0 -; check vf0-after-flr $?
+dd if=/dev/$disk0 bs=4096 skip=$((512 + 39*8)) count=16 2>/dev/null | cmp -s /tmp/p0 -; check vf0-after-flr $?
 echo $vf1 > /sys/bus/pci/drivers/virtio-pci/bind; check rebind $?
 i=0; while [ -z "$(vfdisk $vf1)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 d=$(vfdisk $vf1); dd if=/dev/$d bs=4096 skip=` + fmt.Sprint(sriovOffset/4096) + ` count=16 2>/dev/null | cmp -s /tmp/p1 -; check vf1-after-flr $? "$d"
