@@ -2,6 +2,7 @@ package vfio
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"unsafe"
@@ -67,6 +68,12 @@ func (d *Device) load() error {
 		r.argsz = uint32(unsafe.Sizeof(r))
 		r.index = i
 		if _, err := ioctl(d.f, ioctlDeviceGetRegion, uintptr(unsafe.Pointer(&r))); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				// vfio-pci counts the VGA region in every device and
+				// refuses to describe it for those that are not VGA.
+				d.regions = append(d.regions, Region{Index: int(i)})
+				continue
+			}
 			return fmt.Errorf("vfio: region %d of %s: %w", i, d.bdf, err)
 		}
 		d.regions = append(d.regions, Region{Index: int(i), Flags: r.flags, Size: r.size, Offset: int64(r.offset)})
