@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/viovmm/vio/arch/x86"
@@ -95,6 +96,19 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
+// consoleFiles are the console files this process has opened. The first
+// open empties the file; a reboot builds a new VM, whose console goes on
+// after the last boot's output instead of erasing it (the panic that
+// caused the reboot is what a user looks for).
+var consoleFiles sync.Map
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
 // consoleStreams opens what a console config names.
 func consoleStreams(v *VM, c config.Console, stdio IO) (io.Writer, io.Reader, error) {
 	switch c.Mode {
@@ -107,7 +121,11 @@ func consoleStreams(v *VM, c config.Console, stdio IO) (io.Writer, io.Reader, er
 	case config.ModeOff, config.ModeNull:
 		return io.Discard, nil, nil
 	case config.ModeFile:
-		f, err := os.OpenFile(c.File, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+		if _, again := consoleFiles.LoadOrStore(absPath(c.File), true); !again {
+			flags |= os.O_TRUNC
+		}
+		f, err := os.OpenFile(c.File, flags, 0o644)
 		if err != nil {
 			return nil, nil, fmt.Errorf("serial file: %w", err)
 		}
