@@ -3,8 +3,10 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/viovmm/vio/devices/vfiopci"
+	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/vfio"
 )
@@ -29,6 +31,7 @@ func (v *VM) addPassthrough() error {
 	}
 	v.closers = append(v.closers, c)
 	groups := map[string]*vfio.Group{}
+	slots := &deviceSlots{vm: v.kvm} // the BARs' pages mapped into the guest
 	for i, dc := range v.cfg.Devices {
 		bdf := dc.BDF()
 		id, err := vfio.GroupOf(bdf)
@@ -72,7 +75,7 @@ func (v *VM) addPassthrough() error {
 			return err
 		}
 		msi := v.msi.newDevice()
-		d, err := vfiopci.New(pd, msi)
+		d, err := vfiopci.New(pd, msi, slots)
 		if err != nil {
 			msi.release()
 			return fmt.Errorf("device %d: %w", i, err)
@@ -88,4 +91,40 @@ func (v *VM) addPassthrough() error {
 		v.log.Info("device passed through", "host", bdf, "guest", bdfString(slot), "msix_vectors", d.MSIX().Vectors())
 	}
 	return nil
+}
+
+// firstMMIOSlot is the first KVM memory slot for device memory mapped into
+// the guest; guest RAM takes slots 0 to its number of regions.
+const firstMMIOSlot = 64
+
+// deviceSlots hands out KVM memory slots for device memory (a
+// pass-through device's BAR pages).
+type deviceSlots struct {
+	vm *kvm.VM
+
+	mu   sync.Mutex
+	used map[uint32]bool
+}
+
+// MapMMIO implements vfiopci.SlotMapper.
+func (s *deviceSlots) MapMMIO(gpa uint64, host []byte) (func() error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used == nil {
+		s.used = map[uint32]bool{}
+	}
+	slot := uint32(firstMMIOSlot)
+	for s.used[slot] {
+		slot++
+	}
+	if err := s.vm.SetUserMemoryRegion(kvm.MemoryRegion{Slot: slot, GPA: gpa, Host: host}); err != nil {
+		return nil, err
+	}
+	s.used[slot] = true
+	return func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.used, slot)
+		return s.vm.DeleteUserMemoryRegion(slot)
+	}, nil
 }

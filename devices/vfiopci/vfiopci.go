@@ -12,8 +12,12 @@
 // resizable BARs, the PCIe link) are not there: QEMU hides the first of
 // those too. A device without MSI-X is refused.
 //
-// BAR accesses trap to vio and go to the device with pread/pwrite; those
-// to the MSI-X table and PBA are served by the emulated capability. The
+// Where VFIO lets a BAR be mapped and the VMM gives a SlotMapper, the
+// BAR's pages are mapped straight into the guest (KVM memory slots), so
+// the guest's doorbell writes reach the device with no exit; the pages
+// of the MSI-X table and PBA stay trapped. Other BAR accesses trap to vio
+// and go to the device with pread/pwrite; those to the MSI-X table and
+// PBA are served by the emulated capability. The
 // device's MSI-X interrupts land on eventfds (VFIO_DEVICE_SET_IRQS) that
 // vio relays to the guest's vectors through pci.MSIX, which honours the
 // guest's masks and pending bits.
@@ -24,6 +28,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/pci"
@@ -38,6 +44,20 @@ type Physical interface {
 	ReadRegion(i int, off int64, p []byte) error
 	WriteRegion(i int, off int64, p []byte) error
 	SetIRQEventFDs(index, start int, fds []int32) error
+	Mmap(i int, off int64, size int) ([]byte, error)
+}
+
+// SlotMapper maps host memory (a piece of a device's BAR) into the guest
+// at gpa, as KVM memory slots; the VMM implements it.
+type SlotMapper interface {
+	MapMMIO(gpa uint64, host []byte) (unmap func() error, err error)
+}
+
+// piece is a page-aligned part of a BAR mapped from the device.
+type piece struct {
+	off   uint64
+	host  []byte
+	unmap func() error // while it is in the guest
 }
 
 // ErrUnsupported is a device this package cannot pass through.
@@ -54,6 +74,8 @@ type Device struct {
 	pbaOff, pbaSize     uint64
 
 	relays []*kvm.EventFD // what the device's vectors signal
+	slots  SlotMapper
+	direct [pci.NumBARs][]*piece // the BARs' pieces mapped into the guest
 
 	mu       sync.Mutex
 	physMSIX bool   // the device's MSI-X is on
@@ -63,9 +85,10 @@ type Device struct {
 }
 
 // New builds the guest's view of phys. router delivers the guest's MSI-X
-// messages (KVM GSI routes and irqfds in the VMM).
-func New(phys Physical, router pci.MSIRouter) (*Device, error) {
-	d := &Device{phys: phys}
+// messages (KVM GSI routes and irqfds in the VMM); slots, if not nil, maps
+// the BARs' pages into the guest.
+func New(phys Physical, router pci.MSIRouter, slots SlotMapper) (*Device, error) {
+	d := &Device{phys: phys, slots: slots}
 	hdr := make([]byte, 64)
 	if err := phys.ReadRegion(vfio.RegionConfig, 0, hdr); err != nil {
 		return nil, err
@@ -100,7 +123,51 @@ func New(phys Physical, router pci.MSIRouter) (*Device, error) {
 		d.Close()
 		return nil, err
 	}
+	if slots != nil {
+		d.mapPieces()
+	}
 	return d, nil
+}
+
+// mapPieces maps from the device, for each memory BAR VFIO lets map, the
+// page-aligned pieces that hold neither the MSI-X table nor the PBA. A
+// piece that does not map stays trapped: slower, not wrong.
+func (d *Device) mapPieces() {
+	const page = 4096
+	for i := 0; i < pci.NumBARs; i++ {
+		b, _ := d.BAR(i)
+		r := d.phys.Region(vfio.RegionBAR0 + i)
+		if b.Kind != pci.BARMem32 && b.Kind != pci.BARMem64 || r.Flags&vfio.RegionMmap == 0 || b.Size < page {
+			continue
+		}
+		var holes [][2]uint64 // page ranges that stay trapped
+		if i == d.msixBAR {
+			holes = append(holes, [2]uint64{d.tableOff &^ (page - 1), (d.tableOff + d.tableSize + page - 1) &^ (page - 1)})
+		}
+		if i == d.pbaBAR {
+			holes = append(holes, [2]uint64{d.pbaOff &^ (page - 1), (d.pbaOff + d.pbaSize + page - 1) &^ (page - 1)})
+		}
+		for start := uint64(0); start < b.Size; {
+			end, inHole := b.Size, false
+			for _, h := range holes {
+				if h[0] <= start && start < h[1] {
+					start, inHole = h[1], true
+					break
+				}
+				if h[0] > start && h[0] < end {
+					end = h[0]
+				}
+			}
+			if inHole {
+				continue
+			}
+			host, err := d.phys.Mmap(vfio.RegionBAR0+i, int64(start), int(end-start))
+			if err == nil {
+				d.direct[i] = append(d.direct[i], &piece{off: start, host: host})
+			}
+			start = end
+		}
+	}
 }
 
 // findMSIX walks the device's capability list for MSI-X and returns its
@@ -253,8 +320,46 @@ func (d *Device) WriteConfig(off int, data []byte) {
 	}
 }
 
-// BARMapped implements pci.Function; BARs are trapped, nothing to do.
-func (d *Device) BARMapped(pci.Region, bool) {}
+// BARMapped implements pci.Function: the BAR's mapped pieces enter the
+// guest where the guest put the BAR, and leave it when the BAR moves or
+// stops decoding.
+func (d *Device) BARMapped(r pci.Region, mapped bool) {
+	if r.BAR < 0 || r.BAR >= pci.NumBARs || d.slots == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.direct[r.BAR] {
+		if p.unmap != nil {
+			if p.unmap() != nil {
+				d.errs++
+			}
+			p.unmap = nil
+		}
+		if mapped && !d.closed {
+			if un, err := d.slots.MapMMIO(r.Addr+p.off, p.host); err == nil {
+				p.unmap = un
+			} else {
+				d.errs++
+			}
+		}
+	}
+}
+
+// DirectBytes is how many bytes of BAR i are mapped into the guest now.
+func (d *Device) DirectBytes(i int) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var n uint64
+	if i >= 0 && i < pci.NumBARs {
+		for _, p := range d.direct[i] {
+			if p.unmap != nil {
+				n += uint64(len(p.host))
+			}
+		}
+	}
+	return n
+}
 
 // MSIX returns the guest's MSI-X capability.
 func (d *Device) MSIX() *pci.MSIX { return d.msix }
@@ -285,6 +390,18 @@ func (d *Device) Close() error {
 	for _, fd := range d.relays {
 		fd.Close()
 	}
+	d.mu.Lock()
+	for i := range d.direct {
+		for _, p := range d.direct[i] {
+			if p.unmap != nil {
+				p.unmap()
+				p.unmap = nil
+			}
+			unix.Munmap(p.host)
+		}
+		d.direct[i] = nil
+	}
+	d.mu.Unlock()
 	return err
 }
 

@@ -3,6 +3,7 @@ package vfiopci
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,8 @@ type fakeNVMe struct {
 	bar0    [0x4000]byte
 	barHits int
 	irqs    [][]int32 // each SetIRQEventFDs call's fds (nil: disable)
+	mmap    bool      // BAR0 may be mapped
+	mapped  [][2]int64
 }
 
 func newFakeNVMe() *fakeNVMe {
@@ -53,7 +56,11 @@ func (f *fakeNVMe) BDF() string { return "0000:00:04.0" }
 func (f *fakeNVMe) Region(i int) vfio.Region {
 	switch i {
 	case vfio.RegionBAR0:
-		return vfio.Region{Index: i, Size: 0x4000, Flags: vfio.RegionRead | vfio.RegionWrite}
+		r := vfio.Region{Index: i, Size: 0x4000, Flags: vfio.RegionRead | vfio.RegionWrite}
+		if f.mmap {
+			r.Flags |= vfio.RegionMmap
+		}
+		return r
 	case vfio.RegionConfig:
 		return vfio.Region{Index: i, Size: 256, Flags: vfio.RegionRead | vfio.RegionWrite}
 	}
@@ -98,6 +105,40 @@ func (f *fakeNVMe) WriteRegion(i int, off int64, p []byte) error {
 	return nil
 }
 
+// Mmap hands out fresh anonymous pages (Close unmaps them) and records
+// which part of the BAR was asked for.
+func (f *fakeNVMe) Mmap(i int, off int64, size int) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i != vfio.RegionBAR0 || !f.mmap {
+		return nil, errors.New("not mappable")
+	}
+	f.mapped = append(f.mapped, [2]int64{off, int64(size)})
+	return unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+}
+
+// slotRecorder is the VMM's side of direct mapping: it records the
+// guest ranges in memory slots.
+type slotRecorder struct {
+	mu    sync.Mutex
+	slots map[uint64]int // gpa → size
+}
+
+func (s *slotRecorder) MapMMIO(gpa uint64, host []byte) (func() error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slots == nil {
+		s.slots = map[uint64]int{}
+	}
+	s.slots[gpa] = len(host)
+	return func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.slots, gpa)
+		return nil
+	}, nil
+}
+
 func (f *fakeNVMe) SetIRQEventFDs(index, start int, fds []int32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -115,13 +156,14 @@ type rig struct {
 	cf8       pcitest.CF8
 	router    *pcitest.Router
 	phys      *fakeNVMe
+	slots     *slotRecorder
 	d         *Device
 	a         pci.BDF
 }
 
 func newRig(t *testing.T, phys *fakeNVMe) *rig {
 	t.Helper()
-	r := &rig{mmio: bus.New("mmio"), pio: bus.New("pio"), router: pcitest.NewRouter(64), phys: phys, a: pci.BDF{Device: 4}}
+	r := &rig{mmio: bus.New("mmio"), pio: bus.New("pio"), router: pcitest.NewRouter(64), phys: phys, a: pci.BDF{Device: 4}, slots: &slotRecorder{}}
 	var err error
 	r.root, err = pci.NewRoot(pci.RootConfig{MMIO: r.mmio, PIO: r.pio,
 		MMIO32: pci.Window{Base: 0xc0000000, Size: 1 << 28}, PIOWindow: pci.Window{Base: 0x1000, Size: 0x1000}})
@@ -130,7 +172,7 @@ func newRig(t *testing.T, phys *fakeNVMe) *rig {
 	}
 	r.pio.Register(pci.ConfigAddressPort, pci.ConfigPortsSize, r.root.ConfigPorts())
 	r.cf8 = pcitest.CF8{PIO: r.pio}
-	if r.d, err = New(phys, r.router); err != nil {
+	if r.d, err = New(phys, r.router, r.slots); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.d.Close() })
@@ -247,17 +289,17 @@ func TestPassthrough(t *testing.T) {
 func TestRefused(t *testing.T) {
 	f := newFakeNVMe()
 	f.cfg[0x41] = 0 // the list ends at the PM capability
-	if _, err := New(f, pcitest.NewRouter(1)); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "MSI-X devices only") {
+	if _, err := New(f, pcitest.NewRouter(1), nil); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "MSI-X devices only") {
 		t.Errorf("no MSI-X: %v", err)
 	}
 	f = newFakeNVMe()
 	f.cfg[pci.RegHeaderType] = 1
-	if _, err := New(f, pcitest.NewRouter(1)); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "bridge") {
+	if _, err := New(f, pcitest.NewRouter(1), nil); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "bridge") {
 		t.Errorf("a bridge: %v", err)
 	}
 	f = newFakeNVMe()
 	binary.LittleEndian.PutUint32(f.cfg[0x54:], 0x8000) // table beyond BAR0's 16 KiB
-	if _, err := New(f, pcitest.NewRouter(1)); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "outside BAR0") {
+	if _, err := New(f, pcitest.NewRouter(1), nil); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "outside BAR0") {
 		t.Errorf("a table outside its BAR: %v", err)
 	}
 }
@@ -271,7 +313,7 @@ func FuzzDeviceConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, cfg []byte, ops []byte) {
 		phys := newFakeNVMe()
 		copy(phys.cfg[:], cfg)
-		d, err := New(phys, pcitest.NewRouter(1<<12))
+		d, err := New(phys, pcitest.NewRouter(1<<12), nil)
 		if err != nil {
 			return
 		}
@@ -289,4 +331,45 @@ func FuzzDeviceConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDirectMapping: a mappable BAR0 is mapped in its pieces that hold
+// neither the MSI-X table (0x2000) nor the PBA (0x3000): 0-0x2000 goes
+// into the guest where the guest puts BAR0, follows it when it moves, and
+// leaves when decoding stops.
+func TestDirectMapping(t *testing.T) {
+	f := newFakeNVMe()
+	f.mmap = true
+	r := newRig(t, f)
+	f.mu.Lock()
+	asked := fmt.Sprint(f.mapped)
+	f.mu.Unlock()
+	if asked != "[[0 8192]]" {
+		t.Errorf("mapped pieces %s, want [[0 8192]] (the table and PBA pages stay trapped)", asked)
+	}
+	base := uint64(r.cf8.Read(r.a, pci.RegBAR0, 4)&^0xf) | uint64(r.cf8.Read(r.a, pci.RegBAR0+4, 4))<<32
+	slots := func() string {
+		r.slots.mu.Lock()
+		defer r.slots.mu.Unlock()
+		return fmt.Sprint(r.slots.slots)
+	}
+	if s := slots(); s != "map[]" {
+		t.Errorf("slots %s before the guest enabled decoding", s)
+	}
+	r.cf8.Write(r.a, pci.RegCommand, 2, pci.CommandMemory)
+	if s, want := slots(), fmt.Sprintf("map[%d:8192]", base); s != want {
+		t.Errorf("slots %s, want %s", s, want)
+	}
+	if n := r.d.DirectBytes(0); n != 8192 {
+		t.Errorf("DirectBytes %d", n)
+	}
+	moved := base + 0x100000
+	r.cf8.Write(r.a, pci.RegBAR0, 4, uint32(moved)|4)
+	if s, want := slots(), fmt.Sprintf("map[%d:8192]", moved); s != want {
+		t.Errorf("after the BAR moved: slots %s, want %s", s, want)
+	}
+	r.cf8.Write(r.a, pci.RegCommand, 2, 0)
+	if s := slots(); s != "map[]" {
+		t.Errorf("slots %s after decoding stopped", s)
+	}
 }
