@@ -136,7 +136,7 @@ func TestNVMePassthrough(t *testing.T) {
 	// with the BAR's doorbell page mapped into the guest, fio's I/O
 	// causes no MMIO exits of its own.
 	for i, m := range regexp.MustCompile(`"mmio": (\d+)`).FindAllStringSubmatch(stderr.String(), -1) {
-		t.Logf("life %d: %s MMIO exits to vio (fio moved 2 x 4096 I/Os of 4 KiB)", i/1+1, m[1])
+		t.Logf("life %d: %s MMIO exits to vio (fio moved 2 x 4096 I/Os of 4 KiB)", i+1, m[1])
 	}
 	if tags["PTSUM"] == "" || tags["PTSUM"] != tags["PTSUM2"] {
 		t.Errorf("the pattern written in the first life (%q) read back as %q after the reboot", tags["PTSUM"], tags["PTSUM2"])
