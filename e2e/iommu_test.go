@@ -40,6 +40,8 @@ echo vfio-pci > /sys/bus/pci/devices/$dev/driver_override
 echo $dev > /sys/bus/pci/devices/$dev/driver/unbind
 echo $dev > /sys/bus/pci/drivers_probe
 echo "VIO-IOMMU vdb-driver=$(basename "$(readlink /sys/bus/pci/devices/$dev/driver)")"
+# vio's VT-d unit does not remap interrupts, which type1 wants unless told.
+echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
 %s $dev %d %d
 echo "VIO-IOMMU vfio-rc=$?"
 dmesg | grep -i 'DMAR.*fault\|fault addr' | tail -5 | sed 's/^/VIO-FAULT /'

@@ -1,9 +1,12 @@
 package vfio
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Container is an IOMMU domain (/dev/vfio/vfio): the groups added to it
@@ -43,7 +46,11 @@ func (c *Container) setIOMMU() error {
 		return nil
 	}
 	if _, err := ioctl(c.f, ioctlSetIOMMU, type1v2IOMMU); err != nil {
-		return fmt.Errorf("vfio: setting the type1v2 IOMMU: %w", err)
+		hint := ""
+		if errors.Is(err, unix.EPERM) {
+			hint = " (the IOMMU cannot remap interrupts, so a device could forge MSIs: vfio_iommu_type1 refuses unless you accept that with echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts)"
+		}
+		return fmt.Errorf("vfio: setting the type1v2 IOMMU: %w%s", err, hint)
 	}
 	c.iommu = true
 	return nil
