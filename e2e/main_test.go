@@ -6,7 +6,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -27,13 +26,8 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		vioBin = filepath.Join(dir, "vio")
-		build := exec.Command("go", "build", "-o", vioBin, "../cmd/vio")
-		// Without cgo, as `make build` builds it: only then can vio's
-		// sandbox put every thread under Landlock (docs/security.md).
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e: building vio:", err)
+		if err := labtest.Build(vioBin, "../cmd/vio"); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
 			os.Exit(1)
 		}
 		os.Setenv("VIO_BIN", vioBin)

@@ -25,11 +25,8 @@ var migGuest = os.Getenv("VIO_MIGGUEST")
 // to the lab run.
 func buildMigGuest(dir string) error {
 	out := filepath.Join(dir, "migguest")
-	build := exec.Command("go", "build", "-o", out, "./testdata/migguest")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building testdata/migguest: %w", err)
+	if err := labtest.Build(out, "./testdata/migguest"); err != nil {
+		return err
 	}
 	migGuest = out
 	return os.Setenv("VIO_MIGGUEST", out)

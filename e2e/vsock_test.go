@@ -33,11 +33,8 @@ func buildGuestPrograms(dir string) error {
 		env  string
 	}{{"vsockpeer", &vsockPeer, "VIO_VSOCKPEER"}, {"vfioblk", &vfioBlk, "VIO_VFIOBLK"}} {
 		out := filepath.Join(dir, p.name)
-		build := exec.Command("go", "build", "-o", out, "./testdata/"+p.name)
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("building testdata/%s: %w", p.name, err)
+		if err := labtest.Build(out, "./testdata/"+p.name); err != nil {
+			return err
 		}
 		*p.set = out
 		if err := os.Setenv(p.env, out); err != nil {

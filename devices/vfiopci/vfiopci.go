@@ -273,9 +273,7 @@ func (d *Device) relay(v int, fd *kvm.EventFD) {
 			return
 		}
 		if err := d.msix.Notify(v); err != nil && !errors.Is(err, pci.ErrMSIXDisabled) {
-			d.mu.Lock()
-			d.errs++
-			d.mu.Unlock()
+			d.countError()
 		}
 	}
 }
@@ -412,37 +410,59 @@ type bar struct {
 	i int
 }
 
+// The parts of a BAR an access can fall in.
+const (
+	toDevice = iota
+	toTable
+	toPBA
+)
+
+// part says where an access of n bytes at off in BAR b goes, and its
+// offset there.
+func (b *bar) part(off uint64, n int) (int, uint64) {
+	d := b.d
+	switch end := off + uint64(n); {
+	case b.i == d.msixBAR && off >= d.tableOff && end <= d.tableOff+d.tableSize:
+		return toTable, off - d.tableOff
+	case b.i == d.pbaBAR && off >= d.pbaOff && end <= d.pbaOff+d.pbaSize:
+		return toPBA, off - d.pbaOff
+	}
+	return toDevice, off
+}
+
 func (b *bar) Read(off uint64, data []byte) {
 	d := b.d
-	switch {
-	case b.i == d.msixBAR && off >= d.tableOff && off+uint64(len(data)) <= d.tableOff+d.tableSize:
-		d.msix.ReadTable(off-d.tableOff, data)
-	case b.i == d.pbaBAR && off >= d.pbaOff && off+uint64(len(data)) <= d.pbaOff+d.pbaSize:
-		d.msix.ReadPBA(off-d.pbaOff, data)
+	switch p, rel := b.part(off, len(data)); p {
+	case toTable:
+		d.msix.ReadTable(rel, data)
+	case toPBA:
+		d.msix.ReadPBA(rel, data)
 	default:
 		if d.phys.ReadRegion(vfio.RegionBAR0+b.i, int64(off), data) != nil {
 			for i := range data {
 				data[i] = 0xff
 			}
-			d.mu.Lock()
-			d.errs++
-			d.mu.Unlock()
+			d.countError()
 		}
 	}
 }
 
 func (b *bar) Write(off uint64, data []byte) {
 	d := b.d
-	switch {
-	case b.i == d.msixBAR && off >= d.tableOff && off+uint64(len(data)) <= d.tableOff+d.tableSize:
-		d.msix.WriteTable(off-d.tableOff, data)
-	case b.i == d.pbaBAR && off >= d.pbaOff && off+uint64(len(data)) <= d.pbaOff+d.pbaSize:
-		d.msix.WritePBA(off-d.pbaOff, data)
+	switch p, rel := b.part(off, len(data)); p {
+	case toTable:
+		d.msix.WriteTable(rel, data)
+	case toPBA:
+		d.msix.WritePBA(rel, data)
 	default:
 		if d.phys.WriteRegion(vfio.RegionBAR0+b.i, int64(off), data) != nil {
-			d.mu.Lock()
-			d.errs++
-			d.mu.Unlock()
+			d.countError()
 		}
 	}
+}
+
+func (d *Device) countError() {
+	d.mu.Lock()
+	d.errs++
+	d.mu.Unlock()
 }

@@ -33,11 +33,8 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		vioBin = filepath.Join(dir, "vio")
-		build := exec.Command("go", "build", "-o", vioBin, "../../cmd/vio")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "passthrough: building vio:", err)
+		if err := labtest.Build(vioBin, "../../cmd/vio"); err != nil {
+			fmt.Fprintln(os.Stderr, "passthrough:", err)
 			os.Exit(1)
 		}
 		os.Setenv("VIO_BIN", vioBin)
