@@ -89,7 +89,7 @@ func TestIOMMU(t *testing.T) {
 		Modules:  []string{"virtio_pci", "virtio_blk", "vfio", "vfio_iommu_type1", "vfio_pci"},
 		Programs: []string{"/usr/bin/fio", vfioBlk},
 	}.Build(t)
-	out, err := runVMM(t, 6*time.Minute, vioArgs(t, initrd, "--iommu",
+	out, err := runVMM(t, 9*time.Minute, vioArgs(t, initrd, "--iommu",
 		"--cmdline", "console=ttyS0 panic=-1 quiet intel_iommu=on iommu.strict=1",
 		"--disk", "path="+disk, "--disk", "path="+pass, "--disk", "path="+tools+",readonly=on")...)
 	if err != nil {
