@@ -98,7 +98,7 @@ func TestNVMePassthrough(t *testing.T) {
 		Programs: []string{"/usr/bin/fio"},
 	}.Build(t)
 	a := labtest.Assets(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	serial := filepath.Join(t.TempDir(), "serial.log")
 	cmd := exec.CommandContext(ctx, vioBin, "run", "--kernel", a.Kernel, "--initrd", initrd, "--memory", "256M",
