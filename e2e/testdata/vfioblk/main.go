@@ -9,8 +9,9 @@
 //  3. the hostile case: a read request whose data buffer is an address
 //     the IOMMU does not map, chosen as the guest-physical address of a
 //     page of this program (so a device that bypassed the IOMMU would
-//     overwrite it); the device must not touch it, and it either fails
-//     the request or stops with DEVICE_NEEDS_RESET;
+//     overwrite it); the device must not touch it, and it fails the
+//     request (IOERR, or the chain given back unanswered) or stops with
+//     DEVICE_NEEDS_RESET;
 //  4. resets the device, starts it again and reads WRITESECTOR once more.
 //
 // It prints "VIO-VFIO key=value" lines for the test, and exits non-zero
@@ -130,8 +131,10 @@ func main() {
 	switch {
 	case errors.As(err, &broken):
 		say("hostile", "needs-reset")
-	case err != nil && errors.Is(err, errIOErr):
+	case errors.Is(err, errIOErr):
 		say("hostile", "ioerr")
+	case errors.Is(err, errNoStatus):
+		say("hostile", "refused")
 	case err != nil:
 		fail("the hostile request: %v", err)
 	default:
@@ -154,7 +157,13 @@ func main() {
 	say("done", "ok")
 }
 
-var errIOErr = errors.New("the device answered VIRTIO_BLK_S_IOERR")
+var (
+	errIOErr = errors.New("the device answered VIRTIO_BLK_S_IOERR")
+	// errNoStatus is a request given back with its status byte untouched:
+	// the device refused the chain (vio does that when a buffer cannot be
+	// reached) without touching the disk.
+	errNoStatus = errors.New("the device gave the request back without a status")
+)
 
 // request runs one virtio-blk request of typ at sector with its 4 KiB
 // data buffer at the device address data; header and status sit in mem.
@@ -176,6 +185,8 @@ func (v *virtioDev) request(mem []byte, typ uint32, sector, data uint64) error {
 		return nil
 	case 1:
 		return errIOErr
+	case 0xff:
+		return errNoStatus
 	default:
 		return fmt.Errorf("request status %d", mem[statusOff])
 	}
