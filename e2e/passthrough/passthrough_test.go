@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viovmm/vio/internal/suite"
 	"github.com/viovmm/vio/lab"
 	"github.com/viovmm/vio/lab/labtest"
 )
@@ -26,6 +27,16 @@ import (
 var vioBin = os.Getenv("VIO_BIN")
 
 func TestMain(m *testing.M) {
+	// Opt-in for now: its lab (q35 with an emulated IOMMU and NVMe) next
+	// to e2e's two shards makes three nested labs on a 2-core machine, and
+	// the one full run with it saw a 2-vCPU guest of e2e boot silently.
+	// Until labtest caps the labs running at once, the suite names it
+	// skipped and `make test-passthrough` runs it.
+	if os.Getenv("VIO_PASSTHROUGH") != "1" && !labtest.Inside() {
+		fmt.Printf("%sVFIO pass-through runs in a lab of its own: run it with make test-passthrough (VIO_PASSTHROUGH=1)\n", suite.LayerSkipPrefix)
+		fmt.Println("PASS")
+		os.Exit(0)
+	}
 	if vioBin == "" && !labtest.Inside() {
 		dir, err := os.MkdirTemp("", "vio-passthrough-")
 		if err != nil {
