@@ -162,11 +162,11 @@ func (r *Root) assignBARs(f Function) error {
 // each is sized with the all-ones probe at its register in the SR-IOV
 // capability and given room for TotalVFs VFs, aligned to one VF's size.
 func (r *Root) assignVFBARs(f Function) error {
-	p, ok := f.(interface{ SRIOV() *SRIOV })
-	if !ok || p.SRIOV() == nil {
+	s := sriovOf(f)
+	if s == nil {
 		return nil
 	}
-	cap := p.SRIOV().Offset()
+	cap := s.Offset()
 	total := uint64(read32(f, cap+sriovInitialVFs) >> 16) // TotalVFs: the upper half
 	for i := 0; i < NumBARs; i++ {
 		is64, err := r.placeBAR(f, cap+sriovVFBAR0+4*i, i == NumBARs-1, total, false)
@@ -292,14 +292,14 @@ func (r *Root) Remove(addr BDF) error {
 		return fmt.Errorf("%w: nothing at %s", ErrNoFunction, addr)
 	}
 	// A physical function's VFs are part of it: they go with it.
-	if p, ok := f.(interface{ SRIOV() *SRIOV }); ok && p.SRIOV() != nil {
-		for _, at := range r.vfSlots[p.SRIOV()] {
+	if s := sriovOf(f); s != nil {
+		for _, at := range r.vfSlots[s] {
 			if vf := r.fns[at.Device][at.Function]; vf != nil {
 				r.unmapStaleLocked(vf, nil)
 				r.fns[at.Device][at.Function] = nil
 			}
 		}
-		delete(r.vfSlots, p.SRIOV())
+		delete(r.vfSlots, s)
 	}
 	if addr.Function == 0 {
 		for fn := 1; fn < 8; fn++ {
@@ -372,11 +372,10 @@ func (r *Root) WriteConfig(a BDF, offset int, data []byte) {
 // PF's VF BARs and VF MSE decide. It returns the release of the VFs it
 // unplugged, to run once the lock is dropped.
 func (r *Root) syncVFsLocked(a BDF, f Function) (release func()) {
-	p, ok := f.(interface{ SRIOV() *SRIOV })
-	if !ok || p.SRIOV() == nil {
+	s := sriovOf(f)
+	if s == nil {
 		return func() {}
 	}
-	s := p.SRIOV()
 	vfs := s.VFs()
 	want := make(map[BDF]Function, len(vfs))
 	rid := int(a.Device)<<3 | int(a.Function)

@@ -208,11 +208,10 @@ func (s *SRIOV) report(err error) {
 // checkVF makes sure f was built as VF i of s with the BARs the
 // capability announces.
 func (s *SRIOV) checkVF(i int, f Function) error {
-	c, ok := f.(interface{ vfConfig() *Config })
-	if !ok {
+	cfg := configOf(f)
+	if cfg == nil {
 		return fmt.Errorf("pci: VF %d has no configuration space from NewVFConfig", i)
 	}
-	cfg := c.vfConfig()
 	cfg.mu.Lock()
 	defer cfg.mu.Unlock()
 	if cfg.vf == nil || cfg.vf.pf != s || cfg.vf.index != i {
@@ -232,6 +231,22 @@ func (s *SRIOV) checkVF(i int, f Function) error {
 
 // vfConfig lets a Function that embeds *Config be checked as a VF.
 func (c *Config) vfConfig() *Config { return c }
+
+// configOf is the Config a Function embeds, nil for one that has none.
+func configOf(f Function) *Config {
+	if c, ok := f.(interface{ vfConfig() *Config }); ok {
+		return c.vfConfig()
+	}
+	return nil
+}
+
+// sriovOf is f's SR-IOV capability, nil when f is no physical function.
+func sriovOf(f Function) *SRIOV {
+	if p, ok := f.(interface{ SRIOV() *SRIOV }); ok {
+		return p.SRIOV()
+	}
+	return nil
+}
 
 // VFs returns the live virtual functions by index (nil where one could
 // not be made), and takes the list of retired ones for the caller to
@@ -259,10 +274,8 @@ func (s *SRIOV) releaseRetired(fs []Function) {
 			continue
 		}
 		i := -1
-		if c, ok := f.(interface{ vfConfig() *Config }); ok {
-			if p := c.vfConfig().vf; p != nil {
-				i = p.index
-			}
+		if c := configOf(f); c != nil && c.vf != nil {
+			i = c.vf.index
 		}
 		s.cfg.ReleaseVF(i, f)
 	}

@@ -77,32 +77,32 @@ func (f *fakeNVMe) mem(i int) []byte {
 	return nil
 }
 
-func (f *fakeNVMe) ReadRegion(i int, off int64, p []byte) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// span is n bytes at off of region i, counting BAR accesses; f.mu held.
+func (f *fakeNVMe) span(i int, off int64, n int) ([]byte, error) {
 	m := f.mem(i)
-	if off < 0 || int(off)+len(p) > len(m) {
-		return errors.New("out of range")
+	if off < 0 || int(off)+n > len(m) {
+		return nil, errors.New("out of range")
 	}
 	if i == vfio.RegionBAR0 {
 		f.barHits++
 	}
-	copy(p, m[off:])
-	return nil
+	return m[off : int(off)+n], nil
+}
+
+func (f *fakeNVMe) ReadRegion(i int, off int64, p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, err := f.span(i, off, len(p))
+	copy(p, b)
+	return err
 }
 
 func (f *fakeNVMe) WriteRegion(i int, off int64, p []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	m := f.mem(i)
-	if off < 0 || int(off)+len(p) > len(m) {
-		return errors.New("out of range")
-	}
-	if i == vfio.RegionBAR0 {
-		f.barHits++
-	}
-	copy(m[off:], p)
-	return nil
+	b, err := f.span(i, off, len(p))
+	copy(b, p)
+	return err
 }
 
 // Mmap hands out fresh anonymous pages (Close unmaps them) and records
