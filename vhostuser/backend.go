@@ -598,11 +598,16 @@ func (s *session) start(r *ring) error {
 	q.SetInterrupt(r.call)
 	errFD := r.err
 	q.OnBroken(func(error) { _ = errFD.Trigger() })
+	// The kicker passes kicks to q before it is served: a kick that came
+	// while ServeQueue was starting (after the device's first look at the
+	// avail ring, before the kicker knew q) would otherwise be dropped,
+	// and the request it announced left waiting for another kick.
+	r.kick.q.Store(q)
 	svc, err := s.dev.ServeQueue(r.index, q, s.features&^FProtocolFeatures)
 	if err != nil {
+		r.kick.q.Store(nil)
 		return fmt.Errorf("%w: vring %d: %w", ErrBadRing, r.index, err)
 	}
 	r.q, r.svc = q, svc
-	r.kick.q.Store(q)
 	return nil
 }
