@@ -205,6 +205,9 @@ func (r *report) finish(wall time.Duration) int {
 		fmt.Println("Failed:")
 		for _, f := range t.Failures {
 			fmt.Printf("  %s %s\n", f.Package, f.Test)
+			for _, l := range suite.Reasons(f.Output, 6, 240) {
+				fmt.Printf("      %s\n", l)
+			}
 		}
 		if r.fuzzFailed > 0 {
 			fmt.Printf("  %d fuzz target(s), output above\n", r.fuzzFailed)

@@ -214,3 +214,29 @@ func TestHangs(t *testing.T) {
 		t.Errorf("the unfinished test's output is not in the failure:\n%s", got)
 	}
 }
+
+// TestReasons: a failure's summary keeps the lines a test wrote at a
+// file:line, and a panic, not the dumps that follow them.
+func TestReasons(t *testing.T) {
+	out := strings.Join([]string{
+		"=== RUN   TestAPIHotplug",
+		"    hotplug_test.go:262: no the guest's init before the deadline; console:",
+		"        [    0.000000] Linux version 6.1",
+		"        a console line mentioning x.go:12: in passing",
+		"    hotplug_test.go:300: " + strings.Repeat("y", 50),
+		"panic: runtime error: index out of range [recovered]",
+		"--- FAIL: TestAPIHotplug (360.00s)",
+	}, "\n")
+	got := Reasons(out, 5, 40)
+	want := []string{
+		"hotplug_test.go:262: no the guest's init [...]",
+		"hotplug_test.go:300: " + strings.Repeat("y", 19) + " [...]",
+		"panic: runtime error: index out of range [recovered]"[:40] + " [...]",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Reasons:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if got := Reasons(strings.Repeat("    a_test.go:1: m\n", 10), 3, 80); len(got) != 4 || !strings.HasPrefix(got[3], "[more") {
+		t.Errorf("capped reasons: %q", got)
+	}
+}
