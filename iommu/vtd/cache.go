@@ -151,8 +151,32 @@ func (t *iotlb) dropDomain(did uint16) {
 	}
 }
 
-// dropRange drops the domain's translations that overlap [start, end].
+// probePages bounds the page-selective invalidations that dropRange does
+// by looking up the range's own keys rather than visiting the whole cache.
+const probePages = 64
+
+// dropRange drops the domain's translations that overlap [start, last].
+// A guest driver in strict mode invalidates a page or a few for every
+// unmap, with a vCPU waiting on it: such a range is looked up key by key
+// at each cached page size, not found by visiting every cached entry
+// (thousands, under the unit's lock, per I/O).
 func (t *iotlb) dropRange(did uint16, start, last uint64) {
+	if last-start < probePages<<12 {
+		for level := 1; level <= 3; level++ {
+			if t.levels[level] == 0 {
+				continue
+			}
+			step := uint64(1) << pageShift(level)
+			// p stays at most last, so adding step cannot wrap.
+			for p := start &^ (step - 1); ; p += step {
+				t.del(iotlbKey{did, uint8(level), p})
+				if last-p < step {
+					break
+				}
+			}
+		}
+		return
+	}
 	for k := range t.m {
 		if k.did == did && k.page <= last && start <= k.page+(1<<pageShift(int(k.level))-1) {
 			t.del(k)
