@@ -52,18 +52,22 @@ func runVMMOnce(t *testing.T, timeout time.Duration, argv ...string) (out string
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	// At the deadline, SIGQUIT first: a Go program (vio) answers it with
-	// the stack of every goroutine, so a hang says where it hangs; the
-	// kill follows if that does not end it.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
-	cmd.WaitDelay = 15 * time.Second
+	cmd := quitOnDeadline(exec.CommandContext(ctx, argv[0], argv[1:]...))
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	start := time.Now()
 	err = cmd.Run()
 	t.Logf("%s ran for %v", argv[0], time.Since(start).Round(10*time.Millisecond))
 	return buf.String(), err, errors.Is(ctx.Err(), context.DeadlineExceeded)
+}
+
+// quitOnDeadline makes cmd's context deadline send SIGQUIT first: a Go
+// program (vio) answers it with the stack of every goroutine, so a hang
+// says where it hangs; the kill follows if that does not end it.
+func quitOnDeadline(cmd *exec.Cmd) *exec.Cmd {
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 15 * time.Second
+	return cmd
 }
 
 // vcpuStates summarizes where a dump's vCPU goroutines were.

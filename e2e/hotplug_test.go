@@ -226,7 +226,7 @@ func TestAPIHotplug(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, vioBin, "serve", "--api-socket", sock, "-v")
+	cmd := quitOnDeadline(exec.CommandContext(ctx, vioBin, "serve", "--api-socket", sock, "-v")) // a hang dumps its goroutines
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -68,7 +68,7 @@ func TestMirrorFailover(t *testing.T) {
 		"--api-socket", sock, "--event-monitor", "path="+evFile)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd := quitOnDeadline(exec.CommandContext(ctx, args[0], args[1:]...)) // a hang dumps its goroutines
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +194,7 @@ func TestMirrorRebuild(t *testing.T) {
 		"--sandbox-allow", b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd := quitOnDeadline(exec.CommandContext(ctx, args[0], args[1:]...)) // a hang dumps its goroutines
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

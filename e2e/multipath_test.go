@@ -75,7 +75,7 @@ func TestMultipathLab(t *testing.T) {
 		"--api-socket", sock, "--event-monitor", "path="+evFile)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd := quitOnDeadline(exec.CommandContext(ctx, args[0], args[1:]...)) // a hang dumps its goroutines
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

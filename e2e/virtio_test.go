@@ -131,7 +131,7 @@ func TestVirtioDevices(t *testing.T) {
 		"--serial", "file="+serial, "--console", "tty", "--stats")
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd := quitOnDeadline(exec.CommandContext(ctx, args[0], args[1:]...)) // a hang dumps its goroutines
 	// The virtio console is vio's stdin/stdout: answer the guest's
 	// "console-ready" with one line.
 	stdin, err := cmd.StdinPipe()
