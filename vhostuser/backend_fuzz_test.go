@@ -83,8 +83,8 @@ func FuzzBackendMessages(f *testing.F) {
 			} else if !errorsIsUnsupported(err) {
 				break
 			}
-			reply, send, fatal := s.respond(m, err)
-
+			reply, fds, send, fatal := s.respond(m, err)
+			closeFDs(fds)
 			if fatal != nil {
 				break
 			}
@@ -120,7 +120,7 @@ func fuzzFDs(t *testing.T, m *Message, memfd int) []int {
 			fds = append(fds, fd)
 		}
 		return fds
-	case AddMemReg:
+	case AddMemReg, SetInflightFD:
 		fd, err := unix.Dup(memfd)
 		if err != nil {
 			t.Fatal(err)
