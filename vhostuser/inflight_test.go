@@ -15,6 +15,7 @@ import (
 	"github.com/viovmm/vio/block/blocktest"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/virtio/queuetest"
 )
 
 // gatedDisk holds the writes at the offsets in hold until release is
@@ -246,4 +247,150 @@ func TestBackendInflightResubmit(t *testing.T) {
 	if n := countFDs(t); n != baseFDs {
 		t.Fatalf("%d descriptors open after both back-ends ended, %d before", n, baseFDs)
 	}
+}
+
+// TestBackendRefusesBadInflight: the inflight messages without the
+// protocol feature, descriptions of regions that cannot hold the queues
+// or lie past the file, and regions whose contents contradict themselves
+// or the ring are refused with a defined error; the connection serves on.
+func TestBackendRefusesBadInflight(t *testing.T) {
+	var ref refusals
+	f, _ := serveOnPair(t, blkBackend(blocktest.NewMem(1<<20), blk.Config{}, &ref))
+	mem := guestRAM(t)
+
+	// Not negotiated yet: GET answers "no region", SET is refused.
+	if p, fds, err := f.callFDs(GetInflightFD, Inflight{NumQueues: 1, QueueSize: 64}.Marshal(), nil, true); err != nil || len(fds) != 0 {
+		t.Fatalf("GET_INFLIGHT_FD before negotiation: %v, %d descriptors", err, len(fds))
+	} else if d, _ := ParseInflight(p); d.MmapSize != 0 {
+		t.Fatalf("GET_INFLIGHT_FD before negotiation answered %+v", d)
+	}
+	if !ref.has(GetInflightFD, ErrNotNegotiated) {
+		t.Fatalf("refusals: %v", ref.errs)
+	}
+	const proto = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolInflightShmfd
+	if _, p, err := f.Negotiate(virtioFVersion1, proto); err != nil || p != proto {
+		t.Fatalf("protocol %#x (%v)", p, err)
+	}
+	if err := f.SetMemTable(mem); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []Inflight{{NumQueues: 0, QueueSize: 64}, {NumQueues: 2, QueueSize: 64}, {NumQueues: 1, QueueSize: 48}, {NumQueues: 1, QueueSize: 0}} {
+		got, fd, err := f.GetInflightFD(d.NumQueues, d.QueueSize)
+		if err != nil || fd != -1 || got.MmapSize != 0 {
+			t.Fatalf("GET_INFLIGHT_FD for %+v: %+v fd %d (%v), want no region", d, got, fd, err)
+		}
+	}
+	desc, fd, err := f.GetInflightFD(1, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	short := desc
+	short.MmapSize = inflightQueueSize(64) - 1
+	pastEnd := desc
+	pastEnd.MmapOffset = desc.MmapSize
+	unaligned := desc
+	unaligned.MmapOffset = 8
+	tooSmallQueues := desc
+	tooSmallQueues.QueueSize = 512
+	for name, d := range map[string]Inflight{"short": short, "past the file": pastEnd, "unaligned": unaligned, "too small for its queues": tooSmallQueues} {
+		if err := f.SetInflightFD(d, fd); !errors.Is(err, ErrFailed) {
+			t.Fatalf("SET_INFLIGHT_FD %s (%+v): %v", name, d, err)
+		}
+	}
+	if !ref.has(SetInflightFD, ErrBadInflight) {
+		t.Fatalf("refusals: %v", ref.errs)
+	}
+
+	// Contents: each corruption refuses the ring's start, and a repaired
+	// region serves.
+	view, err := memory.NewFromFile(fd, []memory.FileRegion{{Size: desc.MmapSize}}, memory.Shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer view.Close()
+	rb, err := view.Slice(0, desc.MmapSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	good := func() {
+		clear(rb)
+		le.PutUint16(rb[ihVersion:], inflightVersion)
+		le.PutUint16(rb[ihDescNum:], 64)
+	}
+	if _, err := queueForInflight(t, f, mem); err != nil {
+		t.Fatal(err)
+	}
+	for name, corrupt := range map[string]func(){
+		"version 2":           func() { le.PutUint16(rb[ihVersion:], 2) },
+		"unknown features":    func() { rb[0] = 1 },
+		"desc_num":            func() { le.PutUint16(rb[ihDescNum:], 32) },
+		"inflight flag 2":     func() { rb[inflightHeaderSize+ieInflight] = 2 },
+		"used_idx far behind": func() { le.PutUint16(rb[ihUsedIdx:], 0x8000) },
+		"last batch head":     func() { le.PutUint16(rb[ihUsedIdx:], 0xffff); le.PutUint16(rb[ihLastBatchHead:], 64) },
+	} {
+		good()
+		corrupt()
+		if err := f.SetInflightFD(desc, fd); err != nil {
+			t.Fatalf("%s: SET_INFLIGHT_FD: %v", name, err)
+		}
+		if err := f.SetVringEnable(0, true); !errors.Is(err, ErrFailed) {
+			t.Fatalf("%s: the ring started on a corrupt region: %v", name, err)
+		}
+		if err := f.SetVringEnable(0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !ref.has(SetVringEnable, ErrBadInflight) {
+		t.Fatalf("refusals: %v", ref.errs)
+	}
+	good()
+	if err := f.SetInflightFD(desc, fd); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetVringEnable(0, true); err != nil {
+		t.Fatalf("the ring did not start on a good region: %v", err)
+	}
+	// The region cannot change under a running ring.
+	if err := f.SetInflightFD(desc, fd); !errors.Is(err, ErrFailed) || !ref.has(SetInflightFD, ErrRingRunning) {
+		t.Fatalf("SET_INFLIGHT_FD while the ring runs: %v", err)
+	}
+	if _, err := f.GetVringBase(0); err != nil {
+		t.Fatal(err)
+	}
+	// A region for rings of 16 cannot track a ring of 64.
+	small, sfd, err := f.GetInflightFD(1, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sfd)
+	if err := f.SetInflightFD(small, sfd); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetVringKick(0, eventfd(t)); !errors.Is(err, ErrFailed) {
+		t.Fatalf("a ring of 64 started on a region for 16: %v", err)
+	}
+}
+
+// queueForInflight describes ring 0 (64 entries, not yet enabled) to f.
+func queueForInflight(t *testing.T, f *Frontend, mem *memory.Memory) (*qsdBlk, error) {
+	drv, err := queuetest.New(mem, 0x1000, 64, 4096, false)
+	if err != nil {
+		return nil, err
+	}
+	q := &qsdBlk{f: f, drv: drv, kickFD: rawEventfd(t), callFD: rawEventfd(t)}
+	t.Cleanup(func() { closeQueueFDs(q) })
+	for _, step := range []func() error{
+		func() error { return f.SetVringNum(0, 64) },
+		func() error { return f.SetVringBase(0, 0) },
+		func() error { return f.SetVringAddrGPA(0, drv.Config()) },
+		func() error { return f.SetVringKick(0, q.kickFD) },
+		func() error { return f.SetVringCall(0, q.callFD) },
+	} {
+		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	return q, nil
 }
