@@ -232,6 +232,10 @@ func (s *session) respond(m *Message, readErr error) (reply []byte, fds []int, s
 	case hasReply:
 		// A failed GET_CONFIG answers empty, a failed GET_INFLIGHT_FD
 		// with a region of size 0 (the front-end goes on without).
+		if err != nil && m.Request == GetInflightFD {
+			closeFDs(fds)
+			return Inflight{}.Marshal(), nil, true, nil
+		}
 		return reply, fds, true, nil
 	case ack:
 		var status uint64
