@@ -14,7 +14,7 @@ import (
 )
 
 // BackendProtocolFeatures are the protocol features a Backend offers.
-const BackendProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolConfigureMemSlots
+const BackendProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolConfigureMemSlots | ProtocolInflightShmfd
 
 // Errors a Backend reports for requests it refuses (to OnError, and to the
 // front-end as a non-zero REPLY_ACK status when it asked for one).
@@ -183,15 +183,18 @@ func (b *Backend) ServeConn(c *net.UnixConn) error {
 			}
 			return err
 		}
-		reply, send, err := s.respond(m, err)
+		reply, fds, send, err := s.respond(m, err)
 		if err != nil {
+			closeFDs(fds)
 			return err
 		}
 		if send {
-			if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-				return err
+			err := c.SetWriteDeadline(time.Now().Add(timeout))
+			if err == nil {
+				err = conn.WriteMessage(Header{Request: m.Request, Flags: Version | FlagReply}, reply, fds)
 			}
-			if err := conn.WriteMessage(Header{Request: m.Request, Flags: Version | FlagReply}, reply, nil); err != nil {
+			closeFDs(fds) // the front-end got its own copies
+			if err != nil {
 				return err
 			}
 		}
@@ -201,8 +204,9 @@ func (b *Backend) ServeConn(c *net.UnixConn) error {
 // respond serves one message: m as ReadMessage returned it, with readErr
 // the ErrUnsupported of a request it skipped in step. It closes the
 // descriptors the handler did not keep, and returns the reply payload to
-// send (send), or an error that must end the connection.
-func (s *session) respond(m *Message, readErr error) (reply []byte, send bool, fatal error) {
+// send (send) with the descriptors that go with it (the caller closes
+// them once sent), or an error that must end the connection.
+func (s *session) respond(m *Message, readErr error) (reply []byte, fds []int, send bool, fatal error) {
 	defer m.Close() // descriptors the handler kept were taken out of m.FDs
 	if l := s.b.Log; l != nil {
 		l.Debug("vhost-user request", "request", m.Request, "flags", m.Flags, "payload", m.Payload, "fds", len(m.FDs))
@@ -218,21 +222,29 @@ func (s *session) respond(m *Message, readErr error) (reply []byte, send bool, f
 	if err != nil {
 		s.refused(m.Request, err)
 	}
+	fds, s.replyFDs = s.replyFDs, nil
 	switch {
-	case hasReply && err != nil && m.Request != GetConfig:
+	case hasReply && err != nil && m.Request != GetConfig && m.Request != GetInflightFD:
 		// No way to answer this request with a failure: the front-end
 		// would take whatever we sent as the answer.
-		return nil, false, fmt.Errorf("vhostuser: %v: %w", m.Request, err)
+		closeFDs(fds)
+		return nil, nil, false, fmt.Errorf("vhostuser: %v: %w", m.Request, err)
 	case hasReply:
-		return reply, true, nil // a failed GET_CONFIG answers empty
+		// A failed GET_CONFIG answers empty, a failed GET_INFLIGHT_FD
+		// with a region of size 0 (the front-end goes on without).
+		if err != nil && m.Request == GetInflightFD {
+			closeFDs(fds)
+			return Inflight{}.Marshal(), nil, true, nil
+		}
+		return reply, fds, true, nil
 	case ack:
 		var status uint64
 		if err != nil {
 			status = 1
 		}
-		return U64(status), true, nil
+		return U64(status), nil, true, nil
 	}
-	return nil, false, nil
+	return nil, nil, false, nil
 }
 
 // session is one connection's state.
@@ -245,6 +257,10 @@ type session struct {
 	protocol uint64 // SET_PROTOCOL_FEATURES
 	mem      *sharedMemory
 	rings    []*ring
+	// inflight is the region of GET/SET_INFLIGHT_FD, if any; replyFDs the
+	// descriptors the reply being built carries.
+	inflight *inflightRegion
+	replyFDs []int
 }
 
 func newSession(b *Backend, dev virtio.QueueServer) *session {
@@ -280,6 +296,10 @@ func (s *session) reset() {
 	if s.mem != nil {
 		s.mem.close()
 		s.mem = nil
+	}
+	if s.inflight != nil {
+		s.inflight.close()
+		s.inflight = nil
 	}
 	s.features, s.protocol = 0, 0
 }
@@ -317,7 +337,7 @@ func takeFD(m *Message) int {
 // Descriptors it keeps it removes from m.FDs; the caller closes the rest.
 func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) {
 	switch m.Request {
-	case GetFeatures, GetProtocolFeatures, GetQueueNum, GetVringBase, GetConfig, GetMaxMemSlots, GetStatus:
+	case GetFeatures, GetProtocolFeatures, GetQueueNum, GetVringBase, GetConfig, GetMaxMemSlots, GetStatus, GetInflightFD:
 		hasReply = true
 	}
 	if m.Reply() {
@@ -325,8 +345,11 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 	}
 	v, err := ParsePayload(m)
 	if err != nil {
-		if hasReply && m.Request == GetConfig {
+		switch {
+		case hasReply && m.Request == GetConfig:
 			return nil, true, err // answered with an empty payload
+		case m.Request == GetInflightFD:
+			return Inflight{}.Marshal(), true, err // no region
 		}
 		return nil, hasReply, err
 	}
@@ -394,6 +417,14 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 		return nil, false, nil
 	case SetVringKick, SetVringCall, SetVringErr:
 		return nil, false, s.vringFD(m, v.(uint32))
+	case GetInflightFD:
+		d, err := s.getInflight(v.(Inflight))
+		if err != nil {
+			return Inflight{}.Marshal(), true, err
+		}
+		return d.Marshal(), true, nil
+	case SetInflightFD:
+		return nil, false, s.setInflight(v.(Inflight), m.FDs[0])
 	}
 	// SET_LOG_BASE, SET_LOG_FD, SET_STATUS, GET_STATUS: their protocol
 	// features are not offered.
@@ -588,10 +619,7 @@ func (s *session) start(r *ring) error {
 	if st.UsedRing, err = s.mem.userToGPA(r.addr.Used, virtio.UsedRingSize(r.num)); err != nil {
 		return fmt.Errorf("vring %d device area: %w", r.index, err)
 	}
-	// RestoreQueue checks the rings against memory and that used.idx
-	// there is base: without INFLIGHT the front-end must resume a ring
-	// where every request it made available before base was completed.
-	q, err := virtio.RestoreQueue(s.mem, st, s.maxSizes[r.index])
+	q, err := s.resume(r, st)
 	if err != nil {
 		return fmt.Errorf("%w: vring %d: %w", ErrBadRing, r.index, err)
 	}
@@ -610,4 +638,97 @@ func (s *session) start(r *ring) error {
 	}
 	r.q, r.svc = q, svc
 	return nil
+}
+
+// resume makes the queue a ring (re)starts with. Without an inflight
+// region, RestoreQueue checks the rings against memory and that used.idx
+// there is base: the front-end must resume a ring where every request it
+// made available before base was completed. With one, the region says
+// which requests a previous back-end took and did not complete: they are
+// served again first, and the ring resumes after them, whatever base
+// says (the front-end could not know where its back-end stopped taking).
+func (s *session) resume(r *ring, st virtio.QueueState) (*virtio.Queue, error) {
+	var iq *inflightQueue
+	if s.inflight != nil {
+		var err error
+		if iq, err = s.inflight.queue(r.index, r.num); err != nil {
+			return nil, err
+		}
+	}
+	if iq == nil {
+		return virtio.RestoreQueue(s.mem, st, s.maxSizes[r.index])
+	}
+	used, err := s.mem.LoadUint16(st.UsedRing + 2)
+	if err != nil {
+		return nil, fmt.Errorf("used ring: %w", err)
+	}
+	resubmit, fresh, err := iq.recover(r.num, used)
+	if err != nil {
+		return nil, err
+	}
+	var q *virtio.Queue
+	if fresh {
+		q, err = virtio.RestoreQueue(s.mem, st, s.maxSizes[r.index])
+	} else {
+		q, err = virtio.NewQueue(s.mem, st.Config(), s.maxSizes[r.index], st.Features())
+	}
+	if err != nil {
+		return nil, err
+	}
+	next := used + uint16(len(resubmit))
+	if fresh {
+		next = used
+	}
+	if err := q.ResumeInflight(iq, next, used, resubmit); err != nil {
+		return nil, err
+	}
+	if len(resubmit) > 0 {
+		s.b.log().Info("vhost-user ring resumes with requests a previous back-end left in flight",
+			"vring", r.index, "resubmitted", len(resubmit), "used_idx", used)
+	}
+	return q, nil
+}
+
+// getInflight makes a fresh inflight region for the front-end to keep
+// (GET_INFLIGHT_FD); it becomes the session's region until the front-end
+// sets one.
+func (s *session) getInflight(d Inflight) (Inflight, error) {
+	if s.protocol&ProtocolInflightShmfd == 0 {
+		return Inflight{}, fmt.Errorf("%w: GET_INFLIGHT_FD without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD", ErrNotNegotiated)
+	}
+	if s.anyRunning() {
+		return Inflight{}, fmt.Errorf("%w: GET_INFLIGHT_FD", ErrRingRunning)
+	}
+	reg, desc, fd, err := newInflightRegion(d.NumQueues, d.QueueSize, len(s.rings))
+	if err != nil {
+		return Inflight{}, err
+	}
+	s.setRegion(reg)
+	s.replyFDs = []int{fd}
+	return desc, nil
+}
+
+// setInflight maps the region the front-end hands over (SET_INFLIGHT_FD):
+// a fresh one from GET_INFLIGHT_FD, or one a previous back-end wrote.
+// fd stays the caller's.
+func (s *session) setInflight(d Inflight, fd int) error {
+	if s.protocol&ProtocolInflightShmfd == 0 {
+		return fmt.Errorf("%w: SET_INFLIGHT_FD without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD", ErrNotNegotiated)
+	}
+	if s.anyRunning() {
+		return fmt.Errorf("%w: SET_INFLIGHT_FD", ErrRingRunning)
+	}
+	reg, err := mapInflightRegion(d, fd, len(s.rings))
+	if err != nil {
+		return err
+	}
+	s.setRegion(reg)
+	return nil
+}
+
+func (s *session) setRegion(reg *inflightRegion) {
+	if s.inflight != nil {
+		s.inflight.close()
+	}
+	s.inflight = reg
 }

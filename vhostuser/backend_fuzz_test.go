@@ -34,7 +34,7 @@ func FuzzBackendMessages(f *testing.F) {
 		return append(b[:HeaderSize], payload...)
 	}
 	var good []byte
-	for _, m := range [][]byte{
+	goodMsgs := [][]byte{
 		msg(SetOwner, 0, nil),
 		msg(GetFeatures, 0, nil),
 		msg(SetProtocolFeatures, 0, U64(BackendProtocolFeatures)),
@@ -49,7 +49,8 @@ func FuzzBackendMessages(f *testing.F) {
 		msg(SetConfig, 0, Config{Offset: 32, Data: []byte{0}}.Marshal()),
 		msg(GetVringBase, 0, VringState{0, 0}.Marshal()),
 		msg(ResetOwner, 0, nil),
-	} {
+	}
+	for _, m := range goodMsgs {
 		f.Add(m)
 		good = append(good, m...)
 	}
@@ -58,6 +59,21 @@ func FuzzBackendMessages(f *testing.F) {
 	f.Add(append(msg(AddMemReg, FlagNeedReply, MemoryRegion{Size: ramSize, UserAddr: ua}.Marshal()),
 		msg(RemMemReg, FlagNeedReply, MemoryRegion{Size: ramSize, UserAddr: ua}.Marshal())...))
 	f.Add(msg(SetMemTable, 0, MemoryTable{Regions: []MemoryRegion{{Size: 2 * ramSize}}}.Marshal()))
+	// An inflight region: a fresh one, then guest RAM's memfd handed
+	// over as a region (its contents are whatever the stream wrote),
+	// before the ring starts.
+	inflight := append(msg(GetInflightFD, 0, Inflight{NumQueues: 2, QueueSize: 16}.Marshal()),
+		msg(SetInflightFD, FlagNeedReply, Inflight{MmapSize: ramSize, NumQueues: 2, QueueSize: 16}.Marshal())...)
+	f.Add(inflight)
+	// ...with the ring starting on it.
+	var withRegion []byte
+	for i, m := range goodMsgs {
+		if i == 4 {
+			withRegion = append(withRegion, inflight...)
+		}
+		withRegion = append(withRegion, m...)
+	}
+	f.Add(withRegion)
 
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		before := countFDs(t)
@@ -83,8 +99,8 @@ func FuzzBackendMessages(f *testing.F) {
 			} else if !errorsIsUnsupported(err) {
 				break
 			}
-			reply, send, fatal := s.respond(m, err)
-
+			reply, fds, send, fatal := s.respond(m, err)
+			closeFDs(fds)
 			if fatal != nil {
 				break
 			}
@@ -120,7 +136,7 @@ func fuzzFDs(t *testing.T, m *Message, memfd int) []int {
 			fds = append(fds, fd)
 		}
 		return fds
-	case AddMemReg:
+	case AddMemReg, SetInflightFD:
 		fd, err := unix.Dup(memfd)
 		if err != nil {
 			t.Fatal(err)

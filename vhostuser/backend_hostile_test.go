@@ -170,7 +170,8 @@ func TestBackendRefusesBadRingState(t *testing.T) {
 		t.Fatalf("refusals: %v", ref.errs)
 	}
 	// A base the used ring does not agree with (requests in flight that
-	// only INFLIGHT could recover) is refused when the ring starts.
+	// only an inflight region could recover) is refused when the ring
+	// starts.
 	if err := f.SetVringNum(0, 64); err != nil {
 		t.Fatal(err)
 	}

@@ -61,10 +61,18 @@ func (f *Frontend) ProtocolFeatures() uint64 {
 // reads and checks the reply. It returns the reply's payload (nil for an
 // acknowledged request without one).
 func (f *Frontend) call(req Request, payload []byte, fds []int, hasReply bool) ([]byte, error) {
+	p, replyFDs, err := f.callFDs(req, payload, fds, hasReply)
+	closeFDs(replyFDs) // ReadMessage allows them only where expected; belt and braces
+	return p, err
+}
+
+// callFDs is call that also returns the descriptors the reply carried
+// (only GET_INFLIGHT_FD's may carry one), for the caller to close.
+func (f *Frontend) callFDs(req Request, payload []byte, fds []int, hasReply bool) ([]byte, []int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.broken != nil {
-		return nil, f.broken
+		return nil, nil, f.broken
 	}
 	h := Header{Request: req, Flags: Version}
 	ack := !hasReply && f.protocol&ProtocolReplyAck != 0
@@ -72,37 +80,38 @@ func (f *Frontend) call(req Request, payload []byte, fds []int, hasReply bool) (
 		h.Flags |= FlagNeedReply
 	}
 	if err := f.conn.SetDeadline(time.Now().Add(f.timeout)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := f.conn.WriteMessage(h, payload, fds); err != nil {
 		f.broken = err
-		return nil, err
+		return nil, nil, err
 	}
 	if !hasReply && !ack {
-		return nil, nil
+		return nil, nil, nil
 	}
 	m, err := f.conn.ReadMessage()
 	if err != nil {
 		f.broken = fmt.Errorf("vhostuser: waiting for the %v reply: %w", req, err)
-		return nil, f.broken
+		return nil, nil, f.broken
 	}
-	m.Close() // ReadMessage refuses descriptors on replies; belt and braces
 	if m.Flags != Version|FlagReply || m.Request != req {
+		m.Close()
 		f.broken = fmt.Errorf("%w: sent %v, got %v with flags %#x", ErrMalformed, req, m.Request, m.Flags)
-		return nil, f.broken
+		return nil, nil, f.broken
 	}
 	if ack {
+		m.Close()
 		v, err := ParseU64(m.Payload)
 		if err != nil {
 			f.broken = err
-			return nil, err
+			return nil, nil, err
 		}
 		if v != 0 {
-			return nil, fmt.Errorf("%w: %v status %#x", ErrFailed, req, v)
+			return nil, nil, fmt.Errorf("%w: %v status %#x", ErrFailed, req, v)
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
-	return m.Payload, nil
+	return m.Payload, m.FDs, nil
 }
 
 func (f *Frontend) getU64(req Request) (uint64, error) {
@@ -169,7 +178,7 @@ func (f *Frontend) GetProtocolFeatures() (uint64, error) {
 }
 
 // SetProtocolFeatures enables protocol features, which must be a subset of
-// what GetProtocolFeatures offered. Only MQ, REPLY_ACK and CONFIG are
+// what GetProtocolFeatures offered. Only MQ, REPLY_ACK, CONFIG and INFLIGHT_SHMFD are
 // implemented here; asking for others is an error. REPLY_ACK
 // applies from the next request on.
 func (f *Frontend) SetProtocolFeatures(features uint64) error {
@@ -426,4 +435,46 @@ func (f *Frontend) GetVringBase(i uint32) (uint16, error) {
 		return 0, fmt.Errorf("%w: GET_VRING_BASE for %d answered with index %d base %d", ErrMalformed, i, s.Index, s.Num)
 	}
 	return uint16(s.Num), nil
+}
+
+// GetInflightFD asks the back-end for a region to track the requests it
+// has in flight on numQueues queues of queueSize descriptors
+// (INFLIGHT_SHMFD). The front-end keeps it, hands it over with
+// SetInflightFD at every start, and again to the back-end that follows
+// one that crashed. It returns the region's description and its
+// descriptor, which the caller owns; a back-end that cannot track answers
+// with size 0, and fd is -1.
+func (f *Frontend) GetInflightFD(numQueues, queueSize uint16) (Inflight, int, error) {
+	if err := f.need(ProtocolInflightShmfd, "GET_INFLIGHT_FD"); err != nil {
+		return Inflight{}, -1, err
+	}
+	p, fds, err := f.callFDs(GetInflightFD, Inflight{NumQueues: numQueues, QueueSize: queueSize}.Marshal(), nil, true)
+	if err != nil {
+		return Inflight{}, -1, err
+	}
+	d, err := ParseInflight(p)
+	switch {
+	case err != nil:
+	case d.MmapSize == 0:
+		if len(fds) == 0 {
+			return d, -1, nil
+		}
+		err = fmt.Errorf("%w: GET_INFLIGHT_FD reply of size 0 with a descriptor", ErrMalformed)
+	case len(fds) != 1:
+		err = fmt.Errorf("%w: GET_INFLIGHT_FD reply with %d descriptors", ErrMalformed, len(fds))
+	default:
+		return d, fds[0], nil
+	}
+	closeFDs(fds)
+	return Inflight{}, -1, err
+}
+
+// SetInflightFD hands the back-end the region of GetInflightFD (fd stays
+// the caller's), before the rings start.
+func (f *Frontend) SetInflightFD(d Inflight, fd int) error {
+	if err := f.need(ProtocolInflightShmfd, "SET_INFLIGHT_FD"); err != nil {
+		return err
+	}
+	_, err := f.call(SetInflightFD, d.Marshal(), []int{fd}, false)
+	return err
 }

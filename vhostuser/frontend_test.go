@@ -159,3 +159,29 @@ func TestSetMemTableNeedsSharedMemory(t *testing.T) {
 		t.Fatalf("SET_VRING_ENABLE before protocol features: %v", err)
 	}
 }
+
+// TestFrontendInflightReplies: GET_INFLIGHT_FD answered with an empty
+// region is "no tracking" (fd -1); a region without its descriptor is a
+// malformed reply; neither is asked for unless negotiated.
+func TestFrontendInflightReplies(t *testing.T) {
+	var size atomic.Uint64 // set by the test, read by the fake's goroutine
+	f := fakeBackend(t, 5*time.Second, func(m *Message) (Header, []byte, bool) {
+		if m.Request == GetInflightFD {
+			return Header{Request: m.Request, Flags: FlagReply}, Inflight{MmapSize: size.Load(), NumQueues: 1, QueueSize: 8}.Marshal(), true
+		}
+		return honest(m)
+	})
+	if _, _, err := f.GetInflightFD(1, 8); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("GET_INFLIGHT_FD before negotiation: %v", err)
+	}
+	if _, p, err := f.Negotiate(0, ProtocolInflightShmfd); err != nil || p != ProtocolInflightShmfd {
+		t.Fatalf("negotiated %#x (%v)", p, err)
+	}
+	if d, fd, err := f.GetInflightFD(1, 8); err != nil || fd != -1 || d.MmapSize != 0 {
+		t.Fatalf("empty region: %+v fd %d (%v)", d, fd, err)
+	}
+	size.Store(4096)
+	if _, fd, err := f.GetInflightFD(1, 8); !errors.Is(err, ErrMalformed) || fd != -1 {
+		t.Fatalf("region without a descriptor: fd %d (%v)", fd, err)
+	}
+}

@@ -25,6 +25,9 @@ import (
 
 const qemuPath = "/usr/bin/qemu-system-x86_64"
 
+// qemuQueueSize is the size of the rings the qtest guest sets up.
+const qemuQueueSize = 32
+
 // qtest drives a QEMU started with -qtest stdio: port I/O and MMIO on the
 // machine's buses, with the vCPU halted. The test plays the guest's
 // virtio-pci driver through it, and the driver's ring work directly in
@@ -156,6 +159,62 @@ func TestQEMUFrontend(t *testing.T) {
 		}
 	}()
 
+	g := startQEMUGuest(t, dir, "socket,id=vu,path="+sock, 2, func() []error { return ref.errs })
+	do := g.do
+	u := do(0, [][]byte{blkHeader(blkTIn, 2)}, []uint32{sector, 1})
+	if u.Data[sector] != blk.StatusOK || !bytes.Equal(u.Data[:sector], content[2*sector:3*sector]) {
+		t.Fatalf("read through QEMU: status %d", u.Data[sector])
+	}
+	pattern := bytes.Repeat([]byte("QEMU front, vio!"), sector/16)
+	if u := do(1, [][]byte{blkHeader(blkTOut, 100), pattern}, []uint32{1}); u.Data[0] != blk.StatusOK {
+		t.Fatalf("write through QEMU: status %d", u.Data[0])
+	}
+	if u := do(1, [][]byte{blkHeader(blk.TypeFlush, 0)}, []uint32{1}); u.Data[0] != blk.StatusOK {
+		t.Fatalf("flush through QEMU: status %d", u.Data[0])
+	}
+	if u := do(0, [][]byte{blkHeader(blk.TypeGetID, 0)}, []uint32{blk.IDBytes, 1}); !bytes.HasPrefix(u.Data, []byte("vio-for-qemu")) {
+		t.Fatalf("GET_ID through QEMU: %q", u.Data)
+	}
+	onDisk, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(onDisk[100*sector:101*sector], pattern) {
+		t.Fatal("sector 100 of the image does not hold what was written through QEMU")
+	}
+	// More requests than one ring's worth on each queue, so that both
+	// rings wrap and EVENT_IDX's kick suppression is exercised.
+	for k := range 2 * qemuQueueSize {
+		i := k % 2
+		if u := do(i, [][]byte{blkHeader(blkTIn, uint64(k))}, []uint32{sector, 1}); u.Data[sector] != blk.StatusOK ||
+			!bytes.Equal(u.Data[:sector], onDisk[k*sector:(k+1)*sector]) {
+			t.Fatalf("read %d on queue %d: status %d", k, i, u.Data[sector])
+		}
+	}
+	// A device reset makes QEMU stop the rings (GET_VRING_BASE).
+	g.q.write8(g.common+pciDeviceStatus, 0)
+	if len(ref.errs) != 0 {
+		t.Fatalf("the back-end refused QEMU's requests: %v %v", ref.reqs, ref.errs)
+	}
+}
+
+// qemuGuest is a QEMU machine with a vhost-user-blk-pci device on the
+// vhost-user socket its chardev names, which the test drives as the
+// guest's virtio-pci driver (see TestQEMUFrontend).
+type qemuGuest struct {
+	t        *testing.T
+	q        *qtest
+	common   uint64 // the common configuration's address
+	drvs     []*queuetest.Driver
+	notifies []uint64
+	refusals func() []error
+}
+
+// startQEMUGuest starts QEMU in dir with the chardev (id vu) and a device
+// of numQueues queues, negotiates features (MQ, EVENT_IDX), sets up the
+// queues and sets DRIVER_OK, which makes QEMU start the back-end's rings.
+func startQEMUGuest(t *testing.T, dir, chardev string, numQueues int, refusals func() []error) *qemuGuest {
+	t.Helper()
 	// Guest RAM in a file both QEMU and the test map.
 	const ramSize = 64 << 20
 	ramPath := filepath.Join(dir, "ram")
@@ -163,7 +222,7 @@ func TestQEMUFrontend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rf.Close()
+	t.Cleanup(func() { rf.Close() })
 	if err := rf.Truncate(ramSize); err != nil {
 		t.Fatal(err)
 	}
@@ -178,8 +237,8 @@ func TestQEMUFrontend(t *testing.T) {
 	cmd := exec.Command(qemuPath, "-machine", "pc,memory-backend=mem", "-accel", "tcg", "-bios", bios,
 		"-qtest", "stdio", "-qtest-log", "/dev/null", "-display", "none", "-nodefaults", "-m", "64",
 		"-object", "memory-backend-file,id=mem,size=64M,share=on,mem-path="+ramPath,
-		"-chardev", "socket,id=vu,path="+sock,
-		"-device", fmt.Sprintf("vhost-user-blk-pci-non-transitional,chardev=vu,num-queues=2,addr=%d.0", dev))
+		"-chardev", chardev,
+		"-device", fmt.Sprintf("vhost-user-blk-pci-non-transitional,chardev=vu,num-queues=%d,addr=%d.0", numQueues, dev))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -193,13 +252,13 @@ func TestQEMUFrontend(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
 		if t.Failed() {
 			t.Logf("QEMU stderr:\n%s", stderr.String())
 		}
-	}()
+	})
 	q := &qtest{t: t, in: stdin, out: bufio.NewReader(stdout)}
 
 	if id := q.cfg32(dev, 0); id != 0x10421af4 {
@@ -246,7 +305,7 @@ func TestQEMUFrontend(t *testing.T) {
 	if s := q.read8(common + pciDeviceStatus); s&8 == 0 {
 		t.Fatalf("FEATURES_OK did not stick (status %#x)", s)
 	}
-	if n := q.read16(common + pciNumQueues); n != 2 {
+	if n := q.read16(common + pciNumQueues); int(n) != numQueues {
 		t.Fatalf("%d queues", n)
 	}
 
@@ -254,18 +313,18 @@ func TestQEMUFrontend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mem.Close()
-	const qsize = 32
+	t.Cleanup(func() { mem.Close() })
+
 	var drvs []*queuetest.Driver
 	var notifies []uint64
-	for i := range 2 {
-		drv, err := queuetest.New(mem, uint64(2+i)<<20, qsize, 256<<10, true)
+	for i := range numQueues {
+		drv, err := queuetest.New(mem, uint64(2+i)<<20, qemuQueueSize, 256<<10, true)
 		if err != nil {
 			t.Fatal(err)
 		}
 		qc := drv.Config()
 		q.write16(common+pciQueueSelect, uint16(i))
-		q.write16(common+pciQueueSize, qsize)
+		q.write16(common+pciQueueSize, qemuQueueSize)
 		q.write64(common+pciQueueDesc, qc.DescTable)
 		q.write64(common+pciQueueDriver, qc.AvailRing)
 		q.write64(common+pciQueueDevice, qc.UsedRing)
@@ -278,70 +337,50 @@ func TestQEMUFrontend(t *testing.T) {
 		t.Fatalf("device needs reset after DRIVER_OK (status %#x)", s)
 	}
 
-	// do submits one request, kicks through QEMU and polls the used
-	// ring (no interrupt reaches a stopped vCPU).
-	do := func(i int, out [][]byte, in []uint32) queuetest.Used {
-		t.Helper()
-		drv := drvs[i]
-		head, err := drv.Add(out, in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if drv.NeedsKick() {
-			q.write16(notifies[i], uint16(i))
-		}
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			u, ok, err := drv.GetUsed()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ok {
-				if u.ID != head {
-					t.Fatalf("used id %d, want %d", u.ID, head)
-				}
-				return u
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no completion within 10 s; refusals %v", ref.errs)
-			}
-			time.Sleep(time.Millisecond) // polling the used ring, as a polling driver does
-		}
-	}
-	u := do(0, [][]byte{blkHeader(blkTIn, 2)}, []uint32{sector, 1})
-	if u.Data[sector] != blk.StatusOK || !bytes.Equal(u.Data[:sector], content[2*sector:3*sector]) {
-		t.Fatalf("read through QEMU: status %d", u.Data[sector])
-	}
-	pattern := bytes.Repeat([]byte("QEMU front, vio!"), sector/16)
-	if u := do(1, [][]byte{blkHeader(blkTOut, 100), pattern}, []uint32{1}); u.Data[0] != blk.StatusOK {
-		t.Fatalf("write through QEMU: status %d", u.Data[0])
-	}
-	if u := do(1, [][]byte{blkHeader(blk.TypeFlush, 0)}, []uint32{1}); u.Data[0] != blk.StatusOK {
-		t.Fatalf("flush through QEMU: status %d", u.Data[0])
-	}
-	if u := do(0, [][]byte{blkHeader(blk.TypeGetID, 0)}, []uint32{blk.IDBytes, 1}); !bytes.HasPrefix(u.Data, []byte("vio-for-qemu")) {
-		t.Fatalf("GET_ID through QEMU: %q", u.Data)
-	}
-	onDisk, err := os.ReadFile(img)
+	return &qemuGuest{t: t, q: q, common: common, drvs: drvs, notifies: notifies, refusals: refusals}
+}
+
+// submit makes one request available on queue i and kicks through QEMU.
+func (g *qemuGuest) submit(i int, out [][]byte, in []uint32) uint16 {
+	g.t.Helper()
+	head, err := g.drvs[i].Add(out, in)
 	if err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
-	if !bytes.Equal(onDisk[100*sector:101*sector], pattern) {
-		t.Fatal("sector 100 of the image does not hold what was written through QEMU")
+	if g.drvs[i].NeedsKick() {
+		g.q.write16(g.notifies[i], uint16(i))
 	}
-	// More requests than one ring's worth on each queue, so that both
-	// rings wrap and EVENT_IDX's kick suppression is exercised.
-	for k := range 2 * qsize {
-		i := k % 2
-		if u := do(i, [][]byte{blkHeader(blkTIn, uint64(k))}, []uint32{sector, 1}); u.Data[sector] != blk.StatusOK ||
-			!bytes.Equal(u.Data[:sector], onDisk[k*sector:(k+1)*sector]) {
-			t.Fatalf("read %d on queue %d: status %d", k, i, u.Data[sector])
+	return head
+}
+
+// used polls queue i's used ring for its next entry (no interrupt
+// reaches a stopped vCPU), for at most 10 s.
+func (g *qemuGuest) used(i int) queuetest.Used {
+	g.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		u, ok, err := g.drvs[i].GetUsed()
+		if err != nil {
+			g.t.Fatal(err)
 		}
+		if ok {
+			return u
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("no completion within 10 s; refusals %v", g.refusals())
+		}
+		time.Sleep(time.Millisecond) // polling the used ring, as a polling driver does
 	}
-	// A device reset makes QEMU stop the rings (GET_VRING_BASE).
-	q.write8(common+pciDeviceStatus, 0)
-	if len(ref.errs) != 0 {
-		t.Fatalf("the back-end refused QEMU's requests: %v %v", ref.reqs, ref.errs)
+}
+
+// do submits one request and waits for it.
+func (g *qemuGuest) do(i int, out [][]byte, in []uint32) queuetest.Used {
+	g.t.Helper()
+	head := g.submit(i, out, in)
+	u := g.used(i)
+	if u.ID != head {
+		g.t.Fatalf("used id %d, want %d", u.ID, head)
 	}
+	return u
 }
 
 type syncWriter struct {

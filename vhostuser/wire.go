@@ -32,6 +32,8 @@ const (
 	SetVringEnable      Request = 18
 	GetConfig           Request = 24
 	SetConfig           Request = 25
+	GetInflightFD       Request = 31
+	SetInflightFD       Request = 32
 	ResetDevice         Request = 34
 	GetMaxMemSlots      Request = 36
 	AddMemReg           Request = 37
@@ -48,7 +50,8 @@ var requestNames = map[Request]string{
 	SetVringCall: "SET_VRING_CALL", SetVringErr: "SET_VRING_ERR",
 	GetProtocolFeatures: "GET_PROTOCOL_FEATURES", SetProtocolFeatures: "SET_PROTOCOL_FEATURES",
 	GetQueueNum: "GET_QUEUE_NUM", SetVringEnable: "SET_VRING_ENABLE", GetConfig: "GET_CONFIG",
-	SetConfig: "SET_CONFIG", ResetDevice: "RESET_DEVICE", GetMaxMemSlots: "GET_MAX_MEM_SLOTS",
+	SetConfig: "SET_CONFIG", GetInflightFD: "GET_INFLIGHT_FD", SetInflightFD: "SET_INFLIGHT_FD",
+	ResetDevice: "RESET_DEVICE", GetMaxMemSlots: "GET_MAX_MEM_SLOTS",
 	AddMemReg: "ADD_MEM_REG", RemMemReg: "REM_MEM_REG",
 	SetStatus: "SET_STATUS", GetStatus: "GET_STATUS",
 }
@@ -85,7 +88,7 @@ const (
 	ProtocolResetDevice         = 1 << 13
 	ProtocolConfigureMemSlots   = 1 << 15
 	ProtocolStatus              = 1 << 16
-	protocolFeaturesImplemented = ProtocolMQ | ProtocolReplyAck | ProtocolConfig
+	protocolFeaturesImplemented = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolInflightShmfd
 )
 
 // Limits.
@@ -119,6 +122,9 @@ const (
 	sizeU64        = 8
 	sizeVringState = 8
 	sizeVringAddr  = 40
+	// sizeInflight is the inflight description as QEMU sends and expects
+	// it: two u64, two u16, and the padding a C compiler puts after them.
+	sizeInflight = 24
 )
 
 // Errors.
@@ -190,9 +196,12 @@ func PayloadSizeOK(req Request, reply bool, size uint32) error {
 		ok = size >= memTableHeader && size <= memTableHeader+MaxRegions*regionSize &&
 			(size-memTableHeader)%regionSize == 0
 	case reply:
-		if req == GetVringBase {
+		switch req {
+		case GetVringBase:
 			ok = size == sizeVringState
-		} else {
+		case GetInflightFD:
+			ok = size == sizeInflight
+		default:
 			ok = size == sizeU64
 		}
 	default:
@@ -209,6 +218,8 @@ func PayloadSizeOK(req Request, reply bool, size uint32) error {
 			ok = size == sizeVringAddr
 		case AddMemReg, RemMemReg:
 			ok = size == sizeMemReg
+		case GetInflightFD, SetInflightFD:
+			ok = size == sizeInflight
 		}
 	}
 	if !ok {
@@ -225,12 +236,15 @@ func PayloadSizeOK(req Request, reply bool, size uint32) error {
 // carry none).
 func FDsAllowed(req Request, reply bool) int {
 	if reply {
+		if req == GetInflightFD {
+			return 1 // the inflight region the back-end made
+		}
 		return 0
 	}
 	switch req {
 	case SetMemTable:
 		return MaxRegions
-	case SetVringKick, SetVringCall, SetVringErr, SetLogBase, SetLogFD, AddMemReg:
+	case SetVringKick, SetVringCall, SetVringErr, SetLogBase, SetLogFD, AddMemReg, SetInflightFD:
 		return 1
 	case RemMemReg:
 		// The specification asks for none but lets a back-end accept (and
@@ -487,7 +501,7 @@ type Message struct {
 
 // ParsePayload decodes m's payload into the type its request carries in
 // its direction: uint64, VringState, VringAddr, MemoryTable, MemoryRegion
-// (ADD/REM_MEM_REG), Config, a
+// (ADD/REM_MEM_REG), Config, Inflight (GET/SET_INFLIGHT_FD), a
 // uint32 vring index (SET_VRING_KICK/CALL/ERR), or nil for an empty
 // payload. It also checks the descriptor count against the
 // request.
@@ -535,6 +549,18 @@ func ParsePayload(m *Message) (any, error) {
 		if !m.Reply() || m.Request == GetVringBase {
 			return ParseVringState(m.Payload)
 		}
+	case GetInflightFD, SetInflightFD:
+		if m.Request == SetInflightFD && m.Reply() {
+			break // a REPLY_ACK status
+		}
+		inf, err := ParseInflight(m.Payload)
+		if err != nil {
+			return nil, err
+		}
+		if m.Request == SetInflightFD && len(m.FDs) != 1 {
+			return nil, fmt.Errorf("%w: SET_INFLIGHT_FD with %d descriptors", ErrMalformed, len(m.FDs))
+		}
+		return inf, nil
 	case SetVringKick, SetVringCall, SetVringErr:
 		if !m.Reply() {
 			idx, noFD, err := ParseVringFD(m.Payload)
@@ -548,4 +574,37 @@ func ParsePayload(m *Message) (any, error) {
 		}
 	}
 	return ParseU64(m.Payload)
+}
+
+// Inflight is the payload of GET_INFLIGHT_FD (request and reply) and
+// SET_INFLIGHT_FD: where the inflight region lies in the descriptor that
+// comes with it, and the queues it was made for.
+type Inflight struct {
+	MmapSize   uint64
+	MmapOffset uint64
+	NumQueues  uint16
+	QueueSize  uint16
+}
+
+func (i Inflight) Marshal() []byte {
+	b := make([]byte, sizeInflight)
+	binary.LittleEndian.PutUint64(b[0:], i.MmapSize)
+	binary.LittleEndian.PutUint64(b[8:], i.MmapOffset)
+	binary.LittleEndian.PutUint16(b[16:], i.NumQueues)
+	binary.LittleEndian.PutUint16(b[18:], i.QueueSize)
+	return b
+}
+
+// ParseInflight decodes an inflight description (the padding is ignored).
+// Its values are checked by whoever maps the region.
+func ParseInflight(b []byte) (Inflight, error) {
+	if len(b) != sizeInflight {
+		return Inflight{}, fmt.Errorf("%w: inflight description of %d bytes", ErrMalformed, len(b))
+	}
+	return Inflight{
+		MmapSize:   binary.LittleEndian.Uint64(b[0:]),
+		MmapOffset: binary.LittleEndian.Uint64(b[8:]),
+		NumQueues:  binary.LittleEndian.Uint16(b[16:]),
+		QueueSize:  binary.LittleEndian.Uint16(b[18:]),
+	}, nil
 }

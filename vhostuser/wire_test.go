@@ -40,6 +40,12 @@ func TestPayloadRoundTrip(t *testing.T) {
 		{msg(SetVringKick, false, U64(3), 1), uint32(3)},
 		{msg(SetVringCall, false, U64(4|VringNoFD), 0), uint32(4)},
 		{msg(SetMemTable, true, U64(0), 0), uint64(0)},
+		{msg(GetInflightFD, false, Inflight{NumQueues: 2, QueueSize: 128}.Marshal(), 0), Inflight{NumQueues: 2, QueueSize: 128}},
+		{msg(GetInflightFD, true, Inflight{MmapSize: 8192, NumQueues: 2, QueueSize: 128}.Marshal(), 1),
+			Inflight{MmapSize: 8192, NumQueues: 2, QueueSize: 128}},
+		{msg(SetInflightFD, false, Inflight{MmapSize: 8192, MmapOffset: 4096, NumQueues: 1, QueueSize: 256}.Marshal(), 1),
+			Inflight{MmapSize: 8192, MmapOffset: 4096, NumQueues: 1, QueueSize: 256}},
+		{msg(SetInflightFD, true, U64(0), 0), uint64(0)},
 	}
 	for _, c := range cases {
 		got, err := ParsePayload(c.m)
@@ -88,6 +94,10 @@ func TestPayloadRejects(t *testing.T) {
 		{"fd on a u64 request", msg(SetFeatures, false, U64(0), 1)},
 		{"fd on a reply", msg(GetFeatures, true, U64(0), 1)},
 		{"GET_VRING_BASE reply as u64", msg(GetVringBase, true, make([]byte, 4), 0)},
+		{"inflight description packed (20 bytes)", msg(SetInflightFD, false, make([]byte, 20), 1)},
+		{"SET_INFLIGHT_FD without fd", msg(SetInflightFD, false, Inflight{}.Marshal(), 0)},
+		{"GET_INFLIGHT_FD request with fd", msg(GetInflightFD, false, Inflight{}.Marshal(), 1)},
+		{"GET_INFLIGHT_FD reply with two fds", msg(GetInflightFD, true, Inflight{}.Marshal(), 2)},
 	}
 	for _, c := range cases {
 		if _, err := ParsePayload(c.m); !errors.Is(err, ErrMalformed) {

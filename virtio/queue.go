@@ -102,6 +102,11 @@ type Queue struct {
 	onBroken      func(error)
 	broken        error
 	stats         QueueStats
+	// inflight, if set, records what is taken and completed
+	// (ResumeInflight); resubmit holds heads a previous device took and
+	// never completed, which Next hands out first.
+	inflight InflightLog
+	resubmit []uint16
 }
 
 // NewQueue validates the driver's configuration against guest RAM and the
@@ -259,6 +264,13 @@ func (q *Queue) nextLocked() (c *Chain, returnedBad bool, err error) {
 	if err := q.checkGenLocked(); err != nil {
 		return nil, false, err
 	}
+	if len(q.resubmit) > 0 {
+		c, bad, err := q.nextResubmitLocked()
+		if c != nil || err != nil {
+			return c, bad, err
+		}
+		returnedBad = bad
+	}
 	// Bounded: each iteration consumes one of at most Size entries.
 	for {
 		idx, err := q.mem.LoadUint16(q.cfg.AvailRing + 2)
@@ -278,6 +290,9 @@ func (q *Queue) nextLocked() (c *Chain, returnedBad bool, err error) {
 			return nil, returnedBad, q.failLocked(fmt.Errorf("avail ring head %d ≥ queue size %d", head, q.cfg.Size))
 		}
 		q.nextAvail++
+		if q.inflight != nil {
+			q.inflight.Taken(head)
+		}
 		c, err := q.walk(head)
 		if err != nil {
 			q.stats.BadChains++
@@ -415,6 +430,9 @@ func (q *Queue) Push(head uint16, written uint32) error {
 }
 
 func (q *Queue) pushLocked(head uint16, written uint32) error {
+	if q.inflight != nil {
+		q.inflight.Completing(head)
+	}
 	slot := 4 + 8*uint64(q.nextUsed%q.cfg.Size)
 	binary.LittleEndian.PutUint32(q.used[slot:], uint32(head))
 	binary.LittleEndian.PutUint32(q.used[slot+4:], written)
@@ -428,6 +446,9 @@ func (q *Queue) pushLocked(head uint16, written uint32) error {
 	// The atomic store publishes the element written above (release).
 	if err := q.mem.StoreUint16(q.cfg.UsedRing+2, q.nextUsed); err != nil {
 		return q.failLocked(err)
+	}
+	if q.inflight != nil {
+		q.inflight.Completed(head, q.nextUsed)
 	}
 	return nil
 }

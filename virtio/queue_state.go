@@ -115,7 +115,9 @@ func RestoreQueue(mem memory.DMA, s QueueState, maxSize uint16) (*Queue, error) 
 func (q *Queue) Unget(c *Chain) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if c == nil || c.from != q || q.broken != nil || c.availPos+1 != q.nextAvail || c.usedAtTaken != q.nextUsed {
+	// With an inflight log the chain is recorded as taken, and handing
+	// it back would have to undo that: it is completed instead.
+	if c == nil || c.from != q || q.broken != nil || q.inflight != nil || c.availPos+1 != q.nextAvail || c.usedAtTaken != q.nextUsed {
 		return false
 	}
 	q.nextAvail--
