@@ -15,7 +15,7 @@ type probe struct {
 	ctx   []vtd.DeviceContext // sid's context at each event
 	sid   uint16
 	after func(ev vtd.Invalidation) // runs during the call, if set
-	kept  *vtd.Tables                // the last event's Tables, kept past its call
+	kept  *vtd.Tables               // the last event's Tables, kept past its call
 }
 
 func (p *probe) Invalidated(ev vtd.Invalidation) {
