@@ -1,0 +1,96 @@
+package vfiomap_test
+
+import (
+	"testing"
+
+	"github.com/viovmm/vio/iommu/vfiomap"
+)
+
+// FuzzFollower drives a guest through a random sequence of what a guest
+// does to a device behind the vIOMMU: map and unmap 4 KiB pages and 2 MiB
+// superpages (inside RAM or not, invalidated as caching mode requires),
+// change tables without invalidating, flush domains or everything, attach
+// the device to a domain, give it a pass-through context, detach it, turn
+// translation off and on. After every step the container must map exactly
+// what the device may reach (once the guest has invalidated what it
+// changed), never more than the guest's RAM, and no host call may fail.
+func FuzzFollower(f *testing.F) {
+	f.Add([]byte{6, 1, 0, 0, 0, 0, 5, 7, 2, 1, 2, 1, 3, 1, 0, 1, 5, 7, 0, 0})
+	f.Add([]byte{6, 2, 0, 0, 0, 2, 1, 1, 20, 0, 3, 1, 9, 9, 3, 4, 1, 0, 0, 0, 8, 0, 0, 0, 0, 8, 0, 0, 0, 0})
+	f.Add([]byte{7, 0, 0, 0, 0, 6, 1, 0, 0, 0, 0, 1, 5, 3, 1, 1, 1, 5, 3, 0, 9, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		g := newGuest(t, vfiomap.Config{})
+		g.setRoot()
+		g.translation(true)
+		te, ctx, did := true, "none", uint16(0)
+		dirty := map[uint16]bool{}
+		for len(ops) >= 5 && len(ops) <= 5*64 {
+			op, a, b, c, d := ops[0]%10, uint64(ops[1]), uint64(ops[2]), uint64(ops[3]), uint64(ops[4])
+			ops = ops[5:]
+			dom := uint16(1 + a%2)
+			iova := (b%64)*kib4 + (c>>6)*(1<<32) // some high in the 48-bit space
+			var gpa uint64
+			switch c % 4 {
+			case 0, 1:
+				gpa = (d % 64) * kib4 * 97 % low // low RAM
+			case 2:
+				gpa = highBase + (d%64)*kib4*13%highSize
+			case 3:
+				gpa = low - 2*kib4 + d*kib4 // over the end of low RAM
+			}
+			gpa &^= kib4 - 1
+			switch op {
+			case 0:
+				g.dmaMap(dom, iova, gpa, 1+d%4, 1+c%3)
+			case 1:
+				g.dmaUnmap(dom, iova, 1+d%4)
+			case 2:
+				sp := uint64(1<<30) + (b%4)*mib2
+				g.leaf(dom, sp, (d%20)*mib2, mib2, uint64(c%4))
+				g.psi(dom, sp, 512)
+			case 3:
+				g.leaf(dom, iova, gpa, kib4, 1+c%3) // no invalidation
+				dirty[dom] = true
+			case 4:
+				g.iotlb(2, dom, 0, 0)
+				delete(dirty, dom)
+			case 5:
+				g.iotlb(1, 0, 0, 0)
+				clear(dirty)
+			case 6:
+				g.attach(dom)
+				ctx, did = "dom", dom
+				delete(dirty, dom)
+			case 7:
+				g.setContext(sid, dom, 2, 0, true)
+				g.ccmd(3, 0, sid, 0)
+				ctx = "pt"
+			case 8:
+				te = !te
+				g.translation(te)
+				if te && ctx == "dom" {
+					delete(dirty, did) // the replay at TE on reads the tables
+				}
+			case 9:
+				g.setContext(sid, 0, 0, 0, false)
+				g.ccmd(3, 0, sid, 0)
+				ctx = "none"
+			}
+			s := g.f.Stats()
+			if s.Errors != 0 || s.Truncated != 0 {
+				t.Fatalf("op %d: host calls failed or a walk was cut short: %+v (%v)", op, s, g.f.Err())
+			}
+			if s.Bytes != g.c.Bytes() || s.Bytes > g.mem.Size() {
+				t.Fatalf("op %d: follower counts %d bytes, host maps %d (RAM %d)", op, s.Bytes, g.c.Bytes(), g.mem.Size())
+			}
+			switch {
+			case !te || ctx == "pt":
+				g.mustHost("identity", g.identityPages())
+			case ctx == "none":
+				g.mustHost("blocked", none())
+			case !dirty[did]:
+				g.mustDomain("translated", did)
+			}
+		}
+	})
+}
