@@ -381,3 +381,35 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatal("a negative limit")
 	}
 }
+
+// TestFanout: every follower behind a Fanout follows its own device.
+func TestFanout(t *testing.T) {
+	g := newGuest(t, vfiomap.Config{})
+	other := &vfiomaptest.Container{Mem: g.mem}
+	f2, err := vfiomap.New(vfiomap.Config{Mem: g.mem, Container: other, SourceID: sid + 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fan := &vfiomap.Fanout{}
+	fan.Add(g.f)
+	fan.Add(f2)
+	u, err := vtd.New(vtd.Config{Mem: g.mem, CachingMode: true, Notifier: fan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.u = u
+	u.Resync()
+	g.setRoot()
+	g.translation(true)
+	g.attach(1)
+	g.dmaMap(1, 0x1000, 0x10_0000, 2, pRW)
+	g.mustDomain("first device", 1)
+	if n := len(other.Mappings()); n != 0 {
+		t.Fatalf("the second device, with no context, has %d mappings", n)
+	}
+	g.setContext(sid+8, 1, 0, g.domainTable(1), true)
+	g.ccmd(3, 0, sid+8, 0)
+	if p, _ := other.Pages(100); len(p) != 2 || p[0x1000].GPA != 0x10_0000 {
+		t.Fatalf("the second device in domain 1: %v", p)
+	}
+}
