@@ -54,6 +54,7 @@ package vfiomap
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -419,8 +420,9 @@ func (f *Follower) reconcile(t *vtd.Tables, first, last uint64) {
 	}
 	add := coalesce(mergeSorted(subtract(want, keep), redo))
 	mapped := f.mapRuns(add, len(f.maps)-(hi-lo)+len(keep))
-	seg := mergeSorted(keep, mapped)
-	f.maps = append(f.maps[:lo], append(seg, f.maps[hi:]...)...)
+	// In place: a strict-mode guest does this twice per I/O, with all
+	// its other mappings after the segment.
+	f.maps = slices.Replace(f.maps, lo, hi, mergeSorted(keep, mapped)...)
 }
 
 // cut returns the part [first, last] of e.
