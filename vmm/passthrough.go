@@ -113,6 +113,12 @@ func (v *VM) addPassthrough() error {
 			}
 			v.iommuVFIO.Add(f)
 			followers = append(followers, following{bdf, f})
+			v.closers = append(v.closers, closerFunc(func() error {
+				s := f.Stats()
+				v.log.Info("vIOMMU pass-through: the device's host mappings followed the guest", "host", bdf, "maps", s.Maps, "unmaps", s.Unmaps,
+					"replays", s.Replays, "mapped_bytes", s.Bytes, "refused_pages", s.Refused, "truncated_walks", s.Truncated, "errors", s.Errors)
+				return nil
+			}))
 		}
 		v.log.Info("device passed through", "host", bdf, "guest", bdfString(slot), "msix_vectors", d.MSIX().Vectors(), "iommu", v.iommu != nil)
 	}
