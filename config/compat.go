@@ -238,5 +238,10 @@ func (c *VM) WantsIOMMU() bool {
 			return true
 		}
 	}
+	for _, d := range c.Devices {
+		if d.IOMMU {
+			return true
+		}
+	}
 	return false
 }

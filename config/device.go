@@ -32,9 +32,6 @@ func (d Device) validate(i int) error {
 	if d.PCISegment != 0 {
 		return fmt.Errorf("device %s: pci_segment %d: vio has only segment 0", d.BDF(), d.PCISegment)
 	}
-	if d.IOMMU {
-		return fmt.Errorf("device %s: iommu=on: a pass-through device behind vio's emulated IOMMU is not supported yet; drop iommu", d.BDF())
-	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 
+	"github.com/viovmm/vio/iommu/vfiomap"
 	"github.com/viovmm/vio/iommu/vtd"
 	"github.com/viovmm/vio/memory"
 )
@@ -20,11 +21,20 @@ func (v *VM) setupIOMMU() error {
 	if !v.cfg.WantsIOMMU() {
 		return nil
 	}
-	u, err := vtd.New(vtd.Config{Mem: v.mem, Interrupt: func(addr uint64, data uint32) {
+	cfg := vtd.Config{Mem: v.mem, Interrupt: func(addr uint64, data uint32) {
 		if _, err := v.kvm.SignalMSI(addr, data); err != nil {
 			v.log.Warn("iommu: delivering an interrupt", "addr", fmt.Sprintf("%#x", addr), "err", err)
 		}
-	}})
+	}}
+	if len(v.cfg.Devices) > 0 {
+		// Host devices' mappings follow the guest's (passthrough.go),
+		// which needs caching mode: the guest then invalidates after
+		// every map too. Only then: emulated devices do not need it, and
+		// it costs their guest an invalidation per map.
+		v.iommuVFIO = &vfiomap.Fanout{}
+		cfg.CachingMode, cfg.Notifier = true, v.iommuVFIO
+	}
+	u, err := vtd.New(cfg)
 	if err != nil {
 		return fmt.Errorf("iommu: %w", err)
 	}

@@ -6,31 +6,38 @@ import (
 	"sync"
 
 	"github.com/viovmm/vio/devices/vfiopci"
+	"github.com/viovmm/vio/iommu/vfiomap"
+	"github.com/viovmm/vio/iommu/vtd"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/vfio"
 )
 
 // addPassthrough gives the guest the config's host PCI devices through
-// VFIO (docs/vfio.md): one container for the VM, all of guest RAM mapped
-// in it at its guest addresses (the devices DMA with guest physical
-// addresses), each device reset and put on the next free slot of bus 0.
+// VFIO (docs/vfio.md), each device reset and put on the next free slot of
+// bus 0. Without the vIOMMU: one container for the VM, all of guest RAM
+// mapped in it at its guest addresses (the devices DMA with guest
+// physical addresses). With it: a container per device (each device may
+// be in a guest domain of its own), whose mappings follow what the guest
+// maps for the device (iommu/vfiomap, docs/iommu.md).
 func (v *VM) addPassthrough() error {
 	if len(v.cfg.Devices) == 0 {
 		return nil
 	}
-	if v.iommu != nil {
-		return errors.New("a pass-through device with vio's emulated IOMMU is not supported yet: drop --iommu, or the --device")
-	}
 	if v.cfg.Balloon != nil {
 		return errors.New("a balloon cannot take memory from a VM with a pass-through device, whose RAM is pinned for the device's DMA: drop the balloon, or the --device")
 	}
-	c, err := vfio.OpenContainer()
-	if err != nil {
+	if err := v.checkGroupsForIOMMU(); err != nil {
 		return err
 	}
-	v.closers = append(v.closers, c)
+	var shared *vfio.Container // the VM's one container without the vIOMMU
 	groups := map[string]*vfio.Group{}
+	containers := map[string]*vfio.Container{}
+	type following struct {
+		bdf string
+		f   *vfiomap.Follower
+	}
+	var followers []following
 	slots := &deviceSlots{vm: v.kvm} // the BARs' pages mapped into the guest
 	for i, dc := range v.cfg.Devices {
 		bdf := dc.BDF()
@@ -40,11 +47,21 @@ func (v *VM) addPassthrough() error {
 		}
 		g := groups[id]
 		if g == nil {
+			c := shared
+			if c == nil {
+				if c, err = vfio.OpenContainer(); err != nil {
+					return err
+				}
+				v.closers = append(v.closers, c)
+				if v.iommu == nil {
+					shared = c
+				}
+			}
 			if g, err = vfio.OpenGroup(c, bdf); err != nil {
 				return fmt.Errorf("device %d: %w", i, err)
 			}
 			v.closers = append(v.closers, g)
-			if len(groups) == 0 {
+			if v.iommu == nil && len(groups) == 0 {
 				// The container takes mappings once a group is in it.
 				for _, r := range v.mem.Regions() {
 					if err := c.MapDMA(r.Data, r.GPA, vfio.DMARead|vfio.DMAWrite); err != nil {
@@ -52,7 +69,7 @@ func (v *VM) addPassthrough() error {
 					}
 				}
 			}
-			groups[id] = g
+			groups[id], containers[id] = g, c
 		} else if err := vfio.CheckBound(bdf); err != nil {
 			return fmt.Errorf("device %d: %w", i, err)
 		}
@@ -88,7 +105,58 @@ func (v *VM) addPassthrough() error {
 		if err := v.pciRoot.Add(pci.BDF{Device: slot}, d); err != nil {
 			return fmt.Errorf("device %s: %w", bdf, err)
 		}
-		v.log.Info("device passed through", "host", bdf, "guest", bdfString(slot), "msix_vectors", d.MSIX().Vectors())
+		if v.iommu != nil {
+			f, err := vfiomap.New(vfiomap.Config{Mem: v.mem, SourceID: vtd.SourceID(0, slot, 0), Container: containers[id],
+				Log: func(msg string, args ...any) { v.log.Warn(msg, append(args, "host", bdf)...) }})
+			if err != nil {
+				return fmt.Errorf("device %s: %w", bdf, err)
+			}
+			v.iommuVFIO.Add(f)
+			followers = append(followers, following{bdf, f})
+			v.closers = append(v.closers, closerFunc(func() error {
+				s := f.Stats()
+				v.log.Info("vIOMMU pass-through: the device's host mappings followed the guest", "host", bdf, "maps", s.Maps, "unmaps", s.Unmaps,
+					"replays", s.Replays, "mapped_bytes", s.Bytes, "refused_pages", s.Refused, "truncated_walks", s.Truncated, "errors", s.Errors)
+				return nil
+			}))
+		}
+		v.log.Info("device passed through", "host", bdf, "guest", bdfString(slot), "msix_vectors", d.MSIX().Vectors(), "iommu", v.iommu != nil)
+	}
+	if v.iommu != nil {
+		// The followers start from the unit's state (translation off
+		// until the guest turns it on: all of RAM mapped, as without the
+		// vIOMMU), so a mapping the host refuses (the memlock limit)
+		// stops the VM here, not at the guest's first DMA.
+		v.iommu.Resync()
+		for _, f := range followers {
+			if err := f.f.Err(); err != nil {
+				return fmt.Errorf("device %s: %w", f.bdf, err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkGroupsForIOMMU refuses, with the vIOMMU, two pass-through devices
+// of one host IOMMU group: the host isolates the group as a whole, so its
+// devices share one container, one address space, while behind the
+// vIOMMU each device follows its own guest domain (and Linux gives each
+// device of vio's guests a domain of its own).
+func (v *VM) checkGroupsForIOMMU() error {
+	if v.iommu == nil {
+		return nil
+	}
+	seen := map[string]string{}
+	for i, dc := range v.cfg.Devices {
+		bdf := dc.BDF()
+		id, err := vfio.GroupOf(bdf)
+		if err != nil {
+			return fmt.Errorf("device %d: %w", i, err)
+		}
+		if other, ok := seen[id]; ok {
+			return fmt.Errorf("devices %s and %s are in the same host IOMMU group %s, which shares one host address space, but with --iommu each device follows its own guest domain: pass through one device of the group, or drop --iommu", other, bdf, id)
+		}
+		seen[id] = bdf
 	}
 	return nil
 }

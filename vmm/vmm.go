@@ -22,6 +22,7 @@ import (
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
+	"github.com/viovmm/vio/iommu/vfiomap"
 	"github.com/viovmm/vio/iommu/vtd"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
@@ -87,6 +88,10 @@ type VM struct {
 	intx       []x86.PCIInterrupt // INTx routes, for the MP table and _PRT
 	msi        *msiRoutes
 	ioevents   *ioEvents
+
+	// iommuVFIO hands the iommu's events to the pass-through devices
+	// that follow it (passthrough.go); nil without both.
+	iommuVFIO *vfiomap.Fanout
 
 	pauseMu  sync.Mutex
 	clock    *kvm.ClockData // kvmclock saved by Pause, nil while running

@@ -69,6 +69,7 @@ i=0; while [ ! -b $ns ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 [ -b "$ns" ]; check nvme $? "$c $(cat /sys/class/nvme/$c/model 2>/dev/null | tr -s ' ')"
 life=1; [ "$(dd if=$ns bs=8 count=1 2>/dev/null)" = "BOOT-ONE" ] && life=2
 echo "PTLIFE $life"
+echo "PTGROUP $(cat /sys/class/nvme/$c/device/iommu_group/type 2>/dev/null || echo none)"
 if [ $life = 1 ]; then
 	printf BOOT-ONE | dd of=$ns conv=fsync 2>/dev/null
 	dd if=/dev/urandom of=/tmp/p bs=4096 count=16 2>/dev/null
@@ -76,6 +77,7 @@ if [ $life = 1 ]; then
 	echo "PTSUM $(sha256sum /tmp/p | cut -d' ' -f1)"
 fi
 [ $life = 2 ] && echo "PTSUM2 $(dd if=$ns bs=4096 skip=256 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "PTDMA $life"
 fio --name=pt --filename=$ns --offset=8M --size=16M --rw=randwrite --bs=4k --ioengine=libaio --iodepth=8 \
 	--direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 > /tmp/fio.log 2>&1
 check fio-$life $? "$(grep -o 'IOPS=[^,]*' /tmp/fio.log | head -2 | tr '\n' ' ')"
@@ -97,6 +99,26 @@ var (
 // L1 takes the controller back with its own nvme driver and finds the
 // guest's pattern.
 func TestNVMePassthrough(t *testing.T) {
+	runNVMePassthrough(t, false)
+}
+
+// TestNVMePassthroughIOMMU is TestNVMePassthrough with the controller
+// behind vio's emulated VT-d (--iommu), which the guest uses
+// (intel_iommu=on, a DMA domain, strict invalidation): the host's
+// mappings follow the guest's (iommu/vfiomap), so while fio runs, vio's
+// pinned memory (the type1 accounting, VmLck; VmPin for iommufd) is the
+// guest's DMA buffers, far below its RAM. Before the guest turns
+// translation on, all of RAM is mapped (the device DMAs with guest
+// physical addresses then): the peak shows the measure sees the pinning.
+func TestNVMePassthroughIOMMU(t *testing.T) {
+	runNVMePassthrough(t, true)
+}
+
+const guestRAM = 256 << 20
+
+// runNVMePassthrough is the two tests; iommu puts the controller behind
+// vio's emulated IOMMU.
+func runNVMePassthrough(t *testing.T, iommu bool) {
 	bdf := os.Getenv("VIO_PASSTHROUGH_BDF")
 	if bdf == "" {
 		bdf = findNVMe(t)
@@ -109,16 +131,32 @@ func TestNVMePassthrough(t *testing.T) {
 		Programs: []string{"/usr/bin/fio"},
 	}.Build(t)
 	a := labtest.Assets(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	timeout := 10 * time.Minute
+	cmdline := "console=ttyS0 panic=-1 quiet"
+	var extra []string
+	if iommu {
+		// As e2e's TestIOMMU: strict invalidation (Linux forces it in
+		// caching mode anyway) and a DMA domain, not identity.
+		cmdline += " intel_iommu=on iommu.strict=1 iommu.passthrough=0"
+		extra = []string{"--iommu"}
+		timeout = 15 * time.Minute // a map and an unmap per I/O, through L1's IOMMU too
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	serial := filepath.Join(t.TempDir(), "serial.log")
-	cmd := exec.CommandContext(ctx, vioBin, "run", "--kernel", a.Kernel, "--initrd", initrd, "--memory", "256M",
-		"--cmdline", "console=ttyS0 panic=-1 quiet", "--serial", "file="+serial, "--stats",
-		"--device", "path=/sys/bus/pci/devices/"+bdf, "--disk", "path="+tools+",readonly=on")
+	args := append([]string{"run", "--kernel", a.Kernel, "--initrd", initrd, "--memory", fmt.Sprint(guestRAM>>20, "M"),
+		"--cmdline", cmdline, "--serial", "file=" + serial, "--stats",
+		"--device", "path=/sys/bus/pci/devices/" + bdf, "--disk", "path=" + tools + ",readonly=on"}, extra...)
+	cmd := exec.CommandContext(ctx, vioBin, args...)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pins := samplePinned(cmd.Process.Pid, serial)
+	err := cmd.Wait()
+	pin := pins()
 	console, _ := os.ReadFile(serial)
 	t.Logf("vio ran for %v", time.Since(start).Round(time.Second))
 	if err != nil {
@@ -149,6 +187,11 @@ func TestNVMePassthrough(t *testing.T) {
 	if tags["PTSUM"] == "" || tags["PTSUM"] != tags["PTSUM2"] {
 		t.Errorf("the pattern written in the first life (%q) read back as %q after the reboot", tags["PTSUM"], tags["PTSUM2"])
 	}
+	t.Logf("vio's pinned memory: peak %d KiB over the run; while fio ran: at most %d KiB in %d samples (guest RAM %d KiB)",
+		pin.peak>>10, pin.dmaPeak>>10, pin.dmaSamples, guestRAM>>10)
+	if iommu {
+		checkIOMMUPinning(t, tags["PTGROUP"], pin, stderr.String())
+	}
 	if t.Failed() {
 		t.Logf("vio:\n%s", stderr.String())
 		return
@@ -168,6 +211,92 @@ func TestNVMePassthrough(t *testing.T) {
 	if s := sha256.Sum256(buf); hex.EncodeToString(s[:]) != tags["PTSUM"] {
 		t.Errorf("L1's nvme driver reads %x at 1 MiB, the guest wrote %s", s, tags["PTSUM"])
 	}
+}
+
+// checkIOMMUPinning: the guest put the controller in a DMA domain (not
+// identity, which maps all of RAM), and while its fio ran vio pinned far
+// less than the guest's RAM; the peak before translation shows the
+// measure sees type1's pinning at all.
+func checkIOMMUPinning(t *testing.T, group string, pin pinned, vioLog string) {
+	t.Helper()
+	for _, l := range strings.Split(vioLog, "\n") {
+		if strings.Contains(l, "vIOMMU pass-through") {
+			t.Logf("vio: %s", l) // mappings vio refused or the host failed
+		}
+	}
+	if !strings.HasPrefix(group, "DMA") {
+		t.Errorf("the guest's IOMMU group of the controller is %q, not a DMA domain: the host mappings would be all of RAM", group)
+	}
+	if pin.dmaSamples == 0 {
+		t.Errorf("no sample of vio's pinned memory while fio ran (between PTDMA and the fio check)")
+		return
+	}
+	if pin.peak < guestRAM/2 {
+		t.Errorf("vio's pinned memory peaked at %d KiB, below half the guest's RAM: VmLck/VmPin do not show type1's pinning here, so the check below would prove nothing", pin.peak>>10)
+	}
+	if pin.dmaPeak >= guestRAM/4 {
+		t.Errorf("vio pinned up to %d KiB while the guest's fio ran, not far below its %d KiB of RAM", pin.dmaPeak>>10, guestRAM>>10)
+	}
+}
+
+// pinned is what samplePinned saw of a process's pinned memory.
+type pinned struct {
+	peak       int64 // bytes, the most at any sample
+	dmaPeak    int64 // the most while the guest's fio ran
+	dmaSamples int
+}
+
+// samplePinned samples the pinned memory of process pid (the larger of
+// VmLck, where vfio_iommu_type1 accounts what it pins, and VmPin, where
+// iommufd may) every 20 ms until the returned function is called, and
+// notes which samples fall while the guest's fio runs: after a "PTDMA"
+// line on the console and before the matching "CHECK fio-" line. It is a
+// measurement, not a synchronization: the check that uses it requires
+// samples in that window and fails without them.
+func samplePinned(pid int, serial string) func() pinned {
+	stop := make(chan struct{})
+	done := make(chan pinned)
+	status := fmt.Sprintf("/proc/%d/status", pid)
+	go func() {
+		var p pinned
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- p
+				return
+			case <-tick.C:
+			}
+			b, err := os.ReadFile(status)
+			if err != nil {
+				continue // gone, or not yet readable
+			}
+			n := max(statusKiB(b, "VmLck:"), statusKiB(b, "VmPin:")) << 10
+			p.peak = max(p.peak, n)
+			con, _ := os.ReadFile(serial)
+			if bytes.Count(con, []byte("\nPTDMA ")) > bytes.Count(con, []byte("\nCHECK fio-")) {
+				p.dmaPeak = max(p.dmaPeak, n)
+				p.dmaSamples++
+			}
+		}
+	}()
+	return func() pinned {
+		close(stop)
+		return <-done
+	}
+}
+
+// statusKiB returns the value in kB of a /proc/PID/status field.
+func statusKiB(status []byte, field string) int64 {
+	for _, l := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(l, field); ok {
+			var n int64
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &n)
+			return n
+		}
+	}
+	return 0
 }
 
 // findNVMe returns the PCI address of an NVMe controller (class 010802).

@@ -53,20 +53,26 @@ func (c *contextCache) dropDomain(did uint16) {
 // dropDevice drops the entries of the source ids that match sid, ignoring
 // the low function bits that fm (the function mask, 0-3) masks.
 func (c *contextCache) dropDevice(sid uint16, fm uint8) {
-	mask := ^uint16(0)
-	switch fm {
-	case 1:
-		mask = ^uint16(4)
-	case 2:
-		mask = ^uint16(6)
-	case 3:
-		mask = ^uint16(7)
-	}
+	mask := functionMask(fm)
 	for k := range c.m {
 		if k&mask == sid&mask {
 			delete(c.m, k)
 		}
 	}
+}
+
+// functionMask is the mask of the source id bits a function mask fm
+// (0-3) keeps: 1 ignores function bit 2, 2 bits 2:1, 3 all three.
+func functionMask(fm uint8) uint16 {
+	switch fm {
+	case 1:
+		return ^uint16(4)
+	case 2:
+		return ^uint16(6)
+	case 3:
+		return ^uint16(7)
+	}
+	return ^uint16(0)
 }
 
 // rootOf returns the page table of a domain, from any cached context of

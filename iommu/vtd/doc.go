@@ -23,7 +23,10 @@
 //   - primary fault logging with NumFaultRecords registers and the fault
 //     event interrupt; 16-bit domain ids; caching mode on request
 //     (Config.CachingMode), so that the guest invalidates after mapping and
-//     a Notifier can follow its mappings.
+//     a Notifier can follow its mappings: it hears every invalidation and
+//     change of translation and can read devices' contexts and walk their
+//     domains (Tables), which iommu/vfiomap uses to make a host VFIO
+//     container follow the guest.
 //
 // What it does not model: interrupt remapping (ECAP.IR is 0), device-TLBs
 // and ATS (ECAP.DT is 0), scalable mode and PASIDs, first-level

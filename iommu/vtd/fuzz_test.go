@@ -180,3 +180,54 @@ func FuzzRegisters(f *testing.F) {
 		_ = sent
 	})
 }
+
+// FuzzWalk: over random tables, Tables.Walk reports leaves in ascending,
+// non-overlapping order, each overlapping the range and each exactly what
+// a translation of its address finds (page, permissions), and it stops at
+// its budget.
+func FuzzWalk(f *testing.F) {
+	f.Add(validImage(), uint64(0), uint16(0x18), uint64(0), uint64(1<<48-1), uint16(2000))
+	f.Add(validImage(), uint64(0), uint16(0x18), uint64(0x5000), uint64(0x5000), uint16(5))
+	f.Fuzz(func(t *testing.T, image []byte, root uint64, sid uint16, first, last uint64, budget uint16) {
+		mem := fuzzGuest(t, image)
+		u, err := New(Config{Mem: mem})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg64(u, regRTADDR, root)
+		u.Write(regGCMD, binary.LittleEndian.AppendUint32(nil, gcmdSRTP))
+		u.Write(regGCMD, binary.LittleEndian.AppendUint32(nil, gcmdTE))
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		tb := &Tables{}
+		tb.u.Store(u)
+		c := tb.Context(sid)
+		var got []Mapping
+		next, err := tb.Walk(c, first, last, int(budget), func(m Mapping) { got = append(got, m) })
+		if err != nil && !errors.Is(err, ErrWalkBudget) {
+			t.Fatalf("walk: %v", err)
+		}
+		if c.Mode != ContextTranslated && (len(got) > 0 || err != nil) {
+			t.Fatalf("a %v context walked: %d leaves, %v", c.Mode, len(got), err)
+		}
+		if len(got) > int(budget) {
+			t.Fatalf("%d leaves from a budget of %d entries", len(got), budget)
+		}
+		e, _ := u.context(sid)
+		for i, m := range got {
+			if m.Size != 1<<12 && m.Size != 1<<21 && m.Size != 1<<30 || m.IOVA%m.Size != 0 || m.GPA%m.Size != 0 {
+				t.Fatalf("leaf %+v", m)
+			}
+			if m.IOVA+m.Size-1 < first || m.IOVA > last || err != nil && m.IOVA >= next {
+				t.Fatalf("leaf %+v outside [%#x, %#x] (next %#x)", m, first, last, next)
+			}
+			if i > 0 && got[i-1].IOVA+got[i-1].Size > m.IOVA {
+				t.Fatalf("leaves out of order: %+v then %+v", got[i-1], m)
+			}
+			base, level, r, w, reason := u.walk(e, m.IOVA)
+			if reason != 0 || base != m.GPA || uint64(1)<<pageShift(level) != m.Size || r != m.Read || w != m.Write {
+				t.Fatalf("walk reports %+v, translation finds %#x level %d r %v w %v reason %#x", m, base, level, r, w, reason)
+			}
+		}
+	})
+}

@@ -2,26 +2,28 @@ package vtd
 
 import "encoding/binary"
 
-// Notifier follows the guest's IOTLB invalidations, for a consumer that
-// mirrors the guest's mappings elsewhere (host VFIO mappings that follow a
-// guest in caching mode). With CAP.CM set the guest invalidates after it
-// maps as well as after it unmaps, so every change of its page tables
-// reaches the Notifier.
+// Notifier follows the guest's invalidations, for a consumer that mirrors
+// the guest's mappings elsewhere (host VFIO mappings that follow a guest
+// in caching mode, iommu/vfiomap). With CAP.CM set the guest invalidates
+// after it maps as well as after it unmaps, so every change of its page
+// tables reaches the Notifier; context invalidations and changes of
+// translation as a whole (TE, SRTP, reset) reach it too, so that it can
+// tell when a device changes domain.
 //
 // Contract:
-//   - Invalidated is called synchronously for each IOTLB invalidation
-//     (register-based or queued), after the unit has dropped the
-//     invalidated translations and before it reports the invalidation
-//     complete to the guest (IVT cleared, or the next wait descriptor
-//     signalled). A consumer that has finished its own update when it
-//     returns therefore never lets the guest believe an unmap is done
-//     while the mirror still maps it.
+//   - Invalidated is called synchronously for each invalidation
+//     (register-based or queued) and each change of translation, after
+//     the unit has dropped what it invalidated and before it reports the
+//     invalidation complete to the guest (IVT or ICC cleared, the next
+//     wait descriptor signalled, GSTS read back). A consumer that has
+//     finished its own update when it returns therefore never lets the
+//     guest believe an unmap is done while the mirror still maps it.
 //   - It runs with the unit's lock held: it must not call the Unit's
 //     methods, nor wait for anything that does (a device thread
-//     translating through the unit). It may use ev.Lookup, which is valid
-//     only during the call.
+//     translating through the unit). It may use ev.Lookup and ev.Tables,
+//     which are valid only during the call.
 //   - It must return in bounded time: it runs on the vCPU that wrote the
-//     register.
+//     register. Tables.Walk takes a budget for that reason.
 type Notifier interface {
 	Invalidated(ev Invalidation)
 }
@@ -40,24 +42,75 @@ const (
 	// context cache): the guest unmapped [IOVA, IOVA+Size). Only the
 	// first page is looked at; a guest that mixes mapped and unmapped
 	// pages in one invalidation is not what Linux does, and a follower
-	// that must be exact can check the range with Lookup.
+	// that must be exact can check the range with Lookup or Tables.Walk.
 	InvalidateUnmap
 	// InvalidateDomain: everything of Domain may have changed.
 	InvalidateDomain
 	// InvalidateAll: everything of every domain may have changed.
 	InvalidateAll
+	// InvalidateContextAll: a global context-cache invalidation: any
+	// device's context may have changed (Tables.Context says what it is
+	// now).
+	InvalidateContextAll
+	// InvalidateContextDomain: the contexts the unit had cached for
+	// Domain may have changed.
+	InvalidateContextDomain
+	// InvalidateContextDevice: the context of SourceID (and of the
+	// functions FunctionMask leaves out, see Covers) may have changed.
+	InvalidateContextDevice
+	// TranslationChanged: translation was turned on or off (GCMD.TE),
+	// the root table pointer was latched (GCMD.SRTP), or the unit was
+	// reset (or Resync asked): every device's context may have changed.
+	TranslationChanged
 )
 
-// Invalidation is one IOTLB invalidation as the Notifier sees it.
+var kindNames = [...]string{"map", "unmap", "domain", "all", "context-all", "context-domain", "context-device", "translation"}
+
+func (k InvalidationKind) String() string {
+	if k >= 0 && int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// Invalidation is one invalidation as the Notifier sees it.
 type Invalidation struct {
-	Kind   InvalidationKind
-	Domain uint16 // not meaningful for InvalidateAll
+	Kind InvalidationKind
+	// Domain is the domain of IOTLB invalidations and of
+	// InvalidateContextDomain.
+	Domain uint16
 	// IOVA and Size give the range of a page-selective invalidation.
 	IOVA, Size uint64
+	// SourceID and FunctionMask name the device of
+	// InvalidateContextDevice (see Covers).
+	SourceID     uint16
+	FunctionMask uint8
 	// Lookup resolves a device address of Domain through the domain's
 	// current tables, bypassing (and not filling) the IOTLB and recording
 	// no fault. It is valid only during the Invalidated call.
 	Lookup func(iova uint64) (Mapping, error)
+	// Tables reads device contexts and walks tables; it is valid only
+	// during the Invalidated call.
+	Tables *Tables
+}
+
+// Covers reports whether the context invalidation ev may have changed
+// the context of source id sid, whose context was c before: all of them
+// for a global one, those of the domain for a domain one, the device (with
+// the low function bits FunctionMask masks ignored) for a device one.
+// IOTLB invalidations and TranslationChanged cover no context (the latter
+// changes translation as a whole: a follower re-reads every context).
+func (ev Invalidation) Covers(sid uint16, c DeviceContext) bool {
+	switch ev.Kind {
+	case InvalidateContextAll:
+		return true
+	case InvalidateContextDomain:
+		return c.Mode != ContextBlocked && c.Domain == ev.Domain
+	case InvalidateContextDevice:
+		m := functionMask(ev.FunctionMask)
+		return sid&m == ev.SourceID&m
+	}
+	return false
 }
 
 // Mapping is one mapping page of a domain.
@@ -89,6 +142,14 @@ func (u *Unit) contextInvalidate(gran int, did, sid uint16, fm uint8) bool {
 		return false
 	}
 	u.bumpGen()
+	ev := Invalidation{Kind: InvalidateContextAll}
+	switch gran {
+	case granDomain:
+		ev.Kind, ev.Domain = InvalidateContextDomain, did
+	case granDevice:
+		ev.Kind, ev.SourceID, ev.FunctionMask = InvalidateContextDevice, sid, fm
+	}
+	u.notify(ev)
 	return true
 }
 
@@ -124,10 +185,7 @@ func (u *Unit) iotlbInvalidate(gran int, did uint16, addr uint64, am uint8) int 
 		return 0
 	}
 	u.bumpGen()
-	if u.notifier != nil {
-		ev.Lookup = func(iova uint64) (Mapping, error) { return u.lookup(did, iova) }
-		u.notifier.Invalidated(ev)
-	}
+	u.notify(ev)
 	return gran
 }
 

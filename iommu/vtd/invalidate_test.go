@@ -407,8 +407,22 @@ func TestCachingModeNotifier(t *testing.T) {
 	inv := regInvalidator{g}
 	inv.context(3, 0, sid, 0)
 	inv.iotlb(2, domain, 0, 0)
-	if n := len(rec.evs); n != 1 || rec.evs[0].Kind != vtd.InvalidateDomain || rec.evs[0].Domain != domain {
+	// SRTP and TE each change translation as a whole; then the context
+	// and the domain flush.
+	kinds := []vtd.InvalidationKind{vtd.TranslationChanged, vtd.TranslationChanged, vtd.InvalidateContextDevice, vtd.InvalidateDomain}
+	if len(rec.evs) != len(kinds) {
 		t.Fatalf("events after the context setup: %+v", rec.evs)
+	}
+	for i, k := range kinds {
+		if rec.evs[i].Kind != k {
+			t.Fatalf("event %d after the context setup is %v, want %v", i, rec.evs[i].Kind, k)
+		}
+	}
+	if ev := rec.evs[2]; ev.SourceID != sid || ev.FunctionMask != 0 {
+		t.Fatalf("context event: %+v", ev)
+	}
+	if ev := rec.evs[3]; ev.Domain != domain {
+		t.Fatalf("domain event: %+v", ev)
 	}
 	// Map two pages, then the map-time page-selective flush.
 	g.mapPage(pt, 4, 0x8000, 0x30_0000, kib4, pR)

@@ -375,6 +375,7 @@ func (u *Unit) write32(off uint64, v uint32) {
 // one-shot commands, which take effect at once here.
 func (u *Unit) writeGCMD(v uint32) {
 	r := &u.r
+	changed := false
 	if v&gcmdSRTP != 0 {
 		// The root pointer is latched now, not when RTADDR is written.
 		// Cached entries may stay valid until software invalidates them;
@@ -385,6 +386,7 @@ func (u *Unit) writeGCMD(v uint32) {
 		u.iotlb.clear()
 		u.bumpGen()
 		r.gsts |= gstsRTPS
+		changed = true
 	}
 	if te := v&gcmdTE != 0; te != (r.gsts&gstsTES != 0) {
 		if te {
@@ -395,6 +397,12 @@ func (u *Unit) writeGCMD(v uint32) {
 		u.ctxCache.clear()
 		u.iotlb.clear()
 		u.bumpGen()
+		changed = true
+	}
+	if changed {
+		// Before GSTS can report the change: a follower of the guest's
+		// mappings must have caught up by then.
+		u.notify(Invalidation{Kind: TranslationChanged})
 	}
 	if qie := v&gcmdQIE != 0; qie != (r.gsts&gstsQIES != 0) {
 		if qie {

@@ -31,8 +31,8 @@ type Config struct {
 	// ContextCacheSize bounds the number of cached context entries
 	// (0: 1024).
 	ContextCacheSize int
-	// Notifier, if not nil, is told of every IOTLB invalidation (see
-	// Notifier). It is meant for caching mode.
+	// Notifier, if not nil, is told of every invalidation and change of
+	// translation (see Notifier). It is meant for caching mode.
 	Notifier Notifier
 }
 
@@ -126,6 +126,7 @@ func (u *Unit) Reset() {
 	u.ctxCache.clear()
 	u.iotlb.clear()
 	u.bumpGen()
+	u.notify(Invalidation{Kind: TranslationChanged})
 	u.unlock()
 }
 
