@@ -227,7 +227,9 @@ func TestMirrorRebuild(t *testing.T) {
 	err = cmd.Wait()
 	ctl.Wait()
 	if err != nil {
-		t.Fatalf("vio: %v\nconsole:\n%s\nstderr:\n%s", err, console.String(), stderr.String())
+		// The attach's own account too: a copy that never reached sync
+		// leaves the guest without GO, looping until the deadline.
+		t.Fatalf("vio: %v\nattach: %v (last status %s)\nconsole:\n%s\nstderr:\n%s", err, ctlErr, last, console.String(), stderr.String())
 	}
 	if ctlErr != nil {
 		t.Fatalf("attaching the new image: %v (last status %s)", ctlErr, last)
