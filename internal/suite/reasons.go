@@ -7,7 +7,10 @@ import (
 
 // A test's own messages (t.Error, t.Fatal, t.Log) begin with the file and
 // line that made them; so do panics and the test binary's timeout.
-var reasonLine = regexp.MustCompile(`^\s*(?:[\w.-]+\.go:\d+: |panic: |fatal error: |FAIL: |test timed out|.*\[build failed\])`)
+// A package that failed outside its tests says so in the lines of
+// vio-suite's tally ("test X did not finish") and of the lab ("labtest:"
+// lines naming a wedged or dead L1).
+var reasonLine = regexp.MustCompile(`^\s*(?:[\w.-]+\.go:\d+: |panic: |fatal error: |FAIL: |test timed out|test \S+ did not finish|labtest: |.*\[build failed\])`)
 
 // Reasons picks from a failed test's output the lines that say why: the
 // first line of each message the test wrote at a file:line (the rest of a

@@ -236,6 +236,10 @@ func TestReasons(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("Reasons:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	pkg := "test TestShutdown did not finish; its output:\n=== RUN   TestShutdown\nlabtest: lab: L1 stopped running its programs\n"
+	if got := Reasons(pkg, 5, 80); len(got) != 2 || !strings.HasPrefix(got[0], "test TestShutdown did not finish") || !strings.HasPrefix(got[1], "labtest: lab: L1 stopped") {
+		t.Errorf("a package's reasons: %q", got)
+	}
 	if got := Reasons(strings.Repeat("    a_test.go:1: m\n", 10), 3, 80); len(got) != 4 || !strings.HasPrefix(got[3], "[more") {
 		t.Errorf("capped reasons: %q", got)
 	}
