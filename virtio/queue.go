@@ -293,19 +293,14 @@ func (q *Queue) nextLocked() (c *Chain, returnedBad bool, err error) {
 		if q.inflight != nil {
 			q.inflight.Taken(head)
 		}
-		c, err := q.walk(head)
+		c, err := q.takeLocked(head, q.nextAvail-1)
 		if err != nil {
-			q.stats.BadChains++
-			q.stats.LastError = err
-			if err := q.pushLocked(head, 0); err != nil {
-				return nil, returnedBad, err
-			}
+			return nil, returnedBad, err
+		}
+		if c == nil {
 			returnedBad = true
 			continue
 		}
-		q.stats.Chains++
-		c.from, c.availPos, c.usedAtTaken = q, q.nextAvail-1, q.nextUsed
-		q.taken[head].add(c)
 		return c, returnedBad, nil
 	}
 }
@@ -427,6 +422,22 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	}
 	q.taken[head].complete(q.mem, written)
 	return q.pushLocked(head, written)
+}
+
+// takeLocked walks the chain at head, taken from avail position availPos,
+// and records it as taken. A malformed chain is counted and completed at
+// once with length 0: it returns nil and no error then.
+func (q *Queue) takeLocked(head, availPos uint16) (*Chain, error) {
+	c, err := q.walk(head)
+	if err != nil {
+		q.stats.BadChains++
+		q.stats.LastError = err
+		return nil, q.pushLocked(head, 0)
+	}
+	q.stats.Chains++
+	c.from, c.availPos, c.usedAtTaken = q, availPos, q.nextUsed
+	q.taken[head].add(c)
+	return c, nil
 }
 
 func (q *Queue) pushLocked(head uint16, written uint32) error {

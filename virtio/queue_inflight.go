@@ -68,21 +68,16 @@ func (q *Queue) nextResubmitLocked() (c *Chain, returnedBad bool, err error) {
 	for len(q.resubmit) > 0 {
 		head := q.resubmit[0]
 		q.resubmit = q.resubmit[1:]
-		c, err := q.walk(head)
+		// availPos never matches nextAvail-1: a resubmitted chain came
+		// from no avail entry this queue took, so Unget refuses it.
+		c, err := q.takeLocked(head, q.nextAvail)
 		if err != nil {
-			q.stats.BadChains++
-			q.stats.LastError = err
-			if err := q.pushLocked(head, 0); err != nil {
-				return nil, returnedBad, err
-			}
+			return nil, returnedBad, err
+		}
+		if c == nil {
 			returnedBad = true
 			continue
 		}
-		q.stats.Chains++
-		// availPos never matches nextAvail-1: a resubmitted chain came
-		// from no avail entry this queue took, so Unget refuses it.
-		c.from, c.availPos, c.usedAtTaken = q, q.nextAvail, q.nextUsed
-		q.taken[head].add(c)
 		return c, returnedBad, nil
 	}
 	return nil, returnedBad, nil
