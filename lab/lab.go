@@ -354,6 +354,7 @@ type console struct {
 
 	mu       sync.Mutex
 	lines    []string
+	reports  []string // the headlines of L1's kernel reports, first ones kept
 	isReady  bool
 	lastSign time.Time // of the ready marker or the latest heartbeat
 	isLocked bool
@@ -362,6 +363,16 @@ type console struct {
 }
 
 var marker = regexp.MustCompile(`@@vio-lab (\w+) ?(.*)$`)
+
+// kernelReport matches the lines that open or locate a report of L1's
+// kernel (a BUG, an oops, a panic, a lockup, the faulting RIP). A report's
+// call trace alone fills the console's tail, so these lines are kept
+// apart: they are what says why L1 died.
+var kernelReport = regexp.MustCompile(`BUG: |Kernel panic|kernel BUG|Oops|general protection|WARNING: |watchdog: |INFO: task|rcu: INFO|RIP: |stack guard page|Out of memory|invalid opcode|double fault`)
+
+// maxReports caps the headlines kept: the first ones name the cause, the
+// later ones repeat it.
+const maxReports = 12
 
 func (c *console) read(r io.Reader) {
 	s := bufio.NewScanner(r)
@@ -396,6 +407,9 @@ func (c *console) read(r io.Reader) {
 				c.failure = m[2]
 			}
 		} else {
+			if kernelReport.MatchString(line) && len(c.reports) < maxReports {
+				c.reports = append(c.reports, line)
+			}
 			c.lines = append(c.lines, line)
 			if len(c.lines) > 40 {
 				c.lines = c.lines[1:]
@@ -424,10 +438,16 @@ func (c *console) tailLocked() string {
 
 // tail needs c.mu held.
 func (c *console) tail() string {
-	if len(c.lines) == 0 {
-		return ""
+	var b strings.Builder
+	if len(c.reports) > 0 {
+		// One line, so that a summary that keeps a failure's key lines
+		// (vio-suite's) keeps it whole.
+		b.WriteString("\nL1's kernel reported: " + strings.Join(c.reports, " | "))
 	}
-	return "\nlast lines of L1's console:\n  " + strings.Join(c.lines, "\n  ")
+	if len(c.lines) > 0 {
+		b.WriteString("\nlast lines of L1's console:\n  " + strings.Join(c.lines, "\n  "))
+	}
+	return b.String()
 }
 
 // writeControl writes the per-run control directory L1 reads: the script

@@ -128,15 +128,26 @@ func TestBootWaitIsIdle(t *testing.T) {
 // TestL1Died: an L1 whose kernel panics after boot (a stand-in for QEMU
 // prints the panic and exits without the command's status, as QEMU does
 // with panic=-1 and -no-reboot) is ErrL1Died, which labtest retries, with
-// the panic in the message.
+// the panic in the message, even when the report's call trace is longer
+// than the console tail the message keeps.
 func TestL1Died(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "qemu")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\necho '@@vio-lab ready' >&3\necho 'Kernel panic - not syncing: corrupted stack end detected inside scheduler' >&3\n"), 0o755); err != nil {
+	body := "#!/bin/sh\necho '@@vio-lab ready' >&3\n" +
+		"echo 'BUG: kernel NULL pointer dereference, address: 0000000000000008' >&3\n" +
+		"echo 'RIP: 0010:svm_vcpu_run+0x42/0x90 [kvm_amd]' >&3\n" +
+		"i=0; while [ $i -lt 100 ]; do echo ' ? do_syscall_64+0x69/0xb0' >&3; i=$((i+1)); done\n" +
+		"echo 'Kernel panic - not syncing: Fatal exception' >&3\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	err := boot(context.Background(), Config{QEMU: script, BootTimeout: time.Minute}, nil, io.Discard, io.Discard)
 	if !errors.Is(err, ErrL1Died) || !strings.Contains(err.Error(), "Kernel panic") {
 		t.Fatalf("got %v, want ErrL1Died quoting L1's last console lines", err)
+	}
+	for _, want := range []string{"BUG: kernel NULL pointer dereference", "RIP: 0010:svm_vcpu_run"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not keep the report's headline %q past its long trace:\n%v", want, err)
+		}
 	}
 	if errors.Is(err, ErrL1Locked) || errors.Is(err, ErrTimeout) {
 		t.Fatalf("%v matches another lab error too", err)

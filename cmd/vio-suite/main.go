@@ -53,7 +53,7 @@ func main() {
 type report struct {
 	tally      suite.Tally
 	fuzzPassed int
-	fuzzFailed int
+	fuzzFailed []fuzzFailure
 	fuzzNotes  []string
 	errors     []string // the runner's own trouble
 }
@@ -172,13 +172,18 @@ func (r *report) fuzzOne(pkg, dir, target, budget string) {
 			r.fuzzNotes = append(r.fuzzNotes, fmt.Sprintf("%s %s: the coordinator race again; no finding, counted as passed", pkg, target))
 			r.fuzzPassed++
 		case v.Failed():
-			r.fuzzFailed++
+			r.fuzzFailed = append(r.fuzzFailed, fuzzFailure{pkg, target, v.String(), out.String()})
 			fmt.Printf("---- fuzz %s %s:\n%s\n", pkg, target, indent(out.String()))
 		default:
 			r.fuzzPassed++
 		}
 		return
 	}
+}
+
+// fuzzFailure is a fuzz target that failed, and the output of its run.
+type fuzzFailure struct {
+	pkg, target, verdict, output string
 }
 
 // finish prints the summary and returns the exit status.
@@ -201,7 +206,7 @@ func (r *report) finish(wall time.Duration) int {
 	for _, n := range r.fuzzNotes {
 		fmt.Println("fuzz note:", n)
 	}
-	if len(t.Failures) > 0 || r.fuzzFailed > 0 {
+	if len(t.Failures) > 0 || len(r.fuzzFailed) > 0 {
 		fmt.Println("Failed:")
 		for _, f := range t.Failures {
 			fmt.Printf("  %s %s\n", f.Package, f.Test)
@@ -209,17 +214,23 @@ func (r *report) finish(wall time.Duration) int {
 				fmt.Printf("      %s\n", l)
 			}
 		}
-		if r.fuzzFailed > 0 {
-			fmt.Printf("  %d fuzz target(s), output above\n", r.fuzzFailed)
+		// Each failed target by name, with the lines that say why (the
+		// panic, the failing input's file): the end of a long log is
+		// all a CI page may show.
+		for _, f := range r.fuzzFailed {
+			fmt.Printf("  %s %s (fuzz: %s)\n", f.pkg, f.target, f.verdict)
+			for _, l := range suite.Reasons(f.output, 6, 240) {
+				fmt.Printf("      %s\n", l)
+			}
 		}
 	}
 	for _, e := range r.errors {
 		fmt.Println("vio-suite error:", e)
 	}
 	fmt.Printf("tests: %d passed, %d failed, %d skipped; fuzz targets: %d passed, %d failed\n",
-		t.Passed, t.Failed, t.Skipped, r.fuzzPassed, r.fuzzFailed)
+		t.Passed, t.Failed, t.Skipped, r.fuzzPassed, len(r.fuzzFailed))
 	fmt.Printf("wall time: %v\n", wall.Round(time.Second))
-	failed := t.Failed + r.fuzzFailed + len(r.errors)
+	failed := t.Failed + len(r.fuzzFailed) + len(r.errors)
 	// Layers that did not run count as skipped: the closing line must
 	// not look complete when a whole package of tests vanished.
 	fmt.Println(suite.ClosingLine(t.Passed+r.fuzzPassed, failed, t.Skipped+len(t.LayerSkips)))

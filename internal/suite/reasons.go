@@ -9,8 +9,9 @@ import (
 // line that made them; so do panics and the test binary's timeout.
 // A package that failed outside its tests says so in the lines of
 // vio-suite's tally ("test X did not finish") and of the lab ("labtest:"
-// lines naming a wedged or dead L1).
-var reasonLine = regexp.MustCompile(`^\s*(?:[\w.-]+\.go:\d+: |panic: |fatal error: |FAIL: |test timed out|test \S+ did not finish|labtest: |.*\[build failed\])`)
+// lines naming a wedged or dead L1, and what L1's kernel said). A fuzz run names the input it
+// failed on, or says its worker died.
+var reasonLine = regexp.MustCompile(`^\s*(?:[\w.-]+\.go:\d+: |panic: |fatal error: |FAIL: |test timed out|test \S+ did not finish|labtest: |L1's kernel reported: |.*\[build failed\]|Failing input written to |fuzzing process |context deadline exceeded)`)
 
 // Reasons picks from a failed test's output the lines that say why: the
 // first line of each message the test wrote at a file:line (the rest of a

@@ -236,9 +236,13 @@ func TestReasons(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("Reasons:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	pkg := "test TestShutdown did not finish; its output:\n=== RUN   TestShutdown\nlabtest: lab: L1 stopped running its programs\n"
-	if got := Reasons(pkg, 5, 80); len(got) != 2 || !strings.HasPrefix(got[0], "test TestShutdown did not finish") || !strings.HasPrefix(got[1], "labtest: lab: L1 stopped") {
+	pkg := "test TestShutdown did not finish; its output:\n=== RUN   TestShutdown\nlabtest: lab: L1 stopped running its programs\nL1's kernel reported: BUG: x | RIP: y\nlast lines of L1's console:\n  ? do_syscall_64+0x69/0xb0\n"
+	if got := Reasons(pkg, 5, 80); len(got) != 3 || !strings.HasPrefix(got[0], "test TestShutdown did not finish") || !strings.HasPrefix(got[1], "labtest: lab: L1 stopped") || got[2] != "L1's kernel reported: BUG: x | RIP: y" {
 		t.Errorf("a package's reasons: %q", got)
+	}
+	fuzz := "--- FAIL: FuzzWalk (0.31s)\n    --- FAIL: FuzzWalk (0.00s)\n        testing.go:1591: panic: boom\n    Failing input written to testdata/fuzz/FuzzWalk/0a1b\n    To re-run:\n    go test -run=FuzzWalk/0a1b\nFAIL\n"
+	if got := Reasons(fuzz, 5, 80); len(got) != 2 || !strings.HasPrefix(got[0], "testing.go:1591: panic") || got[1] != "Failing input written to testdata/fuzz/FuzzWalk/0a1b" {
+		t.Errorf("a fuzz run's reasons: %q", got)
 	}
 	if got := Reasons(strings.Repeat("    a_test.go:1: m\n", 10), 3, 80); len(got) != 4 || !strings.HasPrefix(got[3], "[more") {
 		t.Errorf("capped reasons: %q", got)
