@@ -137,8 +137,23 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 		fmt.Fprintln(stderr, "labtest:", err)
 		return 1
 	}
+	n, err := slotCount()
+	if err != nil {
+		fmt.Fprintln(stderr, "labtest:", err)
+		return 1
+	}
+	waitStart := time.Now()
+	release, err := takeSlot(slotDir(), n)
+	if err != nil {
+		fmt.Fprintln(stderr, "labtest:", err)
+		return 1
+	}
+	defer release()
+	if waited := time.Since(waitStart); waited > time.Second {
+		fmt.Fprintf(stdout, "labtest: waited %v for a lab slot (at most %d labs run at once on this host; VIO_LAB_SLOTS)\n", waited.Round(time.Second), n)
+	}
 	start := time.Now()
-	labDeadline, testDeadline := deadlines(args, budget)
+	labDeadline, testDeadline := deadlines(args, budget, time.Since(binaryStart))
 	var seen progress
 	fmt.Fprintf(stdout, "labtest: %s; running %s in the lab\n", why, filepath.Base(self))
 	err = runInLab(ctx, self, args, labDeadline, testDeadline, io.MultiWriter(stdout, &seen), stderr)
@@ -149,7 +164,7 @@ func relaunchWith(why string, budget time.Duration, args []string, stdout, stder
 		// and a test cannot stop L1's kernel).
 		fmt.Fprintf(stdout, "labtest: %v\nlabtest: L1 stopped running the tests (its kernel locked up or died, or its test binary could not even time out)\n", err)
 		var done bool
-		err, failedBefore, done = retryUnfinished(ctx, self, args, &seen, min(labDeadline, goDeadline(args)-30*time.Second-time.Since(start)), err, stdout, stderr)
+		err, failedBefore, done = retryUnfinished(ctx, self, args, &seen, min(labDeadline, goDeadline(args)-30*time.Second-time.Since(binaryStart)), err, stdout, stderr)
 		if done {
 			fmt.Fprintf(stdout, "labtest: lab runs took %v\n", time.Since(start).Round(100*time.Millisecond))
 			if failedBefore {
@@ -213,15 +228,18 @@ func retryUnfinished(ctx context.Context, self string, args []string, seen *prog
 }
 
 // deadlines gives the lab run and the test binary inside it their
-// deadlines: the lab's is go test's own (-test.timeout, default 10m) less
-// 30 s, so that its clear message comes out before go test kills us, and no
-// more than budget when one is given; the binary's is a margin shorter, long
-// enough for a timed-out test's stack dump to reach us.
-func deadlines(args []string, budget time.Duration) (labDeadline, testDeadline time.Duration) {
+// deadlines: the lab's is what is left of go test's own (-test.timeout,
+// default 10m) after spent, less 30 s, so that its clear message comes out
+// before go test kills us, and no more than budget when one is given; the
+// binary's is a margin shorter, long enough for a timed-out test's stack
+// dump to reach us. spent is the time this binary has already used (waiting
+// for a lab slot); at least a minute is always given.
+func deadlines(args []string, budget, spent time.Duration) (labDeadline, testDeadline time.Duration) {
 	d := goDeadline(args)
 	if d > 2*time.Minute {
 		d -= 30 * time.Second
 	}
+	d = max(d-spent, min(d, time.Minute))
 	if budget > 0 && budget < d {
 		d = budget
 	}

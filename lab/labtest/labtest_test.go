@@ -28,16 +28,20 @@ func TestFuzzing(t *testing.T) {
 
 func TestDeadlines(t *testing.T) {
 	for _, c := range []struct {
-		args      []string
-		budget    time.Duration
-		lab, test time.Duration
+		args          []string
+		budget, spent time.Duration
+		lab, test     time.Duration
 	}{
-		{[]string{"-test.timeout=40m0s"}, 0, 39*time.Minute + 30*time.Second, 35*time.Minute + 33*time.Second},
-		{[]string{"-test.timeout=40m0s"}, 10 * time.Minute, 10 * time.Minute, 9 * time.Minute},
-		{nil, 0, 9*time.Minute + 30*time.Second, 8*time.Minute + 30*time.Second},
-		{[]string{"-test.timeout=1m"}, 0, time.Minute, 30 * time.Second},
+		{[]string{"-test.timeout=40m0s"}, 0, 0, 39*time.Minute + 30*time.Second, 35*time.Minute + 33*time.Second},
+		{[]string{"-test.timeout=40m0s"}, 10 * time.Minute, 0, 10 * time.Minute, 9 * time.Minute},
+		{nil, 0, 0, 9*time.Minute + 30*time.Second, 8*time.Minute + 30*time.Second},
+		{[]string{"-test.timeout=1m"}, 0, 0, time.Minute, 30 * time.Second},
+		// Time spent waiting for a lab slot comes off go test's deadline.
+		{[]string{"-test.timeout=40m0s"}, 0, 10 * time.Minute, 29*time.Minute + 30*time.Second, 26*time.Minute + 33*time.Second},
+		{[]string{"-test.timeout=40m0s"}, 10 * time.Minute, 35 * time.Minute, 4*time.Minute + 30*time.Second, 3*time.Minute + 30*time.Second},
+		{[]string{"-test.timeout=40m0s"}, 0, 45 * time.Minute, time.Minute, 30 * time.Second},
 	} {
-		lab, test := deadlines(c.args, c.budget)
+		lab, test := deadlines(c.args, c.budget, c.spent)
 		if lab != c.lab || test != c.test {
 			t.Errorf("deadlines(%q, %v) = %v, %v; want %v, %v", c.args, c.budget, lab, test, c.lab, c.test)
 		}
