@@ -193,18 +193,23 @@ func (s *stuck) Write(p []byte) (int, error) {
 // A stalled capture file never stalls the guest: frames go through, the
 // copies beyond the queue are dropped and counted.
 func TestSlowFileDropsCopiesNotFrames(t *testing.T) {
-	a, peer := nettest.Pair(10000)
+	h := make([]byte, netdev.HeaderSize)
+	f := ping(t, false, 1, 10)
+	// Before anything is dropped, the writer may take frames into its
+	// 256 KiB buffer (a pcap record is 16 bytes and the frame) until its
+	// write blocks, and the queue holds 4096 more. Send past both, so a
+	// drop must happen however the writer is scheduled.
+	n := 4096 + (256<<10)/(16+len(f)) + 1000
+	a, peer := nettest.Pair(n)
 	s := &stuck{release: make(chan struct{})}
 	m, err := pcap.New(a, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := make([]byte, netdev.HeaderSize)
-	f := ping(t, false, 1, 10)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range 6000 {
+		for range n {
 			m.WriteFrames([][][]byte{{h, f}})
 		}
 	}()
@@ -213,18 +218,16 @@ func TestSlowFileDropsCopiesNotFrames(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("WriteFrames stalled on a stuck capture file")
 	}
-	if q := peer.Queued(); q != 6000 {
-		t.Fatalf("peer got %d frames, want 6000", q)
+	if q := peer.Queued(); q != n {
+		t.Fatalf("peer got %d frames, want %d", q, n)
 	}
 	st := m.Stats()
-	// The queue holds 4096, the writer's buffer some more: the rest is
-	// dropped.
 	if st.Dropped == 0 {
-		t.Fatalf("nothing dropped: %+v", st)
+		t.Fatalf("nothing dropped of %d frames: %+v", n, st)
 	}
 	close(s.release)
 	m.Close()
-	if st := m.Stats(); st.Written+st.Dropped != 6000 {
-		t.Fatalf("written %d + dropped %d != 6000", st.Written, st.Dropped)
+	if st := m.Stats(); st.Written+st.Dropped != uint64(n) {
+		t.Fatalf("written %d + dropped %d != %d", st.Written, st.Dropped, n)
 	}
 }
