@@ -64,6 +64,10 @@ type Event struct {
 	FailEntry kvm.FailEntry   // Kind FailEntry
 	Internal  kvm.Internal    // Kind InternalError
 	Err       error           // Kind Error
+	// State is where the vCPU stood (Kind Shutdown): a triple fault
+	// leaves no guest message behind, so these registers are the only
+	// account of it a user gets. Empty if they could not be read.
+	State string
 }
 
 func (e Event) String() string {
@@ -75,6 +79,11 @@ func (e Event) String() string {
 			e.VCPU, e.FailEntry.HardwareReason, e.FailEntry.CPU)
 	case InternalError:
 		return fmt.Sprintf("vCPU %d: KVM internal error: %v %#x", e.VCPU, e.Internal.Suberror, e.Internal.Data)
+	case Shutdown:
+		if e.State == "" {
+			return fmt.Sprintf("vCPU %d: triple fault", e.VCPU)
+		}
+		return fmt.Sprintf("vCPU %d: triple fault at %s", e.VCPU, e.State)
 	case Unhandled:
 		return fmt.Sprintf("vCPU %d: unhandled exit %v", e.VCPU, e.Reason)
 	case Error:
@@ -105,3 +114,12 @@ const (
 //
 // A nil Handler stops the vCPU on every event.
 type Handler func(Event) Action
+
+// faultState formats the registers that place a triple fault: where the
+// vCPU was, its stack, the last page-fault address, its paging and its
+// interrupt table (a fault while delivering a fault is what ends in a
+// triple fault).
+func faultState(r kvm.Regs, s kvm.Sregs) string {
+	return fmt.Sprintf("RIP=%#x RSP=%#x CS=%#x CR0=%#x CR2=%#x CR3=%#x CR4=%#x EFER=%#x IDT=%#x+%#x",
+		r.Rip, r.Rsp, s.Cs.Selector, s.Cr0, s.Cr2, s.Cr3, s.Cr4, s.Efer, s.Idt.Base, s.Idt.Limit)
+}

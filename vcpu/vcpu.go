@@ -415,7 +415,13 @@ func (r *Runner) handleExit() bool {
 	case kvm.ExitHLT:
 		return r.report(Event{Kind: Halt, Reason: reason})
 	case kvm.ExitShutdown:
-		return r.report(Event{Kind: Shutdown, Reason: reason})
+		ev := Event{Kind: Shutdown, Reason: reason}
+		if regs, err := r.cpu.GetRegs(); err == nil {
+			if sregs, err := r.cpu.GetSregs(); err == nil {
+				ev.State = faultState(regs, sregs)
+			}
+		}
+		return r.report(ev)
 	case kvm.ExitSystemEvent:
 		se, err := exit.SystemEvent()
 		if err != nil {

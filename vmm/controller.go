@@ -396,7 +396,12 @@ func (c *Controller) follow(r *run, stopped chan struct{}) {
 		c.mu.Lock()
 		r.m.Close()
 		if e.Reason == ExitReboot && c.cfg.OnReboot != "exit" && !r.stopping {
-			c.log.Info("guest rebooted; restarting it")
+			if e.Fault {
+				// Not a reboot the guest asked for: say where it was.
+				c.log.Warn("guest triple-faulted; restarting it as a PC resets", "detail", e.Detail)
+			} else {
+				c.log.Info("guest rebooted; restarting it", "detail", e.Detail)
+			}
 			c.emit("rebooting", "reason", "guest", "detail", e.Detail)
 			m, err := c.buildLocked()
 			if err == nil {

@@ -41,6 +41,8 @@ func (r ExitReason) String() string {
 type Exit struct {
 	Reason ExitReason
 	Detail string
+	// Fault marks a reboot no one asked for: a vCPU triple-faulted.
+	Fault bool
 }
 
 func (v *VM) notePanic(msg string) {
@@ -60,8 +62,9 @@ func (v *VM) exit(e Exit) {
 func (v *VM) handleEvent(ev vcpu.Event) vcpu.Action {
 	switch ev.Kind {
 	case vcpu.Shutdown:
-		// A triple fault: what a PC does is reset.
-		v.exit(Exit{Reason: ExitReboot, Detail: "triple fault"})
+		// A triple fault: what a PC does is reset. The registers go in
+		// the detail: the guest could say nothing about it.
+		v.exit(Exit{Reason: ExitReboot, Detail: ev.String(), Fault: true})
 	case vcpu.System:
 		v.exit(systemEventExit(ev))
 	case vcpu.Halt:
