@@ -45,7 +45,7 @@ func newFakeKernel(t *testing.T) *fakeKernel {
 		k.mkdir(d)
 	}
 	k.device(nvmePF, map[string]string{"vendor": "0x1b36", "device": "0x0010", "class": "0x010802",
-		"sriov_totalvfs": "2", "sriov_numvfs": "0", "sriov_drivers_autoprobe": "1"}, "nvme", "10")
+		"sriov_totalvfs": "2", "sriov_numvfs": "0", "sriov_drivers_autoprobe": "1", "reset": ""}, "nvme", "10")
 	k.mkdir("sys/bus/pci/devices/" + nvmePF + "/nvme/nvme0")
 	k.file("sys/bus/pci/devices/"+nvmePF+"/nvme/nvme0/state", "live\n")
 	k.device(nicPF, map[string]string{"vendor": "0x8086", "device": "0x10c9", "class": "0x020000",

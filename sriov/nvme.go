@@ -172,21 +172,30 @@ func (s *nvmeSetup) prepare(n int, o Options) error {
 // and needVI are free: a Primary Flexible allocation of what is left over,
 // then a function reset of the PF, which is when it takes effect.
 func (s *nvmeSetup) shrinkPrimary(caps nvmevirt.PrimaryCaps, needVQ, needVI int) error {
-	for _, r := range []struct {
-		rt          nvmevirt.Resource
-		total, secs int
-		need        int
-	}{{nvmevirt.VQ, int(caps.VQFRT), int(caps.VQRFA), needVQ}, {nvmevirt.VI, int(caps.VIFRT), int(caps.VIRFA), needVI}} {
-		keep := r.total - r.secs - r.need
-		if keep < 0 {
-			return fmt.Errorf("%s has %d flexible %s resources, %d of them on secondaries other than these VFs: %d more are not to be had", s.pf.BDF, r.total, r.rt, r.secs, r.need)
+	reset := filepath.Join(s.h.devices(), s.pf.BDF, "reset")
+	if _, err := os.Stat(reset); err != nil {
+		return fmt.Errorf("%s holds the flexible resources its VFs need, which it gives up only when reset, and the kernel has no way to reset it (no %s)", s.pf.BDF, reset)
+	}
+	type alloc struct {
+		rt   nvmevirt.Resource
+		keep int // what the primary keeps
+	}
+	allocs := []alloc{
+		{nvmevirt.VQ, int(caps.VQFRT) - int(caps.VQRFA) - needVQ},
+		{nvmevirt.VI, int(caps.VIFRT) - int(caps.VIRFA) - needVI},
+	}
+	for _, a := range allocs {
+		if a.keep < 0 {
+			return fmt.Errorf("%s's flexible %s resources, less what other secondary controllers hold, fall short of what these VFs need by %d: ask for fewer VFs or fewer per VF (--vq, --vi)", s.pf.BDF, a.rt, -a.keep)
 		}
-		if err := nvmevirt.AllocatePrimary(s.ctrl, caps.CNTLID, r.rt, uint16(keep)); err != nil {
+	}
+	for _, a := range allocs {
+		if err := nvmevirt.AllocatePrimary(s.ctrl, caps.CNTLID, a.rt, uint16(a.keep)); err != nil {
 			return fmt.Errorf("%s: %w", s.pf.BDF, err)
 		}
 	}
 	s.h.logf("%s: resetting the PF once, to move flexible resources from it to its VFs", s.pf.BDF)
-	if err := s.h.write(filepath.Join(s.h.devices(), s.pf.BDF, "reset"), "1"); err != nil {
+	if err := s.h.write(reset, "1"); err != nil {
 		return err
 	}
 	if err := s.waitLive(); err != nil {

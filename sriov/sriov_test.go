@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/viovmm/vio/sriov/nvmevirt"
 	"github.com/viovmm/vio/vfio"
 )
 
@@ -284,6 +285,56 @@ func TestShare(t *testing.T) {
 		got, err := share("0000:01:00.0", 0, tc.asked, tc.n, tc.total, tc.max, tc.min)
 		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("%+v: %d, %v", tc, got, err)
+		}
+	}
+}
+
+// TestNVMeFailures: a command the controller refuses stops enable with
+// the step and the controller's reason, and a PF the kernel cannot reset
+// is named before anything is sent that would need the reset.
+func TestNVMeFailures(t *testing.T) {
+	k := newFakeKernel(t)
+	k.nvme.Fail = map[string]uint16{"online 2": 0x4120}
+	err := k.host.Enable(nvmePF, 2, Options{})
+	if err == nil || err.Error() != "0000:01:00.0: VF 2: nvme online 2: the controller refused it: invalid secondary controller state (resources are assigned only while offline; online needs resources and an enabled VF) (status 0x4120)" {
+		t.Errorf("online refused: %v", err)
+	}
+
+	k = newFakeKernel(t)
+	removeAll(k.path("sys/bus/pci/devices/" + nvmePF + "/reset"))
+	err = k.host.Enable(nvmePF, 2, Options{})
+	if err == nil || !strings.Contains(err.Error(), "gives up only when reset, and the kernel has no way to reset it") {
+		t.Errorf("no reset: %v", err)
+	}
+	for _, l := range k.log {
+		if strings.HasPrefix(l, "nvme assign") || strings.HasPrefix(l, "nvme primary") || strings.Contains(l, "sriov_numvfs") {
+			t.Errorf("went on without a way to reset: %s", l)
+		}
+	}
+
+	// Another secondary holds part of the pool: too little is left.
+	k = newFakeKernel(t)
+	k.nvme.Secondaries = append(k.nvme.Secondaries, nvmevirt.Secondary{SCID: 3, VFN: 3, NVQ: 2, NVI: 1})
+	k.nvme.Caps.VQRFA, k.nvme.Caps.VIRFA = 2, 1
+	err = k.host.Enable(nvmePF, 2, Options{})
+	if err == nil || err.Error() != "0000:01:00.0's flexible VQ resources, less what other secondary controllers hold, fall short of what these VFs need by 2: ask for fewer VFs or fewer per VF (--vq, --vi)" {
+		t.Errorf("pool short: %v", err)
+	}
+	for _, l := range k.log {
+		if strings.HasPrefix(l, "nvme primary") {
+			t.Errorf("sent %s though the pool is short", l)
+		}
+	}
+
+	// The primary already gave up its flexible share: no reset.
+	k = newFakeKernel(t)
+	k.nvme.Caps.VQRFAP, k.nvme.Caps.VIRFAP = 0, 0
+	if err := k.host.Enable(nvmePF, 2, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range k.log {
+		if strings.Contains(l, "reset") || strings.Contains(l, "primary") {
+			t.Errorf("reset the PF with the pool free: %s", l)
 		}
 	}
 }
