@@ -21,7 +21,8 @@ import (
 // writes a pattern at sriov_off MiB of the namespace (which the lab's
 // SR-IOV controller shares between all its controllers), runs fio
 // --verify on the 12 MiB after it, and then waits for the test to stop
-// its VMM, so that the test sees the VF held for as long as it needs.
+// its VM (vio ctl shutdown): the VF stays held for as long as the test
+// needs to look.
 const srGuest = `
 check() { if [ "$2" = 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail $3"; fi; }
 off=$(sed -n 's/.*sriov_off=\([0-9]*\).*/\1/p' /proc/cmdline)
@@ -124,8 +125,8 @@ func TestSRIOVNVMe(t *testing.T) {
 		}
 		stopped = true
 		for _, m := range vms {
-			if out, err := vio("ctl", "--api-socket", m.sock, "shutdown-vmm"); err != nil {
-				t.Logf("vio ctl shutdown-vmm of VM %s: %v %s", m.name, err, out)
+			if out, err := vio("ctl", "--api-socket", m.sock, "shutdown"); err != nil {
+				t.Logf("vio ctl shutdown of VM %s: %v %s", m.name, err, out)
 				m.cmd.Process.Kill()
 			}
 		}
@@ -133,7 +134,7 @@ func TestSRIOVNVMe(t *testing.T) {
 			select {
 			case <-m.done:
 			case <-time.After(time.Minute):
-				t.Errorf("VM %s did not exit within a minute of shutdown-vmm", m.name)
+				t.Errorf("VM %s did not exit within a minute of vio ctl shutdown", m.name)
 				m.cmd.Process.Kill()
 				<-m.done
 			}
