@@ -63,7 +63,7 @@ type srVM struct {
 // through the PF, and `vio sriov disable` leaves no VFs.
 func TestSRIOVNVMe(t *testing.T) {
 	pf := findSRIOVNVMe(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute) // two L2 guests at once on L1's 2 vCPUs
 	defer cancel()
 	vio := func(args ...string) (string, error) {
 		out, err := exec.CommandContext(ctx, vioBin, args...).CombinedOutput()
