@@ -44,6 +44,9 @@ echo "SRDONE"
 while :; do sleep 60; done
 `
 
+// srTagLine is a line the guest tags for the test (SRSUM, SRIRQ...).
+var srTagLine = regexp.MustCompile(`(?m)^(SR[A-Z0-9]*) (.*)$`)
+
 // srVM is one vio guest on a VF.
 type srVM struct {
 	name, vf, sock, serial string
@@ -186,10 +189,15 @@ func TestSRIOVNVMe(t *testing.T) {
 				t.Errorf("VM %s: guest check %s failed: %s", m.name, c[1], c[3])
 			}
 		}
+		if n := strings.Count(string(console), "CHECK nvme "); n != 1 {
+			// The guest has panic=-1: a second start of its script is a
+			// reboot nobody asked for.
+			t.Errorf("VM %s ran its script %d times (it rebooted); console:\n%s\nvio:\n%s", m.name, n, console, m.out.String())
+		}
 		if !strings.Contains(string(console), "CHECK fio ok") {
 			t.Errorf("VM %s did not say CHECK fio ok:\n%s\nvio:\n%s", m.name, console, m.out.String())
 		}
-		for _, tag := range tagLine.FindAllStringSubmatch(string(console), -1) {
+		for _, tag := range srTagLine.FindAllStringSubmatch(string(console), -1) {
 			if strings.HasPrefix(tag[1], "SR") {
 				t.Logf("VM %s: %s %s", m.name, tag[1], tag[2])
 			}
