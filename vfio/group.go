@@ -1,6 +1,7 @@
 package vfio
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"unsafe"
@@ -25,6 +26,10 @@ func OpenGroup(c *Container, bdf string) (*Group, error) {
 		return nil, err
 	}
 	f, err := os.OpenFile("/dev/vfio/"+id, os.O_RDWR, 0)
+	if errors.Is(err, unix.EBUSY) {
+		// VFIO gives a group to one process at a time: name the VM.
+		return nil, inUse(bdf, id, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("vfio: opening IOMMU group %s of %s: %w", id, bdf, err)
 	}

@@ -104,8 +104,16 @@ func driverOf(dev string) string {
 }
 
 // GroupOf returns the IOMMU group number of PCI device bdf.
-func GroupOf(bdf string) (string, error) {
-	l, err := os.Readlink(filepath.Join(sysfsRoot, bdf, "iommu_group"))
+func GroupOf(bdf string) (string, error) { return GroupIn(sysfsRoot, bdf) }
+
+// DriverOf is the name of the driver bound to the PCI device directory
+// dev (a sysfs path), "" for none.
+func DriverOf(dev string) string { return driverOf(dev) }
+
+// GroupIn is GroupOf for the PCI devices under the directory devices
+// (/sys/bus/pci/devices on a host; elsewhere for tests and tools).
+func GroupIn(devices, bdf string) (string, error) {
+	l, err := os.Readlink(filepath.Join(devices, bdf, "iommu_group"))
 	if err != nil {
 		return "", fmt.Errorf("%w: %s (is the IOMMU on? intel_iommu=on or amd_iommu=on on the kernel command line)", ErrNoIOMMU, bdf)
 	}

@@ -49,7 +49,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Setenv("VIO_BIN", vioBin)
-		code := labtest.RunOn(m, lab.Config{IOMMU: true, NVMe: []lab.NVMe{{Image: filepath.Join(dir, "nvme.img"), Size: 64 << 20}}})
+		// A plain controller for the pass-through tests and one with two
+		// VFs for TestSRIOVNVMe (sriov_test.go).
+		code := labtest.RunOn(m, lab.Config{IOMMU: true, NVMe: []lab.NVMe{{Image: filepath.Join(dir, "nvme.img"), Size: 64 << 20},
+			{Image: filepath.Join(dir, "sriov.img"), Size: 64 << 20, VFs: 2}}})
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}
@@ -299,10 +302,17 @@ func statusKiB(status []byte, field string) int64 {
 	return 0
 }
 
-// findNVMe returns the PCI address of an NVMe controller (class 010802).
+// findNVMe returns the PCI address of an NVMe controller (class 010802)
+// without SR-IOV: not TestSRIOVNVMe's PF nor one of its VFs.
 func findNVMe(t *testing.T) string {
 	devs, _ := filepath.Glob("/sys/bus/pci/devices/*")
 	for _, d := range devs {
+		if _, err := os.Stat(filepath.Join(d, "sriov_totalvfs")); err == nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d, "physfn")); err == nil {
+			continue
+		}
 		if c, err := os.ReadFile(filepath.Join(d, "class")); err == nil && strings.TrimSpace(string(c)) == "0x010802" {
 			return filepath.Base(d)
 		}
