@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -284,6 +285,16 @@ func waitConsoles(t *testing.T, vms []*srVM, tag string, limit time.Duration) {
 			for _, m := range vms {
 				console, _ := os.ReadFile(m.serial)
 				t.Logf("VM %s console:\n%s", m.name, console)
+				// SIGQUIT makes vio print every goroutine and exit: where
+				// it stood is the account of a silent guest.
+				m.cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case err := <-m.done:
+					m.done <- err
+					t.Logf("VM %s's vio after SIGQUIT (%v):\n%s", m.name, err, m.out.String())
+				case <-time.After(30 * time.Second):
+					t.Logf("VM %s's vio did not exit on SIGQUIT", m.name)
+				}
 			}
 			t.Errorf("the guests did not all say %s within %v", tag, limit)
 			return
