@@ -199,7 +199,7 @@ type Transport struct {
 	*pci.Config
 	dev      virtio.Device
 	handoff  virtio.Handoff // dev, when its queues are served elsewhere
-	mem      memory.DMA // the device's view of guest memory, handed to queues and the device
+	mem      memory.DMA     // the device's view of guest memory, handed to queues and the device
 	msix     *pci.MSIX
 	maxSizes []uint16
 	offered  uint64

@@ -1,0 +1,707 @@
+// Package vufront is a virtio-blk device whose queues a vhost-user
+// back-end serves (vio as the vhost-user front-end): vio keeps the PCI
+// transport, the configuration space and the guest's feature
+// negotiation; the back-end process reads requests from the rings in
+// shared guest RAM and completes them there.
+//
+// The device is a virtio.Handoff. On DRIVER_OK it sends the back-end the
+// memory table, the inflight region and each enabled ring (size,
+// addresses, base, kick, call and err eventfds) and enables the rings;
+// on reset it stops them with GET_VRING_BASE. The guest's kicks reach the
+// back-end through KVM's ioeventfd with no vio code on the way; the
+// back-end's calls are read by one goroutine per queue, which raises the
+// queue's interrupt through the transport (so MSI-X masking, vector
+// changes and INTx behave exactly as for vio's own devices).
+//
+// When the back-end goes away (killed, restarted) the guest's rings stay
+// as they are and the device reconnects to the same socket path until
+// Config.ReconnectTimeout, then sets the rings up again from the used
+// index in guest memory, handing the new back-end the inflight region
+// (INFLIGHT_SHMFD) in which it finds the requests to resubmit. The guest
+// sees a pause, not an error. A back-end that comes back different
+// (other features), or not at all, gives the device DEVICE_NEEDS_RESET.
+//
+// All protocol exchanges run on one goroutine (run); every exchange is
+// bounded by Config.Timeout, so neither a vCPU nor Reset waits for a
+// back-end that stopped answering longer than that.
+package vufront
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/viovmm/vio/devices/virtio/blk"
+	"github.com/viovmm/vio/kvm"
+	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/vhostuser"
+	"github.com/viovmm/vio/virtio"
+)
+
+// Defaults.
+const (
+	DefaultReconnectTimeout = 60 * time.Second
+	DefaultQueueSize        = 128
+	// blkConfigSize is struct virtio_blk_config through
+	// write_zeroes_may_unmap and its padding (what QEMU reads too).
+	blkConfigSize = 60
+	// blkConfigNumQueues is num_queues' offset in it.
+	blkConfigNumQueues = 34
+	maxBackoff         = 2 * time.Second
+	firstBackoff       = 50 * time.Millisecond
+)
+
+// blkFeatures are the virtio-blk bits vio passes from a back-end to the
+// guest. CONFIG_WCE is left out: the guest's writes to the configuration
+// space are not forwarded (no SET_CONFIG), so a writable cache mode
+// would be a lie.
+const blkFeatures = blk.FeatureSizeMax | blk.FeatureSegMax | blk.FeatureGeometry |
+	blk.FeatureRO | blk.FeatureBlkSize | blk.FeatureFlush | blk.FeatureTopology |
+	blk.FeatureMQ | blk.FeatureDiscard | blk.FeatureWriteZeroes
+
+// ringFeatures are the transport bits vio's transport can present for a
+// split ring it does not serve itself.
+const ringFeatures = virtio.FeatureVersion1 | virtio.FeatureEventIdx | virtio.FeatureIndirectDesc
+
+// wantProtocol are the protocol features the device uses when offered.
+const wantProtocol = vhostuser.ProtocolMQ | vhostuser.ProtocolReplyAck |
+	vhostuser.ProtocolConfig | vhostuser.ProtocolInflightShmfd
+
+// Config describes one vhost-user-blk device.
+type Config struct {
+	// Socket is the back-end's UNIX socket.
+	Socket string
+	// Memory is guest RAM; it must be shared (memfd-backed).
+	Memory *memory.Memory
+	// NumQueues caps the request queues (0: as many as the back-end has).
+	NumQueues int
+	// QueueSize is each queue's maximum size (0: DefaultQueueSize).
+	QueueSize uint16
+	// Timeout bounds each protocol exchange (0: vhostuser.DefaultTimeout).
+	Timeout time.Duration
+	// ReconnectTimeout is how long a lost back-end is waited for before
+	// the device needs a reset (0: DefaultReconnectTimeout).
+	ReconnectTimeout time.Duration
+	// Log gets connection events (nil: slog.Default()).
+	Log *slog.Logger
+}
+
+// Device is a vhost-user-blk front-end device.
+type Device struct {
+	cfg       Config
+	log       *slog.Logger
+	features  uint64 // offered to the guest
+	offered   uint64 // what the back-end offered at the first connection
+	protocol  uint64 // protocol features negotiated at the first connection
+	config    []byte // virtio_blk_config from GET_CONFIG, num_queues ours
+	maxSizes  []uint16
+	kick      []*kvm.EventFD
+	call      []*kvm.EventFD
+	errFD     *kvm.EventFD
+	cmds      chan command
+	stopped   chan struct{}
+	wg        sync.WaitGroup
+	active    atomic.Pointer[virtio.HandoffActivation]
+	closeOnce sync.Once
+
+	// Owned by run.
+	conn       *connection
+	inflight   vhostuser.Inflight
+	inflightFD int // -1: none
+	// For tests and logs.
+	reconnects atomic.Uint64
+	lastErr    atomic.Pointer[error]
+}
+
+// connection is one connected back-end.
+type connection struct {
+	fe    *vhostuser.Frontend
+	hup   chan struct{} // closed when the back-end hangs up
+	watch func()        // stops the hang-up watcher
+}
+
+type command struct {
+	op   int
+	act  *virtio.HandoffActivation
+	done chan struct{}
+}
+
+const (
+	opActivate = iota
+	opReset
+	opClose
+)
+
+var (
+	_ virtio.Handoff = (*Device)(nil)
+	// ErrBackend reports a back-end vio cannot use or lost.
+	ErrBackend = errors.New("vhost-user back-end")
+)
+
+// New connects to the back-end at cfg.Socket and learns the disk from it
+// (features, queues, configuration space). The connection is kept for
+// the guest's first activation.
+func New(cfg Config) (*Device, error) {
+	if cfg.Memory == nil {
+		return nil, errors.New("vufront: no guest memory")
+	}
+	if regs := cfg.Memory.Regions(); len(regs) > 0 {
+		if _, _, ok := regs[0].File(); !ok {
+			return nil, fmt.Errorf("vhost-user disk %s needs guest RAM another process can map: add shared=on to --memory (e.g. --memory size=1G,shared=on)", cfg.Socket)
+		}
+	}
+	if cfg.ReconnectTimeout <= 0 {
+		cfg.ReconnectTimeout = DefaultReconnectTimeout
+	}
+	if cfg.QueueSize == 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if s := cfg.QueueSize; s&(s-1) != 0 || s > virtio.MaxQueueSize {
+		return nil, fmt.Errorf("vhost-user disk %s: queue_size %d is not a power of two up to %d", cfg.Socket, s, virtio.MaxQueueSize)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	d := &Device{
+		cfg: cfg, log: cfg.Log.With("vhost-user", cfg.Socket), inflightFD: -1,
+		// Buffered: ActivateHandoff runs on a vCPU and must not wait
+		// for run to finish an exchange.
+		cmds: make(chan command, 2), stopped: make(chan struct{}),
+	}
+	c, err := d.connect()
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the vhost-user back-end at %s (start it before vio): %w", cfg.Socket, err)
+	}
+	if err := d.learn(c.fe); err != nil {
+		d.drop(c)
+		return nil, fmt.Errorf("vhost-user back-end at %s: %w", cfg.Socket, err)
+	}
+	d.conn = c
+	if err := d.makeEventFDs(); err != nil {
+		d.drop(c)
+		d.closeEventFDs()
+		return nil, err
+	}
+	d.wg.Add(1)
+	go d.run()
+	return d, nil
+}
+
+// learn reads what the back-end offers at the first connection and
+// decides the guest's view.
+func (d *Device) learn(fe *vhostuser.Frontend) error {
+	d.offered = d.backendFeatures(fe)
+	if d.offered&virtio.FeatureVersion1 == 0 {
+		return errors.New("it does not offer VIRTIO_F_VERSION_1, which vio's virtio-pci transport needs")
+	}
+	d.protocol = fe.ProtocolFeatures()
+	if d.protocol&vhostuser.ProtocolConfig == 0 {
+		return errors.New("it does not offer the CONFIG protocol feature, without which vio cannot learn the disk's size")
+	}
+	cfg, err := fe.GetConfig(0, blkConfigSize)
+	if err != nil {
+		return fmt.Errorf("reading its configuration space: %w", err)
+	}
+	queues := 1
+	if d.offered&blk.FeatureMQ != 0 {
+		queues = int(binary.LittleEndian.Uint16(cfg[blkConfigNumQueues:]))
+	}
+	if d.protocol&vhostuser.ProtocolMQ != 0 {
+		n, err := fe.GetQueueNum()
+		if err != nil {
+			return err
+		}
+		queues = min(queues, int(n))
+	}
+	if d.cfg.NumQueues > 0 {
+		queues = min(queues, d.cfg.NumQueues)
+	}
+	if queues < 1 || queues > vhostuser.MaxVrings {
+		return fmt.Errorf("it reports %d request queues", queues)
+	}
+	binary.LittleEndian.PutUint16(cfg[blkConfigNumQueues:], uint16(queues))
+	d.config = cfg
+	d.features = d.offered & (blkFeatures | ringFeatures)
+	d.maxSizes = make([]uint16, queues)
+	for i := range d.maxSizes {
+		d.maxSizes[i] = d.cfg.QueueSize
+	}
+	return nil
+}
+
+func (d *Device) backendFeatures(fe *vhostuser.Frontend) uint64 {
+	f, _ := fe.GetFeatures() // connect already read it
+	return f
+}
+
+// connect dials the socket and runs the opening exchanges (SET_OWNER,
+// GET_FEATURES, protocol features) on a fresh connection.
+func (d *Device) connect() (*connection, error) {
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: d.cfg.Socket, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	fe := vhostuser.NewFrontend(uc, d.cfg.Timeout)
+	c := &connection{fe: fe, hup: make(chan struct{})}
+	fail := func(err error) (*connection, error) {
+		fe.Close()
+		return nil, err
+	}
+	if err := fe.SetOwner(); err != nil {
+		return fail(err)
+	}
+	offered, err := fe.GetFeatures()
+	if err != nil {
+		return fail(err)
+	}
+	if offered&vhostuser.FProtocolFeatures != 0 {
+		po, err := fe.GetProtocolFeatures()
+		if err != nil {
+			return fail(err)
+		}
+		if err := fe.SetProtocolFeatures(po & wantProtocol); err != nil {
+			return fail(err)
+		}
+	}
+	stop, err := watchHangup(uc, c.hup)
+	if err != nil {
+		return fail(err)
+	}
+	c.watch = stop
+	return c, nil
+}
+
+// drop closes a connection and stops its watcher.
+func (d *Device) drop(c *connection) {
+	if c == nil {
+		return
+	}
+	if c.watch != nil {
+		c.watch()
+	}
+	c.fe.Close()
+}
+
+func (d *Device) makeEventFDs() error {
+	var err error
+	if d.errFD, err = kvm.NewEventFD(); err != nil {
+		return err
+	}
+	for range d.maxSizes {
+		k, err := kvm.NewEventFD()
+		if err != nil {
+			return err
+		}
+		d.kick = append(d.kick, k)
+		c, err := kvm.NewEventFD()
+		if err != nil {
+			return err
+		}
+		d.call = append(d.call, c)
+	}
+	// One goroutine per queue forwards the back-end's calls; one
+	// watches the err eventfd. All end when Close closes the eventfds.
+	for q, c := range d.call {
+		d.wg.Add(1)
+		go d.forwardCalls(q, c)
+	}
+	d.wg.Add(1)
+	go d.watchErr()
+	return nil
+}
+
+func (d *Device) closeEventFDs() {
+	for _, e := range append(append([]*kvm.EventFD{d.errFD}, d.kick...), d.call...) {
+		if e != nil {
+			e.Close()
+		}
+	}
+}
+
+func (d *Device) forwardCalls(q int, c *kvm.EventFD) {
+	defer d.wg.Done()
+	for {
+		if _, err := c.Wait(); err != nil {
+			return
+		}
+		if a := d.active.Load(); a != nil {
+			a.Interrupt(q)
+		}
+	}
+}
+
+func (d *Device) watchErr() {
+	defer d.wg.Done()
+	for {
+		if _, err := d.errFD.Wait(); err != nil {
+			return
+		}
+		if a := d.active.Load(); a != nil {
+			err := fmt.Errorf("%w at %s reported a queue error; the guest must reset the disk", ErrBackend, d.cfg.Socket)
+			d.lastErr.Store(&err)
+			d.log.Error("vhost-user disk needs a reset", "err", err)
+			a.Broken(err)
+		}
+	}
+}
+
+// Type implements virtio.Device.
+func (d *Device) Type() virtio.DeviceType { return virtio.TypeBlock }
+
+// Features implements virtio.Device: the back-end's offer limited to
+// what vio presents, transport bits included (see virtio.Handoff).
+func (d *Device) Features() uint64 { return d.features }
+
+// QueueMaxSizes implements virtio.Device.
+func (d *Device) QueueMaxSizes() []uint16 { return d.maxSizes }
+
+// ReadConfig implements virtio.Device from the configuration the
+// back-end gave at the first connection.
+func (d *Device) ReadConfig(offset uint64, data []byte) {
+	clear(data)
+	if offset < uint64(len(d.config)) {
+		copy(data, d.config[offset:])
+	}
+}
+
+// WriteConfig implements virtio.Device: nothing in the configuration is
+// writable without CONFIG_WCE, which is not offered.
+func (d *Device) WriteConfig(uint64, []byte) {}
+
+// Activate implements virtio.Device; the transport calls ActivateHandoff
+// instead.
+func (d *Device) Activate(*virtio.Activation) error {
+	return errors.New("vufront: the device's queues are served by a vhost-user back-end; use a transport that supports virtio.Handoff")
+}
+
+// KickFD implements virtio.Handoff.
+func (d *Device) KickFD(q int) int {
+	if q < 0 || q >= len(d.kick) {
+		return -1
+	}
+	return d.kick[q].FD()
+}
+
+// Kick implements virtio.Handoff.
+func (d *Device) Kick(q int) {
+	if q >= 0 && q < len(d.kick) {
+		_ = d.kick[q].Trigger()
+	}
+}
+
+// ActivateHandoff implements virtio.Handoff: the rings are handed over
+// on the device's goroutine; a failure there sets DEVICE_NEEDS_RESET.
+func (d *Device) ActivateHandoff(h *virtio.HandoffActivation) error {
+	if h.Features&^d.features != 0 {
+		return fmt.Errorf("vufront: features %#x were not offered", h.Features&^d.features)
+	}
+	if len(h.Queues) != len(d.maxSizes) {
+		return fmt.Errorf("vufront: %d queues, the device has %d", len(h.Queues), len(d.maxSizes))
+	}
+	d.active.Store(h)
+	select {
+	case d.cmds <- command{op: opActivate, act: h}:
+		return nil
+	case <-d.stopped:
+		d.active.Store(nil)
+		return errors.New("vufront: device closed")
+	}
+}
+
+// Reset implements virtio.Device: the back-end stops the rings
+// (GET_VRING_BASE) before it returns, or the connection is dropped.
+func (d *Device) Reset() { d.do(opReset) }
+
+// Close stops the rings, disconnects and ends the device's goroutines.
+// The device cannot be used afterwards.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		d.do(opClose)
+		d.wg.Wait()
+	})
+	return nil
+}
+
+// Err returns why the device last needed a reset, or nil.
+func (d *Device) Err() error {
+	if p := d.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Reconnects reports how many times the device reconnected to a back-end
+// that had gone away while the guest used it.
+func (d *Device) Reconnects() uint64 { return d.reconnects.Load() }
+
+func (d *Device) do(op int) {
+	done := make(chan struct{})
+	select {
+	case d.cmds <- command{op: op, done: done}:
+		<-done
+	case <-d.stopped:
+	}
+}
+
+// run owns the connection: every protocol exchange happens here.
+func (d *Device) run() {
+	defer d.wg.Done()
+	defer close(d.stopped)
+	var (
+		timer    *time.Timer
+		retry    <-chan time.Time // set while reconnecting
+		deadline time.Time        // of this outage; zero once the rings run again
+		backoff  time.Duration
+		attempts int
+	)
+	stopRetry := func() {
+		if timer != nil {
+			timer.Stop()
+		}
+		timer, retry = nil, nil
+	}
+	beginRetry := func() {
+		if retry != nil {
+			return
+		}
+		if deadline.IsZero() {
+			// A back-end that accepts and then fails again does not
+			// extend the outage: it ends at one deadline.
+			deadline, backoff, attempts = time.Now().Add(d.cfg.ReconnectTimeout), firstBackoff, 0
+		}
+		timer = time.NewTimer(backoff)
+		retry = timer.C
+	}
+	needsReset := func(a *virtio.HandoffActivation, err error) {
+		stopRetry()
+		deadline = time.Time{}
+		d.active.Store(nil)
+		d.lastErr.Store(&err)
+		d.log.Error("vhost-user disk needs a reset", "err", err)
+		a.Broken(err)
+	}
+	// lost drops a broken connection; an active device reconnects at
+	// once, an idle one at its next activation.
+	lost := func(err error) {
+		if d.conn != nil {
+			d.drop(d.conn)
+			d.conn = nil
+		}
+		if d.active.Load() == nil {
+			d.log.Info("vhost-user back-end disconnected while the disk was idle; reconnecting when the guest next starts the disk", "err", err)
+			return
+		}
+		if deadline.IsZero() {
+			d.log.Warn("vhost-user back-end lost; reconnecting while the guest's requests wait", "err", err, "within", d.cfg.ReconnectTimeout)
+			if d.protocol&vhostuser.ProtocolInflightShmfd == 0 || d.inflightFD < 0 {
+				d.log.Warn("the back-end keeps no inflight region (INFLIGHT_SHMFD), so requests it had taken may be lost or completed twice")
+			}
+		}
+		beginRetry()
+	}
+	start := func(a *virtio.HandoffActivation, again bool) {
+		err := d.startRings(a, again)
+		switch {
+		case err == nil:
+			deadline = time.Time{}
+		case errors.Is(err, errFatal):
+			needsReset(a, err)
+		default:
+			lost(err)
+		}
+	}
+	for {
+		var hup chan struct{}
+		if d.conn != nil {
+			hup = d.conn.hup
+		}
+		select {
+		case c := <-d.cmds:
+			switch c.op {
+			case opActivate:
+				if d.conn == nil {
+					lost(errors.New("not connected"))
+					continue
+				}
+				start(c.act, false)
+			case opReset, opClose:
+				stopRetry()
+				deadline = time.Time{}
+				d.stopRings()
+				d.active.Store(nil)
+				d.freeInflight()
+				if c.op == opClose {
+					d.drop(d.conn)
+					d.conn = nil
+					d.closeEventFDs()
+					close(c.done)
+					return
+				}
+				close(c.done)
+			}
+		case <-hup:
+			lost(errors.New("the back-end closed the connection"))
+		case <-retry:
+			retry = nil
+			a := d.active.Load()
+			if a == nil {
+				stopRetry()
+				continue
+			}
+			attempts++
+			c, err := d.connect()
+			if err == nil {
+				if err := d.sameBackend(c.fe); err != nil {
+					d.drop(c)
+					needsReset(a, err)
+					continue
+				}
+				d.conn = c
+				stopRetry()
+				d.reconnects.Add(1)
+				d.log.Info("vhost-user back-end reconnected", "attempts", attempts)
+				start(a, true)
+				continue
+			}
+			if attempts == 1 || attempts%20 == 0 {
+				d.log.Info("vhost-user back-end not back yet", "attempts", attempts, "err", err)
+			}
+			if time.Now().After(deadline) {
+				needsReset(a, fmt.Errorf("%w at %s did not come back within %v (last try: %v); restart it and reset the disk, or reboot the guest", ErrBackend, d.cfg.Socket, d.cfg.ReconnectTimeout, err))
+				continue
+			}
+			backoff = min(2*backoff, maxBackoff)
+			timer.Reset(backoff)
+			retry = timer.C
+		}
+	}
+}
+
+// errFatal marks a failure a reconnection cannot cure.
+var errFatal = errors.New("vhost-user back-end refused the guest's rings")
+
+// sameBackend checks that a reconnected back-end offers what the first
+// one did: the guest negotiated against that.
+func (d *Device) sameBackend(fe *vhostuser.Frontend) error {
+	f := d.backendFeatures(fe)
+	mask := blkFeatures | ringFeatures | vhostuser.FProtocolFeatures
+	if f&mask != d.offered&mask {
+		return fmt.Errorf("%w at %s came back with virtio features %#x instead of %#x; the guest must reset the disk", ErrBackend, d.cfg.Socket, f&mask, d.offered&mask)
+	}
+	if p := fe.ProtocolFeatures(); p != d.protocol {
+		return fmt.Errorf("%w at %s came back with protocol features %#x instead of %#x; the guest must reset the disk", ErrBackend, d.cfg.Socket, p, d.protocol)
+	}
+	return nil
+}
+
+// startRings sends what the back-end needs to serve the guest's rings:
+// on the first activation and after every reconnection (again).
+func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
+	fe := d.conn.fe
+	feats := a.Features
+	if d.offered&vhostuser.FProtocolFeatures != 0 {
+		feats |= vhostuser.FProtocolFeatures
+	}
+	if err := fe.SetFeatures(feats); err != nil {
+		return err
+	}
+	if err := fe.SetMemTable(d.cfg.Memory); err != nil {
+		return err
+	}
+	if d.protocol&vhostuser.ProtocolInflightShmfd != 0 {
+		if d.inflightFD < 0 {
+			desc, fd, err := fe.GetInflightFD(uint16(len(d.maxSizes)), d.cfg.QueueSize)
+			if err != nil {
+				return err
+			}
+			d.inflight, d.inflightFD = desc, fd
+		}
+		if d.inflightFD >= 0 {
+			if err := fe.SetInflightFD(d.inflight, d.inflightFD); err != nil {
+				return err
+			}
+		}
+	}
+	for i, q := range a.Queues {
+		if q == nil {
+			continue
+		}
+		// The base is the used index in guest memory: what the guest has
+		// been given back. A back-end with the inflight region
+		// resubmits what it had taken beyond it; on a first start both
+		// are 0.
+		used, err := a.Memory.LoadUint16(q.UsedRing + 2)
+		if err != nil {
+			return fmt.Errorf("%w: queue %d: reading the used index: %v", errFatal, i, err)
+		}
+		if again {
+			d.log.Info("restarting vhost-user ring", "queue", i, "base", used)
+		}
+		qi := uint32(i)
+		steps := []func() error{
+			func() error { return fe.SetVringNum(qi, q.Size) },
+			func() error { return fe.SetVringBase(qi, used) },
+			func() error { return fe.SetVringAddrGPA(qi, *q) },
+			func() error { return fe.SetVringKick(qi, d.kick[i].FD()) },
+			func() error { return fe.SetVringCall(qi, d.call[i].FD()) },
+			func() error { return fe.SetVringErr(qi, d.errFD.FD()) },
+		}
+		if feats&vhostuser.FProtocolFeatures != 0 {
+			steps = append(steps, func() error { return fe.SetVringEnable(qi, true) })
+		}
+		for _, s := range steps {
+			if err := s(); err != nil {
+				if errors.Is(err, vhostuser.ErrFailed) {
+					return fmt.Errorf("%w: queue %d: %v", errFatal, i, err)
+				}
+				return err
+			}
+		}
+		// Requests the guest queued while the rings were away.
+		d.Kick(i)
+	}
+	return nil
+}
+
+// stopRings stops the running rings (the guest reset the disk or vio is
+// closing). A back-end that fails to answer is dropped: it can no longer
+// be trusted to leave guest memory alone otherwise.
+func (d *Device) stopRings() {
+	a := d.active.Load()
+	if a == nil || d.conn == nil {
+		return
+	}
+	fe := d.conn.fe
+	for i, q := range a.Queues {
+		if q == nil {
+			continue
+		}
+		var err error
+		if d.offered&vhostuser.FProtocolFeatures != 0 {
+			err = fe.SetVringEnable(uint32(i), false)
+		}
+		if err == nil {
+			_, err = fe.GetVringBase(uint32(i))
+		}
+		if err != nil {
+			d.log.Warn("stopping a vhost-user ring failed; disconnecting from the back-end", "queue", i, "err", err)
+			d.drop(d.conn)
+			d.conn = nil
+			return
+		}
+	}
+}
+
+// freeInflight forgets the inflight region: a reset guest starts its
+// rings from zero, and the next activation asks for a fresh one.
+func (d *Device) freeInflight() {
+	if d.inflightFD >= 0 {
+		closeFD(d.inflightFD)
+	}
+	d.inflight, d.inflightFD = vhostuser.Inflight{}, -1
+}
