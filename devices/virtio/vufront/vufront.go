@@ -182,6 +182,7 @@ func New(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("vhost-user back-end at %s: %w", cfg.Socket, err)
 	}
 	d.conn = c
+	d.log.Info("vhost-user back-end connected", "features", fmt.Sprintf("%#x", d.offered), "protocol", fmt.Sprintf("%#x", d.protocol), "queues", len(d.maxSizes))
 	if err := d.makeEventFDs(); err != nil {
 		d.drop(c)
 		d.closeEventFDs()
@@ -435,6 +436,11 @@ func (d *Device) Err() error {
 	return nil
 }
 
+// Inflight reports whether the back-end keeps an inflight region
+// (INFLIGHT_SHMFD), without which a reconnection may lose or repeat the
+// requests it had taken.
+func (d *Device) Inflight() bool { return d.protocol&vhostuser.ProtocolInflightShmfd != 0 }
+
 // Reconnects reports how many times the device reconnected to a back-end
 // that had gone away while the guest used it.
 func (d *Device) Reconnects() uint64 { return d.reconnects.Load() }
@@ -643,13 +649,16 @@ func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 			d.log.Info("restarting vhost-user ring", "queue", i, "base", used)
 		}
 		qi := uint32(i)
+		// Call and err before kick: some back-ends (libvhost-user's)
+		// start a ring when its kick eventfd arrives and would complete
+		// requests with no call eventfd to signal.
 		steps := []func() error{
 			func() error { return fe.SetVringNum(qi, q.Size) },
 			func() error { return fe.SetVringBase(qi, used) },
 			func() error { return fe.SetVringAddrGPA(qi, *q) },
-			func() error { return fe.SetVringKick(qi, d.kick[i].FD()) },
 			func() error { return fe.SetVringCall(qi, d.call[i].FD()) },
 			func() error { return fe.SetVringErr(qi, d.errFD.FD()) },
+			func() error { return fe.SetVringKick(qi, d.kick[i].FD()) },
 		}
 		if feats&vhostuser.FProtocolFeatures != 0 {
 			steps = append(steps, func() error { return fe.SetVringEnable(qi, true) })
