@@ -31,6 +31,11 @@ type Handoff interface {
 	// it must not block on I/O: it validates and starts the hand-over;
 	// a later failure goes to h.Broken.
 	ActivateHandoff(h *HandoffActivation) error
+	// InterruptsChanged tells the device the guest changed its MSI-X
+	// set-up (enabled or disabled it, masked or unmasked a vector, moved
+	// one): HandoffActivation.DirectInterrupt may answer differently now.
+	// It is called on a vCPU and must not block.
+	InterruptsChanged()
 }
 
 // HandoffActivation is what a Handoff device gets when the driver is
@@ -49,6 +54,13 @@ type HandoffActivation struct {
 	// (MSI-X vector, masking and pending bits, or INTx and ISR). Safe
 	// from any goroutine until Reset returns.
 	Interrupt func(q int)
+	// DirectInterrupt returns an eventfd that raises queue q's interrupt
+	// with no vio code on the way (a KVM irqfd), when there is one now:
+	// MSI-X on, the queue's vector neither masked nor function-masked,
+	// and routed to an irqfd. Otherwise (ok false) interrupts must go
+	// through Interrupt, which keeps them pending while masked. The
+	// answer changes only after InterruptsChanged.
+	DirectInterrupt func(q int) (fd int, ok bool)
 	// Broken sets DEVICE_NEEDS_RESET, with err saying why; safe from any
 	// goroutine until Reset returns.
 	Broken func(err error)

@@ -28,6 +28,7 @@ func (*handoffDev) ReadConfig(_ uint64, data []byte)  { clear(data) }
 func (*handoffDev) WriteConfig(uint64, []byte)        {}
 func (*handoffDev) Activate(*virtio.Activation) error { return errors.New("not this") }
 func (*handoffDev) KickFD(int) int                    { return -1 }
+func (*handoffDev) InterruptsChanged()                {}
 func (d *handoffDev) Kick(q int) {
 	d.mu.Lock()
 	d.kicks = append(d.kicks, q)

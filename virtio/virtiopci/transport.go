@@ -379,6 +379,11 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if t.handoff != nil {
+		// The device moves its back-end between the irqfd and vio's
+		// own delivery as the guest masks and unmasks vectors.
+		t.msix.OnChange(t.handoff.InterruptsChanged)
+	}
 	if err := t.addExpress(opts); err != nil {
 		return nil, err
 	}
@@ -721,6 +726,16 @@ func (t *Transport) activateHandoffLocked() {
 			if q >= 0 && q < len(t.queueVectors) {
 				_ = queueTrigger{t, q}.Trigger()
 			}
+		},
+		DirectInterrupt: func(q int) (int, bool) {
+			if q < 0 || q >= len(t.queueVectors) {
+				return -1, false
+			}
+			v := t.queueVectors[q].Load()
+			if v == NoVector {
+				return -1, false
+			}
+			return t.msix.DirectFD(int(v))
 		},
 		Broken:        t.queueBroken,
 		ConfigChanged: t.ConfigChanged,

@@ -104,6 +104,7 @@ type Device struct {
 	call      []*kvm.EventFD
 	errFD     *kvm.EventFD
 	cmds      chan command
+	irqs      chan struct{} // InterruptsChanged, coalesced
 	stopped   chan struct{}
 	wg        sync.WaitGroup
 	active    atomic.Pointer[virtio.HandoffActivation]
@@ -111,6 +112,8 @@ type Device struct {
 
 	// Owned by run.
 	conn       *connection
+	callTarget []int         // per queue, the call eventfd the back-end has (-1: none yet)
+	direct     []atomic.Bool // per queue, callTarget is an irqfd (for DirectCall)
 	inflight   vhostuser.Inflight
 	inflightFD int // -1: none
 	// For tests and logs.
@@ -171,7 +174,7 @@ func New(cfg Config) (*Device, error) {
 		cfg: cfg, log: cfg.Log.With("vhost-user", cfg.Socket), inflightFD: -1,
 		// Buffered: ActivateHandoff runs on a vCPU and must not wait
 		// for run to finish an exchange.
-		cmds: make(chan command, 2), stopped: make(chan struct{}),
+		cmds: make(chan command, 2), irqs: make(chan struct{}, 1), stopped: make(chan struct{}),
 	}
 	c, err := d.connect()
 	if err != nil {
@@ -293,7 +296,10 @@ func (d *Device) makeEventFDs() error {
 	if d.errFD, err = kvm.NewEventFD(); err != nil {
 		return err
 	}
-	for range d.maxSizes {
+	d.callTarget = make([]int, len(d.maxSizes))
+	d.direct = make([]atomic.Bool, len(d.maxSizes))
+	for i := range d.maxSizes {
+		d.callTarget[i] = -1
 		k, err := kvm.NewEventFD()
 		if err != nil {
 			return err
@@ -395,6 +401,56 @@ func (d *Device) Kick(q int) {
 	}
 }
 
+// InterruptsChanged implements virtio.Handoff: the device's goroutine
+// moves the back-end's call eventfds to the irqfds or back.
+func (d *Device) InterruptsChanged() {
+	select {
+	case d.irqs <- struct{}{}:
+	default:
+	}
+}
+
+// callFD is where queue q's back-end should signal: the queue's irqfd
+// when its vector is deliverable now (no vio code per interrupt), else
+// the device's own eventfd, whose goroutine raises the interrupt through
+// the transport (masking and INTx then behave as for vio's own devices).
+func (d *Device) callFD(a *virtio.HandoffActivation, q int) int {
+	if a.DirectInterrupt != nil {
+		if fd, ok := a.DirectInterrupt(q); ok {
+			return fd
+		}
+	}
+	return d.call[q].FD()
+}
+
+// retarget moves each running ring's call eventfd where callFD says.
+// Between the guest's mask and the back-end's SET_VRING_CALL (one
+// exchange on this goroutine) an interrupt may still reach the irqfd:
+// the guest sees a spurious one, which drivers tolerate; none is lost.
+func (d *Device) retarget() error {
+	a := d.active.Load()
+	if a == nil || d.conn == nil {
+		return nil
+	}
+	for i, q := range a.Queues {
+		if q == nil || d.callTarget[i] < 0 {
+			continue
+		}
+		fd := d.callFD(a, i)
+		if fd == d.callTarget[i] {
+			continue
+		}
+		if err := d.conn.fe.SetVringCall(uint32(i), fd); err != nil {
+			return err
+		}
+		// A call that reached the old eventfd before the switch is still
+		// delivered, by its goroutine.
+		d.callTarget[i] = fd
+		d.direct[i].Store(fd != d.call[i].FD())
+	}
+	return nil
+}
+
 // ActivateHandoff implements virtio.Handoff: the rings are handed over
 // on the device's goroutine; a failure there sets DEVICE_NEEDS_RESET.
 func (d *Device) ActivateHandoff(h *virtio.HandoffActivation) error {
@@ -440,6 +496,10 @@ func (d *Device) Err() error {
 // (INFLIGHT_SHMFD), without which a reconnection may lose or repeat the
 // requests it had taken.
 func (d *Device) Inflight() bool { return d.protocol&vhostuser.ProtocolInflightShmfd != 0 }
+
+// DirectCall reports whether queue q's back-end signals the queue's
+// irqfd itself (its vector deliverable), rather than vio's eventfd.
+func (d *Device) DirectCall(q int) bool { return q >= 0 && q < len(d.direct) && d.direct[q].Load() }
 
 // Reconnects reports how many times the device reconnected to a back-end
 // that had gone away while the guest used it.
@@ -541,6 +601,10 @@ func (d *Device) run() {
 				d.stopRings()
 				d.active.Store(nil)
 				d.freeInflight()
+				for i := range d.callTarget {
+					d.callTarget[i] = -1
+					d.direct[i].Store(false)
+				}
 				if c.op == opClose {
 					d.drop(d.conn)
 					d.conn = nil
@@ -552,6 +616,12 @@ func (d *Device) run() {
 			}
 		case <-hup:
 			lost(errors.New("the back-end closed the connection"))
+		case <-d.irqs:
+			if deadline.IsZero() {
+				if err := d.retarget(); err != nil {
+					lost(err)
+				}
+			}
 		case <-retry:
 			retry = nil
 			a := d.active.Load()
@@ -656,7 +726,12 @@ func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 			func() error { return fe.SetVringNum(qi, q.Size) },
 			func() error { return fe.SetVringBase(qi, used) },
 			func() error { return fe.SetVringAddrGPA(qi, *q) },
-			func() error { return fe.SetVringCall(qi, d.call[i].FD()) },
+			func() error {
+				fd := d.callFD(a, i)
+				d.callTarget[i] = fd
+				d.direct[i].Store(fd != d.call[i].FD())
+				return fe.SetVringCall(qi, fd)
+			},
 			func() error { return fe.SetVringErr(qi, d.errFD.FD()) },
 			func() error { return fe.SetVringKick(qi, d.kick[i].FD()) },
 		}
