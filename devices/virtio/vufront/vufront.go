@@ -8,10 +8,13 @@
 // memory table, the inflight region and each enabled ring (size,
 // addresses, base, kick, call and err eventfds) and enables the rings;
 // on reset it stops them with GET_VRING_BASE. The guest's kicks reach the
-// back-end through KVM's ioeventfd with no vio code on the way; the
-// back-end's calls are read by one goroutine per queue, which raises the
-// queue's interrupt through the transport (so MSI-X masking, vector
-// changes and INTx behave exactly as for vio's own devices).
+// back-end through KVM's ioeventfd with no vio code on the way, and so do
+// its interrupts while the queue's MSI-X vector is deliverable (the call
+// eventfd is the vector's irqfd). While the vector is masked, MSI-X is
+// off or there is no irqfd, the back-end signals an eventfd of the
+// device's, read by one goroutine per queue, which raises the interrupt
+// through the transport (so masking, pending bits and INTx behave exactly
+// as for vio's own devices).
 //
 // When the back-end goes away (killed, restarted) the guest's rings stay
 // as they are and the device reconnects to the same socket path until
