@@ -352,8 +352,62 @@ func TestNeedsSharedMemory(t *testing.T) {
 }
 
 func TestNoBackend(t *testing.T) {
-	_, err := vufront.New(vufront.Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Memory: sharedRAM(t)})
+	_, err := vufront.New(vufront.Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Memory: sharedRAM(t),
+		ReconnectTimeout: 200 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "start it before vio") {
 		t.Fatalf("New without a back-end: %v", err)
+	}
+}
+
+// signalHandler closes seen when a record with msg is logged.
+type signalHandler struct {
+	slog.Handler
+	msg  string
+	once sync.Once
+	seen chan struct{}
+}
+
+func (h *signalHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(func() { close(h.seen) })
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *signalHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &signalHandler{Handler: h.Handler.WithAttrs(as), msg: h.msg, seen: h.seen}
+}
+
+// TestBackendStartsLater: New waits for a back-end that is not listening
+// yet (started with vio), and the disk then works.
+func TestBackendStartsLater(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "vu.sock")
+	h := &signalHandler{Handler: testLog(t).Handler(), msg: "waiting for the vhost-user back-end to listen", seen: make(chan struct{})}
+	mem := sharedRAM(t)
+	type result struct {
+		dev *vufront.Device
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		d, err := vufront.New(vufront.Config{Socket: sock, Memory: mem, Log: slog.New(h)})
+		got <- result{d, err}
+	}()
+	select {
+	case <-h.seen:
+	case r := <-got:
+		t.Fatalf("New returned before any back-end listened: %v", r.err)
+	}
+	startVio(t, sock, blocktest.NewMem(1<<20))
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.dev.Close() })
+	m := &machine{dev: r.dev, mc: virtiopcitest.NewMachineOn(t, r.dev, mem, 4096)}
+	m.start(t, false)
+	m.write(t, 0, 5, pattern(5))
+	if got := m.read(t, 1, 5); !bytes.Equal(got, pattern(5)) {
+		t.Fatal("read back differs")
 	}
 }
