@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -25,16 +27,19 @@ import (
 var vhostUserGuest = `
 check() { if [ "$2" = 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail $3"; fi; }
 depth=$(sed -n 's/.*vu.depth=\([0-9]*\).*/\1/p' /proc/cmdline); [ -n "$depth" ] || depth=16
-end=$(( $(date +%s) + 25 )); n=0; fails=0
+end=$(( $(date +%s) + 25 )); n=0; fails=0; ios=0
 while [ "$(date +%s)" -lt "$end" ] || [ "$n" -lt 3 ]; do
 	fio --name=vu --filename=/dev/vda --size=8M --rw=randwrite --bs=4k --ioengine=libaio --iodepth=$depth \
 		--direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 > /tmp/fio.log 2>&1 || fails=$((fails+1))
 	grep -q 'err= *0' /tmp/fio.log || fails=$((fails+1))
+	t=$(sed -n 's/.*issued rwts: total=\([0-9]*\),\([0-9]*\).*/\1+\2/p' /tmp/fio.log | head -1)
+	ios=$((ios + ${t:-0}))
 	n=$((n+1))
 	[ "$n" = 1 ] && echo VU-KILL-NOW
 	[ "$n" -ge 40 ] && break
 done
-echo "IOPS $(grep -o 'IOPS=[0-9.]*[kM]*' /tmp/fio.log | head -1 | cut -d= -f2)"
+echo "IOPS $(grep 'write:' /tmp/fio.log | grep -o 'IOPS=[0-9.]*[kM]*' | head -1 | cut -d= -f2)"
+echo "IOS $ios"
 check fio-verify $fails "rounds=$n depth=$depth $(grep -o 'err= *[0-9]*' /tmp/fio.log | head -1)"
 echo VIO-GUEST-DONE
 poweroff -f
@@ -47,7 +52,9 @@ check() { if [ "$2" = 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail 
 fio --name=vu --filename=/dev/vda --size=8M --rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 \
 	--direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 > /tmp/fio.log 2>&1
 check fio-verify $? "$(grep -o 'err= *[0-9]*' /tmp/fio.log | head -1)"
-echo "IOPS $(grep -o 'IOPS=[0-9.]*[kM]*' /tmp/fio.log | head -1 | cut -d= -f2)"
+t=$(sed -n 's/.*issued rwts: total=\([0-9]*\),\([0-9]*\).*/\1+\2/p' /tmp/fio.log | head -1)
+echo "IOS $((${t:-0}))"
+echo "IOPS $(grep 'write:' /tmp/fio.log | grep -o 'IOPS=[0-9.]*[kM]*' | head -1 | cut -d= -f2)"
 echo VIO-GUEST-DONE
 poweroff -f
 `
@@ -140,7 +147,7 @@ func TestVhostUserFrontend(t *testing.T) {
 		return append([]string{vioBin, "run", "--kernel", a.Kernel, "--initrd", initrd,
 			"--memory", "size=" + strconv.Itoa(guestMemMiB) + "M,shared=on",
 			"--cmdline", "console=ttyS0 panic=-1 quiet " + cmdline, "--cpus", "2",
-			"--disk", disk, "--disk", "path=" + tools + ",readonly=on"}, extra...)
+			"--disk", disk, "--disk", "path=" + tools + ",readonly=on", "--stats"}, extra...)
 	}
 	initrd, tools := guest(vhostUserGuest)
 	iops := map[string]string{}
@@ -204,7 +211,7 @@ func TestVhostUserFrontend(t *testing.T) {
 			if strings.Contains(stderr.String(), "needs a reset") {
 				t.Errorf("vio reset the vhost-user disk; stderr:\n%s", stderr.String())
 			}
-			iops[b.name] = r.value("IOPS") + " at iodepth " + strconv.Itoa(b.depth)
+			iops[b.name] = r.value("IOPS") + " at iodepth " + strconv.Itoa(b.depth) + exitsPerIO(stderr.Bytes(), r.value("IOS"))
 			be.Process.Kill()
 			be.Wait()
 		})
@@ -212,9 +219,41 @@ func TestVhostUserFrontend(t *testing.T) {
 
 	// The same job, at iodepth 16, on vio's own virtio-blk over the image.
 	initrd, tools = guest(vhostUserBaseline)
-	console, _ := runSerial(t, 5*time.Minute, args(initrd, tools, "path="+img+",format=raw", "")...)
+	console, stderr := runSerial(t, 5*time.Minute, args(initrd, tools, "path="+img+",format=raw", "")...)
 	r := readReport(t, console)
 	r.expect(t, "fio-verify")
-	t.Logf("fio randwrite 4k IOPS (the last round, the restart not in it): vhost-user via serve-disk %s, via qemu-storage-daemon %s; vio's own virtio-blk %s at iodepth 16",
-		iops["serve-disk"], iops["qemu-storage-daemon"], r.value("IOPS"))
+	t.Logf("fio randwrite 4k IOPS (the last round, the restart not in it): vhost-user via serve-disk %s, via qemu-storage-daemon %s; vio's own virtio-blk %s at iodepth 16%s",
+		iops["serve-disk"], iops["qemu-storage-daemon"], r.value("IOPS"), exitsPerIO(stderr, r.value("IOS")))
+}
+
+// exitsPerIO is ", N exits to vio per I/O" from the --stats JSON at the
+// end of vio's stderr and the guest's I/O count (the whole run, boot
+// included, so an upper bound), or "" when either is missing.
+func exitsPerIO(stderr []byte, ios string) string {
+	n, err := strconv.ParseFloat(ios, 64)
+	if err != nil || n == 0 {
+		return ""
+	}
+	i := bytes.LastIndex(stderr, []byte("\n{"))
+	if i < 0 {
+		i = bytes.Index(stderr, []byte("{"))
+	}
+	if i < 0 {
+		return ""
+	}
+	var stats struct {
+		VCPUs []struct {
+			Exits map[string]float64 `json:"exits"`
+		} `json:"vcpus"`
+	}
+	if json.Unmarshal(stderr[i:], &stats) != nil {
+		return ""
+	}
+	var exits float64
+	for _, c := range stats.VCPUs {
+		for _, e := range c.Exits {
+			exits += e
+		}
+	}
+	return fmt.Sprintf(", %.2f exits to vio per I/O (%.0f exits, %.0f I/Os)", exits/n, exits, n)
 }
