@@ -126,9 +126,10 @@ type Device struct {
 
 // connection is one connected back-end.
 type connection struct {
-	fe    *vhostuser.Frontend
-	hup   chan struct{} // closed when the back-end hangs up
-	watch func()        // stops the hang-up watcher
+	fe      *vhostuser.Frontend
+	offered uint64        // GET_FEATURES
+	hup     chan struct{} // closed when the back-end hangs up
+	watch   func()        // stops the hang-up watcher
 }
 
 type command struct {
@@ -183,7 +184,7 @@ func New(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.learn(c.fe); err != nil {
+	if err := d.learn(c); err != nil {
 		d.drop(c)
 		return nil, fmt.Errorf("vhost-user back-end at %s: %w", cfg.Socket, err)
 	}
@@ -201,8 +202,9 @@ func New(cfg Config) (*Device, error) {
 
 // learn reads what the back-end offers at the first connection and
 // decides the guest's view.
-func (d *Device) learn(fe *vhostuser.Frontend) error {
-	d.offered = d.backendFeatures(fe)
+func (d *Device) learn(c *connection) error {
+	fe := c.fe
+	d.offered = c.offered
 	if d.offered&virtio.FeatureVersion1 == 0 {
 		return errors.New("it does not offer VIRTIO_F_VERSION_1, which vio's virtio-pci transport needs")
 	}
@@ -239,11 +241,6 @@ func (d *Device) learn(fe *vhostuser.Frontend) error {
 		d.maxSizes[i] = d.cfg.QueueSize
 	}
 	return nil
-}
-
-func (d *Device) backendFeatures(fe *vhostuser.Frontend) uint64 {
-	f, _ := fe.GetFeatures() // connect already read it
-	return f
 }
 
 // dialError is a connection that could not be made (nobody listens
@@ -298,6 +295,7 @@ func (d *Device) connect() (*connection, error) {
 	if err != nil {
 		return fail(err)
 	}
+	c.offered = offered
 	if offered&vhostuser.FProtocolFeatures != 0 {
 		po, err := fe.GetProtocolFeatures()
 		if err != nil {
@@ -667,7 +665,7 @@ func (d *Device) run() {
 			attempts++
 			c, err := d.connect()
 			if err == nil {
-				if err := d.sameBackend(c.fe); err != nil {
+				if err := d.sameBackend(c); err != nil {
 					d.drop(c)
 					needsReset(a, err)
 					continue
@@ -698,8 +696,8 @@ var errFatal = errors.New("vhost-user back-end refused the guest's rings")
 
 // sameBackend checks that a reconnected back-end offers what the first
 // one did: the guest negotiated against that.
-func (d *Device) sameBackend(fe *vhostuser.Frontend) error {
-	f := d.backendFeatures(fe)
+func (d *Device) sameBackend(c *connection) error {
+	f, fe := c.offered, c.fe
 	mask := blkFeatures | ringFeatures | vhostuser.FProtocolFeatures
 	if f&mask != d.offered&mask {
 		return fmt.Errorf("%w at %s came back with virtio features %#x instead of %#x; the guest must reset the disk", ErrBackend, d.cfg.Socket, f&mask, d.offered&mask)
