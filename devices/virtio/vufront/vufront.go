@@ -1,6 +1,6 @@
-// Package vufront is a virtio-blk device whose queues a vhost-user
-// back-end serves (vio as the vhost-user front-end): vio keeps the PCI
-// transport, the configuration space and the guest's feature
+// Package vufront is a virtio-blk or virtio-net device whose queues a
+// vhost-user back-end serves (vio as the vhost-user front-end): vio keeps
+// the PCI transport, the configuration space and the guest's feature
 // negotiation; the back-end process reads requests from the rings in
 // shared guest RAM and completes them there.
 //
@@ -50,6 +50,7 @@ import (
 const (
 	DefaultReconnectTimeout = 60 * time.Second
 	DefaultQueueSize        = 128
+	DefaultNetQueueSize     = 256
 	// blkConfigSize is struct virtio_blk_config through
 	// write_zeroes_may_unmap and its padding (what QEMU reads too).
 	blkConfigSize = 60
@@ -75,15 +76,22 @@ const ringFeatures = virtio.FeatureVersion1 | virtio.FeatureEventIdx | virtio.Fe
 const wantProtocol = vhostuser.ProtocolMQ | vhostuser.ProtocolReplyAck |
 	vhostuser.ProtocolConfig | vhostuser.ProtocolInflightShmfd
 
-// Config describes one vhost-user-blk device.
+// Config describes one vhost-user device.
 type Config struct {
+	// Type is virtio.TypeBlock (the default) or virtio.TypeNet.
+	Type virtio.DeviceType
+	// MAC is a NIC's address (nil: a random locally administered one);
+	// the back-end is not asked, as vhost-user-net back-ends rarely
+	// offer a configuration space.
+	MAC net.HardwareAddr
 	// Socket is the back-end's UNIX socket.
 	Socket string
 	// Memory is guest RAM; it must be shared (memfd-backed).
 	Memory *memory.Memory
 	// NumQueues caps the request queues (0: as many as the back-end has).
 	NumQueues int
-	// QueueSize is each queue's maximum size (0: DefaultQueueSize).
+	// QueueSize is each queue's maximum size (0: DefaultQueueSize for a
+	// disk, DefaultNetQueueSize for a NIC).
 	QueueSize uint16
 	// Timeout bounds each protocol exchange (0: vhostuser.DefaultTimeout).
 	Timeout time.Duration
@@ -159,17 +167,27 @@ func New(cfg Config) (*Device, error) {
 	}
 	if regs := cfg.Memory.Regions(); len(regs) > 0 {
 		if _, _, ok := regs[0].File(); !ok {
-			return nil, fmt.Errorf("vhost-user disk %s needs guest RAM another process can map: add shared=on to --memory (e.g. --memory size=1G,shared=on)", cfg.Socket)
+			return nil, fmt.Errorf("vhost-user %s %s needs guest RAM another process can map: add shared=on to --memory (e.g. --memory size=1G,shared=on)", kindOf(cfg.Type), cfg.Socket)
 		}
 	}
 	if cfg.ReconnectTimeout <= 0 {
 		cfg.ReconnectTimeout = DefaultReconnectTimeout
 	}
+	switch cfg.Type {
+	case 0:
+		cfg.Type = virtio.TypeBlock
+	case virtio.TypeBlock, virtio.TypeNet:
+	default:
+		return nil, fmt.Errorf("vufront: device type %d: vio serves vhost-user disks and NICs only", cfg.Type)
+	}
 	if cfg.QueueSize == 0 {
 		cfg.QueueSize = DefaultQueueSize
+		if cfg.Type == virtio.TypeNet {
+			cfg.QueueSize = DefaultNetQueueSize
+		}
 	}
 	if s := cfg.QueueSize; s&(s-1) != 0 || s > virtio.MaxQueueSize {
-		return nil, fmt.Errorf("vhost-user disk %s: queue_size %d is not a power of two up to %d", cfg.Socket, s, virtio.MaxQueueSize)
+		return nil, fmt.Errorf("vhost-user %s %s: queue_size %d is not a power of two up to %d", kindOf(cfg.Type), cfg.Socket, s, virtio.MaxQueueSize)
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -209,6 +227,9 @@ func (d *Device) learn(c *connection) error {
 		return errors.New("it does not offer VIRTIO_F_VERSION_1, which vio's virtio-pci transport needs")
 	}
 	d.protocol = fe.ProtocolFeatures()
+	if d.cfg.Type == virtio.TypeNet {
+		return d.learnNet()
+	}
 	if d.protocol&vhostuser.ProtocolConfig == 0 {
 		return errors.New("it does not offer the CONFIG protocol feature, without which vio cannot learn the disk's size")
 	}
@@ -235,7 +256,7 @@ func (d *Device) learn(c *connection) error {
 	}
 	binary.LittleEndian.PutUint16(cfg[blkConfigNumQueues:], uint16(queues))
 	d.config = cfg
-	d.features = d.offered & (blkFeatures | ringFeatures)
+	d.features = d.offered & (d.typeFeatures() | ringFeatures)
 	d.maxSizes = make([]uint16, queues)
 	for i := range d.maxSizes {
 		d.maxSizes[i] = d.cfg.QueueSize
@@ -382,16 +403,16 @@ func (d *Device) watchErr() {
 			return
 		}
 		if a := d.active.Load(); a != nil {
-			err := fmt.Errorf("%w at %s reported a queue error; the guest must reset the disk", ErrBackend, d.cfg.Socket)
+			err := fmt.Errorf("%w at %s reported a queue error; the guest must reset the device", ErrBackend, d.cfg.Socket)
 			d.lastErr.Store(&err)
-			d.log.Error("vhost-user disk needs a reset", "err", err)
+			d.log.Error("vhost-user device needs a reset", "err", err)
 			a.Broken(err)
 		}
 	}
 }
 
 // Type implements virtio.Device.
-func (d *Device) Type() virtio.DeviceType { return virtio.TypeBlock }
+func (d *Device) Type() virtio.DeviceType { return d.cfg.Type }
 
 // Features implements virtio.Device: the back-end's offer limited to
 // what vio presents, transport bits included (see virtio.Handoff).
@@ -581,7 +602,7 @@ func (d *Device) run() {
 		deadline = time.Time{}
 		d.active.Store(nil)
 		d.lastErr.Store(&err)
-		d.log.Error("vhost-user disk needs a reset", "err", err)
+		d.log.Error("vhost-user device needs a reset", "err", err)
 		a.Broken(err)
 	}
 	// lost drops a broken connection; an active device reconnects at
@@ -592,7 +613,7 @@ func (d *Device) run() {
 			d.conn = nil
 		}
 		if d.active.Load() == nil {
-			d.log.Info("vhost-user back-end disconnected while the disk was idle; reconnecting when the guest next starts the disk", "err", err)
+			d.log.Info("vhost-user back-end disconnected while the device was idle; reconnecting when the guest next starts it", "err", err)
 			return
 		}
 		if deadline.IsZero() {
@@ -681,7 +702,7 @@ func (d *Device) run() {
 				d.log.Info("vhost-user back-end not back yet", "attempts", attempts, "err", err)
 			}
 			if time.Now().After(deadline) {
-				needsReset(a, fmt.Errorf("%w at %s did not come back within %v (last try: %v); restart it and reset the disk, or reboot the guest", ErrBackend, d.cfg.Socket, d.cfg.ReconnectTimeout, err))
+				needsReset(a, fmt.Errorf("%w at %s did not come back within %v (last try: %v); restart it and reset the device, or reboot the guest", ErrBackend, d.cfg.Socket, d.cfg.ReconnectTimeout, err))
 				continue
 			}
 			backoff = min(2*backoff, maxBackoff)
@@ -698,12 +719,12 @@ var errFatal = errors.New("vhost-user back-end refused the guest's rings")
 // one did: the guest negotiated against that.
 func (d *Device) sameBackend(c *connection) error {
 	f, fe := c.offered, c.fe
-	mask := blkFeatures | ringFeatures | vhostuser.FProtocolFeatures
+	mask := d.typeFeatures() | ringFeatures | vhostuser.FProtocolFeatures
 	if f&mask != d.offered&mask {
-		return fmt.Errorf("%w at %s came back with virtio features %#x instead of %#x; the guest must reset the disk", ErrBackend, d.cfg.Socket, f&mask, d.offered&mask)
+		return fmt.Errorf("%w at %s came back with virtio features %#x instead of %#x; the guest must reset the device", ErrBackend, d.cfg.Socket, f&mask, d.offered&mask)
 	}
 	if p := fe.ProtocolFeatures(); p != d.protocol {
-		return fmt.Errorf("%w at %s came back with protocol features %#x instead of %#x; the guest must reset the disk", ErrBackend, d.cfg.Socket, p, d.protocol)
+		return fmt.Errorf("%w at %s came back with protocol features %#x instead of %#x; the guest must reset the device", ErrBackend, d.cfg.Socket, p, d.protocol)
 	}
 	return nil
 }
@@ -712,7 +733,9 @@ func (d *Device) sameBackend(c *connection) error {
 // on the first activation and after every reconnection (again).
 func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 	fe := d.conn.fe
-	feats := a.Features
+	// The guest's features that the back-end implements: a NIC's MAC and
+	// STATUS are vio's, served from its configuration space.
+	feats := a.Features & d.offered
 	if d.offered&vhostuser.FProtocolFeatures != 0 {
 		feats |= vhostuser.FProtocolFeatures
 	}
