@@ -21,7 +21,7 @@ import (
 //     headroom, huge pages, a virtio-fs device not yet built);
 //   - refused (Validate): ignoring it would be a lie about what the guest
 //     gets in isolation or correctness (firmware boot, TDX/SEV-SNP, a
-//     vhost-user NIC).
+//     vhost_mode=server).
 //
 // Fields of VmConfig that are not modelled at all (numa, pmem, devices,
 // ...) are unknown fields and refused by Decode.
@@ -191,9 +191,6 @@ func (c *VM) validateCompat() error {
 		}
 	}
 	for i, n := range c.Net {
-		if n.VhostUser {
-			return fmt.Errorf("net %d: vhost_user is not supported for NICs yet (vhost-user disks are): give a TAP", i)
-		}
 		if n.PCISegment != 0 {
 			return fmt.Errorf("net %d: pci_segment %d: vio has only segment 0", i, n.PCISegment)
 		}

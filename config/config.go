@@ -201,6 +201,35 @@ func (d *Disk) validateVhostUser(i int, sharedRAM bool) error {
 	return d.validateVFs(i)
 }
 
+// validateVhostUser checks NIC i served by a vhost-user back-end.
+func (n *Net) validateVhostUser(i int, sharedRAM bool) error {
+	switch {
+	case n.VhostSocket == "":
+		return fmt.Errorf("net %d: vhost_user=on needs the back-end's socket: add socket=PATH", i)
+	case !sharedRAM:
+		return fmt.Errorf("net %d: a vhost-user NIC needs guest RAM the back-end can map: add shared=on to --memory (e.g. --memory size=1G,shared=on)", i)
+	case n.VhostMode != "" && !strings.EqualFold(n.VhostMode, "client"):
+		return fmt.Errorf("net %d: vhost_mode %q: vio only connects to a listening back-end (client); start the back-end as the server", i, n.VhostMode)
+	case n.Tap != "" || len(n.TapFDs) > 0 || n.User != nil || n.Socket != "" || n.Bond != nil:
+		return fmt.Errorf("net %d: a vhost-user NIC's back-end is the socket's: drop tap, user, bond and the stream socket", i)
+	case n.Model != "" && n.Model != NetVirtio:
+		return fmt.Errorf("net %d: a vhost-user NIC is virtio-net: drop model=%s", i, n.Model)
+	case n.Firewall != "" || n.Pcap != "" || n.IDS != "" || n.IOMMU:
+		return fmt.Errorf("net %d: firewall, pcap, ids and iommu need frames to pass through vio, which a vhost-user NIC's do not: drop them", i)
+	case n.NumQueues > 2:
+		return fmt.Errorf("net %d: a vhost-user NIC has one queue pair (num_queues=2 at most)", i)
+	}
+	if n.QueueSize != 0 && (n.QueueSize&(n.QueueSize-1) != 0 || n.QueueSize > 32768) {
+		return fmt.Errorf("net %d: queue_size=%d: give a power of two up to 32768", i, n.QueueSize)
+	}
+	if n.MAC != "" {
+		if _, err := ParseMAC(n.MAC); err != nil {
+			return fmt.Errorf("net %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
 // MaxVFs is how many SR-IOV virtual functions a disk may have.
 const MaxVFs = 7
 
@@ -297,7 +326,11 @@ type Net struct {
 	Mask        string `json:"mask,omitempty"`
 	HostMAC     string `json:"host_mac,omitempty"`
 	MTU         int    `json:"mtu,omitempty"`
-	IOMMU       bool   `json:"iommu,omitempty"`
+	IOMMU bool `json:"iommu,omitempty"`
+	// VhostUser makes the NIC a virtio-net device whose queues the
+	// vhost-user back-end listening at VhostSocket serves (vio as the
+	// front-end, docs/vhost-user.md); VhostMode must then be empty or
+	// "client" (vio connects). Guest RAM must be shared.
 	VhostUser   bool   `json:"vhost_user,omitempty"`
 	VhostSocket string `json:"vhost_socket,omitempty"`
 	VhostMode   string `json:"vhost_mode,omitempty"`
@@ -549,6 +582,12 @@ func (c *VM) Validate() error {
 		}
 	}
 	for i, n := range c.Net {
+		if n.VhostUser {
+			if err := n.validateVhostUser(i, c.Memory.Shared); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := n.validateBackend(i); err != nil {
 			return err
 		}

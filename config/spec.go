@@ -268,8 +268,10 @@ func ParseNet(spec string) (Net, error) {
 				err = fmt.Errorf("--net %q: model %q: want virtio or e1000", spec, v)
 			}
 			n.Model = v
+		case "vhost_user":
+			n.VhostUser, err = parseBool("net", k, v)
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
 		}
 		if err != nil {
 			return n, err
@@ -282,6 +284,15 @@ func ParseNet(spec string) (Net, error) {
 		if len(n.Bond.Sockets) == 1 && n.Bond.Sockets[0] == "" {
 			n.Bond.Sockets = nil
 		}
+	}
+	if n.VhostUser {
+		// socket= is then the vhost-user back-end's, as in Cloud
+		// Hypervisor's --net vhost_user=true,socket=PATH.
+		n.VhostSocket, n.Socket = n.Socket, ""
+		if n.Bond != nil {
+			return n, fmt.Errorf("--net %q: a vhost-user NIC has one back-end: drop bond=", spec)
+		}
+		return n, nil
 	}
 	if err := n.validateBackend(-1); err != nil {
 		return n, fmt.Errorf("--net %q: %w", spec, err)

@@ -52,3 +52,42 @@ func TestVhostUserDisk(t *testing.T) {
 		}
 	}
 }
+
+// A vhost-user NIC: --net vhost_user=on,socket=PATH (socket= is then the
+// back-end's, as in Cloud Hypervisor) and the JSON; the refusals.
+func TestVhostUserNet(t *testing.T) {
+	n, err := ParseNet("vhost_user=on,socket=/run/n.sock,mac=52:54:00:12:34:56")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.VhostUser || n.VhostSocket != "/run/n.sock" || n.Socket != "" || n.MAC != "52:54:00:12:34:56" {
+		t.Fatalf("parsed %+v", n)
+	}
+	base := VM{Memory: Memory{Size: 256 << 20, Shared: true}}
+	for _, c := range []struct {
+		net    Net
+		shared bool
+		want   string
+	}{
+		{Net{VhostUser: true, VhostSocket: "/s"}, true, ""},
+		{Net{VhostUser: true, VhostSocket: "/s", VhostMode: "client"}, true, ""},
+		{Net{VhostUser: true, VhostSocket: "/s"}, false, "add shared=on to --memory"},
+		{Net{VhostUser: true}, true, "add socket=PATH"},
+		{Net{VhostUser: true, VhostSocket: "/s", VhostMode: "server"}, true, "start the back-end as the server"},
+		{Net{VhostUser: true, VhostSocket: "/s", Tap: "t"}, true, "drop tap"},
+		{Net{VhostUser: true, VhostSocket: "/s", Model: NetE1000}, true, "drop model=e1000"},
+		{Net{VhostUser: true, VhostSocket: "/s", Pcap: "/p"}, true, "pass through vio"},
+		{Net{VhostUser: true, VhostSocket: "/s", NumQueues: 4}, true, "one queue pair"},
+	} {
+		vm := base
+		vm.Memory.Shared = c.shared
+		vm.Net = []Net{c.net}
+		err := vm.Net[0].validateVhostUser(0, vm.Memory.Shared)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v refused: %v", c.net, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v shared=%v: %v, want %q", c.net, c.shared, err, c.want)
+		}
+	}
+}

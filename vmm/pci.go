@@ -283,6 +283,9 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 }
 
 func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
+	if n.VhostUser {
+		return v.newVhostUserNIC(n)
+	}
 	if len(n.TapFDs) > 0 {
 		return v.newNICFromFDs(n)
 	}
@@ -360,6 +363,35 @@ func (v *VM) Stats() map[string]any {
 		out["ide"] = map[string]any{"device": v.ide.Stats()}
 	}
 	return out
+}
+
+// newVhostUserNIC builds a virtio-net device whose queues the vhost-user
+// back-end at n.VhostSocket serves (docs/vhost-user.md).
+func (v *VM) newVhostUserNIC(n config.Net) (virtio.Device, error) {
+	if v.iommu != nil {
+		return nil, fmt.Errorf("a vhost-user NIC cannot sit behind the emulated IOMMU yet: start the VM without iommu, or use a TAP")
+	}
+	var mac stdnet.HardwareAddr
+	if n.MAC != "" {
+		m, err := config.ParseMAC(n.MAC)
+		if err != nil {
+			return nil, err
+		}
+		mac = m[:]
+	}
+	dev, err := vufront.New(vufront.Config{
+		Type:      virtio.TypeNet,
+		MAC:       mac,
+		Socket:    n.VhostSocket,
+		Memory:    v.mem,
+		QueueSize: uint16(n.QueueSize),
+		Log:       v.log.With("net", n.ID),
+	})
+	if err != nil {
+		return nil, err
+	}
+	v.closers = append(v.closers, dev)
+	return dev, nil
 }
 
 // newVhostUserDisk builds a virtio-blk device whose queues the vhost-user

@@ -140,6 +140,10 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 		p.socket(cfg.Vsock.Socket)
 	}
 	for _, n := range cfg.Net {
+		if n.VhostUser {
+			p.socket(n.VhostSocket) // as for a vhost-user disk
+			continue
+		}
 		// A guest reboot rebuilds the NIC's interposers.
 		p.add(n.Firewall, sandbox.Read)
 		p.add(n.Pcap, sandbox.Read|sandbox.Write)
