@@ -104,21 +104,25 @@ type Config struct {
 
 // Device is a vhost-user-blk front-end device.
 type Device struct {
-	cfg       Config
-	log       *slog.Logger
-	features  uint64 // offered to the guest
-	offered   uint64 // what the back-end offered at the first connection
-	protocol  uint64 // protocol features negotiated at the first connection
-	config    []byte // virtio_blk_config from GET_CONFIG, num_queues ours
-	maxSizes  []uint16
-	kick      []*kvm.EventFD
-	call      []*kvm.EventFD
-	errFD     *kvm.EventFD
-	cmds      chan command
-	irqs      chan struct{} // InterruptsChanged, coalesced
-	stopped   chan struct{}
-	wg        sync.WaitGroup
-	active    atomic.Pointer[virtio.HandoffActivation]
+	cfg      Config
+	log      *slog.Logger
+	features uint64 // offered to the guest
+	offered  uint64 // what the back-end offered at the first connection
+	protocol uint64 // protocol features negotiated at the first connection
+	config   []byte // virtio_blk_config from GET_CONFIG, num_queues ours
+	maxSizes []uint16
+	kick     []*kvm.EventFD
+	call     []*kvm.EventFD
+	errFD    *kvm.EventFD
+	cmds     chan command
+	irqs     chan struct{} // InterruptsChanged, coalesced
+	stopped  chan struct{}
+	wg       sync.WaitGroup
+	active   atomic.Pointer[virtio.HandoffActivation]
+	// irqMu is held (read) by the goroutines that call the active
+	// HandoffActivation's Interrupt and Broken; a reset takes it once,
+	// after clearing active, so that none calls them after Reset returns.
+	irqMu     sync.RWMutex
 	closeOnce sync.Once
 
 	// Owned by run.
@@ -390,9 +394,11 @@ func (d *Device) forwardCalls(q int, c *kvm.EventFD) {
 		if _, err := c.Wait(); err != nil {
 			return
 		}
+		d.irqMu.RLock()
 		if a := d.active.Load(); a != nil {
 			a.Interrupt(q)
 		}
+		d.irqMu.RUnlock()
 	}
 }
 
@@ -402,12 +408,14 @@ func (d *Device) watchErr() {
 		if _, err := d.errFD.Wait(); err != nil {
 			return
 		}
+		d.irqMu.RLock()
 		if a := d.active.Load(); a != nil {
 			err := fmt.Errorf("%w at %s reported a queue error; the guest must reset the device", ErrBackend, d.cfg.Socket)
 			d.lastErr.Store(&err)
 			d.log.Error("vhost-user device needs a reset", "err", err)
 			a.Broken(err)
 		}
+		d.irqMu.RUnlock()
 	}
 }
 
@@ -521,6 +529,11 @@ func (d *Device) ActivateHandoff(h *virtio.HandoffActivation) error {
 	case <-d.stopped:
 		d.active.Store(nil)
 		return errors.New("vufront: device closed")
+	default:
+		// Never on the transport's path (one activation, then one reset
+		// that waits): refuse rather than hold a vCPU.
+		d.active.Store(nil)
+		return errors.New("vufront: the device is busy with an earlier activation")
 	}
 }
 
@@ -654,6 +667,8 @@ func (d *Device) run() {
 				deadline = time.Time{}
 				d.stopRings()
 				d.active.Store(nil)
+				d.irqMu.Lock() // no Interrupt or Broken after this
+				d.irqMu.Unlock()
 				d.freeInflight()
 				for i := range d.callTarget {
 					d.callTarget[i] = -1
