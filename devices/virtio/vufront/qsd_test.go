@@ -101,37 +101,44 @@ type killable interface{ kill() }
 
 func startQSDProc(t testing.TB, img, sock string) killable { return startQSD(t, img, sock) }
 
-// TestKilledMidLoad keeps 16 writes in flight on each queue, SIGKILLs the
+// TestKilledMidLoad keeps writes in flight on each queue, SIGKILLs the
 // back-end process partway and starts another on the same socket: every
 // request completes exactly once, with status OK, and the image holds
-// every write; the guest never sees DEVICE_NEEDS_RESET. That takes a
-// back-end with INFLIGHT_SHMFD (vio's); with one without it (the
-// qemu-storage-daemon here offers protocol features MQ, REPLY_ACK and
-// CONFIG only) requests it completed out of order would be completed
-// again, so the kill waits for the rings to drain: the reconnection is
-// tested, not the resubmission.
+// every write; the guest never sees DEVICE_NEEDS_RESET. vio's back-end
+// keeps an inflight region (INFLIGHT_SHMFD) and is loaded with 16 writes
+// per queue; the first one never finishes the writes from sector 100 on,
+// so it is killed with 32 taken and not completed, which the next one
+// must find in the region and complete. The qemu-storage-daemon here offers no INFLIGHT_SHMFD
+// (protocol features MQ, REPLY_ACK and CONFIG only): a restarted one
+// resumes from the used index, which loses or repeats requests the
+// killed one completed out of order, so it gets one write per queue at
+// a time, which a restart from the used index resumes exactly.
 func TestKilledMidLoad(t *testing.T) {
 	for _, b := range []struct {
-		name  string
-		start func(t testing.TB, img, sock string) killable
-	}{{"vio", startBackendProc}, {"qsd", startQSDProc}} {
-		t.Run(b.name, func(t *testing.T) { killedMidLoad(t, b.start) })
+		name         string
+		first, again func(t testing.TB, img, sock string) killable
+		depth        int
+	}{
+		{"vio", startHoldingBackendProc(killAt), startBackendProc, 16},
+		{"qsd", startQSDProc, startQSDProc, 1},
+	} {
+		t.Run(b.name, func(t *testing.T) { killedMidLoad(t, b.first, b.again, b.depth) })
 	}
 }
 
-func killedMidLoad(t *testing.T, start func(t testing.TB, img, sock string) killable) {
-	const (
-		total = 600 // writes, each to a sector of its own
-		depth = 16  // in flight per queue
-	)
+// killAt is the number of completions after which the back-end is
+// killed (and the sector from which the holding back-end stops).
+const killAt = 100
+
+func killedMidLoad(t *testing.T, start, restart func(t testing.TB, img, sock string) killable, depth int) {
+	const total = 600 // writes, each to a sector of its own
 	img := rawImage(t, 4<<20)
 	sock := filepath.Join(t.TempDir(), "be.sock")
 	d := start(t, img, sock)
 	m := newMachine(t, sharedRAM(t), vufront.Config{Socket: sock})
 	m.start(t, true)
-	inflight := m.dev.Inflight()
-	if !inflight {
-		t.Logf("the back-end has no INFLIGHT_SHMFD: killing it with the rings drained")
+	if !m.dev.Inflight() && depth > 1 {
+		t.Fatalf("the back-end keeps no inflight region: a restart is exact only at depth 1, not %d", depth)
 	}
 	nq := len(m.queues)
 	outstanding := make([]map[uint16]int, nq) // head → request
@@ -146,9 +153,8 @@ func killedMidLoad(t *testing.T, start func(t testing.TB, img, sock string) kill
 	}
 	next, completed, killed := 0, 0, false
 	for completed < total {
-		kill := !killed && completed >= total/4
 		for q := range nq {
-			for len(outstanding[q]) < depth && next < total && !(kill && !inflight) {
+			for len(outstanding[q]) < depth && next < total {
 				h := m.submit(t, q, [][]byte{header(blk.TypeOut, uint64(next)), pattern(next)}, []uint32{1})
 				if _, dup := outstanding[q][h]; dup {
 					t.Fatalf("queue %d: head %d reused while in flight", q, h)
@@ -157,10 +163,10 @@ func killedMidLoad(t *testing.T, start func(t testing.TB, img, sock string) kill
 				next++
 			}
 		}
-		if kill && (inflight || pending() == 0) {
+		if !killed && completed >= killAt {
 			t.Logf("killing the back-end with %d requests in flight", pending())
 			d.kill()
-			d = start(t, img, sock)
+			d = restart(t, img, sock)
 			killed = true
 			continue
 		}
@@ -188,6 +194,9 @@ func killedMidLoad(t *testing.T, start func(t testing.TB, img, sock string) kill
 	}
 	if n := m.dev.Reconnects(); n != 1 {
 		t.Fatalf("%d reconnections, want 1", n)
+	}
+	if p, ok := d.(*backendProc); ok && !p.resumed() {
+		t.Fatal("the restarted back-end did not resubmit the held writes from the inflight region")
 	}
 	for q, d := range m.queues {
 		if u, ok, _ := d.GetUsed(); ok {

@@ -819,6 +819,14 @@ func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 		}
 		// Requests the guest queued while the rings were away.
 		d.Kick(i)
+		if again {
+			// A back-end killed between writing a used entry and
+			// signalling it left the guest unaware of a completion it
+			// would wait for forever; an interrupt too many is harmless.
+			d.irqMu.RLock()
+			a.Interrupt(i)
+			d.irqMu.RUnlock()
+		}
 	}
 	return nil
 }

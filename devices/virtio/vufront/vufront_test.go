@@ -56,12 +56,17 @@ type vioBackend struct {
 
 func startVio(t testing.TB, sock string, disk block.Backend) *vioBackend {
 	t.Helper()
+	return startVioCfg(t, sock, disk, blk.Config{Serial: "vufront", NumQueues: 2})
+}
+
+func startVioCfg(t testing.TB, sock string, disk block.Backend, cfg blk.Config) *vioBackend {
+	t.Helper()
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := &vhostuser.Backend{NewDevice: func() (virtio.QueueServer, error) {
-		return blk.New(disk, blk.Config{Serial: "vufront", NumQueues: 2})
+		return blk.New(disk, cfg)
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	v := &vioBackend{cancel: cancel, l: l, served: make(chan error, 1)}
@@ -409,5 +414,29 @@ func TestBackendStartsLater(t *testing.T) {
 	m.write(t, 0, 5, pattern(5))
 	if got := m.read(t, 1, 5); !bytes.Equal(got, pattern(5)) {
 		t.Fatal("read back differs")
+	}
+}
+
+// TestBackendChanged: a back-end that comes back offering other features
+// (here read-only) than the guest negotiated against gives the device
+// DEVICE_NEEDS_RESET with a sentence saying what differs.
+func TestBackendChanged(t *testing.T) {
+	mem := sharedRAM(t)
+	disk := blocktest.NewMem(1 << 20)
+	sock := filepath.Join(t.TempDir(), "vu.sock")
+	a := startVio(t, sock, disk)
+	m := newMachine(t, mem, vufront.Config{Socket: sock})
+	m.start(t, false)
+	m.write(t, 0, 1, pattern(1))
+	a.stop(t)
+	startVioCfg(t, sock, disk, blk.Config{Serial: "vufront", NumQueues: 2, ReadOnly: true})
+	m.submit(t, 0, [][]byte{header(blk.TypeOut, 2), pattern(2)}, []uint32{1})
+	for m.mc.Guest.Status()&virtio.StatusDeviceNeedsReset == 0 {
+		if _, err := m.mc.Router.Wait(wait); err != nil {
+			t.Fatalf("no needs-reset: %v", err)
+		}
+	}
+	if err := m.dev.Err(); err == nil || !strings.Contains(err.Error(), "came back with virtio features") {
+		t.Fatalf("last error %v", err)
 	}
 }
