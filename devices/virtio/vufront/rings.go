@@ -262,9 +262,11 @@ func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 	return nil
 }
 
-// stopRings stops the running rings (the guest reset the disk or vio is
-// closing). A back-end that fails to answer is dropped: it can no longer
-// be trusted to leave guest memory alone otherwise.
+// stopRings stops the running rings (the guest reset the device or vio
+// is closing). A back-end that fails to answer is disconnected, which
+// stops every ring of a back-end that follows the protocol; the guest's
+// reset goes on either way (a hostile back-end can write the guest's
+// shared RAM whatever vio does: that is vhost-user's trust model).
 func (d *Device) stopRings() {
 	a := d.active.Load()
 	if a == nil || d.conn == nil {
