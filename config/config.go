@@ -322,11 +322,11 @@ type Net struct {
 
 	// Accepted, not implemented yet (see Unimplemented). IP and Mask are
 	// what Cloud Hypervisor would give a TAP it creates; vio creates none.
-	IP          string `json:"ip,omitempty"`
-	Mask        string `json:"mask,omitempty"`
-	HostMAC     string `json:"host_mac,omitempty"`
-	MTU         int    `json:"mtu,omitempty"`
-	IOMMU bool `json:"iommu,omitempty"`
+	IP      string `json:"ip,omitempty"`
+	Mask    string `json:"mask,omitempty"`
+	HostMAC string `json:"host_mac,omitempty"`
+	MTU     int    `json:"mtu,omitempty"`
+	IOMMU   bool   `json:"iommu,omitempty"`
 	// VhostUser makes the NIC a virtio-net device whose queues the
 	// vhost-user back-end listening at VhostSocket serves (vio as the
 	// front-end, docs/vhost-user.md); VhostMode must then be empty or
