@@ -21,7 +21,7 @@ import (
 //     headroom, huge pages, a virtio-fs device not yet built);
 //   - refused (Validate): ignoring it would be a lie about what the guest
 //     gets in isolation or correctness (firmware boot, TDX/SEV-SNP, a
-//     vhost-user back-ends).
+//     vhost_mode=server).
 //
 // Fields of VmConfig that are not modelled at all (numa, pmem, devices,
 // ...) are unknown fields and refused by Decode.
@@ -186,17 +186,11 @@ func (c *VM) validateCompat() error {
 		}
 	}
 	for _, d := range c.Disks {
-		if d.VhostUser {
-			return fmt.Errorf("disk %s: vhost_user is not supported yet: give a path to an image file", d.Path)
-		}
 		if d.PCISegment != 0 {
 			return fmt.Errorf("disk %s: pci_segment %d: vio has only segment 0", d.Path, d.PCISegment)
 		}
 	}
 	for i, n := range c.Net {
-		if n.VhostUser {
-			return fmt.Errorf("net %d: vhost_user is not supported yet: give a TAP", i)
-		}
 		if n.PCISegment != 0 {
 			return fmt.Errorf("net %d: pci_segment %d: vio has only segment 0", i, n.PCISegment)
 		}

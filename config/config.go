@@ -134,13 +134,18 @@ type Disk struct {
 	// an optional ":DELAY" bound (irq/coalesce). A vio extension.
 	Coalesce string `json:"coalesce,omitempty"`
 
+	// VhostUser makes the disk a virtio-blk device whose requests the
+	// vhost-user back-end listening at VhostSocket serves (vio as the
+	// front-end, docs/vhost-user.md); Path is then empty. Guest RAM must
+	// be shared (memory.shared).
+	VhostUser   bool   `json:"vhost_user,omitempty"`
+	VhostSocket string `json:"vhost_socket,omitempty"`
+
 	// Accepted, not implemented yet (see Unimplemented).
-	IOMMU        bool   `json:"iommu,omitempty"`
-	VhostUser    bool   `json:"vhost_user,omitempty"`
-	VhostSocket  string `json:"vhost_socket,omitempty"`
-	PCISegment   int    `json:"pci_segment,omitempty"`
-	BackingFiles bool   `json:"backing_files,omitempty"`
-	Sparse       *bool  `json:"sparse,omitempty"`
+	IOMMU        bool  `json:"iommu,omitempty"`
+	PCISegment   int   `json:"pci_segment,omitempty"`
+	BackingFiles bool  `json:"backing_files,omitempty"`
+	Sparse       *bool `json:"sparse,omitempty"`
 
 	// ImageType is the image format, with Cloud Hypervisor's names:
 	// ImageRaw or ImageQcow2. Empty (or "Unknown") leaves it to vio: a
@@ -170,6 +175,59 @@ type Disk struct {
 	// of a writable raw disk: such a disk keeps refusing guest writes that
 	// would make it probe as another format. Never read from JSON.
 	ImageTypeProbed bool `json:"-"`
+}
+
+// validateVhostUser checks disk i served by a vhost-user back-end: a
+// socket, shared guest RAM (as Cloud Hypervisor requires too; turning it
+// on silently would change the cost of every guest page fault), and none
+// of the keys that describe an image vio opens itself.
+func (d *Disk) validateVhostUser(i int, sharedRAM bool) error {
+	switch {
+	case d.VhostSocket == "":
+		return fmt.Errorf("disk %d: vhost_user=on needs the back-end's socket: add socket=PATH", i)
+	case !sharedRAM:
+		return fmt.Errorf("disk %d: a vhost-user disk needs guest RAM the back-end can map: add shared=on to --memory (e.g. --memory size=1G,shared=on)", i)
+	case d.Path != "" || d.Graph != nil:
+		return fmt.Errorf("disk %d: a vhost-user disk is the back-end's image: drop path= (give it to the back-end)", i)
+	case d.Iface != "" && d.Iface != DiskVirtio:
+		return fmt.Errorf("disk %d: a vhost-user disk is virtio-blk: drop iface=%s", i, d.Iface)
+	case d.Readonly || d.Direct || d.Cache != "" || d.Serial != "" || d.ImageType != "" || d.Coalesce != "" ||
+		d.RateLimiterConfig != nil || d.RateLimitGroup != "" || d.AllowBacking || d.IOMMU:
+		return fmt.Errorf("disk %d: readonly, direct, cache, serial, format, coalesce, rate limits and iommu of a vhost-user disk are the back-end's: set them there (only socket, num_queues, queue_size and id apply here)", i)
+	}
+	if d.QueueSize != 0 && (d.QueueSize&(d.QueueSize-1) != 0 || d.QueueSize > 32768) {
+		return fmt.Errorf("disk %d: queue_size=%d: give a power of two up to 32768", i, d.QueueSize)
+	}
+	return d.validateVFs(i)
+}
+
+// validateVhostUser checks NIC i served by a vhost-user back-end.
+func (n *Net) validateVhostUser(i int, sharedRAM bool) error {
+	switch {
+	case n.VhostSocket == "":
+		return fmt.Errorf("net %d: vhost_user=on needs the back-end's socket: add socket=PATH", i)
+	case !sharedRAM:
+		return fmt.Errorf("net %d: a vhost-user NIC needs guest RAM the back-end can map: add shared=on to --memory (e.g. --memory size=1G,shared=on)", i)
+	case n.VhostMode != "" && !strings.EqualFold(n.VhostMode, "client"):
+		return fmt.Errorf("net %d: vhost_mode %q: vio only connects to a listening back-end (client); start the back-end as the server", i, n.VhostMode)
+	case n.Tap != "" || len(n.TapFDs) > 0 || n.User != nil || n.Socket != "" || n.Bond != nil:
+		return fmt.Errorf("net %d: a vhost-user NIC's back-end is the socket's: drop tap, user, bond and the stream socket", i)
+	case n.Model != "" && n.Model != NetVirtio:
+		return fmt.Errorf("net %d: a vhost-user NIC is virtio-net: drop model=%s", i, n.Model)
+	case n.Firewall != "" || n.Pcap != "" || n.IDS != "" || n.IOMMU:
+		return fmt.Errorf("net %d: firewall, pcap, ids and iommu need frames to pass through vio, which a vhost-user NIC's do not: drop them", i)
+	case n.NumQueues > 2:
+		return fmt.Errorf("net %d: a vhost-user NIC has one queue pair (num_queues=2 at most)", i)
+	}
+	if n.QueueSize != 0 && (n.QueueSize&(n.QueueSize-1) != 0 || n.QueueSize > 32768) {
+		return fmt.Errorf("net %d: queue_size=%d: give a power of two up to 32768", i, n.QueueSize)
+	}
+	if n.MAC != "" {
+		if _, err := ParseMAC(n.MAC); err != nil {
+			return fmt.Errorf("net %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // MaxVFs is how many SR-IOV virtual functions a disk may have.
@@ -264,11 +322,15 @@ type Net struct {
 
 	// Accepted, not implemented yet (see Unimplemented). IP and Mask are
 	// what Cloud Hypervisor would give a TAP it creates; vio creates none.
-	IP          string `json:"ip,omitempty"`
-	Mask        string `json:"mask,omitempty"`
-	HostMAC     string `json:"host_mac,omitempty"`
-	MTU         int    `json:"mtu,omitempty"`
-	IOMMU       bool   `json:"iommu,omitempty"`
+	IP      string `json:"ip,omitempty"`
+	Mask    string `json:"mask,omitempty"`
+	HostMAC string `json:"host_mac,omitempty"`
+	MTU     int    `json:"mtu,omitempty"`
+	IOMMU   bool   `json:"iommu,omitempty"`
+	// VhostUser makes the NIC a virtio-net device whose queues the
+	// vhost-user back-end listening at VhostSocket serves (vio as the
+	// front-end, docs/vhost-user.md); VhostMode must then be empty or
+	// "client" (vio connects). Guest RAM must be shared.
 	VhostUser   bool   `json:"vhost_user,omitempty"`
 	VhostSocket string `json:"vhost_socket,omitempty"`
 	VhostMode   string `json:"vhost_mode,omitempty"`
@@ -463,6 +525,12 @@ func (c *VM) Validate() error {
 	}
 	nIDE := 0
 	for i, d := range c.Disks {
+		if d.VhostUser {
+			if err := d.validateVhostUser(i, c.Memory.Shared); err != nil {
+				return err
+			}
+			continue
+		}
 		switch d.Iface {
 		case "", DiskVirtio:
 			if _, err := coalesce.Parse(d.Coalesce); err != nil {
@@ -514,6 +582,12 @@ func (c *VM) Validate() error {
 		}
 	}
 	for i, n := range c.Net {
+		if n.VhostUser {
+			if err := n.validateVhostUser(i, c.Memory.Shared); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := n.validateBackend(i); err != nil {
 			return err
 		}

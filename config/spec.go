@@ -103,6 +103,7 @@ func ParseMemory(spec string) (Memory, error) {
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
 // [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
 // [,journal=LOG][,undo=on] (a journal node over the image, docs/journal.md).
+// or vhost_user=on,socket=PATH[,num_queues=N][,queue_size=N][,id=ID] (a disk a vhost-user back-end serves; docs/vhost-user.md).
 // [,vfs=IMG+IMG...] (SR-IOV virtual functions, each a virtio disk on its image; docs/sriov.md).
 // [,encrypt=on,key_file=PATH|key_fd=N|key_env=NAME[,encrypt_discard=on]] (a LUKS2 image; see diskcrypt.go).
 func ParseDisk(spec string) (Disk, error) {
@@ -170,13 +171,17 @@ func ParseDisk(spec string) (Disk, error) {
 				}
 				d.VirtualFunctions = append(d.VirtualFunctions, Disk{Path: path})
 			}
+		case "vhost_user":
+			d.VhostUser, err = parseBool("disk", k, v)
+		case "socket":
+			d.VhostSocket = v
 		case "backing":
 			if v != "allow" {
 				err = fmt.Errorf("--disk: backing=%q: the only value is allow (follow any backing file the qcow2 image names)", v)
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, vfs, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, vfs, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard, vhost_user, socket)", spec, k)
 		}
 		if err != nil {
 			return d, err
@@ -185,8 +190,11 @@ func ParseDisk(spec string) (Disk, error) {
 	if d.Iface == DiskCDROM {
 		d.Readonly = true
 	}
-	if d.Path == "" && d.Iface != DiskCDROM {
-		return d, fmt.Errorf("--disk %q: path=FILE is required (only an iface=cdrom drive may be empty)", spec)
+	if d.VhostSocket != "" && !d.VhostUser {
+		return d, fmt.Errorf("--disk %q: socket= is a vhost-user back-end's: add vhost_user=on", spec)
+	}
+	if d.Path == "" && d.Iface != DiskCDROM && !d.VhostUser {
+		return d, fmt.Errorf("--disk %q: path=FILE is required (only an iface=cdrom drive may be empty, or a vhost_user=on,socket=PATH disk)", spec)
 	}
 	if enc != nil && (journalLog != "" || undo) {
 		return d, fmt.Errorf("--disk %q: encrypt=on with journal= or undo= is a graph of three nodes: write it as a graph in a config file (docs/disks.md)", spec)
@@ -260,8 +268,10 @@ func ParseNet(spec string) (Net, error) {
 				err = fmt.Errorf("--net %q: model %q: want virtio or e1000", spec, v)
 			}
 			n.Model = v
+		case "vhost_user":
+			n.VhostUser, err = parseBool("net", k, v)
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
 		}
 		if err != nil {
 			return n, err
@@ -274,6 +284,15 @@ func ParseNet(spec string) (Net, error) {
 		if len(n.Bond.Sockets) == 1 && n.Bond.Sockets[0] == "" {
 			n.Bond.Sockets = nil
 		}
+	}
+	if n.VhostUser {
+		// socket= is then the vhost-user back-end's, as in Cloud
+		// Hypervisor's --net vhost_user=true,socket=PATH.
+		n.VhostSocket, n.Socket = n.Socket, ""
+		if n.Bond != nil {
+			return n, fmt.Errorf("--net %q: a vhost-user NIC has one back-end: drop bond=", spec)
+		}
+		return n, nil
 	}
 	if err := n.validateBackend(-1); err != nil {
 		return n, fmt.Errorf("--net %q: %w", spec, err)

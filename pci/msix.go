@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/viovmm/vio/irq"
 )
@@ -69,6 +70,8 @@ type MSIX struct {
 	cfg    *Config
 	capOff int
 	router MSIRouter
+
+	onChange atomic.Pointer[func()] // see OnChange
 
 	mu       sync.Mutex
 	entries  []msixEntry
@@ -157,6 +160,46 @@ func (m *MSIX) controlWritten(int, []byte) {
 	fire := m.updateLocked()
 	m.mu.Unlock()
 	fireAll(fire)
+	m.changed()
+}
+
+// OnChange sets fn to be called after every guest write that may change
+// which vectors are deliverable or where they go (enable, function mask,
+// a table entry), and after Reset. It runs on the writing vCPU, outside
+// the capability's lock, and must not block. A device whose interrupts
+// another process signals straight into an irqfd (DirectFD) uses it to
+// move that process to and from the irqfd.
+func (m *MSIX) OnChange(fn func()) { m.onChange.Store(&fn) }
+
+func (m *MSIX) changed() {
+	if fn := m.onChange.Load(); fn != nil && *fn != nil {
+		(*fn)()
+	}
+}
+
+// FDTrigger is an irq.Trigger that is an eventfd (a KVM irqfd), which
+// another process can signal itself.
+type FDTrigger interface {
+	irq.Trigger
+	FD() int
+}
+
+// DirectFD returns the eventfd that delivers vector v when v is
+// deliverable now (MSI-X enabled, neither the function nor the vector
+// masked) and routed to an FDTrigger; the route is brought up to date
+// with the table entry first. ok is false otherwise: the vector must then
+// be signalled through Notify, which keeps it pending while masked.
+func (m *MSIX) DirectFD(v int) (fd int, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v < 0 || v >= len(m.entries) || !m.liveLocked(v) {
+		return -1, false
+	}
+	t, isFD := m.routeLocked(v).(FDTrigger)
+	if !isFD {
+		return -1, false
+	}
+	return t.FD(), true
 }
 
 // live reports whether vector i would be delivered now.
@@ -291,6 +334,11 @@ func (m *MSIX) WriteTable(offset uint64, data []byte) {
 		e.addr = le.Uint64(b[0:])
 		e.data = le.Uint32(b[8:])
 		e.masked = b[12]&1 != 0 // the rest of vector control is reserved
+		if m.onChange.Load() != nil && m.liveLocked(idx) && e.routed && (e.routedAddr != e.addr || e.routedData != e.data) {
+			// A live vector's new message: route it now, for a
+			// DirectFD user whose interrupts never reach Notify.
+			m.routeLocked(idx)
+		}
 		if !wasLive && m.liveLocked(idx) {
 			t := m.routeLocked(idx)
 			if m.pending[idx/64]&(1<<(idx%64)) != 0 {
@@ -303,6 +351,7 @@ func (m *MSIX) WriteTable(offset uint64, data []byte) {
 	}
 	m.mu.Unlock()
 	fireAll(fire)
+	m.changed()
 }
 
 // ReadPBA serves a guest read of the pending bit array.
@@ -343,4 +392,5 @@ func (m *MSIX) Reset() {
 	m.enabled, m.fnMasked = false, false
 	m.mu.Unlock()
 	m.cfg.SetBytes(m.capOff+2, binary.LittleEndian.AppendUint16(nil, uint16(len(m.entries)-1)))
+	m.changed()
 }

@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/viovmm/vio/irq"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/virtio/virtiopci"
 )
 
 // firstMSIGSI is the first GSI past the IOAPIC's 24 pins; MSI routes take
@@ -131,11 +134,50 @@ type ioEvents struct {
 	vm *kvm.VM
 
 	mu       sync.Mutex
-	attached map[uint64]*kvm.EventFD
+	attached map[uint64]ioEvent
 }
 
+// ioEvent is one attached notify address: an eventfd of vio's with a
+// goroutine calling the kick function, or (AttachFD) a duplicate of a
+// device's eventfd that another process reads.
+type ioEvent struct {
+	ev *kvm.EventFD // nil for a duplicate
+	fd int
+}
+
+func (e ioEvent) close() {
+	if e.ev != nil {
+		e.ev.Close()
+	} else {
+		unix.Close(e.fd)
+	}
+}
+
+var _ virtiopci.IOEventFDRegistrar = (*ioEvents)(nil)
+
 func newIOEvents(vm *kvm.VM) *ioEvents {
-	return &ioEvents{vm: vm, attached: map[uint64]*kvm.EventFD{}}
+	return &ioEvents{vm: vm, attached: map[uint64]ioEvent{}}
+}
+
+// AttachFD makes a guest write to gpa signal fd (a vhost-user back-end's
+// kick eventfd) from KVM itself. It keeps a duplicate, so the device can
+// close its own descriptor whenever it likes.
+func (e *ioEvents) AttachFD(gpa uint64, fd int) error {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("duplicating a kick eventfd: %w", err)
+	}
+	if err := e.vm.IOEventFD(kvm.IOEvent{Addr: gpa, Len: 0, FD: dup}); err != nil {
+		unix.Close(dup)
+		return err
+	}
+	e.mu.Lock()
+	if old, ok := e.attached[gpa]; ok {
+		e.detachLocked(gpa, old)
+	}
+	e.attached[gpa] = ioEvent{fd: dup}
+	e.mu.Unlock()
+	return nil
 }
 
 func (e *ioEvents) Attach(gpa uint64, kick func()) error {
@@ -149,10 +191,10 @@ func (e *ioEvents) Attach(gpa uint64, kick func()) error {
 		return err
 	}
 	e.mu.Lock()
-	if old := e.attached[gpa]; old != nil {
+	if old, ok := e.attached[gpa]; ok {
 		e.detachLocked(gpa, old)
 	}
-	e.attached[gpa] = fd
+	e.attached[gpa] = ioEvent{ev: fd, fd: fd.FD()}
 	e.mu.Unlock()
 	go func() {
 		for {
@@ -168,17 +210,17 @@ func (e *ioEvents) Attach(gpa uint64, kick func()) error {
 func (e *ioEvents) Detach(gpa uint64) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	fd := e.attached[gpa]
-	if fd == nil {
+	a, ok := e.attached[gpa]
+	if !ok {
 		return nil
 	}
-	return e.detachLocked(gpa, fd)
+	return e.detachLocked(gpa, a)
 }
 
-func (e *ioEvents) detachLocked(gpa uint64, fd *kvm.EventFD) error {
+func (e *ioEvents) detachLocked(gpa uint64, a ioEvent) error {
 	delete(e.attached, gpa)
-	err := e.vm.IOEventFDDeassign(kvm.IOEvent{Addr: gpa, Len: 0, FD: fd.FD()})
-	fd.Close()
+	err := e.vm.IOEventFDDeassign(kvm.IOEvent{Addr: gpa, Len: 0, FD: a.fd})
+	a.close()
 	return err
 }
 

@@ -78,6 +78,9 @@ func userNetConfig(u *config.UserNet) (usernet.Config, error) {
 
 // netName describes a NIC's back-end in error messages.
 func netName(n config.Net) string {
+	if n.VhostUser {
+		return "vhost-user " + n.VhostSocket
+	}
 	if n.User != nil {
 		return "user-mode network"
 	}

@@ -17,6 +17,7 @@ import (
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/rng"
 	"github.com/viovmm/vio/devices/virtio/vsock"
+	"github.com/viovmm/vio/devices/virtio/vufront"
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/virtio"
@@ -80,7 +81,11 @@ func (v *VM) setupPCI(stdio IO) error {
 			continue // see addIDE
 		}
 		if _, err := v.plugDisk(fmt.Sprintf("disk%d", i), d); err != nil {
-			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
+			what := d.Path
+			if d.VhostUser {
+				what = "vhost-user " + d.VhostSocket
+			}
+			return fmt.Errorf("disk %d (%s): %w", i, what, err)
 		}
 	}
 	if err := v.addCloudInitSeed(); err != nil {
@@ -241,6 +246,9 @@ func diskCache(d *config.Disk) (cache raw.CacheMode, writethrough bool, err erro
 }
 
 func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
+	if d.VhostUser {
+		return v.newVhostUserDisk(d)
+	}
 	cache, writethrough, err := diskCache(d)
 	if err != nil {
 		return nil, err
@@ -275,6 +283,9 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 }
 
 func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
+	if n.VhostUser {
+		return v.newVhostUserNIC(n)
+	}
 	if len(n.TapFDs) > 0 {
 		return v.newNICFromFDs(n)
 	}
@@ -352,4 +363,56 @@ func (v *VM) Stats() map[string]any {
 		out["ide"] = map[string]any{"device": v.ide.Stats()}
 	}
 	return out
+}
+
+// newVhostUserNIC builds a virtio-net device whose queues the vhost-user
+// back-end at n.VhostSocket serves (docs/vhost-user.md).
+func (v *VM) newVhostUserNIC(n config.Net) (virtio.Device, error) {
+	if v.iommu != nil {
+		return nil, fmt.Errorf("a vhost-user NIC cannot sit behind the emulated IOMMU yet: start the VM without iommu, or use a TAP")
+	}
+	var mac stdnet.HardwareAddr
+	if n.MAC != "" {
+		m, err := config.ParseMAC(n.MAC)
+		if err != nil {
+			return nil, err
+		}
+		mac = m[:]
+	}
+	dev, err := vufront.New(vufront.Config{
+		Type:      virtio.TypeNet,
+		MAC:       mac,
+		Socket:    n.VhostSocket,
+		Memory:    v.mem,
+		QueueSize: uint16(n.QueueSize),
+		Log:       v.log.With("net", n.ID),
+	})
+	if err != nil {
+		return nil, err
+	}
+	v.closers = append(v.closers, dev)
+	return dev, nil
+}
+
+// newVhostUserDisk builds a virtio-blk device whose queues the vhost-user
+// back-end at d.VhostSocket serves (docs/vhost-user.md).
+func (v *VM) newVhostUserDisk(d *config.Disk) (virtio.Device, error) {
+	if v.iommu != nil {
+		// The back-end would get I/O virtual addresses it cannot
+		// translate (no IOTLB messages).
+		return nil, fmt.Errorf("a vhost-user disk cannot sit behind the emulated IOMMU yet: start the VM without iommu, or use an image disk")
+	}
+	dev, err := vufront.New(vufront.Config{
+		Socket:    d.VhostSocket,
+		Memory:    v.mem,
+		NumQueues: d.NumQueues,
+		QueueSize: uint16(d.QueueSize),
+		Log:       v.log.With("disk", d.ID),
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Closers run in reverse: this one runs after the device's reset.
+	v.closers = append(v.closers, dev)
+	return dev, nil
 }

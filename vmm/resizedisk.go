@@ -6,6 +6,7 @@ import (
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/devices/virtio/blk"
+	"github.com/viovmm/vio/virtio"
 )
 
 // diskResizer is a Machine whose disks can grow while the guest runs
@@ -47,6 +48,9 @@ func (v *VM) ResizeDisk(id string, size int64) error {
 	p := v.find(id)
 	if p == nil {
 		return fmt.Errorf("%w: the VM has no disk with id %q", ErrNoDevice, id)
+	}
+	if _, ok := p.dev.(virtio.Handoff); ok {
+		return configError{fmt.Errorf("disk %q is served by a vhost-user back-end: resize its image there (vio does not pass a new size on to the guest yet)", id)}
 	}
 	d, ok := p.dev.(*blk.Device)
 	if !ok {

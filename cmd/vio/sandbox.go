@@ -94,6 +94,13 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 		disks = append(disks, d.VirtualFunctions...)
 	}
 	for _, d := range disks {
+		if d.VhostUser {
+			// The socket's directory, not the socket: a back-end that
+			// restarts binds a new socket file at the same path, which
+			// the device reconnects to.
+			p.socket(d.VhostSocket)
+			continue
+		}
 		if image.IsNBD(d.Path) {
 			if u, err := url.Parse(d.Path); err == nil && u.Scheme == "nbd" && net.ParseIP(u.Hostname()) == nil {
 				nbdHost = true
@@ -133,6 +140,10 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 		p.socket(cfg.Vsock.Socket)
 	}
 	for _, n := range cfg.Net {
+		if n.VhostUser {
+			p.socket(n.VhostSocket) // as for a vhost-user disk
+			continue
+		}
 		// A guest reboot rebuilds the NIC's interposers.
 		p.add(n.Firewall, sandbox.Read)
 		p.add(n.Pcap, sandbox.Read|sandbox.Write)

@@ -70,7 +70,7 @@ func TestVMPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Disks = append(cfg.Disks, enc)
+	cfg.Disks = append(cfg.Disks, enc, config.Disk{VhostUser: true, VhostSocket: filepath.Join(dir, "vu", "d.sock")})
 	cfg.Serial = config.Console{Mode: config.ModeFile, File: name("serial.log")}
 	cfg.Console = config.Console{Mode: config.ModeSocket, Socket: filepath.Join(dir, "cons", "c.sock")}
 	p := vmPolicy(cfg, filepath.Join(dir, "api", "api.sock"), observeFlags{}, []string{name("snaps")})
@@ -87,6 +87,7 @@ func TestVMPolicy(t *testing.T) {
 		name("serial.log"):  sandbox.Write,
 		name("disk.key"):    sandbox.Read, // read again when a reboot reopens the disk
 		name("cons"):        sandbox.Create,
+		name("vu"):          sandbox.Create, // a vhost-user back-end's socket, made again when it restarts
 		name("api"):         sandbox.Create,
 		name("snaps"):       sandbox.Read | sandbox.Write | sandbox.Create,
 		"/dev/kvm":          sandbox.Read | sandbox.Write,

@@ -134,6 +134,16 @@ type IOEventRegistrar interface {
 	Detach(gpa uint64) error
 }
 
+// IOEventFDRegistrar is an IOEventRegistrar that can also make a guest
+// write to gpa signal an eventfd of the caller's (it keeps a duplicate of
+// fd; Detach undoes it). The transport uses it for a virtio.Handoff
+// device, so the driver's kicks reach the other process with no vio code
+// on the way.
+type IOEventFDRegistrar interface {
+	IOEventRegistrar
+	AttachFD(gpa uint64, fd int) error
+}
+
 // Options configures a Transport.
 type Options struct {
 	// Router delivers MSI-X messages (may also be set later with
@@ -188,7 +198,8 @@ type queueState struct {
 type Transport struct {
 	*pci.Config
 	dev      virtio.Device
-	mem      memory.DMA // the device's view of guest memory, handed to queues and the device
+	handoff  virtio.Handoff // dev, when its queues are served elsewhere
+	mem      memory.DMA     // the device's view of guest memory, handed to queues and the device
 	msix     *pci.MSIX
 	maxSizes []uint16
 	offered  uint64
@@ -314,6 +325,7 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 		Config:       cfg(h),
 		dev:          dev,
 		mem:          mem,
+		handoff:      handoffOf(dev),
 		maxSizes:     maxSizes,
 		offered:      offered(dev, opts),
 		ioevents:     opts.IOEvents,
@@ -367,6 +379,11 @@ func New(dev virtio.Device, mem memory.DMA, opts Options) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if t.handoff != nil {
+		// The device moves its back-end between the irqfd and vio's
+		// own delivery as the guest masks and unmasks vectors.
+		t.msix.OnChange(t.handoff.InterruptsChanged)
+	}
 	if err := t.addExpress(opts); err != nil {
 		return nil, err
 	}
@@ -416,6 +433,12 @@ func (t *Transport) NotifyAddr(q int) (uint64, bool) {
 // Notify is the driver's notification of queue q; the VMM calls it when
 // q's ioeventfd fires. It only wakes the device's goroutine.
 func (t *Transport) Notify(q int) {
+	if t.handoff != nil {
+		if q >= 0 && q < len(t.maxSizes) {
+			t.handoff.Kick(q)
+		}
+		return
+	}
 	qs := t.active.Load()
 	if qs == nil || q < 0 || q >= len(*qs) || (*qs)[q] == nil {
 		return
@@ -440,8 +463,16 @@ func (t *Transport) BARMapped(r pci.Region, mapped bool) {
 	}
 	t.barBase.Store(r.Addr)
 	if t.ioevents != nil {
+		fdr, direct := t.ioevents.(IOEventFDRegistrar)
 		for i := range t.maxSizes {
-			_ = t.ioevents.Attach(r.Addr+NotifyOffset+uint64(i)*NotifyOffMultiplier, func() { t.Notify(i) })
+			gpa := r.Addr + NotifyOffset + uint64(i)*NotifyOffMultiplier
+			if t.handoff != nil && direct {
+				// The guest's doorbell signals the back-end's kick eventfd
+				// itself: no exit, no vio goroutine per kick.
+				_ = fdr.AttachFD(gpa, t.handoff.KickFD(i))
+				continue
+			}
+			_ = t.ioevents.Attach(gpa, func() { t.Notify(i) })
 		}
 	}
 }
@@ -648,6 +679,10 @@ func (t *Transport) activateLocked() {
 	if t.needsReset.Load() {
 		return
 	}
+	if t.handoff != nil {
+		t.activateHandoffLocked()
+		return
+	}
 	queues := make([]*virtio.Queue, len(t.queues))
 	for i, qs := range t.queues {
 		if !qs.enabled {
@@ -665,6 +700,53 @@ func (t *Transport) activateLocked() {
 	if err := t.startLocked(queues); err != nil {
 		t.failLocked(err)
 	}
+}
+
+// activateHandoffLocked is activateLocked for a virtio.Handoff device:
+// the queue configuration is checked as for vio's own queues, then handed
+// over with the transport's interrupt and needs-reset paths.
+func (t *Transport) activateHandoffLocked() {
+	cfgs := make([]*virtio.QueueConfig, len(t.queues))
+	for i, qs := range t.queues {
+		if !qs.enabled {
+			continue
+		}
+		c := virtio.QueueConfig{Size: qs.size, DescTable: qs.desc, AvailRing: qs.driver, UsedRing: qs.device}
+		// NewQueue's checks (size, alignment, rings inside guest memory);
+		// the queue itself is not used.
+		if _, err := virtio.NewQueue(t.mem, c, t.maxSizes[i], t.drvFeatures); err != nil {
+			t.failLocked(fmt.Errorf("virtiopci: queue %d: %w", i, err))
+			return
+		}
+		cfgs[i] = &c
+	}
+	h := &virtio.HandoffActivation{
+		Memory: t.mem, Features: t.drvFeatures, Queues: cfgs,
+		Interrupt: func(q int) {
+			if q >= 0 && q < len(t.queueVectors) {
+				_ = queueTrigger{t, q}.Trigger()
+			}
+		},
+		DirectInterrupt: func(q int) (int, bool) {
+			if q < 0 || q >= len(t.queueVectors) {
+				return -1, false
+			}
+			v := t.queueVectors[q].Load()
+			if v == NoVector {
+				return -1, false
+			}
+			return t.msix.DirectFD(int(v))
+		},
+		Broken:        t.queueBroken,
+		ConfigChanged: t.ConfigChanged,
+	}
+	if err := t.handoff.ActivateHandoff(h); err != nil {
+		t.failLocked(fmt.Errorf("virtiopci: activate: %w", err))
+		return
+	}
+	t.activated = true
+	t.stats.activations.Add(1)
+	t.event("activated", nil)
 }
 
 // startLocked hands the queues to the device: on DRIVER_OK, and on a
@@ -938,6 +1020,9 @@ func (t *Transport) pciCfgWrite(capOff int, data []byte) {
 // the transport's, and ACCESS_PLATFORM when asked for.
 func offered(dev virtio.Device, opts Options) uint64 {
 	f := dev.Features() | virtio.TransportFeatures
+	if handoffOf(dev) != nil {
+		f = dev.Features() // the device decides the transport bits too
+	}
 	if opts.AccessPlatform {
 		f |= virtio.FeatureAccessPlatform
 	}
@@ -945,4 +1030,12 @@ func offered(dev virtio.Device, opts Options) uint64 {
 		f |= virtio.FeatureSRIOV
 	}
 	return f
+}
+
+// handoffOf returns dev as a virtio.Handoff, or nil.
+func handoffOf(dev virtio.Device) virtio.Handoff {
+	if h, ok := dev.(virtio.Handoff); ok {
+		return h
+	}
+	return nil
 }
