@@ -167,53 +167,25 @@ func TestVhostUserFrontend(t *testing.T) {
 					t.Skipf("qemu-storage-daemon is not installed in the lab: %v", err)
 				}
 			}
-			sock := filepath.Join(dir, "vu.sock")
-			be := b.start(t, img, sock)
-			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-			defer cancel()
-			vargs := args(initrd, tools, "vhost_user=on,socket="+sock, "vu.depth="+strconv.Itoa(b.depth), "--serial", "tty")
-			cmd := quitOnDeadline(exec.CommandContext(ctx, vargs[0], vargs[1:]...))
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			start := time.Now()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			var console bytes.Buffer
-			killed := false
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				console.WriteString(sc.Text() + "\n")
-				if !killed && strings.Contains(sc.Text(), "VU-KILL-NOW") {
-					// SIGKILL mid-run: the back-end finishes nothing it had
-					// taken.
-					be.Process.Kill()
-					be.Wait()
-					be = b.start(t, img, sock)
-					killed = true
-					t.Logf("%s killed and restarted %v into the run", b.name, time.Since(start).Round(time.Second))
+			for attempt := 1; ; attempt++ {
+				sock := filepath.Join(dir, "vu.sock")
+				vargs := args(initrd, tools, "vhost_user=on,socket="+sock, "vu.depth="+strconv.Itoa(b.depth), "--serial", "tty")
+				stall := killRestartRun(t, b.name, b.start, b.depth, img, sock, vargs, iops)
+				if stall == "" || t.Failed() {
+					return
 				}
+				if attempt == 2 {
+					t.Fatalf("the guest's timers stopped on a CPU twice in a row (%s)", stall)
+				}
+				// Seen in the lab: an L2 vCPU that halts while the guest's
+				// I/O waits (here on the back-end's restart) is never
+				// woken by its timer again; the guest's RCU says so. Its
+				// timer is L1's KVM's, not vio's: the nested lab's frozen
+				// guest hazard, caught early. Once more, on a fresh image.
+				t.Logf("lab hazard: the guest reported a CPU whose timer stopped firing (%s); running once more on a fresh image", stall)
+				run(t, "rm", "-f", img)
+				run(t, "truncate", "-s", "64M", img)
 			}
-			err = cmd.Wait()
-			t.Logf("vio ran for %v", time.Since(start).Round(time.Second))
-			if err != nil {
-				t.Fatalf("vio: %v\nstderr:\n%s\nserial:\n%s", err, stderr.String(), console.String())
-			}
-			if !killed {
-				t.Errorf("the guest never asked for the kill (no VU-KILL-NOW)")
-			}
-			r := readReport(t, console.Bytes())
-			r.expect(t, "fio-verify")
-			if strings.Contains(stderr.String(), "needs a reset") {
-				t.Errorf("vio reset the vhost-user disk; stderr:\n%s", stderr.String())
-			}
-			iops[b.name] = r.value("IOPS") + " at iodepth " + strconv.Itoa(b.depth) + exitsPerIO(stderr.Bytes(), r.value("IOS"))
-			be.Process.Kill()
-			be.Wait()
 		})
 	}
 
@@ -224,6 +196,73 @@ func TestVhostUserFrontend(t *testing.T) {
 	r.expect(t, "fio-verify")
 	t.Logf("fio randwrite 4k IOPS (the last round, the restart not in it): vhost-user via serve-disk %s, via qemu-storage-daemon %s; vio's own virtio-blk %s at iodepth 16%s",
 		iops["serve-disk"], iops["qemu-storage-daemon"], r.value("IOPS"), exitsPerIO(stderr, r.value("IOS")))
+}
+
+// timerStall is the line a guest's RCU prints when a CPU's timer no longer
+// fires (see TestVhostUserFrontend's retry).
+const timerStall = "timer wakeup didn't happen"
+
+// killRestartRun boots the guest of vargs on the vhost-user disk that
+// start serves at sock (the guest's fio at iodepth depth), kills and restarts the back-end when the guest
+// asks, and checks the guest's fio; the IOPS go to iops[name]. It returns
+// the guest's timer-stall line (having stopped vio at once) when the
+// guest printed one, and "" otherwise.
+func killRestartRun(t *testing.T, name string, start func(*testing.T, string, string) *exec.Cmd, depth int, img, sock string, vargs []string, iops map[string]string) (stall string) {
+	be := start(t, img, sock)
+	defer func() {
+		be.Process.Kill()
+		be.Wait()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cmd := quitOnDeadline(exec.CommandContext(ctx, vargs[0], vargs[1:]...))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	began := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var console bytes.Buffer
+	killed := false
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+		if stall == "" && strings.Contains(sc.Text(), timerStall) {
+			stall = strings.TrimSpace(sc.Text())
+			cmd.Process.Kill()
+		}
+		if !killed && strings.Contains(sc.Text(), "VU-KILL-NOW") {
+			// SIGKILL mid-run: the back-end finishes nothing it had
+			// taken.
+			be.Process.Kill()
+			be.Wait()
+			be = start(t, img, sock)
+			killed = true
+			t.Logf("%s killed and restarted %v into the run", name, time.Since(began).Round(time.Second))
+		}
+	}
+	err = cmd.Wait()
+	t.Logf("vio ran for %v", time.Since(began).Round(time.Second))
+	if stall != "" {
+		return stall
+	}
+	if err != nil {
+		t.Fatalf("vio: %v\nstderr:\n%s\nserial:\n%s", err, stderr.String(), console.String())
+	}
+	if !killed {
+		t.Errorf("the guest never asked for the kill (no VU-KILL-NOW)")
+	}
+	r := readReport(t, console.Bytes())
+	r.expect(t, "fio-verify")
+	if strings.Contains(stderr.String(), "needs a reset") {
+		t.Errorf("vio reset the vhost-user disk; stderr:\n%s", stderr.String())
+	}
+	iops[name] = r.value("IOPS") + " at iodepth " + strconv.Itoa(depth) + exitsPerIO(stderr.Bytes(), r.value("IOS"))
+	return ""
 }
 
 // exitsPerIO is ", N exits to vio per I/O" from the --stats JSON at the
