@@ -189,8 +189,9 @@ func ParseHeader(b []byte) (Header, error) {
 func PayloadSizeOK(req Request, reply bool, size uint32) error {
 	ok := false
 	switch {
-	case req == GetConfig || req == SetConfig:
+	case req == GetConfig || req == SetConfig && !reply:
 		// A back-end reports a failed GET_CONFIG with an empty payload.
+		// (SET_CONFIG's only reply is REPLY_ACK's u64, below.)
 		ok = size >= configHeaderSize && size <= MaxPayload || reply && req == GetConfig && size == 0
 	case req == SetMemTable && !reply:
 		ok = size >= memTableHeader && size <= memTableHeader+MaxRegions*regionSize &&

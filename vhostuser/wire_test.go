@@ -263,3 +263,28 @@ func TestReadMessageSkipsUnknownRequest(t *testing.T) {
 		t.Fatalf("next message after the skipped one: %v %+v", err, m)
 	}
 }
+
+// TestReplySizes: a SET_CONFIG with NEED_REPLY is answered, as every
+// request is under REPLY_ACK, with a u64; only GET_CONFIG's reply carries
+// a configuration (or nothing, for a failure). The fuzzer found the
+// front-end's check refusing the back-end's correct ack.
+func TestReplySizes(t *testing.T) {
+	for _, c := range []struct {
+		req   Request
+		reply bool
+		size  uint32
+		ok    bool
+	}{
+		{SetConfig, true, sizeU64, true},
+		{SetConfig, true, configHeaderSize + 4, false},
+		{SetConfig, false, configHeaderSize + 4, true},
+		{SetConfig, false, sizeU64, false},
+		{GetConfig, true, 0, true},
+		{GetConfig, true, configHeaderSize + 4, true},
+		{SetVringNum, true, sizeU64, true},
+	} {
+		if err := PayloadSizeOK(c.req, c.reply, c.size); (err == nil) != c.ok {
+			t.Errorf("PayloadSizeOK(%v, reply %v, %d) = %v, want ok %v", c.req, c.reply, c.size, err, c.ok)
+		}
+	}
+}

@@ -111,6 +111,16 @@ func (g *guest) memR64(gpa uint64) uint64 {
 	return binary.LittleEndian.Uint64(b[:])
 }
 
+// tableAt reports whether an entry's address field points at a page of
+// guest RAM: after the fuzzer wrote garbage into the tables, the guest
+// replaces an entry that does not, as if it were absent, instead of
+// following it off the end of its memory.
+func (g *guest) tableAt(entry uint64) bool {
+	var b [8]byte
+	_, err := g.mem.ReadAt(b[:], int64(entry&(1<<52-1)&^0xfff))
+	return err == nil
+}
+
 func (g *guest) memW64(gpa, v uint64) {
 	if _, err := g.mem.WriteAt(binary.LittleEndian.AppendUint64(nil, v), int64(gpa)); err != nil {
 		g.t.Fatal(err)
@@ -136,7 +146,7 @@ func (g *guest) translation(on bool) {
 // pass-through; present false clears it.
 func (g *guest) setContext(s, did uint16, tt, table uint64, present bool) {
 	re := g.root + uint64(s>>8)*16
-	if g.memR64(re)&1 == 0 {
+	if e := g.memR64(re); e&1 == 0 || !g.tableAt(e) {
 		g.memW64(re, g.alloc()|1)
 	}
 	ce := g.memR64(re)&^0xfff + uint64(s&0xff)*16
@@ -192,7 +202,7 @@ func (g *guest) leaf(did uint16, iova, gpa, size, perm uint64) {
 	for l := 4; l > lvl; l-- {
 		e := table + (iova>>(12+9*(l-1))&511)*8
 		pte := g.memR64(e)
-		if pte&3 == 0 || pte&pPS != 0 {
+		if pte&3 == 0 || pte&pPS != 0 || !g.tableAt(pte) {
 			if pte&pPS != 0 && pte&3 != 0 {
 				// A superpage becomes a table: its pages go.
 				span := uint64(1) << (12 + 9*(l-1))
@@ -203,7 +213,7 @@ func (g *guest) leaf(did uint16, iova, gpa, size, perm uint64) {
 			pte = g.alloc() | pRW
 			g.memW64(e, pte)
 		}
-		table = pte &^ 0xfff
+		table = pte & (1<<52 - 1) &^ 0xfff
 	}
 	v := gpa | perm
 	if lvl > 1 && perm != 0 {
