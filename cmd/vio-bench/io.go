@@ -293,6 +293,10 @@ func median(xs []ioResult) ioResult {
 	return xs[len(xs)/2]
 }
 
+// consoleTail is how many of the guest's last console lines a failed run
+// reports: enough for a kernel oops and its call trace.
+const consoleTail = 80
+
 // ioOnce runs one VMM through the guest's workloads.
 func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 	ctx, cancel, err := b.next()
@@ -313,8 +317,12 @@ func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 	var names []string
 	begin := map[string]float64{}
 	started := map[string]time.Time{}
+	var tail []string // the console's last lines, for a run that fails
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
+		if tail = append(tail, sc.Text()); len(tail) > consoleTail {
+			tail = tail[1:]
+		}
 		f := strings.Fields(sc.Text())
 		if len(f) < 2 {
 			continue
@@ -340,10 +348,12 @@ func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
+		// The guest's own account (a kernel report) is on its console.
+		console := "\n  guest console, last lines:\n    " + strings.Join(tail, "\n    ")
 		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("%s: killed after its share of -timeout: %w", argv[0], ctx.Err())
+			return nil, nil, fmt.Errorf("%s: killed after its share of -timeout: %w%s", argv[0], ctx.Err(), console)
 		}
-		return nil, nil, fmt.Errorf("%s: %w", argv[0], err)
+		return nil, nil, fmt.Errorf("%s: %w%s", argv[0], err, console)
 	}
 	if len(names) == 0 {
 		return nil, nil, fmt.Errorf("%s: the guest reported no workload", argv[0])
