@@ -120,6 +120,12 @@ type Handler func(Event) Action
 // interrupt table (a fault while delivering a fault is what ends in a
 // triple fault).
 func faultState(r kvm.Regs, s kvm.Sregs) string {
+	if r.Rip == 0xfff0 && s.Cs.Selector == 0xf000 && s.Cr0&1 == 0 {
+		// KVM on AMD reinitializes the vCPU when it reports the
+		// shutdown (the VMCB is undefined after one): what is left is
+		// the reset vector, not where the guest was.
+		return "the reset vector: KVM had already reset the vCPU (as on AMD hosts), so where it faulted is lost"
+	}
 	return fmt.Sprintf("RIP=%#x RSP=%#x CS=%#x CR0=%#x CR2=%#x CR3=%#x CR4=%#x EFER=%#x IDT=%#x+%#x",
 		r.Rip, r.Rsp, s.Cs.Selector, s.Cr0, s.Cr2, s.Cr3, s.Cr4, s.Efer, s.Idt.Base, s.Idt.Limit)
 }

@@ -587,9 +587,13 @@ func TestShutdown(t *testing.T) {
 	if len(evs) != 1 || evs[0].Kind != vcpu.Shutdown || evs[0].Reason != kvm.ExitShutdown {
 		t.Fatalf("events %v, want one shutdown", evs)
 	}
-	// The report places the fault: the IDT of limit 0 behind it.
-	if s := evs[0].String(); !strings.Contains(s, "triple fault at RIP=") || !strings.Contains(s, "IDT=") || !strings.HasSuffix(s, "+0x0") {
-		t.Errorf("the shutdown event says %q, want the registers with the IDT's limit 0", s)
+	// The report places the fault, the IDT of limit 0 behind it, where
+	// KVM keeps the state (Intel, PVM); on AMD KVM resets the vCPU
+	// before it reports the shutdown, and the report says so.
+	s := evs[0].String()
+	placed := strings.Contains(s, "triple fault at RIP=") && strings.Contains(s, "IDT=") && strings.HasSuffix(s, "+0x0")
+	if !placed && !strings.Contains(s, "triple fault at the reset vector") {
+		t.Errorf("the shutdown event says %q, want the registers with the IDT's limit 0, or that KVM reset them", s)
 	}
 }
 
