@@ -80,10 +80,7 @@ func (h holdingDisk) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // backendProc is vio's back-end in a process of its own.
-type backendProc struct {
-	cmd    *exec.Cmd
-	stderr logBuffer
-}
+type backendProc struct{ *daemon }
 
 // resumed reports whether the back-end resubmitted requests a killed one
 // left in its inflight region (it logs that).
@@ -107,38 +104,7 @@ func startHoldingBackendProc(holdFrom int) func(t testing.TB, img, sock string) 
 
 func startBackendProcEnv(t testing.TB, img, sock string, env ...string) killable {
 	t.Helper()
-	os.Remove(sock)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	lf, err := l.File()
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(append(os.Environ(), "VUFRONT_BACKEND_IMAGE="+img), env...)
-	cmd.ExtraFiles = []*os.File{lf}
-	p := &backendProc{cmd: cmd}
-	cmd.Stderr = &p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("back-end stderr:\n%s", p.stderr.String())
-		}
-	})
-	return p
-}
-
-func (p *backendProc) kill() {
-	if p.cmd.ProcessState == nil {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	}
+	return &backendProc{startDaemon(t, sock, "back-end", cmd)}
 }

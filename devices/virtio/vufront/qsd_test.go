@@ -14,21 +14,20 @@ import (
 
 const qsdPath = "/usr/bin/qemu-storage-daemon"
 
-// qsd is a qemu-storage-daemon exporting an image as vhost-user-blk.
-type qsd struct {
+// daemon is a back-end process the tests start and kill: vio's own
+// (backendProc) or qemu-storage-daemon.
+type daemon struct {
 	cmd    *exec.Cmd
-	stderr bytes.Buffer
+	stderr logBuffer
 }
 
-// startQSD starts qemu-storage-daemon on sock, which it gets as an
+// startDaemon starts cmd as a back-end on sock, which it gets as an
 // already listening fd 3: a front-end may connect as soon as this
 // returns, with no polling for the socket file. A stale socket file (a
-// killed daemon's) is replaced.
-func startQSD(t testing.TB, img, sock string) *qsd {
+// killed daemon's) is replaced. The daemon is killed when the test ends,
+// and its stderr logged if the test failed.
+func startDaemon(t testing.TB, sock, what string, cmd *exec.Cmd) *daemon {
 	t.Helper()
-	if _, err := os.Stat(qsdPath); err != nil {
-		t.Skipf("qemu-storage-daemon not installed: %v", err)
-	}
 	os.Remove(sock)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -41,30 +40,40 @@ func startQSD(t testing.TB, img, sock string) *qsd {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	q := &qsd{cmd: exec.Command(qsdPath,
-		"--blockdev", "driver=file,node-name=f,filename="+img,
-		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=fd,addr.str=3,writable=on,num-queues=2")}
-	q.cmd.ExtraFiles = []*os.File{lf}
-	q.cmd.Stderr = &q.stderr
-	if err := q.cmd.Start(); err != nil {
+	d := &daemon{cmd: cmd}
+	cmd.ExtraFiles = []*os.File{lf}
+	cmd.Stderr = &d.stderr
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		q.kill()
+		d.kill()
 		if t.Failed() {
-			t.Logf("qemu-storage-daemon stderr:\n%s", q.stderr.String())
+			t.Logf("%s stderr:\n%s", what, d.stderr.String())
 		}
 	})
-	return q
+	return d
 }
 
 // kill is SIGKILL: the daemon gets no chance to finish or return
 // anything.
-func (q *qsd) kill() {
-	if q.cmd.ProcessState == nil {
-		q.cmd.Process.Kill()
-		q.cmd.Wait()
+func (d *daemon) kill() {
+	if d.cmd.ProcessState == nil {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
 	}
+}
+
+// startQSD starts qemu-storage-daemon exporting img as vhost-user-blk on
+// sock (see startDaemon).
+func startQSD(t testing.TB, img, sock string) *daemon {
+	t.Helper()
+	if _, err := os.Stat(qsdPath); err != nil {
+		t.Skipf("qemu-storage-daemon not installed: %v", err)
+	}
+	return startDaemon(t, sock, "qemu-storage-daemon", exec.Command(qsdPath,
+		"--blockdev", "driver=file,node-name=f,filename="+img,
+		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=fd,addr.str=3,writable=on,num-queues=2"))
 }
 
 func rawImage(t testing.TB, size int64) string {
