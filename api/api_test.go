@@ -158,7 +158,9 @@ func TestBadRequests(t *testing.T) {
 		{"remove-device while paused", "PUT", "vm.remove-device", []byte(`{"id":"_disk0"}`), 405, "vm.resume"},
 		{"send-migration without a URL", "PUT", "vm.send-migration", []byte(`{}`), 400, "destination_url"},
 		{"send-migration to a bad URL", "PUT", "vm.send-migration", []byte(`{"destination_url":"http://h:1"}`), 400, "tcp:HOST:PORT"},
-		{"send-migration local", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/tmp/m","local":true}`), 501, "locally"},
+		{"send-migration local of a double", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/tmp/m","local":true}`), 501, "cannot migrate"}, // its RAM is shared: it gets as far as the Machine
+		{"send-migration local over TCP", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","local":true}`), 400, "UNIX socket"},
+		{"send-migration local with connections", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/tmp/m","local":true,"connections":2}`), 501, "one connection"},
 		{"send-migration TLS without credentials", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","tls_dir":"/nonexistent"}`), 400, "has no ca-cert.pem"},
 		{"send-migration TLS over UNIX", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/tmp/m","tls_dir":"/nonexistent"}`), 400, "TLS is for tcp"},
 		{"send-migration postcopy", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","memory_mode":"Postcopy"}`), 501, "Precopy"},

@@ -34,12 +34,12 @@ func (s *Server) sendMigration(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	sm := vmm.SendMigration{DestinationURL: req.DestinationURL, TLSDir: req.TLSDir}
+	// local (the memfd passed, not copied) is checked by the Controller,
+	// which knows the URL's kind and whether guest RAM is shared.
+	sm := vmm.SendMigration{DestinationURL: req.DestinationURL, TLSDir: req.TLSDir, Local: req.Local}
 	switch {
 	case req.DestinationURL == "":
 		return errorf(http.StatusBadRequest, "vm.send-migration needs destination_url: tcp:HOST:PORT or unix:/path, where vm.receive-migration waits")
-	case req.Local:
-		return errorf(http.StatusNotImplemented, "vio cannot migrate locally (guest RAM passed by descriptor) yet; leave out local to copy RAM over the socket")
 	case req.Connections != nil && (*req.Connections < 1 || *req.Connections > 128):
 		return errorf(http.StatusBadRequest, "connections %d: want 1 to 128", *req.Connections)
 	case req.Connections != nil && *req.Connections != 1:

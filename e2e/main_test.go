@@ -63,5 +63,5 @@ var expected = labtest.Expected{
 	"TestUserNetwork": 35 * time.Second, "TestLiveMigration": 32 * time.Second,
 	"TestDiskGraphFaults": 31 * time.Second,
 	"TestDemoSabotaged":   29 * time.Second, "TestAPIHotplug": 28 * time.Second,
-	"TestVioReboot": 27 * time.Second, "TestVhostUserFrontend": 110 * time.Second, // estimated (three boots, two 25 s fio runs), not yet measured
+	"TestVioReboot": 27 * time.Second, "TestLocalMigration": 50 * time.Second, // one lab run alone (46 s) "TestVhostUserFrontend": 110 * time.Second, // estimated (three boots, two 25 s fio runs), not yet measured
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -233,4 +234,27 @@ func NewFromFile(fd int, regions []FileRegion, mode MapMode) (*Memory, error) {
 	}
 	m.mapped.Store(true)
 	return m, nil
+}
+
+// Disown replaces every region's mapping, in place, with private zeroed
+// memory, and the regions stop offering their file (Region.File): after a
+// same-host migration has handed guest RAM to another process, which runs
+// the guest on it now, nothing this process still does (a device closing,
+// a stray goroutine) can write into the guest's pages, and no access here
+// faults either. The addresses stay valid until Close.
+func (m *Memory) Disown() error {
+	var first error
+	for i := range m.regions {
+		r := &m.regions[i]
+		if len(r.Data) == 0 {
+			continue
+		}
+		_, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&r.Data[0]), uintptr(len(r.Data)),
+			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED|unix.MAP_NORESERVE)
+		if err != nil && first == nil {
+			first = fmt.Errorf("memory: replacing guest RAM at %#x: %w", r.GPA, err)
+		}
+		r.shared = false
+	}
+	return first
 }

@@ -191,3 +191,49 @@ func TestNewWithOptionsRejectsBacking(t *testing.T) {
 		t.Error("unknown backing accepted")
 	}
 }
+
+// After Disown, the process that handed guest RAM over cannot reach it:
+// its writes land in private memory, the other mapping keeps the guest's
+// bytes, reads here do not fault, and the file is no longer offered.
+func TestDisown(t *testing.T) {
+	src, err := NewWithOptions([]Layout{{GPA: 0, Size: 0x2000}, {GPA: 0x100000, Size: 0x3000}}, Options{Backing: Memfd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var frs []FileRegion
+	var fd int
+	for _, r := range src.Regions() {
+		f, off, ok := r.File()
+		if !ok {
+			t.Fatal("no file")
+		}
+		fd = f
+		frs = append(frs, FileRegion{GPA: r.GPA, Size: r.Size(), Offset: off})
+	}
+	dst, err := NewFromFile(fd, frs, Shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if _, err := src.WriteAt([]byte("guest"), 0x100010); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Disown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.WriteAt([]byte("stray"), 0x100010); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	dst.ReadAt(got, 0x100010)
+	if string(got) != "guest" {
+		t.Errorf("the other mapping reads %q after the disowned side wrote", got)
+	}
+	src.ReadAt(got, 0x1000)
+	for _, r := range src.Regions() {
+		if _, _, ok := r.File(); ok {
+			t.Errorf("region %#x still offers its file", r.GPA)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/viovmm/vio/state"
 )
 
@@ -79,7 +81,8 @@ func Receive(ctx context.Context, conn io.ReadWriter, t Target, o ReceiveOptions
 	}
 	// Buffered: frames are 8 bytes, and a syscall each would cost more
 	// than the page they announce.
-	rx := &receiver{r: bufio.NewReaderSize(conn, 1<<20), dl: dl, idle: o.Idle, progress: o.Progress, start: time.Now()}
+	br := bufio.NewReaderSize(conn, 1<<20)
+	rx := &receiver{r: br, br: br, conn: conn, dl: dl, idle: o.Idle, progress: o.Progress, start: time.Now()}
 	rec, err := rx.run(t, conn)
 	if err != nil {
 		if rx.in != nil {
@@ -103,6 +106,8 @@ func Receive(ctx context.Context, conn io.ReadWriter, t Target, o ReceiveOptions
 
 type receiver struct {
 	r        io.Reader
+	br       *bufio.Reader // r, to know what it read ahead
+	conn     any           // the connection under r (a UNIX socket passes descriptors)
 	dl       deadliner
 	idle     time.Duration
 	progress func(Progress)
@@ -113,6 +118,7 @@ type receiver struct {
 	touched [][]uint64 // pages written so far, which a zero record must clear
 	stats   Stats
 	iter    uint32
+	local   bool // a same-host migration: RAM is shared, not sent
 }
 
 func (rx *receiver) next() (frame, error) {
@@ -141,9 +147,11 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 	if rx.dl != nil {
 		rx.dl.SetReadDeadline(time.Now().Add(rx.idle))
 	}
-	if err := readHeader(rx.r); err != nil {
+	flags, err := readHeader(rx.r)
+	if err != nil {
 		return nil, err
 	}
+	rx.local = flags&flagLocal != 0
 	f, err := rx.expect(recConfig)
 	if err != nil {
 		return nil, err
@@ -152,21 +160,27 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rx.in, err = t.Build(cfg); err != nil {
-		return nil, err
+	if rx.local {
+		if rx.in, err = rx.buildShared(t, cfg, w); err != nil {
+			return nil, err
+		}
+	} else {
+		if rx.in, err = t.Build(cfg); err != nil {
+			return nil, err
+		}
+		rx.ram = rx.in.RAM()
+		if f, err = rx.expect(recLayout); err != nil {
+			return nil, err
+		}
+		layout, err := readPayload(rx.r, f)
+		if err != nil {
+			return nil, err
+		}
+		if err := rx.checkLayout(layout); err != nil {
+			return nil, err
+		}
 	}
-	rx.ram = rx.in.RAM()
-	if f, err = rx.expect(recLayout); err != nil {
-		return nil, err
-	}
-	layout, err := readPayload(rx.r, f)
-	if err != nil {
-		return nil, err
-	}
-	if err := rx.checkLayout(layout); err != nil {
-		return nil, err
-	}
-	if err := writeReply(w, nil); err != nil { // ready for pages
+	if err := writeReply(w, nil); err != nil { // ready for pages (or, local, the pause)
 		return nil, fmt.Errorf("migration: the source went away: %w", err)
 	}
 	var snap *state.Snapshot
@@ -177,6 +191,9 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 		}
 		switch f.typ {
 		case recData, recZero:
+			if rx.local {
+				return nil, protoErr("%v record in a local migration, whose RAM is shared", f)
+			}
 			if snap != nil {
 				return nil, protoErr("RAM after the device state")
 			}
@@ -184,6 +201,9 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 				return nil, err
 			}
 		case recIteration:
+			if rx.local {
+				return nil, protoErr("iteration record in a local migration, whose RAM is shared")
+			}
 			if err := rx.iteration(f); err != nil {
 				return nil, err
 			}
@@ -302,4 +322,62 @@ func (rx *receiver) iteration(f frame) error {
 		rx.progress(Progress{Iteration: int(n), DirtyPages: le.Uint64(b[8:]), Bytes: rx.stats.Bytes, DataPages: rx.stats.DataPages, ZeroPages: rx.stats.ZeroPages})
 	}
 	return nil
+}
+
+// buildShared is the start of a local migration, after the config: the
+// layout, a reply asking for the memory, the memory record with guest
+// RAM's memfd, its checks, and the VM built on it.
+func (rx *receiver) buildShared(t Target, cfg []byte, w io.Writer) (Incoming, error) {
+	lt, ok := t.(LocalTarget)
+	if !ok {
+		return nil, &localError{"this vio cannot receive a local migration"}
+	}
+	c, err := localConn(rx.conn)
+	if err != nil {
+		return nil, err
+	}
+	f, err := rx.expect(recLayout)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readPayload(rx.r, f)
+	if err != nil {
+		return nil, err
+	}
+	regions := make([]SharedRegion, len(b)/16)
+	for i := range regions {
+		regions[i] = SharedRegion{GPA: le.Uint64(b[16*i:]), Size: le.Uint64(b[16*i+8:])}
+	}
+	// The source waits for this before it sends the descriptor, so that
+	// nothing after the layout sits in rx.br, which would have dropped it.
+	if err := writeReply(w, nil); err != nil {
+		return nil, fmt.Errorf("migration: the source went away: %w", err)
+	}
+	if rx.br.Buffered() > 0 {
+		return nil, protoErr("the source sent %d bytes before it was asked for the memory record", rx.br.Buffered())
+	}
+	if rx.dl != nil {
+		rx.dl.SetReadDeadline(time.Now().Add(rx.idle))
+	}
+	offsets, fd, err := readMemory(c, len(regions))
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	rx.stats.Bytes += frameSize + 8*uint64(len(offsets))
+	for i := range regions {
+		regions[i].Offset = offsets[i]
+	}
+	if err := checkSharedRAM(fd, regions); err != nil {
+		return nil, err
+	}
+	in, err := lt.BuildShared(cfg, SharedRAM{FD: fd, Regions: regions})
+	if err != nil {
+		return nil, err
+	}
+	rx.in, rx.ram = in, in.RAM()
+	if err := rx.checkLayout(b); err != nil {
+		return in, err
+	}
+	return in, nil
 }

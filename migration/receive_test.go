@@ -126,7 +126,11 @@ func TestReceiveHostile(t *testing.T) {
 		{"empty", new(stream), "header"},
 		{"magic", new(stream).u64(1).u64(1), "bad magic"},
 		{"version", func() *stream { s := new(stream); s.WriteString(migration.Magic); return s.u32(99).u32(0) }(), "stream version 99"},
-		{"flags", func() *stream { s := new(stream); s.WriteString(migration.Magic); return s.u32(1).u32(4) }(), "flags"},
+		{"flags", func() *stream {
+			s := new(stream)
+			s.WriteString(migration.Magic)
+			return s.u32(migration.Version).u32(4)
+		}(), "flags"},
 		{"no config", new(stream).header().layout(), "layout record where a config record belongs"},
 		{"config too big", new(stream).header().record(1, 2<<20), "config record of 2097152 bytes"},
 		{"config truncated", new(stream).header().record(1, 100), "unexpected EOF"},

@@ -69,6 +69,12 @@ type Options struct {
 	OnTimeout TimeoutStrategy
 	// Progress, if set, hears of each iteration as it ends.
 	Progress func(Progress)
+	// Local migrates on the same host: the Source must be a LocalSource
+	// and the connection a UNIX socket. Guest RAM's memfd is passed, not
+	// copied, so there is no pre-copy: Send pauses the source as soon as
+	// the destination has mapped RAM, and sends only the device state.
+	// Downtime, MaxIterations and Timeout do not apply.
+	Local bool
 }
 
 // Defaults.
@@ -179,7 +185,12 @@ func Send(ctx context.Context, conn io.ReadWriter, src Source, o Options) (Stats
 		stop := context.AfterFunc(ctx, func() { dl.SetDeadline(time.Unix(1, 0)) })
 		defer stop()
 	}
-	err := s.run(conn)
+	var err error
+	if o.Local {
+		err = s.runLocal(conn)
+	} else {
+		err = s.run(conn)
+	}
 	s.stats.Bytes = s.enc.bytes
 	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrOutcomeUnknown) {
 		err = fmt.Errorf("migration cancelled: %w (%w)", ctx.Err(), err)
@@ -210,7 +221,7 @@ func (s *sender) run(conn io.Reader) error {
 			return fmt.Errorf("migration: RAM region %d is not a whole number of pages", i)
 		}
 	}
-	if err := s.enc.header(); err != nil {
+	if err := s.enc.header(0); err != nil {
 		return s.ioErr(err)
 	}
 	if err := s.enc.config(cfg); err != nil {
@@ -267,7 +278,61 @@ func (s *sender) run(conn io.Reader) error {
 	return s.stopAndCopy(conn, dirty, iter+1)
 }
 
-// stopAndCopy pauses the source and sends what is left.
+// runLocal is a same-host migration: the config and layout, then guest
+// RAM's memfd once the destination asks for it, then, once it has built
+// the VM on that RAM, the pause and the state.
+func (s *sender) runLocal(conn io.Reader) error {
+	ls, ok := s.src.(LocalSource)
+	if !ok {
+		return &localError{"this VM cannot migrate locally"}
+	}
+	c, err := localConn(s.conn)
+	if err != nil {
+		return err
+	}
+	cfg, err := s.src.Config()
+	if err != nil {
+		return err
+	}
+	s.ram = s.src.RAM()
+	fd, offsets, err := ls.SharedRAM()
+	if err != nil {
+		return err
+	}
+	if len(offsets) != len(s.ram) {
+		return fmt.Errorf("migration: %d offsets for %d RAM regions", len(offsets), len(s.ram))
+	}
+	if err := s.enc.header(flagLocal); err != nil {
+		return s.ioErr(err)
+	}
+	if err := s.enc.config(cfg); err != nil {
+		return err
+	}
+	if err := s.enc.layout(s.ram); err != nil {
+		return err
+	}
+	if err := s.enc.flush(); err != nil {
+		return s.ioErr(err)
+	}
+	// The destination asks for the memory only once it has read all the
+	// rest: a descriptor that arrived while it read ahead would be lost.
+	if err := readReply(conn); err != nil {
+		return err
+	}
+	if err := sendMemory(c, fd, offsets); err != nil {
+		return s.ioErr(err)
+	}
+	s.enc.bytes += frameSize + 8*uint64(len(offsets))
+	// Then it maps RAM and builds the VM, or says why it cannot.
+	if err := readReply(conn); err != nil {
+		return err
+	}
+	s.stats.Reason = "local"
+	return s.stopAndCopy(conn, nil, 1)
+}
+
+// stopAndCopy pauses the source and sends what is left: the pages in
+// dirty (none in a local migration, whose dirty is nil) and the state.
 func (s *sender) stopAndCopy(conn io.Reader, dirty [][]uint64, iter int) (err error) {
 	pausedAt := time.Now()
 	if err := s.src.Pause(); err != nil {
@@ -283,19 +348,22 @@ func (s *sender) stopAndCopy(conn io.Reader, dirty [][]uint64, iter int) (err er
 			}
 		}
 	}()
-	last, err := s.collect()
-	if err != nil {
-		return err
-	}
-	for i := range dirty {
-		for w := range dirty[i] {
-			dirty[i][w] |= last[i][w]
-		}
-	}
 	t0, b0 := time.Now(), s.enc.bytes
-	n, err := s.sendPages(dirty, iter)
-	if err != nil {
-		return err
+	var n uint64
+	if dirty != nil {
+		last, err := s.collect()
+		if err != nil {
+			return err
+		}
+		for i := range dirty {
+			for w := range dirty[i] {
+				dirty[i][w] |= last[i][w]
+			}
+		}
+		t0 = time.Now()
+		if n, err = s.sendPages(dirty, iter); err != nil {
+			return err
+		}
 	}
 	st, err := s.src.State()
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // The stream (docs/migration.md). Everything is little-endian.
 //
 //	source → destination: header, then records
-//	  header   "VIOMIGR\x00", version u32, flags u32 (0)
+//	  header   "VIOMIGR\x00", version u32, flags u32 (0, or flagLocal)
 //	  record   type u16, reserved u16 (0), length u32, then length bytes
 //	destination → source: a reply after the layout (ready) and after done
 //	  reply    status u32 (0 ok, 1 failed), length u32, then a sentence
@@ -23,7 +23,8 @@ const (
 	Magic = "VIOMIGR\x00"
 	// Version is the stream version this vio sends; a receiver accepts
 	// exactly its own, since both ends must also agree on device state.
-	Version = 1
+	// Version 2 added same-host migration (flagLocal, the memory record).
+	Version = 2
 	// PageSize is the granule of RAM in the stream (and of dirty logs).
 	PageSize = 4096
 
@@ -48,11 +49,21 @@ const (
 	recIteration = 5 // iteration u32, 0 u32, dirty pages u64: an iteration ended
 	recState     = 6 // device and vCPU state: a state container (docs/state-format.md)
 	recDone      = 7 // no payload: restore and run the VM, then reply
+	recMemory    = 8 // local only: n × file offset u64, guest RAM's memfd attached (SCM_RIGHTS)
+)
+
+// Header flags.
+const (
+	// flagLocal: a same-host migration. Guest RAM is not copied: the
+	// source passes the memfd holding it, and the stream is header,
+	// config, layout, memory, then state and done (docs/migration.md).
+	flagLocal  = 1
+	knownFlags = flagLocal
 )
 
 var recordNames = map[uint16]string{
 	recConfig: "config", recLayout: "layout", recData: "data", recZero: "zero",
-	recIteration: "iteration", recState: "state", recDone: "done",
+	recIteration: "iteration", recState: "state", recDone: "done", recMemory: "memory",
 }
 
 // ErrProtocol is matched by every error about what a peer sent.
@@ -86,9 +97,10 @@ func (e *encoder) write(b []byte) error {
 	return err
 }
 
-func (e *encoder) header() error {
+func (e *encoder) header(flags uint32) error {
 	b := append([]byte(Magic), 0, 0, 0, 0, 0, 0, 0, 0)
 	le.PutUint32(b[len(Magic):], Version)
+	le.PutUint32(b[len(Magic)+4:], flags)
 	return e.write(b)
 }
 
@@ -158,22 +170,23 @@ func (e *encoder) done() error { return e.record(recDone, nil, nil) }
 
 func (e *encoder) flush() error { return e.w.Flush() }
 
-// readHeader reads and checks the stream header.
-func readHeader(r io.Reader) error {
+// readHeader reads and checks the stream header and returns its flags.
+func readHeader(r io.Reader) (uint32, error) {
 	var b [headerSize]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return protoErr("header: %v", eofIsUnexpected(err))
+		return 0, protoErr("header: %v", eofIsUnexpected(err))
 	}
 	if string(b[:len(Magic)]) != Magic {
-		return protoErr("not a vio migration stream (bad magic)")
+		return 0, protoErr("not a vio migration stream (bad magic)")
 	}
 	if v := le.Uint32(b[len(Magic):]); v != Version {
-		return protoErr("stream version %d, this vio speaks %d: migrate between the same vio versions", v, Version)
+		return 0, protoErr("stream version %d, this vio speaks %d: migrate between the same vio versions", v, Version)
 	}
-	if f := le.Uint32(b[len(Magic)+4:]); f != 0 {
-		return protoErr("unknown header flags %#x", f)
+	f := le.Uint32(b[len(Magic)+4:])
+	if f&^knownFlags != 0 {
+		return 0, protoErr("unknown header flags %#x", f)
 	}
-	return nil
+	return f, nil
 }
 
 // frame is a record's type and payload length.
@@ -217,6 +230,8 @@ func readFrame(r io.Reader) (frame, error) {
 		ok = f.len > 0 && f.len <= uint32(MaxStateSize)
 	case recDone:
 		ok = f.len == 0
+	case recMemory:
+		ok = f.len > 0 && f.len%8 == 0 && f.len/8 <= MaxRegions
 	default:
 		return f, protoErr("unknown record type %d", f.typ)
 	}

@@ -10,8 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viovmm/vio/arch/x86"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/kvm"
+	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/state"
 )
@@ -40,6 +42,11 @@ type SendMigration struct {
 	// TLSDir, when set, holds the credentials for mutual TLS (ca-cert.pem,
 	// client-cert.pem, client-key.pem; tcp: only).
 	TLSDir string
+	// Local migrates to a vio on this host by passing guest RAM's memfd
+	// over the UNIX socket instead of copying it (Cloud Hypervisor's
+	// local): RAM must be shared (memory shared=on), and there is no
+	// pre-copy, so Downtime and Timeout do not apply.
+	Local bool
 }
 
 // ReceiveMigration is where and how to wait for a migration.
@@ -80,7 +87,7 @@ type migrationSource struct {
 	releaseOne sync.Once
 }
 
-var _ migration.Source = (*migrationSource)(nil)
+var _ migration.LocalSource = (*migrationSource)(nil)
 
 // migratable is a Machine that can be migrated (*VM; vmmtest's double
 // is not).
@@ -135,6 +142,32 @@ func (s *migrationSource) Config() ([]byte, error) {
 		return nil, fmt.Errorf("encoding the VM config: %w", err)
 	}
 	return b, nil
+}
+
+// SharedRAM is guest RAM's memfd, for a local migration: one file holds
+// every region (memory's Memfd backing).
+func (s *migrationSource) SharedRAM() (int, []uint64, error) {
+	fd := -1
+	var offsets []uint64
+	for _, r := range s.v.mem.Regions() {
+		f, off, ok := r.File()
+		if !ok || (fd >= 0 && f != fd) {
+			return -1, nil, migrationRequestError{errNotShared}
+		}
+		fd, offsets = f, append(offsets, off)
+	}
+	return fd, offsets, nil
+}
+
+var errNotShared = errors.New("cannot migrate locally: guest RAM is not shared, so the destination cannot map it; start the VM with --memory shared=on (memory.shared in its config), or leave out local to copy RAM over the socket")
+
+// disown cuts this process off the guest RAM a local migration handed
+// over (memory.Disown): the destination runs the guest on those pages now,
+// and nothing of the source's shutdown may reach them.
+func (s *migrationSource) disown() {
+	if err := s.v.mem.Disown(); err != nil {
+		s.v.log.Warn("replacing the migrated guest RAM's mapping", "err", err)
+	}
 }
 
 func (s *migrationSource) RAM() []migration.Region {
@@ -238,9 +271,42 @@ func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); retu
 
 // NewIncoming builds the VM of cfg as a migration's destination: the
 // machine with zeroed RAM and no payload, its vCPUs created but parked.
-// RestoreState then applies the state that arrives after the RAM.
-func NewIncoming(cfg *config.VM, stdio IO, opts Options) (*VM, error) {
-	return assemble(cfg, stdio, opts, &snapshotSource{dir: "(migration)", incoming: true})
+// RestoreState then applies the state that arrives after the RAM. With
+// ram (a local migration) guest RAM is the source's memfd, mapped shared,
+// instead: its regions must be the ones cfg lays out.
+func NewIncoming(cfg *config.VM, ram *migration.SharedRAM, stdio IO, opts Options) (*VM, error) {
+	return assemble(cfg, stdio, opts, &snapshotSource{dir: "(migration)", incoming: true, shared: ram})
+}
+
+// setupSharedMemory maps a local migration's guest RAM.
+func (v *VM) setupSharedMemory(ram *migration.SharedRAM) error {
+	layout, err := x86.RAMLayout(uint64(v.cfg.Memory.Size))
+	if err != nil {
+		return err
+	}
+	if !v.cfg.Memory.Shared {
+		return errors.New("the source passed guest RAM's memfd, but its config does not say memory shared=on")
+	}
+	if len(layout) != len(ram.Regions) {
+		return fmt.Errorf("the source's guest RAM has %d regions, this VM %d: migrate between the same vio versions", len(ram.Regions), len(layout))
+	}
+	regions := make([]memory.FileRegion, len(layout))
+	for i, l := range layout {
+		r := ram.Regions[i]
+		if r.GPA != l.GPA || r.Size != l.Size {
+			return fmt.Errorf("the source's RAM region %d is %#x+%#x, this VM's %#x+%#x: migrate between the same vio versions", i, r.GPA, r.Size, l.GPA, l.Size)
+		}
+		regions[i] = memory.FileRegion{GPA: r.GPA, Size: r.Size, Offset: r.Offset}
+	}
+	if v.mem, err = memory.NewFromFile(ram.FD, regions, memory.Shared); err != nil {
+		return err
+	}
+	for i, r := range v.mem.Regions() {
+		if err := v.kvm.SetUserMemoryRegion(kvm.MemoryRegion{Slot: uint32(i), GPA: r.GPA, Host: r.Data}); err != nil {
+			return fmt.Errorf("registering guest RAM at %#x with KVM: %w", r.GPA, err)
+		}
+	}
+	return nil
 }
 
 // RAM is guest RAM, for the migration to fill in place.
@@ -264,13 +330,15 @@ type IncomingMachine interface {
 
 var _ IncomingMachine = (*VM)(nil)
 
-// ReceiveFunc builds a migration's destination from the source's config.
-type ReceiveFunc func(cfg *config.VM) (IncomingMachine, error)
+// ReceiveFunc builds a migration's destination from the source's config,
+// on the source's guest RAM when ram is set (a local migration; ram.FD is
+// the caller's, so a VM keeps a duplicate).
+type ReceiveFunc func(cfg *config.VM, ram *migration.SharedRAM) (IncomingMachine, error)
 
 // Receiver returns the ReceiveFunc that builds real VMs with NewIncoming.
 func Receiver(stdio IO, opts Options) ReceiveFunc {
-	return func(cfg *config.VM) (IncomingMachine, error) {
-		v, err := NewIncoming(cfg, stdio, opts)
+	return func(cfg *config.VM, ram *migration.SharedRAM) (IncomingMachine, error) {
+		v, err := NewIncoming(cfg, ram, stdio, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -321,6 +389,9 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	if err != nil {
 		return migrationRequestError{err}
 	}
+	if req.Local && ep.Network != "unix" {
+		return migrationRequestError{fmt.Errorf("%s: a local migration passes guest RAM's memfd over a UNIX socket to a vio on this host; use unix:/path, or leave out local to copy RAM over TCP", ep)}
+	}
 	var tlsCfg *tls.Config
 	if req.TLSDir != "" {
 		if tlsCfg, err = migration.SenderTLS(ep, req.TLSDir); err != nil {
@@ -333,6 +404,10 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	if err := c.needLocked("migrate", StateRunning, StatePaused); err != nil {
 		c.mu.Unlock()
 		return err
+	}
+	if req.Local && !c.cfg.Memory.Shared {
+		c.mu.Unlock()
+		return migrationRequestError{errNotShared}
 	}
 	mm, ok := c.run.m.(migratable)
 	if !ok {
@@ -360,7 +435,11 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	c.emit("migrating", "destination_url", ep.String())
 	c.log.Info("migration started", "destination", ep.String())
 	stats, err := migration.Send(src.ctx, conn, src, migration.Options{
-		Downtime: req.Downtime, Timeout: req.Timeout, OnTimeout: timeoutStrategy(req.IgnoreTimeout), Progress: c.progress})
+		Downtime: req.Downtime, Timeout: req.Timeout, OnTimeout: timeoutStrategy(req.IgnoreTimeout), Progress: c.progress,
+		Local: req.Local})
+	if err == nil && req.Local {
+		src.disown()
+	}
 	// The VM may close from here on. Before c.mu is taken: a guest that
 	// stopped during the migration has follow holding c.mu in Close,
 	// which waits for this release.
@@ -485,6 +564,17 @@ type incomingTarget struct {
 }
 
 func (t *incomingTarget) Build(b []byte) (migration.Incoming, error) {
+	return t.build(b, nil)
+}
+
+// BuildShared builds the VM of a local migration on the source's RAM.
+func (t *incomingTarget) BuildShared(b []byte, ram migration.SharedRAM) (migration.Incoming, error) {
+	return t.build(b, &ram)
+}
+
+var _ migration.LocalTarget = (*incomingTarget)(nil)
+
+func (t *incomingTarget) build(b []byte, ram *migration.SharedRAM) (migration.Incoming, error) {
 	cfg, err := config.Decode(b)
 	if err != nil {
 		return nil, fmt.Errorf("the source's VM config: %w", err)
@@ -492,7 +582,7 @@ func (t *incomingTarget) Build(b []byte) (migration.Incoming, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("the source's VM config: %w", err)
 	}
-	m, err := t.c.receive(cfg.Clone())
+	m, err := t.c.receive(cfg.Clone(), ram)
 	if err != nil {
 		return nil, fmt.Errorf("building the VM here: %w", err)
 	}

@@ -166,3 +166,145 @@ func TestMigrationRequests(t *testing.T) {
 	}
 	wantState(t, c, vmm.StateRunning)
 }
+
+// startReceiver runs c.ReceiveMigration on a fresh UNIX socket and
+// returns its URL once it listens, and the channel of its result.
+func startReceiver(t *testing.T, ctx context.Context, c *vmm.Controller) (string, chan error) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "mig.sock")
+	errc := make(chan error, 1)
+	go func() { errc <- c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:" + sock}) }()
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return "unix:" + sock, errc
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("ReceiveMigration ended before listening: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the receiver never made its socket")
+		case <-time.After(5 * time.Millisecond): // waiting for the socket file
+		}
+	}
+}
+
+// A local migration into a Controller: the Machine is built on the
+// source's memfd (the same pages, not a copy), restored and run; its RAM
+// is unmapped when it stops.
+func TestReceiveLocalMigration(t *testing.T) {
+	c, b, cfg := newController(t)
+	c.SetReceive(b.Receive)
+	mon := events.NewMonitor()
+	sub := mon.Subscribe(64)
+	c.SetEvents(mon)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url, errc := startReceiver(t, ctx, c)
+	src, err := migrationtest.NewSharedSource(vmmtest.IncomingRAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	cfg.Memory.Shared = true
+	src.ConfigJSON, _ = json.Marshal(cfg)
+	src.Write(0, 5*migration.PageSize+1, []byte("guest data"))
+	ep, _ := migration.ParseURL(url)
+	conn, err := migration.Dial(ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stats, err := migration.Send(ctx, conn, src, migration.Options{Local: true})
+	if err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("ReceiveMigration: %v", err)
+	}
+	wantState(t, c, vmm.StateRunning)
+	in, ok := b.LastIncoming()
+	if !ok || !in.Shared || in.State == nil || in.Paused() {
+		t.Fatalf("the Machine: %+v", in)
+	}
+	if !strings.HasPrefix(string(in.Regions[0].Data[5*migration.PageSize+1:]), "guest data") {
+		t.Error("the Machine does not see the source's RAM")
+	}
+	in.Regions[0].Data[0] = 0x77
+	if src.Regions[0].Data[0] != 0x77 {
+		t.Error("the Machine's RAM is a copy, not the source's memfd")
+	}
+	if stats.DataPages != 0 || stats.Reason != "local" {
+		t.Errorf("stats %+v", stats)
+	}
+	seen := map[string]bool{}
+	for len(sub.Events()) > 0 {
+		e := <-sub.Events()
+		seen[e.Event] = true
+	}
+	if !seen["migration-received"] {
+		t.Errorf("no migration-received event (saw %v)", seen)
+	}
+	if err := c.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if !in.Unmapped {
+		t.Error("the stopped VM still maps the source's RAM")
+	}
+}
+
+// A local migration that fails before the switch (here the source cannot
+// pause) leaves no VM at the destination, its mapping of the source's RAM
+// gone.
+func TestReceiveLocalMigrationFails(t *testing.T) {
+	c, b, cfg := newController(t)
+	c.SetReceive(b.Receive)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url, errc := startReceiver(t, ctx, c)
+	src, err := migrationtest.NewSharedSource(vmmtest.IncomingRAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	cfg.Memory.Shared = true
+	src.ConfigJSON, _ = json.Marshal(cfg)
+	src.PauseErr = errors.New("a vCPU would not stop")
+	ep, _ := migration.ParseURL(url)
+	conn, err := migration.Dial(ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migration.Send(ctx, conn, src, migration.Options{Local: true}); err == nil || !strings.Contains(err.Error(), "would not stop") {
+		t.Fatalf("Send: %v", err)
+	}
+	conn.Close() // what the source's vio does: the destination sees the end
+	if err := <-errc; err == nil {
+		t.Fatal("ReceiveMigration succeeded without the state")
+	}
+	wantState(t, c, vmm.NoVM)
+	in, ok := b.LastIncoming()
+	if !ok || !in.Shared || !in.Unmapped || !in.Closed() {
+		t.Fatalf("the Machine built on the source's RAM was not closed and unmapped: %+v", in)
+	}
+}
+
+// local is refused with one sentence when it cannot work: RAM not shared
+// (say shared=on), a TCP URL.
+func TestSendMigrationLocalRefused(t *testing.T) {
+	c, _, cfg := newController(t)
+	ctx := context.Background()
+	if err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: "tcp:127.0.0.1:1", Local: true}); !errors.Is(err, vmm.ErrMigrationRequest) || !strings.Contains(err.Error(), "UNIX socket") {
+		t.Errorf("local over TCP: %v", err)
+	}
+	if err := c.Create(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	err := c.SendMigration(ctx, vmm.SendMigration{DestinationURL: "unix:/nonexistent", Local: true})
+	if !errors.Is(err, vmm.ErrMigrationRequest) || !strings.Contains(err.Error(), "--memory shared=on") {
+		t.Errorf("local without shared RAM: %v", err)
+	}
+	wantState(t, c, vmm.StateRunning)
+}

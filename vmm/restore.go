@@ -12,6 +12,7 @@ import (
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
+	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/state"
 )
 
@@ -31,9 +32,11 @@ type snapshotSource struct {
 	dir  string
 	snap *state.Snapshot
 	opts RestoreOptions
-	// incoming: a migration's destination; RAM starts zero and the
-	// state comes later (see NewIncoming).
+	// incoming: a migration's destination; RAM starts zero (or is the
+	// source's, shared, in a local migration) and the state comes later
+	// (see NewIncoming).
 	incoming bool
+	shared   *migration.SharedRAM
 }
 
 // ReadSnapshotConfig reads the VM config a snapshot was taken with.

@@ -150,9 +150,12 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 	if v.kvm, err = v.sys.CreateVM(); err != nil {
 		return nil, fmt.Errorf("creating the VM: %w", err)
 	}
-	if snap == nil || snap.incoming {
+	switch {
+	case snap != nil && snap.shared != nil:
+		err = v.setupSharedMemory(snap.shared)
+	case snap == nil || snap.incoming:
 		err = v.setupMemory()
-	} else {
+	default:
 		err = v.setupMemoryFrom(snap)
 	}
 	if err != nil {

@@ -55,6 +55,7 @@ func ctlCommand() *cobra.Command {
 	var timeout time.Duration
 	var prefault bool
 	var tlsDir string
+	var local bool
 	c := &cobra.Command{
 		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|send-migration URL|receive-migration URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
@@ -66,8 +67,10 @@ receive-migration tcp:HOST:PORT|unix:PATH (to a vio with no VM) waits for a live
 migration, which send-migration URL on the source's vio starts; both return when
 the VM runs at the destination. --tls-dir DIR runs it over mutual TLS (tcp: only;
 DIR holds ca-cert.pem and server-cert.pem/server-key.pem on the receiving side,
-ca-cert.pem and client-cert.pem/client-key.pem on the sending side). See
-docs/migration.md.
+ca-cert.pem and client-cert.pem/client-key.pem on the sending side).
+send-migration --local unix:PATH migrates to a vio on the same host by passing
+guest RAM's memfd instead of copying it (the VM must run with --memory
+shared=on). See docs/migration.md.
 resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
 balloon shows the balloon's counters and the guest's memory statistics
 (docs/balloon.md).
@@ -108,6 +111,12 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 				req := map[string]any{field: args[1]}
 				if tlsDir != "" {
 					req["tls_dir"] = tlsDir
+				}
+				if local {
+					if args[0] != "send-migration" {
+						return errors.New("--local is for send-migration: the receiver learns it from the stream")
+					}
+					req["local"] = true
 				}
 				body, _ = json.Marshal(req)
 				if !c.Flags().Changed("timeout") {
@@ -182,6 +191,7 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 	c.Flags().StringVar(&socket, "api-socket", "", "the VMM's API socket")
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	c.Flags().BoolVar(&prefault, "prefault", false, "restore: read all of guest RAM before the guest runs, not as it touches it")
+	c.Flags().BoolVar(&local, "local", false, "send-migration: pass guest RAM's memfd to a vio on this host (unix: URL; the VM runs with --memory shared=on) instead of copying it")
 	c.Flags().StringVar(&tlsDir, "tls-dir", "", "send-migration, receive-migration: migrate over mutual TLS with the credentials in this directory (tcp: URLs only)")
 	return c
 }

@@ -108,6 +108,14 @@ func TestServeAsKataStartsIt(t *testing.T) {
 	if out, err := runCtl(t, "--api-socket", sock, "remove-device", "d1"); err == nil || !strings.Contains(err.Error(), `"d1"`) {
 		t.Fatalf("vio ctl remove-device of a removed id: %v %q", err, out)
 	}
+	// --local reaches the API as local: true (without it, this VM that
+	// has not booted would be the complaint).
+	if out, err := runCtl(t, "--api-socket", sock, "send-migration", "--local", "tcp:127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "UNIX socket") {
+		t.Fatalf("vio ctl send-migration --local over TCP: %v %q", err, out)
+	}
+	if out, err := runCtl(t, "--api-socket", sock, "receive-migration", "--local", "unix:/nonexistent/m"); err == nil || !strings.Contains(err.Error(), "for send-migration") {
+		t.Fatalf("vio ctl receive-migration --local: %v %q", err, out)
+	}
 	if out, err := runCtl(t, "--api-socket", sock, "shutdown-vmm"); err != nil || out != "VMM shut down\n" {
 		t.Fatalf("vio ctl shutdown-vmm: %v %q", err, out)
 	}

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/viovmm/vio/migration"
 	"github.com/viovmm/vio/state"
 )
@@ -202,6 +204,9 @@ type Incoming struct {
 	Blob      Blob
 	Restored  bool
 	Discarded bool
+	// Shared: RAM is mapped from the source's memfd (BuildShared), and
+	// Discard unmaps it (Regions becomes nil).
+	Shared    bool
 	restoreEr error
 }
 
@@ -243,4 +248,115 @@ func (in *Incoming) Restore(s *state.Snapshot) error {
 	return nil
 }
 
-func (in *Incoming) Discard() { in.Discarded = true }
+func (in *Incoming) Discard() {
+	in.Discarded = true
+	if in.Shared {
+		for _, r := range in.Regions {
+			unix.Munmap(r.Data)
+		}
+		in.Regions = nil
+	}
+}
+
+// SharedSource is a Source whose RAM is one sealed memfd, as vio's with
+// shared=on: it can migrate locally (migration.LocalSource).
+type SharedSource struct {
+	*Source
+	FD int
+	// SharedErr, if set, is SharedRAM's answer.
+	SharedErr error
+	offsets   []uint64
+}
+
+var _ migration.LocalSource = (*SharedSource)(nil)
+
+// Seals is what NewSharedSource seals its memfd with (vio's memory
+// package does the same).
+const Seals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// NewSharedSource is NewSource with RAM in a memfd sealed with Seals,
+// the regions one after the other in it. Close releases it.
+func NewSharedSource(sizes ...int) (*SharedSource, error) {
+	s := NewSource()
+	fd, err := unix.MemfdCreate("migrationtest", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, err
+	}
+	ss := &SharedSource{Source: s, FD: fd}
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	if err := unix.Ftruncate(fd, int64(total)); err != nil {
+		ss.Close()
+		return nil, err
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, Seals); err != nil {
+		ss.Close()
+		return nil, err
+	}
+	var off uint64
+	for _, n := range sizes {
+		b, err := unix.Mmap(fd, int64(off), n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			ss.Close()
+			return nil, err
+		}
+		s.Regions = append(s.Regions, migration.Region{GPA: off, Data: b})
+		s.dirty = append(s.dirty, make([]uint64, (n/migration.PageSize+63)/64))
+		ss.offsets = append(ss.offsets, off)
+		off += uint64(n)
+	}
+	return ss, nil
+}
+
+// SharedRAM implements migration.LocalSource.
+func (s *SharedSource) SharedRAM() (int, []uint64, error) {
+	if s.SharedErr != nil {
+		return -1, nil, s.SharedErr
+	}
+	return s.FD, s.offsets, nil
+}
+
+// Close unmaps RAM and closes the memfd.
+func (s *SharedSource) Close() {
+	for _, r := range s.Regions {
+		unix.Munmap(r.Data)
+	}
+	s.Regions = nil
+	unix.Close(s.FD)
+}
+
+var _ migration.LocalTarget = (*Target)(nil)
+
+// BuildShared maps the regions of ram.FD shared, as the Incoming's RAM;
+// the regions must be of Sizes. Discard unmaps them.
+func (t *Target) BuildShared(config []byte, ram migration.SharedRAM) (migration.Incoming, error) {
+	if t.BuildErr != nil {
+		return nil, t.BuildErr
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(config, &obj); err != nil {
+		return nil, fmt.Errorf("the VM config does not parse: %w", err)
+	}
+	if len(ram.Regions) != len(t.Sizes) {
+		return nil, fmt.Errorf("%d shared regions, this VM has %d", len(ram.Regions), len(t.Sizes))
+	}
+	in := &Incoming{Config: bytes.Clone(config), restoreEr: t.RestoreErr, Shared: true}
+	for i, r := range ram.Regions {
+		if r.Size != uint64(t.Sizes[i]) {
+			in.Discard()
+			return nil, fmt.Errorf("shared region %d is %d bytes, this VM's %d", i, r.Size, t.Sizes[i])
+		}
+		b, err := unix.Mmap(ram.FD, int64(r.Offset), int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			in.Discard()
+			return nil, err
+		}
+		in.Regions = append(in.Regions, migration.Region{GPA: r.GPA, Data: b})
+	}
+	t.mu.Lock()
+	t.Built = append(t.Built, in)
+	t.mu.Unlock()
+	return in, nil
+}

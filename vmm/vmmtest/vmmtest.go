@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/block/journal"
 	"github.com/viovmm/vio/block/multipath"
@@ -390,22 +392,61 @@ type Incoming struct {
 	*Machine
 	Regions []migration.Region
 	State   *state.Snapshot // what RestoreState got
+	// Shared: Regions map a local migration's memfd; Close unmaps them
+	// and sets Unmapped.
+	Shared   bool
+	Unmapped bool
+}
+
+// Close closes the Machine and unmaps shared RAM.
+func (i *Incoming) Close() error {
+	err := i.Machine.Close()
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.Shared && !i.Unmapped {
+		for _, r := range i.Regions {
+			unix.Munmap(r.Data)
+		}
+		i.Unmapped = true
+	}
+	return err
 }
 
 var _ vmm.IncomingMachine = (*Incoming)(nil)
 
 // Receive is the vmm.ReceiveFunc: a Machine that starts paused (like
-// Restore's), with IncomingRAM of zeroed RAM.
-func (b *Builder) Receive(cfg *config.VM) (vmm.IncomingMachine, error) {
+// Restore's), with IncomingRAM of zeroed RAM, or, in a local migration,
+// ram's regions mapped shared (which Close unmaps).
+func (b *Builder) Receive(cfg *config.VM, ram *migration.SharedRAM) (vmm.IncomingMachine, error) {
+	var regions []migration.Region
+	if ram == nil {
+		regions = []migration.Region{{GPA: 0, Data: make([]byte, IncomingRAM)}}
+	} else {
+		for _, r := range ram.Regions {
+			d, err := unix.Mmap(ram.FD, int64(r.Offset), int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				for _, r := range regions {
+					unix.Munmap(r.Data)
+				}
+				return nil, err
+			}
+			regions = append(regions, migration.Region{GPA: r.GPA, Data: d})
+		}
+	}
 	m, err := b.Build(cfg)
 	if err != nil {
+		for _, r := range regions {
+			if ram != nil {
+				unix.Munmap(r.Data)
+			}
+		}
 		return nil, err
 	}
 	mm := m.(*Machine)
 	mm.mu.Lock()
 	mm.paused, mm.Restored = true, true
 	mm.mu.Unlock()
-	in := &Incoming{Machine: mm, Regions: []migration.Region{{GPA: 0, Data: make([]byte, IncomingRAM)}}}
+	in := &Incoming{Machine: mm, Regions: regions, Shared: ram != nil}
 	b.mu.Lock()
 	b.incoming = in
 	b.mu.Unlock()
