@@ -64,7 +64,7 @@ echo VIO-RESIZED
 waitfor '[ ! -b /dev/vda ]'; check disk-left $?
 waitfor '[ ! -e /sys/class/net/eth0 ]'; check nic-left $?
 waitfor '! ls $vs | grep -q virtio'; check vsock-left $?
-# The ACPI core ran the hot-plug AML (GED, PCNT, _EJ0) without complaint.
+# The ACPI core ran the hot-plug AML (_GPE._E01, PCNT, _EJ0) without complaint.
 dmesg | grep -E 'ACPI (BIOS )?(Error|Warning)|AE_[A-Z]' | sed 's/^/ACPI-COMPLAINT /'
 [ -d /sys/bus/pci/slots/31 ]; check acpiphp-slots $? "$(ls /sys/bus/pci/slots | wc -l)"
 echo VIO-GUEST-DONE

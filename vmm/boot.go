@@ -151,17 +151,17 @@ func (v *VM) loadPayload() (uint64, error) {
 	ac := acpi.Config{
 		NumCPUs: v.cfg.CPUs.BootVCPUs,
 		PM: acpi.PMRegisters{
-			SleepControlPort: acpipm.SleepControlPort,
-			SleepStatusPort:  acpipm.SleepStatusPort,
-			ResetPort:        acpipm.ResetPort,
-			ResetValue:       acpipm.ResetValue,
-			S5SleepType:      acpipm.SleepTypeS5,
+			PM1EventPort:   acpipm.PM1EventPort,
+			PM1ControlPort: acpipm.PM1ControlPort,
+			GPE0Port:       acpipm.GPE0Port,
+			ResetPort:      acpipm.ResetPort,
+			ResetValue:     acpipm.ResetValue,
+			S5SleepType:    acpipm.SleepTypeS5,
 		},
-		COM1:            true,
-		PvPanicPort:     acpipm.PvPanicPort,
-		PowerButtonPort: acpipm.ButtonPort,
-		I8042:           true,
-		RTC:             true,
+		COM1:        true,
+		PvPanicPort: acpipm.PvPanicPort,
+		I8042:       true,
+		RTC:         true,
 	}
 	acpiPCI(&ac)
 	ac.PCIInterrupts = v.intx

@@ -21,11 +21,13 @@ import (
 )
 
 // ACPI PCI hot plug (arch/x86/acpi.PCIHotplug, devices/pcihp): the
-// register block's ports and the GED's interrupt. GSI 5 is an ISA input
-// no vio device uses; the GED declares it edge-triggered, active-high.
+// register block's ports and the general-purpose event that signals a
+// change (a bit of devices/acpipm's GPE0 block, whose \_GPE._E01 method
+// scans the slots). The SCI is its interrupt, so hot plug takes no ISA
+// IRQ of its own.
 const (
 	hotplugPort = 0xae00
-	hotplugGSI  = 5
+	hotplugGPE  = 1
 )
 
 // Errors of hot plug, matched with errors.Is.
@@ -95,21 +97,21 @@ type plugged struct {
 	released chan struct{} // closed once it is torn down
 }
 
-// pulseGED raises an edge on the GED's input (hot plug and the power
-// button share it): KVM's IOAPIC latches it even while the vCPUs are
-// paused.
-func (v *VM) pulseGED() error {
-	if err := v.kvm.IRQLine(hotplugGSI, true); err != nil {
-		return fmt.Errorf("raising the GED's interrupt: %w", err)
+// raiseHotplugGPE sets the hot-plug GPE's status bit, which raises the
+// SCI once the guest has enabled the GPE. The bit (and so the SCI, a
+// level) stays until the guest clears it, so an event while the vCPUs are
+// paused or before the guest's ACPI is up is seen when it gets there.
+func (v *VM) raiseHotplugGPE() {
+	if v.platform != nil && v.platform.pm != nil {
+		v.platform.pm.RaiseGPE(hotplugGPE)
 	}
-	return v.kvm.IRQLine(hotplugGSI, false)
 }
 
 // setupHotplug serves the register block and makes the registry's
 // devices part of the VM's teardown.
 func (v *VM) setupHotplug() error {
 	v.hp.regs = pcihp.New(pcihp.Config{
-		Notify: func() { v.pulseGED() },
+		Notify: v.raiseHotplugGPE,
 		// The eject arrives on a vCPU thread, which must not wait for
 		// a device's workers to stop.
 		Eject: func(slot int) { go v.guestReleased(uint8(slot)) },

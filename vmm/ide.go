@@ -23,12 +23,11 @@ var idePositions = [config.MaxIDE]int{0, 2, 1, 3}
 // next free slot, when there is any.
 //
 // The controller runs in native mode, its INTA# routed like the e1000's
-// (IOAPIC input 16 + slot mod 8, described by the DSDT's _PRT). Legacy
-// mode would need ISA IRQs 14 and 15, and vio's ACPI platform is
-// hardware-reduced: Linux then has no legacy PIC, reserves no IRQ numbers
-// 0-15 and maps GSI 14 to a dynamically allocated IRQ, while libata in
-// legacy mode requests IRQ number 14 itself, which no interrupt controller
-// backs. A native-mode function gets its IRQ from the PCI core instead.
+// (IOAPIC input 16 + slot mod 8, described by the DSDT's _PRT): a
+// native-mode function gets its IRQ from the PCI core, with nothing to
+// declare. (Legacy mode, which needs ISA IRQs 14 and 15, could not work
+// while vio's ACPI platform was hardware-reduced, where Linux gives ISA
+// IRQs no fixed numbers; it now could, but nothing needs it.)
 func (v *VM) addIDE() error {
 	cfg := ide.Config{Mode: ide.ModeNative}
 	n := 0

@@ -308,7 +308,7 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 func acpiPCI(c *acpi.Config) {
 	c.PCIHole = acpi.Window{Base: pciMMIOBase, Size: x86.PCIMMIOEnd - pciMMIOBase}
 	c.ECAM = &acpi.ECAMWindow{Base: ecamBase}
-	c.PCIHotplug = &acpi.PCIHotplug{Port: hotplugPort, GSI: hotplugGSI}
+	c.PCIHotplug = &acpi.PCIHotplug{Port: hotplugPort, GPE: hotplugGPE}
 }
 
 // Stats returns the VM's counters: per vCPU, the exits to vio by reason

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/viovmm/vio/arch/x86"
+	"github.com/viovmm/vio/arch/x86/acpi"
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/devices/acpipm"
 	"github.com/viovmm/vio/devices/cmos"
@@ -73,6 +74,10 @@ func newPlatform(v *VM, stdio IO) (*platform, error) {
 	pm := acpipm.New(acpipm.Config{
 		PowerOff: func() { v.exit(Exit{Reason: ExitPoweroff, Detail: "ACPI S5"}) },
 		Reset:    func() { v.exit(Exit{Reason: ExitReboot, Detail: "ACPI reset register"}) },
+		// The SCI: ISA IRQ 9, which KVM's routing (interrupts.go)
+		// sends to the PIC and to IOAPIC pin 9, level-triggered and
+		// active-high as the MADT's override tells the guest.
+		SCI: isaLine{v.kvm, acpi.SCIIRQ},
 	})
 	if err := v.pio.Register(acpipm.PortAddr, acpipm.Size, pm); err != nil {
 		return nil, err

@@ -65,15 +65,16 @@ func (c *Controller) StopGracefully(timeout time.Duration, why string, now <-cha
 	return hard
 }
 
-// PressPowerButton latches a press in the power button's status register
-// and raises the GED's interrupt (shared with PCI hot plug), whose _EVT
-// notifies \_SB.PWRB. It implements powerButtoner.
+// PressPowerButton presses the fixed-feature power button: PWRBTN_STS is
+// set, which raises the SCI once the guest has enabled the event (Linux's
+// button driver does; it then reports KEY_POWER). It implements
+// powerButtoner.
 func (v *VM) PressPowerButton() error {
 	if v.platform == nil || v.platform.pm == nil {
 		return fmt.Errorf("%w: this machine has no power button", ErrNotImplemented)
 	}
 	v.platform.pm.PressPowerButton()
-	return v.pulseGED()
+	return nil
 }
 
 var _ powerButtoner = (*VM)(nil)

@@ -28,11 +28,12 @@ func Example() {
 	rsdp, err := acpi.Write(mem, acpi.Config{
 		NumCPUs: 2,
 		PM: acpi.PMRegisters{
-			SleepControlPort: acpipm.SleepControlPort,
-			SleepStatusPort:  acpipm.SleepStatusPort,
-			ResetPort:        acpipm.ResetPort,
-			ResetValue:       acpipm.ResetValue,
-			S5SleepType:      acpipm.SleepTypeS5,
+			PM1EventPort:   acpipm.PM1EventPort,
+			PM1ControlPort: acpipm.PM1ControlPort,
+			GPE0Port:       acpipm.GPE0Port,
+			ResetPort:      acpipm.ResetPort,
+			ResetValue:     acpipm.ResetValue,
+			S5SleepType:    acpipm.SleepTypeS5,
 		},
 		PCIHole:     acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
 		COM1:        true,
@@ -46,9 +47,10 @@ func Example() {
 	}
 	fmt.Printf("RSDP at %#x\n", rsdp)
 
-	// What the guest does on "poweroff" and on a panic.
-	pio.Write(acpipm.SleepStatusPort, []byte{acpipm.WakeStatus})
-	pio.Write(acpipm.SleepControlPort, []byte{acpipm.SleepTypeS5<<acpipm.SleepTypeShift | acpipm.SleepEnable})
+	// What the guest does on "poweroff" (PM1_CNT is 16 bits: SLP_TYP
+	// and SLP_EN are in its high byte) and on a panic.
+	pio.Write(acpipm.PM1EventPort, []byte{0, acpipm.WakeStatus >> 8})
+	pio.Write(acpipm.PM1ControlPort, []byte{acpipm.SCIEnable, (acpipm.SleepTypeS5<<acpipm.SleepTypeShift | acpipm.SleepEnable) >> 8})
 	pio.Write(acpipm.PvPanicPort, []byte{acpipm.PvPanicPanicked})
 	// Output:
 	// RSDP at 0xfa000

@@ -8,8 +8,8 @@
 //	+4 PCID  read: slots the host asks the guest to eject (read clears)
 //	+8 B0EJ  write: bit n set = the guest released slot n (its _EJ0 ran)
 //
-// Each change the guest should look at raises the notification (the GED's
-// interrupt); the guest's handler reads both bitmaps and notifies the
+// Each change the guest should look at raises the notification (a GPE, and
+// through it the SCI); the guest's handler reads both bitmaps and notifies the
 // slots. A bit set between the guest's read and the next notification is
 // seen by the next one, so no event is lost.
 //

@@ -22,16 +22,32 @@ const (
 )
 
 // PMRegisters are the I/O ports of the power-management device
-// (devices/acpipm) the FADT points at.
+// (devices/acpipm) the FADT points at: the fixed hardware of a full ACPI
+// PC (see the package comment).
 type PMRegisters struct {
-	SleepControlPort uint16 // SLEEP_CONTROL_REG, 8 bits
-	SleepStatusPort  uint16 // SLEEP_STATUS_REG, 8 bits
-	ResetPort        uint16 // RESET_REG, 8 bits
-	ResetValue       uint8  // RESET_VALUE
+	// PM1EventPort is PM1a_EVT_BLK: PM1_STS then PM1_EN, 16 bits each.
+	PM1EventPort uint16
+	// PM1ControlPort is PM1a_CNT_BLK, 16 bits (SCI_EN, SLP_TYP, SLP_EN).
+	PM1ControlPort uint16
+	// GPE0Port is GPE0_BLK: GPE0Len bytes, the status bytes then as many
+	// enable bytes.
+	GPE0Port   uint16
+	ResetPort  uint16 // RESET_REG, 8 bits
+	ResetValue uint8  // RESET_VALUE
 	// S5SleepType is the SLP_TYP value (0-7) the device takes as
 	// "power off"; \_S5 hands it to the OS.
 	S5SleepType uint8
 }
+
+// GPE0Len is the length of the GPE0 block: one status byte and one enable
+// byte, GPEs 0-7 (devices/acpipm.GPE0Len).
+const GPE0Len = 2
+
+// PM1 block lengths (ACPI's minimums; devices/acpipm serves them).
+const (
+	pm1EventLen   = 4
+	pm1ControlLen = 2
+)
 
 // Window is a range of guest physical addresses.
 type Window struct {
@@ -88,12 +104,6 @@ type Config struct {
 	// PCIHotplug, if not nil, makes slots 1-31 of bus 0 hot-pluggable
 	// (see PCIHotplug).
 	PCIHotplug *PCIHotplug
-	// PowerButtonPort, if not 0, declares a control-method power button
-	// (\_SB.PWRB, PNP0C0C) whose status is the byte register at that
-	// port (devices/acpipm.ButtonPort: reads 1 once per press, then 0).
-	// The press is signalled through the GED, so it needs PCIHotplug,
-	// whose GSI the GED uses; the GED's _EVT then also notifies PWRB.
-	PowerButtonPort uint16
 	// TimerOverride adds the ISA IRQ0 → GSI 2 interrupt source
 	// override. Set it only if the vmm routes GSI 0/the PIT to IOAPIC
 	// pin 2; KVM's default routing, which the MP table describes, has
@@ -115,8 +125,16 @@ func (c *Config) validate() error {
 		return bad("%d CPUs, want 1..%d", c.NumCPUs, x86.MaxCPUs)
 	}
 	pm := c.PM
-	if pm.SleepControlPort == 0 || pm.SleepStatusPort == 0 || pm.ResetPort == 0 {
+	if pm.PM1EventPort == 0 || pm.PM1ControlPort == 0 || pm.GPE0Port == 0 || pm.ResetPort == 0 {
 		return bad("power-management ports must not be 0 (%+v)", pm)
+	}
+	for _, r := range []struct {
+		port uint16
+		n    uint32
+	}{{pm.PM1EventPort, pm1EventLen}, {pm.PM1ControlPort, pm1ControlLen}, {pm.GPE0Port, GPE0Len}} {
+		if uint32(r.port)+r.n > 1<<16 {
+			return bad("power-management block at port %#x+%d passes 0xffff", r.port, r.n)
+		}
 	}
 	if pm.S5SleepType > 7 {
 		return bad("S5 sleep type %d does not fit SLP_TYP's 3 bits", pm.S5SleepType)
@@ -141,12 +159,9 @@ func (c *Config) validate() error {
 		if h.Port == 0 || uint32(h.Port)+HotplugSize > 1<<16 {
 			return bad("PCI hot-plug registers at port %#x: want a non-zero port with %d bytes below 0x10000", h.Port, HotplugSize)
 		}
-		if h.GSI > 255 {
-			return bad("PCI hot-plug GSI %d: the GED takes an IOAPIC input below 256", h.GSI)
+		if h.GPE >= 8*GPE0Len/2 {
+			return bad("PCI hot-plug GPE %d: the GPE0 block has GPEs 0-%d", h.GPE, 8*GPE0Len/2-1)
 		}
-	}
-	if c.PowerButtonPort != 0 && c.PCIHotplug == nil {
-		return bad("a power button without PCIHotplug: the GED that signals it takes PCIHotplug's GSI")
 	}
 	if w := c.PCIHole64; w.Size != 0 && w.Base+w.Size < w.Base {
 		return bad("64-bit PCI hole %#x+%#x wraps", w.Base, w.Size)
@@ -230,9 +245,16 @@ func build(cfg *Config, base uint64) ([]byte, error) {
 	img = append(img, make([]byte, rsdpSize)...)
 	xsdtAddr := place(make([]byte, headerSize+8*nEntries))
 
+	// The FACS must be 64-byte aligned; it is not in the XSDT, only the
+	// FADT points at it.
+	pad := (facsAlign - (base+uint64(len(img)))%facsAlign) % facsAlign
+	img = append(img, make([]byte, pad)...)
+	facsAddr := base + uint64(len(img))
+	img = append(img, facs()...)
+
 	dsdt := header(SigDSDT, dsdtRevision)
 	dsdtAddr := place(seal(append(dsdt, dsdtAML(cfg)...)))
-	entries := []uint64{place(fadt(cfg, dsdtAddr)), place(madt(cfg))}
+	entries := []uint64{place(fadt(cfg, dsdtAddr, facsAddr)), place(madt(cfg))}
 	if cfg.ECAM != nil {
 		entries = append(entries, place(mcfg(cfg.ECAM)))
 	}

@@ -24,23 +24,22 @@ func newMem(t testing.TB) *memory.Memory {
 	return mem
 }
 
-var pm = acpi.PMRegisters{SleepControlPort: 0x600, SleepStatusPort: 0x601, ResetPort: 0x602, ResetValue: 0x01, S5SleepType: 5}
+var pm = acpi.PMRegisters{PM1EventPort: 0x600, PM1ControlPort: 0x604, ResetPort: 0x606, GPE0Port: 0x608, ResetValue: 0x01, S5SleepType: 5}
 
 func fullConfig() acpi.Config {
 	return acpi.Config{
-		NumCPUs:         x86.MaxCPUs,
-		PM:              pm,
-		PCIHole:         acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
-		PCIHole64:       acpi.Window{Base: 1 << 40, Size: 1 << 36},
-		ECAM:            &acpi.ECAMWindow{Base: 0xe0000000, StartBus: 0, EndBus: 255},
-		COM1:            true,
-		PvPanicPort:     0x505,
-		I8042:           true,
-		RTC:             true,
-		TimerOverride:   true,
-		PowerButtonPort: 0x603,
-		PCIInterrupts:   []x86.PCIInterrupt{{Device: 3, Pin: 0, IOAPICPin: 19}, {Device: 31, Pin: 3, IOAPICPin: 23}},
-		PCIHotplug:      &acpi.PCIHotplug{Port: 0xae00, GSI: 5},
+		NumCPUs:       x86.MaxCPUs,
+		PM:            pm,
+		PCIHole:       acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
+		PCIHole64:     acpi.Window{Base: 1 << 40, Size: 1 << 36},
+		ECAM:          &acpi.ECAMWindow{Base: 0xe0000000, StartBus: 0, EndBus: 255},
+		COM1:          true,
+		PvPanicPort:   0x505,
+		I8042:         true,
+		RTC:           true,
+		TimerOverride: true,
+		PCIInterrupts: []x86.PCIInterrupt{{Device: 3, Pin: 0, IOAPICPin: 19}, {Device: 31, Pin: 3, IOAPICPin: 23}},
+		PCIHotplug:    &acpi.PCIHotplug{Port: 0xae00, GPE: 1},
 	}
 }
 
@@ -54,7 +53,7 @@ var configs = map[string]acpi.Config{
 		ECAM:    &acpi.ECAMWindow{Base: 0xc0000000, StartBus: 0, EndBus: 15}},
 	"hotplug-legacy-pci": {NumCPUs: 1, PM: pm,
 		PCIHole:    acpi.Window{Base: x86.PCIMMIOStart, Size: x86.PCIMMIOEnd - x86.PCIMMIOStart},
-		PCIHotplug: &acpi.PCIHotplug{Port: 0xfff0, GSI: 23}},
+		PCIHotplug: &acpi.PCIHotplug{Port: 0xfff0, GPE: 7}},
 	"ecam-outside-hole": {NumCPUs: 3, PM: pm, PvPanicPort: 0x505,
 		PCIHole: acpi.Window{Base: 0xc0000000, Size: 0x20000000},
 		ECAM:    &acpi.ECAMWindow{Base: 0xb0000000, StartBus: 1, EndBus: 8}},
@@ -97,42 +96,73 @@ func checkFADT(p *parsed, cfg acpi.Config) error {
 		return fmt.Errorf("FADT length %d revision %d, want 276 and 6", len(f), f[8])
 	}
 	flags := le.Uint32(f[112:])
-	const hwReduced, resetSup = 1 << 20, 1 << 10
-	if flags&hwReduced == 0 || flags&resetSup == 0 {
-		return fmt.Errorf("FADT flags %#x lack HW_REDUCED_ACPI or RESET_REG_SUP", flags)
+	const hwReduced, resetSup, noPowerButton, noSleepButton = 1 << 20, 1 << 10, 1 << 4, 1 << 5
+	if flags&hwReduced != 0 || flags&resetSup == 0 {
+		return fmt.Errorf("FADT flags %#x: want RESET_REG_SUP and not HW_REDUCED_ACPI", flags)
 	}
-	if le.Uint32(f[36:]) != 0 || le.Uint64(f[132:]) != 0 {
-		return fmt.Errorf("FADT points at a FACS, which a hardware-reduced machine has not")
+	if flags&noPowerButton != 0 || flags&noSleepButton == 0 {
+		return fmt.Errorf("FADT flags %#x: want the fixed power button and no sleep button", flags)
+	}
+	if err := checkFACS(p, f); err != nil {
+		return err
 	}
 	if d32 := uint64(le.Uint32(f[40:])); d32 != 0 && d32 != p.dsdt.addr {
 		return fmt.Errorf("DSDT %#x and X_DSDT %#x differ", d32, p.dsdt.addr)
 	}
-	if sci := le.Uint16(f[46:]); sci == 0 {
-		return fmt.Errorf("SCI_INT 0 would capture an IRQ0 override in Linux")
+	if sci := le.Uint16(f[46:]); sci != 9 {
+		return fmt.Errorf("SCI_INT %d, want 9", sci)
 	}
-	// Everything from PM1a_EVT_BLK to GPE1_BASE and the X_ blocks must
-	// be empty: reduced hardware has no fixed registers.
-	for _, r := range [][2]int{{56, 95}, {148, 244}} {
-		for i := r[0]; i < r[1]; i++ {
-			if f[i] != 0 {
-				return fmt.Errorf("FADT byte %d is %#x, want 0 (no fixed hardware)", i, f[i])
+	if smi := le.Uint32(f[48:]); smi != 0 {
+		return fmt.Errorf("SMI_CMD %#x: there is no SMM to switch to ACPI mode through", smi)
+	}
+	// The blocks: each legacy 32-bit address and length agrees with its
+	// X_ GAS, which is an I/O register of the whole block's width.
+	blocks := []struct {
+		what       string
+		blk, lenAt int // legacy address and length fields
+		x          int // X_ GAS
+		port       uint16
+		length     int // 0: absent
+	}{
+		{"PM1a_EVT_BLK", 56, 88, 148, cfg.PM.PM1EventPort, 4},
+		{"PM1b_EVT_BLK", 60, 88, 160, 0, 0},
+		{"PM1a_CNT_BLK", 64, 89, 172, cfg.PM.PM1ControlPort, 2},
+		{"PM1b_CNT_BLK", 68, 89, 184, 0, 0},
+		{"PM2_CNT_BLK", 72, 90, 196, 0, 0},
+		{"PM_TMR_BLK", 76, 91, 208, 0, 0},
+		{"GPE0_BLK", 80, 92, 220, cfg.PM.GPE0Port, acpi.GPE0Len},
+		{"GPE1_BLK", 84, 93, 232, 0, 0},
+	}
+	for _, b := range blocks {
+		g := parseGAS(f[b.x:])
+		if b.length == 0 {
+			if le.Uint32(f[b.blk:]) != 0 || g.addr != 0 || (b.lenAt != 88 && b.lenAt != 89 && f[b.lenAt] != 0) {
+				return fmt.Errorf("%s is present: %#x, %+v", b.what, le.Uint32(f[b.blk:]), g)
 			}
+			continue
+		}
+		if le.Uint32(f[b.blk:]) != uint32(b.port) || int(f[b.lenAt]) != b.length {
+			return fmt.Errorf("%s %#x length %d, want %#x length %d", b.what, le.Uint32(f[b.blk:]), f[b.lenAt], b.port, b.length)
+		}
+		if g.space != 1 || g.addr != uint64(b.port) || int(g.bitWidth) != 8*b.length || g.bitOffset != 0 {
+			return fmt.Errorf("X_%s is %+v, want %d bits of I/O at %#x", b.what, g, 8*b.length, b.port)
 		}
 	}
-	check := func(what string, g gas, port uint16) error {
-		if g != (gas{space: 1, bitWidth: 8, bitOffset: 0, access: 1, addr: uint64(port)}) {
-			return fmt.Errorf("%s is %+v, want an 8-bit I/O register at %#x", what, g, port)
+	if f[94] != 0 {
+		return fmt.Errorf("GPE1_BASE %d without a GPE1 block", f[94])
+	}
+	if c2, c3 := le.Uint16(f[96:]), le.Uint16(f[98:]); c2 <= 100 || c3 <= 1000 {
+		return fmt.Errorf("P_LVL2_LAT %d, P_LVL3_LAT %d: want C2 and C3 marked unsupported", c2, c3)
+	}
+	// ACPI 6 moved hardware-reduced sleep to SLEEP_CONTROL/STATUS_REG;
+	// a full machine uses PM1_CNT and leaves them empty.
+	for i := 244; i < 268; i++ {
+		if f[i] != 0 {
+			return fmt.Errorf("FADT byte %d is %#x, want 0 (no sleep control/status register)", i, f[i])
 		}
-		return nil
 	}
-	if err := check("SLEEP_CONTROL_REG", parseGAS(f[244:]), cfg.PM.SleepControlPort); err != nil {
-		return err
-	}
-	if err := check("SLEEP_STATUS_REG", parseGAS(f[256:]), cfg.PM.SleepStatusPort); err != nil {
-		return err
-	}
-	if err := check("RESET_REG", parseGAS(f[116:]), cfg.PM.ResetPort); err != nil {
-		return err
+	if g := parseGAS(f[116:]); g != (gas{space: 1, bitWidth: 8, bitOffset: 0, access: 1, addr: uint64(cfg.PM.ResetPort)}) {
+		return fmt.Errorf("RESET_REG is %+v, want an 8-bit I/O register at %#x", g, cfg.PM.ResetPort)
 	}
 	if f[128] != cfg.PM.ResetValue {
 		return fmt.Errorf("RESET_VALUE %#x, want %#x", f[128], cfg.PM.ResetValue)
@@ -147,6 +177,40 @@ func checkFADT(p *parsed, cfg acpi.Config) error {
 	}
 	if cfg.RTC && f[108] != 0x32 {
 		return fmt.Errorf("CENTURY %#x, want 0x32", f[108])
+	}
+	return nil
+}
+
+// checkFACS: FIRMWARE_CTRL and X_FIRMWARE_CTRL both name one FACS (they
+// may not disagree), 64-byte aligned, with its signature, length and
+// version, inside the tables' area and not overlapping another table.
+func checkFACS(p *parsed, f []byte) error {
+	a32, a64 := uint64(le.Uint32(f[36:])), le.Uint64(f[132:])
+	if a32 == 0 || a32 != a64 {
+		return fmt.Errorf("FIRMWARE_CTRL %#x, X_FIRMWARE_CTRL %#x: want one FACS in both", a32, a64)
+	}
+	if a32%64 != 0 {
+		return fmt.Errorf("FACS at %#x is not 64-byte aligned", a32)
+	}
+	b := make([]byte, 64)
+	if _, err := p.mem.ReadAt(b, int64(a32)); err != nil {
+		return err
+	}
+	if string(b[:4]) != "FACS" || le.Uint32(b[4:]) != 64 || b[32] != 2 {
+		return fmt.Errorf("FACS at %#x: % x", a32, b)
+	}
+	if a32 < acpi.TablesAddr || a32+64 > acpi.TablesEnd {
+		return fmt.Errorf("FACS at %#x is outside the tables' area", a32)
+	}
+	for _, t := range append([]table{p.dsdt, p.xsdt}, func() (ts []table) {
+		for _, s := range p.order {
+			ts = append(ts, p.byName[s])
+		}
+		return
+	}()...) {
+		if t.addr < a32+64 && a32 < t.addr+uint64(len(t.b)) {
+			return fmt.Errorf("FACS at %#x overlaps %s at %#x", a32, t.sig(), t.addr)
+		}
 	}
 	return nil
 }
@@ -592,7 +656,11 @@ func TestConfigErrors(t *testing.T) {
 	bad := map[string]func(*acpi.Config){
 		"no CPUs":        func(c *acpi.Config) { c.NumCPUs = 0 },
 		"too many CPUs":  func(c *acpi.Config) { c.NumCPUs = x86.MaxCPUs + 1 },
-		"no sleep port":  func(c *acpi.Config) { c.PM.SleepControlPort = 0 },
+		"no PM1 events":  func(c *acpi.Config) { c.PM.PM1EventPort = 0 },
+		"no PM1 control": func(c *acpi.Config) { c.PM.PM1ControlPort = 0 },
+		"no GPE0":        func(c *acpi.Config) { c.PM.GPE0Port = 0 },
+		"PM1 at 0xffff":  func(c *acpi.Config) { c.PM.PM1EventPort = 0xfffd },
+		"GPE 8":          func(c *acpi.Config) { c.PCIHotplug.GPE = 8 },
 		"no reset port":  func(c *acpi.Config) { c.PM.ResetPort = 0 },
 		"sleep type":     func(c *acpi.Config) { c.PM.S5SleepType = 8 },
 		"hole above 4G":  func(c *acpi.Config) { c.PCIHole = acpi.Window{Base: 0xf0000000, Size: 0x20000000} },
@@ -638,7 +706,7 @@ func TestWriteNoMemory(t *testing.T) {
 // FuzzWrite builds tables from arbitrary configs: Write either rejects
 // the config or produces tables that pass every check.
 func FuzzWrite(f *testing.F) {
-	f.Add(1, uint16(0x600), uint16(0x601), uint16(0x602), uint8(1), uint8(5), uint64(0xc0000000), uint64(0x3ec00000), uint64(0), uint64(0), true, uint64(0xe0000000), uint8(0), uint8(255), uint16(0x505), uint8(0xff))
+	f.Add(1, uint16(0x600), uint16(0x604), uint16(0x606), uint8(1), uint8(5), uint64(0xc0000000), uint64(0x3ec00000), uint64(0), uint64(0), true, uint64(0xe0000000), uint8(0), uint8(255), uint16(0x505), uint8(0xff))
 	f.Add(254, uint16(1), uint16(1), uint16(1), uint8(0), uint8(7), uint64(0), uint64(0), uint64(1<<40), uint64(1<<30), false, uint64(0), uint8(0), uint8(0), uint16(0), uint8(0))
 	f.Add(3, uint16(0xffff), uint16(0xfffe), uint16(0x1), uint8(0xff), uint8(0), uint64(0x80000000), uint64(0x80000000), uint64(0), uint64(0), true, uint64(0x80000000), uint8(3), uint8(9), uint16(0xffff), uint8(0x5))
 	f.Fuzz(func(t *testing.T, n int, ctl, sts, rst uint16, rval, s5 uint8, hb, hs, h64b, h64s uint64, ecam bool, eb uint64, es, ee uint8, pvp uint16, bits uint8) {
@@ -652,8 +720,11 @@ func FuzzWrite(f *testing.F) {
 			eb &= 0xffffffff
 		}
 		cfg := acpi.Config{
-			NumCPUs:       n,
-			PM:            acpi.PMRegisters{SleepControlPort: ctl, SleepStatusPort: sts, ResetPort: rst, ResetValue: rval, S5SleepType: s5},
+			NumCPUs: n,
+			// The GPE0 block goes after the reset register (a vmm puts
+			// the blocks side by side; overlaps are not checked).
+			PM: acpi.PMRegisters{PM1EventPort: ctl, PM1ControlPort: sts, ResetPort: rst, GPE0Port: rst + 2,
+				ResetValue: rval, S5SleepType: s5},
 			PCIHole:       acpi.Window{Base: hb, Size: hs},
 			PCIHole64:     acpi.Window{Base: h64b, Size: h64s},
 			PvPanicPort:   pvp,
@@ -666,9 +737,9 @@ func FuzzWrite(f *testing.F) {
 			cfg.ECAM = &acpi.ECAMWindow{Base: eb, StartBus: es, EndBus: ee}
 		}
 		if bits&16 != 0 {
-			cfg.PCIHotplug = &acpi.PCIHotplug{Port: pvp ^ 0xae00, GSI: uint32(rval)}
+			cfg.PCIHotplug = &acpi.PCIHotplug{Port: pvp ^ 0xae00, GPE: rval % 8}
 			if bits&32 != 0 {
-				cfg.PCIHotplug.GSI += uint32(n) // may leave the IOAPIC's range
+				cfg.PCIHotplug.GPE += uint8(n) // may leave GPE0
 			}
 		}
 		mem := newMem(t)

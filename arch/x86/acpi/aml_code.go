@@ -14,7 +14,6 @@ const (
 	opShiftLeft    = 0x79
 	opAnd          = 0x7b
 	opNotify       = 0x86
-	opLEqual       = 0x93
 	opIf           = 0xa0
 	opMultiName    = 0x2f
 	opNullName     = 0x00
@@ -25,7 +24,6 @@ const (
 	// FieldFlags: DWordAcc (3), NoLock (bit 4 clear), WriteAsZeros
 	// (UpdateRule 1 in bits 6:5).
 	fieldDWordWriteZeros = 0x03 | 1<<5
-	fieldByteWriteZeros  = 0x01 | 1<<5
 
 	// MethodFlags bit 3: the method is Serialized.
 	methodSerialized = 1 << 3
@@ -35,9 +33,6 @@ const (
 const (
 	notifyDeviceCheck  = 1 // a device may have appeared: re-enumerate it
 	notifyEjectRequest = 3 // the platform asks the OS to release a device
-	// notifyButtonPressed, to a power button device: it was pressed
-	// (ACPI 6.5, 4.8.3.1.2 "Control Method Power Button").
-	notifyButtonPressed = 0x80
 )
 
 // local is LocalN.
@@ -74,12 +69,6 @@ func field32(region string, names ...string) []byte {
 	return append([]byte{opExtPrefix, opField}, pkgLength(body)...)
 }
 
-// field8 is Field(region, ByteAcc, NoLock, WriteAsZeros) { n, 8 }.
-func field8(region, n string) []byte {
-	body := concat(namePath(region), []byte{fieldByteWriteZeros}, nameSeg(n), []byte{8})
-	return append([]byte{opExtPrefix, opField}, pkgLength(body)...)
-}
-
 // methodFlags is Method(n, args, Serialized|NotSerialized) {body...}.
 func methodFlags(n string, args int, serialized bool, body ...[]byte) []byte {
 	if args < 0 || args > 7 {
@@ -103,9 +92,6 @@ func shiftLeftTo(a, n []byte, target string) []byte {
 	return concat([]byte{opShiftLeft}, a, n, namePath(target))
 }
 
-// lEqual is LEqual(a, b).
-func lEqual(a, b []byte) []byte { return concat([]byte{opLEqual}, a, b) }
-
 // ifThen is If (predicate) {body...}.
 func ifThen(predicate []byte, body ...[]byte) []byte {
 	return append([]byte{opIf}, pkgLength(concat(append([][]byte{predicate}, body...)...))...)
@@ -120,14 +106,6 @@ func notify(object string, value uint64) []byte {
 // len(args) arguments, which AML does not encode.
 func call(n string, args ...[]byte) []byte {
 	return concat(append([][]byte{namePath(n)}, args...)...)
-}
-
-// extendedIRQ is Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive)
-// {gsi}: an Extended Interrupt Descriptor (ACPI 6.5, 6.4.3.6).
-func extendedIRQ(gsi uint32) []byte {
-	const consumer, edge = 1 << 0, 1 << 1
-	b := []byte{0x89, 6, 0, consumer | edge, 1}
-	return append(b, byte(gsi), byte(gsi>>8), byte(gsi>>16), byte(gsi>>24))
 }
 
 // slotName is the name of the slot device of PCI device number d.

@@ -219,10 +219,13 @@ func (d *amlDecoder) termList(end int, scope string) error {
 			if err != nil {
 				return err
 			}
-			if _, ok := d.ns[n]; !ok && n != `\_SB_` {
+			// \_SB and \_GPE are the namespace's predefined
+			// scopes (ACPI 6.5, 5.3.1); anything else must exist.
+			predefined := n == `\_SB_` || n == `\_GPE`
+			if _, ok := d.ns[n]; !ok && !predefined {
 				return d.fail("scope %s names nothing", n)
 			}
-			if n == `\_SB_` {
+			if predefined {
 				d.ns[n] = &amlObject{kind: amlScope}
 			}
 			if err := d.termList(pe, n); err != nil {

@@ -31,12 +31,12 @@ const (
 //	    Device (KBD)  { _HID PNP0303, _CRS }           if cfg.I8042
 //	    Device (RTC)  { _HID PNP0B00, _CRS }           if cfg.RTC
 //	    Device (PEVT) { _HID QEMU0001, _CRS }          if cfg.PvPanicPort
-//	    Device (PWRB) { _HID PNP0C0C, PBST register }   if cfg.PowerButtonPort
-//	    Device (GED)  { _HID ACPI0013, _CRS, _EVT }    if cfg.PCIHotplug
 //	}
+//	Scope (_GPE) { Method (_Exx) { \_SB.PCI0.PCNT () } } if cfg.PCIHotplug
 //
-// PHPR comes before PCI0 and PCI0 before GED so that every method call
-// names a method already defined (see hotplug.go).
+// PHPR comes before PCI0 and PCI0 before \_GPE so that every method call
+// names a method already defined (see hotplug.go). The power button is
+// the FADT's fixed-feature one and needs no object here.
 func dsdtAML(cfg *Config) []byte {
 	var sb [][]byte
 	if h := cfg.PCIHotplug; h != nil {
@@ -66,13 +66,12 @@ func dsdtAML(cfg *Config) []byte {
 			)),
 		))
 	}
-	// In hardware-reduced mode Linux has no legacy PIC and reserves no
-	// IRQ numbers for ISA; an ISA IRQ gets its mapping when a device
-	// that declares it is enumerated. Drivers that probe fixed ports
-	// with a hard-coded IRQ (i8042 without PNP0303, the rtc_cmos
-	// platform device without PNP0B00) would ask for an IRQ that was
-	// never set up. Declaring the devices also makes i8042 and rtc_cmos
-	// bind through PNP, with these resources.
+	// Declaring the legacy devices makes 8250_pnp, i8042 and rtc_cmos
+	// bind through PNP with these resources (and keeps their ports
+	// reserved). ISA IRQ i is IOAPIC input i, as in the MADT (which
+	// overrides only 9, the SCI, and 0 with TimerOverride) and the MP
+	// table. vio's i8042 has no aux port (its self-test of the port
+	// fails, devices/i8042), so there is no PNP0F13 mouse on IRQ 12.
 	if cfg.I8042 {
 		sb = append(sb, device("KBD",
 			name("_HID", integer(uint64(eisaID("PNP0303")))),
@@ -100,16 +99,14 @@ func dsdtAML(cfg *Config) []byte {
 			name("_CRS", resourceTemplate(ioPort(p, p, 1, 1))),
 		))
 	}
-	if p := cfg.PowerButtonPort; p != 0 {
-		sb = append(sb, powerButton(p))
-	}
-	if h := cfg.PCIHotplug; h != nil {
-		sb = append(sb, genericEventDevice(h, cfg.PowerButtonPort != 0))
-	}
-	return concat(
+	out := concat(
 		name("_S5", pkg(integer(uint64(cfg.PM.S5SleepType)), integer(0))),
 		scope("_SB", sb...),
 	)
+	if h := cfg.PCIHotplug; h != nil {
+		out = append(out, gpeScope(h)...)
+	}
+	return out
 }
 
 // pciRoot describes host bridge 0. With an ECAM window it is a PCI

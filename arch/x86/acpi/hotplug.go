@@ -1,21 +1,24 @@
 package acpi
 
-// PCIHotplug describes ACPI PCI hot plug of bus 0's slots, the way a
-// hardware-reduced machine signals it: a Generic Event Device (ACPI0013)
-// whose interrupt makes the OS run its _EVT method, which reads a small
-// I/O register block (devices/pcihp) and notifies the slot devices that
-// changed. Linux's acpiphp (CONFIG_HOTPLUG_PCI_ACPI) then scans a slot
-// that got a device-check notification, and releases a slot that got an
-// eject request, calling its _EJ0, which tells the VMM through the same
-// register block.
+import "fmt"
+
+// PCIHotplug describes ACPI PCI hot plug of bus 0's slots, signalled as a
+// full ACPI PC does: a general-purpose event (a bit of the FADT's GPE0
+// block, devices/acpipm) whose \_GPE._Exx method the OS runs on the SCI;
+// the method reads a small I/O register block (devices/pcihp) and
+// notifies the slot devices that changed. Linux's acpiphp
+// (CONFIG_HOTPLUG_PCI_ACPI) then scans a slot that got a device-check
+// notification, and releases a slot that got an eject request, calling
+// its _EJ0, which tells the VMM through the same register block.
 type PCIHotplug struct {
 	// Port is the base of the register block: PCIU (slots that came up,
 	// read clears) at +0, PCID (slots the host asks to eject, read
 	// clears) at +4, B0EJ (write: bit n, the guest released slot n) at
 	// +8, each 32 bits wide.
 	Port uint16
-	// GSI is the GED's interrupt, edge-triggered and active-high.
-	GSI uint32
+	// GPE is the general-purpose event (0-7, a bit of GPE0) that
+	// signals a change.
+	GPE uint8
 }
 
 // HotplugSize is the size of the register block at PCIHotplug.Port.
@@ -83,54 +86,17 @@ func hotplugSlots() [][]byte {
 	return append(out, methodFlags("PCNT", 0, true, scan...))
 }
 
-// genericEventDevice is the GED that signals hot plug and, with button,
-// the power button:
+// gpeScope is the hot-plug GPE's handler:
 //
-//	Device (GED) {
-//	    Name (_HID, "ACPI0013")
-//	    Name (_UID, 0)
-//	    Name (_CRS, ResourceTemplate () {
-//	        Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { GSI } })
-//	    Method (_EVT, 1) {
-//	        If (LEqual (Arg0, GSI)) {
-//	            \_SB.PCI0.PCNT ()
-//	            If (\_SB.PWRB.PBST) { Notify (\_SB.PWRB, 0x80) }   // with button
-//	        }
-//	    }
+//	Scope (\_GPE) {
+//	    Method (_Exx, 0) { \_SB.PCI0.PCNT () }   // xx: the GPE number in hex
 //	}
 //
-// Both sources share the interrupt: each event source has its own
-// read-clear status, so one interrupt for both loses nothing.
-func genericEventDevice(h *PCIHotplug, button bool) []byte {
-	body := [][]byte{lEqual(arg(0), integer(uint64(h.GSI))), call(`\_SB_.PCI0.PCNT`)}
-	if button {
-		body = append(body, ifThen(namePath(`\_SB_.PWRB.PBST`), notify(`\_SB_.PWRB`, notifyButtonPressed)))
-	}
-	return device("GED",
-		name("_HID", str("ACPI0013")),
-		name("_UID", integer(0)),
-		name("_CRS", resourceTemplate(extendedIRQ(h.GSI))),
-		method("_EVT", 1, ifThen(body[0], body[1:]...)),
-	)
-}
-
-// powerButton is the control-method power button:
-//
-//	Device (PWRB) {
-//	    Name (_HID, EISAID ("PNP0C0C"))
-//	    Name (_UID, 1)
-//	    OperationRegion (PBRG, SystemIO, port, 1)
-//	    Field (PBRG, ByteAcc, NoLock, WriteAsZeros) { PBST, 8 }
-//	}
-//
-// Linux's button driver binds PNP0C0C and turns Notify (PWRB, 0x80) into
-// a KEY_POWER input event, which systemd-logind (or acpid) answers by
-// shutting down.
-func powerButton(port uint16) []byte {
-	return device("PWRB",
-		name("_HID", integer(uint64(eisaID("PNP0C0C")))),
-		name("_UID", integer(1)),
-		opRegionIO("PBRG", port, 1),
-		field8("PBRG", "PBST"),
-	)
+// _E: the GPE is edge-style; ACPICA clears its status bit before running
+// the method (and disables the GPE while it runs), so an event the device
+// signals while the method runs sets the bit again and runs it once more.
+// The registers' read-clear bitmaps then hold whatever the earlier run did
+// not see, so no change is lost and none is seen twice.
+func gpeScope(h *PCIHotplug) []byte {
+	return scope(`\_GPE`, method(fmt.Sprintf("_E%02X", h.GPE), 0, call(`\_SB_.PCI0.PCNT`)))
 }

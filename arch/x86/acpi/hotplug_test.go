@@ -23,14 +23,19 @@ func intText(v uint64) string {
 // register block (PHPR) with its reservation, region and fields at the
 // offsets devices/pcihp serves; one slot device per device number 1-31
 // whose _EJ0 writes its bit to B0EJ; PCNT notifying each slot from its
-// bit in PCIU (device check) and PCID (eject request); and a GED whose
-// interrupt is the configured GSI, edge-triggered and active-high,
-// calling PCNT from _EVT.
+// bit in PCIU (device check) and PCID (eject request); and the
+// configured GPE's edge-style method in \_GPE calling PCNT. There is no
+// GED and no control-method power button any more.
 func checkHotplug(ns amlNamespace, cfg acpi.Config) error {
-	const phpr, pci, ged = `\_SB_.PHPR`, `\_SB_.PCI0`, `\_SB_.GED_`
+	const phpr, pci = `\_SB_.PHPR`, `\_SB_.PCI0`
+	for _, p := range []string{`\_SB_.GED_`, `\_SB_.PWRB`} {
+		if _, ok := ns[p]; ok {
+			return fmt.Errorf("%s declared: the full ACPI platform has neither", p)
+		}
+	}
 	h := cfg.PCIHotplug
 	if h == nil {
-		for _, p := range []string{phpr, ged, pci + ".S01_", pci + ".PCNT"} {
+		for _, p := range []string{phpr, `\_GPE`, pci + ".S01_", pci + ".PCNT"} {
 			if _, ok := ns[p]; ok {
 				return fmt.Errorf("%s declared without PCIHotplug", p)
 			}
@@ -113,60 +118,18 @@ func checkHotplug(ns amlNamespace, cfg acpi.Config) error {
 		return fmt.Errorf("PCNT (flags %#x) does\n%s\nwant Serialized and\n%s", pcnt.flags, strings.Join(pcnt.body, "\n"), strings.Join(scan, "\n"))
 	}
 
-	if err := checkHID(ns, ged, "ACPI0013"); err != nil {
-		return err
-	}
-	rs, err = crs(ns, ged)
+	gpe := fmt.Sprintf(`\_GPE._E%02X`, h.GPE)
+	m, err := get(ns, gpe, amlMethod)
 	if err != nil {
 		return err
 	}
-	// Flags: consumer (bit 0), edge (bit 1), active-high (bit 2 clear),
-	// exclusive (bit 3 clear).
-	if len(rs) != 1 || rs[0].kind != "extirq" || rs[0].min != uint64(h.GSI) || rs[0].gflags != 0x03 {
-		return fmt.Errorf("GED interrupt %+v, want GSI %d, consumer, edge, active-high", rs, h.GSI)
+	if want := []string{`\_SB_.PCI0.PCNT()`}; m.args != 0 || !slices.Equal(m.body, want) {
+		return fmt.Errorf("%s takes %d args and does %q, want 0 and %q", gpe, m.args, m.body, want)
 	}
-	evt, err := get(ns, ged+"._EVT", amlMethod)
-	if err != nil {
-		return err
-	}
-	inner := `\_SB_.PCI0.PCNT()`
-	if cfg.PowerButtonPort != 0 {
-		inner += `; If(\_SB_.PWRB.PBST) {Notify(\_SB_.PWRB, 0x80)}`
-	}
-	if want := []string{`If(LEqual(Arg0, ` + intText(uint64(h.GSI)) + `)) {` + inner + `}`}; evt.args != 1 || !slices.Equal(evt.body, want) {
-		return fmt.Errorf("GED._EVT takes %d args and does %q, want 1 and %q", evt.args, evt.body, want)
-	}
-	return checkPowerButton(ns, cfg)
-}
-
-// checkPowerButton: PWRB is a PNP0C0C device whose PBST field is the
-// one byte at the configured port.
-func checkPowerButton(ns amlNamespace, cfg acpi.Config) error {
-	const pwrb = `\_SB_.PWRB`
-	_, has := ns[pwrb]
-	if cfg.PowerButtonPort == 0 {
-		if has {
-			return fmt.Errorf("%s declared without a power button port", pwrb)
+	for k, o := range ns {
+		if strings.HasPrefix(k, `\_GPE.`) && k != gpe {
+			return fmt.Errorf("\\_GPE has %s (%v) besides %s", k, o.kind, gpe)
 		}
-		return nil
-	}
-	if err := checkHID(ns, pwrb, "PNP0C0C"); err != nil {
-		return err
-	}
-	o, err := get(ns, pwrb+".PBST", amlField)
-	if err != nil {
-		return err
-	}
-	// ByteAcc, WriteAsZeros.
-	if o.bitOff != 0 || o.bitWidth != 8 || o.fieldFlags != 0x21 || o.region != pwrb+".PBRG" {
-		return fmt.Errorf("field PBST: %+v, want 8 bits at bit 0 of PBRG, ByteAcc, WriteAsZeros", o)
-	}
-	r, err := get(ns, pwrb+".PBRG", amlRegion)
-	if err != nil {
-		return err
-	}
-	if r.space != 1 || r.offset != uint64(cfg.PowerButtonPort) || r.length != 1 {
-		return fmt.Errorf("PBRG %+v, want one SystemIO port at %#x", r, cfg.PowerButtonPort)
 	}
 	return nil
 }

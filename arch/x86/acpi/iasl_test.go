@@ -41,7 +41,12 @@ func dumpTables(t *testing.T, dir string, cfg acpi.Config) map[string]string {
 		t.Fatal(err)
 	}
 	files := map[string]string{}
-	all := append([]table{p.dsdt}, func() (ts []table) {
+	// The FACS too: it has no XSDT entry, only the FADT points at it.
+	facs, err := facsOf(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := append([]table{p.dsdt, facs}, func() (ts []table) {
 		for _, s := range p.order {
 			ts = append(ts, p.byName[s])
 		}
@@ -55,6 +60,16 @@ func dumpTables(t *testing.T, dir string, cfg acpi.Config) map[string]string {
 		files[tb.sig()] = f
 	}
 	return files
+}
+
+// facsOf reads the FACS the FADT names.
+func facsOf(p *parsed) (table, error) {
+	addr := uint64(le.Uint32(p.byName["FACP"].b[36:]))
+	b := make([]byte, 64)
+	if _, err := p.mem.ReadAt(b, int64(addr)); err != nil {
+		return table{}, err
+	}
+	return table{addr: addr, b: b}, nil
 }
 
 func run(t *testing.T, dir string, name string, args ...string) string {
@@ -140,6 +155,17 @@ func sameTable(a, b []byte) bool {
 // acpiProblems matches the complaints of the ACPICA core.
 var acpiProblems = regexp.MustCompile(`(?m)^.*(ACPI (BIOS )?(Error|Warning|Exception)|AE_[A-Z_]+).*$`)
 
+// On a full (not hardware-reduced) FADT acpiexec runs its own hardware
+// self-test (aetests.c), written for its built-in test tables: it sets
+// ARB_DIS in PM2_CNT, installs handlers for GPEs 9, 0x19 and 101 and
+// reads the PM timer. vio has no PM2 block, eight GPEs and no PM timer,
+// so exactly these calls fail; anything else it says is a finding.
+var (
+	aetestsProblem  = regexp.MustCompile(`Unexpected AE_[A-Z_]+ from (Acpi\w+) \(aetests-\d+\)`)
+	aetestsExpected = "AcpiWriteBitRegister AcpiReadBitRegister AcpiSetupGpeForWake AcpiInstallGpeHandler AcpiEnableGpe " +
+		"AcpiInstallGpeHandler AcpiEnableGpe AcpiDisableGpe AcpiGetTimer AcpiGetTimerDuration"
+)
+
 // TestACPIExec loads the tables into acpiexec, the ACPICA core as a
 // user program: it parses the FADT as Linux does, loads the DSDT into a
 // namespace, checks predefined names (_HID, _CRS, _S5 ...) for their
@@ -173,15 +199,23 @@ func TestACPIExec(t *testing.T) {
 				eval = append(eval, `evaluate \_SB.RTC._HID`, `evaluate \_SB.RTC._CRS`)
 			}
 			if h := cfg.PCIHotplug; h != nil {
-				// Run the hot-plug path as the OS would: the GED's
-				// event (PCNT reads the registers, notifies the
+				// Run the hot-plug path as the OS would: the GPE's
+				// method (PCNT reads the registers, notifies the
 				// slots), and a slot's eject, which writes B0EJ.
-				eval = append(eval, `evaluate \_SB.PHPR._CRS`, `evaluate \_SB.GED._CRS`,
-					fmt.Sprintf(`evaluate \_SB.GED._EVT %d`, h.GSI), `evaluate \_SB.PCI0.S03._EJ0 1`)
+				eval = append(eval, `evaluate \_SB.PHPR._CRS`,
+					fmt.Sprintf(`evaluate \_GPE._E%02X`, h.GPE), `evaluate \_SB.PCI0.S03._EJ0 1`)
 			}
 			out := run(t, dir, acpiexec, append([]string{"-b", strings.Join(eval, ";")}, args...)...)
-			if m := acpiProblems.FindAllString(out, -1); len(m) > 0 {
-				t.Errorf("acpiexec complains: %q", m)
+			var selfTest []string
+			for _, m := range acpiProblems.FindAllString(out, -1) {
+				if s := aetestsProblem.FindStringSubmatch(m); s != nil {
+					selfTest = append(selfTest, s[1])
+				} else {
+					t.Errorf("acpiexec complains: %q", m)
+				}
+			}
+			if got := strings.Join(selfTest, " "); got != aetestsExpected {
+				t.Errorf("acpiexec's self-test complains about %q, want only %q (what it expects of hardware vio has not)", got, aetestsExpected)
 			}
 			if !strings.Contains(out, "1 ACPI AML tables successfully acquired and loaded") {
 				t.Errorf("DSDT not loaded:\n%s", out)

@@ -29,6 +29,7 @@ type parsed struct {
 	byName map[string]table
 	dsdt   table
 	order  []string // signatures in XSDT order
+	mem    *memory.Memory
 }
 
 func sum(b []byte) byte {
@@ -63,7 +64,7 @@ func readTable(mem *memory.Memory, addr uint64) (table, error) {
 
 // parse follows RSDP → XSDT → tables → X_DSDT.
 func parse(mem *memory.Memory, rsdpAddr uint64) (*parsed, error) {
-	p := &parsed{byName: map[string]table{}}
+	p := &parsed{byName: map[string]table{}, mem: mem}
 	if rsdpAddr%16 != 0 || rsdpAddr < 0xe0000 || rsdpAddr+36 > 0x100000 {
 		return nil, fmt.Errorf("RSDP at %#x is outside the BIOS scan area or unaligned", rsdpAddr)
 	}

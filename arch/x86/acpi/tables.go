@@ -27,6 +27,7 @@ const (
 	SigMADT = "APIC"
 	SigDSDT = "DSDT"
 	SigMCFG = "MCFG"
+	SigFACS = "FACS"
 
 	rsdpRevision = 2 // ACPI 2.0+: has an XSDT
 	xsdtRevision = 1
@@ -39,6 +40,9 @@ const (
 	headerSize = 36
 	rsdpSize   = 36
 	fadtSize   = 276
+	facsSize   = 64
+	facsAlign  = 64 // ACPI 6.5, 5.2.10: the FACS is 64-byte aligned
+	facsVer    = 2  // ACPI 6.x
 )
 
 // Checksum returns the byte that makes b sum to zero.
@@ -96,21 +100,22 @@ func xsdt(entries []uint64) []byte {
 
 // Generic Address Structure (ACPI 6.5, 5.2.3.2).
 const (
-	gasSize        = 12
-	spaceSystemIO  = 1
-	accessByte     = 1
-	bitsPerByteReg = 8
+	gasSize       = 12
+	spaceSystemIO = 1
+	accessByte    = 1
+	accessWord    = 2
 )
 
-// ioRegister8 is a GAS for an 8-bit I/O port register. Bit width 8 with
-// offset 0 is the "register" form ACPICA recognises; it then accesses
-// the port with a single byte, which is what the device decodes.
-func ioRegister8(port uint16) []byte {
+// ioRegister is a GAS for an I/O port register of bits bits, accessed
+// access bytes at a time (accessByte, accessWord). Offset 0 and a width
+// that is the whole register is the form ACPICA expects of the fixed
+// registers.
+func ioRegister(port uint16, bits, access uint8) []byte {
 	g := make([]byte, gasSize)
 	g[0] = spaceSystemIO
-	g[1] = bitsPerByteReg
+	g[1] = bits
 	g[2] = 0
-	g[3] = accessByte
+	g[3] = access
 	le.PutUint64(g[4:], uint64(port))
 	return g
 }
@@ -120,6 +125,14 @@ const (
 	fadtFirmwareCtrl  = 36
 	fadtDSDT          = 40
 	fadtSCIInt        = 46
+	fadtPM1aEvtBlk    = 56
+	fadtPM1aCntBlk    = 64
+	fadtGPE0Blk       = 80
+	fadtPM1EvtLen     = 88
+	fadtPM1CntLen     = 89
+	fadtGPE0BlkLen    = 92
+	fadtPLvl2Lat      = 96
+	fadtPLvl3Lat      = 98
 	fadtCentury       = 108
 	fadtIAPCBootArch  = 109
 	fadtFlags         = 112
@@ -128,8 +141,9 @@ const (
 	fadtMinorVersion  = 131
 	fadtXFirmwareCtrl = 132
 	fadtXDSDT         = 140
-	fadtSleepControl  = 244
-	fadtSleepStatus   = 256
+	fadtXPM1aEvtBlk   = 148
+	fadtXPM1aCntBlk   = 172
+	fadtXGPE0Blk      = 220
 	fadtHypervisorID  = 268
 
 	// IAPC_BOOT_ARCH flags.
@@ -139,17 +153,22 @@ const (
 	BootArchNoRTC = 1 << 5
 
 	// Fixed feature flags.
+	FlagWBINVD      = 1 << 0  // WBINVD flushes the caches (every x86 CPU)
+	FlagProcC1      = 1 << 2  // C1 (HLT) works on every CPU
 	FlagPowerButton = 1 << 4  // no fixed-feature power button
 	FlagSleepButton = 1 << 5  // no fixed-feature sleep button
 	FlagResetReg    = 1 << 10 // RESET_REG_SUP
 	FlagHWReduced   = 1 << 20 // HW_REDUCED_ACPI
 
-	// SCIIRQ is the ISA IRQ the FADT names as the SCI. A hardware-reduced
-	// machine has no SCI, but Linux compares every MADT interrupt source
-	// override's source IRQ with SCI_INT and treats a match as the SCI's
-	// override: SCI_INT 0 would turn an IRQ0 override into a level,
-	// active-low SCI. IRQ 9 is where PCs put it, and its override
-	// (level, active-high) is what the MADT lists.
+	// P_LVL2_LAT above 100 and P_LVL3_LAT above 1000 say "no C2" and "no
+	// C3": there is no P_BLK to enter them through.
+	noC2Latency = 101
+	noC3Latency = 1001
+
+	// SCIIRQ is the ISA IRQ of the SCI, where PCs put it. The MADT's
+	// override makes it level-triggered and active-high on GSI 9 (the
+	// ACPI default for the SCI, active-low, would need the device to
+	// drive the line inverted).
 	SCIIRQ = 9
 
 	// RTCCenturyIndex is the CMOS index of the century byte
@@ -157,13 +176,47 @@ const (
 	RTCCenturyIndex = 0x32
 )
 
-func fadt(cfg *Config, dsdtAddr uint64) []byte {
+// facs is the Firmware ACPI Control Structure, which a full ACPI machine
+// has: the OS finds the global lock and the waking vector in it. Nothing
+// here uses them (no firmware contends for the lock; no sleep state
+// returns through the waking vector), so all but the header are zero.
+func facs() []byte {
+	b := make([]byte, facsSize)
+	copy(b, SigFACS)
+	le.PutUint32(b[4:], facsSize)
+	// Hardware signature (8) stays 0: the hardware never changes
+	// across a sleep, which is what the OS compares it for.
+	b[32] = facsVer
+	return b
+}
+
+func fadt(cfg *Config, dsdtAddr, facsAddr uint64) []byte {
 	t := header(SigFADT, fadtRevision)
 	t = append(t, make([]byte, fadtSize-headerSize)...)
-	// No FACS: a hardware-reduced machine has no firmware waking vector
-	// or global lock, and ACPICA does not look for one.
+	pm := cfg.PM
+	// The tables are below 1 MiB, so the 32-bit address fields hold
+	// them; Linux's ACPICA prefers the 32-bit FACS address when both are
+	// set, and they are equal.
+	le.PutUint32(t[fadtFirmwareCtrl:], uint32(facsAddr))
+	le.PutUint64(t[fadtXFirmwareCtrl:], facsAddr)
 	le.PutUint32(t[fadtDSDT:], uint32(dsdtAddr))
 	le.PutUint16(t[fadtSCIInt:], SCIIRQ)
+	// SMI_CMD stays 0: there is no SMM firmware to hand the machine
+	// over, the OS finds it in ACPI mode already (SCI_EN reads 1).
+	// PM_TMR_BLK stays 0: see devices/acpipm for why there is no PM timer.
+	// The 32-bit block fields and their lengths mirror the X_ GAS
+	// entries (ACPICA warns when they differ).
+	le.PutUint32(t[fadtPM1aEvtBlk:], uint32(pm.PM1EventPort))
+	le.PutUint32(t[fadtPM1aCntBlk:], uint32(pm.PM1ControlPort))
+	le.PutUint32(t[fadtGPE0Blk:], uint32(pm.GPE0Port))
+	t[fadtPM1EvtLen] = pm1EventLen
+	t[fadtPM1CntLen] = pm1ControlLen
+	t[fadtGPE0BlkLen] = GPE0Len
+	le.PutUint16(t[fadtPLvl2Lat:], noC2Latency)
+	le.PutUint16(t[fadtPLvl3Lat:], noC3Latency)
+	copy(t[fadtXPM1aEvtBlk:], ioRegister(pm.PM1EventPort, 8*pm1EventLen, accessWord))
+	copy(t[fadtXPM1aCntBlk:], ioRegister(pm.PM1ControlPort, 8*pm1ControlLen, accessWord))
+	copy(t[fadtXGPE0Blk:], ioRegister(pm.GPE0Port, 8*GPE0Len, accessByte))
 	var arch uint16 = BootArchNoVGA
 	if cfg.I8042 {
 		arch |= BootArch8042
@@ -174,13 +227,15 @@ func fadt(cfg *Config, dsdtAddr uint64) []byte {
 		arch |= BootArchNoRTC
 	}
 	le.PutUint16(t[fadtIAPCBootArch:], arch)
-	le.PutUint32(t[fadtFlags:], FlagHWReduced|FlagResetReg|FlagPowerButton|FlagSleepButton)
-	copy(t[fadtResetReg:], ioRegister8(cfg.PM.ResetPort))
-	t[fadtResetValue] = cfg.PM.ResetValue
+	// Not HW_REDUCED_ACPI: with it Linux installs no legacy PIC and no
+	// ISA IRQ keeps its number (COM1 would not be IRQ 4). The power
+	// button is the fixed-feature one (PWRBTN_STS); there is no sleep
+	// button.
+	le.PutUint32(t[fadtFlags:], FlagWBINVD|FlagProcC1|FlagResetReg|FlagSleepButton)
+	copy(t[fadtResetReg:], ioRegister(pm.ResetPort, 8, accessByte))
+	t[fadtResetValue] = pm.ResetValue
 	t[fadtMinorVersion] = fadtMinor
 	le.PutUint64(t[fadtXDSDT:], dsdtAddr)
-	copy(t[fadtSleepControl:], ioRegister8(cfg.PM.SleepControlPort))
-	copy(t[fadtSleepStatus:], ioRegister8(cfg.PM.SleepStatusPort))
 	copy(t[fadtHypervisorID:fadtHypervisorID+8], HypervisorVendor)
 	return seal(t)
 }
