@@ -118,16 +118,17 @@ func newUUID(t *testing.T) string {
 
 // guest is a running VMM with its console.
 type guest struct {
-	cmd    *exec.Cmd
-	con    *console
-	stderr strings.Builder
-	start  time.Time
-	exited chan error
+	cmd     *exec.Cmd
+	con     *console
+	stderr  strings.Builder
+	start   time.Time
+	exited  chan struct{} // closed when the process has been waited for
+	waitErr error         // its exit, once exited is closed
 }
 
 func startGuest(t *testing.T, argv ...string) *guest {
 	t.Logf("running %s", strings.Join(argv, " "))
-	g := &guest{cmd: exec.Command(argv[0], argv[1:]...), exited: make(chan error, 1)}
+	g := &guest{cmd: exec.Command(argv[0], argv[1:]...), exited: make(chan struct{})}
 	out, err := g.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +139,7 @@ func startGuest(t *testing.T, argv ...string) *guest {
 		t.Fatal(err)
 	}
 	g.con = newConsole(out)
-	go func() { g.exited <- g.cmd.Wait() }()
+	go func() { g.waitErr = g.cmd.Wait(); close(g.exited) }()
 	t.Cleanup(func() {
 		select {
 		case <-g.exited:
@@ -263,12 +264,12 @@ func bootVio(t *testing.T, key string) time.Duration {
 		if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		var err error
 		select {
-		case err = <-g.exited:
+		case <-g.exited:
 		case <-time.After(exitDeadline):
 			t.Fatal(g.failure("vio did not exit within %v of SIGTERM", exitDeadline))
 		}
+		err := g.waitErr
 		t.Logf("vio exited %.1f s after SIGTERM (%v)", time.Since(stopped).Seconds(), err)
 		if err != nil {
 			t.Error(g.failure("vio after SIGTERM: %v, want exit status 0", err))
