@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -39,6 +40,9 @@ menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --clas
 }
 `
 
+// Locale is the system's locale, the one cloud-init sets by default.
+const Locale = "en_US.UTF-8"
+
 // defaultGrub is /etc/default/grub as it would be for the grub.cfg above,
 // so that a user who installs grub-pc in the guest gets the same.
 const defaultGrub = `GRUB_DEFAULT=0
@@ -67,6 +71,8 @@ func configure(root, mirror, kver, uuid string, log func(string)) error {
 		"etc/hosts":            "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
 		"etc/apt/sources.list": fmt.Sprintf("deb %s %s main\n", mirror, Suite),
 		"etc/machine-id":       "",
+		"etc/locale.gen":       Locale + " UTF-8\n",
+		"etc/default/locale":   "LANG=" + Locale + "\n",
 		"etc/default/grub":     defaultGrub,
 		"boot/grub/grub.cfg":   GrubCfg(uuid, kver),
 	}
@@ -80,6 +86,11 @@ func configure(root, mirror, kver, uuid string, log func(string)) error {
 		}
 	}
 	os.Remove(filepath.Join(root, "var/lib/dbus/machine-id"))
+	// The installer's locale, generated now: cloud-init then finds the
+	// locale it would set already in place and leaves it.
+	if out, err := exec.Command("chroot", root, "locale-gen").CombinedOutput(); err != nil {
+		return fmt.Errorf("locale-gen in the chroot: %v: %s", err, out)
+	}
 	// The downloaded packages are not part of an installed system.
 	debs, _ := filepath.Glob(filepath.Join(root, "var/cache/apt/archives/*.deb"))
 	for _, d := range debs {

@@ -38,10 +38,13 @@ const Suite = "bookworm"
 // Packages are installed by debootstrap on top of its minbase variant.
 // debootstrap does not resolve virtual packages: python3-cffi-backend
 // provides the python3-cffi-backend-api-* that python3-cryptography (for
-// cloud-init) depends on.
+// cloud-init) depends on. minbase leaves out what an installed Debian
+// has: without dbus there is no systemd-logind, and so nothing acts on
+// the ACPI power button; without locales cloud-init's locale module fails
+// (update-locale refuses the en_US.UTF-8 it sets).
 var Packages = []string{
-	"systemd-sysv", "udev", "linux-image-amd64", "initramfs-tools", "cloud-init",
-	"dmidecode", "e2fsprogs", "grub-pc-bin", "python3-cffi-backend",
+	"systemd-sysv", "udev", "dbus", "linux-image-amd64", "initramfs-tools", "cloud-init",
+	"dmidecode", "e2fsprogs", "grub-pc-bin", "python3-cffi-backend", "locales",
 }
 
 // The disk's layout: a GPT with GRUB's BIOS boot partition (where its core
