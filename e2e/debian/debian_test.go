@@ -20,11 +20,12 @@ import (
 )
 
 // Deadlines. A full boot of Debian (systemd, udev, cloud-init's four
-// stages in Python) runs at the nested lab's emulated speed: vio reached
-// systemd's end of boot 225 s after it started (2026-12-07, 2-core
-// machine with another lab running; systemd-analyze: 52 s kernel + 141 s
-// userspace), and copying the overlay out for e2fsck took 170 s.
-// Generous margins: these bound a hang, they are not speed assertions.
+// stages in Python) runs at the nested lab's emulated speed: from starting
+// the VMM to systemd's "running", vio took 106 s and 230 s in two labs and
+// QEMU 110 s (2026-12-07, a 2-core machine with other labs running, so
+// the spread is mostly load); vio's SIGTERM stop took 8 s, and copying the
+// overlay out for e2fsck 94-170 s. Generous margins: these bound a hang,
+// they are not speed assertions.
 const (
 	bootDeadline   = 25 * time.Minute // vio or QEMU started → systemd running
 	reportDeadline = 5 * time.Minute  // systemd running → the report's end
