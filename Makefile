@@ -4,7 +4,7 @@ GO ?= go
 # CI stays under 45; `make test FUZZTIME=1m` fuzzes longer.
 FUZZTIME ?= 5s
 
-.PHONY: all build setup demo test test-passthrough vet clean
+.PHONY: all build setup demo test test-passthrough test-distro vet clean
 
 all: build
 
@@ -32,6 +32,12 @@ test: vet
 # emulated IOMMU and NVMe in L1): opt-in, see e2e/passthrough.
 test-passthrough:
 	VIO_PASSTHROUGH=1 $(GO) run ./cmd/vio-suite -no-fuzz ./e2e/passthrough
+
+# A real Debian bookworm image (debootstrap, built once and cached; needs
+# root and the network the first time) booted by vio and by QEMU with
+# SeaBIOS in one lab: opt-in, see e2e/debian and docs/distro.md.
+test-distro:
+	VIO_DISTRO=1 $(GO) run ./cmd/vio-suite -no-fuzz ./e2e/debian
 
 vet:
 	$(GO) vet ./...

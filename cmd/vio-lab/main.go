@@ -18,6 +18,7 @@ import (
 
 	"github.com/viovmm/vio/lab"
 	"github.com/viovmm/vio/lab/assets"
+	"github.com/viovmm/vio/lab/debian"
 	"github.com/viovmm/vio/lab/initramfs"
 )
 
@@ -28,7 +29,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(assetsCmd(), initramfsCmd(), execCmd())
+	root.AddCommand(assetsCmd(), initramfsCmd(), execCmd(), debianImageCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)
 	stop()
@@ -62,6 +63,39 @@ func assetsCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&dir, "cache", assets.DefaultDir(), "asset cache directory (env VIO_LAB_CACHE)")
+	return c
+}
+
+func debianImageCmd() *cobra.Command {
+	var out, dir, mirror string
+	c := &cobra.Command{
+		Use:   "debian-image -o FILE [--mirror URL]",
+		Short: "Build (once, then from the cache) a Debian " + debian.Suite + " disk image that boots with GRUB or vio, and copy it to FILE",
+		Long: `Builds a Debian ` + debian.Suite + ` disk image with debootstrap from the host's apt mirror:
+Debian's kernel and initramfs, systemd, udev, cloud-init, dmidecode and GRUB
+for BIOS boot, on a GPT disk (a BIOS boot partition and an ext4 root) in a
+sparse raw file. The first build takes many minutes and needs root; the image
+is cached (--cache) and later runs only copy it to FILE.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if out == "" {
+				return errors.New("debian-image needs -o FILE, the image to write")
+			}
+			info, err := debian.Ensure(c.Context(), dir, mirror, func(s string) { fmt.Fprintln(os.Stderr, "vio-lab:", s) })
+			if err != nil {
+				return err
+			}
+			if err := debian.Copy(info.Image, out); err != nil {
+				return err
+			}
+			fmt.Printf("image:     %s (raw, %d MiB, sparse)\nkernel:    %s\nroot UUID: %s\nboot it:   vio run --disk path=%s,format=raw --memory 1G --cloud-init user-data=USER-DATA\n",
+				out, debian.SizeBytes>>20, info.Kernel, info.RootUUID, out)
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&out, "output", "o", "", "image file to write (a sparse copy of the cached image)")
+	c.Flags().StringVar(&dir, "cache", assets.DefaultDir(), "cache directory (env VIO_LAB_CACHE)")
+	c.Flags().StringVar(&mirror, "mirror", "", "Debian mirror URL (default: the host's, from /etc/apt/sources.list*)")
 	return c
 }
 
