@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/api"
-	"github.com/viovmm/vio/lab/initramfs"
 	"github.com/viovmm/vio/lab/labtest"
 )
 
@@ -69,19 +68,7 @@ func TestLocalMigration(t *testing.T) {
 	}
 	a := labtest.Assets(t)
 	dir := t.TempDir()
-	bin, err := os.ReadFile(migGuest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := initramfs.New()
-	b.Busybox(a.Busybox)
-	b.File("/migguest", bin, 0o755)
-	b.File("/guest.sh", []byte("echo VIO-GUEST-UP\nexec /migguest 256\n"), 0o755)
-	b.Init("/bin/sh", "/guest.sh")
-	initrd := filepath.Join(dir, "initramfs.cpio.gz")
-	if err := b.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
+	initrd := migGuestInitrd(t, dir, 256)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 

@@ -32,6 +32,26 @@ func buildMigGuest(dir string) error {
 	return os.Setenv("VIO_MIGGUEST", out)
 }
 
+// migGuestInitrd writes an initramfs whose init runs migguest over mib
+// MiB, and returns its path.
+func migGuestInitrd(t *testing.T, dir string, mib int) string {
+	t.Helper()
+	bin, err := os.ReadFile(migGuest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := initramfs.New()
+	b.Busybox(labtest.Assets(t).Busybox)
+	b.File("/migguest", bin, 0o755)
+	b.File("/guest.sh", []byte(fmt.Sprintf("echo VIO-GUEST-UP\nexec /migguest %d\n", mib)), 0o755)
+	b.Init("/bin/sh", "/guest.sh")
+	initrd := filepath.Join(dir, "initramfs.cpio.gz")
+	if err := b.WriteFile(initrd); err != nil {
+		t.Fatal(err)
+	}
+	return initrd
+}
+
 // migLine is one report of the guest program.
 type migLine struct {
 	pass, bad uint64
@@ -110,19 +130,7 @@ func TestLiveMigration(t *testing.T) {
 	}
 	a := labtest.Assets(t)
 	dir := t.TempDir()
-	bin, err := os.ReadFile(migGuest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := initramfs.New()
-	b.Busybox(a.Busybox)
-	b.File("/migguest", bin, 0o755)
-	b.File("/guest.sh", []byte("echo VIO-GUEST-UP\nexec /migguest 64\n"), 0o755)
-	b.Init("/bin/sh", "/guest.sh")
-	initrd := filepath.Join(dir, "initramfs.cpio.gz")
-	if err := b.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
+	initrd := migGuestInitrd(t, dir, 64)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 

@@ -210,18 +210,10 @@ type sender struct {
 	stats Stats
 }
 
-func (s *sender) run(conn io.Reader) error {
-	cfg, err := s.src.Config()
-	if err != nil {
-		return err
-	}
-	s.ram = s.src.RAM()
-	for i, r := range s.ram {
-		if len(r.Data)%PageSize != 0 {
-			return fmt.Errorf("migration: RAM region %d is not a whole number of pages", i)
-		}
-	}
-	if err := s.enc.header(0); err != nil {
+// preamble sends the stream's header (with flags), the VM's config and
+// RAM's layout, and waits for the destination's answer.
+func (s *sender) preamble(conn io.Reader, flags uint32, cfg []byte) error {
+	if err := s.enc.header(flags); err != nil {
 		return s.ioErr(err)
 	}
 	if err := s.enc.config(cfg); err != nil {
@@ -233,9 +225,23 @@ func (s *sender) run(conn io.Reader) error {
 	if err := s.enc.flush(); err != nil {
 		return s.ioErr(err)
 	}
+	return readReply(conn)
+}
+
+func (s *sender) run(conn io.Reader) error {
+	cfg, err := s.src.Config()
+	if err != nil {
+		return err
+	}
+	s.ram = s.src.RAM()
+	for i, r := range s.ram {
+		if len(r.Data)%PageSize != 0 {
+			return fmt.Errorf("migration: RAM region %d is not a whole number of pages", i)
+		}
+	}
 	// The destination answers once it has built the VM: a config it
 	// cannot build fails here, before any RAM is sent.
-	if err := readReply(conn); err != nil {
+	if err := s.preamble(conn, 0, cfg); err != nil {
 		return err
 	}
 	if err := s.src.StartDirtyLog(); err != nil {
@@ -302,21 +308,9 @@ func (s *sender) runLocal(conn io.Reader) error {
 	if len(offsets) != len(s.ram) {
 		return fmt.Errorf("migration: %d offsets for %d RAM regions", len(offsets), len(s.ram))
 	}
-	if err := s.enc.header(flagLocal); err != nil {
-		return s.ioErr(err)
-	}
-	if err := s.enc.config(cfg); err != nil {
-		return err
-	}
-	if err := s.enc.layout(s.ram); err != nil {
-		return err
-	}
-	if err := s.enc.flush(); err != nil {
-		return s.ioErr(err)
-	}
 	// The destination asks for the memory only once it has read all the
 	// rest: a descriptor that arrived while it read ahead would be lost.
-	if err := readReply(conn); err != nil {
+	if err := s.preamble(conn, flagLocal, cfg); err != nil {
 		return err
 	}
 	if err := sendMemory(c, fd, offsets); err != nil {
