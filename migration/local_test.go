@@ -34,25 +34,7 @@ func sharedSource(t *testing.T, sizes ...int) *migrationtest.SharedSource {
 // finish is the destination's last answer (nil: it runs the VM).
 func migrateLocal(t *testing.T, src migration.Source, tgt migration.Target, finish error) result {
 	t.Helper()
-	sc, dc := pair(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var r result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.rec, r.recvErr = migration.Receive(ctx, dc, tgt, migration.ReceiveOptions{})
-		if r.recvErr == nil {
-			if finish != nil {
-				r.rec.VM.Discard()
-			}
-			r.rec.Finish(finish)
-		}
-	}()
-	r.stats, r.sendErr = migration.Send(ctx, sc, src, migration.Options{Local: true})
-	sc.Close()
-	<-done
-	return r
+	return sendAndReceive(t, src, tgt, migration.Options{Local: true}, finish)
 }
 
 // A local migration passes the memfd: the destination maps the source's

@@ -58,6 +58,17 @@ type result struct {
 // destination's last answer (nil: it runs the VM).
 func migrate(t *testing.T, src *migrationtest.Source, tgt *migrationtest.Target, o migration.Options, finish error) result {
 	t.Helper()
+	r := sendAndReceive(t, src, tgt, o, finish)
+	if err := src.Err(); err != nil {
+		t.Fatalf("Send broke the Source's contract: %v", err)
+	}
+	return r
+}
+
+// sendAndReceive runs Send with o against Receive over a socket pair,
+// the destination answering finish at the end (nil: it runs the VM).
+func sendAndReceive(t *testing.T, src migration.Source, tgt migration.Target, o migration.Options, finish error) result {
+	t.Helper()
 	sc, dc := pair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -76,9 +87,6 @@ func migrate(t *testing.T, src *migrationtest.Source, tgt *migrationtest.Target,
 	r.stats, r.sendErr = migration.Send(ctx, sc, src, o)
 	sc.Close() // as the caller does: the receiver sees the end
 	<-done
-	if err := src.Err(); err != nil {
-		t.Fatalf("Send broke the Source's contract: %v", err)
-	}
 	return r
 }
 
