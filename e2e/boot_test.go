@@ -112,7 +112,17 @@ func TestVioPanic(t *testing.T) {
 func TestVioReboot(t *testing.T) {
 	initrd := labtest.Initramfs(t, "echo VIO-GUEST-BOOTED\nreboot -f\nsleep 60\n")
 	t.Run("exit", func(t *testing.T) {
-		out, err := runVMM(t, 4*time.Minute, vioArgs(t, initrd, "--on-reboot", "exit")...)
+		args := vioArgs(t, initrd, "--on-reboot", "exit")
+		out, err := runVMM(t, 4*time.Minute, args...)
+		if err == nil && !strings.Contains(out, "VIO-GUEST-BOOTED") && strings.Contains(out, "triple fault") {
+			// Seen once in CI (2026-12-07): a reset 3 s before the boot
+			// normally ends, with nothing on the console. Under the
+			// default --on-reboot=restart such a reset just boots again;
+			// here it ends the run, so it is reported and run once more,
+			// as LAB.md asks of lab hazards. Twice in a row fails.
+			t.Logf("lab hazard: the guest triple-faulted before its /init ran; booting once more. vio said:\n%s", out)
+			out, err = runVMM(t, 4*time.Minute, args...)
+		}
 		if err != nil || !strings.Contains(out, "VIO-GUEST-BOOTED") || !strings.Contains(out, "guest rebooted") {
 			t.Fatalf("want a clean exit after one boot, got %v; output:\n%s", err, out)
 		}

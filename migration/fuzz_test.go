@@ -200,8 +200,10 @@ func FuzzReceiveLocal(f *testing.F) {
 			tgt.Built[0].Discard()
 			return
 		}
+		// An input that asks for pre-copy instead builds a VM on RAM of
+		// its own (not Shared): Discard frees that, with nothing mapped.
 		for _, in := range tgt.Built {
-			if !in.Discarded || in.Restored || in.Regions != nil {
+			if !in.Discarded || in.Restored || in.Shared && in.Regions != nil {
 				t.Fatal("a failed migration kept its VM or its mapping")
 			}
 		}

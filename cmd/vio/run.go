@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -356,7 +357,9 @@ func run(c *cobra.Command, cfg *config.VM, o runOptions) error {
 	case vmm.ExitPoweroff, vmm.ExitStopped:
 		return nil
 	case vmm.ExitReboot:
-		fmt.Fprintln(os.Stderr, "vio: guest rebooted; exiting as --on-reboot=exit asks")
+		// Say how: a triple fault is a crash the guest could not report,
+		// and its registers are all there is to go on.
+		fmt.Fprintf(os.Stderr, "vio: guest rebooted (%s); exiting as --on-reboot=exit asks\n", cmp.Or(exit.Detail, "no detail"))
 		return nil
 	case vmm.ExitPanic:
 		return exitError{code: 3, msg: "guest kernel panicked: " + exit.Detail}

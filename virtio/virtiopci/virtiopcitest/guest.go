@@ -157,6 +157,19 @@ func (g *Guest) Status() uint8 { return uint8(g.ReadCommon(DeviceStatus, 1)) }
 // SetStatus ORs bits into device_status, as the driver core does.
 func (g *Guest) SetStatus(bits uint8) { g.WriteCommon(DeviceStatus, 1, uint64(g.Status()|bits)) }
 
+// Remap puts BAR 0 back at the address Probe found and turns memory
+// decoding and bus mastering on, as a driver re-enabling the device does.
+// A restore loads configuration space, so a test that restored arbitrary
+// state (a fuzz input) remaps before it touches the BAR again.
+func (g *Guest) Remap() {
+	g.CF8.Write(g.BDF, pci.RegBAR0, 4, uint32(g.BAR))
+	if lo := g.CF8.Read(g.BDF, pci.RegBAR0, 4); lo&0x6 == 0x4 {
+		g.CF8.Write(g.BDF, pci.RegBAR0+4, 4, uint32(g.BAR>>32))
+	}
+	cmd := g.CF8.Read(g.BDF, pci.RegCommand, 2)
+	g.CF8.Write(g.BDF, pci.RegCommand, 2, cmd|pci.CommandMemory|pci.CommandBusMaster)
+}
+
 // Reset writes 0 to device_status and waits for it to read back 0, as
 // the spec asks of a driver (Linux polls with msleep(1)): the transport
 // resets an active device on a goroutine of its own.

@@ -64,6 +64,11 @@ func NewMachineOn(t testing.TB, dev virtio.Device, mem *memory.Memory, routerDep
 	if m.Guest, err = Probe(mmio, pio, m.Mem, a); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Guest.Reset() })
+	// The test may have restored a state that moved BAR 0 or turned
+	// decoding off: remap it first so the reset reaches the device.
+	t.Cleanup(func() {
+		m.Guest.Remap()
+		m.Guest.Reset()
+	})
 	return m
 }
