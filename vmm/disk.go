@@ -41,19 +41,15 @@ func openDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (block.Bac
 
 // buildDisk opens a disk: its graph through the VM's graph builder (which
 // holds the throttle groups its disks share), or its plain path as
-// openDisk does; then the throttle Cloud Hypervisor's rate_limiter_config
-// or rate_limit_group asks for goes on top.
+// openDisk does, under the handoff.Disk a migration releases and takes
+// it with (diskhandoff.go); then the throttle Cloud Hypervisor's
+// rate_limiter_config or rate_limit_group asks for goes on top, where it
+// stays while the image below changes hands.
 func (v *VM) buildDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (block.Backend, error) {
 	if v.graphs == nil {
 		v.graphs = graph.NewBuilder(graph.Options{Lock: true, Groups: v.cfg.RateLimitGroupMap(), Events: graphEvents{v}, ChildCache: cache})
 	}
-	var be block.Backend
-	var err error
-	if d.Graph != nil {
-		be, err = v.graphs.Open(graph.Disk{ID: d.ID, Root: d.Graph, ReadOnly: d.Readonly, Cache: cache})
-	} else {
-		be, err = openDisk(d, cache, warn)
-	}
+	be, h, err := v.handoffDisk(d, cache, warn)
 	if err != nil {
 		return nil, err
 	}
@@ -62,5 +58,6 @@ func (v *VM) buildDisk(d *config.Disk, cache raw.CacheMode, warn func(string)) (
 		be.Close()
 		return nil, err
 	}
+	v.addHandoff(d.ID, h)
 	return top, nil
 }

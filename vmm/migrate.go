@@ -85,6 +85,9 @@ type migrationSource struct {
 	paused     []state.Pausable
 	logging    bool
 	releaseOne sync.Once
+	// stuck: Resume could not take the disks back, so the VM stays
+	// paused with its devices paused (the Controller then holds it).
+	stuck bool
 }
 
 var _ migration.LocalSource = (*migrationSource)(nil)
@@ -218,7 +221,10 @@ func (s *migrationSource) StopDirtyLog() {
 }
 
 // Pause parks the vCPUs, freezes the clock (VM.Pause) and pauses every
-// device, so that nothing writes guest RAM or is in flight.
+// device, so that nothing writes guest RAM or is in flight; then it
+// releases the disks' images for the destination (diskhandoff.go): each
+// flushed, so that everything the guest wrote is on the storage, and
+// closed, which drops its locks.
 func (s *migrationSource) Pause() error {
 	if err := s.v.Pause(); err != nil {
 		return err
@@ -232,14 +238,28 @@ func (s *migrationSource) Pause() error {
 		}
 		s.paused = append(s.paused, d.transport)
 	}
+	if err := s.v.releaseDisks(); err != nil {
+		if rerr := s.Resume(); rerr != nil {
+			return fmt.Errorf("%w; %w", err, rerr)
+		}
+		return err
+	}
 	return nil
 }
 
+// Resume undoes Pause: the disks' images are opened again first, with
+// their locks, so that no device or vCPU runs without them; if one
+// cannot be, nothing resumes and the error says so.
 func (s *migrationSource) Resume() error {
+	if err := s.v.takeDisks(); err != nil {
+		s.stuck = true
+		return fmt.Errorf("the VM stays paused here because its disks could not be opened again (%w); vm.resume tries again", err)
+	}
 	for _, p := range s.paused {
 		p.Resume()
 	}
 	s.paused = nil
+	s.stuck = false
 	if s.wasPaused {
 		return nil
 	}
@@ -248,6 +268,14 @@ func (s *migrationSource) Resume() error {
 		return nil
 	}
 	return err
+}
+
+// hold hands the VM's paused devices and released disks over to the VM
+// when the migration left them so (its outcome unknown, or Resume
+// stuck): the VM's Resume finishes the job.
+func (s *migrationSource) hold() {
+	s.v.holdForResume(s.paused)
+	s.paused = nil
 }
 
 func (s *migrationSource) State() ([]byte, error) {
@@ -326,6 +354,10 @@ type IncomingMachine interface {
 	Machine
 	RAM() []migration.Region
 	RestoreState(*state.Snapshot) error
+	// TakeDisks opens the disks' images, which the Machine was built
+	// without (the source held them until its stop-and-copy), once the
+	// state is restored and before the guest runs.
+	TakeDisks() error
 }
 
 var _ IncomingMachine = (*VM)(nil)
@@ -440,13 +472,20 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	if err == nil && req.Local {
 		src.disown()
 	}
+	// Left paused, with its devices paused and its disks released: the
+	// destination may run the guest, or the disks could not be taken
+	// back. vm.resume takes them and resumes the devices first.
+	stayPaused := err != nil && (errors.Is(err, migration.ErrOutcomeUnknown) || src.stuck)
+	if stayPaused {
+		src.hold()
+	}
 	// The VM may close from here on. Before c.mu is taken: a guest that
 	// stopped during the migration has follow holding c.mu in Close,
 	// which waits for this release.
 	src.release()
 	if err != nil {
 		c.emit("migration-failed", "destination_url", ep.String(), "error", err.Error())
-		if errors.Is(err, migration.ErrOutcomeUnknown) {
+		if stayPaused {
 			c.mu.Lock()
 			if c.state == StateRunning {
 				c.state = StatePaused
@@ -523,6 +562,16 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 		return fmt.Errorf("receiving the migration: %w", err)
 	}
 	m := t.m
+	// The source released the disks before it sent the state: take them
+	// now, before any vCPU runs. If that fails the source resumes with
+	// them (it hears "failed"), so the guest runs on one side only.
+	if err := m.TakeDisks(); err != nil {
+		m.Close()
+		err = fmt.Errorf("the destination cannot open the VM's disks (%w)", err)
+		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
+		rec.Finish(err)
+		return err
+	}
 	if err := m.Start(); err != nil {
 		m.Close()
 		err = fmt.Errorf("starting the vCPUs: %w", err)

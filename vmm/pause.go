@@ -38,6 +38,9 @@ func (v *VM) Resume() error {
 	if v.clock == nil {
 		return ErrNotPaused
 	}
+	if err := v.unholdLocked(); err != nil {
+		return err
+	}
 	// Only the clock value is restored: with KVM_CLOCK_REALTIME set KVM
 	// would advance it by the wall-clock time the pause took, which is
 	// the jump this is meant to avoid.

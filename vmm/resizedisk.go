@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/block/handoff"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/virtio"
 )
@@ -71,6 +72,9 @@ func (v *VM) ResizeDisk(id string, size int64) error {
 		}
 		if errors.Is(err, block.ErrReadOnly) {
 			return configError{fmt.Errorf("disk %q is read-only", id)}
+		}
+		if errors.Is(err, handoff.ErrInactive) {
+			return fmt.Errorf("cannot resize disk %q: its image is released to a migration's destination (send vm.resume to take it back first)", id)
 		}
 		return fmt.Errorf("resizing disk %q: %w", id, err)
 	}

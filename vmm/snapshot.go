@@ -79,7 +79,13 @@ func (v *VM) Snapshot(dir string) error {
 			p.Resume()
 		}
 	}()
-	for _, d := range v.pciDevices {
+	devices := v.pciDevices
+	if v.held != nil {
+		// A migration left them paused, and paused they stay until
+		// Resume has the disks back.
+		devices = nil
+	}
+	for _, d := range devices {
 		if err := d.transport.Pause(ctx); err != nil {
 			return fmt.Errorf("pausing device %s: %w", d.name, err)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/pci"
+	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/vcpu"
 )
 
@@ -103,6 +104,17 @@ type VM struct {
 
 	mig migrationGuard // migrations reading this VM (migrate.go)
 
+	// The virtio disks' images, which a migration hands over
+	// (diskhandoff.go). disksInactive builds them without their images:
+	// a migration's destination, whose source still holds them.
+	disksInactive bool
+	diskMu        sync.Mutex
+	disks         []vmDisk // guarded by diskMu
+	// held is set while a migration that did not end here left the
+	// devices paused and the disks released; Resume undoes that first.
+	// Guarded by pauseMu.
+	held *[]state.Pausable
+
 	closeOnce  sync.Once
 	vcpusStuck atomic.Bool // a vCPU did not stop in time (see stopVCPUs)
 }
@@ -122,7 +134,8 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	v := &VM{cfg: cfg, opts: opts, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1)}
+	v := &VM{cfg: cfg, opts: opts, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1),
+		disksInactive: snap != nil && snap.incoming}
 	defer func() {
 		if err != nil {
 			v.Close()

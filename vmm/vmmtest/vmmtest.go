@@ -28,6 +28,7 @@ type Builder struct {
 	machines []*Machine
 	incoming *Incoming // the last Receive built
 	fail     error
+	diskErr  error // what the next Incoming's TakeDisks returns
 	// Built receives every Machine as it is built (buffered; a test that
 	// does not read it loses nothing but the notification).
 	Built chan *Machine
@@ -40,6 +41,15 @@ func NewBuilder() *Builder { return &Builder{Built: make(chan *Machine, 16)} }
 func (b *Builder) Fail(err error) {
 	b.mu.Lock()
 	b.fail = err
+	b.mu.Unlock()
+}
+
+// FailTakeDisks makes TakeDisks of the Machines Receive builds from now
+// on fail with err (nil: succeed again), as a destination that cannot
+// open the source's disks.
+func (b *Builder) FailTakeDisks(err error) {
+	b.mu.Lock()
+	b.diskErr = err
 	b.mu.Unlock()
 }
 
@@ -392,6 +402,10 @@ type Incoming struct {
 	*Machine
 	Regions []migration.Region
 	State   *state.Snapshot // what RestoreState got
+	// DisksTaken: TakeDisks succeeded (after RestoreState, before
+	// Start, or it is a violation).
+	DisksTaken bool
+	diskErr    error
 	// Shared: Regions map a local migration's memfd; Close unmaps them
 	// and sets Unmapped.
 	Shared   bool
@@ -448,6 +462,7 @@ func (b *Builder) Receive(cfg *config.VM, ram *migration.SharedRAM) (vmm.Incomin
 	mm.mu.Unlock()
 	in := &Incoming{Machine: mm, Regions: regions, Shared: ram != nil}
 	b.mu.Lock()
+	in.diskErr = b.diskErr
 	b.incoming = in
 	b.mu.Unlock()
 	return in, nil
@@ -471,5 +486,20 @@ func (i *Incoming) RestoreState(s *state.Snapshot) error {
 		i.violation("RestoreState after Start")
 	}
 	i.State = s
+	return nil
+}
+
+// TakeDisks implements vmm.IncomingMachine: it fails as FailTakeDisks
+// said, and records the call.
+func (i *Incoming) TakeDisks() error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.State == nil || i.started {
+		i.violation("TakeDisks before RestoreState or after Start")
+	}
+	if i.diskErr != nil {
+		return i.diskErr
+	}
+	i.DisksTaken = true
 	return nil
 }
