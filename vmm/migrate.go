@@ -545,6 +545,11 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 	if err != nil {
 		return migrationRequestError{err}
 	}
+	if ep.Network == "tcp" {
+		// The bound address: tcp:HOST:0 asks for a free port, and the
+		// event is where the orchestrator learns which.
+		ep.Address = l.Addr().String()
+	}
 	c.emit("receiving-migration", "receiver_url", ep.String())
 	conn, err := migration.Accept(ctx, l)
 	if err == nil && tlsCfg != nil {

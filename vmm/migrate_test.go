@@ -89,6 +89,51 @@ func TestReceiveMigration(t *testing.T) {
 	wantWrongState(t, c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "unix:" + sock}), "cannot receive a migration")
 }
 
+// A receiver on TCP port 0 listens on a free port and names it in its
+// receiving-migration event, where a sender (an orchestrator) finds it.
+func TestReceiveMigrationFreePort(t *testing.T) {
+	c, b, cfg := newController(t)
+	c.SetReceive(b.Receive)
+	mon := events.NewMonitor()
+	sub := mon.Subscribe(64)
+	c.SetEvents(mon)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.ReceiveMigration(ctx, vmm.ReceiveMigration{ReceiverURL: "tcp:127.0.0.1:0"}) }()
+	var url string
+	for url == "" {
+		select {
+		case e := <-sub.Events():
+			if e.Event == "receiving-migration" {
+				url = e.Properties["receiver_url"]
+			}
+		case err := <-errc:
+			t.Fatalf("ReceiveMigration ended before listening: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no receiving-migration event")
+		}
+	}
+	ep, err := migration.ParseURL(url)
+	if err != nil || strings.HasSuffix(url, ":0") {
+		t.Fatalf("the event names %q, not the port listened on (%v)", url, err)
+	}
+	src := migrationtest.NewSource(vmmtest.IncomingRAM)
+	src.ConfigJSON, _ = json.Marshal(cfg)
+	conn, err := migration.Dial(ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := migration.Send(ctx, conn, src, migration.Options{}); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("ReceiveMigration: %v", err)
+	}
+	wantState(t, c, vmm.StateRunning)
+}
+
 // A failed migration leaves no VM at the destination.
 func TestReceiveMigrationFails(t *testing.T) {
 	c, b, _ := newController(t)

@@ -29,8 +29,11 @@ import (
 const (
 	bootDeadline   = 25 * time.Minute // vio or QEMU started → systemd running
 	reportDeadline = 5 * time.Minute  // systemd running → the report's end
-	shutdownWait   = 5 * time.Minute  // vio's --shutdown-timeout
-	exitDeadline   = shutdownWait + 2*time.Minute
+	// QEMU's boot takes 1-2 minutes in a quiet lab: twelve minutes is
+	// a boot that stopped (see bootQEMU).
+	qemuBootDeadline = 12 * time.Minute
+	shutdownWait     = 5 * time.Minute // vio's --shutdown-timeout
+	exitDeadline     = shutdownWait + 2*time.Minute
 )
 
 const (
@@ -55,6 +58,7 @@ dmidecode -t system | r dmi
 grep -E 'ttyS0|i8042' /proc/interrupts | r irq
 echo "VIOREPORT uptime $(cut -d' ' -f1 /proc/uptime)"
 systemd-analyze 2>&1 | head -1 | r analyze
+systemd-analyze blame 2>&1 | head -6 | r blame
 cloud-init status --long 2>&1 | r cloudinit
 echo "VIOREPORT end"
 `
@@ -170,7 +174,8 @@ func (g *guest) bootAndReport(t *testing.T, who string) time.Duration {
 	if _, _, err := g.con.waitFor("VIOREPORT end", i, reportDeadline); err != nil {
 		t.Fatal(g.failure("%s: %v", who, err))
 	}
-	for _, k := range []string{"analyze", "cloudinit", "uptime"} {
+	// blame: the slowest units, to say where two VMMs' boots differ.
+	for _, k := range []string{"analyze", "blame", "cloudinit", "uptime"} {
 		for _, l := range g.con.prefixed("VIOREPORT " + k) {
 			t.Logf("%s: %s: %s", who, k, l)
 		}
@@ -337,19 +342,30 @@ func lastLine(s string) string {
 
 // bootQEMU boots the same image (an overlay of its own) under QEMU with
 // SeaBIOS, which runs the image's GRUB, and a cidata ISO from genisoimage.
+//
+// The lab's nested guests sometimes reset on their own early in the boot,
+// or stop making progress (both seen on 2026-12-07 under QEMU, in two runs
+// after one that passed in 110 s: the console stopped mid-line 6 s into
+// the kernel and QEMU exited 0, as -no-reboot makes it on a reset; and a
+// boot that had not reached systemd after 15 minutes). QEMU is the
+// yardstick here, so either is reported with the console's tail and the
+// boot run once more on a fresh overlay, as LAB.md asks of lab hazards; a
+// second one fails.
 func bootQEMU(t *testing.T, key string) time.Duration {
-	dir := t.TempDir()
-	disk := overlay(t, dir, "qemu.qcow2")
-	uuid := newUUID(t)
-	ud, md := writeSeed(t, dir, userData(key), "qemu-debian-"+uuid[:8])
-	iso := filepath.Join(dir, "seed.iso")
-	if out, err := exec.Command("genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", ud, md).CombinedOutput(); err != nil {
-		t.Fatalf("genisoimage: %v: %s", err, out)
+	var g *guest
+	for attempt := 1; ; attempt++ {
+		g = startQEMU(t, key)
+		_, _, err := g.con.waitFor("VIOREPORT state ", 0, qemuBootDeadline)
+		if err == nil {
+			break
+		}
+		if attempt > 1 {
+			t.Fatal(g.failure("QEMU: %v", err))
+		}
+		t.Logf("lab hazard: QEMU's guest did not boot (%v); booting once more. Console's last lines:\n%s\n--- stderr:\n%s", err, g.con.tail(15), g.stderr.String())
+		g.cmd.Process.Kill()
+		<-g.exited
 	}
-	g := startGuest(t, "qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-m", "1G", "-smp", "2",
-		"-nographic", "-nic", "none", "-no-reboot",
-		"-drive", "file="+disk+",format=qcow2,if=virtio",
-		"-drive", "file="+iso+",format=raw,if=virtio,readonly=on")
 	boot := g.bootAndReport(t, "QEMU")
 	if s := g.con.prefixed("VIOREPORT state"); len(s) != 1 || s[0] != "running" {
 		t.Errorf("QEMU: systemctl is-system-running --wait: %q, want running; failed units: %q", s, g.con.prefixed("VIOREPORT failed"))
@@ -361,4 +377,20 @@ func bootQEMU(t *testing.T, key string) time.Duration {
 		t.Logf("QEMU: /proc/interrupts: %s", l)
 	}
 	return boot
+}
+
+// startQEMU starts QEMU on a fresh overlay and seed.
+func startQEMU(t *testing.T, key string) *guest {
+	dir := t.TempDir()
+	disk := overlay(t, dir, "qemu.qcow2")
+	uuid := newUUID(t)
+	ud, md := writeSeed(t, dir, userData(key), "qemu-debian-"+uuid[:8])
+	iso := filepath.Join(dir, "seed.iso")
+	if out, err := exec.Command("genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", ud, md).CombinedOutput(); err != nil {
+		t.Fatalf("genisoimage: %v: %s", err, out)
+	}
+	return startGuest(t, "qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-m", "1G", "-smp", "2",
+		"-nographic", "-nic", "none", "-no-reboot",
+		"-drive", "file="+disk+",format=qcow2,if=virtio",
+		"-drive", "file="+iso+",format=raw,if=virtio,readonly=on")
 }

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/api"
+)
+
+// hopVio is one of the two vio processes a VM migrates back and forth
+// between.
+type hopVio struct {
+	name string
+	p    *migProc
+	cl   *api.Client
+	ev   string // its event file
+}
+
+// startHopVio starts a vio with an API socket and an event file in dir.
+func startHopVio(t *testing.T, ctx context.Context, dir, name string) *hopVio {
+	t.Helper()
+	sock, ev := filepath.Join(dir, name+".sock"), filepath.Join(dir, name+"-events.json")
+	p := startMigVio(t, ctx, name, "--api-socket", sock, "--event-monitor", "path="+ev, "-v")
+	return &hopVio{name: name, p: p, ev: ev, cl: apiClient(t, ctx, sock, func() bool { return p.cmd.ProcessState != nil })}
+}
+
+// hopEvent is one line of an event file.
+type hopEvent struct {
+	Event      string            `json:"event"`
+	Properties map[string]string `json:"properties"`
+}
+
+func (v *hopVio) events(t *testing.T) []hopEvent {
+	t.Helper()
+	b, err := os.ReadFile(v.ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []hopEvent
+	for _, line := range strings.Split(string(b), "\n") {
+		var e hopEvent
+		if json.Unmarshal([]byte(line), &e) == nil && e.Event != "" {
+			evs = append(evs, e)
+		}
+	}
+	return evs
+}
+
+// lastSent returns v's account of the last migration it sent: the
+// properties of its last "migrated" event and the "migration-progress"
+// events since the "migrating" that began it (a vio that received the VM
+// before published progress of its own then).
+func (v *hopVio) lastSent(t *testing.T) (migrated map[string]string, progress []map[string]string) {
+	t.Helper()
+	var cur []map[string]string
+	for _, e := range v.events(t) {
+		switch e.Event {
+		case "migrating":
+			cur = nil
+		case "migration-progress":
+			cur = append(cur, e.Properties)
+		case "migrated":
+			migrated, progress = e.Properties, cur
+		}
+	}
+	if migrated == nil {
+		t.Fatalf("%s: no migrated event", v.name)
+	}
+	return migrated, progress
+}
+
+// receivingURL waits until v has published its n-th receiving-migration
+// event (it listens from then on) and returns the URL it names, the bound
+// port of a tcp:HOST:0 request included.
+func (v *hopVio) receivingURL(t *testing.T, ctx context.Context, n int, received <-chan error) string {
+	t.Helper()
+	for {
+		seen := 0
+		for _, e := range v.events(t) {
+			if e.Event == "receiving-migration" {
+				if seen++; seen == n {
+					return e.Properties["receiver_url"]
+				}
+			}
+		}
+		select {
+		case err := <-received:
+			t.Fatalf("vm.receive-migration on %s: %v", v.name, err)
+		case <-ctx.Done():
+			t.Fatalf("%s never listened", v.name)
+		case <-time.After(20 * time.Millisecond): // polling the event file, as apiClient polls for its socket
+		}
+	}
+}
+
+// hopPlan says how migrateHops moves the VM.
+type hopPlan struct {
+	hops  int
+	local bool                           // same-host: RAM by memfd
+	url   func(hop int) string           // where the destination receives
+	check func(map[string]string) string // a migrated event's fault, or ""
+}
+
+// hopFigures is one hop's measurements.
+type hopFigures struct {
+	total, vmmDowntime, guestGap time.Duration
+	bytes, iterations            string
+}
+
+// migrateHops moves the VM running on vios[0] (whose last report is last)
+// back and forth plan.hops times. On every hop the old source must end in
+// Shutdown, the destination's guest go on from the source's pass with no
+// lost update, and the source's migrated event pass plan.check and agree
+// with its progress events; the old source is then deleted, to receive
+// the next hop. After the last hop a full pass must find every byte
+// consistent. It returns each hop's figures.
+func migrateHops(t *testing.T, ctx context.Context, vios [2]*hopVio, last migLine, plan hopPlan) []hopFigures {
+	t.Helper()
+	src := vios[0]
+	var figs []hopFigures
+	received := [2]int{} // receiving-migration events per vio so far
+	for hop := 1; hop <= plan.hops; hop++ {
+		di := hop % 2
+		dst := vios[di]
+		// Whatever dst printed while it ran the guest before is old.
+		for len(dst.p.lines) > 0 {
+			<-dst.p.lines
+		}
+		done := make(chan error, 1)
+		url := plan.url(hop)
+		go func() {
+			_, err := dst.cl.Do(ctx, "PUT", "vm.receive-migration", []byte(`{"receiver_url": "`+url+`"}`))
+			done <- err
+		}()
+		received[di]++
+		url = dst.receivingURL(t, ctx, received[di], done)
+		t0 := time.Now()
+		body := `{"destination_url": "` + url + `"}`
+		if plan.local {
+			body = `{"destination_url": "` + url + `", "local": true}`
+		}
+		if _, err := src.cl.Do(ctx, "PUT", "vm.send-migration", []byte(body)); err != nil {
+			t.Fatalf("hop %d: vm.send-migration from %s: %v", hop, src.name, err)
+		}
+		total := time.Since(t0)
+		if err := <-done; err != nil {
+			t.Fatalf("hop %d: vm.receive-migration on %s: %v", hop, dst.name, err)
+		}
+		if s := vmState(t, ctx, src.cl); s != "Shutdown" {
+			t.Fatalf("hop %d: %s's VM is %s after the migration, want Shutdown", hop, src.name, s)
+		}
+		// The source's reports up to its pause.
+		for drained := false; !drained; {
+			select {
+			case l := <-src.p.lines:
+				if l.bad != 0 {
+					t.Fatalf("hop %d: the guest on %s found %d lost updates", hop, src.name, l.bad)
+				}
+				if l.pass > last.pass {
+					last = l
+				}
+			default:
+				drained = true
+			}
+		}
+		first := dst.p.next(t, ctx, dst.name)
+		if first.pass < last.pass {
+			t.Fatalf("hop %d: the guest on %s is at pass %d, behind its last report on %s (%d): it did not go on", hop, dst.name, first.pass, src.name, last.pass)
+		}
+		m, progress := src.lastSent(t)
+		if why := plan.check(m); why != "" {
+			t.Fatalf("hop %d: %s's migrated event %v: %s", hop, src.name, m, why)
+		}
+		if strconv.Itoa(len(progress)) != m["iterations"] {
+			t.Fatalf("hop %d: %s published %d progress events for %s iterations", hop, src.name, len(progress), m["iterations"])
+		}
+		ms, _ := strconv.Atoi(m["downtime_ms"])
+		f := hopFigures{total: total, vmmDowntime: time.Duration(ms) * time.Millisecond, guestGap: first.gap, bytes: m["bytes"], iterations: m["iterations"]}
+		figs = append(figs, f)
+		t.Logf("hop %2d %s→%s: total %v, %s iterations (%s), %s bytes, VMM downtime %d ms, guest's longest clock gap %v; guest at pass %d (last on %s: %d)",
+			hop, src.name, dst.name, total.Round(time.Millisecond), m["iterations"], m["reason"], m["bytes"], ms, first.gap.Round(time.Millisecond), first.pass, src.name, last.pass)
+		last = first
+		put(t, ctx, src.cl, "vm.delete", "")
+		src = dst
+	}
+	// A full pass after the last hop checks every page of the area.
+	end := last
+	for end.pass < last.pass+2 {
+		end = src.p.next(t, ctx, src.name)
+	}
+	t.Logf("after %d hops: pass %d, no lost update (a full pass since the last hop)", plan.hops, end.pass)
+	return figs
+}
+
+// hopSummary is the figures' one-line summary: the first hop, then the
+// medians and maxima of all.
+func hopSummary(figs []hopFigures, baseGap time.Duration) string {
+	med := func(get func(hopFigures) time.Duration) (time.Duration, time.Duration) {
+		var s []time.Duration
+		for _, f := range figs {
+			s = append(s, get(f))
+		}
+		slices.Sort(s)
+		return s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond)
+	}
+	tm, tx := med(func(f hopFigures) time.Duration { return f.total })
+	dm, dx := med(func(f hopFigures) time.Duration { return f.vmmDowntime })
+	gm, gx := med(func(f hopFigures) time.Duration { return f.guestGap })
+	f := figs[0]
+	return "first hop: total " + f.total.Round(time.Millisecond).String() + ", VMM downtime " + f.vmmDowntime.String() +
+		", guest's longest clock gap " + f.guestGap.Round(time.Millisecond).String() + " (undisturbed: " + baseGap.Round(time.Millisecond).String() + "); " +
+		strconv.Itoa(len(figs)) + " hops: median total " + tm.String() + " (max " + tx.String() + "), median VMM downtime " + dm.String() +
+		" (max " + dx.String() + "), median guest gap " + gm.String() + " (max " + gx.String() + ")"
+}
