@@ -1,0 +1,217 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/lab/labtest"
+)
+
+// migDiskHops is how many TCP migrations TestMigrationDisk makes.
+const migDiskHops = 4
+
+// migDiskPattern is what the guest writes at migDiskPatternOff of both
+// data disks before the first hop, one line after another, for the host
+// to read back at the end.
+const (
+	migDiskPattern    = "vio handed this disk over"
+	migDiskPatternOff = 48 << 20
+	migDiskPatternLen = 1 << 20
+	migDiskFioMiB     = 8 // fio's region at the start of each data disk
+)
+
+// migDiskGuest writes the pattern to both data disks (vda raw, vdb
+// qcow2), then runs rounds of fio --verify on both at once (new random
+// data each round) until the host writes GO into the mailbox disk (vdc),
+// and writes its account to the result disk (vdd) before it powers off.
+// Meanwhile it reports every second as migguest does ("VIO-MIG pass=N
+// bad=N gap_us=N", which migrateHops reads): pass counts the seconds, bad
+// the failed fio rounds and the kernel's I/O errors so far, so that a
+// failure shows at once, and gap_us is the guest clock's time between two
+// reports.
+var migDiskGuest = `
+echo 0 > /tmp/fails
+yes "` + migDiskPattern + `" | head -c ` + strconv.Itoa(migDiskPatternLen) + ` > /tmp/pattern
+for d in vda vdb; do
+	dd if=/tmp/pattern of=/dev/$d bs=65536 seek=` + strconv.Itoa(migDiskPatternOff/65536) + ` conv=fsync 2>/dev/null || echo 1 > /tmp/fails
+done
+( n=0; prev=$(cut -d' ' -f1 /proc/uptime)
+  while :; do
+	sleep 1
+	n=$((n+1))
+	now=$(cut -d' ' -f1 /proc/uptime)
+	bad=$(( $(cat /tmp/fails) + $(dmesg | grep -c 'I/O error') ))
+	echo "VIO-MIG pass=$n bad=$bad gap_us=$(awk -v a=$prev -v b=$now 'BEGIN { printf "%d", (b-a)*1000000 }')"
+	prev=$now
+  done ) &
+rounds=0
+while :; do
+	fio --ioengine=psync --direct=1 --bs=4k --rw=randwrite --size=` + strconv.Itoa(migDiskFioMiB) + `M --randrepeat=0 \
+		--verify=crc32c --do_verify=1 --verify_fatal=1 \
+		--name=raw --filename=/dev/vda --name=qcow2 --filename=/dev/vdb > /tmp/fio.log 2>&1
+	if [ $? -ne 0 ]; then
+		echo $(( $(cat /tmp/fails) + 1 )) > /tmp/fails
+		cp /tmp/fio.log /tmp/fio.failed
+	fi
+	rounds=$((rounds+1))
+	dd if=/dev/vdc bs=512 count=1 iflag=direct 2>/dev/null | grep -q GO && break
+	[ $rounds -ge 1000 ] && break
+done
+{
+	echo "VIO-DISK rounds=$rounds"
+	echo "VIO-DISK fails=$(cat /tmp/fails)"
+	echo "VIO-DISK go=$(dd if=/dev/vdc bs=512 count=1 iflag=direct 2>/dev/null | grep -c GO)"
+	echo "VIO-DISK fioerr=$(grep -o 'err= *[0-9]*' /tmp/fio.log | tr -d ' ' | sort -u | tr '\n' ',')"
+	echo "VIO-DISK failure=$(grep -m1 -iE 'verify|error' /tmp/fio.failed 2>/dev/null | tr -c 'A-Za-z0-9=:,.\n' '_')"
+	echo "VIO-DISK ioerr=$(dmesg | grep -c 'I/O error')"
+	echo "VIO-DISK sumraw=$(dd if=/dev/vda bs=1M count=` + strconv.Itoa(migDiskFioMiB) + ` iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+	echo "VIO-DISK sumqcow2=$(dd if=/dev/vdb bs=1M count=` + strconv.Itoa(migDiskFioMiB) + ` iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+	echo "VIO-DISK complete=1"
+} > /tmp/result
+dd if=/tmp/result of=/dev/vdd bs=4096 count=1 conv=sync,fsync 2>/dev/null
+echo VIO-DISK-DONE
+poweroff -f
+`
+
+var migDiskFact = regexp.MustCompile(`VIO-DISK (\w+)=(\S*)`)
+
+// TestMigrationDisk migrates a guest that writes its disks while it
+// runs: fio --verify on a writable raw disk and a writable qcow2 disk at
+// once, round after round, while the VM goes back and forth migDiskHops
+// times over TCP between two vio processes, each hop handing the images
+// over at the switchover (docs/migration.md, "Disks and other host
+// resources"). Every fio round must pass and the kernel report no I/O
+// error, every hop (through migrateHops) must keep the guest going with
+// RAM copied; at the end qemu-img check passes on the qcow2 image, the
+// pattern the guest wrote before the first hop reads back from both
+// images on the host, and the first 8 MiB of each (fio's region) hash on
+// the host as the guest read them last.
+func TestMigrationDisk(t *testing.T) {
+	a := labtest.Assets(t)
+	dir := t.TempDir()
+	rawImg, qcowImg := filepath.Join(dir, "data.raw"), filepath.Join(dir, "data.qcow2")
+	box, result := filepath.Join(dir, "box.img"), filepath.Join(dir, "result.img")
+	run(t, "truncate", "-s", "64M", rawImg)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcowImg, "64M")
+	run(t, "truncate", "-s", "1M", box)
+	run(t, "truncate", "-s", "1M", result)
+	initrd, tools := labtest.Guest{
+		Script:   migDiskGuest,
+		Modules:  []string{"virtio_pci", "virtio_blk"},
+		Programs: []string{"/usr/bin/fio"},
+	}.Build(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+
+	vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
+	put(t, ctx, vios[0].cl, "vm.create", `{
+  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
+  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+  "memory": {"size": `+strconv.Itoa(guestMemMiB<<20)+`},
+  "disks": [
+    {"id": "raw", "path": "`+rawImg+`", "image_type": "Raw"},
+    {"id": "qcow2", "path": "`+qcowImg+`", "image_type": "Qcow2"},
+    {"id": "box", "path": "`+box+`", "image_type": "Raw", "readonly": true},
+    {"id": "result", "path": "`+result+`", "image_type": "Raw"},
+    {"id": "tools", "path": "`+tools+`", "image_type": "Raw", "readonly": true}
+  ],
+  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
+}`)
+	put(t, ctx, vios[0].cl, "vm.boot", "")
+	// A few reports: the guest runs, fio with it.
+	var last migLine
+	var baseGap time.Duration
+	for i := 0; i < 4; i++ {
+		last = vios[0].p.next(t, ctx, "a")
+		if i > 0 {
+			baseGap = max(baseGap, last.gap)
+		}
+	}
+	t.Logf("guest on a: pass %d, fio running on both disks; longest clock gap between reports: %v", last.pass, baseGap)
+	figs := migrateHops(t, ctx, vios, last, hopPlan{
+		hops: migDiskHops,
+		url:  func(int) string { return "tcp:127.0.0.1:0" },
+		check: func(m map[string]string) string {
+			if m["reason"] == "local" || m["data_pages"] == "0" {
+				return "no RAM was copied"
+			}
+			return ""
+		},
+	})
+	t.Logf("MIGRATION with disks over TCP: %s", hopSummary(figs, baseGap))
+
+	// The guest ends its fio round, writes its account and powers off.
+	f, err := os.OpenFile(box, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("GO"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	final := vios[migDiskHops%2]
+	for vmState(t, ctx, final.cl) != "Shutdown" {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the guest on %s did not finish and power off after GO", final.name)
+		case <-time.After(200 * time.Millisecond): // polling vm.info, as apiClient polls for its socket
+		}
+	}
+	acct, err := os.ReadFile(result)
+	if err != nil {
+		t.Fatal(err)
+	}
+	facts := map[string]string{}
+	for _, m := range migDiskFact.FindAllStringSubmatch(string(bytes.TrimRight(acct, "\x00")), -1) {
+		facts[m[1]] = m[2]
+	}
+	t.Logf("guest: %v", facts)
+	if facts["complete"] != "1" {
+		t.Fatalf("the guest's account is incomplete: %q", bytes.TrimRight(acct, "\x00"))
+	}
+	if facts["fails"] != "0" || facts["ioerr"] != "0" || facts["fioerr"] != "err=0," {
+		t.Fatalf("the guest saw an error: %v", facts)
+	}
+	if facts["go"] != "1" {
+		t.Fatalf("the guest stopped without the host's GO (after %s rounds): %v", facts["rounds"], facts)
+	}
+	if n, _ := strconv.Atoi(facts["rounds"]); n < 1 {
+		t.Fatalf("no fio round finished: %v", facts)
+	}
+
+	// The host's view of the images, after the last vio closed them.
+	run(t, "qemu-img", "check", "-q", "-f", "qcow2", qcowImg)
+	asRaw := filepath.Join(dir, "data-qcow2.raw")
+	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcowImg, asRaw)
+	want := []byte(strings.Repeat(migDiskPattern+"\n", migDiskPatternLen/len(migDiskPattern)+1)[:migDiskPatternLen])
+	for _, img := range []struct{ name, path, sum string }{
+		{"raw", rawImg, facts["sumraw"]},
+		{"qcow2", asRaw, facts["sumqcow2"]},
+	} {
+		b, err := os.ReadFile(img.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) < migDiskPatternOff+migDiskPatternLen {
+			t.Fatalf("the %s image is %d bytes", img.name, len(b))
+		}
+		if !bytes.Equal(b[migDiskPatternOff:migDiskPatternOff+migDiskPatternLen], want) {
+			t.Errorf("the %s image does not hold the pattern the guest wrote before the first hop", img.name)
+		}
+		sum := sha256.Sum256(b[:migDiskFioMiB<<20])
+		if got := hex.EncodeToString(sum[:]); got != img.sum {
+			t.Errorf("the %s image's first %d MiB hash to %s on the host, the guest read %s", img.name, migDiskFioMiB, got, img.sum)
+		}
+	}
+}
