@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/graph"
@@ -129,7 +130,9 @@ func (v *VM) handoffs() []vmDisk {
 // error every disk is taken back (or stays released if it cannot be, as
 // the error then says too).
 func (v *VM) releaseDisks() error {
-	for _, d := range v.handoffs() {
+	start := time.Now()
+	disks := v.handoffs()
+	for _, d := range disks {
 		err := d.h.Deactivate()
 		if err == nil || errors.Is(err, block.ErrClosed) { // closed: a removed disk
 			continue
@@ -140,6 +143,8 @@ func (v *VM) releaseDisks() error {
 		}
 		return err
 	}
+	// Timed: it is part of the migration's downtime.
+	v.log.Info("disks released for the migration's destination", "disks", len(disks), "took", time.Since(start))
 	return nil
 }
 
@@ -163,7 +168,14 @@ func (v *VM) takeDisks() error {
 // state is restored and before it resumes: the migration's source has
 // released them by then. Until it returns, requests of the restored
 // devices wait.
-func (v *VM) TakeDisks() error { return v.takeDisks() }
+func (v *VM) TakeDisks() error {
+	start := time.Now()
+	if err := v.takeDisks(); err != nil {
+		return err
+	}
+	v.log.Info("disks taken from the migration's source", "disks", len(v.handoffs()), "took", time.Since(start))
+	return nil
+}
 
 // holdForResume records that a migration left the VM paused with its
 // devices paused and its disks released (its outcome unknown, or the

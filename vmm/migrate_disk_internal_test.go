@@ -15,6 +15,7 @@ import (
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/graph"
+	"github.com/viovmm/vio/block/handoff"
 	"github.com/viovmm/vio/block/image"
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/config"
@@ -711,4 +712,42 @@ func TestMigrationHandsGraphOver(t *testing.T) {
 		wantData(t, b, data, 5<<20, "mirror child "+id)
 		b.Close()
 	}
+}
+
+// A disk whose flush fails when the source releases it (a faults node
+// over the raw image fails the first flush) is not released: the
+// migration fails before anything reaches the destination's disks, and
+// the source runs on, holding its images.
+func TestMigrationReleaseFlushFails(t *testing.T) {
+	r := newDiskRig(t, false)
+	root, err := graph.Parse([]byte(`{"node":"faults","options":{"rules":[{"ops":"flush","times":1}]},"children":[{"node":"raw","path":"` + r.raw + `"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cfg.Disks[0] = config.Disk{ID: "raw", Graph: root}
+	src := r.source(t)
+	sv := vmOf(t, src)
+	write(t, disk(t, sv, "raw"), []byte("not yet flushed"), 0)
+	took := false
+	dst := destination(t, nil, func(m IncomingMachine) error {
+		took = true
+		return m.TakeDisks()
+	})
+	sendErr, recvErr := migrate(t, r.dir, src, dst, false, nil)
+	if sendErr == nil || !strings.Contains(sendErr.Error(), "cannot release disk raw for the destination: flushing the image before releasing it") {
+		t.Fatalf("the source: %v", sendErr)
+	}
+	if recvErr == nil || took {
+		t.Fatalf("the destination: %v, took the disks: %v", recvErr, took)
+	}
+	wantControllerState(t, src, StateRunning, "the source")
+	wantControllerState(t, dst, NoVM, "the destination")
+	r.wantLocked(t, "the source after the failed release")
+	if !sv.diskByID("raw").(*handoff.Disk).Active() {
+		t.Fatal("the source let its disk go")
+	}
+	if err := disk(t, sv, "raw").Flush(); err != nil {
+		t.Fatalf("a flush after the failed one: %v", err)
+	}
+	wantData(t, disk(t, sv, "raw"), []byte("not yet flushed"), 0, "the source's disk")
 }
