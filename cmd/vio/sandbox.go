@@ -125,6 +125,14 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 			p.add(f, sandbox.Read)
 		}
 	}
+	if ci := cfg.CloudInit; ci != nil {
+		// The NoCloud seed is built from these at every boot, a reboot's
+		// included (seen: a guest reset in the lab, then "user-data
+		// cannot be read: permission denied" and vio gave up).
+		for _, f := range []string{ci.UserData, ci.MetaData, ci.NetworkConfig, ci.VendorData} {
+			p.add(f, sandbox.Read)
+		}
+	}
 	if cfg.RNG != nil && cfg.RNG.Src != "" {
 		p.add(cfg.RNG.Src, sandbox.Read)
 	}

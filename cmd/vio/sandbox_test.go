@@ -53,7 +53,7 @@ func TestSandboxBitesInVio(t *testing.T) {
 func TestVMPolicy(t *testing.T) {
 	dir := t.TempDir()
 	name := func(n string) string { return filepath.Join(dir, n) }
-	for _, f := range []string{"k", "i", "rw.img", "ro.img", "backing.img", "serial.log", "disk.key"} {
+	for _, f := range []string{"k", "i", "rw.img", "ro.img", "backing.img", "serial.log", "disk.key", "user-data", "meta-data"} {
 		if err := os.WriteFile(name(f), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -73,6 +73,7 @@ func TestVMPolicy(t *testing.T) {
 	cfg.Disks = append(cfg.Disks, enc, config.Disk{VhostUser: true, VhostSocket: filepath.Join(dir, "vu", "d.sock")})
 	cfg.Serial = config.Console{Mode: config.ModeFile, File: name("serial.log")}
 	cfg.Console = config.Console{Mode: config.ModeSocket, Socket: filepath.Join(dir, "cons", "c.sock")}
+	cfg.CloudInit = &config.CloudInit{UserData: name("user-data"), MetaData: name("meta-data")}
 	p := vmPolicy(cfg, filepath.Join(dir, "api", "api.sock"), observeFlags{}, []string{name("snaps")})
 	got := map[string]sandbox.Access{}
 	for _, r := range p.Rules {
@@ -86,6 +87,8 @@ func TestVMPolicy(t *testing.T) {
 		name("backing.img"): sandbox.Read,
 		name("serial.log"):  sandbox.Write,
 		name("disk.key"):    sandbox.Read, // read again when a reboot reopens the disk
+		name("user-data"):   sandbox.Read, // the cloud-init seed is built again at a reboot
+		name("meta-data"):   sandbox.Read,
 		name("cons"):        sandbox.Create,
 		name("vu"):          sandbox.Create, // a vhost-user back-end's socket, made again when it restarts
 		name("api"):         sandbox.Create,
