@@ -184,8 +184,9 @@ func migrateHops(t *testing.T, ctx context.Context, vios [2]*hopVio, last migLin
 		ms, _ := strconv.Atoi(m["downtime_ms"])
 		f := hopFigures{total: total, vmmDowntime: time.Duration(ms) * time.Millisecond, guestGap: first.gap, bytes: m["bytes"], iterations: m["iterations"]}
 		figs = append(figs, f)
-		t.Logf("hop %2d %s→%s: total %v, %s iterations (%s), %s bytes, VMM downtime %d ms, guest's longest clock gap %v; guest at pass %d (last on %s: %d)",
-			hop, src.name, dst.name, total.Round(time.Millisecond), m["iterations"], m["reason"], m["bytes"], ms, first.gap.Round(time.Millisecond), first.pass, src.name, last.pass)
+		t.Logf("hop %2d %s→%s: total %v, %s iterations (%s), %s bytes, VMM downtime %d ms (pause %s, send %s, resume %s), guest's longest clock gap %v; guest at pass %d (last on %s: %d)",
+			hop, src.name, dst.name, total.Round(time.Millisecond), m["iterations"], m["reason"], m["bytes"], ms, m["pause_ms"], m["send_ms"], m["resume_ms"],
+			first.gap.Round(time.Millisecond), first.pass, src.name, last.pass)
 		last = first
 		put(t, ctx, src.cl, "vm.delete", "")
 		src = dst

@@ -74,6 +74,10 @@ func TestLocalMigration(t *testing.T) {
 	if r.stats.Downtime <= 0 || r.stats.Total < r.stats.Downtime {
 		t.Errorf("stats %+v", r.stats)
 	}
+	// The downtime's parts are measured in sequence within it.
+	if parts := r.stats.PauseTime + r.stats.SendTime + r.stats.ResumeTime; r.stats.ResumeTime <= 0 || r.stats.SendTime <= 0 || parts > r.stats.Downtime {
+		t.Errorf("downtime %v, its parts pause %v + send %v + resume %v", r.stats.Downtime, r.stats.PauseTime, r.stats.SendTime, r.stats.ResumeTime)
+	}
 	t.Logf("sent %d bytes; downtime %v of %v", r.stats.Bytes, r.stats.Downtime, r.stats.Total)
 }
 

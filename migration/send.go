@@ -118,6 +118,10 @@ type Stats struct {
 	Total      time.Duration // from the start to the destination's last reply
 	Downtime   time.Duration // from the pause to the destination's last reply
 	Reason     string        // why pre-copy stopped: converged, iteration cap, timeout
+	// The downtime's parts: pausing the VM (vCPUs, devices, the disks'
+	// release), sending the last pages and the state, and the
+	// destination's restore and resume until its "running".
+	PauseTime, SendTime, ResumeTime time.Duration
 }
 
 // ErrOutcomeUnknown: the source sent everything but heard no answer, so
@@ -332,6 +336,7 @@ func (s *sender) stopAndCopy(conn io.Reader, dirty [][]uint64, iter int) (err er
 	if err := s.src.Pause(); err != nil {
 		return fmt.Errorf("pausing the VM: %w", err)
 	}
+	s.stats.PauseTime = time.Since(pausedAt)
 	sentAll := false
 	defer func() {
 		// Once everything is sent only the destination's own "failed"
@@ -373,6 +378,8 @@ func (s *sender) stopAndCopy(conn io.Reader, dirty [][]uint64, iter int) (err er
 		return s.ioErr(err)
 	}
 	sentAll = true
+	sentAt := time.Now()
+	s.stats.SendTime = sentAt.Sub(pausedAt) - s.stats.PauseTime
 	bw := float64(s.enc.bytes-b0) / max(time.Since(t0).Seconds(), 1e-6)
 	if err := readReply(conn); err != nil {
 		if errors.Is(err, ErrDestination) {
@@ -381,6 +388,7 @@ func (s *sender) stopAndCopy(conn io.Reader, dirty [][]uint64, iter int) (err er
 		return fmt.Errorf("%w: everything was sent but the destination did not answer (%v); the VM stays paused here: check whether it runs at the destination before resuming it", ErrOutcomeUnknown, err)
 	}
 	s.stats.Iterations = iter
+	s.stats.ResumeTime = time.Since(sentAt)
 	s.stats.Downtime = time.Since(pausedAt)
 	s.stats.Total = time.Since(s.start)
 	s.stats.Bytes = s.enc.bytes

@@ -405,7 +405,10 @@ func statsKV(s migration.Stats) []string {
 		"total_ms", strconv.FormatInt(s.Total.Milliseconds(), 10),
 	}
 	if s.Reason != "" {
-		kv = append(kv, "downtime_ms", strconv.FormatInt(s.Downtime.Milliseconds(), 10), "reason", s.Reason)
+		kv = append(kv, "downtime_ms", strconv.FormatInt(s.Downtime.Milliseconds(), 10), "reason", s.Reason,
+			"pause_ms", strconv.FormatInt(s.PauseTime.Milliseconds(), 10),
+			"send_ms", strconv.FormatInt(s.SendTime.Milliseconds(), 10),
+			"resume_ms", strconv.FormatInt(s.ResumeTime.Milliseconds(), 10))
 	}
 	return kv
 }
