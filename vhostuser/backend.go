@@ -14,7 +14,7 @@ import (
 )
 
 // BackendProtocolFeatures are the protocol features a Backend offers.
-const BackendProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolConfigureMemSlots | ProtocolInflightShmfd
+const BackendProtocolFeatures = ProtocolMQ | ProtocolLogShmfd | ProtocolReplyAck | ProtocolConfig | ProtocolConfigureMemSlots | ProtocolInflightShmfd
 
 // Errors a Backend reports for requests it refuses (to OnError, and to the
 // front-end as a non-zero REPLY_ACK status when it asked for one).
@@ -224,6 +224,10 @@ func (s *session) respond(m *Message, readErr error) (reply []byte, fds []int, s
 	}
 	fds, s.replyFDs = s.replyFDs, nil
 	switch {
+	case hasReply && err != nil && m.Request == SetLogBase:
+		// A log that cannot be used: the reply is its status.
+		closeFDs(fds)
+		return U64(1), nil, true, nil
 	case hasReply && err != nil && m.Request != GetConfig && m.Request != GetInflightFD:
 		// No way to answer this request with a failure: the front-end
 		// would take whatever we sent as the answer.
@@ -261,6 +265,10 @@ type session struct {
 	// descriptors the reply being built carries.
 	inflight *inflightRegion
 	replyFDs []int
+	// dirty is the migration's dirty log (SET_LOG_BASE) and whether
+	// LOG_ALL is acknowledged; every sharedMemory of the session marks
+	// the guest memory the rings write in it.
+	dirty dirtyState
 }
 
 func newSession(b *Backend, dev virtio.QueueServer) *session {
@@ -268,7 +276,7 @@ func newSession(b *Backend, dev virtio.QueueServer) *session {
 	if len(s.maxSizes) > MaxVrings {
 		s.maxSizes = s.maxSizes[:MaxVrings]
 	}
-	s.offered = dev.Features() | virtio.TransportFeatures | FProtocolFeatures
+	s.offered = dev.Features() | virtio.TransportFeatures | FProtocolFeatures | FLogAll
 	for i := range s.maxSizes {
 		s.rings = append(s.rings, newRing(i))
 	}
@@ -300,6 +308,10 @@ func (s *session) reset() {
 	if s.inflight != nil {
 		s.inflight.close()
 		s.inflight = nil
+	}
+	s.dirty.on.Store(false)
+	if l := s.dirty.log.Swap(nil); l != nil {
+		l.close()
 	}
 	s.features, s.protocol = 0, 0
 }
@@ -339,6 +351,9 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 	switch m.Request {
 	case GetFeatures, GetProtocolFeatures, GetQueueNum, GetVringBase, GetConfig, GetMaxMemSlots, GetStatus, GetInflightFD:
 		hasReply = true
+	case SetLogBase:
+		// Answered, with a status, once LOG_SHMFD is negotiated.
+		hasReply = s.protocol&ProtocolLogShmfd != 0
 	}
 	if m.Reply() {
 		return nil, hasReply, fmt.Errorf("%w: a reply (%v) sent as a request", ErrMalformed, m.Request)
@@ -361,10 +376,13 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 		if f&^s.offered != 0 {
 			return nil, false, fmt.Errorf("%w: features %#x were not offered (offered %#x)", ErrNotNegotiated, f&^s.offered, s.offered)
 		}
-		if s.anyRunning() && f != s.features {
+		// LOG_ALL goes on and off while the rings run: a migration
+		// starts and ends with the guest running.
+		if s.anyRunning() && (f^s.features)&^uint64(FLogAll) != 0 {
 			return nil, false, fmt.Errorf("%w: features change while rings run", ErrRingRunning)
 		}
 		s.features = f
+		s.dirty.on.Store(f&FLogAll != 0)
 		return nil, false, nil
 	case GetProtocolFeatures:
 		return U64(BackendProtocolFeatures), true, nil
@@ -402,19 +420,16 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 	case SetVringNum, SetVringBase, SetVringEnable, GetVringBase:
 		return s.vringState(m.Request, v.(VringState))
 	case SetVringAddr:
-		a := v.(VringAddr)
-		r, err := s.ring(a.Index)
-		if err != nil {
-			return nil, false, err
+		return nil, false, s.setVringAddr(v.(VringAddr))
+	case SetLogBase:
+		l, ok := v.(Log)
+		switch {
+		case !hasReply:
+			return nil, false, fmt.Errorf("%w: SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD", ErrNotNegotiated)
+		case !ok:
+			return nil, true, fmt.Errorf("%w: SET_LOG_BASE with a u64 rather than a log description and its memfd", ErrUnsupported)
 		}
-		if a.Flags&VringFlagLog != 0 {
-			return nil, false, fmt.Errorf("%w: vring %d asks for used-ring logging (LOG_ALL is not offered)", ErrNotNegotiated, a.Index)
-		}
-		if r.running() {
-			return nil, false, fmt.Errorf("%w: vring %d addresses", ErrRingRunning, a.Index)
-		}
-		r.addr, r.hasAddr = a, true
-		return nil, false, nil
+		return U64(0), true, s.setLogBase(l, m.FDs[0])
 	case SetVringKick, SetVringCall, SetVringErr:
 		return nil, false, s.vringFD(m, v.(uint32))
 	case GetInflightFD:
@@ -426,8 +441,8 @@ func (s *session) handle(m *Message) (payload []byte, hasReply bool, err error) 
 	case SetInflightFD:
 		return nil, false, s.setInflight(v.(Inflight), m.FDs[0])
 	}
-	// SET_LOG_BASE, SET_LOG_FD, SET_STATUS, GET_STATUS: their protocol
-	// features are not offered.
+	// SET_LOG_FD (the log's "modified" eventfd, optional), SET_STATUS,
+	// GET_STATUS: not implemented, their protocol features not offered.
 	return nil, hasReply, fmt.Errorf("%w: %v", ErrUnsupported, m.Request)
 }
 
@@ -483,6 +498,18 @@ func (s *session) remMemReg(r MemoryRegion) error {
 // starts the rings again over mem (a memory hot-plug on a running device):
 // no queue ever sees memory change under it.
 func (s *session) swapMemory(mem *sharedMemory, unmap []sharedRegion) error {
+	return s.whileStopped(func() {
+		mem.dirty = &s.dirty
+		s.mem = mem
+		for _, r := range unmap {
+			r.mem.Close()
+		}
+	})
+}
+
+// whileStopped stops the running rings (draining them), runs change, and
+// starts them again: what the rings' goroutines use changes under none.
+func (s *session) whileStopped(change func()) error {
 	var restart []*ring
 	for _, r := range s.rings {
 		if r.running() {
@@ -490,10 +517,7 @@ func (s *session) swapMemory(mem *sharedMemory, unmap []sharedRegion) error {
 			restart = append(restart, r)
 		}
 	}
-	s.mem = mem
-	for _, r := range unmap {
-		r.mem.Close()
-	}
+	change()
 	var first error
 	for _, r := range restart {
 		if err := s.start(r); err != nil && first == nil {
@@ -501,6 +525,55 @@ func (s *session) swapMemory(mem *sharedMemory, unmap []sharedRegion) error {
 		}
 	}
 	return first
+}
+
+// setLogBase maps the dirty log a front-end sends (SET_LOG_BASE) and puts
+// it in the old one's place, with the rings stopped meanwhile, so that no
+// ring marks a log being unmapped. fd stays the caller's.
+func (s *session) setLogBase(l Log, fd int) error {
+	bl, err := mapBackendLog(l, fd)
+	if err != nil {
+		return err
+	}
+	return s.whileStopped(func() {
+		if old := s.dirty.log.Swap(bl); old != nil {
+			old.close()
+		}
+	})
+}
+
+// setVringAddr records a ring's addresses. A running ring may only have
+// its logging turned on or off (VHOST_VRING_F_LOG and its address), as
+// a front-end does when a migration starts or ends.
+func (s *session) setVringAddr(a VringAddr) error {
+	r, err := s.ring(a.Index)
+	if err != nil {
+		return err
+	}
+	if a.Flags&VringFlagLog != 0 && s.protocol&ProtocolLogShmfd == 0 {
+		return fmt.Errorf("%w: vring %d asks for used-ring logging without VHOST_USER_PROTOCOL_F_LOG_SHMFD", ErrNotNegotiated, a.Index)
+	}
+	if r.running() {
+		if !r.hasAddr || a.Desc != r.addr.Desc || a.Avail != r.addr.Avail || a.Used != r.addr.Used {
+			return fmt.Errorf("%w: vring %d addresses", ErrRingRunning, a.Index)
+		}
+		if err := checkLogAddr(a, r.q.Config().UsedRing); err != nil {
+			return err
+		}
+	}
+	r.addr, r.hasAddr = a, true
+	return nil
+}
+
+// checkLogAddr refuses a used ring logged at another address than its
+// own: this back-end marks every write at the guest address it writes,
+// the used ring's included, which is what every front-end asks for
+// (QEMU and Cloud Hypervisor give the used ring's guest address).
+func checkLogAddr(a VringAddr, usedGPA uint64) error {
+	if a.Flags&VringFlagLog != 0 && a.Log != usedGPA {
+		return fmt.Errorf("%w: vring %d logs its used ring at %#x, not at its guest address %#x", ErrBadRing, a.Index, a.Log, usedGPA)
+	}
+	return nil
 }
 
 func (s *session) vringState(req Request, st VringState) ([]byte, bool, error) {
@@ -619,6 +692,9 @@ func (s *session) start(r *ring) error {
 	if st.UsedRing, err = s.mem.userToGPA(r.addr.Used, virtio.UsedRingSize(r.num)); err != nil {
 		return fmt.Errorf("vring %d device area: %w", r.index, err)
 	}
+	if err := checkLogAddr(r.addr, st.UsedRing); err != nil {
+		return err
+	}
 	q, err := s.resume(r, st)
 	if err != nil {
 		return fmt.Errorf("%w: vring %d: %w", ErrBadRing, r.index, err)
@@ -631,7 +707,7 @@ func (s *session) start(r *ring) error {
 	// avail ring, before the kicker knew q) would otherwise be dropped,
 	// and the request it announced left waiting for another kick.
 	r.kick.q.Store(q)
-	svc, err := s.dev.ServeQueue(r.index, q, s.features&^FProtocolFeatures)
+	svc, err := s.dev.ServeQueue(r.index, q, s.features&^uint64(FProtocolFeatures|FLogAll))
 	if err != nil {
 		r.kick.q.Store(nil)
 		return fmt.Errorf("%w: vring %d: %w", ErrBadRing, r.index, err)

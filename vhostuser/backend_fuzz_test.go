@@ -27,6 +27,19 @@ func FuzzBackendMessages(f *testing.F) {
 	if err := unix.Ftruncate(memfd, ramSize); err != nil {
 		f.Fatal(err)
 	}
+	// A dirty log as a front-end makes one (a memfd sealed against
+	// shrinking), for SET_LOG_BASE.
+	logfd, err := unix.MemfdCreate("fuzz-log", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer unix.Close(logfd)
+	if err := unix.Ftruncate(logfd, 4096); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(uintptr(logfd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW); err != nil {
+		f.Fatal(err)
+	}
 	const ua = 0x7f0000000000
 	msg := func(req Request, flags uint32, payload []byte) []byte {
 		b := make([]byte, HeaderSize+len(payload))
@@ -45,6 +58,10 @@ func FuzzBackendMessages(f *testing.F) {
 		msg(SetVringKick, 0, U64(0)),
 		msg(SetVringCall, 0, U64(0)),
 		msg(SetVringEnable, FlagNeedReply, VringState{0, 1}.Marshal()),
+		// A migration starts: the log, LOG_ALL, the used ring logged.
+		msg(SetLogBase, 0, Log{MmapSize: 4096}.Marshal()),
+		msg(SetFeatures, FlagNeedReply, U64(FProtocolFeatures|virtioFVersion1|FLogAll)),
+		msg(SetVringAddr, FlagNeedReply, VringAddr{Flags: VringFlagLog, Desc: ua + 0x1000, Avail: ua + 0x2000, Used: ua + 0x3000, Log: 0x3000}.Marshal()),
 		msg(GetConfig, 0, Config{Data: make([]byte, 60)}.Marshal()),
 		msg(SetConfig, 0, Config{Offset: 32, Data: []byte{0}}.Marshal()),
 		msg(GetVringBase, 0, VringState{0, 0}.Marshal()),
@@ -95,7 +112,7 @@ func FuzzBackendMessages(f *testing.F) {
 			m := &Message{Header: h, Payload: append([]byte(nil), stream[HeaderSize:HeaderSize+size]...)}
 			stream = stream[HeaderSize+size:]
 			if err == nil {
-				m.FDs = fuzzFDs(t, m, memfd)
+				m.FDs = fuzzFDs(t, m, memfd, logfd)
 			} else if !errorsIsUnsupported(err) {
 				break
 			}
@@ -118,9 +135,9 @@ func FuzzBackendMessages(f *testing.F) {
 }
 
 // fuzzFDs attaches the descriptors a request of m's kind carries: a copy
-// of the guest RAM memfd per memory region, an eventfd for a kick, call or
-// err without the no-fd flag.
-func fuzzFDs(t *testing.T, m *Message, memfd int) []int {
+// of the guest RAM memfd per memory region, of the log's for SET_LOG_BASE,
+// an eventfd for a kick, call or err without the no-fd flag.
+func fuzzFDs(t *testing.T, m *Message, memfd, logfd int) []int {
 	n := 0
 	switch m.Request {
 	case SetMemTable:
@@ -136,8 +153,12 @@ func fuzzFDs(t *testing.T, m *Message, memfd int) []int {
 			fds = append(fds, fd)
 		}
 		return fds
-	case AddMemReg, SetInflightFD:
-		fd, err := unix.Dup(memfd)
+	case AddMemReg, SetInflightFD, SetLogBase:
+		src := memfd
+		if m.Request == SetLogBase {
+			src = logfd
+		}
+		fd, err := unix.Dup(src)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -150,13 +150,13 @@ func TestBackendRefusesBadRingState(t *testing.T) {
 		{"ring index beyond the queues", func() error { return f.vringState(SetVringNum, 3, 64) }, SetVringNum},
 		{"base above 16 bits", func() error { return f.vringState(SetVringBase, 0, 1<<16) }, SetVringBase},
 		{"enable value 2", func() error { return f.vringState(SetVringEnable, 0, 2) }, SetVringEnable},
-		{"logging without LOG_ALL", func() error { return f.SetVringAddr(VringAddr{Flags: VringFlagLog}) }, SetVringAddr},
+		{"logging without LOG_SHMFD", func() error { return f.SetVringAddr(VringAddr{Flags: VringFlagLog}) }, SetVringAddr},
 		{"features not offered", func() error {
 			_, err := f.call(SetFeatures, U64(1<<63), nil, false)
 			return err
 		}, SetFeatures},
 		{"protocol features not offered", func() error {
-			_, err := f.call(SetProtocolFeatures, U64(ProtocolLogShmfd|ProtocolReplyAck), nil, false)
+			_, err := f.call(SetProtocolFeatures, U64(ProtocolBackendReq|ProtocolReplyAck), nil, false)
 			return err
 		}, SetProtocolFeatures},
 	} {

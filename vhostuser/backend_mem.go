@@ -3,6 +3,7 @@ package vhostuser
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/viovmm/vio/memory"
 )
@@ -34,6 +35,28 @@ type sharedRegion struct {
 // before it replaces or unmaps the table, so Generation is constant.
 type sharedMemory struct {
 	regions []sharedRegion
+	// dirty is the session's dirty log: while LOG_ALL is on, every write
+	// through this memory (buffers and used rings alike) marks its pages
+	// there, after the write. Nil marks nothing.
+	dirty *dirtyState
+}
+
+// dirtyState is a session's dirty log (SET_LOG_BASE) and LOG_ALL. on
+// flips while the rings run (SET_FEATURES); the log changes only while
+// they are stopped (setLogBase), so a ring never marks an unmapped one.
+type dirtyState struct {
+	on  atomic.Bool
+	log atomic.Pointer[backendLog]
+}
+
+// logWrite marks [addr, addr+n) in the dirty log, if logging is on.
+func (m *sharedMemory) logWrite(addr, n uint64) {
+	if m.dirty == nil || !m.dirty.on.Load() {
+		return
+	}
+	if l := m.dirty.log.Load(); l != nil {
+		l.mark(addr, n)
+	}
 }
 
 var _ memory.DMA = (*sharedMemory)(nil)
@@ -97,7 +120,7 @@ func (m *sharedMemory) without(r MemoryRegion) (*sharedMemory, sharedRegion, boo
 	for i, o := range m.regions {
 		if o.GuestAddr == r.GuestAddr && o.UserAddr == r.UserAddr && o.Size == r.Size {
 			rest := append(append([]sharedRegion(nil), m.regions[:i]...), m.regions[i+1:]...)
-			return &sharedMemory{regions: rest}, o, true
+			return &sharedMemory{regions: rest, dirty: m.dirty}, o, true
 		}
 	}
 	return nil, sharedRegion{}, false
@@ -105,7 +128,7 @@ func (m *sharedMemory) without(r MemoryRegion) (*sharedMemory, sharedRegion, boo
 
 // with returns a table of m's regions and r.
 func (m *sharedMemory) with(r sharedRegion) *sharedMemory {
-	return &sharedMemory{regions: append(append([]sharedRegion(nil), m.regions...), r)}
+	return &sharedMemory{regions: append(append([]sharedRegion(nil), m.regions...), r), dirty: m.dirty}
 }
 
 // close unmaps every region.
@@ -145,12 +168,19 @@ func (m *sharedMemory) Slice(addr, n uint64) ([]byte, error) {
 	return r.Slice(addr, n)
 }
 
+// SliceForWrite marks the range now, and the caller's MarkDirty after
+// its writes marks it again (see memory.DMA): a Take in between then
+// misses nothing.
 func (m *sharedMemory) SliceForWrite(addr, n uint64) ([]byte, error) {
 	r, err := m.find(addr)
 	if err != nil {
 		return nil, err
 	}
-	return r.SliceForWrite(addr, n)
+	b, err := r.SliceForWrite(addr, n)
+	if err == nil {
+		m.logWrite(addr, n)
+	}
+	return b, err
 }
 
 func (m *sharedMemory) MarkDirty(addr, n uint64) error {
@@ -158,7 +188,11 @@ func (m *sharedMemory) MarkDirty(addr, n uint64) error {
 	if err != nil {
 		return err
 	}
-	return r.MarkDirty(addr, n)
+	if err := r.MarkDirty(addr, n); err != nil {
+		return err
+	}
+	m.logWrite(addr, n)
+	return nil
 }
 
 func (m *sharedMemory) ReadAt(p []byte, addr int64) (int, error) {
@@ -180,7 +214,11 @@ func (m *sharedMemory) WriteAt(p []byte, addr int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return r.WriteAt(p, addr)
+	n, err := r.WriteAt(p, addr)
+	if err == nil {
+		m.logWrite(uint64(addr), uint64(n))
+	}
+	return n, err
 }
 
 func (m *sharedMemory) LoadUint16(addr uint64) (uint16, error) {
@@ -196,7 +234,11 @@ func (m *sharedMemory) StoreUint16(addr uint64, v uint16) error {
 	if err != nil {
 		return err
 	}
-	return r.StoreUint16(addr, v)
+	if err := r.StoreUint16(addr, v); err != nil {
+		return err
+	}
+	m.logWrite(addr, 2)
+	return nil
 }
 
 func (m *sharedMemory) LoadUint32(addr uint64) (uint32, error) {
@@ -212,7 +254,11 @@ func (m *sharedMemory) StoreUint32(addr uint64, v uint32) error {
 	if err != nil {
 		return err
 	}
-	return r.StoreUint32(addr, v)
+	if err := r.StoreUint32(addr, v); err != nil {
+		return err
+	}
+	m.logWrite(addr, 4)
+	return nil
 }
 
 // Generation implements memory.DMA: constant (see sharedMemory).

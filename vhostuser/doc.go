@@ -23,6 +23,11 @@
 //     them, and serves each ring a front-end starts with a device model's
 //     own queue code (virtio.QueueServer: virtio-blk's, for vio
 //     serve-disk), one goroutine per ring reading its kick eventfd.
+//   - log.go: a live migration's dirty log (VHOST_F_LOG_ALL with the
+//     LOG_SHMFD protocol feature): DirtyLog, the front-end's memfd bitmap
+//     it hands over with SET_LOG_BASE and takes marks from at each
+//     pre-copy iteration, and the back-end's mapping of it, in which
+//     every write to guest memory marks its pages while LOG_ALL is on.
 //
 // A peer is treated as hostile: a header whose size does not fit its
 // request is refused before any payload is read, region counts and config

@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -178,9 +179,9 @@ func (f *Frontend) GetProtocolFeatures() (uint64, error) {
 }
 
 // SetProtocolFeatures enables protocol features, which must be a subset of
-// what GetProtocolFeatures offered. Only MQ, REPLY_ACK, CONFIG and INFLIGHT_SHMFD are
-// implemented here; asking for others is an error. REPLY_ACK
-// applies from the next request on.
+// what GetProtocolFeatures offered. Only MQ, LOG_SHMFD, REPLY_ACK, CONFIG
+// and INFLIGHT_SHMFD are implemented here; asking for others is an
+// error. REPLY_ACK applies from the next request on.
 func (f *Frontend) SetProtocolFeatures(features uint64) error {
 	if features&^uint64(protocolFeaturesImplemented) != 0 {
 		return fmt.Errorf("%w: protocol features %#x", ErrUnsupported, features&^uint64(protocolFeaturesImplemented))
@@ -375,6 +376,15 @@ func (f *Frontend) SetVringAddr(a VringAddr) error {
 // SetVringAddrGPA sends queue i's ring addresses, given as guest physical
 // addresses, translated through the memory table SetMemTable sent.
 func (f *Frontend) SetVringAddrGPA(i uint32, q virtio.QueueConfig) error {
+	return f.SetVringAddrLog(i, q, false)
+}
+
+// SetVringAddrLog is SetVringAddrGPA with used-ring logging on or off
+// (VHOST_VRING_F_LOG, the log address being the used ring's guest
+// address): with LOG_ALL acknowledged, the back-end then marks its writes
+// of the used ring in the dirty log too. A running ring takes it (QEMU
+// turns logging on and off so while the guest runs).
+func (f *Frontend) SetVringAddrLog(i uint32, q virtio.QueueConfig, log bool) error {
 	desc, err := f.userAddr(q.DescTable, virtio.DescTableSize(q.Size))
 	if err != nil {
 		return err
@@ -387,7 +397,14 @@ func (f *Frontend) SetVringAddrGPA(i uint32, q virtio.QueueConfig) error {
 	if err != nil {
 		return err
 	}
-	return f.SetVringAddr(VringAddr{Index: i, Desc: desc, Avail: avail, Used: used})
+	a := VringAddr{Index: i, Desc: desc, Avail: avail, Used: used}
+	if log {
+		if err := f.need(ProtocolLogShmfd, "used-ring logging"); err != nil {
+			return err
+		}
+		a.Flags, a.Log = VringFlagLog, q.UsedRing
+	}
+	return f.SetVringAddr(a)
 }
 
 func (f *Frontend) vringFD(req Request, i uint32, fd int) error {
@@ -476,5 +493,59 @@ func (f *Frontend) SetInflightFD(d Inflight, fd int) error {
 		return err
 	}
 	_, err := f.call(SetInflightFD, d.Marshal(), []int{fd}, false)
+	return err
+}
+
+// SetLogBase hands the back-end the dirty log it marks the pages it
+// writes in while LOG_ALL is acknowledged (needs LOG_SHMFD). The log's
+// descriptor stays the caller's. The request has a reply of its own with
+// LOG_SHMFD, whatever REPLY_ACK says, and NEED_REPLY is not set (as
+// QEMU does): one answer, checked with CheckLogBaseReply. Until the
+// front-end sends another log, the back-end keeps this one mapped.
+func (f *Frontend) SetLogBase(l Log, fd int) error {
+	if err := f.need(ProtocolLogShmfd, "SET_LOG_BASE"); err != nil {
+		return err
+	}
+	if fd < 0 {
+		return fmt.Errorf("vhostuser: SET_LOG_BASE without a log descriptor")
+	}
+	p, err := f.call(SetLogBase, l.Marshal(), []int{fd}, true)
+	if err != nil {
+		return err
+	}
+	if err := CheckLogBaseReply(p, l); err != nil {
+		if errors.Is(err, ErrMalformed) {
+			f.mu.Lock()
+			f.broken = err
+			f.mu.Unlock()
+		}
+		return err
+	}
+	return nil
+}
+
+// Sync returns once the back-end has processed every request sent
+// before it: a GET_FEATURES round trip, whose answer must be what the
+// back-end offered before (a back-end that changes its offer on a live
+// connection is out of step). Requests without REPLY_ACK are otherwise
+// only known to be sent; a migration needs LOG_ALL in effect before it
+// copies guest RAM.
+func (f *Frontend) Sync() error {
+	f.mu.Lock()
+	offered := f.offered
+	f.mu.Unlock()
+	p, err := f.call(GetFeatures, nil, nil, true)
+	if err != nil {
+		return err
+	}
+	v, err := ParseU64(p)
+	if err == nil && v != offered {
+		err = fmt.Errorf("%w: GET_FEATURES answered %#x on a connection where it answered %#x", ErrMalformed, v, offered)
+	}
+	if err != nil {
+		f.mu.Lock()
+		f.broken = err
+		f.mu.Unlock()
+	}
 	return err
 }

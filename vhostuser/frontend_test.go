@@ -94,7 +94,7 @@ func TestFrontendNegotiateAndAck(t *testing.T) {
 		}
 		return honest(m)
 	})
-	feat, proto, err := f.Negotiate(1<<32|1<<33, ProtocolReplyAck|ProtocolMQ|ProtocolLogShmfd)
+	feat, proto, err := f.Negotiate(1<<32|1<<33, ProtocolReplyAck|ProtocolMQ|ProtocolBackendReq)
 	if err != nil {
 		t.Fatal(err)
 	}

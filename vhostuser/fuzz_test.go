@@ -1,6 +1,9 @@
 package vhostuser
 
 import (
+	"bytes"
+	"encoding/binary"
+	"errors"
 	"reflect"
 	"testing"
 )
@@ -24,6 +27,9 @@ func FuzzParseMessage(f *testing.F) {
 	seed(SetVringKick, Version, U64(1), 1)
 	seed(AddMemReg, Version|FlagNeedReply, MemoryRegion{GuestAddr: 1 << 20, Size: 4096, UserAddr: 1 << 40}.Marshal(), 1)
 	seed(RemMemReg, Version, MemoryRegion{GuestAddr: 1 << 20, Size: 4096, UserAddr: 1 << 40}.Marshal(), 0)
+	seed(SetLogBase, Version, Log{MmapSize: 4096, MmapOffset: 8192}.Marshal(), 1)
+	seed(SetLogBase, Version|FlagReply, Log{MmapSize: 4096}.Marshal(), 0)
+	seed(SetLogBase, Version|FlagReply, U64(4096), 0)
 	f.Fuzz(func(t *testing.T, b []byte, nfds uint8) {
 		h, err := ParseHeader(b)
 		if err != nil {
@@ -56,6 +62,8 @@ func FuzzParseMessage(f *testing.F) {
 			again = x.Marshal()
 		case Config:
 			again = x.Marshal()
+		case Log:
+			again = x.Marshal()
 		default:
 			t.Fatalf("unexpected payload type %T", v)
 		}
@@ -66,6 +74,31 @@ func FuzzParseMessage(f *testing.F) {
 		}
 		if !reflect.DeepEqual(v, v2) {
 			t.Fatalf("%v: %#v re-decoded as %#v", h.Request, v, v2)
+		}
+	})
+}
+
+// FuzzLogBaseReply feeds a back-end's answer to SET_LOG_BASE to the
+// front-end's check: it must not panic, must accept exactly the three
+// shapes back-ends send (status 0, the size echoed, the description
+// echoed) and call anything else a failure or malformed.
+func FuzzLogBaseReply(f *testing.F) {
+	sent := Log{MmapSize: 8192, MmapOffset: 4096}
+	f.Add(U64(0), sent.MmapSize, sent.MmapOffset)
+	f.Add(U64(8192), sent.MmapSize, sent.MmapOffset)
+	f.Add(sent.Marshal(), sent.MmapSize, sent.MmapOffset)
+	f.Add(U64(1), sent.MmapSize, sent.MmapOffset)
+	f.Add([]byte{1, 2, 3}, uint64(4096), uint64(0))
+	f.Fuzz(func(t *testing.T, p []byte, size, off uint64) {
+		l := Log{MmapSize: size, MmapOffset: off}
+		err := CheckLogBaseReply(p, l)
+		ok := len(p) == 8 && (binary.LittleEndian.Uint64(p) == 0 || binary.LittleEndian.Uint64(p) == size) ||
+			len(p) == 16 && bytes.Equal(p, l.Marshal()) && size != 0 && size <= MaxLogSize && off <= MaxLogSize<<8
+		if ok != (err == nil) {
+			t.Fatalf("reply %x to a log of %#x at %#x: %v", p, size, off, err)
+		}
+		if err != nil && !errors.Is(err, ErrFailed) && !errors.Is(err, ErrMalformed) {
+			t.Fatalf("reply %x: error %v is neither a failure nor malformed", p, err)
 		}
 	})
 }

@@ -77,6 +77,17 @@ const (
 // device feature but never reaches the guest.
 const FProtocolFeatures = 1 << 30
 
+// FLogAll is VHOST_F_LOG_ALL, the vhost feature bit a back-end offers
+// when it can log the guest memory it writes (for a live migration's
+// dirty-page tracking): acknowledged with SET_FEATURES, it makes the
+// back-end mark, in the log of SET_LOG_BASE, every page it writes. Like
+// FProtocolFeatures it never reaches the guest.
+const FLogAll = 1 << 26
+
+// LogPageSize is VHOST_LOG_PAGE: one bit of the log per 4 KiB page of
+// guest physical address space (bit p%8 of byte p/8 is page p).
+const LogPageSize = 0x1000
+
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
 const (
 	ProtocolMQ                  = 1 << 0
@@ -88,7 +99,7 @@ const (
 	ProtocolResetDevice         = 1 << 13
 	ProtocolConfigureMemSlots   = 1 << 15
 	ProtocolStatus              = 1 << 16
-	protocolFeaturesImplemented = ProtocolMQ | ProtocolReplyAck | ProtocolConfig | ProtocolInflightShmfd
+	protocolFeaturesImplemented = ProtocolMQ | ProtocolLogShmfd | ProtocolReplyAck | ProtocolConfig | ProtocolInflightShmfd
 )
 
 // Limits.
@@ -125,6 +136,8 @@ const (
 	// sizeInflight is the inflight description as QEMU sends and expects
 	// it: two u64, two u16, and the padding a C compiler puts after them.
 	sizeInflight = 24
+	// sizeLog is the log description of SET_LOG_BASE: two u64.
+	sizeLog = 16
 )
 
 // Errors.
@@ -202,6 +215,12 @@ func PayloadSizeOK(req Request, reply bool, size uint32) error {
 			ok = size == sizeVringState
 		case GetInflightFD:
 			ok = size == sizeInflight
+		case SetLogBase:
+			// With LOG_SHMFD SET_LOG_BASE has a reply of its own, whose
+			// payload back-ends fill differently: libvhost-user sends a
+			// u64 (the log size, its union's first word), rust-vmm's
+			// back-end the log description back, vio's a u64 status.
+			ok = size == sizeU64 || size == sizeLog
 		default:
 			ok = size == sizeU64
 		}
@@ -210,9 +229,13 @@ func PayloadSizeOK(req Request, reply bool, size uint32) error {
 		case GetFeatures, GetProtocolFeatures, GetQueueNum, SetOwner, ResetOwner,
 			GetMaxMemSlots, GetStatus, ResetDevice:
 			ok = size == 0
-		case SetFeatures, SetProtocolFeatures, SetLogBase, SetVringKick, SetVringCall,
+		case SetFeatures, SetProtocolFeatures, SetVringKick, SetVringCall,
 			SetVringErr, SetStatus, SetLogFD:
 			ok = size == sizeU64 || req == SetLogFD && size == 0
+		case SetLogBase:
+			// The log description (LOG_SHMFD), or the u64 the kernel's
+			// vhost takes (a front-end without LOG_SHMFD).
+			ok = size == sizeLog || size == sizeU64
 		case SetVringNum, SetVringBase, GetVringBase, SetVringEnable:
 			ok = size == sizeVringState
 		case SetVringAddr:
@@ -502,7 +525,8 @@ type Message struct {
 
 // ParsePayload decodes m's payload into the type its request carries in
 // its direction: uint64, VringState, VringAddr, MemoryTable, MemoryRegion
-// (ADD/REM_MEM_REG), Config, Inflight (GET/SET_INFLIGHT_FD), a
+// (ADD/REM_MEM_REG), Config, Inflight (GET/SET_INFLIGHT_FD), Log
+// (SET_LOG_BASE's description, and the reply that echoes it), a
 // uint32 vring index (SET_VRING_KICK/CALL/ERR), or nil for an empty
 // payload. It also checks the descriptor count against the
 // request.
@@ -562,6 +586,24 @@ func ParsePayload(m *Message) (any, error) {
 			return nil, fmt.Errorf("%w: SET_INFLIGHT_FD with %d descriptors", ErrMalformed, len(m.FDs))
 		}
 		return inf, nil
+	case SetLogBase:
+		if m.Reply() {
+			if len(m.Payload) == sizeLog {
+				return ParseLog(m.Payload)
+			}
+			break
+		}
+		if len(m.Payload) != sizeLog {
+			break // the kernel's u64, which no vhost-user back-end can use
+		}
+		l, err := ParseLog(m.Payload)
+		if err != nil {
+			return nil, err
+		}
+		if len(m.FDs) != 1 {
+			return nil, fmt.Errorf("%w: SET_LOG_BASE with %d descriptors", ErrMalformed, len(m.FDs))
+		}
+		return l, nil
 	case SetVringKick, SetVringCall, SetVringErr:
 		if !m.Reply() {
 			idx, noFD, err := ParseVringFD(m.Payload)
@@ -608,4 +650,69 @@ func ParseInflight(b []byte) (Inflight, error) {
 		NumQueues:  binary.LittleEndian.Uint16(b[16:]),
 		QueueSize:  binary.LittleEndian.Uint16(b[18:]),
 	}, nil
+}
+
+// Log is the log description of SET_LOG_BASE (LOG_SHMFD): the log
+// bitmap is MmapSize bytes at MmapOffset in the descriptor that comes
+// with the message, and covers guest physical addresses from 0 up to
+// 8*LogPageSize*MmapSize.
+type Log struct {
+	MmapSize   uint64
+	MmapOffset uint64
+}
+
+// MaxLogSize bounds a log's size: one bit per 4 KiB page, so 1 TiB of
+// log covers 2^55 bytes of guest physical address space, more than any
+// x86 machine has. A larger size (a hostile front-end) is refused before
+// anything is mapped.
+const MaxLogSize = 1 << 40
+
+func (l Log) Marshal() []byte {
+	b := make([]byte, sizeLog)
+	binary.LittleEndian.PutUint64(b[0:], l.MmapSize)
+	binary.LittleEndian.PutUint64(b[8:], l.MmapOffset)
+	return b
+}
+
+// ParseLog decodes a log description and checks that it can be mapped:
+// a size of 1 to MaxLogSize bytes, and an offset that keeps the end
+// representable. Whether the file holds it is checked by the mapping.
+func ParseLog(b []byte) (Log, error) {
+	if len(b) != sizeLog {
+		return Log{}, fmt.Errorf("%w: log description of %d bytes", ErrMalformed, len(b))
+	}
+	l := Log{MmapSize: binary.LittleEndian.Uint64(b[0:]), MmapOffset: binary.LittleEndian.Uint64(b[8:])}
+	if l.MmapSize == 0 || l.MmapSize > MaxLogSize || l.MmapOffset > MaxLogSize<<8 {
+		return Log{}, fmt.Errorf("%w: log of %#x bytes at offset %#x", ErrMalformed, l.MmapSize, l.MmapOffset)
+	}
+	return l, nil
+}
+
+// CheckLogBaseReply checks a back-end's reply to SET_LOG_BASE for the log
+// sent. Back-ends disagree on what it carries (see PayloadSizeOK), so
+// what is accepted is: a u64 of 0 (success, as a REPLY_ACK status), a
+// u64 equal to the log's size (libvhost-user's echo of its union's first
+// word), or the log description itself (rust-vmm's echo). Any other u64
+// is a failure status (ErrFailed); another description, or another size,
+// is malformed.
+func CheckLogBaseReply(p []byte, sent Log) error {
+	switch len(p) {
+	case sizeU64:
+		v := binary.LittleEndian.Uint64(p)
+		if v == 0 || v == sent.MmapSize {
+			return nil
+		}
+		return fmt.Errorf("%w: SET_LOG_BASE status %#x", ErrFailed, v)
+	case sizeLog:
+		l, err := ParseLog(p)
+		if err != nil {
+			return err
+		}
+		if l != sent {
+			return fmt.Errorf("%w: SET_LOG_BASE answered with a log of %#x bytes at %#x, sent %#x at %#x",
+				ErrMalformed, l.MmapSize, l.MmapOffset, sent.MmapSize, sent.MmapOffset)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: SET_LOG_BASE reply of %d bytes", ErrMalformed, len(p))
 }
