@@ -6,6 +6,8 @@
 //	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits and interrupts per I/O
 //	go run ./cmd/vio-bench emul [-rounds N]   # the same on IDE + e1000 against virtio, in vio and QEMU
 //	go run ./cmd/vio-bench iommu [-rounds N]  # the same through each VMM's emulated VT-d, against vio without one
+//	go run ./cmd/vio-bench migrate [-rounds N] [-sizes 256,1024,2048] [-loads idle,dirty]
+//	                                          # live migration over TCP: total time, downtime, bytes, iterations
 //
 // On a host without hardware virtualization it runs itself inside the lab.
 package main
@@ -19,6 +21,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/viovmm/vio/lab"
@@ -32,14 +36,34 @@ func main() {
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	rounds := fs.Int("rounds", 3, "interleaved rounds per VMM")
 	mem := fs.Int("memory", 256, "guest RAM in MiB")
+	sizes := fs.String("sizes", "256,1024,2048", "migrate: guest sizes in MiB")
+	loads := fs.String("loads", "idle,dirty", "migrate: guest loads (idle: a shell that sleeps; dirty: migguest)")
 	timeout := fs.Duration("timeout", 0, "stop starting guests after this long and print what was measured (default: enough for every run asked for on a loaded machine)")
 	fs.Parse(os.Args[2:])
 	perRun, ok := perRunBudget[os.Args[1]]
 	if !ok || *rounds < 1 {
 		usage()
 	}
+	setups := 4 // runs per round
+	var migSizes []int
+	migLoads := strings.Split(*loads, ",")
+	if os.Args[1] == "migrate" {
+		for _, s := range strings.Split(*sizes, ",") {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 64 {
+				usage()
+			}
+			migSizes = append(migSizes, n)
+		}
+		for _, l := range migLoads {
+			if l != "idle" && l != "dirty" {
+				usage()
+			}
+		}
+		setups = 2 * len(migSizes) * len(migLoads)
+	}
 	if *timeout <= 0 {
-		*timeout = time.Duration(*rounds*4) * perRun
+		*timeout = time.Duration(*rounds*setups) * perRun
 	}
 	b := &budget{deadline: time.Now().Add(*timeout), perRun: perRun}
 	var err error
@@ -52,6 +76,8 @@ func main() {
 		err = inLab(*timeout, func(e *env) error { return benchEmulated(e, b, *rounds, *mem) })
 	case "iommu":
 		err = inLab(*timeout, func(e *env) error { return benchIOMMU(e, b, *rounds, *mem) })
+	case "migrate":
+		err = inLab(*timeout, func(e *env) error { return benchMigrate(e, b, *rounds, migSizes, migLoads) })
 	}
 	var exit *lab.ExitError
 	if errors.As(err, &exit) {
@@ -65,14 +91,29 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu [-rounds N] [-memory MiB] [-timeout D]")
+	fmt.Fprintln(os.Stderr, "       vio-bench migrate [-rounds N] [-sizes MiB,...] [-loads idle,dirty] [-timeout D]")
 	os.Exit(2)
 }
 
 // perRunBudget is how long one guest run of each benchmark may take on a
 // loaded 2-core machine inside the lab (nominally a tenth of it). The
-// default -timeout gives every run asked for (up to four setups a round)
-// its budget.
-var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute}
+// default -timeout gives every run asked for (up to four setups a round;
+// migrate: two VMMs per size and load) its budget. A migrate run is one
+// VMM's pair of processes: the guest's boot and one migration, which
+// takes 20 to 60 s for a 256 MiB guest in the lab (docs/migration.md).
+var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute, "migrate": 8 * time.Minute}
+
+// labNeeds is what a benchmark needs in the lab beyond vio and itself.
+type labNeeds struct {
+	memoryMiB int               // L1 RAM (0: the lab's default)
+	programs  map[string]string // env var → Go package, built static on the host for the guest
+}
+
+// needs: migrate runs two VMMs of a 2 GiB guest at once (each faults in
+// the RAM the guest touched), and its dirtying guest runs migguest.
+var needs = map[string]labNeeds{
+	"migrate": {memoryMiB: 6144, programs: map[string]string{"VIO_MIGGUEST": "./e2e/testdata/migguest"}},
+}
 
 // budget spreads the run's time over its guests: each gets at most
 // perRun, and none starts once too little is left for it, so a run cut
@@ -106,6 +147,7 @@ type env struct {
 // The lab gets the benchmark's own timeout and a margin for booting and
 // for printing the tables after a cut-short run.
 func inLab(timeout time.Duration, f func(*env) error) error {
+	n := needs[os.Args[1]]
 	if os.Getenv("VIO_LAB_INSIDE") == "1" || lab.HardwareKVM() {
 		a, err := assets.Load(assets.DefaultDir())
 		if err != nil {
@@ -140,6 +182,14 @@ func inLab(timeout time.Duration, f func(*env) error) error {
 			return fmt.Errorf("building %s (run vio-bench from the repository root): %w", pkg, err)
 		}
 	}
+	env := []string{"VIO_BIN=" + vio}
+	for name, pkg := range n.programs {
+		bin := filepath.Join(dir, filepath.Base(pkg))
+		if err := buildStatic(bin, pkg); err != nil {
+			return err
+		}
+		env = append(env, name+"="+bin)
+	}
 	fmt.Printf("vio-bench: no hardware KVM here; running in the lab (%d host CPUs)\n", runtime.NumCPU())
-	return lab.Exec(ctx, lab.Config{Timeout: timeout + 3*time.Minute, Env: []string{"VIO_BIN=" + vio}}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
+	return lab.Exec(ctx, lab.Config{Timeout: timeout + 3*time.Minute, MemoryMiB: n.memoryMiB, Env: env}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
 }
