@@ -169,16 +169,68 @@ func FromFD(fd int) (*Tap, error) {
 	return t, nil
 }
 
+// BaseOffloads are the offloads every TAP supports: checksum offload and
+// TSO (IPv4, IPv6, with ECN), which Linux has had since TUNSETOFFLOAD
+// appeared (2.6.27). What a TAP offers beyond them (UDP segmentation)
+// depends on the kernel.
+const BaseOffloads = netdev.OffloadCsum | netdev.OffloadTSO4 | netdev.OffloadTSO6 | netdev.OffloadTSOECN
+
 // probeOffloads finds what the running kernel lets a TAP deliver: the
 // classic checksum and TSO set always, UDP segmentation only on kernels
 // that know it (6.2 and later). UFO is not offered: Linux stopped
 // producing it in 4.14.
 func probeOffloads(fd int) netdev.Offloads {
-	o := netdev.OffloadCsum | netdev.OffloadTSO4 | netdev.OffloadTSO6 | netdev.OffloadTSOECN
+	o := BaseOffloads
 	if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_USO4|unix.TUN_F_USO6) == nil {
 		o |= netdev.OffloadUSO4 | netdev.OffloadUSO6
 	}
 	return o
+}
+
+// CheckHost reports whether this host can attach a TAP as Open (multi
+// false) or OpenQueues (multi true) do, without attaching to any: it opens
+// /dev/net/tun and asks which interface flags the kernel supports
+// (TUNGETFEATURES, which needs no interface). It does not say whether a
+// given TAP exists, may be attached by this process or is free.
+func CheckHost(multi bool) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tap: open /dev/net/tun: %w", err)
+	}
+	defer unix.Close(fd)
+	have, err := unix.IoctlGetUint32(fd, unix.TUNGETFEATURES)
+	if err != nil {
+		return fmt.Errorf("tap: TUNGETFEATURES: %w", err)
+	}
+	need := uint32(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if multi {
+		need |= unix.IFF_MULTI_QUEUE
+	}
+	if missing := need &^ have; missing != 0 {
+		return fmt.Errorf("tap: this kernel's TAP devices lack the flags %#x (it has %#x)", missing, have)
+	}
+	return nil
+}
+
+// Persistent reports whether the interface outlives its descriptors
+// (IFF_PERSIST: made with ip tuntap add, or TUNSETPERSIST). A TAP that is
+// not persistent disappears, with its addresses and its bridge port, when
+// its last queue is closed.
+func (t *Tap) Persistent() (bool, error) {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return false, err
+	}
+	var ioErr error
+	if err := t.rc.Control(func(fd uintptr) {
+		ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
+	}); err != nil {
+		return false, t.wrap(err)
+	}
+	if ioErr != nil {
+		return false, fmt.Errorf("tap %s: TUNGETIFF: %w", t.name, ioErr)
+	}
+	return ifr.Uint16()&unix.IFF_PERSIST != 0, nil
 }
 
 // Name returns the interface's name.
