@@ -224,7 +224,7 @@ func (s *migrationSource) StopDirtyLog() {
 // device, so that nothing writes guest RAM or is in flight; then it
 // releases the disks' images for the destination (diskhandoff.go): each
 // flushed, so that everything the guest wrote is on the storage, and
-// closed, which drops its locks.
+// closed, which drops its locks; and the NICs' TAPs (nethandoff.go).
 func (s *migrationSource) Pause() error {
 	if err := s.v.Pause(); err != nil {
 		return err
@@ -238,7 +238,7 @@ func (s *migrationSource) Pause() error {
 		}
 		s.paused = append(s.paused, d.transport)
 	}
-	if err := s.v.releaseDisks(); err != nil {
+	if err := s.v.releaseResources(); err != nil {
 		if rerr := s.Resume(); rerr != nil {
 			return fmt.Errorf("%w; %w", err, rerr)
 		}
@@ -248,12 +248,12 @@ func (s *migrationSource) Pause() error {
 }
 
 // Resume undoes Pause: the disks' images are opened again first, with
-// their locks, so that no device or vCPU runs without them; if one
-// cannot be, nothing resumes and the error says so.
+// their locks, and the TAPs attached, so that no device or vCPU runs
+// without them; if one cannot be, nothing resumes and the error says so.
 func (s *migrationSource) Resume() error {
-	if err := s.v.takeDisks(); err != nil {
+	if err := s.v.takeResources(); err != nil {
 		s.stuck = true
-		return fmt.Errorf("the VM stays paused here because its disks could not be opened again (%w); vm.resume tries again", err)
+		return fmt.Errorf("the VM stays paused here because its %s could not be opened again (%w); vm.resume tries again", resourcesOf(err), err)
 	}
 	for _, p := range s.paused {
 		p.Resume()
@@ -270,8 +270,8 @@ func (s *migrationSource) Resume() error {
 	return err
 }
 
-// hold hands the VM's paused devices and released disks over to the VM
-// when the migration left them so (its outcome unknown, or Resume
+// hold hands the VM's paused devices and released disks and TAPs over to
+// the VM when the migration left them so (its outcome unknown, or Resume
 // stuck): the VM's Resume finishes the job.
 func (s *migrationSource) hold() {
 	s.v.holdForResume(s.paused)
@@ -354,9 +354,10 @@ type IncomingMachine interface {
 	Machine
 	RAM() []migration.Region
 	RestoreState(*state.Snapshot) error
-	// TakeDisks opens the disks' images, which the Machine was built
-	// without (the source held them until its stop-and-copy), once the
-	// state is restored and before the guest runs.
+	// TakeDisks opens the disks' images and attaches the NICs' TAPs,
+	// which the Machine was built without (the source held them until
+	// its stop-and-copy), once the state is restored and before the
+	// guest runs.
 	TakeDisks() error
 }
 
@@ -475,9 +476,9 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	if err == nil && req.Local {
 		src.disown()
 	}
-	// Left paused, with its devices paused and its disks released: the
-	// destination may run the guest, or the disks could not be taken
-	// back. vm.resume takes them and resumes the devices first.
+	// Left paused, with its devices paused and its disks and TAPs
+	// released: the destination may run the guest, or they could not be
+	// taken back. vm.resume takes them and resumes the devices first.
 	stayPaused := err != nil && (errors.Is(err, migration.ErrOutcomeUnknown) || src.stuck)
 	if stayPaused {
 		src.hold()
@@ -570,12 +571,13 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 		return fmt.Errorf("receiving the migration: %w", err)
 	}
 	m := t.m
-	// The source released the disks before it sent the state: take them
-	// now, before any vCPU runs. If that fails the source resumes with
-	// them (it hears "failed"), so the guest runs on one side only.
+	// The source released the disks and TAPs before it sent the state:
+	// take them now, before any vCPU runs. If that fails the source
+	// resumes with them (it hears "failed"), so the guest runs on one
+	// side only.
 	if err := m.TakeDisks(); err != nil {
 		m.Close()
-		err = fmt.Errorf("the destination cannot open the VM's disks (%w)", err)
+		err = fmt.Errorf("the destination cannot open the VM's %s (%w)", resourcesOf(err), err)
 		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
 		rec.Finish(err)
 		return err

@@ -12,9 +12,10 @@ import (
 	"github.com/viovmm/vio/netdev/usernet"
 )
 
-// netBackend opens what carries a NIC's frames: the TAP it names, a
-// user-mode network of its own or a stream socket, with the interposers
-// its config asks for on top. The VM closes it after the device.
+// netBackend opens what carries a NIC's frames: the TAP it names (under
+// a handoff that a migration uses, for a virtio NIC), a user-mode network
+// of its own or a stream socket, with the interposers its config asks for
+// on top. The VM closes it after the device.
 func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
 	be, err := v.netBase(n)
 	if err != nil {
@@ -38,6 +39,11 @@ func (v *VM) netBase(n config.Net) (netdev.Backend, error) {
 		return bondBackend(n.Bond)
 	}
 	if n.User == nil {
+		if n.Model != config.NetE1000 {
+			// A virtio NIC's TAP changes hands at a migration
+			// (nethandoff.go); an e1000 cannot migrate.
+			return v.tapNIC(n)
+		}
 		t, err := tap.Open(n.Tap)
 		if err != nil {
 			return nil, err

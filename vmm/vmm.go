@@ -104,14 +104,18 @@ type VM struct {
 
 	mig migrationGuard // migrations reading this VM (migrate.go)
 
-	// The virtio disks' images, which a migration hands over
-	// (diskhandoff.go). disksInactive builds them without their images:
-	// a migration's destination, whose source still holds them.
+	// The virtio disks' images and the virtio NICs' TAPs, which a
+	// migration hands over (diskhandoff.go, nethandoff.go).
+	// disksInactive builds them without their images and TAPs: a
+	// migration's destination, whose source still holds them, until
+	// it takes them.
 	disksInactive bool
 	diskMu        sync.Mutex
 	disks         []vmDisk // guarded by diskMu
+	nics          []vmNIC  // guarded by diskMu
 	// held is set while a migration that did not end here left the
-	// devices paused and the disks released; Resume undoes that first.
+	// devices paused and the disks and TAPs released; Resume undoes that
+	// first.
 	// Guarded by pauseMu.
 	held *[]state.Pausable
 
