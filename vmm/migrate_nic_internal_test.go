@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -521,5 +522,55 @@ func TestMigrationKeepsTransientTAP(t *testing.T) {
 	}
 	if _, err := tap.Open(name); !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("attaching the source's TAP: %v, want EBUSY", err)
+	}
+}
+
+// A migration whose outcome the source cannot know (the connection breaks
+// after everything was sent) leaves the source paused with its TAP
+// closed, since the destination may run the guest on it, as here it does:
+// vm.resume at the source fails on the destination's TAP (EBUSY) until
+// the destination stops, then attaches it and runs.
+func TestMigrationOutcomeUnknownKeepsTAPReleased(t *testing.T) {
+	r, h := newNICRig(t)
+	src := r.source(t)
+	var p *proxy
+	dst := destination(t, nil, func(m IncomingMachine) error {
+		p.cut() // the source hears nothing from here on
+		return m.TakeDisks()
+	})
+	sendErr, recvErr := migrate(t, r.dir, src, dst, false, func(to string) string {
+		p = newProxy(t, filepath.Join(r.dir, "proxy.sock"), to)
+		return p.addr
+	})
+	if !errors.Is(sendErr, migration.ErrOutcomeUnknown) || recvErr != nil {
+		t.Fatalf("send: %v, want the outcome unknown; receive: %v", sendErr, recvErr)
+	}
+	wantControllerState(t, src, StatePaused, "the source")
+	h.wantHeld(t, "the destination")
+	if err := src.Resume(); err == nil || !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), "check that it does not run at the migration's destination") {
+		t.Fatalf("vm.resume at the source while the destination runs: %v", err)
+	}
+	wantControllerState(t, src, StatePaused, "the source")
+	if err := dst.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Resume(); err != nil {
+		t.Fatalf("vm.resume at the source once the destination is gone: %v", err)
+	}
+	wantControllerState(t, src, StateRunning, "the source")
+	h.wantHeld(t, "the resumed source")
+}
+
+// NICs on other back-ends are not handed over: each side has its own (a
+// user-mode network here), and the VM migrates with them as before.
+func TestMigrationWithUserNetwork(t *testing.T) {
+	r := newDiskRig(t, false)
+	r.cfg.Net = []config.Net{{ID: "u0", User: &config.UserNet{}}}
+	src := r.source(t)
+	if n := vmOf(t, src).nicHandoffs(); len(n) != 0 {
+		t.Fatalf("a user-mode NIC has a TAP handoff: %v", n)
+	}
+	if sendErr, recvErr := migrate(t, r.dir, src, destination(t, nil, nil), false, nil); sendErr != nil || recvErr != nil {
+		t.Fatalf("send: %v; receive: %v", sendErr, recvErr)
 	}
 }
