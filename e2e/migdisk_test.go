@@ -1,15 +1,20 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,17 +34,33 @@ const (
 	migDiskFioMiB     = 8 // fio's region at the start of each data disk
 )
 
-// migDiskGuest writes the pattern to both data disks (vda raw, vdb
-// qcow2), then runs rounds of fio --verify on both at once (new random
-// data each round) until the host writes GO into the mailbox disk (vdc),
-// and writes its account to the result disk (vdd) before it powers off.
-// Meanwhile it reports every second as migguest does ("VIO-MIG pass=N
-// bad=N gap_us=N", which migrateHops reads): pass counts the seconds, bad
-// the failed fio rounds and the kernel's I/O errors so far, so that a
-// failure shows at once, and gap_us is the guest clock's time between two
-// reports.
+// The guest's NIC is on a TAP of L1 (persistent, as ip tuntap makes it,
+// so that it outlives each source's descriptor), where a server of the
+// test reads the numbered lines the guest writes on one TCP connection.
+const (
+	migNetTap     = "viomig0"
+	migNetHostIP  = "10.0.77.1"
+	migNetGuestIP = "10.0.77.2"
+	migNetPort    = 5077
+	// migNetAfter is how many lines must arrive after the last hop.
+	migNetAfter = 20
+)
+
+// migDiskGuest first opens a TCP connection to the host's server and
+// writes numbered lines on it, about 10 a second, for as long as it runs
+// (busybox nc: a connection that breaks is not opened again). Then it
+// writes the pattern to both data disks (vda raw, vdb qcow2), then runs
+// rounds of fio --verify on both at once (new random data each round)
+// until the host writes GO into the mailbox disk (vdc), and writes its
+// account to the result disk (vdd) before it powers off. Meanwhile it
+// reports every second as migguest does ("VIO-MIG pass=N bad=N gap_us=N",
+// which migrateHops reads): pass counts the seconds, bad the failed fio
+// rounds and the kernel's I/O errors so far, so that a failure shows at
+// once, and gap_us is the guest clock's time between two reports.
 var migDiskGuest = `
 echo 0 > /tmp/fails
+ip link set eth0 up && ip addr add ` + migNetGuestIP + `/24 dev eth0
+( i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done ) | nc ` + migNetHostIP + ` ` + strconv.Itoa(migNetPort) + ` &
 yes "` + migDiskPattern + `" | head -c ` + strconv.Itoa(migDiskPatternLen) + ` > /tmp/pattern
 for d in vda vdb; do
 	dd if=/tmp/pattern of=/dev/$d bs=65536 seek=` + strconv.Itoa(migDiskPatternOff/65536) + ` conv=fsync 2>/dev/null || echo 1 > /tmp/fails
@@ -89,12 +110,15 @@ var migDiskFact = regexp.MustCompile(`VIO-DISK (\w+)=(\S*)`)
 // once, round after round, while the VM goes back and forth migDiskHops
 // times over TCP between two vio processes, each hop handing the images
 // over at the switchover (docs/migration.md, "Disks and other host
-// resources"). Every fio round must pass and the kernel report no I/O
-// error, every hop (through migrateHops) must keep the guest going with
-// RAM copied; at the end qemu-img check passes on the qcow2 image, the
-// pattern the guest wrote before the first hop reads back from both
-// images on the host, and the first 8 MiB of each (fio's region) hash on
-// the host as the guest read them last.
+// resources"), and the TAP of its virtio NIC with them: meanwhile the
+// guest writes numbered lines on one TCP connection to a server of the
+// test. Every fio round must pass and the kernel report no I/O error,
+// every hop (through migrateHops) must keep the guest going with RAM
+// copied; the host must see one connection, every number once and in
+// order, and lines after the last hop; at the end qemu-img check passes
+// on the qcow2 image, the pattern the guest wrote before the first hop
+// reads back from both images on the host, and the first 8 MiB of each
+// (fio's region) hash on the host as the guest read them last.
 func TestMigrationDisk(t *testing.T) {
 	a := labtest.Assets(t)
 	dir := t.TempDir()
@@ -104,9 +128,11 @@ func TestMigrationDisk(t *testing.T) {
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcowImg, "64M")
 	run(t, "truncate", "-s", "1M", box)
 	run(t, "truncate", "-s", "1M", result)
+	migNetTAP(t)
+	stream := serveNetStream(t, fmt.Sprintf("%s:%d", migNetHostIP, migNetPort))
 	initrd, tools := labtest.Guest{
 		Script:   migDiskGuest,
-		Modules:  []string{"virtio_pci", "virtio_blk"},
+		Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net"},
 		Programs: []string{"/usr/bin/fio"},
 	}.Build(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -124,6 +150,7 @@ func TestMigrationDisk(t *testing.T) {
     {"id": "result", "path": "`+result+`", "image_type": "Raw"},
     {"id": "tools", "path": "`+tools+`", "image_type": "Raw", "readonly": true}
   ],
+  "net": [{"id": "n0", "tap": "`+migNetTap+`", "mac": "52:54:00:12:34:77"}],
   "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
 }`)
 	put(t, ctx, vios[0].cl, "vm.boot", "")
@@ -136,7 +163,10 @@ func TestMigrationDisk(t *testing.T) {
 			baseGap = max(baseGap, last.gap)
 		}
 	}
-	t.Logf("guest on a: pass %d, fio running on both disks; longest clock gap between reports: %v", last.pass, baseGap)
+	// The guest's TCP stream runs before the first hop.
+	stream.waitLines(t, ctx, 10, "before the first hop")
+	t.Logf("guest on a: pass %d, fio running on both disks, %d lines on its TCP stream; longest clock gap between reports: %v", last.pass, stream.count(), baseGap)
+	var afterHop int // the stream's lines when the last hop's migration was checked
 	figs := migrateHops(t, ctx, vios, last, hopPlan{
 		hops: migDiskHops,
 		url:  func(int) string { return "tcp:127.0.0.1:0" },
@@ -144,10 +174,24 @@ func TestMigrationDisk(t *testing.T) {
 			if m["reason"] == "local" || m["data_pages"] == "0" {
 				return "no RAM was copied"
 			}
+			if why := stream.check(); why != "" {
+				return "the guest's TCP stream: " + why
+			}
+			afterHop = stream.count()
 			return ""
 		},
 	})
 	t.Logf("MIGRATION with disks over TCP: %s", hopSummary(figs, baseGap))
+	// The stream goes on after the last hop: the destination's NIC has
+	// the TAP, and TCP retransmitted what the switchovers dropped.
+	stream.waitLines(t, ctx, afterHop+migNetAfter, "after the last hop")
+	if why := stream.check(); why != "" {
+		t.Fatalf("the guest's TCP stream: %s", why)
+	}
+	stream.mu.Lock()
+	t.Logf("the guest's TCP stream: one connection, %d lines in order (%d after the last hop was checked), longest silence between two lines %v",
+		stream.lines, stream.lines-afterHop, stream.maxGap.Round(time.Millisecond))
+	stream.mu.Unlock()
 
 	// The guest ends its fio round, writes its account and powers off.
 	f, err := os.OpenFile(box, os.O_WRONLY, 0)
@@ -214,4 +258,136 @@ func TestMigrationDisk(t *testing.T) {
 			t.Errorf("the %s image's first %d MiB hash to %s on the host, the guest read %s", img.name, migDiskFioMiB, got, img.sum)
 		}
 	}
+}
+
+// netStream is the host's end of the guest's TCP stream: it accepts
+// connections and checks the numbered lines they carry (1, 2, 3, ...: a
+// number out of turn is a line lost or repeated).
+type netStream struct {
+	mu      sync.Mutex
+	conns   int
+	lines   int
+	last    int
+	bad     []string // the first faults
+	lastAt  time.Time
+	maxGap  time.Duration // the longest silence between two lines
+	open    []net.Conn
+	readErr error
+}
+
+// serveNetStream listens on addr until the test ends.
+func serveNetStream(t *testing.T, addr string) *netStream {
+	t.Helper()
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &netStream{}
+	t.Cleanup(func() {
+		l.Close()
+		s.mu.Lock()
+		for _, c := range s.open {
+			c.Close()
+		}
+		s.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns++
+			s.open = append(s.open, c)
+			s.mu.Unlock()
+			go s.read(c)
+		}
+	}()
+	return s
+}
+
+func (s *netStream) read(c net.Conn) {
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		now := time.Now()
+		n, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
+		s.mu.Lock()
+		switch {
+		case err != nil:
+			s.fault(fmt.Sprintf("line %d is %q", s.lines+1, sc.Text()))
+		case n != s.last+1:
+			s.fault(fmt.Sprintf("%d after %d", n, s.last))
+		}
+		if err == nil {
+			s.last = n
+		}
+		if s.lines > 0 {
+			s.maxGap = max(s.maxGap, now.Sub(s.lastAt))
+		}
+		s.lines++
+		s.lastAt = now
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	if s.readErr == nil {
+		s.readErr = sc.Err()
+	}
+	s.mu.Unlock()
+}
+
+// fault records a fault; s.mu is held.
+func (s *netStream) fault(f string) {
+	if len(s.bad) < 10 {
+		s.bad = append(s.bad, f)
+	}
+}
+
+// count returns the lines received so far.
+func (s *netStream) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lines
+}
+
+// check says what is wrong with the stream so far, or "".
+func (s *netStream) check() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.conns != 1:
+		return fmt.Sprintf("%d connections, want 1 (the guest's nc does not reconnect: a second one means the first broke)", s.conns)
+	case len(s.bad) > 0:
+		return "numbers out of turn (lost or repeated lines): " + strings.Join(s.bad, ", ")
+	case s.readErr != nil:
+		return "reading the stream: " + s.readErr.Error()
+	}
+	return ""
+}
+
+// waitLines waits until the stream has carried at least n lines.
+func (s *netStream) waitLines(t *testing.T, ctx context.Context, n int, what string) {
+	t.Helper()
+	for s.count() < n {
+		if why := s.check(); why != "" {
+			t.Fatalf("the guest's TCP stream, %s: %s", what, why)
+		}
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			t.Fatalf("the guest's TCP stream, %s: %d lines, want %d (connections: %d, last line at %v)", what, s.lines, n, s.conns, s.lastAt.Format(time.TimeOnly))
+		case <-time.After(100 * time.Millisecond): // polling the count, as vmState is polled
+		}
+	}
+}
+
+// migNetTAP makes the guest's TAP in L1 with the host's address, and
+// deletes it when the test ends.
+func migNetTAP(t *testing.T) {
+	t.Helper()
+	run(t, "ip", "tuntap", "add", migNetTap, "mode", "tap")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", migNetTap).Run() })
+	run(t, "ip", "addr", "add", migNetHostIP+"/24", "dev", migNetTap)
+	run(t, "ip", "link", "set", migNetTap, "up")
 }
