@@ -510,12 +510,20 @@ func (q *Queue) detach() error {
 	// and ReadFrames waits for the next Attach instead. The front-end's
 	// own deadline settings are only recorded from now on, so none
 	// undoes this.
-	be.SetReadDeadline(time.Unix(1, 0))
+	kick := func() { be.SetReadDeadline(time.Unix(1, 0)) }
+	kick()
 	q.mu.Lock()
 	for q.users > 0 && q.be == be {
 		changed := q.changed
 		q.mu.Unlock()
-		<-changed
+		select {
+		case <-changed:
+		case <-time.After(50 * time.Millisecond):
+			// A deadline the front-end set just before Detach began
+			// may have undone the kick: a front-end that is not
+			// paused, which Detach does not ask for but survives.
+			kick()
+		}
 		q.mu.Lock()
 	}
 	if q.be != be { // Close closed it meanwhile
