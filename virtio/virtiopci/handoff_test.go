@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/virtiopci"
 	"github.com/viovmm/vio/virtio/virtiopci/virtiopcitest"
 )
 
@@ -50,8 +51,9 @@ func (d *handoffDev) Reset() {
 // transport bits added); DRIVER_OK hands it the enabled queues' configs
 // (nil for the others) instead of calling Activate; notify writes become
 // Kick; Interrupt raises the queue's MSI-X vector and Broken sets
-// DEVICE_NEEDS_RESET; a reset reaches the device; the state cannot be
-// saved.
+// DEVICE_NEEDS_RESET; a reset reaches the device. Its state saves with
+// no ring positions (they are the other process's), and a restore hands
+// a fresh device the same queues and features.
 func TestHandoff(t *testing.T) {
 	dev := &handoffDev{}
 	m := virtiopcitest.NewMachine(t, dev, 4<<20, 64)
@@ -96,9 +98,31 @@ func TestHandoff(t *testing.T) {
 		t.Fatalf("queue interrupt: %+v %v", msg, err)
 	}
 	a.Interrupt(7) // out of range: ignored
-	if _, err := m.Transport.SaveState(); err == nil {
-		t.Fatal("SaveState of a hand-over device succeeded")
+	st, err := m.Transport.SaveState()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if !st.Activated || !st.Queues[0].Enabled || st.Queues[0].Ring != nil || st.Queues[1].Ring != nil {
+		t.Fatalf("saved %+v", st)
+	}
+	dev2 := &handoffDev{}
+	m2 := virtiopcitest.NewMachineOn(t, dev2, m.Mem, 64)
+	bad := st
+	bad.Queues = append([]virtiopci.QueueState(nil), st.Queues...)
+	bad.Queues[0].Ring = &virtio.QueueState{Size: 64}
+	// Refused by the checks, before anything changed.
+	if err := m2.Transport.RestoreState(bad); err == nil {
+		t.Fatal("a hand-over queue with ring positions restored")
+	}
+	if err := m2.Transport.RestoreState(st); err != nil {
+		t.Fatal(err)
+	}
+	dev2.mu.Lock()
+	if len(dev2.acts) != 1 || dev2.acts[0].Queues[0] == nil || *dev2.acts[0].Queues[0] != q0.Config() ||
+		dev2.acts[0].Queues[1] != nil || dev2.acts[0].Features != virtio.FeatureVersion1 {
+		t.Fatalf("the restored device was handed %d activations: %+v", len(dev2.acts), dev2.acts)
+	}
+	dev2.mu.Unlock()
 	a.Broken(errors.New("back-end gone"))
 	if g.Status()&virtio.StatusDeviceNeedsReset == 0 {
 		t.Fatal("Broken did not set DEVICE_NEEDS_RESET")

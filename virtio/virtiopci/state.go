@@ -74,13 +74,10 @@ func (t *Transport) Resume() {
 
 // SaveState returns the function's state. Call it with the vCPUs stopped
 // and the device paused: a queue with requests in flight refuses
-// (virtio.ErrInFlight).
+// (virtio.ErrInFlight). A virtio.Handoff device's queues have no Ring:
+// their positions are in the other process, and the device's own
+// section saves them (a vhost-user device's, from GET_VRING_BASE).
 func (t *Transport) SaveState() (State, error) {
-	if t.handoff != nil {
-		// The rings' progress lives in the other process, which cannot
-		// save it yet (vhost-user LOG_ALL is not implemented).
-		return State{}, fmt.Errorf("virtiopci: a %v device whose queues another process serves cannot save its state", t.dev.Type())
-	}
 	t.lockSettled()
 	defer t.mu.Unlock()
 	s := State{
@@ -141,8 +138,8 @@ func (t *Transport) check(s *State) error {
 		return err
 	}
 	featuresOK := s.Status&virtio.StatusFeaturesOK != 0
-	if featuresOK && (s.DriverFeatures&^t.offered != 0 || s.DriverFeatures&virtio.FeatureVersion1 == 0) {
-		return fmt.Errorf("%w: negotiated features %#x are not a valid subset of the offered %#x", state.ErrInvalid, s.DriverFeatures, t.offered)
+	if off := t.offeredNow(); featuresOK && (s.DriverFeatures&^off != 0 || s.DriverFeatures&virtio.FeatureVersion1 == 0) {
+		return fmt.Errorf("%w: negotiated features %#x are not a valid subset of the offered %#x", state.ErrInvalid, s.DriverFeatures, off)
 	}
 	if s.Status&virtio.StatusDriverOK != 0 && !featuresOK {
 		return fmt.Errorf("%w: DRIVER_OK without FEATURES_OK", state.ErrInvalid)
@@ -154,9 +151,9 @@ func (t *Transport) check(s *State) error {
 		if err := t.checkVector(fmt.Sprintf("queue %d", i), q.Vector); err != nil {
 			return err
 		}
-		if !s.Activated || !q.Enabled {
+		if !s.Activated || !q.Enabled || t.handoff != nil {
 			if q.Ring != nil {
-				return fmt.Errorf("%w: queue %d has ring state but is not running", state.ErrInvalid, i)
+				return fmt.Errorf("%w: queue %d has ring state but is not running here", state.ErrInvalid, i)
 			}
 			continue
 		}
@@ -182,11 +179,11 @@ func (t *Transport) check(s *State) error {
 // then serves them; restore the device's own section right after. Call
 // pci.Root.Resync once every function is restored so the BARs are
 // registered where the guest put them. If RestoreState fails, discard
-// the transport: parts of the state may be applied.
+// the transport: parts of the state may be applied. A virtio.Handoff
+// device that was running gets its activation (ActivateHandoff) with the
+// queues' registers, checked as on DRIVER_OK; its own section, restored
+// next, says where the rings stand.
 func (t *Transport) RestoreState(s State) error {
-	if t.handoff != nil {
-		return fmt.Errorf("virtiopci: a device whose queues another process serves cannot restore a state")
-	}
 	t.lockSettled()
 	defer t.mu.Unlock()
 	if t.activated || t.status != 0 {
@@ -196,7 +193,7 @@ func (t *Transport) RestoreState(s State) error {
 		return err
 	}
 	var queues []*virtio.Queue
-	if s.Activated {
+	if s.Activated && t.handoff == nil {
 		queues = make([]*virtio.Queue, len(t.queues))
 		for i, q := range s.Queues {
 			if !q.Enabled {
@@ -226,7 +223,10 @@ func (t *Transport) RestoreState(s State) error {
 		t.queues[i] = queueState{size: q.Size, enabled: q.Enabled, desc: q.Desc, driver: q.Driver, device: q.Device}
 		t.queueVectors[i].Store(uint32(q.Vector))
 	}
-	if s.Activated {
+	switch {
+	case s.Activated && t.handoff != nil:
+		return t.startHandoffLocked()
+	case s.Activated:
 		return t.startLocked(queues)
 	}
 	return nil

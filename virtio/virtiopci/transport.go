@@ -646,7 +646,7 @@ func (t *Transport) failLocked(err error) {
 // of what was offered, and VERSION_1, since this device has no legacy
 // interface.
 func (t *Transport) featuresOK() bool {
-	return t.drvFeatures&^t.offered == 0 && t.drvFeatures&virtio.FeatureVersion1 != 0
+	return t.drvFeatures&^t.offeredNow() == 0 && t.drvFeatures&virtio.FeatureVersion1 != 0
 }
 
 func (t *Transport) setStatusLocked(v uint8) {
@@ -702,10 +702,29 @@ func (t *Transport) activateLocked() {
 	}
 }
 
+// offeredNow is the feature set offered to the driver. A Handoff device
+// decides it and may learn it late (a restored vhost-user device learns
+// what the guest saw from its state), so it is asked each time; the
+// platform's bits are the transport's.
+func (t *Transport) offeredNow() uint64 {
+	if t.handoff != nil {
+		return t.handoff.Features() | t.offered&(virtio.FeatureAccessPlatform|virtio.FeatureSRIOV)
+	}
+	return t.offered
+}
+
 // activateHandoffLocked is activateLocked for a virtio.Handoff device:
 // the queue configuration is checked as for vio's own queues, then handed
 // over with the transport's interrupt and needs-reset paths.
 func (t *Transport) activateHandoffLocked() {
+	if err := t.startHandoffLocked(); err != nil {
+		t.failLocked(err)
+	}
+}
+
+// startHandoffLocked hands the enabled queues to the Handoff device: on
+// DRIVER_OK, and on a restore of a running device.
+func (t *Transport) startHandoffLocked() error {
 	cfgs := make([]*virtio.QueueConfig, len(t.queues))
 	for i, qs := range t.queues {
 		if !qs.enabled {
@@ -715,8 +734,7 @@ func (t *Transport) activateHandoffLocked() {
 		// NewQueue's checks (size, alignment, rings inside guest memory);
 		// the queue itself is not used.
 		if _, err := virtio.NewQueue(t.mem, c, t.maxSizes[i], t.drvFeatures); err != nil {
-			t.failLocked(fmt.Errorf("virtiopci: queue %d: %w", i, err))
-			return
+			return fmt.Errorf("virtiopci: queue %d: %w", i, err)
 		}
 		cfgs[i] = &c
 	}
@@ -741,12 +759,12 @@ func (t *Transport) activateHandoffLocked() {
 		ConfigChanged: t.ConfigChanged,
 	}
 	if err := t.handoff.ActivateHandoff(h); err != nil {
-		t.failLocked(fmt.Errorf("virtiopci: activate: %w", err))
-		return
+		return fmt.Errorf("virtiopci: activate: %w", err)
 	}
 	t.activated = true
 	t.stats.activations.Add(1)
 	t.event("activated", nil)
+	return nil
 }
 
 // startLocked hands the queues to the device: on DRIVER_OK, and on a
@@ -790,7 +808,7 @@ func (t *Transport) commonImageLocked() [CommonLength]byte {
 	le := binary.LittleEndian
 	le.PutUint32(b[regDeviceFeatureSelect:], t.devFeatSel)
 	if t.devFeatSel < 2 {
-		le.PutUint32(b[regDeviceFeature:], uint32(t.offered>>(32*t.devFeatSel)))
+		le.PutUint32(b[regDeviceFeature:], uint32(t.offeredNow()>>(32*t.devFeatSel)))
 	}
 	le.PutUint32(b[regDriverFeatureSelect:], t.drvFeatSel)
 	if t.drvFeatSel < 2 {
