@@ -12,73 +12,92 @@ import (
 	"github.com/viovmm/vio/virtio"
 )
 
+// loop is run's state: the reconnection of a lost back-end.
+type loop struct {
+	d        *Device
+	timer    *time.Timer
+	retry    <-chan time.Time // set while reconnecting
+	deadline time.Time        // of this outage; zero once the rings run again
+	backoff  time.Duration
+	attempts int
+}
+
+func (l *loop) stopRetry() {
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.timer, l.retry = nil, nil
+}
+
+func (l *loop) beginRetry() {
+	if l.retry != nil {
+		return
+	}
+	if l.deadline.IsZero() {
+		// A back-end that accepts and then fails again does not extend
+		// the outage: it ends at one deadline.
+		l.deadline, l.backoff, l.attempts = time.Now().Add(l.d.cfg.ReconnectTimeout), firstBackoff, 0
+	}
+	l.timer = time.NewTimer(l.backoff)
+	l.retry = l.timer.C
+}
+
+func (l *loop) needsReset(a *virtio.HandoffActivation, err error) {
+	d := l.d
+	l.stopRetry()
+	l.deadline = time.Time{}
+	d.active.Store(nil)
+	d.lastErr.Store(&err)
+	d.log.Error("vhost-user device needs a reset", "err", err)
+	a.Broken(err)
+}
+
+// lost drops a broken connection; an active device reconnects at once,
+// an idle one at its next activation. A paused device reconnects when it
+// resumes, and one whose back-end a migration holds (held) never: its
+// rings must not start behind the pause's or the migration's back.
+func (l *loop) lost(err error) {
+	d := l.d
+	if d.conn != nil {
+		d.drop(d.conn)
+		d.conn = nil
+	}
+	switch {
+	case d.held:
+		return
+	case d.paused:
+		d.log.Info("vhost-user back-end disconnected while the device was paused; reconnecting when it resumes", "err", err)
+		return
+	case d.active.Load() == nil:
+		d.log.Info("vhost-user back-end disconnected while the device was idle; reconnecting when the guest next starts it", "err", err)
+		return
+	}
+	if l.deadline.IsZero() {
+		d.log.Warn("vhost-user back-end lost; reconnecting while the guest's requests wait", "err", err, "within", d.cfg.ReconnectTimeout)
+		if d.protocol&vhostuser.ProtocolInflightShmfd == 0 || d.inflightFD < 0 {
+			d.log.Warn("the back-end keeps no inflight region (INFLIGHT_SHMFD), so requests it had taken may be lost or completed twice")
+		}
+	}
+	l.beginRetry()
+}
+
+func (l *loop) start(a *virtio.HandoffActivation, again bool) {
+	err := l.d.startRings(a, again)
+	switch {
+	case err == nil:
+		l.deadline = time.Time{}
+	case errors.Is(err, errFatal):
+		l.needsReset(a, err)
+	default:
+		l.lost(err)
+	}
+}
+
 // run owns the connection: every protocol exchange happens here.
 func (d *Device) run() {
 	defer d.wg.Done()
 	defer close(d.stopped)
-	var (
-		timer    *time.Timer
-		retry    <-chan time.Time // set while reconnecting
-		deadline time.Time        // of this outage; zero once the rings run again
-		backoff  time.Duration
-		attempts int
-	)
-	stopRetry := func() {
-		if timer != nil {
-			timer.Stop()
-		}
-		timer, retry = nil, nil
-	}
-	beginRetry := func() {
-		if retry != nil {
-			return
-		}
-		if deadline.IsZero() {
-			// A back-end that accepts and then fails again does not
-			// extend the outage: it ends at one deadline.
-			deadline, backoff, attempts = time.Now().Add(d.cfg.ReconnectTimeout), firstBackoff, 0
-		}
-		timer = time.NewTimer(backoff)
-		retry = timer.C
-	}
-	needsReset := func(a *virtio.HandoffActivation, err error) {
-		stopRetry()
-		deadline = time.Time{}
-		d.active.Store(nil)
-		d.lastErr.Store(&err)
-		d.log.Error("vhost-user device needs a reset", "err", err)
-		a.Broken(err)
-	}
-	// lost drops a broken connection; an active device reconnects at
-	// once, an idle one at its next activation.
-	lost := func(err error) {
-		if d.conn != nil {
-			d.drop(d.conn)
-			d.conn = nil
-		}
-		if d.active.Load() == nil {
-			d.log.Info("vhost-user back-end disconnected while the device was idle; reconnecting when the guest next starts it", "err", err)
-			return
-		}
-		if deadline.IsZero() {
-			d.log.Warn("vhost-user back-end lost; reconnecting while the guest's requests wait", "err", err, "within", d.cfg.ReconnectTimeout)
-			if d.protocol&vhostuser.ProtocolInflightShmfd == 0 || d.inflightFD < 0 {
-				d.log.Warn("the back-end keeps no inflight region (INFLIGHT_SHMFD), so requests it had taken may be lost or completed twice")
-			}
-		}
-		beginRetry()
-	}
-	start := func(a *virtio.HandoffActivation, again bool) {
-		err := d.startRings(a, again)
-		switch {
-		case err == nil:
-			deadline = time.Time{}
-		case errors.Is(err, errFatal):
-			needsReset(a, err)
-		default:
-			lost(err)
-		}
-	}
+	l := &loop{d: d}
 	for {
 		var hup chan struct{}
 		if d.conn != nil {
@@ -86,16 +105,24 @@ func (d *Device) run() {
 		}
 		select {
 		case c := <-d.cmds:
+			if c.fn != nil {
+				c.fn(l)
+				close(c.done)
+				continue
+			}
 			switch c.op {
 			case opActivate:
+				if d.held || d.paused {
+					continue // started by Take or Resume
+				}
 				if d.conn == nil {
-					lost(errors.New("not connected"))
+					l.lost(errors.New("not connected"))
 					continue
 				}
-				start(c.act, false)
+				l.start(c.act, false)
 			case opReset, opClose:
-				stopRetry()
-				deadline = time.Time{}
+				l.stopRetry()
+				l.deadline = time.Time{}
 				d.stopRings()
 				d.active.Store(nil)
 				d.irqMu.Lock() // no Interrupt or Broken after this
@@ -105,55 +132,59 @@ func (d *Device) run() {
 					d.callTarget[i] = -1
 					d.direct[i].Store(false)
 				}
+				d.paused = false
 				if c.op == opClose {
 					d.drop(d.conn)
 					d.conn = nil
 					d.closeEventFDs()
+					if log := d.dirty.Swap(nil); log != nil {
+						log.Close()
+					}
 					close(c.done)
 					return
 				}
 				close(c.done)
 			}
 		case <-hup:
-			lost(errors.New("the back-end closed the connection"))
+			l.lost(errors.New("the back-end closed the connection"))
 		case <-d.irqs:
-			if deadline.IsZero() {
+			if l.deadline.IsZero() && !d.held {
 				if err := d.retarget(); err != nil {
-					lost(err)
+					l.lost(err)
 				}
 			}
-		case <-retry:
-			retry = nil
+		case <-l.retry:
+			l.retry = nil
 			a := d.active.Load()
-			if a == nil {
-				stopRetry()
+			if a == nil || d.held || d.paused {
+				l.stopRetry()
 				continue
 			}
-			attempts++
+			l.attempts++
 			c, err := d.connect()
 			if err == nil {
 				if err := d.sameBackend(c); err != nil {
 					d.drop(c)
-					needsReset(a, err)
+					l.needsReset(a, err)
 					continue
 				}
 				d.conn = c
-				stopRetry()
+				l.stopRetry()
 				d.reconnects.Add(1)
-				d.log.Info("vhost-user back-end reconnected", "attempts", attempts)
-				start(a, true)
+				d.log.Info("vhost-user back-end reconnected", "attempts", l.attempts)
+				l.start(a, true)
 				continue
 			}
-			if attempts == 1 || attempts%20 == 0 {
-				d.log.Info("vhost-user back-end not back yet", "attempts", attempts, "err", err)
+			if l.attempts == 1 || l.attempts%20 == 0 {
+				d.log.Info("vhost-user back-end not back yet", "attempts", l.attempts, "err", err)
 			}
-			if time.Now().After(deadline) {
-				needsReset(a, fmt.Errorf("%w at %s did not come back within %v (last try: %v); restart it and reset the device, or reboot the guest", ErrBackend, d.cfg.Socket, d.cfg.ReconnectTimeout, err))
+			if time.Now().After(l.deadline) {
+				l.needsReset(a, fmt.Errorf("%w at %s did not come back within %v (last try: %v); restart it and reset the device, or reboot the guest", ErrBackend, d.cfg.Socket, d.cfg.ReconnectTimeout, err))
 				continue
 			}
-			backoff = min(2*backoff, maxBackoff)
-			timer.Reset(backoff)
-			retry = timer.C
+			l.backoff = min(2*l.backoff, maxBackoff)
+			l.timer.Reset(l.backoff)
+			l.retry = l.timer.C
 		}
 	}
 }
@@ -175,21 +206,38 @@ func (d *Device) sameBackend(c *connection) error {
 	return nil
 }
 
-// startRings sends what the back-end needs to serve the guest's rings:
-// on the first activation and after every reconnection (again).
-func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
-	fe := d.conn.fe
-	// The guest's features that the back-end implements: a NIC's MAC and
-	// STATUS are vio's, served from its configuration space.
+// ackFeatures are the features SET_FEATURES acknowledges for activation
+// a: the guest's that the back-end implements (a NIC's MAC and STATUS
+// are vio's, served from its configuration space), with
+// PROTOCOL_FEATURES when offered, and LOG_ALL while a migration logs.
+func (d *Device) ackFeatures(a *virtio.HandoffActivation, logging bool) uint64 {
 	feats := a.Features & d.offered
 	if d.offered&vhostuser.FProtocolFeatures != 0 {
 		feats |= vhostuser.FProtocolFeatures
 	}
-	if err := fe.SetFeatures(feats); err != nil {
+	if logging {
+		feats |= vhostuser.FLogAll
+	}
+	return feats
+}
+
+// startRings sends what the back-end needs to serve the guest's rings:
+// on the first activation and after every reconnection (again).
+func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
+	fe := d.conn.fe
+	log := d.dirty.Load()
+	if err := fe.SetFeatures(d.ackFeatures(a, log != nil)); err != nil {
 		return err
 	}
 	if err := fe.SetMemTable(d.cfg.Memory); err != nil {
 		return err
+	}
+	if log != nil {
+		// A migration is copying guest RAM: the back-end marks what it
+		// writes from its first request on.
+		if err := fe.SetLogBase(log.Log(), log.FD()); err != nil {
+			return err
+		}
 	}
 	if d.protocol&vhostuser.ProtocolInflightShmfd != 0 {
 		if d.inflightFD < 0 {
@@ -227,7 +275,7 @@ func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 		steps := []func() error{
 			func() error { return fe.SetVringNum(qi, q.Size) },
 			func() error { return fe.SetVringBase(qi, used) },
-			func() error { return fe.SetVringAddrGPA(qi, *q) },
+			func() error { return fe.SetVringAddrLog(qi, *q, log != nil) },
 			func() error {
 				fd := d.callFD(a, i)
 				d.callTarget[i] = fd
@@ -237,7 +285,7 @@ func (d *Device) startRings(a *virtio.HandoffActivation, again bool) error {
 			func() error { return fe.SetVringErr(qi, d.errFD.FD()) },
 			func() error { return fe.SetVringKick(qi, d.kick[i].FD()) },
 		}
-		if feats&vhostuser.FProtocolFeatures != 0 {
+		if d.offered&vhostuser.FProtocolFeatures != 0 {
 			steps = append(steps, func() error { return fe.SetVringEnable(qi, true) })
 		}
 		for _, s := range steps {

@@ -74,7 +74,7 @@ const ringFeatures = virtio.FeatureVersion1 | virtio.FeatureEventIdx | virtio.Fe
 
 // wantProtocol are the protocol features the device uses when offered.
 const wantProtocol = vhostuser.ProtocolMQ | vhostuser.ProtocolReplyAck |
-	vhostuser.ProtocolConfig | vhostuser.ProtocolInflightShmfd
+	vhostuser.ProtocolConfig | vhostuser.ProtocolInflightShmfd | vhostuser.ProtocolLogShmfd
 
 // Config describes one vhost-user device.
 type Config struct {
@@ -100,6 +100,12 @@ type Config struct {
 	ReconnectTimeout time.Duration
 	// Log gets connection events (nil: slog.Default()).
 	Log *slog.Logger
+	// Deferred builds the device without connecting: a restored VM's, or
+	// a migration's destination's, whose back-end another VM may still
+	// hold. It offers what vio could present until RestoreState gives
+	// it what the guest saw, and connects in Take. A disk needs
+	// NumQueues then (the source's count), since it cannot ask.
+	Deferred bool
 }
 
 // Device is a vhost-user front-end device: a virtio-blk or virtio-net
@@ -108,8 +114,13 @@ type Device struct {
 	cfg      Config
 	log      *slog.Logger
 	features uint64 // offered to the guest
-	offered  uint64 // what the back-end offered at the first connection
-	protocol uint64 // protocol features negotiated at the first connection
+	// offered and protocol are what the back-end offered and the
+	// protocol features negotiated at the first connection (or the
+	// source's, restored); factsMu guards them for readers off the
+	// device's goroutine.
+	factsMu  sync.Mutex
+	offered  uint64
+	protocol uint64
 	config   []byte // a disk's virtio_blk_config from GET_CONFIG (num_queues ours), a NIC's of vio's
 	maxSizes []uint16
 	kick     []*kvm.EventFD
@@ -126,8 +137,20 @@ type Device struct {
 	irqMu     sync.RWMutex
 	closeOnce sync.Once
 
+	// dirty is a migration's dirty log while one runs (migrate.go).
+	dirty atomic.Pointer[vhostuser.DirtyLog]
+
 	// Owned by run.
-	conn       *connection
+	conn *connection
+	// held: the back-end is not this device's to use now (a Deferred
+	// device not yet taken, or one released for a migration's
+	// destination): no connecting, no reconnecting, until Take.
+	held bool
+	// paused: Pause stopped the rings (GET_VRING_BASE), and bases holds
+	// where each resumes; restored: RestoreState set the guest's view.
+	paused     bool
+	bases      []uint16
+	restored   bool
 	callTarget []int         // per queue, the call eventfd the back-end has (-1: none yet)
 	direct     []atomic.Bool // per queue, callTarget is an irqfd (for DirectCall)
 	inflight   vhostuser.Inflight
@@ -148,6 +171,7 @@ type connection struct {
 type command struct {
 	op   int
 	act  *virtio.HandoffActivation
+	fn   func(*loop) // runs on the device's goroutine (op unused)
 	done chan struct{}
 }
 
@@ -202,6 +226,19 @@ func New(cfg Config) (*Device, error) {
 		// Buffered: ActivateHandoff runs on a vCPU and must not wait
 		// for run to finish an exchange.
 		cmds: make(chan command, 2), irqs: make(chan struct{}, 1), stopped: make(chan struct{}),
+	}
+	if cfg.Deferred {
+		if err := d.assume(); err != nil {
+			return nil, err
+		}
+		d.held = true
+		if err := d.makeEventFDs(); err != nil {
+			d.closeEventFDs()
+			return nil, err
+		}
+		d.wg.Add(1)
+		go d.run()
+		return d, nil
 	}
 	c, err := d.firstConnect()
 	if err != nil {
@@ -482,7 +519,11 @@ func (d *Device) Err() error {
 // Inflight reports whether the back-end keeps an inflight region
 // (INFLIGHT_SHMFD), without which a reconnection may lose or repeat the
 // requests it had taken.
-func (d *Device) Inflight() bool { return d.protocol&vhostuser.ProtocolInflightShmfd != 0 }
+func (d *Device) Inflight() bool {
+	d.factsMu.Lock()
+	defer d.factsMu.Unlock()
+	return d.protocol&vhostuser.ProtocolInflightShmfd != 0
+}
 
 // DirectCall reports whether queue q's back-end signals the queue's
 // irqfd itself (its vector deliverable), rather than vio's eventfd.
@@ -496,7 +537,31 @@ func (d *Device) do(op int) {
 	done := make(chan struct{})
 	select {
 	case d.cmds <- command{op: op, done: done}:
-		<-done
+		// The command may sit in the buffer of a goroutine that has
+		// ended (a Reset after Close).
+		select {
+		case <-done:
+		case <-d.stopped:
+		}
 	case <-d.stopped:
+	}
+}
+
+// errClosed: the device was closed.
+var errClosed = errors.New("vufront: device closed")
+
+// exec runs fn on the device's goroutine and waits for it.
+func (d *Device) exec(fn func(*loop)) error {
+	done := make(chan struct{})
+	select {
+	case d.cmds <- command{fn: fn, done: done}:
+		select {
+		case <-done:
+			return nil
+		case <-d.stopped:
+			return errClosed
+		}
+	case <-d.stopped:
+		return errClosed
 	}
 }
