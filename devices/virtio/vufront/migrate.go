@@ -194,9 +194,9 @@ func (d *Device) Release() error {
 }
 
 // Take connects to the back-end a Deferred device was built without, or
-// that Release let go: waiting up to ReconnectTimeout for it to listen,
-// and for the previous front-end to let it go (a back-end serving one
-// front-end at a time answers once it has). The back-end must be one
+// that Release let go: it must listen (one attempt), and answers once the
+// previous front-end let it go (a back-end serving one front-end at a
+// time), within Timeout. The back-end must be one
 // the guest can go on with: the same virtio features as the one the
 // guest negotiated against, the protocol features vio needs, and for a
 // disk its capacity and enough queues. Unless paused, an active device's
@@ -217,9 +217,18 @@ func (d *Device) take() error {
 	if d.cfg.Deferred && !d.restored {
 		return fmt.Errorf("vhost-user %s %s: the device's state was not restored, so vio does not know what the guest negotiated", kindOf(d.cfg.Type), d.cfg.Socket)
 	}
-	c, err := d.firstConnect()
+	// One attempt: at a migration's switchover the guest is paused until
+	// this returns, and the back-end is there (the source used it a
+	// moment ago) or will not be. A back-end still busy with the
+	// previous front-end has the connection wait in its backlog, and
+	// answers once it let that one go, within Timeout.
+	c, err := d.connect()
+	var de dialError
+	if errors.As(err, &de) {
+		return fmt.Errorf("no vhost-user back-end listens at %s (%v): start it before restoring or migrating the VM", d.cfg.Socket, de.err)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("vhost-user back-end at %s: %w", d.cfg.Socket, err)
 	}
 	if err := d.checkTaken(c); err != nil {
 		d.drop(c)
