@@ -186,10 +186,18 @@ func resourcesOf(err error) string {
 
 // takeResources takes back every host resource a migration released:
 // the NICs' TAPs (first: until then the host's frames for the guest are
-// dropped) and the disks' images. It tries them all.
+// dropped), the disks' images, and the vhost-user back-ends (vhostuser.go:
+// their rings start once the devices resume, or here on a destination,
+// whose devices were never paused). It tries them all.
 func (v *VM) takeResources() error {
 	nerr := v.takeNICs()
 	derr := v.takeDisks()
+	if verr := v.takeVhostUser(); verr != nil {
+		if nerr == nil && derr == nil {
+			return &takeError{"vhost-user back-ends", verr}
+		}
+		derr = errors.Join(derr, verr)
+	}
 	switch {
 	case nerr == nil && derr == nil:
 		return nil
@@ -212,6 +220,12 @@ func (v *VM) releaseResources() error {
 		return err
 	}
 	if err := v.releaseNICs(); err != nil {
+		if terr := v.takeResources(); terr != nil {
+			return fmt.Errorf("%w; and %w", err, terr)
+		}
+		return err
+	}
+	if err := v.releaseVhostUser(); err != nil {
 		if terr := v.takeResources(); terr != nil {
 			return fmt.Errorf("%w; and %w", err, terr)
 		}

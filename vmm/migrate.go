@@ -84,6 +84,7 @@ type migrationSource struct {
 	wasPaused  bool // paused by the Controller before the migration
 	paused     []state.Pausable
 	logging    bool
+	vhostLogs  bool // the vhost-user devices' dirty logs run
 	releaseOne sync.Once
 	// stuck: Resume could not take the disks back, so the VM stays
 	// paused with its devices paused (the Controller then holds it).
@@ -95,15 +96,21 @@ var _ migration.LocalSource = (*migrationSource)(nil)
 // migratable is a Machine that can be migrated (*VM; vmmtest's double
 // is not).
 type migratable interface {
-	migrationSource(ctx context.Context, paused bool) (*migrationSource, error)
+	migrationSource(ctx context.Context, paused, local bool) (*migrationSource, error)
 }
 
 // migrationSource checks that the VM can migrate (the same checks and
-// sentences as Snapshot) and registers a migration of it; release ends
-// it. ctx is the migration's: Close of the VM cancels it.
-func (v *VM) migrationSource(ctx context.Context, paused bool) (*migrationSource, error) {
+// sentences as Snapshot; and for pre-copy, not local, that its vhost-user
+// back-ends can log what they write) and registers a migration of it;
+// release ends it. ctx is the migration's: Close of the VM cancels it.
+func (v *VM) migrationSource(ctx context.Context, paused, local bool) (*migrationSource, error) {
 	if err := v.checkSaveable("migrate", "to migrate it"); err != nil {
 		return nil, err
+	}
+	if !local {
+		if err := v.checkVhostUserLog(); err != nil {
+			return nil, err
+		}
 	}
 	for _, n := range v.cfg.Net {
 		if len(n.TapFDs) > 0 {
@@ -192,9 +199,10 @@ func (s *migrationSource) setLogging(on bool) error {
 	return nil
 }
 
-// StartDirtyLog turns on KVM's dirty log first and the VMM's record of
-// device writes second: a write either happened before (and is in the
-// full copy that follows) or is recorded.
+// StartDirtyLog turns on KVM's dirty log first, the VMM's record of
+// device writes second, and the vhost-user back-ends' logs last: a write
+// either happened before (and is in the full copy that follows) or is
+// recorded. Each back-end has its log in effect when this returns.
 func (s *migrationSource) StartDirtyLog() error {
 	if err := s.setLogging(true); err != nil {
 		s.setLogging(false)
@@ -202,14 +210,32 @@ func (s *migrationSource) StartDirtyLog() error {
 	}
 	s.v.mem.EnableDirtyTracking()
 	s.logging = true
+	if err := s.v.startVhostUserLogs(); err != nil {
+		s.StopDirtyLog()
+		return err
+	}
+	s.vhostLogs = true
 	return nil
 }
 
+// Dirty collects region i's pages written by the vCPUs (KVM's log), the
+// VMM's devices and the vhost-user back-ends (their logs).
 func (s *migrationSource) Dirty(i int) ([]uint64, error) {
-	return s.v.mem.CollectDirty(i, func(b []uint64) error { return s.v.kvm.GetDirtyLog(uint32(i), b) })
+	b, err := s.v.mem.CollectDirty(i, func(b []uint64) error { return s.v.kvm.GetDirtyLog(uint32(i), b) })
+	if err != nil || !s.vhostLogs {
+		return b, err
+	}
+	if err := s.v.takeVhostUserLogs(i, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func (s *migrationSource) StopDirtyLog() {
+	if s.vhostLogs {
+		s.v.stopVhostUserLogs()
+		s.vhostLogs = false
+	}
 	if !s.logging {
 		return
 	}
@@ -224,7 +250,9 @@ func (s *migrationSource) StopDirtyLog() {
 // device, so that nothing writes guest RAM or is in flight; then it
 // releases the disks' images for the destination (diskhandoff.go): each
 // flushed, so that everything the guest wrote is on the storage, and
-// closed, which drops its locks; and the NICs' TAPs (nethandoff.go).
+// closed, which drops its locks; the NICs' TAPs (nethandoff.go); and
+// the vhost-user back-ends, their rings stopped by the pause
+// (vhostuser.go).
 func (s *migrationSource) Pause() error {
 	if err := s.v.Pause(); err != nil {
 		return err
@@ -451,7 +479,7 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 		return fmt.Errorf("%w: this VM cannot migrate", ErrNotImplemented)
 	}
 	wasPaused := c.state == StatePaused
-	src, err := mm.migrationSource(ctx, wasPaused)
+	src, err := mm.migrationSource(ctx, wasPaused, req.Local)
 	c.mu.Unlock()
 	if err != nil {
 		return err

@@ -407,7 +407,7 @@ func TestMigrationQcow2GrownDuringPrecopy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	sock, recv := receive(t, ctx, r.dir, dst)
-	ms, err := sv.migrationSource(ctx, false)
+	ms, err := sv.migrationSource(ctx, false, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -386,6 +386,9 @@ func (v *VM) newVhostUserNIC(n config.Net) (virtio.Device, error) {
 		Memory:    v.mem,
 		QueueSize: uint16(n.QueueSize),
 		Log:       v.log.With("net", n.ID),
+		// A restored VM's, or a migration's destination's: connected
+		// once the state is restored (vhostuser.go).
+		Deferred: v.vhostDeferred,
 	})
 	if err != nil {
 		return nil, err
@@ -408,10 +411,15 @@ func (v *VM) newVhostUserDisk(d *config.Disk) (virtio.Device, error) {
 		NumQueues: d.NumQueues,
 		QueueSize: uint16(d.QueueSize),
 		Log:       v.log.With("disk", d.ID),
+		Deferred:  v.vhostDeferred,
 	})
 	if err != nil {
 		return nil, err
 	}
+	// The number of queues the back-end gave is pinned into the config,
+	// which a snapshot and a migration carry: a restored or migrated
+	// disk, built before it may connect, takes it from there.
+	d.NumQueues = dev.NumQueues()
 	// Closers run in reverse: this one runs after the device's reset.
 	v.closers = append(v.closers, dev)
 	return dev, nil

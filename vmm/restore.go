@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -91,8 +92,14 @@ func Restore(dir string, stdio IO, opts Options, ro RestoreOptions) (*VM, *confi
 	return v, cfg, nil
 }
 
-// setupMemoryFrom maps guest RAM from the snapshot's memory file.
+// setupMemoryFrom maps guest RAM from the snapshot's memory file. Shared
+// RAM (memory shared=on: a vhost-user back-end maps it, a same-host
+// migration hands it over) must be a memfd again, so the file is copied
+// into a fresh one (copySharedMemory) rather than mapped.
 func (v *VM) setupMemoryFrom(src *snapshotSource) error {
+	if v.cfg.Memory.Shared {
+		return v.copySharedMemory(src)
+	}
 	layout, err := x86.RAMLayout(uint64(v.cfg.Memory.Size))
 	if err != nil {
 		return err
@@ -128,6 +135,66 @@ func (v *VM) setupMemoryFrom(src *snapshotSource) error {
 		if err := v.kvm.SetUserMemoryRegion(kvm.MemoryRegion{Slot: uint32(i), GPA: r.GPA, Host: r.Data}); err != nil {
 			return fmt.Errorf("registering guest RAM at %#x with KVM: %w", r.GPA, err)
 		}
+	}
+	return nil
+}
+
+// copySharedMemory builds shared guest RAM (a memfd, setupMemory) and
+// reads the snapshot's memory file into it: its data extents only
+// (SEEK_DATA), and of those only the chunks that are not zero, so that
+// the memfd's untouched pages stay unallocated as the source's were.
+func (v *VM) copySharedMemory(src *snapshotSource) error {
+	name := filepath.Join(src.dir, SnapshotMemory)
+	f, err := os.Open(name)
+	if err != nil {
+		return snapErr(ErrSnapshotRequest, "the snapshot has no readable memory file: %v", errors.Unwrap(err))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := v.setupMemory(); err != nil {
+		return err
+	}
+	var total uint64
+	for _, r := range v.mem.Regions() {
+		total += r.Size()
+	}
+	if uint64(st.Size()) != total {
+		return snapErr(ErrSnapshotRequest, "the snapshot's memory file is %d bytes, but its config's %s of RAM needs %d: the snapshot is damaged or incomplete", st.Size(), config.FormatSize(v.cfg.Memory.Size), total)
+	}
+	buf, zero := make([]byte, memoryChunk), make([]byte, memoryChunk)
+	var off int64
+	fd := int(f.Fd())
+	for _, r := range v.mem.Regions() {
+		end := off + int64(r.Size())
+		for pos := off; pos < end; {
+			data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+			if errors.Is(err, unix.ENXIO) || err == nil && data >= end {
+				break // holes to the region's end
+			}
+			if err != nil {
+				data = pos // no SEEK_DATA here: read it all
+			}
+			hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+			if err != nil || hole > end {
+				hole = end
+			}
+			for c := data; c < hole; {
+				n := min(int64(len(buf)), hole-c)
+				b := buf[:n]
+				if _, err := f.ReadAt(b, c); err != nil {
+					return fmt.Errorf("reading the snapshot's memory: %w", err)
+				}
+				if !bytes.Equal(b, zero[:n]) {
+					copy(r.Data[c-off:], b)
+				}
+				c += n
+			}
+			pos = hole
+		}
+		off = end
 	}
 	return nil
 }

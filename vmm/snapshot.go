@@ -138,9 +138,6 @@ func (v *VM) checkSaveable(verb, goal string) error {
 		if d.transport.SRIOV() != nil {
 			return snapErr(ErrNotSaveable, "cannot %s: disk %s has SR-IOV virtual functions, which cannot save their state yet; drop its vfs= %s", verb, d.name, goal)
 		}
-		if _, ok := d.dev.(virtio.Handoff); ok {
-			return snapErr(ErrNotSaveable, "cannot %s: device %s (%s) is served by a vhost-user back-end, whose ring state vio cannot save or carry over yet (no LOG_ALL); remove it from the VM config %s", verb, d.name, deviceKind(d), goal)
-		}
 		if _, ok := d.dev.(state.Snapshottable); !ok {
 			return snapErr(ErrNotSaveable, "cannot %s: device %s (%s) cannot save its state yet; remove it from the VM config %s", verb, d.name, deviceKind(d), goal)
 		}

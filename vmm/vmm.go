@@ -110,6 +110,11 @@ type VM struct {
 	// migration's destination, whose source still holds them, until
 	// it takes them.
 	disksInactive bool
+	// vhostDeferred builds the vhost-user devices without connecting:
+	// a VM restored from a snapshot, or a migration's destination, whose
+	// back-ends another VM may hold; takeVhostUser connects them once
+	// the state is restored (vhostuser.go).
+	vhostDeferred bool
 	diskMu        sync.Mutex
 	disks         []vmDisk // guarded by diskMu
 	nics          []vmNIC  // guarded by diskMu
@@ -139,7 +144,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	v := &VM{cfg: cfg, opts: opts, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1),
-		disksInactive: snap != nil && snap.incoming}
+		disksInactive: snap != nil && snap.incoming, vhostDeferred: snap != nil}
 	defer func() {
 		if err != nil {
 			v.Close()
@@ -196,6 +201,9 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		}
 		if err := v.restore(snap); err != nil {
 			return nil, err
+		}
+		if err := v.takeVhostUser(); err != nil {
+			return nil, fmt.Errorf("cannot restore: %w", err)
 		}
 		return v, nil
 	}
