@@ -18,6 +18,8 @@ import (
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/state"
+	"github.com/viovmm/vio/vhostuser"
+	"github.com/viovmm/vio/virtio"
 	"github.com/viovmm/vio/virtio/virtiopci/virtiopcitest"
 )
 
@@ -66,7 +68,14 @@ func save(t *testing.T, m *machine) *state.Snapshot {
 // returned machine.
 func restore(t *testing.T, mem *memory.Memory, sock string, snap *state.Snapshot, queues int, from *machine) *machine {
 	t.Helper()
-	dev, err := vufront.New(vufront.Config{Socket: sock, Memory: mem, Deferred: true, NumQueues: queues, Log: testLog(t)})
+	return restoreCfg(t, vufront.Config{Socket: sock, Memory: mem, NumQueues: queues}, snap, from)
+}
+
+func restoreCfg(t *testing.T, cfg vufront.Config, snap *state.Snapshot, from *machine) *machine {
+	t.Helper()
+	mem := cfg.Memory
+	cfg.Deferred, cfg.Log = true, testLog(t)
+	dev, err := vufront.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,4 +319,54 @@ func TestCanLogNeedsBackend(t *testing.T) {
 	dev.Close()
 	l.Close()
 	<-done
+}
+
+// A vhost-user NIC with a random MAC saves and restores: the restored
+// device serves the guest the source's MAC (from the state, not a new
+// random one) and its frames go through the back-end again.
+func TestNetSnapshotRestore(t *testing.T) {
+	mem := sharedRAM(t)
+	sock := filepath.Join(t.TempDir(), "net.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := &loopNet{frames: make(chan []byte, 16)}
+	b := &vhostuser.Backend{NewDevice: func() (virtio.QueueServer, error) { return loop, nil }}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(ctx, l) }()
+	t.Cleanup(func() { cancel(); <-served })
+
+	m := newMachine(t, mem, vufront.Config{Type: virtio.TypeNet, Socket: sock})
+	mac := func(m *machine) []byte {
+		b := make([]byte, 6)
+		for i := range b {
+			b[i] = byte(m.mc.Guest.ReadDeviceConfig(uint64(i), 1))
+		}
+		return b
+	}
+	loopback := func(m *machine, what string) {
+		t.Helper()
+		rx := m.submit(t, 0, nil, []uint32{2048})
+		frame := append(make([]byte, 12), what...)
+		if tx := m.submit(t, 1, [][]byte{frame}, nil); m.next(t, 1).ID != tx {
+			t.Fatal("transmit completed out of turn")
+		}
+		if u := m.next(t, 0); u.ID != rx || !bytes.Equal(u.Data[:u.Len], frame) {
+			t.Fatalf("received %q, sent %q", u.Data[:u.Len], frame)
+		}
+	}
+	m.start(t, false)
+	loopback(m, "before the snapshot")
+	want := mac(m)
+	snap := save(t, m)
+	if err := m.dev.Release(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := restoreCfg(t, vufront.Config{Type: virtio.TypeNet, Socket: sock, Memory: mem}, snap, m)
+	if got := mac(m2); !bytes.Equal(got, want) {
+		t.Fatalf("the restored NIC's MAC is %x, the guest had %x", got, want)
+	}
+	loopback(m2, "after the restore")
 }
