@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/block/blocktest"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/devices/virtio/vufront"
@@ -369,4 +370,68 @@ func TestNetSnapshotRestore(t *testing.T) {
 		t.Fatalf("the restored NIC's MAC is %x, the guest had %x", got, want)
 	}
 	loopback(m2, "after the restore")
+}
+
+// heldDisk holds writes at sector 50 until release is closed, and says
+// when one arrived.
+type heldDisk struct {
+	block.Backend // only ReadAt and WriteAt: no vectored I/O past WriteAt
+	entered       chan struct{}
+	release       chan struct{}
+}
+
+func (d *heldDisk) WriteAt(p []byte, off int64) (int, error) {
+	if off == 50*sector {
+		d.entered <- struct{}{}
+		<-d.release
+	}
+	return d.Backend.WriteAt(p, off)
+}
+
+// A request the back-end holds when the device pauses: the pause returns
+// only once it completed, its used entry written, and the state's base
+// is past it; nothing is in flight in the saved state, and the restored
+// device serves the next request.
+func TestPauseWaitsForInFlight(t *testing.T) {
+	mem := sharedRAM(t)
+	sock := filepath.Join(t.TempDir(), "vu.sock")
+	disk := &heldDisk{Backend: blocktest.NewMem(1 << 20), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	startVio(t, sock, disk)
+	m := newMachine(t, mem, vufront.Config{Socket: sock})
+	m.start(t, false)
+	h := m.submit(t, 0, [][]byte{header(blk.TypeOut, 50), pattern(50)}, []uint32{1})
+	<-disk.entered
+	paused := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		paused <- m.mc.Transport.Pause(ctx)
+	}()
+	select {
+	case err := <-paused:
+		t.Fatalf("Pause returned (%v) with a request on the back-end", err)
+	default:
+	}
+	close(disk.release)
+	if err := <-paused; err != nil {
+		t.Fatal(err)
+	}
+	if n := m.queues[0].UsedIdx(); n != 1 {
+		t.Fatalf("used index %d after the pause, want the held request's 1", n)
+	}
+	st, err := m.dev.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Queues[0].Running || st.Queues[0].Base != 1 {
+		t.Fatalf("queue 0 saved as %+v, want running at base 1", st.Queues[0])
+	}
+	if u, ok, err := m.queues[0].GetUsed(); err != nil || !ok || u.ID != h || u.Data[0] != 0 {
+		t.Fatalf("the held request: %+v %v %v", u, ok, err)
+	}
+	m.mc.Transport.Resume()
+	m.write(t, 0, 51, pattern(51))
+	if got := m.read(t, 1, 50); !bytes.Equal(got, pattern(50)) {
+		t.Fatal("the held write did not land")
+	}
 }
