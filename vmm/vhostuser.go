@@ -75,6 +75,8 @@ func (v *VM) releaseVhostUser() error {
 // (built Deferred, or released) and, unless paused, starts its rings. It
 // tries them all; the error names the first that failed.
 func (v *VM) takeVhostUser() error {
+	// Devices plugged from now on connect at once.
+	v.vhostDeferred = false
 	start := time.Now()
 	devs := v.vhostUserDevices()
 	var first error
