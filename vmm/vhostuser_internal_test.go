@@ -229,11 +229,17 @@ func (u *vuGuest) submit(t *testing.T, typ uint32, sector uint64, data []byte, k
 }
 
 // complete waits until the used index reaches idx: the disk's signal
-// says the back-end served a request, and the used entry follows within
-// the back-end's push (a bounded wait on runtime.Gosched, no sleep).
+// says the back-end served a request (one signal may stand for several),
+// and the used entry follows within the back-end's push, which a bounded
+// spin on runtime.Gosched waits for (no sleep).
 func (u *vuGuest) complete(t *testing.T, idx uint16) {
 	t.Helper()
 	deadline := time.Now().Add(vuWait)
+	select {
+	case <-u.disk.done:
+	case <-time.After(vuWait):
+		t.Fatalf("the back-end served no request within %v", vuWait)
+	}
 	for {
 		used, err := u.mem.LoadUint16(u.q.UsedRing + 2)
 		must(t, err)
@@ -243,11 +249,7 @@ func (u *vuGuest) complete(t *testing.T, idx uint16) {
 		if time.Now().After(deadline) {
 			t.Fatalf("used index %d, want %d, after %v", used, idx, vuWait)
 		}
-		select {
-		case <-u.disk.done:
-		case <-time.After(time.Millisecond):
-			runtime.Gosched()
-		}
+		runtime.Gosched()
 	}
 	st := make([]byte, 1)
 	_, err := u.mem.ReadAt(st, vuBuf+8192)
