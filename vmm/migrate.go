@@ -382,11 +382,11 @@ type IncomingMachine interface {
 	Machine
 	RAM() []migration.Region
 	RestoreState(*state.Snapshot) error
-	// TakeDisks opens the disks' images and attaches the NICs' TAPs,
+	// TakeResources opens the disks' images and attaches the NICs' TAPs,
 	// which the Machine was built without (the source held them until
 	// its stop-and-copy), once the state is restored and before the
 	// guest runs.
-	TakeDisks() error
+	TakeResources() error
 }
 
 var _ IncomingMachine = (*VM)(nil)
@@ -603,7 +603,7 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 	// take them now, before any vCPU runs. If that fails the source
 	// resumes with them (it hears "failed"), so the guest runs on one
 	// side only.
-	if err := m.TakeDisks(); err != nil {
+	if err := m.TakeResources(); err != nil {
 		m.Close()
 		err = fmt.Errorf("the destination cannot open the VM's %s (%w)", resourcesOf(err), err)
 		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())

@@ -204,18 +204,18 @@ func wantData(t *testing.T, b block.Backend, p []byte, off int64, what string) {
 	}
 }
 
-// hookedIncoming is a migration's destination VM whose TakeDisks runs the
+// hookedIncoming is a migration's destination VM whose TakeResources runs the
 // test's hook around the real one.
 type hookedIncoming struct {
 	IncomingMachine
 	take func(IncomingMachine) error
 }
 
-func (h *hookedIncoming) TakeDisks() error { return h.take(h.IncomingMachine) }
+func (h *hookedIncoming) TakeResources() error { return h.take(h.IncomingMachine) }
 
 // destination returns a Controller that receives migrations with real
 // VMs; built, if set, runs on each right after it is built, and take, if
-// set, instead of its TakeDisks (calling the real one itself).
+// set, instead of its TakeResources (calling the real one itself).
 func destination(t *testing.T, built func(*VM), take func(IncomingMachine) error) *Controller {
 	t.Helper()
 	c := NewController(Builder(IO{}, testOpts), nil)
@@ -351,7 +351,7 @@ func TestMigrationHandsDisksOver(t *testing.T) {
 					return errors.New(why)
 				}
 				took = true
-				return m.TakeDisks()
+				return m.TakeResources()
 			})
 			sendErr, recvErr := migrate(t, r.dir, src, dst, local, nil)
 			if sendErr != nil || recvErr != nil {
@@ -467,7 +467,7 @@ func TestMigrationFailsAfterRelease(t *testing.T) {
 			return err
 		}
 		defer other.Close()
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, recvErr := migrate(t, r.dir, src, dst, false, nil)
 	if recvErr == nil || !strings.Contains(recvErr.Error(), "cannot open the VM's disks") || !errors.Is(recvErr, raw.ErrLocked) {
@@ -488,7 +488,7 @@ func TestMigrationFailsAfterRelease(t *testing.T) {
 // (another process still holds one) stays paused, says so, and a later
 // vm.resume takes them first: it fails while the other holds on, and
 // succeeds once it lets go.
-func TestMigrationSourceCannotTakeDisksBack(t *testing.T) {
+func TestMigrationSourceCannotTakeResourcesBack(t *testing.T) {
 	r := newDiskRig(t, false)
 	src := r.source(t)
 	sv := vmOf(t, src)
@@ -499,7 +499,7 @@ func TestMigrationSourceCannotTakeDisksBack(t *testing.T) {
 			t.Errorf("the source did not release the raw disk: %v", err)
 			return err
 		}
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, _ := migrate(t, r.dir, src, dst, false, nil)
 	if other == nil {
@@ -535,7 +535,7 @@ func TestMigrationOutcomeUnknownKeepsDisksReleased(t *testing.T) {
 	var p *proxy
 	dst := destination(t, nil, func(m IncomingMachine) error {
 		p.cut() // the source hears nothing from here on
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, recvErr := migrate(t, r.dir, src, dst, false, func(to string) string {
 		p = newProxy(t, filepath.Join(r.dir, "proxy.sock"), to)
@@ -731,7 +731,7 @@ func TestMigrationReleaseFlushFails(t *testing.T) {
 	took := false
 	dst := destination(t, nil, func(m IncomingMachine) error {
 		took = true
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, recvErr := migrate(t, r.dir, src, dst, false, nil)
 	if sendErr == nil || !strings.Contains(sendErr.Error(), "cannot release disk raw for the destination: flushing the image before releasing it") {

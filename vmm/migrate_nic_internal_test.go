@@ -374,7 +374,7 @@ func TestMigrationHandsTAPOver(t *testing.T) {
 			return err
 		}
 		took = true
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, recvErr := migrate(t, r.dir, src, dst, false, nil)
 	if sendErr != nil || recvErr != nil {
@@ -444,7 +444,7 @@ func TestMigrationDestinationCannotAttachTAP(t *testing.T) {
 			return err
 		}
 		defer other.Close() // before the source hears "failed"
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, recvErr := migrate(t, r.dir, src, dst, false, nil)
 	if recvErr == nil || !strings.Contains(recvErr.Error(), "the destination cannot open the VM's TAP devices (NIC n0: ") || !errors.Is(recvErr, unix.EBUSY) {
@@ -536,7 +536,7 @@ func TestMigrationOutcomeUnknownKeepsTAPReleased(t *testing.T) {
 	var p *proxy
 	dst := destination(t, nil, func(m IncomingMachine) error {
 		p.cut() // the source hears nothing from here on
-		return m.TakeDisks()
+		return m.TakeResources()
 	})
 	sendErr, recvErr := migrate(t, r.dir, src, dst, false, func(to string) string {
 		p = newProxy(t, filepath.Join(r.dir, "proxy.sock"), to)

@@ -28,7 +28,7 @@ type Builder struct {
 	machines []*Machine
 	incoming *Incoming // the last Receive built
 	fail     error
-	diskErr  error // what the next Incoming's TakeDisks returns
+	diskErr  error // what the next Incoming's TakeResources returns
 	// Built receives every Machine as it is built (buffered; a test that
 	// does not read it loses nothing but the notification).
 	Built chan *Machine
@@ -44,10 +44,10 @@ func (b *Builder) Fail(err error) {
 	b.mu.Unlock()
 }
 
-// FailTakeDisks makes TakeDisks of the Machines Receive builds from now
+// FailTakeResources makes TakeResources of the Machines Receive builds from now
 // on fail with err (nil: succeed again), as a destination that cannot
 // open the source's disks.
-func (b *Builder) FailTakeDisks(err error) {
+func (b *Builder) FailTakeResources(err error) {
 	b.mu.Lock()
 	b.diskErr = err
 	b.mu.Unlock()
@@ -402,7 +402,7 @@ type Incoming struct {
 	*Machine
 	Regions []migration.Region
 	State   *state.Snapshot // what RestoreState got
-	// DisksTaken: TakeDisks succeeded (after RestoreState, before
+	// DisksTaken: TakeResources succeeded (after RestoreState, before
 	// Start, or it is a violation).
 	DisksTaken bool
 	diskErr    error
@@ -489,13 +489,13 @@ func (i *Incoming) RestoreState(s *state.Snapshot) error {
 	return nil
 }
 
-// TakeDisks implements vmm.IncomingMachine: it fails as FailTakeDisks
+// TakeResources implements vmm.IncomingMachine: it fails as FailTakeResources
 // said, and records the call.
-func (i *Incoming) TakeDisks() error {
+func (i *Incoming) TakeResources() error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if i.State == nil || i.started {
-		i.violation("TakeDisks before RestoreState or after Start")
+		i.violation("TakeResources before RestoreState or after Start")
 	}
 	if i.diskErr != nil {
 		return i.diskErr

@@ -25,7 +25,7 @@ func TestReceiveMigrationTakesDisks(t *testing.T) {
 		c, b, cfg := newController(t)
 		c.SetReceive(b.Receive)
 		if fail {
-			b.FailTakeDisks(errors.New("disk d0: the image is in use by another process"))
+			b.FailTakeResources(errors.New("disk d0: the image is in use by another process"))
 		}
 		mon := events.NewMonitor()
 		sub := mon.Subscribe(64)
