@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,6 +101,40 @@ func (v *hopVio) receivingURL(t *testing.T, ctx context.Context, n int, received
 	}
 }
 
+// firstReportWait bounds the wait for a migrated guest's first report:
+// migguest reports every pass, which takes well under a second in the lab.
+const firstReportWait = 2 * time.Minute
+
+// firstReport waits for the guest's first report on v after hop. A guest
+// that stays silent fails the test with what tells a stopped guest from a
+// stopped console: the VM's counters twice, a few seconds apart (do its
+// vCPUs still exit, does the UART still take bytes?), and vio's goroutine
+// dump (SIGQUIT), which goes to the test's stderr.
+func (v *hopVio) firstReport(t *testing.T, ctx context.Context, hop int) migLine {
+	t.Helper()
+	wait, cancel := context.WithTimeout(ctx, firstReportWait)
+	defer cancel()
+	select {
+	case l, ok := <-v.p.lines:
+		if !ok {
+			t.Fatalf("hop %d: %s's console closed", hop, v.name)
+		}
+		if l.bad != 0 {
+			t.Fatalf("hop %d: the guest on %s found %d pages that lost an update (pass %d)", hop, v.name, l.bad, l.pass)
+		}
+		return l
+	case <-wait.Done():
+	}
+	c1, _ := v.cl.Do(ctx, "GET", "vm.counters", nil)
+	time.Sleep(3 * time.Second) // the interval the two samples compare, not a synchronization
+	c2, _ := v.cl.Do(ctx, "GET", "vm.counters", nil)
+	info, _ := v.cl.Do(ctx, "GET", "vm.info", nil)
+	v.p.cmd.Process.Signal(syscall.SIGQUIT)
+	t.Fatalf("hop %d: the guest on %s reported nothing within %v of the migration (%d lines buffered).\nvm.counters:\n%s\n3 s later:\n%s\nvm.info: %.2000s\n(vio's goroutines follow on stderr)",
+		hop, v.name, firstReportWait, len(v.p.lines), c1, c2, info)
+	return migLine{}
+}
+
 // hopPlan says how migrateHops moves the VM.
 type hopPlan struct {
 	hops  int
@@ -170,7 +205,7 @@ func migrateHops(t *testing.T, ctx context.Context, vios [2]*hopVio, last migLin
 				drained = true
 			}
 		}
-		first := dst.p.next(t, ctx, dst.name)
+		first := dst.firstReport(t, ctx, hop)
 		if first.pass < last.pass {
 			t.Fatalf("hop %d: the guest on %s is at pass %d, behind its last report on %s (%d): it did not go on", hop, dst.name, first.pass, src.name, last.pass)
 		}
