@@ -4,7 +4,7 @@ GO ?= go
 # CI stays under 45; `make test FUZZTIME=1m` fuzzes longer.
 FUZZTIME ?= 5s
 
-.PHONY: all build setup demo test test-passthrough test-distro vet clean
+.PHONY: all build setup demo test test-passthrough test-distro soak-migration vet clean
 
 all: build
 
@@ -38,6 +38,12 @@ test-passthrough:
 # SeaBIOS in one lab: opt-in, see e2e/debian and docs/distro.md.
 test-distro:
 	VIO_DISTRO=1 $(GO) run ./cmd/vio-suite -no-fuzz ./e2e/debian
+
+# Live migration's soak: 20 TCP (pre-copy) and 20 same-host migrations
+# in a row of one dirtying guest, and 20 hops of a guest writing its disks
+# with fio while it holds a TCP connection (the suite makes a few of each).
+soak-migration:
+	VIO_MIGRATION_HOPS=20 $(GO) test -count=1 -timeout 90m -v -run '^(TestLiveMigration|TestLocalMigration|TestMigrationDisk)$$' ./e2e
 
 vet:
 	$(GO) vet ./...

@@ -15,6 +15,22 @@ import (
 	"github.com/viovmm/vio/api"
 )
 
+// migrationHops is how many migrations each migration test makes in a
+// row: def in the suite, or VIO_MIGRATION_HOPS (make soak-migration asks
+// for 20, the "20 migrations in a row").
+func migrationHops(t *testing.T, def int) int {
+	t.Helper()
+	v := os.Getenv("VIO_MIGRATION_HOPS")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("VIO_MIGRATION_HOPS=%q: give a number of hops, 1 or more", v)
+	}
+	return n
+}
+
 // hopVio is one of the two vio processes a VM migrates back and forth
 // between.
 type hopVio struct {

@@ -11,9 +11,10 @@ import (
 	"github.com/viovmm/vio/lab/labtest"
 )
 
-// localHops is how many same-host migrations TestLocalMigration makes,
-// back and forth between its two vio processes (the "20 in a row").
-const localHops = 20
+// localHops is how many same-host migrations TestLocalMigration makes in
+// the suite, back and forth between its two vio processes (make
+// soak-migration makes 20, see migrationHops).
+const localHops = 10
 
 // TestLocalMigration migrates a 1 GiB guest with shared RAM (a memfd)
 // between two vio processes on one host by passing the memfd (local):
@@ -62,7 +63,7 @@ func TestLocalMigration(t *testing.T) {
 	}
 
 	figs := migrateHops(t, ctx, vios, last, hopPlan{
-		hops:  localHops,
+		hops:  migrationHops(t, localHops),
 		local: true,
 		url:   func(hop int) string { return "unix:" + filepath.Join(dir, "mig"+strconv.Itoa(hop)+".sock") },
 		// What makes a hop local: no page of RAM was copied.

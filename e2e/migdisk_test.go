@@ -21,7 +21,8 @@ import (
 	"github.com/viovmm/vio/lab/labtest"
 )
 
-// migDiskHops is how many TCP migrations TestMigrationDisk makes.
+// migDiskHops is how many TCP migrations TestMigrationDisk makes in the
+// suite (make soak-migration: 20, see migrationHops).
 const migDiskHops = 4
 
 // migDiskPattern is what the guest writes at migDiskPatternOff of both
@@ -138,6 +139,7 @@ func TestMigrationDisk(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
+	hops := migrationHops(t, migDiskHops)
 	vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
 	put(t, ctx, vios[0].cl, "vm.create", `{
   "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
@@ -168,7 +170,7 @@ func TestMigrationDisk(t *testing.T) {
 	t.Logf("guest on a: pass %d, fio running on both disks, %d lines on its TCP stream; longest clock gap between reports: %v", last.pass, stream.count(), baseGap)
 	var afterHop int // the stream's lines when the last hop's migration was checked
 	figs := migrateHops(t, ctx, vios, last, hopPlan{
-		hops: migDiskHops,
+		hops: hops,
 		url:  func(int) string { return "tcp:127.0.0.1:0" },
 		check: func(m map[string]string) string {
 			if m["reason"] == "local" || m["data_pages"] == "0" {
@@ -204,7 +206,7 @@ func TestMigrationDisk(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	final := vios[migDiskHops%2]
+	final := vios[hops%2]
 	for vmState(t, ctx, final.cl) != "Shutdown" {
 		select {
 		case <-ctx.Done():
