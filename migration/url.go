@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 )
 
 // ErrBadURL is matched by errors about a migration URL; the error's text
@@ -51,20 +52,53 @@ func ParseURL(raw string) (Endpoint, error) {
 // Listen opens the endpoint for one incoming migration. A UNIX socket
 // file that exists already is refused, not replaced: it may be another
 // receiver's.
+//
+// The socket file appears only once it is listening: a sender that waits
+// for the file (as orchestrators do) would otherwise find it between
+// bind and listen and be refused. So the socket is made under a
+// temporary name and linked into place (link, unlike rename, never
+// replaces a file that appeared meanwhile).
 func Listen(e Endpoint) (net.Listener, error) {
-	if e.Network == "unix" {
-		if _, err := os.Lstat(e.Address); err == nil {
-			return nil, &urlError{fmt.Sprintf("cannot receive on %s: the file exists; remove it or name another path", e)}
+	if e.Network != "unix" {
+		l, err := net.Listen(e.Network, e.Address)
+		if err != nil {
+			return nil, &urlError{fmt.Sprintf("cannot receive on %s: %v", e, unwrapNet(err))}
 		}
+		return l, nil
 	}
-	l, err := net.Listen(e.Network, e.Address)
+	exists := &urlError{fmt.Sprintf("cannot receive on %s: the file exists; remove it or name another path", e)}
+	if _, err := os.Lstat(e.Address); err == nil {
+		return nil, exists
+	}
+	tmp := fmt.Sprintf("%s.%d.listening", e.Address, os.Getpid())
+	l, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, &urlError{fmt.Sprintf("cannot receive on %s: %v", e, unwrapNet(err))}
 	}
-	if ul, ok := l.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(true)
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	err = os.Link(tmp, e.Address)
+	os.Remove(tmp)
+	if err != nil {
+		l.Close()
+		if errors.Is(err, os.ErrExist) {
+			return nil, exists
+		}
+		return nil, &urlError{fmt.Sprintf("cannot receive on %s: %v", e, errors.Unwrap(err))}
 	}
-	return l, nil
+	return &unlinkListener{Listener: l, path: e.Address}, nil
+}
+
+// unlinkListener removes its socket file when closed.
+type unlinkListener struct {
+	net.Listener
+	path string
+	once sync.Once
+}
+
+func (l *unlinkListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { os.Remove(l.path) })
+	return err
 }
 
 // Accept waits for one connection on l until ctx ends, then closes l
