@@ -162,24 +162,39 @@ func (g *guest) failure(format string, args ...any) string {
 	return fmt.Sprintf(format, args...) + fmt.Sprintf("\n--- the console's last 60 lines:\n%s\n--- stderr:\n%s", g.con.tail(60), g.stderr.String())
 }
 
-// bootAndReport waits for the report's state line (the boot time) and its
-// end.
-func (g *guest) bootAndReport(t *testing.T, who string) time.Duration {
+// waitReport waits for the report's state line (its time is the boot
+// time) and its end.
+func (g *guest) waitReport() (time.Duration, error) {
 	i, at, err := g.con.waitFor("VIOREPORT state ", 0, bootDeadline)
 	if err != nil {
-		t.Fatal(g.failure("%s: %v", who, err))
+		return 0, err
 	}
-	boot := at.Sub(g.start)
-	t.Logf("%s: systemd reported %q %.1f s after %s started", who, g.con.prefixed("VIOREPORT state")[0], boot.Seconds(), who)
 	if _, _, err := g.con.waitFor("VIOREPORT end", i, reportDeadline); err != nil {
-		t.Fatal(g.failure("%s: %v", who, err))
+		return 0, err
 	}
+	return at.Sub(g.start), nil
+}
+
+// logReport logs the boot time and what the report says of the boot.
+func (g *guest) logReport(t *testing.T, who string) {
+	_, at, _ := g.con.waitFor("VIOREPORT state ", 0, 0)
+	t.Logf("%s: systemd reported %q %.1f s after %s started", who, g.con.prefixed("VIOREPORT state")[0], at.Sub(g.start).Seconds(), who)
 	// blame: the slowest units, to say where two VMMs' boots differ.
 	for _, k := range []string{"analyze", "blame", "cloudinit", "uptime"} {
 		for _, l := range g.con.prefixed("VIOREPORT " + k) {
 			t.Logf("%s: %s: %s", who, k, l)
 		}
 	}
+}
+
+// bootAndReport waits for the report and logs it, failing the test if
+// there is none.
+func (g *guest) bootAndReport(t *testing.T, who string) time.Duration {
+	boot, err := g.waitReport()
+	if err != nil {
+		t.Fatal(g.failure("%s: %v", who, err))
+	}
+	g.logReport(t, who)
 	return boot
 }
 
@@ -207,20 +222,81 @@ func TestDebianBoot(t *testing.T) {
 	}
 }
 
-func bootVio(t *testing.T, key string) time.Duration {
-	dir := t.TempDir()
-	disk := overlay(t, dir, "vio.qcow2")
-	uuid := newUUID(t)
-	ud, md := writeSeed(t, dir, userData(key), "vio-debian-"+uuid[:8])
-	g := startGuest(t, vioBin, "run",
-		"--disk", "path="+disk+",format=qcow2,backing=allow",
+// vioRun is one boot of the image under vio, run to its end: the boot
+// and the report, then SIGTERM and vio's exit.
+type vioRun struct {
+	g          *guest
+	dir, disk  string
+	uuid       string
+	boot       time.Duration
+	bootErr    error // no report (the console's tail is in failure)
+	stopWait   time.Duration
+	exitInTime bool
+}
+
+// runVio boots the image under vio and, once the guest has reported,
+// presses its power button (SIGTERM) and waits for vio to exit.
+func runVio(t *testing.T, key string) *vioRun {
+	r := &vioRun{dir: t.TempDir(), uuid: newUUID(t)}
+	r.disk = overlay(t, r.dir, "vio.qcow2")
+	ud, md := writeSeed(t, r.dir, userData(key), "vio-debian-"+r.uuid[:8])
+	r.g = startGuest(t, vioBin, "run",
+		"--disk", "path="+r.disk+",format=qcow2,backing=allow",
 		"--cloud-init", "user-data="+ud+",meta-data="+md,
 		"--memory", "1G", "--cpus", "2",
-		"--platform", "serial_number="+guestSerial+",uuid="+uuid,
+		"--platform", "serial_number="+guestSerial+",uuid="+r.uuid,
 		"--shutdown-timeout", shutdownWait.String())
-	boot := g.bootAndReport(t, "vio")
-	rep := func(k string) []string { return g.con.prefixed("VIOREPORT " + k) }
+	r.boot, r.bootErr = r.g.waitReport()
+	if r.bootErr != nil {
+		return r
+	}
+	stopped := time.Now()
+	if err := r.g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.g.exited:
+		r.exitInTime = true
+	case <-time.After(exitDeadline):
+	}
+	r.stopWait = time.Since(stopped)
+	return r
+}
 
+// labReset reports whether vio restarted the guest after a triple fault:
+// in this lab, nested guests reset on their own (QEMU's too, see
+// bootQEMU), and vio, as a PC does, boots them again.
+// A vio still running by then (no report, or no exit in time) is killed
+// first: its stderr is read only once it has exited.
+func (r *vioRun) labReset() bool {
+	select {
+	case <-r.g.exited:
+	default:
+		r.g.cmd.Process.Kill()
+		<-r.g.exited
+	}
+	return strings.Contains(r.g.stderr.String(), "guest triple-faulted")
+}
+
+// bootVio is TestDebianBoot's vio half: a run to its end (runVio), made
+// once more if the lab reset the guest, then the checks of what the
+// guest reported, of its stop and of its file system.
+func bootVio(t *testing.T, key string) time.Duration {
+	r := runVio(t, key)
+	if r.labReset() {
+		// Seen on 2026-12-07: vCPU 1 reset at 15.9 s of the kernel, and
+		// in another run during the shutdown, as QEMU's guest reset in a
+		// third. Reported, and the whole run made once more (LAB.md).
+		t.Logf("lab hazard: the guest triple-faulted and vio restarted it; running the whole boot once more. vio said:\n%s", r.g.stderr.String())
+		r = runVio(t, key)
+	}
+	g, boot := r.g, r.boot
+	if r.bootErr != nil {
+		t.Fatal(g.failure("vio: %v", r.bootErr))
+	}
+	g.logReport(t, "vio")
+	rep := func(k string) []string { return g.con.prefixed("VIOREPORT " + k) }
+	uuid, dir, disk := r.uuid, r.dir, r.disk
 	t.Run("running", func(t *testing.T) {
 		if s := rep("state"); len(s) != 1 || s[0] != "running" {
 			t.Errorf("systemctl is-system-running --wait: %q, want running", s)
@@ -264,20 +340,14 @@ func bootVio(t *testing.T, key string) time.Duration {
 		}
 	})
 
-	// Graceful stop: SIGTERM presses the power button; systemd shuts
-	// down and powers off; vio exits 0.
+	// Graceful stop: SIGTERM pressed the power button (runVio); systemd
+	// shut down and powered off; vio exits 0.
 	t.Run("graceful-stop", func(t *testing.T) {
-		stopped := time.Now()
-		if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-g.exited:
-		case <-time.After(exitDeadline):
+		if !r.exitInTime {
 			t.Fatal(g.failure("vio did not exit within %v of SIGTERM", exitDeadline))
 		}
 		err := g.waitErr
-		t.Logf("vio exited %.1f s after SIGTERM (%v)", time.Since(stopped).Seconds(), err)
+		t.Logf("vio exited %.1f s after SIGTERM (%v)", r.stopWait.Seconds(), err)
 		if err != nil {
 			t.Error(g.failure("vio after SIGTERM: %v, want exit status 0", err))
 		}
