@@ -121,145 +121,148 @@ var migDiskFact = regexp.MustCompile(`VIO-DISK (\w+)=(\S*)`)
 // reads back from both images on the host, and the first 8 MiB of each
 // (fio's region) hash on the host as the guest read them last.
 func TestMigrationDisk(t *testing.T) {
-	a := labtest.Assets(t)
-	dir := t.TempDir()
-	rawImg, qcowImg := filepath.Join(dir, "data.raw"), filepath.Join(dir, "data.qcow2")
-	box, result := filepath.Join(dir, "box.img"), filepath.Join(dir, "result.img")
-	run(t, "truncate", "-s", "64M", rawImg)
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcowImg, "64M")
-	run(t, "truncate", "-s", "1M", box)
-	run(t, "truncate", "-s", "1M", result)
-	migNetTAP(t)
-	stream := serveNetStream(t, fmt.Sprintf("%s:%d", migNetHostIP, migNetPort))
-	initrd, tools := labtest.Guest{
-		Script:   migDiskGuest,
-		Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net"},
-		Programs: []string{"/usr/bin/fio"},
-	}.Build(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
+	labRetry(t, func(t *testing.T, reset *labReset) {
+		a := labtest.Assets(t)
+		dir := t.TempDir()
+		rawImg, qcowImg := filepath.Join(dir, "data.raw"), filepath.Join(dir, "data.qcow2")
+		box, result := filepath.Join(dir, "box.img"), filepath.Join(dir, "result.img")
+		run(t, "truncate", "-s", "64M", rawImg)
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcowImg, "64M")
+		run(t, "truncate", "-s", "1M", box)
+		run(t, "truncate", "-s", "1M", result)
+		migNetTAP(t)
+		stream := serveNetStream(t, fmt.Sprintf("%s:%d", migNetHostIP, migNetPort))
+		initrd, tools := labtest.Guest{
+			Script:   migDiskGuest,
+			Modules:  []string{"virtio_pci", "virtio_blk", "virtio_net"},
+			Programs: []string{"/usr/bin/fio"},
+		}.Build(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
 
-	hops := migrationHops(t, migDiskHops)
-	vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
-	put(t, ctx, vios[0].cl, "vm.create", `{
-  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
-  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
-  "memory": {"size": `+strconv.Itoa(guestMemMiB<<20)+`},
-  "disks": [
-    {"id": "raw", "path": "`+rawImg+`", "image_type": "Raw"},
-    {"id": "qcow2", "path": "`+qcowImg+`", "image_type": "Qcow2"},
-    {"id": "box", "path": "`+box+`", "image_type": "Raw", "readonly": true},
-    {"id": "result", "path": "`+result+`", "image_type": "Raw"},
-    {"id": "tools", "path": "`+tools+`", "image_type": "Raw", "readonly": true}
-  ],
-  "net": [{"id": "n0", "tap": "`+migNetTap+`", "mac": "52:54:00:12:34:77"}],
-  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
-}`)
-	put(t, ctx, vios[0].cl, "vm.boot", "")
-	// A few reports: the guest runs, fio with it.
-	var last migLine
-	var baseGap time.Duration
-	for i := 0; i < 4; i++ {
-		last = vios[0].p.next(t, ctx, "a")
-		if i > 0 {
-			baseGap = max(baseGap, last.gap)
-		}
-	}
-	// The guest's TCP stream runs before the first hop.
-	stream.waitLines(t, ctx, 10, "before the first hop")
-	t.Logf("guest on a: pass %d, fio running on both disks, %d lines on its TCP stream; longest clock gap between reports: %v", last.pass, stream.count(), baseGap)
-	var afterHop int // the stream's lines when the last hop's migration was checked
-	figs := migrateHops(t, ctx, vios, last, hopPlan{
-		hops: hops,
-		url:  func(int) string { return "tcp:127.0.0.1:0" },
-		check: func(m map[string]string) string {
-			if m["reason"] == "local" || m["data_pages"] == "0" {
-				return "no RAM was copied"
+		hops := migrationHops(t, migDiskHops)
+		vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
+		put(t, ctx, vios[0].cl, "vm.create", `{
+	  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
+	  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+	  "memory": {"size": `+strconv.Itoa(guestMemMiB<<20)+`},
+	  "disks": [
+	    {"id": "raw", "path": "`+rawImg+`", "image_type": "Raw"},
+	    {"id": "qcow2", "path": "`+qcowImg+`", "image_type": "Qcow2"},
+	    {"id": "box", "path": "`+box+`", "image_type": "Raw", "readonly": true},
+	    {"id": "result", "path": "`+result+`", "image_type": "Raw"},
+	    {"id": "tools", "path": "`+tools+`", "image_type": "Raw", "readonly": true}
+	  ],
+	  "net": [{"id": "n0", "tap": "`+migNetTap+`", "mac": "52:54:00:12:34:77"}],
+	  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
+	}`)
+		put(t, ctx, vios[0].cl, "vm.boot", "")
+		// A few reports: the guest runs, fio with it.
+		var last migLine
+		var baseGap time.Duration
+		for i := 0; i < 4; i++ {
+			last = vios[0].p.next(t, ctx, "a")
+			if i > 0 {
+				baseGap = max(baseGap, last.gap)
 			}
-			if why := stream.check(); why != "" {
-				return "the guest's TCP stream: " + why
-			}
-			afterHop = stream.count()
-			return ""
-		},
-	})
-	t.Logf("MIGRATION with disks over TCP: %s", hopSummary(figs, baseGap))
-	// The stream goes on after the last hop: the destination's NIC has
-	// the TAP, and TCP retransmitted what the switchovers dropped.
-	stream.waitLines(t, ctx, afterHop+migNetAfter, "after the last hop")
-	if why := stream.check(); why != "" {
-		t.Fatalf("the guest's TCP stream: %s", why)
-	}
-	stream.mu.Lock()
-	t.Logf("the guest's TCP stream: one connection, %d lines in order (%d after the last hop was checked), longest silence between two lines %v",
-		stream.lines, stream.lines-afterHop, stream.maxGap.Round(time.Millisecond))
-	stream.mu.Unlock()
-
-	// The guest ends its fio round, writes its account and powers off.
-	f, err := os.OpenFile(box, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("GO"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	final := vios[hops%2]
-	for vmState(t, ctx, final.cl) != "Shutdown" {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the guest on %s did not finish and power off after GO", final.name)
-		case <-time.After(200 * time.Millisecond): // polling vm.info, as apiClient polls for its socket
 		}
-	}
-	acct, err := os.ReadFile(result)
-	if err != nil {
-		t.Fatal(err)
-	}
-	facts := map[string]string{}
-	for _, m := range migDiskFact.FindAllStringSubmatch(string(bytes.TrimRight(acct, "\x00")), -1) {
-		facts[m[1]] = m[2]
-	}
-	t.Logf("guest: %v", facts)
-	if facts["complete"] != "1" {
-		t.Fatalf("the guest's account is incomplete: %q", bytes.TrimRight(acct, "\x00"))
-	}
-	if facts["fails"] != "0" || facts["ioerr"] != "0" || facts["fioerr"] != "err=0," {
-		t.Fatalf("the guest saw an error: %v", facts)
-	}
-	if facts["go"] != "1" {
-		t.Fatalf("the guest stopped without the host's GO (after %s rounds): %v", facts["rounds"], facts)
-	}
-	if n, _ := strconv.Atoi(facts["rounds"]); n < 1 {
-		t.Fatalf("no fio round finished: %v", facts)
-	}
+		// The guest's TCP stream runs before the first hop.
+		stream.waitLines(t, ctx, 10, "before the first hop")
+		t.Logf("guest on a: pass %d, fio running on both disks, %d lines on its TCP stream; longest clock gap between reports: %v", last.pass, stream.count(), baseGap)
+		var afterHop int // the stream's lines when the last hop's migration was checked
+		figs := migrateHops(t, ctx, vios, last, hopPlan{
+			reset: reset,
+			hops:  hops,
+			url:   func(int) string { return "tcp:127.0.0.1:0" },
+			check: func(m map[string]string) string {
+				if m["reason"] == "local" || m["data_pages"] == "0" {
+					return "no RAM was copied"
+				}
+				if why := stream.check(); why != "" {
+					return "the guest's TCP stream: " + why
+				}
+				afterHop = stream.count()
+				return ""
+			},
+		})
+		t.Logf("MIGRATION with disks over TCP: %s", hopSummary(figs, baseGap))
+		// The stream goes on after the last hop: the destination's NIC has
+		// the TAP, and TCP retransmitted what the switchovers dropped.
+		stream.waitLines(t, ctx, afterHop+migNetAfter, "after the last hop")
+		if why := stream.check(); why != "" {
+			t.Fatalf("the guest's TCP stream: %s", why)
+		}
+		stream.mu.Lock()
+		t.Logf("the guest's TCP stream: one connection, %d lines in order (%d after the last hop was checked), longest silence between two lines %v",
+			stream.lines, stream.lines-afterHop, stream.maxGap.Round(time.Millisecond))
+		stream.mu.Unlock()
 
-	// The host's view of the images, after the last vio closed them.
-	run(t, "qemu-img", "check", "-q", "-f", "qcow2", qcowImg)
-	asRaw := filepath.Join(dir, "data-qcow2.raw")
-	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcowImg, asRaw)
-	want := []byte(strings.Repeat(migDiskPattern+"\n", migDiskPatternLen/len(migDiskPattern)+1)[:migDiskPatternLen])
-	for _, img := range []struct{ name, path, sum string }{
-		{"raw", rawImg, facts["sumraw"]},
-		{"qcow2", asRaw, facts["sumqcow2"]},
-	} {
-		b, err := os.ReadFile(img.path)
+		// The guest ends its fio round, writes its account and powers off.
+		f, err := os.OpenFile(box, os.O_WRONLY, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(b) < migDiskPatternOff+migDiskPatternLen {
-			t.Fatalf("the %s image is %d bytes", img.name, len(b))
+		if _, err := f.WriteAt([]byte("GO"), 0); err != nil {
+			t.Fatal(err)
 		}
-		if !bytes.Equal(b[migDiskPatternOff:migDiskPatternOff+migDiskPatternLen], want) {
-			t.Errorf("the %s image does not hold the pattern the guest wrote before the first hop", img.name)
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
 		}
-		sum := sha256.Sum256(b[:migDiskFioMiB<<20])
-		if got := hex.EncodeToString(sum[:]); got != img.sum {
-			t.Errorf("the %s image's first %d MiB hash to %s on the host, the guest read %s", img.name, migDiskFioMiB, got, img.sum)
+		final := vios[hops%2]
+		for vmState(t, ctx, final.cl) != "Shutdown" {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("the guest on %s did not finish and power off after GO", final.name)
+			case <-time.After(200 * time.Millisecond): // polling vm.info, as apiClient polls for its socket
+			}
 		}
-	}
+		acct, err := os.ReadFile(result)
+		if err != nil {
+			t.Fatal(err)
+		}
+		facts := map[string]string{}
+		for _, m := range migDiskFact.FindAllStringSubmatch(string(bytes.TrimRight(acct, "\x00")), -1) {
+			facts[m[1]] = m[2]
+		}
+		t.Logf("guest: %v", facts)
+		if facts["complete"] != "1" {
+			t.Fatalf("the guest's account is incomplete: %q", bytes.TrimRight(acct, "\x00"))
+		}
+		if facts["fails"] != "0" || facts["ioerr"] != "0" || facts["fioerr"] != "err=0," {
+			t.Fatalf("the guest saw an error: %v", facts)
+		}
+		if facts["go"] != "1" {
+			t.Fatalf("the guest stopped without the host's GO (after %s rounds): %v", facts["rounds"], facts)
+		}
+		if n, _ := strconv.Atoi(facts["rounds"]); n < 1 {
+			t.Fatalf("no fio round finished: %v", facts)
+		}
+
+		// The host's view of the images, after the last vio closed them.
+		run(t, "qemu-img", "check", "-q", "-f", "qcow2", qcowImg)
+		asRaw := filepath.Join(dir, "data-qcow2.raw")
+		run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcowImg, asRaw)
+		want := []byte(strings.Repeat(migDiskPattern+"\n", migDiskPatternLen/len(migDiskPattern)+1)[:migDiskPatternLen])
+		for _, img := range []struct{ name, path, sum string }{
+			{"raw", rawImg, facts["sumraw"]},
+			{"qcow2", asRaw, facts["sumqcow2"]},
+		} {
+			b, err := os.ReadFile(img.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) < migDiskPatternOff+migDiskPatternLen {
+				t.Fatalf("the %s image is %d bytes", img.name, len(b))
+			}
+			if !bytes.Equal(b[migDiskPatternOff:migDiskPatternOff+migDiskPatternLen], want) {
+				t.Errorf("the %s image does not hold the pattern the guest wrote before the first hop", img.name)
+			}
+			sum := sha256.Sum256(b[:migDiskFioMiB<<20])
+			if got := hex.EncodeToString(sum[:]); got != img.sum {
+				t.Errorf("the %s image's first %d MiB hash to %s on the host, the guest read %s", img.name, migDiskFioMiB, got, img.sum)
+			}
+		}
+	})
 }
 
 // netStream is the host's end of the guest's TCP stream: it accepts

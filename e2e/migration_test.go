@@ -131,44 +131,47 @@ const liveHops = 4
 // time, iterations, bytes, the VMM's downtime and the guest's longest
 // clock gap (its view of the downtime) go to the log.
 func TestLiveMigration(t *testing.T) {
-	if migGuest == "" {
-		t.Fatal("VIO_MIGGUEST is not set: run through TestMain")
-	}
-	a := labtest.Assets(t)
-	dir := t.TempDir()
-	initrd := migGuestInitrd(t, dir, 100)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-
-	vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
-	put(t, ctx, vios[0].cl, "vm.create", `{
-  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
-  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
-  "memory": {"size": `+strconv.Itoa(guestMemMiB<<20)+`},
-  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
-}`)
-	put(t, ctx, vios[0].cl, "vm.boot", "")
-	// A few reports: the guest runs, and its clock loop's usual gap.
-	var last migLine
-	var baseGap time.Duration
-	for i := 0; i < 4; i++ {
-		last = vios[0].p.next(t, ctx, "a")
-		if i > 0 { // the first interval holds the program's start
-			baseGap = max(baseGap, last.gap)
+	labRetry(t, func(t *testing.T, reset *labReset) {
+		if migGuest == "" {
+			t.Fatal("VIO_MIGGUEST is not set: run through TestMain")
 		}
-	}
-	t.Logf("guest on a: pass %d; longest clock gap while running undisturbed: %v", last.pass, baseGap)
-	figs := migrateHops(t, ctx, vios, last, hopPlan{
-		hops: migrationHops(t, liveHops),
-		// Port 0: the receiver picks a free port and names it in its
-		// receiving-migration event.
-		url: func(int) string { return "tcp:127.0.0.1:0" },
-		check: func(m map[string]string) string {
-			if m["reason"] == "local" || m["data_pages"] == "0" {
-				return "no RAM was copied"
+		a := labtest.Assets(t)
+		dir := t.TempDir()
+		initrd := migGuestInitrd(t, dir, 100)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+
+		vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
+		put(t, ctx, vios[0].cl, "vm.create", `{
+	  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
+	  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+	  "memory": {"size": `+strconv.Itoa(guestMemMiB<<20)+`},
+	  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
+	}`)
+		put(t, ctx, vios[0].cl, "vm.boot", "")
+		// A few reports: the guest runs, and its clock loop's usual gap.
+		var last migLine
+		var baseGap time.Duration
+		for i := 0; i < 4; i++ {
+			last = vios[0].p.next(t, ctx, "a")
+			if i > 0 { // the first interval holds the program's start
+				baseGap = max(baseGap, last.gap)
 			}
-			return ""
-		},
+		}
+		t.Logf("guest on a: pass %d; longest clock gap while running undisturbed: %v", last.pass, baseGap)
+		figs := migrateHops(t, ctx, vios, last, hopPlan{
+			reset: reset,
+			hops:  migrationHops(t, liveHops),
+			// Port 0: the receiver picks a free port and names it in its
+			// receiving-migration event.
+			url: func(int) string { return "tcp:127.0.0.1:0" },
+			check: func(m map[string]string) string {
+				if m["reason"] == "local" || m["data_pages"] == "0" {
+					return "no RAM was copied"
+				}
+				return ""
+			},
+		})
+		t.Logf("MIGRATION over TCP: %s", hopSummary(figs, baseGap))
 	})
-	t.Logf("MIGRATION over TCP: %s", hopSummary(figs, baseGap))
 }
