@@ -90,6 +90,9 @@ func allowList(pid int) []sysRule {
 		{name: "unlinkat", nr: unix.SYS_UNLINKAT},
 		{name: "mkdirat", nr: unix.SYS_MKDIRAT},
 		{name: "renameat", nr: unix.SYS_RENAMEAT},
+		// A migration receiver links its listening socket into place
+		// (migration.Listen); Landlock still decides where.
+		{name: "linkat", nr: unix.SYS_LINKAT},
 		{name: "fchmod", nr: unix.SYS_FCHMOD},
 		{name: "fchmodat", nr: unix.SYS_FCHMODAT},
 		{name: "memfd_create", nr: unix.SYS_MEMFD_CREATE},
