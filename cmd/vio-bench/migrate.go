@@ -75,6 +75,7 @@ type migResult struct {
 	srcDowntime, pause, send, resume time.Duration
 	guestGap, baseGap                time.Duration // migguest's longest clock gap across the migration and undisturbed; -1 if not measured
 	bytes                            uint64        // vio: the whole stream; QEMU: ram.transferred
+	pausedBytes                      uint64        // sent while paused: vio the stop-and-copy's share of the stream; QEMU ram.downtime-bytes
 	iterations                       int           // vio: iterations (the stop-and-copy included); QEMU: ram.dirty-sync-count
 	note                             string        // why pre-copy stopped
 	clock                            string        // the guest's clocksource
@@ -159,7 +160,8 @@ QEMU its query-migrate downtime (which ends at the source's last byte, not waiti
 guest gap: the longest gap in migguest's clock loop across the migration (undisturbed: its longest gap
 before it), the guest's own view: it only bounds the downtime from above, and only where the guest's
 clock runs on through the pause. bytes: vio everything on the stream (RAM, zero runs, device state);
-QEMU ram.transferred (RAM with page headers; device state not counted). iterations: vio's (the
+QEMU ram.transferred (RAM with page headers; device state not counted); while paused: vio the stream's bytes
+after the last pre-copy iteration (last pages and state), QEMU ram.downtime-bytes (RAM only). iterations: vio's (the
 stop-and-copy included), QEMU's ram.dirty-sync-count. QEMU runs marked 'forced' reached vio's cap of
 20 iterations and were made to stop and copy by raising their downtime-limit, as vio does at its cap.`
 
@@ -195,8 +197,8 @@ func (r migResult) line() string {
 	if r.pause+r.send+r.resume > 0 {
 		parts += ": pause " + ms(r.pause) + ", send " + ms(r.send) + ", resume " + ms(r.resume)
 	}
-	return fmt.Sprintf("total %6.1f s  downtime %5s ms (%s)  guest gap %s  %.1f MB  %d iterations (%s)  clock %s",
-		r.total.Seconds(), ms(r.downtime), parts, gap, float64(r.bytes)/1e6, r.iterations, r.note, r.clock)
+	return fmt.Sprintf("total %6.1f s  downtime %5s ms (%s)  guest gap %s  %.1f MB (%.2f MB paused)  %d iterations (%s)  clock %s",
+		r.total.Seconds(), ms(r.downtime), parts, gap, float64(r.bytes)/1e6, float64(r.pausedBytes)/1e6, r.iterations, r.note, r.clock)
 }
 
 // printMigrate prints one size and load: each figure's median over the
@@ -224,6 +226,7 @@ func printMigrate(w io.Writer, c migCase, vio, qemu []migResult, failed map[stri
 		{"guest's longest clock gap (ms)", func(r migResult) float64 { return ms(r.guestGap) }, "%10.0f"},
 		{"  undisturbed (ms)", func(r migResult) float64 { return ms(r.baseGap) }, "%10.0f"},
 		{"bytes sent (MB)", func(r migResult) float64 { return float64(r.bytes) / 1e6 }, "%10.1f"},
+		{"  of which while paused (MB)", func(r migResult) float64 { return float64(r.pausedBytes) / 1e6 }, "%10.2f"},
 		{"iterations", func(r migResult) float64 { return float64(r.iterations) }, "%10.0f"},
 	}
 	fmt.Fprintf(w, "  %-34s %10s %10s %9s\n", "", "vio", "qemu", "vio/qemu")
@@ -556,6 +559,30 @@ func lastVioEvent(evs []vioEvent, name string) (map[string]string, bool) {
 	return nil, false
 }
 
+// vioPausedBytes is what the last migration in evs sent in its
+// stop-and-copy: its migrated event's bytes less those of the last
+// pre-copy iteration's progress event.
+func vioPausedBytes(evs []vioEvent) (uint64, bool) {
+	var before uint64
+	for _, e := range evs {
+		switch e.Event {
+		case "migrating":
+			before = 0
+		case "migration-progress":
+			if e.Properties["final"] != "true" {
+				before, _ = strconv.ParseUint(e.Properties["bytes"], 10, 64)
+			}
+		case "migrated":
+			total, err := strconv.ParseUint(e.Properties["bytes"], 10, 64)
+			if err != nil || total < before || before == 0 {
+				return 0, false
+			}
+			return total - before, true
+		}
+	}
+	return 0, false
+}
+
 // vioMigrated reads the source's migrated event.
 func vioMigrated(m map[string]string) (migResult, error) {
 	var r migResult
@@ -692,6 +719,8 @@ func vioMigrateOnce(ctx context.Context, e *env, dir string, c migCase, initrd s
 	if res, err = vioMigrated(m); err != nil {
 		return res, src.fail(err)
 	}
+	b, _ := os.ReadFile(src.evFile)
+	res.pausedBytes, _ = vioPausedBytes(parseVioEvents(b))
 	res.clock, res.baseGap, res.guestGap = clock, baseGap, -1
 	if c.load == "dirty" {
 		if res.guestGap, err = guestAfter(ctx, dst.vmmProc); err != nil {
@@ -819,6 +848,7 @@ type qemuMigration struct {
 	ErrorDesc string `json:"error-desc"`
 	RAM       struct {
 		Transferred    uint64 `json:"transferred"`
+		DowntimeBytes  uint64 `json:"downtime-bytes"`
 		DirtySyncCount int    `json:"dirty-sync-count"`
 	} `json:"ram"`
 }
@@ -978,7 +1008,7 @@ func qemuMigrate(ctx context.Context, src, dst *vmmProc, sq, dq *qmpClient) (mig
 	res = migResult{
 		total: time.Duration(m.TotalTime) * time.Millisecond, downtime: resume.at.Sub(stop.at),
 		srcDowntime: time.Duration(m.Downtime) * time.Millisecond,
-		bytes:       m.RAM.Transferred, iterations: m.RAM.DirtySyncCount, note: "converged",
+		bytes:       m.RAM.Transferred, pausedBytes: m.RAM.DowntimeBytes, iterations: m.RAM.DirtySyncCount, note: "converged",
 	}
 	if forced {
 		res.note = "forced"

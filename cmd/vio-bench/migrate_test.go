@@ -51,7 +51,7 @@ func TestQMP(t *testing.T) {
 		`{"return": {}}`,
 		`{"return": {}}`,
 		`{"timestamp": {"seconds": 1765080000, "microseconds": 250000}, "event": "STOP"}`+"\r\n"+
-			`{"return": {"status": "completed", "total-time": 12345, "downtime": 42, "setup-time": 3, "ram": {"transferred": 123456789, "dirty-sync-count": 4, "total": 268574720, "duplicate": 60000, "normal": 30000, "mbps": 812.5}}}`,
+			`{"return": {"status": "completed", "total-time": 12345, "downtime": 42, "setup-time": 3, "ram": {"transferred": 123456789, "downtime-bytes": 65536, "dirty-sync-count": 4, "total": 268574720, "duplicate": 60000, "normal": 30000, "mbps": 812.5}}}`,
 		`{"error": {"class": "GenericError", "desc": "Failed to bind socket: Address already in use"}}`,
 		`{"timestamp": {"seconds": 1765080000, "microseconds": 900000}, "event": "RESUME"}`+"\r\n"+`{"return": {"status": "running", "singlestep": false, "running": true}}`,
 	)
@@ -77,7 +77,7 @@ func TestQMP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Status != "completed" || m.TotalTime != 12345 || m.Downtime != 42 || m.RAM.Transferred != 123456789 || m.RAM.DirtySyncCount != 4 {
+	if m.Status != "completed" || m.TotalTime != 12345 || m.Downtime != 42 || m.RAM.Transferred != 123456789 || m.RAM.DirtySyncCount != 4 || m.RAM.DowntimeBytes != 65536 {
 		t.Errorf("query-migrate read as %+v", m)
 	}
 	if _, err := q.execute("migrate-incoming", map[string]string{"uri": "tcp:127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "Address already in use") {
@@ -120,12 +120,20 @@ func TestVioMigrated(t *testing.T) {
 	file := `{"timestamp":{"secs":1,"nanos":5},"source":"vm","event":"booted","properties":null}
 {"timestamp":{"secs":9,"nanos":0},"source":"vm","event":"migrating","properties":{"destination_url":"tcp:127.0.0.1:40123"}}
 {"timestamp":{"secs":12,"nanos":0},"source":"vm","event":"migration-progress","properties":{"iteration":"1","final":"false","bytes":"1000"}}
+{"timestamp":{"secs":15,"nanos":0},"source":"vm","event":"migration-progress","properties":{"iteration":"2","final":"false","bytes":"20000000"}}
+{"timestamp":{"secs":20,"nanos":0},"source":"vm","event":"migration-progress","properties":{"iteration":"3","final":"true","bytes":"20480000"}}
 {"timestamp":{"secs":20,"nanos":0},"source":"vm","event":"migrated","properties":{"destination_url":"tcp:127.0.0.1:40123","iterations":"3","bytes":"20480000","data_pages":"5000","zero_pages":"60000","total_ms":"11000","downtime_ms":"310","reason":"converged","pause_ms":"12","send_ms":"250","resume_ms":"48"}}
 not json
 `
 	evs := parseVioEvents([]byte(file))
-	if len(evs) != 4 {
-		t.Fatalf("%d events, want 4", len(evs))
+	if len(evs) != 6 {
+		t.Fatalf("%d events, want 6", len(evs))
+	}
+	if n, ok := vioPausedBytes(evs); !ok || n != 480000 {
+		t.Errorf("paused bytes %d %v, want 480000", n, ok)
+	}
+	if _, ok := vioPausedBytes(evs[:4]); ok {
+		t.Error("paused bytes without a migrated event")
 	}
 	if m, ok := lastVioEvent(evs, "migrating"); !ok || m["destination_url"] != "tcp:127.0.0.1:40123" {
 		t.Errorf("migrating: %v", m)
