@@ -861,6 +861,38 @@ func parseQEMUMigration(b json.RawMessage) (qemuMigration, error) {
 	return m, nil
 }
 
+// qemuCompleted waits until the source of a completed migration is in
+// "postmigrate" and reads query-migrate once more.
+func qemuCompleted(ctx context.Context, sq *qmpClient) (qemuMigration, error) {
+	for {
+		b, err := sq.execute("query-status", nil)
+		if err != nil {
+			return qemuMigration{}, err
+		}
+		var st struct {
+			Status string `json:"status"`
+		}
+		json.Unmarshal(b, &st)
+		if st.Status == "postmigrate" {
+			break
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return qemuMigration{}, fmt.Errorf("the source is %q, not postmigrate, after the migration completed: %w", st.Status, ctx.Err())
+		}
+	}
+	b, err := sq.execute("query-migrate", nil)
+	if err != nil {
+		return qemuMigration{}, err
+	}
+	m, err := parseQEMUMigration(b)
+	if err == nil && (m.Status != "completed" || m.TotalTime <= 0) {
+		err = fmt.Errorf("query-migrate after the migration: status %q, total-time %d ms", m.Status, m.TotalTime)
+	}
+	return m, err
+}
+
 // qemuMigArgs is QEMU's command line for the benchmark's guest: the same
 // kernel, initramfs, command line, RAM and vCPU as vio's.
 func qemuMigArgs(e *env, mib int, initrd, qmp string) []string {
@@ -960,6 +992,13 @@ func qemuMigrate(ctx context.Context, src, dst *vmmProc, sq, dq *qmpClient) (mig
 			return res, src.fail(err)
 		}
 		if m.Status == "completed" {
+			// QEMU 7.2 says "completed" before it computes total-time
+			// and downtime (both read 0 until then, seen in the lab);
+			// it does that, under its big lock, just before the source
+			// enters "postmigrate". Read them after that.
+			if m, err = qemuCompleted(ctx, sq); err != nil {
+				return res, src.fail(err)
+			}
 			break
 		}
 		if m.Status == "failed" || m.Status == "cancelled" {

@@ -267,3 +267,26 @@ func TestPrintMigrate(t *testing.T) {
 		t.Errorf("the idle table:\n%s", out)
 	}
 }
+
+// TestQEMUCompleted: QEMU 7.2 answers "completed" with total-time 0 for a
+// moment; the figures are read once the source is in postmigrate.
+func TestQEMUCompleted(t *testing.T) {
+	q, _ := fakeQMP(t,
+		`{"return": {}}`,
+		`{"return": {"status": "finish-migrate", "running": false}}`,
+		`{"return": {"status": "postmigrate", "running": false}}`,
+		`{"return": {"status": "completed", "total-time": 2210, "downtime": 23, "ram": {"transferred": 98500000, "dirty-sync-count": 3}}}`,
+	)
+	m, err := qemuCompleted(context.Background(), q)
+	if err != nil || m.TotalTime != 2210 || m.Downtime != 23 {
+		t.Errorf("%+v, %v", m, err)
+	}
+	q, _ = fakeQMP(t,
+		`{"return": {}}`,
+		`{"return": {"status": "postmigrate", "running": false}}`,
+		`{"return": {"status": "completed", "total-time": 0, "downtime": 0, "ram": {"transferred": 98500000, "dirty-sync-count": 3}}}`,
+	)
+	if _, err := qemuCompleted(context.Background(), q); err == nil {
+		t.Error("total-time 0 accepted")
+	}
+}
