@@ -153,17 +153,18 @@ rounds:
 
 // migNotes says what the table's figures are.
 const migNotes = `
-total: the VMM's own figure (vio total_ms, QEMU total-time). downtime: from the source's pause to the
-destination's guest running (vio downtime_ms; QEMU: the destination's RESUME event's timestamp less the
-source's STOP event's, both QMP wall-clock stamps on this host). source's downtime: vio pause_ms + send_ms,
-QEMU its query-migrate downtime (which ends at the source's last byte, not waiting for the destination).
-guest gap: the longest gap in migguest's clock loop across the migration (undisturbed: its longest gap
-before it), the guest's own view: it only bounds the downtime from above, and only where the guest's
-clock runs on through the pause. bytes: vio everything on the stream (RAM, zero runs, device state);
-QEMU ram.transferred (RAM with page headers; device state not counted); while paused: vio the stream's bytes
-after the last pre-copy iteration (last pages and state), QEMU ram.downtime-bytes (RAM only). iterations: vio's (the
-stop-and-copy included), QEMU's ram.dirty-sync-count. QEMU runs marked 'forced' reached vio's cap of
-20 iterations and were made to stop and copy by raising their downtime-limit, as vio does at its cap.`
+total: the VMM's own figure (vio total_ms, QEMU total-time). downtime: from the source's pause
+to the destination's guest running (vio downtime_ms; QEMU: the destination's RESUME event's
+timestamp less the source's STOP event's, both QMP wall-clock stamps on this host). source's
+downtime: vio pause_ms + send_ms, QEMU its query-migrate downtime (which ends at the source's
+last byte, not waiting for the destination). guest gap: the longest gap in migguest's clock
+loop across the migration (undisturbed: its longest gap before it), the guest's own view,
+which bounds the downtime from above. bytes: vio everything on the stream (RAM, zero runs,
+device state); QEMU ram.transferred (RAM with page headers, no device state). while paused:
+vio the stream's bytes after the last pre-copy iteration (last pages and state), QEMU
+ram.downtime-bytes (RAM only). iterations: vio's (the stop-and-copy included), QEMU's
+ram.dirty-sync-count. QEMU runs marked 'forced' reached vio's cap of 20 iterations and were
+made to stop and copy by raising their downtime-limit, as vio does at its cap.`
 
 var errBudget = errors.New("the -timeout leaves too little for another guest run")
 
