@@ -47,62 +47,17 @@ const (
 	migNetAfter = 20
 )
 
-// migDiskGuest first opens a TCP connection to the host's server and
-// writes numbered lines on it, about 10 a second, for as long as it runs
-// (busybox nc: a connection that breaks is not opened again). Then it
-// writes the pattern to both data disks (vda raw, vdb qcow2), then runs
-// rounds of fio --verify on both at once (new random data each round)
-// until the host writes GO into the mailbox disk (vdc), and writes its
-// account to the result disk (vdd) before it powers off. Meanwhile it
-// reports every second as migguest does ("VIO-MIG pass=N bad=N gap_us=N",
-// which migrateHops reads): pass counts the seconds, bad the failed fio
-// rounds and the kernel's I/O errors so far, so that a failure shows at
-// once, and gap_us is the guest clock's time between two reports.
-var migDiskGuest = `
-echo 0 > /tmp/fails
-ip link set eth0 up && ip addr add ` + migNetGuestIP + `/24 dev eth0
+// migDiskPrelude opens a TCP connection to the host's server and writes
+// numbered lines on it, about 10 a second, for as long as the guest runs
+// (busybox nc: a connection that breaks is not opened again).
+var migDiskPrelude = `ip link set eth0 up && ip addr add ` + migNetGuestIP + `/24 dev eth0
 ( i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done ) | nc ` + migNetHostIP + ` ` + strconv.Itoa(migNetPort) + ` &
-yes "` + migDiskPattern + `" | head -c ` + strconv.Itoa(migDiskPatternLen) + ` > /tmp/pattern
-for d in vda vdb; do
-	dd if=/tmp/pattern of=/dev/$d bs=65536 seek=` + strconv.Itoa(migDiskPatternOff/65536) + ` conv=fsync 2>/dev/null || echo 1 > /tmp/fails
-done
-( n=0; prev=$(cut -d' ' -f1 /proc/uptime)
-  while :; do
-	sleep 1
-	n=$((n+1))
-	now=$(cut -d' ' -f1 /proc/uptime)
-	bad=$(( $(cat /tmp/fails) + $(dmesg | grep -c 'I/O error') ))
-	echo "VIO-MIG pass=$n bad=$bad gap_us=$(awk -v a=$prev -v b=$now 'BEGIN { printf "%d", (b-a)*1000000 }')"
-	prev=$now
-  done ) &
-rounds=0
-while :; do
-	fio --ioengine=psync --direct=1 --bs=4k --rw=randwrite --size=` + strconv.Itoa(migDiskFioMiB) + `M --randrepeat=0 \
-		--verify=crc32c --do_verify=1 --verify_fatal=1 \
-		--name=raw --filename=/dev/vda --name=qcow2 --filename=/dev/vdb > /tmp/fio.log 2>&1
-	if [ $? -ne 0 ]; then
-		echo $(( $(cat /tmp/fails) + 1 )) > /tmp/fails
-		cp /tmp/fio.log /tmp/fio.failed
-	fi
-	rounds=$((rounds+1))
-	dd if=/dev/vdc bs=512 count=1 iflag=direct 2>/dev/null | grep -q GO && break
-	[ $rounds -ge 1000 ] && break
-done
-{
-	echo "VIO-DISK rounds=$rounds"
-	echo "VIO-DISK fails=$(cat /tmp/fails)"
-	echo "VIO-DISK go=$(dd if=/dev/vdc bs=512 count=1 iflag=direct 2>/dev/null | grep -c GO)"
-	echo "VIO-DISK fioerr=$(grep -o 'err= *[0-9]*' /tmp/fio.log | tr -d ' ' | sort -u | tr '\n' ',')"
-	echo "VIO-DISK failure=$(grep -m1 -iE 'verify|error' /tmp/fio.failed 2>/dev/null | tr -c 'A-Za-z0-9=:,.\n' '_')"
-	echo "VIO-DISK ioerr=$(dmesg | grep -c 'I/O error')"
-	echo "VIO-DISK sumraw=$(dd if=/dev/vda bs=1M count=` + strconv.Itoa(migDiskFioMiB) + ` iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
-	echo "VIO-DISK sumqcow2=$(dd if=/dev/vdb bs=1M count=` + strconv.Itoa(migDiskFioMiB) + ` iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
-	echo "VIO-DISK complete=1"
-} > /tmp/result
-dd if=/tmp/result of=/dev/vdd bs=4096 count=1 conv=sync,fsync 2>/dev/null
-echo VIO-DISK-DONE
-poweroff -f
 `
+
+// migDiskGuest is migDiskPrelude, then fioMigGuest on both data disks at
+// once (vda raw, vdb qcow2), the mailbox on vdc and the result disk vdd.
+var migDiskGuest = fioMigGuest(migDiskPrelude,
+	[]fioMigDisk{{"/dev/vda", "raw"}, {"/dev/vdb", "qcow2"}}, "--ioengine=psync", "/dev/vdc", "/dev/vdd")
 
 var migDiskFact = regexp.MustCompile(`VIO-DISK (\w+)=(\S*)`)
 

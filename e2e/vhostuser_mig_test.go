@@ -20,52 +20,9 @@ import (
 // before its local one.
 const vuMigTCPHops = 3
 
-// vuMigGuest writes a pattern to its vhost-user disk (vda), then runs
-// rounds of fio --verify on it (new random data each round) until the
-// host writes GO into the mailbox disk (vdb), and writes its account to
-// the result disk (vdc) before it powers off; meanwhile it reports every
-// second as migguest does ("VIO-MIG pass=N bad=N gap_us=N", which
-// migrateHops reads), bad counting the failed fio rounds and the kernel's
-// I/O errors so far, so that a failure shows at once.
-var vuMigGuest = `
-echo 0 > /tmp/fails
-yes "` + migDiskPattern + `" | head -c ` + strconv.Itoa(migDiskPatternLen) + ` > /tmp/pattern
-dd if=/tmp/pattern of=/dev/vda bs=65536 seek=` + strconv.Itoa(migDiskPatternOff/65536) + ` conv=fsync 2>/dev/null || echo 1 > /tmp/fails
-( n=0; prev=$(cut -d' ' -f1 /proc/uptime)
-  while :; do
-	sleep 1
-	n=$((n+1))
-	now=$(cut -d' ' -f1 /proc/uptime)
-	bad=$(( $(cat /tmp/fails) + $(dmesg | grep -c 'I/O error') ))
-	echo "VIO-MIG pass=$n bad=$bad gap_us=$(awk -v a=$prev -v b=$now 'BEGIN { printf "%d", (b-a)*1000000 }')"
-	prev=$now
-  done ) &
-rounds=0
-while :; do
-	fio --ioengine=libaio --iodepth=8 --direct=1 --bs=4k --rw=randwrite --size=` + strconv.Itoa(migDiskFioMiB) + `M --randrepeat=0 \
-		--verify=crc32c --do_verify=1 --verify_fatal=1 --name=vu --filename=/dev/vda > /tmp/fio.log 2>&1
-	if [ $? -ne 0 ]; then
-		echo $(( $(cat /tmp/fails) + 1 )) > /tmp/fails
-		cp /tmp/fio.log /tmp/fio.failed
-	fi
-	rounds=$((rounds+1))
-	dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | grep -q GO && break
-	[ $rounds -ge 1000 ] && break
-done
-{
-	echo "VIO-DISK rounds=$rounds"
-	echo "VIO-DISK fails=$(cat /tmp/fails)"
-	echo "VIO-DISK go=$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | grep -c GO)"
-	echo "VIO-DISK fioerr=$(grep -o 'err= *[0-9]*' /tmp/fio.log | tr -d ' ' | sort -u | tr '\n' ',')"
-	echo "VIO-DISK failure=$(grep -m1 -iE 'verify|error' /tmp/fio.failed 2>/dev/null | tr -c 'A-Za-z0-9=:,.\n' '_')"
-	echo "VIO-DISK ioerr=$(dmesg | grep -c 'I/O error')"
-	echo "VIO-DISK sum=$(dd if=/dev/vda bs=1M count=` + strconv.Itoa(migDiskFioMiB) + ` iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
-	echo "VIO-DISK complete=1"
-} > /tmp/result
-dd if=/tmp/result of=/dev/vdc bs=4096 count=1 conv=sync,fsync 2>/dev/null
-echo VIO-DISK-DONE
-poweroff -f
-`
+// vuMigGuest is fioMigGuest on the vhost-user disk (vda) at iodepth 8,
+// the mailbox on vdb and the result disk vdc.
+var vuMigGuest = fioMigGuest("", []fioMigDisk{{"/dev/vda", ""}}, "--ioengine=libaio --iodepth=8", "/dev/vdb", "/dev/vdc")
 
 // TestVhostUserMigration migrates a guest whose disk a vhost-user
 // back-end serves (qemu-storage-daemon, exporting a raw image as
