@@ -519,16 +519,6 @@ func virtfs(path, tag string, ro bool) string {
 	return s
 }
 
-// tcgThreads is QEMU's TCG threading: "multi" (a host thread per L1
-// vCPU) unless VIO_LAB_TCG=single asks for one thread for all, to compare
-// how often the nested guests misbehave under each.
-func tcgThreads() string {
-	if os.Getenv("VIO_LAB_TCG") == "single" {
-		return "single"
-	}
-	return "multi"
-}
-
 func qemuArgs(cfg Config, a *assets.Assets, l1, ctl string) ([]string, error) {
 	// no_timer_check: on a loaded host, TCG can be too slow for the
 	// kernel's IO-APIC timer self-test, and with interrupt remapping
@@ -544,7 +534,7 @@ func qemuArgs(cfg Config, a *assets.Assets, l1, ctl string) ([]string, error) {
 		machine = "q35"
 	}
 	args := []string{
-		"-accel", "tcg,thread=" + tcgThreads(), "-machine", machine, "-cpu", "max,+svm",
+		"-accel", "tcg,thread=multi", "-machine", machine, "-cpu", "max,+svm",
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMiB),
 		"-nodefaults", "-display", "none", "-no-reboot", "-nic", "none",
 		"-kernel", a.Kernel, "-initrd", l1,
