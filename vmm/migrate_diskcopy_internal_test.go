@@ -326,7 +326,9 @@ func TestMigrationCopyRefused(t *testing.T) {
 				return "disk raw: there is no image at " + p["raw"] + " here to copy it into: create an empty one of 8388608 bytes there"
 			}},
 		"the source's own": {func() map[string]string { return map[string]string{"raw": r.raw} },
-			func(map[string]string) string { return "disk raw: the image " + r.raw + " here is in use by another process" }},
+			func(map[string]string) string {
+				return "disk raw: the image " + r.raw + " here is in use by another process"
+			}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			paths := c.paths()
