@@ -86,7 +86,11 @@ func openExport(d *config.Disk, size int64, log *slog.Logger) (block.Backend, er
 	}
 	// Asked first: the image layers' own errors do not all say it.
 	if _, err := os.Stat(d.Path); errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("disk %s: there is no image at %s here to copy it into: create an empty one of %d bytes there (vio image create -f raw %s %d) before migrating", d.ID, d.Path, size, d.Path, size)
+		format := "raw"
+		if d.ImageType == config.ImageQcow2 {
+			format = "qcow2"
+		}
+		return nil, fmt.Errorf("disk %s: there is no image at %s here to copy it into: create an empty one of %d bytes there (vio image create -f %s %s %d) before migrating", d.ID, d.Path, size, format, d.Path, size)
 	}
 	be, err := openDisk(d, cache, func(msg string) { log.Warn(msg, "disk", d.ID) })
 	switch {
