@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"time"
@@ -25,6 +26,30 @@ type sendMigrationRequest struct {
 	Connections     *int64 `json:"connections"`
 	TLSDir          string `json:"tls_dir"`
 	MemoryMode      string `json:"memory_mode"`
+	// CopyDisks (a vio extension) is true (every writable disk with a
+	// path) or a list of disk ids: disks not on shared storage, copied
+	// into the destination's own images (docs/migration.md).
+	CopyDisks json.RawMessage `json:"copy_disks"`
+}
+
+// parseCopyDisks reads copy_disks: true, false, null or a list of ids.
+func parseCopyDisks(raw json.RawMessage) (ids []string, all bool, err error) {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || string(t) == "null" || string(t) == "false" {
+		return nil, false, nil
+	}
+	if string(t) == "true" {
+		return nil, true, nil
+	}
+	if err := json.Unmarshal(t, &ids); err != nil || len(ids) == 0 {
+		return nil, false, errorf(http.StatusBadRequest, "copy_disks: give true (every writable disk) or a non-empty list of disk ids, such as [\"disk0\"]")
+	}
+	for _, id := range ids {
+		if id == "" {
+			return nil, false, errorf(http.StatusBadRequest, "copy_disks: a disk id is empty")
+		}
+	}
+	return ids, false, nil
 }
 
 // sendMigration migrates the VM (docs/migration.md); the answer comes
@@ -37,6 +62,10 @@ func (s *Server) sendMigration(w http.ResponseWriter, r *http.Request) error {
 	// local (the memfd passed, not copied) is checked by the Controller,
 	// which knows the URL's kind and whether guest RAM is shared.
 	sm := vmm.SendMigration{DestinationURL: req.DestinationURL, TLSDir: req.TLSDir, Local: req.Local}
+	var err error
+	if sm.CopyDisks, sm.CopyAllDisks, err = parseCopyDisks(req.CopyDisks); err != nil {
+		return err
+	}
 	switch {
 	case req.DestinationURL == "":
 		return errorf(http.StatusBadRequest, "vm.send-migration needs destination_url: tcp:HOST:PORT or unix:/path, where vm.receive-migration waits")
@@ -77,6 +106,9 @@ type receiveMigrationRequest struct {
 	TLSDir      string            `json:"tls_dir"`
 	MemoryMode  string            `json:"memory_mode"`
 	ZoneUpdates []json.RawMessage `json:"zone_updates"`
+	// DiskPaths (a vio extension) gives disks the source copies paths
+	// here other than their config's: disk id to path.
+	DiskPaths map[string]string `json:"disk_paths"`
 }
 
 // receiveMigration waits for one migration and answers once the VM runs.
@@ -93,7 +125,12 @@ func (s *Server) receiveMigration(w http.ResponseWriter, r *http.Request) error 
 	case len(req.ZoneUpdates) > 0:
 		return errorf(http.StatusNotImplemented, "vm.receive-migration cannot apply zone_updates: vio has no memory zones; leave it out")
 	}
-	if err := s.ctl.ReceiveMigration(r.Context(), vmm.ReceiveMigration{ReceiverURL: req.ReceiverURL, TLSDir: req.TLSDir}); err != nil {
+	for id, p := range req.DiskPaths {
+		if id == "" || p == "" {
+			return errorf(http.StatusBadRequest, "disk_paths maps disk ids to paths on this host, such as {\"disk0\": \"/var/lib/vio/disk0.raw\"}; an id or a path is empty")
+		}
+	}
+	if err := s.ctl.ReceiveMigration(r.Context(), vmm.ReceiveMigration{ReceiverURL: req.ReceiverURL, TLSDir: req.TLSDir, DiskPaths: req.DiskPaths}); err != nil {
 		return err
 	}
 	noContent(w)

@@ -37,6 +37,39 @@ func FuzzReceive(f *testing.F) {
 	})
 }
 
+// FuzzReceiveDisks is FuzzReceive for a source that copies disks: the
+// disks record and the progress records before RAM. A VM is either
+// restored or discarded.
+func FuzzReceiveDisks(f *testing.F) {
+	head := func() *stream {
+		s := new(stream)
+		s.WriteString(migration.Magic)
+		s.u32(migration.Version).u32(2).config(`{}`)
+		payload := append(make([]byte, 16), 1, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 2, 'd', '0')
+		s.record(9, uint32(len(payload)))
+		s.Write(payload)
+		return s
+	}
+	f.Add(head().layout().record(10, 16).u64(1).u64(2).data(0, 1, 1).iteration(1, 1).state().done().Bytes())
+	f.Add(head().layout().data(0, 1, 1).record(10, 16).u64(1).u64(2).Bytes())
+	f.Add(head().Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tgt := &migrationtest.DiskTarget{Target: migrationtest.Target{Sizes: []int{8 * page, 4 * page}}}
+		rec, err := migration.Receive(context.Background(), &rw{Reader: bytes.NewReader(b)}, tgt, migration.ReceiveOptions{})
+		if err == nil {
+			if rec == nil || !tgt.Built[0].Restored {
+				t.Fatal("accepted but not restored")
+			}
+			return
+		}
+		for _, in := range tgt.Built {
+			if !in.Discarded || in.Restored {
+				t.Fatal("a failed migration kept its VM")
+			}
+		}
+	})
+}
+
 // segConn is a UNIX socket as a local migration's receiver sees it: the
 // source's bytes come in segments, each readable only once the receiver
 // has replied to the one before (a source waits for "send the memory"

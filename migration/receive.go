@@ -43,6 +43,9 @@ type ReceiveOptions struct {
 	Idle time.Duration
 	// Progress, if set, hears of each iteration the source ends.
 	Progress func(Progress)
+	// DiskProgress, if set, hears of the source's disk copy as it
+	// reports it (disks.go).
+	DiskProgress func(copied, total uint64)
 }
 
 // Received is a migration whose VM has all its RAM and state. The caller
@@ -82,7 +85,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, t Target, o ReceiveOptions
 	// Buffered: frames are 8 bytes, and a syscall each would cost more
 	// than the page they announce.
 	br := bufio.NewReaderSize(conn, 1<<20)
-	rx := &receiver{r: br, br: br, conn: conn, dl: dl, idle: o.Idle, progress: o.Progress, start: time.Now()}
+	rx := &receiver{r: br, br: br, conn: conn, dl: dl, idle: o.Idle, progress: o.Progress, diskProg: o.DiskProgress, start: time.Now()}
 	rec, err := rx.run(t, conn)
 	if err != nil {
 		if rx.in != nil {
@@ -111,6 +114,7 @@ type receiver struct {
 	dl       deadliner
 	idle     time.Duration
 	progress func(Progress)
+	diskProg func(copied, total uint64)
 	start    time.Time
 
 	in      Incoming
@@ -119,6 +123,7 @@ type receiver struct {
 	stats   Stats
 	iter    uint32
 	local   bool // a same-host migration: RAM is shared, not sent
+	disks   bool // the source copies disks (disks.go)
 }
 
 func (rx *receiver) next() (frame, error) {
@@ -151,7 +156,10 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 	if err != nil {
 		return nil, err
 	}
-	rx.local = flags&flagLocal != 0
+	rx.local, rx.disks = flags&flagLocal != 0, flags&flagDisks != 0
+	if rx.local && rx.disks {
+		return nil, protoErr("a local migration that copies disks")
+	}
 	f, err := rx.expect(recConfig)
 	if err != nil {
 		return nil, err
@@ -165,7 +173,7 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 			return nil, err
 		}
 	} else {
-		if rx.in, err = t.Build(cfg); err != nil {
+		if rx.in, err = rx.build(t, cfg); err != nil {
 			return nil, err
 		}
 		rx.ram = rx.in.RAM()
@@ -198,6 +206,13 @@ func (rx *receiver) run(t Target, w io.Writer) (*Received, error) {
 				return nil, protoErr("RAM after the device state")
 			}
 			if err := rx.pages(f); err != nil {
+				return nil, err
+			}
+		case recDiskProgress:
+			if !rx.disks || rx.iter != 0 || rx.stats.DataPages+rx.stats.ZeroPages != 0 {
+				return nil, protoErr("disk progress record after RAM, or without disks")
+			}
+			if err := rx.diskProgress(); err != nil {
 				return nil, err
 			}
 		case recIteration:
@@ -380,4 +395,42 @@ func (rx *receiver) buildShared(t Target, cfg []byte, w io.Writer) (Incoming, er
 		return in, err
 	}
 	return in, nil
+}
+
+// build builds the VM; with flagDisks it reads the disks record first and
+// has the target open its own images of them for the copy.
+func (rx *receiver) build(t Target, cfg []byte) (Incoming, error) {
+	if !rx.disks {
+		return t.Build(cfg)
+	}
+	f, err := rx.expect(recDisks)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readPayload(rx.r, f)
+	if err != nil {
+		return nil, err
+	}
+	token, disks, err := decodeDisks(b)
+	if err != nil {
+		return nil, err
+	}
+	dt, ok := t.(DiskTarget)
+	if !ok {
+		return nil, errors.New("this vio cannot take copies of the source's disks; put them on storage both hosts see and leave out copy_disks")
+	}
+	return dt.BuildCopying(cfg, disks, token)
+}
+
+func (rx *receiver) diskProgress() error {
+	var b [16]byte
+	if _, err := io.ReadFull(rx.r, b[:]); err != nil {
+		return protoErr("disk progress record: %v", eofIsUnexpected(err))
+	}
+	copied, total := le.Uint64(b[:]), le.Uint64(b[8:])
+	rx.stats.DiskBytes = copied
+	if rx.diskProg != nil {
+		rx.diskProg(copied, total)
+	}
+	return nil
 }

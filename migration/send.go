@@ -75,6 +75,13 @@ type Options struct {
 	// the destination has mapped RAM, and sends only the device state.
 	// Downtime, MaxIterations and Timeout do not apply.
 	Local bool
+	// Disks, if set, copies disks that are not on shared storage
+	// (disks.go): they are in sync before RAM is copied, and the time
+	// that takes counts against Timeout. Not with Local.
+	Disks DiskCopier
+	// DiskProgress, if set, hears of the disks' copy once a second while
+	// Send waits for it, and once when it is in sync.
+	DiskProgress func(copied, total uint64)
 }
 
 // Defaults.
@@ -122,6 +129,11 @@ type Stats struct {
 	// release), sending the last pages and the state, and the
 	// destination's restore and resume until its "running".
 	PauseTime, SendTime, ResumeTime time.Duration
+	// DiskBytes is what the disks' copy moved before they were in sync
+	// (their guest writes since go to both sides and are not counted),
+	// and DiskTime how long that took; zero without a disk copy.
+	DiskBytes uint64
+	DiskTime  time.Duration
 }
 
 // ErrOutcomeUnknown: the source sent everything but heard no answer, so
@@ -190,7 +202,9 @@ func Send(ctx context.Context, conn io.ReadWriter, src Source, o Options) (Stats
 		defer stop()
 	}
 	var err error
-	if o.Local {
+	if o.Local && o.Disks != nil && len(o.Disks.Disks()) > 0 {
+		err = &localError{"a local migration does not copy disks: the destination on this host opens the same images; leave out copy_disks"}
+	} else if o.Local {
 		err = s.runLocal(conn)
 	} else {
 		err = s.run(conn)
@@ -212,6 +226,9 @@ type sender struct {
 	dl    deadliner // nil if conn has no deadlines
 	ram   []Region
 	stats Stats
+	// With Options.Disks: the disks the record names, and its token.
+	disks []Disk
+	token Token
 }
 
 // preamble sends the stream's header (with flags), the VM's config and
@@ -222,6 +239,11 @@ func (s *sender) preamble(conn io.Reader, flags uint32, cfg []byte) error {
 	}
 	if err := s.enc.config(cfg); err != nil {
 		return err
+	}
+	if flags&flagDisks != 0 {
+		if err := s.enc.disks(s.token, s.disks); err != nil {
+			return err
+		}
 	}
 	if err := s.enc.layout(s.ram); err != nil {
 		return err
@@ -243,10 +265,23 @@ func (s *sender) run(conn io.Reader) error {
 			return fmt.Errorf("migration: RAM region %d is not a whole number of pages", i)
 		}
 	}
-	// The destination answers once it has built the VM: a config it
-	// cannot build fails here, before any RAM is sent.
-	if err := s.preamble(conn, 0, cfg); err != nil {
+	var flags uint32
+	if s.o.Disks != nil {
+		if s.disks = s.o.Disks.Disks(); len(s.disks) > 0 {
+			flags |= flagDisks
+			s.token = NewToken()
+		}
+	}
+	// The destination answers once it has built the VM (and opened the
+	// images it takes copies into): a config it cannot build fails
+	// here, before any RAM is sent.
+	if err := s.preamble(conn, flags, cfg); err != nil {
 		return err
+	}
+	if flags&flagDisks != 0 {
+		if err := s.copyDisks(); err != nil {
+			return err
+		}
 	}
 	if err := s.src.StartDirtyLog(); err != nil {
 		return fmt.Errorf("starting dirty logging: %w", err)
@@ -272,6 +307,9 @@ func (s *sender) run(conn io.Reader) error {
 		left := countPages(dirty)
 		s.report(Progress{Iteration: iter, DirtyPages: n, Bandwidth: bw, Remaining: left})
 		if err := s.ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.disksErr(); err != nil {
 			return err
 		}
 		st, why := nextStep(iter, left, bw, time.Since(s.start), s.o)
@@ -525,4 +563,66 @@ func countPages(dirty [][]uint64) uint64 {
 		}
 	}
 	return n
+}
+
+// copyDisks starts the disks' copy and waits until every disk is in sync,
+// telling the destination how far it got once a second (which also keeps
+// the stream inside the receiver's idle bound). It fails when a copy
+// fails, when ctx ends, and when Timeout passes first, whatever the
+// timeout strategy: the switchover needs the disks in sync.
+func (s *sender) copyDisks() error {
+	dc := s.o.Disks
+	start := time.Now()
+	if err := dc.Start(s.token); err != nil {
+		return fmt.Errorf("starting the disks' copy: %w", err)
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	tell := func() error {
+		copied, total := dc.Progress()
+		s.stats.DiskBytes = copied
+		if s.o.DiskProgress != nil {
+			s.o.DiskProgress(copied, total)
+		}
+		if err := s.enc.diskProgress(copied, total); err != nil {
+			return s.ioErr(err)
+		}
+		if err := s.enc.flush(); err != nil {
+			return s.ioErr(err)
+		}
+		return nil
+	}
+	for {
+		select {
+		case <-dc.Ready():
+			if err := dc.Err(); err != nil {
+				return fmt.Errorf("copying the disks: %w", err)
+			}
+			s.stats.DiskTime = time.Since(start)
+			return tell()
+		case <-tick.C:
+			if err := tell(); err != nil {
+				return err
+			}
+			if time.Since(s.start) >= s.o.Timeout {
+				copied, total := dc.Progress()
+				return fmt.Errorf("%w: the disks were not in sync after %v (%d of %d bytes copied): give a longer timeout_s",
+					ErrTimeout, time.Since(s.start).Round(time.Second), copied, total)
+			}
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		}
+	}
+}
+
+// disksErr fails the migration once a disk's copy has failed: its
+// destination no longer gets the guest's writes.
+func (s *sender) disksErr() error {
+	if s.o.Disks == nil || len(s.disks) == 0 {
+		return nil
+	}
+	if err := s.o.Disks.Err(); err != nil {
+		return fmt.Errorf("copying the disks: %w", err)
+	}
+	return nil
 }

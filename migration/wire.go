@@ -14,7 +14,7 @@ import (
 // The stream (docs/migration.md). Everything is little-endian.
 //
 //	source → destination: header, then records
-//	  header   "VIOMIGR\x00", version u32, flags u32 (0, or flagLocal)
+//	  header   "VIOMIGR\x00", version u32, flags u32 (0, flagLocal or flagDisks)
 //	  record   type u16, reserved u16 (0), length u32, then length bytes
 //	destination → source: a reply after the layout (ready) and after done
 //	  reply    status u32 (0 ok, 1 failed), length u32, then a sentence
@@ -50,6 +50,12 @@ const (
 	recState     = 6 // device and vCPU state: a state container (docs/state-format.md)
 	recDone      = 7 // no payload: restore and run the VM, then reply
 	recMemory    = 8 // local only: n × file offset u64, guest RAM's memfd attached (SCM_RIGHTS)
+	// With flagDisks (disks.go): the disks to copy, after the config;
+	// and, before RAM, the copy's progress, once a second while the
+	// source waits for the disks to be in sync (which keeps the stream
+	// alive for the receiver's idle bound).
+	recDisks        = 9  // token [16], n u32, n × (size u64, id length u8, id)
+	recDiskProgress = 10 // copied u64, total u64
 )
 
 // Header flags.
@@ -57,13 +63,17 @@ const (
 	// flagLocal: a same-host migration. Guest RAM is not copied: the
 	// source passes the memfd holding it, and the stream is header,
 	// config, layout, memory, then state and done (docs/migration.md).
-	flagLocal  = 1
-	knownFlags = flagLocal
+	flagLocal = 1
+	// flagDisks: the source copies disks that are not on shared storage
+	// (disks.go). A receiver that does not know it refuses the stream.
+	flagDisks  = 2
+	knownFlags = flagLocal | flagDisks
 )
 
 var recordNames = map[uint16]string{
 	recConfig: "config", recLayout: "layout", recData: "data", recZero: "zero",
 	recIteration: "iteration", recState: "state", recDone: "done", recMemory: "memory",
+	recDisks: "disks", recDiskProgress: "disk progress",
 }
 
 // ErrProtocol is matched by every error about what a peer sent.
@@ -232,6 +242,10 @@ func readFrame(r io.Reader) (frame, error) {
 		ok = f.len == 0
 	case recMemory:
 		ok = f.len > 0 && f.len%8 == 0 && f.len/8 <= MaxRegions
+	case recDisks:
+		ok = f.len > 0 && f.len <= uint32(maxDisksRecord)
+	case recDiskProgress:
+		ok = f.len == 16
 	default:
 		return f, protoErr("unknown record type %d", f.typ)
 	}

@@ -47,6 +47,11 @@ type SendMigration struct {
 	// local): RAM must be shared (memory shared=on), and there is no
 	// pre-copy, so Downtime and Timeout do not apply.
 	Local bool
+	// CopyDisks names the disks that are not on storage both hosts see:
+	// the destination takes a copy of each into its own image
+	// (diskcopy.go). CopyAllDisks copies every writable disk with a path.
+	CopyDisks    []string
+	CopyAllDisks bool
 }
 
 // ReceiveMigration is where and how to wait for a migration.
@@ -56,6 +61,10 @@ type ReceiveMigration struct {
 	// server-cert.pem, server-key.pem; tcp: only): only senders with a
 	// certificate ca-cert.pem signed get in.
 	TLSDir string
+	// DiskPaths gives disks the source copies (its copy_disks) a path
+	// here other than their config's: on one host the copy must be
+	// another file. Disk id to path.
+	DiskPaths map[string]string
 }
 
 // migrationGuard keeps a VM's memory mapped while a migration reads it:
@@ -89,6 +98,8 @@ type migrationSource struct {
 	// stuck: Resume could not take the disks back, so the VM stays
 	// paused with its devices paused (the Controller then holds it).
 	stuck bool
+	// copy copies the disks not on shared storage (diskcopy.go), or nil.
+	copy *diskCopy
 }
 
 var _ migration.LocalSource = (*migrationSource)(nil)
@@ -266,6 +277,15 @@ func (s *migrationSource) Pause() error {
 		}
 		s.paused = append(s.paused, d.transport)
 	}
+	if s.copy != nil {
+		// The copies must hold everything before the images go.
+		if err := s.copy.settle(); err != nil {
+			if rerr := s.Resume(); rerr != nil {
+				return fmt.Errorf("%w; %w", err, rerr)
+			}
+			return err
+		}
+	}
 	if err := s.v.releaseResources(); err != nil {
 		if rerr := s.Resume(); rerr != nil {
 			return fmt.Errorf("%w; %w", err, rerr)
@@ -411,6 +431,14 @@ func Receiver(stdio IO, opts Options) ReceiveFunc {
 // ReceiveMigration). Call it before the Controller is used.
 func (c *Controller) SetReceive(f ReceiveFunc) { c.receive = f }
 
+// diskProgress publishes how far a migration's disk copy got, on both
+// sides.
+func (c *Controller) diskProgress(copied, total uint64) {
+	c.emit("migration-disk-progress",
+		"copied_bytes", strconv.FormatUint(copied, 10),
+		"total_bytes", strconv.FormatUint(total, 10))
+}
+
 func (c *Controller) progress(p migration.Progress) {
 	c.emit("migration-progress",
 		"iteration", strconv.Itoa(p.Iteration),
@@ -433,6 +461,12 @@ func statsKV(s migration.Stats) []string {
 		"zero_pages", strconv.FormatUint(s.ZeroPages, 10),
 		"total_ms", strconv.FormatInt(s.Total.Milliseconds(), 10),
 	}
+	if s.DiskBytes > 0 || s.DiskTime > 0 {
+		kv = append(kv, "disk_bytes", strconv.FormatUint(s.DiskBytes, 10))
+		if s.DiskTime > 0 {
+			kv = append(kv, "disk_ms", strconv.FormatInt(s.DiskTime.Milliseconds(), 10))
+		}
+	}
 	if s.Reason != "" {
 		kv = append(kv, "downtime_ms", strconv.FormatInt(s.Downtime.Milliseconds(), 10), "reason", s.Reason,
 			"pause_ms", strconv.FormatInt(s.PauseTime.Milliseconds(), 10),
@@ -448,10 +482,14 @@ func statsKV(s migration.Stats) []string {
 // Shutdown. On failure the VM keeps running here (or stays paused if it
 // was), except when the outcome is unknown (migration.ErrOutcomeUnknown):
 // then it stays paused, and the state says so. ctx cancels it.
-func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error {
+func (c *Controller) SendMigration(ctx context.Context, req SendMigration) (err error) {
 	ep, err := migration.ParseURL(req.DestinationURL)
 	if err != nil {
 		return migrationRequestError{err}
+	}
+	copying := len(req.CopyDisks) > 0 || req.CopyAllDisks
+	if req.Local && copying {
+		return migrationRequestError{errors.New("a local migration does not copy disks: the destination on this host opens the same images; leave out copy_disks, or leave out local to copy them to other files")}
 	}
 	if req.Local && ep.Network != "unix" {
 		return migrationRequestError{fmt.Errorf("%s: a local migration passes guest RAM's memfd over a UNIX socket to a vio on this host; use unix:/path, or leave out local to copy RAM over TCP", ep)}
@@ -485,6 +523,17 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 		return err
 	}
 	defer src.release()
+	if copying {
+		if src.copy, err = src.v.newDiskCopy(src.ctx, req.CopyDisks, req.CopyAllDisks, ep, tlsCfg); err != nil {
+			return migrationRequestError{err}
+		}
+		// A failed migration leaves the disks on their images alone.
+		defer func() {
+			if err != nil {
+				src.copy.abort()
+			}
+		}()
+	}
 	conn, err := migration.Dial(src.ctx, ep)
 	if err != nil {
 		return migrationRequestError{err}
@@ -498,9 +547,13 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) error
 	defer conn.Close()
 	c.emit("migrating", "destination_url", ep.String())
 	c.log.Info("migration started", "destination", ep.String())
-	stats, err := migration.Send(src.ctx, conn, src, migration.Options{
+	opts := migration.Options{
 		Downtime: req.Downtime, Timeout: req.Timeout, OnTimeout: timeoutStrategy(req.IgnoreTimeout), Progress: c.progress,
-		Local: req.Local})
+		Local: req.Local}
+	if src.copy != nil {
+		opts.Disks, opts.DiskProgress = src.copy, c.diskProgress
+	}
+	stats, err := migration.Send(src.ctx, conn, src, opts)
 	if err == nil && req.Local {
 		src.disown()
 	}
@@ -583,22 +636,34 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 		ep.Address = l.Addr().String()
 	}
 	c.emit("receiving-migration", "receiver_url", ep.String())
-	conn, err := migration.Accept(ctx, l)
-	if err == nil && tlsCfg != nil {
-		conn, err = migration.Secure(ctx, conn, tlsCfg, true)
-	}
+	// The listener stays open after the migration stream for the
+	// connections of a disk copy (diskexport.go), until the copy ends.
+	conn, side, err := migration.AcceptMigration(ctx, l, tlsCfg)
 	if err != nil {
 		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
 		return err
 	}
+	side.Rejected = func(remote string, err error) {
+		c.log.Warn("refused a connection to the migration's listener", "from", remote, "err", err)
+	}
+	defer side.Close()
 	defer conn.Close()
-	t := &incomingTarget{c: c}
-	rec, err := migration.Receive(ctx, conn, t, migration.ReceiveOptions{Progress: c.progress})
+	t := &incomingTarget{c: c, side: side, paths: req.DiskPaths}
+	defer t.stopExports()
+	rec, err := migration.Receive(ctx, conn, t, migration.ReceiveOptions{Progress: c.progress, DiskProgress: c.diskProgress})
 	if err != nil {
 		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
 		return fmt.Errorf("receiving the migration: %w", err)
 	}
 	m := t.m
+	// The source flushed and disconnected its copies before it sent the
+	// state: the images are closed here before the VM opens them.
+	if err := t.stopExports(); err != nil {
+		m.Close()
+		c.emit("migration-failed", "receiver_url", ep.String(), "error", err.Error())
+		rec.Finish(err)
+		return err
+	}
 	// The source released the disks and TAPs before it sent the state:
 	// take them now, before any vCPU runs. If that fails the source
 	// resumes with them (it hears "failed"), so the guest runs on one
@@ -648,20 +713,71 @@ type incomingTarget struct {
 	c   *Controller
 	cfg *config.VM
 	m   IncomingMachine
+	// side is the migration's listener, which serves a disk copy's
+	// connections (nil: none can be served); paths are disk_paths, and
+	// exports the images a copy goes into.
+	side    *migration.Listener
+	paths   map[string]string
+	exports *diskExports
 }
 
 func (t *incomingTarget) Build(b []byte) (migration.Incoming, error) {
+	if len(t.paths) > 0 {
+		return nil, errors.New("disk_paths gives disks paths of their own here, but the source copies no disk: give copy_disks at the source, or leave out disk_paths if both hosts see the images")
+	}
+	if t.side != nil {
+		t.side.Close() // no disk connection will come
+	}
 	return t.build(b, nil)
 }
 
-// BuildShared builds the VM of a local migration on the source's RAM.
-func (t *incomingTarget) BuildShared(b []byte, ram migration.SharedRAM) (migration.Incoming, error) {
-	return t.build(b, &ram)
+var _ migration.DiskTarget = (*incomingTarget)(nil)
+
+// BuildCopying builds the VM of a migration that copies disks: the
+// destination's own images of them are opened and served to the source
+// first, so that a missing or mis-sized image fails before anything else.
+func (t *incomingTarget) BuildCopying(b []byte, disks []migration.Disk, token migration.Token) (migration.Incoming, error) {
+	if t.side == nil {
+		return nil, errors.New("this receiver cannot take copies of disks")
+	}
+	cfg, err := decodeConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := applyDiskPaths(cfg, t.paths, disks); err != nil {
+		return nil, err
+	}
+	ex, err := openExports(cfg, disks, t.c.log)
+	if err != nil {
+		return nil, err
+	}
+	t.exports = ex
+	if err := t.side.Serve(token, ex.srv.ServeConn); err != nil {
+		t.stopExports()
+		return nil, err
+	}
+	t.c.log.Info("serving the migrated disks' copies to the source", "disks", len(disks))
+	in, err := t.buildFrom(cfg, nil)
+	if err != nil {
+		t.stopExports()
+		return nil, err
+	}
+	return in, nil
 }
 
-var _ migration.LocalTarget = (*incomingTarget)(nil)
+// stopExports ends a disk copy's service: no more connections, the
+// server stopped and the images closed. It can be called again.
+func (t *incomingTarget) stopExports() error {
+	if t.exports == nil {
+		return nil
+	}
+	if t.side != nil {
+		t.side.Close()
+	}
+	return t.exports.stop()
+}
 
-func (t *incomingTarget) build(b []byte, ram *migration.SharedRAM) (migration.Incoming, error) {
+func decodeConfig(b []byte) (*config.VM, error) {
 	cfg, err := config.Decode(b)
 	if err != nil {
 		return nil, fmt.Errorf("the source's VM config: %w", err)
@@ -669,6 +785,31 @@ func (t *incomingTarget) build(b []byte, ram *migration.SharedRAM) (migration.In
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("the source's VM config: %w", err)
 	}
+	return cfg, nil
+}
+
+// BuildShared builds the VM of a local migration on the source's RAM.
+func (t *incomingTarget) BuildShared(b []byte, ram migration.SharedRAM) (migration.Incoming, error) {
+	if len(t.paths) > 0 {
+		return nil, errors.New("disk_paths gives disks paths of their own here, but a local migration copies no disk: leave out disk_paths")
+	}
+	if t.side != nil {
+		t.side.Close()
+	}
+	return t.build(b, &ram)
+}
+
+var _ migration.LocalTarget = (*incomingTarget)(nil)
+
+func (t *incomingTarget) build(b []byte, ram *migration.SharedRAM) (migration.Incoming, error) {
+	cfg, err := decodeConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	return t.buildFrom(cfg, ram)
+}
+
+func (t *incomingTarget) buildFrom(cfg *config.VM, ram *migration.SharedRAM) (migration.Incoming, error) {
 	m, err := t.c.receive(cfg.Clone(), ram)
 	if err != nil {
 		return nil, fmt.Errorf("building the VM here: %w", err)

@@ -166,17 +166,6 @@ func vmOf(t *testing.T, c *Controller) *VM {
 	return nil
 }
 
-// diskByID returns the handoff.Disk of the VM's disk id, which its
-// virtio-blk device reads and writes through, or nil.
-func (v *VM) diskByID(id string) block.Backend {
-	for _, d := range v.handoffs() {
-		if d.id == id {
-			return d.h
-		}
-	}
-	return nil
-}
-
 func disk(t *testing.T, v *VM, id string) block.Backend {
 	t.Helper()
 	b := v.diskByID(id)

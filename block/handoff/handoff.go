@@ -64,6 +64,11 @@ func (f Facts) check(b block.Backend) error {
 // the image, so it fails instead.
 var ErrInactive = errors.New("the disk's image is released to a migration's destination")
 
+// ErrInterposed is matched by a Resize while an interposer stands in
+// front of the image (a migration copying the disk): the copy's
+// destination would have to grow with it.
+var ErrInterposed = errors.New("the disk is being copied to a migration's destination")
+
 // Disk is one disk whose image can be released and taken back.
 type Disk struct {
 	open Opener
@@ -77,7 +82,10 @@ type Disk struct {
 	// mu guards be (written with swap held too, so either lock reads
 	// it), changed, drained and closed.
 	mu sync.Mutex
-	be block.Backend // nil while inactive
+	be block.Backend // nil while inactive; img, or an interposer over it
+	// img is the image the opener returned; it differs from be while an
+	// interposer (Interpose) stands in front of it.
+	img block.Backend
 	// changed is closed, and replaced, when be, drained or closed
 	// change: the requests waiting for an image wait on it.
 	changed chan struct{}
@@ -93,7 +101,7 @@ var _ filter.Interposer = (*Disk)(nil)
 func New(be block.Backend, open Opener) block.Backend {
 	f := FactsOf(be)
 	d := newDisk(f, open)
-	d.be = be
+	d.be, d.img = be, be
 	return filter.View(d, f.Caps)
 }
 
@@ -148,10 +156,25 @@ func (d *Disk) Deactivate() error {
 		return fmt.Errorf("flushing the image before releasing it: %w", err)
 	}
 	d.mu.Lock()
-	d.be = nil
+	img := d.img
+	d.be, d.img = nil, nil
 	d.mu.Unlock()
-	if err := be.Close(); err != nil {
+	return closeStack(be, img)
+}
+
+// closeStack closes an interposer (if be is one) and then the image
+// under it: the interposer was given a view of img whose Close leaves it
+// open, so the image is closed once, here, and last.
+func closeStack(be, img block.Backend) error {
+	var ierr error
+	if be != img {
+		ierr = be.Close()
+	}
+	if err := img.Close(); err != nil {
 		return fmt.Errorf("closing the image: %w", err)
+	}
+	if ierr != nil {
+		return fmt.Errorf("closing what stood in front of the image: %w", ierr)
 	}
 	return nil
 }
@@ -181,7 +204,7 @@ func (d *Disk) Activate() error {
 		return err
 	}
 	d.mu.Lock()
-	d.be = be
+	d.be, d.img = be, be
 	// A drain in force (a reset under way) holds for the new image too.
 	if dr, ok := be.(block.Drainer); ok {
 		for range d.drained {
@@ -336,6 +359,8 @@ func (d *Disk) Resize(size int64) error {
 		return block.ErrClosed
 	case be == nil:
 		return ErrInactive
+	case be != d.img:
+		return ErrInterposed
 	}
 	r, ok := be.(block.Resizer)
 	if !ok {
@@ -384,12 +409,86 @@ func (d *Disk) Close() error {
 		d.mu.Unlock()
 		return block.ErrClosed
 	}
-	be := d.be
-	d.be, d.closed = nil, true
+	be, img := d.be, d.img
+	d.be, d.img, d.closed = nil, nil, true
 	d.wakeLocked()
 	d.mu.Unlock()
 	if be != nil {
-		return be.Close()
+		return closeStack(be, img)
 	}
 	return nil
 }
+
+// Interpose puts an interposer in front of the open image while the guest
+// runs: wrap gets the image behind a view whose Close only flushes (the
+// Disk keeps owning the image) and returns the back-end every request goes
+// to from then on. It switches once no request is on the image, so the
+// interposer sees every request that starts after it. A migration that
+// copies the disk puts a mirror there (vmm/diskcopy.go).
+//
+// The interposer must honour the capabilities the front-end was built
+// with, or serve without them within the contract (as an image without
+// them is: a discard ignored, zeroes written as data); Resize fails with
+// ErrInterposed while it stands. Deactivate and Close close it, then the
+// image; Activate opens the bare image. It fails with ErrInactive while
+// no image is open, when an interposer is there already and while a
+// reset drains the disk; if wrap fails, nothing changes. Drains reach
+// the image through the interposer, which must pass them on.
+func (d *Disk) Interpose(wrap func(img block.Backend) (block.Backend, error)) error {
+	d.swap.Lock()
+	defer d.swap.Unlock()
+	d.mu.Lock()
+	be, img, closed, drained := d.be, d.img, d.closed, d.drained
+	d.mu.Unlock()
+	switch {
+	case closed:
+		return block.ErrClosed
+	case be == nil:
+		return ErrInactive
+	case be != img:
+		return errors.New("the disk has an interposer already")
+	case drained > 0:
+		// The image counts the drains in force, and an interposer that
+		// passes drains on would count them again.
+		return errors.New("the disk is being reset by the guest; try again")
+	}
+	front, err := wrap(filter.View(&keepOpen{filter.Base{Child: img}}, filter.CapsOf(img)))
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.be = front
+	d.mu.Unlock()
+	return nil
+}
+
+// Withdraw takes the interposer out, once no request is on it, and closes
+// it (leaving the image open: its Close error is returned, but requests
+// go to the image from then on either way). Without an interposer, or
+// with no image open, it does nothing.
+func (d *Disk) Withdraw() error {
+	d.swap.Lock()
+	defer d.swap.Unlock()
+	d.mu.Lock()
+	front, img := d.be, d.img
+	if front == nil || front == img {
+		d.mu.Unlock()
+		return nil
+	}
+	d.be = img
+	d.mu.Unlock()
+	return front.Close()
+}
+
+// Interposed reports whether an interposer stands in front of the image.
+func (d *Disk) Interposed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.be != d.img
+}
+
+// keepOpen is the image as an interposer sees it: closing it flushes, and
+// the Disk closes the image itself.
+type keepOpen struct{ filter.Base }
+
+func (k *keepOpen) Close() error { return k.Child.Flush() }

@@ -67,6 +67,14 @@ type Options struct {
 	// ReadOnly opens the log (if any) read-only and never resyncs; reads
 	// come from the first child in sync only.
 	ReadOnly bool
+	// Primary makes slot 0 the disk of record and the others copies it
+	// feeds: reads come from slot 0 alone, and slot 0 is never dropped
+	// (a request it fails, fails, as on a lone disk), so the mirror can
+	// always be taken away leaving slot 0 with everything the guest was
+	// told was written. A live migration's disk copy sets it
+	// (vmm/diskcopy.go): the source must be able to go on alone with its
+	// image whatever happened to the copy.
+	Primary bool
 	// Events receives what happens to the children: child-failed,
 	// child-added, child-removed, resync-started, resync-progress (each
 	// tenth), resync-done, resync-failed, log-failed (key, value pairs follow). Nil: nothing.
@@ -538,6 +546,19 @@ func (m *Mirror) write(op string, off, n int64, f func(b block.Backend) error) e
 // in-sync child failed, none is dropped (the disk fails the request, as a
 // single disk would).
 func (m *Mirror) settle(op string, kids []*child, states []State, errs []error) error {
+	if m.opts.Primary {
+		if err := m.primaryErr(kids, errs); err != nil {
+			// The others are dropped if they failed too; those that
+			// succeeded hold what slot 0 may lack, which is allowed of
+			// a failed write.
+			for i, e := range errs {
+				if e != nil && kids[i] != m.primary() {
+					m.drop(kids[i], op, e)
+				}
+			}
+			return err
+		}
+	}
 	var firstErr error
 	okInSync := false
 	for i, err := range errs {
@@ -585,7 +606,7 @@ func (m *Mirror) settle(op string, kids []*child, states []State, errs []error) 
 func (m *Mirror) drop(c *child, op string, err error) (bool, error) {
 	m.mu.Lock()
 	s := c.st()
-	if s != InSync && s != Syncing {
+	if s != InSync && s != Syncing || m.opts.Primary && c == m.primary() {
 		m.mu.Unlock()
 		return false, nil
 	}
@@ -614,6 +635,20 @@ func (m *Mirror) drop(c *child, op string, err error) (bool, error) {
 	return true, m.commit(g)
 }
 
+// primary is slot 0's child (Options.Primary).
+func (m *Mirror) primary() *child { return (*m.slots.Load())[0] }
+
+// primaryErr is slot 0's error among a request's, if it had one.
+func (m *Mirror) primaryErr(kids []*child, errs []error) error {
+	p := m.primary()
+	for i, c := range kids {
+		if c == p {
+			return errs[i]
+		}
+	}
+	return nil
+}
+
 func (m *Mirror) slotOfLocked(c *child) int {
 	for i, o := range *m.slots.Load() {
 		if o == c {
@@ -628,6 +663,12 @@ func (m *Mirror) slotOfLocked(c *child) int {
 // (the host's page cache, an NBD server's) stays warm, and parallel
 // readers spread over the children as they queue up.
 func (m *Mirror) pick() *child {
+	if m.opts.Primary {
+		if p := m.primary(); p.st() == InSync {
+			return p
+		}
+		return nil
+	}
 	var best *child
 	var load int64
 	for _, c := range *m.slots.Load() {

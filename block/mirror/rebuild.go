@@ -545,6 +545,11 @@ func (m *Mirror) Remove(slot int) error {
 		return fmt.Errorf("mirror: slot %d holds no child", slot)
 	}
 	c := kids[slot]
+	if m.opts.Primary && slot == 0 {
+		m.mu.Unlock()
+		m.cfg.Unlock()
+		return errors.New("mirror: slot 0 is the primary, the disk of record: it cannot be removed")
+	}
 	if c.st() == InSync {
 		others := 0
 		for _, o := range kids {

@@ -44,6 +44,13 @@ type Options struct {
 	ReadOnly bool
 	// Logf, if set, is told about reconnects.
 	Logf func(format string, args ...any)
+	// Dial, if set, opens each connection (the first and every
+	// reconnect's) in place of dialling the URI's address, which then
+	// only names the server in messages; the URI still names the export.
+	// A live migration's disk copy uses it to reach the destination
+	// through the migration's own listener (a tagged connection, under
+	// the migration's TLS). The handshake follows on what it returns.
+	Dial func(ctx context.Context) (net.Conn, error)
 	// TLS, if set, makes the client start TLS before any other option and
 	// refuse a server that will not (see ClientTLSConfig). An empty
 	// ServerName is taken from a TCP URI's host; a unix socket URI needs
@@ -217,8 +224,14 @@ func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 func (c *Client) dialOnce(ctx context.Context) (net.Conn, *bufio.Reader, exportInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, c.target.network, c.target.addr)
+	var raw net.Conn
+	var err error
+	if c.opts.Dial != nil {
+		raw, err = c.opts.Dial(ctx)
+	} else {
+		var d net.Dialer
+		raw, err = d.DialContext(ctx, c.target.network, c.target.addr)
+	}
 	if err != nil {
 		return nil, nil, exportInfo{}, fmt.Errorf("nbd: %w", err)
 	}

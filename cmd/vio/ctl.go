@@ -56,6 +56,8 @@ func ctlCommand() *cobra.Command {
 	var prefault bool
 	var tlsDir string
 	var local bool
+	var copyDisks string
+	var diskPaths []string
 	c := &cobra.Command{
 		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|send-migration URL|receive-migration URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
@@ -70,7 +72,10 @@ DIR holds ca-cert.pem and server-cert.pem/server-key.pem on the receiving side,
 ca-cert.pem and client-cert.pem/client-key.pem on the sending side).
 send-migration --local unix:PATH migrates to a vio on the same host by passing
 guest RAM's memfd instead of copying it (the VM must run with --memory
-shared=on). See docs/migration.md.
+shared=on). send-migration --copy-disks all|ID,ID copies disks that are not on
+storage both hosts see into the destination's own images (created empty, of the
+same size, beforehand); receive-migration --disk-path ID=PATH puts a copied disk
+at another path there. See docs/migration.md.
 resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
 balloon shows the balloon's counters and the guest's memory statistics
 (docs/balloon.md).
@@ -117,6 +122,30 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 						return errors.New("--local is for send-migration: the receiver learns it from the stream")
 					}
 					req["local"] = true
+				}
+				if copyDisks != "" {
+					if args[0] != "send-migration" {
+						return errors.New("--copy-disks is for send-migration; the receiver names other paths with --disk-path ID=PATH")
+					}
+					if copyDisks == "all" {
+						req["copy_disks"] = true
+					} else {
+						req["copy_disks"] = strings.Split(copyDisks, ",")
+					}
+				}
+				if len(diskPaths) > 0 {
+					if args[0] != "receive-migration" {
+						return errors.New("--disk-path is for receive-migration: it names where a copied disk goes on the destination")
+					}
+					m := map[string]string{}
+					for _, kv := range diskPaths {
+						id, p, ok := strings.Cut(kv, "=")
+						if !ok || id == "" || p == "" {
+							return fmt.Errorf("--disk-path %q: write ID=PATH, such as disk0=/var/lib/vio/disk0.raw", kv)
+						}
+						m[id] = p
+					}
+					req["disk_paths"] = m
 				}
 				body, _ = json.Marshal(req)
 				if !c.Flags().Changed("timeout") {
@@ -192,6 +221,8 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	c.Flags().BoolVar(&prefault, "prefault", false, "restore: read all of guest RAM before the guest runs, not as it touches it")
 	c.Flags().BoolVar(&local, "local", false, "send-migration: pass guest RAM's memfd to a vio on this host (unix: URL; the VM runs with --memory shared=on) instead of copying it")
+	c.Flags().StringVar(&copyDisks, "copy-disks", "", "send-migration: copy these disks (all, or ID,ID) into the destination's own images: for disks not on shared storage")
+	c.Flags().StringArrayVar(&diskPaths, "disk-path", nil, "receive-migration: ID=PATH puts copied disk ID at PATH here (repeatable)")
 	c.Flags().StringVar(&tlsDir, "tls-dir", "", "send-migration, receive-migration: migrate over mutual TLS with the credentials in this directory (tcp: URLs only)")
 	return c
 }

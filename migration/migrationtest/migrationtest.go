@@ -360,3 +360,115 @@ func (t *Target) BuildShared(config []byte, ram migration.SharedRAM) (migration.
 	t.mu.Unlock()
 	return in, nil
 }
+
+// DiskTarget is a Target that takes copies of the source's disks
+// (migration.DiskTarget): it records what the disks record asked for,
+// and fails with DisksErr if set.
+type DiskTarget struct {
+	Target
+	DisksErr error
+	Disks    []migration.Disk
+	Token    migration.Token
+}
+
+var _ migration.DiskTarget = (*DiskTarget)(nil)
+
+func (t *DiskTarget) BuildCopying(config []byte, disks []migration.Disk, token migration.Token) (migration.Incoming, error) {
+	t.mu.Lock()
+	t.Disks, t.Token = disks, token
+	t.mu.Unlock()
+	if t.DisksErr != nil {
+		return nil, t.DisksErr
+	}
+	return t.Build(config)
+}
+
+// Copier is a migration.DiskCopier whose copy the test drives: Sync
+// says every disk is in sync, Fail that a copy failed (before or after
+// Sync).
+type Copier struct {
+	List     []migration.Disk
+	StartErr error
+
+	once  sync.Once
+	ready chan struct{}
+
+	mu            sync.Mutex
+	token         migration.Token
+	started       bool
+	copied, total uint64
+	err           error
+	startedBefore []string // the Source's calls when Start ran
+	sourceCalls   func() []string
+}
+
+var _ migration.DiskCopier = (*Copier)(nil)
+
+// NewCopier returns a Copier of disks, total bytes to copy; calls, if
+// set, is read when Start runs (StartCalls reports it).
+func NewCopier(disks []migration.Disk, calls func() []string) *Copier {
+	c := &Copier{List: disks, ready: make(chan struct{}), sourceCalls: calls}
+	for _, d := range disks {
+		c.total += uint64(d.Size)
+	}
+	return c
+}
+
+func (c *Copier) Disks() []migration.Disk { return c.List }
+
+func (c *Copier) Start(token migration.Token) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sourceCalls != nil {
+		c.startedBefore = c.sourceCalls()
+	}
+	if c.StartErr != nil {
+		return c.StartErr
+	}
+	c.token, c.started = token, true
+	return nil
+}
+
+func (c *Copier) Ready() <-chan struct{} { return c.ready }
+
+func (c *Copier) Progress() (uint64, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.copied, c.total
+}
+
+func (c *Copier) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Sync marks every byte copied and the disks in sync.
+func (c *Copier) Sync() {
+	c.mu.Lock()
+	c.copied = c.total
+	c.mu.Unlock()
+	c.once.Do(func() { close(c.ready) })
+}
+
+// Fail makes the copy fail with err.
+func (c *Copier) Fail(err error) {
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
+	c.once.Do(func() { close(c.ready) })
+}
+
+// Started returns the token Start got, and whether it ran and succeeded.
+func (c *Copier) Started() (migration.Token, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token, c.started
+}
+
+// StartCalls returns the Source's calls as they were when Start ran.
+func (c *Copier) StartCalls() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.startedBefore
+}
