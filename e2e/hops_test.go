@@ -208,6 +208,17 @@ type hopPlan struct {
 	url   func(hop int) string           // where the destination receives
 	check func(map[string]string) string // a migrated event's fault, or ""
 	reset *labReset                      // labRetry's, or nil: no rerun
+	// send and receive, if set, give more members of hop's
+	// vm.send-migration and vm.receive-migration bodies (",\"k\": v").
+	send, receive func(hop int) string
+}
+
+// extra is f(hop), or "" without f.
+func extra(f func(int) string, hop int) string {
+	if f == nil {
+		return ""
+	}
+	return f(hop)
 }
 
 // hopFigures is one hop's measurements.
@@ -239,13 +250,13 @@ func migrateHops(t *testing.T, ctx context.Context, vios [2]*hopVio, last migLin
 		done := make(chan error, 1)
 		url := plan.url(hop)
 		go func() {
-			_, err := dst.cl.Do(ctx, "PUT", "vm.receive-migration", []byte(`{"receiver_url": "`+url+`"}`))
+			_, err := dst.cl.Do(ctx, "PUT", "vm.receive-migration", []byte(`{"receiver_url": "`+url+`"`+extra(plan.receive, hop)+`}`))
 			done <- err
 		}()
 		received[di]++
 		url = dst.receivingURL(t, ctx, received[di], done)
 		t0 := time.Now()
-		body := `{"destination_url": "` + url + `"}`
+		body := `{"destination_url": "` + url + `"` + extra(plan.send, hop) + `}`
 		if plan.local {
 			body = `{"destination_url": "` + url + `", "local": true}`
 		}

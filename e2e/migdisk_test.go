@@ -80,8 +80,13 @@ func TestMigrationDisk(t *testing.T) {
 		a := labtest.Assets(t)
 		dir := t.TempDir()
 		rawImg, qcowImg := filepath.Join(dir, "data.raw"), filepath.Join(dir, "data.qcow2")
+		// The raw disk is not on shared storage: each hop copies it
+		// into the destination's own image, b's at rawCopy, a's back at
+		// rawImg (no longer used once a's VM has left).
+		rawCopy := filepath.Join(dir, "data-b.raw")
 		box, result := filepath.Join(dir, "box.img"), filepath.Join(dir, "result.img")
 		run(t, "truncate", "-s", "64M", rawImg)
+		run(t, "truncate", "-s", "64M", rawCopy)
 		run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcowImg, "64M")
 		run(t, "truncate", "-s", "1M", box)
 		run(t, "truncate", "-s", "1M", result)
@@ -124,14 +129,25 @@ func TestMigrationDisk(t *testing.T) {
 		// The guest's TCP stream runs before the first hop.
 		stream.waitLines(t, ctx, 10, "before the first hop")
 		t.Logf("guest on a: pass %d, fio running on both disks, %d lines on its TCP stream; longest clock gap between reports: %v", last.pass, stream.count(), baseGap)
-		var afterHop int // the stream's lines when the last hop's migration was checked
+		var afterHop int                // the stream's lines when the last hop's migration was checked
+		rawAt := func(hop int) string { // where the raw disk is after hop
+			if hop%2 == 1 {
+				return rawCopy
+			}
+			return rawImg
+		}
 		figs := migrateHops(t, ctx, vios, last, hopPlan{
-			reset: reset,
-			hops:  hops,
-			url:   func(int) string { return "tcp:127.0.0.1:0" },
+			reset:   reset,
+			hops:    hops,
+			url:     func(int) string { return "tcp:127.0.0.1:0" },
+			send:    func(int) string { return `, "copy_disks": ["raw"]` },
+			receive: func(hop int) string { return `, "disk_paths": {"raw": "` + rawAt(hop) + `"}` },
 			check: func(m map[string]string) string {
 				if m["reason"] == "local" || m["data_pages"] == "0" {
 					return "no RAM was copied"
+				}
+				if n, _ := strconv.ParseInt(m["disk_bytes"], 10, 64); n < 64<<20 {
+					return fmt.Sprintf("the raw disk was not copied whole (disk_bytes %q, want 64 MiB)", m["disk_bytes"])
 				}
 				if why := stream.check(); why != "" {
 					return "the guest's TCP stream: " + why
@@ -199,7 +215,7 @@ func TestMigrationDisk(t *testing.T) {
 		run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcowImg, asRaw)
 		want := []byte(strings.Repeat(migDiskPattern+"\n", migDiskPatternLen/len(migDiskPattern)+1)[:migDiskPatternLen])
 		for _, img := range []struct{ name, path, sum string }{
-			{"raw", rawImg, facts["sumraw"]},
+			{"raw", rawAt(hops), facts["sumraw"]},
 			{"qcow2", asRaw, facts["sumqcow2"]},
 		} {
 			b, err := os.ReadFile(img.path)

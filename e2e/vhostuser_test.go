@@ -148,7 +148,10 @@ func TestVhostUserFrontend(t *testing.T) {
 		return append([]string{vioBin, "run", "--kernel", a.Kernel, "--initrd", initrd,
 			"--memory", "size=" + strconv.Itoa(guestMemMiB) + "M,shared=on",
 			"--cmdline", "console=ttyS0 panic=-1 quiet " + cmdline, "--cpus", "2",
-			"--disk", disk, "--disk", "path=" + tools + ",readonly=on", "--stats"}, extra...)
+			"--disk", disk, "--disk", "path=" + tools + ",readonly=on", "--stats",
+			// -v: the front-end's reconnects, and a guest restarted
+			// after a triple fault (resetWatch), are logged at info.
+			"-v"}, extra...)
 	}
 	initrd, tools := guest(vhostUserGuest)
 	iops := map[string]string{}
