@@ -2,6 +2,7 @@ package vufront_test
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -219,6 +220,57 @@ func killedMidLoad(t *testing.T, start, restart func(t testing.TB, img, sock str
 	for i := range total {
 		if !bytes.Equal(f[i*sector:(i+1)*sector], pattern(i)) {
 			t.Fatalf("sector %d does not hold write %d", i, i)
+		}
+	}
+}
+
+// TestQSDPauseDrains pauses the device while qemu-storage-daemon still
+// works on writes it took (a throttle group lets through 20 a second, so
+// the eight submitted take about 400 ms): libvhost-user closes a ring's
+// call eventfd at GET_VRING_BASE and panics ("Error writing eventfd: Bad
+// file descriptor") when a taken request completes after it, so the
+// pause must let the daemon finish first. The pause succeeds with every
+// write completed, and the daemon (alive) serves again after Resume.
+func TestQSDPauseDrains(t *testing.T) {
+	img := rawImage(t, 4<<20)
+	sock := filepath.Join(t.TempDir(), "qsd.sock")
+	if _, err := os.Stat(qsdPath); err != nil {
+		t.Skipf("qemu-storage-daemon not installed: %v", err)
+	}
+	startDaemon(t, sock, "qemu-storage-daemon", exec.Command(qsdPath,
+		"--object", "throttle-group,id=tg,x-iops-total=20",
+		"--blockdev", "driver=file,node-name=f,filename="+img,
+		"--blockdev", "driver=throttle,node-name=t,throttle-group=tg,file=f",
+		"--export", "type=vhost-user-blk,id=e,node-name=t,addr.type=fd,addr.str=3,writable=on,num-queues=1"))
+	m := newMachine(t, sharedRAM(t), vufront.Config{Socket: sock})
+	m.start(t, false)
+	const n = 8
+	for i := range n {
+		m.submit(t, 0, [][]byte{header(blk.TypeOut, uint64(10+i)), pattern(10 + i)}, []uint32{1})
+	}
+	// The first completion: the daemon has taken the writes, which its
+	// throttle now lets through one by one.
+	if u := m.next(t, 0); u.Data[0] != blk.StatusOK {
+		t.Fatalf("a write completed with status %d", u.Data[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := m.mc.Transport.Pause(ctx); err != nil {
+		t.Fatalf("Pause with writes on the daemon: %v (its stderr follows the test)", err)
+	}
+	if got := m.queues[0].UsedIdx(); got != n {
+		t.Fatalf("used index %d after the pause, want all %d writes completed", got, n)
+	}
+	for range n - 1 {
+		if u := m.next(t, 0); u.Data[0] != blk.StatusOK {
+			t.Fatalf("a write completed with status %d", u.Data[0])
+		}
+	}
+	m.mc.Transport.Resume()
+	m.write(t, 0, 30, pattern(30))
+	for i := range n {
+		if got := m.read(t, 0, uint64(10+i)); !bytes.Equal(got, pattern(10+i)) {
+			t.Fatalf("sector %d does not hold its write", 10+i)
 		}
 	}
 }
