@@ -355,7 +355,19 @@ func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); retu
 // ram (a local migration) guest RAM is the source's memfd, mapped shared,
 // instead: its regions must be the ones cfg lays out.
 func NewIncoming(cfg *config.VM, ram *migration.SharedRAM, stdio IO, opts Options) (*VM, error) {
-	return assemble(cfg, stdio, opts, &snapshotSource{dir: "(migration)", incoming: true, shared: ram})
+	v, err := assemble(cfg, stdio, opts, &snapshotSource{dir: "(migration)", incoming: true, shared: ram})
+	if err != nil {
+		return nil, err
+	}
+	// Before the destination answers ready: the restore in the source's
+	// pause then pays the steady-state cost only (warmup.go).
+	v.warmUpCodecs()
+	if err := v.warmUpKVM(); err != nil {
+		// Its vCPUs may be half written: not a VM to restore into.
+		v.Close()
+		return nil, fmt.Errorf("reading and writing back the new vCPUs' state: %w", err)
+	}
+	return v, nil
 }
 
 // setupSharedMemory maps a local migration's guest RAM.
@@ -527,6 +539,9 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) (err 
 		return err
 	}
 	defer src.release()
+	// Before pre-copy or the local handoff: the pause then pays the
+	// state codec's steady-state cost only (warmup.go).
+	src.v.warmUpCodecs()
 	if copying {
 		if src.copy, err = src.v.newDiskCopy(src.ctx, req.CopyDisks, req.CopyAllDisks, ep, tlsCfg); err != nil {
 			return migrationRequestError{err}

@@ -2,11 +2,14 @@ package vmm
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,7 +17,10 @@ import (
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/events"
+	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/loader/loadertest"
+	"github.com/viovmm/vio/migration"
+	"github.com/viovmm/vio/state"
 )
 
 // hopLog keeps the debug lines both Controllers and their VMs log, so
@@ -39,7 +45,7 @@ func (l *hopLog) take() []string {
 	defer l.mu.Unlock()
 	var out []string
 	for _, line := range strings.Split(l.buf.String(), "\n") {
-		for _, m := range []string{"migration downtime", "warmed up", "state saved for the migration", "state restored", "MSRs", "migrated VM running", "disks and TAP devices taken"} {
+		for _, m := range []string{"migration downtime", "warmed up", "section ", "state saved for the migration", "state restored", "MSRs", "migrated VM running", "disks and TAP devices taken"} {
 			if strings.Contains(line, m) {
 				out = append(out, line)
 			}
@@ -47,6 +53,88 @@ func (l *hopLog) take() []string {
 	}
 	l.buf.Reset()
 	return out
+}
+
+// checkedIncoming is a migration's destination that compares, once its
+// state is restored and before it runs, what it holds with what the
+// source sent: nothing done to it before the restore (such as warmUpKVM)
+// may show through.
+type checkedIncoming struct {
+	IncomingMachine
+	sent    *state.Snapshot
+	checked bool
+	err     error
+}
+
+func (c *checkedIncoming) RestoreState(s *state.Snapshot) error {
+	c.sent = s
+	return c.IncomingMachine.RestoreState(s)
+}
+
+// migrationSource lets the VM migrate on from here.
+func (c *checkedIncoming) migrationSource(ctx context.Context, paused, local bool) (*migrationSource, error) {
+	return c.IncomingMachine.(*VM).migrationSource(ctx, paused, local)
+}
+
+func (c *checkedIncoming) TakeResources() error {
+	c.checked = true
+	c.err = sameState(c.sent, c.IncomingMachine.(*VM))
+	return c.IncomingMachine.TakeResources()
+}
+
+// sameState compares the state the source sent with the one restored in
+// v, section by section: the same bytes, except in the vCPUs' sections,
+// where the TSC has moved on (it counts while the state is read), and in
+// the PIT's, whose channels' load times the kernel keeps in its own
+// clock's terms.
+func sameState(sent *state.Snapshot, v *VM) error {
+	got, err := v.saveState(nil)
+	if err != nil {
+		return err
+	}
+	have := map[string][]byte{}
+	for _, sec := range got.Sections() {
+		have[sec.ID] = sec.Data
+	}
+	for _, sec := range sent.Sections() {
+		h, ok := have[sec.ID]
+		switch {
+		case !ok:
+			return fmt.Errorf("the destination has no section %s", sec.ID)
+		case sec.Kind == "kvm-vcpu":
+			a, err := decodeCPUState(sec.Data)
+			if err != nil {
+				return err
+			}
+			b, err := decodeCPUState(h)
+			if err != nil {
+				return err
+			}
+			for _, s := range []*kvm.VCPUState{a, b} {
+				s.MSRs = slices.DeleteFunc(s.MSRs, func(e kvm.MSREntry) bool { return e.Index == msrTSC })
+			}
+			if !reflect.DeepEqual(a, b) {
+				return fmt.Errorf("section %s: the destination's vCPU state is not the source's:\n sent %+v\n have %+v", sec.ID, a, b)
+			}
+		case sec.Kind == "kvm-pit":
+			var a, b kvm.PITState2
+			if err := state.Unmarshal(sec.Data, &a); err != nil {
+				return err
+			}
+			if err := state.Unmarshal(h, &b); err != nil {
+				return err
+			}
+			for i := range a.Channels {
+				a.Channels[i].CountLoadTime, b.Channels[i].CountLoadTime = 0, 0
+			}
+			if a != b {
+				return fmt.Errorf("section pit: the destination's PIT is not the source's:\n sent %+v\n have %+v", a, b)
+			}
+		case !bytes.Equal(sec.Data, h):
+			return fmt.Errorf("section %s: the source sent %s, the destination has %s", sec.ID, sec.Data, h)
+		}
+	}
+	return nil
 }
 
 // A VM like the lab's TestLocalMigration one (1 vCPU, 1 GiB of shared
@@ -76,9 +164,19 @@ func TestLocalMigrationHops(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	vopts := Options{AllowPVM: true, Log: log}
 	var ctls [2]*Controller
+	var checked []*checkedIncoming
 	for i := range ctls {
 		c := NewController(Builder(IO{}, vopts), log)
-		c.SetReceive(Receiver(IO{}, vopts))
+		real := Receiver(IO{}, vopts)
+		c.SetReceive(func(cfg *config.VM, ram *migration.SharedRAM) (IncomingMachine, error) {
+			m, err := real(cfg, ram)
+			if err != nil {
+				return nil, err
+			}
+			ci := &checkedIncoming{IncomingMachine: m}
+			checked = append(checked, ci)
+			return ci, nil
+		})
 		t.Cleanup(func() { c.Shutdown(); c.Delete() })
 		ctls[i] = c
 	}
@@ -128,6 +226,12 @@ func TestLocalMigrationHops(t *testing.T) {
 			default:
 				t.Fatalf("hop %d: the source published no migrated event", hop)
 			}
+		}
+		if len(checked) != hop || !checked[hop-1].checked {
+			t.Fatalf("hop %d: the destination's restored state was not checked", hop)
+		}
+		if err := checked[hop-1].err; err != nil {
+			t.Fatalf("hop %d: %v", hop, err)
 		}
 		if migrated["reason"] != "local" || migrated["data_pages"] != "0" {
 			t.Fatalf("hop %d was not a local migration: %v", hop, migrated)

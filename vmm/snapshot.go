@@ -267,7 +267,7 @@ func (v *VM) writeMemory(name string) error {
 // order.
 func (v *VM) components() ([]component, error) {
 	var cs []component
-	msrs, err := v.sys.MSRIndexList()
+	msrs, err := v.msrIndex()
 	if err != nil {
 		return nil, err
 	}
