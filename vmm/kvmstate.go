@@ -24,6 +24,7 @@ var _ state.Snapshottable = (*cpuState)(nil)
 
 func (*cpuState) StateKind() string    { return "kvm-vcpu" }
 func (*cpuState) StateVersion() uint32 { return 1 }
+func (*cpuState) StateSample() any     { return kvm.VCPUState{} }
 
 func (c *cpuState) MarshalState() ([]byte, error) {
 	s, skipped, err := c.cpu.SaveState(c.msrs)
@@ -88,6 +89,7 @@ var _ state.Snapshottable = (*irqchipState)(nil)
 
 func (*irqchipState) StateKind() string    { return "kvm-irqchip" }
 func (*irqchipState) StateVersion() uint32 { return 1 }
+func (*irqchipState) StateSample() any     { return IRQChipState{} }
 
 var irqchips = []uint32{kvm.IRQChipPICMaster, kvm.IRQChipPICSlave, kvm.IRQChipIOAPIC}
 
@@ -136,6 +138,7 @@ var _ state.Snapshottable = (*pitState)(nil)
 
 func (*pitState) StateKind() string    { return "kvm-pit" }
 func (*pitState) StateVersion() uint32 { return 1 }
+func (*pitState) StateSample() any     { return kvm.PITState2{} }
 
 func (p *pitState) MarshalState() ([]byte, error) {
 	s, err := p.vm.GetPIT2()
@@ -169,6 +172,7 @@ var _ state.Snapshottable = (*clockState)(nil)
 
 func (*clockState) StateKind() string    { return "kvm-clock" }
 func (*clockState) StateVersion() uint32 { return 1 }
+func (*clockState) StateSample() any     { return ClockState{} }
 
 // MarshalState is called by Snapshot with pauseMu held and the VM paused.
 func (c *clockState) MarshalState() ([]byte, error) {

@@ -161,6 +161,8 @@ func vmOf(t *testing.T, c *Controller) *VM {
 		return m
 	case *hookedIncoming:
 		return m.IncomingMachine.(*VM)
+	case *checkedIncoming:
+		return m.IncomingMachine.(*VM)
 	}
 	t.Fatalf("the Controller's Machine is a %T", c.run.m)
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -217,13 +218,17 @@ func (v *VM) restore(src *snapshotSource) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
+	var times sectionTimes
 	for _, c := range comps {
+		t0 := time.Now()
 		if err := src.snap.Restore(c.id, c.c); err != nil {
 			return snapshotRestoreError(err)
 		}
 		if c.id == lastPCISection(v) {
 			v.pciRoot.Resync()
 		}
+		times.add(c.id, time.Since(t0))
 	}
 	if len(v.pciDevices) == 0 {
 		v.pciRoot.Resync()
@@ -234,6 +239,7 @@ func (v *VM) restore(src *snapshotSource) error {
 	// The vCPUs start parked: the VM is paused until Resume.
 	v.group.Pause()
 	v.log.Info("restored from snapshot", "dir", src.dir, "sections", len(comps))
+	v.log.Debug("state restored", "took", time.Since(start), "slowest", times.slowest(4))
 	return nil
 }
 

@@ -92,7 +92,7 @@ func (v *VM) Snapshot(dir string) error {
 		paused = append(paused, d.transport)
 	}
 
-	snap, err := v.saveState()
+	snap, err := v.saveState(nil)
 	if err != nil {
 		return err
 	}
@@ -159,16 +159,21 @@ func (v *VM) checkSaveable(verb, goal string) error {
 	return nil
 }
 
-// saveState saves every component of the paused VM, devices paused.
-func (v *VM) saveState() (*state.Snapshot, error) {
+// saveState saves every component of the paused VM, devices paused;
+// times, if set, gets each section's time.
+func (v *VM) saveState(times *sectionTimes) (*state.Snapshot, error) {
 	snap := state.New()
 	comps, err := v.components()
 	if err != nil {
 		return nil, err
 	}
 	for _, c := range comps {
+		t0 := time.Now()
 		if err := snap.Save(c.id, c.c); err != nil {
 			return nil, err
+		}
+		if times != nil {
+			times.add(c.id, time.Since(t0))
 		}
 	}
 	return snap, nil
@@ -262,7 +267,7 @@ func (v *VM) writeMemory(name string) error {
 // order.
 func (v *VM) components() ([]component, error) {
 	var cs []component
-	msrs, err := v.sys.MSRIndexList()
+	msrs, err := v.msrIndex()
 	if err != nil {
 		return nil, err
 	}

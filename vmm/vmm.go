@@ -74,6 +74,10 @@ type VM struct {
 
 	cpus  []*kvm.VCPU
 	group *vcpu.Group
+	// msrIndex is KVM_GET_MSR_INDEX_LIST, a fact of the host's KVM read
+	// once: every save and restore needs it, and a migration's warm-up
+	// reads it before the pause.
+	msrIndex func() ([]uint32, error)
 
 	events  chan Exit // guest decisions: poweroff, reboot, panic, fatal exits
 	closers []io.Closer
@@ -166,6 +170,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		}
 		return nil, fmt.Errorf("opening KVM: %w", err)
 	}
+	v.msrIndex = sync.OnceValues(v.sys.MSRIndexList)
 	if v.sys.IsPVM() && !opts.AllowPVM {
 		return nil, ErrPVMOnly
 	}

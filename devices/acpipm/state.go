@@ -51,6 +51,9 @@ func (d *Device) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*Device) StateKind() string { return "acpipm" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Device) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable. Version 1 was the
 // register block of a hardware-reduced platform.
 func (*Device) StateVersion() uint32 { return 2 }

@@ -41,6 +41,9 @@ func (c *CMOS) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*CMOS) StateKind() string { return "cmos" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*CMOS) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*CMOS) StateVersion() uint32 { return 1 }
 

@@ -73,6 +73,9 @@ func (c *Controller) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*Controller) StateKind() string { return "i8042" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Controller) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*Controller) StateVersion() uint32 { return 1 }
 

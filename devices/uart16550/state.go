@@ -58,6 +58,9 @@ func (u *UART) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*UART) StateKind() string { return "uart16550" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*UART) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*UART) StateVersion() uint32 { return 1 }
 

@@ -235,6 +235,9 @@ func (t *Transport) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*Transport) StateKind() string { return "virtio-pci" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Transport) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*Transport) StateVersion() uint32 { return StateVersion }
 

@@ -121,6 +121,9 @@ func (d *Device) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*Device) StateKind() string { return "virtio-console" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Device) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*Device) StateVersion() uint32 { return StateVersion }
 

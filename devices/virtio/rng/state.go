@@ -45,6 +45,9 @@ func (d *Device) Resume() {
 // StateKind implements state.Snapshottable.
 func (*Device) StateKind() string { return "virtio-rng" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Device) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*Device) StateVersion() uint32 { return StateVersion }
 

@@ -78,6 +78,9 @@ func (d *Device) RestoreState(s State) error {
 // StateKind implements state.Snapshottable.
 func (*Device) StateKind() string { return "virtio-vsock" }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Device) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (*Device) StateVersion() uint32 { return StateVersion }
 

@@ -472,6 +472,9 @@ func (d *Device) StateKind() string {
 	return "vhost-user-blk"
 }
 
+// StateSample is a State for the codec's warm-up (state.Sampler).
+func (*Device) StateSample() any { return State{} }
+
 // StateVersion implements state.Snapshottable.
 func (d *Device) StateVersion() uint32 { return StateVersion }
 
