@@ -102,9 +102,12 @@ func benchEmulated(e *env, b *budget, rounds, memMiB int) error {
 		return []setup{
 			{"vio-para", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
 			{"vio-full", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",iface=ide", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap+",model=e1000")},
-			{"qemu-para", qemuIOArgs(e, memMiB, initrd, append(qemuTools,
-				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
-				"-netdev", qemuTap, "-device", "virtio-net-pci,netdev=n0")...)},
+			// The bench disk before the tools disk: the guest takes the
+			// last virtio disk for its tools (with the tools first, it
+			// found no file system on the bench disk and powered off).
+			{"qemu-para", qemuIOArgs(e, memMiB, initrd, append([]string{
+				"-drive", "file=" + disk + ",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0"},
+				append(qemuTools, "-netdev", qemuTap, "-device", "virtio-net-pci,netdev=n0")...)...)},
 			{"qemu-full", qemuIOArgs(e, memMiB, initrd, append(qemuTools,
 				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "ide-hd,drive=d0,bus=ide.0",
 				"-netdev", qemuTap, "-device", "e1000,netdev=n0")...)},
@@ -383,7 +386,7 @@ func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 		return nil, nil, fmt.Errorf("%s: %w%s", argv[0], err, console)
 	}
 	if len(names) == 0 {
-		return nil, nil, fmt.Errorf("%s: the guest reported no workload", argv[0])
+		return nil, nil, fmt.Errorf("%s: the guest reported no workload\n  guest console, last lines:\n    %s", argv[0], strings.Join(tail, "\n    "))
 	}
 	return res, names, nil
 }
