@@ -62,11 +62,12 @@ poweroff -f
 `
 
 type ioResult struct {
-	value   float64 // IOPS, or Mbit/s for iperf
-	kbps    float64 // fio: KiB/s
-	exits   float64 // KVM exits during the workload
-	irqs    float64 // interrupts of the I/O devices the guest took during it
-	seconds float64 // wall time between the workload's markers
+	value   float64      // IOPS, or Mbit/s for iperf
+	kbps    float64      // fio: KiB/s
+	exits   float64      // KVM exits during the workload
+	irqs    float64      // interrupts of the I/O devices the guest took during it
+	seconds float64      // wall time between the workload's markers
+	trace   []traceCount // with -trace: exits and accesses by kind
 }
 
 // setup is one VMM configuration a benchmark runs.
@@ -194,6 +195,15 @@ func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, 
 	defer iperf.Process.Kill()
 
 	vmms, what := setups(disk, tools, initrd)
+	if vmms, err = onlySetups(vmms); err != nil {
+		return err
+	}
+	var trace *exitTrace
+	if traceExits {
+		if trace, err = newExitTrace(); err != nil {
+			return err
+		}
+	}
 	var names []string
 	for _, v := range vmms {
 		names = append(names, v.name)
@@ -208,11 +218,11 @@ func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, 
 rounds:
 	for r := 0; r < rounds; r++ {
 		for _, v := range vmms {
-			res, names, err := ioOnce(b, v.argv)
+			res, names, err := ioOnce(b, v.argv, trace)
 			if errors.Is(err, errTimerStall) {
 				// LAB.md: detect a lab hazard, say so, retry at most once.
 				fmt.Printf("vio-bench: lab hazard in %s round %d (%v); running it once more\n", v.name, r+1, firstLine(err))
-				res, names, err = ioOnce(b, v.argv)
+				res, names, err = ioOnce(b, v.argv, trace)
 			}
 			if err != nil {
 				cut = fmt.Errorf("%s round %d: %w", v.name, r+1, err)
@@ -221,9 +231,13 @@ rounds:
 			if order == nil {
 				order = names
 			}
-			for name, x := range res {
+			for _, name := range names {
+				x := res[name]
 				results[v.name][name] = append(results[v.name][name], x)
 				fmt.Printf("round %d %-7s %-15s %10.1f  exits %8.0f  irqs %8.0f\n", r+1, v.name, name, x.value, x.exits, x.irqs)
+				if x.trace != nil && name != "idle" {
+					printTrace(v.name, name, x.trace, opsOf(name, x))
+				}
 			}
 		}
 		done++
@@ -259,10 +273,6 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 		if name == "idle" {
 			continue
 		}
-		ops := func(x ioResult) float64 { return x.value * fioRuntime }
-		if strings.HasPrefix(name, "iperf") {
-			ops = func(x ioResult) float64 { return x.value * 5 / 8 } // MB moved in 5 s
-		}
 		q := median(results[ref][name][:min(rounds, len(results[ref][name]))])
 		for i, vmm := range vmms {
 			label := name
@@ -275,7 +285,7 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 				continue
 			}
 			x := median(xs[:rounds])
-			n := ops(x)
+			n := opsOf(name, x)
 			if n == 0 {
 				n = math.NaN()
 			}
@@ -288,6 +298,34 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 		fmt.Printf(" %s %.0f", vmm, idle[vmm])
 	}
 	fmt.Println()
+}
+
+// opsOf is how many operations a workload's result stands for: I/Os for
+// fio, MB moved for iperf.
+func opsOf(name string, x ioResult) float64 {
+	if strings.HasPrefix(name, "iperf") {
+		return x.value * 5 / 8 // Mbit/s over 5 s
+	}
+	return x.value * fioRuntime
+}
+
+// onlySetups keeps the setups -setups names (all when it is empty).
+func onlySetups(all []setup) ([]setup, error) {
+	if setupFilter == "" {
+		return all, nil
+	}
+	var keep []setup
+	var names []string
+	for _, v := range all {
+		names = append(names, v.name)
+		if slices.Contains(strings.Split(setupFilter, ","), v.name) {
+			keep = append(keep, v)
+		}
+	}
+	if len(keep) == 0 {
+		return nil, fmt.Errorf("-setups %q names none of this benchmark's setups (%s)", setupFilter, strings.Join(names, ","))
+	}
+	return keep, nil
 }
 
 // median returns the middle result by value (zero for none), sorting a
@@ -320,7 +358,8 @@ func firstLine(err error) string {
 const consoleTail = 80
 
 // ioOnce runs one VMM through the guest's workloads.
-func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
+// With trace, it counts each workload's exits by kind.
+func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []string, error) {
 	ctx, cancel, err := b.next()
 	if err != nil {
 		return nil, nil, err
@@ -356,11 +395,25 @@ func ioOnce(b *budget, argv []string) (map[string]ioResult, []string, error) {
 		}
 		switch f[0] {
 		case "BENCH-BEGIN":
+			if trace != nil {
+				if err := trace.start(); err != nil {
+					cmd.Process.Kill()
+					cmd.Wait()
+					return nil, nil, err
+				}
+			}
 			begin[f[1]], _ = readExits()
 			started[f[1]] = time.Now()
 		case "BENCH-END":
 			exits, _ := readExits()
 			r := ioResult{exits: exits - begin[f[1]], seconds: time.Since(started[f[1]]).Seconds()}
+			if trace != nil {
+				if r.trace, err = trace.collect(); err != nil {
+					cmd.Process.Kill()
+					cmd.Wait()
+					return nil, nil, err
+				}
+			}
 			if len(f) > 2 {
 				r.value, _ = strconv.ParseFloat(f[2], 64)
 			}

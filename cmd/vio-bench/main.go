@@ -6,6 +6,8 @@
 //	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits and interrupts per I/O
 //	go run ./cmd/vio-bench emul [-rounds N]   # the same on IDE + e1000 against virtio, in vio and QEMU
 //	go run ./cmd/vio-bench iommu [-rounds N]  # the same through each VMM's emulated VT-d, against vio without one
+//	    io, emul, iommu also take -setups NAME,... (run only those) and
+//	    -trace (exits per operation by reason, port, MMIO address and MSR)
 //	go run ./cmd/vio-bench migrate [-rounds N] [-sizes 256,1024,2048] [-loads idle,dirty]
 //	                                          # live migration over TCP: total time, downtime, bytes, iterations
 //
@@ -38,6 +40,8 @@ func main() {
 	mem := fs.Int("memory", 256, "guest RAM in MiB")
 	sizes := fs.String("sizes", "256,1024,2048", "migrate: guest sizes in MiB")
 	loads := fs.String("loads", "idle,dirty", "migrate: guest loads (idle: a shell that sleeps; dirty: migguest)")
+	fs.BoolVar(&traceExits, "trace", false, "io, emul, iommu: count each workload's exits by reason, port, MMIO address and MSR (KVM tracepoints' histograms) and print them per operation")
+	fs.StringVar(&setupFilter, "setups", "", "io, emul, iommu: run only these setups (comma-separated names, as in the table)")
 	timeout := fs.Duration("timeout", 0, "stop starting guests after this long and print what was measured (default: enough for every run asked for on a loaded machine)")
 	fs.Parse(os.Args[2:])
 	perRun, ok := perRunBudget[os.Args[1]]
@@ -89,8 +93,14 @@ func main() {
 	}
 }
 
+// Flags the I/O benchmarks read.
+var (
+	traceExits  bool
+	setupFilter string
+)
+
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu [-rounds N] [-memory MiB] [-timeout D]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu [-rounds N] [-memory MiB] [-timeout D] [-setups a,b] [-trace]")
 	fmt.Fprintln(os.Stderr, "       vio-bench migrate [-rounds N] [-sizes MiB,...] [-loads idle,dirty] [-timeout D]")
 	os.Exit(2)
 }
