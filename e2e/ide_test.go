@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -201,6 +202,11 @@ func TestEmulatedOnly(t *testing.T) {
 		t.Errorf("image bytes at %d hash %x, the guest wrote %s", idePatOff, s, patSum)
 	}
 
+	// Legacy mode, as a PC's PIIX: ISA IRQ 14, edge-triggered (its EOI
+	// costs no exit, where native mode's level-triggered INTA# costs two).
+	if irqs := r.value("IRQ"); !regexp.MustCompile(`\b14: .*\b14-edge\b.*ata_piix`).MatchString(irqs) {
+		t.Errorf("the IDE controller's interrupts, from /proc/interrupts: %q; want ata_piix on ISA IRQ 14, edge-triggered", irqs)
+	}
 	ctl := deviceCounters(t, stats, "ide")
 	if ctl["flushes"] == 0 {
 		t.Error("no FLUSH CACHE reached the back-end (sync and conv=fsync should send some)")

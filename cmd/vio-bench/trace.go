@@ -18,8 +18,15 @@ import (
 // many exits there are, and the counts say which register accesses a
 // device model makes its guest repeat: the figures that exits/op alone
 // cannot explain.
+//
+// It also counts the interrupts the VMMs' host took meanwhile (/proc/
+// interrupts): a host interrupt on a CPU that is running a guest is an
+// exit of its own (SVM's INTR, VMX's external interrupt), and the
+// reschedule and call IPIs among them say how often a VMM's threads woke
+// each other across CPUs.
 type exitTrace struct {
-	dir string // tracefs events directory
+	dir       string // tracefs events directory
+	irqBefore map[string]float64
 }
 
 // traceHists is each tracepoint and the keys its histogram counts by.
@@ -47,6 +54,7 @@ func (t *exitTrace) trigger(event, cmd string) error {
 // start sets up empty histograms.
 func (t *exitTrace) start() error {
 	t.stop()
+	t.irqBefore = hostInterrupts()
 	for _, h := range traceHists {
 		if err := t.trigger(h.event, "hist:keys="+h.keys+":size=4096"); err != nil {
 			return fmt.Errorf("tracing %s: %w", h.event, err)
@@ -96,7 +104,49 @@ func (t *exitTrace) collect() ([]traceCount, error) {
 		}
 		f.Close()
 	}
+	for name, n := range hostInterrupts() {
+		if before, ok := t.irqBefore[name]; ok && n > before {
+			d := n - before
+			out = append(out, traceCount{event: "host_irq", key: name, n: d})
+		}
+	}
 	return out, nil
+}
+
+// hostInterrupts reads /proc/interrupts: each row's count summed over the
+// CPUs, by its name (LOC, RES, CAL ... or the device's).
+func hostInterrupts() map[string]float64 {
+	b, err := os.ReadFile("/proc/interrupts")
+	if err != nil {
+		return nil
+	}
+	m := map[string]float64{}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) == 0 {
+		return m
+	}
+	cpus := len(strings.Fields(lines[0]))
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		name := strings.TrimSuffix(f[0], ":")
+		var sum float64
+		i := 1
+		for ; i < len(f) && i <= cpus; i++ {
+			n, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				break
+			}
+			sum += n
+		}
+		if _, err := strconv.Atoi(name); err == nil && len(f) > i {
+			name += " " + f[len(f)-1] // a numbered line: its device's name
+		}
+		m[name] = sum
+	}
+	return m
 }
 
 // printTrace prints the entries worth at least 0.05 per operation, the

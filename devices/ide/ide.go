@@ -189,13 +189,16 @@ func New(mem memory.DMA, cfg Config) (*Controller, error) {
 		dr.ch = c.ch[pos/2]
 		c.ch[pos/2].drives[pos%2] = dr
 	}
-	progIf := uint32(progIfNative)
+	progIf, pin := uint32(progIfNative), uint8(1)
 	if cfg.Mode == ModeLegacy {
-		progIf = progIfLegacy
+		// A legacy-mode function interrupts on ISA IRQs 14 and 15, not
+		// on a PCI pin, as the PIIX's IDE function does: no pin keeps
+		// the guest's PCI core from routing an INTA# nothing drives.
+		progIf, pin = progIfLegacy, 0
 	}
 	c.Config = pci.NewConfig(pci.Header{
 		VendorID: VendorID, DeviceID: DeviceID, Revision: Revision,
-		Class: classIDE<<8 | progIf, InterruptPin: 1,
+		Class: classIDE<<8 | progIf, InterruptPin: pin,
 	})
 	if cfg.Mode == ModeNative {
 		for i, ch := range c.ch {
