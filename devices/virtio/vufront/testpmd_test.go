@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/vufront"
 	"github.com/viovmm/vio/virtio"
 )
@@ -100,6 +101,12 @@ func TestNetTestpmd(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "pmd.sock")
 	a := startTestpmd(t, sock)
 	m := newMachine(t, sharedRAM(t), vufront.Config{Type: virtio.TypeNet, Socket: sock})
+	// net_vhost offers HOST_ECN without the host TSO bits it requires
+	// (tso=0 by default); the guest must not be offered it.
+	f := m.mc.Guest.DeviceFeatures()
+	if f&virtionet.FeatureHostECN != 0 && f&(virtionet.FeatureHostTSO4|virtionet.FeatureHostTSO6) == 0 {
+		t.Errorf("the guest is offered HOST_ECN without HOST_TSO4 or HOST_TSO6 (%#x)", f)
+	}
 	m.start(t, true)
 	echo := func(i int) {
 		t.Helper()
