@@ -70,4 +70,6 @@ var expected = labtest.Expected{
 	"TestMultipathLab": 50 * time.Second,
 	// Estimated (three boots, two 25 s fio runs), not yet measured.
 	"TestVhostUserFrontend": 110 * time.Second,
+	// Four lab runs of it alone, 2026-12-07: 35-79 s.
+	"TestTestpmd": 75 * time.Second,
 }

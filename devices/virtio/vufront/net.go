@@ -41,7 +41,7 @@ func (d *Device) learnNet() error {
 	binary.LittleEndian.PutUint16(cfg[6:], 1) // VIRTIO_NET_S_LINK_UP
 	binary.LittleEndian.PutUint16(cfg[8:], 1)
 	d.config = cfg
-	d.features = d.offered&(d.typeFeatures()|ringFeatures) | netConfigFeatures
+	d.features = netDependencies(d.offered&(d.typeFeatures()|ringFeatures)) | netConfigFeatures
 	d.maxSizes = []uint16{d.cfg.QueueSize, d.cfg.QueueSize}
 	return nil
 }
@@ -59,4 +59,25 @@ func (d *Device) typeFeatures() uint64 {
 		return netFeatures
 	}
 	return blkFeatures
+}
+
+// netDependencies drops from a NIC's offer the offloads whose required
+// features are missing (virtio 1.2, 5.1.3.1): a device must not offer a
+// feature without those it requires. Back-ends' offers can break the
+// rule (DPDK's net_vhost withholds the host TSO bits unless given tso=1
+// but keeps HOST_ECN); vio presents the device and keeps it.
+func netDependencies(f uint64) uint64 {
+	if f&virtionet.FeatureCsum == 0 {
+		f &^= virtionet.FeatureHostTSO4 | virtionet.FeatureHostTSO6 | virtionet.FeatureHostUFO
+	}
+	if f&(virtionet.FeatureHostTSO4|virtionet.FeatureHostTSO6) == 0 {
+		f &^= virtionet.FeatureHostECN
+	}
+	if f&virtionet.FeatureGuestCsum == 0 {
+		f &^= virtionet.FeatureGuestTSO4 | virtionet.FeatureGuestTSO6 | virtionet.FeatureGuestUFO
+	}
+	if f&(virtionet.FeatureGuestTSO4|virtionet.FeatureGuestTSO6) == 0 {
+		f &^= virtionet.FeatureGuestECN
+	}
+	return f
 }
