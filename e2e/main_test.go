@@ -70,4 +70,6 @@ var expected = labtest.Expected{
 	"TestMultipathLab": 50 * time.Second,
 	// Estimated (three boots, two 25 s fio runs), not yet measured.
 	"TestVhostUserFrontend": 110 * time.Second,
+	// Estimated (one QEMU boot, a 25 s fio run with a restart of serve-disk).
+	"TestQEMUServeDisk": 70 * time.Second,
 }
