@@ -72,4 +72,6 @@ var expected = labtest.Expected{
 	"TestVhostUserFrontend": 110 * time.Second,
 	// Four lab runs of it alone, 2026-12-07: 35-79 s.
 	"TestTestpmd": 75 * time.Second,
+	// Estimated (one QEMU boot, a 25 s fio run with a restart of serve-disk).
+	"TestQEMUServeDisk": 70 * time.Second,
 }

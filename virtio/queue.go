@@ -107,6 +107,9 @@ type Queue struct {
 	// never completed, which Next hands out first.
 	inflight InflightLog
 	resubmit []uint16
+	// maxChain is the most buffer descriptors walk accepts in a chain
+	// when it is above the queue's size (AllowChains); 0 otherwise.
+	maxChain uint32
 }
 
 // NewQueue validates the driver's configuration against guest RAM and the
@@ -305,6 +308,22 @@ func (q *Queue) nextLocked() (c *Chain, returnedBad bool, err error) {
 	}
 }
 
+// AllowChains lets walk accept chains of up to n buffer descriptors
+// (through an indirect table: the ring itself holds only the queue's
+// size), when n is above the queue's size. A device whose configuration
+// tells the driver how long a request may be (virtio-blk's seg_max) calls
+// it with that bound before serving the queue: Linux sizes its requests
+// by seg_max alone when it has indirect descriptors, so a queue smaller
+// than the device's maximum (a driver's choice, or a vhost-user
+// front-end's, such as QEMU's vhost-user-blk-pci at 128 under a back-end
+// that advertised 256) would otherwise refuse requests the device
+// allowed. The bound still ends any loop.
+func (q *Queue) AllowChains(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.maxChain = uint32(min(max(n, 0), MaxQueueSize))
+}
+
 // desc is one descriptor, copied out of guest memory before it is checked.
 type desc struct {
 	addr  uint64
@@ -329,6 +348,7 @@ func chainError(head uint16, format string, args ...any) error {
 // like virtio-blk's seg_max, must advertise limits within it). The bound
 // also ends any loop, so no visited set is needed.
 func (q *Queue) walk(head uint16) (*Chain, error) {
+	limit := max(uint32(q.cfg.Size), q.maxChain)
 	c := &Chain{Head: head}
 	c.Readable, c.Writable = c.inline[:0:2], c.inline[2:2:4]
 	c.writes = c.inlineW[:0]
@@ -337,8 +357,8 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 	inIndirect, sawWritable := false, false
 	var readable, writable uint64
 	for count := 0; ; count++ {
-		if count >= int(q.cfg.Size) {
-			return nil, chainError(head, "longer than the queue size %d (loop?)", q.cfg.Size)
+		if count >= int(limit) {
+			return nil, chainError(head, "longer than %d descriptors, the queue size or the device's limit (loop?)", limit)
 		}
 		if i >= tableLen {
 			return nil, chainError(head, "next index %d out of table of %d", i, tableLen)
@@ -354,8 +374,8 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 				return nil, chainError(head, "indirect descriptor with NEXT")
 			case d.len == 0 || d.len%descSize != 0:
 				return nil, chainError(head, "indirect table length %d", d.len)
-			case d.len/descSize > uint32(q.cfg.Size):
-				return nil, chainError(head, "indirect table of %d entries exceeds queue size", d.len/descSize)
+			case d.len/descSize > limit:
+				return nil, chainError(head, "indirect table of %d entries exceeds %d, the queue size or the device's limit", d.len/descSize, limit)
 			}
 			t, err := q.mem.Slice(d.addr, uint64(d.len))
 			if err != nil {

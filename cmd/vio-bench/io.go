@@ -70,10 +70,13 @@ type ioResult struct {
 	trace   []traceCount // with -trace: exits and accesses by kind
 }
 
-// setup is one VMM configuration a benchmark runs.
+// setup is one VMM configuration a benchmark runs. start, when set, runs
+// before each of its guest runs (a disk's back-end process, say) and
+// returns what ends it after the run.
 type setup struct {
-	name string
-	argv []string
+	name  string
+	argv  []string
+	start func() (stop func() error, err error)
 }
 
 // benchIO runs the I/O workloads on vio with and without interrupt
@@ -81,10 +84,10 @@ type setup struct {
 func benchIO(e *env, b *budget, rounds, memMiB int) error {
 	return runIOBench(e, b, rounds, memMiB, func(disk, tools, initrd string) ([]setup, string) {
 		return []setup{
-			{"vio", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			{name: "vio", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
 			// The same VM with adaptive interrupt coalescing on the bench disk.
-			{"vio-vic", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",coalesce=adaptive", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
-			{"qemu", qemuIOArgs(e, memMiB, initrd,
+			{name: "vio-vic", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",coalesce=adaptive", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			{name: "qemu", argv: qemuIOArgs(e, memMiB, initrd,
 				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
 				"-drive", "file="+tools+",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
 				"-netdev", "tap,id=n0,ifname="+benchTap+",script=no,downscript=no,vhost=off", "-device", "virtio-net-pci,netdev=n0")},
@@ -101,15 +104,15 @@ func benchEmulated(e *env, b *budget, rounds, memMiB int) error {
 		qemuTools := []string{"-drive", "file=" + tools + ",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1"}
 		qemuTap := "tap,id=n0,ifname=" + benchTap + ",script=no,downscript=no,vhost=off"
 		return []setup{
-			{"vio-para", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
-			{"vio-full", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",iface=ide", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap+",model=e1000")},
+			{name: "vio-para", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			{name: "vio-full", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",iface=ide", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap+",model=e1000")},
 			// The bench disk before the tools disk: the guest takes the
 			// last virtio disk for its tools (with the tools first, it
 			// found no file system on the bench disk and powered off).
-			{"qemu-para", qemuIOArgs(e, memMiB, initrd, append([]string{
+			{name: "qemu-para", argv: qemuIOArgs(e, memMiB, initrd, append([]string{
 				"-drive", "file=" + disk + ",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0"},
 				append(qemuTools, "-netdev", qemuTap, "-device", "virtio-net-pci,netdev=n0")...)...)},
-			{"qemu-full", qemuIOArgs(e, memMiB, initrd, append(qemuTools,
+			{name: "qemu-full", argv: qemuIOArgs(e, memMiB, initrd, append(qemuTools,
 				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "ide-hd,drive=d0,bus=ide.0",
 				"-netdev", qemuTap, "-device", "e1000,netdev=n0")...)},
 		}, "para: virtio-blk and virtio-net; full: an IDE disk (ata_piix) and an e1000 NIC; TAP, QEMU without vhost"
@@ -126,12 +129,12 @@ func benchIOMMU(e *env, b *budget, rounds, memMiB int) error {
 		const on = "intel_iommu=on"
 		vp := ",iommu_platform=on,disable-legacy=on"
 		return []setup{
-			{"vio-iommu", withCmdline(vioIOArgs(e, memMiB, initrd, "--iommu", "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap), on)},
-			{"qemu-iommu", withCmdline(qemuIOArgs(e, memMiB, initrd, "-M", "q35", "-device", "intel-iommu,intremap=off",
+			{name: "vio-iommu", argv: withCmdline(vioIOArgs(e, memMiB, initrd, "--iommu", "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap), on)},
+			{name: "qemu-iommu", argv: withCmdline(qemuIOArgs(e, memMiB, initrd, "-M", "q35", "-device", "intel-iommu,intremap=off",
 				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0"+vp,
 				"-drive", "file="+tools+",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1"+vp,
 				"-netdev", "tap,id=n0,ifname="+benchTap+",script=no,downscript=no,vhost=off", "-device", "virtio-net-pci,netdev=n0"+vp), on)},
-			{"vio", vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			{name: "vio", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
 		}, "virtio-blk and virtio-net, with the guest's intel_iommu=on (default, lazy invalidation) over each VMM's emulated VT-d, and vio without one"
 	})
 }
@@ -218,11 +221,11 @@ func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, 
 rounds:
 	for r := 0; r < rounds; r++ {
 		for _, v := range vmms {
-			res, names, err := ioOnce(b, v.argv, trace)
+			res, names, err := setupOnce(b, v, trace)
 			if errors.Is(err, errTimerStall) {
 				// LAB.md: detect a lab hazard, say so, retry at most once.
 				fmt.Printf("vio-bench: lab hazard in %s round %d (%v); running it once more\n", v.name, r+1, firstLine(err))
-				res, names, err = ioOnce(b, v.argv, trace)
+				res, names, err = setupOnce(b, v, trace)
 			}
 			if err != nil {
 				cut = fmt.Errorf("%s round %d: %w", v.name, r+1, err)
@@ -356,6 +359,22 @@ func firstLine(err error) string {
 // consoleTail is how many of the guest's last console lines a failed run
 // reports: enough for a kernel oops and its call trace.
 const consoleTail = 80
+
+// setupOnce is one guest run of v, between its start and stop.
+func setupOnce(b *budget, v setup, trace *exitTrace) (map[string]ioResult, []string, error) {
+	if v.start == nil {
+		return ioOnce(b, v.argv, trace)
+	}
+	stop, err := v.start()
+	if err != nil {
+		return nil, nil, err
+	}
+	res, names, err := ioOnce(b, v.argv, trace)
+	if serr := stop(); err == nil && serr != nil {
+		return nil, nil, serr
+	}
+	return res, names, err
+}
 
 // ioOnce runs one VMM through the guest's workloads.
 // With trace, it counts each workload's exits by kind.

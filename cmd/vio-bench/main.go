@@ -6,7 +6,8 @@
 //	go run ./cmd/vio-bench io [-rounds N]     # fio and iperf3 in the guest, KVM exits and interrupts per I/O
 //	go run ./cmd/vio-bench emul [-rounds N]   # the same on IDE + e1000 against virtio, in vio and QEMU
 //	go run ./cmd/vio-bench iommu [-rounds N]  # the same through each VMM's emulated VT-d, against vio without one
-//	    io, emul, iommu also take -setups NAME,... (run only those) and
+//	go run ./cmd/vio-bench vhostuser [-rounds N] # the same on vio serve-disk under QEMU's and vio's vhost-user front-ends
+//	    io, emul, iommu, vhostuser also take -setups NAME,... (run only those) and
 //	    -trace (exits per operation by reason, port, MMIO address and MSR)
 //	go run ./cmd/vio-bench migrate [-rounds N] [-sizes 256,1024,2048] [-loads idle,dirty]
 //	                                          # live migration over TCP: total time, downtime, bytes, iterations
@@ -40,8 +41,8 @@ func main() {
 	mem := fs.Int("memory", 256, "guest RAM in MiB")
 	sizes := fs.String("sizes", "256,1024,2048", "migrate: guest sizes in MiB")
 	loads := fs.String("loads", "idle,dirty", "migrate: guest loads (idle: a shell that sleeps; dirty: migguest)")
-	fs.BoolVar(&traceExits, "trace", false, "io, emul, iommu: count each workload's exits by reason, port, MMIO address and MSR (KVM tracepoints' histograms) and print them per operation")
-	fs.StringVar(&setupFilter, "setups", "", "io, emul, iommu: run only these setups (comma-separated names, as in the table)")
+	fs.BoolVar(&traceExits, "trace", false, "io, emul, iommu, vhostuser: count each workload's exits by reason, port, MMIO address and MSR (KVM tracepoints' histograms) and print them per operation")
+	fs.StringVar(&setupFilter, "setups", "", "io, emul, iommu, vhostuser: run only these setups (comma-separated names, as in the table)")
 	timeout := fs.Duration("timeout", 0, "stop starting guests after this long and print what was measured (default: enough for every run asked for on a loaded machine)")
 	fs.Parse(os.Args[2:])
 	perRun, ok := perRunBudget[os.Args[1]]
@@ -80,6 +81,8 @@ func main() {
 		err = inLab(*timeout, func(e *env) error { return benchEmulated(e, b, *rounds, *mem) })
 	case "iommu":
 		err = inLab(*timeout, func(e *env) error { return benchIOMMU(e, b, *rounds, *mem) })
+	case "vhostuser":
+		err = inLab(*timeout, func(e *env) error { return benchVhostUser(e, b, *rounds, *mem) })
 	case "migrate":
 		err = inLab(*timeout, func(e *env) error { return benchMigrate(e, b, *rounds, migSizes, migLoads) })
 	}
@@ -100,7 +103,7 @@ var (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu [-rounds N] [-memory MiB] [-timeout D] [-setups a,b] [-trace]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu|vhostuser [-rounds N] [-memory MiB] [-timeout D] [-setups a,b] [-trace]")
 	fmt.Fprintln(os.Stderr, "       vio-bench migrate [-rounds N] [-sizes MiB,...] [-loads idle,dirty] [-timeout D]")
 	os.Exit(2)
 }
@@ -111,7 +114,7 @@ func usage() {
 // migrate: two VMMs per size and load) its budget. A migrate run is one
 // VMM's pair of processes: the guest's boot and one migration, which
 // takes 20 to 60 s for a 256 MiB guest in the lab (docs/migration.md).
-var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute, "migrate": 8 * time.Minute}
+var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute, "vhostuser": 6 * time.Minute, "migrate": 8 * time.Minute}
 
 // labNeeds is what a benchmark needs in the lab beyond vio and itself.
 type labNeeds struct {

@@ -306,8 +306,9 @@ func (d *Device) QueueMaxSizes() []uint16 {
 }
 
 // segMax is the number of data buffers a request may have: the whole
-// chain must fit the queue (the core rejects longer ones), and the header
-// and status take two descriptors.
+// chain must fit the device's maximum queue size, and the header and
+// status take two descriptors. A queue made smaller than that still
+// takes chains this long (newServer: virtio.Queue.AllowChains).
 func (d *Device) segMax() uint32 { return uint32(d.cfg.QueueSize) - 2 }
 
 // configImage renders struct virtio_blk_config.

@@ -51,6 +51,10 @@ type completion struct {
 }
 
 func newServer(d *Device, q *virtio.Queue, stop chan struct{}) *server {
+	// The driver sizes requests by the seg_max it read, whatever size
+	// the queue got (a vhost-user front-end picks its own, often below
+	// the device's maximum that seg_max is derived from).
+	q.AllowChains(int(d.segMax()) + 2)
 	limit := int(q.Config().Size)
 	return &server{
 		d: d, q: q, stop: stop,
