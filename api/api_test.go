@@ -368,6 +368,10 @@ func TestHotplugAPI(t *testing.T) {
 		t.Fatalf("removing a device the guest holds: %d %q", a.status, a.body)
 	}
 	v.builder.Last().ReleaseHeld()
+	// The 1 ms wait was for the device the guest held; a released one's
+	// eject runs on another goroutine and may take longer than that on a
+	// loaded machine (a suite pass saw _vsock0's removal time out below).
+	v.ctl.SetEjectWait(vmm.DefaultEjectWait)
 
 	// One vsock device per VM (Kata's config has one: _vsock0),
 	// removed and hot-plugged like the others.
