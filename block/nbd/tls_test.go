@@ -21,14 +21,43 @@ import (
 
 // logBuf collects a server's log lines, to tell why it dropped a client.
 type logBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu      sync.Mutex
+	b       strings.Builder
+	written chan struct{} // closed and replaced on every line
 }
 
 func (l *logBuf) logf(format string, a ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	fmt.Fprintf(&l.b, format+"\n", a...)
+	if l.written != nil {
+		close(l.written)
+		l.written = nil
+	}
+}
+
+// waitCount waits until the log holds sub at least n times, or for d:
+// the server logs a refused handshake on its own goroutine, which may run
+// after the client has already exited.
+func (l *logBuf) waitCount(sub string, n int, d time.Duration) bool {
+	deadline := time.After(d)
+	for {
+		l.mu.Lock()
+		if strings.Count(l.b.String(), sub) >= n {
+			l.mu.Unlock()
+			return true
+		}
+		if l.written == nil {
+			l.written = make(chan struct{})
+		}
+		w := l.written
+		l.mu.Unlock()
+		select {
+		case <-w:
+		case <-deadline:
+			return false
+		}
+	}
 }
 
 func (l *logBuf) String() string {
@@ -141,7 +170,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	if ok || strings.Contains(out, "virtual size") {
 		t.Fatalf("a client without a certificate read the export:\n%s", out)
 	}
-	if !strings.Contains(log.String(), "TLS handshake") || !strings.Contains(log.String(), "certificate") {
+	if !log.waitCount("TLS handshake", 1, 10*time.Second) || !strings.Contains(log.String(), "certificate") {
 		t.Fatalf("the server did not refuse the client without a certificate in the TLS handshake; qemu-img said:\n%s\nserver log:\n%s", out, log)
 	}
 	// qemu checks its own client certificate against its CA before
@@ -152,7 +181,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	if err == nil {
 		t.Fatalf("nbdinfo with a certificate from another CA read the size: %s", b)
 	}
-	if strings.Count(log.String(), "TLS handshake") != before+1 {
+	if !log.waitCount("TLS handshake", before+1, 10*time.Second) || strings.Count(log.String(), "TLS handshake") != before+1 {
 		t.Fatalf("the server did not refuse the rogue certificate in the TLS handshake; nbdinfo said:\n%s\nserver log:\n%s", b, log)
 	}
 	b, err = exec.Command(nbdinfo, "--size", "nbds://127.0.0.1:"+port+"/disk?tls-certificates="+creds.Client).CombinedOutput()
