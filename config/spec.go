@@ -23,7 +23,7 @@ func splitSpec(flag, spec string) (map[string]string, error) {
 			return nil, fmt.Errorf("--%s %q: %q is not key=value", flag, spec, part)
 		}
 		if _, dup := kv[k]; dup {
-			return nil, fmt.Errorf("--%s %q: %s given twice", flag, spec, k)
+			return nil, fmt.Errorf("--%s %q: %q given twice", flag, spec, k)
 		}
 		kv[k] = v
 	}
