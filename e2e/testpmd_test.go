@@ -134,28 +134,10 @@ func testpmdRun(t *testing.T, initrd string) (hazard string) {
 		"--serial", "tty", "--stats", "-v"}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := quitOnDeadline(exec.CommandContext(ctx, args[0], args[1:]...))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	reset := make(chan string, 1)
-	cmd.Stderr = &resetWatch{w: &stderr, seen: reset, kill: func() { cmd.Process.Kill() }}
-	began := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console bytes.Buffer
 	var before map[int]portStats
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-		if hazard == "" && strings.Contains(sc.Text(), timerStall) {
-			hazard = "the guest reported a CPU whose timer stopped firing: " + strings.TrimSpace(sc.Text())
-			cmd.Process.Kill()
-		}
-		if before == nil && strings.Contains(sc.Text(), "TP-KILL-NOW") {
+	began := time.Now()
+	console, stderr, err, hazard := hazardRun(t, ctx, args, func(line string) {
+		if before == nil && strings.Contains(line, "TP-KILL-NOW") {
 			before = pmd.stats(t)
 			// SIGKILL: testpmd tells vio nothing; its socket just
 			// closes, and its TAP goes with it.
@@ -165,12 +147,7 @@ func testpmdRun(t *testing.T, initrd string) (hazard string) {
 			serveBack(t)
 			t.Logf("testpmd killed %v into the run; the new one forwarded %v later", killed.Sub(began).Round(time.Second), time.Since(killed).Round(10*time.Millisecond))
 		}
-	}
-	err = cmd.Wait()
-	t.Logf("vio ran for %v", time.Since(began).Round(time.Second))
-	if hazard == "" && len(reset) > 0 {
-		hazard = "vio restarted the guest: " + <-reset
-	}
+	})
 	if hazard != "" {
 		return hazard
 	}

@@ -235,28 +235,10 @@ func killRestartRun(t *testing.T, name string, start func(*testing.T, string, st
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	cmd := quitOnDeadline(exec.CommandContext(ctx, vargs[0], vargs[1:]...))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	reset := make(chan string, 1)
-	cmd.Stderr = &resetWatch{w: &stderr, seen: reset, kill: func() { cmd.Process.Kill() }}
-	began := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console bytes.Buffer
 	killed := false
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-		if stall == "" && strings.Contains(sc.Text(), timerStall) {
-			stall = "the guest reported a CPU whose timer stopped firing: " + strings.TrimSpace(sc.Text())
-			cmd.Process.Kill()
-		}
-		if !killed && strings.Contains(sc.Text(), "VU-KILL-NOW") {
+	began := time.Now()
+	console, stderr, err, stall := hazardRun(t, ctx, vargs, func(line string) {
+		if !killed && strings.Contains(line, "VU-KILL-NOW") {
 			// SIGKILL mid-run: the back-end finishes nothing it had
 			// taken.
 			be.Process.Kill()
@@ -265,13 +247,8 @@ func killRestartRun(t *testing.T, name string, start func(*testing.T, string, st
 			killed = true
 			t.Logf("%s killed and restarted %v into the run", name, time.Since(began).Round(time.Second))
 		}
-	}
-	err = cmd.Wait()
+	})
 	vmm := filepath.Base(vargs[0])
-	t.Logf("%s ran for %v", vmm, time.Since(began).Round(time.Second))
-	if stall == "" && len(reset) > 0 {
-		stall = "vio restarted the guest: " + <-reset
-	}
 	// QEMU with -no-reboot ends, status 0, where vio logs a triple
 	// fault and restarts: the guest script's only way out is its
 	// poweroff after VIO-GUEST-DONE, and a panic says so on the console.
@@ -332,6 +309,43 @@ func exitsPerIO(stderr []byte, ios string) string {
 // resetWatch passes vio's stderr to w; on vio's log line of restarting a
 // guest that triple-faulted it puts the line on seen and calls kill, once:
 // in the lab that is L1's KVM resetting a vCPU, not the guest's doing, and
+
+// hazardRun is one VMM run watched for the lab's hazards: it runs argv
+// under ctx, passes each console line to onLine, and stops the VMM at
+// once on the guest's timer-stall line or on vio restarting a guest that
+// triple-faulted. It returns the console, vio's stderr, the VMM's exit
+// error, and what voided the run ("" if nothing did).
+func hazardRun(t *testing.T, ctx context.Context, argv []string, onLine func(line string)) (console, stderr *bytes.Buffer, err error, hazard string) {
+	t.Helper()
+	cmd := quitOnDeadline(exec.CommandContext(ctx, argv[0], argv[1:]...))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	console, stderr = &bytes.Buffer{}, &bytes.Buffer{}
+	reset := make(chan string, 1)
+	cmd.Stderr = &resetWatch{w: stderr, seen: reset, kill: func() { cmd.Process.Kill() }}
+	began := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+		if hazard == "" && strings.Contains(sc.Text(), timerStall) {
+			hazard = "the guest reported a CPU whose timer stopped firing: " + strings.TrimSpace(sc.Text())
+			cmd.Process.Kill()
+		}
+		onLine(sc.Text())
+	}
+	err = cmd.Wait()
+	t.Logf("%s ran for %v", filepath.Base(argv[0]), time.Since(began).Round(time.Second))
+	if hazard == "" && len(reset) > 0 {
+		hazard = "vio restarted the guest: " + <-reset
+	}
+	return console, stderr, err, hazard
+}
+
 // the run is void. (exec.Cmd calls Write from one goroutine.)
 type resetWatch struct {
 	w    io.Writer
