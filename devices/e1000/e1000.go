@@ -521,9 +521,17 @@ func (d *Device) raiseLocked(cause uint32) {
 	d.updateIRQLocked()
 }
 
+// minITR is the shortest interval between interrupts, in ITR's 256 ns
+// units, once the guest turns throttling on: the 8254x manuals' ITR rules
+// say the adapter's observable interrupt rate never exceeds 7813 a second,
+// that is 500 units (128 µs). QEMU's e1000 keeps the same floor. Linux's
+// adaptive ITR asks for up to 70000 a second at "lowest latency"; a real
+// adapter, and now vio, gives it 7813.
+const minITR = 500
+
 // updateIRQLocked drives the INTx output from ICR & IMS. A rising edge
-// waits until ITR's interval (in 256 ns units) has passed since the last
-// one; the line falls at once. The level is applied under d.mu, so that
+// waits until ITR's interval (in 256 ns units, at least minITR) has passed
+// since the last one; the line falls at once. ITR 0 turns throttling off. The level is applied under d.mu, so that
 // concurrent updates reach the line in the order they were decided.
 func (d *Device) updateIRQLocked() {
 	want := d.icr&d.ims != 0
@@ -533,6 +541,7 @@ func (d *Device) updateIRQLocked() {
 	if want {
 		now := d.clock.Now()
 		if itr := d.regs[regITR/4] & 0xffff; itr != 0 && !d.lastInt.IsZero() {
+			itr = max(itr, minITR)
 			next := d.lastInt.Add(time.Duration(itr) * 256 * time.Nanosecond)
 			if now.Before(next) {
 				if d.itr == nil {

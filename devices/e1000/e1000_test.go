@@ -435,6 +435,28 @@ func TestInterruptThrottling(t *testing.T) {
 	}
 }
 
+// A guest asking for more than 7813 interrupts a second gets 7813, as
+// from a real 8254x: the interval is at least 500 × 256 ns = 128 µs.
+func TestInterruptThrottlingFloor(t *testing.T) {
+	r := newRig(t, true)
+	r.wr(ITR, 55) // Linux's "lowest latency": 70000 a second asked for
+	r.wr(IMS, icrLSC)
+	r.wr(ICS, icrLSC)
+	if l, _ := r.line.Level(); !l {
+		t.Fatal("first interrupt held back")
+	}
+	r.rd(ICR)
+	r.wr(ICS, icrLSC)
+	r.clock.Advance(55*256*time.Nanosecond + time.Microsecond)
+	if l, _ := r.line.Level(); l {
+		t.Fatal("interrupt raised after the guest's 14 µs interval, before the adapter's 128 µs floor")
+	}
+	r.clock.Advance(128*time.Microsecond - 55*256*time.Nanosecond - time.Microsecond)
+	if l, _ := r.line.Level(); !l {
+		t.Fatal("interrupt not raised when the 128 µs floor ended")
+	}
+}
+
 func TestReceiveDelayTimers(t *testing.T) {
 	r := newRig(t, true)
 	r.up(rctlEN | rctlBAM | 2<<8) // RDMTS 1/8: RXDMT0 when 2 of 16 are left
