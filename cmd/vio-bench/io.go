@@ -222,7 +222,7 @@ rounds:
 	for r := 0; r < rounds; r++ {
 		for _, v := range vmms {
 			res, names, err := setupOnce(b, v, trace)
-			if errors.Is(err, errTimerStall) {
+			if errors.Is(err, errLabHazard) {
 				// LAB.md: detect a lab hazard, say so, retry at most once.
 				fmt.Printf("vio-bench: lab hazard in %s round %d (%v); running it once more\n", v.name, r+1, firstLine(err))
 				res, names, err = setupOnce(b, v, trace)
@@ -312,11 +312,35 @@ func opsOf(name string, x ioResult) float64 {
 	return x.value * fioRuntime
 }
 
-// onlySetups keeps the setups -setups names (all when it is empty).
+// onlySetups keeps the setups -setups names (all when it is empty), and
+// adds the -variants: a copy of a setup whose VMM runs with extra
+// environment variables, named "SETUP+VAR=VALUE".
 func onlySetups(all []setup) ([]setup, error) {
-	if setupFilter == "" {
-		return all, nil
+	keep := all
+	if setupFilter != "" {
+		var err error
+		if keep, err = filterSetups(all); err != nil {
+			return nil, err
+		}
 	}
+	for _, v := range strings.Split(variants, ",") {
+		if v == "" {
+			continue
+		}
+		base, env, ok := strings.Cut(v, "+")
+		i := slices.IndexFunc(all, func(s setup) bool { return s.name == base })
+		if !ok || i < 0 || !strings.Contains(env, "=") {
+			return nil, fmt.Errorf("-variants %q: want SETUP+VAR=VALUE with SETUP one of this benchmark's VMM setups", v)
+		}
+		c := all[i]
+		c.name = v
+		c.argv = append([]string{"env", env}, c.argv...)
+		keep = append(keep, c)
+	}
+	return keep, nil
+}
+
+func filterSetups(all []setup) ([]setup, error) {
 	var keep []setup
 	var names []string
 	for _, v := range all {
@@ -348,7 +372,16 @@ func median(xs []ioResult) ioResult {
 // nested lab, not of either VMM).
 const timerStall = "timer wakeup didn't happen"
 
-var errTimerStall = errors.New("the guest reported a CPU whose timer stopped firing (a lab hazard)")
+// hazardIn returns the lab hazard (one of hazards) a console line reports,
+// or "".
+func hazardIn(line string) string {
+	for _, h := range hazards {
+		if strings.Contains(line, h) {
+			return h
+		}
+	}
+	return ""
+}
 
 // firstLine is err's message up to its first newline.
 func firstLine(err error) string {
@@ -398,15 +431,16 @@ func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []
 	begin := map[string]float64{}
 	started := map[string]time.Time{}
 	var tail []string // the console's last lines, for a run that fails
-	stalled := false
+	stalled := ""
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		if tail = append(tail, sc.Text()); len(tail) > consoleTail {
 			tail = tail[1:]
 		}
-		if !stalled && strings.Contains(sc.Text(), timerStall) {
-			stalled = true
-			cmd.Process.Kill() // it would only wait out its budget
+		if stalled == "" {
+			if stalled = hazardIn(sc.Text()); stalled != "" {
+				cmd.Process.Kill() // it would only wait out its budget
+			}
 		}
 		f := strings.Fields(sc.Text())
 		if len(f) < 2 {
@@ -449,8 +483,8 @@ func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []
 	if err := cmd.Wait(); err != nil {
 		// The guest's own account (a kernel report) is on its console.
 		console := "\n  guest console, last lines:\n    " + strings.Join(tail, "\n    ")
-		if stalled {
-			return nil, nil, fmt.Errorf("%s: %w%s", argv[0], errTimerStall, console)
+		if stalled != "" {
+			return nil, nil, fmt.Errorf("%s: %w: %q%s", argv[0], errLabHazard, stalled, console)
 		}
 		if ctx.Err() != nil {
 			return nil, nil, fmt.Errorf("%s: killed after its share of -timeout: %w%s", argv[0], ctx.Err(), console)

@@ -43,6 +43,7 @@ func main() {
 	loads := fs.String("loads", "idle,dirty", "migrate: guest loads (idle: a shell that sleeps; dirty: migguest)")
 	fs.BoolVar(&traceExits, "trace", false, "io, emul, iommu, vhostuser: count each workload's exits by reason, port, MMIO address and MSR (KVM tracepoints' histograms) and print them per operation")
 	fs.StringVar(&setupFilter, "setups", "", "io, emul, iommu, vhostuser: run only these setups (comma-separated names, as in the table)")
+	fs.StringVar(&variants, "variants", "", "io, emul, iommu, vhostuser: also run copies of setups with an environment variable set, as SETUP+VAR=VALUE,... (an A/B of one change in one lab run)")
 	timeout := fs.Duration("timeout", 0, "stop starting guests after this long and print what was measured (default: enough for every run asked for on a loaded machine)")
 	fs.Parse(os.Args[2:])
 	perRun, ok := perRunBudget[os.Args[1]]
@@ -100,10 +101,11 @@ func main() {
 var (
 	traceExits  bool
 	setupFilter string
+	variants    string
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu|vhostuser [-rounds N] [-memory MiB] [-timeout D] [-setups a,b] [-trace]")
+	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu|vhostuser [-rounds N] [-memory MiB] [-timeout D] [-setups a,b] [-variants SETUP+VAR=VALUE,...] [-trace]")
 	fmt.Fprintln(os.Stderr, "       vio-bench migrate [-rounds N] [-sizes MiB,...] [-loads idle,dirty] [-timeout D]")
 	os.Exit(2)
 }
