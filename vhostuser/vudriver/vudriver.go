@@ -86,17 +86,24 @@ func Dial(path string, cfg Config) (*Driver, error) {
 	}
 	d, err := New(f, cfg)
 	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return d, nil
 }
 
 // New sets up a Driver on a connected front-end, which it then owns
-// (Close closes it): the opening (VERSION_1 and protocol features MQ,
-// REPLY_ACK, CONFIG), guest RAM, the disk's capacity from the
-// configuration space, and queue 0, enabled.
+// (Close closes it; so does a failed New): the opening (VERSION_1 and
+// protocol features MQ, REPLY_ACK, CONFIG), guest RAM, the disk's
+// capacity from the configuration space, and queue 0, enabled.
 func New(f *vhostuser.Frontend, cfg Config) (*Driver, error) {
+	d, err := newDriver(f, cfg)
+	if err != nil {
+		f.Close()
+	}
+	return d, err
+}
+
+func newDriver(f *vhostuser.Frontend, cfg Config) (*Driver, error) {
 	if cfg.Depth == 0 {
 		cfg.Depth = 16
 	}
@@ -132,7 +139,7 @@ func New(f *vhostuser.Frontend, cfg Config) (*Driver, error) {
 	d := &Driver{cfg: cfg, f: f, mem: mem, kickFD: -1, callFD: -1, byHead: make(map[uint16]int),
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x7664726976657221))}
 	if err := d.open(qsize, ringBase); err != nil {
-		d.Close()
+		d.release()
 		return nil, err
 	}
 	for i := range cfg.Depth {
@@ -199,6 +206,12 @@ func (d *Driver) Completed() uint64 { return d.done.Load() }
 // RAM and eventfds.
 func (d *Driver) Close() error {
 	err := d.f.Close()
+	d.release()
+	return err
+}
+
+// release frees what the Driver made: the eventfds and the RAM.
+func (d *Driver) release() {
 	for _, fd := range []*int{&d.kickFD, &d.callFD} {
 		if *fd >= 0 {
 			unix.Close(*fd)
@@ -206,7 +219,6 @@ func (d *Driver) Close() error {
 		}
 	}
 	d.mem.Close()
-	return err
 }
 
 // Run keeps Depth reads at random Size-aligned offsets in flight, adding
