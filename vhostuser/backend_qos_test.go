@@ -1,134 +1,97 @@
-package vhostuser
+package vhostuser_test
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/viovmm/vio/block/qos"
+	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/block/throttle"
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/qos/mclock"
+	"github.com/viovmm/vio/vhostuser"
+	"github.com/viovmm/vio/vhostuser/vudriver"
 	"github.com/viovmm/vio/virtio"
-	"github.com/viovmm/vio/virtio/queuetest"
 )
 
 // qosClient is one front-end (a VM) reading from its own vhost-user-blk
-// connection as fast as the back-end lets it: rounds of depth reads.
+// connection as fast as the back-end lets it, in runs that can be
+// stopped (the VM goes idle) and started again.
 type qosClient struct {
-	q      *qsdBlk
-	done   atomic.Int64 // reads completed with status OK
-	paused atomic.Bool
-	idle   chan struct{} // signalled when a pause takes effect
-	resume chan struct{} // ends a pause
-	err    error
+	d    *vudriver.Driver
+	stop context.CancelFunc
+	done chan error // the current run's result
 }
 
-// run keeps depth one-sector reads in flight until ctx ends, adding one
-// as each completes. The driver's data area is reclaimed only when
-// nothing is in flight, so when it runs out (every few hundred reads)
-// the client lets its reads drain once. While paused, it lets them
-// drain and waits to be resumed.
-func (c *qosClient) run(ctx context.Context, depth int) {
-	inflight, k := 0, 0
-	full := false // the data area is used up: drain before adding
-	for ctx.Err() == nil {
-		if inflight == 0 {
-			full = false
-			if c.paused.Load() {
-				c.idle <- struct{}{}
-				select {
-				case <-ctx.Done():
-					return
-				case <-c.resume:
-				}
-			}
-		}
-		added := false
-		for !full && !c.paused.Load() && inflight < depth {
-			_, err := c.q.drv.Add([][]byte{blkHeader(blkTIn, uint64(k%64))}, []uint32{sector, 1})
-			if errors.Is(err, queuetest.ErrNoBufferSpace) {
-				full = true
-				break
-			}
-			if err != nil {
-				c.err = err
-				return
-			}
-			k++
-			inflight++
-			added = true
-		}
-		if added {
-			if _, err := unix.Write(c.q.kickFD, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
-				c.err = err
-				return
-			}
-		}
-		if inflight == 0 {
-			continue
-		}
-		u, ok, err := c.q.drv.GetUsed()
-		if err != nil {
-			c.err = err
-			return
-		}
-		if !ok {
-			if err := pollEvent(c.q.callFD, 10*time.Second); err != nil {
-				c.err = err
-				return
-			}
-			continue
-		}
-		if len(u.Data) != sector+1 || u.Data[sector] != blk.StatusOK {
-			c.err = fmt.Errorf("read: used %d bytes, status %v", len(u.Data), u.Data)
-			return
-		}
-		c.done.Add(1)
-		inflight--
-	}
+// start keeps depth reads in flight until stopped.
+func (c *qosClient) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stop, c.done = cancel, make(chan error, 1)
+	go func() { c.done <- c.d.Run(ctx, 0) }()
 }
 
-// pollEvent waits for an eventfd to be signalled and consumes it.
-func pollEvent(fd int, limit time.Duration) error {
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Poll(pfd, int(limit/time.Millisecond))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("no call within %v", limit)
-		}
-		var b [8]byte
-		_, err = unix.Read(fd, b[:])
-		return err
-	}
+// halt stops the run and returns once its reads have completed: the
+// front-end is idle.
+func (c *qosClient) halt() error {
+	c.stop()
+	return <-c.done
 }
 
 // rates returns each client's completions a second over window.
 func rates(cs []*qosClient, window time.Duration) []float64 {
-	before := make([]int64, len(cs))
+	before := make([]uint64, len(cs))
 	for i, c := range cs {
-		before[i] = c.done.Load()
+		before[i] = c.d.Completed()
 	}
 	start := time.Now()
 	time.Sleep(window) // the measurement window itself
 	el := time.Since(start).Seconds()
 	out := make([]float64, len(cs))
 	for i, c := range cs {
-		out[i] = float64(c.done.Load()-before[i]) / el
+		out[i] = float64(c.d.Completed()-before[i]) / el
 	}
 	return out
+}
+
+// serveClient serves the shared disk to one client on a socket of its
+// own, as vio serve-disk does, and connects a front-end to it.
+func serveClient(t *testing.T, shared *qos.Shared, name string) *vudriver.Driver {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), name+".sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &vhostuser.Backend{
+		NewDevice: func() (virtio.QueueServer, error) {
+			d, err := shared.Disk(name)
+			if err != nil {
+				return nil, err
+			}
+			return blk.New(d, blk.Config{})
+		},
+		Timeout: 5 * time.Second,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(ctx, l) }()
+	d, err := vudriver.Dial(sock, vudriver.Config{Depth: 8, Size: 512, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Close()
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	})
+	return d
 }
 
 // TestBackendQoS: three front-ends, each on a connection of its own (one
@@ -138,7 +101,15 @@ func rates(cs []*qosClient, window time.Duration) []float64 {
 // within 10%; a limit raised at run time takes effect; a front-end that
 // was idle and comes back gets its share, not a burst.
 func TestBackendQoS(t *testing.T) {
-	_, _, file := rawImage(t, 1<<20)
+	img := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file, err := raw.Open(img, raw.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { file.Close() })
 	// The device: the raw file behind a throttle of 200 requests a
 	// second (a bucket of 50 ms of requests, so a timer that fires late
 	// on a loaded host costs little capacity).
@@ -160,36 +131,22 @@ func TestBackendQoS(t *testing.T) {
 		if err := shared.SetClient(name, params[i]); err != nil {
 			t.Fatal(err)
 		}
-		b := &Backend{
-			NewDevice: func() (virtio.QueueServer, error) {
-				d, err := shared.Disk(name)
-				if err != nil {
-					return nil, err
+		cs = append(cs, &qosClient{d: serveClient(t, shared, name)})
+	}
+	var stopOnce sync.Once
+	stopAll := func() {
+		stopOnce.Do(func() {
+			for i, c := range cs {
+				if err := c.halt(); err != nil {
+					t.Errorf("front-end %s: %v", names[i], err)
 				}
-				return blk.New(d, blk.Config{})
-			},
-			Timeout: 5 * time.Second,
-		}
-		f, _ := serveOnPair(t, b)
-		mem := guestRAM(t)
-		negotiate(t, f, mem, virtioFVersion1)
-		cs = append(cs, &qosClient{q: setupQueue(t, f, mem, 0, 0x1000, false), idle: make(chan struct{}, 1), resume: make(chan struct{}, 1)})
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, c := range cs {
-		wg.Add(1)
-		go func() { defer wg.Done(); c.run(ctx, 8) }()
-	}
-	defer func() {
-		cancel()
-		wg.Wait()
-		for i, c := range cs {
-			if c.err != nil {
-				t.Errorf("front-end %d: %v", i, c.err)
 			}
-		}
-	}()
+		})
+	}
+	for _, c := range cs {
+		c.start()
+	}
+	defer stopAll()
 	check := func(what string, got []float64) {
 		t.Helper()
 		var total float64
@@ -221,11 +178,11 @@ func TestBackendQoS(t *testing.T) {
 	// vm-b goes idle for a second, then comes back: in its first 300 ms
 	// it gets about its share, not the device (which a client that
 	// banked its idle time would take until the others caught up).
-	cs[1].paused.Store(true)
-	<-cs[1].idle
+	if err := cs[1].halt(); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(time.Second) // the idle period
-	cs[1].paused.Store(false)
-	cs[1].resume <- struct{}{}
+	cs[1].start()
 	got := rates(cs, 300*time.Millisecond)
 	var total float64
 	for _, r := range got {
@@ -239,6 +196,7 @@ func TestBackendQoS(t *testing.T) {
 	if got[0] < 0.5*params[0].Reservation {
 		t.Errorf("vm-a got %.1f/s while vm-b came back, below half its reservation", got[0])
 	}
+	stopAll()
 	for i, name := range names {
 		st, err := shared.Stats(name)
 		if err != nil {

@@ -11,8 +11,12 @@
 //	    -trace (exits per operation by reason, port, MMIO address and MSR)
 //	go run ./cmd/vio-bench migrate [-rounds N] [-sizes 256,1024,2048] [-loads idle,dirty]
 //	                                          # live migration over TCP: total time, downtime, bytes, iterations
+//	go run ./cmd/vio-bench qos [-rounds N]    # vio serve-disk's cross-VM QoS: three front-ends with reservation,
+//	                                          # weight, limit on a throttled file; rates against mclock.Allocate
 //
-// On a host without hardware virtualization it runs itself inside the lab.
+// On a host without hardware virtualization it runs itself inside the
+// lab, except qos, which needs no guest and runs on the host; qos exits
+// 1 when a QoS property fails in the medians.
 package main
 
 import (
@@ -68,12 +72,17 @@ func main() {
 		}
 		setups = 2 * len(migSizes) * len(migLoads)
 	}
+	if os.Args[1] == "qos" {
+		setups = 1 // one daemon and its three front-ends a round
+	}
 	if *timeout <= 0 {
 		*timeout = time.Duration(*rounds*setups) * perRun
 	}
 	b := &budget{deadline: time.Now().Add(*timeout), perRun: perRun}
 	var err error
 	switch os.Args[1] {
+	case "qos":
+		err = benchQoS(b, *rounds)
 	case "boot":
 		err = inLab(*timeout, func(e *env) error { return benchBoot(e, b, *rounds, *mem) })
 	case "io":
@@ -107,6 +116,7 @@ var (
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: vio-bench boot|io|emul|iommu|vhostuser [-rounds N] [-memory MiB] [-timeout D] [-setups a,b] [-variants SETUP+VAR=VALUE,...] [-trace]")
 	fmt.Fprintln(os.Stderr, "       vio-bench migrate [-rounds N] [-sizes MiB,...] [-loads idle,dirty] [-timeout D]")
+	fmt.Fprintln(os.Stderr, "       vio-bench qos [-rounds N] [-timeout D]")
 	os.Exit(2)
 }
 
@@ -116,7 +126,9 @@ func usage() {
 // migrate: two VMMs per size and load) its budget. A migrate run is one
 // VMM's pair of processes: the guest's boot and one migration, which
 // takes 20 to 60 s for a 256 MiB guest in the lab (docs/migration.md).
-var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute, "vhostuser": 6 * time.Minute, "migrate": 8 * time.Minute}
+// A qos run is one round on the host: about 20 s of phases and the
+// daemon's start and stop.
+var perRunBudget = map[string]time.Duration{"boot": 2 * time.Minute, "io": 6 * time.Minute, "emul": 6 * time.Minute, "iommu": 6 * time.Minute, "vhostuser": 6 * time.Minute, "migrate": 8 * time.Minute, "qos": 2 * time.Minute}
 
 // labNeeds is what a benchmark needs in the lab beyond vio and itself.
 type labNeeds struct {
@@ -191,10 +203,8 @@ func inLab(timeout time.Duration, f func(*env) error) error {
 	vio := filepath.Join(dir, "vio")
 	self := filepath.Join(dir, "vio-bench")
 	for bin, pkg := range map[string]string{vio: "./cmd/vio", self: "./cmd/vio-bench"} {
-		build := exec.Command("go", "build", "-o", bin, pkg)
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("building %s (run vio-bench from the repository root): %w", pkg, err)
+		if err := goBuild(bin, pkg); err != nil {
+			return err
 		}
 	}
 	env := []string{"VIO_BIN=" + vio}
@@ -207,4 +217,15 @@ func inLab(timeout time.Duration, f func(*env) error) error {
 	}
 	fmt.Printf("vio-bench: no hardware KVM here; running in the lab (%d host CPUs)\n", runtime.NumCPU())
 	return lab.Exec(ctx, lab.Config{Timeout: timeout + 3*time.Minute, MemoryMiB: n.memoryMiB, Env: env}, append([]string{self}, os.Args[1:]...), os.Stdout, os.Stderr)
+}
+
+// goBuild builds the package pkg (a path from the repository root) into
+// bin.
+func goBuild(bin, pkg string) error {
+	build := exec.Command("go", "build", "-o", bin, pkg)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building %s (run vio-bench from the repository root): %w", pkg, err)
+	}
+	return nil
 }

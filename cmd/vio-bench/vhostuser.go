@@ -22,7 +22,9 @@ import (
 func benchVhostUser(e *env, b *budget, rounds, memMiB int) error {
 	return runIOBench(e, b, rounds, memMiB, func(disk, tools, initrd string) ([]setup, string) {
 		sock := e.work + "/serve-disk.sock"
-		serve := func() (func() error, error) { return startServeDisk(e.vio, sock, disk) }
+		serve := func() (func() error, error) {
+			return startServeDisk(e.vio, []string{"serve-disk", "--socket", sock, "--disk", "path=" + disk + ",format=raw"}, sock)
+		}
 		mem := strconv.Itoa(memMiB) + "M"
 		qemuTools := []string{"-drive", "file=" + tools + ",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1"}
 		qemuNet := []string{"-netdev", "tap,id=n0,ifname=" + benchTap + ",script=no,downscript=no,vhost=off", "-device", "virtio-net-pci,netdev=n0"}
@@ -64,11 +66,14 @@ func sharedMemory(argv []string) []string {
 	return argv
 }
 
-// startServeDisk starts vio serve-disk on disk at sock and returns once
-// it listens; stop sends it SIGTERM and waits for it to flush and exit.
-func startServeDisk(vio, sock, disk string) (stop func() error, err error) {
-	os.Remove(sock) // a stale one from a run that died; serve-disk refuses it
-	cmd := exec.Command(vio, "serve-disk", "--socket", sock, "--disk", "path="+disk+",format=raw")
+// startServeDisk starts vio with args (serve-disk and its flags) and
+// returns once it listens on every one of socks; stop sends it SIGTERM
+// and waits for it to flush and exit.
+func startServeDisk(vio string, args []string, socks ...string) (stop func() error, err error) {
+	for _, s := range socks {
+		os.Remove(s) // a stale one from a run that died; serve-disk refuses it
+	}
+	cmd := exec.Command(vio, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vio serve-disk: %w", err)
@@ -77,10 +82,12 @@ func startServeDisk(vio, sock, disk string) (stop func() error, err error) {
 	go func() { exited <- cmd.Wait() }()
 	// Neither front-end may find the socket missing: QEMU without
 	// reconnect= fails at once.
-	if err := waitListening(sock, exited, 30*time.Second); err != nil {
-		cmd.Process.Kill()
-		<-exited
-		return nil, fmt.Errorf("vio serve-disk: %w", err)
+	for _, s := range socks {
+		if err := waitListening(s, exited, 30*time.Second); err != nil {
+			cmd.Process.Kill()
+			<-exited
+			return nil, fmt.Errorf("vio serve-disk: %w", err)
+		}
 	}
 	return func() error {
 		cmd.Process.Signal(syscall.SIGTERM)

@@ -1,4 +1,5 @@
-// Package queuetest plays the guest driver of a split virtqueue in tests:
+// Package queuetest plays the guest driver of a split virtqueue in tests
+// (and in vhostuser/vudriver, a front-end without a VM for benchmarks):
 // it lays out the rings in a memory.Memory, adds descriptor chains (direct
 // or indirect), publishes them, decides whether to kick and reads used
 // entries the way Linux's virtio_ring does, honouring VIRTIO_F_EVENT_IDX.
@@ -13,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/virtio"
@@ -181,12 +183,31 @@ func (d *Driver) buffers(out [][]byte, in []uint32) ([]Desc, []Desc, error) {
 // Add makes a chain available: readable buffers holding out, then writable
 // buffers of the sizes in in. It returns the chain's head.
 func (d *Driver) Add(out [][]byte, in []uint32) (uint16, error) {
-	ds, ins, err := d.buffers(out, in)
+	ds, _, err := d.buffers(out, in)
 	if err != nil {
 		return 0, err
 	}
-	if len(ds) == 0 || len(ds) > len(d.free) {
+	return d.AddChain(ds)
+}
+
+// AddChain makes a chain of buffers the caller placed in guest RAM
+// available: each descriptor's Addr, Len and FlagWrite (the chaining is
+// done here, on a copy). It returns the chain's head; GetUsed reads its
+// writable buffers back. A driver that keeps requests in flight without
+// a pause uses it with buffers of its own, which it reuses as requests
+// complete, where Add's data area is only reclaimed once nothing is in
+// flight.
+func (d *Driver) AddChain(chain []Desc) (uint16, error) {
+	if len(chain) == 0 || len(chain) > len(d.free) {
 		return 0, ErrNoDescriptors
+	}
+	ds := slices.Clone(chain)
+	var ins []Desc
+	for k := range ds {
+		ds[k].Flags &= FlagWrite
+		if ds[k].Flags&FlagWrite != 0 {
+			ins = append(ins, ds[k])
+		}
 	}
 	idx := d.free[len(d.free)-len(ds):]
 	d.free = d.free[:len(d.free)-len(ds)]
