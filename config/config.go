@@ -314,8 +314,11 @@ type Net struct {
 	IDSMode  string `json:"ids_mode,omitempty"`
 	// Model is "virtio" (the default) or "e1000"; a vio extension to
 	// Cloud Hypervisor's NetConfig.
-	Model     string `json:"model,omitempty"`
-	MAC       string `json:"mac,omitempty"`
+	Model string `json:"model,omitempty"`
+	MAC   string `json:"mac,omitempty"`
+	// NumQueues counts the NIC's queues of both directions, as Cloud
+	// Hypervisor's does: 2 per receive/transmit pair (QueuePairs); more
+	// than one pair needs a TAP (multi-queue, docs/network.md).
 	NumQueues int    `json:"num_queues,omitempty"`
 	QueueSize int    `json:"queue_size,omitempty"`
 	ID        string `json:"id,omitempty"`
@@ -597,8 +600,8 @@ func (c *VM) Validate() error {
 		switch n.Model {
 		case "", NetVirtio:
 		case NetE1000:
-			if n.NumQueues > 1 || n.QueueSize != 0 {
-				return fmt.Errorf("net %d: an e1000 has one queue pair and rings the guest sizes: drop num_queues and queue_size, or use model=virtio", i)
+			if n.QueuePairs() > 1 || n.QueueSize != 0 {
+				return fmt.Errorf("net %d: an e1000 has one queue pair and rings the guest sizes: drop queues, num_queues and queue_size, or use model=virtio", i)
 			}
 		default:
 			return fmt.Errorf("net %d: model %q: want virtio or e1000", i, n.Model)
