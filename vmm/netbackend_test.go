@@ -1,10 +1,14 @@
 package vmm
 
 import (
+	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/nettest"
 )
 
 func TestUserNetConfig(t *testing.T) {
@@ -22,7 +26,7 @@ func TestUserNetConfig(t *testing.T) {
 	}
 	// A user-mode network opens without privileges and closes with the VM.
 	var v VM
-	be, err := v.netBackend(config.Net{User: &config.UserNet{HostFwd: []string{"tcp:127.0.0.1:0-:22"}}})
+	be, err := single(v.netBackends(config.Net{User: &config.UserNet{HostFwd: []string{"tcp:127.0.0.1:0-:22"}}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +34,58 @@ func TestUserNetConfig(t *testing.T) {
 		t.Fatalf("closers %v", v.closers)
 	}
 	be.Close()
-	if _, err := v.netBackend(config.Net{User: &config.UserNet{Net: "10.0.0.0/30"}}); err == nil || !strings.Contains(err.Error(), "prefix length") {
+	if _, err := single(v.netBackends(config.Net{User: &config.UserNet{Net: "10.0.0.0/30"}})); err == nil || !strings.Contains(err.Error(), "prefix length") {
 		t.Errorf("tiny network: %v", err)
+	}
+}
+
+// single is the one back-end of a NIC with one queue pair.
+func single(bes []netdev.Backend, err error) (netdev.Backend, error) {
+	if err != nil {
+		return nil, err
+	}
+	if len(bes) != 1 {
+		return nil, fmt.Errorf("%d back-ends for one queue pair", len(bes))
+	}
+	return bes[0], nil
+}
+
+// TestTapQueues: a NIC with 4 queue pairs on a TAP named by the config
+// gets 4 back-ends, the queues of one multi-queue TAP (which the kernel
+// then has 4 of), each closed with the VM; a TAP that exists as a
+// single-queue one is refused in a sentence that says how to make it
+// multi-queue.
+func TestTapQueues(t *testing.T) {
+	ns := nettest.Netns(t, "viovmmq")
+	var v VM
+	var bes []netdev.Backend
+	var err, singleErr error
+	nettest.InNetns(t, ns, func() {
+		bes, err = v.netBackends(config.Net{Tap: "mq0", NumQueues: 8})
+		if err != nil {
+			return
+		}
+		if out, err := exec.Command("ip", "tuntap", "add", "sq0", "mode", "tap").CombinedOutput(); err != nil {
+			singleErr = fmt.Errorf("ip tuntap add: %v: %s", err, out)
+			return
+		}
+		var v2 VM
+		_, singleErr = v2.netBackends(config.Net{Tap: "sq0", NumQueues: 4})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bes) != 4 || len(v.closers) != 4 {
+		t.Fatalf("%d back-ends, %d closers for 4 queue pairs", len(bes), len(v.closers))
+	}
+	out, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "ls -d /sys/class/net/mq0/queues/rx-* | wc -l").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "4" {
+		t.Errorf("the TAP has %q receive queues (%v), want 4", out, err)
+	}
+	for _, c := range v.closers {
+		c.Close()
+	}
+	if singleErr == nil || !strings.Contains(singleErr.Error(), "multi_queue") {
+		t.Errorf("4 queues on a single-queue TAP: %v", singleErr)
 	}
 }
