@@ -217,7 +217,7 @@ func (n *Net) validateVhostUser(i int, sharedRAM bool) error {
 	case n.Firewall != "" || n.Pcap != "" || n.IDS != "" || n.IOMMU:
 		return fmt.Errorf("net %d: firewall, pcap, ids and iommu need frames to pass through vio, which a vhost-user NIC's do not: drop them", i)
 	case n.NumQueues > 2:
-		return fmt.Errorf("net %d: a vhost-user NIC has one queue pair (num_queues=2 at most)", i)
+		return fmt.Errorf("net %d: a vhost-user NIC has one queue pair (num_queues=2 at most); several queue pairs need a TAP back-end", i)
 	}
 	if n.QueueSize != 0 && (n.QueueSize&(n.QueueSize-1) != 0 || n.QueueSize > 32768) {
 		return fmt.Errorf("net %d: queue_size=%d: give a power of two up to 32768", i, n.QueueSize)
