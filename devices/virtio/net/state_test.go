@@ -425,3 +425,53 @@ func FuzzRestoreState(f *testing.F) {
 		}
 	})
 }
+
+// TestRestoreMultiQueueBounds: on a device with 2 queue pairs and MQ
+// negotiated, a state with 3 pairs in use or packets pending on a third
+// pair is refused, and changes nothing; the state a single-queue device
+// writes (one pair in use) loads, and so does 2.
+func TestRestoreMultiQueueBounds(t *testing.T) {
+	a0, _ := nettest.Pair(64)
+	a1, _ := nettest.Pair(64)
+	m := newMachineOn(t, nil, vnet.Config{}, a0, a1)
+	qs := m.startQueues(t, vnet.FeatureCtrlVQ|vnet.FeatureMQ, 5)
+	if ack := m.command(t, qs[4], 4, 4, 0, []byte{2, 0}); ack != 0 {
+		t.Fatalf("2 pairs: ack %d", ack)
+	}
+	if err := m.dev.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.dev.Resume()
+	good, err := m.dev.SaveState()
+	if err != nil || good.Pairs != 2 {
+		t.Fatalf("saved %+v, %v", good, err)
+	}
+	for name, mod := range map[string]func(*vnet.State){
+		"pairs 3":           func(s *vnet.State) { s.Pairs = 3 },
+		"pairs 65535":       func(s *vnet.State) { s.Pairs = 0xffff },
+		"pending on pair 2": func(s *vnet.State) { s.RxPending = [][][]byte{nil, nil, {make([]byte, 60)}} },
+	} {
+		s := good
+		mod(&s)
+		b, _ := json.Marshal(s)
+		if err := m.dev.UnmarshalState(vnet.StateVersion, b); !errors.Is(err, state.ErrInvalid) && !errors.Is(err, state.ErrMismatch) {
+			t.Errorf("%s: %v", name, err)
+		}
+		if !a1.QueueEnabled() {
+			t.Errorf("%s: a refused restore switched pair 1's queue off", name)
+		}
+	}
+	// What a single-queue device writes (version 1, as before multi-queue
+	// counters existed: the format did not change).
+	one := []byte(`{"MAC":"52:54:00:01:02:03","LinkUp":true,"Announce":false,"Pairs":1}`)
+	if err := m.dev.UnmarshalState(1, one); err != nil {
+		t.Fatal(err)
+	}
+	if a1.QueueEnabled() || m.dev.MAC().String() != "52:54:00:01:02:03" {
+		t.Errorf("after a 1-pair state: pair 1's queue on %v, MAC %v", a1.QueueEnabled(), m.dev.MAC())
+	}
+	b, _ := json.Marshal(good)
+	if err := m.dev.UnmarshalState(vnet.StateVersion, b); err != nil || !a1.QueueEnabled() {
+		t.Errorf("2 pairs again: %v, pair 1's queue on %v", err, a1.QueueEnabled())
+	}
+}
