@@ -6,7 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/viovmm/vio/config"
+	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/netdev"
 	"github.com/viovmm/vio/netdev/nettest"
 )
@@ -87,5 +90,52 @@ func TestTapQueues(t *testing.T) {
 	}
 	if singleErr == nil || !strings.Contains(singleErr.Error(), "multi_queue") {
 		t.Errorf("4 queues on a single-queue TAP: %v", singleErr)
+	}
+}
+
+// TestNICFromFDsQueues: TAP descriptors passed in (as Kata passes them)
+// are one NIC's queue pairs when they are queues of one multi-queue TAP;
+// descriptors of two TAPs are refused in a sentence naming both.
+func TestNICFromFDsQueues(t *testing.T) {
+	ns := nettest.Netns(t, "viovmfd")
+	open := func(name string) int {
+		t.Helper()
+		fd := -1
+		var err error
+		nettest.InNetns(t, ns, func() {
+			if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+				return
+			}
+			var ifr *unix.Ifreq
+			if ifr, err = unix.NewIfreq(name); err != nil {
+				return
+			}
+			ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_MULTI_QUEUE)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	var v VM
+	dev, err := v.newNICFromFDs(config.Net{TapFDs: []int{open("fdq0"), open("fdq0")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(dev.(*virtionet.Device).QueueStats()); n != 2 {
+		t.Errorf("%d queue pairs on two queues of one TAP", n)
+	}
+	for _, c := range v.closers {
+		c.Close()
+	}
+	var v2 VM
+	_, err = v2.newNICFromFDs(config.Net{TapFDs: []int{open("fdq1"), open("fdq2")}})
+	if err == nil || !strings.Contains(err.Error(), "queues of fdq1 and fdq2") {
+		t.Errorf("descriptors of two TAPs: %v", err)
+	}
+	for _, c := range v2.closers {
+		c.Close()
 	}
 }
