@@ -117,13 +117,12 @@ func (s *rxServer) serve() {
 			continue
 		}
 		var st step
-		n, changed := s.d.pairsInUse()
 		switch {
-		case s.pair >= n:
+		case s.pair >= int(s.d.pairs.Load()): // an atomic load per frame; pair 0 is always in use
 			// The driver does not use this pair (yet): deliver nothing
 			// until it does. Frames already read wait in the host
 			// buffers; a multi-queue TAP steers no new ones here.
-			st = s.idle(changed)
+			st = s.idle()
 		case len(s.restored) > 0:
 			if st = s.deliver(s.restored[0]); st == stepOK {
 				s.restored[0] = nil
@@ -154,7 +153,11 @@ func (s *rxServer) serve() {
 }
 
 // idle waits until the pair count changes.
-func (s *rxServer) idle(changed <-chan struct{}) step {
+func (s *rxServer) idle() step {
+	n, changed := s.d.pairsInUse()
+	if s.pair < n {
+		return stepOK // it changed since the caller looked
+	}
 	select {
 	case <-s.stop:
 		return stepStop
