@@ -292,6 +292,11 @@ func TestAddNetFDs(t *testing.T) {
 	if len(m.Config.Net) != 1 || len(m.Config.Net[0].TapFDs) != 1 || m.Config.Net[0].ID != "kata0" {
 		t.Fatalf("the VM was built with NICs %+v, want kata0 on one descriptor", m.Config.Net)
 	}
+	// No num_queues given: one pair per descriptor, in Cloud
+	// Hypervisor's count of both directions.
+	if n := m.Config.Net[0]; n.NumQueues != 2 || n.QueuePairs() != 1 {
+		t.Errorf("a NIC on one descriptor has num_queues %d (%d pairs), want 2 (1)", n.NumQueues, n.QueuePairs())
+	}
 
 	// Hot plug: 200 with {id, bdf}.
 	r2, w2, _ := os.Pipe()

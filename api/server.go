@@ -459,6 +459,9 @@ func (s *Server) addNet(w http.ResponseWriter, r *http.Request) error {
 	if len(fds) > 0 && n.NumQueues != 0 && n.NumQueues != 2*len(fds) {
 		return errorf(http.StatusBadRequest, "num_queues %d does not match the %d TAP descriptor(s) passed, one per queue pair: send num_queues %d or leave it out", n.NumQueues, len(fds), 2*len(fds))
 	}
+	if len(fds) > 0 && n.NumQueues == 0 {
+		n.NumQueues = 2 * len(fds) // so that the pair count is validated with the rest
+	}
 	n.TapFDs, handed = fds, true
 	info, err := s.ctl.AddNet(n)
 	if err != nil {

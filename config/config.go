@@ -217,7 +217,7 @@ func (n *Net) validateVhostUser(i int, sharedRAM bool) error {
 	case n.Firewall != "" || n.Pcap != "" || n.IDS != "" || n.IOMMU:
 		return fmt.Errorf("net %d: firewall, pcap, ids and iommu need frames to pass through vio, which a vhost-user NIC's do not: drop them", i)
 	case n.NumQueues > 2:
-		return fmt.Errorf("net %d: a vhost-user NIC has one queue pair (num_queues=2 at most)", i)
+		return fmt.Errorf("net %d: a vhost-user NIC has one queue pair (num_queues=2 at most); several queue pairs need a TAP back-end", i)
 	}
 	if n.QueueSize != 0 && (n.QueueSize&(n.QueueSize-1) != 0 || n.QueueSize > 32768) {
 		return fmt.Errorf("net %d: queue_size=%d: give a power of two up to 32768", i, n.QueueSize)
@@ -314,8 +314,11 @@ type Net struct {
 	IDSMode  string `json:"ids_mode,omitempty"`
 	// Model is "virtio" (the default) or "e1000"; a vio extension to
 	// Cloud Hypervisor's NetConfig.
-	Model     string `json:"model,omitempty"`
-	MAC       string `json:"mac,omitempty"`
+	Model string `json:"model,omitempty"`
+	MAC   string `json:"mac,omitempty"`
+	// NumQueues counts the NIC's queues of both directions, as Cloud
+	// Hypervisor's does: 2 per receive/transmit pair (QueuePairs); more
+	// than one pair needs a TAP (multi-queue, docs/network.md).
 	NumQueues int    `json:"num_queues,omitempty"`
 	QueueSize int    `json:"queue_size,omitempty"`
 	ID        string `json:"id,omitempty"`
@@ -597,8 +600,8 @@ func (c *VM) Validate() error {
 		switch n.Model {
 		case "", NetVirtio:
 		case NetE1000:
-			if n.NumQueues > 1 || n.QueueSize != 0 {
-				return fmt.Errorf("net %d: an e1000 has one queue pair and rings the guest sizes: drop num_queues and queue_size, or use model=virtio", i)
+			if n.QueuePairs() > 1 || n.QueueSize != 0 {
+				return fmt.Errorf("net %d: an e1000 has one queue pair and rings the guest sizes: drop queues, num_queues and queue_size, or use model=virtio", i)
 			}
 		default:
 			return fmt.Errorf("net %d: model %q: want virtio or e1000", i, n.Model)

@@ -98,7 +98,14 @@ func TestValidateMessages(t *testing.T) {
 				c.Disks[i].Iface = DiskCDROM
 			}
 		}, "at most 4"},
-		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 2}} }, "one queue pair"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 4}} }, "one queue pair"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", NumQueues: 3}} }, "net 0: num_queues 3: a NIC's queues come in receive/transmit pairs"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", NumQueues: -2}} }, "net 0: num_queues -2"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", NumQueues: 130}} }, "at most 64 queue pairs"},
+		{func(c *VM) { c.Net = []Net{{User: &UserNet{}, NumQueues: 4}} }, "net 0: 2 queue pairs need a TAP back-end"},
+		{func(c *VM) { c.Net = []Net{{Socket: "/s", NumQueues: 4}} }, "need a TAP back-end"},
+		{func(c *VM) { c.Net = []Net{{Bond: &NetBond{Sockets: []string{"/a", "/b"}}, NumQueues: 8}} }, "need a TAP back-end"},
+		{func(c *VM) { c.Net = []Net{{Tap: "t", Pcap: "/x.pcap", NumQueues: 4}} }, "firewall, pcap and ids see the frames of one queue pair"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", QueueSize: 65536}} }, "disk 0: queue_size 65536: give a power of two"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", QueueSize: 100}} }, "queue_size 100"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", QueueSize: -1}} }, "queue_size -1"},
@@ -116,6 +123,64 @@ func TestValidateMessages(t *testing.T) {
 	cfg.Payload.Kernel = kernel
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("defaults with a kernel: %v", err)
+	}
+	// Cloud Hypervisor's num_queues counts both directions: 2 is one pair
+	// on any back-end (and an e1000), 8 is 4 pairs on a TAP.
+	cfg.Net = []Net{{Tap: "t", Model: NetE1000, NumQueues: 2}, {User: &UserNet{}, NumQueues: 2}, {Tap: "t", NumQueues: 8}, {TapFDs: []int{3, 4}, NumQueues: 4}}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("num_queues 2 and 8: %v", err)
+	}
+	if p := cfg.Net[2].QueuePairs(); p != 4 {
+		t.Errorf("num_queues 8 is %d pairs", p)
+	}
+}
+
+// TestParseNetQueues: queues=N counts pairs (QEMU's key), num_queues=2N
+// both directions (Cloud Hypervisor's); they may be given together if they
+// agree, and each bad value gets one sentence.
+func TestParseNetQueues(t *testing.T) {
+	for spec, pairs := range map[string]int{
+		"tap=t":                         1,
+		"tap=t,queues=4":                4,
+		"tap=t,num_queues=8":            4,
+		"tap=t,queues=2,num_queues=4":   2,
+		"tap=t,num_queues=2":            1,
+		"user=on,queues=1":              1,
+		"tap=t,queues=64,queue_size=64": 64,
+	} {
+		n, err := ParseNet(spec)
+		if err != nil || n.QueuePairs() != pairs {
+			t.Errorf("ParseNet(%q): %d pairs, %v; want %d", spec, n.QueuePairs(), err, pairs)
+		}
+	}
+	for spec, want := range map[string]string{
+		"tap=t,queues=0":                   "queues=\"0\": give the number of receive/transmit queue pairs, 1 to 64",
+		"tap=t,queues=65":                  "1 to 64",
+		"tap=t,queues=x":                   "1 to 64",
+		"tap=t,queues=2,num_queues=8":      "queues=2 and num_queues=8 disagree",
+		"tap=t,num_queues=5":               "give an even number",
+		"user=on,queues=2":                 "2 queue pairs need a TAP back-end",
+		"socket=/s,queues=4":               "need a TAP back-end",
+		"tap=t,queues=4,firewall=/r":       "firewall, pcap and ids",
+		"tap=t,queues=4,model=e1000":       "",
+		"vhost_user=on,socket=/s,queues=2": "",
+	} {
+		n, err := ParseNet(spec)
+		if want == "" {
+			// Accepted by the parser, refused by Validate (an e1000, a
+			// vhost-user NIC: one pair each).
+			cfg := Default()
+			cfg.Payload.Kernel = "/dev/null"
+			cfg.Memory.Shared = true
+			cfg.Net = []Net{n}
+			if err != nil || cfg.Validate() == nil || !strings.Contains(cfg.Validate().Error(), "one queue pair") {
+				t.Errorf("ParseNet(%q): %v, then Validate: %v", spec, err, cfg.Validate())
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseNet(%q): %v, want an error about %q", spec, err, want)
+		}
 	}
 }
 

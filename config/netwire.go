@@ -12,6 +12,37 @@ type NetBond struct {
 	Sockets []string `json:"sockets"`
 }
 
+// MaxNetQueuePairs bounds a virtio NIC's receive/transmit queue pairs
+// (virtio-net's MaxPairs): num_queues at most twice that.
+const MaxNetQueuePairs = 64
+
+// QueuePairs is the number of receive/transmit queue pairs the NIC asks
+// for. num_queues counts the queues of both directions, as Cloud
+// Hypervisor's NetConfig does (its default, 2, is one pair); 0 (not given)
+// is one pair too.
+func (n Net) QueuePairs() int { return max(1, n.NumQueues/2) }
+
+// validateQueues checks num_queues: whole pairs, within bounds, and more
+// than one pair only where it is honoured (a TAP, whose kernel side has a
+// queue per pair; the others are one byte stream or one stack).
+func (n Net) validateQueues(what string) error {
+	switch {
+	case n.NumQueues < 0:
+		return fmt.Errorf("%s: num_queues %d: give a positive even number (2 per queue pair)", what, n.NumQueues)
+	case n.NumQueues > 1 && n.NumQueues%2 != 0:
+		return fmt.Errorf("%s: num_queues %d: a NIC's queues come in receive/transmit pairs, so give an even number (num_queues=2N, or queues=N for N pairs)", what, n.NumQueues)
+	case n.QueuePairs() > MaxNetQueuePairs:
+		return fmt.Errorf("%s: num_queues %d: a NIC has at most %d queue pairs (num_queues=%d)", what, n.NumQueues, MaxNetQueuePairs, 2*MaxNetQueuePairs)
+	case n.QueuePairs() == 1:
+		return nil
+	case n.Tap == "" && len(n.TapFDs) == 0:
+		return fmt.Errorf("%s: %d queue pairs need a TAP back-end (tap=NAME, or TAP descriptors through the API), because the user-mode network, stream sockets, bonds and vhost-user NICs carry one queue pair", what, n.QueuePairs())
+	case n.Firewall != "" || n.Pcap != "" || n.IDS != "":
+		return fmt.Errorf("%s: firewall, pcap and ids see the frames of one queue pair, so they cannot be combined with %d queue pairs: drop them or the extra queues", what, n.QueuePairs())
+	}
+	return nil
+}
+
 // validateBackend checks that a NIC has exactly one back-end and sane
 // interposer settings; i is its index in the config (-1 for a --net flag,
 // whose message names the flag instead).
@@ -50,5 +81,5 @@ func (n Net) validateBackend(i int) error {
 	if n.IDSMode != "" && n.IDS == "" {
 		return errors.New(what + ": ids_mode without ids=SOCKET: give the inspector's socket")
 	}
-	return nil
+	return n.validateQueues(what)
 }

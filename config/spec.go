@@ -208,7 +208,7 @@ func ParseDisk(spec string) (Disk, error) {
 	return d, err
 }
 
-// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,num_queues=N][,queue_size=N][,id=ID],
+// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,queues=N][,num_queues=2N][,queue_size=N][,id=ID],
 // or user=on[,net=CIDR][,hostfwd=FWD[+FWD...]] and the same common keys
 // for user-mode networking. The user-mode keys are checked when the
 // network is built.
@@ -219,6 +219,7 @@ func ParseNet(spec string) (Net, error) {
 		return n, err
 	}
 	user := false
+	pairs := 0 // queues=N: QEMU's count of queue pairs
 	if v, ok := kv["user"]; ok {
 		if user, err = parseBool("net", "user", v); err != nil {
 			return n, err
@@ -259,6 +260,10 @@ func ParseNet(spec string) (Net, error) {
 			n.MAC = v
 		case "num_queues":
 			n.NumQueues, err = parseInt("net", k, v)
+		case "queues":
+			if pairs, err = strconv.Atoi(v); err != nil || pairs < 1 || pairs > MaxNetQueuePairs {
+				err = fmt.Errorf("--net %q: queues=%q: give the number of receive/transmit queue pairs, 1 to %d", spec, v, MaxNetQueuePairs)
+			}
 		case "queue_size":
 			n.QueueSize, err = parseInt("net", k, v)
 		case "id":
@@ -271,11 +276,19 @@ func ParseNet(spec string) (Net, error) {
 		case "vhost_user":
 			n.VhostUser, err = parseBool("net", k, v)
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
 		}
 		if err != nil {
 			return n, err
 		}
+	}
+	if pairs != 0 {
+		// queues counts pairs (QEMU), num_queues both directions (Cloud
+		// Hypervisor): one NIC may say both, if they agree.
+		if n.NumQueues != 0 && n.NumQueues != 2*pairs {
+			return n, fmt.Errorf("--net %q: queues=%d and num_queues=%d disagree: num_queues counts both directions (2 per pair), so give one of them", spec, pairs, n.NumQueues)
+		}
+		n.NumQueues = 2 * pairs
 	}
 	if mode, ok := kv["bond"]; ok {
 		// socket=A+B,bond=MODE: one NIC over several sockets.

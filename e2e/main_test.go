@@ -74,4 +74,6 @@ var expected = labtest.Expected{
 	"TestTestpmd": 75 * time.Second,
 	// Estimated (one QEMU boot, a 25 s fio run with a restart of serve-disk).
 	"TestQEMUServeDisk": 70 * time.Second,
+	// Two lab runs of it alone, 2026-12-07: 47 and 67 s.
+	"TestNetMultiQueue": 70 * time.Second,
 }

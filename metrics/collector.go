@@ -96,6 +96,7 @@ var vcpuName = regexp.MustCompile(`^vcpu([0-9]+)$`)
 //	       NAME         -> vio_vcpu_NAME_total{vcpu="N"}
 //	DEVICE: device_Name    -> vio_device_name_total{device="DEVICE"}
 //	        transport_Name -> vio_device_transport_name_total{device="DEVICE"}
+//	        queues_N_Name  -> vio_device_queue_name_total{device="DEVICE",queue="N"}
 //
 // with names in snake case; a counter whose name starts with max_ is a
 // high-water mark and becomes a gauge without _total.
@@ -127,6 +128,14 @@ func collectCounters(ch chan<- prometheus.Metric, counters map[string]map[string
 			if !ok {
 				part, field = "", k
 			}
+			if part == "queues" {
+				// queues_N_Name: a counter of queue (pair) N.
+				if q, name, ok := strings.Cut(field, "_"); ok {
+					n, typ := metricName("vio_device_queue_", snake(name))
+					ch <- prometheus.MustNewConstMetric(queueDesc(descs, n, name), typ, float64(m[k]), dev, q)
+					continue
+				}
+			}
 			base := snake(field)
 			if part == "transport" {
 				base = "transport_" + base
@@ -135,6 +144,17 @@ func collectCounters(ch chan<- prometheus.Metric, counters map[string]map[string
 			ch <- prometheus.MustNewConstMetric(desc(name, "Device counter "+base+" (see vm.counters), by device.", "device"), typ, float64(m[k]), dev)
 		}
 	}
+}
+
+// queueDesc is the description of a per-queue counter (a NIC's queue
+// pairs), kept in descs with the others.
+func queueDesc(descs map[string]*prometheus.Desc, name, field string) *prometheus.Desc {
+	d, ok := descs[name]
+	if !ok {
+		d = prometheus.NewDesc(name, "Queue counter "+field+" (see vm.counters), by device and queue (pair).", []string{"device", "queue"}, nil)
+		descs[name] = d
+	}
+	return d
 }
 
 // metricName names a counter: max_ names are gauges, the rest counters

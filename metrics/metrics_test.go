@@ -63,6 +63,7 @@ func runningSource() *source {
 		"net0": map[string]any{
 			"transport": virtiopci.Stats{Activations: 1},
 			"device":    virtionet.Stats{TxFrames: 2, RxFrames: 3, TxBytes: 100, RxBytes: 200},
+			"queues":    []virtionet.QueueStats{{TxFrames: 1, RxBytes: 120}, {TxFrames: 1, RxBytes: 80, RxInterrupts: 5}},
 		},
 		"e1000": map[string]any{"device": e1000.Stats{RxFrames: 6}},
 	}
@@ -186,6 +187,10 @@ func TestScrapeParsesWithPrometheus(t *testing.T) {
 		{"vio_device_tx_frames_total", counter, map[string]string{"device": "net0"}, 2},
 		{"vio_device_rx_bytes_total", counter, map[string]string{"device": "net0"}, 200},
 		{"vio_device_rx_frames_total", counter, map[string]string{"device": "e1000"}, 6},
+		{"vio_device_queue_tx_frames_total", counter, map[string]string{"device": "net0", "queue": "0"}, 1},
+		{"vio_device_queue_rx_bytes_total", counter, map[string]string{"device": "net0", "queue": "0"}, 120},
+		{"vio_device_queue_rx_bytes_total", counter, map[string]string{"device": "net0", "queue": "1"}, 80},
+		{"vio_device_queue_rx_interrupts_total", counter, map[string]string{"device": "net0", "queue": "1"}, 5},
 		{"vio_events_published_total", counter, nil, 2},
 		{"vio_events_dropped_total", counter, nil, 1},
 	} {

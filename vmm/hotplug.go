@@ -414,6 +414,11 @@ func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
 			return nil, err
 		}
 		v.closers = append(v.closers, t)
+		// One NIC's pairs are the queues of one TAP: descriptors of
+		// several would join networks the guest sees as one link.
+		if len(bes) > 0 && t.Name() != bes[0].(*tap.Tap).Name() {
+			return nil, fmt.Errorf("the TAP descriptors of one NIC are queues of %s and %s: pass the queues of one multi-queue TAP, one per queue pair", bes[0].(*tap.Tap).Name(), t.Name())
+		}
 		bes = append(bes, t)
 	}
 	var mac stdnet.HardwareAddr

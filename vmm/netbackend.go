@@ -12,31 +12,45 @@ import (
 	"github.com/viovmm/vio/netdev/usernet"
 )
 
-// netBackend opens what carries a NIC's frames: the TAP it names (under
-// a handoff that a migration uses, for a virtio NIC), a user-mode network
-// of its own or a stream socket, with the interposers its config asks for
-// on top. The VM closes it after the device.
-func (v *VM) netBackend(n config.Net) (netdev.Backend, error) {
-	be, err := v.netBase(n)
+// netBackends opens what carries a NIC's frames, one back-end per queue
+// pair: the TAP it names (under a handoff that a migration uses, for a
+// virtio NIC; one queue per pair), a user-mode network of its own or a
+// stream socket, with the interposers its config asks for on top. The VM
+// closes them after the device. Only a TAP has several queues, and then
+// no interposers (config.Net.Validate).
+func (v *VM) netBackends(n config.Net) ([]netdev.Backend, error) {
+	bes, err := v.netBase(n)
 	if err != nil {
 		return nil, err
 	}
+	if len(bes) > 1 {
+		for _, be := range bes {
+			v.closers = append(v.closers, be)
+		}
+		return bes, nil
+	}
 	// The interposers close what they wrap: the VM closes the top.
-	top, err := v.interpose(n, be)
+	top, err := v.interpose(n, bes[0])
 	if err != nil {
 		return nil, err
 	}
 	v.closers = append(v.closers, top)
-	return top, nil
+	return []netdev.Backend{top}, nil
 }
 
-// netBase opens the back-end proper, without interposers.
-func (v *VM) netBase(n config.Net) (netdev.Backend, error) {
+// netBase opens the back-ends proper, without interposers.
+func (v *VM) netBase(n config.Net) ([]netdev.Backend, error) {
+	one := func(be netdev.Backend, err error) ([]netdev.Backend, error) {
+		if err != nil {
+			return nil, err
+		}
+		return []netdev.Backend{be}, nil
+	}
 	if n.Socket != "" {
-		return socket.Dial(n.Socket, socketOptions)
+		return one(socket.Dial(n.Socket, socketOptions))
 	}
 	if n.Bond != nil {
-		return bondBackend(n.Bond)
+		return one(bondBackend(n.Bond))
 	}
 	if n.User == nil {
 		if n.Model != config.NetE1000 {
@@ -44,21 +58,13 @@ func (v *VM) netBase(n config.Net) (netdev.Backend, error) {
 			// (nethandoff.go); an e1000 cannot migrate.
 			return v.tapNIC(n)
 		}
-		t, err := tap.Open(n.Tap)
-		if err != nil {
-			return nil, err
-		}
-		return t, nil
+		return one(tap.Open(n.Tap))
 	}
 	c, err := userNetConfig(n.User)
 	if err != nil {
 		return nil, err
 	}
-	u, err := usernet.New(c)
-	if err != nil {
-		return nil, err
-	}
-	return u, nil
+	return one(usernet.New(c))
 }
 
 // userNetConfig turns the config's user-mode network into the back-end's

@@ -40,25 +40,24 @@ type vmNIC struct {
 	h       *nethandoff.NIC
 }
 
-// tapQueues is the number of queues of a NIC named by its TAP: one. vio
-// opens named TAPs single-queue (num_queues is not honoured for them
-// yet); the handoff itself takes any number.
-const tapQueues = 1
-
 // tapNIC opens the TAP a virtio NIC names under a handoff.NIC that can
-// close it and attach it again. A migration's destination attaches
-// nothing yet: the source still holds the TAP.
-func (v *VM) tapNIC(n config.Net) (netdev.Backend, error) {
+// close it and attach it again, and returns its queues: one, or with
+// n.QueuePairs() > 1 that many queues of a multi-queue TAP (one per
+// virtio-net queue pair; the kernel spreads flows over them). A
+// migration's destination attaches nothing yet: the source still holds
+// the TAP.
+func (v *VM) tapNIC(n config.Net) ([]netdev.Backend, error) {
 	name := n.Tap
+	pairs := n.QueuePairs()
 	open := func() ([]netdev.Backend, error) {
-		if tapQueues == 1 {
+		if pairs == 1 {
 			t, err := tap.Open(name)
 			if err != nil {
 				return nil, err
 			}
 			return []netdev.Backend{t}, nil
 		}
-		ts, err := tap.OpenQueues(name, tapQueues)
+		ts, err := tap.OpenQueues(name, pairs)
 		if err != nil {
 			return nil, err
 		}
@@ -74,7 +73,7 @@ func (v *VM) tapNIC(n config.Net) (netdev.Backend, error) {
 		// What the front-end must know when it is built, before any
 		// state arrives: the MAC (the config's, and the device state
 		// sets the one the guest programmed), the queue count (the
-		// config's, tapQueues) and the offloads the TAP offers, from
+		// config's pairs) and the offloads the TAP offers, from
 		// which virtio-net derives the checksum and TSO features it
 		// offers the guest. Those are BaseOffloads on every TAP:
 		// tap.Open probes only UDP segmentation beyond them, which
@@ -87,10 +86,10 @@ func (v *VM) tapNIC(n config.Net) (netdev.Backend, error) {
 		// none), and Attach checks that the TAP it opens offers the
 		// facts. The restore still checks that the features the guest
 		// negotiated are offered.
-		if err := tap.CheckHost(tapQueues > 1); err != nil {
+		if err := tap.CheckHost(pairs > 1); err != nil {
 			return nil, err
 		}
-		h, err = nethandoff.NewDetached(nethandoff.Facts{Queues: tapQueues, Offloads: tap.BaseOffloads}, open)
+		h, err = nethandoff.NewDetached(nethandoff.Facts{Queues: pairs, Offloads: tap.BaseOffloads}, open)
 	} else {
 		var bes []netdev.Backend
 		if bes, err = open(); err != nil {
@@ -108,7 +107,7 @@ func (v *VM) tapNIC(n config.Net) (netdev.Backend, error) {
 	v.diskMu.Lock()
 	v.nics = append(v.nics, vmNIC{id: id, tap: name, h: h})
 	v.diskMu.Unlock()
-	return h.Queues()[0], nil
+	return h.Queues(), nil
 }
 
 func (v *VM) nicHandoffs() []vmNIC {

@@ -28,7 +28,7 @@ func TestNetBackendInterposers(t *testing.T) {
 	os.WriteFile(rules, []byte("default out drop\nallow out proto ipv6\n"), 0o644)
 	capture := filepath.Join(dir, "n.pcap")
 	var v VM
-	be, err := v.netBackend(config.Net{Socket: filepath.Join(dir, "sw"), Firewall: rules, Pcap: capture})
+	be, err := single(v.netBackends(config.Net{Socket: filepath.Join(dir, "sw"), Firewall: rules, Pcap: capture}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestNetBackendInterposers(t *testing.T) {
 
 	// A missing rules file is one clear error, and nothing stays open.
 	var v2 VM
-	if _, err := v2.netBackend(config.Net{Socket: filepath.Join(dir, "sw"), Firewall: filepath.Join(dir, "none")}); err == nil || !strings.Contains(err.Error(), "firewall rules") {
+	if _, err := single(v2.netBackends(config.Net{Socket: filepath.Join(dir, "sw"), Firewall: filepath.Join(dir, "none")})); err == nil || !strings.Contains(err.Error(), "firewall rules") {
 		t.Fatalf("missing rules: %v", err)
 	}
 	if len(v2.closers) != 0 {
@@ -100,7 +100,7 @@ func TestNetBackendBond(t *testing.T) {
 		ls, paths = append(ls, l), append(paths, p)
 	}
 	var v VM
-	be, err := v.netBackend(config.Net{Bond: &config.NetBond{Sockets: paths}})
+	be, err := single(v.netBackends(config.Net{Bond: &config.NetBond{Sockets: paths}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestNetBackendBond(t *testing.T) {
 	if _, err := io.ReadFull(peers[0], got); err != nil || !bytes.Equal(got[4:], f) {
 		t.Fatalf("first member's peer got %x, %v", got, err)
 	}
-	if _, err := v.netBackend(config.Net{Bond: &config.NetBond{Mode: "round-robin", Sockets: paths}}); err == nil {
+	if _, err := single(v.netBackends(config.Net{Bond: &config.NetBond{Mode: "round-robin", Sockets: paths}})); err == nil {
 		t.Fatal("unknown bond mode accepted")
 	}
 }

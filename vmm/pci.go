@@ -192,10 +192,11 @@ type e1000Device struct {
 // table and the DSDT's _PRT tell the guest; the interrupt line register
 // says the same for guests that read it.
 func (v *VM) addE1000(name string, n config.Net) error {
-	t, err := v.netBackend(n)
+	bes, err := v.netBackends(n) // one: an e1000 has one queue pair (config.Validate)
 	if err != nil {
 		return err
 	}
+	t := bes[0]
 	var mac stdnet.HardwareAddr
 	if n.MAC != "" {
 		m, err := config.ParseMAC(n.MAC)
@@ -289,7 +290,7 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 	if len(n.TapFDs) > 0 {
 		return v.newNICFromFDs(n)
 	}
-	t, err := v.netBackend(n)
+	bes, err := v.netBackends(n)
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +302,7 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 		}
 		mac = m[:]
 	}
-	return virtionet.New(t, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)})
+	return virtionet.NewMultiQueue(bes, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)})
 }
 
 // acpiPCI describes the PCI root for the ACPI tables.
@@ -315,7 +316,7 @@ func acpiPCI(c *acpi.Config) {
 // (exits KVM handles in the kernel are not seen here), and per PCI device,
 // its transport and device counters (requests, bytes, errors,
 // notifications, interrupts; for an e1000, frames, bytes, interrupts and
-// register accesses).
+// register accesses), and for a virtio NIC each queue pair's ("queues").
 func (v *VM) Stats() map[string]any {
 	out := map[string]any{}
 	if v.group != nil {
@@ -339,8 +340,10 @@ func (v *VM) Stats() map[string]any {
 		s := map[string]any{"transport": d.transport.Stats()}
 		if st, ok := d.dev.(interface{ Stats() blk.Stats }); ok {
 			s["device"] = st.Stats()
-		} else if st, ok := d.dev.(interface{ Stats() virtionet.Stats }); ok {
+		} else if st, ok := d.dev.(*virtionet.Device); ok {
 			s["device"] = st.Stats()
+			// Per queue pair: which queues carried the traffic.
+			s["queues"] = st.QueueStats()
 		} else if st, ok := d.dev.(interface{ Stats() console.Stats }); ok {
 			s["device"] = st.Stats()
 		} else if b, ok := d.dev.(*balloon.Device); ok {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,4 +160,85 @@ func TestTAPChangesHands(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(sq, "back to the source", false)
+}
+
+// A multi-queue TAP changes hands with all its queues, and each attach
+// applies the queue switches that side's front-end asked for: the source's
+// guest uses one of two pairs (its second queue detached), the
+// destination's, restored while nothing was attached, uses both. The
+// kernel's count of the TAP's queues (its rx-N directories in sysfs) shows
+// what is attached and enabled.
+func TestTAPMultiQueueChangesHands(t *testing.T) {
+	ns := nettest.Netns(t, "viohmq")
+	const name = "viohmq0"
+	ip(t, "-n", ns, "tuntap", "add", name, "mode", "tap", "multi_queue")
+	open := func() ([]netdev.Backend, error) {
+		var taps []*tap.Tap
+		var err error
+		nettest.InNetns(t, ns, func() { taps, err = tap.OpenQueues(name, 2) })
+		if err != nil {
+			return nil, err
+		}
+		return []netdev.Backend{taps[0], taps[1]}, nil
+	}
+	queues := func() string {
+		t.Helper()
+		out, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "ls -d /sys/class/net/"+name+"/queues/rx-* | wc -l").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	bes, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := handoff.New(bes, open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range src.Queues() {
+		defer q.Close()
+	}
+	if got := src.Facts().Queues; got != 2 {
+		t.Fatalf("facts: %d queues", got)
+	}
+	if n := queues(); n != "2" {
+		t.Fatalf("%s queues with both attached", n)
+	}
+	if err := src.Queues()[1].(netdev.QueueSwitch).SetQueueEnabled(false); err != nil {
+		t.Fatal(err)
+	}
+	if n := queues(); n != "1" {
+		t.Fatalf("%s queues with the source's second detached", n)
+	}
+
+	dst, err := handoff.NewDetached(handoff.Facts{Queues: 2, Offloads: tap.BaseOffloads}, open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range dst.Queues() {
+		defer q.Close()
+		if err := q.(netdev.QueueSwitch).SetQueueEnabled(true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := src.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	if n := queues(); n != "2" {
+		t.Fatalf("%s queues after the destination, using both pairs, attached", n)
+	}
+	if err := dst.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	if n := queues(); n != "1" {
+		t.Fatalf("%s queues after the source, using one pair, took the TAP back", n)
+	}
 }

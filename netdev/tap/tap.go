@@ -102,6 +102,14 @@ func openOne(name string, multi bool) (*Tap, error) {
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
+		// The kernel answers EINVAL when an existing TAP's multi-queue
+		// flag differs from ours, the mistake users make.
+		switch {
+		case err == unix.EINVAL && multi:
+			return nil, fmt.Errorf("tap: cannot attach several queues to %s (TUNSETIFF: %w): if it exists, it must be a multi-queue TAP (ip tuntap add %s mode tap multi_queue)", name, err, name)
+		case err == unix.EINVAL:
+			return nil, fmt.Errorf("tap: cannot attach one queue to %s (TUNSETIFF: %w): if it exists as a multi-queue TAP, give the NIC queues=N, or recreate it without multi_queue", name, err)
+		}
 		return nil, fmt.Errorf("tap: TUNSETIFF %q: %w", name, err)
 	}
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, netdev.HeaderSize); err != nil {

@@ -126,8 +126,7 @@ func (s *ctrlServer) exec(out virtio.Buffers) bool {
 		if n < 1 || n > s.maxPairs {
 			return false
 		}
-		d.pairs.Store(uint32(n))
-		d.switchQueues(n)
+		d.setPairs(n, false)
 		return true
 	case hdr[0] == ctrlClassMAC && hdr[1] == ctrlMACAddrSet && s.features&FeatureCtrlMAC != 0:
 		if len(data) < 6 || data[0]&1 != 0 {

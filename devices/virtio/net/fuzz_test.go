@@ -1,6 +1,7 @@
 package net
 
 import (
+	"encoding/binary"
 	"testing"
 	"time"
 
@@ -59,22 +60,35 @@ func FuzzParseTx(f *testing.F) {
 }
 
 // FuzzControl feeds arbitrary control commands to the control queue's
-// handler: it must not panic, must answer with at most one ack byte of a
-// defined value, and must never install a multicast MAC address or an
-// out-of-range pair count.
+// handler of a device with 1 to 8 queue pairs: it must not panic, must
+// answer with at most one ack byte of a defined value, and must never
+// install a multicast MAC address or an out-of-range pair count. A
+// well-formed VQ_PAIRS_SET within range is accepted and sets the count;
+// any other MQ command is refused and changes nothing; back-end queues
+// that were switched are on exactly for the pairs in use.
 func FuzzControl(f *testing.F) {
-	f.Add([]byte{1, 1, 0x52, 0x54, 0, 1, 2, 3}, uint32(1), uint8(3))
-	f.Add([]byte{4, 0, 2, 0}, uint32(1), uint8(1))
-	f.Add([]byte{3, 0}, uint32(1), uint8(2))
-	f.Add([]byte{1}, uint32(0), uint8(0))
-	f.Fuzz(func(t *testing.T, cmd []byte, wlen uint32, cut uint8) {
+	f.Add([]byte{1, 1, 0x52, 0x54, 0, 1, 2, 3}, uint32(1), uint8(3), uint8(1))
+	f.Add([]byte{4, 0, 2, 0}, uint32(1), uint8(1), uint8(1))
+	f.Add([]byte{4, 0, 8, 0}, uint32(1), uint8(2), uint8(7))
+	f.Add([]byte{4, 0, 9, 0}, uint32(1), uint8(3), uint8(7))
+	f.Add([]byte{4, 0, 0, 0}, uint32(1), uint8(2), uint8(3))
+	f.Add([]byte{4, 1, 4, 0, 0, 0}, uint32(1), uint8(2), uint8(3))
+	f.Add([]byte{3, 0}, uint32(1), uint8(2), uint8(1))
+	f.Add([]byte{1}, uint32(0), uint8(0), uint8(0))
+	f.Fuzz(func(t *testing.T, cmd []byte, wlen uint32, cut uint8, maxPairs uint8) {
 		wlen %= 64
-		nb := &nopBackend{}
-		d, err := NewMultiQueue([]netdev.Backend{nb, nb}, Config{})
+		npairs := int(maxPairs%8) + 1
+		bes := make([]netdev.Backend, npairs)
+		sws := make([]*switchBackend, npairs)
+		for i := range bes {
+			sws[i] = &switchBackend{}
+			bes[i] = sws[i]
+		}
+		d, err := NewMultiQueue(bes, Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := &ctrlServer{d: d, features: d.features, maxPairs: 2}
+		s := &ctrlServer{d: d, features: d.features, maxPairs: npairs}
 		k := int(cut) % (len(cmd) + 1)
 		var out virtio.Buffers
 		if k > 0 {
@@ -98,10 +112,40 @@ func FuzzControl(f *testing.F) {
 		if d.MAC()[0]&1 != 0 {
 			t.Fatalf("multicast MAC %v installed", d.MAC())
 		}
-		if p := d.pairs.Load(); p < 1 || p > 2 {
-			t.Fatalf("%d pairs", p)
+		p := int(d.pairs.Load())
+		if p < 1 || p > npairs {
+			t.Fatalf("%d pairs of %d", p, npairs)
+		}
+		if len(cmd) >= 2 && cmd[0] == ctrlClassMQ && n == 1 {
+			// MQ is offered with more than one pair; the pair count
+			// follows the 2-byte class and command.
+			valid, want := false, 1 // the count a refused command leaves
+			if cmd[1] == ctrlMQPairsSet && len(cmd) >= 4 && npairs > 1 {
+				if v := int(binary.LittleEndian.Uint16(cmd[2:])); v >= 1 && v <= npairs {
+					valid, want = true, v
+				}
+			}
+			if p != want || (w[0] == ctrlOK) != valid {
+				t.Fatalf("MQ command % x on %d pairs: ack %d, %d pairs in use", cmd, npairs, w[0], p)
+			}
+		}
+		for i, sw := range sws {
+			if sw.told && sw.on != (i < p) {
+				t.Fatalf("queue %d switched %v with %d pairs in use", i, sw.on, p)
+			}
 		}
 	})
+}
+
+// switchBackend is a nopBackend that records what it was switched to.
+type switchBackend struct {
+	nopBackend
+	told, on bool
+}
+
+func (b *switchBackend) SetQueueEnabled(on bool) error {
+	b.told, b.on = true, on
+	return nil
 }
 
 // nopBackend is a netdev.Backend that carries nothing.

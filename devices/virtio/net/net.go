@@ -128,10 +128,19 @@ type Device struct {
 	announce atomic.Bool
 	pairs    atomic.Uint32 // queue pairs the driver uses
 	stats    counters
+	pairStat []pairCounters // per queue pair
 
 	mu     sync.Mutex // guards the running activation and the receive buffers
 	run    *activation
 	rxBufs [][][]byte // per pair: host buffers for frames read from the back-end, kept across resets
+
+	// pairsMu orders changes of the pair count: a change closes
+	// pairsChanged (and makes a new one), waking the receive goroutines
+	// of pairs that were out of use; and it guards the queue switches of
+	// the back-ends and what they were last told (queueOn).
+	pairsMu      sync.Mutex
+	pairsChanged chan struct{}
+	queueOn      []bool
 }
 
 var _ virtio.Device = (*Device)(nil)
@@ -219,7 +228,10 @@ func NewMultiQueue(bes []netdev.Backend, cfg Config) (*Device, error) {
 	}
 	d.linkUp.Store(true)
 	d.pairs.Store(1)
+	d.pairsChanged = make(chan struct{})
+	d.queueOn = make([]bool, len(bes))
 	d.rxBufs = make([][][]byte, len(bes))
+	d.pairStat = make([]pairCounters, len(bes))
 	return d, nil
 }
 
@@ -390,8 +402,9 @@ type activation struct {
 	paused        atomic.Bool // a Pause succeeded and no Resume followed
 	wg            sync.WaitGroup
 	features      uint64
-	queues        []*virtio.Queue // every queue served, for stats
-	rx            []*rxServer     // per pair; nil for a pair the driver left out
+	queues        []*virtio.Queue    // every queue served, for stats
+	pairQueues    [][2]*virtio.Queue // per pair: receive and transmit queue, nil if left out
+	rx            []*rxServer        // per pair; nil for a pair the driver left out
 	configChanged func()
 }
 
@@ -449,14 +462,14 @@ func (d *Device) Activate(a *virtio.Activation) error {
 		}
 	}
 	run := &activation{stop: make(chan struct{}), gate: state.NewGate(), features: f, configChanged: a.ConfigChanged,
-		rx: make([]*rxServer, pairs)}
+		rx: make([]*rxServer, pairs), pairQueues: make([][2]*virtio.Queue, pairs)}
 	if run.configChanged == nil {
 		run.configChanged = func() {}
 	}
 	// Until the driver says otherwise, only the first pair is in use
-	// (spec 5.1.6.5.5).
-	d.pairs.Store(1)
-	d.switchQueues(1)
+	// (spec 5.1.6.5.5). What the back-ends were told before the reset is
+	// not trusted: each is told again.
+	d.setPairs(1, true)
 	for i := range pairs {
 		rxq, txq := queue(RxQueue+2*i), queue(TxQueue+2*i)
 		if rxq == nil || txq == nil {
@@ -468,10 +481,13 @@ func (d *Device) Activate(a *virtio.Activation) error {
 				d.rxBufs[i][k] = make([]byte, netdev.MaxPacketLen)
 			}
 		}
-		tx := &txServer{d: d, be: d.bes[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
-		rx := newRxServer(d, d.bes[i], d.rxBufs[i], rxq, run.stop, run.gate, f)
+		pc := &d.pairStat[i]
+		tx := &txServer{d: d, pc: pc, be: d.bes[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
+		rx := newRxServer(d, pc, d.bes[i], d.rxBufs[i], rxq, run.stop, run.gate, f)
+		rx.pair = i
 		run.rx[i] = rx
 		run.queues = append(run.queues, rxq, txq)
+		run.pairQueues[i] = [2]*virtio.Queue{rxq, txq}
 		run.goServe(tx.serve)
 		run.goServe(rx.serve)
 	}
@@ -484,16 +500,41 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	return nil
 }
 
-// switchQueues turns the back-ends of the first n pairs on and the rest
-// off, where they support it.
-func (d *Device) switchQueues(n int) {
+// setPairs makes the first n queue pairs the ones in use: receive
+// goroutines of the other pairs deliver nothing (spec 5.1.6.5.5: no
+// packets on receive queues beyond the driver's count), and back-ends that
+// implement netdev.QueueSwitch are turned on or off to match, so that a
+// multi-queue TAP steers no flow to a queue nobody reads. Only back-ends
+// whose state changes are told, unless all is set: switching a TAP queue
+// takes the host's RTNL lock and waits for an RCU grace period, which a
+// guest repeating the same command should not make it do again.
+func (d *Device) setPairs(n int, all bool) {
+	d.pairsMu.Lock()
+	defer d.pairsMu.Unlock()
+	if int(d.pairs.Swap(uint32(n))) != n {
+		close(d.pairsChanged)
+		d.pairsChanged = make(chan struct{})
+	}
 	for i, be := range d.bes {
+		on := i < n
+		if !all && d.queueOn[i] == on {
+			continue
+		}
+		d.queueOn[i] = on
 		if s, ok := be.(netdev.QueueSwitch); ok {
 			// Failing to switch leaves the kernel steering some flows to
 			// a queue read late; it is not worth failing the guest for.
-			_ = s.SetQueueEnabled(i < n)
+			_ = s.SetQueueEnabled(on)
 		}
 	}
+}
+
+// pairsInUse returns the number of pairs in use and a channel closed when
+// it changes.
+func (d *Device) pairsInUse() (int, <-chan struct{}) {
+	d.pairsMu.Lock()
+	defer d.pairsMu.Unlock()
+	return int(d.pairs.Load()), d.pairsChanged
 }
 
 // Reset implements virtio.Device. Receive goroutines may be blocked in
@@ -517,6 +558,12 @@ func (d *Device) Reset() {
 		st := q.Stats()
 		d.stats.interrupts.Add(st.Interrupts)
 		d.stats.badChains.Add(st.BadChains)
+	}
+	for i, qs := range run.pairQueues {
+		if qs[0] != nil {
+			d.pairStat[i].rxInterrupts.Add(qs[0].Stats().Interrupts)
+			d.pairStat[i].txInterrupts.Add(qs[1].Stats().Interrupts)
+		}
 	}
 	d.announce.Store(false)
 	d.run = nil
@@ -555,6 +602,47 @@ type counters struct {
 	rxUnused                             atomic.Uint64
 	notifications, interrupts, badChains atomic.Uint64
 	ctrlCommands, ctrlErrors             atomic.Uint64
+}
+
+// QueueStats are one queue pair's counters since the device was created:
+// with several pairs, they show how the guest and the back-end spread the
+// traffic (the guest picks a transmit queue per CPU, a multi-queue TAP a
+// receive queue per flow).
+type QueueStats struct {
+	// Frames and bytes (without the virtio-net header) the pair's receive
+	// queue gave the guest and its transmit queue sent to the back-end.
+	RxFrames, RxBytes, TxFrames, TxBytes uint64
+	// Interrupts sent for the pair's receive and transmit queues.
+	RxInterrupts, TxInterrupts uint64
+}
+
+type pairCounters struct {
+	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
+	rxInterrupts, txInterrupts           atomic.Uint64 // of activations that ended
+}
+
+// QueueStats returns the counters of each queue pair the device has
+// (whether or not the driver uses it), pair 0 first.
+func (d *Device) QueueStats() []QueueStats {
+	out := make([]QueueStats, len(d.pairStat))
+	for i := range d.pairStat {
+		c := &d.pairStat[i]
+		out[i] = QueueStats{
+			RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(), TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
+			RxInterrupts: c.rxInterrupts.Load(), TxInterrupts: c.txInterrupts.Load(),
+		}
+	}
+	d.mu.Lock()
+	if d.run != nil {
+		for i, qs := range d.run.pairQueues {
+			if qs[0] != nil {
+				out[i].RxInterrupts += qs[0].Stats().Interrupts
+				out[i].TxInterrupts += qs[1].Stats().Interrupts
+			}
+		}
+	}
+	d.mu.Unlock()
+	return out
 }
 
 // Stats returns the device's counters.

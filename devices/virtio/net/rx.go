@@ -15,6 +15,8 @@ import (
 // buffers.
 type rxServer struct {
 	d         *Device
+	pc        *pairCounters
+	pair      int // the queue pair served
 	be        netdev.Backend
 	q         *virtio.Queue
 	stop      chan struct{}
@@ -62,9 +64,9 @@ func (s *rxServer) signal() {
 	}
 }
 
-func newRxServer(d *Device, be netdev.Backend, bufs [][]byte, q *virtio.Queue, stop chan struct{}, gate *state.Gate, features uint64) *rxServer {
+func newRxServer(d *Device, pc *pairCounters, be netdev.Backend, bufs [][]byte, q *virtio.Queue, stop chan struct{}, gate *state.Gate, features uint64) *rxServer {
 	return &rxServer{
-		d: d, be: be, q: q, stop: stop, gate: gate,
+		d: d, pc: pc, be: be, q: q, stop: stop, gate: gate,
 		allowed:   rxOffloads(features),
 		guestCsum: features&FeatureGuestCsum != 0,
 		mergeable: features&FeatureMrgRxbuf != 0,
@@ -116,6 +118,11 @@ func (s *rxServer) serve() {
 		}
 		var st step
 		switch {
+		case s.pair >= int(s.d.pairs.Load()): // an atomic load per frame; pair 0 is always in use
+			// The driver does not use this pair (yet): deliver nothing
+			// until it does. Frames already read wait in the host
+			// buffers; a multi-queue TAP steers no new ones here.
+			st = s.idle()
 		case len(s.restored) > 0:
 			if st = s.deliver(s.restored[0]); st == stepOK {
 				s.restored[0] = nil
@@ -142,6 +149,22 @@ func (s *rxServer) serve() {
 		if len(s.restored) == 0 && s.next == s.count {
 			s.signal() // once per batch
 		}
+	}
+}
+
+// idle waits until the pair count changes.
+func (s *rxServer) idle() step {
+	n, changed := s.d.pairsInUse()
+	if s.pair < n {
+		return stepOK // it changed since the caller looked
+	}
+	select {
+	case <-s.stop:
+		return stepStop
+	case <-s.gate.Requested():
+		return stepPause
+	case <-changed:
+		return stepOK
 	}
 }
 
@@ -265,6 +288,15 @@ func (s *rxServer) waitChain() step {
 	return stepOK
 }
 
+// countRx counts a frame given to the guest, in the device's and the
+// pair's counters.
+func (s *rxServer) countRx(frameLen int) {
+	s.d.stats.rxFrames.Add(1)
+	s.d.stats.rxBytes.Add(uint64(frameLen))
+	s.pc.rxFrames.Add(1)
+	s.pc.rxBytes.Add(uint64(frameLen))
+}
+
 // deliver places one packet (header and frame, as the back-end gave it)
 // in the guest's buffers. A packet the guest cannot take is dropped and
 // counted (stepOK). On stepPause nothing of the packet was published: the
@@ -305,8 +337,7 @@ func (s *rxServer) deliver(pkt []byte) step {
 		c.Writable.WriteAt(pkt, 0)
 		s.held = nil
 		// Count before publishing: whoever sees the frame sees it counted.
-		s.d.stats.rxFrames.Add(1)
-		s.d.stats.rxBytes.Add(uint64(frameLen))
+		s.countRx(frameLen)
 		if !s.push(c.Head, uint32(len(pkt))) {
 			return stepStop
 		}
@@ -347,8 +378,7 @@ func (s *rxServer) deliver(pkt []byte) step {
 		s.chains[0].Writable.WriteAt(nb[:], 10)
 		s.d.stats.rxMerged.Add(1)
 	}
-	s.d.stats.rxFrames.Add(1)
-	s.d.stats.rxBytes.Add(uint64(frameLen))
+	s.countRx(frameLen)
 	for i, c := range s.chains {
 		if !s.push(c.Head, s.lens[i]) {
 			return stepStop

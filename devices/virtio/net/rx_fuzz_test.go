@@ -92,20 +92,25 @@ func rxFuzzPackets(spec []byte) [][]byte {
 //     in order, with a header that passes the negotiated offloads, the
 //     flags the guest may see and num_buffers equal to the chains it
 //     spans (each of them but the last filled to the brim);
-//   - the frame counters match what the guest received, and every chain
-//     it took is either returned or accounted for as held.
+//   - the frame counters match what the guest received, the device's and
+//     its queue pair's (other pairs count nothing), and every chain it
+//     took is either returned or accounted for as held.
+//
+// mq makes the device one of up to 4 queue pairs, with the driver using
+// up to 4 of them: the receive queue of a pair out of use takes nothing,
+// neither a chain nor a frame from its back-end.
 func FuzzRxChains(f *testing.F) {
 	// Three 1.5 KB writable buffers, one read-only, one header-sized.
-	f.Add([]byte{0, 0x61, 0x5d, 0, 0x61, 0x5d, 0, 0x61, 0x5d, 0, 0x10, 0x20, 0, 0xc1, 0}, []byte{0x78, 5, 0, 0x40, 0, 2, 100, 0, 1}, uint8(0x0a))
+	f.Add([]byte{0, 0x61, 0x5d, 0, 0x61, 0x5d, 0, 0x61, 0x5d, 0, 0x10, 0x20, 0, 0xc1, 0}, []byte{0x78, 5, 0, 0x40, 0, 2, 100, 0, 1}, uint8(0x0a), uint8(0))
 	// Mergeable: header-only buffers and one indirect chain of four.
-	f.Add([]byte{0, 0xc1, 0, 0, 0xc1, 0, 7, 0x01, 0x10, 0x01, 0x10, 0x01, 0x10, 0x01, 0x10, 0, 0xc1, 0}, []byte{0, 0, 0x80, 60, 0, 0}, uint8(0x09))
+	f.Add([]byte{0, 0xc1, 0, 0, 0xc1, 0, 7, 0x01, 0x10, 0x01, 0x10, 0x01, 0x10, 0x01, 0x10, 0, 0xc1, 0}, []byte{0, 0, 0x80, 60, 0, 0}, uint8(0x09), uint8(0x37))
 	// Read-only after writable, out of RAM, straddling RAM's end, a loop.
-	f.Add([]byte{1, 0x01, 0x40, 0x00, 0x40, 0, 0x05, 0x40, 1, 0x07, 0x40, 0x01, 0x40, 8, 0x01, 0x40, 0, 0x09, 0x40}, []byte{100, 0, 0, 100, 0, 1}, uint8(0x19))
+	f.Add([]byte{1, 0x01, 0x40, 0x00, 0x40, 0, 0x05, 0x40, 1, 0x07, 0x40, 0x01, 0x40, 8, 0x01, 0x40, 0, 0x09, 0x40}, []byte{100, 0, 0, 100, 0, 1}, uint8(0x19), uint8(0x15))
 	// A read-only chain where a writable one is needed, then a good one.
-	f.Add([]byte{0, 0x10, 0x20, 0, 0x61, 0x5d}, []byte{100, 0, 0, 100, 0, 0}, uint8(0))
+	f.Add([]byte{0, 0x10, 0x20, 0, 0x61, 0x5d}, []byte{100, 0, 0, 100, 0, 0}, uint8(0), uint8(0x07))
 	// A broken avail index.
-	f.Add([]byte{0, 0x01, 0x40}, []byte{100, 0, 0}, uint8(0x20))
-	f.Fuzz(func(t *testing.T, chains, frames []byte, feat uint8) {
+	f.Add([]byte{0, 0x01, 0x40}, []byte{100, 0, 0}, uint8(0x20), uint8(0x3b))
+	f.Fuzz(func(t *testing.T, chains, frames []byte, feat, mq uint8) {
 		const size = 16
 		if rxFuzzMem == nil {
 			m, err := memory.New([]memory.Layout{{GPA: 0x10000, Size: 0x20000}})
@@ -159,10 +164,19 @@ func FuzzRxChains(f *testing.F) {
 			sent[i] = append([]byte(nil), p...)
 		}
 		be := &scriptBackend{pkts: pkts, batch: 1 << (feat >> 6)}
-		d, err := New(be, Config{})
+		npairs := int(mq&3) + 1
+		pair := int(mq>>2&3) % npairs
+		inUse := int(mq>>4&3)%npairs + 1
+		bes := make([]netdev.Backend, npairs)
+		for i := range bes {
+			bes[i] = &nopBackend{}
+		}
+		bes[pair] = be
+		d, err := NewMultiQueue(bes, Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		d.setPairs(inUse, true)
 		if rxFuzzBufs == nil {
 			rxFuzzBufs = make([][]byte, rxBatch)
 			for i := range rxFuzzBufs {
@@ -174,7 +188,8 @@ func FuzzRxChains(f *testing.F) {
 		// of blocking, so the whole run happens on this goroutine.
 		stop := make(chan struct{})
 		close(stop)
-		s := newRxServer(d, be, rxFuzzBufs, q, stop, state.NewGate(), features)
+		s := newRxServer(d, &d.pairStat[pair], be, rxFuzzBufs, q, stop, state.NewGate(), features)
+		s.pair = pair
 		s.serve()
 
 		used, err := h.Collect()
@@ -196,6 +211,13 @@ func FuzzRxChains(f *testing.F) {
 		}
 		if len(h.InFlight()) != len(posted)-len(used) {
 			t.Fatalf("%d chains in flight after %d of %d came back", len(h.InFlight()), len(used), len(posted))
+		}
+		if pair >= inUse {
+			if len(used)+len(held) != 0 || len(be.pkts) != len(pkts) || d.Stats().RxFrames != 0 {
+				t.Fatalf("pair %d out of use (%d of %d in use): %d chains used, %d held, %d of %d frames read",
+					pair, inUse, npairs, len(used), len(held), len(pkts)-len(be.pkts), len(pkts))
+			}
+			return
 		}
 		if brokenRing {
 			if _, err := q.Next(); !errors.Is(err, virtio.ErrQueueBroken) || len(used) != 0 {
@@ -279,6 +301,11 @@ func FuzzRxChains(f *testing.F) {
 		st := d.Stats()
 		if st.RxFrames != frameCount || st.RxBytes != byteCount {
 			t.Fatalf("counters say %d frames, %d bytes; the guest got %d, %d", st.RxFrames, st.RxBytes, frameCount, byteCount)
+		}
+		for i, qs := range d.QueueStats() {
+			if i == pair && (qs.RxFrames != frameCount || qs.RxBytes != byteCount) || i != pair && qs != (QueueStats{}) {
+				t.Fatalf("pair %d (of %d, serving %d) counted %+v; the guest got %d frames, %d bytes", i, npairs, pair, qs, frameCount, byteCount)
+			}
 		}
 	})
 }

@@ -213,9 +213,10 @@ func (d *Device) RestoreState(s State) error {
 	d.setMAC(mac)
 	d.linkUp.Store(s.LinkUp)
 	d.announce.Store(s.Announce)
-	d.pairs.Store(uint32(s.Pairs))
 	if run != nil {
-		d.switchQueues(int(s.Pairs))
+		d.setPairs(int(s.Pairs), false)
+	} else {
+		d.pairs.Store(uint32(s.Pairs))
 	}
 	for i, ps := range s.RxPending {
 		if len(ps) > 0 {

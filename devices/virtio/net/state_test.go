@@ -69,9 +69,9 @@ func ring(t *testing.T, tr *virtiopci.Transport, i int) (nextAvail, nextUsed uin
 }
 
 // saveRestore saves m's transport and device through an encoded file and
-// restores them into a fresh device on be over the same guest memory,
-// which m then drives.
-func saveRestore(t *testing.T, m *machine, be netdev.Backend, cfg vnet.Config) {
+// restores them into a fresh device on be (and more, one back-end per
+// further queue pair) over the same guest memory, which m then drives.
+func saveRestore(t *testing.T, m *machine, be netdev.Backend, cfg vnet.Config, more ...netdev.Backend) {
 	t.Helper()
 	snap := state.New()
 	if err := snap.Save("nic/pci", m.tr); err != nil {
@@ -88,7 +88,7 @@ func saveRestore(t *testing.T, m *machine, be netdev.Backend, cfg vnet.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev2, err := vnet.New(be, cfg)
+	dev2, err := vnet.NewMultiQueue(append([]netdev.Backend{be}, more...), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +241,69 @@ func TestRestorePendingPackets(t *testing.T) {
 	}
 }
 
+// TestMultiQueueSaveRestore: a device with 2 queue pairs, both in use,
+// with packets read from pair 1's back-end and not yet delivered, is saved
+// and restored into a fresh device: the pair count comes back (pair 1's
+// back-end queue is on again), the pending packets reach pair 1's receive
+// queue in order before newer ones, and both pairs carry on.
+func TestMultiQueueSaveRestore(t *testing.T) {
+	a0, p0 := nettest.Pair(64)
+	a1, p1 := nettest.Pair(64)
+	m := newMachineOn(t, nil, vnet.Config{}, a0, a1)
+	qs := m.startQueues(t, vnet.FeatureCtrlVQ|vnet.FeatureMQ, 5)
+	if ack := m.command(t, qs[4], 4, 4, 0, []byte{2, 0}); ack != 0 {
+		t.Fatalf("2 pairs: ack %d", ack)
+	}
+	for i := range 3 {
+		p1.Send(netdev.Header{}, frame(i, 500))
+	}
+	qs[2].Add(nil, []uint32{2048}) // one buffer: the device reads all three, places one
+	m.guest.Kick(2)
+	m.used(t, qs[2], 1)
+	if err := m.dev.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a1.Queued() != 0 {
+		t.Fatal("the device did not read the batch")
+	}
+	b, err := m.dev.MarshalState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s vnet.State
+	if err := json.Unmarshal(b, &s); err != nil || s.Pairs != 2 || len(s.RxPending) != 2 || len(s.RxPending[0]) != 0 || len(s.RxPending[1]) != 2 {
+		t.Fatalf("saved state: %v, %d pairs, pending %d", err, s.Pairs, len(s.RxPending))
+	}
+	// The fresh device's back-ends start with pair 1's queue off, as a
+	// device that was just activated leaves it.
+	a1.SetQueueEnabled(false)
+	saveRestore(t, m, a0, vnet.Config{}, a1)
+	if !a1.QueueEnabled() {
+		t.Error("pair 1's back-end queue off after restoring 2 pairs in use")
+	}
+	p1.Send(netdev.Header{}, frame(3, 500))
+	qs[2].Add(nil, []uint32{2048})
+	qs[2].Add(nil, []uint32{2048})
+	qs[2].Add(nil, []uint32{2048})
+	m.guest.Kick(2)
+	for i, u := range m.used(t, qs[2], 3) {
+		if !bytes.Equal(u.Data[netdev.HeaderSize:], frame(i+1, 500)) {
+			t.Fatalf("packet %d on pair 1 after restore: seq %v", i, u.Data[netdev.HeaderSize+14:netdev.HeaderSize+18])
+		}
+	}
+	for i, p := range []*nettest.Endpoint{p0, p1} {
+		tx := qs[2*i+1]
+		tx.Add([][]byte{make([]byte, netdev.HeaderSize), frame(20+i, 100)}, nil)
+		m.guest.Kick(2*i + 1)
+		if _, f, err := p.Recv(wait); err != nil || !bytes.Equal(f, frame(20+i, 100)) {
+			t.Fatalf("pair %d transmit after restore: %v", i, err)
+		}
+	}
+	if q := m.dev.QueueStats(); q[1].RxFrames != 3 || q[0].TxFrames != 1 || q[1].TxFrames != 1 {
+		t.Errorf("restored device's queue stats %+v", q)
+	}
+}
+
 // TestPauseResumeMidFrame: a paused device hands back the buffers it took
 // for a packet it could not finish placing (mergeable buffers, the guest
 // posted too few), and places the packet whole after Resume.
@@ -361,4 +424,54 @@ func FuzzRestoreState(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestRestoreMultiQueueBounds: on a device with 2 queue pairs and MQ
+// negotiated, a state with 3 pairs in use or packets pending on a third
+// pair is refused, and changes nothing; the state a single-queue device
+// writes (one pair in use) loads, and so does 2.
+func TestRestoreMultiQueueBounds(t *testing.T) {
+	a0, _ := nettest.Pair(64)
+	a1, _ := nettest.Pair(64)
+	m := newMachineOn(t, nil, vnet.Config{}, a0, a1)
+	qs := m.startQueues(t, vnet.FeatureCtrlVQ|vnet.FeatureMQ, 5)
+	if ack := m.command(t, qs[4], 4, 4, 0, []byte{2, 0}); ack != 0 {
+		t.Fatalf("2 pairs: ack %d", ack)
+	}
+	if err := m.dev.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.dev.Resume()
+	good, err := m.dev.SaveState()
+	if err != nil || good.Pairs != 2 {
+		t.Fatalf("saved %+v, %v", good, err)
+	}
+	for name, mod := range map[string]func(*vnet.State){
+		"pairs 3":           func(s *vnet.State) { s.Pairs = 3 },
+		"pairs 65535":       func(s *vnet.State) { s.Pairs = 0xffff },
+		"pending on pair 2": func(s *vnet.State) { s.RxPending = [][][]byte{nil, nil, {make([]byte, 60)}} },
+	} {
+		s := good
+		mod(&s)
+		b, _ := json.Marshal(s)
+		if err := m.dev.UnmarshalState(vnet.StateVersion, b); !errors.Is(err, state.ErrInvalid) && !errors.Is(err, state.ErrMismatch) {
+			t.Errorf("%s: %v", name, err)
+		}
+		if !a1.QueueEnabled() {
+			t.Errorf("%s: a refused restore switched pair 1's queue off", name)
+		}
+	}
+	// What a single-queue device writes (version 1, as before multi-queue
+	// counters existed: the format did not change).
+	one := []byte(`{"MAC":"52:54:00:01:02:03","LinkUp":true,"Announce":false,"Pairs":1}`)
+	if err := m.dev.UnmarshalState(1, one); err != nil {
+		t.Fatal(err)
+	}
+	if a1.QueueEnabled() || m.dev.MAC().String() != "52:54:00:01:02:03" {
+		t.Errorf("after a 1-pair state: pair 1's queue on %v, MAC %v", a1.QueueEnabled(), m.dev.MAC())
+	}
+	b, _ := json.Marshal(good)
+	if err := m.dev.UnmarshalState(vnet.StateVersion, b); err != nil || !a1.QueueEnabled() {
+		t.Errorf("2 pairs again: %v, pair 1's queue on %v", err, a1.QueueEnabled())
+	}
 }

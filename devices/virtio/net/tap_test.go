@@ -9,6 +9,7 @@ import (
 	"io"
 	stdnet "net"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -280,5 +281,119 @@ func TestTAPKernelTCP(t *testing.T) {
 	t.Logf("%d TSO super-frames, %d spread over several buffers; stats %+v", superFrames, merged, s)
 	if s.RxErrors != 0 || s.TxErrors != 0 || s.TxDropped != 0 || s.TxBytes < 40000 {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestTAPMultiQueueFlows: a device with 4 queue pairs on the 4 queues of
+// a multi-queue TAP (tap.OpenQueues), driven by a guest that sets 4 pairs.
+// The guest sends a UDP datagram of a flow of its own on each transmit
+// queue; the host kernel receives all four and answers each. A
+// multi-queue TAP sends a flow's frames back on the queue the flow last
+// came from, so each answer must arrive on the receive queue of the pair
+// that sent its question, and each pair's counters show one frame each
+// way.
+func TestTAPMultiQueueFlows(t *testing.T) {
+	const pairs = 4
+	var taps []*tap.Tap
+	var conn stdnet.PacketConn
+	var openErr error
+	ns := inNetns(t, func() {
+		if taps, openErr = tap.OpenQueues("viomq%d", pairs); openErr != nil {
+			return
+		}
+		conn, openErr = stdnet.ListenPacket("udp4", "0.0.0.0:0")
+	})
+	if openErr != nil {
+		t.Fatal(openErr)
+	}
+	for _, tp := range taps {
+		defer tp.Close()
+	}
+	defer conn.Close()
+	name := taps[0].Name()
+	// No IPv6 (router solicitations would land on any queue) and a static
+	// neighbour entry (no ARP): the answers are the only frames for the
+	// guest.
+	for _, args := range [][]string{
+		{"netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf." + name + ".disable_ipv6=1"},
+		{"-n", ns, "link", "set", name, "up"},
+		{"-n", ns, "addr", "add", "10.9.1.1/24", "dev", name},
+		{"-n", ns, "neigh", "add", guestIP.String(), "lladdr", guestMAC.String(), "dev", name},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	bes := make([]netdev.Backend, pairs)
+	for i, tp := range taps {
+		bes[i] = tp
+	}
+	m := newMachineOn(t, nil, vnet.Config{MAC: guestMAC}, bes...)
+	qs := m.startQueues(t, vnet.FeatureCtrlVQ|vnet.FeatureMQ|vnet.FeatureMAC, 2*pairs+1)
+	if ack := m.command(t, qs[2*pairs], 2*pairs, 4, 0, []byte{pairs, 0}); ack != 0 {
+		t.Fatalf("%d pairs: ack %d", pairs, ack)
+	}
+	for i := range pairs {
+		qs[2*i].Add(nil, []uint32{2048})
+		m.guest.Kick(2 * i)
+	}
+	// The frames go to the TAP's own MAC, or the host's IP layer drops
+	// them as another host's.
+	out, err := exec.Command("ip", "netns", "exec", ns, "cat", "/sys/class/net/"+name+"/address").Output()
+	if err != nil {
+		t.Fatalf("the TAP's MAC: %v", err)
+	}
+	hostMAC, err := stdnet.ParseMAC(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(conn.LocalAddr().(*stdnet.UDPAddr).Port)
+	for i := range pairs {
+		dgram := make([]byte, 8, 8+16)
+		binary.BigEndian.PutUint16(dgram[0:], uint16(41000+i))
+		binary.BigEndian.PutUint16(dgram[2:], port)
+		dgram = append(dgram, fmt.Sprintf("question %d", i)...)
+		binary.BigEndian.PutUint16(dgram[4:], uint16(len(dgram))) // checksum 0: none, as IPv4 allows
+		pkt := append(make([]byte, netdev.HeaderSize), eth(hostMAC, 0x0800, ipv4(17, dgram))...)
+		tx := qs[2*i+1]
+		if _, err := tx.Add([][]byte{pkt}, nil); err != nil {
+			t.Fatal(err)
+		}
+		m.guest.Kick(2*i + 1)
+	}
+	conn.SetDeadline(time.Now().Add(wait))
+	buf := make([]byte, 256)
+	for range pairs {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("the host got no question: %v", err)
+		}
+		i := from.(*stdnet.UDPAddr).Port - 41000
+		if string(buf[:n]) != fmt.Sprintf("question %d", i) {
+			t.Fatalf("the host got %q from port %v", buf[:n], from)
+		}
+		if _, err := conn.WriteTo([]byte(fmt.Sprintf("answer %d", i)), from); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range pairs {
+		u := m.used(t, qs[2*i], 1)[0]
+		f := u.Data[netdev.HeaderSize:]
+		if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != 0x0800 || f[23] != 17 {
+			t.Fatalf("pair %d received a frame that is not the answer: % x", i, f)
+		}
+		ihl := int(f[14]&0xf) * 4
+		udp := f[14+ihl:]
+		if dport := binary.BigEndian.Uint16(udp[2:]); dport != uint16(41000+i) || string(udp[8:]) != fmt.Sprintf("answer %d", i) {
+			t.Errorf("pair %d received the answer for port %d: %q", i, dport, udp[8:])
+		}
+	}
+	for i := range pairs {
+		m.used(t, qs[2*i+1], 1)
+	}
+	for i, q := range m.dev.QueueStats() {
+		if q.RxFrames != 1 || q.TxFrames != 1 {
+			t.Errorf("pair %d: %+v, want one frame each way", i, q)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 // txServer moves the guest's frames to the back-end.
 type txServer struct {
 	d       *Device
+	pc      *pairCounters
 	be      netdev.Backend
 	q       *virtio.Queue
 	stop    chan struct{}
@@ -146,10 +147,14 @@ func (s *txServer) flush() error {
 	}
 	for sent := 0; sent < k; {
 		n, err := s.be.WriteFrames(batch[sent:k])
+		var bytes uint64
 		for _, l := range lens[sent : sent+n] {
-			s.d.stats.txFrames.Add(1)
-			s.d.stats.txBytes.Add(uint64(l))
+			bytes += uint64(l)
 		}
+		s.d.stats.txFrames.Add(uint64(n))
+		s.d.stats.txBytes.Add(bytes)
+		s.pc.txFrames.Add(uint64(n))
+		s.pc.txBytes.Add(bytes)
 		sent += n
 		if err == nil {
 			continue
