@@ -138,8 +138,9 @@ func wantImage(t *testing.T, path, format string, want []byte, what string) {
 }
 
 // writingCopier is the VM's disk copy with a guest writing while it
-// runs: from Start until RAM's pre-copy, with at least minWrites before
-// package migration hears the disks are in sync.
+// runs: from Start until RAM's pre-copy, with at least minWrites of its
+// own (not counting the guest's earlier ones) before package migration
+// hears the disks are in sync.
 type writingCopier struct {
 	*diskCopy
 	w         *guestWriter
@@ -159,8 +160,9 @@ func (c *writingCopier) Start(token migration.Token) error {
 	go func() {
 		defer c.wg.Done()
 		told := false
+		before := c.w.writes
 		for {
-			if !told && c.w.writes >= c.minWrites {
+			if !told && c.w.writes-before >= c.minWrites {
 				// Ready only once the copy is, and the guest wrote.
 				go func() { <-c.diskCopy.Ready(); close(c.ready) }()
 				told = true
