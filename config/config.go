@@ -358,6 +358,10 @@ type UserNet struct {
 	// HostFwd are host→guest port forwards in QEMU's syntax,
 	// [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport.
 	HostFwd []string `json:"hostfwd,omitempty"`
+	// DNSUpstream is the resolver the DNS relay (10.0.2.3) forwards the
+	// guest's queries to, ADDR or ADDR:PORT (port 53 by default); empty
+	// means the first nameserver of the host's /etc/resolv.conf.
+	DNSUpstream string `json:"dns_upstream,omitempty"`
 }
 
 // NIC models.

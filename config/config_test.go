@@ -342,3 +342,15 @@ func TestDiskVirtualFunctions(t *testing.T) {
 		}
 	}
 }
+
+// dns_upstream= is a user-mode network's key: kept as given (vmm checks
+// the address), refused without user=on.
+func TestParseNetDNSUpstream(t *testing.T) {
+	n, err := ParseNet("user=on,dns_upstream=127.0.0.1:5353")
+	if err != nil || n.User == nil || n.User.DNSUpstream != "127.0.0.1:5353" {
+		t.Fatalf("%+v, %v", n.User, err)
+	}
+	if _, err := ParseNet("tap=t,dns_upstream=127.0.0.1"); err == nil || !strings.Contains(err.Error(), "dns_upstream= belongs to user-mode networking: add user=on") {
+		t.Errorf("dns_upstream on a TAP: %v", err)
+	}
+}

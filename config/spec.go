@@ -209,7 +209,7 @@ func ParseDisk(spec string) (Disk, error) {
 }
 
 // ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,queues=N][,num_queues=2N][,queue_size=N][,id=ID],
-// or user=on[,net=CIDR][,hostfwd=FWD[+FWD...]] and the same common keys
+// or user=on[,net=CIDR][,hostfwd=FWD[+FWD...]][,dns_upstream=ADDR[:PORT]] and the same common keys
 // for user-mode networking. The user-mode keys are checked when the
 // network is built.
 func ParseNet(spec string) (Net, error) {
@@ -231,14 +231,17 @@ func ParseNet(spec string) (Net, error) {
 	for k, v := range inOrder(spec, kv) {
 		switch k {
 		case "user":
-		case "net", "hostfwd":
+		case "net", "hostfwd", "dns_upstream":
 			if !user {
 				return n, fmt.Errorf("--net %q: %s= belongs to user-mode networking: add user=on", spec, k)
 			}
-			if k == "net" {
+			switch k {
+			case "net":
 				n.User.Net = v
-			} else {
+			case "hostfwd":
 				n.User.HostFwd = strings.Split(v, "+")
+			default:
+				n.User.DNSUpstream = v
 			}
 		case "tap":
 			n.Tap = v
@@ -276,7 +279,7 @@ func ParseNet(spec string) (Net, error) {
 		case "vhost_user":
 			n.VhostUser, err = parseBool("net", k, v)
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, dns_upstream, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
 		}
 		if err != nil {
 			return n, err

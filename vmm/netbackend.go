@@ -85,7 +85,26 @@ func userNetConfig(u *config.UserNet) (usernet.Config, error) {
 		}
 		c.HostFwds = append(c.HostFwds, f)
 	}
+	if u.DNSUpstream != "" {
+		up, err := parseDNSUpstream(u.DNSUpstream)
+		if err != nil {
+			return c, err
+		}
+		c.DNSUpstream = up
+	}
 	return c, nil
+}
+
+// parseDNSUpstream reads dns_upstream=: an IP address, with a port or
+// not (53).
+func parseDNSUpstream(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return ap, nil
+	}
+	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return netip.AddrPortFrom(a, 53), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("dns_upstream %q is not an IP address with an optional port, such as 192.0.2.53 or 192.0.2.53:5353 ([2001:db8::53]:53 for IPv6)", s)
 }
 
 // netName describes a NIC's back-end in error messages.

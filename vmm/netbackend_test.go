@@ -22,7 +22,16 @@ func TestUserNetConfig(t *testing.T) {
 	if c.Prefix.String() != "10.9.0.0/24" || len(c.HostFwds) != 2 || c.HostFwds[0].Host.String() != "127.0.0.1:2222" || !c.HostFwds[1].UDP {
 		t.Fatalf("%+v", c)
 	}
-	for _, bad := range []config.UserNet{{Net: "10.0.2.0"}, {HostFwd: []string{"tcp:2222:22"}}} {
+	for in, want := range map[string]string{
+		"192.0.2.53": "192.0.2.53:53", "192.0.2.53:5353": "192.0.2.53:5353",
+		"2001:db8::53": "[2001:db8::53]:53", "[2001:db8::53]:54": "[2001:db8::53]:54",
+	} {
+		c, err := userNetConfig(&config.UserNet{DNSUpstream: in})
+		if err != nil || c.DNSUpstream.String() != want {
+			t.Errorf("dns_upstream=%s: %v, %v; want %s", in, c.DNSUpstream, err, want)
+		}
+	}
+	for _, bad := range []config.UserNet{{Net: "10.0.2.0"}, {HostFwd: []string{"tcp:2222:22"}}, {DNSUpstream: "dns.example"}, {DNSUpstream: "192.0.2.53:0"}, {DNSUpstream: "192.0.2.53:99999"}} {
 		if _, err := userNetConfig(&bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
