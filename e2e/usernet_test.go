@@ -2,14 +2,19 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/viovmm/vio/lab/labtest"
 )
@@ -20,6 +25,10 @@ const (
 	userFwdHost  = 5023 // hostfwd: the host's port ...
 	userFwdGuest = 8022 // ... into the guest's
 	userBytes    = 2 << 20
+	userDNS      = 5024 // the test's resolver, the DNS relay's upstream (dns_upstream=)
+	userHTTP     = 5025 // a web server on the host's loopback
+	userPage     = 256 << 10
+	userName     = "files.vio.test" // what the test's resolver answers: the gateway
 )
 
 // userGuest takes its address by DHCP (busybox udhcpc), fetches a file
@@ -43,6 +52,13 @@ timeout 60 udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/dhcp.sh > /tmp/udhcpc 2>&1; c
 echo "$(grep LEASE /tmp/udhcpc)"
 echo "ADDR $(ip -4 addr show dev eth0 | grep inet | tr -s ' ')"
 timeout 60 ping -c 2 -W 5 10.0.2.2 > /tmp/ping 2>&1; check ping-gateway $? "$(tail -1 /tmp/ping)"
+# A name through the DNS relay (10.0.2.3), then a page from the web
+# server at the address it resolved to.
+timeout 60 nslookup ` + userName + ` 10.0.2.3 > /tmp/ns 2>&1; ns=$?
+addr=$(sed -n '/^Name:/,$ s/^Address:* *//p' /tmp/ns | head -1)
+[ $ns = 0 ] && [ "$addr" = 10.0.2.2 ]; check dns $? "$(tr '\n' ' ' < /tmp/ns)"
+timeout 120 wget -q -O /tmp/page "http://$addr:` + fmt.Sprint(userHTTP) + `/page"; check http $?
+echo "PAGESUM $(sha256sum /tmp/page | cut -d' ' -f1) $(wc -c < /tmp/page)"
 timeout 180 nc 10.0.2.2 ` + fmt.Sprint(userSrcTCP) + ` > /tmp/rx < /dev/null; check fetch $?
 echo "RXSUM $(sha256sum /tmp/rx | cut -d' ' -f1) $(wc -c < /tmp/rx)"
 dd if=/dev/urandom of=/tmp/srv bs=1M count=` + fmt.Sprint(userBytes>>20) + ` 2>/dev/null
@@ -62,7 +78,9 @@ poweroff -f
 // its address by DHCP, pings the gateway, fetches 2 MiB from a server on
 // the host's loopback through the gateway address, and the host fetches
 // 2 MiB from a guest listener through a port forward; both transfers are
-// checked by SHA-256 on both ends.
+// checked by SHA-256 on both ends. The guest also resolves a name through
+// the DNS relay, whose upstream is the test's resolver (dns_upstream=),
+// and fetches a page from a web server on the host at the address it got.
 func TestUserNetwork(t *testing.T) {
 	// The lab's L1 boots with its loopback down; any ordinary host has it
 	// up. The gateway leads to it.
@@ -71,6 +89,8 @@ func TestUserNetwork(t *testing.T) {
 		run(t, "ip", "link", "set", "lo", "up")
 	}
 	sent := randomSource(t, fmt.Sprintf("127.0.0.1:%d", userSrcTCP), userBytes)
+	asked := testResolver(t, fmt.Sprintf("127.0.0.1:%d", userDNS), userName+".", [4]byte{10, 0, 2, 2})
+	page := webPage(t, fmt.Sprintf("127.0.0.1:%d", userHTTP), "/page", userPage)
 
 	// When the guest says its listener is up, fetch from it through the
 	// forward and hash what comes.
@@ -107,10 +127,16 @@ func TestUserNetwork(t *testing.T) {
 
 	initrd := labtest.Initramfs(t, userGuest, "virtio_pci", "virtio_net")
 	log, stats := runSerial(t, 8*time.Minute, vioArgs(t, initrd, "--cpus", "2",
-		"--net", fmt.Sprintf("user=on,hostfwd=tcp:127.0.0.1:%d-:%d,mac=52:54:00:12:34:58", userFwdHost, userFwdGuest),
+		"--net", fmt.Sprintf("user=on,hostfwd=tcp:127.0.0.1:%d-:%d,dns_upstream=127.0.0.1:%d,mac=52:54:00:12:34:58", userFwdHost, userFwdGuest, userDNS),
 		"--stats")...)
 	r := readReport(t, log, "LEASE ", "ADDR ")
-	r.expect(t, "dhcp", "ping-gateway", "fetch", "ready", "serve")
+	r.expect(t, "dhcp", "ping-gateway", "dns", "http", "fetch", "ready", "serve")
+	if n := asked.Load(); n == 0 {
+		t.Errorf("the test's resolver never got a query for %s: the guest's answer did not come through the relay", userName)
+	}
+	if got := r.value("PAGESUM"); got != page {
+		t.Errorf("web page through the gateway: guest got %q, host served %q", got, page)
+	}
 	if !strings.Contains(string(log), "LEASE ip=10.0.2.15 mask=24 router=10.0.2.2") {
 		t.Errorf("guest's lease is not 10.0.2.15/24 via 10.0.2.2; serial:\n%s", log)
 	}
@@ -126,4 +152,71 @@ func TestUserNetwork(t *testing.T) {
 		t.Error("guest → host through hostfwd: the host never finished its fetch")
 	}
 	t.Logf("vio's stats: %s", bytes.TrimSpace(stats))
+}
+
+// testResolver answers DNS queries over UDP at addr: name's A record is
+// a, its other types have no records, other names do not exist. It
+// returns the count of queries for name's A record.
+func testResolver(t *testing.T, addr, name string, a [4]byte) *atomic.Int64 {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	var asked atomic.Int64
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
+			if !strings.EqualFold(q.Name.String(), name) {
+				rh.RCode = dnsmessage.RCodeNameError
+			}
+			b := dnsmessage.NewBuilder(nil, rh)
+			b.EnableCompression()
+			b.StartQuestions()
+			b.Question(q)
+			b.StartAnswers()
+			if rh.RCode == dnsmessage.RCodeSuccess && q.Type == dnsmessage.TypeA {
+				asked.Add(1)
+				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: a})
+			}
+			if msg, err := b.Finish(); err == nil {
+				pc.WriteTo(msg, from)
+			}
+		}
+	}()
+	return &asked
+}
+
+// webPage serves n random bytes at path over HTTP at addr and returns
+// "SHA256 n", as the guest's report gives it.
+func webPage(t *testing.T, addr, path string, n int) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, n)
+	rand.Read(body)
+	mux := http.NewServeMux()
+	mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) { w.Write(body) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: time.Minute}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	sum := sha256.Sum256(body)
+	return fmt.Sprintf("%s %d", hex.EncodeToString(sum[:]), n)
 }
