@@ -60,6 +60,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/bus"
+	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/netdev"
 	"github.com/viovmm/vio/pci"
@@ -108,7 +109,13 @@ type Device struct {
 	mac   [6]byte
 	image [eepromWords]uint16
 
-	txKick chan struct{} // TDT or TCTL written; buffered 1
+	// txKick wakes the transmit goroutine (TDT or TCTL written). It is an
+	// eventfd, not a channel, for the reason devices/ide's DMA kick is:
+	// the vCPU thread that writes TDT only writes the eventfd and goes
+	// back into the guest, and the kernel wakes the goroutine's poller,
+	// instead of the Go scheduler queueing the goroutine on the P of a
+	// thread that sits in KVM_RUN. nil without workers (newDevice).
+	txKick *kvm.EventFD
 	rxWake chan struct{} // RDT or RCTL written, or reset; buffered 1
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -147,6 +154,9 @@ func New(be netdev.Backend, mem memory.DMA, cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.txKick, err = kvm.NewEventFD(); err != nil {
+		return nil, err
+	}
 	d.wg.Add(2)
 	go d.txLoop()
 	go d.rxLoop()
@@ -160,7 +170,6 @@ func newDevice(be netdev.Backend, mem memory.DMA, cfg Config) (*Device, error) {
 	}
 	d := &Device{
 		be: be, mem: mem, clock: cfg.Clock,
-		txKick: make(chan struct{}, 1),
 		rxWake: make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 	}
@@ -211,6 +220,9 @@ func (d *Device) BARMapped(pci.Region, bool) {}
 func (d *Device) Close() error {
 	d.once.Do(func() {
 		close(d.stop)
+		if d.txKick != nil {
+			d.txKick.Close() // wakes the transmit goroutine
+		}
 		_ = d.be.SetReadDeadline(time.Unix(1, 0))
 		d.wg.Wait()
 		d.mu.Lock()
@@ -246,6 +258,14 @@ func (d *Device) resetLocked() {
 	d.txGen++
 	d.updateIRQLocked()
 	wake(d.rxWake)
+}
+
+// kickTX wakes the transmit goroutine. A write to an eventfd fails only
+// when its counter would overflow: a wake-up is pending then anyway.
+func (d *Device) kickTX() {
+	if d.txKick != nil {
+		_ = d.txKick.Trigger()
+	}
 }
 
 func wake(c chan struct{}) {
@@ -459,7 +479,7 @@ func (d *Device) writeLocked(off, v uint32) {
 			d.txGen++ // disabling transmit abandons a partial packet
 		}
 		*r = v
-		wake(d.txKick)
+		d.kickTX()
 	case off == regRDBAL || off == regTDBAL:
 		*r = v &^ 0xf
 		d.ringChangedLocked(off)
@@ -477,7 +497,7 @@ func (d *Device) writeLocked(off, v uint32) {
 		wake(d.rxWake)
 	case off == regTDT:
 		*r = v & 0xffff
-		wake(d.txKick)
+		d.kickTX()
 	case off >= regStatsBase && off < regStatsEnd:
 		// read-only counters
 	default:
@@ -491,7 +511,7 @@ func (d *Device) ringChangedLocked(off uint32) {
 		wake(d.rxWake)
 	} else {
 		d.txGen++
-		wake(d.txKick)
+		d.kickTX()
 	}
 }
 

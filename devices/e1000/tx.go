@@ -67,10 +67,13 @@ func (d *Device) txLoop() {
 	defer d.wg.Done()
 	w := newTxWorker(d)
 	for {
+		if _, err := d.txKick.Wait(); err != nil {
+			return // Close closed the eventfd
+		}
 		select {
 		case <-d.stop:
 			return
-		case <-d.txKick:
+		default:
 		}
 		for w.pass() {
 			select {

@@ -2,6 +2,7 @@ package ide
 
 import (
 	"github.com/viovmm/vio/block"
+	"github.com/viovmm/vio/kvm"
 )
 
 // Status register bits.
@@ -67,7 +68,17 @@ type channel struct {
 
 	// DMA: the worker takes job when kicked; gen changes on every reset
 	// and bus-master stop so a transfer in flight drops its result.
-	kick chan struct{}
+	//
+	// The kick is an eventfd, not a channel: the vCPU thread that starts
+	// the bus master writes it and goes back into the guest, and the
+	// kernel wakes the worker's poller. A channel send from the vCPU
+	// thread would make the worker runnable on that thread's P, which sits
+	// in KVM_RUN: another thread must then steal it, and the Go runtime's
+	// monitor, seeing a P in a system call with work queued, takes it back
+	// and keeps polling at its fastest, a host timer interrupt (a guest
+	// exit) at a time. virtio queues are woken the same way, by KVM's
+	// ioeventfds.
+	kick *kvm.EventFD
 	job  *job
 	gen  uint64
 }

@@ -95,10 +95,9 @@ func (ch *channel) submit(j *job) {
 }
 
 func (ch *channel) kickWorker() {
-	select {
-	case ch.kick <- struct{}{}:
-	default:
-	}
+	// A write to an eventfd fails only when its counter would overflow,
+	// which means the worker already has a wake-up pending.
+	_ = ch.kick.Trigger()
 }
 
 // worker runs the channel's DMA transfers and flushes off the vCPU
@@ -108,10 +107,13 @@ func (ch *channel) worker() {
 	defer c.wg.Done()
 	buf := make([]byte, chunkSize)
 	for {
+		if _, err := ch.kick.Wait(); err != nil {
+			return // Close closed the eventfd
+		}
 		select {
 		case <-c.stop:
 			return
-		case <-ch.kick:
+		default:
 		}
 		c.mu.Lock()
 		j := ch.job

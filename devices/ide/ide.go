@@ -51,6 +51,7 @@ import (
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/irq"
+	"github.com/viovmm/vio/kvm"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/pci"
 )
@@ -176,7 +177,7 @@ func New(mem memory.DMA, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{mem: mem, mode: cfg.Mode, stop: make(chan struct{})}
 	for i := range c.ch {
-		c.ch[i] = &channel{c: c, idx: i, kick: make(chan struct{}, 1)}
+		c.ch[i] = &channel{c: c, idx: i}
 	}
 	for pos, d := range cfg.Drives {
 		dr, err := newDrive(d)
@@ -222,6 +223,16 @@ func New(mem memory.DMA, cfg Config) (*Controller, error) {
 	for _, ch := range c.ch {
 		ch.reset()
 	}
+	for i, ch := range c.ch {
+		kick, err := kvm.NewEventFD()
+		if err != nil {
+			for _, done := range c.ch[:i] {
+				done.kick.Close()
+			}
+			return nil, err
+		}
+		ch.kick = kick
+	}
 	c.wg.Add(2)
 	for _, ch := range c.ch {
 		go ch.worker()
@@ -235,7 +246,12 @@ func (c *Controller) BARMapped(pci.Region, bool) {}
 // Close stops the workers, waiting for a transfer in flight to finish its
 // current chunk. It does not close the back-ends.
 func (c *Controller) Close() error {
-	c.once.Do(func() { close(c.stop) })
+	c.once.Do(func() {
+		close(c.stop)
+		for _, ch := range c.ch {
+			ch.kick.Close() // wakes a worker waiting for a kick
+		}
+	})
 	c.wg.Wait()
 	return nil
 }
