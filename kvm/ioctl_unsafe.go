@@ -21,6 +21,16 @@ func ioctl(fd int, req, arg uintptr) (uintptr, error) {
 	return r, nil
 }
 
+// ioctlRaw is ioctl without telling the Go scheduler: the calling
+// goroutine keeps its P for the whole call (see VCPU.SetHoldP).
+func ioctlRaw(fd int, req, arg uintptr) error {
+	_, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 // ioctlPtr issues a request whose argument points at a fixed-size struct.
 // The conversion inside the call expression keeps *arg alive and unmoved for
 // the duration of the system call (rule 4 of unsafe.Pointer).

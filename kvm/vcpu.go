@@ -19,7 +19,16 @@ type VCPU struct {
 
 	hasXSave  bool // KVM_GET/SET_XSAVE work (CapXSave)
 	xsaveSize int  // the XSAVE area's size per CapXSave2, 0 without it
+
+	holdP bool // Run keeps the goroutine's P through KVM_RUN (SetHoldP)
 }
+
+// SetHoldP makes Run enter the guest without telling the Go scheduler
+// that the thread is in a system call, so the goroutine keeps its P while
+// the guest runs. Call it only from the goroutine that calls Run, and only
+// if a P has been set aside for it (GOMAXPROCS raised by one), or the rest
+// of the program loses a P to the guest.
+func (c *VCPU) SetHoldP(on bool) { c.holdP = on }
 
 // ID returns the id the vCPU was created with.
 func (c *VCPU) ID() int { return c.id }
@@ -47,7 +56,12 @@ func (c *VCPU) Close() error {
 // (exit reason ExitIntr): not a failure, the caller decides whether to run
 // again. unix.EAGAIN may be returned while a vCPU waits for INIT/SIPI.
 func (c *VCPU) Run() error {
-	_, err := ioctl(c.fd, ioctlRun, 0)
+	var err error
+	if c.holdP {
+		err = ioctlRaw(c.fd, ioctlRun, 0)
+	} else {
+		_, err = ioctl(c.fd, ioctlRun, 0)
+	}
 	if err != nil {
 		return err // unwrapped: hot path, and callers match it with errors.Is
 	}

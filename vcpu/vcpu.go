@@ -268,6 +268,11 @@ func (r *Runner) loop(started chan<- struct{}) {
 	// on one task, the kick targets this thread by id, and a thread that
 	// ran a vCPU is discarded rather than returned to the Go scheduler.
 	runtime.LockOSThread()
+	held := holdP()
+	if held {
+		reserveP()
+		r.cpu.SetHoldP(true)
+	}
 
 	r.mu.Lock()
 	r.tid = unix.Gettid()
@@ -276,6 +281,9 @@ func (r *Runner) loop(started chan<- struct{}) {
 	close(started)
 
 	defer func() {
+		if held {
+			releaseP() // before done: Stop's caller sees GOMAXPROCS back
+		}
 		r.mu.Lock()
 		r.tid = 0
 		r.state = Stopped

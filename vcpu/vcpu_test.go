@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -976,5 +977,48 @@ func TestStopWithinStuckVCPU(t *testing.T) {
 	released = true
 	if err := g.StopWithin(30 * time.Second); err != nil {
 		t.Fatalf("after the handler returned: %v", err)
+	}
+}
+
+// Each running vCPU thread holds a P of its own through KVM_RUN (sched.go),
+// so GOMAXPROCS grows by one per vCPU while it runs and shrinks back when
+// it stops; with VIO_VCPU_RUN=syscall (or GOMAXPROCS in the environment)
+// it is left alone.
+func TestVCPUThreadsAddPs(t *testing.T) {
+	halt := []byte{0xfb, 0xf4, 0xeb, 0xfd} // sti; hlt; jmp back to hlt
+	for _, mode := range []string{"", "syscall"} {
+		t.Run("VIO_VCPU_RUN="+mode, func(t *testing.T) {
+			t.Setenv("VIO_VCPU_RUN", mode)
+			if mode == "" && os.Getenv("GOMAXPROCS") != "" {
+				t.Skip("GOMAXPROCS is set in the environment, which turns the extra Ps off")
+			}
+			tv := newVMWith(t, func(vm *kvm.VM) {
+				if err := vm.CreateIRQChip(); err != nil {
+					t.Fatal(err)
+				}
+			}, halt, halt)
+			base := runtime.GOMAXPROCS(0)
+			var rs []*vcpu.Runner
+			for _, c := range tv.cpus {
+				r := vcpu.New(c, vcpu.Config{})
+				if err := r.Start(); err != nil {
+					t.Fatal(err)
+				}
+				rs = append(rs, r)
+			}
+			want := base + 2
+			if mode == "syscall" {
+				want = base
+			}
+			if n := runtime.GOMAXPROCS(0); n != want {
+				t.Errorf("GOMAXPROCS %d with two vCPUs running, want %d (it was %d)", n, want, base)
+			}
+			for _, r := range rs {
+				r.Stop()
+			}
+			if n := runtime.GOMAXPROCS(0); n != base {
+				t.Errorf("GOMAXPROCS %d after the vCPUs stopped, want %d back", n, base)
+			}
+		})
 	}
 }
