@@ -2,6 +2,7 @@ package debian
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -17,10 +18,11 @@ type console struct {
 	at     []time.Time
 	eof    bool
 	notify chan struct{} // signalled on every new line and at EOF
+	start  time.Time     // when reading began, for a console with no line yet
 }
 
 func newConsole(r io.Reader) *console {
-	c := &console{notify: make(chan struct{}, 1)}
+	c := &console{notify: make(chan struct{}, 1), start: time.Now()}
 	go func() {
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -76,6 +78,49 @@ func (c *console) waitFor(want string, from int, d time.Duration) (int, time.Tim
 			return 0, time.Time{}, fmt.Errorf("no console line with %q within %v", want, d)
 		}
 	}
+}
+
+// errSilent is waitForLive's error for a console that stopped.
+var errSilent = errors.New("the console printed nothing")
+
+// waitForLive is waitFor, except that it gives up early, with an error
+// wrapping errSilent, once no line at all has come for silence: a guest
+// that stopped printing mid-boot is reported (and its VMM asked where it
+// is) without waiting out the whole deadline.
+func (c *console) waitForLive(want string, from int, d, silence time.Duration) (int, time.Time, error) {
+	end := time.Now().Add(d)
+	for {
+		last := c.lastLine()
+		quiet := time.Until(last.Add(silence))
+		if left := time.Until(end); left < quiet {
+			i, at, err := c.waitFor(want, from, left)
+			return i, at, err
+		}
+		i, at, err := c.waitFor(want, from, quiet)
+		if err == nil || c.ended() {
+			return i, at, err
+		}
+		if c.lastLine().Equal(last) && time.Since(last) >= silence {
+			return 0, time.Time{}, fmt.Errorf("%w for %v before a line with %q; its last line: %q", errSilent, silence, want, c.tail(1))
+		}
+	}
+}
+
+// lastLine is when the newest line came (when reading began, before any).
+func (c *console) lastLine() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := len(c.at); n > 0 {
+		return c.at[n-1]
+	}
+	return c.start
+}
+
+// ended reports whether the output has ended.
+func (c *console) ended() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.eof
 }
 
 // prefixed returns the text after "prefix " of every line that carries it
