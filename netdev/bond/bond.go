@@ -7,7 +7,9 @@
 // frame's own (netdev.ErrHeader), when a read from it fails (other than a
 // deadline), or when it reports its link down (a back-end with an
 // Up() bool method, such as netdev/socket's). A failed member is tried
-// again after RetryAfter. A failing write is retried on the next healthy
+// again after RetryAfter. The move to the next healthy member happens on
+// the bond's next write or on the next frame arriving on another member,
+// whichever comes first. A failing write is retried on the next healthy
 // member at once, so a failover loses no frame the bond was given; frames
 // already inside the failed back-end are lost, as on a cut cable.
 //
@@ -129,9 +131,9 @@ func New(members []netdev.Backend, opts Options) (*Bond, error) {
 	for _, m := range members {
 		b.members = append(b.members, &member{be: m})
 	}
-	for _, m := range b.members {
+	for i, m := range b.members {
 		b.wg.Add(1)
-		go b.pump(m)
+		go b.pump(i, m)
 	}
 	return b, nil
 }
@@ -277,8 +279,8 @@ func (b *Bond) writeBalanced(f [][]byte) error {
 	return ErrAllDown
 }
 
-// pump reads one member's frames into the bond's queue.
-func (b *Bond) pump(m *member) {
+// pump reads one member's frames (member i's) into the bond's queue.
+func (b *Bond) pump(i int, m *member) {
 	defer b.wg.Done()
 	bufs := make([][]byte, 16)
 	for i := range bufs {
@@ -309,12 +311,17 @@ func (b *Bond) pump(m *member) {
 			}
 			continue
 		}
-		if b.opts.Mode == ActiveBackup && b.members[b.active.Load()] != m {
+		// A frame on a backup is dropped unless the active member is
+		// down, in which case this is the moment to fail over: a guest
+		// that only receives (a download whose in-flight segments the
+		// failed link took) sends nothing until a retransmission reaches
+		// it, so waiting for its next write would wait for ever.
+		if b.opts.Mode == ActiveBackup && b.pickActive(time.Now()) != i {
 			m.rxDrop.Add(uint64(n))
 			continue
 		}
-		for i := range n {
-			pkt := append([]byte(nil), bufs[i][:sizes[i]]...)
+		for k := range n {
+			pkt := append([]byte(nil), bufs[k][:sizes[k]]...)
 			select {
 			case b.in <- pkt:
 				m.rxFrames.Add(1)
