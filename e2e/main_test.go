@@ -74,4 +74,6 @@ var expected = labtest.Expected{
 	"TestTestpmd": 75 * time.Second,
 	// Estimated (one QEMU boot, a 25 s fio run with a restart of serve-disk).
 	"TestQEMUServeDisk": 70 * time.Second,
+	// Lab runs of each alone, 2026-12-07, beside other labs: 40 s; 86-147 s.
+	"TestInterposeLab": 60 * time.Second, "TestBondLab": 130 * time.Second,
 }

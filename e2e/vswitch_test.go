@@ -136,6 +136,9 @@ type responder struct {
 	frames  atomic.Int64
 	replies atomic.Int64 // ARP replies for 10.0.0.2 (guest B)
 	pings   atomic.Int64 // echo requests answered
+	// onEcho, if set, sees the payload of each echo request it answers
+	// (TestInterposeLab's record of what reached it).
+	onEcho func(payload []byte)
 }
 
 func (r *responder) send(t *testing.T, ls ...gopacket.SerializableLayer) {
@@ -188,6 +191,9 @@ func (r *responder) run(t *testing.T, ctx context.Context) {
 		icmp, _ := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
 		if eth != nil && ip != nil && icmp != nil && ip.DstIP.Equal(responderIP) && icmp.TypeCode.Type() == layers.ICMPv4TypeEchoRequest {
 			r.pings.Add(1)
+			if r.onEcho != nil {
+				r.onEcho(icmp.Payload)
+			}
 			r.send(t, &layers.Ethernet{SrcMAC: r.mac, DstMAC: eth.SrcMAC, EthernetType: layers.EthernetTypeIPv4},
 				&layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: responderIP, DstIP: ip.SrcIP},
 				&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoReply, 0), Id: icmp.Id, Seq: icmp.Seq},
