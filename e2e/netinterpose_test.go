@@ -592,8 +592,9 @@ const (
 // bondGuest runs iperf3 to L1 and a 16 MiB download together and, once
 // both have moved 256 KiB, asks L1 to kill the active switch (BOND-KILL 1,
 // with how much of the download it has then: the kill must land mid-
-// transfer). Then it uploads 16 MiB and asks for the other switch's kill
-// (BOND-KILL 2) once 256 KiB has gone.
+// transfer). When both are done it asks for switch 1 back (BOND-RESTART
+// 1), uploads 16 MiB and asks for the other switch's kill (BOND-KILL 2)
+// once 256 KiB has gone.
 var bondGuest = `
 check() { if [ "$2" = 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail $3"; fi; }
 H=` + bdHostIP + `
@@ -624,6 +625,8 @@ check iperf $(waitrc /tmp/ip.rc) "$(awk '/receiver/ {print $7, $8}' /tmp/ip)"
 echo "IPERF $(grep -E 'sender|receiver' /tmp/ip | tr -s ' ' | tr '\n' ';')"
 check download $(waitrc /tmp/rx.rc)
 echo "RXSUM $(sha256sum /tmp/rx | cut -d' ' -f1) $(wc -c < /tmp/rx)"
+# Only now is switch 1 restarted: until here the bond had switch 2 alone.
+echo BOND-RESTART 1
 dd if=/dev/urandom of=/tmp/tx bs=1M count=` + fmt.Sprint(bdBytes>>20) + ` 2>/dev/null
 echo "TXSUM $(sha256sum /tmp/tx | cut -d' ' -f1)"
 (timeout 200 nc $H ` + fmt.Sprint(bdSinkTCP) + ` < /tmp/tx; echo $? > /tmp/tx.rc) &
@@ -755,8 +758,8 @@ func (u *uplink) close() {
 // on each of two `vio switch` processes, both leading to L1. While iperf3
 // and a 16 MiB download (hashed on both ends) run through the first
 // switch, the test SIGKILLs it: both must complete, with the right hash,
-// iperf3 with status 0 and a figure, over the second switch. The killed
-// switch is restarted (its sockets redial); then, during a 16 MiB upload,
+// iperf3 with status 0 and a figure, over the second switch. Then the
+// killed switch is restarted (its sockets redial); during a 16 MiB upload,
 // the second switch is killed and the bond must go back to the first.
 // vio's bond counters must show both failovers.
 func TestBondLab(t *testing.T) {
@@ -801,7 +804,17 @@ func bondRun(t *testing.T, initrd string) (hazard string) {
 	defer cancel()
 	began := time.Now()
 	var kills []string
+	restarted := false
 	console, stderr, err, hazard := hazardRun(t, ctx, args, func(line string) {
+		if strings.Contains(line, "BOND-RESTART 1") && len(kills) == 1 && !restarted {
+			// The guest's socket and the uplink redial it, so the bond
+			// has it to fall back on at the second kill. Not before: a
+			// switch back at once would carry the first stream on even
+			// without a failover.
+			sw[0].start(t)
+			restarted = true
+			t.Logf("switch 1 restarted %v into the run", time.Since(began).Round(time.Second))
+		}
 		_, what, ok := strings.Cut(line, "BOND-KILL ")
 		if !ok {
 			return
@@ -811,9 +824,6 @@ func bondRun(t *testing.T, initrd string) (hazard string) {
 			sw[0].kill()
 			kills = append(kills, what)
 			t.Logf("switch 1 killed %v into the run (%s)", time.Since(began).Round(time.Second), what)
-			// Back at once: the guest's socket and the uplink redial it,
-			// so the bond has it to fall back on at the second kill.
-			sw[0].start(t)
 		case strings.HasPrefix(what, "2") && len(kills) == 1:
 			sw[1].kill()
 			kills = append(kills, what)
@@ -828,8 +838,8 @@ func bondRun(t *testing.T, initrd string) (hazard string) {
 	}
 	r := readReport(t, console.Bytes(), "IPERF ", "BOND-KILL")
 	r.expect(t, "reach", "iperf-moving", "download-moving", "iperf", "download", "upload-moving", "upload")
-	if len(kills) != 2 {
-		t.Fatalf("the guest asked for %d switch kills, want 2; serial:\n%s", len(kills), console.String())
+	if len(kills) != 2 || !restarted {
+		t.Fatalf("the guest asked for %d switch kills (want 2) and switch 1 restarted: %v (want true); serial:\n%s", len(kills), restarted, console.String())
 	}
 	// The kills must have landed mid-transfer, or nothing failed over
 	// under load.
