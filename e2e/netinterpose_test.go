@@ -761,7 +761,7 @@ func (u *uplink) close() {
 // iperf3 with status 0 and a figure, over the second switch. Then the
 // killed switch is restarted (its sockets redial); during a 16 MiB upload,
 // the second switch is killed and the bond must go back to the first.
-// vio's bond counters must show both failovers.
+// vio's bond counters and its log must show both failovers.
 func TestBondLab(t *testing.T) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Fatal("iperf3 is not installed: run scripts/setup-host")
@@ -869,6 +869,17 @@ func bondRun(t *testing.T, initrd string) (hazard string) {
 	t.Logf("uplink: %d and %d frames to L1 from switches 1 and 2, %d frames for a switch that was down", up.toL1[0].Load(), up.toL1[1].Load(), up.lost.Load())
 	if bs == nil {
 		t.Fatalf("vio's --stats lack the bond's counters:\n%s", stderr.String())
+	}
+	// vio's log: a warning for each failover, naming the sockets.
+	var logged []string
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(l, "NIC bond failed over") {
+			logged = append(logged, l)
+			t.Logf("vio: %s", l)
+		}
+	}
+	if len(logged) != 2 || !strings.Contains(logged[0], "from="+sock("sw1-g")) || !strings.Contains(logged[1], "from="+sock("sw2-g")) {
+		t.Errorf("vio logged %d bond failovers, want 2: from switch 1's socket, then from switch 2's; stderr:\n%s", len(logged), stderr.String())
 	}
 	if bs.Failovers != 2 || bs.Active != 0 || len(bs.Members) != 2 || !bs.Members[0].Healthy || bs.Members[1].Healthy {
 		t.Errorf("bond counters %+v: want 2 failovers, back on member 0 (healthy, its switch restarted), member 1 down", *bs)

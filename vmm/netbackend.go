@@ -36,7 +36,7 @@ func (v *VM) netBase(n config.Net) (netdev.Backend, error) {
 		return socket.Dial(n.Socket, socketOptions)
 	}
 	if n.Bond != nil {
-		return bondBackend(n.Bond)
+		return bondBackend(n.Bond, v.log)
 	}
 	if n.User == nil {
 		if n.Model != config.NetE1000 {

@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/viovmm/vio/config"
@@ -57,8 +59,9 @@ func (v *VM) interpose(n config.Net, be netdev.Backend) (top netdev.Backend, err
 // second; the guest sees a cable pulled and plugged back.
 var socketOptions = socket.Options{Reconnect: time.Second}
 
-// bondBackend joins the sockets of a bonded NIC.
-func bondBackend(b *config.NetBond) (netdev.Backend, error) {
+// bondBackend joins the sockets of a bonded NIC. A failover is logged
+// (a warning): the NIC goes on, but a link has gone.
+func bondBackend(b *config.NetBond, log *slog.Logger) (netdev.Backend, error) {
 	mode, err := bond.ParseMode(b.Mode)
 	if err != nil {
 		return nil, err
@@ -74,5 +77,8 @@ func bondBackend(b *config.NetBond) (netdev.Backend, error) {
 		}
 		members = append(members, s)
 	}
-	return bond.New(members, bond.Options{Mode: mode})
+	sockets := slices.Clone(b.Sockets)
+	return bond.New(members, bond.Options{Mode: mode, OnFailover: func(from, to int) {
+		log.Warn("NIC bond failed over to another member", "from", sockets[from], "to", sockets[to])
+	}})
 }

@@ -60,6 +60,11 @@ type Options struct {
 	// RetryAfter is how long a failed member rests before it is a
 	// candidate again (default 1 s).
 	RetryAfter time.Duration
+	// OnFailover, if set, is told each time active-backup moves from
+	// member from to member to (indices into New's members), by
+	// whichever goroutine noticed: the guest's write or a member's
+	// reader. It must not block.
+	OnFailover func(from, to int)
 }
 
 // ErrAllDown is returned by WriteFrames when no member can take a frame.
@@ -163,6 +168,9 @@ func (b *Bond) pickActive(now time.Time) int {
 		if b.healthy(b.members[i], now) {
 			if b.active.CompareAndSwap(int32(cur), int32(i)) {
 				b.fails.Add(1)
+				if b.opts.OnFailover != nil {
+					b.opts.OnFailover(cur, i)
+				}
 			}
 			return int(b.active.Load())
 		}

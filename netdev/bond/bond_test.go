@@ -239,7 +239,8 @@ func TestActiveBackupFailsOverOnReceive(t *testing.T) {
 		}
 		defer peers[i].Close()
 	}
-	b, err := bond.New(members, bond.Options{})
+	moved := make(chan [2]int, 4)
+	b, err := bond.New(members, bond.Options{OnFailover: func(from, to int) { moved <- [2]int{from, to} }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,5 +264,11 @@ func TestActiveBackupFailsOverOnReceive(t *testing.T) {
 	}
 	if st := b.Stats(); st.Active != 1 || st.Failovers != 1 || st.Members[1].RxDropped != 0 {
 		t.Fatalf("stats after the failover on receive: %+v", st)
+	}
+	if n := len(moved); n != 1 {
+		t.Fatalf("OnFailover was called %d times, want once", n)
+	}
+	if m := <-moved; m != [2]int{0, 1} {
+		t.Fatalf("OnFailover was told of a move from member %d to %d, want 0 to 1", m[0], m[1])
 	}
 }
