@@ -33,6 +33,7 @@ import (
 	"github.com/viovmm/vio/netdev/pcap"
 	"github.com/viovmm/vio/netdev/socket"
 	"github.com/viovmm/vio/netdev/tap"
+	"github.com/viovmm/vio/netdev/vswitch"
 )
 
 // The interposers and the bond of docs/network.md, each checked on a
@@ -678,6 +679,49 @@ func (p *vswitchProc) kill() {
 	}
 }
 
+// waitPorts waits (up to 30 s) until the switch whose control socket is
+// ctl has a connected port of each name. The switch announces no
+// connections, so its counters are read every 50 ms.
+func waitPorts(ctx context.Context, ctl string, names ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		why := portsDown(ctl, names)
+		if why == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s (%w)", why, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// portsDown says which of the named ports the switch at ctl lacks or
+// has unconnected, or why it cannot tell; "" when all are connected.
+func portsDown(ctl string, names []string) string {
+	c, err := net.Dial("unix", ctl)
+	if err != nil {
+		return err.Error()
+	}
+	defer c.Close()
+	var st vswitch.Stats
+	if err := json.NewDecoder(c).Decode(&st); err != nil {
+		return "the switch's counters: " + err.Error()
+	}
+	up := map[string]bool{}
+	for _, p := range st.Ports {
+		up[p.Name] = up[p.Name] || p.Connected
+	}
+	if missing := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return up[n] }); len(missing) > 0 {
+		return fmt.Sprintf("ports %v not connected", missing)
+	}
+	return ""
+}
+
 // uplink carries frames between a TAP in L1 and one port on each of
 // several switches: whatever L1 sends goes to every switch (the guest's
 // bond takes it from its active member only), whatever a switch sends
@@ -813,7 +857,13 @@ func bondRun(t *testing.T, initrd string) (hazard string) {
 			// without a failover.
 			sw[0].start(t)
 			restarted = true
-			t.Logf("switch 1 restarted %v into the run", time.Since(began).Round(time.Second))
+			// Both redials done before the guest's next line (its
+			// BOND-KILL 2) is read: the second kill then meets a
+			// healthy member to fail over to, not a gap.
+			if err := waitPorts(ctx, sock("sw1-ctl"), "g", "up"); err != nil {
+				t.Errorf("switch 1 restarted, but its ports did not come back: %v", err)
+			}
+			t.Logf("switch 1 restarted %v into the run, and the guest and the uplink are back on it", time.Since(began).Round(time.Second))
 		}
 		_, what, ok := strings.Cut(line, "BOND-KILL ")
 		if !ok {

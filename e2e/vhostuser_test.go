@@ -306,10 +306,6 @@ func exitsPerIO(stderr []byte, ios string) string {
 	return fmt.Sprintf(", %.2f exits to vio per I/O (%.0f exits, %.0f I/Os)", exits/n, exits, n)
 }
 
-// resetWatch passes vio's stderr to w; on vio's log line of restarting a
-// guest that triple-faulted it puts the line on seen and calls kill, once:
-// in the lab that is L1's KVM resetting a vCPU, not the guest's doing, and
-
 // hazardRun is one VMM run watched for the lab's hazards: it runs argv
 // under ctx, passes each console line to onLine, and stops the VMM at
 // once on the guest's timer-stall line or on vio restarting a guest that
@@ -346,6 +342,9 @@ func hazardRun(t *testing.T, ctx context.Context, argv []string, onLine func(lin
 	return console, stderr, err, hazard
 }
 
+// resetWatch passes vio's stderr to w; on vio's log line of restarting a
+// guest that triple-faulted it puts the line on seen and calls kill, once:
+// in the lab that is L1's KVM resetting a vCPU, not the guest's doing, and
 // the run is void. (exec.Cmd calls Write from one goroutine.)
 type resetWatch struct {
 	w    io.Writer
@@ -365,7 +364,9 @@ func (r *resetWatch) Write(p []byte) (int, error) {
 			}
 			l := string(r.line[:i])
 			r.line = r.line[i+1:]
-			if strings.Contains(l, "guest rebooted") && strings.Contains(l, "triple fault") {
+			// vio's warning since cdc87b8 ("guest triple-faulted;
+			// restarting it ..."), and its older info line.
+			if strings.Contains(l, "guest triple-faulted") || strings.Contains(l, "guest rebooted") && strings.Contains(l, "triple fault") {
 				r.seen <- strings.TrimSpace(l)
 				r.kill()
 				r.done = true
