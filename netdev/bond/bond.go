@@ -136,6 +136,15 @@ func New(members []netdev.Backend, opts Options) (*Bond, error) {
 	for _, m := range members {
 		b.members = append(b.members, &member{be: m})
 	}
+	// Active-backup starts on the first member whose link is up (one
+	// may be down from the start: its switch is away): no failover.
+	now := time.Now()
+	for i, m := range b.members {
+		if b.healthy(m, now) {
+			b.active.Store(int32(i))
+			break
+		}
+	}
 	for i, m := range b.members {
 		b.wg.Add(1)
 		go b.pump(i, m)
