@@ -638,47 +638,6 @@ echo VIO-GUEST-DONE
 poweroff -f
 `
 
-// vswitchProc is a `vio switch` process the test can kill and restart.
-type vswitchProc struct {
-	args []string
-	cmd  *exec.Cmd
-}
-
-// startVSwitch starts `vio switch args...` and returns once it says its
-// sockets are ready.
-func startVSwitch(t *testing.T, args ...string) *vswitchProc {
-	t.Helper()
-	p := &vswitchProc{args: args}
-	p.start(t)
-	t.Cleanup(p.kill)
-	return p
-}
-
-func (p *vswitchProc) start(t *testing.T) {
-	t.Helper()
-	p.cmd = exec.Command(vioBin, append([]string{"switch"}, p.args...)...)
-	errOut, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("vio switch: %v", err)
-	}
-	br := bufio.NewReader(errOut)
-	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "ready") {
-		t.Fatalf("vio switch did not get ready: %q %v", line, err)
-	}
-	go io.Copy(io.Discard, br)
-}
-
-// kill SIGKILLs the switch: its sockets just close, as a crash does.
-func (p *vswitchProc) kill() {
-	if p.cmd.ProcessState == nil {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	}
-}
-
 // waitPorts waits (up to 30 s) until the switch whose control socket is
 // ctl has a connected port of each name. The switch announces no
 // connections, so its counters are read every 50 ms.

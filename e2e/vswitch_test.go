@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -202,6 +203,47 @@ func (r *responder) run(t *testing.T, ctx context.Context) {
 	}
 }
 
+// vswitchProc is a `vio switch` process the test can kill and restart.
+type vswitchProc struct {
+	args []string
+	cmd  *exec.Cmd
+}
+
+// startVSwitch starts `vio switch args...` and returns once it says its
+// sockets are ready.
+func startVSwitch(t *testing.T, args ...string) *vswitchProc {
+	t.Helper()
+	p := &vswitchProc{args: args}
+	p.start(t)
+	t.Cleanup(p.kill)
+	return p
+}
+
+func (p *vswitchProc) start(t *testing.T) {
+	t.Helper()
+	p.cmd = exec.Command(vioBin, append([]string{"switch"}, p.args...)...)
+	errOut, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("vio switch: %v", err)
+	}
+	br := bufio.NewReader(errOut)
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "ready") {
+		t.Fatalf("vio switch did not get ready: %q %v", line, err)
+	}
+	go io.Copy(io.Discard, br)
+}
+
+// kill SIGKILLs the switch: its sockets just close, as a crash does.
+func (p *vswitchProc) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+}
+
 // TestSwitchLab: three vio guests (one vCPU each) and a QEMU guest on one
 // `vio switch`, through the socket back-end. The guests reach each other
 // (ping), iperf3 runs between two of them, guest A's firewall lets in
@@ -222,25 +264,13 @@ func TestSwitchLab(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 
-	sw := exec.CommandContext(ctx, vioBin, "switch", "--control", sock("ctl"),
+	startVSwitch(t, "--control", sock("ctl"),
 		"--port", "name=a,path="+sock("a")+",vlan=10",
 		"--port", "name=b,path="+sock("b")+",vlan=10",
 		"--port", "name=c,path="+sock("c")+",vlan=10,mac=52:54:00:00:00:0c,ip=10.0.0.3",
 		"--port", "name=d,path="+sock("d")+",vlan=10",
 		"--port", "name=v10,path="+sock("v10")+",vlan=10,anti_spoof=off",
 		"--port", "name=v20,path="+sock("v20")+",vlan=20,anti_spoof=off")
-	swErr, err := sw.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Process.Kill()
-	// The switch says when its sockets are ready.
-	if line, err := bufio.NewReader(swErr).ReadString('\n'); err != nil || !strings.Contains(line, "ready") {
-		t.Fatalf("vio switch: %q %v", line, err)
-	}
 
 	var resp [2]*responder
 	for i, name := range []string{"v10", "v20"} {
