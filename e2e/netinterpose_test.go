@@ -42,23 +42,6 @@ import (
 // it for the IPS hook, iperf3 and hashes through a switch that is killed
 // for the bond.
 
-// lab hazards: each test boots its guest once more (and says so) when the
-// nested lab's own faults void a run, as TestTestpmd does.
-func withLabRetry(t *testing.T, run func(t *testing.T) (hazard string)) {
-	for attempt := 1; attempt <= 2; attempt++ {
-		var hazard string
-		// A subtest per attempt: its listeners and processes end with it.
-		t.Run(fmt.Sprintf("run%d", attempt), func(t *testing.T) { hazard = run(t) })
-		if hazard == "" || t.Failed() {
-			return
-		}
-		if attempt == 2 {
-			t.Fatalf("the lab hazard hit twice in a row (%s)", hazard)
-		}
-		t.Logf("lab hazard: %s; running once more", hazard)
-	}
-}
-
 // nicStats are one NIC's counters from vio's --stats JSON: the device's
 // and its back-end stack's.
 type nicStats struct {

@@ -306,6 +306,26 @@ func exitsPerIO(stderr []byte, ios string) string {
 	return fmt.Sprintf(", %.2f exits to vio per I/O (%.0f exits, %.0f I/Os)", exits/n, exits, n)
 }
 
+// withLabRetry runs one boot of a test (run, which returns what voided
+// it, or "") as a subtest, and once more, saying so, when the nested
+// lab's own faults (hazardRun's hazards) voided it; twice in a row fails.
+func withLabRetry(t *testing.T, run func(t *testing.T) (hazard string)) {
+	for attempt := 1; attempt <= 2; attempt++ {
+		var hazard string
+		// A subtest per attempt: its listeners and processes end with it.
+		t.Run(fmt.Sprintf("run%d", attempt), func(t *testing.T) { hazard = run(t) })
+		if hazard == "" || t.Failed() {
+			return
+		}
+		if attempt == 2 {
+			t.Fatalf("the lab hazard hit twice in a row (%s)", hazard)
+		}
+		// A guest whose timer stopped, or a vCPU L1's KVM reset, is the
+		// nested lab's doing, not vio's.
+		t.Logf("lab hazard: %s; running once more", hazard)
+	}
+}
+
 // hazardRun is one VMM run watched for the lab's hazards: it runs argv
 // under ctx, passes each console line to onLine, and stops the VMM at
 // once on the guest's timer-stall line or on vio restarting a guest that
