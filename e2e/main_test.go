@@ -76,4 +76,7 @@ var expected = labtest.Expected{
 	"TestQEMUServeDisk": 70 * time.Second,
 	// Two lab runs of it alone, 2026-12-07: 47 and 67 s.
 	"TestNetMultiQueue": 70 * time.Second,
+	// Lab runs of each alone, 2026-12-07, beside others' labs: 23-41 s
+	// (3 runs); 43-147 s (4 passing runs, the slowest on a loaded host).
+	"TestInterposeLab": 40 * time.Second, "TestBondLab": 90 * time.Second,
 }

@@ -96,20 +96,7 @@ func TestTestpmd(t *testing.T) {
 		Programs: []string{"/usr/bin/iperf3"},
 		Inline:   true, // the guest has no disk for a tools disk
 	}.Build(t)
-	for attempt := 1; attempt <= 2; attempt++ {
-		var hazard string
-		// A subtest per attempt: its listeners and processes end with it.
-		t.Run(fmt.Sprintf("run%d", attempt), func(t *testing.T) { hazard = testpmdRun(t, initrd) })
-		if hazard == "" || t.Failed() {
-			return
-		}
-		if attempt == 2 {
-			t.Fatalf("the lab hazard hit twice in a row (%s)", hazard)
-		}
-		// See TestVhostUserFrontend: a guest whose timer stopped, or a
-		// vCPU L1's KVM reset, is the nested lab's doing, not vio's.
-		t.Logf("lab hazard: %s; running once more", hazard)
-	}
+	withLabRetry(t, func(t *testing.T) string { return testpmdRun(t, initrd) })
 }
 
 // testpmdRun is one boot of TestTestpmd; it returns what it saw when a

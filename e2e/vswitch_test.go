@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -136,6 +137,9 @@ type responder struct {
 	frames  atomic.Int64
 	replies atomic.Int64 // ARP replies for 10.0.0.2 (guest B)
 	pings   atomic.Int64 // echo requests answered
+	// onEcho, if set, sees the payload of each echo request it answers
+	// (TestInterposeLab's record of what reached it).
+	onEcho func(payload []byte)
 }
 
 func (r *responder) send(t *testing.T, ls ...gopacket.SerializableLayer) {
@@ -188,11 +192,55 @@ func (r *responder) run(t *testing.T, ctx context.Context) {
 		icmp, _ := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
 		if eth != nil && ip != nil && icmp != nil && ip.DstIP.Equal(responderIP) && icmp.TypeCode.Type() == layers.ICMPv4TypeEchoRequest {
 			r.pings.Add(1)
+			if r.onEcho != nil {
+				r.onEcho(icmp.Payload)
+			}
 			r.send(t, &layers.Ethernet{SrcMAC: r.mac, DstMAC: eth.SrcMAC, EthernetType: layers.EthernetTypeIPv4},
 				&layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: responderIP, DstIP: ip.SrcIP},
 				&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoReply, 0), Id: icmp.Id, Seq: icmp.Seq},
 				gopacket.Payload(icmp.Payload))
 		}
+	}
+}
+
+// vswitchProc is a `vio switch` process the test can kill and restart.
+type vswitchProc struct {
+	args []string
+	cmd  *exec.Cmd
+}
+
+// startVSwitch starts `vio switch args...` and returns once it says its
+// sockets are ready.
+func startVSwitch(t *testing.T, args ...string) *vswitchProc {
+	t.Helper()
+	p := &vswitchProc{args: args}
+	p.start(t)
+	t.Cleanup(p.kill)
+	return p
+}
+
+func (p *vswitchProc) start(t *testing.T) {
+	t.Helper()
+	p.cmd = exec.Command(vioBin, append([]string{"switch"}, p.args...)...)
+	errOut, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("vio switch: %v", err)
+	}
+	br := bufio.NewReader(errOut)
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "ready") {
+		t.Fatalf("vio switch did not get ready: %q %v", line, err)
+	}
+	go io.Copy(io.Discard, br)
+}
+
+// kill SIGKILLs the switch: its sockets just close, as a crash does.
+func (p *vswitchProc) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
 	}
 }
 
@@ -216,25 +264,13 @@ func TestSwitchLab(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 
-	sw := exec.CommandContext(ctx, vioBin, "switch", "--control", sock("ctl"),
+	startVSwitch(t, "--control", sock("ctl"),
 		"--port", "name=a,path="+sock("a")+",vlan=10",
 		"--port", "name=b,path="+sock("b")+",vlan=10",
 		"--port", "name=c,path="+sock("c")+",vlan=10,mac=52:54:00:00:00:0c,ip=10.0.0.3",
 		"--port", "name=d,path="+sock("d")+",vlan=10",
 		"--port", "name=v10,path="+sock("v10")+",vlan=10,anti_spoof=off",
 		"--port", "name=v20,path="+sock("v20")+",vlan=20,anti_spoof=off")
-	swErr, err := sw.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Process.Kill()
-	// The switch says when its sockets are ready.
-	if line, err := bufio.NewReader(swErr).ReadString('\n'); err != nil || !strings.Contains(line, "ready") {
-		t.Fatalf("vio switch: %q %v", line, err)
-	}
 
 	var resp [2]*responder
 	for i, name := range []string{"v10", "v20"} {

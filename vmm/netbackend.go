@@ -50,7 +50,7 @@ func (v *VM) netBase(n config.Net) ([]netdev.Backend, error) {
 		return one(socket.Dial(n.Socket, socketOptions))
 	}
 	if n.Bond != nil {
-		return one(bondBackend(n.Bond))
+		return one(bondBackend(n.Bond, v.log))
 	}
 	if n.User == nil {
 		if n.Model != config.NetE1000 {

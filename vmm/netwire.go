@@ -1,6 +1,10 @@
 package vmm
 
 import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/viovmm/vio/config"
@@ -57,22 +61,45 @@ func (v *VM) interpose(n config.Net, be netdev.Backend) (top netdev.Backend, err
 // second; the guest sees a cable pulled and plugged back.
 var socketOptions = socket.Options{Reconnect: time.Second}
 
-// bondBackend joins the sockets of a bonded NIC.
-func bondBackend(b *config.NetBond) (netdev.Backend, error) {
+// bondMemberOptions: a bond's member may also start down (its switch is
+// away when the VM starts, or when a guest reboot rebuilds the NIC): the
+// bond runs on the others meanwhile, which is what it is for.
+var bondMemberOptions = socket.Options{Reconnect: time.Second, StartDown: true}
+
+// bondBackend joins the sockets of a bonded NIC. A failover is logged
+// (a warning): the NIC goes on, but a link has gone.
+func bondBackend(b *config.NetBond, log *slog.Logger) (netdev.Backend, error) {
 	mode, err := bond.ParseMode(b.Mode)
 	if err != nil {
 		return nil, err
 	}
 	var members []netdev.Backend
+	var down []string
+	closeAll := func() {
+		for _, m := range members {
+			m.Close()
+		}
+	}
 	for _, path := range b.Sockets {
-		s, err := socket.Dial(path, socketOptions)
+		s, err := socket.Dial(path, bondMemberOptions)
 		if err != nil {
-			for _, m := range members {
-				m.Close()
-			}
+			closeAll()
 			return nil, err
 		}
 		members = append(members, s)
+		if !s.Up() {
+			down = append(down, path)
+		}
 	}
-	return bond.New(members, bond.Options{Mode: mode})
+	if len(down) == len(members) {
+		closeAll()
+		return nil, fmt.Errorf("bond: no member socket could be connected (%s)", strings.Join(down, ", "))
+	}
+	for _, path := range down {
+		log.Warn("NIC bond member could not be connected; redialling it every second", "socket", path)
+	}
+	sockets := slices.Clone(b.Sockets)
+	return bond.New(members, bond.Options{Mode: mode, OnFailover: func(from, to int) {
+		log.Warn("NIC bond failed over to another member", "from", sockets[from], "to", sockets[to])
+	}})
 }

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/viovmm/vio/config"
 	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/bond"
 )
 
 // A socket NIC with a firewall and a pcap mirror: the stack is built in
@@ -126,5 +128,51 @@ func TestNetBackendBond(t *testing.T) {
 	}
 	if _, err := single(v.netBackends(config.Net{Bond: &config.NetBond{Mode: "round-robin", Sockets: paths}})); err == nil {
 		t.Fatal("unknown bond mode accepted")
+	}
+}
+
+// A bond whose first member's switch is away (at the VM's start, or when
+// a guest reboot rebuilds the NIC) starts on the other member, with no
+// failover counted, and warns of the missing one; a bond with no member
+// reachable is refused.
+func TestNetBackendBondMemberDown(t *testing.T) {
+	dir := t.TempDir()
+	gone, there := filepath.Join(dir, "gone"), filepath.Join(dir, "there")
+	l, err := net.Listen("unix", there)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.(*net.UnixListener).SetDeadline(time.Now().Add(10 * time.Second))
+	var logged bytes.Buffer
+	v := VM{log: slog.New(slog.NewTextHandler(&logged, nil))}
+	be, err := single(v.netBackends(config.Net{Bond: &config.NetBond{Sockets: []string{gone, there}}}))
+	if err != nil {
+		t.Fatalf("a bond with one member reachable: %v", err)
+	}
+	defer be.Close()
+	peer, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	f := make([]byte, 60)
+	f[12], f[13] = 0x88, 0xb5
+	if _, err := be.WriteFrames([][][]byte{{make([]byte, netdev.HeaderSize), f}}); err != nil {
+		t.Fatal(err)
+	}
+	peer.SetDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 64)
+	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got[4:], f) {
+		t.Fatalf("the reachable member's peer got %x, %v", got, err)
+	}
+	if st := be.(*bond.Bond).Stats(); st.Active != 1 || st.Failovers != 0 {
+		t.Fatalf("bond stats %+v: want it started on member 1 with no failover", st)
+	}
+	if !strings.Contains(logged.String(), "NIC bond member could not be connected") || !strings.Contains(logged.String(), gone) {
+		t.Fatalf("no warning names the missing member; log:\n%s", logged.String())
+	}
+	if _, err := single(v.netBackends(config.Net{Bond: &config.NetBond{Sockets: []string{gone, gone + "2"}}})); err == nil {
+		t.Fatal("a bond with no member reachable was accepted")
 	}
 }

@@ -7,7 +7,9 @@
 // frame's own (netdev.ErrHeader), when a read from it fails (other than a
 // deadline), or when it reports its link down (a back-end with an
 // Up() bool method, such as netdev/socket's). A failed member is tried
-// again after RetryAfter. A failing write is retried on the next healthy
+// again after RetryAfter. The move to the next healthy member happens on
+// the bond's next write or on the next frame arriving on another member,
+// whichever comes first. A failing write is retried on the next healthy
 // member at once, so a failover loses no frame the bond was given; frames
 // already inside the failed back-end are lost, as on a cut cable.
 //
@@ -58,6 +60,11 @@ type Options struct {
 	// RetryAfter is how long a failed member rests before it is a
 	// candidate again (default 1 s).
 	RetryAfter time.Duration
+	// OnFailover, if set, is told each time active-backup moves from
+	// member from to member to (indices into New's members), by
+	// whichever goroutine noticed: the guest's write or a member's
+	// reader. It must not block.
+	OnFailover func(from, to int)
 }
 
 // ErrAllDown is returned by WriteFrames when no member can take a frame.
@@ -129,9 +136,18 @@ func New(members []netdev.Backend, opts Options) (*Bond, error) {
 	for _, m := range members {
 		b.members = append(b.members, &member{be: m})
 	}
-	for _, m := range b.members {
+	// Active-backup starts on the first member whose link is up (one
+	// may be down from the start: its switch is away): no failover.
+	now := time.Now()
+	for i, m := range b.members {
+		if b.healthy(m, now) {
+			b.active.Store(int32(i))
+			break
+		}
+	}
+	for i, m := range b.members {
 		b.wg.Add(1)
-		go b.pump(m)
+		go b.pump(i, m)
 	}
 	return b, nil
 }
@@ -161,6 +177,9 @@ func (b *Bond) pickActive(now time.Time) int {
 		if b.healthy(b.members[i], now) {
 			if b.active.CompareAndSwap(int32(cur), int32(i)) {
 				b.fails.Add(1)
+				if b.opts.OnFailover != nil {
+					b.opts.OnFailover(cur, i)
+				}
 			}
 			return int(b.active.Load())
 		}
@@ -277,8 +296,8 @@ func (b *Bond) writeBalanced(f [][]byte) error {
 	return ErrAllDown
 }
 
-// pump reads one member's frames into the bond's queue.
-func (b *Bond) pump(m *member) {
+// pump reads one member's frames (member i's) into the bond's queue.
+func (b *Bond) pump(i int, m *member) {
 	defer b.wg.Done()
 	bufs := make([][]byte, 16)
 	for i := range bufs {
@@ -309,12 +328,17 @@ func (b *Bond) pump(m *member) {
 			}
 			continue
 		}
-		if b.opts.Mode == ActiveBackup && b.members[b.active.Load()] != m {
+		// A frame on a backup is dropped unless the active member is
+		// down, in which case this is the moment to fail over: a guest
+		// that only receives (a download whose in-flight segments the
+		// failed link took) sends nothing until a retransmission reaches
+		// it, so waiting for its next write would wait for ever.
+		if b.opts.Mode == ActiveBackup && b.pickActive(time.Now()) != i {
 			m.rxDrop.Add(uint64(n))
 			continue
 		}
-		for i := range n {
-			pkt := append([]byte(nil), bufs[i][:sizes[i]]...)
+		for k := range n {
+			pkt := append([]byte(nil), bufs[k][:sizes[k]]...)
 			select {
 			case b.in <- pkt:
 				m.rxFrames.Add(1)

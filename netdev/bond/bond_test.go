@@ -213,3 +213,62 @@ func TestNeedsTwo(t *testing.T) {
 		t.Fatal("unknown mode accepted")
 	}
 }
+
+// A guest that only receives must not depend on its own next write for
+// the failover: when the active member's link goes down, frames arriving
+// on the backup are delivered at once (the retransmissions of a download
+// whose segments died in the failed link), with no write to the bond.
+func TestActiveBackupFailsOverOnReceive(t *testing.T) {
+	dir := t.TempDir()
+	var peers [2]net.Conn
+	var members []netdev.Backend
+	for i := range 2 {
+		path := filepath.Join(dir, fmt.Sprint(i))
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		s, err := socket.Dial(path, socket.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		members = append(members, s)
+		if peers[i], err = l.Accept(); err != nil {
+			t.Fatal(err)
+		}
+		defer peers[i].Close()
+	}
+	moved := make(chan [2]int, 4)
+	b, err := bond.New(members, bond.Options{OnFailover: func(from, to int) { moved <- [2]int{from, to} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	peers[0].Close()
+	<-members[0].(*socket.Conn).Dead()
+	f := udp(5, 6, 77)
+	var p [4]byte
+	binary.BigEndian.PutUint32(p[:], uint32(len(f)))
+	if _, err := peers[1].Write(append(p[:], f...)); err != nil {
+		t.Fatal(err)
+	}
+	buf := [][]byte{make([]byte, netdev.MaxPacketLen)}
+	sizes := []int{0}
+	b.SetReadDeadline(time.Now().Add(wait))
+	if _, err := b.ReadFrames(buf, sizes); err != nil {
+		t.Fatalf("the frame on the backup never reached the guest after the active member's link went down: %v (stats %+v)", err, b.Stats())
+	}
+	if s := seqOf(buf[0][netdev.HeaderSize:sizes[0]]); s != 77 {
+		t.Fatalf("read seq %d, want 77", s)
+	}
+	if st := b.Stats(); st.Active != 1 || st.Failovers != 1 || st.Members[1].RxDropped != 0 {
+		t.Fatalf("stats after the failover on receive: %+v", st)
+	}
+	if n := len(moved); n != 1 {
+		t.Fatalf("OnFailover was called %d times, want once", n)
+	}
+	if m := <-moved; m != [2]int{0, 1} {
+		t.Fatalf("OnFailover was told of a move from member %d to %d, want 0 to 1", m[0], m[1])
+	}
+}

@@ -47,6 +47,11 @@ type Options struct {
 	// the connection is lost (and after each failed attempt). Zero means
 	// a lost connection stays lost.
 	Reconnect time.Duration
+	// StartDown, with Reconnect, lets Dial succeed when the first
+	// connection fails: the back-end starts with its link down and
+	// dials every Reconnect until it connects (a bond member whose
+	// switch is away when the VM starts or reboots). Up says which.
+	StartDown bool
 	// Blocking makes WriteFrames wait for room in the send queue instead
 	// of dropping: for a caller with a goroutine of its own per
 	// back-end (a switch port's writer), which then sees the peer's
@@ -110,7 +115,8 @@ func ParseAddr(s string) (network, addr string, err error) {
 }
 
 // Dial connects to a stream socket (see ParseAddr for addr) and returns
-// the back-end over it. The first connection must succeed; later ones are
+// the back-end over it. The first connection must succeed, unless
+// opts.StartDown and opts.Reconnect say to keep trying; later ones are
 // retried as opts says.
 func Dial(addr string, opts Options) (*Conn, error) {
 	network, a, err := ParseAddr(addr)
@@ -119,6 +125,12 @@ func Dial(addr string, opts Options) (*Conn, error) {
 	}
 	nc, err := net.DialTimeout(network, a, 10*time.Second)
 	if err != nil {
+		if opts.StartDown && opts.Reconnect > 0 {
+			c := newConn(network, a, opts)
+			c.wg.Add(1)
+			go c.supervise(nil)
+			return c, nil
+		}
 		return nil, fmt.Errorf("socket back-end: connect to %s: %w", addr, err)
 	}
 	c := newConn(network, a, opts)
@@ -155,27 +167,30 @@ func (c *Conn) start(nc net.Conn) {
 	go c.supervise(nc)
 }
 
-// supervise runs one connection after another: it serves nc until it
-// fails, then (if asked to) redials until Close.
+// supervise runs one connection after another: it serves nc (if not
+// nil: a back-end that starts down has none yet) until it fails, then
+// (if asked to) redials until Close.
 func (c *Conn) supervise(nc net.Conn) {
 	defer c.wg.Done()
 	for {
-		c.serve(nc)
-		c.up.Store(false)
-		c.mu.Lock()
-		c.conn = nil
-		c.mu.Unlock()
-		nc.Close()
-		select {
-		case <-c.done:
-			return
-		default:
-		}
-		c.disconnects.Add(1)
-		c.drainOut()
-		if c.opts.Reconnect <= 0 || c.network == "" {
-			close(c.dead)
-			return
+		if nc != nil {
+			c.serve(nc)
+			c.up.Store(false)
+			c.mu.Lock()
+			c.conn = nil
+			c.mu.Unlock()
+			nc.Close()
+			select {
+			case <-c.done:
+				return
+			default:
+			}
+			c.disconnects.Add(1)
+			c.drainOut()
+			if c.opts.Reconnect <= 0 || c.network == "" {
+				close(c.dead)
+				return
+			}
 		}
 		for nc = nil; nc == nil; {
 			t := time.NewTimer(c.opts.Reconnect)

@@ -357,3 +357,48 @@ func TestBlockingWrites(t *testing.T) {
 		t.Fatalf("blocking mode dropped %d", s.OutDropped)
 	}
 }
+
+// With StartDown and Reconnect, a peer that is not there yet is no error:
+// the back-end starts with its link down (writes refused as while any
+// link is down) and connects once the peer listens. Without StartDown the
+// first connection must succeed, as before.
+func TestStartDown(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	if _, err := socket.Dial(path, socket.Options{Reconnect: 20 * time.Millisecond}); err == nil {
+		t.Fatal("Dial without StartDown succeeded with no peer listening")
+	}
+	c, err := socket.Dial(path, socket.Options{Reconnect: 20 * time.Millisecond, StartDown: true})
+	if err != nil {
+		t.Fatalf("Dial with StartDown and no peer yet: %v", err)
+	}
+	defer c.Close()
+	if c.Up() {
+		t.Fatal("a back-end with no peer says its link is up")
+	}
+	if err := send(t, c, frame(60, 1)); !errors.Is(err, socket.ErrLinkDown) {
+		t.Fatalf("a write before the peer came: %v, want ErrLinkDown", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	peer := accept(t, l)
+	defer peer.Close()
+	peer.Write(socket.AppendFrame(nil, frame(70, 3)))
+	if _, got := recv(t, c); !bytes.Equal(got, frame(70, 3)) {
+		t.Fatal("the frame over the late connection differs")
+	}
+	// The link is up (a frame came in over it): writes go through.
+	if err := send(t, c, frame(80, 4)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4+80)
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(peer, buf); err != nil || !bytes.Equal(buf[4:], frame(80, 4)) {
+		t.Fatalf("the peer got %x, %v", buf[:8], err)
+	}
+	if s := c.Stats(); s.Disconnects != 0 {
+		t.Fatalf("Disconnects %d, want 0: the link was never lost", s.Disconnects)
+	}
+}
