@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/viovmm/vio/lab/labtest"
@@ -383,6 +384,20 @@ func hazardIn(line string) string {
 	return ""
 }
 
+// stopStalled ends a VMM whose guest reported a stalled CPU, which would
+// only wait out its budget. It lets the guest's kernel finish its report
+// first (the stalled CPU's backtrace follows the first line), then sends
+// SIGQUIT, which makes vio print every goroutine's stack to stderr: where
+// its vCPU threads and device workers were, in case the stall is vio's.
+// The kill follows if that does not end it.
+func stopStalled(cmd *exec.Cmd) {
+	p := cmd.Process
+	time.AfterFunc(5*time.Second, func() {
+		p.Signal(syscall.SIGQUIT)
+		time.AfterFunc(10*time.Second, func() { p.Kill() })
+	})
+}
+
 // firstLine is err's message up to its first newline.
 func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
@@ -391,7 +406,7 @@ func firstLine(err error) string {
 
 // consoleTail is how many of the guest's last console lines a failed run
 // reports: enough for a kernel oops and its call trace.
-const consoleTail = 80
+const consoleTail = 150
 
 // setupOnce is one guest run of v, between its start and stop.
 func setupOnce(b *budget, v setup, trace *exitTrace) (map[string]ioResult, []string, error) {
@@ -439,7 +454,7 @@ func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []
 		}
 		if stalled == "" {
 			if stalled = hazardIn(sc.Text()); stalled != "" {
-				cmd.Process.Kill() // it would only wait out its budget
+				stopStalled(cmd)
 			}
 		}
 		f := strings.Fields(sc.Text())
