@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -57,17 +56,7 @@ type nicStats struct {
 // of vio's stderr, by device name.
 func vioNICs(t *testing.T, stderr []byte) map[string]nicStats {
 	t.Helper()
-	i := bytes.LastIndex(stderr, []byte("\n{"))
-	if i < 0 {
-		i = bytes.Index(stderr, []byte("{"))
-	}
-	if i < 0 {
-		t.Fatalf("vio printed no --stats JSON; stderr:\n%s", stderr)
-	}
-	var all map[string]json.RawMessage
-	if err := json.Unmarshal(stderr[i:], &all); err != nil {
-		t.Fatalf("vio's --stats output is not JSON: %v\n%s", err, stderr)
-	}
+	all := lastStats(t, stderr)
 	nics := map[string]nicStats{}
 	for name, raw := range all {
 		if !strings.HasPrefix(name, "net") {

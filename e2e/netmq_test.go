@@ -112,10 +112,7 @@ func TestNetMultiQueue(t *testing.T) {
 
 	// vio's counters: every queue of every pair carried frames, and the
 	// driver's commands (the pair count among them) were all accepted.
-	var all map[string]json.RawMessage
-	if err := json.Unmarshal(stats, &all); err != nil {
-		t.Fatalf("--stats output is not JSON: %v\n%s", err, stats)
-	}
+	all := lastStats(t, stats)
 	var nic struct {
 		Device map[string]float64 `json:"device"`
 		Queues []struct {

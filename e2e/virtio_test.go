@@ -176,10 +176,7 @@ func TestVirtioDevices(t *testing.T) {
 	expectSum(t, "TCP transfer", tcpSum, r.value("TCPSUM"))
 
 	// vio's own counters agree that the I/O went through the devices.
-	var counters map[string]json.RawMessage
-	if err := json.Unmarshal(stats.Bytes(), &counters); err != nil {
-		t.Errorf("--stats output is not JSON: %v\n%s", err, stats.String())
-	}
+	counters := lastStats(t, stats.Bytes())
 	var vcpus []map[string]any
 	if err := json.Unmarshal(counters["vcpus"], &vcpus); err != nil || len(vcpus) != 2 {
 		t.Errorf("--stats: want counters for 2 vCPUs, got %s (%v)", counters["vcpus"], err)
