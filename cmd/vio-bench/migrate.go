@@ -363,15 +363,13 @@ func startVMM(ctx context.Context, name string, argv []string) (*vmmProc, error)
 		for sc.Scan() {
 			line := sc.Text()
 			p.record(line)
-			for _, h := range hazards {
-				if strings.Contains(line, h) {
-					p.mu.Lock()
-					if p.hazard == "" {
-						p.hazard = line
-						p.cmd.Process.Kill() // it would only wait out its budget
-					}
-					p.mu.Unlock()
+			if hazardIn(line) != "" {
+				p.mu.Lock()
+				if p.hazard == "" {
+					p.hazard = line
+					p.cmd.Process.Kill() // it would only wait out its budget
 				}
+				p.mu.Unlock()
 			}
 			select {
 			case p.lines <- line:
