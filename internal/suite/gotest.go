@@ -65,8 +65,9 @@ type Tally struct {
 	// that take minutes (the lab's).
 	OnTest func(pkg, test, action string, elapsed float64)
 
-	output map[string]*strings.Builder // "pkg\x00test" -> output so far
-	counts map[string]*PackageResult
+	output     map[string]*strings.Builder // "pkg\x00test" -> output so far
+	labAccount map[string]*strings.Builder // pkg -> labtest's lines printed inside its tests
+	counts     map[string]*PackageResult
 }
 
 // LayerSkipPrefix starts the line a package prints (from its TestMain)
@@ -80,6 +81,7 @@ func key(pkg, test string) string { return pkg + "\x00" + test }
 func (t *Tally) Add(e Event) *PackageResult {
 	if t.output == nil {
 		t.output = map[string]*strings.Builder{}
+		t.labAccount = map[string]*strings.Builder{}
 		t.counts = map[string]*PackageResult{}
 	}
 	pr := t.counts[e.Package]
@@ -99,6 +101,18 @@ func (t *Tally) Add(e Event) *PackageResult {
 			t.output[k] = b
 		}
 		b.WriteString(e.Output)
+		if e.Test != "" && isLabAccount(e.Output) {
+			// test2json gives labtest's lines to whichever test was
+			// running when L1 died; when that test passes in the
+			// retry its output is dropped, and with it the account
+			// of the first lab's death. The package keeps a copy.
+			a := t.labAccount[e.Package]
+			if a == nil {
+				a = &strings.Builder{}
+				t.labAccount[e.Package] = a
+			}
+			a.WriteString(e.Output)
+		}
 		if e.Test == "" && e.Action == "output" {
 			if r, ok := strings.CutPrefix(strings.TrimSpace(e.Output), LayerSkipPrefix); ok {
 				t.LayerSkips = append(t.LayerSkips, LayerSkip{e.Package, r})
@@ -126,8 +140,9 @@ func (t *Tally) Add(e Event) *PackageResult {
 				// with tests cut short.
 				t.Failed++
 				pr.Failed++
-				t.Failures = append(t.Failures, Failure{Package: e.Package, Output: unfinished + out + t.buildOutput(e.FailedBuild)})
+				t.Failures = append(t.Failures, Failure{Package: e.Package, Output: unfinished + out + t.buildOutput(e.FailedBuild) + t.takeLabAccount(e.Package)})
 			}
+			delete(t.labAccount, e.Package)
 			res := *pr
 			t.Packages = append(t.Packages, res)
 			return &res
@@ -168,6 +183,23 @@ func (t *Tally) takeUnfinished(pkg string) string {
 		delete(t.output, key(pkg, n))
 	}
 	return b.String()
+}
+
+// isLabAccount says whether a line of output is labtest's account of a
+// lab run (a death, a lockup, a retry) rather than a test's own.
+func isLabAccount(line string) bool {
+	return strings.HasPrefix(line, "labtest: ") || strings.HasPrefix(line, "L1's kernel reported: ")
+}
+
+// takeLabAccount returns, and forgets, labtest's lines that pkg's tests
+// printed, under a heading; "" when there were none.
+func (t *Tally) takeLabAccount(pkg string) string {
+	a := t.labAccount[pkg]
+	delete(t.labAccount, pkg)
+	if a == nil {
+		return ""
+	}
+	return "labtest's account of the package's lab runs (lines printed inside tests, including tests that passed on a retry):\n" + a.String()
 }
 
 func (t *Tally) buildOutput(pkg string) string {

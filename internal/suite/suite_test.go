@@ -215,6 +215,43 @@ func TestHangs(t *testing.T) {
 	}
 }
 
+// TestTallyLabAccountKept: labtest's account of a lab that died under a
+// test that then passed on the retry (test2json gives the lines to that
+// test, whose output a pass drops) still reaches the package's failure.
+func TestTallyLabAccountKept(t *testing.T) {
+	dir := fixture(t)
+	if err := os.WriteFile(filepath.Join(dir, "retry_test.go"), []byte(`package fixture
+import ("fmt"; "os"; "testing")
+func TestRetriedFine(t *testing.T) {
+	fmt.Println("labtest: lab: L1 stopped without reporting the command's status (first lab)")
+	fmt.Println("L1's kernel reported: BUG: first death")
+	fmt.Println("a line of the test's own")
+}
+func TestDiesAgain(t *testing.T) {
+	os.Exit(1)
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, ok := goCmd(t, dir, nil, "test", "-json", "-count=1", "-run", "TestRetriedFine|TestDiesAgain", ".")
+	if ok {
+		t.Fatal("a dying test passed")
+	}
+	tl := tallyOf(t, out)
+	if len(tl.Failures) == 0 {
+		t.Fatalf("no failure counted: %+v\n%s", tl, out)
+	}
+	got := tl.Failures[len(tl.Failures)-1].Output
+	for _, want := range []string{"(first lab)", "BUG: first death"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("the package's failure lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "a line of the test's own") {
+		t.Errorf("a passing test's own output reached the package's failure:\n%s", got)
+	}
+}
+
 // TestReasons: a failure's summary keeps the lines a test wrote at a
 // file:line, and a panic, not the dumps that follow them.
 func TestReasons(t *testing.T) {
