@@ -211,7 +211,13 @@ func Send(ctx context.Context, conn io.ReadWriter, src Source, o Options) (Stats
 	}
 	s.stats.Bytes = s.enc.bytes
 	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrOutcomeUnknown) {
-		err = fmt.Errorf("migration cancelled: %w (%w)", ctx.Err(), err)
+		why := ctx.Err()
+		if c := context.Cause(ctx); c != why {
+			// The canceller said why (the guest stopped under the
+			// migration, say): the user reads that first.
+			why = fmt.Errorf("%w: %w", c, why)
+		}
+		err = fmt.Errorf("migration cancelled: %w (%w)", why, err)
 	}
 	return s.stats, err
 }

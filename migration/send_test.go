@@ -291,6 +291,26 @@ func TestCancel(t *testing.T) {
 	}
 }
 
+// A canceller's cause (vio's: the guest stopped under the migration) is
+// in the error, which is still context.Canceled.
+func TestCancelCause(t *testing.T) {
+	src := migrationtest.NewSource(64 * page)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	why := errors.New("the guest stopped (reboot: triple fault)")
+	src.Step = func(s *migrationtest.Source, round int) {
+		s.Write(0, 0, bytes.Repeat([]byte{1}, 64*page))
+		if round == 2 {
+			cancel(why)
+		}
+	}
+	sc, dc := pair(t)
+	go migration.Receive(context.Background(), dc, &migrationtest.Target{Sizes: []int{64 * page}}, migration.ReceiveOptions{})
+	_, err := migration.Send(ctx, sc, src, migration.Options{Downtime: time.Nanosecond})
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, why) {
+		t.Fatalf("send: %v; want context.Canceled with the cause", err)
+	}
+}
+
 // The same over TCP (loopback), the transport between hosts.
 func TestSendReceiveTCP(t *testing.T) {
 	ep, err := migration.ParseURL("tcp:127.0.0.1:0")

@@ -394,8 +394,11 @@ func (c *Controller) follow(r *run, stopped chan struct{}) {
 	for {
 		e := r.m.Wait(r.stop, func() string { return r.why })
 		c.mu.Lock()
-		r.m.Close()
-		if e.Reason == ExitReboot && c.cfg.OnReboot != "exit" && !r.stopping {
+		restart := e.Reason == ExitReboot && c.cfg.OnReboot != "exit" && !r.stopping
+		if restart {
+			// Said before Close, which cancels a migration in
+			// progress: whoever sees the migration fail can already
+			// see why.
 			if e.Fault {
 				// Not a reboot the guest asked for: say where it was.
 				c.log.Warn("guest triple-faulted; restarting it as a PC resets", "detail", e.Detail)
@@ -403,6 +406,9 @@ func (c *Controller) follow(r *run, stopped chan struct{}) {
 				c.log.Info("guest rebooted; restarting it", "detail", e.Detail)
 			}
 			c.emit("rebooting", "reason", "guest", "detail", e.Detail)
+		}
+		r.m.Close()
+		if restart {
 			m, err := c.buildLocked()
 			if err == nil {
 				r.m, c.state = m, StateRunning

@@ -72,15 +72,17 @@ type ReceiveMigration struct {
 type migrationGuard struct {
 	mu      sync.Mutex
 	closed  bool
-	cancels map[*migrationSource]context.CancelFunc
+	cancels map[*migrationSource]context.CancelCauseFunc
 	wg      sync.WaitGroup
 }
 
-func (g *migrationGuard) abortAndWait() {
+// abortAndWait cancels the migrations in progress with cause, which their
+// errors quote, and waits for them.
+func (g *migrationGuard) abortAndWait(cause error) {
 	g.mu.Lock()
 	g.closed = true
 	for _, cancel := range g.cancels {
-		cancel()
+		cancel(cause)
 	}
 	g.mu.Unlock()
 	g.wg.Wait()
@@ -128,17 +130,17 @@ func (v *VM) migrationSource(ctx context.Context, paused, local bool) (*migratio
 			return nil, snapErr(ErrNotSaveable, "cannot migrate: NIC %s uses TAP descriptors passed to this process, which the destination cannot open; name its TAP device (tap=NAME) instead", n.ID)
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancelCause(ctx)
 	s := &migrationSource{v: v, ctx: ctx, wasPaused: paused}
 	g := &v.mig
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
-		cancel()
+		cancel(nil)
 		return nil, errors.New("cannot migrate: the VM is stopping")
 	}
 	if g.cancels == nil {
-		g.cancels = map[*migrationSource]context.CancelFunc{}
+		g.cancels = map[*migrationSource]context.CancelCauseFunc{}
 	}
 	g.cancels[s] = cancel
 	g.wg.Add(1)
@@ -150,7 +152,7 @@ func (s *migrationSource) release() {
 	s.releaseOne.Do(func() {
 		g := &s.v.mig
 		g.mu.Lock()
-		g.cancels[s]()
+		g.cancels[s](nil)
 		delete(g.cancels, s)
 		g.mu.Unlock()
 		g.wg.Done()

@@ -130,6 +130,7 @@ func (v *VM) Wait(stop <-chan struct{}, why func() string) Exit {
 		e = Exit{Reason: ExitStopped, Detail: why()}
 	}
 	v.stopVCPUs()
+	v.exited.Store(&e)
 	v.log.Info("guest stopped", "reason", e.Reason, "detail", e.Detail)
 	if v.opts.Stats != nil {
 		enc := json.NewEncoder(v.opts.Stats)

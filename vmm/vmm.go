@@ -107,6 +107,9 @@ type VM struct {
 	restored bool
 
 	mig migrationGuard // migrations reading this VM (migrate.go)
+	// exited is how the guest's run ended (set by Wait), for Close to
+	// tell a migration it cancels why.
+	exited atomic.Pointer[Exit]
 
 	// The virtio disks' images and the virtio NICs' TAPs, which a
 	// migration hands over (diskhandoff.go, nethandoff.go).
@@ -226,7 +229,11 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 // and after a failed New.
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() {
-		v.mig.abortAndWait()
+		cause := errors.New("the VM was closed")
+		if e := v.exited.Load(); e != nil {
+			cause = fmt.Errorf("the guest stopped (%s: %s)", e.Reason, e.Detail)
+		}
+		v.mig.abortAndWait(cause)
 		if v.kernel != nil && v.kernel.file != nil {
 			v.kernel.file.Close()
 		}
