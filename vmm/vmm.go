@@ -10,7 +10,6 @@ package vmm
 import (
 	"errors"
 	"fmt"
-	"github.com/viovmm/vio/devices/ide"
 	"io"
 	"log/slog"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/bus"
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/ide"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/iommu/vfiomap"
 	"github.com/viovmm/vio/iommu/vtd"
