@@ -56,8 +56,13 @@ for dir in tx rx; do
 	flag=; [ $dir = rx ] && flag=-R
 	i0=$(virq)
 	echo "BENCH-BEGIN iperf-$dir"
-	iperf3 -c ` + benchHostIP + ` -t 5 -f m $flag > /tmp/ip 2>&1
-	echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0 $(( $(virq) - i0 ))"
+	# Bounded: a transfer that hangs (a lab hazard, a stuck server) is
+	# reported as failed, and the other workloads and runs go on.
+	if timeout 60 iperf3 -c ` + benchHostIP + ` -t 5 -f m --connect-timeout 10000 $flag > /tmp/ip 2>&1 && grep -q receiver /tmp/ip; then
+		echo "BENCH-END iperf-$dir $(awk '/receiver/ {print $7}' /tmp/ip) 0 $(( $(virq) - i0 ))"
+	else
+		echo "BENCH-FAIL iperf-$dir $(tail -1 /tmp/ip)"
+	fi
 done
 poweroff -f
 `
@@ -192,7 +197,10 @@ func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, 
 	if _, err := readExits(); err != nil {
 		return fmt.Errorf("KVM exit counters unavailable (%v): need debugfs at /sys/kernel/debug", err)
 	}
-	iperf := exec.Command("iperf3", "-s", "-B", benchHostIP)
+	// The server drops a client that stops sending and restarts when
+	// stuck, so a guest killed mid-transfer does not leave it busy for
+	// the next run.
+	iperf := exec.Command("iperf3", "-s", "-B", benchHostIP, "--rcv-timeout", "10000", "--idle-timeout", "30")
 	if err := iperf.Start(); err != nil {
 		return fmt.Errorf("iperf3 server: %w", err)
 	}
@@ -212,13 +220,26 @@ func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, 
 	for _, v := range vmms {
 		names = append(names, v.name)
 	}
-	results := map[string]map[string][]ioResult{}
+	results, order, ran, err := runRounds(b, vmms, rounds, trace)
+	if ran > 0 {
+		printIO(results, names, order, ran, memMiB, what)
+	}
+	return err
+}
+
+// runRounds runs the setups in rounds interleaved rounds. A run that fails
+// (or meets a lab hazard twice) does not end the benchmark: the workloads
+// it finished count, the failure is printed and returned at the end, and
+// the other runs go on, so that one bad run still leaves a table. Only a
+// spent -timeout stops the rounds. It returns each setup's results per
+// workload, the workloads in the guest's order, how many rounds began,
+// and the failures (nil if none).
+func runRounds(b *budget, vmms []setup, rounds int, trace *exitTrace) (results map[string]map[string][]ioResult, order []string, ran int, err error) {
+	results = map[string]map[string][]ioResult{}
 	for _, v := range vmms {
 		results[v.name] = map[string][]ioResult{}
 	}
-	var order []string
-	var cut error
-	done := 0
+	var failed []string
 rounds:
 	for r := 0; r < rounds; r++ {
 		for _, v := range vmms {
@@ -228,14 +249,21 @@ rounds:
 				fmt.Printf("vio-bench: lab hazard in %s round %d (%v); running it once more\n", v.name, r+1, firstLine(err))
 				res, names, err = setupOnce(b, v, trace)
 			}
-			if err != nil {
-				cut = fmt.Errorf("%s round %d: %w", v.name, r+1, err)
+			if errors.Is(err, errBudget) {
+				fmt.Printf("\nvio-bench: cut short in round %d of %d: %v\n", r+1, rounds, err)
+				failed = append(failed, fmt.Sprintf("cut short in round %d of %d", r+1, rounds))
 				break rounds
 			}
-			if order == nil {
-				order = names
+			ran = r + 1
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "vio-bench: %s round %d failed: %v\n", v.name, r+1, err)
+				fmt.Printf("vio-bench: %s round %d failed after %d workloads (%s); the rounds go on\n", v.name, r+1, len(names), firstLine(err))
+				failed = append(failed, fmt.Sprintf("%s round %d", v.name, r+1))
 			}
 			for _, name := range names {
+				if !slices.Contains(order, name) {
+					order = append(order, name)
+				}
 				x := res[name]
 				results[v.name][name] = append(results[v.name][name], x)
 				fmt.Printf("round %d %-7s %-15s %10.1f  exits %8.0f  irqs %8.0f\n", r+1, v.name, name, x.value, x.exits, x.irqs)
@@ -244,23 +272,16 @@ rounds:
 				}
 			}
 		}
-		done++
 	}
-	if done == 0 {
-		if cut == nil {
-			cut = errors.New("no round ran")
-		}
-		return cut
+	if len(failed) > 0 {
+		err = fmt.Errorf("not every run finished (%s): the table has what was measured", strings.Join(failed, "; "))
 	}
-	if cut != nil {
-		fmt.Printf("\nvio-bench: cut short in round %d of %d; the medians below are over the %d rounds every VMM finished\n", done+1, rounds, done)
-	}
-	printIO(results, names, order, done, memMiB, what)
-	return cut
+	return results, order, ran, err
 }
 
-// printIO prints, per workload, each setup's median over the rounds every
-// setup finished, against the last setup's.
+// printIO prints, per workload, each setup's median over the rounds that
+// measured it (saying how many when not all of rounds did), against the
+// last setup's.
 func printIO(results map[string]map[string][]ioResult, vmms, order []string, rounds, memMiB int, what string) {
 	fmt.Printf("\nmedians over %d interleaved rounds (%d MiB guest, 2 vCPUs; %s):\n", rounds, memMiB, what)
 	ref := vmms[len(vmms)-1]
@@ -269,7 +290,7 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 	fmt.Println("   'net' subtracts the exit rate of the idle guest over the workload's duration)")
 	idle := map[string]float64{}
 	for _, vmm := range vmms {
-		if x := median(results[vmm]["idle"][:rounds]); x.seconds > 0 {
+		if x := median(results[vmm]["idle"]); x.seconds > 0 {
 			idle[vmm] = x.exits / x.seconds
 		}
 	}
@@ -277,24 +298,28 @@ func printIO(results map[string]map[string][]ioResult, vmms, order []string, rou
 		if name == "idle" {
 			continue
 		}
-		q := median(results[ref][name][:min(rounds, len(results[ref][name]))])
+		q := median(results[ref][name])
 		for i, vmm := range vmms {
 			label := name
 			if i > 0 {
 				label = ""
 			}
 			xs := results[vmm][name]
-			if len(xs) < rounds {
-				fmt.Printf("%-15s %-10s (not measured in every round)\n", label, vmm)
+			if len(xs) == 0 {
+				fmt.Printf("%-15s %-10s (not measured)\n", label, vmm)
 				continue
 			}
-			x := median(xs[:rounds])
+			x := median(xs)
 			n := opsOf(name, x)
 			if n == 0 {
 				n = math.NaN()
 			}
-			fmt.Printf("%-15s %-10s %10.1f %8.2f %10.3f %10.3f %10.3f\n", label, vmm, x.value, x.value/q.value,
-				x.exits/n, (x.exits-idle[vmm]*x.seconds)/n, x.irqs/n)
+			note := ""
+			if len(xs) < rounds {
+				note = fmt.Sprintf("  (%d of %d rounds)", len(xs), rounds)
+			}
+			fmt.Printf("%-15s %-10s %10.1f %8.2f %10.3f %10.3f %10.3f%s\n", label, vmm, x.value, x.value/q.value,
+				x.exits/n, (x.exits-idle[vmm]*x.seconds)/n, x.irqs/n, note)
 		}
 	}
 	fmt.Print("idle guest exits/s:")
@@ -447,6 +472,7 @@ func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []
 	started := map[string]time.Time{}
 	var tail []string // the console's last lines, for a run that fails
 	stalled := ""
+	var failedIn []string // workloads the guest reported failed, with its reason
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		if tail = append(tail, sc.Text()); len(tail) > consoleTail {
@@ -472,6 +498,8 @@ func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []
 			}
 			begin[f[1]], _ = readExits()
 			started[f[1]] = time.Now()
+		case "BENCH-FAIL":
+			failedIn = append(failedIn, strings.Join(f[1:], " "))
 		case "BENCH-END":
 			exits, _ := readExits()
 			r := ioResult{exits: exits - begin[f[1]], seconds: time.Since(started[f[1]]).Seconds()}
@@ -498,13 +526,17 @@ func ioOnce(b *budget, argv []string, trace *exitTrace) (map[string]ioResult, []
 	if err := cmd.Wait(); err != nil {
 		// The guest's own account (a kernel report) is on its console.
 		console := "\n  guest console, last lines:\n    " + strings.Join(tail, "\n    ")
+		// What the guest finished before goes back with the error.
 		if stalled != "" {
-			return nil, nil, fmt.Errorf("%s: %w: %q%s", argv[0], errLabHazard, stalled, console)
+			return res, names, fmt.Errorf("%s: %w: %q%s", argv[0], errLabHazard, stalled, console)
 		}
 		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("%s: killed after its share of -timeout: %w%s", argv[0], ctx.Err(), console)
+			return res, names, fmt.Errorf("%s: killed after its share of -timeout: %w%s", argv[0], ctx.Err(), console)
 		}
-		return nil, nil, fmt.Errorf("%s: %w%s", argv[0], err, console)
+		return res, names, fmt.Errorf("%s: %w%s", argv[0], err, console)
+	}
+	if len(failedIn) > 0 {
+		return res, names, fmt.Errorf("%s: workloads failed in the guest: %s", argv[0], strings.Join(failedIn, "; "))
 	}
 	if len(names) == 0 {
 		return nil, nil, fmt.Errorf("%s: the guest reported no workload\n  guest console, last lines:\n    %s", argv[0], strings.Join(tail, "\n    "))

@@ -155,7 +155,7 @@ type budget struct {
 func (b *budget) next() (context.Context, context.CancelFunc, error) {
 	left := time.Until(b.deadline)
 	if left < b.perRun/4 {
-		return nil, nil, fmt.Errorf("the -timeout leaves %v, too little for another guest run", left.Round(time.Second))
+		return nil, nil, fmt.Errorf("%w (%v left)", errBudget, left.Round(time.Second))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(left, b.perRun))
 	return ctx, cancel, nil

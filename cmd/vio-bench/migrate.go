@@ -172,7 +172,7 @@ var errBudget = errors.New("the -timeout leaves too little for another guest run
 func migrateRun(b *budget, e *env, c migCase, initrd string, run func(context.Context, *env, string, migCase, string) (migResult, error)) (migResult, error) {
 	ctx, cancel, err := b.next()
 	if err != nil {
-		return migResult{}, fmt.Errorf("%w: %v", errBudget, err)
+		return migResult{}, err
 	}
 	defer cancel()
 	dir, err := os.MkdirTemp(e.work, "mig-")
