@@ -980,16 +980,16 @@ func TestStopWithinStuckVCPU(t *testing.T) {
 	}
 }
 
-// With VIO_VCPU_RUN=raw each running vCPU thread holds a P of its own
-// through KVM_RUN (sched.go), so GOMAXPROCS grows by one per vCPU while it
-// runs and shrinks back when it stops; by default (or with GOMAXPROCS in
-// the environment) it is left alone.
+// By default each running vCPU thread holds a P of its own through
+// KVM_RUN (sched.go), so GOMAXPROCS grows by one per vCPU while it runs
+// and shrinks back when it stops; with VIO_VCPU_RUN=syscall (or with
+// GOMAXPROCS in the environment) it is left alone.
 func TestVCPUThreadsAddPs(t *testing.T) {
 	halt := []byte{0xfb, 0xf4, 0xeb, 0xfd} // sti; hlt; jmp back to hlt
-	for _, mode := range []string{"raw", ""} {
+	for _, mode := range []string{"", "syscall"} {
 		t.Run("VIO_VCPU_RUN="+mode, func(t *testing.T) {
 			t.Setenv("VIO_VCPU_RUN", mode)
-			if mode == "raw" && os.Getenv("GOMAXPROCS") != "" {
+			if mode == "" && os.Getenv("GOMAXPROCS") != "" {
 				t.Skip("GOMAXPROCS is set in the environment, which turns the extra Ps off")
 			}
 			tv := newVMWith(t, func(vm *kvm.VM) {
@@ -1007,7 +1007,7 @@ func TestVCPUThreadsAddPs(t *testing.T) {
 				rs = append(rs, r)
 			}
 			want := base + 2
-			if mode == "" {
+			if mode == "syscall" {
 				want = base
 			}
 			if n := runtime.GOMAXPROCS(0); n != want {
