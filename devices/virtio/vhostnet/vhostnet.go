@@ -268,9 +268,9 @@ func (d *Device) run() {
 	defer close(d.stopped)
 	for {
 		select {
-		case fn, ok := <-d.cmds:
-			if !ok {
-				return
+		case fn := <-d.cmds:
+			if fn == nil {
+				return // Close
 			}
 			fn()
 		case <-d.irqs:
@@ -286,6 +286,8 @@ func (d *Device) exec(fn func()) error {
 	done := make(chan struct{})
 	select {
 	case d.cmds <- func() { fn(); close(done) }:
+		// After Close it may sit in the buffer of a goroutine that
+		// has ended: stopped says so below.
 	case <-d.stopped:
 		return errClosed
 	}
@@ -477,7 +479,10 @@ func (d *Device) Close() error {
 				log.Close()
 			}
 		})
-		close(d.cmds)
+		select {
+		case d.cmds <- nil:
+		case <-d.stopped:
+		}
 		<-d.stopped
 		d.closeFDs() // ends forwardCalls and watchErr
 		d.wg.Wait()

@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/lab/labtest"
+)
+
+// The vhost-net scenario's network in L1: a multi-queue TAP for the
+// traffic run, a single-queue one for the migration.
+const (
+	vhTap        = "viovh0"
+	vhMigTap     = "viovh1"
+	vhHostIP     = "10.0.78.1"
+	vhGuestIP    = "10.0.78.2"
+	vhMigHostIP  = "10.0.79.1"
+	vhMigGuestIP = "10.0.79.2"
+	vhUpPort     = 5481 // the guest sends vhXfer bytes here
+	vhDownPort   = 5482 // the host sends vhXfer bytes from here
+	vhIperfPort  = 5483
+	vhStreamPort = 5484 // the migration guest's numbered lines
+	vhXfer       = 32 << 20
+	// vhPauseAt is how far into the guest's upload the VM is paused.
+	vhPauseAt = 8 << 20
+	// vhStall is how long the VM stays paused mid-stream.
+	vhStall = time.Second
+)
+
+// vhGuest checks the data path from the guest's side: ping, a hashed
+// transfer each way (the host checks the hashes), iperf3 each way, and
+// that the driver runs both queue pairs (which it asks for through the
+// control queue, served by vio while the kernel serves the rings).
+var vhGuest = `
+check() { if [ "$2" = 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail $3"; fi; }
+ip link set eth0 up && ip addr add ` + vhGuestIP + `/24 dev eth0
+rxq=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)
+[ "$rxq" = 2 ]; check queues $? "rx=$rxq"
+timeout 60 ping -c 3 -W 5 ` + vhHostIP + ` > /tmp/ping 2>&1; check ping $? "$(tail -1 /tmp/ping)"
+head -c ` + strconv.Itoa(vhXfer) + ` /dev/urandom > /tmp/up
+echo "UPSUM $(sha256sum /tmp/up | cut -d' ' -f1)"
+timeout 300 nc ` + vhHostIP + ` ` + strconv.Itoa(vhUpPort) + ` < /tmp/up; check upload $?
+rm /tmp/up
+echo "DOWNSUM $(timeout 300 nc ` + vhHostIP + ` ` + strconv.Itoa(vhDownPort) + ` | sha256sum | cut -d' ' -f1)"
+for dir in tx rx; do
+	flag=; [ $dir = rx ] && flag=-R
+	timeout 120 iperf3 -c ` + vhHostIP + ` -p ` + strconv.Itoa(vhIperfPort) + ` -t 3 -f m $flag > /tmp/ip-$dir 2>&1
+	check iperf-$dir $? "$(grep 'receiver' /tmp/ip-$dir | grep -o '[0-9.]* Mbits/sec')"
+done
+echo VIO-GUEST-DONE
+poweroff -f
+`
+
+// TestVhostNet: a stock Linux guest with a virtio NIC whose rings the
+// kernel's vhost-net serves (--net tap=NAME,vhost=on, two queue pairs):
+// ping, a 32 MiB transfer each way whose SHA-256 both sides compare,
+// iperf3 each way with L1; the VM is paused mid-upload (no byte may
+// arrive while it is, which shows the kernel's rings stopped) and
+// resumed, and the upload must still hash right. vio's --stats must say
+// the kernel carried the frames. Then a guest streaming numbered lines
+// over TCP moves to another vio on the same host (local migration, RAM
+// by memfd) with vhost=on on both sides: the stream must go on after the
+// hop with every line once and in order. A vhost=on NIC without a TAP is
+// refused in one sentence first.
+func TestVhostNet(t *testing.T) {
+	if out, err := exec.Command("modprobe", "vhost_net").CombinedOutput(); err != nil {
+		t.Fatalf("modprobe vhost_net in the lab: %v\n%s", err, out)
+	}
+	// Refused before anything boots, naming the TAP it needs.
+	out, err := exec.Command(vioBin, "run", "--kernel", labtest.Assets(t).Kernel, "--net", "user=on,vhost=on").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "vhost=on needs a TAP") {
+		t.Errorf("vhost=on with user=on: %v, want a refusal naming the TAP:\n%s", err, out)
+	}
+	t.Run("traffic", testVhostNetTraffic)
+	t.Run("local-migration", testVhostNetMigration)
+}
+
+func testVhostNetTraffic(t *testing.T) {
+	initrd, _ := labtest.Guest{
+		Script:   vhGuest,
+		Modules:  []string{"virtio_pci", "virtio_net"},
+		Programs: []string{"/usr/bin/iperf3"},
+		Inline:   true,
+	}.Build(t)
+	run(t, "ip", "tuntap", "add", vhTap, "mode", "tap", "multi_queue")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", vhTap).Run() })
+	run(t, "ip", "addr", "add", vhHostIP+"/24", "dev", vhTap)
+	run(t, "ip", "link", "set", vhTap, "up")
+	srv := exec.Command("iperf3", "-s", "-B", vhHostIP, "-p", strconv.Itoa(vhIperfPort))
+	if err := srv.Start(); err != nil {
+		t.Fatalf("the host's iperf3 server: %v", err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	up := receiveHashed(t, fmt.Sprintf("%s:%d", vhHostIP, vhUpPort))
+	downSum := sendHashed(t, fmt.Sprintf("%s:%d", vhHostIP, vhDownPort))
+	paused := make(chan string, 1) // what the pause mid-stream saw, or why it failed
+	go func() { paused <- pauseMidStream(ctx, sock, up) }()
+
+	console, stats := runSerial(t, 12*time.Minute, vioArgs(t, initrd, "--cpus", "2", "--api-socket", sock,
+		"--net", "tap="+vhTap+",mac=52:54:00:12:34:78,queues=2,vhost=on", "--stats")...)
+	r := readReport(t, console, "UPSUM ", "DOWNSUM ")
+	r.expect(t, "queues", "ping", "upload", "iperf-tx", "iperf-rx")
+	cancel()
+	if got := <-paused; strings.HasPrefix(got, "fail: ") {
+		t.Error(got)
+	} else {
+		t.Log(got)
+	}
+	if sum := up.sum(); r.value("UPSUM") != sum {
+		t.Errorf("upload: the guest sent data hashing to %q, the host received %d bytes hashing to %s", r.value("UPSUM"), up.n.Load(), sum)
+	}
+	if r.value("DOWNSUM") != downSum {
+		t.Errorf("download: the host sent data hashing to %s, the guest received data hashing to %q", downSum, r.value("DOWNSUM"))
+	}
+
+	// vio's counters: the kernel served both pairs, started again after
+	// the pause; vio served the control queue (the driver's pair count).
+	all := lastStats(t, stats)
+	var nic struct {
+		Device struct {
+			DataPath     string `json:"data_path"`
+			RingStarts   uint64 `json:"ring_starts"`
+			CtrlCommands uint64 `json:"ctrl_commands"`
+			CtrlErrors   uint64 `json:"ctrl_errors"`
+			Forwarded    uint64 `json:"forwarded_interrupts"`
+		} `json:"device"`
+	}
+	if err := json.Unmarshal(all["net0"], &nic); err != nil {
+		t.Fatalf("--stats net0: %v (%s)", err, all["net0"])
+	}
+	t.Logf("--stats net0: %s", all["net0"])
+	d := nic.Device
+	if d.DataPath != "vhost-net" {
+		t.Errorf("--stats net0 data_path %q, want vhost-net", d.DataPath)
+	}
+	// Pair 0 at activation; both pairs again after the resume.
+	if d.RingStarts < 3 {
+		t.Errorf("the kernel's rings were started %d times, want at least 3 (pair 0 at activation, both pairs at the resume)", d.RingStarts)
+	}
+	if d.CtrlCommands == 0 || d.CtrlErrors != 0 {
+		t.Errorf("control queue: %d commands, %d refused; the driver's pair count should have been accepted", d.CtrlCommands, d.CtrlErrors)
+	}
+}
+
+// hashedReceiver is the host's end of the guest's upload.
+type hashedReceiver struct {
+	n       atomic.Int64
+	pauseAt chan struct{} // closed when vhPauseAt bytes have arrived
+	done    chan string   // the hash of what arrived
+}
+
+// receiveHashed accepts one connection on addr and hashes vhXfer bytes.
+func receiveHashed(t *testing.T, addr string) *hashedReceiver {
+	t.Helper()
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	r := &hashedReceiver{pauseAt: make(chan struct{}), done: make(chan string, 1)}
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			r.done <- "accept: " + err.Error()
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		signalled := false
+		for r.n.Load() < vhXfer {
+			k, err := c.Read(buf[:min(len(buf), int(vhXfer-r.n.Load()))])
+			h.Write(buf[:k])
+			if r.n.Add(int64(k)) >= vhPauseAt && !signalled {
+				close(r.pauseAt)
+				signalled = true
+			}
+			if err != nil {
+				break
+			}
+		}
+		r.done <- hex.EncodeToString(h.Sum(nil))
+	}()
+	return r
+}
+
+// sum waits for the upload's hash (the guest has reported by then).
+func (r *hashedReceiver) sum() string {
+	select {
+	case s := <-r.done:
+		return s
+	case <-time.After(time.Minute):
+		return "(the upload did not end)"
+	}
+}
+
+// sendHashed serves vhXfer random bytes to one connection on addr and
+// returns their hash.
+func sendHashed(t *testing.T, addr string) string {
+	t.Helper()
+	data := make([]byte, vhXfer)
+	rand.Read(data)
+	sum := sha256.Sum256(data)
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Write(data)
+		c.Close()
+	}()
+	return hex.EncodeToString(sum[:])
+}
+
+// pauseMidStream pauses the VM once the upload is vhPauseAt bytes in,
+// checks that nothing arrives while it is paused, and resumes it. It
+// returns what it saw, prefixed "fail: " if it went wrong.
+func pauseMidStream(ctx context.Context, sock string, up *hashedReceiver) string {
+	select {
+	case <-up.pauseAt:
+	case <-ctx.Done():
+		return "fail: the upload never reached the pause point"
+	}
+	cl := api.NewClient(sock)
+	defer cl.Close()
+	if _, err := cl.Do(ctx, http.MethodPut, "vm.pause", nil); err != nil {
+		return "fail: vm.pause: " + err.Error()
+	}
+	// What the kernel had sent before the pause reaches the socket within
+	// moments; from then on a paused VM sends nothing. The stall is a
+	// time the test lets pass, not a wait for an event.
+	time.Sleep(vhStall / 5)
+	before := up.n.Load()
+	time.Sleep(vhStall)
+	after := up.n.Load()
+	if _, err := cl.Do(ctx, http.MethodPut, "vm.resume", nil); err != nil {
+		return "fail: vm.resume: " + err.Error()
+	}
+	if after != before {
+		return fmt.Sprintf("fail: %d bytes of the upload arrived while the VM was paused: the kernel's rings did not stop", after-before)
+	}
+	return fmt.Sprintf("paused at %d bytes of the upload for %v: nothing arrived meanwhile; resumed", before, vhStall)
+}
+
+// vhMigScript streams numbered lines to the host (as migDiskPrelude),
+// then runs the migration guest program, whose reports migrateHops reads.
+func vhMigScript() string {
+	return `ip link set eth0 up && ip addr add ` + vhMigGuestIP + `/24 dev eth0
+( i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done ) | nc ` + vhMigHostIP + ` ` + strconv.Itoa(vhStreamPort) + ` &
+exec ` + migGuest + ` 64
+`
+}
+
+func testVhostNetMigration(t *testing.T) {
+	if migGuest == "" {
+		t.Fatal("VIO_MIGGUEST is not set: run through TestMain")
+	}
+	labRetry(t, func(t *testing.T, reset *labReset) {
+		a := labtest.Assets(t)
+		dir := t.TempDir()
+		run(t, "ip", "tuntap", "add", vhMigTap, "mode", "tap")
+		t.Cleanup(func() { exec.Command("ip", "link", "del", vhMigTap).Run() })
+		run(t, "ip", "addr", "add", vhMigHostIP+"/24", "dev", vhMigTap)
+		run(t, "ip", "link", "set", vhMigTap, "up")
+		stream := serveNetStream(t, fmt.Sprintf("%s:%d", vhMigHostIP, vhStreamPort))
+		initrd, _ := labtest.Guest{
+			Script:   vhMigScript(),
+			Modules:  []string{"virtio_pci", "virtio_net"},
+			Programs: []string{migGuest},
+			Inline:   true,
+		}.Build(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+		defer cancel()
+		vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
+		put(t, ctx, vios[0].cl, "vm.create", `{
+	  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
+	  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+	  "memory": {"size": 268435456, "shared": true},
+	  "net": [{"id": "n0", "tap": "`+vhMigTap+`", "mac": "52:54:00:12:34:79", "vhost_net": true}],
+	  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
+	}`)
+		put(t, ctx, vios[0].cl, "vm.boot", "")
+		var last migLine
+		for range 3 {
+			last = vios[0].p.next(t, ctx, "a")
+		}
+		stream.waitLines(t, ctx, 10, "before the hop")
+		var afterHop int
+		figs := migrateHops(t, ctx, vios, last, hopPlan{
+			reset: reset,
+			hops:  1,
+			local: true,
+			url:   func(hop int) string { return "unix:" + filepath.Join(dir, "mig"+strconv.Itoa(hop)+".sock") },
+			check: func(m map[string]string) string {
+				if m["reason"] != "local" {
+					return "not a local migration"
+				}
+				if why := stream.check(); why != "" {
+					return "the guest's TCP stream: " + why
+				}
+				afterHop = stream.count()
+				return ""
+			},
+		})
+		t.Logf("LOCAL MIGRATION with vhost=on: %s", hopSummary(figs, 0))
+		// The destination's kernel rings carry the stream on.
+		stream.waitLines(t, ctx, afterHop+20, "after the hop")
+		if why := stream.check(); why != "" {
+			t.Fatalf("the guest's TCP stream: %s", why)
+		}
+		stream.mu.Lock()
+		t.Logf("the guest's TCP stream: one connection, %d lines in order (%d after the hop), longest silence %v",
+			stream.lines, stream.lines-afterHop, stream.maxGap.Round(time.Millisecond))
+		stream.mu.Unlock()
+	})
+}
