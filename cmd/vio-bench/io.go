@@ -188,7 +188,6 @@ func runIOBench(e *env, b *budget, rounds, memMiB int, setups func(disk, tools, 
 	}
 	for _, c := range [][]string{
 		{"mount", "-t", "debugfs", "none", "/sys/kernel/debug"},
-		{"modprobe", "vhost_net"}, // for the vhost=on setups, which say so if it is missing
 		{"ip", "tuntap", "add", benchTap, "mode", "tap"},
 		{"ip", "addr", "add", benchHostIP + "/24", "dev", benchTap},
 		{"ip", "link", "set", benchTap, "up"},
