@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -76,8 +77,11 @@ poweroff -f
 // the kernel carried the frames. Then a guest streaming numbered lines
 // over TCP moves to another vio on the same host (local migration, RAM
 // by memfd) with vhost=on on both sides: the stream must go on after the
-// hop with every line once and in order. A vhost=on NIC without a TAP is
-// refused in one sentence first.
+// hop with every line once and in order. Last, a guest downloading 32 MiB
+// at a steady pace moves to another vio over TCP (pre-copy, the kernel
+// logging the pages it writes): the SHA-256 the guest computes of what it
+// received must be the host's. A vhost=on NIC without a TAP is refused in
+// one sentence first.
 func TestVhostNet(t *testing.T) {
 	// The lab loads vhost_net into L1 with its other modules.
 	if _, err := os.Stat("/dev/vhost-net"); err != nil {
@@ -90,6 +94,7 @@ func TestVhostNet(t *testing.T) {
 	}
 	t.Run("traffic", testVhostNetTraffic)
 	t.Run("local-migration", testVhostNetMigration)
+	t.Run("precopy-migration", testVhostNetPrecopy)
 }
 
 func testVhostNetTraffic(t *testing.T) {
@@ -348,5 +353,149 @@ func testVhostNetMigration(t *testing.T) {
 		t.Logf("the guest's TCP stream: one connection, %d lines in order (%d after the hop), longest silence %v",
 			stream.lines, stream.lines-afterHop, stream.maxGap.Round(time.Millisecond))
 		stream.mu.Unlock()
+	})
+}
+
+// The pre-copy scenario's ports: the host sends vhXfer bytes paced over
+// about vhPaceTime on the first, the guest sends back their hash on the
+// second.
+const (
+	vhPaceDownPort = 5485
+	vhSumPort      = 5486
+	vhPaceTime     = 20 * time.Second
+	vhPaceChunk    = 64 << 10
+)
+
+func vhPrecopyScript() string {
+	return `ip link set eth0 up && ip addr add ` + vhMigGuestIP + `/24 dev eth0
+( nc ` + vhMigHostIP + ` ` + strconv.Itoa(vhPaceDownPort) + ` | sha256sum | cut -d' ' -f1 | nc ` + vhMigHostIP + ` ` + strconv.Itoa(vhSumPort) + ` ) &
+exec ` + migGuest + ` 64
+`
+}
+
+// pacedSender serves vhXfer random bytes to one connection at a steady
+// pace (the guest's receive buffers are written throughout a migration's
+// pre-copy) and closes started once a few MiB are out.
+type pacedSender struct {
+	sum     string
+	started chan struct{}
+	sent    atomic.Int64
+}
+
+func sendPaced(t *testing.T, addr string) *pacedSender {
+	t.Helper()
+	data := make([]byte, vhXfer)
+	rand.Read(data)
+	h := sha256.Sum256(data)
+	s := &pacedSender{sum: hex.EncodeToString(h[:]), started: make(chan struct{})}
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// The pace is the workload's, not a synchronization.
+		tick := time.NewTicker(vhPaceTime / time.Duration(vhXfer/vhPaceChunk))
+		defer tick.Stop()
+		for off := 0; off < vhXfer; off += vhPaceChunk {
+			<-tick.C
+			if _, err := c.Write(data[off : off+vhPaceChunk]); err != nil {
+				return
+			}
+			if s.sent.Add(vhPaceChunk) == 4<<20 {
+				close(s.started)
+			}
+		}
+	}()
+	return s
+}
+
+// receiveLine accepts one connection on addr and returns its first line.
+func receiveLine(t *testing.T, addr string) <-chan string {
+	t.Helper()
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	out := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(io.LimitReader(c, 256))
+		out <- strings.TrimSpace(string(b))
+	}()
+	return out
+}
+
+func testVhostNetPrecopy(t *testing.T) {
+	if migGuest == "" {
+		t.Fatal("VIO_MIGGUEST is not set: run through TestMain")
+	}
+	labRetry(t, func(t *testing.T, reset *labReset) {
+		a := labtest.Assets(t)
+		dir := t.TempDir()
+		run(t, "ip", "tuntap", "add", vhMigTap, "mode", "tap")
+		t.Cleanup(func() { exec.Command("ip", "link", "del", vhMigTap).Run() })
+		run(t, "ip", "addr", "add", vhMigHostIP+"/24", "dev", vhMigTap)
+		run(t, "ip", "link", "set", vhMigTap, "up")
+		down := sendPaced(t, fmt.Sprintf("%s:%d", vhMigHostIP, vhPaceDownPort))
+		sum := receiveLine(t, fmt.Sprintf("%s:%d", vhMigHostIP, vhSumPort))
+		initrd, _ := labtest.Guest{
+			Script:   vhPrecopyScript(),
+			Modules:  []string{"virtio_pci", "virtio_net"},
+			Programs: []string{migGuest},
+			Inline:   true,
+		}.Build(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+		defer cancel()
+		vios := [2]*hopVio{startHopVio(t, ctx, dir, "a"), startHopVio(t, ctx, dir, "b")}
+		put(t, ctx, vios[0].cl, "vm.create", `{
+	  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
+	  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+	  "memory": {"size": 268435456},
+	  "net": [{"id": "n0", "tap": "`+vhMigTap+`", "mac": "52:54:00:12:34:7a", "vhost_net": true}],
+	  "serial": {"mode": "Tty"}, "console": {"mode": "Off"}
+	}`)
+		put(t, ctx, vios[0].cl, "vm.boot", "")
+		var last migLine
+		for range 3 {
+			last = vios[0].p.next(t, ctx, "a")
+		}
+		select {
+		case <-down.started:
+		case <-ctx.Done():
+			t.Fatal("the guest's download did not start")
+		}
+		atHop := down.sent.Load()
+		figs := migrateHops(t, ctx, vios, last, hopPlan{
+			reset: reset,
+			hops:  1,
+			url:   func(int) string { return "tcp:127.0.0.1:0" },
+			check: func(m map[string]string) string {
+				if m["reason"] == "local" || m["data_pages"] == "0" {
+					return "no RAM was copied"
+				}
+				return ""
+			},
+		})
+		t.Logf("PRE-COPY MIGRATION with vhost=on, %d of %d bytes of the download sent when it began: %s", atHop, vhXfer, hopSummary(figs, 0))
+		select {
+		case got := <-sum:
+			if got != down.sum {
+				t.Fatalf("the guest received a download hashing to %q, the host sent %s: pages the kernel wrote were lost or stale", got, down.sum)
+			}
+			t.Logf("the guest's download across the hop hashes right (%s)", got)
+		case <-ctx.Done():
+			t.Fatalf("the guest did not report its download's hash (%d of %d bytes sent)", down.sent.Load(), vhXfer)
+		}
 	})
 }
