@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -430,8 +431,9 @@ func receiveLine(t *testing.T, addr string) <-chan string {
 			return
 		}
 		defer c.Close()
-		b, _ := io.ReadAll(io.LimitReader(c, 256))
-		out <- strings.TrimSpace(string(b))
+		// One line: the guest's nc may keep the connection open.
+		line, _ := bufio.NewReader(io.LimitReader(c, 256)).ReadString('\n')
+		out <- strings.TrimSpace(line)
 	}()
 	return out
 }
