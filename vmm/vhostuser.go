@@ -57,6 +57,14 @@ type vhostUserDevice struct {
 	dev  ringsElsewhere
 }
 
+// kind names the device in messages.
+func (d vhostUserDevice) kind() string {
+	if _, ok := d.dev.(*vhostnet.Device); ok {
+		return "vhost-net NIC"
+	}
+	return "vhost-user device"
+}
+
 // vhostUserDevices lists the VM's vhost-user devices and vhost-net NICs.
 func (v *VM) vhostUserDevices() []vhostUserDevice {
 	var out []vhostUserDevice
@@ -73,7 +81,7 @@ func (v *VM) vhostUserDevices() []vhostUserDevice {
 func (v *VM) checkVhostUserLog() error {
 	for _, d := range v.vhostUserDevices() {
 		if err := d.dev.CanLog(); err != nil {
-			return snapErr(ErrNotSaveable, "cannot migrate by copying RAM: device %s (%s) cannot report the guest memory its back-end writes: %v, which pre-copy needs; migrate it locally (local, with shared memory, to a vio on this host), or use a back-end that offers them (vio serve-disk, qemu-storage-daemon, a kernel with VHOST_F_LOG_ALL)", d.name, d.dev.StateKind(), err)
+			return snapErr(ErrNotSaveable, "cannot migrate by copying RAM: %s %s (%s) cannot report the guest memory its back-end writes: %v, which pre-copy needs; migrate it locally (local, with shared memory, to a vio on this host), or use a back-end that offers them (vio serve-disk, qemu-storage-daemon, a kernel with VHOST_F_LOG_ALL)", d.kind(), d.name, d.dev.StateKind(), err)
 		}
 	}
 	return nil
@@ -91,7 +99,7 @@ func (v *VM) releaseVhostUser() error {
 					v.log.Warn("taking a vhost-user back-end back", "device", r.name, "err", terr)
 				}
 			}
-			return fmt.Errorf("cannot release %s device %s for the destination: %w", d.dev.StateKind(), d.name, err)
+			return fmt.Errorf("cannot release %s %s for the destination: %w", d.kind(), d.name, err)
 		}
 	}
 	if len(devs) > 0 {
@@ -111,7 +119,7 @@ func (v *VM) takeVhostUser() error {
 	var first error
 	for _, d := range devs {
 		if err := d.dev.Take(); err != nil && first == nil {
-			first = fmt.Errorf("%s device %s: %w", d.dev.StateKind(), d.name, err)
+			first = fmt.Errorf("%s %s: %w", d.kind(), d.name, err)
 		}
 	}
 	if first == nil && len(devs) > 0 {
@@ -139,7 +147,7 @@ func (v *VM) startVhostUserLogs() error {
 			for _, s := range devs[:i] {
 				s.dev.StopLog()
 			}
-			return fmt.Errorf("%s device %s: %w", d.dev.StateKind(), d.name, err)
+			return fmt.Errorf("%s %s: %w", d.kind(), d.name, err)
 		}
 	}
 	return nil
@@ -157,7 +165,7 @@ func (v *VM) takeVhostUserLogs(i int, bitmap []uint64) error {
 	var errs []error
 	for _, d := range v.vhostUserDevices() {
 		if err := d.dev.TakeLog(r.GPA, pages, bitmap); err != nil {
-			errs = append(errs, fmt.Errorf("%s device %s: %w", d.dev.StateKind(), d.name, err))
+			errs = append(errs, fmt.Errorf("%s %s: %w", d.kind(), d.name, err))
 		}
 	}
 	return errors.Join(errs...)
