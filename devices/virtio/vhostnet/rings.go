@@ -200,13 +200,13 @@ func (d *Device) startRings(a *virtio.HandoffActivation) error {
 			continue // a pair the driver left out
 		}
 		n := d.nets[p]
-		steps := []func() error{
-			func() error { return n.SetFeatures(feats) },
-			func() error { return n.SetMemTable(table) },
-		}
+		// The log before LOG_ALL: the kernel checks the log's range
+		// against the memory table when LOG_ALL is acknowledged.
+		steps := []func() error{func() error { return n.SetMemTable(table) }}
 		if log != nil {
 			steps = append(steps, func() error { return n.SetLogBase(log.Addr()) })
 		}
+		steps = append(steps, func() error { return n.SetFeatures(feats) })
 		for r, q := range []*virtio.QueueConfig{rx, tx} {
 			ring, qi := uint32(r), 2*p+r
 			steps = append(steps,

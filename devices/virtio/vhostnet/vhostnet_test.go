@@ -345,3 +345,27 @@ func signal(t *testing.T, fd int) {
 		t.Fatal(err)
 	}
 }
+
+// Rings that start while a migration logs (a resume, a destination's
+// take) get the log before LOG_ALL, as the kernel requires.
+func TestRingsStartLogging(t *testing.T) {
+	r := newRig(t, newMem(t), kernelOffer, false)
+	r.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := r.dev.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dev.StartLog(32 << 20); err != nil {
+		t.Fatal(err)
+	}
+	r.dev.Resume()
+	if err := r.dev.Err(); err != nil {
+		t.Fatalf("resume while logging: %v", err)
+	}
+	feats, _, base := r.kernels[0].State()
+	if k := r.kernels[0].Ring(0); k.Backend < 0 || feats&vhost.FLogAll == 0 || base == 0 || k.Addr.Flags != vhost.VringFLog {
+		t.Errorf("resumed while logging: ring %+v, features %#x, log base %#x", k, feats, base)
+	}
+	r.dev.StopLog()
+}
