@@ -263,6 +263,12 @@ func pauseMidStream(ctx context.Context, sock, dir string, up *hashedReceiver) s
 	if _, err := cl.Do(ctx, http.MethodPut, "vm.pause", nil); err != nil {
 		return "fail: vm.pause: " + err.Error()
 	}
+	resumed := false
+	defer func() {
+		if !resumed { // a failed snapshot must not leave the guest paused
+			cl.Do(ctx, http.MethodPut, "vm.resume", nil)
+		}
+	}()
 	// What the kernel had sent before the pause reaches the socket within
 	// moments; from then on a paused VM sends nothing. The stall is a
 	// time the test lets pass, not a wait for an event.
@@ -275,6 +281,7 @@ func pauseMidStream(ctx context.Context, sock, dir string, up *hashedReceiver) s
 	took := time.Since(t0)
 	time.Sleep(vhStall)
 	after := up.n.Load()
+	resumed = true
 	if _, err := cl.Do(ctx, http.MethodPut, "vm.resume", nil); err != nil {
 		return "fail: vm.resume: " + err.Error()
 	}
