@@ -124,7 +124,7 @@ func testVhostNetTraffic(t *testing.T) {
 	paused := make(chan string, 1) // what the pause mid-stream saw, or why it failed
 	go func() { paused <- pauseMidStream(ctx, sock, snap, up) }()
 
-	console, stats := runSerial(t, 12*time.Minute, vioArgs(t, initrd, "--cpus", "2", "--api-socket", sock,
+	console, stats := runSerial(t, 12*time.Minute, vioArgs(t, initrd, "--cpus", "2", "--api-socket", sock, "--sandbox-allow", snap,
 		"--net", "tap="+vhTap+",mac=52:54:00:12:34:78,queues=2,vhost=on", "--stats")...)
 	r := readReport(t, console, "UPSUM ", "DOWNSUM ")
 	r.expect(t, "queues", "ping", "upload", "iperf-tx", "iperf-rx")
