@@ -81,5 +81,28 @@ func (n Net) validateBackend(i int) error {
 	if n.IDSMode != "" && n.IDS == "" {
 		return errors.New(what + ": ids_mode without ids=SOCKET: give the inspector's socket")
 	}
+	if err := n.validateVhostNet(what); err != nil {
+		return err
+	}
 	return n.validateQueues(what)
+}
+
+// validateVhostNet checks a NIC whose data path the host kernel's
+// vhost-net serves: the kernel moves frames between the guest's rings and
+// a TAP's socket, so the NIC needs a TAP and virtio-net, and nothing of
+// vio's can stand between them.
+func (n Net) validateVhostNet(what string) error {
+	switch {
+	case !n.VhostNet:
+		return nil
+	case n.Tap == "" && len(n.TapFDs) == 0:
+		return fmt.Errorf("%s: vhost=on needs a TAP (tap=NAME): the kernel's vhost-net moves frames to and from a TAP only, not a user-mode network, a stream socket, a bond or a switch port", what)
+	case n.Model == NetE1000:
+		return fmt.Errorf("%s: vhost=on serves virtio-net queues; an e1000 has none: drop model=e1000 or vhost=on", what)
+	case n.Firewall != "" || n.Pcap != "" || n.IDS != "":
+		return fmt.Errorf("%s: firewall, pcap and ids need the frames to pass through vio, and with vhost=on the kernel moves them: drop them or vhost=on", what)
+	case n.IOMMU:
+		return fmt.Errorf("%s: vhost=on cannot sit behind the emulated IOMMU (the kernel would get I/O virtual addresses it cannot translate): drop iommu or vhost=on", what)
+	}
+	return nil
 }

@@ -208,7 +208,7 @@ func ParseDisk(spec string) (Disk, error) {
 	return d, err
 }
 
-// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,queues=N][,num_queues=2N][,queue_size=N][,id=ID],
+// ParseNet parses tap=NAME[,mac=MAC][,model=virtio|e1000][,queues=N][,num_queues=2N][,queue_size=N][,vhost=on][,id=ID],
 // or user=on[,net=CIDR][,hostfwd=FWD[+FWD...]][,dns_upstream=ADDR[:PORT]] and the same common keys
 // for user-mode networking. The user-mode keys are checked when the
 // network is built.
@@ -278,8 +278,10 @@ func ParseNet(spec string) (Net, error) {
 			n.Model = v
 		case "vhost_user":
 			n.VhostUser, err = parseBool("net", k, v)
+		case "vhost", "vhost_net":
+			n.VhostNet, err = parseBool("net", k, v)
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, dns_upstream, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost_user)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, dns_upstream, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost, vhost_user)", spec, k)
 		}
 		if err != nil {
 			return n, err
@@ -307,6 +309,9 @@ func ParseNet(spec string) (Net, error) {
 		n.VhostSocket, n.Socket = n.Socket, ""
 		if n.Bond != nil {
 			return n, fmt.Errorf("--net %q: a vhost-user NIC has one back-end: drop bond=", spec)
+		}
+		if n.VhostNet {
+			return n, fmt.Errorf("--net %q: vhost=on is the kernel's vhost-net on a TAP, vhost_user=on another process's back-end: give one of them", spec)
 		}
 		return n, nil
 	}

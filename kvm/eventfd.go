@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +54,12 @@ func (e *EventFD) Wait() (uint64, error) {
 	}
 	return binary.NativeEndian.Uint64(b[:]), nil
 }
+
+// SetReadDeadline makes a Wait blocked now or later return
+// os.ErrDeadlineExceeded once t has passed (a zero t waits forever
+// again): how a goroutine that waits on an eventfd it does not own is
+// told to stop without closing it.
+func (e *EventFD) SetReadDeadline(t time.Time) error { return e.f.SetReadDeadline(t) }
 
 // Close closes the eventfd. Deassign it from KVM first.
 func (e *EventFD) Close() error { return e.f.Close() }

@@ -11,3 +11,9 @@ func wordsOf(b []byte) []uint64 {
 	}
 	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), len(b)/8)
 }
+
+// Addr returns the host virtual address of the log's bitmap, for a
+// consumer in this process's address space: the kernel's vhost
+// (VHOST_SET_LOG_BASE) marks pages in it through this mapping. It stays
+// valid until Close.
+func (l *DirtyLog) Addr() uint64 { return uint64(uintptr(unsafe.Pointer(&l.data[0]))) }

@@ -403,6 +403,28 @@ func (v *VM) teardown(d *pciDevice, notify bool) {
 // the config carries (one per queue pair), so that the config's own stay
 // open for the next boot.
 func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
+	bes, err := v.tapsFromFDs(n)
+	if err != nil {
+		return nil, err
+	}
+	var mac stdnet.HardwareAddr
+	if n.MAC != "" {
+		m, err := config.ParseMAC(n.MAC)
+		if err != nil {
+			return nil, err
+		}
+		mac = m[:]
+	}
+	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)}
+	if len(bes) == 1 {
+		return virtionet.New(bes[0], cfg)
+	}
+	return virtionet.NewMultiQueue(bes, cfg)
+}
+
+// tapsFromFDs opens duplicates of the TAP descriptors n carries, which
+// the VM closes.
+func (v *VM) tapsFromFDs(n config.Net) ([]netdev.Backend, error) {
 	var bes []netdev.Backend
 	for _, fd := range n.TapFDs {
 		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -421,17 +443,5 @@ func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
 		}
 		bes = append(bes, t)
 	}
-	var mac stdnet.HardwareAddr
-	if n.MAC != "" {
-		m, err := config.ParseMAC(n.MAC)
-		if err != nil {
-			return nil, err
-		}
-		mac = m[:]
-	}
-	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)}
-	if len(bes) == 1 {
-		return virtionet.New(bes[0], cfg)
-	}
-	return virtionet.NewMultiQueue(bes, cfg)
+	return bes, nil
 }

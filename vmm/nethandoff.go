@@ -47,6 +47,16 @@ type vmNIC struct {
 // migration's destination attaches nothing yet: the source still holds
 // the TAP.
 func (v *VM) tapNIC(n config.Net) ([]netdev.Backend, error) {
+	h, err := v.tapHandoff(n)
+	if err != nil {
+		return nil, err
+	}
+	return h.Queues(), nil
+}
+
+// tapHandoff opens the TAP a virtio NIC names under a handoff.NIC (see
+// tapNIC) and registers it with the VM.
+func (v *VM) tapHandoff(n config.Net) (*nethandoff.NIC, error) {
 	name := n.Tap
 	pairs := n.QueuePairs()
 	open := func() ([]netdev.Backend, error) {
@@ -107,7 +117,7 @@ func (v *VM) tapNIC(n config.Net) ([]netdev.Backend, error) {
 	v.diskMu.Lock()
 	v.nics = append(v.nics, vmNIC{id: id, tap: name, h: h})
 	v.diskMu.Unlock()
-	return h.Queues(), nil
+	return h, nil
 }
 
 func (v *VM) nicHandoffs() []vmNIC {

@@ -17,6 +17,7 @@ import (
 	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/devices/virtio/rng"
 	"github.com/viovmm/vio/devices/virtio/vsock"
+	"github.com/viovmm/vio/devices/virtio/vhostnet"
 	"github.com/viovmm/vio/devices/virtio/vufront"
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/pci"
@@ -287,6 +288,9 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 	if n.VhostUser {
 		return v.newVhostUserNIC(n)
 	}
+	if n.VhostNet {
+		return v.newVhostNetNIC(n)
+	}
 	if len(n.TapFDs) > 0 {
 		return v.newNICFromFDs(n)
 	}
@@ -344,6 +348,10 @@ func (v *VM) Stats() map[string]any {
 			s["device"] = st.Stats()
 			// Per queue pair: which queues carried the traffic.
 			s["queues"] = st.QueueStats()
+		} else if st, ok := d.dev.(*vhostnet.Device); ok {
+			// The kernel moves the frames: vio counts the control
+			// queue and what it forwards; the TAP counts the frames.
+			s["device"] = st.Stats()
 		} else if st, ok := d.dev.(interface{ Stats() console.Stats }); ok {
 			s["device"] = st.Stats()
 		} else if b, ok := d.dev.(*balloon.Device); ok {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/viovmm/vio/devices/virtio/vhostnet"
 	"github.com/viovmm/vio/devices/virtio/vufront"
 	"github.com/viovmm/vio/memory"
 )
@@ -22,17 +23,53 @@ import (
 // While pre-copy runs, each back-end marks the pages it writes in a
 // dirty log of the device's, which every collection of dirty pages takes.
 
-// vhostUserDevice is one vhost-user device of the VM.
-type vhostUserDevice struct {
-	name string
-	dev  *vufront.Device
+// The kernel's vhost-net NICs (vhostnet.go) are handled the same way:
+// their rings are the kernel's, stopped when the device pauses, started
+// again once the TAP is attached (Take), and the kernel keeps the same
+// dirty log format.
+
+// ringsElsewhere is a device whose rings are served outside vio: a
+// vhost-user device (*vufront.Device) or a vhost-net NIC
+// (*vhostnet.Device).
+type ringsElsewhere interface {
+	StateKind() string
+	// CanLog says why the rings' server cannot log the guest memory it
+	// writes; StartLog, TakeLog and StopLog run that log.
+	CanLog() error
+	StartLog(end uint64) error
+	TakeLog(gpa, pages uint64, dst []uint64) error
+	StopLog()
+	// Release lets the host resource go for a migration's destination
+	// (the device paused); Take takes it (back) and starts the rings.
+	Release() error
+	Take() error
 }
 
-// vhostUserDevices lists the VM's vhost-user devices.
+var (
+	_ ringsElsewhere = (*vufront.Device)(nil)
+	_ ringsElsewhere = (*vhostnet.Device)(nil)
+)
+
+// vhostUserDevice is one device of the VM whose rings are served
+// elsewhere.
+type vhostUserDevice struct {
+	name string
+	dev  ringsElsewhere
+}
+
+// kind names the device in messages.
+func (d vhostUserDevice) kind() string {
+	if _, ok := d.dev.(*vhostnet.Device); ok {
+		return "vhost-net NIC"
+	}
+	return "vhost-user device"
+}
+
+// vhostUserDevices lists the VM's vhost-user devices and vhost-net NICs.
 func (v *VM) vhostUserDevices() []vhostUserDevice {
 	var out []vhostUserDevice
 	for _, d := range v.pciDevices {
-		if vu, ok := d.dev.(*vufront.Device); ok {
+		if vu, ok := d.dev.(ringsElsewhere); ok {
 			out = append(out, vhostUserDevice{d.name, vu})
 		}
 	}
@@ -44,7 +81,7 @@ func (v *VM) vhostUserDevices() []vhostUserDevice {
 func (v *VM) checkVhostUserLog() error {
 	for _, d := range v.vhostUserDevices() {
 		if err := d.dev.CanLog(); err != nil {
-			return snapErr(ErrNotSaveable, "cannot migrate by copying RAM: vhost-user device %s (%s) cannot report the guest memory its back-end writes: %v, which pre-copy needs; migrate it locally (local, with shared memory, to a vio on this host), or use a back-end that offers them (vio serve-disk, qemu-storage-daemon)", d.name, d.dev.StateKind(), err)
+			return snapErr(ErrNotSaveable, "cannot migrate by copying RAM: %s %s (%s) cannot report the guest memory its back-end writes: %v, which pre-copy needs; migrate it locally (local, with shared memory, to a vio on this host), or use a back-end that offers them (vio serve-disk, qemu-storage-daemon, a kernel with VHOST_F_LOG_ALL)", d.kind(), d.name, d.dev.StateKind(), err)
 		}
 	}
 	return nil
@@ -62,7 +99,7 @@ func (v *VM) releaseVhostUser() error {
 					v.log.Warn("taking a vhost-user back-end back", "device", r.name, "err", terr)
 				}
 			}
-			return fmt.Errorf("cannot release vhost-user device %s for the destination: %w", d.name, err)
+			return fmt.Errorf("cannot release %s %s for the destination: %w", d.kind(), d.name, err)
 		}
 	}
 	if len(devs) > 0 {
@@ -82,7 +119,7 @@ func (v *VM) takeVhostUser() error {
 	var first error
 	for _, d := range devs {
 		if err := d.dev.Take(); err != nil && first == nil {
-			first = fmt.Errorf("vhost-user device %s: %w", d.name, err)
+			first = fmt.Errorf("%s %s: %w", d.kind(), d.name, err)
 		}
 	}
 	if first == nil && len(devs) > 0 {
@@ -110,7 +147,7 @@ func (v *VM) startVhostUserLogs() error {
 			for _, s := range devs[:i] {
 				s.dev.StopLog()
 			}
-			return fmt.Errorf("vhost-user device %s: %w", d.name, err)
+			return fmt.Errorf("%s %s: %w", d.kind(), d.name, err)
 		}
 	}
 	return nil
@@ -128,7 +165,7 @@ func (v *VM) takeVhostUserLogs(i int, bitmap []uint64) error {
 	var errs []error
 	for _, d := range v.vhostUserDevices() {
 		if err := d.dev.TakeLog(r.GPA, pages, bitmap); err != nil {
-			errs = append(errs, fmt.Errorf("vhost-user device %s: %w", d.name, err))
+			errs = append(errs, fmt.Errorf("%s %s: %w", d.kind(), d.name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -93,11 +93,17 @@ func benchIO(e *env, b *budget, rounds, memMiB int) error {
 			{name: "vio", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
 			// The same VM with adaptive interrupt coalescing on the bench disk.
 			{name: "vio-vic", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk+",coalesce=adaptive", "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap)},
+			// The kernel's vhost-net carries the NIC's frames, in each VMM.
+			{name: "vio-vhost", argv: vioIOArgs(e, memMiB, initrd, "--disk", "path="+disk, "--disk", "path="+tools+",readonly=on", "--net", "tap="+benchTap+",vhost=on")},
+			{name: "qemu-vhost", argv: qemuIOArgs(e, memMiB, initrd,
+				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
+				"-drive", "file="+tools+",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
+				"-netdev", "tap,id=n0,ifname="+benchTap+",script=no,downscript=no,vhost=on", "-device", "virtio-net-pci,netdev=n0")},
 			{name: "qemu", argv: qemuIOArgs(e, memMiB, initrd,
 				"-drive", "file="+disk+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0",
 				"-drive", "file="+tools+",if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
 				"-netdev", "tap,id=n0,ifname="+benchTap+",script=no,downscript=no,vhost=off", "-device", "virtio-net-pci,netdev=n0")},
-		}, "virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost; vio-vic: coalesce=adaptive on the disk"
+		}, "virtio-blk on a raw file, virtio-net on TAP, QEMU without vhost; vio-vic: coalesce=adaptive on the disk; vio-vhost and qemu-vhost: the kernel's vhost-net carries the NIC (vhost=on)"
 	})
 }
 
@@ -266,7 +272,7 @@ rounds:
 				}
 				x := res[name]
 				results[v.name][name] = append(results[v.name][name], x)
-				fmt.Printf("round %d %-7s %-15s %10.1f  exits %8.0f  irqs %8.0f\n", r+1, v.name, name, x.value, x.exits, x.irqs)
+				fmt.Printf("round %d %-10s %-15s %10.1f  exits %8.0f  irqs %8.0f\n", r+1, v.name, name, x.value, x.exits, x.irqs)
 				if x.trace != nil && name != "idle" {
 					printTrace(v.name, name, x.trace, opsOf(name, x))
 				}

@@ -181,7 +181,7 @@ Flags override what --config FILE (a JSON VM config) says.`,
 	f.StringVar(&onReboot, "on-reboot", "restart", "what a guest reboot does: restart or exit")
 	f.StringArrayVar(&disks, "disk", nil, "disk: path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,readonly=on][,cache=MODE][,serial=S][,backing=allow] (repeatable; see docs/disks.md)")
 	f.StringArrayVar(&devices, "device", nil, "host PCI device to pass through with VFIO: path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=ID] (bound to vfio-pci; repeatable; docs/vfio.md)")
-	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME, user=on[,net=CIDR][,hostfwd=FWD[+FWD]][,dns_upstream=ADDR[:PORT]] or socket=PATH|tcp:HOST:PORT (socket=A+B,bond=active-backup|balance for a bond), with [,firewall=FILE][,pcap=FILE][,ids=SOCK[,ids_mode=ips]][,mac=MAC][,model=virtio|e1000][,queues=N (queue pairs, on a TAP)] (repeatable; docs/network.md)")
+	f.StringArrayVar(&nets, "net", nil, "NIC: tap=NAME, user=on[,net=CIDR][,hostfwd=FWD[+FWD]][,dns_upstream=ADDR[:PORT]] or socket=PATH|tcp:HOST:PORT (socket=A+B,bond=active-backup|balance for a bond), with [,firewall=FILE][,pcap=FILE][,ids=SOCK[,ids_mode=ips]][,mac=MAC][,model=virtio|e1000][,queues=N (queue pairs, on a TAP)][,vhost=on (the kernel's vhost-net, on a TAP)] (repeatable; docs/network.md)")
 	f.Bool("rng", false, "add a virtio-rng device fed by the host's getrandom")
 	f.Bool("iommu", false, "put every PCI device behind an emulated Intel VT-d IOMMU (the guest needs intel_iommu=on; see docs/iommu.md)")
 	f.StringVar(&platformSpec, "platform", "", "the machine's SMBIOS identity: serial_number=S,uuid=U,manufacturer=M,product_name=P,version=V,family=F,sku_number=K,asset_tag=T (see docs/devices.md)")

@@ -206,9 +206,10 @@ func (p *policyBuilder) socket(path string) {
 // what a VM build reads of /proc, and the sockets it removes at exit.
 func (p *policyBuilder) host(apiSocket string, obs observeFlags) {
 	p.add("/dev/kvm", sandbox.Read|sandbox.Write)
-	p.add("/dev/net/tun", sandbox.Read|sandbox.Write) // TAPs by name, hot-plugged too
-	p.add("/proc/meminfo", sandbox.Read)              // config.Validate, at every build
-	p.add("/proc/cpuinfo", sandbox.Read)              // kvm.System.IsPVM
+	p.add("/dev/net/tun", sandbox.Read|sandbox.Write)   // TAPs by name, hot-plugged too
+	p.add("/dev/vhost-net", sandbox.Read|sandbox.Write) // vhost=on NICs, hot-plugged too (skipped where absent)
+	p.add("/proc/meminfo", sandbox.Read)                // config.Validate, at every build
+	p.add("/proc/cpuinfo", sandbox.Read)                // kvm.System.IsPVM
 	p.socket(apiSocket)
 	if path, ok := strings.CutPrefix(obs.metrics, "unix:"); ok {
 		p.socket(path)

@@ -241,6 +241,17 @@ func (t *Tap) Persistent() (bool, error) {
 	return ifr.Uint16()&unix.IFF_PERSIST != 0, nil
 }
 
+// Control runs fn with the queue's descriptor, which stays open until fn
+// returns: for a consumer that takes its own reference to the TAP, such
+// as the kernel's vhost-net (VHOST_NET_SET_BACKEND). fn must not read,
+// write or close it.
+func (t *Tap) Control(fn func(fd int)) error {
+	if err := t.rc.Control(func(fd uintptr) { fn(int(fd)) }); err != nil {
+		return t.wrap(err)
+	}
+	return nil
+}
+
 // Name returns the interface's name.
 func (t *Tap) Name() string { return t.name }
 

@@ -285,3 +285,32 @@ func TestMultiQueueIdlePairs(t *testing.T) {
 		t.Errorf("%d commands refused, want %d", st.CtrlErrors, len(mqCommands))
 	}
 }
+
+// With ExternalQueues (vhost-net serves the data queues) the device serves
+// only the control queue: MQ commands still switch the back-ends' queues,
+// and a frame the guest queues for sending is left to whoever serves the
+// transmit queue.
+func TestExternalQueues(t *testing.T) {
+	a0, p0 := nettest.Pair(64)
+	a1, _ := nettest.Pair(64)
+	m := newMachineOn(t, nil, vnet.Config{ExternalQueues: true}, a0, a1)
+	qs := m.startQueues(t, vnet.FeatureCtrlVQ|vnet.FeatureMQ|vnet.FeatureMrgRxbuf, 5)
+	tx := qs[1]
+	tx.Add([][]byte{make([]byte, netdev.HeaderSize), frame(1, 100)}, nil)
+	m.guest.Kick(1)
+	if ack := m.command(t, qs[4], 4, 4, 0, []byte{2, 0}); ack != 0 {
+		t.Fatalf("2 pairs: ack %d", ack)
+	}
+	if !a0.QueueEnabled() || !a1.QueueEnabled() {
+		t.Errorf("queues enabled %v %v after 2 pairs", a0.QueueEnabled(), a1.QueueEnabled())
+	}
+	if used := tx.UsedIdx(); used != 0 {
+		t.Errorf("the device served the transmit queue it was told is served elsewhere: used index %d", used)
+	}
+	if _, _, err := p0.Recv(0); err == nil {
+		t.Errorf("a frame reached the back-end")
+	}
+	if st := m.dev.Stats(); st.TxFrames != 0 || st.CtrlCommands != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}

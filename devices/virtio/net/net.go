@@ -114,6 +114,13 @@ type Config struct {
 	// NoControlQueue withholds the control queue (and with it MQ,
 	// CTRL_MAC_ADDR and GUEST_ANNOUNCE).
 	NoControlQueue bool
+	// ExternalQueues says that something else serves the receive and
+	// transmit queues (the kernel's vhost-net, on the same back-ends):
+	// Activate then takes activations without them and serves only the
+	// control queue, while the back-ends are still told the receive
+	// offloads the guest accepted and which queues are in use. The
+	// device never reads or writes a frame then.
+	ExternalQueues bool
 }
 
 // Device is a virtio-net device.
@@ -439,7 +446,7 @@ func (d *Device) Activate(a *virtio.Activation) error {
 		}
 		return nil
 	}
-	if queue(RxQueue) == nil || queue(TxQueue) == nil {
+	if !d.cfg.ExternalQueues && (queue(RxQueue) == nil || queue(TxQueue) == nil) {
 		return ErrNoQueue
 	}
 	var ctrl *virtio.Queue
@@ -472,8 +479,8 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	d.setPairs(1, true)
 	for i := range pairs {
 		rxq, txq := queue(RxQueue+2*i), queue(TxQueue+2*i)
-		if rxq == nil || txq == nil {
-			continue // a pair the driver left out
+		if rxq == nil || txq == nil || d.cfg.ExternalQueues {
+			continue // a pair the driver left out, or one served elsewhere
 		}
 		if d.rxBufs[i] == nil {
 			d.rxBufs[i] = make([][]byte, rxBatch)
