@@ -1,22 +1,52 @@
 package blk
 
 import (
+	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
 )
 
-// server serves one request queue: its goroutine (serve) owns the
-// available and used rings; workers only run requests on the back-end.
+// server serves one request queue: its goroutine (serve) takes chains off
+// the available ring and hands them to workers, which run them on the
+// back-end.
 //
 // Why this split: the ring is a sequential structure, the back-end is not.
 // One goroutine taking chains and pushing completions keeps the ring code
 // simple and lets it batch (one interrupt for all the completions that
 // arrived together), while the workers keep several requests of the queue
 // on the back-end at once.
+//
+// Every hand-off between goroutines costs a thread wake-up when the other
+// side sleeps, and in a nested VM that is several microseconds and a host
+// interrupt. So there are two shortcuts, each with its switch:
+//
+//   - inline reads: a read the back-end can serve without waiting (data in
+//     the host's page cache, block.TryReader) is served by the serve
+//     goroutine itself, and completed in the same batch: no worker, no
+//     hand-off either way (Config.NoInlineReads);
+//   - direct completion: a worker that finishes the only request in
+//     flight while the serve goroutine sleeps waiting for a kick returns
+//     it to the used ring and interrupts itself, instead of waking the
+//     serve goroutine to do it (Config.NoDirectCompletion).
+//
+// Ownership. The serve goroutine alone takes chains (Next) and turns
+// notifications on and off. The completion side (pushing used entries,
+// inFlight, the coalescer vic, and the decision to interrupt) belongs to
+// the serve goroutine while it is awake. While it sleeps with nothing to
+// do but wait for a kick, it says so by setting idle under mu, and a
+// worker that completes the last request in flight may then take the
+// completion side for that one request: it does everything under mu. The
+// serve goroutine clears idle under mu before it does anything else when
+// it wakes, so every direct completion happened before it looks at the
+// completion side again, and from then on workers send to done. A pause
+// (the gate) and a reset (stop) therefore see every request either still
+// in flight, and coming through done, or already pushed.
 type server struct {
 	d    *Device
 	q    *virtio.Queue
@@ -29,10 +59,45 @@ type server struct {
 	// driver can republish heads still in flight, so the ring itself
 	// does not bound them; the queue size does here.
 	limit int
+	// direct allows direct completion (not Config.NoDirectCompletion).
+	direct bool
+
+	// The completion side: the serve goroutine's while it is awake, a
+	// completing worker's under mu while idle is set (see above).
+	inFlight int // chains taken and not yet pushed
 	// vic holds completion interrupts back while many requests are in
-	// flight (Config.Coalesce); the serve goroutine owns it.
+	// flight (Config.Coalesce).
 	vic *coalesce.Coalescer
+
+	mu   sync.Mutex
+	idle bool // the serve goroutine sleeps waiting only for a kick
+
+	// The serve goroutine's alone.
+	due      <-chan time.Time // the coalescer's deadline; nil while none waits
+	dueTimer *time.Timer
+	inl      inliner
 }
+
+// inliner is the serve goroutine's state for inline reads.
+type inliner struct {
+	w  *worker         // scratch space for the requests served inline
+	tr block.TryReader // nil: no inline reads
+	// misses counts tries in a row that would have waited; skip is how
+	// many read candidates go to workers untried before the next try, so
+	// that a disk whose data is not cached pays for few failed tries.
+	misses, skip int
+}
+
+// Bounds of inline work, which holds up the ring and the completions of
+// the queue while it runs: at most this many requests and bytes per batch
+// (the rest go to workers, so depth keeps its parallelism), and no single
+// read larger than maxInlineRead.
+const (
+	maxInline      = 16
+	maxInlineBytes = 256 << 10
+	maxInlineRead  = 128 << 10
+	maxInlineSkip  = 63
+)
 
 // request is a chain on its way to a worker, with the time it was taken
 // off the available ring: a request's latency runs from there to its
@@ -56,14 +121,25 @@ func newServer(d *Device, q *virtio.Queue, stop chan struct{}) *server {
 	// the device's maximum that seg_max is derived from).
 	q.AllowChains(int(d.segMax()) + 2)
 	limit := int(q.Config().Size)
-	return &server{
+	s := &server{
 		d: d, q: q, stop: stop,
-		work:  make(chan request, limit),
-		done:  make(chan completion, limit),
-		limit: limit,
-		vic:   coalesce.New(d.cfg.Coalesce),
+		work:   make(chan request, limit),
+		done:   make(chan completion, limit),
+		limit:  limit,
+		direct: !d.cfg.NoDirectCompletion,
+		vic:    coalesce.New(d.cfg.Coalesce),
 	}
+	if tr := d.tryReader; tr != nil && !d.noTry.Load() {
+		s.inl = inliner{w: &worker{d: d, stop: stop}, tr: tr}
+	}
+	return s
 }
+
+// errStopped ends the serve goroutine when the device is reset.
+var errStopped = errors.New("blk: reset")
+
+// ready is a closed channel: a select with it does not wait.
+var ready = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // serve runs until stop is closed or the queue breaks (then the transport
 // has set DEVICE_NEEDS_RESET and waits for the driver to reset). Either
@@ -78,106 +154,174 @@ func (s *server) serve() {
 		}()
 	}
 	defer func() {
+		s.wake() // workers send to done from now on
 		close(s.work)
 		wg.Wait()
+		if s.dueTimer != nil {
+			s.dueTimer.Stop()
+		}
 	}()
 
-	inFlight := 0
-	poll := true // the available ring may hold chains we have not taken
-	// due fires when the oldest completion held back by the coalescer
-	// must be interrupted for; nil while none waits.
-	var due <-chan time.Time
-	var dueTimer *time.Timer
-	defer func() {
-		if dueTimer != nil {
-			dueTimer.Stop()
-		}
-	}()
-	interrupt := func(now time.Time) {
-		// Counted before the guest can see the interrupt, so that what it
-		// reads in Stats afterwards includes it.
-		d := s.vic.Interrupted(now)
-		s.d.stats.coalesced.Add(d.Coalesced)
-		s.d.stats.coalesceDelay.Add(uint64(d.Delay))
-		_ = s.q.Signal() // errors are the transport's to count
-		if due != nil {
-			dueTimer.Stop()
-			due = nil
-		}
-	}
+	take := true   // the available ring may hold chains we have not taken
+	armed := false // notifications are on, and the ring was empty after them
 	for {
-		if poll {
-			var err error
-			if inFlight, poll, err = s.take(inFlight); err != nil {
+		var now <-chan struct{} // set: look at the channels, do not wait
+		if take && s.inFlight < s.limit {
+			armed = false
+			if err := s.take(); err != nil {
 				return
+			}
+			if s.inFlight < s.limit {
+				// Notifications back on, and one more look: a chain
+				// made available just before would otherwise wait for
+				// a kick the driver never sends.
+				more, err := s.q.EnableNotifications()
+				if err != nil {
+					return
+				}
+				if more {
+					now = ready
+				} else {
+					take, armed = false, true
+				}
+			}
+			// At the limit, notifications stay disabled and the next
+			// completion resumes taking.
+		}
+		if now == nil {
+			s.mu.Lock()
+			// A worker may complete directly only while nothing else
+			// needs this goroutine: no chain to take and no interrupt
+			// held back.
+			s.idle = armed && s.due == nil
+			idle := s.idle
+			s.mu.Unlock()
+			if h := idleHook.Load(); idle && h != nil {
+				(*h)()
 			}
 		}
 		select {
+		case <-now:
 		case <-s.stop:
 			return
 		case <-s.gate.Requested():
-			if !s.quiesce(inFlight) {
+			s.wake()
+			if !s.quiesce() {
 				return
 			}
 			d := s.vic.Interrupted(time.Now()) // quiesce interrupted for all
 			s.d.stats.coalesced.Add(d.Coalesced)
 			s.d.stats.coalesceDelay.Add(uint64(d.Delay))
-			if due != nil {
-				dueTimer.Stop()
-				due = nil
-			}
-			inFlight = 0
-			poll = true // take what the driver made available meanwhile
+			s.stopDue()
+			take = true // take what the driver made available meanwhile
 		case <-s.q.Kicks():
+			s.wake()
 			s.d.stats.notifications.Add(1)
-			poll = true
-		case <-due:
-			due = nil
-			interrupt(time.Now())
+			take = true
+		case <-s.due:
+			s.wake()
+			s.due = nil
+			s.interrupt(time.Now())
 		case c := <-s.done:
-			// Push everything that has completed, then interrupt once,
-			// unless the coalescer holds the interrupt back for the
-			// completions that follow.
-			now := time.Now()
-			n := 0
-			for {
-				inFlight--
-				n++
-				if err := s.q.Push(c.head, c.written); err != nil {
-					return
-				}
-				s.d.latency[c.op].Observe(now.Sub(c.taken))
-				var ok bool
-				select {
-				case c, ok = <-s.done:
-				default:
-				}
-				if !ok {
-					break
-				}
-			}
-			switch {
-			case s.vic.Completed(n, inFlight, now):
-				interrupt(now)
-			case due == nil:
-				wait := time.Until(s.vic.Deadline())
-				if dueTimer == nil {
-					dueTimer = time.NewTimer(wait)
-				} else {
-					dueTimer.Reset(wait)
-				}
-				due = dueTimer.C
+			s.wake()
+			one := [1]completion{c}
+			if err := s.complete(one[:]); err != nil {
+				return
 			}
 		}
 	}
 }
 
-// quiesce serves a pause: it takes nothing new, waits for the inFlight
-// requests to complete and returns them to the used ring, then parks
+// idleHook, nil outside tests, runs when the serve goroutine is about to
+// sleep idle (so that a worker may complete directly).
+var idleHook atomic.Pointer[func()]
+
+// wake takes the completion side back from the workers (see server); the
+// serve goroutine calls it when it wakes.
+func (s *server) wake() {
+	s.mu.Lock()
+	s.idle = false
+	s.mu.Unlock()
+}
+
+// interrupt interrupts the driver for every completion pushed so far.
+func (s *server) interrupt(now time.Time) {
+	s.signal(now)
+	s.stopDue()
+}
+
+// signal tells the coalescer the guest is interrupted and interrupts it.
+// Counted before the guest can see the interrupt, so that what it reads
+// in Stats afterwards includes it.
+func (s *server) signal(now time.Time) {
+	d := s.vic.Interrupted(now)
+	s.d.stats.coalesced.Add(d.Coalesced)
+	s.d.stats.coalesceDelay.Add(uint64(d.Delay))
+	_ = s.q.Signal() // errors are the transport's to count
+}
+
+func (s *server) stopDue() {
+	if s.due != nil {
+		s.dueTimer.Stop()
+		s.due = nil
+	}
+}
+
+// complete returns completions to the used ring, cs and every one waiting
+// in done, then interrupts once, unless the coalescer holds the interrupt
+// back for the completions that follow.
+func (s *server) complete(cs []completion) error {
+	now := time.Now()
+	n := 0
+	for _, c := range cs {
+		if err := s.push(c, now); err != nil {
+			return err
+		}
+		n++
+	}
+	for more := true; more; {
+		select {
+		case c := <-s.done:
+			if err := s.push(c, now); err != nil {
+				return err
+			}
+			n++
+		default:
+			more = false
+		}
+	}
+	switch {
+	case n == 0:
+	case s.vic.Completed(n, s.inFlight, now):
+		s.interrupt(now)
+	case s.due == nil:
+		wait := time.Until(s.vic.Deadline())
+		if s.dueTimer == nil {
+			s.dueTimer = time.NewTimer(wait)
+		} else {
+			s.dueTimer.Reset(wait)
+		}
+		s.due = s.dueTimer.C
+	}
+	return nil
+}
+
+// push returns one completion to the used ring.
+func (s *server) push(c completion, now time.Time) error {
+	s.inFlight--
+	if err := s.q.Push(c.head, c.written); err != nil {
+		return err
+	}
+	s.d.latency[c.op].Observe(now.Sub(c.taken))
+	return nil
+}
+
+// quiesce serves a pause: it takes nothing new, waits for the requests
+// in flight to complete and returns them to the used ring, then parks
 // until Resume. It reports false if the device stops (or the queue
 // breaks) instead.
-func (s *server) quiesce(inFlight int) bool {
-	for ; inFlight > 0; inFlight-- {
+func (s *server) quiesce() bool {
+	for ; s.inFlight > 0; s.inFlight-- {
 		select {
 		case <-s.stop:
 			return false
@@ -192,36 +336,97 @@ func (s *server) quiesce(inFlight int) bool {
 	return s.gate.Park(s.stop)
 }
 
-// take hands available chains to the workers until the ring is empty or
-// the in-flight limit is reached. It returns the new in-flight count and
-// whether the ring must be polled again without waiting for a kick (at
-// the limit, notifications stay disabled and the next completion resumes
-// polling).
-func (s *server) take(inFlight int) (int, bool, error) {
+// take hands available chains to the workers, keeping the reads it can
+// serve inline for itself, until the ring is empty or the in-flight limit
+// is reached; then it serves those reads and completes them. It leaves
+// notifications disabled: serve turns them on when the ring stays empty.
+func (s *server) take() error {
 	s.q.DisableNotifications()
-	for {
-		if inFlight >= s.limit {
-			return inFlight, true, nil
-		}
+	var batch [maxInline]request
+	inline := batch[:0]
+	budget := int64(maxInlineBytes)
+	for s.inFlight < s.limit {
 		c, err := s.q.Next()
 		if err != nil {
-			return inFlight, false, err
+			return err
 		}
 		if c == nil {
-			more, err := s.q.EnableNotifications()
-			if err != nil {
-				return inFlight, false, err
+			break
+		}
+		r := request{c, time.Now()}
+		s.inFlight++
+		s.d.stats.noteInFlight(s.inFlight)
+		if len(inline) < maxInline {
+			if n, ok := s.inlineCandidate(c); ok && n <= budget {
+				budget -= n
+				inline = append(inline, r)
+				continue
 			}
-			if !more {
-				return inFlight, false, nil
-			}
-			s.q.DisableNotifications()
+		}
+		s.work <- r
+	}
+	if len(inline) == 0 {
+		return nil
+	}
+	return s.serveInline(inline)
+}
+
+// inlineCandidate reports whether c looks like a read to try inline, and
+// its size. It only looks: tryRead checks the request for real.
+func (s *server) inlineCandidate(c *virtio.Chain) (int64, bool) {
+	if s.inl.tr == nil {
+		return 0, false
+	}
+	n := c.Writable.Len() - 1
+	if n <= 0 || n > maxInlineRead {
+		return 0, false
+	}
+	var typ [4]byte
+	if k, _ := c.Readable.ReadAt(typ[:], 0); k < len(typ) || typ != [4]byte{TypeIn} {
+		return 0, false
+	}
+	if s.inl.skip > 0 {
+		s.inl.skip--
+		return 0, false
+	}
+	return n, true
+}
+
+// serveInline tries each read of rs on the back-end without waiting, and
+// completes those served; the others go to the workers. A reset between
+// two abandons the rest, as workers abandon queued requests.
+func (s *server) serveInline(rs []request) error {
+	var done [maxInline]completion
+	n := 0
+	for _, r := range rs {
+		select {
+		case <-s.stop:
+			return errStopped
+		default:
+		}
+		if s.inl.tr == nil { // an earlier try of this batch said never
+			s.work <- r
 			continue
 		}
-		s.work <- request{c, time.Now()}
-		inFlight++
-		s.d.stats.noteInFlight(inFlight)
+		written, res := s.inl.w.tryRead(r.c, s.inl.tr)
+		switch res {
+		case tryServed:
+			done[n] = completion{r.c.Head, written, opRead, r.taken}
+			n++
+			s.inl.misses, s.inl.skip = 0, 0
+			continue
+		case tryMissed:
+			s.d.stats.inlineMisses.Add(1)
+			s.inl.misses++
+			s.inl.skip = min(1<<min(s.inl.misses, 6)-1, maxInlineSkip)
+		case tryUnsupported:
+			// For good: the back-end cannot serve reads this way.
+			s.d.noTry.Store(true)
+			s.inl.tr = nil
+		}
+		s.work <- r
 	}
+	return s.complete(done[:n])
 }
 
 func (s *server) worker() {
@@ -236,6 +441,43 @@ func (s *server) worker() {
 		}
 		w.op = opOther
 		n := w.handle(r.c)
-		s.done <- completion{r.c.Head, n, w.op, r.taken}
+		c := completion{r.c.Head, n, w.op, r.taken}
+		if s.direct && s.completeDirect(c) {
+			continue
+		}
+		s.done <- c
 	}
+}
+
+// completeDirect returns c to the used ring and interrupts the driver from
+// the worker, as the serve goroutine would have, when that goroutine is
+// idle and c is the only request in flight: there is nothing to batch c
+// with, and waking the serve goroutine just to push it would put a thread
+// wake-up into the request's latency. It reports false, having done
+// nothing, otherwise. All of it happens under mu (see server).
+func (s *server) completeDirect(c completion) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.idle || s.inFlight != 1 {
+		return false
+	}
+	select {
+	case <-s.stop:
+		return false
+	default:
+	}
+	s.inFlight = 0
+	now := time.Now()
+	if err := s.q.Push(c.head, c.written); err != nil {
+		// The queue is broken; the transport has asked the driver to
+		// reset, and the serve goroutine learns it at its next Next.
+		return true
+	}
+	s.d.latency[c.op].Observe(now.Sub(c.taken))
+	s.d.stats.directCompletions.Add(1)
+	// Nothing is left in flight, so every coalescing policy interrupts
+	// at once (and none was held back: idle says due is nil).
+	s.vic.Completed(1, 0, now)
+	s.signal(now)
+	return true
 }

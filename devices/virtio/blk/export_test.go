@@ -1,0 +1,10 @@
+package blk
+
+import "testing"
+
+// SetIdleHook makes f run whenever a queue's goroutine is about to sleep
+// in a state where a worker may complete directly, for t's duration.
+func SetIdleHook(t testing.TB, f func()) {
+	idleHook.Store(&f)
+	t.Cleanup(func() { idleHook.Store(nil) })
+}
