@@ -31,6 +31,7 @@ import (
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // Feature bits (spec 5.2.3).
@@ -163,6 +164,10 @@ type Config struct {
 	// NoDiscard and NoWriteZeroes withhold the features even when the
 	// back-end could serve them.
 	NoDiscard, NoWriteZeroes bool
+	// Poll is how long each queue's goroutine keeps polling the
+	// available ring after a batch, with the driver's notifications
+	// disabled, before it sleeps (default off; see package ringpoll).
+	Poll ringpoll.Config
 	// NoInlineReads sends every read to a worker, even one the back-end
 	// could serve at once from a cache (block.TryReader), which the
 	// queue's goroutine otherwise serves itself. NoDirectCompletion makes
@@ -245,6 +250,9 @@ func New(be block.Backend, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("%w: %d workers", ErrConfig, cfg.Workers)
 	}
 	if err := cfg.Coalesce.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := cfg.Poll.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	// For A/B measurements of the shortcuts (docs/disks.md, "Fast path").
@@ -531,6 +539,11 @@ type Stats struct {
 	// DirectCompletions is the number of requests a worker returned to
 	// the used ring itself, the queue's goroutine being asleep.
 	DirectCompletions uint64
+	// Polls is the number of times a queue's goroutine polled the
+	// available ring after a batch (Config.Poll), PolledChains the
+	// chains those polls found, and PollTime the time they took.
+	Polls, PolledChains uint64
+	PollTime            time.Duration
 }
 
 type counters struct {
@@ -541,6 +554,7 @@ type counters struct {
 	notifications, interrupts, badChains, maxInFlight            atomic.Uint64
 	coalesced, coalesceDelay                                     atomic.Uint64
 	inlineReads, inlineMisses, directCompletions                 atomic.Uint64
+	polls, polledChains, pollTime                                atomic.Uint64
 }
 
 // Stats returns the device's counters.
@@ -557,6 +571,8 @@ func (d *Device) Stats() Stats {
 		Coalesced: c.coalesced.Load(), CoalesceDelay: time.Duration(c.coalesceDelay.Load()),
 		InlineReads: c.inlineReads.Load(), InlineMisses: c.inlineMisses.Load(),
 		DirectCompletions: c.directCompletions.Load(),
+		Polls:             c.polls.Load(), PolledChains: c.polledChains.Load(),
+		PollTime: time.Duration(c.pollTime.Load()),
 	}
 	d.mu.Lock()
 	if d.run != nil {

@@ -8,3 +8,10 @@ func SetIdleHook(t testing.TB, f func()) {
 	idleHook.Store(&f)
 	t.Cleanup(func() { idleHook.Store(nil) })
 }
+
+// SetPollHook makes f run whenever a queue's goroutine starts to poll the
+// available ring, for t's duration.
+func SetPollHook(t testing.TB, f func()) {
+	pollHook.Store(&f)
+	t.Cleanup(func() { pollHook.Store(nil) })
+}

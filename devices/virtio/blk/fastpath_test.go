@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/viovmm/vio/block/blocktest"
 	"github.com/viovmm/vio/block/raw"
 	"github.com/viovmm/vio/devices/virtio/blk"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // tryDisk is a back-end that can serve reads without waiting (from its
@@ -423,5 +425,90 @@ func TestDirectCompletion(t *testing.T) {
 				t.Fatalf("direct completions %d, want 2", s.DirectCompletions)
 			}
 		})
+	}
+}
+
+// With polling on, a request the driver makes available after a batch is
+// found without a notification (the driver sees notifications disabled
+// and does not kick), and a pause or a reset ends a poll.
+func TestPoll(t *testing.T) {
+	noEnv(t)
+	polling := make(chan struct{})
+	proceed := make(chan struct{})
+	var once sync.Once
+	blk.SetPollHook(t, func() {
+		// Only the first poll waits for the test.
+		once.Do(func() {
+			polling <- struct{}{}
+			<-proceed
+		})
+	})
+	cfg := blk.Config{Poll: ringpoll.Config{Mode: ringpoll.Fixed, Window: ringpoll.MaxWindow}}
+	m := newMachine(t, blocktest.NewMem(1<<20), cfg)
+	m.start(t, 0, false)
+	receive(t, polling, "poll after DRIVER_OK")
+	q := m.queues[0]
+	if _, err := q.Add([][]byte{header(blk.TypeIn, 0)}, []uint32{512, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if q.NeedsKick() {
+		t.Fatal("the driver is asked to kick while the device polls")
+	}
+	close(proceed)
+	if u := m.collect(t, 0, 1)[0]; status(t, u, 513) != blk.StatusOK {
+		t.Fatal("read failed")
+	}
+	s := m.dev.Stats()
+	if s.PolledChains != 1 || s.Polls == 0 || s.PollTime <= 0 || s.Notifications != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	// A pause and a reset end the poll the device is in now.
+	if err := m.dev.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m.dev.Resume()
+	if _, st := m.read(t, 1, 512); st != blk.StatusOK {
+		t.Fatal("read after resume failed")
+	}
+	if err := m.guest.Reset(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A bad poll policy is refused.
+func TestPollConfig(t *testing.T) {
+	if _, err := blk.New(blocktest.NewMem(4096), blk.Config{Poll: ringpoll.Config{Mode: ringpoll.Fixed}}); !errors.Is(err, blk.ErrConfig) {
+		t.Fatalf("New with a fixed poll of no time: %v", err)
+	}
+}
+
+// While polling is on, a worker never completes directly: the queue's
+// goroutine takes the completion and polls after it, which is what lets
+// the driver's next request in without a kick.
+func TestPollNoDirectCompletion(t *testing.T) {
+	noEnv(t)
+	be := &held{Backend: noZero{blocktest.NewMem(1 << 20)}, entered: make(chan struct{}, 4), release: make(chan struct{})}
+	cfg := blk.Config{Poll: ringpoll.Config{Mode: ringpoll.Fixed, Window: time.Microsecond}}
+	m := newMachine(t, be, cfg)
+	m.start(t, 0, true)
+	for i := range 3 {
+		m.submit(t, 0, [][]byte{header(blk.TypeIn, uint64(i))}, []uint32{512, 1}, false)
+		receive(t, be.entered, "read on the back-end")
+		polls := m.dev.Stats().Polls
+		be.release <- struct{}{}
+		if u := m.collect(t, 0, 1)[0]; status(t, u, 513) != blk.StatusOK {
+			t.Fatal("read failed")
+		}
+		if s := m.dev.Stats(); s.DirectCompletions != 0 {
+			t.Fatalf("with polling on: %d direct completions", s.DirectCompletions)
+		}
+		// The poll after the completion starts once its interrupt is
+		// sent, so it may still be on its way.
+		for deadline := time.Now().Add(wait); m.dev.Stats().Polls <= polls; runtime.Gosched() {
+			if time.Now().After(deadline) {
+				t.Fatalf("no poll after a completion (%d polls)", polls)
+			}
+		}
 	}
 }

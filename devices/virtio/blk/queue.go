@@ -2,6 +2,7 @@ package blk
 
 import (
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // server serves one request queue: its goroutine (serve) takes chains off
@@ -24,7 +26,7 @@ import (
 //
 // Every hand-off between goroutines costs a thread wake-up when the other
 // side sleeps, and in a nested VM that is several microseconds and a host
-// interrupt. So there are two shortcuts, each with its switch:
+// interrupt. So there are three shortcuts, each with its switch:
 //
 //   - inline reads: a read the back-end can serve without waiting (data in
 //     the host's page cache, block.TryReader) is served by the serve
@@ -33,7 +35,11 @@ import (
 //   - direct completion: a worker that finishes the only request in
 //     flight while the serve goroutine sleeps waiting for a kick returns
 //     it to the used ring and interrupts itself, instead of waking the
-//     serve goroutine to do it (Config.NoDirectCompletion).
+//     serve goroutine to do it (Config.NoDirectCompletion);
+//   - polling: after a batch the serve goroutine keeps looking at the
+//     available ring for a while with notifications disabled, so a guest
+//     that answers a completion with a new request neither exits to kick
+//     nor waits for a wake-up (Config.Poll).
 //
 // Ownership. The serve goroutine alone takes chains (Next) and turns
 // notifications on and off. The completion side (pushing used entries,
@@ -71,11 +77,17 @@ type server struct {
 
 	mu   sync.Mutex
 	idle bool // the serve goroutine sleeps waiting only for a kick
+	// directAt is when a worker last completed a request directly: the
+	// poll policy measures the guest's answer from there.
+	directAt time.Time
 
 	// The serve goroutine's alone.
 	due      <-chan time.Time // the coalescer's deadline; nil while none waits
 	dueTimer *time.Timer
+	poll     *ringpoll.Window
 	inl      inliner
+	batchEnd time.Time // when the ring was last found empty after a batch
+	polled   bool      // the next take follows a poll that found chains
 }
 
 // inliner is the serve goroutine's state for inline reads.
@@ -128,6 +140,7 @@ func newServer(d *Device, q *virtio.Queue, stop chan struct{}) *server {
 		limit:  limit,
 		direct: !d.cfg.NoDirectCompletion,
 		vic:    coalesce.New(d.cfg.Coalesce),
+		poll:   ringpoll.New(d.cfg.Poll),
 	}
 	if tr := d.tryReader; tr != nil && !d.noTry.Load() {
 		s.inl = inliner{w: &worker{d: d, stop: stop}, tr: tr}
@@ -172,16 +185,18 @@ func (s *server) serve() {
 				return
 			}
 			if s.inFlight < s.limit {
-				// Notifications back on, and one more look: a chain
-				// made available just before would otherwise wait for
-				// a kick the driver never sends.
-				more, err := s.q.EnableNotifications()
+				st, err := s.idleRing()
 				if err != nil {
 					return
 				}
-				if more {
+				switch st {
+				case ringMore, ringEvent:
+					// Chains to take, or a stop or pause to serve: in
+					// both cases notifications are off, so this goroutine
+					// must not wait for a kick (a pause may even have
+					// been called off by now).
 					now = ready
-				} else {
+				case ringEmpty:
 					take, armed = false, true
 				}
 			}
@@ -191,9 +206,11 @@ func (s *server) serve() {
 		if now == nil {
 			s.mu.Lock()
 			// A worker may complete directly only while nothing else
-			// needs this goroutine: no chain to take and no interrupt
-			// held back.
-			s.idle = armed && s.due == nil
+			// needs this goroutine: no chain to take, no interrupt held
+			// back, and no poll to run after the completion (a poll sees
+			// the guest's answer to it without a kick; a direct
+			// completion leaves the guest to kick).
+			s.idle = armed && s.due == nil && s.poll.Next() == 0
 			idle := s.idle
 			s.mu.Unlock()
 			if h := idleHook.Load(); idle && h != nil {
@@ -215,8 +232,14 @@ func (s *server) serve() {
 			s.stopDue()
 			take = true // take what the driver made available meanwhile
 		case <-s.q.Kicks():
-			s.wake()
+			directAt := s.wake()
 			s.d.stats.notifications.Add(1)
+			if armed {
+				// New work came after the device gave up polling: tell
+				// the policy how long after the last batch (or the last
+				// completion a worker pushed) the guest answered.
+				s.poll.Woke(time.Since(later(s.batchEnd, directAt)))
+			}
 			take = true
 		case <-s.due:
 			s.wake()
@@ -228,20 +251,113 @@ func (s *server) serve() {
 			if err := s.complete(one[:]); err != nil {
 				return
 			}
+			// A batch of completions, which the guest may answer with new
+			// requests: a poll would see them without a kick.
+			s.batchEnd = time.Now()
+			take = take || s.poll.Next() > 0
 		}
 	}
 }
 
-// idleHook, nil outside tests, runs when the serve goroutine is about to
-// sleep idle (so that a worker may complete directly).
-var idleHook atomic.Pointer[func()]
+// Test hooks, nil outside tests: idleHook runs when the serve goroutine is
+// about to sleep idle (so that a worker may complete directly), pollHook
+// when it starts a poll of the ring.
+var idleHook, pollHook atomic.Pointer[func()]
 
 // wake takes the completion side back from the workers (see server); the
-// serve goroutine calls it when it wakes.
-func (s *server) wake() {
+// serve goroutine calls it when it wakes. It returns when a worker last
+// completed a request directly.
+func (s *server) wake() time.Time {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.idle = false
-	s.mu.Unlock()
+	return s.directAt
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// ringState is what idleRing found.
+type ringState int
+
+const (
+	ringEmpty ringState = iota // notifications are on, nothing to take
+	ringMore                   // chains to take (notifications off)
+	ringEvent                  // a stop or pause to serve (notifications off)
+)
+
+// idleRing runs when a batch has left the ring empty, notifications
+// disabled: it polls the ring for as long as the policy says, then turns
+// notifications on and looks once more, since a chain made available just
+// before that would otherwise wait for a kick the driver never sends.
+func (s *server) idleRing() (ringState, error) {
+	s.batchEnd = time.Now()
+	if w := s.poll.Next(); w > 0 {
+		st, err := s.pollRing(w)
+		if err != nil || st != ringEmpty {
+			return st, err
+		}
+	}
+	more, err := s.q.EnableNotifications()
+	if err != nil {
+		return 0, err
+	}
+	if more {
+		return ringMore, nil
+	}
+	return ringEmpty, nil
+}
+
+// pollRing looks at the available ring until it has chains or w has
+// passed, with notifications still disabled. Meanwhile it does the rest of
+// the serve goroutine's work, without waiting for any of it: completions
+// are pushed as they come (and the window starts again after each batch,
+// since the guest may answer it), held interrupts are sent when due. A
+// stop or pause ends the poll. Between looks it yields, so that on a
+// small host the poll never keeps a worker or another queue from running.
+func (s *server) pollRing(w time.Duration) (ringState, error) {
+	start := time.Now()
+	deadline := start.Add(w)
+	s.d.stats.polls.Add(1)
+	defer func() { s.d.stats.pollTime.Add(uint64(time.Since(start))) }()
+	pause := s.gate.Requested()
+	if h := pollHook.Load(); h != nil {
+		(*h)()
+	}
+	for {
+		if s.q.HasAvailable() {
+			s.polled = true
+			return ringMore, nil
+		}
+		select {
+		case <-s.stop:
+			return ringEvent, nil
+		case <-pause:
+			return ringEvent, nil
+		case c := <-s.done:
+			one := [1]completion{c}
+			if err := s.complete(one[:]); err != nil {
+				return 0, err
+			}
+			deadline = time.Now().Add(w) // a poll after this batch
+			s.d.stats.polls.Add(1)
+		case <-s.due:
+			s.due = nil
+			s.interrupt(time.Now())
+		case <-s.q.Kicks():
+			// Sent before notifications were disabled.
+			s.d.stats.notifications.Add(1)
+		default:
+		}
+		if !time.Now().Before(deadline) {
+			return ringEmpty, nil
+		}
+		runtime.Gosched()
+	}
 }
 
 // interrupt interrupts the driver for every completion pushed so far.
@@ -339,12 +455,14 @@ func (s *server) quiesce() bool {
 // take hands available chains to the workers, keeping the reads it can
 // serve inline for itself, until the ring is empty or the in-flight limit
 // is reached; then it serves those reads and completes them. It leaves
-// notifications disabled: serve turns them on when the ring stays empty.
+// notifications disabled: idleRing turns them on when the ring stays
+// empty.
 func (s *server) take() error {
 	s.q.DisableNotifications()
 	var batch [maxInline]request
 	inline := batch[:0]
 	budget := int64(maxInlineBytes)
+	taken := 0
 	for s.inFlight < s.limit {
 		c, err := s.q.Next()
 		if err != nil {
@@ -354,6 +472,7 @@ func (s *server) take() error {
 			break
 		}
 		r := request{c, time.Now()}
+		taken++
 		s.inFlight++
 		s.d.stats.noteInFlight(s.inFlight)
 		if len(inline) < maxInline {
@@ -364,6 +483,10 @@ func (s *server) take() error {
 			}
 		}
 		s.work <- r
+	}
+	if s.polled {
+		s.d.stats.polledChains.Add(uint64(taken))
+		s.polled = false
 	}
 	if len(inline) == 0 {
 		return nil
@@ -468,6 +591,7 @@ func (s *server) completeDirect(c completion) bool {
 	}
 	s.inFlight = 0
 	now := time.Now()
+	s.directAt = now
 	if err := s.q.Push(c.head, c.written); err != nil {
 		// The queue is broken; the transport has asked the driver to
 		// reset, and the serve goroutine learns it at its next Next.
