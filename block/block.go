@@ -101,6 +101,37 @@ type VectorWriterAt interface {
 	WritevAt(bufs [][]byte, off int64) (int, error)
 }
 
+// TryReader is implemented by back-ends that can sometimes serve a read
+// at once, without waiting for storage: a file whose data is in the host's
+// page cache. A front-end's queue goroutine, which must never wait for a
+// disk, serves such reads itself instead of handing them to a worker (one
+// thread wake-up less per request), and hands the others on.
+//
+// TryReadvAt is ReadvAt with one more way out: when serving the read would
+// wait (for storage, or for a lock a slow operation holds) it returns an
+// error matching ErrWouldBlock, and the caller reads the range again with
+// ReadvAt. It may return ErrWouldBlock for any read it prefers not to
+// serve this way (one that runs past Size, say), and it may have filled
+// part of bufs when it does. It returns an error matching
+// errors.ErrUnsupported when it can never serve a read this way (a file
+// opened with O_DIRECT, a file system without non-blocking reads): callers
+// stop trying. Any other error is the read's; a caller may still retry it
+// with ReadvAt. TryReadvAt never sleeps and never waits for I/O; it takes
+// the time its copy takes.
+//
+// An interposer implements TryReader only when it can pass the try on
+// honestly: serving the read through it must need nothing that the try
+// skips. A throttle, which has to count the read and may have to hold it
+// back, does not; filter's views report ErrUnsupported for an interposer
+// that does not implement it.
+type TryReader interface {
+	TryReadvAt(bufs [][]byte, off int64) (int, error)
+}
+
+// ErrWouldBlock is returned by TryReadvAt for a read it did not serve
+// because serving it would wait: read it with ReadvAt.
+var ErrWouldBlock = errors.New("block: the read would wait for storage")
+
 // Drainer is implemented by back-ends that can hold a request back before
 // serving it (a throttle) and by interposers above them, which forward it.
 // Drain(true) fails every request that is waiting, and every later one that

@@ -17,6 +17,7 @@ import (
 
 	"github.com/viovmm/vio/block/graph"
 	"github.com/viovmm/vio/irq/coalesce"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // VM is a whole virtual machine.
@@ -133,6 +134,11 @@ type Disk struct {
 	// off (default), adaptive, or completions per interrupt, each with
 	// an optional ":DELAY" bound (irq/coalesce). A vio extension.
 	Coalesce string `json:"coalesce,omitempty"`
+	// Poll is how long each queue of a virtio disk polls its available
+	// ring after a batch before it sleeps: off (default), adaptive
+	// (optionally ":MAX"), or a time in microseconds (virtio/ringpoll).
+	// A vio extension.
+	Poll string `json:"poll,omitempty"`
 
 	// VhostUser makes the disk a virtio-blk device whose requests the
 	// vhost-user back-end listening at VhostSocket serves (vio as the
@@ -191,9 +197,9 @@ func (d *Disk) validateVhostUser(i int, sharedRAM bool) error {
 		return fmt.Errorf("disk %d: a vhost-user disk is the back-end's image: drop path= (give it to the back-end)", i)
 	case d.Iface != "" && d.Iface != DiskVirtio:
 		return fmt.Errorf("disk %d: a vhost-user disk is virtio-blk: drop iface=%s", i, d.Iface)
-	case d.Readonly || d.Direct || d.Cache != "" || d.Serial != "" || d.ImageType != "" || d.Coalesce != "" ||
+	case d.Readonly || d.Direct || d.Cache != "" || d.Serial != "" || d.ImageType != "" || d.Coalesce != "" || d.Poll != "" ||
 		d.RateLimiterConfig != nil || d.RateLimitGroup != "" || d.AllowBacking || d.IOMMU:
-		return fmt.Errorf("disk %d: readonly, direct, cache, serial, format, coalesce, rate limits and iommu of a vhost-user disk are the back-end's: set them there (only socket, num_queues, queue_size and id apply here)", i)
+		return fmt.Errorf("disk %d: readonly, direct, cache, serial, format, coalesce, poll, rate limits and iommu of a vhost-user disk are the back-end's: set them there (only socket, num_queues, queue_size and id apply here)", i)
 	}
 	if d.QueueSize != 0 && (d.QueueSize&(d.QueueSize-1) != 0 || d.QueueSize > 32768) {
 		return fmt.Errorf("disk %d: queue_size=%d: give a power of two up to 32768", i, d.QueueSize)
@@ -551,6 +557,9 @@ func (c *VM) Validate() error {
 			if _, err := coalesce.Parse(d.Coalesce); err != nil {
 				return fmt.Errorf("disk %d: %w", i, err)
 			}
+			if _, err := ringpoll.Parse(d.Poll); err != nil {
+				return fmt.Errorf("disk %d: poll=%s: %w", i, d.Poll, err)
+			}
 			if err := d.validateVFs(i); err != nil {
 				return err
 			}
@@ -567,6 +576,9 @@ func (c *VM) Validate() error {
 			}
 			if d.Coalesce != "" && d.Coalesce != "off" {
 				return fmt.Errorf("disk %d: interrupt coalescing is for virtio disks: drop coalesce=%s, or use iface=virtio", i, d.Coalesce)
+			}
+			if d.Poll != "" && d.Poll != "off" {
+				return fmt.Errorf("disk %d: ring polling is for virtio disks: drop poll=%s, or use iface=virtio", i, d.Poll)
 			}
 		default:
 			return fmt.Errorf("disk %d: iface %q: want virtio, ide or cdrom", i, d.Iface)

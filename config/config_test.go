@@ -41,6 +41,12 @@ func TestParseDiskAndNet(t *testing.T) {
 			t.Errorf("ParseDisk(%q) accepted", bad)
 		}
 	}
+	if d, err := ParseDisk("path=a.img,poll=adaptive:100us"); err != nil || d.Poll != "adaptive:100us" {
+		t.Fatalf("ParseDisk poll: %+v %v", d, err)
+	}
+	if _, err := ParseDisk("path=a.img,poll=fast"); err == nil || !strings.Contains(err.Error(), "poll=fast") {
+		t.Errorf("ParseDisk(poll=fast): %v", err)
+	}
 	if d, err := ParseDisk("iface=cdrom"); err != nil || d.Iface != DiskCDROM || !d.Readonly || d.Path != "" {
 		t.Fatalf("ParseDisk empty cdrom: %+v %v", d, err)
 	}
@@ -92,6 +98,12 @@ func TestValidateMessages(t *testing.T) {
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", Iface: "scsi"}} }, "want virtio, ide or cdrom"},
 		{func(c *VM) { c.Disks = []Disk{{Iface: DiskIDE}} }, "has no path"},
 		{func(c *VM) { c.Disks = []Disk{{Path: "x", Iface: DiskIDE, NumQueues: 2}} }, "no queues"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", Iface: DiskIDE, Poll: "50"}} }, "ring polling is for virtio disks"},
+		{func(c *VM) { c.Disks = []Disk{{Path: "x", Poll: "5000"}} }, "disk 0: poll=5000"},
+		{func(c *VM) {
+			c.Memory.Shared = true
+			c.Disks = []Disk{{VhostUser: true, VhostSocket: "/s", Poll: "adaptive"}}
+		}, "poll, rate limits"},
 		{func(c *VM) {
 			c.Disks = make([]Disk, 5)
 			for i := range c.Disks {

@@ -100,7 +100,7 @@ func parseThrottle(v string) (*graph.RateLimiterConfig, error) {
 			n, err = ParseSize(val)
 		}
 		if err != nil || n <= 0 {
-			return nil, bad(fmt.Sprintf("%s:%s is not a positive number", k, val))
+			return nil, bad(fmt.Sprintf("%q is not a positive number", part))
 		}
 		switch k {
 		case "bw":

@@ -33,7 +33,7 @@ func TestParseDiskThrottle(t *testing.T) {
 	}
 	for spec, want := range map[string]string{
 		"path=a,throttle=bw":                `"bw" is not key:value`,
-		"path=a,throttle=bw:fast":           "bw:fast is not a positive number",
+		"path=a,throttle=bw:fast":           `"bw:fast" is not a positive number`,
 		"path=a,throttle=iops:5":            `unknown key "iops"`,
 		"path=a,throttle=ops:5+bw_burst:1M": "bw_burst needs a bw rate",
 		"path=a,bw_size=-1":                 "bw_size",

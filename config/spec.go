@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/viovmm/vio/irq/coalesce"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // The command line describes devices as comma-separated key=value lists,
@@ -101,7 +102,7 @@ func ParseMemory(spec string) (Memory, error) {
 }
 
 // ParseDisk parses path=FILE[,iface=virtio|ide|cdrom][,format=raw|qcow2][,backing=allow][,readonly=on][,cache=MODE][,serial=S][,num_queues=N][,queue_size=N][,id=ID]
-// [,coalesce=off|adaptive|N[:DELAY]][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
+// [,coalesce=off|adaptive|N[:DELAY]][,poll=off|adaptive[:MAX]|MICROSECONDS][,throttle=bw:RATE+ops:RATE][,rate_limit_group=G][,bw_size=N,bw_refill_time=MS,...] (Cloud Hypervisor's rate limiter keys)
 // [,journal=LOG][,undo=on] (a journal node over the image, docs/journal.md).
 // or vhost_user=on,socket=PATH[,num_queues=N][,queue_size=N][,id=ID] (a disk a vhost-user back-end serves; docs/vhost-user.md).
 // [,vfs=IMG+IMG...] (SR-IOV virtual functions, each a virtio disk on its image; docs/sriov.md).
@@ -149,6 +150,11 @@ func ParseDisk(spec string) (Disk, error) {
 				err = fmt.Errorf("--disk: coalesce=%s: %w", v, err)
 			}
 			d.Coalesce = v
+		case "poll":
+			if _, err = ringpoll.Parse(v); err != nil {
+				err = fmt.Errorf("--disk: poll=%s: %w", v, err)
+			}
+			d.Poll = v
 		case "format":
 			if d.ImageType, err = ParseImageType(v); err != nil {
 				err = fmt.Errorf("--disk: %w", err)
@@ -181,7 +187,7 @@ func ParseDisk(spec string) (Disk, error) {
 			}
 			d.AllowBacking = true
 		default:
-			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, vfs, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard, vhost_user, socket)", spec, k)
+			err = fmt.Errorf("--disk %q: unknown key %q (want path, iface, format, backing, readonly, cache, serial, num_queues, queue_size, id, coalesce, poll, vfs, throttle, rate_limit_group, bw_*/ops_* size, one_time_burst, refill_time, journal, undo, encrypt, key_file, key_fd, key_env, encrypt_discard, vhost_user, socket)", spec, k)
 		}
 		if err != nil {
 			return d, err

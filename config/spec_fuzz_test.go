@@ -59,6 +59,7 @@ func FuzzSpecs(f *testing.F) {
 	for _, s := range []string{
 		"path=a.img,iface=virtio,format=qcow2,readonly=on,cache=none,serial=S1,num_queues=2,queue_size=128,id=d0",
 		"path=a,coalesce=adaptive,throttle=bw:10M+ops:100,journal=/j,undo=on",
+		"path=a,poll=adaptive:100us", "path=a,poll=50",
 		"iface=cdrom", "path=a,encrypt=on,key_file=/k", "path=,iface=ide,x=1,y", "path=a,path=b",
 		"tap=tap0,mac=52:54:00:12:34:56,model=e1000", "user=on,net=10.0.2.0/24,hostfwd=tcp::2222-:22+udp::53-:53", "user=on,dns_upstream=[::1]:5353",
 		"socket=/a+/b,bond=active-backup", "soc\u212aet=/s", "F\u0130LE=/f", "mac=01:00:00:00:00:00", "1G", "size=512M,shared=on", "size=2Gi",

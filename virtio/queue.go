@@ -308,6 +308,21 @@ func (q *Queue) nextLocked() (c *Chain, returnedBad bool, err error) {
 	}
 }
 
+// HasAvailable reports whether Next has something to return: a chain the
+// driver made available (or one to resubmit), or an error. It takes
+// nothing and writes nothing, so a device polling the ring with
+// notifications disabled calls it as often as it likes and calls Next
+// only when it says so.
+func (q *Queue) HasAvailable() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.broken != nil || len(q.resubmit) > 0 {
+		return true
+	}
+	idx, err := q.mem.LoadUint16(q.cfg.AvailRing + 2)
+	return err != nil || idx != q.nextAvail
+}
+
 // AllowChains lets walk accept chains of up to n buffer descriptors
 // (through an indirect table: the ring itself holds only the queue's
 // size), when n is above the queue's size. A device whose configuration

@@ -541,3 +541,34 @@ func serve(q *virtio.Queue, stop chan struct{}) error {
 		}
 	}
 }
+
+// HasAvailable says whether Next has a chain (or an error) to return, and
+// takes nothing itself.
+func TestHasAvailable(t *testing.T) {
+	d, q := setup(t, 8, 0)
+	if q.HasAvailable() {
+		t.Fatal("an empty ring has chains available")
+	}
+	if _, err := d.Add([][]byte{[]byte("x")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if !q.HasAvailable() {
+			t.Fatal("a published chain is not available")
+		}
+	}
+	next(t, q)
+	if q.HasAvailable() {
+		t.Fatal("a taken chain is still available")
+	}
+	d.SetAvailIdx(100) // far ahead: Next breaks the queue, so there is news
+	if !q.HasAvailable() {
+		t.Fatal("a ring Next would report broken has nothing available")
+	}
+	if _, err := q.Next(); !errors.Is(err, virtio.ErrQueueBroken) {
+		t.Fatalf("Next: %v", err)
+	}
+	if !q.HasAvailable() {
+		t.Fatal("a broken queue has nothing to say")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/viovmm/vio/devices/virtio/blk"
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // OpenServedDisk opens a disk outside a VM, exactly as a VM opens its
@@ -32,6 +33,10 @@ func OpenServedDisk(d *config.Disk, queues int, warn func(string)) (block.Backen
 		return nil, blk.Config{}, err
 	}
 	vic, err := coalesce.Parse(d.Coalesce)
+	if err != nil {
+		return nil, blk.Config{}, err
+	}
+	poll, err := ringpoll.Parse(d.Poll)
 	if err != nil {
 		return nil, blk.Config{}, err
 	}
@@ -58,6 +63,7 @@ func OpenServedDisk(d *config.Disk, queues int, warn func(string)) (block.Backen
 	}
 	return top, blk.Config{
 		Coalesce:     vic,
+		Poll:         poll,
 		Serial:       d.Serial,
 		ReadOnly:     d.Readonly,
 		NumQueues:    queues,

@@ -22,6 +22,7 @@ import (
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/pci"
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/ringpoll"
 	"github.com/viovmm/vio/virtio/virtiopci"
 )
 
@@ -273,8 +274,13 @@ func (v *VM) newDisk(d *config.Disk) (virtio.Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	poll, err := ringpoll.Parse(d.Poll)
+	if err != nil {
+		return nil, err
+	}
 	return blk.New(be, blk.Config{
 		Coalesce:       vic,
+		Poll:           poll,
 		Serial:         d.Serial,
 		ReadOnly:       d.Readonly,
 		NumQueues:      queues,

@@ -41,6 +41,7 @@ var checks = []check{
 	{"ReadPastEnd", checkReadPastEnd},
 	{"WritePastEnd", checkWritePastEnd},
 	{"Vectored", checkVectored},
+	{"TryRead", checkTryRead},
 	{"Flush", checkFlush},
 	{"Discard", checkDiscard},
 	{"WriteZeroes", checkWriteZeroes},
@@ -251,6 +252,43 @@ func checkVectored(b block.Backend, size int64, rng *rand.Rand) error {
 	got := [][]byte{make([]byte, 300), make([]byte, 300)}
 	if m, err := block.ReadvAt(b, got, size-400); m != 400 || !errors.Is(err, io.EOF) {
 		return fmt.Errorf("ReadvAt straddling the end = %d, %v; want 400, io.EOF", m, err)
+	}
+	return compare(b, model)
+}
+
+// checkTryRead checks a block.TryReader: a try that succeeds returns
+// exactly what ReadvAt would; one that does not says ErrWouldBlock or
+// ErrUnsupported (or fails), and a try running past the end never
+// succeeds. Back-ends without the capability pass.
+func checkTryRead(b block.Backend, size int64, rng *rand.Rand) error {
+	tr, ok := b.(block.TryReader)
+	if !ok {
+		return nil
+	}
+	model, err := writeAll(b, size, rng)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < 50; i++ {
+		off, n := randomExtent(rng, size)
+		got := make([]byte, n)
+		m, err := tr.TryReadvAt(split(rng, got), off)
+		switch {
+		case err == nil:
+			if m != int(n) {
+				return fmt.Errorf("TryReadvAt(%d at %d) = %d, nil: a try that succeeds reads everything", n, off, m)
+			}
+			if j := firstDiff(got, model[off:off+n]); j >= 0 {
+				return fmt.Errorf("TryReadvAt of %d at %d differs at byte %d", n, off, off+int64(j))
+			}
+		case errors.Is(err, block.ErrWouldBlock), errors.Is(err, errors.ErrUnsupported):
+		default:
+			return fmt.Errorf("TryReadvAt(%d at %d): %v, want nil, ErrWouldBlock or ErrUnsupported", n, off, err)
+		}
+	}
+	got := [][]byte{make([]byte, 300), make([]byte, 300)}
+	if m, err := tr.TryReadvAt(got, size-400); err == nil {
+		return fmt.Errorf("TryReadvAt straddling the end = %d, nil; want an error", m)
 	}
 	return compare(b, model)
 }

@@ -54,6 +54,17 @@ func (d noEOF) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// staleTry claims every try succeeded without reading anything.
+type staleTry struct{ *Mem }
+
+func (d staleTry) TryReadvAt(bufs [][]byte, off int64) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	return n, nil
+}
+
 type lazyZeroes struct{ *Mem }
 
 func (d lazyZeroes) WriteZeroes(off, n int64, unmap bool) error {
@@ -110,6 +121,7 @@ func TestChecksCatchBrokenBackends(t *testing.T) {
 		{"RoundTrip", dropOddWrites{NewMem(DefaultSize)}},
 		{"WritePastEnd", partialPastEnd{NewMem(DefaultSize)}},
 		{"ReadPastEnd", noEOF{NewMem(DefaultSize)}},
+		{"TryRead", staleTry{NewMem(DefaultSize)}},
 		{"WriteZeroes", lazyZeroes{NewMem(DefaultSize)}},
 		{"Resize", stickyResize{NewMem(DefaultSize)}},
 		{"Concurrent", &racy{Mem: NewMem(DefaultSize)}},

@@ -16,6 +16,7 @@ package filter
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/viovmm/vio/block"
 )
@@ -24,7 +25,8 @@ import (
 // WriteZeroes and Resize are called through a View only when the Caps
 // given to View say so. ReadOnly, the vectored calls and Drain are always
 // exposed: each has a meaning for any child (false, a loop of single
-// calls, nothing to drain).
+// calls, nothing to drain). So is block.TryReader, which a View answers
+// with ErrUnsupported unless the interposer implements it too.
 type Interposer interface {
 	block.Backend
 	block.VectorReaderAt
@@ -103,6 +105,20 @@ func (b base) Close() error                                { return b.i.Close() 
 func (b base) ReadOnly() bool                              { return b.i.ReadOnly() }
 func (b base) Drain(on bool)                               { b.i.Drain(on) }
 
+// errNoTry answers a try through an interposer that cannot pass it on.
+var errNoTry = fmt.Errorf("block: the interposer cannot serve reads without waiting: %w", errors.ErrUnsupported)
+
+// TryReadvAt passes a non-blocking read on only to an interposer that
+// implements block.TryReader itself. Base does not, on purpose: an
+// interposer that embeds it and changes ReadvAt (a throttle, a cipher)
+// would otherwise have its tries go straight to the child, around it.
+func (b base) TryReadvAt(p [][]byte, off int64) (int, error) {
+	if t, ok := b.i.(block.TryReader); ok {
+		return t.TryReadvAt(p, off)
+	}
+	return 0, errNoTry
+}
+
 type discarder struct{ i Interposer }
 
 func (d discarder) Discard(off, n int64) error { return d.i.Discard(off, n) }
@@ -156,6 +172,7 @@ type (
 var (
 	_ block.Backend    = (*v0)(nil)
 	_ block.Drainer    = (*v0)(nil)
+	_ block.TryReader  = (*v0)(nil)
 	_ block.Discarder  = (*vDZR)(nil)
 	_ block.ZeroWriter = (*vDZR)(nil)
 	_ block.Resizer    = (*vDZR)(nil)

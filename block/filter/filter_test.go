@@ -1,6 +1,7 @@
 package filter_test
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/viovmm/vio/block"
@@ -34,5 +35,33 @@ func TestViewCapabilities(t *testing.T) {
 	}
 	if filter.Unwrap(blocktest.NewMem(1)) != nil {
 		t.Error("Unwrap of a plain back-end is not nil")
+	}
+}
+
+// tryMem serves every non-blocking read.
+type tryMem struct{ *blocktest.Mem }
+
+func (m tryMem) TryReadvAt(bufs [][]byte, off int64) (int, error) { return m.ReadvAt(bufs, off) }
+
+// passTry is an interposer that can pass tries on.
+type passTry struct{ filter.Base }
+
+func (p *passTry) TryReadvAt(bufs [][]byte, off int64) (int, error) {
+	return p.Child.(block.TryReader).TryReadvAt(bufs, off)
+}
+
+// A view never lets a try past an interposer that does not implement
+// TryReader itself (Base included), and passes it to one that does.
+func TestViewTryRead(t *testing.T) {
+	child := tryMem{blocktest.NewMem(4096)}
+	child.WriteAt([]byte{7}, 100)
+	p := make([]byte, 512)
+	v := filter.View(&filter.Base{Child: child}, filter.Caps{})
+	if _, err := v.(block.TryReader).TryReadvAt([][]byte{p}, 0); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("try through Base: %v, want ErrUnsupported", err)
+	}
+	v = filter.View(&passTry{filter.Base{Child: child}}, filter.Caps{})
+	if n, err := v.(block.TryReader).TryReadvAt([][]byte{p}, 0); err != nil || n != 512 || p[100] != 7 {
+		t.Fatalf("try through an interposer that passes it on = %d, %v", n, err)
 	}
 }

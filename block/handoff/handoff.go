@@ -93,7 +93,10 @@ type Disk struct {
 	closed  bool
 }
 
-var _ filter.Interposer = (*Disk)(nil)
+var (
+	_ filter.Interposer = (*Disk)(nil)
+	_ block.TryReader   = (*Disk)(nil)
+)
 
 // New returns a Disk serving be, which open can open again, with be's
 // facts. The returned Backend has exactly be's optional capabilities;
@@ -287,6 +290,39 @@ func (d *Disk) ReadvAt(bufs [][]byte, off int64) (int, error) {
 	defer d.release()
 	return block.ReadvAt(be, bufs, off)
 }
+
+// TryReadvAt implements block.TryReader: a try never waits, so it gives
+// up (ErrWouldBlock) while there is no image or while one is changing
+// hands, and passes the try on to the image otherwise. An image that can
+// never serve tries is reported as such, since the image opened after a
+// migration is opened the same way; an interposer in front of it (a
+// migration copying the disk) only stands there for a while, so its
+// refusal is ErrWouldBlock.
+func (d *Disk) TryReadvAt(bufs [][]byte, off int64) (int, error) {
+	if !d.swap.TryRLock() {
+		return 0, block.ErrWouldBlock
+	}
+	defer d.swap.RUnlock()
+	be, img := d.be, d.img
+	if be == nil {
+		return 0, block.ErrWouldBlock
+	}
+	t, ok := be.(block.TryReader)
+	if !ok {
+		if be == img {
+			return 0, errNoTry
+		}
+		return 0, block.ErrWouldBlock
+	}
+	n, err := t.TryReadvAt(bufs, off)
+	if be != img && errors.Is(err, errors.ErrUnsupported) {
+		err = block.ErrWouldBlock
+	}
+	return n, err
+}
+
+// errNoTry is TryReadvAt's answer over an image that cannot serve tries.
+var errNoTry = fmt.Errorf("the disk's image cannot serve reads without waiting: %w", errors.ErrUnsupported)
 
 func (d *Disk) WritevAt(bufs [][]byte, off int64) (int, error) {
 	be, err := d.acquire()

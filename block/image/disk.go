@@ -75,6 +75,8 @@ const probeLen = 512
 var (
 	_ block.Backend        = (*headGuard)(nil)
 	_ block.VectorWriterAt = (*headGuard)(nil)
+	// Reads are not guarded: the file's non-blocking reads pass through.
+	_ block.TryReader = (*headGuard)(nil)
 )
 
 // ErrHeadGuarded is matched by a write refused by the guard.

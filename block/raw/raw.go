@@ -99,6 +99,10 @@ type File struct {
 	// image is reopened (as QEMU and vio's qcow2 do).
 	syncErr atomic.Pointer[error]
 
+	// noNowait is set when the kernel refused a non-blocking read
+	// (preadv2 with RWF_NOWAIT): TryReadvAt is unsupported from then on.
+	noNowait atomic.Bool
+
 	// rmw is held shared by aligned direct I/O and exclusively by the
 	// read-modify-write of unaligned direct writes, which rewrite whole
 	// blocks and so must not interleave with other writes to them.
@@ -113,6 +117,7 @@ var (
 	_ block.ReadOnlyReporter = (*File)(nil)
 	_ block.VectorReaderAt   = (*File)(nil)
 	_ block.VectorWriterAt   = (*File)(nil)
+	_ block.TryReader        = (*File)(nil)
 )
 
 // Create makes (or truncates) a regular file of size bytes, sparse, and
@@ -290,6 +295,56 @@ func (r *File) ReadvAt(bufs [][]byte, off int64) (int, error) {
 		return got, io.EOF
 	}
 	return got, nil
+}
+
+// errNoTry is TryReadvAt's answer when the file cannot serve reads
+// without waiting.
+var errNoTry = fmt.Errorf("raw: non-blocking reads: %w", errors.ErrUnsupported)
+
+// TryReadvAt implements block.TryReader with preadv2(RWF_NOWAIT), which
+// copies what the page cache holds and fails with EAGAIN where it would
+// have to read the disk. With O_DIRECT there is no cache to hit (a
+// non-blocking direct read still waits for the device), so the file
+// reports the try unsupported; so does a kernel or file system without
+// RWF_NOWAIT (EOPNOTSUPP), for good. A read running past Size is left to
+// ReadvAt, which knows what a disk's end reads as.
+func (r *File) TryReadvAt(bufs [][]byte, off int64) (int, error) {
+	if r.closed.Load() {
+		return 0, block.ErrClosed
+	}
+	if r.align > 1 || r.noNowait.Load() {
+		return 0, errNoTry
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("raw: read at %d: %w", off, block.ErrOutOfRange)
+	}
+	if want, size := total(bufs), r.Size(); off > size || want > size-off {
+		return 0, block.ErrWouldBlock
+	}
+	done := 0
+	bufs = advance(bufs, 0)
+	for len(bufs) > 0 {
+		n, err := unix.Preadv2(r.fd, bufs, off, unix.RWF_NOWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return done, block.ErrWouldBlock
+		case err == unix.EOPNOTSUPP || err == unix.ENOSYS:
+			r.noNowait.Store(true)
+			return done, errNoTry
+		case err != nil:
+			return done, fmt.Errorf("raw: read at %d: %w", off, err)
+		case n == 0:
+			// The file ended early (it shrank under us): ReadvAt reads
+			// that as zeroes.
+			return done, block.ErrWouldBlock
+		}
+		done += n
+		off += int64(n)
+		bufs = advance(bufs, n)
+	}
+	return done, nil
 }
 
 func (r *File) WritevAt(bufs [][]byte, off int64) (int, error) {

@@ -21,6 +21,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/viovmm/vio/irq/coalesce"
 	"github.com/viovmm/vio/state"
 	"github.com/viovmm/vio/virtio"
+	"github.com/viovmm/vio/virtio/ringpoll"
 )
 
 // Feature bits (spec 5.2.3).
@@ -162,6 +164,20 @@ type Config struct {
 	// NoDiscard and NoWriteZeroes withhold the features even when the
 	// back-end could serve them.
 	NoDiscard, NoWriteZeroes bool
+	// Poll is how long each queue's goroutine keeps polling the
+	// available ring after a batch, with the driver's notifications
+	// disabled, before it sleeps (default off; see package ringpoll).
+	Poll ringpoll.Config
+	// NoInlineReads sends every read to a worker, even one the back-end
+	// could serve at once from a cache (block.TryReader), which the
+	// queue's goroutine otherwise serves itself. NoDirectCompletion makes
+	// workers always hand completions back to the queue's goroutine,
+	// even when it sleeps and the request was the only one in flight.
+	// Both shortcuts save a thread wake-up per request; the switches are
+	// there to measure them (the environment variables VIO_BLK_INLINE=off
+	// and VIO_BLK_DIRECT_COMPLETE=off set them for every device New
+	// makes).
+	NoInlineReads, NoDirectCompletion bool
 	// OnBackendError, if set, is told of each request the back-end
 	// failed (op is "read", "write", "flush", ...), on the worker that
 	// served it: it must not block.
@@ -177,6 +193,10 @@ type Device struct {
 	discard  block.Discarder  // nil: no discard
 	zeroer   block.ZeroWriter // nil: zeroes are written
 	readOnly bool
+	// tryReader serves reads inline (nil: not offered, or switched off);
+	// noTry is set for good once it says it never can.
+	tryReader block.TryReader
+	noTry     atomic.Bool
 
 	capacity  atomic.Uint64 // in sectors
 	wce       atomic.Bool   // the writeback field
@@ -232,6 +252,16 @@ func New(be block.Backend, cfg Config) (*Device, error) {
 	if err := cfg.Coalesce.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if err := cfg.Poll.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	// For A/B measurements of the shortcuts (docs/disks.md, "Fast path").
+	if os.Getenv("VIO_BLK_INLINE") == "off" {
+		cfg.NoInlineReads = true
+	}
+	if os.Getenv("VIO_BLK_DIRECT_COMPLETE") == "off" {
+		cfg.NoDirectCompletion = true
+	}
 	if cfg.BlockSize == 0 {
 		cfg.BlockSize = SectorSize
 	}
@@ -282,6 +312,9 @@ func New(be block.Backend, cfg Config) (*Device, error) {
 	}
 	if z, ok := be.(block.ZeroWriter); ok {
 		d.zeroer = z
+	}
+	if tr, ok := be.(block.TryReader); ok && !cfg.NoInlineReads {
+		d.tryReader = tr
 	}
 	if !d.readOnly && !cfg.NoWriteZeroes {
 		// Without a ZeroWriter the device writes zeroes itself.
@@ -499,6 +532,18 @@ type Stats struct {
 	// waited in all.
 	Coalesced     uint64
 	CoalesceDelay time.Duration
+	// InlineReads is the number of reads a queue's goroutine served
+	// itself, the back-end having the data at hand (block.TryReader);
+	// InlineMisses the tries that would have waited and went to a worker.
+	InlineReads, InlineMisses uint64
+	// DirectCompletions is the number of requests a worker returned to
+	// the used ring itself, the queue's goroutine being asleep.
+	DirectCompletions uint64
+	// Polls is the number of times a queue's goroutine polled the
+	// available ring after a batch (Config.Poll), PolledChains the
+	// chains those polls found, and PollTime the time they took.
+	Polls, PolledChains uint64
+	PollTime            time.Duration
 }
 
 type counters struct {
@@ -508,6 +553,8 @@ type counters struct {
 	backendErrors                                                atomic.Uint64
 	notifications, interrupts, badChains, maxInFlight            atomic.Uint64
 	coalesced, coalesceDelay                                     atomic.Uint64
+	inlineReads, inlineMisses, directCompletions                 atomic.Uint64
+	polls, polledChains, pollTime                                atomic.Uint64
 }
 
 // Stats returns the device's counters.
@@ -522,6 +569,10 @@ func (d *Device) Stats() Stats {
 		Notifications: c.notifications.Load(), Interrupts: c.interrupts.Load(),
 		BadChains: c.badChains.Load(), MaxInFlight: c.maxInFlight.Load(),
 		Coalesced: c.coalesced.Load(), CoalesceDelay: time.Duration(c.coalesceDelay.Load()),
+		InlineReads: c.inlineReads.Load(), InlineMisses: c.inlineMisses.Load(),
+		DirectCompletions: c.directCompletions.Load(),
+		Polls:             c.polls.Load(), PolledChains: c.polledChains.Load(),
+		PollTime: time.Duration(c.pollTime.Load()),
 	}
 	d.mu.Lock()
 	if d.run != nil {

@@ -808,10 +808,27 @@ func TestResetAndResize(t *testing.T) {
 }
 
 // TestResetUnderHostileLoad: a driver that republishes the same head as
-// fast as it can (while it is still in flight) keeps every worker busy;
-// a reset must still stop the device promptly.
+// fast as it can (while it is still in flight) keeps every worker busy,
+// or, on a raw file whose data is cached, the queue's goroutine serving
+// the reads inline; a reset must still stop the device promptly.
 func TestResetUnderHostileLoad(t *testing.T) {
-	m := newMachine(t, blocktest.NewMem(1<<20), blk.Config{QueueSize: 64})
+	t.Run("workers", func(t *testing.T) { resetUnderHostileLoad(t, blocktest.NewMem(1<<20), false) })
+	t.Run("inline", func(t *testing.T) {
+		t.Setenv("VIO_BLK_INLINE", "")
+		f, err := raw.Create(filepath.Join(t.TempDir(), "disk.raw"), 1<<20, raw.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(make([]byte, 1<<20), 0); err != nil { // in the page cache
+			t.Fatal(err)
+		}
+		resetUnderHostileLoad(t, f, true)
+	})
+}
+
+func resetUnderHostileLoad(t *testing.T, be block.Backend, inline bool) {
+	m := newMachine(t, be, blk.Config{QueueSize: 64})
 	m.start(t, 0, true)
 	d := m.queues[0]
 	a, _ := d.Alloc(4096 + 17)
@@ -864,5 +881,8 @@ func TestResetUnderHostileLoad(t *testing.T) {
 	<-done
 	if st := m.tr.Stats(); st.BrokenQueues != 0 {
 		t.Errorf("transport stats %+v", st)
+	}
+	if s := m.dev.Stats(); inline && s.InlineReads == 0 {
+		t.Errorf("no read was served inline: %+v", s)
 	}
 }

@@ -62,7 +62,27 @@ func FuzzRequest(f *testing.F) {
 		}
 		c.Writable = cut(w, cuts>>32)
 		wk := &worker{d: d}
-		n := wk.handle(c)
+		var n uint32
+		res := tryNot
+		if feat&0x20 != 0 {
+			// The queue goroutine's inline read first, as it tries one;
+			// a request it does not serve goes to handle as it would to
+			// a worker.
+			n, res = wk.tryRead(c, memTry{mem}) // all zeroes
+			if res == tryServed {
+				if w[wlen-1] != StatusOK {
+					t.Fatalf("inline read served with status %d", w[wlen-1])
+				}
+				for _, b := range w[:wlen-1] {
+					if b != 0 {
+						t.Fatal("inline read of zeroes put other bytes in the data area")
+					}
+				}
+			}
+		}
+		if res != tryServed {
+			n = wk.handle(c)
+		}
 		switch {
 		case wlen == 0 && n != 0:
 			t.Fatalf("wrote %d bytes into no writable buffer", n)
@@ -76,6 +96,11 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
+
+// memTry serves every try from a memory disk.
+type memTry struct{ *blocktest.Mem }
+
+func (m memTry) TryReadvAt(bufs [][]byte, off int64) (int, error) { return m.ReadvAt(bufs, off) }
 
 // cut splits b into up to four pieces at positions taken from cuts.
 func cut(b []byte, cuts uint64) virtio.Buffers {

@@ -2,6 +2,7 @@ package blk
 
 import (
 	"encoding/binary"
+	"errors"
 
 	"github.com/viovmm/vio/block"
 	"github.com/viovmm/vio/virtio"
@@ -46,6 +47,56 @@ func (w *worker) handle(c *virtio.Chain) uint32 {
 	}
 	// wlen ≤ 4 GiB: the core bounds a chain's writable length.
 	return uint32(wlen)
+}
+
+// tryResult is what tryRead did.
+type tryResult int
+
+const (
+	tryNot         tryResult = iota // not a read it could try: a worker serves it
+	tryServed                       // served: the chain is ready for the used ring
+	tryMissed                       // the back-end would have waited: a worker serves it
+	tryUnsupported                  // the back-end can never serve tries: stop trying
+)
+
+// tryRead serves c if it is a read that tr can serve without waiting,
+// and returns the used length. Otherwise a worker serves the chain from
+// the start, and the guest sees nothing of the try but what it may have
+// put in the read's data buffers, which the read fills anyway. It counts
+// only what it served: a worker counts the rest.
+func (w *worker) tryRead(c *virtio.Chain, tr block.TryReader) (uint32, tryResult) {
+	d := w.d
+	wlen := c.Writable.Len()
+	inLen := wlen - 1
+	if inLen <= 0 {
+		return 0, tryNot
+	}
+	var hdr [HeaderSize]byte
+	if n, _ := c.Readable.ReadAt(hdr[:], 0); n < HeaderSize {
+		return 0, tryNot
+	}
+	le := binary.LittleEndian
+	if le.Uint32(hdr[0:]) != TypeIn {
+		return 0, tryNot
+	}
+	sector := le.Uint64(hdr[8:])
+	w.data = span(w.data[:0], c.Writable, 0, inLen)
+	if !w.checkData(inLen, sector) {
+		return 0, tryNot
+	}
+	if _, err := tr.TryReadvAt(w.data, int64(sector*SectorSize)); err != nil {
+		if errors.Is(err, errors.ErrUnsupported) {
+			return 0, tryUnsupported
+		}
+		return 0, tryMissed
+	}
+	d.stats.reads.Add(1)
+	d.stats.readBytes.Add(uint64(inLen))
+	d.stats.inlineReads.Add(1)
+	last := c.Writable[len(c.Writable)-1]
+	last[len(last)-1] = StatusOK
+	// wlen ≤ 4 GiB: the core bounds a chain's writable length.
+	return uint32(wlen), tryServed
 }
 
 // backendError reports a request the back-end failed (not one the guest

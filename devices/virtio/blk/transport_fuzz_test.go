@@ -83,6 +83,21 @@ func (b *heldBackend) ReadAt(p []byte, off int64) (int, error) {
 	return b.Backend.ReadAt(p, off)
 }
 
+// TryReadvAt serves a read at once unless the back-end is held, when the
+// read would wait: the script exercises inline reads, and a held read
+// still goes to a worker, where a reset finds it waiting.
+func (b *heldBackend) TryReadvAt(bufs [][]byte, off int64) (int, error) {
+	b.mu.Lock()
+	if b.gate != nil {
+		b.mu.Unlock()
+		return 0, block.ErrWouldBlock
+	}
+	b.active++
+	b.mu.Unlock()
+	defer b.leave()
+	return block.ReadvAt(b.Backend, bufs, off)
+}
+
 func (b *heldBackend) WriteAt(p []byte, off int64) (int, error) {
 	b.enter()
 	defer b.leave()
