@@ -429,7 +429,7 @@ func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
 		}
 		mac = m[:]
 	}
-	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)}
+	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby}
 	if len(bes) == 1 {
 		return virtionet.New(bes[0], cfg)
 	}

@@ -302,7 +302,7 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 		}
 		mac = m[:]
 	}
-	return virtionet.NewMultiQueue(bes, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)})
+	return virtionet.NewMultiQueue(bes, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby})
 }
 
 // acpiPCI describes the PCI root for the ACPI tables.

@@ -42,26 +42,30 @@ import (
 
 // Feature bits (spec 5.1.3).
 const (
-	FeatureCsum        uint64 = 1 << 0
-	FeatureGuestCsum   uint64 = 1 << 1
-	FeatureMTU         uint64 = 1 << 3
-	FeatureMAC         uint64 = 1 << 5
-	FeatureGuestTSO4   uint64 = 1 << 7
-	FeatureGuestTSO6   uint64 = 1 << 8
-	FeatureGuestECN    uint64 = 1 << 9
-	FeatureGuestUFO    uint64 = 1 << 10
-	FeatureHostTSO4    uint64 = 1 << 11
-	FeatureHostTSO6    uint64 = 1 << 12
-	FeatureHostECN     uint64 = 1 << 13
-	FeatureHostUFO     uint64 = 1 << 14
-	FeatureMrgRxbuf    uint64 = 1 << 15
-	FeatureStatus      uint64 = 1 << 16
-	FeatureCtrlVQ      uint64 = 1 << 17
-	FeatureCtrlRx      uint64 = 1 << 18
-	FeatureCtrlVLAN    uint64 = 1 << 19
-	FeatureAnnounce    uint64 = 1 << 21
-	FeatureMQ          uint64 = 1 << 22
-	FeatureCtrlMAC     uint64 = 1 << 23
+	FeatureCsum      uint64 = 1 << 0
+	FeatureGuestCsum uint64 = 1 << 1
+	FeatureMTU       uint64 = 1 << 3
+	FeatureMAC       uint64 = 1 << 5
+	FeatureGuestTSO4 uint64 = 1 << 7
+	FeatureGuestTSO6 uint64 = 1 << 8
+	FeatureGuestECN  uint64 = 1 << 9
+	FeatureGuestUFO  uint64 = 1 << 10
+	FeatureHostTSO4  uint64 = 1 << 11
+	FeatureHostTSO6  uint64 = 1 << 12
+	FeatureHostECN   uint64 = 1 << 13
+	FeatureHostUFO   uint64 = 1 << 14
+	FeatureMrgRxbuf  uint64 = 1 << 15
+	FeatureStatus    uint64 = 1 << 16
+	FeatureCtrlVQ    uint64 = 1 << 17
+	FeatureCtrlRx    uint64 = 1 << 18
+	FeatureCtrlVLAN  uint64 = 1 << 19
+	FeatureAnnounce  uint64 = 1 << 21
+	FeatureMQ        uint64 = 1 << 22
+	FeatureCtrlMAC   uint64 = 1 << 23
+	// FeatureStandby says the device is the standby of a primary NIC
+	// with the same MAC address, which the guest will find elsewhere
+	// (Linux puts both under one net_failover device).
+	FeatureStandby     uint64 = 1 << 62
 	FeatureSpeedDuplex uint64 = 1 << 63
 )
 
@@ -114,6 +118,9 @@ type Config struct {
 	// NoControlQueue withholds the control queue (and with it MQ,
 	// CTRL_MAC_ADDR and GUEST_ANNOUNCE).
 	NoControlQueue bool
+	// Standby offers VIRTIO_NET_F_STANDBY: the device backs up a
+	// pass-through NIC that has its MAC address.
+	Standby bool
 }
 
 // Device is a virtio-net device.
@@ -201,6 +208,9 @@ func NewMultiQueue(bes []netdev.Backend, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("%w: MTU %d", ErrConfig, cfg.MTU)
 	}
 	d.features = FeatureMAC | FeatureStatus | FeatureMrgRxbuf
+	if cfg.Standby {
+		d.features |= FeatureStandby
+	}
 	if cfg.MTU != 0 {
 		d.features |= FeatureMTU
 	}
