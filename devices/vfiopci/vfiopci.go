@@ -47,6 +47,17 @@ type Physical interface {
 	Mmap(i int, off int64, size int) ([]byte, error)
 }
 
+// HostDevice is a host device a VMM has opened for one of its guests:
+// the Physical the guest's function reaches, which the VMM resets and
+// closes when the guest is done with it. *vfio.Device implements it.
+type HostDevice interface {
+	Physical
+	Reset() error
+	Close() error
+}
+
+var _ HostDevice = (*vfio.Device)(nil)
+
 // SlotMapper maps host memory (a piece of a device's BAR) into the guest
 // at gpa, as KVM memory slots; the VMM implements it.
 type SlotMapper interface {
