@@ -20,6 +20,13 @@ func (c *VM) validateFailover() error {
 			return fmt.Errorf("net %d: a standby NIC needs mac= set to the MAC address of its pass-through primary, which the guest's net_failover pairs them by", i)
 		}
 	}
+	seen := map[string]bool{}
+	for _, d := range c.Devices {
+		if seen[d.BDF()] {
+			return fmt.Errorf("devices %s and %s name one host device: pass each device through once", d.BDF(), d.BDF())
+		}
+		seen[d.BDF()] = true
+	}
 	primaryOf := map[string]string{} // standby id → BDF of its primary
 	for _, d := range c.Devices {
 		if d.Failover == "" {

@@ -105,9 +105,6 @@ func (v *VM) setupPCI(stdio IO) error {
 			return fmt.Errorf("net %d (%s): %w", i, netName(n), err)
 		}
 	}
-	if err := v.addPassthrough(); err != nil {
-		return err
-	}
 	if v.cfg.RNG != nil {
 		var src io.Reader
 		if v.cfg.RNG.Src != "" && v.cfg.RNG.Src != "/dev/urandom" {
@@ -142,7 +139,11 @@ func (v *VM) setupPCI(stdio IO) error {
 	if err := v.addBalloon(); err != nil {
 		return err
 	}
-	return v.addVsock()
+	if err := v.addVsock(); err != nil {
+		return err
+	}
+	// Last: see addPassthrough.
+	return v.addPassthrough()
 }
 
 // addVirtio puts dev on the next free slot of bus 0.
