@@ -8,8 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/vfiopci"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/sandbox"
+	"github.com/viovmm/vio/vfio"
 )
 
 // The Controller's device registry: every disk and NIC of the config has
@@ -167,9 +169,25 @@ func (c *Controller) AddDevice(d config.Device) (*DeviceInfo, error) {
 		nd := &cfg.Devices[len(cfg.Devices)-1]
 		return &nd.ID, func(h Hotplugger) (string, error) {
 			bdf, err := h.AddDevice(nd)
+			if hostDeviceRefused(err) {
+				// The user's to fix (bind it, free it, pick another):
+				// a request error, not the VMM's failure.
+				return "", configError{err}
+			}
 			return bdf, sandbox.Explain(err, "/dev/vfio")
 		}
 	})
+}
+
+// hostDeviceRefused says whether err is a host device that cannot be
+// passed through as it is (vfio's sentences say what to do).
+func hostDeviceRefused(err error) bool {
+	for _, e := range []error{vfio.ErrNotBound, vfio.ErrNotViable, vfio.ErrNoIOMMU, vfio.ErrInUse, vfiopci.ErrUnsupported} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrOneVsock: vm.add-vsock on a VM that has its vsock device already.

@@ -149,7 +149,7 @@ func (v *VM) plugPassthrough(dc config.Device) (_ *ptDevice, _ *vfiomap.Follower
 		// net_failover pairs by MAC address, which only a NIC has: a
 		// primary of another class would sit beside the standby unused.
 		if class := d.Bytes(pci.RegClassCode+2, 1)[0]; class != 0x02 {
-			return nil, nil, fmt.Errorf("%s is not a network controller (PCI class %#02x): a failover primary (failover=%s) must be a NIC with the standby's MAC address", bdf, class, dc.Failover)
+			return nil, nil, configError{fmt.Errorf("%s is not a network controller (PCI class %#02x): a failover primary (failover=%s) must be a NIC with the standby's MAC address", bdf, class, dc.Failover)}
 		}
 	}
 	slot, err := v.nextSlot(dc.ID)
