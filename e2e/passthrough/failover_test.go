@@ -94,6 +94,8 @@ func TestNetFailoverMigration(t *testing.T) {
 	peer := netdevByMAC(t, lab.NICPairPeerMAC)
 	bind(t, passBDF, "vfio-pci")
 	defer bind(t, passBDF, "")
+	group, _ := filepath.Glob("/sys/bus/pci/devices/" + passBDF + "/iommu_group/devices/*")
+	t.Logf("the NIC to pass through: %s (IOMMU group devices %v); L1's end of its wire: %s", passBDF, group, peer)
 	foNetwork(t, peer)
 	initrd, _ := labtest.Guest{Script: foGuest, Modules: []string{"virtio_pci", "virtio_net", "e1000e"}}.Build(t)
 	a := labtest.Assets(t)
