@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/viovmm/vio/config"
+	virtionet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/events"
 )
 
@@ -28,6 +29,47 @@ const DefaultUnplugWait = 10 * time.Second
 // NoDevice as a DevicePaths value leaves a primary out on the
 // destination: the guest runs on its standby until vm.add-device.
 const NoDevice = "none"
+
+// announceRounds is how many RARP broadcasts a standby sends when it
+// takes over: one is enough for a bridge that forwards, the others for
+// one that drops a frame.
+const announceRounds = 3
+
+// announceStandby has the standby NIC with the id announce the guest's
+// MAC address on its back-end (virtio-net's SelfAnnounce), so that the
+// host's bridge and switches send the guest's frames to the standby from
+// now on: their forwarding tables still name the primary's port, and the
+// guest has nothing to send that would move them while its peers' frames
+// are lost there (seen in the lab: a TCP stream to the guest stalled
+// until the primary came back). QEMU announces after a migration the
+// same way.
+func (v *VM) announceStandby(id string) {
+	d := v.find(id)
+	if d == nil {
+		return
+	}
+	nd, ok := d.dev.(*virtionet.Device)
+	if !ok {
+		return
+	}
+	for range announceRounds {
+		if err := nd.SelfAnnounce(); err != nil {
+			v.log.Warn("the standby NIC could not announce the guest's MAC address", "id", id, "err", err)
+			return
+		}
+	}
+	v.log.Info("standby NIC announced the guest's MAC address on its network", "id", id, "mac", nd.MAC().String())
+}
+
+// announceStandbys announces every standby NIC (a migrated VM that runs
+// here now, before its primaries are plugged).
+func (v *VM) announceStandbys() {
+	for _, n := range v.cfg.Net {
+		if n.Standby {
+			v.announceStandby(n.ID)
+		}
+	}
+}
 
 // primaries returns the plugged failover primaries.
 func (v *VM) primaries() []*ptDevice {
@@ -234,6 +276,11 @@ func applyDevicePaths(cfg *config.VM, paths map[string]string) error {
 // leaves the config with a warning and an event: the guest runs on its
 // standby, and vm.add-device can plug one later.
 func (c *Controller) plugMigratedPrimaries(m Machine, cfg *config.VM) {
+	// Until they are, the standbys carry the guest's traffic: here,
+	// which the network must learn.
+	if a, ok := m.(interface{ announceStandbys() }); ok {
+		a.announceStandbys()
+	}
 	devs := cfg.FailoverPrimaries()
 	if len(devs) == 0 {
 		return

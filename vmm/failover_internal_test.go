@@ -1,10 +1,12 @@
 package vmm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +20,9 @@ import (
 	"github.com/viovmm/vio/devices/vfiopci/vfiopcitest"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/loader/loadertest"
+	"github.com/viovmm/vio/netdev"
+	"github.com/viovmm/vio/netdev/frame"
+	"github.com/viovmm/vio/netdev/socket"
 )
 
 // These tests pass fake host devices (vfiopcitest) through to real VMs
@@ -430,6 +435,20 @@ func TestPassthroughHotplug(t *testing.T) {
 	r := newFailoverRig(t)
 	r.cfg.Devices = nil
 	r.cfg.Net = append(r.cfg.Net, config.Net{ID: "sb2", User: &config.UserNet{}, MAC: "52:54:00:fa:11:0f", Standby: true})
+	// The standby on a stream socket, where the test sees its frames.
+	link := filepath.Join(r.dir, "link.sock")
+	l, err := net.Listen("unix", link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r.cfg.Net[0].User, r.cfg.Net[0].Socket = nil, link
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
 	r.host.Add("0000:00:07.0", vfiopcitest.ClassNVMe)
 	c := r.boot(t)
 	c2 := c
@@ -472,6 +491,26 @@ func TestPassthroughHotplug(t *testing.T) {
 	}
 	if err := c.RemoveDevice("vf0"); err != nil {
 		t.Fatal(err)
+	}
+	// The standby announced the guest's MAC address as the primary left.
+	var conn net.Conn
+	select {
+	case conn = <-accepted:
+	case <-time.After(nicWait): // bounds a hang
+		t.Fatal("the standby never connected to its socket")
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(nicWait))
+	mac, _ := config.ParseMAC(standbyMAC)
+	buf := make([]byte, netdev.MaxFrameLen)
+	for i := range announceRounds {
+		n, err := socket.ReadFrame(conn, buf, 0)
+		if err != nil {
+			t.Fatalf("announcement %d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:n], frame.RARP(mac)) {
+			t.Fatalf("the standby sent % x, want a RARP announcement of %s", buf[:n], standbyMAC)
+		}
 	}
 	// The NVMe refused as a primary was released at once.
 	r.wantEvents(t, "after the removal", "open "+primaryBDF, "reset "+primaryBDF, "open 0000:00:07.0", "reset 0000:00:07.0",

@@ -467,6 +467,12 @@ func (v *VM) teardown(p *plugged, notify bool) {
 	closeReverse(p.owned)
 	p.msi.release()
 	v.freeSlot(p.slot)
+	if notify && p.failover != "" {
+		// The guest let its primary go: its traffic is the standby's
+		// now, which the network must learn (before a migration that
+		// waits for this starts).
+		v.announceStandby(p.failover)
+	}
 	close(p.released)
 	if notify {
 		for _, f := range gone {

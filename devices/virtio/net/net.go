@@ -126,6 +126,9 @@ type Config struct {
 // Device is a virtio-net device.
 type Device struct {
 	bes      []netdev.Backend   // one per queue pair
+	// wmu serialises the writes to each back-end (which takes one
+	// writer at a time): the pair's transmit goroutine and SelfAnnounce.
+	wmu []sync.Mutex
 	offl     []netdev.Offloader // nil: the back-ends take no offloads
 	cfg      Config
 	features uint64
@@ -184,7 +187,7 @@ func NewMultiQueue(bes []netdev.Backend, cfg Config) (*Device, error) {
 	if len(bes) > 1 && cfg.NoControlQueue {
 		return nil, fmt.Errorf("%w: several queue pairs need the control queue", ErrConfig)
 	}
-	d := &Device{bes: bes, cfg: cfg}
+	d := &Device{bes: bes, cfg: cfg, wmu: make([]sync.Mutex, len(bes))}
 	var mac [6]byte
 	switch {
 	case cfg.MAC == nil:
@@ -492,7 +495,7 @@ func (d *Device) Activate(a *virtio.Activation) error {
 			}
 		}
 		pc := &d.pairStat[i]
-		tx := &txServer{d: d, pc: pc, be: d.bes[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
+		tx := &txServer{d: d, pc: pc, be: d.bes[i], wmu: &d.wmu[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
 		rx := newRxServer(d, pc, d.bes[i], d.rxBufs[i], rxq, run.stop, run.gate, f)
 		rx.pair = i
 		run.rx[i] = rx
