@@ -44,8 +44,8 @@ type Config struct {
 	// as wedged and is killed (default 5m). A wedged L1 runs nothing, not
 	// even its kernel's lockup watchdog, so only silence shows it.
 	WedgeTimeout time.Duration
-	IOMMU        bool      // q35 with an emulated Intel IOMMU, for VFIO
-	NVMe         []NVMe    // emulated NVMe controllers for L1
+	IOMMU        bool   // q35 with an emulated Intel IOMMU, for VFIO
+	NVMe         []NVMe // emulated NVMe controllers for L1
 	// NICPair gives L1 two emulated NICs joined by a QEMU hub, a wire
 	// between them that leaves the lab nowhere: an Intel 82574L (e1000e,
 	// MAC NICPairPassMAC) to bind to vfio-pci and pass through, and an
@@ -53,11 +53,11 @@ type Config struct {
 	// put on a bridge. A guest of L1 that has the first reaches L1's
 	// network through it (docs/failover.md). It implies IOMMU.
 	NICPair bool
-	Dir          string    // working directory of the command; writable in L1 (default: current)
-	Shares       []string  // further host directories made writable in L1
-	Env          []string  // extra KEY=VALUE for the command
-	Verbose      io.Writer // if set, L1's console is copied here as it runs
-	QEMU         string    // qemu-system-x86_64 binary (default: from PATH)
+	Dir     string    // working directory of the command; writable in L1 (default: current)
+	Shares  []string  // further host directories made writable in L1
+	Env     []string  // extra KEY=VALUE for the command
+	Verbose io.Writer // if set, L1's console is copied here as it runs
+	QEMU    string    // qemu-system-x86_64 binary (default: from PATH)
 }
 
 // NVMe is one emulated NVMe controller given to L1.

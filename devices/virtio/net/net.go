@@ -126,12 +126,12 @@ type Config struct {
 // Device is a virtio-net device.
 type Device struct {
 	bes      []netdev.Backend   // one per queue pair
-	// wmu serialises the writes to each back-end (which takes one
-	// writer at a time): the pair's transmit goroutine and SelfAnnounce.
-	wmu []sync.Mutex
 	offl     []netdev.Offloader // nil: the back-ends take no offloads
 	cfg      Config
 	features uint64
+	// wmu serialises the writes to each back-end (which takes one
+	// writer at a time): the pair's transmit goroutine and SelfAnnounce.
+	wmu []sync.Mutex
 
 	mac      atomic.Uint64 // 48 bits, byte 0 lowest
 	linkUp   atomic.Bool
