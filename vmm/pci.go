@@ -363,6 +363,12 @@ func (v *VM) Stats() map[string]any {
 	for _, d := range v.e1000s {
 		out[d.name] = map[string]any{"device": d.dev.Stats()}
 	}
+	v.hp.mu.Lock()
+	pts := append([]*ptDevice(nil), v.ptDevices...)
+	v.hp.mu.Unlock()
+	for _, d := range pts {
+		out[d.cfg.ID] = map[string]any{"device": d.dev.Stats()}
+	}
 	if v.ide != nil {
 		out["ide"] = map[string]any{"device": v.ide.Stats()}
 	}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ echo "FOMOD $(grep -E '^(net_failover|failover) ' /proc/modules | cut -d' ' -f1,
 ip link set lo up
 ip link set $m up && ip addr add ` + foGuestIP + `/24 dev $m
 ( sleep 999999 | nc -l -p ` + strconv.Itoa(foPort) + ` > /tmp/rx; echo "FONC $?"; echo "FODONE $(sha256sum /tmp/rx | cut -d' ' -f1) $(wc -c < /tmp/rx)" ) &
+dmesg -c > /dev/null
 echo FOREADY
 while :; do
 	pr=-; prx=0; srx=0
@@ -74,7 +76,10 @@ while :; do
 		n=${s%%:*}; r=$(cat /sys/class/net/$n/statistics/rx_bytes 2>/dev/null || echo 0)
 		if [ "${s#*:}" = virtio_net ]; then srx=$r; else pr=$n; prx=$r; fi
 	done
-	echo "FOSTAT primary=$pr prx=$prx srx=$srx rx=$(wc -c < /tmp/rx 2>/dev/null || echo 0)"
+	irq=0; [ "$pr" != - ] && irq=$(grep "$pr" /proc/interrupts | awk '{for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) s+=$i} END {print s+0}')
+	drop=0; [ "$pr" != - ] && drop=$(( $(cat /sys/class/net/$pr/statistics/rx_dropped) + $(cat /sys/class/net/$pr/statistics/rx_missed_errors) ))
+	echo "FOSTAT primary=$pr prx=$prx srx=$srx rx=$(wc -c < /tmp/rx 2>/dev/null || echo 0) pirq=$irq pdrop=$drop"
+	dmesg -c 2>/dev/null | sed 's/^/FOKMSG /'
 	sleep 1
 done
 `
@@ -103,13 +108,14 @@ func TestNetFailoverMigration(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	con := &foConsole{changed: make(chan struct{}, 1)}
+	src := startFOVio(t, ctx, dir, "a", con)
+	dst := startFOVio(t, ctx, dir, "b", con)
 	defer func() {
 		if t.Failed() {
 			t.Logf("guest console (both vios):\n%s", con.dump())
+			foDiagnose(t, peer, src, dst)
 		}
 	}()
-	src := startFOVio(t, ctx, dir, "a", con)
-	dst := startFOVio(t, ctx, dir, "b", con)
 	src.put(t, ctx, "vm.create", `{
 	  "payload": {"kernel": "`+a.Kernel+`", "initramfs": "`+initrd+`", "cmdline": "console=ttyS0 panic=-1 quiet"},
 	  "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
@@ -135,7 +141,9 @@ func TestNetFailoverMigration(t *testing.T) {
 
 	// Phase 1: the primary carries the stream.
 	p0, g0 := paths(), con.latest()
-	g1 := con.waitStat(t, ctx, "the stream over the primary", func(st foStat) bool { return st.primary != "-" && st.rx >= g0.rx+foPhase })
+	// Three phases' worth: the pass-through NIC must keep it up, not
+	// just start it.
+	g1 := con.waitStat(t, ctx, "the stream over the primary", func(st foStat) bool { return st.primary != "-" && st.rx >= g0.rx+3*foPhase })
 	p1 := paths()
 	t.Logf("phase 1 (primary %s): the guest received %d bytes; L1 sent %d over the e1000 wire, %d over the TAP", g1.primary, g1.rx-g0.rx, p1.wire-p0.wire, p1.tap-p0.tap)
 	wantWire(t, "phase 1 (primary plugged)", p1.wire-p0.wire, p1.tap-p0.tap)
@@ -391,7 +399,7 @@ func (c *foConsole) feed(name string, r io.Reader) {
 		line := strings.TrimRight(sc.Text(), "\r")
 		c.mu.Lock()
 		c.lines = append(c.lines, name+": "+line)
-		if len(c.lines) > 400 {
+		if len(c.lines) > 4000 {
 			c.lines = c.lines[1:]
 		}
 		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "FO") {
@@ -434,10 +442,47 @@ func (c *foConsole) tag(k string) string {
 	return strings.Join(c.tags[k], " ")
 }
 
+// dump is what the consoles said: every line but the periodic reports,
+// and the last of those.
 func (c *foConsole) dump() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return strings.Join(c.lines, "\n")
+	var out []string
+	stats := 0
+	for i := len(c.lines) - 1; i >= 0; i-- {
+		if strings.Contains(c.lines[i], ": FOSTAT ") {
+			if stats++; stats > 40 {
+				continue
+			}
+		}
+		out = append(out, c.lines[i])
+	}
+	slices.Reverse(out)
+	return strings.Join(out, "\n")
+}
+
+// foDiagnose logs what L1 and the vios say of the two paths, for a test
+// that failed.
+func foDiagnose(t *testing.T, peer string, vios ...*foVio) {
+	for _, dev := range []string{peer, foTap} {
+		var fs []string
+		for _, f := range []string{"tx_bytes", "tx_packets", "tx_errors", "tx_dropped", "rx_bytes", "rx_packets", "rx_dropped"} {
+			b, _ := os.ReadFile("/sys/class/net/" + dev + "/statistics/" + f)
+			fs = append(fs, f+"="+strings.TrimSpace(string(b)))
+		}
+		t.Logf("L1 %s: %s", dev, strings.Join(fs, " "))
+	}
+	for _, c := range [][]string{{"bridge", "fdb", "show", "br", foBridge}, {"sh", "-c", "dmesg | tail -30"}} {
+		out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
+		t.Logf("L1 %s (%v):\n%s", strings.Join(c, " "), err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, v := range vios {
+		if b, err := v.cl.Do(ctx, http.MethodGet, "vm.counters", nil); err == nil {
+			t.Logf("vm.counters of %s: %s", v.ev, b)
+		}
+	}
 }
 
 // latest is the last FOSTAT report (zero before the first).
