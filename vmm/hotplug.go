@@ -71,7 +71,7 @@ var _ Hotplugger = (*VM)(nil)
 type hotplug struct {
 	regs *pcihp.Device
 
-	mu   sync.Mutex // guards used, changed, VM.pciDevices and each plugged's fields
+	mu   sync.Mutex // guards used, changed, VM.pciDevices, VM.ptDevices and each plugged's fields
 	used uint32     // device numbers in use on bus 0 (bit n = slot n)
 	// changed: a device other than a pass-through one was hot-plugged
 	// or removed since boot. Pass-through devices take their slots after
