@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash"
 	"io"
 	"math/rand/v2"
@@ -76,7 +77,7 @@ while :; do
 		n=${s%%:*}; r=$(cat /sys/class/net/$n/statistics/rx_bytes 2>/dev/null || echo 0)
 		if [ "${s#*:}" = virtio_net ]; then srx=$r; else pr=$n; prx=$r; fi
 	done
-	irq=0; [ "$pr" != - ] && irq=$(grep "$pr" /proc/interrupts | awk '{for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) s+=$i} END {print s+0}')
+	irq=0; [ "$pr" != - ] && irq=$(grep "$pr" /proc/interrupts | awk '{s=0; for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) s+=$i; printf "%s%s:%d", sep, $NF, s; sep=","}')
 	drop=0; [ "$pr" != - ] && drop=$(( $(cat /sys/class/net/$pr/statistics/rx_dropped) + $(cat /sys/class/net/$pr/statistics/rx_missed_errors) ))
 	echo "FOSTAT primary=$pr prx=$prx srx=$srx rx=$(wc -c < /tmp/rx 2>/dev/null || echo 0) pirq=$irq pdrop=$drop"
 	dmesg -c 2>/dev/null | sed 's/^/FOKMSG /'
@@ -108,8 +109,10 @@ func TestNetFailoverMigration(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	con := &foConsole{changed: make(chan struct{}, 1)}
-	src := startFOVio(t, ctx, dir, "a", con)
-	dst := startFOVio(t, ctx, dir, "b", con)
+	// The vios outlive the test's deadline, so that a test that failed
+	// on it can still ask them for their counters.
+	src := startFOVio(t, context.Background(), dir, "a", con)
+	dst := startFOVio(t, context.Background(), dir, "b", con)
 	defer func() {
 		if t.Failed() {
 			t.Logf("guest console (both vios):\n%s", con.dump())
@@ -138,6 +141,8 @@ func TestNetFailoverMigration(t *testing.T) {
 
 	s := startStream(t, ctx, net.JoinHostPort(foGuestIP, strconv.Itoa(foPort)))
 	paths := func() foPaths { return readPaths(t, peer) }
+	tl := startTimeline(peer, con)
+	defer func() { t.Logf("timeline (s since the stream began; L1's bytes out each path, where L1's bridge sends the guest's MAC, the guest's counters):\n%s", tl.stop()) }()
 
 	// Phase 1: the primary carries the stream.
 	p0, g0 := paths(), con.latest()
@@ -191,6 +196,11 @@ func TestNetFailoverMigration(t *testing.T) {
 	t.Logf("phase 3 (primary %s on the destination): the guest received %d bytes (%d on its primary); L1 sent %d over the e1000 wire, %d over the TAP",
 		g4.primary, g4.rx-g3.rx, g4.prx-g3.prx, p5.wire-p4.wire, p5.tap-p4.tap)
 	wantWire(t, "phase 3 (primary plugged on the destination)", p5.wire-p4.wire, p5.tap-p4.tap)
+	// Phase 4: the re-plugged primary keeps it up.
+	g5 := con.waitStat(t, ctx, "the stream going on over the plugged primary", func(st foStat) bool { return st.primary != "-" && st.rx >= g4.rx+foPhase })
+	p6 := paths()
+	t.Logf("phase 4 (primary %s, interrupts %s): the guest received %d bytes; L1 sent %d over the e1000 wire, %d over the TAP", g5.primary, g5.irqs, g5.rx-g4.rx, p6.wire-p5.wire, p6.tap-p5.tap)
+	wantWire(t, "phase 4 (primary plugged on the destination, later)", p6.wire-p5.wire, p6.tap-p5.tap)
 	added := false
 	for _, e := range dst.events(t) {
 		added = added || e.Event == "device-added" && e.Properties["id"] == "vf0" && e.Properties["reason"] == "migration"
@@ -218,7 +228,10 @@ func TestNetFailoverMigration(t *testing.T) {
 
 	// The stream ends; the guest hashes what it received.
 	sent, sum := s.finish(t)
-	con.wait(t, ctx, "the guest's hash of the stream", func() bool { return con.tags["FODONE"] != nil })
+	t.Logf("L1 sent %d bytes in all; the guest had %d when the stream ended", sent, con.latest().rx)
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer wcancel()
+	con.wait(t, wctx, "the guest's hash of the stream", func() bool { return con.tags["FODONE"] != nil })
 	f := strings.Fields(con.tag("FODONE"))
 	if len(f) != 2 || f[0] != sum || f[1] != strconv.FormatInt(sent, 10) {
 		t.Fatalf("the guest received %q (sha256, bytes), L1 sent %s %d", con.tag("FODONE"), sum, sent)
@@ -258,6 +271,51 @@ func foNetwork(t *testing.T, peer string) {
 			t.Cleanup(func() { exec.Command("ip", "link", "del", foTap).Run() })
 		}
 	}
+}
+
+// timeline samples, once a second, L1's counters of both paths, the
+// bridge port it sends the guest's MAC to and the guest's last report:
+// a measurement for the log, which no check waits on.
+type timeline struct {
+	quit chan struct{}
+	done chan string
+}
+
+func startTimeline(peer string, con *foConsole) *timeline {
+	tl := &timeline{quit: make(chan struct{}), done: make(chan string, 1)}
+	go func() {
+		var b strings.Builder
+		start := time.Now()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			w, _ := os.ReadFile("/sys/class/net/" + peer + "/statistics/tx_bytes")
+			tp, _ := os.ReadFile("/sys/class/net/" + foTap + "/statistics/tx_bytes")
+			port := "-"
+			if out, err := exec.Command("bridge", "fdb", "show", "br", foBridge).Output(); err == nil {
+				for _, l := range strings.Split(string(out), "\n") {
+					if f := strings.Fields(l); len(f) >= 3 && f[0] == lab.NICPairPassMAC && f[1] == "dev" {
+						port = f[2]
+					}
+				}
+			}
+			st := con.latest()
+			fmt.Fprintf(&b, "  %4.0f wire=%s tap=%s fdb=%s | primary=%s prx=%d srx=%d rx=%d irqs=%s\n", time.Since(start).Seconds(),
+				strings.TrimSpace(string(w)), strings.TrimSpace(string(tp)), port, st.primary, st.prx, st.srx, st.rx, st.irqs)
+			select {
+			case <-tl.quit:
+				tl.done <- b.String()
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return tl
+}
+
+func (tl *timeline) stop() string {
+	close(tl.quit)
+	return <-tl.done
 }
 
 // foPaths are L1's transmit counters of the two paths to the guest.
@@ -381,6 +439,7 @@ func (s *stream) finish(t *testing.T) (int64, string) {
 type foStat struct {
 	primary      string
 	prx, srx, rx uint64
+	irqs         string // the primary's vectors and their counts
 	seq          int
 }
 
@@ -423,6 +482,8 @@ func (c *foConsole) feed(name string, r io.Reader) {
 						st.srx = n
 					case "rx":
 						st.rx = n
+					case "pirq":
+						st.irqs = v
 					}
 				}
 				c.stats = append(c.stats, st)
