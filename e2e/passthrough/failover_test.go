@@ -107,7 +107,9 @@ func TestNetFailoverMigration(t *testing.T) {
 	passBDF := findPCIByMAC(t, lab.NICPairPassMAC)
 	peer := netdevByMAC(t, lab.NICPairPeerMAC)
 	bind(t, passBDF, "vfio-pci")
-	defer bind(t, passBDF, "")
+	// A cleanup, not a defer: it must run after the vios' cleanups have
+	// killed them, since unbinding waits for the device's last user.
+	t.Cleanup(func() { bind(t, passBDF, "") })
 	group, _ := filepath.Glob("/sys/bus/pci/devices/" + passBDF + "/iommu_group/devices/*")
 	t.Logf("the NIC to pass through: %s (IOMMU group devices %v); L1's end of its wire: %s", passBDF, group, peer)
 	foNetwork(t, peer)
@@ -611,9 +613,15 @@ func (c *foConsole) standbyRun(mark int) (r struct {
 	return r
 }
 
-// wait waits until cond (called with c.mu held) holds.
+// foStep bounds each wait for the guest: a step takes seconds, the
+// slowest (the boot) about a minute in the lab.
+const foStep = 4 * time.Minute
+
+// wait waits until cond (called with c.mu held) holds, at most foStep.
 func (c *foConsole) wait(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, foStep)
+	defer cancel()
 	for {
 		c.mu.Lock()
 		ok := cond()
