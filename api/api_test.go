@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/api"
+	"github.com/viovmm/vio/vfio"
 	"github.com/viovmm/vio/vmm"
 )
 
@@ -174,6 +176,8 @@ func TestBadRequests(t *testing.T) {
 		{"send-migration copy_disks of a double", "PUT", "vm.send-migration", []byte(`{"destination_url":"unix:/nonexistent/m.sock","copy_disks":["d0"]}`), 501, "cannot migrate"},
 		{"receive-migration disk_paths empty path", "PUT", "vm.receive-migration", []byte(`{"receiver_url":"tcp:127.0.0.1:0","disk_paths":{"d0":""}}`), 400, "disk_paths maps disk ids"},
 		{"receive-migration without a URL", "PUT", "vm.receive-migration", []byte(`{}`), 400, "receiver_url"},
+		{"receive-migration device_paths empty path", "PUT", "vm.receive-migration", []byte(`{"receiver_url":"tcp:127.0.0.1:0","device_paths":{"vf0":""}}`), 400, "device_paths maps failover primaries' ids"},
+		{"send-migration unplug_timeout_s 0", "PUT", "vm.send-migration", []byte(`{"destination_url":"tcp:h:1","unplug_timeout_s":0}`), 400, "unplug_timeout_s 0: want 1 to 3600"},
 		{"receive-migration TLS over UNIX", "PUT", "vm.receive-migration", []byte(`{"receiver_url":"unix:/tmp/m","tls_dir":"/nonexistent"}`), 400, "TLS is for tcp"},
 		{"not yet", "PUT", "vm.coredump", []byte(`{"destination_url":"file:///tmp/s"}`), 501, "not implemented"},
 	} {
@@ -395,6 +399,66 @@ func TestHotplugAPI(t *testing.T) {
 	}
 	if vs, _ := c.state(vmm.StateRunning)["vsock"].(map[string]any); vs["id"] != "vs1" {
 		t.Fatalf("vm.info vsock %v", vs)
+	}
+}
+
+// TestAddDeviceAPI: vm.add-device takes Cloud Hypervisor's DeviceConfig
+// (and vio's failover), cold (204) and hot (200 with PciDeviceInfo, both
+// checked against the description); vm.info lists the devices with their
+// ids, vm.remove-device removes one; each refusal is one sentence with
+// its status.
+func TestAddDeviceAPI(t *testing.T) {
+	v := startVMM(t)
+	c := newSpecClient(t, v.sock)
+	c.ok("PUT", "vm.create", kataCreateBody(v.kernel), 204)
+	c.ok("PUT", "vm.add-net", []byte(`{"tap":"tap0","mac":"52:54:00:12:34:56","id":"sb","standby":true}`), 204)
+	c.ok("PUT", "vm.add-device", []byte(`{"path":"/sys/bus/pci/devices/0000:00:05.0","id":"vf0","failover":"sb"}`), 204)
+	c.ok("PUT", "vm.boot", nil, 204)
+	var info struct{ ID, BDF string }
+	if err := json.Unmarshal(c.ok("PUT", "vm.add-device", []byte(`{"path":"/sys/bus/pci/devices/0000:00:06.0/"}`), 200).body, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != "_vfio0" || info.BDF == "" {
+		t.Fatalf("PciDeviceInfo %+v", info)
+	}
+	if got := v.builder.Last().PassedThrough()["_vfio0"]; got != "/sys/bus/pci/devices/0000:00:06.0" {
+		t.Fatalf("the VM passed %q through, want the device's path without its slash", got)
+	}
+	devices := func() []any {
+		d, _ := c.state(vmm.StateRunning)["devices"].([]any)
+		return d
+	}
+	if d := devices(); len(d) != 2 || d[0].(map[string]any)["failover"] != "sb" || d[1].(map[string]any)["id"] != "_vfio0" {
+		t.Fatalf("vm.info devices %v", d)
+	}
+	v.builder.Last().RefuseDevice("/sys/bus/pci/devices/0000:00:07.0", fmt.Errorf("%w: 0000:00:07.0 has driver e1000e; bind it with: modprobe vfio-pci", vfio.ErrNotBound))
+	for _, tc := range []struct {
+		name, body string
+		status     int
+		says       string
+	}{
+		{"no path", `{"id":"x"}`, 400, "needs path"},
+		{"not a PCI address", `{"path":"/sys/bus/pci/devices/eth0"}`, 400, "does not end in a PCI address"},
+		{"unknown standby", `{"path":"/sys/bus/pci/devices/0000:00:08.0","failover":"nope"}`, 400, "failover=nope names no NIC"},
+		{"same device twice", `{"path":"/sys/bus/pci/devices/0000:00:06.0"}`, 400, "name one host device"},
+		{"duplicate id", `{"path":"/sys/bus/pci/devices/0000:00:08.0","id":"vf0"}`, 409, `"vf0"`},
+		{"unknown field", `{"path":"/sys/bus/pci/devices/0000:00:08.0","speed":1}`, 400, `"speed"`},
+		{"not bound to vfio-pci", `{"path":"/sys/bus/pci/devices/0000:00:07.0"}`, 400, "bind it with"},
+	} {
+		a := c.do("PUT", "vm.add-device", []byte(tc.body))
+		if a.status != tc.status || !strings.Contains(a.errorSentence(), tc.says) {
+			t.Errorf("%s: status %d %q, want %d saying %q", tc.name, a.status, a.body, tc.status, tc.says)
+		}
+	}
+	if a := c.do("PUT", "vm.remove-device", []byte(`{"id":"sb"}`)); a.status != 400 || !strings.Contains(a.errorSentence(), "standby of failover primary vf0") {
+		t.Errorf("removing the standby of a primary: %d %q", a.status, a.body)
+	}
+	c.ok("PUT", "vm.remove-device", []byte(`{"id":"_vfio0"}`), 204)
+	if d := devices(); len(d) != 1 {
+		t.Fatalf("vm.info devices after removal %v", d)
+	}
+	if _, ok := v.builder.Last().PassedThrough()["_vfio0"]; ok {
+		t.Error("the removed device is still passed through")
 	}
 }
 

@@ -30,6 +30,9 @@ type sendMigrationRequest struct {
 	// path) or a list of disk ids: disks not on shared storage, copied
 	// into the destination's own images (docs/migration.md).
 	CopyDisks json.RawMessage `json:"copy_disks"`
+	// UnplugTimeoutS (a vio extension) bounds how long the source waits
+	// for the guest to release its failover primaries (docs/failover.md).
+	UnplugTimeoutS *int64 `json:"unplug_timeout_s"`
 }
 
 // parseCopyDisks reads copy_disks: true, false, null or a list of ids.
@@ -79,6 +82,11 @@ func (s *Server) sendMigration(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusBadRequest, "downtime_ms %d: want at least 1", *req.DowntimeMS)
 	case req.TimeoutS != nil && *req.TimeoutS < 1:
 		return errorf(http.StatusBadRequest, "timeout_s %d: want at least 1", *req.TimeoutS)
+	case req.UnplugTimeoutS != nil && (*req.UnplugTimeoutS < 1 || *req.UnplugTimeoutS > 3600):
+		return errorf(http.StatusBadRequest, "unplug_timeout_s %d: want 1 to 3600 seconds", *req.UnplugTimeoutS)
+	}
+	if req.UnplugTimeoutS != nil {
+		sm.UnplugWait = time.Duration(*req.UnplugTimeoutS) * time.Second
 	}
 	if req.DowntimeMS != nil {
 		sm.Downtime = time.Duration(min(*req.DowntimeMS, 1<<40)) * time.Millisecond
@@ -109,6 +117,10 @@ type receiveMigrationRequest struct {
 	// DiskPaths (a vio extension) gives disks the source copies paths
 	// here other than their config's: disk id to path.
 	DiskPaths map[string]string `json:"disk_paths"`
+	// DevicePaths (a vio extension) gives failover primaries the host
+	// device to plug here: device id to sysfs path, or "none" to leave
+	// one out (docs/failover.md).
+	DevicePaths map[string]string `json:"device_paths"`
 }
 
 // receiveMigration waits for one migration and answers once the VM runs.
@@ -130,7 +142,12 @@ func (s *Server) receiveMigration(w http.ResponseWriter, r *http.Request) error 
 			return errorf(http.StatusBadRequest, "disk_paths maps disk ids to paths on this host, such as {\"disk0\": \"/var/lib/vio/disk0.raw\"}; an id or a path is empty")
 		}
 	}
-	if err := s.ctl.ReceiveMigration(r.Context(), vmm.ReceiveMigration{ReceiverURL: req.ReceiverURL, TLSDir: req.TLSDir, DiskPaths: req.DiskPaths}); err != nil {
+	for id, p := range req.DevicePaths {
+		if id == "" || p == "" {
+			return errorf(http.StatusBadRequest, "device_paths maps failover primaries' ids to host devices here, such as {\"vf0\": \"/sys/bus/pci/devices/0000:03:00.2\"} (or \"none\"); an id or a path is empty")
+		}
+	}
+	if err := s.ctl.ReceiveMigration(r.Context(), vmm.ReceiveMigration{ReceiverURL: req.ReceiverURL, TLSDir: req.TLSDir, DiskPaths: req.DiskPaths, DevicePaths: req.DevicePaths}); err != nil {
 		return err
 	}
 	noContent(w)

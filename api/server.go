@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +59,9 @@ type Controller interface {
 	AddDisk(config.Disk) (*vmm.DeviceInfo, error)
 	AddNet(config.Net) (*vmm.DeviceInfo, error)
 	AddVsock(config.Vsock) (*vmm.DeviceInfo, error)
+	// AddDevice passes a host PCI device through (VFIO), cold or hot
+	// as AddDisk.
+	AddDevice(config.Device) (*vmm.DeviceInfo, error)
 	RemoveDevice(id string) error
 	Snapshot(destinationURL string) error
 	Restore(sourceURL string, ro vmm.RestoreOptions) error
@@ -178,6 +182,7 @@ var routes = map[string]route{
 	"vm.add-disk":        {http.MethodPut, (*Server).addDisk},
 	"vm.add-net":         {http.MethodPut, (*Server).addNet},
 	"vm.add-vsock":       {http.MethodPut, (*Server).addVsock},
+	"vm.add-device":      {http.MethodPut, (*Server).addDevice},
 	"vm.remove-device":   {http.MethodPut, (*Server).removeDevice},
 	"vm.snapshot":        {http.MethodPut, (*Server).snapshot},
 	"vm.restore":         {http.MethodPut, (*Server).restore},
@@ -195,7 +200,7 @@ var routes = map[string]route{
 // they get a 501 that says so rather than a 404.
 var notYet = map[string]bool{
 	"vm.resize-zone": true,
-	"vm.add-device":  true, "vm.add-fs": true, "vm.add-generic-vhost-user": true,
+	"vm.add-fs":      true, "vm.add-generic-vhost-user": true,
 	"vm.add-pmem": true, "vm.add-vdpa": true, "vm.add-user-device": true,
 	"vm.coredump": true, "vm.nmi": true,
 }
@@ -425,6 +430,26 @@ func (s *Server) addVsock(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// addDevice passes a host PCI device through: Cloud Hypervisor's
+// DeviceConfig, {"path": "/sys/bus/pci/devices/BDF", "id": ...}, with
+// vio's failover (the standby NIC's id) for a failover primary.
+func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) error {
+	var d config.Device
+	if err := decode(w, r, &d); err != nil {
+		return err
+	}
+	if d.Path == "" {
+		return errorf(http.StatusBadRequest, "vm.add-device needs path, the device's sysfs directory such as /sys/bus/pci/devices/0000:00:04.0")
+	}
+	d.Path = strings.TrimSuffix(d.Path, "/")
+	info, err := s.ctl.AddDevice(d)
+	if err != nil {
+		return err
+	}
+	added(w, info)
+	return nil
+}
+
 // added answers an add: 200 with Cloud Hypervisor's PciDeviceInfo for a
 // hot-plugged device, 204 for one only added to the config.
 func added(w http.ResponseWriter, info *vmm.DeviceInfo) {
@@ -482,7 +507,7 @@ func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if req.ID == "" {
-		return errorf(http.StatusBadRequest, "vm.remove-device needs the id of a disk or NIC (vm.info lists them)")
+		return errorf(http.StatusBadRequest, "vm.remove-device needs the id of a disk, NIC or pass-through device (vm.info lists them)")
 	}
 	if err := s.ctl.RemoveDevice(req.ID); err != nil {
 		return err

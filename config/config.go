@@ -355,6 +355,12 @@ type Net struct {
 	OffloadTSO  *bool `json:"offload_tso,omitempty"`
 	OffloadUFO  *bool `json:"offload_ufo,omitempty"`
 	OffloadCsum *bool `json:"offload_csum,omitempty"`
+	// Standby makes the NIC offer VIRTIO_NET_F_STANDBY: the guest's
+	// virtio-net driver then puts it under a net_failover device, as the
+	// standby of a pass-through NIC with the same MAC address (the
+	// primary, a Device whose Failover names this NIC's ID). A vio
+	// extension, QEMU's failover=on (docs/failover.md).
+	Standby bool `json:"standby,omitempty"`
 
 	// TapFDs are open TAP descriptors (one per queue pair) that a client
 	// passed with SCM_RIGHTS on vm.add-net, used instead of opening Tap.
@@ -607,6 +613,9 @@ func (c *VM) Validate() error {
 		if err := d.validate(i); err != nil {
 			return err
 		}
+	}
+	if err := c.validateFailover(); err != nil {
+		return err
 	}
 	return c.validateNets()
 }

@@ -366,3 +366,58 @@ func TestParseNetDNSUpstream(t *testing.T) {
 		t.Errorf("dns_upstream on a TAP: %v", err)
 	}
 }
+
+// TestFailoverConfig: --net standby=on and --device failover=NETID parse,
+// and each pairing a guest's net_failover could not use is refused in
+// one sentence.
+func TestFailoverConfig(t *testing.T) {
+	n, err := ParseNet("tap=t0,mac=52:54:00:12:34:56,id=sb,standby=on")
+	if err != nil || !n.Standby || n.ID != "sb" {
+		t.Fatalf("ParseNet standby=on: %+v, %v", n, err)
+	}
+	if _, err := ParseNet("tap=t0,standby=maybe"); err == nil || !strings.Contains(err.Error(), "standby") {
+		t.Errorf("standby=maybe: %v", err)
+	}
+	d, err := ParseDevice("path=/sys/bus/pci/devices/0000:00:05.0,id=vf,failover=sb")
+	if err != nil || d.Failover != "sb" || d.ID != "vf" {
+		t.Fatalf("ParseDevice failover=sb: %+v, %v", d, err)
+	}
+	if _, err := ParseDevice("path=/sys/bus/pci/devices/0000:00:05.0,failover="); err == nil || !strings.Contains(err.Error(), "id of the standby NIC") {
+		t.Errorf("failover= with no id: %v", err)
+	}
+
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "k")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	const mac = "52:54:00:12:34:56"
+	primary := func(sb string) Device { return Device{Path: "/sys/bus/pci/devices/0000:00:05.0", Failover: sb} }
+	for _, c := range []struct {
+		net     []Net
+		devices []Device
+		want    string // "" for a valid config
+	}{
+		{[]Net{{Tap: "t", MAC: mac, ID: "sb", Standby: true}}, []Device{primary("sb")}, ""},
+		// A standby alone is fine: the guest runs on it until a primary comes.
+		{[]Net{{Tap: "t", MAC: mac, Standby: true}}, nil, ""},
+		{[]Net{{Tap: "t", MAC: mac, ID: "sb", Standby: true, Model: NetE1000}}, nil, "an e1000 does not have"},
+		{[]Net{{VhostUser: true, VhostSocket: "/s", MAC: mac, Standby: true}}, nil, "vhost-user NIC offers the features of its back-end"},
+		{[]Net{{Tap: "t0", VhostNet: true, MAC: mac, Standby: true}}, nil, "vhost-net NIC cannot be a standby"},
+		{[]Net{{Tap: "t", ID: "sb", Standby: true}}, nil, "needs mac= set to the MAC address of its pass-through primary"},
+		{[]Net{{Tap: "t", MAC: mac, ID: "sb", Standby: true}}, []Device{primary("other")}, "failover=other names no NIC"},
+		{[]Net{{Tap: "t", MAC: mac, ID: "sb"}}, []Device{primary("sb")}, "NIC sb is not a standby: add standby=on"},
+		{[]Net{{Tap: "t", MAC: mac, ID: "sb", Standby: true}},
+			[]Device{primary("sb"), {Path: "/sys/bus/pci/devices/0000:00:06.0", Failover: "sb"}}, "0000:00:05.0 and 0000:00:06.0 both name NIC sb"},
+	} {
+		cfg := Default()
+		cfg.Payload.Kernel = kernel
+		cfg.Memory.Shared = true // for the vhost-user case
+		cfg.Net, cfg.Devices = c.net, c.devices
+		err := cfg.Validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v %+v: %v", c.net, c.devices, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v %+v: want an error about %q, got %v", c.net, c.devices, c.want, err)
+		}
+	}
+}

@@ -15,6 +15,11 @@ type Device struct {
 	IOMMU      bool   `json:"iommu,omitempty"`
 	PCISegment int    `json:"pci_segment,omitempty"`
 	ID         string `json:"id,omitempty"`
+	// Failover makes the device (a NIC) the primary of the standby
+	// virtio-net NIC with this id (a vio extension, QEMU's
+	// failover_pair_id): a migration unplugs it first and the
+	// destination plugs a device in again (docs/failover.md).
+	Failover string `json:"failover,omitempty"`
 }
 
 var bdfPattern = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$`)
@@ -35,7 +40,7 @@ func (d Device) validate(i int) error {
 	return nil
 }
 
-// ParseDevice parses the --device flag: path=SYSFS_PATH[,id=ID].
+// ParseDevice parses the --device flag: path=SYSFS_PATH[,id=ID][,failover=NETID].
 func ParseDevice(spec string) (Device, error) {
 	var d Device
 	kv, err := splitSpec("device", spec)
@@ -48,8 +53,13 @@ func ParseDevice(spec string) (Device, error) {
 			d.Path = v
 		case "id":
 			d.ID = v
+		case "failover":
+			if v == "" {
+				return d, fmt.Errorf("--device %q: failover= needs the id of the standby NIC, such as failover=net0", spec)
+			}
+			d.Failover = v
 		default:
-			return d, fmt.Errorf("--device %q: unknown key %q (want path, id)", spec, k)
+			return d, fmt.Errorf("--device %q: unknown key %q (want path, id, failover)", spec, k)
 		}
 	}
 	if d.Path == "" {

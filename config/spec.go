@@ -286,8 +286,10 @@ func ParseNet(spec string) (Net, error) {
 			n.VhostUser, err = parseBool("net", k, v)
 		case "vhost", "vhost_net":
 			n.VhostNet, err = parseBool("net", k, v)
+		case "standby":
+			n.Standby, err = parseBool("net", k, v)
 		default:
-			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, dns_upstream, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost, vhost_user)", spec, k)
+			err = fmt.Errorf("--net %q: unknown key %q (want tap, user or socket, bond, net, hostfwd, dns_upstream, mac, model, queues, num_queues, queue_size, id, firewall, pcap, ids, ids_mode, vhost, vhost_user, standby)", spec, k)
 		}
 		if err != nil {
 			return n, err

@@ -46,7 +46,7 @@ func oneSentence(err error) string {
 }
 
 // FuzzSpecs feeds arbitrary command-line specs to every key=value parser
-// of the CLI (--memory, --disk, --net, --balloon, --vsock, --platform,
+// of the CLI (--memory, --disk, --net, --balloon, --vsock, --device, --platform,
 // --cloud-init, --serial/--console) and to the size and MAC parsers they
 // use. None may panic; each error is one sentence, and the same input
 // always gives the same answer (the keys live in a map, whose order
@@ -65,6 +65,7 @@ func FuzzSpecs(f *testing.F) {
 		"socket=/a+/b,bond=active-backup", "soc\u212aet=/s", "F\u0130LE=/f", "mac=01:00:00:00:00:00", "1G", "size=512M,shared=on", "size=2Gi",
 		"cid=3,socket=/v.sock", "size=0,free_page_reporting=on", "file=/tmp/log", "SOCKET=/s", "socket=",
 		"num_pci_segments=2,uuid=00000000-0000-0000-0000-000000000001", "user=maybe,iface=nope",
+		"path=/sys/bus/pci/devices/0000:00:05.0,id=vf0,failover=sb", "tap=t,mac=52:54:00:12:34:56,id=sb,standby=on", "failover=",
 	} {
 		f.Add(s)
 	}
@@ -79,6 +80,7 @@ func FuzzSpecs(f *testing.F) {
 			{"net", func(s string) (any, error) { return ParseNet(s) }},
 			{"balloon", func(s string) (any, error) { return ParseBalloon(s) }},
 			{"vsock", func(s string) (any, error) { return ParseVsock(s) }},
+			{"device", func(s string) (any, error) { return ParseDevice(s) }},
 			{"platform", func(s string) (any, error) { return ParsePlatform(s) }},
 			{"cloud-init", func(s string) (any, error) { return ParseCloudInit(s) }},
 			{"console", func(s string) (any, error) { return ParseConsole("console", s) }},

@@ -44,13 +44,20 @@ type Config struct {
 	// as wedged and is killed (default 5m). A wedged L1 runs nothing, not
 	// even its kernel's lockup watchdog, so only silence shows it.
 	WedgeTimeout time.Duration
-	IOMMU        bool      // q35 with an emulated Intel IOMMU, for VFIO
-	NVMe         []NVMe    // emulated NVMe controllers for L1
-	Dir          string    // working directory of the command; writable in L1 (default: current)
-	Shares       []string  // further host directories made writable in L1
-	Env          []string  // extra KEY=VALUE for the command
-	Verbose      io.Writer // if set, L1's console is copied here as it runs
-	QEMU         string    // qemu-system-x86_64 binary (default: from PATH)
+	IOMMU        bool   // q35 with an emulated Intel IOMMU, for VFIO
+	NVMe         []NVMe // emulated NVMe controllers for L1
+	// NICPair gives L1 two emulated NICs joined by a QEMU hub, a wire
+	// between them that leaves the lab nowhere: an Intel 82574L (e1000e,
+	// MAC NICPairPassMAC) to bind to vfio-pci and pass through, and an
+	// 82540EM (e1000, MAC NICPairPeerMAC) that L1's own driver takes, to
+	// put on a bridge. A guest of L1 that has the first reaches L1's
+	// network through it (docs/failover.md). It implies IOMMU.
+	NICPair bool
+	Dir     string    // working directory of the command; writable in L1 (default: current)
+	Shares  []string  // further host directories made writable in L1
+	Env     []string  // extra KEY=VALUE for the command
+	Verbose io.Writer // if set, L1's console is copied here as it runs
+	QEMU    string    // qemu-system-x86_64 binary (default: from PATH)
 }
 
 // NVMe is one emulated NVMe controller given to L1.
@@ -74,11 +81,18 @@ var ErrTimeout = errors.New("lab: timed out")
 
 // modulesL1 are what L1 needs: 9p for the host filesystem, overlayfs for a
 // writable view of it, kvm-amd, and what lab scenarios use (TAP, bridges,
-// veth, VFIO, NVMe, loop devices).
+// veth, VFIO, NVMe, loop devices, the e1000 of NICPair; not e1000e, so
+// that NICPair's NIC to pass through stays free for vfio-pci).
 var modulesL1 = []string{
 	"9p", "9pnet_virtio", "virtio_pci", "overlay", "kvm_amd", "tun", "bridge", "veth",
-	"vfio_pci", "vfio_iommu_type1", "nvme", "loop", "vhost_net", "vhost_vsock",
+	"vfio_pci", "vfio_iommu_type1", "nvme", "loop", "vhost_net", "vhost_vsock", "e1000",
 }
+
+// The MAC addresses of NICPair's NICs.
+const (
+	NICPairPassMAC = "52:54:00:fa:11:0e" // the e1000e to pass through
+	NICPairPeerMAC = "52:54:00:fa:11:01" // L1's e1000
+)
 
 // l1Init runs as L1's PID 1 once the modules are in. It reports progress on
 // the console with "@@vio-lab" markers that the host parses; the command's
@@ -123,7 +137,7 @@ say "exit $rc"
 poweroff -f
 `
 
-const l1Version = "4" // bump when l1Init or modulesL1 change
+const l1Version = "5" // bump when l1Init or modulesL1 change
 
 // l1Image returns the L1 initramfs, building it into the asset cache once.
 func l1Image(a *assets.Assets) (string, error) {
@@ -526,6 +540,9 @@ func qemuArgs(cfg Config, a *assets.Assets, l1, ctl string) ([]string, error) {
 	// Interrupt-remapped IO-APIC"), seen once in this project's suite.
 	appendArgs := "console=ttyS0 quiet panic=-1 8250.nr_uarts=4 no_timer_check"
 	machine := "pc"
+	if cfg.NICPair {
+		cfg.IOMMU = true // the NIC is for VFIO
+	}
 	q35 := cfg.IOMMU
 	for _, n := range cfg.NVMe {
 		q35 = q35 || n.VFs > 0
@@ -577,6 +594,14 @@ func qemuArgs(cfg Config, a *assets.Assets, l1, ctl string) ([]string, error) {
 			"-device", fmt.Sprintf("nvme,serial=%s,subsys=%s,bus=%s,sriov_max_vfs=%d,sriov_vq_flexible=%d,sriov_vi_flexible=%d,max_ioqpairs=%d,msix_qsize=%d",
 				serial, sub, rp, n.VFs, 2*n.VFs, n.VFs, 2*n.VFs+2, n.VFs+2),
 			"-device", fmt.Sprintf("nvme-ns,drive=%s,nsid=1,shared=true,detached=false", drive))
+	}
+	if cfg.NICPair {
+		// A hub repeats every frame of a port to the others: the two
+		// NICs are on one wire. The e1000e, for its MSI-X (vio passes
+		// MSI-X devices through; the 82540EM has no MSI at all).
+		args = append(args,
+			"-netdev", "hubport,id=nicpair0,hubid=7", "-device", "e1000e,netdev=nicpair0,mac="+NICPairPassMAC,
+			"-netdev", "hubport,id=nicpair1,hubid=7", "-device", "e1000,netdev=nicpair1,mac="+NICPairPeerMAC)
 	}
 	args = append(args, "-append", appendArgs)
 	return args, nil

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/viovmm/vio/lab/assets"
 )
 
 // These tests boot the lab VM itself; they need QEMU and the assets, which
@@ -179,5 +181,29 @@ func TestL1Wedged(t *testing.T) {
 	}
 	if err := boot(context.Background(), Config{QEMU: beating, BootTimeout: time.Minute, WedgeTimeout: time.Second}, nil, io.Discard, io.Discard); err != nil {
 		t.Fatalf("an L1 with a heartbeat: %v", err)
+	}
+}
+
+// TestQEMUArgsNICPair: the NIC pair is an e1000e and an e1000 with their
+// MACs on one QEMU hub, on a q35 machine with the emulated IOMMU (VFIO
+// needs it). It only builds the command line; nothing boots.
+func TestQEMUArgsNICPair(t *testing.T) {
+	args, err := qemuArgs(Config{NICPair: true, Dir: t.TempDir()}, &assets.Assets{Kernel: "vmlinuz"}, "l1.cpio.gz", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := strings.Join(args, " ")
+	for _, want := range []string{
+		"-machine q35,kernel-irqchip=split", "-device intel-iommu,intremap=on,caching-mode=on", "intel_iommu=on",
+		"-netdev hubport,id=nicpair0,hubid=7 -device e1000e,netdev=nicpair0,mac=" + NICPairPassMAC,
+		"-netdev hubport,id=nicpair1,hubid=7 -device e1000,netdev=nicpair1,mac=" + NICPairPeerMAC,
+	} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("the command line lacks %q:\n%s", want, cmd)
+		}
+	}
+	args, _ = qemuArgs(Config{Dir: t.TempDir()}, &assets.Assets{Kernel: "vmlinuz"}, "l1.cpio.gz", t.TempDir())
+	if cmd := strings.Join(args, " "); strings.Contains(cmd, "hubport") || strings.Contains(cmd, "q35") {
+		t.Errorf("a lab without the pair has it: %s", cmd)
 	}
 }

@@ -79,6 +79,7 @@ type MSIX struct {
 	enabled  bool
 	fnMasked bool
 	errs     uint64 // Route or Trigger failures
+	held     uint64 // notifications that found their vector masked
 }
 
 // NewMSIX adds an MSI-X capability for n vectors to cfg. router may be nil
@@ -150,6 +151,14 @@ func (m *MSIX) Errors() uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.errs
+}
+
+// Held returns how many notifications found their vector (or the
+// function) masked and were left pending.
+func (m *MSIX) Held() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.held
 }
 
 func (m *MSIX) controlWritten(int, []byte) {
@@ -269,6 +278,7 @@ func (m *MSIX) Notify(v int) error {
 	}
 	if !m.liveLocked(v) {
 		m.pending[v/64] |= 1 << (v % 64)
+		m.held++
 		m.mu.Unlock()
 		return nil
 	}

@@ -8,8 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/devices/vfiopci"
 	"github.com/viovmm/vio/events"
 	"github.com/viovmm/vio/sandbox"
+	"github.com/viovmm/vio/vfio"
 )
 
 // The Controller's device registry: every disk and NIC of the config has
@@ -98,6 +100,12 @@ func assignIDs(cfg *config.VM) error {
 	if v := cfg.Vsock; v != nil && v.ID == "" {
 		v.ID = fresh("vsock")
 	}
+	// Cloud Hypervisor's names for pass-through devices.
+	for i := range cfg.Devices {
+		if cfg.Devices[i].ID == "" {
+			cfg.Devices[i].ID = fresh("vfio")
+		}
+	}
 	return nil
 }
 
@@ -151,6 +159,35 @@ func (c *Controller) AddVsock(vs config.Vsock) (*DeviceInfo, error) {
 		cfg.Vsock = &vs
 		return &cfg.Vsock.ID, func(h Hotplugger) (string, error) { return h.AddVsock(cfg.Vsock) }
 	})
+}
+
+// AddDevice passes a host PCI device through (VFIO) like AddDisk: to the
+// config before boot, to the running or paused guest too (hot plug).
+func (c *Controller) AddDevice(d config.Device) (*DeviceInfo, error) {
+	return c.addDevice("add a pass-through device", func(cfg *config.VM) (*string, func(Hotplugger) (string, error)) {
+		cfg.Devices = append(cfg.Devices, d)
+		nd := &cfg.Devices[len(cfg.Devices)-1]
+		return &nd.ID, func(h Hotplugger) (string, error) {
+			bdf, err := h.AddDevice(nd)
+			if hostDeviceRefused(err) {
+				// The user's to fix (bind it, free it, pick another):
+				// a request error, not the VMM's failure.
+				return "", configError{err}
+			}
+			return bdf, sandbox.Explain(err, "/dev/vfio")
+		}
+	})
+}
+
+// hostDeviceRefused says whether err is a host device that cannot be
+// passed through as it is (vfio's sentences say what to do).
+func hostDeviceRefused(err error) bool {
+	for _, e := range []error{vfio.ErrNotBound, vfio.ErrNotViable, vfio.ErrNoIOMMU, vfio.ErrInUse, vfiopci.ErrUnsupported} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrOneVsock: vm.add-vsock on a VM that has its vsock device already.
@@ -224,7 +261,13 @@ func (c *Controller) RemoveDevice(id string) error {
 	}
 	if !hasDevice(c.cfg, id) {
 		c.mu.Unlock()
-		return fmt.Errorf("%w: the VM has no disk, NIC or vsock device with id %q (vm.info lists them)", ErrNoDevice, id)
+		return fmt.Errorf("%w: the VM has no disk, NIC, vsock or pass-through device with id %q (vm.info lists them)", ErrNoDevice, id)
+	}
+	for _, d := range c.cfg.Devices {
+		if d.Failover == id {
+			c.mu.Unlock()
+			return configError{fmt.Errorf("cannot remove NIC %s: it is the standby of failover primary %s, which would be left without one; remove %s first", id, d.ID, d.ID)}
+		}
 	}
 	switch c.state {
 	case StateCreated, StateShutdown:
@@ -271,6 +314,11 @@ func hasDevice(cfg *config.VM, id string) bool {
 			return true
 		}
 	}
+	for _, d := range cfg.Devices {
+		if d.ID == id {
+			return true
+		}
+	}
 	return cfg.Vsock != nil && cfg.Vsock.ID == id
 }
 
@@ -294,7 +342,13 @@ func (c *Controller) dropDeviceLocked(id string) {
 			unix.Close(fd)
 		}
 	}
-	cfg.Disks, cfg.Net = disks, nets
+	devices := cfg.Devices[:0]
+	for _, d := range cfg.Devices {
+		if d.ID != id {
+			devices = append(devices, d)
+		}
+	}
+	cfg.Disks, cfg.Net, cfg.Devices = disks, nets, devices
 	if cfg.Vsock != nil && cfg.Vsock.ID == id {
 		cfg.Vsock = nil
 	}

@@ -51,6 +51,9 @@ type Hotplugger interface {
 	AddDisk(d *config.Disk) (bdf string, err error)
 	AddNet(n *config.Net) (bdf string, err error)
 	AddVsock(vs *config.Vsock) (bdf string, err error)
+	// AddDevice passes the host PCI device d names through (VFIO); its
+	// ID is set and unique.
+	AddDevice(d *config.Device) (bdf string, err error)
 	// RemoveDevice asks the guest to release the device with the id and
 	// waits up to wait for it: once the guest has (its _EJ0 ran), the
 	// device is torn down (back-end closed, interrupts, doorbells and
@@ -68,9 +71,16 @@ var _ Hotplugger = (*VM)(nil)
 type hotplug struct {
 	regs *pcihp.Device
 
-	mu      sync.Mutex // guards used, changed, VM.pciDevices and each plugged's fields
-	used    uint32     // device numbers in use on bus 0 (bit n = slot n)
-	changed bool       // a device was hot-plugged or removed since boot
+	mu   sync.Mutex // guards used, changed, VM.pciDevices, VM.ptDevices and each plugged's fields
+	used uint32     // device numbers in use on bus 0 (bit n = slot n)
+	// changed: a device other than a pass-through one was hot-plugged
+	// or removed since boot. Pass-through devices take their slots after
+	// all others at boot and a hot-plugged one takes the lowest free
+	// slot, which is above them all while nothing else changed; so
+	// until then a restore from the config (without the pass-through
+	// devices, which no snapshot or migration carries plugged) gives
+	// every other device the slot the guest knows.
+	changed bool
 }
 
 // hotplugChanged refuses a snapshot of a VM whose devices changed since
@@ -85,12 +95,21 @@ func (v *VM) hotplugChanged(verb string) error {
 	return nil
 }
 
-// plugged is what a removable device owns beyond its pciDevice.
+// plugged is what a removable device owns: a virtio device beyond its
+// pciDevice, a pass-through device (ptDevice) all of it.
 type plugged struct {
 	id    string
 	slot  uint8
 	msi   *deviceMSI
-	owned []io.Closer // its back-ends, closed after the device is reset
+	owned []io.Closer // closed in reverse once the device is off the bus
+	// stop quiets the device once it is off the bus, before owned is
+	// closed (a virtio device's reset); nil for none.
+	stop func()
+	// passthrough: a host device (passthrough.go). Such devices sit above
+	// every other device's slot, so their coming and going does not
+	// change the slots a restore gives the others (hotplug.changed).
+	passthrough bool
+	failover    string // a failover primary: its standby NIC's id
 
 	ejecting bool          // the host asked the guest to release it
 	gone     []func()      // called once it is torn down
@@ -104,6 +123,9 @@ type plugged struct {
 func (v *VM) raiseHotplugGPE() {
 	if v.platform != nil && v.platform.pm != nil {
 		v.platform.pm.RaiseGPE(hotplugGPE)
+	}
+	if f := v.opts.hotplugEvent; f != nil {
+		f(v)
 	}
 }
 
@@ -121,15 +143,10 @@ func (v *VM) setupHotplug() error {
 	}
 	v.closers = append(v.closers, closerFunc(func() error {
 		v.hp.mu.Lock()
-		var ps []*pciDevice
-		for _, d := range v.pciDevices {
-			if d.hp != nil {
-				ps = append(ps, d)
-			}
-		}
+		ps := v.removablesLocked()
 		v.hp.mu.Unlock()
-		for _, d := range ps {
-			v.teardown(d, false)
+		for _, p := range ps {
+			v.teardown(p, false)
 		}
 		return nil
 	}))
@@ -202,7 +219,7 @@ func (v *VM) plugWith(name, id string, build func() (virtio.Device, error), srio
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	d := &pciDevice{name: name, dev: dev, transport: t, hp: &plugged{
-		id: id, slot: slot, msi: msi, owned: owned, released: make(chan struct{}),
+		id: id, slot: slot, msi: msi, owned: owned, stop: dev.Reset, released: make(chan struct{}),
 	}}
 	v.hp.mu.Lock()
 	v.pciDevices = append(v.pciDevices, d)
@@ -238,7 +255,7 @@ func (v *VM) AddDisk(d *config.Disk) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return v.announce(p)
+	return v.announce(p.hp)
 }
 
 // AddNet implements Hotplugger.
@@ -253,7 +270,7 @@ func (v *VM) AddNet(n *config.Net) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return v.announce(p)
+	return v.announce(p.hp)
 }
 
 // AddVsock implements Hotplugger.
@@ -265,33 +282,35 @@ func (v *VM) AddVsock(vs *config.Vsock) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return v.announce(p)
+	return v.announce(p.hp)
 }
 
 func (v *VM) checkNewID(id string) error {
 	if id == "" {
 		return fmt.Errorf("%w: a hot-plugged device needs an id", ErrInvalidConfig)
 	}
-	if v.find(id) != nil {
+	if v.findPlugged(id) != nil {
 		return fmt.Errorf("%w: a device with id %q exists already", ErrInvalidConfig, id)
 	}
 	return nil
 }
 
 // announce tells the guest a device arrived in p's slot.
-func (v *VM) announce(p *pciDevice) (string, error) {
-	if err := v.hp.regs.Plug(int(p.hp.slot)); err != nil {
+func (v *VM) announce(p *plugged) (string, error) {
+	if err := v.hp.regs.Plug(int(p.slot)); err != nil {
 		v.teardown(p, true)
 		return "", err
 	}
-	v.hp.mu.Lock()
-	v.hp.changed = true
-	v.hp.mu.Unlock()
-	v.log.Info("device hot-plugged", "id", p.hp.id, "bdf", bdfString(p.hp.slot))
-	return bdfString(p.hp.slot), nil
+	if !p.passthrough {
+		v.hp.mu.Lock()
+		v.hp.changed = true
+		v.hp.mu.Unlock()
+	}
+	v.log.Info("device hot-plugged", "id", p.id, "bdf", bdfString(p.slot))
+	return bdfString(p.slot), nil
 }
 
-// find returns the removable device with the id, or nil.
+// find returns the removable virtio device with the id, or nil.
 func (v *VM) find(id string) *pciDevice {
 	v.hp.mu.Lock()
 	defer v.hp.mu.Unlock()
@@ -303,10 +322,37 @@ func (v *VM) find(id string) *pciDevice {
 	return nil
 }
 
+// removablesLocked lists every removable device; hp.mu is held.
+func (v *VM) removablesLocked() []*plugged {
+	var ps []*plugged
+	for _, d := range v.pciDevices {
+		if d.hp != nil {
+			ps = append(ps, d.hp)
+		}
+	}
+	for _, d := range v.ptDevices {
+		ps = append(ps, d.hp)
+	}
+	return ps
+}
+
+// findPlugged returns the removable device (virtio or pass-through) with
+// the id, or nil.
+func (v *VM) findPlugged(id string) *plugged {
+	v.hp.mu.Lock()
+	defer v.hp.mu.Unlock()
+	for _, p := range v.removablesLocked() {
+		if p.id == id {
+			return p
+		}
+	}
+	return nil
+}
+
 // RemoveDevice implements Hotplugger.
 func (v *VM) RemoveDevice(id string, wait time.Duration, gone func()) error {
-	d := v.find(id)
-	if d == nil {
+	p := v.findPlugged(id)
+	if p == nil {
 		for _, n := range v.cfg.Net {
 			if n.ID == id && n.Model == config.NetE1000 {
 				return fmt.Errorf("%w: %q is an e1000, which stays until the VM stops", ErrNotRemovable, id)
@@ -314,29 +360,62 @@ func (v *VM) RemoveDevice(id string, wait time.Duration, gone func()) error {
 		}
 		return fmt.Errorf("%w: no removable device has id %q", ErrNoDevice, id)
 	}
-	if d.transport.SRIOV() != nil {
+	if d := v.find(id); d != nil && d.transport.SRIOV() != nil {
 		return fmt.Errorf("%w: %q has SR-IOV virtual functions and stays until the VM stops", ErrNotRemovable, id)
 	}
-	v.hp.mu.Lock()
-	d.hp.ejecting = true
-	if gone != nil {
-		d.hp.gone = append(d.hp.gone, gone)
+	if p.passthrough && v.iommu != nil {
+		return fmt.Errorf("%w: %q is a pass-through device behind the emulated IOMMU, which stays until the VM stops", ErrNotRemovable, id)
 	}
-	slot, released := d.hp.slot, d.hp.released
-	v.hp.mu.Unlock()
-	if err := v.hp.regs.RequestEject(int(slot)); err != nil {
+	released, err := v.requestEject(p, gone)
+	if err != nil {
 		return err
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-released:
-		v.log.Info("device removed", "id", id, "bdf", bdfString(slot))
+		v.log.Info("device removed", "id", id, "bdf", bdfString(p.slot))
 		return nil
 	case <-t.C:
 		return fmt.Errorf("%w: device %q (%s) was not released by the guest within %v; the eject request stands and the device goes when the guest lets it go (check that the guest has ACPI PCI hot plug, acpiphp, and that nothing holds the device)",
-			ErrNotReleased, id, bdfString(slot), wait)
+			ErrNotReleased, id, bdfString(p.slot), wait)
 	}
+}
+
+// requestEject asks the guest to release p; gone, if set, is called once
+// it has (see Hotplugger.RemoveDevice). The channel is closed then.
+func (v *VM) requestEject(p *plugged, gone func()) (<-chan struct{}, error) {
+	v.hp.mu.Lock()
+	p.ejecting = true
+	if gone != nil {
+		p.gone = append(p.gone, gone)
+	}
+	v.hp.mu.Unlock()
+	if err := v.hp.regs.RequestEject(int(p.slot)); err != nil {
+		return nil, err
+	}
+	return p.released, nil
+}
+
+// withdrawEject takes back an eject request the guest has not answered:
+// the device stays, and the guest is told its slot has a device, which
+// it finds again if it had begun to let it go. It returns false if the
+// device has gone meanwhile.
+func (v *VM) withdrawEject(p *plugged) bool {
+	v.hp.mu.Lock()
+	select {
+	case <-p.released:
+		v.hp.mu.Unlock()
+		return false
+	default:
+	}
+	p.ejecting, p.gone = false, nil
+	v.hp.mu.Unlock()
+	// Plug withdraws the pending request and notifies the slot.
+	if err := v.hp.regs.Plug(int(p.slot)); err != nil {
+		v.log.Warn("withdrawing an eject request", "id", p.id, "err", err)
+	}
+	return true
 }
 
 // guestReleased handles the guest's write of slot to B0EJ: a device the
@@ -346,57 +425,78 @@ func (v *VM) RemoveDevice(id string, wait time.Duration, gone func()) error {
 // device's config stays what the API last set.
 func (v *VM) guestReleased(slot uint8) {
 	v.hp.mu.Lock()
-	var d *pciDevice
-	for _, x := range v.pciDevices {
-		if x.hp != nil && x.hp.slot == slot {
-			d = x
+	var p *plugged
+	for _, x := range v.removablesLocked() {
+		if x.slot == slot {
+			p = x
 		}
 	}
-	asked := d != nil && d.hp.ejecting
+	asked := p != nil && p.ejecting
 	v.hp.mu.Unlock()
 	if !asked {
 		v.log.Warn("the guest ejected a slot vio did not ask it to release; the device stays", "slot", slot)
 		return
 	}
-	v.teardown(d, true)
+	v.teardown(p, true)
 }
 
-// teardown takes d off the bus and releases everything it holds; with
+// teardown takes p off the bus and releases everything it holds; with
 // notify, its gone callbacks run. It is idempotent.
-func (v *VM) teardown(d *pciDevice, notify bool) {
+func (v *VM) teardown(p *plugged, notify bool) {
 	v.hp.mu.Lock()
-	i := -1
-	for j, x := range v.pciDevices {
-		if x == d {
-			i = j
-		}
-	}
-	if i < 0 {
+	if !v.unlistLocked(p) {
 		v.hp.mu.Unlock()
 		return
 	}
-	v.pciDevices = append(v.pciDevices[:i:i], v.pciDevices[i+1:]...)
-	v.hp.changed = true
-	gone := d.hp.gone
-	d.hp.gone = nil
+	if !p.passthrough {
+		v.hp.changed = true
+	}
+	gone := p.gone
+	p.gone = nil
 	v.hp.mu.Unlock()
 
 	// BARs first: their unmapping detaches the doorbells' ioeventfds
-	// (Transport.BARMapped), so no guest write reaches the device while
-	// it stops.
-	if err := v.pciRoot.Remove(pci.BDF{Device: d.hp.slot}); err != nil {
-		v.log.Warn("removing a PCI function", "id", d.hp.id, "err", err)
+	// (Transport.BARMapped) and a pass-through device's mapped pages, so
+	// no guest access reaches the device while it stops.
+	if err := v.pciRoot.Remove(pci.BDF{Device: p.slot}); err != nil {
+		v.log.Warn("removing a PCI function", "id", p.id, "err", err)
 	}
-	d.dev.Reset()
-	closeReverse(d.hp.owned)
-	d.hp.msi.release()
-	v.freeSlot(d.hp.slot)
-	close(d.hp.released)
+	if p.stop != nil {
+		p.stop()
+	}
+	closeReverse(p.owned)
+	p.msi.release()
+	v.freeSlot(p.slot)
+	if notify && p.failover != "" {
+		// The guest let its primary go: its traffic is the standby's
+		// now, which the network must learn (before a migration that
+		// waits for this starts).
+		v.announceStandby(p.failover)
+	}
+	close(p.released)
 	if notify {
 		for _, f := range gone {
 			f()
 		}
 	}
+}
+
+// unlistLocked drops p's device from the VM's lists; false if it is not
+// there (torn down already). hp.mu is held.
+func (v *VM) unlistLocked(p *plugged) bool {
+	for i, x := range v.pciDevices {
+		if x.hp == p {
+			v.pciDevices = append(v.pciDevices[:i:i], v.pciDevices[i+1:]...)
+			return true
+		}
+	}
+	for i, x := range v.ptDevices {
+		if x.hp == p {
+			v.ptDevices = append(v.ptDevices[:i:i], v.ptDevices[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // newNICFromFDs builds a virtio NIC on duplicates of the TAP descriptors
@@ -415,7 +515,7 @@ func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
 		}
 		mac = m[:]
 	}
-	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)}
+	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby}
 	if len(bes) == 1 {
 		return virtionet.New(bes[0], cfg)
 	}

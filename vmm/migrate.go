@@ -52,6 +52,10 @@ type SendMigration struct {
 	// (diskcopy.go). CopyAllDisks copies every writable disk with a path.
 	CopyDisks    []string
 	CopyAllDisks bool
+	// UnplugWait bounds how long the source waits for the guest to
+	// release its failover primaries before it migrates (0:
+	// DefaultUnplugWait; failover.go).
+	UnplugWait time.Duration
 }
 
 // ReceiveMigration is where and how to wait for a migration.
@@ -65,6 +69,11 @@ type ReceiveMigration struct {
 	// here other than their config's: on one host the copy must be
 	// another file. Disk id to path.
 	DiskPaths map[string]string
+	// DevicePaths gives failover primaries the host device to plug here
+	// once the guest runs: id to sysfs path, or NoDevice to leave one
+	// out. A primary not named gets its path on the source (the same
+	// address on this host). See failover.go.
+	DevicePaths map[string]string
 }
 
 // migrationGuard keeps a VM's memory mapped while a migration reads it:
@@ -102,6 +111,9 @@ type migrationSource struct {
 	stuck bool
 	// copy copies the disks not on shared storage (diskcopy.go), or nil.
 	copy *diskCopy
+	// primaries are the failover primaries unplugged for the migration
+	// (failover.go): the destination plugs them again.
+	primaries []config.Device
 }
 
 var _ migration.LocalSource = (*migrationSource)(nil)
@@ -119,6 +131,10 @@ type migratable interface {
 func (v *VM) migrationSource(ctx context.Context, paused, local bool) (*migrationSource, error) {
 	if err := v.checkSaveable("migrate", "to migrate it"); err != nil {
 		return nil, err
+	}
+	if ps := v.primaries(); paused && len(ps) > 0 {
+		d := ps[0].cfg
+		return nil, snapErr(ErrNotSaveable, "cannot migrate a paused VM with failover primary %s (%s) plugged: the guest must release it first, which it cannot do paused; resume the VM (vm.resume) and migrate it running", d.ID, d.BDF())
 	}
 	if !local {
 		if err := v.checkVhostUserLog(); err != nil {
@@ -159,8 +175,13 @@ func (s *migrationSource) release() {
 	})
 }
 
+// Config is the VM's config, whose pass-through devices are the failover
+// primaries unplugged for the migration (the destination plugs them
+// again) and no others (the migration refuses them).
 func (s *migrationSource) Config() ([]byte, error) {
-	b, err := json.Marshal(s.v.cfg)
+	cfg := *s.v.cfg
+	cfg.Devices = s.primaries
+	b, err := json.Marshal(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the VM config: %w", err)
 	}
@@ -541,6 +562,18 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) (err 
 		return err
 	}
 	defer src.release()
+	// The failover primaries leave first: the guest's traffic moves to
+	// their standbys. If the migration fails here, they come back.
+	if err := c.unplugForMigration(src, req.UnplugWait); err != nil {
+		c.emit("migration-failed", "destination_url", ep.String(), "error", err.Error())
+		return err
+	}
+	handled := false
+	defer func() {
+		if !handled && err != nil {
+			c.replugAfterFailure(src, true)
+		}
+	}()
 	// Before pre-copy or the local handoff: the pause then pays the
 	// state codec's steady-state cost only (warmup.go).
 	src.v.warmUpCodecs()
@@ -585,6 +618,11 @@ func (c *Controller) SendMigration(ctx context.Context, req SendMigration) (err 
 	if stayPaused {
 		src.hold()
 	}
+	if err != nil {
+		// Before the release: the VM must not be closing.
+		c.replugAfterFailure(src, !stayPaused)
+	}
+	handled = true
 	// The VM may close from here on. Before c.mu is taken: a guest that
 	// stopped during the migration has follow holding c.mu in Close,
 	// which waits for this release.
@@ -671,7 +709,7 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 	}
 	defer side.Close()
 	defer conn.Close()
-	t := &incomingTarget{c: c, side: side, paths: req.DiskPaths}
+	t := &incomingTarget{c: c, side: side, paths: req.DiskPaths, devicePaths: req.DevicePaths}
 	defer t.stopExports()
 	rec, err := migration.Receive(ctx, conn, t, migration.ReceiveOptions{Progress: c.progress, DiskProgress: c.diskProgress})
 	if err != nil {
@@ -733,6 +771,9 @@ func (c *Controller) ReceiveMigration(ctx context.Context, req ReceiveMigration)
 	}
 	c.log.Info("migration received", anys(statsKV(rec.Stats))...)
 	c.emit("migration-received", append([]string{"receiver_url", ep.String()}, statsKV(rec.Stats)...)...)
+	// Once the guest runs here: it finds its failover primaries as it
+	// found them unplugged on the source, through ACPI hot plug.
+	c.plugMigratedPrimaries(m, t.cfg)
 	return nil
 }
 
@@ -748,6 +789,8 @@ type incomingTarget struct {
 	side    *migration.Listener
 	paths   map[string]string
 	exports *diskExports
+	// devicePaths are ReceiveMigration.DevicePaths.
+	devicePaths map[string]string
 }
 
 func (t *incomingTarget) Build(b []byte) (migration.Incoming, error) {
@@ -839,6 +882,9 @@ func (t *incomingTarget) build(b []byte, ram *migration.SharedRAM) (migration.In
 }
 
 func (t *incomingTarget) buildFrom(cfg *config.VM, ram *migration.SharedRAM) (migration.Incoming, error) {
+	if err := applyDevicePaths(cfg, t.devicePaths); err != nil {
+		return nil, err
+	}
 	m, err := t.c.receive(cfg.Clone(), ram)
 	if err != nil {
 		return nil, fmt.Errorf("building the VM here: %w", err)

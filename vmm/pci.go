@@ -107,9 +107,6 @@ func (v *VM) setupPCI(stdio IO) error {
 			return fmt.Errorf("net %d (%s): %w", i, netName(n), err)
 		}
 	}
-	if err := v.addPassthrough(); err != nil {
-		return err
-	}
 	if v.cfg.RNG != nil {
 		var src io.Reader
 		if v.cfg.RNG.Src != "" && v.cfg.RNG.Src != "/dev/urandom" {
@@ -144,7 +141,11 @@ func (v *VM) setupPCI(stdio IO) error {
 	if err := v.addBalloon(); err != nil {
 		return err
 	}
-	return v.addVsock()
+	if err := v.addVsock(); err != nil {
+		return err
+	}
+	// Last: see addPassthrough.
+	return v.addPassthrough()
 }
 
 // addVirtio puts dev on the next free slot of bus 0.
@@ -312,7 +313,7 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 		}
 		mac = m[:]
 	}
-	return virtionet.NewMultiQueue(bes, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize)})
+	return virtionet.NewMultiQueue(bes, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby})
 }
 
 // acpiPCI describes the PCI root for the ACPI tables.
@@ -375,6 +376,12 @@ func (v *VM) Stats() map[string]any {
 	}
 	for _, d := range v.e1000s {
 		out[d.name] = map[string]any{"device": d.dev.Stats()}
+	}
+	v.hp.mu.Lock()
+	pts := append([]*ptDevice(nil), v.ptDevices...)
+	v.hp.mu.Unlock()
+	for _, d := range pts {
+		out[d.cfg.ID] = map[string]any{"device": d.dev.Stats()}
 	}
 	if v.ide != nil {
 		out["ide"] = map[string]any{"device": v.ide.Stats()}

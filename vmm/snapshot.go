@@ -100,7 +100,11 @@ func (v *VM) Snapshot(dir string) error {
 	if err := snap.Encode(&stateBuf); err != nil {
 		return err
 	}
-	cfg, err := json.MarshalIndent(v.cfg, "", "  ")
+	// No pass-through device: checkSaveable refused those plugged, and
+	// one the build had that was removed since must not come back.
+	saved := *v.cfg
+	saved.Devices = nil
+	cfg, err := json.MarshalIndent(&saved, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encoding the VM config: %w", err)
 	}
@@ -153,8 +157,19 @@ func (v *VM) checkSaveable(verb, goal string) error {
 	if v.iommu != nil {
 		return snapErr(ErrNotSaveable, "cannot %s: the emulated IOMMU cannot save its state yet; start the VM without iommu %s", verb, goal)
 	}
-	if len(v.cfg.Devices) > 0 {
-		return snapErr(ErrNotSaveable, "cannot %s: a pass-through device (%s) keeps its state in hardware vio cannot save; remove it from the VM config %s", verb, v.cfg.Devices[0].BDF(), goal)
+	v.hp.mu.Lock()
+	pts := append([]*ptDevice(nil), v.ptDevices...)
+	v.hp.mu.Unlock()
+	for _, d := range pts {
+		if d.cfg.Failover == "" {
+			return snapErr(ErrNotSaveable, "cannot %s: pass-through device %s (%s) keeps its state in hardware vio cannot save; remove it (vm.remove-device %s) or make it the failover primary of a standby NIC %s", verb, d.cfg.ID, d.cfg.BDF(), d.cfg.ID, goal)
+		}
+	}
+	// Failover primaries: a migration unplugs them first (failover.go);
+	// a snapshot has no guest running to let them go.
+	if verb != "migrate" && len(pts) > 0 {
+		d := pts[0]
+		return snapErr(ErrNotSaveable, "cannot %s: pass-through device %s (%s) is the failover primary of NIC %s and keeps its state in hardware; with the VM running, remove it (vm.remove-device %s: the guest's traffic moves to %s), then pause and %s, and add it back after (vm.add-device)", verb, d.cfg.ID, d.cfg.BDF(), d.cfg.Failover, d.cfg.ID, d.cfg.Failover, verb)
 	}
 	return nil
 }

@@ -52,6 +52,13 @@ type Options struct {
 	Stats io.Writer
 	// Events, if set, hears of the devices' lives (see deviceEvents).
 	Events *events.Monitor
+
+	// openHost opens host devices for pass-through instead of VFIO
+	// (this package's tests give a double).
+	openHost hostOpener
+	// hotplugEvent, if set, is called after the VM raised its hot-plug
+	// GPE: this package's tests play the guest's ACPI handler there.
+	hotplugEvent func(*VM)
 }
 
 // ErrPVMOnly means the host's KVM cannot run standard guests at speed.
@@ -87,12 +94,19 @@ type VM struct {
 	pciRoot    *pci.Root
 	iommu      *vtd.Unit    // nil without --iommu (iommu.go)
 	pciDevices []*pciDevice // guarded by hp.mu once the VM runs
-	hp         hotplug
-	e1000s     []e1000Device
-	ide        *ide.Controller    // nil without IDE drives
-	intx       []x86.PCIInterrupt // INTx routes, for the MP table and _PRT
-	msi        *msiRoutes
-	ioevents   *ioEvents
+	ptDevices  []*ptDevice  // pass-through devices; guarded by hp.mu
+	vfio       *vfioHost    // their VFIO groups and containers (passthrough.go)
+	mmioSlots  *deviceSlots // KVM memory slots of their BAR pages
+	// deferPrimaries leaves the failover primaries out of the build: a
+	// migration's destination, whose guest had them unplugged, and a
+	// restored VM (failover.go).
+	deferPrimaries bool
+	hp             hotplug
+	e1000s         []e1000Device
+	ide            *ide.Controller    // nil without IDE drives
+	intx           []x86.PCIInterrupt // INTx routes, for the MP table and _PRT
+	msi            *msiRoutes
+	ioevents       *ioEvents
 
 	// iommuVFIO hands the iommu's events to the pass-through devices
 	// that follow it (passthrough.go); nil without both.
@@ -151,7 +165,7 @@ func assemble(cfg *config.VM, stdio IO, opts Options, snap *snapshotSource) (vm 
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	v := &VM{cfg: cfg, opts: opts, log: opts.Log, pio: bus.New("pio"), mmio: bus.New("mmio"), events: make(chan Exit, 1),
-		disksInactive: snap != nil && snap.incoming, vhostDeferred: snap != nil}
+		disksInactive: snap != nil && snap.incoming, vhostDeferred: snap != nil, deferPrimaries: snap != nil}
 	defer func() {
 		if err != nil {
 			v.Close()

@@ -181,6 +181,7 @@ func execCmd() *cobra.Command {
 	f.StringVar(&memory, "memory", "4G", "RAM of the lab VM (e.g. 2048M, 4G)")
 	f.BoolVar(&cfg.IOMMU, "iommu", false, "q35 machine with an emulated Intel IOMMU (for VFIO)")
 	f.StringArrayVar(&nvme, "nvme", nil, "emulated NVMe controller: file=IMG[,size=64M][,vfs=N][,serial=S]")
+	f.BoolVar(&cfg.NICPair, "nic-pair", false, "two NICs on one wire (implies --iommu): an e1000e ("+lab.NICPairPassMAC+") to pass through with vfio-pci, an e1000 ("+lab.NICPairPeerMAC+") for L1 (docs/failover.md)")
 	f.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "deadline for the whole run; L1 is killed on expiry")
 	f.StringArrayVar(&cfg.Shares, "share", nil, "host directory to make writable in the lab (the working directory always is)")
 	f.StringArrayVar(&cfg.Env, "env", nil, "KEY=VALUE for the command's environment")

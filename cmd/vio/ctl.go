@@ -15,6 +15,7 @@ import (
 
 	"github.com/viovmm/vio/api"
 	"github.com/viovmm/vio/config"
+	"github.com/viovmm/vio/vmm"
 )
 
 func init() { subcommands = append(subcommands, ctlCommand) }
@@ -43,6 +44,7 @@ var ctlVerbs = map[string]struct {
 	"add-disk":       {http.MethodPut, "vm.add-disk", "disk added to the config (it joins the guest at boot)"},
 	"add-net":        {http.MethodPut, "vm.add-net", "NIC added to the config (it joins the guest at boot)"},
 	"remove-device":  {http.MethodPut, "vm.remove-device", "device removed"},
+	"add-device":     {http.MethodPut, "vm.add-device", "pass-through device added to the config (it joins the guest at boot)"},
 }
 
 func init() {
@@ -57,9 +59,10 @@ func ctlCommand() *cobra.Command {
 	var tlsDir string
 	var local bool
 	var copyDisks string
-	var diskPaths []string
+	var diskPaths, devicePaths []string
+	var unplugTimeout time.Duration
 	c := &cobra.Command{
-		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|send-migration URL|receive-migration URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
+		Use:   "ctl --api-socket PATH ping|info|counters|create FILE|boot|pause|resume|snapshot URL|restore URL|send-migration URL|receive-migration URL|add-disk SPEC|add-net SPEC|add-vsock SPEC|add-device SPEC|remove-device ID|resize-balloon SIZE|balloon|power-button|shutdown|reboot|delete|shutdown-vmm",
 		Short: "Send one request to a vio (or Cloud Hypervisor) API socket",
 		Long: `Send one request to the REST API of a running vio (vio serve, vio run --api-socket)
 and print the JSON answer or a one-line message. create FILE sends a JSON VM config.
@@ -75,14 +78,20 @@ guest RAM's memfd instead of copying it (the VM must run with --memory
 shared=on). send-migration --copy-disks all|ID,ID copies disks that are not on
 storage both hosts see into the destination's own images (created empty, of the
 same size, beforehand); receive-migration --disk-path ID=PATH puts a copied disk
-at another path there. See docs/migration.md.
+at another path there. A VM with failover primaries (docs/failover.md) unplugs
+them first (send-migration --unplug-timeout, default 10s); the destination plugs
+the device at the same address there, or the one receive-migration
+--device-path ID=/sys/bus/pci/devices/BDF names (ID=none: none). See
+docs/migration.md.
 resize-balloon SIZE asks the guest to give up SIZE of its RAM (0: all back);
 balloon shows the balloon's counters and the guest's memory statistics
 (docs/balloon.md).
 
 add-disk and add-net take the --disk and --net flags' syntax (path=IMG,id=d1;
 tap=NAME,mac=...); on a booted VM they hot-plug and print the device's id and
-address. remove-device ID removes one (docs/api.md, "Hot plug").`,
+address. add-device takes the --device flag's syntax
+(path=/sys/bus/pci/devices/BDF,id=vf0[,failover=NETID]) and passes a host
+device through. remove-device ID removes one (docs/api.md, "Hot plug").`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			if socket == "" {
@@ -90,7 +99,7 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 			}
 			verb, ok := ctlVerbs[args[0]]
 			if !ok {
-				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, send-migration URL, receive-migration URL, add-disk SPEC, add-net SPEC, add-vsock SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
+				return fmt.Errorf("unknown request %q: want ping, info, counters, create FILE, boot, pause, resume, snapshot URL, restore URL, send-migration URL, receive-migration URL, add-disk SPEC, add-net SPEC, add-vsock SPEC, add-device SPEC, remove-device ID, resize-balloon SIZE, balloon, power-button, shutdown, reboot, delete or shutdown-vmm", args[0])
 			}
 			var body []byte
 			switch {
@@ -147,6 +156,30 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 					}
 					req["disk_paths"] = m
 				}
+				if len(devicePaths) > 0 {
+					if args[0] != "receive-migration" {
+						return errors.New("--device-path is for receive-migration: it names the host device a failover primary gets on the destination")
+					}
+					m := map[string]string{}
+					for _, kv := range devicePaths {
+						id, p, ok := strings.Cut(kv, "=")
+						if !ok || id == "" || p == "" {
+							return fmt.Errorf("--device-path %q: write ID=/sys/bus/pci/devices/BDF (or ID=none), such as vf0=/sys/bus/pci/devices/0000:03:00.2", kv)
+						}
+						m[id] = p
+					}
+					req["device_paths"] = m
+				}
+				if c.Flags().Changed("unplug-timeout") {
+					if args[0] != "send-migration" {
+						return errors.New("--unplug-timeout is for send-migration: it bounds the wait for the guest to release its failover primaries")
+					}
+					secs := int64(unplugTimeout / time.Second)
+					if unplugTimeout%time.Second != 0 || secs < 1 {
+						return fmt.Errorf("--unplug-timeout %v: give whole seconds, at least 1s", unplugTimeout)
+					}
+					req["unplug_timeout_s"] = secs
+				}
 				body, _ = json.Marshal(req)
 				if !c.Flags().Changed("timeout") {
 					timeout = 24 * time.Hour // a migration takes as long as it takes
@@ -179,10 +212,16 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 					return err
 				}
 				body, _ = json.Marshal(vs)
+			case args[0] == "add-device" && len(args) == 2:
+				d, err := config.ParseDevice(args[1])
+				if err != nil {
+					return err
+				}
+				body, _ = json.Marshal(d)
 			case args[0] == "remove-device" && len(args) == 2:
 				body, _ = json.Marshal(map[string]string{"id": args[1]})
-			case args[0] == "add-disk" || args[0] == "add-net" || args[0] == "add-vsock" || args[0] == "remove-device":
-				return fmt.Errorf("%s needs an argument: vio ctl --api-socket PATH add-disk path=IMG,id=d1 | add-net tap=NAME,id=n1 | remove-device d1", args[0])
+			case args[0] == "add-disk" || args[0] == "add-net" || args[0] == "add-vsock" || args[0] == "add-device" || args[0] == "remove-device":
+				return fmt.Errorf("%s needs an argument: vio ctl --api-socket PATH add-disk path=IMG,id=d1 | add-net tap=NAME,id=n1 | add-device path=/sys/bus/pci/devices/BDF,id=vf0 | remove-device d1", args[0])
 			case len(args) == 2:
 				return fmt.Errorf("%s takes no argument", args[0])
 			}
@@ -223,6 +262,8 @@ address. remove-device ID removes one (docs/api.md, "Hot plug").`,
 	c.Flags().BoolVar(&local, "local", false, "send-migration: pass guest RAM's memfd to a vio on this host (unix: URL; the VM runs with --memory shared=on) instead of copying it")
 	c.Flags().StringVar(&copyDisks, "copy-disks", "", "send-migration: copy these disks (all, or ID,ID) into the destination's own images: for disks not on shared storage")
 	c.Flags().StringArrayVar(&diskPaths, "disk-path", nil, "receive-migration: ID=PATH puts copied disk ID at PATH here (repeatable)")
+	c.Flags().StringArrayVar(&devicePaths, "device-path", nil, "receive-migration: ID=/sys/bus/pci/devices/BDF plugs that host device as failover primary ID here (ID=none: none; default: the source's address)")
+	c.Flags().DurationVar(&unplugTimeout, "unplug-timeout", vmm.DefaultUnplugWait, "send-migration: how long the guest may take to release its failover primaries before the migration is refused")
 	c.Flags().StringVar(&tlsDir, "tls-dir", "", "send-migration, receive-migration: migrate over mutual TLS with the credentials in this directory (tcp: URLs only)")
 	return c
 }

@@ -84,8 +84,10 @@ func vmPolicy(cfg *config.VM, apiSocket string, obs observeFlags, allow []string
 	var p policyBuilder
 	p.add(cfg.Payload.Kernel, sandbox.Read)
 	p.add(cfg.Payload.Initramfs, sandbox.Read)
-	if len(cfg.Devices) > 0 {
-		p.add("/dev/vfio", sandbox.Read|sandbox.Write) // pass-through devices, reopened on a reboot
+	if len(cfg.Devices) > 0 || apiSocket != "" {
+		// Pass-through devices, reopened on a reboot, or hot-plugged
+		// through the API (vm.add-device).
+		p.add("/dev/vfio", sandbox.Read|sandbox.Write)
 	}
 	nbdHost := false
 	// SR-IOV virtual functions' images are reopened on a reboot too.

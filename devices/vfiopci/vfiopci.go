@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -46,6 +47,17 @@ type Physical interface {
 	SetIRQEventFDs(index, start int, fds []int32) error
 	Mmap(i int, off int64, size int) ([]byte, error)
 }
+
+// HostDevice is a host device a VMM has opened for one of its guests:
+// the Physical the guest's function reaches, which the VMM resets and
+// closes when the guest is done with it. *vfio.Device implements it.
+type HostDevice interface {
+	Physical
+	Reset() error
+	Close() error
+}
+
+var _ HostDevice = (*vfio.Device)(nil)
 
 // SlotMapper maps host memory (a piece of a device's BAR) into the guest
 // at gpa, as KVM memory slots; the VMM implements it.
@@ -76,6 +88,8 @@ type Device struct {
 	relays []*kvm.EventFD // what the device's vectors signal
 	slots  SlotMapper
 	direct [pci.NumBARs][]*piece // the BARs' pieces mapped into the guest
+
+	irqs atomic.Uint64 // interrupts the device signalled
 
 	mu       sync.Mutex
 	physMSIX bool   // the device's MSI-X is on
@@ -272,6 +286,7 @@ func (d *Device) relay(v int, fd *kvm.EventFD) {
 		if _, err := fd.Wait(); err != nil {
 			return
 		}
+		d.irqs.Add(1)
 		if err := d.msix.Notify(v); err != nil && !errors.Is(err, pci.ErrMSIXDisabled) {
 			d.countError()
 		}
@@ -361,6 +376,20 @@ func (d *Device) DirectBytes(i int) uint64 {
 
 // MSIX returns the guest's MSI-X capability.
 func (d *Device) MSIX() *pci.MSIX { return d.msix }
+
+// Stats are a passed-through device's counters.
+type Stats struct {
+	Interrupts uint64 `json:"interrupts"` // signalled by the device
+	// Held counts interrupts that found their vector masked by the
+	// guest: they wait in the PBA until it unmasks it.
+	Held   uint64 `json:"held"`
+	Errors uint64 `json:"errors"` // failed accesses and deliveries
+}
+
+// Stats returns the device's counters.
+func (d *Device) Stats() Stats {
+	return Stats{Interrupts: d.irqs.Load(), Held: d.msix.Held(), Errors: d.Errors() + d.msix.Errors()}
+}
 
 // Errors counts device accesses and interrupt deliveries that failed.
 func (d *Device) Errors() uint64 {

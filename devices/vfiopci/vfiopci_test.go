@@ -270,6 +270,9 @@ func TestPassthrough(t *testing.T) {
 	if r.router.Pending() != 0 {
 		t.Error("a masked vector was delivered")
 	}
+	if s := r.d.Stats(); s.Interrupts != 2 || s.Held != 1 || s.Errors != 0 {
+		t.Errorf("stats %+v after one interrupt delivered and one held", s)
+	}
 	entry(1, 0xfee00000, 0x41, false)
 	if m, err := r.router.Wait(5 * time.Second); err != nil || m.Vector != 1 {
 		t.Fatalf("the pending vector was not delivered on unmask: %+v %v", m, err)

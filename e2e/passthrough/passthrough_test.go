@@ -51,8 +51,9 @@ func TestMain(m *testing.M) {
 		os.Setenv("VIO_BIN", vioBin)
 		// A plain controller for the pass-through tests and one with two
 		// VFs for TestSRIOVNVMe (sriov_test.go).
+		// The NIC pair for TestNetFailoverMigration (failover_test.go).
 		code := labtest.RunOn(m, lab.Config{IOMMU: true, NVMe: []lab.NVMe{{Image: filepath.Join(dir, "nvme.img"), Size: 64 << 20},
-			{Image: filepath.Join(dir, "sriov.img"), Size: 64 << 20, VFs: 2}}})
+			{Image: filepath.Join(dir, "sriov.img"), Size: 64 << 20, VFs: 2}}, NICPair: true})
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}

@@ -103,3 +103,24 @@ func TestParseRejectsTruncation(t *testing.T) {
 		t.Fatalf("fragment: %+v %v", f, err)
 	}
 }
+
+// TestRARP: the announcement is a 60-byte broadcast from the MAC, whose
+// RARP request names the MAC as sender and target (gopacket reads it as
+// ARP's layout, which RARP shares).
+func TestRARP(t *testing.T) {
+	mac := [6]byte{0x52, 0x54, 0, 0xfa, 0x11, 0x0e}
+	b := frame.RARP(mac)
+	p := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.Default)
+	eth, ok := p.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	if !ok || len(b) != 60 || eth.DstMAC.String() != "ff:ff:ff:ff:ff:ff" || eth.SrcMAC.String() != "52:54:00:fa:11:0e" || eth.EthernetType != frame.TypeRARP {
+		t.Fatalf("RARP frame % x: %v", b, p)
+	}
+	arp := &layers.ARP{}
+	if err := arp.DecodeFromBytes(eth.Payload, gopacket.NilDecodeFeedback); err != nil {
+		t.Fatal(err)
+	}
+	if arp.AddrType != layers.LinkTypeEthernet || arp.Protocol != layers.EthernetTypeIPv4 || arp.Operation != 3 ||
+		string(arp.SourceHwAddress) != string(mac[:]) || string(arp.DstHwAddress) != string(mac[:]) {
+		t.Fatalf("RARP payload %+v", arp)
+	}
+}

@@ -17,12 +17,16 @@ type hotplug struct {
 	slots   map[string]uint8 // device id → slot
 	held    bool
 	pending map[string]func() // held removals: id → release
+	paths   map[string]string // pass-through device id → host path
+	refuse  map[string]error  // host path → AddDevice's error
 }
 
 var _ vmm.Hotplugger = (*Machine)(nil)
 
 func (m *Machine) hp() *hotplug {
-	m.hpOnce.Do(func() { m.hot = &hotplug{slots: map[string]uint8{}, pending: map[string]func(){}} })
+	m.hpOnce.Do(func() {
+		m.hot = &hotplug{slots: map[string]uint8{}, pending: map[string]func(){}, paths: map[string]string{}, refuse: map[string]error{}}
+	})
 	return m.hot
 }
 
@@ -54,6 +58,51 @@ func (m *Machine) AddNet(n *config.Net) (string, error) { return m.hp().add(n.ID
 // AddVsock implements vmm.Hotplugger.
 func (m *Machine) AddVsock(vs *config.Vsock) (string, error) { return m.hp().add(vs.ID) }
 
+// AddDevice implements vmm.Hotplugger: it records the host device's
+// path, or fails as RefuseDevice said.
+func (m *Machine) AddDevice(d *config.Device) (string, error) {
+	h := m.hp()
+	h.mu.Lock()
+	err := h.refuse[d.Path]
+	h.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	bdf, err := h.add(d.ID)
+	if err == nil {
+		h.mu.Lock()
+		h.paths[d.ID] = d.Path
+		h.mu.Unlock()
+	}
+	return bdf, err
+}
+
+// RefuseDevice makes AddDevice of the host device at path fail with err
+// (nil: succeed again).
+func (m *Machine) RefuseDevice(path string, err error) {
+	h := m.hp()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err == nil {
+		delete(h.refuse, path)
+		return
+	}
+	h.refuse[path] = err
+}
+
+// PassedThrough returns the host path of each pass-through device
+// AddDevice plugged and nothing removed since, by id.
+func (m *Machine) PassedThrough() map[string]string {
+	h := m.hp()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]string{}
+	for id, p := range h.paths {
+		out[id] = p
+	}
+	return out
+}
+
 // RemoveDevice implements vmm.Hotplugger. Devices of the boot config are
 // known to it too.
 func (m *Machine) RemoveDevice(id string, wait time.Duration, gone func()) error {
@@ -68,6 +117,9 @@ func (m *Machine) RemoveDevice(id string, wait time.Duration, gone func()) error
 		known = known || n.ID == id
 	}
 	known = known || m.Config.Vsock != nil && m.Config.Vsock.ID == id
+	for _, d := range m.Config.Devices {
+		known = known || d.ID == id
+	}
 	if !known {
 		h.mu.Unlock()
 		return fmt.Errorf("%w: %q", vmm.ErrNoDevice, id)
@@ -77,6 +129,7 @@ func (m *Machine) RemoveDevice(id string, wait time.Duration, gone func()) error
 		h.mu.Lock()
 		delete(h.slots, id)
 		delete(h.pending, id)
+		delete(h.paths, id)
 		h.mu.Unlock()
 		go func() {
 			if gone != nil {

@@ -42,26 +42,30 @@ import (
 
 // Feature bits (spec 5.1.3).
 const (
-	FeatureCsum        uint64 = 1 << 0
-	FeatureGuestCsum   uint64 = 1 << 1
-	FeatureMTU         uint64 = 1 << 3
-	FeatureMAC         uint64 = 1 << 5
-	FeatureGuestTSO4   uint64 = 1 << 7
-	FeatureGuestTSO6   uint64 = 1 << 8
-	FeatureGuestECN    uint64 = 1 << 9
-	FeatureGuestUFO    uint64 = 1 << 10
-	FeatureHostTSO4    uint64 = 1 << 11
-	FeatureHostTSO6    uint64 = 1 << 12
-	FeatureHostECN     uint64 = 1 << 13
-	FeatureHostUFO     uint64 = 1 << 14
-	FeatureMrgRxbuf    uint64 = 1 << 15
-	FeatureStatus      uint64 = 1 << 16
-	FeatureCtrlVQ      uint64 = 1 << 17
-	FeatureCtrlRx      uint64 = 1 << 18
-	FeatureCtrlVLAN    uint64 = 1 << 19
-	FeatureAnnounce    uint64 = 1 << 21
-	FeatureMQ          uint64 = 1 << 22
-	FeatureCtrlMAC     uint64 = 1 << 23
+	FeatureCsum      uint64 = 1 << 0
+	FeatureGuestCsum uint64 = 1 << 1
+	FeatureMTU       uint64 = 1 << 3
+	FeatureMAC       uint64 = 1 << 5
+	FeatureGuestTSO4 uint64 = 1 << 7
+	FeatureGuestTSO6 uint64 = 1 << 8
+	FeatureGuestECN  uint64 = 1 << 9
+	FeatureGuestUFO  uint64 = 1 << 10
+	FeatureHostTSO4  uint64 = 1 << 11
+	FeatureHostTSO6  uint64 = 1 << 12
+	FeatureHostECN   uint64 = 1 << 13
+	FeatureHostUFO   uint64 = 1 << 14
+	FeatureMrgRxbuf  uint64 = 1 << 15
+	FeatureStatus    uint64 = 1 << 16
+	FeatureCtrlVQ    uint64 = 1 << 17
+	FeatureCtrlRx    uint64 = 1 << 18
+	FeatureCtrlVLAN  uint64 = 1 << 19
+	FeatureAnnounce  uint64 = 1 << 21
+	FeatureMQ        uint64 = 1 << 22
+	FeatureCtrlMAC   uint64 = 1 << 23
+	// FeatureStandby says the device is the standby of a primary NIC
+	// with the same MAC address, which the guest will find elsewhere
+	// (Linux puts both under one net_failover device).
+	FeatureStandby     uint64 = 1 << 62
 	FeatureSpeedDuplex uint64 = 1 << 63
 )
 
@@ -121,6 +125,9 @@ type Config struct {
 	// offloads the guest accepted and which queues are in use. The
 	// device never reads or writes a frame then.
 	ExternalQueues bool
+	// Standby offers VIRTIO_NET_F_STANDBY: the device backs up a
+	// pass-through NIC that has its MAC address.
+	Standby bool
 }
 
 // Device is a virtio-net device.
@@ -129,6 +136,9 @@ type Device struct {
 	offl     []netdev.Offloader // nil: the back-ends take no offloads
 	cfg      Config
 	features uint64
+	// wmu serialises the writes to each back-end (which takes one
+	// writer at a time): the pair's transmit goroutine and SelfAnnounce.
+	wmu []sync.Mutex
 
 	mac      atomic.Uint64 // 48 bits, byte 0 lowest
 	linkUp   atomic.Bool
@@ -184,7 +194,7 @@ func NewMultiQueue(bes []netdev.Backend, cfg Config) (*Device, error) {
 	if len(bes) > 1 && cfg.NoControlQueue {
 		return nil, fmt.Errorf("%w: several queue pairs need the control queue", ErrConfig)
 	}
-	d := &Device{bes: bes, cfg: cfg}
+	d := &Device{bes: bes, cfg: cfg, wmu: make([]sync.Mutex, len(bes))}
 	var mac [6]byte
 	switch {
 	case cfg.MAC == nil:
@@ -208,6 +218,9 @@ func NewMultiQueue(bes []netdev.Backend, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("%w: MTU %d", ErrConfig, cfg.MTU)
 	}
 	d.features = FeatureMAC | FeatureStatus | FeatureMrgRxbuf
+	if cfg.Standby {
+		d.features |= FeatureStandby
+	}
 	if cfg.MTU != 0 {
 		d.features |= FeatureMTU
 	}
@@ -489,7 +502,7 @@ func (d *Device) Activate(a *virtio.Activation) error {
 			}
 		}
 		pc := &d.pairStat[i]
-		tx := &txServer{d: d, pc: pc, be: d.bes[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
+		tx := &txServer{d: d, pc: pc, be: d.bes[i], wmu: &d.wmu[i], q: txq, stop: run.stop, gate: run.gate, allowed: txOffloads(f)}
 		rx := newRxServer(d, pc, d.bes[i], d.rxBufs[i], rxq, run.stop, run.gate, f)
 		rx.pair = i
 		run.rx[i] = rx

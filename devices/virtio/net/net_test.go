@@ -12,6 +12,7 @@ import (
 	vnet "github.com/viovmm/vio/devices/virtio/net"
 	"github.com/viovmm/vio/memory"
 	"github.com/viovmm/vio/netdev"
+	vframe "github.com/viovmm/vio/netdev/frame"
 	"github.com/viovmm/vio/netdev/nettest"
 	"github.com/viovmm/vio/pci/pcitest"
 	"github.com/viovmm/vio/virtio"
@@ -491,5 +492,49 @@ func TestResetWhileReading(t *testing.T) {
 	m.send(t, netdev.Header{}, frame(2, 64), 12)
 	if _, f, err := m.peer.Recv(wait); err != nil || !bytes.Equal(f, frame(2, 64)) {
 		t.Fatalf("tx after reset: %v", err)
+	}
+}
+
+// TestSelfAnnounce: SelfAnnounce puts a RARP broadcast from the device's
+// MAC address on the back-end, between the guest's frames, which arrive
+// whole and in order.
+func TestSelfAnnounce(t *testing.T) {
+	mac := stdnet.HardwareAddr{0x52, 0x54, 0, 0xfa, 0x11, 0x0e}
+	m := newMachine(t, vnet.Config{MAC: mac, Standby: true})
+	m.start(t, vnet.FeatureMAC, false)
+	const n = 40
+	done := make(chan error, 1)
+	go func() {
+		for range 5 {
+			if err := m.dev.SelfAnnounce(); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := range n {
+		m.send(t, netdev.Header{}, frame(i, 100), 12)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	guest, rarps := 0, 0
+	for guest < n || rarps < 5 {
+		h, f, err := m.peer.Recv(wait)
+		if err != nil {
+			t.Fatalf("%d guest frames and %d announcements so far: %v", guest, rarps, err)
+		}
+		if bytes.Equal(f, vframe.RARP([6]byte(mac))) {
+			if h != (netdev.Header{}) {
+				t.Errorf("announcement header %+v", h)
+			}
+			rarps++
+			continue
+		}
+		if !bytes.Equal(f, frame(guest, 100)) {
+			t.Fatalf("frame %d of the guest arrived as % x", guest, f[:18])
+		}
+		guest++
 	}
 }

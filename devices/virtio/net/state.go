@@ -24,6 +24,10 @@ type State struct {
 	Announce bool
 	// Pairs is the number of queue pairs the driver uses (1 without MQ).
 	Pairs uint16
+	// Standby says the device offered VIRTIO_NET_F_STANDBY: a state
+	// is restored only into a device that offers it as well, since the
+	// guest's driver built its net_failover device on it.
+	Standby bool `json:",omitempty"`
 	// RxPending holds, per queue pair, the packets (virtio-net header
 	// and frame) the device had read from its back-end and not yet given
 	// to the guest, oldest first. They cannot go back into a TAP, so
@@ -103,6 +107,7 @@ func (d *Device) SaveState() (State, error) {
 		LinkUp:   d.linkUp.Load(),
 		Announce: d.announce.Load(),
 		Pairs:    uint16(d.pairs.Load()),
+		Standby:  d.features&FeatureStandby != 0,
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -142,6 +147,9 @@ func (d *Device) check(s *State, run *activation) ([6]byte, error) {
 		return mac, fmt.Errorf("%w: MAC %q is not a unicast Ethernet address", state.ErrInvalid, s.MAC)
 	}
 	copy(mac[:], hw)
+	if standby := d.features&FeatureStandby != 0; s.Standby != standby {
+		return mac, fmt.Errorf("%w: the saved device is a standby (%v), this one is not the same (%v): give both the same standby setting", state.ErrMismatch, s.Standby, standby)
+	}
 	maxPairs := 1
 	if run != nil && run.features&FeatureMQ != 0 {
 		maxPairs = len(d.bes)

@@ -375,6 +375,7 @@ func TestHostileRestore(t *testing.T) {
 		"runt packet":       func(s *vnet.State) { s.RxPending = [][][]byte{{make([]byte, 5)}} },
 		"huge packet":       func(s *vnet.State) { s.RxPending = [][][]byte{{huge}} },
 		"too many packets":  func(s *vnet.State) { s.RxPending = [][][]byte{make([][]byte, 100)} },
+		"standby":           func(s *vnet.State) { s.Standby = true }, // this device is not one
 	} {
 		s := good
 		mod(&s)
@@ -404,6 +405,38 @@ func TestHostileRestore(t *testing.T) {
 		t.Errorf("pending packets on an inactive device: %v", err)
 	}
 	m.dev.Resume()
+}
+
+// TestStandbyState: a standby device offers VIRTIO_NET_F_STANDBY and says
+// so in its state, which a standby device takes and a plain one refuses.
+func TestStandbyState(t *testing.T) {
+	e, _ := nettest.Pair(1)
+	sb, err := vnet.New(e, vnet.Config{Standby: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Features()&vnet.FeatureStandby == 0 {
+		t.Fatalf("features %#x: no VIRTIO_NET_F_STANDBY", sb.Features())
+	}
+	b, err := sb.MarshalState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s vnet.State
+	if json.Unmarshal(b, &s); !s.Standby {
+		t.Fatalf("the standby's state %s does not say so", b)
+	}
+	other, _ := vnet.New(e, vnet.Config{Standby: true})
+	if err := other.UnmarshalState(vnet.StateVersion, b); err != nil {
+		t.Errorf("a standby's state into a standby: %v", err)
+	}
+	plain, _ := vnet.New(e, vnet.Config{})
+	if plain.Features()&vnet.FeatureStandby != 0 {
+		t.Errorf("a plain device offers STANDBY")
+	}
+	if err := plain.UnmarshalState(vnet.StateVersion, b); !errors.Is(err, state.ErrMismatch) {
+		t.Errorf("a standby's state into a plain device: %v, want a mismatch", err)
+	}
 }
 
 func FuzzRestoreState(f *testing.F) {

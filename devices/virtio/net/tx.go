@@ -2,6 +2,7 @@ package net
 
 import (
 	"errors"
+	"sync"
 
 	"github.com/viovmm/vio/netdev"
 	"github.com/viovmm/vio/state"
@@ -13,6 +14,7 @@ type txServer struct {
 	d       *Device
 	pc      *pairCounters
 	be      netdev.Backend
+	wmu     *sync.Mutex // held while writing to be (Device.wmu)
 	q       *virtio.Queue
 	stop    chan struct{}
 	gate    *state.Gate
@@ -145,6 +147,8 @@ func (s *txServer) flush() error {
 			k++
 		}
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	for sent := 0; sent < k; {
 		n, err := s.be.WriteFrames(batch[sent:k])
 		var bytes uint64
