@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	stdnet "net"
 	"sync"
 	"time"
 
@@ -507,15 +506,10 @@ func (v *VM) newNICFromFDs(n config.Net) (virtio.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	var mac stdnet.HardwareAddr
-	if n.MAC != "" {
-		m, err := config.ParseMAC(n.MAC)
-		if err != nil {
-			return nil, err
-		}
-		mac = m[:]
+	cfg, err := nicConfig(n)
+	if err != nil {
+		return nil, err
 	}
-	cfg := virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby}
 	if len(bes) == 1 {
 		return virtionet.New(bes[0], cfg)
 	}

@@ -305,15 +305,24 @@ func (v *VM) newNIC(n config.Net) (virtio.Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg, err := nicConfig(n)
+	if err != nil {
+		return nil, err
+	}
+	return virtionet.NewMultiQueue(bes, cfg)
+}
+
+// nicConfig is the virtio-net device configuration of NIC n.
+func nicConfig(n config.Net) (virtionet.Config, error) {
 	var mac stdnet.HardwareAddr
 	if n.MAC != "" {
 		m, err := config.ParseMAC(n.MAC)
 		if err != nil {
-			return nil, err
+			return virtionet.Config{}, err
 		}
 		mac = m[:]
 	}
-	return virtionet.NewMultiQueue(bes, virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby})
+	return virtionet.Config{MAC: mac, QueueSize: uint16(n.QueueSize), Standby: n.Standby}, nil
 }
 
 // acpiPCI describes the PCI root for the ACPI tables.
