@@ -205,8 +205,8 @@ func TestNetFailoverMigration(t *testing.T) {
 	p4 := paths()
 	g4 := con.waitStat(t, ctx, "the stream over the plugged primary", func(st foStat) bool { return st.primary != "-" && st.rx >= g3.rx+foPhase })
 	p5 := paths()
-	t.Logf("phase 3 (primary %s on the destination): the guest received %d bytes (%d on its primary); L1 sent %d over the e1000 wire, %d over the TAP",
-		g4.primary, g4.rx-g3.rx, g4.prx-g3.prx, p5.wire-p4.wire, p5.tap-p4.tap)
+	t.Logf("phase 3 (primary %s on the destination): the guest received %d bytes; L1 sent %d over the e1000 wire, %d over the TAP",
+		g4.primary, g4.rx-g3.rx, p5.wire-p4.wire, p5.tap-p4.tap)
 	wantWire(t, "phase 3 (primary plugged on the destination)", p5.wire-p4.wire, p5.tap-p4.tap)
 	// Phase 4: the re-plugged primary keeps it up.
 	g5 := con.waitStat(t, ctx, "the stream going on over the plugged primary", func(st foStat) bool { return st.primary != "-" && st.rx >= g4.rx+foPhase })
@@ -220,8 +220,11 @@ func TestNetFailoverMigration(t *testing.T) {
 	if !added {
 		t.Errorf("the destination published no device-added event for vf0 after the migration: %v", dst.events(t))
 	}
-	if g4.primary == g3.primary && g4.prx-g3.prx < foPhase/2 {
-		t.Errorf("the guest's primary %s received %d bytes of the phase's %d", g4.primary, g4.prx-g3.prx, g4.rx-g3.rx)
+	// The guest's own count: e1000e updates its netdev counters from its
+	// watchdog, every 2 s, so phase 3's bytes show on the primary only by
+	// the end of phase 4.
+	if g5.primary == g3.primary && g5.prx-g3.prx < g4.rx-g3.rx {
+		t.Errorf("the guest's primary %s counted %d bytes received by the end of phase 4, fewer than phase 3's %d", g5.primary, g5.prx-g3.prx, g4.rx-g3.rx)
 	}
 	var info struct {
 		State  string
